@@ -1,0 +1,306 @@
+//! Choosing an ad: the edge's hot path.
+//!
+//! A [`Plan`] is compiled once (when it is loaded) into a [`CompiledPlan`]: eligibility
+//! becomes bit masks (one per platform, a 26×26 table for countries) and each
+//! campaign's part of the response is serialised ahead of time. Choosing is then a
+//! mask intersection and one pass over the eligible campaigns' weights: O(#campaigns),
+//! no allocation, no JSON work; writing the response is a few `push_str`s.
+
+use crate::{CampaignId, Plan, PlanError};
+
+/// The request attributes eligibility looks at. Borrowed: the shell parses them from
+/// the query string and the edge's geolocation without allocating.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestAttrs<'a> {
+    pub platform: Option<&'a str>,
+    pub country: Option<&'a str>,
+}
+
+/// Why request attributes were rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttrError {
+    #[error("platform must be 1–32 characters of letters, digits, '_' or '-'")]
+    Platform,
+    #[error("country must be a two-letter ISO 3166-1 code")]
+    Country,
+}
+
+impl<'a> RequestAttrs<'a> {
+    /// Checks raw attributes. Case does not matter (`iOS` is `ios`, `de` is `DE`).
+    pub fn parse(platform: Option<&'a str>, country: Option<&'a str>) -> Result<Self, AttrError> {
+        let platform_ok = |p: &str| {
+            (1..=32).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        if platform.is_some_and(|p| !platform_ok(p)) {
+            return Err(AttrError::Platform);
+        }
+        if country.is_some_and(|c| country_index(c).is_none()) {
+            return Err(AttrError::Country);
+        }
+        Ok(Self { platform, country })
+    }
+}
+
+/// The outcome of one choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice {
+    /// Bit `i` set ⇔ campaign `i` was eligible: the request's eligibility pattern.
+    pub eligible: u64,
+    /// The chosen campaign's index in the plan, or `None` for "no ad".
+    pub ad: Option<usize>,
+}
+
+/// A plan prepared for fast choosing.
+#[derive(Debug, Clone)]
+pub struct CompiledPlan {
+    plan: Plan,
+    /// Campaigns eligible for every platform (an empty platform list).
+    any_platform: u64,
+    platforms: Vec<(String, u64)>,
+    /// Campaigns eligible for every country.
+    any_country: u64,
+    /// Indexed by `(c0 − 'A') · 26 + (c1 − 'A')`.
+    countries: Box<[u64; 26 * 26]>,
+    /// `{"id":…,"creative":…}` per campaign.
+    ads: Vec<String>,
+    /// `","placement":"…","plan_version":N,"ad":`
+    middle: String,
+}
+
+fn country_index(c: &str) -> Option<usize> {
+    let b = c.as_bytes();
+    if b.len() != 2 || !b[0].is_ascii_alphabetic() || !b[1].is_ascii_alphabetic() {
+        return None;
+    }
+    let i = |x: u8| (x.to_ascii_uppercase() - b'A') as usize;
+    Some(i(b[0]) * 26 + i(b[1]))
+}
+
+impl CompiledPlan {
+    pub fn new(plan: Plan) -> Result<Self, PlanError> {
+        plan.check()?;
+        let mut any_platform = 0;
+        let mut platforms: Vec<(String, u64)> = Vec::new();
+        let mut any_country = 0;
+        let mut countries = Box::new([0u64; 26 * 26]);
+        let mut ads = Vec::with_capacity(plan.campaigns.len());
+        for (i, c) in plan.campaigns.iter().enumerate() {
+            let bit = 1u64 << i;
+            if c.eligibility.platforms.is_empty() {
+                any_platform |= bit;
+            }
+            for p in &c.eligibility.platforms {
+                match platforms.iter_mut().find(|(name, _)| name.eq_ignore_ascii_case(p)) {
+                    Some((_, mask)) => *mask |= bit,
+                    None => platforms.push((p.clone(), bit)),
+                }
+            }
+            if c.eligibility.countries.is_empty() {
+                any_country |= bit;
+            }
+            for country in &c.eligibility.countries {
+                // `Plan::check` has made sure every country is two letters.
+                if let Some(idx) = country_index(country) {
+                    countries[idx] |= bit;
+                }
+            }
+            ads.push(format!("{{\"id\":{},\"creative\":{}}}", serde_json::Value::from(c.id.as_str()), c.creative));
+        }
+        let middle = format!("\",\"placement\":\"{}\",\"plan_version\":{},\"ad\":", plan.placement, plan.version);
+        Ok(Self { plan, any_platform, platforms, any_country, countries, ads, middle })
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The eligibility pattern of a request.
+    pub fn eligible(&self, attrs: RequestAttrs<'_>) -> u64 {
+        let platform = self.any_platform
+            | attrs.platform.map_or(0, |p| {
+                self.platforms.iter().find(|(name, _)| name.eq_ignore_ascii_case(p)).map_or(0, |(_, m)| *m)
+            });
+        let country = self.any_country | attrs.country.and_then(country_index).map_or(0, |i| self.countries[i]);
+        platform & country
+    }
+
+    /// Picks "no ad" or one eligible campaign with probability proportional to its
+    /// weight. `u` is a uniform random number in `[0, 1)` supplied by the caller.
+    pub fn choose(&self, attrs: RequestAttrs<'_>, u: f64) -> Choice {
+        let eligible = self.eligible(attrs);
+        Choice { eligible, ad: pick(&self.plan, eligible, u) }
+    }
+
+    /// The campaign ids of an eligibility pattern, in plan order.
+    pub fn pattern_ids(&self, pattern: u64) -> impl Iterator<Item = &CampaignId> {
+        self.plan.campaigns.iter().enumerate().filter(move |(i, _)| pattern >> i & 1 == 1).map(|(_, c)| &c.id)
+    }
+
+    /// Appends the edge's `/v1/ad` response body. `request_id` must be a parsed
+    /// [`crate::RequestId`] (its charset needs no JSON escaping).
+    pub fn write_response(&self, out: &mut String, request_id: &str, ad: Option<usize>) {
+        out.push_str("{\"request_id\":\"");
+        out.push_str(request_id);
+        out.push_str(&self.middle);
+        match ad.and_then(|i| self.ads.get(i)) {
+            Some(json) => out.push_str(json),
+            None => out.push_str("null"),
+        }
+        out.push('}');
+    }
+}
+
+/// The weighted pick shared by [`CompiledPlan::choose`] and the simulator.
+pub fn pick(plan: &Plan, eligible: u64, u: f64) -> Option<usize> {
+    let mut total = plan.no_ad_weight;
+    let mut bits = eligible;
+    while bits != 0 {
+        let i = bits.trailing_zeros() as usize;
+        total += plan.campaigns.get(i).map_or(0.0, |c| c.weight);
+        bits &= bits - 1;
+    }
+    let mut x = u * total - plan.no_ad_weight;
+    if x < 0.0 {
+        return None;
+    }
+    let mut bits = eligible;
+    let mut last = None;
+    while bits != 0 {
+        let i = bits.trailing_zeros() as usize;
+        let w = plan.campaigns.get(i).map_or(0.0, |c| c.weight);
+        if w > 0.0 {
+            x -= w;
+            last = Some(i);
+            if x < 0.0 {
+                return last;
+            }
+        }
+        bits &= bits - 1;
+    }
+    // Rounding can leave `x` a hair above zero when `u` is just below 1.
+    last
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::{Eligibility, PlacementId, PlanCampaign};
+
+    fn plan(campaigns: &[(&str, f64, &[&str], &[&str])], no_ad: f64) -> Plan {
+        Plan {
+            format: 1,
+            placement: PlacementId::parse("p").unwrap(),
+            version: 3,
+            issued_at_ms: 0,
+            sample_rate: 1.0,
+            no_ad_weight: no_ad,
+            campaigns: campaigns
+                .iter()
+                .map(|(id, w, platforms, countries)| PlanCampaign {
+                    id: CampaignId::parse(*id).unwrap(),
+                    weight: *w,
+                    creative: json!({"name": id}),
+                    eligibility: Eligibility {
+                        platforms: platforms.iter().map(|s| s.to_string()).collect(),
+                        countries: countries.iter().map(|s| s.to_string()).collect(),
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn eligibility_masks() {
+        let p = CompiledPlan::new(plan(
+            &[("A", 1.0, &["ios"], &[]), ("B", 1.0, &[], &["DE", "FR"]), ("C", 1.0, &[], &[])],
+            1.0,
+        ))
+        .unwrap();
+        let attrs = |p: Option<&'static str>, c: Option<&'static str>| RequestAttrs { platform: p, country: c };
+        assert_eq!(p.eligible(attrs(Some("ios"), Some("DE"))), 0b111);
+        assert_eq!(p.eligible(attrs(Some("IOS"), Some("de"))), 0b111);
+        assert_eq!(p.eligible(attrs(Some("android"), Some("US"))), 0b100);
+        assert_eq!(p.eligible(attrs(None, None)), 0b100);
+        assert_eq!(p.eligible(attrs(None, Some("FR"))), 0b110);
+        let ids: Vec<_> = p.pattern_ids(0b101).map(|c| c.as_str()).collect();
+        assert_eq!(ids, ["A", "C"]);
+    }
+
+    #[test]
+    fn picks_only_eligible_campaigns() {
+        let p = CompiledPlan::new(plan(&[("A", 5.0, &["ios"], &[]), ("B", 1.0, &[], &[])], 0.0)).unwrap();
+        for i in 0..1000 {
+            let u = i as f64 / 1000.0;
+            let c = p.choose(RequestAttrs { platform: Some("web"), country: None }, u);
+            assert_eq!(c.ad, Some(1));
+        }
+        // u just below 1 never falls off the end.
+        let c = p.choose(RequestAttrs { platform: Some("ios"), country: None }, 1.0 - f64::EPSILON);
+        assert_eq!(c.ad, Some(1));
+    }
+
+    #[test]
+    fn nobody_eligible_means_no_ad() {
+        let p = CompiledPlan::new(plan(&[("A", 1.0, &["ios"], &[])], 0.0)).unwrap();
+        assert_eq!(p.choose(RequestAttrs::default(), 0.5).ad, None);
+    }
+
+    #[test]
+    fn frequencies_match_weights_chi_square() {
+        use rand::{Rng, SeedableRng};
+        let p =
+            CompiledPlan::new(plan(&[("A", 0.5, &[], &[]), ("B", 0.3, &["ios"], &[]), ("C", 0.1, &[], &["DE"])], 0.2))
+                .unwrap();
+        let attrs = RequestAttrs { platform: Some("ios"), country: Some("US") };
+        // Eligible: A, B (C wants DE). Expected shares ∝ 0.2 (none), 0.5, 0.3.
+        let expected = [0.2 / 1.0, 0.5 / 1.0, 0.3 / 1.0];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let n = 100_000;
+        let mut counts = [0u32; 3];
+        for _ in 0..n {
+            match p.choose(attrs, rng.random::<f64>()).ad {
+                None => counts[0] += 1,
+                Some(0) => counts[1] += 1,
+                Some(1) => counts[2] += 1,
+                Some(other) => panic!("ineligible campaign {other} chosen"),
+            }
+        }
+        let chi2: f64 = counts
+            .iter()
+            .zip(expected)
+            .map(|(&o, e)| {
+                let e = e * n as f64;
+                (o as f64 - e).powi(2) / e
+            })
+            .sum();
+        // 2 degrees of freedom: P(χ² > 13.8) = 0.001.
+        assert!(chi2 < 13.8, "chi² = {chi2}, counts {counts:?}");
+    }
+
+    #[test]
+    fn response_is_valid_json() {
+        let p = CompiledPlan::new(plan(&[("A", 1.0, &[], &[])], 1.0)).unwrap();
+        let mut out = String::new();
+        p.write_response(&mut out, "r1", Some(0));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            v,
+            json!({"request_id": "r1", "placement": "p", "plan_version": 3, "ad": {"id": "A", "creative": {"name": "A"}}})
+        );
+        out.clear();
+        p.write_response(&mut out, "r2", None);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["ad"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn attrs_are_checked() {
+        assert!(RequestAttrs::parse(Some("ios"), Some("de")).is_ok());
+        assert_eq!(RequestAttrs::parse(Some(""), None), Err(AttrError::Platform));
+        assert_eq!(RequestAttrs::parse(Some("a b"), None), Err(AttrError::Platform));
+        assert_eq!(RequestAttrs::parse(None, Some("DEU")), Err(AttrError::Country));
+        assert_eq!(RequestAttrs::parse(None, Some("1A")), Err(AttrError::Country));
+    }
+}

@@ -1,0 +1,158 @@
+use serde_json::json;
+
+use super::*;
+use crate::{Event, EventKind, RequestId, TargetsSpec};
+
+fn targets(doc: serde_json::Value) -> Targets {
+    Targets::parse(serde_json::from_value::<TargetsSpec>(doc).unwrap()).unwrap()
+}
+
+/// A window in which `n` requests of each profile were seen at rate 1.
+fn window(profiles: &[(Option<&str>, Option<&str>, u32)]) -> WindowStats {
+    let mut s = WindowStats::default();
+    for (p, c, n) in profiles {
+        for i in 0..*n {
+            s.fold(&Event {
+                kind: EventKind::Allocation,
+                event_time_ms: 0,
+                request_id: RequestId::parse(format!("r{i}")).unwrap(),
+                placement: PlacementId::parse("p").unwrap(),
+                ad_id: None,
+                plan_version: 1,
+                sample_rate: 1.0,
+                eligible: vec![],
+                platform: p.map(str::to_string),
+                country: c.map(str::to_string),
+                colo: None,
+            });
+        }
+    }
+    s
+}
+
+fn decide(t: &Targets, recent: &WindowStats) -> Decision {
+    Controller::default().decide(ControlInput {
+        targets: t,
+        recent,
+        last: None,
+        previous: None,
+        state: &ControlState::default(),
+    })
+}
+
+#[test]
+fn uniform_eligibility_keeps_weights_at_targets() {
+    let t = targets(json!({"campaigns": [{"id": "A", "rate": 0.5}, {"id": "B", "rate": 0.3}]}));
+    let d = decide(&t, &window(&[(Some("ios"), None, 100)]));
+    assert!((d.campaigns[0].weight - 0.5).abs() < 1e-9);
+    assert!((d.campaigns[1].weight - 0.3).abs() < 1e-9);
+    assert!((d.no_ad_weight - 0.2).abs() < 1e-9);
+    assert!(d.campaigns.iter().all(|c| c.feasibility == Feasibility::Feasible));
+}
+
+#[test]
+fn skewed_eligibility_is_solved_from_profiles() {
+    let t = targets(json!({"campaigns": [
+        {"id": "A", "rate": 0.2, "eligibility": {"platforms": ["ios"]}},
+        {"id": "B", "rate": 0.4, "eligibility": {"countries": ["DE", "FR"]}},
+    ]}));
+    let w = window(&[
+        (Some("ios"), Some("DE"), 100),
+        (Some("ios"), Some("US"), 200),
+        (Some("web"), Some("FR"), 500),
+        (None, None, 200),
+    ]);
+    let d = decide(&t, &w);
+    assert!((d.campaigns[0].eligible_share - 0.3).abs() < 1e-12);
+    assert!((d.campaigns[1].eligible_share - 0.6).abs() < 1e-12);
+    for c in &d.campaigns {
+        assert!((c.predicted_share - c.target).abs() < 1e-6, "{c:?}");
+        assert_eq!(c.feasibility, Feasibility::Feasible);
+    }
+    // The weight of A must exceed its rate to make up for being eligible for 30 %.
+    assert!(d.campaigns[0].weight > 0.2 * 1.5);
+}
+
+#[test]
+fn infeasible_target_reports_its_maximum() {
+    let t = targets(json!({"campaigns": [
+        {"id": "A", "rate": 0.4, "eligibility": {"platforms": ["ios"]}},
+        {"id": "B", "rate": 0.3},
+    ]}));
+    let d = decide(&t, &window(&[(Some("ios"), None, 250), (Some("web"), None, 750)]));
+    match d.campaigns[0].feasibility {
+        Feasibility::Infeasible { max_share } => assert!((max_share - 0.25).abs() < 0.001, "{max_share}"),
+        other => panic!("expected infeasible, got {other:?}"),
+    }
+    assert_eq!(d.campaigns[1].feasibility, Feasibility::Feasible);
+    assert!((d.campaigns[1].predicted_share - 0.3).abs() < 1e-6);
+}
+
+#[test]
+fn render_failures_are_compensated() {
+    let t = targets(json!({"campaigns": [{"id": "A", "rate": 0.4}, {"id": "B", "rate": 0.3}]}));
+    let mut w = window(&[(None, None, 1)]);
+    let a = CampaignId::parse("A").unwrap();
+    let b = CampaignId::parse("B").unwrap();
+    // 1000 allocations of A, 800 impressions; B always renders.
+    let counts = w.campaigns.entry(a.clone()).or_default();
+    counts.allocations = crate::stats::Tally { ht: 1000.0, n: 1000 };
+    counts.impressions = crate::stats::Tally { ht: 800.0, n: 800 };
+    let counts = w.campaigns.entry(b).or_default();
+    counts.allocations = crate::stats::Tally { ht: 700.0, n: 700 };
+    counts.impressions = crate::stats::Tally { ht: 700.0, n: 700 };
+    let d = decide(&t, &w);
+    assert_eq!(d.basis, DeliveryBasis::Impressions);
+    assert!((d.campaigns[0].render_ratio - 0.8).abs() < 1e-12);
+    // Allocate 0.4 / 0.8 = 0.5 to A so that 0.4 is shown.
+    assert!((d.campaigns[0].weight - 0.5).abs() < 1e-6, "{:?}", d.campaigns[0]);
+    assert!((d.campaigns[0].predicted_share - 0.4).abs() < 1e-6);
+}
+
+fn feedback_round(measured_a: f64, version: u64) -> ControlState {
+    let t = targets(json!({"campaigns": [{"id": "A", "rate": 0.5}]}));
+    let recent = window(&[(None, None, 10)]);
+    let mut last = WindowStats::default();
+    let n = 10_000u64;
+    last.requests = crate::stats::Tally { ht: n as f64, n };
+    last.requests_sq = n as f64;
+    last.versions.insert(version, n as f64);
+    last.campaigns.entry(CampaignId::parse("A").unwrap()).or_default().allocations =
+        crate::stats::Tally { ht: measured_a * n as f64, n: (measured_a * n as f64) as u64 };
+    let prev = Plan { version: 3, ..decide(&t, &recent).to_plan(&t, PlacementId::parse("p").unwrap(), 3, 1.0, 0) };
+    Controller::default()
+        .decide(ControlInput {
+            targets: &t,
+            recent: &recent,
+            last: Some(&last),
+            previous: Some(&prev),
+            state: &ControlState::default(),
+        })
+        .state
+}
+
+#[test]
+fn feedback_corrects_a_measured_shortfall() {
+    let g = feedback_round(0.45, 3).corrections[&CampaignId::parse("A").unwrap()];
+    // (0.5 / 0.45)^0.5
+    assert!((g - (0.5f64 / 0.45).sqrt()).abs() < 1e-9, "{g}");
+}
+
+#[test]
+fn feedback_ignores_noise_and_mixed_windows() {
+    // Within the window's interval (±0.98 pp at n = 10,000): no change.
+    assert!(feedback_round(0.505, 3).corrections.is_empty());
+    // A window decided under another plan teaches nothing about this one.
+    assert!(feedback_round(0.40, 2).corrections.is_empty());
+}
+
+#[test]
+fn unchanged_decisions_are_not_republished() {
+    let t = targets(json!({"campaigns": [{"id": "A", "rate": 0.5}]}));
+    let d = decide(&t, &window(&[(None, None, 10)]));
+    let plan = d.to_plan(&t, PlacementId::parse("p").unwrap(), 1, 0.1, 0);
+    assert!(!d.differs_from(&plan, &t, 0.01));
+    let t2 = targets(json!({"campaigns": [{"id": "A", "rate": 0.6}]}));
+    assert!(decide(&t2, &window(&[(None, None, 10)])).differs_from(&plan, &t2, 0.01));
+    plan.check().unwrap();
+}

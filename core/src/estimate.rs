@@ -1,0 +1,114 @@
+//! Realized shares with confidence intervals.
+//!
+//! A campaign's share is `HT(delivered) / HT(requests)`. Sampling is of requests
+//! (consistent hashing), so within a window the sampled requests are a Bernoulli sample
+//! of the placement's traffic and the share behaves like a binomial proportion. The
+//! interval is Wilson's score interval, which stays inside `[0, 1]` and behaves near 0
+//! and 1 where the normal approximation does not, computed on the effective sample
+//! size so windows where the rate changed are not over-trusted.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{CampaignId, WindowStats};
+
+/// What counts as delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryBasis {
+    /// Ads allocated by the edge.
+    Allocations,
+    /// Ads the app reported as shown: used wherever impressions are reported.
+    Impressions,
+}
+
+impl DeliveryBasis {
+    pub fn of(stats: &WindowStats) -> Self {
+        if stats.has_impressions() { Self::Impressions } else { Self::Allocations }
+    }
+}
+
+/// An estimated share and its interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ShareEstimate {
+    pub share: f64,
+    pub low: f64,
+    pub high: f64,
+    /// Sampled events behind the numerator.
+    pub samples: u64,
+}
+
+impl ShareEstimate {
+    pub fn contains(&self, x: f64) -> bool {
+        self.low <= x && x <= self.high
+    }
+}
+
+/// Wilson score interval for proportion `p` observed over `n` (effective) samples.
+pub fn wilson(p: f64, n: f64, z: f64) -> (f64, f64) {
+    if n <= 0.0 || !p.is_finite() {
+        return (0.0, 1.0);
+    }
+    let p = p.clamp(0.0, 1.0);
+    let z2 = z * z;
+    let denom = 1.0 + z2 / n;
+    let center = (p + z2 / (2.0 * n)) / denom;
+    let half = z / denom * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((center - half).max(0.0), (center + half).min(1.0))
+}
+
+/// The delivered share of `campaign` in `stats`, at normal quantile `z`.
+pub fn share(stats: &WindowStats, campaign: &CampaignId, basis: DeliveryBasis, z: f64) -> ShareEstimate {
+    let counts = stats.campaigns.get(campaign).copied().unwrap_or_default();
+    let tally = match basis {
+        DeliveryBasis::Allocations => counts.allocations,
+        DeliveryBasis::Impressions => counts.impressions,
+    };
+    let share = if stats.requests.ht > 0.0 { (tally.ht / stats.requests.ht).min(1.0) } else { 0.0 };
+    let (low, high) = wilson(share, stats.effective_samples(), z);
+    ShareEstimate { share, low, high, samples: tally.n }
+}
+
+/// The samples a window needs for a ±`margin` interval at `z` around share `s`: the
+/// binomial minimum `z²·s(1−s)/e²`.
+pub fn required_samples(s: f64, margin: f64, z: f64) -> f64 {
+    z * z * s * (1.0 - s) / (margin * margin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::tests::allocation;
+
+    #[test]
+    fn wilson_matches_reference_values() {
+        // Reference: p = 0.3, n = 1000, z = 1.96 → [0.2725, 0.3290] (statsmodels
+        // proportion_confint(300, 1000, method="wilson")).
+        let (lo, hi) = wilson(0.3, 1000.0, 1.96);
+        assert!((lo - 0.27246).abs() < 1e-4 && (hi - 0.32913).abs() < 1e-4, "{lo} {hi}");
+        assert_eq!(wilson(0.5, 0.0, 1.96), (0.0, 1.0));
+        let (lo, _) = wilson(0.0, 100.0, 1.96);
+        assert_eq!(lo, 0.0);
+    }
+
+    #[test]
+    fn share_of_a_window() {
+        let mut s = WindowStats::default();
+        for i in 0..100 {
+            let ad = if i < 30 { Some("A") } else { None };
+            s.fold(&allocation(&format!("r{i}"), ad, &["A"], 0.1));
+        }
+        let a = CampaignId::parse("A").unwrap();
+        let e = share(&s, &a, DeliveryBasis::of(&s), 1.96);
+        assert!((e.share - 0.3).abs() < 1e-12);
+        assert_eq!(e.samples, 30);
+        assert!(e.contains(0.3) && e.low > 0.2 && e.high < 0.4);
+        let none = share(&s, &CampaignId::parse("Z").unwrap(), DeliveryBasis::Allocations, 1.96);
+        assert_eq!(none.share, 0.0);
+    }
+
+    #[test]
+    fn required_samples_is_the_binomial_minimum() {
+        // ±1 pp at 95 % for s = 0.5: 9604 samples.
+        assert!((required_samples(0.5, 0.01, 1.959_964) - 9603.6).abs() < 0.5);
+    }
+}

@@ -1,0 +1,192 @@
+//! What the edge tells the origin: sampled allocation and impression events.
+//!
+//! Wire format (`POST /v1/events`, body `{"events": [...]}`), documented in
+//! `docs/event-format.md`. Every event carries the sample rate it was sampled at, so
+//! the origin weighs it by `1 / rate` (Horvitz–Thompson) whatever the rate is now, and
+//! the plan version it was decided under.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{CampaignId, MAX_CAMPAIGNS, PlacementId, RequestId};
+
+/// The most events one request body may carry.
+pub const MAX_BATCH: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// The edge chose (an ad or "no ad") for a request.
+    Allocation,
+    /// The app reported that the ad was actually shown.
+    Impression,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allocation => "allocation",
+            Self::Impression => "impression",
+        }
+    }
+}
+
+/// One sampled event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    pub kind: EventKind,
+    /// When the edge decided (unix milliseconds).
+    pub event_time_ms: u64,
+    pub request_id: RequestId,
+    pub placement: PlacementId,
+    /// The chosen campaign; `None` is "no ad" (allocations only).
+    pub ad_id: Option<CampaignId>,
+    pub plan_version: u64,
+    pub sample_rate: f64,
+    /// The request's eligibility pattern (allocations; empty for impressions, which
+    /// do not know it).
+    #[serde(default)]
+    pub eligible: Vec<CampaignId>,
+    #[serde(default)]
+    pub platform: Option<String>,
+    #[serde(default)]
+    pub country: Option<String>,
+    /// The edge location that decided, for operators.
+    #[serde(default)]
+    pub colo: Option<String>,
+}
+
+/// A body of events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventBatch {
+    pub events: Vec<Event>,
+}
+
+/// Why an event body was rejected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EventError {
+    #[error("invalid event body: {0}")]
+    Json(String),
+    #[error("a body carries 1 to {MAX_BATCH} events (got {0})")]
+    BatchSize(usize),
+    #[error("events[{index}].{field}: {message}")]
+    Invalid { index: usize, field: &'static str, message: String },
+}
+
+impl Event {
+    /// The Horvitz–Thompson weight: how many requests this sampled event stands for.
+    pub fn weight(&self) -> f64 {
+        1.0 / self.sample_rate
+    }
+
+    fn check(&self, index: usize) -> Result<(), EventError> {
+        let bad = |field, message: &str| Err(EventError::Invalid { index, field, message: message.into() });
+        if !(self.sample_rate.is_finite() && self.sample_rate > 0.0 && self.sample_rate <= 1.0) {
+            return bad("sample_rate", "must be in (0, 1]");
+        }
+        if self.kind == EventKind::Impression && self.ad_id.is_none() {
+            return bad("ad_id", "an impression needs the ad that was shown");
+        }
+        if self.eligible.len() > MAX_CAMPAIGNS {
+            return bad("eligible", "too many campaigns");
+        }
+        let mut seen = BTreeSet::new();
+        if !self.eligible.iter().all(|c| seen.insert(c)) {
+            return bad("eligible", "duplicate campaign id");
+        }
+        if let (EventKind::Allocation, Some(ad)) = (self.kind, &self.ad_id)
+            && !self.eligible.contains(ad)
+        {
+            return bad("ad_id", "the chosen ad must be in the eligible set");
+        }
+        if !self.platform.as_deref().is_none_or(crate::targets::is_platform) {
+            return bad("platform", "must be a lower-case token of at most 32 characters");
+        }
+        if !self.country.as_deref().is_none_or(crate::targets::is_country) {
+            return bad("country", "must be an upper-case ISO 3166-1 alpha-2 code");
+        }
+        if self.colo.as_ref().is_some_and(|c| c.len() > 16 || !c.bytes().all(|b| b.is_ascii_alphanumeric())) {
+            return bad("colo", "must be at most 16 letters or digits");
+        }
+        Ok(())
+    }
+}
+
+impl EventBatch {
+    pub fn parse(body: &[u8]) -> Result<Self, EventError> {
+        let batch: EventBatch = serde_json::from_slice(body).map_err(|e| EventError::Json(e.to_string()))?;
+        if batch.events.is_empty() || batch.events.len() > MAX_BATCH {
+            return Err(EventError::BatchSize(batch.events.len()));
+        }
+        for (i, e) in batch.events.iter().enumerate() {
+            e.check(i)?;
+        }
+        Ok(batch)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("events always serialise")
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    pub(crate) fn allocation(id: &str, ad: Option<&str>, eligible: &[&str], rate: f64) -> Event {
+        Event {
+            kind: EventKind::Allocation,
+            event_time_ms: 1_700_000_000_000,
+            request_id: RequestId::parse(id).unwrap(),
+            placement: PlacementId::parse("home_feed").unwrap(),
+            ad_id: ad.map(|a| CampaignId::parse(a).unwrap()),
+            plan_version: 1,
+            sample_rate: rate,
+            eligible: eligible.iter().map(|c| CampaignId::parse(*c).unwrap()).collect(),
+            platform: Some("ios".into()),
+            country: Some("DE".into()),
+            colo: Some("FRA".into()),
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let batch = EventBatch {
+            events: vec![allocation("r1", Some("A"), &["A", "B"], 0.5), allocation("r2", None, &[], 1.0)],
+        };
+        assert_eq!(EventBatch::parse(batch.to_json().as_bytes()).unwrap(), batch);
+    }
+
+    #[test]
+    fn rejects_bad_events() {
+        let good = serde_json::to_value(allocation("r1", Some("A"), &["A"], 0.5)).unwrap();
+        let cases: Vec<(serde_json::Value, &str)> = vec![
+            (json!({"sample_rate": 0.0}), "sample_rate"),
+            (json!({"sample_rate": 2.0}), "sample_rate"),
+            (json!({"ad_id": "B"}), "eligible set"),
+            (json!({"eligible": ["A", "A"]}), "duplicate"),
+            (json!({"kind": "impression", "ad_id": null}), "ad_id"),
+            (json!({"kind": "click"}), "unknown variant"),
+            (json!({"request_id": "a b"}), "request id"),
+            (json!({"bogus": 1}), "unknown field"),
+            (json!({"platform": "iOS"}), "platform"),
+            (json!({"country": "de"}), "country"),
+        ];
+        for (patch, expect) in cases {
+            let mut e = good.clone();
+            for (k, v) in patch.as_object().unwrap() {
+                e[k] = v.clone();
+            }
+            let body = json!({ "events": [e] }).to_string();
+            let err = EventBatch::parse(body.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(expect), "{err} should mention {expect}");
+        }
+        assert_eq!(EventBatch::parse(br#"{"events":[]}"#), Err(EventError::BatchSize(0)));
+        assert!(matches!(EventBatch::parse(b"nope"), Err(EventError::Json(_))));
+    }
+}

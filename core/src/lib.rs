@@ -1,0 +1,42 @@
+//! allot's domain, with no I/O.
+//!
+//! Everything that decides something lives here: which campaign a request gets
+//! ([`choose`]), whether a request is sampled ([`sample`]), what the edge tells the origin
+//! ([`event`], [`signature`]), how sampled events become counts ([`stats`]) and estimates
+//! ([`estimate`]), and how the origin computes the next plan ([`controller`],
+//! [`planner`]).
+//!
+//! Like quinn-proto, this crate never touches the outside world: it reads no clock, owns
+//! no random number generator, opens no socket and spawns nothing. Time and randomness
+//! are arguments. The edge worker (Wasm) and the origin (tokio) are thin shells around
+//! it, so the math lives in exactly one place and runs identically in both.
+
+pub mod choose;
+pub mod controller;
+pub mod estimate;
+pub mod event;
+pub mod id;
+pub mod plan;
+pub mod planner;
+pub mod quantile;
+pub mod sample;
+pub mod signature;
+mod solver;
+pub mod stats;
+pub mod targets;
+
+pub use choose::{Choice, CompiledPlan, RequestAttrs};
+pub use controller::{ControlInput, ControlState, Controller, Decision, Feasibility};
+pub use estimate::{DeliveryBasis, ShareEstimate};
+pub use event::{Event, EventBatch, EventError, EventKind};
+pub use id::{CampaignId, IdError, PlacementId, RequestId};
+pub use plan::{PLAN_FORMAT, Plan, PlanCampaign, PlanError};
+pub use planner::SampleRatePlanner;
+pub use sample::{sample_point, sampled};
+pub use signature::{SignatureError, Verifier};
+pub use stats::WindowStats;
+pub use targets::{CampaignTarget, Confidence, Eligibility, Rate, Targets, TargetsSpec, ValidationError};
+
+/// The most campaigns a placement may have. Eligibility sets are `u64` bit masks, which
+/// keeps choosing allocation-free and the solver's inner loop branch-light.
+pub const MAX_CAMPAIGNS: usize = 64;

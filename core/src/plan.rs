@@ -1,0 +1,214 @@
+//! The plan: what the origin publishes to KV and the edge chooses from.
+//!
+//! A plan is a versioned JSON document (format 1, documented in `docs/plan-format.md`).
+//! Parsing is strict (unknown fields, NaN-like values, duplicate ids, out-of-range
+//! rates are all errors) because the edge must never act on a plan it does not fully
+//! understand: it keeps serving the last good one instead.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{CampaignId, Eligibility, MAX_CAMPAIGNS, PlacementId};
+
+/// The plan wire format this code reads and writes.
+pub const PLAN_FORMAT: u32 = 1;
+
+/// One campaign as the edge sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanCampaign {
+    pub id: CampaignId,
+    /// Relative weight among eligible campaigns and "no ad". Not a share: with
+    /// eligibility, shares follow from weights only through the pattern frequencies.
+    pub weight: f64,
+    pub creative: serde_json::Value,
+    #[serde(default)]
+    pub eligibility: Eligibility,
+}
+
+/// A placement's plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    pub format: u32,
+    pub placement: PlacementId,
+    /// Strictly increasing per placement; events carry the version they were decided
+    /// under, and the edge refuses to replace a plan with an older one.
+    pub version: u64,
+    /// When the origin made this plan (unix milliseconds).
+    pub issued_at_ms: u64,
+    /// The share of requests whose events are sent to the origin, in `(0, 1]`.
+    pub sample_rate: f64,
+    /// The weight of "no ad", always eligible.
+    pub no_ad_weight: f64,
+    pub campaigns: Vec<PlanCampaign>,
+}
+
+/// Why a plan was rejected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    #[error("plan is not valid JSON for format {PLAN_FORMAT}: {0}")]
+    Json(String),
+    #[error("unsupported plan format {0} (this build reads format {PLAN_FORMAT})")]
+    Format(u32),
+    #[error("plan {field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> PlanError {
+    PlanError::Invalid { field: field.into(), message: message.into() }
+}
+
+impl Plan {
+    /// A plan that allocates nothing: what a placement serves before its first solve.
+    pub fn empty(placement: PlacementId, version: u64, issued_at_ms: u64) -> Self {
+        Self {
+            format: PLAN_FORMAT,
+            placement,
+            version,
+            issued_at_ms,
+            sample_rate: 1.0,
+            no_ad_weight: 1.0,
+            campaigns: vec![],
+        }
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<Self, PlanError> {
+        // Check the format first, so an old edge reading a newer plan says so instead of
+        // complaining about a field it has never heard of.
+        #[derive(Deserialize)]
+        struct Head {
+            format: u32,
+        }
+        let head: Head = serde_json::from_slice(bytes).map_err(|e| PlanError::Json(e.to_string()))?;
+        if head.format != PLAN_FORMAT {
+            return Err(PlanError::Format(head.format));
+        }
+        let plan: Plan = serde_json::from_slice(bytes).map_err(|e| PlanError::Json(e.to_string()))?;
+        plan.check()?;
+        Ok(plan)
+    }
+
+    /// The invariants every plan holds; [`Plan::parse`] enforces them on the way in and
+    /// the controller on the way out.
+    pub fn check(&self) -> Result<(), PlanError> {
+        if !(self.sample_rate.is_finite() && self.sample_rate > 0.0 && self.sample_rate <= 1.0) {
+            return Err(invalid("sample_rate", "must be in (0, 1]"));
+        }
+        if !(self.no_ad_weight.is_finite() && self.no_ad_weight >= 0.0) {
+            return Err(invalid("no_ad_weight", "must be a finite number ≥ 0"));
+        }
+        if self.campaigns.len() > MAX_CAMPAIGNS {
+            return Err(invalid("campaigns", format!("at most {MAX_CAMPAIGNS} campaigns")));
+        }
+        let mut seen = BTreeSet::new();
+        let mut total = self.no_ad_weight;
+        for (i, c) in self.campaigns.iter().enumerate() {
+            if !seen.insert(&c.id) {
+                return Err(invalid(format!("campaigns[{i}].id"), "duplicate campaign id"));
+            }
+            if !(c.weight.is_finite() && c.weight >= 0.0) {
+                return Err(invalid(format!("campaigns[{i}].weight"), "must be a finite number ≥ 0"));
+            }
+            if !c.creative.is_object() {
+                return Err(invalid(format!("campaigns[{i}].creative"), "must be a JSON object"));
+            }
+            c.eligibility
+                .clone()
+                .parse(&format!("campaigns[{i}].eligibility"))
+                .map_err(|e| invalid(e.field, e.message))?;
+            total += c.weight;
+        }
+        if !(total.is_finite() && total > 0.0) {
+            return Err(invalid("campaigns", "weights must not all be zero"));
+        }
+        Ok(())
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a plan always serialises")
+    }
+
+    pub fn campaign(&self, id: &CampaignId) -> Option<&PlanCampaign> {
+        self.campaigns.iter().find(|c| &c.id == id)
+    }
+
+    /// The KV key the plan lives under.
+    pub fn kv_key(placement: &PlacementId) -> String {
+        format!("plan:{placement}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    pub(crate) fn sample() -> Plan {
+        Plan {
+            format: 1,
+            placement: PlacementId::parse("home_feed").unwrap(),
+            version: 7,
+            issued_at_ms: 1_700_000_000_000,
+            sample_rate: 0.05,
+            no_ad_weight: 0.2,
+            campaigns: vec![
+                PlanCampaign {
+                    id: CampaignId::parse("A").unwrap(),
+                    weight: 0.5,
+                    creative: json!({"img": "a.png"}),
+                    eligibility: Eligibility { platforms: vec!["ios".into()], countries: vec![] },
+                },
+                PlanCampaign {
+                    id: CampaignId::parse("B").unwrap(),
+                    weight: 0.3,
+                    creative: json!({}),
+                    eligibility: Eligibility::default(),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let plan = sample();
+        assert_eq!(Plan::parse(plan.to_json().as_bytes()).unwrap(), plan);
+    }
+
+    #[test]
+    fn rejects_bad_plans_without_panicking() {
+        let mut bad = serde_json::to_value(sample()).unwrap();
+        type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(Mutation, &str)> = vec![
+            (Box::new(|v| v["format"] = json!(2)), "unsupported plan format 2"),
+            (Box::new(|v| v["sample_rate"] = json!(0.0)), "sample_rate"),
+            (Box::new(|v| v["sample_rate"] = json!(1.5)), "sample_rate"),
+            (Box::new(|v| v["campaigns"][0]["weight"] = json!(-1)), "campaigns[0].weight"),
+            (Box::new(|v| v["campaigns"][1]["id"] = json!("A")), "campaigns[1].id"),
+            (Box::new(|v| v["campaigns"][0]["creative"] = json!([])), "campaigns[0].creative"),
+            (Box::new(|v| v["extra"] = json!(1)), "unknown field"),
+            (Box::new(|v| v["placement"] = json!("a b")), "placement id"),
+            (
+                Box::new(|v| {
+                    v["no_ad_weight"] = json!(0);
+                    v["campaigns"][0]["weight"] = json!(0);
+                    v["campaigns"][1]["weight"] = json!(0);
+                }),
+                "must not all be zero",
+            ),
+        ];
+        for (mutate, expect) in cases {
+            let mut v = serde_json::to_value(sample()).unwrap();
+            mutate(&mut v);
+            let err = Plan::parse(v.to_string().as_bytes()).unwrap_err();
+            assert!(err.to_string().contains(expect), "{err} should mention {expect}");
+        }
+        bad["version"] = json!("seven");
+        assert!(Plan::parse(bad.to_string().as_bytes()).is_err());
+        for junk in [&b""[..], b"null", b"{", b"[]", b"\xff\xfe"] {
+            assert!(Plan::parse(junk).is_err());
+        }
+    }
+}

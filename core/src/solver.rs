@@ -1,0 +1,266 @@
+//! The eligibility-aware weight solver.
+//!
+//! Given pattern frequencies `f_S` (the share of requests for which exactly the
+//! campaigns in `S` are eligible) and target shares `t_c`, find weights `w` with
+//!
+//! ```text
+//! Σ_S f_S · [c ∈ S] · w_c / (w_0 + Σ_{c' ∈ S} w_c') = t_c   for every campaign c,
+//! ```
+//!
+//! where `w_0` is "no ad", eligible everywhere, with target `t_0 = 1 − Σ t_c`. This is
+//! a Luce/Bradley–Terry-type fitting problem; iterative proportional scaling,
+//! `w_c ← w_c · t_c / d_c(w)`, converges whenever the targets are feasible (Hall's
+//! condition: every set of campaigns is eligible for at least as much traffic as it
+//! asks for). A campaign asking for more than all of its eligible traffic is capped
+//! just below that traffic before solving, so the rest of the system still converges,
+//! and is reported as infeasible by the controller.
+//!
+//! Patterns are bit masks over campaign indices; the inner loop walks set bits.
+
+/// Pattern frequencies over campaign indices.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Patterns {
+    pub masks: Vec<u64>,
+    /// Non-negative, summing to 1.
+    pub freqs: Vec<f64>,
+}
+
+impl Patterns {
+    /// Builds normalised frequencies, merging equal masks. Empty input (no traffic seen
+    /// yet) means "everyone is eligible for everything".
+    pub fn new(counts: impl IntoIterator<Item = (u64, f64)>, campaigns: usize) -> Self {
+        let mut merged: Vec<(u64, f64)> = Vec::new();
+        for (mask, c) in counts {
+            if !(c.is_finite() && c > 0.0) {
+                continue;
+            }
+            match merged.iter_mut().find(|(m, _)| *m == mask) {
+                Some((_, f)) => *f += c,
+                None => merged.push((mask, c)),
+            }
+        }
+        let total: f64 = merged.iter().map(|(_, c)| c).sum();
+        if total <= 0.0 {
+            let all = if campaigns >= 64 { u64::MAX } else { (1u64 << campaigns) - 1 };
+            return Self { masks: vec![all], freqs: vec![1.0] };
+        }
+        merged.sort_by_key(|(m, _)| *m);
+        Self { masks: merged.iter().map(|(m, _)| *m).collect(), freqs: merged.iter().map(|(_, c)| c / total).collect() }
+    }
+
+    /// `m_c = Σ_{S ∋ c} f_S`: the most campaign `c` could ever get.
+    pub fn eligible_mass(&self, campaigns: usize) -> Vec<f64> {
+        let mut m = vec![0.0; campaigns];
+        for (&mask, &f) in self.masks.iter().zip(&self.freqs) {
+            for_each_bit(mask, campaigns, |i| m[i] += f);
+        }
+        m
+    }
+}
+
+#[inline]
+fn for_each_bit(mask: u64, limit: usize, mut f: impl FnMut(usize)) {
+    let mut bits = mask;
+    while bits != 0 {
+        let i = bits.trailing_zeros() as usize;
+        if i >= limit {
+            break;
+        }
+        f(i);
+        bits &= bits - 1;
+    }
+}
+
+/// Delivered shares under weights `w` (campaigns) and `w0` ("no ad"); returns `d_0`.
+pub fn delivered(w: &[f64], w0: f64, p: &Patterns, d: &mut [f64]) -> f64 {
+    d.iter_mut().for_each(|x| *x = 0.0);
+    let mut d0 = 0.0;
+    for (&mask, &f) in p.masks.iter().zip(&p.freqs) {
+        let mut total = w0;
+        for_each_bit(mask, w.len(), |i| total += w[i]);
+        if total <= 0.0 {
+            // Nobody with weight is eligible: the request gets no ad.
+            d0 += f;
+            continue;
+        }
+        let scale = f / total;
+        for_each_bit(mask, w.len(), |i| d[i] += w[i] * scale);
+        d0 += w0 * scale;
+    }
+    d0
+}
+
+/// Solver tuning.
+#[derive(Debug, Clone, Copy)]
+pub struct SolveOptions {
+    /// Stop when every campaign's delivered share is within this of its target.
+    pub tolerance: f64,
+    pub max_iterations: usize,
+    /// How far below its eligible traffic an over-asking campaign is capped (relative).
+    pub cap_margin: f64,
+}
+
+impl Default for SolveOptions {
+    fn default() -> Self {
+        Self { tolerance: 1e-9, max_iterations: 5_000, cap_margin: 1e-3 }
+    }
+}
+
+/// The solver's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Solution {
+    pub weights: Vec<f64>,
+    pub no_ad_weight: f64,
+    /// Shares delivered under `weights` (for the given patterns).
+    pub delivered: Vec<f64>,
+    /// `m_c`: each campaign's eligible traffic.
+    pub eligible_mass: Vec<f64>,
+    pub iterations: usize,
+    pub converged: bool,
+}
+
+/// Solves for weights delivering `targets` (shares, `Σ ≤ 1`) under `patterns`.
+///
+/// "No ad" anchors the scale: its weight stays at `1 − Σ targets` and the campaigns'
+/// weights are fitted around it, so at the fixed point every feasible campaign gets
+/// its target and "no ad" the rest. (Where `Σ targets = 1` there is no anchor and the
+/// weights are renormalised instead.) A campaign that asks for more than its eligible
+/// traffic is not fitted at all: its weight is pinned at `1/cap_margin` times everyone
+/// else's, so it wins nearly all of its traffic while the others converge normally
+/// instead of crawling along the boundary of the feasible region.
+pub fn solve(targets: &[f64], patterns: &Patterns, opts: SolveOptions) -> Solution {
+    let n = targets.len();
+    let mass = patterns.eligible_mass(n);
+    let t: Vec<f64> = targets.iter().map(|&r| if r.is_finite() { r.max(0.0) } else { 0.0 }).collect();
+    let capped: Vec<bool> = t.iter().zip(&mass).map(|(&r, &m)| m > 0.0 && r >= m * (1.0 - opts.cap_margin)).collect();
+    let w0 = (1.0 - t.iter().sum::<f64>()).max(0.0);
+    let pin = 1.0 / opts.cap_margin.max(1e-12);
+
+    // A campaign never eligible keeps its target as weight, so it gets a sensible
+    // share as soon as traffic for it appears.
+    let mut w = t.clone();
+    let mut d = vec![0.0; n];
+    let mut iterations = 0;
+    let mut converged = false;
+    loop {
+        let free: f64 = w0 + (0..n).filter(|&i| !capped[i]).map(|i| w[i]).sum::<f64>();
+        for i in (0..n).filter(|&i| capped[i]) {
+            w[i] = pin * free.max(f64::MIN_POSITIVE);
+        }
+        delivered(&w, w0, patterns, &mut d);
+        let err = (0..n).filter(|&i| !capped[i] && mass[i] > 0.0).map(|i| (t[i] - d[i]).abs()).fold(0.0, f64::max);
+        if err <= opts.tolerance {
+            converged = true;
+            break;
+        }
+        if iterations == opts.max_iterations {
+            break;
+        }
+        iterations += 1;
+        for i in (0..n).filter(|&i| !capped[i]) {
+            if t[i] > 0.0 && d[i] > 0.0 {
+                w[i] *= t[i] / d[i];
+            }
+        }
+        if w0 == 0.0 {
+            // No anchor: weights are scale-free, keep them summing to 1.
+            let total: f64 = w.iter().sum();
+            if total > 0.0 && total.is_finite() {
+                w.iter_mut().for_each(|x| *x /= total);
+            }
+        }
+    }
+    // Publish weights that sum to 1 (with "no ad"): easier to read, same choices.
+    let total = w0 + w.iter().sum::<f64>();
+    let (w, w0) =
+        if total > 0.0 && total.is_finite() { (w.iter().map(|x| x / total).collect(), w0 / total) } else { (w, w0) };
+    Solution { weights: w, no_ad_weight: w0, delivered: d, eligible_mass: mass, iterations, converged }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn patterns(p: &[(u64, f64)], n: usize) -> Patterns {
+        Patterns::new(p.iter().copied(), n)
+    }
+
+    #[test]
+    fn uniform_eligibility_gives_weights_equal_to_targets() {
+        let p = patterns(&[(0b11, 1.0)], 2);
+        let s = solve(&[0.5, 0.3], &p, SolveOptions::default());
+        assert!(s.converged);
+        assert!((s.weights[0] - 0.5).abs() < 1e-9 && (s.weights[1] - 0.3).abs() < 1e-9);
+        assert!((s.no_ad_weight - 0.2).abs() < 1e-9);
+    }
+
+    #[test]
+    fn skewed_eligibility_meets_targets() {
+        // A eligible for 30 % of requests, B for 60 %, C everywhere.
+        let p = patterns(&[(0b111, 0.18), (0b101, 0.12), (0b110, 0.42), (0b100, 0.28)], 3);
+        let targets = [0.2, 0.3, 0.25];
+        let s = solve(&targets, &p, SolveOptions::default());
+        assert!(s.converged, "{s:?}");
+        for (d, t) in s.delivered.iter().zip(targets) {
+            assert!((d - t).abs() < 1e-6, "{:?}", s.delivered);
+        }
+        // Static weights (w = r) would not have delivered them.
+        let mut d = vec![0.0; 3];
+        delivered(&targets, 0.25, &p, &mut d);
+        assert!((d[0] - 0.2).abs() > 0.01);
+    }
+
+    #[test]
+    fn an_over_asking_campaign_is_capped_and_the_rest_still_met() {
+        // A is eligible for 30 % but asks for 40 %.
+        let p = patterns(&[(0b11, 0.3), (0b10, 0.7)], 2);
+        let s = solve(&[0.4, 0.3], &p, SolveOptions::default());
+        assert!(s.converged);
+        assert!((s.eligible_mass[0] - 0.3).abs() < 1e-12);
+        assert!(s.delivered[0] > 0.299 && s.delivered[0] < 0.3);
+        assert!((s.delivered[1] - 0.3).abs() < 1e-6);
+    }
+
+    #[test]
+    fn no_traffic_means_all_eligible() {
+        let p = Patterns::new(std::iter::empty(), 3);
+        assert_eq!(p.masks, vec![0b111]);
+    }
+
+    fn arb_feasible() -> impl Strategy<Value = (Vec<f64>, Vec<(u64, f64)>)> {
+        // Random patterns over 1..8 campaigns; targets drawn as a fraction of what a
+        // random feasible allocation delivers, so they are feasible by construction.
+        (1usize..8).prop_flat_map(|n| {
+            let full = (1u64 << n) - 1;
+            (
+                prop::collection::vec((0..=full, 0.01f64..1.0), 1..20),
+                prop::collection::vec(0.05f64..1.0, n),
+                prop::collection::vec(0.05f64..1.0, n),
+                Just(n),
+            )
+                .prop_map(move |(pats, w, scale, n)| {
+                    let pats: Vec<(u64, f64)> = pats;
+                    let p = Patterns::new(pats.iter().copied(), n);
+                    let mut d = vec![0.0; n];
+                    delivered(&w, 0.2, &p, &mut d);
+                    let t: Vec<f64> = d.iter().zip(&scale).map(|(d, s)| d * (0.5 + 0.5 * s)).collect();
+                    (t, pats)
+                })
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn meets_feasible_targets_to_1e6((targets, pats) in arb_feasible()) {
+            let p = Patterns::new(pats.iter().copied(), targets.len());
+            let s = solve(&targets, &p, SolveOptions::default());
+            for (i, (d, t)) in s.delivered.iter().zip(&targets).enumerate() {
+                if s.eligible_mass[i] > 0.0 {
+                    prop_assert!((d - t).abs() < 1e-6, "campaign {}: {} vs {} after {} iterations", i, d, t, s.iterations);
+                }
+            }
+        }
+    }
+}

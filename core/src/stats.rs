@@ -1,0 +1,289 @@
+//! Window statistics: sampled events folded into Horvitz–Thompson counts.
+//!
+//! One [`WindowStats`] per placement and control window. Folding an event adds its
+//! weight `1/rate` to the relevant counters; merging adds counters, so windows (and
+//! replicas that each saw part of the stream) combine in any order or grouping.
+//!
+//! The origin keeps these in a Redis hash; [`WindowStats::to_fields`] and
+//! [`WindowStats::from_fields`] are the mapping, so the origin applies an event as a
+//! handful of `HINCRBYFLOAT`s without knowing what the fields mean. Field names:
+//! `req.ht`, `req.sq`, `req.n` (all requests), `a.{id}.ht`/`a.{id}.n` (allocations),
+//! `i.{id}.ht`/`i.{id}.n` (impressions), `p.{platform}:{country}` (requests per
+//! attribute profile; either part may be empty), `v.{version}` (plan versions seen).
+//!
+//! Requests are counted per attribute *profile* rather than per eligibility pattern:
+//! the controller derives each profile's pattern from the *current* targets, so a new
+//! campaign or a changed eligibility rule is solved for correctly at once, before any
+//! plan containing it has reached the edge.
+
+use std::collections::BTreeMap;
+
+use crate::{CampaignId, Event, EventKind};
+
+/// A Horvitz–Thompson count and the number of samples behind it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Tally {
+    /// `Σ 1/rate`: the estimated number of events in the population.
+    pub ht: f64,
+    /// Sampled events.
+    pub n: u64,
+}
+
+impl Tally {
+    fn add(&mut self, w: f64) {
+        self.ht += w;
+        self.n += 1;
+    }
+
+    fn merge(&mut self, o: &Tally) {
+        self.ht += o.ht;
+        self.n += o.n;
+    }
+}
+
+/// One campaign's counts in a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CampaignCounts {
+    pub allocations: Tally,
+    pub impressions: Tally,
+}
+
+/// A placement's counts for one window (or several merged).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WindowStats {
+    /// All requests (allocation events, with or without an ad).
+    pub requests: Tally,
+    /// `Σ (1/rate)²` over requests: with [`Tally::ht`] it gives the effective sample
+    /// size `(Σw)²/Σw²` when the rate changed within the window.
+    pub requests_sq: f64,
+    pub campaigns: BTreeMap<CampaignId, CampaignCounts>,
+    /// Estimated requests per attribute profile, keyed `platform:country`.
+    pub profiles: BTreeMap<String, f64>,
+    /// Estimated requests per plan version they were decided under.
+    pub versions: BTreeMap<u64, f64>,
+}
+
+/// A malformed stored field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unrecognised window field {0:?}")]
+pub struct StatsError(pub String);
+
+/// The profile key of a request's attributes: `platform:country`, either may be empty.
+pub fn profile_key(platform: Option<&str>, country: Option<&str>) -> String {
+    format!("{}:{}", platform.unwrap_or(""), country.unwrap_or(""))
+}
+
+/// The attributes of a profile key.
+pub fn parse_profile_key(key: &str) -> (Option<&str>, Option<&str>) {
+    let (p, c) = key.split_once(':').unwrap_or((key, ""));
+    ((!p.is_empty()).then_some(p), (!c.is_empty()).then_some(c))
+}
+
+impl WindowStats {
+    /// The window an event time falls in, for windows of `period_ms`.
+    pub fn window_index(event_time_ms: u64, period_ms: u64) -> u64 {
+        event_time_ms / period_ms.max(1)
+    }
+
+    pub fn fold(&mut self, e: &Event) {
+        let w = e.weight();
+        match e.kind {
+            EventKind::Allocation => {
+                self.requests.add(w);
+                self.requests_sq += w * w;
+                if let Some(ad) = &e.ad_id {
+                    self.campaigns.entry(ad.clone()).or_default().allocations.add(w);
+                }
+                *self.profiles.entry(profile_key(e.platform.as_deref(), e.country.as_deref())).or_default() += w;
+                *self.versions.entry(e.plan_version).or_default() += w;
+            }
+            EventKind::Impression => {
+                if let Some(ad) = &e.ad_id {
+                    self.campaigns.entry(ad.clone()).or_default().impressions.add(w);
+                }
+            }
+        }
+    }
+
+    pub fn of_event(e: &Event) -> Self {
+        let mut s = Self::default();
+        s.fold(e);
+        s
+    }
+
+    pub fn merge(&mut self, o: &WindowStats) {
+        self.requests.merge(&o.requests);
+        self.requests_sq += o.requests_sq;
+        for (id, c) in &o.campaigns {
+            let mine = self.campaigns.entry(id.clone()).or_default();
+            mine.allocations.merge(&c.allocations);
+            mine.impressions.merge(&c.impressions);
+        }
+        for (k, v) in &o.profiles {
+            *self.profiles.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &o.versions {
+            *self.versions.entry(*k).or_default() += v;
+        }
+    }
+
+    /// `(Σw)²/Σw²`: the number of equally weighted samples with the same precision.
+    pub fn effective_samples(&self) -> f64 {
+        if self.requests_sq > 0.0 { self.requests.ht * self.requests.ht / self.requests_sq } else { 0.0 }
+    }
+
+    /// Whether the placement's apps report impressions (then delivery is measured on
+    /// impressions, see DESIGN.md).
+    pub fn has_impressions(&self) -> bool {
+        self.campaigns.values().any(|c| c.impressions.n > 0)
+    }
+
+    /// The share of this window's requests decided under `version`.
+    pub fn version_share(&self, version: u64) -> f64 {
+        let total: f64 = self.versions.values().sum();
+        if total > 0.0 { self.versions.get(&version).copied().unwrap_or(0.0) / total } else { 0.0 }
+    }
+
+    /// The counters as flat hash fields (non-zero ones only).
+    pub fn to_fields(&self) -> Vec<(String, f64)> {
+        let mut out = Vec::new();
+        let mut push = |k: String, v: f64| {
+            if v != 0.0 {
+                out.push((k, v));
+            }
+        };
+        push("req.ht".into(), self.requests.ht);
+        push("req.n".into(), self.requests.n as f64);
+        push("req.sq".into(), self.requests_sq);
+        for (id, c) in &self.campaigns {
+            push(format!("a.{id}.ht"), c.allocations.ht);
+            push(format!("a.{id}.n"), c.allocations.n as f64);
+            push(format!("i.{id}.ht"), c.impressions.ht);
+            push(format!("i.{id}.n"), c.impressions.n as f64);
+        }
+        for (k, v) in &self.profiles {
+            push(format!("p.{k}"), *v);
+        }
+        for (k, v) in &self.versions {
+            push(format!("v.{k}"), *v);
+        }
+        out
+    }
+
+    /// Rebuilds the counters from hash fields.
+    pub fn from_fields<K: AsRef<str>>(fields: impl IntoIterator<Item = (K, f64)>) -> Result<Self, StatsError> {
+        let mut s = Self::default();
+        for (k, v) in fields {
+            let k = k.as_ref();
+            let err = || StatsError(k.to_string());
+            let n = || v.round().max(0.0) as u64;
+            match k {
+                "req.ht" => s.requests.ht = v,
+                "req.n" => s.requests.n = n(),
+                "req.sq" => s.requests_sq = v,
+                _ => {
+                    let (head, rest) = k.split_once('.').ok_or_else(err)?;
+                    match head {
+                        "p" => {
+                            s.profiles.insert(rest.to_string(), v);
+                        }
+                        "v" => {
+                            s.versions.insert(rest.parse().map_err(|_| err())?, v);
+                        }
+                        "a" | "i" => {
+                            let (id, what) = rest.rsplit_once('.').ok_or_else(err)?;
+                            let id = CampaignId::parse(id).map_err(|_| err())?;
+                            let c = s.campaigns.entry(id).or_default();
+                            let tally = if head == "a" { &mut c.allocations } else { &mut c.impressions };
+                            match what {
+                                "ht" => tally.ht = v,
+                                "n" => tally.n = n(),
+                                _ => return Err(err()),
+                            }
+                        }
+                        _ => return Err(err()),
+                    }
+                }
+            }
+        }
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::event::tests::allocation;
+
+    fn impression(id: &str, ad: &str, rate: f64) -> Event {
+        let mut e = allocation(id, Some(ad), &[], rate);
+        e.kind = EventKind::Impression;
+        e
+    }
+
+    #[test]
+    fn folds_horvitz_thompson_counts() {
+        let mut s = WindowStats::default();
+        s.fold(&allocation("r1", Some("A"), &["B", "A"], 0.5));
+        s.fold(&allocation("r2", None, &[], 0.25));
+        s.fold(&impression("r1", "A", 0.5));
+        assert_eq!(s.requests, Tally { ht: 6.0, n: 2 });
+        assert_eq!(s.requests_sq, 4.0 + 16.0);
+        let a = &s.campaigns[&CampaignId::parse("A").unwrap()];
+        assert_eq!(a.allocations, Tally { ht: 2.0, n: 1 });
+        assert_eq!(a.impressions, Tally { ht: 2.0, n: 1 });
+        assert_eq!(s.profiles["ios:DE"], 6.0);
+        assert_eq!(parse_profile_key("ios:DE"), (Some("ios"), Some("DE")));
+        assert_eq!(parse_profile_key(":"), (None, None));
+        assert_eq!(parse_profile_key(&profile_key(None, Some("FR"))), (None, Some("FR")));
+        assert!(s.has_impressions());
+        assert!((s.effective_samples() - 36.0 / 20.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn fields_round_trip() {
+        let mut s = WindowStats::default();
+        s.fold(&allocation("r1", Some("A"), &["A", "B"], 0.5));
+        s.fold(&impression("r1", "A", 0.5));
+        s.fold(&allocation("r2", None, &[], 1.0));
+        let back = WindowStats::from_fields(s.to_fields()).unwrap();
+        assert_eq!(back, s);
+        assert!(WindowStats::from_fields([("x.y", 1.0)]).is_err());
+        assert!(WindowStats::from_fields([("a.A.zz", 1.0)]).is_err());
+    }
+
+    fn arb_event() -> impl Strategy<Value = Event> {
+        (0u8..4, prop::sample::select(vec![0.125, 0.25, 0.5, 1.0]), any::<bool>(), 1u64..4).prop_map(
+            |(ad, rate, imp, version)| {
+                let ids = ["A", "B", "C"];
+                let ad = (ad < 3).then(|| ids[ad as usize]);
+                let mut e = allocation("r", ad, &ids, rate);
+                e.plan_version = version;
+                if imp && ad.is_some() {
+                    e.kind = EventKind::Impression;
+                }
+                e
+            },
+        )
+    }
+
+    proptest! {
+        /// Merging per-event stats in any grouping equals folding all events.
+        #[test]
+        fn merge_is_associative(events in prop::collection::vec(arb_event(), 0..40), split in 0usize..40) {
+            let split = split.min(events.len());
+            let mut all = WindowStats::default();
+            events.iter().for_each(|e| all.fold(e));
+            let mut left = WindowStats::default();
+            events[..split].iter().for_each(|e| left.fold(e));
+            let mut right = WindowStats::default();
+            events[split..].iter().for_each(|e| right.merge(&WindowStats::of_event(e)));
+            let mut merged = right.clone();
+            merged.merge(&left);
+            // Rates are powers of two, so the sums are exact.
+            prop_assert_eq!(merged, all);
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! What a manager asks for: per placement, each campaign's share of traffic, who it is
+//! eligible for, and how sure the system must be that the shares are met.
+//!
+//! [`TargetsSpec`] is the wire shape (what the admin API receives); [`Targets`] is the
+//! validated value. [`Targets::parse`] is the only way from one to the other, and every
+//! rejection names the offending field (`campaigns[1].rate`), so the admin API can
+//! answer `422` with a message a manager can act on.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{CampaignId, MAX_CAMPAIGNS};
+
+/// A share of traffic: finite and within `0..=1`.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize)]
+#[serde(transparent)]
+pub struct Rate(f64);
+
+impl Rate {
+    pub fn new(value: f64) -> Result<Self, String> {
+        if !value.is_finite() {
+            return Err("must be a finite number".into());
+        }
+        if !(0.0..=1.0).contains(&value) {
+            return Err(format!("must be between 0 and 1 (got {value})"));
+        }
+        Ok(Self(value))
+    }
+
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+/// A rejected field of a targets document.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    /// A path into the document, e.g. `campaigns[2].eligibility.countries[0]`.
+    pub field: String,
+    pub message: String,
+}
+
+impl ValidationError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+/// Who a campaign may be shown to. An empty list means "everyone" for that attribute; a
+/// request that lacks an attribute is only eligible where the list is empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Eligibility {
+    #[serde(default)]
+    pub platforms: Vec<String>,
+    #[serde(default)]
+    pub countries: Vec<String>,
+}
+
+impl Eligibility {
+    pub fn matches(&self, platform: Option<&str>, country: Option<&str>) -> bool {
+        fn one(list: &[String], value: Option<&str>) -> bool {
+            list.is_empty() || value.is_some_and(|v| list.iter().any(|x| x == v))
+        }
+        one(&self.platforms, platform) && one(&self.countries, country)
+    }
+
+    /// Normalises and checks the lists: platforms are lower-case tokens, countries are
+    /// ISO 3166-1 alpha-2 codes (upper-cased), no duplicates.
+    pub fn parse(mut self, field: &str) -> Result<Self, ValidationError> {
+        for p in &mut self.platforms {
+            *p = p.to_ascii_lowercase();
+        }
+        for c in &mut self.countries {
+            *c = c.to_ascii_uppercase();
+        }
+        check_list(&self.platforms, &format!("{field}.platforms"), is_platform)?;
+        check_list(&self.countries, &format!("{field}.countries"), is_country)?;
+        Ok(self)
+    }
+}
+
+/// A platform token as it appears in requests: `ios`, `android`, `web`, …
+pub fn is_platform(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// An ISO 3166-1 alpha-2 country code, upper case.
+pub fn is_country(s: &str) -> bool {
+    s.len() == 2 && s.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+fn check_list(list: &[String], field: &str, ok: fn(&str) -> bool) -> Result<(), ValidationError> {
+    let mut seen = BTreeSet::new();
+    for (i, v) in list.iter().enumerate() {
+        if !ok(v) {
+            return Err(ValidationError::new(format!("{field}[{i}]"), format!("invalid value {v:?}")));
+        }
+        if !seen.insert(v) {
+            return Err(ValidationError::new(format!("{field}[{i}]"), format!("duplicate value {v:?}")));
+        }
+    }
+    Ok(())
+}
+
+/// How sure the manager wants to be: realized shares within ±`margin` at `level`
+/// confidence (e.g. ±1 pp at 95 %).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Confidence {
+    pub margin: f64,
+    pub level: f64,
+}
+
+impl Default for Confidence {
+    fn default() -> Self {
+        Self { margin: 0.01, level: 0.95 }
+    }
+}
+
+impl Confidence {
+    pub fn parse(self) -> Result<Self, ValidationError> {
+        if !(self.margin.is_finite() && self.margin > 0.0 && self.margin <= 0.5) {
+            return Err(ValidationError::new("confidence.margin", "must be in (0, 0.5]"));
+        }
+        if !(self.level.is_finite() && self.level >= 0.5 && self.level < 1.0) {
+            return Err(ValidationError::new("confidence.level", "must be in [0.5, 1)"));
+        }
+        Ok(self)
+    }
+
+    /// The two-sided normal quantile for `level` (1.96 at 95 %).
+    pub fn z(&self) -> f64 {
+        crate::quantile::two_sided_z(self.level)
+    }
+}
+
+/// The wire form of one campaign's target, as the admin API receives it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignSpec {
+    pub id: String,
+    pub rate: f64,
+    #[serde(default = "empty_object")]
+    pub creative: serde_json::Value,
+    #[serde(default)]
+    pub eligibility: Eligibility,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+/// The wire form of a placement's targets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetsSpec {
+    pub campaigns: Vec<CampaignSpec>,
+    #[serde(default)]
+    pub confidence: Confidence,
+}
+
+/// One campaign's validated target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CampaignTarget {
+    pub id: CampaignId,
+    pub rate: Rate,
+    /// Opaque to allot: whatever the app needs to render the ad. Always a JSON object.
+    pub creative: serde_json::Value,
+    pub eligibility: Eligibility,
+}
+
+/// A placement's validated targets: `Σ rate ≤ 1`, unique ids, at most
+/// [`MAX_CAMPAIGNS`] campaigns. The remainder `1 − Σ rate` is "no ad".
+#[derive(Debug, Clone, PartialEq)]
+pub struct Targets {
+    pub campaigns: Vec<CampaignTarget>,
+    pub confidence: Confidence,
+}
+
+/// Rounding slack for `Σ rate ≤ 1` (managers type 0.1 + 0.2 + 0.7).
+const SUM_SLACK: f64 = 1e-9;
+
+impl Targets {
+    pub fn parse(spec: TargetsSpec) -> Result<Self, ValidationError> {
+        if spec.campaigns.len() > MAX_CAMPAIGNS {
+            return Err(ValidationError::new(
+                "campaigns",
+                format!("at most {MAX_CAMPAIGNS} campaigns per placement (got {})", spec.campaigns.len()),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        let mut campaigns = Vec::with_capacity(spec.campaigns.len());
+        let mut sum = 0.0;
+        for (i, c) in spec.campaigns.into_iter().enumerate() {
+            let field = |name: &str| format!("campaigns[{i}].{name}");
+            let id = CampaignId::parse(c.id).map_err(|e| ValidationError::new(field("id"), e.to_string()))?;
+            if !seen.insert(id.clone()) {
+                return Err(ValidationError::new(field("id"), format!("duplicate campaign id {id:?}")));
+            }
+            let rate = Rate::new(c.rate).map_err(|m| ValidationError::new(field("rate"), m))?;
+            if !c.creative.is_object() {
+                return Err(ValidationError::new(field("creative"), "must be a JSON object"));
+            }
+            let eligibility = c.eligibility.parse(&field("eligibility"))?;
+            sum += rate.get();
+            campaigns.push(CampaignTarget { id, rate, creative: c.creative, eligibility });
+        }
+        if sum > 1.0 + SUM_SLACK {
+            return Err(ValidationError::new("campaigns", format!("rates must sum to at most 1 (they sum to {sum})")));
+        }
+        let confidence = spec.confidence.parse()?;
+        Ok(Self { campaigns, confidence })
+    }
+
+    /// The wire form again, for storage and the admin API's `GET`.
+    pub fn to_spec(&self) -> TargetsSpec {
+        TargetsSpec {
+            campaigns: self
+                .campaigns
+                .iter()
+                .map(|c| CampaignSpec {
+                    id: c.id.to_string(),
+                    rate: c.rate.get(),
+                    creative: c.creative.clone(),
+                    eligibility: c.eligibility.clone(),
+                })
+                .collect(),
+            confidence: self.confidence,
+        }
+    }
+
+    /// The "no ad" share: `1 − Σ rate`, never negative.
+    pub fn no_ad_rate(&self) -> f64 {
+        (1.0 - self.campaigns.iter().map(|c| c.rate.get()).sum::<f64>()).max(0.0)
+    }
+
+    pub fn campaign(&self, id: &CampaignId) -> Option<&CampaignTarget> {
+        self.campaigns.iter().find(|c| &c.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn parse(doc: serde_json::Value) -> Result<Targets, ValidationError> {
+        Targets::parse(serde_json::from_value(doc).expect("spec shape"))
+    }
+
+    fn field_of(doc: serde_json::Value) -> String {
+        parse(doc).unwrap_err().field
+    }
+
+    #[test]
+    fn parses_a_valid_document() {
+        let t = parse(json!({
+            "campaigns": [
+                {"id": "A", "rate": 0.5, "creative": {"img": "a.png"},
+                 "eligibility": {"platforms": ["IOS"], "countries": ["de"]}},
+                {"id": "B", "rate": 0.3}
+            ],
+            "confidence": {"margin": 0.01, "level": 0.95}
+        }))
+        .unwrap();
+        assert_eq!(t.campaigns.len(), 2);
+        assert_eq!(t.campaigns[0].eligibility.platforms, ["ios"]);
+        assert_eq!(t.campaigns[0].eligibility.countries, ["DE"]);
+        assert!((t.no_ad_rate() - 0.2).abs() < 1e-12);
+        assert_eq!(Targets::parse(t.to_spec()).unwrap(), t);
+    }
+
+    #[test]
+    fn each_bad_input_names_its_field() {
+        let cases = [
+            (json!({"campaigns": [{"id": "A", "rate": 1.5}]}), "campaigns[0].rate"),
+            (json!({"campaigns": [{"id": "A", "rate": -0.1}]}), "campaigns[0].rate"),
+            (json!({"campaigns": [{"id": "A", "rate": 0.1}, {"id": "A", "rate": 0.1}]}), "campaigns[1].id"),
+            (json!({"campaigns": [{"id": "a b", "rate": 0.1}]}), "campaigns[0].id"),
+            (json!({"campaigns": [{"id": "A", "rate": 0.6}, {"id": "B", "rate": 0.5}]}), "campaigns"),
+            (json!({"campaigns": [{"id": "A", "rate": 0.1, "creative": "x"}]}), "campaigns[0].creative"),
+            (
+                json!({"campaigns": [{"id": "A", "rate": 0.1, "eligibility": {"countries": ["DEU"]}}]}),
+                "campaigns[0].eligibility.countries[0]",
+            ),
+            (
+                json!({"campaigns": [{"id": "A", "rate": 0.1, "eligibility": {"platforms": ["ios", "IOS"]}}]}),
+                "campaigns[0].eligibility.platforms[1]",
+            ),
+            (json!({"campaigns": [], "confidence": {"margin": 0.0, "level": 0.95}}), "confidence.margin"),
+            (json!({"campaigns": [], "confidence": {"margin": 0.01, "level": 1.0}}), "confidence.level"),
+        ];
+        for (doc, field) in cases {
+            assert_eq!(field_of(doc.clone()), field, "{doc}");
+        }
+    }
+
+    #[test]
+    fn rejects_more_than_64_campaigns() {
+        let campaigns: Vec<_> = (0..65).map(|i| json!({"id": format!("c{i}"), "rate": 0.01})).collect();
+        assert_eq!(field_of(json!({ "campaigns": campaigns })), "campaigns");
+    }
+
+    #[test]
+    fn nan_is_not_a_rate() {
+        assert!(Rate::new(f64::NAN).is_err());
+        assert!(Rate::new(f64::INFINITY).is_err());
+        assert!(Rate::new(1.0).is_ok());
+    }
+
+    #[test]
+    fn tolerates_rounding_in_the_sum() {
+        assert!(
+            parse(json!({"campaigns": [
+                {"id": "A", "rate": 0.1}, {"id": "B", "rate": 0.2}, {"id": "C", "rate": 0.7}
+            ]}))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn eligibility_matching() {
+        let e = Eligibility { platforms: vec!["ios".into()], countries: vec![] };
+        assert!(e.matches(Some("ios"), None));
+        assert!(!e.matches(Some("android"), Some("DE")));
+        assert!(!e.matches(None, Some("DE")));
+        assert!(Eligibility::default().matches(None, None));
+    }
+}
