@@ -86,23 +86,49 @@ impl WindowStats {
     }
 
     pub fn fold(&mut self, e: &Event) {
-        let w = e.weight();
         match e.kind {
-            EventKind::Allocation => {
-                self.requests.add(w);
-                self.requests_sq += w * w;
-                if let Some(ad) = &e.ad_id {
-                    self.campaigns.entry(ad.clone()).or_default().allocations.add(w);
-                }
-                *self.profiles.entry(profile_key(e.platform.as_deref(), e.country.as_deref())).or_default() += w;
-                *self.versions.entry(e.plan_version).or_default() += w;
-            }
+            EventKind::Allocation => self.record_allocation(
+                e.weight(),
+                e.ad_id.as_ref(),
+                &profile_key(e.platform.as_deref(), e.country.as_deref()),
+                e.plan_version,
+            ),
             EventKind::Impression => {
                 if let Some(ad) = &e.ad_id {
-                    self.campaigns.entry(ad.clone()).or_default().impressions.add(w);
+                    self.record_impression(e.weight(), ad);
                 }
             }
         }
+    }
+
+    /// Counts one sampled request of HT weight `w` (what [`fold`](Self::fold) does for
+    /// an allocation event, without building one).
+    pub fn record_allocation(&mut self, w: f64, ad: Option<&CampaignId>, profile: &str, plan_version: u64) {
+        self.requests.add(w);
+        self.requests_sq += w * w;
+        if let Some(ad) = ad {
+            self.campaign_mut(ad).allocations.add(w);
+        }
+        match self.profiles.get_mut(profile) {
+            Some(c) => *c += w,
+            None => {
+                self.profiles.insert(profile.to_string(), w);
+            }
+        }
+        *self.versions.entry(plan_version).or_default() += w;
+    }
+
+    /// Counts one sampled impression of HT weight `w`.
+    pub fn record_impression(&mut self, w: f64, ad: &CampaignId) {
+        self.campaign_mut(ad).impressions.add(w);
+    }
+
+    fn campaign_mut(&mut self, id: &CampaignId) -> &mut CampaignCounts {
+        // Look up before inserting so the common case does not clone the id.
+        if !self.campaigns.contains_key(id) {
+            self.campaigns.insert(id.clone(), CampaignCounts::default());
+        }
+        self.campaigns.get_mut(id).expect("inserted above")
     }
 
     pub fn of_event(e: &Event) -> Self {

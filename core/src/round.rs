@@ -1,0 +1,112 @@
+//! One control round for one placement: controller, sample-rate planner, and the
+//! decision whether to publish.
+//!
+//! The origin's control loop and the simulator both run exactly this, so what the
+//! simulator proves is what the origin does.
+
+use crate::{
+    ControlInput, ControlState, Controller, Decision, PlacementId, Plan, SampleRatePlanner, Targets, WindowStats,
+};
+
+/// Everything a round looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct Round<'a> {
+    pub placement: &'a PlacementId,
+    pub targets: &'a Targets,
+    /// The last few complete windows, merged.
+    pub recent: &'a WindowStats,
+    /// The last complete window.
+    pub last: Option<&'a WindowStats>,
+    /// The plan published last (in force at the edge, or about to be).
+    pub previous: Option<&'a Plan>,
+    pub state: &'a ControlState,
+    /// The targets changed since `previous` was made: publish regardless.
+    pub targets_changed: bool,
+    pub now_ms: u64,
+    /// Republish an unchanged plan when `previous` is older than this, so a KV
+    /// expiry or a lost write heals itself.
+    pub republish_after_ms: u64,
+}
+
+/// What a round decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub decision: Decision,
+    /// The plan to publish (version + 1), or `None` when the one in force is still right.
+    pub plan: Option<Plan>,
+}
+
+/// Tuning for rounds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Policy {
+    pub controller: Controller,
+    pub planner: SampleRatePlanner,
+}
+
+/// Relative weight change below which a plan is not republished.
+pub const REPUBLISH_THRESHOLD: f64 = 0.01;
+
+impl Policy {
+    pub fn run(&self, r: Round<'_>) -> Outcome {
+        let decision = self.controller.decide(ControlInput {
+            targets: r.targets,
+            recent: r.recent,
+            last: r.last,
+            previous: r.previous,
+            state: r.state,
+        });
+        let current_rate = r.previous.map_or(1.0, |p| p.sample_rate);
+        let requests = r.last.map_or(0.0, |w| w.requests.ht);
+        let rate = self.planner.rate(r.targets, requests, current_rate);
+        let publish = match r.previous {
+            None => true,
+            Some(prev) => {
+                r.targets_changed
+                    || rate != prev.sample_rate
+                    || decision.differs_from(prev, r.targets, REPUBLISH_THRESHOLD)
+                    || r.now_ms.saturating_sub(prev.issued_at_ms) >= r.republish_after_ms
+            }
+        };
+        let plan = publish.then(|| {
+            let version = r.previous.map_or(1, |p| p.version + 1);
+            decision.to_plan(r.targets, r.placement.clone(), version, rate, r.now_ms)
+        });
+        Outcome { decision, plan }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::TargetsSpec;
+
+    #[test]
+    fn publishes_first_then_only_on_change() {
+        let targets = Targets::parse(
+            serde_json::from_value::<TargetsSpec>(json!({"campaigns": [{"id": "A", "rate": 0.5}]})).unwrap(),
+        )
+        .unwrap();
+        let placement = PlacementId::parse("p").unwrap();
+        let empty = WindowStats::default();
+        let state = ControlState::default();
+        let round = |previous, targets_changed, now_ms| Round {
+            placement: &placement,
+            targets: &targets,
+            recent: &empty,
+            last: None,
+            previous,
+            state: &state,
+            targets_changed,
+            now_ms,
+            republish_after_ms: 600_000,
+        };
+        let policy = Policy::default();
+        let first = policy.run(round(None, false, 1_000)).plan.expect("first round publishes");
+        assert_eq!((first.version, first.sample_rate), (1, 1.0));
+        assert!(policy.run(round(Some(&first), false, 2_000)).plan.is_none());
+        assert_eq!(policy.run(round(Some(&first), true, 2_000)).plan.map(|p| p.version), Some(2));
+        assert!(policy.run(round(Some(&first), false, 601_000)).plan.is_some());
+    }
+}
