@@ -7,11 +7,14 @@
 //! 2. **Render ratio.** Where apps report impressions, an allocated ad is not always
 //!    shown. The measured impressions/allocations ratio `ρ_c` is known per campaign, so
 //!    the solver is asked to allocate `r_c / ρ_c`.
-//! 3. **Damped feedback** for whatever the model still misses (stale edges, bias):
-//!    a multiplicative correction `g_c`, updated from the last window only when that
-//!    window was decided (≥ 90 %) under the previous plan and its error exceeds the
-//!    window's own confidence interval, by `(r/m)^gain`, and bounded. Noise alone
-//!    therefore rarely moves it, and it cannot run away.
+//! 3. **Damped feedback** for whatever the model still misses (bias, effects outside
+//!    the model): the last window's measured share `m_c` is compared with what the
+//!    model predicts for the plan that was actually in force, `p_c`. Only the
+//!    unexplained part `p_c/m_c` feeds a bounded multiplicative correction `g_c`
+//!    (geometric smoothing with `gain`), and only when the window was decided (≥ 90 %)
+//!    under that plan and the gap exceeds the window's own confidence interval. So a
+//!    plan made before the traffic mix was known does not look like a bias, noise alone
+//!    rarely moves `g_c`, and it cannot run away.
 
 use std::collections::BTreeMap;
 
@@ -20,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::estimate::{self, DeliveryBasis};
 use crate::solver::{self, Patterns, SolveOptions};
 use crate::stats::parse_profile_key;
-use crate::{CampaignId, PLAN_FORMAT, PlacementId, Plan, PlanCampaign, Targets, WindowStats};
+use crate::{CampaignId, Eligibility, PLAN_FORMAT, PlacementId, Plan, PlanCampaign, Targets, WindowStats};
 
 /// The controller's memory between rounds (stored by the shell next to the plan).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -35,6 +38,10 @@ pub struct ControlState {
 pub struct Controller {
     /// Exponent of the feedback step, `0 < gain ≤ 1`.
     pub feedback_gain: f64,
+    /// Feedback ignores gaps within this many standard errors: at the manager's own
+    /// level (1.96 at 95 %) one window in twenty would nudge the weights for nothing,
+    /// and those nudges add up to a random walk.
+    pub feedback_sigmas: f64,
     /// Corrections stay within `[1/max, max]`.
     pub max_correction: f64,
     /// Feedback only learns from windows decided at least this much under the
@@ -51,6 +58,7 @@ impl Default for Controller {
     fn default() -> Self {
         Self {
             feedback_gain: 0.5,
+            feedback_sigmas: 3.0,
             max_correction: 2.0,
             min_version_share: 0.9,
             min_samples: 200.0,
@@ -181,22 +189,31 @@ impl Controller {
         if n_eff < self.min_samples || last.version_share(prev.version) < self.min_version_share {
             return state;
         }
+        // What the model says the plan in force should have delivered.
+        let prev_patterns = patterns_for(prev.campaigns.iter().map(|c| &c.eligibility), input.recent);
+        let prev_weights: Vec<f64> = prev.campaigns.iter().map(|c| c.weight).collect();
+        let mut predicted = vec![0.0; prev_weights.len()];
+        solver::delivered(&prev_weights, prev.no_ad_weight, &prev_patterns, &mut predicted);
         let z = input.targets.confidence.z();
+        let threshold = z.max(self.feedback_sigmas);
         for (i, c) in input.targets.campaigns.iter().enumerate() {
             let r = c.rate.get();
             // Feedback cannot help a campaign that lacks the traffic, or one the
             // previous plan did not contain.
-            if r <= 0.0 || r >= mass[i] * render[i] || prev.campaign(&c.id).is_none() {
+            let Some(j) = prev.campaigns.iter().position(|p| p.id == c.id) else { continue };
+            if r <= 0.0 || r >= mass[i] * render[i] {
                 continue;
             }
+            let p = predicted[j] * render[i];
             let m = estimate::share(last, &c.id, basis, z).share;
-            let half_width = z * (r * (1.0 - r) / n_eff).sqrt();
-            if (m - r).abs() <= half_width {
+            let half_width = threshold * (p * (1.0 - p) / n_eff).sqrt();
+            if p <= 0.0 || (m - p).abs() <= half_width {
                 continue;
             }
             let g = state.corrections.get(&c.id).copied().unwrap_or(1.0);
-            let step = (r / m.max(r / self.max_correction)).powf(self.feedback_gain);
-            let g = (g * step).clamp(1.0 / self.max_correction, self.max_correction);
+            let unexplained = (p / m.max(p / self.max_correction)).min(self.max_correction);
+            let g = (g.powf(1.0 - self.feedback_gain) * unexplained.powf(self.feedback_gain))
+                .clamp(1.0 / self.max_correction, self.max_correction);
             state.corrections.insert(c.id.clone(), g);
         }
         state
@@ -206,18 +223,22 @@ impl Controller {
 /// Pattern frequencies of the current targets: each observed attribute profile is
 /// mapped through today's eligibility rules.
 pub fn patterns_of(targets: &Targets, stats: &WindowStats) -> Patterns {
-    let n = targets.campaigns.len();
+    patterns_for(targets.campaigns.iter().map(|c| &c.eligibility), stats)
+}
+
+/// Pattern frequencies for campaigns with the given eligibility rules (in order).
+fn patterns_for<'a>(rules: impl Iterator<Item = &'a Eligibility>, stats: &WindowStats) -> Patterns {
+    let rules: Vec<&Eligibility> = rules.collect();
     let counts = stats.profiles.iter().map(|(key, &count)| {
         let (platform, country) = parse_profile_key(key);
-        let mask = targets
-            .campaigns
+        let mask = rules
             .iter()
             .enumerate()
-            .filter(|(_, c)| c.eligibility.matches(platform, country))
+            .filter(|(_, e)| e.matches(platform, country))
             .fold(0u64, |m, (i, _)| m | 1 << i);
         (mask, count)
     });
-    Patterns::new(counts, n)
+    Patterns::new(counts, rules.len())
 }
 
 impl Decision {

@@ -132,10 +132,33 @@ fn feedback_round(measured_a: f64, version: u64) -> ControlState {
 }
 
 #[test]
-fn feedback_corrects_a_measured_shortfall() {
+fn feedback_corrects_an_unexplained_shortfall() {
+    // The plan in force should deliver 0.5 (uniform eligibility); 0.45 was measured.
     let g = feedback_round(0.45, 3).corrections[&CampaignId::parse("A").unwrap()];
     // (0.5 / 0.45)^0.5
     assert!((g - (0.5f64 / 0.45).sqrt()).abs() < 1e-9, "{g}");
+}
+
+#[test]
+fn feedback_does_not_blame_the_model_for_an_uninformed_plan() {
+    // The plan in force had weights = targets while A is only eligible on iOS (30 %):
+    // it was expected to deliver 0.2 · 0.3 / (0.2 + 0.8)… — a miss the model explains.
+    let t = targets(json!({"campaigns": [{"id": "A", "rate": 0.2, "eligibility": {"platforms": ["ios"]}}]}));
+    let recent = window(&[(Some("ios"), None, 300), (Some("web"), None, 700)]);
+    let uninformed = decide(&t, &WindowStats::default()).to_plan(&t, PlacementId::parse("p").unwrap(), 1, 1.0, 0);
+    let mut last = recent.clone();
+    let a = CampaignId::parse("A").unwrap();
+    // Exactly what that plan delivers: 0.3 · 0.2 / (0.2 + 0.8) = 0.06.
+    last.campaigns.entry(a.clone()).or_default().allocations = crate::stats::Tally { ht: 60.0, n: 60 };
+    let d = Controller::default().decide(ControlInput {
+        targets: &t,
+        recent: &recent,
+        last: Some(&last),
+        previous: Some(&uninformed),
+        state: &ControlState::default(),
+    });
+    assert!(d.state.corrections.is_empty(), "{:?}", d.state);
+    assert!((d.campaigns[0].predicted_share - 0.2).abs() < 1e-6);
 }
 
 #[test]
