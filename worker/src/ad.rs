@@ -1,0 +1,89 @@
+//! `GET /v1/ad`: the hot path.
+//!
+//! One crossing brings the URL in, the query is read in Wasm, the plan comes from the
+//! isolate cache, core chooses and writes the pre-serialised body, and one crossing
+//! builds the response. The edge's geolocation is read only when the query has no
+//! country, and the colo only for sampled requests.
+
+use std::rc::Rc;
+
+use allot_core::{CompiledPlan, Event, EventKind, PlacementId, RequestAttrs, RequestId, sampled};
+use worker::worker_sys::ext::RequestExt;
+use worker::{Context, Env};
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::{forward, plans, query, respond, rng};
+
+/// The edge's own idea of the client's country, if it is a usable code (Cloudflare
+/// uses `XX` for unknown and `T1` for Tor; the latter is not a country).
+fn edge_country(req: &web_sys::Request) -> Option<String> {
+    let country = req.cf()?.country().ok()??;
+    RequestAttrs::parse(None, Some(&country)).is_ok().then_some(country)
+}
+
+pub(crate) fn edge_colo(req: &web_sys::Request) -> Option<String> {
+    let colo = req.cf()?.colo().ok()?;
+    (!colo.is_empty() && colo.len() <= 16 && colo.bytes().all(|b| b.is_ascii_alphanumeric())).then_some(colo)
+}
+
+pub async fn serve(
+    req: &web_sys::Request,
+    query_string: &str,
+    env: &Env,
+    ctx: &Context,
+) -> Result<web_sys::Response, ApiError> {
+    let [placement, platform, country, request_id] =
+        query::params(query_string, ["placement", "platform", "country", "request_id"])
+            .map_err(|e| ApiError::bad_request("bad_query", e.to_string()))?;
+    let placement = placement.ok_or_else(|| ApiError::bad_request("missing_placement", "placement is required"))?;
+    let placement =
+        PlacementId::parse(placement.as_ref()).map_err(|e| ApiError::bad_request("bad_placement", e.to_string()))?;
+    let edge_country = if country.is_none() { edge_country(req) } else { None };
+    let attrs = RequestAttrs::parse(platform.as_deref(), country.as_deref().or(edge_country.as_deref()))
+        .map_err(|e| ApiError::bad_request("bad_attributes", e.to_string()))?;
+    let request_id = match request_id {
+        Some(id) => {
+            RequestId::parse(id.as_ref()).map_err(|e| ApiError::bad_request("bad_request_id", e.to_string()))?
+        }
+        None => RequestId::from_random(rng::bits128()),
+    };
+
+    let config = Config::get(env);
+    let now_ms = js_sys::Date::now();
+    let plan = plans::get(env, &config, &placement, now_ms).await?;
+    let choice = plan.choose(attrs, rng::unit());
+
+    let mut body = String::with_capacity(192);
+    plan.write_response(&mut body, request_id.as_str(), choice.ad);
+    let rate = plan.plan().sample_rate;
+    if sampled(request_id.as_str(), rate) {
+        let event = allocation(&plan, request_id, choice, attrs, now_ms, edge_colo(req));
+        forward::enqueue(ctx, &config, event);
+    }
+    Ok(respond::ok_json(&body)?)
+}
+
+fn allocation(
+    plan: &Rc<CompiledPlan>,
+    request_id: RequestId,
+    choice: allot_core::Choice,
+    attrs: RequestAttrs<'_>,
+    now_ms: f64,
+    colo: Option<String>,
+) -> Event {
+    let p = plan.plan();
+    Event {
+        kind: EventKind::Allocation,
+        event_time_ms: now_ms as u64,
+        request_id,
+        placement: p.placement.clone(),
+        ad_id: choice.ad.and_then(|i| p.campaigns.get(i)).map(|c| c.id.clone()),
+        plan_version: p.version,
+        sample_rate: p.sample_rate,
+        eligible: plan.pattern_ids(choice.eligible).cloned().collect(),
+        platform: attrs.platform.map(str::to_ascii_lowercase),
+        country: attrs.country.map(str::to_ascii_uppercase),
+        colo,
+    }
+}

@@ -1,0 +1,82 @@
+//! The worker's settings, read from its environment once per isolate.
+//!
+//! Bindings do not change during an isolate's life, and every read is a call into JS,
+//! so they are parsed on the first request and kept. A malformed value is logged and
+//! replaced by its default rather than failing requests: the ad path must keep serving.
+
+use std::cell::OnceCell;
+use std::rc::Rc;
+
+use worker::Env;
+
+/// The KV namespace holding `plan:{placement}` values.
+pub const PLANS_BINDING: &str = "PLANS";
+
+/// Cloudflare refuses a KV `cacheTtl` below this.
+const MIN_KV_CACHE_TTL_SECS: u64 = 60;
+
+#[derive(Debug)]
+pub struct Config {
+    /// How long a parsed plan is used before KV is asked again (`PLAN_TTL_SECS`, 10 s).
+    pub plan_ttl_ms: f64,
+    /// The edge cache lifetime of KV reads.
+    pub kv_cache_ttl_secs: u64,
+    /// `{ORIGIN_URL}/v1/events`, if an origin is configured.
+    pub events_url: Option<String>,
+    /// The `INGEST_KEY` secret: signs events, authenticates plan pushes.
+    pub ingest_key: Option<Vec<u8>>,
+    /// Flush the event batch at this many events (`EVENT_BATCH_MAX`, 100).
+    pub batch_max: usize,
+    /// … or when its oldest event is this old (`EVENT_BATCH_AGE_MS`, 1000).
+    pub batch_age_ms: u64,
+    /// Give up on one send after this long (`EVENT_TIMEOUT_MS`, 5000).
+    pub send_timeout_ms: u64,
+}
+
+thread_local! {
+    static CONFIG: OnceCell<Rc<Config>> = const { OnceCell::new() };
+}
+
+fn text(env: &Env, name: &str) -> Option<String> {
+    // Secrets and vars are both plain strings to the worker.
+    env.var(name).ok().map(|v| v.to_string()).filter(|s| !s.is_empty())
+}
+
+fn number(env: &Env, name: &str, default: u64, range: std::ops::RangeInclusive<u64>) -> u64 {
+    match text(env, name).map(|s| s.trim().parse::<u64>()) {
+        None => default,
+        Some(Ok(n)) if range.contains(&n) => n,
+        Some(_) => {
+            worker::console_error!("{name} must be a whole number in {range:?}; using {default}");
+            default
+        }
+    }
+}
+
+impl Config {
+    fn read(env: &Env) -> Self {
+        let ttl_secs = number(env, "PLAN_TTL_SECS", 10, 1..=86_400);
+        let events_url = text(env, "ORIGIN_URL").map(|o| format!("{}/v1/events", o.trim_end_matches('/')));
+        let ingest_key = text(env, "INGEST_KEY").map(String::into_bytes);
+        if ingest_key.as_ref().is_some_and(|k| k.len() < 16) {
+            worker::console_error!("INGEST_KEY is shorter than 16 bytes; events and plan pushes are refused");
+        }
+        if events_url.is_none() || ingest_key.is_none() {
+            worker::console_warn!("ORIGIN_URL or INGEST_KEY is not set: sampled events cannot be sent");
+        }
+        Self {
+            plan_ttl_ms: ttl_secs as f64 * 1000.0,
+            kv_cache_ttl_secs: ttl_secs.max(MIN_KV_CACHE_TTL_SECS),
+            events_url,
+            ingest_key: ingest_key.filter(|k| k.len() >= 16),
+            batch_max: number(env, "EVENT_BATCH_MAX", 100, 1..=allot_core::event::MAX_BATCH as u64) as usize,
+            batch_age_ms: number(env, "EVENT_BATCH_AGE_MS", 1000, 1..=20_000),
+            send_timeout_ms: number(env, "EVENT_TIMEOUT_MS", 5000, 100..=10_000),
+        }
+    }
+
+    /// This isolate's settings.
+    pub fn get(env: &Env) -> Rc<Config> {
+        CONFIG.with(|cell| cell.get_or_init(|| Rc::new(Self::read(env))).clone())
+    }
+}

@@ -1,0 +1,185 @@
+//! The isolate's plan cache.
+//!
+//! KV is the source of truth, but a KV read per request would cost more than the rest
+//! of the request together. Each isolate therefore keeps the compiled plan of every
+//! placement it has served and asks KV again only after `PLAN_TTL_SECS`; reads use
+//! `cacheTtl`, so even that read is usually answered by the edge cache.
+//!
+//! The cache never makes things worse than the last good state:
+//! - a KV error or a value that does not parse keeps the last good plan (logged);
+//! - a plan older than the cached one is ignored (plan versions only go up);
+//! - while one request refreshes a placement, the others keep serving the old plan.
+//!
+//! Unknown placements are remembered too (for the same TTL), so a flood of requests
+//! for a missing placement does not become a flood of KV reads; how many such
+//! entries are kept is bounded.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use allot_core::{CompiledPlan, PlacementId, Plan};
+use worker::Env;
+
+use crate::config::{Config, PLANS_BINDING};
+use crate::error::ApiError;
+
+/// How many placements without a usable plan are remembered.
+const MAX_NEGATIVE: usize = 1024;
+/// A refresh that has not finished after this long is presumed lost (its request went
+/// away) and another request may start one.
+const REFRESH_GIVE_UP_MS: f64 = 5_000.0;
+
+#[derive(Debug, Clone)]
+enum State {
+    Ready(Rc<CompiledPlan>),
+    /// KV has no plan for the placement.
+    Absent,
+    /// KV failed or held garbage, and there is no earlier plan to fall back to.
+    Broken,
+}
+
+#[derive(Debug)]
+struct Entry {
+    state: State,
+    checked_at_ms: f64,
+    refresh_started_ms: Option<f64>,
+}
+
+thread_local! {
+    static CACHE: RefCell<HashMap<String, Entry>> = RefCell::new(HashMap::new());
+}
+
+/// What a lookup needs to do, decided without holding the cache across an await.
+enum Step {
+    Use(State),
+    Load,
+}
+
+fn step(placement: &str, ttl_ms: f64, now_ms: f64) -> Step {
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let Some(entry) = cache.get_mut(placement) else { return Step::Load };
+        if now_ms - entry.checked_at_ms < ttl_ms {
+            return Step::Use(entry.state.clone());
+        }
+        match entry.refresh_started_ms {
+            Some(started) if now_ms - started < REFRESH_GIVE_UP_MS => Step::Use(entry.state.clone()),
+            _ => {
+                entry.refresh_started_ms = Some(now_ms);
+                Step::Load
+            }
+        }
+    })
+}
+
+fn to_result(placement: &str, state: State) -> Result<Rc<CompiledPlan>, ApiError> {
+    match state {
+        State::Ready(plan) => Ok(plan),
+        State::Absent => Err(ApiError::not_found("unknown_placement", format!("no plan for placement {placement:?}"))),
+        State::Broken => Err(ApiError::unavailable(
+            "plan_unavailable",
+            format!("the plan for placement {placement:?} cannot be read right now"),
+        )),
+    }
+}
+
+/// What reading KV produced.
+enum Loaded {
+    Plan(CompiledPlan),
+    Absent,
+    Failed(String),
+}
+
+async fn load(env: &Env, config: &Config, placement: &PlacementId) -> Loaded {
+    let kv = match env.kv(PLANS_BINDING) {
+        Ok(kv) => kv,
+        Err(e) => return Loaded::Failed(format!("KV binding {PLANS_BINDING}: {e}")),
+    };
+    let key = Plan::kv_key(placement);
+    let bytes = match kv.get(&key).cache_ttl(config.kv_cache_ttl_secs).bytes().await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Loaded::Absent,
+        Err(e) => return Loaded::Failed(format!("KV get {key}: {e}")),
+    };
+    match compile(&bytes, placement) {
+        Ok(plan) => Loaded::Plan(plan),
+        Err(e) => Loaded::Failed(format!("KV value {key} is not a usable plan: {e}")),
+    }
+}
+
+/// Parses and compiles a plan, which must belong to `placement`.
+pub fn compile(bytes: &[u8], placement: &PlacementId) -> Result<CompiledPlan, String> {
+    let plan = Plan::parse(bytes).map_err(|e| e.to_string())?;
+    if &plan.placement != placement {
+        return Err(format!("it is the plan of placement {:?}", plan.placement.as_str()));
+    }
+    CompiledPlan::new(plan).map_err(|e| e.to_string())
+}
+
+/// Folds a KV read into the cache and returns the state to serve.
+fn settle(placement: &str, loaded: Loaded, now_ms: f64) -> State {
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let previous = cache.get(placement).map(|e| e.state.clone());
+        let state = match (loaded, previous) {
+            (Loaded::Plan(new), Some(State::Ready(old))) if new.plan().version < old.plan().version => {
+                worker::console_warn!(
+                    "KV holds plan {placement} v{} but v{} is cached; keeping the newer",
+                    new.plan().version,
+                    old.plan().version
+                );
+                State::Ready(old)
+            }
+            (Loaded::Plan(new), _) => State::Ready(Rc::new(new)),
+            (Loaded::Absent, _) => State::Absent,
+            (Loaded::Failed(why), Some(State::Ready(old))) => {
+                worker::console_error!("{why}; serving the last good plan (v{})", old.plan().version);
+                State::Ready(old)
+            }
+            (Loaded::Failed(why), _) => {
+                worker::console_error!("{why}; no earlier plan to serve");
+                State::Broken
+            }
+        };
+        if !matches!(state, State::Ready(_)) && !cache.contains_key(placement) {
+            let negative = cache.values().filter(|e| !matches!(e.state, State::Ready(_))).count();
+            if negative >= MAX_NEGATIVE {
+                cache.retain(|_, e| matches!(e.state, State::Ready(_)));
+            }
+        }
+        cache.insert(
+            placement.to_owned(),
+            Entry { state: state.clone(), checked_at_ms: now_ms, refresh_started_ms: None },
+        );
+        state
+    })
+}
+
+/// The plan to serve for `placement`: from the cache while fresh, else from KV.
+pub async fn get(
+    env: &Env,
+    config: &Config,
+    placement: &PlacementId,
+    now_ms: f64,
+) -> Result<Rc<CompiledPlan>, ApiError> {
+    let name = placement.as_str();
+    match step(name, config.plan_ttl_ms, now_ms) {
+        Step::Use(state) => to_result(name, state),
+        Step::Load => {
+            let loaded = load(env, config, placement).await;
+            to_result(name, settle(name, loaded, now_ms))
+        }
+    }
+}
+
+/// Puts a freshly pushed plan into this isolate's cache, so it is served at once.
+pub fn install(plan: CompiledPlan, now_ms: f64) {
+    let name = plan.plan().placement.as_str().to_owned();
+    settle(&name, Loaded::Plan(plan), now_ms);
+}
+
+/// How many placements have a plan cached.
+pub fn cached() -> usize {
+    CACHE.with(|cache| cache.borrow().values().filter(|e| matches!(e.state, State::Ready(_))).count())
+}
