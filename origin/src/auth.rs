@@ -1,0 +1,92 @@
+//! Admin bearer tokens and roles.
+//!
+//! The config stores only SHA-256 hashes of tokens, so a leaked config file grants
+//! nothing. A request without a valid token is `401` (who are you?); a valid viewer token
+//! on a write is `403` (you may not).
+
+use std::collections::HashMap;
+
+use axum::http::{HeaderMap, header};
+use sha2::{Digest, Sha256};
+
+use crate::config::{Role, TokenConfig};
+use crate::error::ApiError;
+
+/// Who made a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+}
+
+/// The configured tokens, by hash.
+#[derive(Debug, Clone, Default)]
+pub struct Auth {
+    by_hash: HashMap<String, Caller>,
+}
+
+/// The lower-case hex SHA-256 of a token, as stored in the config.
+pub fn token_hash(token: &str) -> String {
+    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Auth {
+    pub fn new(tokens: &[TokenConfig]) -> Self {
+        let by_hash = tokens
+            .iter()
+            .map(|t| (t.sha256.to_ascii_lowercase(), Caller { name: t.name.clone(), role: t.role }))
+            .collect();
+        Self { by_hash }
+    }
+
+    /// The caller, if the request carries a token with at least role `need`.
+    pub fn check(&self, headers: &HeaderMap, need: Role) -> Result<Caller, ApiError> {
+        let value = headers
+            .get(header::AUTHORIZATION)
+            .ok_or(ApiError::Unauthorized("missing Authorization: Bearer token"))?
+            .to_str()
+            .map_err(|_| ApiError::Unauthorized("malformed Authorization header"))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(ApiError::Unauthorized("expected Authorization: Bearer <token>"))?;
+        let caller = self.by_hash.get(&token_hash(token)).ok_or(ApiError::Unauthorized("unknown token"))?;
+        if caller.role < need {
+            return Err(ApiError::Forbidden(match need {
+                Role::Manager => "change placements (manager role required)",
+                Role::Viewer => "read",
+            }));
+        }
+        Ok(caller.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn headers(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn roles_and_statuses() {
+        let auth = Auth::new(&[
+            TokenConfig { name: "v".into(), role: Role::Viewer, sha256: token_hash("view-token") },
+            TokenConfig { name: "m".into(), role: Role::Manager, sha256: token_hash("manage-token").to_uppercase() },
+        ]);
+        assert_eq!(auth.check(&headers("Bearer view-token"), Role::Viewer).unwrap().name, "v");
+        assert!(matches!(auth.check(&headers("Bearer view-token"), Role::Manager), Err(ApiError::Forbidden(_))));
+        assert_eq!(auth.check(&headers("Bearer manage-token"), Role::Manager).unwrap().role, Role::Manager);
+        assert!(matches!(auth.check(&headers("Bearer nope"), Role::Viewer), Err(ApiError::Unauthorized(_))));
+        assert!(matches!(auth.check(&headers("Basic abc"), Role::Viewer), Err(ApiError::Unauthorized(_))));
+        assert!(matches!(auth.check(&HeaderMap::new(), Role::Viewer), Err(ApiError::Unauthorized(_))));
+        assert_eq!(token_hash("manager-token"), "3983202afa4411cda7cafc94a18aa1f6f620cfda5e9b0ab52c0f0d53a6be4315");
+    }
+}

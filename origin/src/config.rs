@@ -1,0 +1,478 @@
+//! Configuration: a TOML file plus `ALLOT_*` environment overrides, parsed once.
+//!
+//! Like linkerd's `env.rs`, the environment is an argument ([`Config::from_sources`]
+//! takes a map), so every override is testable without touching the process
+//! environment. The result is a tree of typed structs: nothing downstream parses
+//! strings again. Secrets (ingest keys, admin token hashes are not secret, the
+//! Cloudflare API token, the Redis URL which may carry a password) are
+//! [`SecretString`]s, whose `Debug` prints `[REDACTED]`, so logging a config is safe.
+//!
+//! The sample file `origin/allot.example.toml` documents every key; the override table
+//! below ([`ENV_OVERRIDES`]) lists every variable.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// Why a configuration was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid config: {0}")]
+    Toml(String),
+    #[error("environment variable {var}: {message}")]
+    Env { var: &'static str, message: String },
+    #[error("config {field}: {message}")]
+    Invalid { field: &'static str, message: String },
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field, message: message.into() }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free one (the bound address is logged).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub redis: RedisConfig,
+    pub ingest: IngestConfig,
+    #[serde(default)]
+    pub aggregate: AggregateConfig,
+    #[serde(default)]
+    pub control: ControlConfig,
+    #[serde(default)]
+    pub publish: PublishConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    pub url: SecretString,
+    /// Per-command timeout on the shared connection.
+    pub response_timeout_ms: u64,
+    /// Approximate cap on the event stream's length (`XADD MAXLEN ~`). Consumers that
+    /// fall further behind than this lose entries, so size it for the archiver's lag.
+    pub stream_max_len: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("redis://127.0.0.1:6379"),
+            response_timeout_ms: 2000,
+            stream_max_len: 10_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// One or two shared HMAC keys (two while rotating), at least 16 bytes each. The
+    /// first one also signs plan pushes to the worker.
+    pub keys: Vec<SecretString>,
+    #[serde(default = "default_skew")]
+    pub max_skew_secs: u64,
+    #[serde(default = "default_body")]
+    pub max_body_bytes: usize,
+}
+
+fn default_skew() -> u64 {
+    60
+}
+fn default_body() -> usize {
+    1 << 20
+}
+
+/// Test hooks for crash-recovery tests. Never set in production.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failpoint {
+    /// Exit the process right after applying a batch to the counts, before `XACK`.
+    ExitAfterApply,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregateConfig {
+    pub enabled: bool,
+    /// Consumer name in the `aggregator` group; defaults to `<hostname>-<pid>`.
+    pub consumer: Option<String>,
+    /// Entries read per `XREADGROUP`.
+    pub batch: usize,
+    pub block_ms: u64,
+    /// Pending entries idle this long are claimed from their (presumably dead) consumer.
+    pub claim_min_idle_ms: u64,
+    /// How long an applied entry's dedupe marker lives; must exceed the longest time an
+    /// entry can stay pending after being applied (crash → claim).
+    pub dedupe_ttl_secs: u64,
+    pub failpoint: Option<Failpoint>,
+}
+
+impl Default for AggregateConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            consumer: None,
+            batch: 512,
+            block_ms: 1000,
+            claim_min_idle_ms: 30_000,
+            dedupe_ttl_secs: 900,
+            failpoint: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    pub enabled: bool,
+    /// The control period, which is also the window length.
+    pub period_ms: u64,
+    /// Complete windows merged into "recent" (traffic mix, render ratios).
+    pub recent_windows: u64,
+    pub min_sample_rate: f64,
+    /// An unchanged plan is republished after this long, so a KV entry never expires.
+    pub republish_after_secs: u64,
+    /// The control lease's time to live; the holder renews it several times per lease.
+    pub lease_ms: u64,
+    /// Plans kept in each placement's history.
+    pub history_len: usize,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            period_ms: 60_000,
+            recent_windows: 5,
+            min_sample_rate: 1e-4,
+            republish_after_secs: 600,
+            lease_ms: 10_000,
+            history_len: 100,
+        }
+    }
+}
+
+impl ControlConfig {
+    /// How long a window's counts are kept: the windows the controller and the status
+    /// page read, plus slack for late events.
+    pub fn window_ttl_secs(&self) -> u64 {
+        (self.period_ms * (self.recent_windows + 3) / 1000).max(60)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishKind {
+    /// Plans are computed and stored but not pushed anywhere.
+    #[default]
+    None,
+    /// `PUT {url}/internal/plans/{placement}` on the worker, signed with the ingest key.
+    Worker,
+    /// Cloudflare KV REST API bulk writes.
+    Cloudflare,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishConfig {
+    #[serde(default)]
+    pub kind: PublishKind,
+    pub worker: Option<WorkerPublishConfig>,
+    pub cloudflare: Option<CloudflareConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerPublishConfig {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudflareConfig {
+    #[serde(default = "default_cf_base")]
+    pub base_url: String,
+    pub account_id: String,
+    pub namespace_id: String,
+    pub api_token: SecretString,
+    /// The bulk API's limits: 10,000 pairs and 100 MB per request.
+    #[serde(default = "default_cf_keys")]
+    pub max_keys_per_request: usize,
+    #[serde(default = "default_cf_bytes")]
+    pub max_bytes_per_request: usize,
+    #[serde(default = "default_cf_retries")]
+    pub max_retries: u32,
+    #[serde(default = "default_cf_backoff")]
+    pub initial_backoff_ms: u64,
+    /// Optional `expiration_ttl` on written keys (≥ 60 by the API; 0 = none).
+    #[serde(default)]
+    pub expiration_ttl_secs: u64,
+}
+
+fn default_cf_base() -> String {
+    "https://api.cloudflare.com/client/v4".into()
+}
+fn default_cf_keys() -> usize {
+    10_000
+}
+fn default_cf_bytes() -> usize {
+    100_000_000
+}
+fn default_cf_retries() -> u32 {
+    5
+}
+fn default_cf_backoff() -> u64 {
+    200
+}
+
+/// Admin roles: viewers read, managers also write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Viewer,
+    Manager,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Manager => "manager",
+        }
+    }
+}
+
+/// An admin token: only its SHA-256 (hex) is stored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    pub role: Role,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info` or `allot_origin=debug,info`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into(), format: LogFormat::Json }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Str,
+    Int,
+    Float,
+    Bool,
+    /// Comma-separated strings.
+    List,
+    /// `name:role:sha256` entries, comma-separated.
+    Tokens,
+}
+
+/// Every environment override: variable, path in the TOML tree, value kind.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("ALLOT_LISTEN", "listen"),
+    ("ALLOT_REDIS_URL", "redis.url"),
+    ("ALLOT_REDIS_STREAM_MAX_LEN", "redis.stream_max_len"),
+    ("ALLOT_INGEST_KEYS", "ingest.keys"),
+    ("ALLOT_INGEST_MAX_SKEW_SECS", "ingest.max_skew_secs"),
+    ("ALLOT_INGEST_MAX_BODY_BYTES", "ingest.max_body_bytes"),
+    ("ALLOT_AGGREGATE_ENABLED", "aggregate.enabled"),
+    ("ALLOT_AGGREGATE_CONSUMER", "aggregate.consumer"),
+    ("ALLOT_AGGREGATE_CLAIM_MIN_IDLE_MS", "aggregate.claim_min_idle_ms"),
+    ("ALLOT_AGGREGATE_FAILPOINT", "aggregate.failpoint"),
+    ("ALLOT_CONTROL_ENABLED", "control.enabled"),
+    ("ALLOT_CONTROL_PERIOD_MS", "control.period_ms"),
+    ("ALLOT_CONTROL_MIN_SAMPLE_RATE", "control.min_sample_rate"),
+    ("ALLOT_PUBLISH_KIND", "publish.kind"),
+    ("ALLOT_PUBLISH_WORKER_URL", "publish.worker.url"),
+    ("ALLOT_PUBLISH_CLOUDFLARE_BASE_URL", "publish.cloudflare.base_url"),
+    ("ALLOT_PUBLISH_CLOUDFLARE_ACCOUNT_ID", "publish.cloudflare.account_id"),
+    ("ALLOT_PUBLISH_CLOUDFLARE_NAMESPACE_ID", "publish.cloudflare.namespace_id"),
+    ("ALLOT_PUBLISH_CLOUDFLARE_API_TOKEN", "publish.cloudflare.api_token"),
+    ("ALLOT_ADMIN_TOKENS", "admin.tokens"),
+    ("ALLOT_LOG_LEVEL", "log.level"),
+    ("ALLOT_LOG_FORMAT", "log.format"),
+];
+
+fn kind_of(path: &str) -> Kind {
+    match path {
+        "redis.stream_max_len"
+        | "ingest.max_skew_secs"
+        | "ingest.max_body_bytes"
+        | "aggregate.claim_min_idle_ms"
+        | "control.period_ms" => Kind::Int,
+        "control.min_sample_rate" => Kind::Float,
+        "aggregate.enabled" | "control.enabled" => Kind::Bool,
+        "ingest.keys" => Kind::List,
+        "admin.tokens" => Kind::Tokens,
+        _ => Kind::Str,
+    }
+}
+
+fn env_value(var: &'static str, raw: &str, kind: Kind) -> Result<toml::Value, ConfigError> {
+    let err = |message: String| ConfigError::Env { var, message };
+    Ok(match kind {
+        Kind::Str => toml::Value::String(raw.to_string()),
+        Kind::Int => toml::Value::Integer(raw.trim().parse().map_err(|_| err("expected an integer".into()))?),
+        Kind::Float => toml::Value::Float(raw.trim().parse().map_err(|_| err("expected a number".into()))?),
+        Kind::Bool => toml::Value::Boolean(match raw.trim() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            _ => return Err(err("expected true or false".into())),
+        }),
+        Kind::List => toml::Value::Array(
+            raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.into())).collect(),
+        ),
+        Kind::Tokens => {
+            let mut out = Vec::new();
+            for entry in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let mut parts = entry.splitn(3, ':');
+                let (Some(name), Some(role), Some(sha)) = (parts.next(), parts.next(), parts.next()) else {
+                    return Err(err(format!("token entries are name:role:sha256 (got {entry:?})")));
+                };
+                let mut t = toml::Table::new();
+                t.insert("name".into(), toml::Value::String(name.into()));
+                t.insert("role".into(), toml::Value::String(role.into()));
+                t.insert("sha256".into(), toml::Value::String(sha.into()));
+                out.push(toml::Value::Table(t));
+            }
+            toml::Value::Array(out)
+        }
+    })
+}
+
+fn set_path(root: &mut toml::Table, path: &str, value: toml::Value) {
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let last = parts.pop().unwrap_or(path);
+    let mut table = root;
+    for p in parts {
+        let entry = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let toml::Value::Table(t) = entry else { return };
+        table = t;
+    }
+    table.insert(last.to_string(), value);
+}
+
+impl Config {
+    /// Parses `file` (TOML text) and applies the `ALLOT_*` overrides found in `env`.
+    pub fn from_sources(file: &str, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut root: toml::Table = toml::from_str(file).map_err(|e| ConfigError::Toml(e.to_string()))?;
+        for (var, path) in ENV_OVERRIDES {
+            if let Some(raw) = env.get(*var) {
+                set_path(&mut root, path, env_value(var, raw, kind_of(path))?);
+            }
+        }
+        let config: Config = root.try_into().map_err(|e: toml::de::Error| ConfigError::Toml(e.to_string()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Reads `path` and the process environment.
+    pub fn load(path: &str) -> Result<Self, ConfigError> {
+        let file =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_string(), source })?;
+        let env: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("ALLOT_")).collect();
+        Self::from_sources(&file, &env)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.ingest.keys.is_empty() || self.ingest.keys.len() > allot_core::signature::MAX_KEYS {
+            return Err(invalid("ingest.keys", "one or two keys"));
+        }
+        if self.ingest.keys.iter().any(|k| k.expose_secret().len() < 16) {
+            return Err(invalid("ingest.keys", "each key must be at least 16 bytes"));
+        }
+        if self.ingest.max_body_bytes == 0 {
+            return Err(invalid("ingest.max_body_bytes", "must be positive"));
+        }
+        if self.control.period_ms < 100 {
+            return Err(invalid("control.period_ms", "must be at least 100"));
+        }
+        if self.control.recent_windows == 0 {
+            return Err(invalid("control.recent_windows", "must be at least 1"));
+        }
+        if !(self.control.min_sample_rate > 0.0 && self.control.min_sample_rate <= 1.0) {
+            return Err(invalid("control.min_sample_rate", "must be in (0, 1]"));
+        }
+        if self.control.lease_ms < 300 {
+            return Err(invalid("control.lease_ms", "must be at least 300"));
+        }
+        if self.aggregate.batch == 0 {
+            return Err(invalid("aggregate.batch", "must be positive"));
+        }
+        match self.publish.kind {
+            PublishKind::Worker if self.publish.worker.is_none() => {
+                return Err(invalid("publish.worker", "required when publish.kind = \"worker\""));
+            }
+            PublishKind::Cloudflare => match &self.publish.cloudflare {
+                None => return Err(invalid("publish.cloudflare", "required when publish.kind = \"cloudflare\"")),
+                Some(cf) if cf.max_keys_per_request == 0 || cf.max_bytes_per_request == 0 => {
+                    return Err(invalid("publish.cloudflare", "request limits must be positive"));
+                }
+                Some(cf) if cf.expiration_ttl_secs != 0 && cf.expiration_ttl_secs < 60 => {
+                    return Err(invalid("publish.cloudflare.expiration_ttl_secs", "0 or at least 60"));
+                }
+                Some(_) => {}
+            },
+            _ => {}
+        }
+        for t in &self.admin.tokens {
+            if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid("admin.tokens", format!("token {:?}: sha256 must be 64 hex digits", t.name)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The ingest keys as bytes, for the signature verifier and signer.
+    pub fn ingest_keys(&self) -> Vec<Vec<u8>> {
+        self.ingest.keys.iter().map(|k| k.expose_secret().as_bytes().to_vec()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

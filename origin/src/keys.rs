@@ -1,0 +1,90 @@
+//! Redis key names, in one place.
+//!
+//! Every key of one placement carries the placement as a hash tag (`allot:{home_feed}:…`),
+//! so all of them live in one Redis Cluster slot: the aggregator's Lua script touches a
+//! window hash and a dedupe marker atomically, and the origin runs unchanged on a
+//! cluster. The few global keys (the stream, the registry, the lease, the audit stream)
+//! are single keys and never appear together in one command.
+
+use allot_core::PlacementId;
+
+/// The event stream the ingest writes and the aggregator and archiver read.
+pub const EVENTS: &str = "allot:events";
+/// Consumer group of the aggregator (the archiver has its own, `archiver`).
+pub const AGGREGATOR_GROUP: &str = "aggregator";
+/// The set of placements with targets.
+pub const PLACEMENTS: &str = "allot:placements";
+/// Placements whose targets changed and want a control round now.
+pub const DIRTY: &str = "allot:dirty";
+/// The control loop's lease.
+pub const LEASE: &str = "allot:control:lease";
+/// Admin changes, one entry per write.
+pub const AUDIT: &str = "allot:audit";
+
+/// A remembered signature (replay protection); `digest` is hex.
+pub fn replay(digest: &str) -> String {
+    format!("allot:replay:{digest}")
+}
+
+/// A placement's keys.
+#[derive(Debug, Clone)]
+pub struct PlacementKeys {
+    prefix: String,
+}
+
+impl PlacementKeys {
+    pub fn new(placement: &PlacementId) -> Self {
+        Self::of_raw(placement.as_str())
+    }
+
+    /// From a placement id already known to be valid (e.g. read back from the stream).
+    pub fn of_raw(placement: &str) -> Self {
+        Self { prefix: format!("allot:{{{placement}}}:") }
+    }
+
+    /// Targets: a hash with `spec` (JSON), `rev`, `updated_at_ms`, `updated_by`.
+    pub fn targets(&self) -> String {
+        format!("{}targets", self.prefix)
+    }
+
+    /// Window counts: a hash of `WindowStats::to_fields()`.
+    pub fn window(&self, index: u64) -> String {
+        format!("{}w:{index}", self.prefix)
+    }
+
+    /// Marks a stream entry as applied to the counts.
+    pub fn applied(&self, stream_id: &str) -> String {
+        format!("{}applied:{stream_id}", self.prefix)
+    }
+
+    /// The current plan record (plan, decision, targets revision).
+    pub fn plan(&self) -> String {
+        format!("{}plan", self.prefix)
+    }
+
+    /// Published plans, newest first.
+    pub fn plans(&self) -> String {
+        format!("{}plans", self.prefix)
+    }
+
+    /// The controller's `ControlState`.
+    pub fn state(&self) -> String {
+        format!("{}state", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_keys_share_a_hash_tag() {
+        let k = PlacementKeys::new(&PlacementId::parse("home_feed").unwrap());
+        assert_eq!(k.targets(), "allot:{home_feed}:targets");
+        assert_eq!(k.window(7), "allot:{home_feed}:w:7");
+        assert_eq!(k.applied("1-0"), "allot:{home_feed}:applied:1-0");
+        assert_eq!(k.plan(), "allot:{home_feed}:plan");
+        assert_eq!(k.plans(), "allot:{home_feed}:plans");
+        assert_eq!(k.state(), "allot:{home_feed}:state");
+    }
+}

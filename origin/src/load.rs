@@ -1,0 +1,1 @@
+//! Load generator (see `src/bin/allot-load.rs`).

@@ -1,0 +1,102 @@
+//! Getting plans to the edge: one interface, two transports, chosen in config.
+//!
+//! - [`crate::cloudflare`]: the Cloudflare KV REST API (production).
+//! - The worker's own `PUT /internal/plans/{placement}` (local and self-hosted), signed
+//!   with the shared ingest key exactly like events are, so the worker verifies it with
+//!   the same core `Verifier`. `204` is success; `409` means the worker already holds
+//!   this version or a newer one, which is not an error for the origin.
+//!
+//! A plan that fails to publish is not stored as current, so the next round retries it.
+
+use std::time::Duration;
+
+use allot_core::{Plan, signature};
+
+use crate::cloudflare::CloudflarePublisher;
+use crate::config::{Config, PublishKind};
+
+/// Why a publish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("request failed: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("unexpected status {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("the KV API refused the write: {0}")]
+    Api(String),
+}
+
+/// Pushes plans to the worker.
+#[derive(Debug, Clone)]
+pub struct WorkerPublisher {
+    client: reqwest::Client,
+    base: String,
+    key: Vec<u8>,
+}
+
+impl WorkerPublisher {
+    pub fn new(client: reqwest::Client, base: &str, key: Vec<u8>) -> Self {
+        Self { client, base: base.trim_end_matches('/').to_string(), key }
+    }
+
+    pub async fn publish_one(&self, plan: &Plan) -> Result<(), PublishError> {
+        let body = plan.to_json();
+        let sig = signature::sign(&self.key, crate::now_ms() / 1000, body.as_bytes());
+        let url = format!("{}/internal/plans/{}", self.base, plan.placement);
+        let response = self
+            .client
+            .put(url)
+            .header(signature::HEADER, sig)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await?;
+        match response.status().as_u16() {
+            200 | 204 => Ok(()),
+            409 => {
+                tracing::warn!(placement = %plan.placement, version = plan.version, "worker holds this plan version or a newer one");
+                Ok(())
+            }
+            status => Err(PublishError::Status { status, body: response.text().await.unwrap_or_default() }),
+        }
+    }
+}
+
+/// The configured transport.
+#[derive(Debug)]
+pub enum Publisher {
+    /// Plans are stored but not pushed (a deployment where something else syncs KV).
+    None,
+    Worker(WorkerPublisher),
+    Cloudflare(CloudflarePublisher),
+}
+
+impl Publisher {
+    pub fn from_config(config: &Config) -> Result<Self, reqwest::Error> {
+        crate::telemetry::install_crypto();
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+        Ok(match (config.publish.kind, &config.publish.worker, &config.publish.cloudflare) {
+            (PublishKind::Worker, Some(w), _) => {
+                let key = config.ingest_keys().into_iter().next().unwrap_or_default();
+                Self::Worker(WorkerPublisher::new(client, &w.url, key))
+            }
+            (PublishKind::Cloudflare, _, Some(cf)) => Self::Cloudflare(CloudflarePublisher::new(client, cf.clone())),
+            _ => Self::None,
+        })
+    }
+
+    /// Publishes `plans`; one result per plan, in order.
+    pub async fn publish(&self, plans: &[Plan]) -> Vec<Result<(), PublishError>> {
+        match self {
+            Self::None => plans.iter().map(|_| Ok(())).collect(),
+            Self::Worker(w) => {
+                let mut out = Vec::with_capacity(plans.len());
+                for p in plans {
+                    out.push(w.publish_one(p).await);
+                }
+                out
+            }
+            Self::Cloudflare(cf) => cf.publish(plans).await,
+        }
+    }
+}

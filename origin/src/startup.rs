@@ -1,0 +1,198 @@
+//! Wiring: connections, the router, the background loops, and graceful shutdown.
+//!
+//! [`start`] returns once the listener is bound (port 0 is fine; the bound address is in
+//! [`Running::addr`] and in the `listening` log line), so tests start origins in-process
+//! and the binary is a few lines. [`Running::shutdown`] stops accepting, lets in-flight
+//! requests finish, lets the aggregator apply and acknowledge the batch in hand, and
+//! releases the control lease.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use allot_core::Verifier;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use redis::AsyncConnectionConfig;
+use redis::aio::ConnectionManagerConfig;
+use secrecy::ExposeSecret;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::publish::Publisher;
+use crate::store::Store;
+
+/// Shared state of one running origin.
+#[derive(Debug)]
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub verifier: Verifier,
+    pub metrics: Metrics,
+    pub auth: Auth,
+    /// Wakes the control loop (targets changed).
+    pub control_wake: Notify,
+    /// This instance's identity (lease holder name).
+    pub instance: String,
+}
+
+/// Why the origin could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("ingest keys: {0}")]
+    Keys(String),
+    #[error("http client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// A started origin.
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    cancel: CancellationToken,
+    server: JoinHandle<std::io::Result<()>>,
+    loops: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Graceful stop: no new connections, in-flight requests and the aggregator's batch
+    /// finish, the lease is released.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        match self.server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "server error"),
+            Err(e) => tracing::error!(error = %e, "server task failed"),
+        }
+        for l in self.loops {
+            let _ = l.await;
+        }
+        tracing::info!("origin stopped");
+    }
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/events", post(crate::ingest::post_events))
+        .route("/v1/placements", get(crate::admin::list_placements))
+        .route(
+            "/v1/placements/{id}",
+            get(crate::admin::get_placement).put(crate::admin::put_placement).delete(crate::admin::delete_placement),
+        )
+        .route("/v1/placements/{id}/status", get(crate::status::get_status))
+        .route("/v1/audit", get(crate::audit::get_audit))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(crate::openapi::serve))
+        .fallback(|| async { ApiError::NotFound("route".into()) })
+        .with_state(app)
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    match app.store.ping().await {
+        Ok(()) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: redis unreachable");
+            let body = serde_json::json!({"error": {"code": "not_ready", "message": "redis unreachable"}});
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+        }
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render()).into_response()
+}
+
+fn instance_id() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{}-{nanos:08x}", crate::aggregate::default_consumer())
+}
+
+/// Connects, binds, and starts serving and the background loops.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let client = redis::Client::open(config.redis.url.expose_secret())?;
+    let timeout = Duration::from_millis(config.redis.response_timeout_ms);
+    let manager = redis::aio::ConnectionManager::new_with_config(
+        client.clone(),
+        ConnectionManagerConfig::new().set_response_timeout(Some(timeout)).set_connection_timeout(Some(timeout)),
+    )
+    .await?;
+    let verifier = Verifier::new(config.ingest_keys(), config.ingest.max_skew_secs)
+        .map_err(|e| StartError::Keys(e.to_string()))?;
+    let publisher = Arc::new(Publisher::from_config(&config)?);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+
+    let app = Arc::new(App {
+        auth: Auth::new(&config.admin.tokens),
+        store: Store::new(manager),
+        verifier,
+        metrics: Metrics::new(),
+        control_wake: Notify::new(),
+        instance: instance_id(),
+        config,
+    });
+    let cancel = CancellationToken::new();
+    let mut loops = Vec::new();
+    if app.config.aggregate.enabled {
+        // Blocking reads get their own connection, without a response timeout.
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&AsyncConnectionConfig::new().set_response_timeout(None))
+            .await?;
+        loops.push(tokio::spawn(crate::aggregate::run(app.clone(), conn, cancel.clone())));
+    }
+    if app.config.control.enabled {
+        loops.push(tokio::spawn(crate::control::run(app.clone(), publisher, cancel.clone())));
+    }
+    let server = {
+        let cancel = cancel.clone();
+        let router = router(app.clone());
+        tokio::spawn(async move {
+            axum::serve(listener, router).with_graceful_shutdown(async move { cancel.cancelled().await }).await
+        })
+    };
+    tracing::info!(addr = %addr, instance = %app.instance, "listening");
+    Ok(Running { addr, app, cancel, server, loops })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,141 @@
+//! `GET /v1/placements/{id}/status`: what the manager asked for, what the controller
+//! did about it, and what was measured.
+//!
+//! Targets and weights come from the stored decision of the plan in force; the measured
+//! share and its confidence interval from core's `estimate::share` on the last complete
+//! window, at the placement's own confidence level.
+
+use std::sync::Arc;
+
+use allot_core::estimate::{self, DeliveryBasis};
+use allot_core::{Targets, WindowStats};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use serde::Serialize;
+
+use crate::admin::placement_id;
+use crate::config::Role;
+use crate::error::ApiError;
+use crate::startup::App;
+
+/// A measured share with its interval.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Estimate {
+    pub share: f64,
+    pub low: f64,
+    pub high: f64,
+    /// The interval's confidence level.
+    pub level: f64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CampaignStatus {
+    pub id: String,
+    pub target: f64,
+    /// Weight in the plan in force (`null` before the first plan with this campaign).
+    pub weight: Option<f64>,
+    pub predicted_share: Option<f64>,
+    pub eligible_share: Option<f64>,
+    pub estimate: Estimate,
+    /// Sampled deliveries behind the estimate.
+    pub samples: u64,
+    /// `{"status": "feasible"}` or `{"status": "infeasible", "max_share": …}`.
+    #[schema(value_type = Object)]
+    pub feasibility: serde_json::Value,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WindowSummary {
+    pub index: u64,
+    pub start_ms: u64,
+    pub length_ms: u64,
+    /// Estimated requests in the window (Horvitz–Thompson).
+    pub requests: f64,
+    /// Sampled requests.
+    pub samples: u64,
+    pub effective_samples: f64,
+    /// `allocations` or `impressions`.
+    #[schema(value_type = String)]
+    pub basis: DeliveryBasis,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PlacementStatus {
+    pub placement: String,
+    pub plan_version: Option<u64>,
+    pub sample_rate: Option<f64>,
+    pub no_ad_weight: Option<f64>,
+    pub last_publish_ms: Option<u64>,
+    /// The targets revision the plan in force was made from.
+    pub plan_targets_etag: Option<String>,
+    pub targets_etag: String,
+    /// The last complete window.
+    pub window: WindowSummary,
+    pub campaigns: Vec<CampaignStatus>,
+}
+
+#[utoipa::path(
+    get, path = "/v1/placements/{id}/status", tag = "admin",
+    params(("id" = String, Path, description = "Placement id")),
+    responses((status = 200, body = PlacementStatus), (status = 401), (status = 404)),
+    security(("bearer" = []))
+)]
+pub async fn get_status(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<PlacementStatus>, ApiError> {
+    app.auth.check(&headers, Role::Viewer)?;
+    let id = placement_id(id)?;
+    let record = app.store.targets(&id).await?.filter(|r| r.spec.is_some());
+    let Some(record) = record else { return Err(ApiError::NotFound(format!("placement {id}"))) };
+    let spec = record.spec.clone().ok_or_else(|| ApiError::NotFound(format!("placement {id}")))?;
+    let targets = Targets::parse(spec).map_err(|e| ApiError::Internal(format!("stored targets of {id}: {e}")))?;
+    let plan = app.store.plan_record(&id).await?;
+
+    let period = app.config.control.period_ms;
+    let last_index = WindowStats::window_index(crate::now_ms(), period).saturating_sub(1);
+    let last = app.store.windows(&id, &[last_index]).await?.pop().unwrap_or_default();
+    let basis = DeliveryBasis::of(&last);
+    let z = targets.confidence.z();
+    let decision = plan.as_ref().and_then(|p| p.decision.as_ref());
+
+    let campaigns = targets
+        .campaigns
+        .iter()
+        .map(|c| {
+            let d = decision.and_then(|d| d.campaigns.iter().find(|x| x.id == c.id));
+            let e = estimate::share(&last, &c.id, basis, z);
+            CampaignStatus {
+                id: c.id.to_string(),
+                target: c.rate.get(),
+                weight: d.map(|d| d.weight),
+                predicted_share: d.map(|d| d.predicted_share),
+                eligible_share: d.map(|d| d.eligible_share),
+                estimate: Estimate { share: e.share, low: e.low, high: e.high, level: targets.confidence.level },
+                samples: e.samples,
+                feasibility: d.and_then(|d| serde_json::to_value(d.feasibility).ok()).unwrap_or_default(),
+            }
+        })
+        .collect();
+    Ok(Json(PlacementStatus {
+        placement: id.to_string(),
+        plan_version: plan.as_ref().map(|p| p.plan.version),
+        sample_rate: plan.as_ref().map(|p| p.plan.sample_rate),
+        no_ad_weight: plan.as_ref().map(|p| p.plan.no_ad_weight),
+        last_publish_ms: plan.as_ref().map(|p| p.published_at_ms),
+        plan_targets_etag: plan.as_ref().map(|p| crate::store::etag(p.targets_rev)),
+        targets_etag: record.etag(),
+        window: WindowSummary {
+            index: last_index,
+            start_ms: last_index * period,
+            length_ms: period,
+            requests: last.requests.ht,
+            samples: last.requests.n,
+            effective_samples: last.effective_samples(),
+            basis,
+        },
+        campaigns,
+    }))
+}
