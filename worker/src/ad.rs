@@ -5,6 +5,7 @@
 //! builds the response. The edge's geolocation is read only when the query has no
 //! country, and the colo only for sampled requests.
 
+use std::borrow::Cow;
 use std::rc::Rc;
 
 use allot_core::{CompiledPlan, Event, EventKind, PlacementId, RequestAttrs, RequestId, sampled};
@@ -27,20 +28,33 @@ pub(crate) fn edge_colo(req: &web_sys::Request) -> Option<String> {
     (!colo.is_empty() && colo.len() <= 16 && colo.bytes().all(|b| b.is_ascii_alphanumeric())).then_some(colo)
 }
 
-pub async fn serve(
-    req: &web_sys::Request,
-    query_string: &str,
-    env: &Env,
-    ctx: &Context,
-) -> Result<web_sys::Response, ApiError> {
+/// A validated `/v1/ad` request. Borrows from the URL string where it can.
+struct AdRequest<'a> {
+    placement: PlacementId,
+    platform: Option<Cow<'a, str>>,
+    country: Option<Cow<'a, str>>,
+    request_id: RequestId,
+}
+
+impl AdRequest<'_> {
+    fn attrs(&self) -> RequestAttrs<'_> {
+        // Checked by `RequestAttrs::parse` in `parse`.
+        RequestAttrs { platform: self.platform.as_deref(), country: self.country.as_deref() }
+    }
+}
+
+fn parse<'a>(req: &web_sys::Request, query_string: &'a str) -> Result<AdRequest<'a>, ApiError> {
     let [placement, platform, country, request_id] =
         query::params(query_string, ["placement", "platform", "country", "request_id"])
             .map_err(|e| ApiError::bad_request("bad_query", e.to_string()))?;
     let placement = placement.ok_or_else(|| ApiError::bad_request("missing_placement", "placement is required"))?;
     let placement =
         PlacementId::parse(placement.as_ref()).map_err(|e| ApiError::bad_request("bad_placement", e.to_string()))?;
-    let edge_country = if country.is_none() { edge_country(req) } else { None };
-    let attrs = RequestAttrs::parse(platform.as_deref(), country.as_deref().or(edge_country.as_deref()))
+    let country = match country {
+        Some(c) => Some(c),
+        None => edge_country(req).map(Cow::Owned),
+    };
+    RequestAttrs::parse(platform.as_deref(), country.as_deref())
         .map_err(|e| ApiError::bad_request("bad_attributes", e.to_string()))?;
     let request_id = match request_id {
         Some(id) => {
@@ -48,20 +62,59 @@ pub async fn serve(
         }
         None => RequestId::from_random(rng::bits128()),
     };
+    Ok(AdRequest { placement, platform, country, request_id })
+}
 
-    let config = Config::get(env);
-    let now_ms = js_sys::Date::now();
-    let plan = plans::get(env, &config, &placement, now_ms).await?;
+/// Chooses, answers, and queues the event if the request is sampled.
+fn answer(
+    req: &web_sys::Request,
+    ctx: &Context,
+    config: &Rc<Config>,
+    plan: &Rc<CompiledPlan>,
+    ad: AdRequest<'_>,
+    now_ms: f64,
+) -> Result<web_sys::Response, ApiError> {
+    let attrs = ad.attrs();
     let choice = plan.choose(attrs, rng::unit());
-
     let mut body = String::with_capacity(192);
-    plan.write_response(&mut body, request_id.as_str(), choice.ad);
-    let rate = plan.plan().sample_rate;
-    if sampled(request_id.as_str(), rate) {
-        let event = allocation(&plan, request_id, choice, attrs, now_ms, edge_colo(req));
-        forward::enqueue(ctx, &config, event);
+    plan.write_response(&mut body, ad.request_id.as_str(), choice.ad);
+    if sampled(ad.request_id.as_str(), plan.plan().sample_rate) {
+        let event = allocation(plan, ad.request_id.clone(), choice, attrs, now_ms, edge_colo(req));
+        forward::enqueue(ctx, config, event);
     }
     Ok(respond::ok_json(&body)?)
+}
+
+/// The warm path: answers without awaiting anything when the placement's plan is in
+/// the isolate cache. `Ok(None)` means the plan must be loaded first: call
+/// [`serve_after_load`].
+pub fn serve_now(
+    req: &web_sys::Request,
+    query_string: &str,
+    env: &Env,
+    ctx: &Context,
+) -> Result<Option<web_sys::Response>, ApiError> {
+    let ad = parse(req, query_string)?;
+    let config = Config::get(env);
+    let now_ms = js_sys::Date::now();
+    match plans::lookup(&config, &ad.placement, now_ms) {
+        Some(plan) => answer(req, ctx, &config, &plan?, ad, now_ms).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The cold path: reads the plan from KV, then answers.
+pub async fn serve_after_load(
+    req: &web_sys::Request,
+    query_string: &str,
+    env: &Env,
+    ctx: &Context,
+) -> Result<web_sys::Response, ApiError> {
+    let ad = parse(req, query_string)?;
+    let config = Config::get(env);
+    let now_ms = js_sys::Date::now();
+    let plan = plans::load(env, &config, &ad.placement, now_ms).await?;
+    answer(req, ctx, &config, &plan, ad, now_ms)
 }
 
 fn allocation(

@@ -12,8 +12,18 @@
 //! isolate's plan cache ([`plans`]), the event outbox ([`forward`]), and turning
 //! requests into core calls with as few JS↔Wasm crossings as possible. Every failure
 //! is an [`error::ApiError`], rendered as JSON in one place.
+//!
+//! The fetch handler is exported directly rather than through `#[event(fetch)]`: an
+//! async export costs every request a Promise and a trip through the futures executor,
+//! while a warm `/v1/ad` has nothing to wait for. It returns the `Response` itself when
+//! it can answer at once and a Promise only when it must wait (KV, request bodies).
+//! workers-rs' start function still installs its panic hook, and its shim still
+//! reinitialises the module after a panic.
 
-use worker::{Context, Env, event};
+use wasm_bindgen::JsValue;
+use wasm_bindgen::prelude::wasm_bindgen;
+use worker::wasm_bindgen_futures::future_to_promise;
+use worker::{Context, Env};
 
 mod ad;
 mod body;
@@ -31,25 +41,44 @@ use error::ApiError;
 
 const PUSH_PREFIX: &str = "/internal/plans/";
 
-async fn route(req: &web_sys::Request, env: &Env, ctx: &Context) -> Result<web_sys::Response, ApiError> {
-    let url = req.url();
-    let target = query::Target::parse(&url);
-    let method = req.method();
+/// What the handler may answer without awaiting: a warm `/v1/ad`, `/healthz`, and
+/// every input error on those routes. `Ok(None)`: take the async path.
+fn route_now(
+    req: &web_sys::Request,
+    method: &str,
+    target: query::Target<'_>,
+    env: &Env,
+    ctx: &Context,
+) -> Result<Option<web_sys::Response>, ApiError> {
+    match (target.path, method) {
+        ("/v1/ad", "GET") => ad::serve_now(req, target.query, env, ctx),
+        ("/healthz", "GET") => health().map(Some),
+        _ => Ok(None),
+    }
+}
+
+async fn route(
+    req: &web_sys::Request,
+    method: &str,
+    target: query::Target<'_>,
+    env: &Env,
+    ctx: &Context,
+) -> Result<web_sys::Response, ApiError> {
     match target.path {
-        "/v1/ad" => match method.as_str() {
-            "GET" => ad::serve(req, target.query, env, ctx).await,
+        "/v1/ad" => match method {
+            "GET" => ad::serve_after_load(req, target.query, env, ctx).await,
             _ => Err(ApiError::method_not_allowed("GET")),
         },
-        "/v1/impression" => match method.as_str() {
+        "/v1/impression" => match method {
             "POST" => impression::serve(req, env, ctx).await,
             _ => Err(ApiError::method_not_allowed("POST")),
         },
-        "/healthz" => match method.as_str() {
+        "/healthz" => match method {
             "GET" => health(),
             _ => Err(ApiError::method_not_allowed("GET")),
         },
         path => match path.strip_prefix(PUSH_PREFIX) {
-            Some(placement) if !placement.contains('/') => match method.as_str() {
+            Some(placement) if !placement.contains('/') => match method {
                 "PUT" => push::serve(req, placement, env).await,
                 _ => Err(ApiError::method_not_allowed("PUT")),
             },
@@ -67,10 +96,27 @@ fn health() -> Result<web_sys::Response, ApiError> {
     Ok(respond::json_with(200, &body.to_string(), None)?)
 }
 
-#[event(fetch)]
-async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> worker::Result<web_sys::Response> {
-    match route(&req, &env, &ctx).await {
-        Ok(response) => Ok(response),
-        Err(e) => e.to_response(),
+/// The response, or the error rendered as one; a JS exception only if even that fails.
+fn finish(result: Result<web_sys::Response, ApiError>) -> Result<JsValue, JsValue> {
+    let response = match result {
+        Ok(response) => response,
+        Err(e) => e.to_response().map_err(JsValue::from)?,
+    };
+    Ok(response.into())
+}
+
+/// The worker's fetch handler (called by the worker-build shim with the request, the
+/// environment and the execution context): a `Response` or a `Promise` of one.
+#[wasm_bindgen]
+pub fn fetch(req: web_sys::Request, env: Env, ctx: worker::worker_sys::Context) -> Result<JsValue, JsValue> {
+    let ctx = Context::new(ctx);
+    let url = req.url();
+    let method = req.method();
+    match route_now(&req, &method, query::Target::parse(&url), &env, &ctx) {
+        Ok(Some(response)) => return Ok(response.into()),
+        Err(e) => return finish(Err(e)),
+        Ok(None) => {}
     }
+    let later = async move { finish(route(&req, &method, query::Target::parse(&url), &env, &ctx).await) };
+    Ok(future_to_promise(later).into())
 }

@@ -91,7 +91,7 @@ enum Loaded {
     Failed(String),
 }
 
-async fn load(env: &Env, config: &Config, placement: &PlacementId) -> Loaded {
+async fn read(env: &Env, config: &Config, placement: &PlacementId) -> Loaded {
     let kv = match env.kv(PLANS_BINDING) {
         Ok(kv) => kv,
         Err(e) => return Loaded::Failed(format!("KV binding {PLANS_BINDING}: {e}")),
@@ -156,6 +156,28 @@ fn settle(placement: &str, loaded: Loaded, now_ms: f64) -> State {
     })
 }
 
+/// The plan to serve for `placement` if the cache can answer now; `None` means the
+/// caller must [`load`] it (and is now the one refreshing it).
+pub fn lookup(config: &Config, placement: &PlacementId, now_ms: f64) -> Option<Result<Rc<CompiledPlan>, ApiError>> {
+    let name = placement.as_str();
+    match step(name, config.plan_ttl_ms, now_ms) {
+        Step::Use(state) => Some(to_result(name, state)),
+        Step::Load => None,
+    }
+}
+
+/// Reads the placement's plan from KV, folds it into the cache and returns what to serve.
+pub async fn load(
+    env: &Env,
+    config: &Config,
+    placement: &PlacementId,
+    now_ms: f64,
+) -> Result<Rc<CompiledPlan>, ApiError> {
+    let loaded = read(env, config, placement).await;
+    let name = placement.as_str();
+    to_result(name, settle(name, loaded, now_ms))
+}
+
 /// The plan to serve for `placement`: from the cache while fresh, else from KV.
 pub async fn get(
     env: &Env,
@@ -163,13 +185,9 @@ pub async fn get(
     placement: &PlacementId,
     now_ms: f64,
 ) -> Result<Rc<CompiledPlan>, ApiError> {
-    let name = placement.as_str();
-    match step(name, config.plan_ttl_ms, now_ms) {
-        Step::Use(state) => to_result(name, state),
-        Step::Load => {
-            let loaded = load(env, config, placement).await;
-            to_result(name, settle(name, loaded, now_ms))
-        }
+    match lookup(config, placement, now_ms) {
+        Some(result) => result,
+        None => load(env, config, placement, now_ms).await,
     }
 }
 

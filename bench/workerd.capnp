@@ -1,0 +1,57 @@
+# Benchmark configuration: the Rust worker and a minimal JS worker side by side in one
+# workerd, so they share the runtime, the machine and the load generator.
+#
+#   workerd serve bench/workerd.capnp --socket-addr allot=127.0.0.1:PORT --socket-addr minimal=127.0.0.1:PORT
+#
+# (scripts/bench-worker.sh does this, after building the worker.)
+using Workerd = import "/workerd/workerd.capnp";
+
+const config :Workerd.Config = (
+  services = [
+    (name = "allot", worker = .allotWorker),
+    (name = "minimal", worker = .minimalWorker),
+    (name = "plans-kv", worker = .kvWorker),
+    (name = "origin-sink", worker = .sinkWorker),
+  ],
+  sockets = [
+    (name = "allot", address = "127.0.0.1:8801", http = (), service = "allot"),
+    (name = "minimal", address = "127.0.0.1:8802", http = (), service = "minimal"),
+  ],
+);
+
+# The edge worker as worker-build produced it, with the same bindings as wrangler.toml.
+const allotWorker :Workerd.Worker = (
+  modules = [
+    (name = "index.js", esModule = embed "../worker/build/index.js"),
+    (name = "index_bg.wasm", wasm = embed "../worker/build/index_bg.wasm"),
+  ],
+  compatibilityDate = "2026-04-20",
+  bindings = [
+    (name = "PLANS", kvNamespace = "plans-kv"),
+    (name = "PLAN_TTL_SECS", text = "10"),
+    (name = "ORIGIN_URL", text = "http://origin.invalid"),
+    (name = "INGEST_KEY", text = "bench-ingest-key-0123456789"),
+  ],
+  # Sampled events go to the sink, which acknowledges them like the origin would.
+  globalOutbound = "origin-sink",
+);
+
+# What the edge is compared with: a worker that returns a fixed JSON body.
+const minimalWorker :Workerd.Worker = (
+  modules = [(name = "minimal.js", esModule = embed "minimal.js")],
+  compatibilityDate = "2026-04-20",
+);
+
+# KV namespace backed by memory, seeded with bench/plan.json under plan:bench.
+const kvWorker :Workerd.Worker = (
+  modules = [
+    (name = "kv.js", esModule = embed "kv.js"),
+    (name = "plan.json", text = embed "plan.json"),
+  ],
+  compatibilityDate = "2026-04-20",
+);
+
+const sinkWorker :Workerd.Worker = (
+  modules = [(name = "sink.js", esModule = embed "sink.js")],
+  compatibilityDate = "2026-04-20",
+);
