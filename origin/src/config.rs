@@ -319,6 +319,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("ALLOT_INGEST_MAX_BODY_BYTES", "ingest.max_body_bytes"),
     ("ALLOT_AGGREGATE_ENABLED", "aggregate.enabled"),
     ("ALLOT_AGGREGATE_CONSUMER", "aggregate.consumer"),
+    ("ALLOT_AGGREGATE_BATCH", "aggregate.batch"),
     ("ALLOT_AGGREGATE_CLAIM_MIN_IDLE_MS", "aggregate.claim_min_idle_ms"),
     ("ALLOT_AGGREGATE_FAILPOINT", "aggregate.failpoint"),
     ("ALLOT_CONTROL_ENABLED", "control.enabled"),
@@ -341,6 +342,7 @@ fn kind_of(path: &str) -> Kind {
         | "ingest.max_skew_secs"
         | "ingest.max_body_bytes"
         | "aggregate.claim_min_idle_ms"
+        | "aggregate.batch"
         | "control.period_ms" => Kind::Int,
         "control.min_sample_rate" => Kind::Float,
         "aggregate.enabled" | "control.enabled" => Kind::Bool,

@@ -1,6 +1,8 @@
 //! Ingest against a real Redis: accepted events are counted; forged, tampered, stale,
 //! replayed, malformed and oversized bodies are refused with the right status.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashMap;

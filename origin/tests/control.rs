@@ -1,0 +1,159 @@
+//! The control loop: a target change is solved and stored at once; status shows the
+//! decision and the measured shares; among two origins exactly one runs the loop, and
+//! the other takes over when it stops.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// An allocation event in the last complete window of `period_ms`.
+fn last_window_event(i: usize, ad: Option<&str>, platform: &str, period_ms: u64) -> Value {
+    let now = allot_origin::now_ms();
+    let mut e = allocation(&format!("r{i}"), "home_feed", ad, &["A", "B"], 1.0);
+    e["event_time_ms"] = json!((now / period_ms) * period_ms - period_ms / 2);
+    e["platform"] = json!(platform);
+    e
+}
+
+#[tokio::test]
+async fn a_target_change_gets_a_plan_at_once_and_status_reports_it() {
+    let redis = RedisServer::start();
+    // A long period: only the change itself can trigger the round in time.
+    let app = TestApp::start(config(&redis, "", &[("ALLOT_CONTROL_PERIOD_MS", "60000")])).await;
+
+    // 200 sampled requests in the last complete window: A 50 %, B 30 %, none 20 %.
+    let events: Vec<Value> = (0..200)
+        .map(|i| {
+            let ad = match i % 10 {
+                0..5 => Some("A"),
+                5..8 => Some("B"),
+                _ => None,
+            };
+            let mut e = last_window_event(i, ad, "ios", 60_000);
+            if ad.is_none() {
+                e["eligible"] = json!(["A", "B"]);
+            }
+            e
+        })
+        .collect();
+    assert_eq!(app.post_signed(&batch(events)).await.status(), 202);
+    eventually(10, "aggregation", || async { (total_counts(&redis, "home_feed").requests.n == 200).then_some(()) })
+        .await;
+
+    let started = std::time::Instant::now();
+    let spec = json!({
+        "campaigns": [
+            {"id": "A", "rate": 0.5},
+            {"id": "B", "rate": 0.3},
+            {"id": "C", "rate": 0.1, "eligibility": {"platforms": ["android"]}}
+        ],
+        "confidence": {"margin": 0.05, "level": 0.9}
+    });
+    assert_eq!(app.put_targets("home_feed", &spec, MANAGER_TOKEN).await.status(), 201);
+    let status = eventually(5, "first plan", || async {
+        let (code, v) = app.get_json("/v1/placements/home_feed/status", VIEWER_TOKEN).await;
+        (code == 200 && v["plan_version"] == 1).then_some(v)
+    })
+    .await;
+    assert!(started.elapsed().as_secs() < 5, "the round ran well before the 60 s period");
+
+    assert!(status["sample_rate"].as_f64().unwrap() > 0.0);
+    assert_eq!(status["window"]["samples"], 200);
+    let campaigns = status["campaigns"].as_array().unwrap();
+    let a = &campaigns[0];
+    assert_eq!(a["id"], "A");
+    assert_eq!(a["target"], 0.5);
+    assert!(a["weight"].as_f64().unwrap() > 0.0);
+    assert_eq!(a["feasibility"]["status"], "feasible");
+    assert_eq!(a["samples"], 100);
+    let est = &a["estimate"];
+    assert!((est["share"].as_f64().unwrap() - 0.5).abs() < 1e-9);
+    assert!(est["low"].as_f64().unwrap() < 0.5 && est["high"].as_f64().unwrap() > 0.5);
+    assert_eq!(est["level"], 0.9);
+    // No android traffic was seen: C cannot get its 10 %.
+    let c = &campaigns[2];
+    assert_eq!(c["feasibility"]["status"], "infeasible", "{c}");
+    assert_eq!(c["feasibility"]["max_share"], 0.0);
+
+    // Stored: the plan, its history, and the controller state.
+    let mut conn = redis.conn();
+    let plan: String = redis::cmd("GET").arg("allot:{home_feed}:plan").query(&mut conn).unwrap();
+    let record: Value = serde_json::from_str(&plan).unwrap();
+    assert_eq!(record["plan"]["version"], 1);
+    assert_eq!(record["plan"]["campaigns"].as_array().unwrap().len(), 3);
+    let history: Vec<String> =
+        redis::cmd("LRANGE").arg("allot:{home_feed}:plans").arg(0).arg(-1).query(&mut conn).unwrap();
+    assert_eq!(history.len(), 1);
+    allot_core::Plan::parse(history[0].as_bytes()).unwrap();
+    let exists: i64 = redis::cmd("EXISTS").arg("allot:{home_feed}:state").query(&mut conn).unwrap();
+    assert_eq!(exists, 1);
+
+    // Another change: version 2 at once. A delete withdraws the ads with an empty plan.
+    let mut spec2 = spec.clone();
+    spec2["campaigns"][0]["rate"] = json!(0.4);
+    assert_eq!(app.put_targets("home_feed", &spec2, MANAGER_TOKEN).await.status(), 200);
+    eventually(5, "second plan", || async {
+        let (_, v) = app.get_json("/v1/placements/home_feed/status", VIEWER_TOKEN).await;
+        (v["plan_version"] == 2).then_some(())
+    })
+    .await;
+    let r = app.http.delete(app.url("/v1/placements/home_feed")).bearer_auth(MANAGER_TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let record = eventually(5, "withdrawal plan", || async {
+        let mut conn = redis.conn();
+        let plan: String = redis::cmd("GET").arg("allot:{home_feed}:plan").query(&mut conn).unwrap();
+        let v: Value = serde_json::from_str(&plan).unwrap();
+        (v["plan"]["version"] == 3).then_some(v)
+    })
+    .await;
+    assert_eq!(record["plan"]["campaigns"], json!([]));
+    let registered: Vec<String> = redis::cmd("SMEMBERS").arg("allot:placements").query(&mut conn).unwrap();
+    assert!(registered.is_empty(), "{registered:?}");
+}
+
+#[tokio::test]
+async fn two_origins_one_controller_and_failover() {
+    let redis = RedisServer::start();
+    let env = [("ALLOT_CONTROL_PERIOD_MS", "300")];
+    let mut a = TestApp::start(config(&redis, "", &env)).await;
+    let mut b = TestApp::start(config(&redis, "", &env)).await;
+    let spec = json!({"campaigns": [{"id": "A", "rate": 0.5}]});
+    assert_eq!(b.put_targets("home_feed", &spec, MANAGER_TOKEN).await.status(), 201);
+    eventually(5, "a plan", || async {
+        let (_, v) = a.get_json("/v1/placements/home_feed/status", VIEWER_TOKEN).await;
+        v["plan_version"].as_u64()
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+
+    let rounds_a = a.metric("allot_control_rounds_total").await;
+    let rounds_b = b.metric("allot_control_rounds_total").await;
+    let (leader, follower, leader_rounds) =
+        if rounds_a > 0.0 { (&mut a, &mut b, rounds_a) } else { (&mut b, &mut a, rounds_b) };
+    assert!(leader_rounds >= 3.0, "the leader ran every period ({leader_rounds})");
+    assert_eq!(follower.metric("allot_control_rounds_total").await, 0.0, "only one controller");
+    assert_eq!(leader.metric("allot_control_leader").await, 1.0);
+    assert_eq!(follower.metric("allot_control_leader").await, 0.0);
+    let mut conn = redis.conn();
+    let holder: String = redis::cmd("GET").arg("allot:control:lease").query(&mut conn).unwrap();
+    assert_eq!(holder, leader.app().instance);
+
+    // The leader stops (releasing the lease); the other one takes over.
+    leader.shutdown().await;
+    let spec2 = json!({"campaigns": [{"id": "A", "rate": 0.6}]});
+    assert_eq!(follower.put_targets("home_feed", &spec2, MANAGER_TOKEN).await.status(), 200);
+    eventually(5, "failover plan", || async {
+        let (_, v) = follower.get_json("/v1/placements/home_feed/status", VIEWER_TOKEN).await;
+        (v["plan_version"] == 2).then_some(())
+    })
+    .await;
+    assert!(follower.metric("allot_control_rounds_total").await > 0.0);
+    let history: Vec<String> =
+        redis::cmd("LRANGE").arg("allot:{home_feed}:plans").arg(0).arg(-1).query(&mut conn).unwrap();
+    let versions: Vec<u64> = history.iter().map(|p| allot_core::Plan::parse(p.as_bytes()).unwrap().version).collect();
+    assert_eq!(versions, [2, 1], "versions increase by one, no competing plans");
+    follower.shutdown().await;
+}

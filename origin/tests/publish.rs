@@ -1,0 +1,223 @@
+//! Both publishers against local HTTP servers that check what they receive: the
+//! Cloudflare KV bulk API (429, then success; chunking; one write per key per second)
+//! and the worker's signed `/internal/plans` push.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use allot_core::{Plan, Verifier, signature};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::put;
+use common::*;
+use serde_json::{Value, json};
+
+#[derive(Default)]
+struct Seen {
+    /// (arrival, keys in the body) per accepted request.
+    writes: Vec<(Instant, Vec<String>)>,
+    requests: usize,
+    problems: Vec<String>,
+}
+
+async fn serve(router: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{addr}")
+}
+
+/// A stand-in for the KV bulk endpoint that checks the request shape, refuses the
+/// first request with 429 and accepts the rest.
+async fn kv_bulk(State(seen): State<Arc<Mutex<Seen>>>, headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
+    let mut s = seen.lock().unwrap();
+    s.requests += 1;
+    let mut problem = |p: String| s_problem(&mut s.problems, p);
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer cf-api-token") {
+        problem("missing bearer token".into());
+    }
+    if headers.get("content-type").and_then(|v| v.to_str().ok()) != Some("application/json") {
+        problem("content-type".into());
+    }
+    let pairs: Vec<Value> = serde_json::from_slice(&body).unwrap_or_default();
+    let mut keys = Vec::new();
+    for p in &pairs {
+        let key = p["key"].as_str().unwrap_or_default().to_string();
+        match Plan::parse(p["value"].as_str().unwrap_or_default().as_bytes()) {
+            Ok(plan) if key == format!("plan:{}", plan.placement) => {}
+            other => problem(format!("bad pair {key}: {other:?}")),
+        }
+        if p.as_object().is_none_or(|o| o.keys().any(|k| k != "key" && k != "value")) {
+            problem(format!("unexpected fields in {p}"));
+        }
+        keys.push(key);
+    }
+    if pairs.is_empty() {
+        problem("empty body".into());
+    }
+    if s.requests == 1 {
+        return (StatusCode::TOO_MANY_REQUESTS, r#"{"success":false,"errors":[{"code":10429}]}"#.into());
+    }
+    s.writes.push((Instant::now(), keys));
+    let n = pairs.len();
+    (
+        StatusCode::OK,
+        json!({"success": true, "errors": [], "messages": [],
+        "result": {"successful_key_count": n, "unsuccessful_keys": []}})
+        .to_string(),
+    )
+}
+
+fn s_problem(problems: &mut Vec<String>, p: String) {
+    problems.push(p);
+}
+
+#[tokio::test]
+async fn cloudflare_kv_bulk_writes_retry_chunk_and_pace() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let base = serve(
+        Router::new()
+            .route("/client/v4/accounts/acc-1/storage/kv/namespaces/ns-1/bulk", put(kv_bulk))
+            .with_state(seen.clone()),
+    )
+    .await;
+    let redis = RedisServer::start();
+    let extra = format!(
+        r#"
+[publish]
+kind = "cloudflare"
+[publish.cloudflare]
+base_url = "{base}/client/v4"
+account_id = "acc-1"
+namespace_id = "ns-1"
+api_token = "cf-api-token"
+max_keys_per_request = 2
+initial_backoff_ms = 50
+"#
+    );
+    let app = TestApp::start(config(&redis, &extra, &[("ALLOT_CONTROL_PERIOD_MS", "60000")])).await;
+
+    // One placement: 429 first, then accepted.
+    assert_eq!(
+        app.put_targets("p1", &json!({"campaigns": [{"id": "A", "rate": 0.5}]}), MANAGER_TOKEN).await.status(),
+        201
+    );
+    eventually(5, "first write", || async { (seen.lock().unwrap().writes.len() == 1).then_some(()) }).await;
+    {
+        let s = seen.lock().unwrap();
+        assert_eq!(s.requests, 2, "one 429, one retry");
+        assert_eq!(s.writes[0].1, ["plan:p1"]);
+    }
+    eventually(5, "plan stored", || async {
+        let (_, v) = app.get_json("/v1/placements/p1/status", VIEWER_TOKEN).await;
+        (v["plan_version"] == 1).then_some(())
+    })
+    .await;
+
+    // Three more placements and a change to p1 in one round: chunks of at most two keys,
+    // and p1 is not written again within a second of its last write.
+    for p in ["p2", "p3", "p4"] {
+        let mut conn = redis.conn();
+        let spec = json!({"campaigns": [{"id": "A", "rate": 0.2}]}).to_string();
+        redis::cmd("HSET")
+            .arg(format!("allot:{{{p}}}:targets"))
+            .arg("spec")
+            .arg(spec)
+            .arg("rev")
+            .arg(1)
+            .query::<()>(&mut conn)
+            .unwrap();
+        redis::cmd("SADD").arg("allot:dirty").arg(p).query::<()>(&mut conn).unwrap();
+    }
+    assert_eq!(
+        app.put_targets("p1", &json!({"campaigns": [{"id": "A", "rate": 0.6}]}), MANAGER_TOKEN).await.status(),
+        200
+    );
+    eventually(10, "all writes", || async {
+        let s = seen.lock().unwrap();
+        (s.writes.iter().map(|w| w.1.len()).sum::<usize>() == 5).then_some(())
+    })
+    .await;
+    let s = seen.lock().unwrap();
+    assert!(s.problems.is_empty(), "{:?}", s.problems);
+    assert!(s.writes.iter().all(|w| w.1.len() <= 2), "{:?}", s.writes);
+    let p1: Vec<Instant> = s.writes.iter().filter(|w| w.1.contains(&"plan:p1".to_string())).map(|w| w.0).collect();
+    assert_eq!(p1.len(), 2);
+    assert!(p1[1] - p1[0] >= Duration::from_millis(950), "{:?}", p1[1] - p1[0]);
+}
+
+#[derive(Default)]
+struct Worker {
+    received: Vec<Plan>,
+    problems: Vec<String>,
+    /// The version the "edge" holds; older or equal pushes get 409.
+    held: u64,
+}
+
+async fn worker_push(
+    State(w): State<Arc<Mutex<Worker>>>,
+    Path(placement): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let verifier = Verifier::new(vec![INGEST_KEY.as_bytes().to_vec()], 60).unwrap();
+    let mut w = w.lock().unwrap();
+    let sig = headers.get(signature::HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if let Err(e) = verifier.verify(sig, &body, allot_origin::now_ms() / 1000) {
+        w.problems.push(format!("signature: {e}"));
+        return StatusCode::UNAUTHORIZED;
+    }
+    let plan = match Plan::parse(&body) {
+        Ok(p) if p.placement.as_str() == placement => p,
+        other => {
+            w.problems.push(format!("plan: {other:?}"));
+            return StatusCode::BAD_REQUEST;
+        }
+    };
+    if plan.version <= w.held {
+        return StatusCode::CONFLICT;
+    }
+    w.held = plan.version;
+    w.received.push(plan);
+    StatusCode::NO_CONTENT
+}
+
+#[tokio::test]
+async fn worker_push_is_signed_with_the_ingest_key() {
+    let worker = Arc::new(Mutex::new(Worker::default()));
+    let base =
+        serve(Router::new().route("/internal/plans/{placement}", put(worker_push)).with_state(worker.clone())).await;
+    let redis = RedisServer::start();
+    let extra = format!("[publish]\nkind = \"worker\"\n[publish.worker]\nurl = \"{base}/\"\n");
+    let app = TestApp::start(config(&redis, &extra, &[("ALLOT_CONTROL_PERIOD_MS", "60000")])).await;
+
+    let spec = json!({"campaigns": [{"id": "A", "rate": 0.5, "creative": {"img": "a.png"}}]});
+    assert_eq!(app.put_targets("home_feed", &spec, MANAGER_TOKEN).await.status(), 201);
+    eventually(5, "push", || async { (!worker.lock().unwrap().received.is_empty()).then_some(()) }).await;
+    {
+        let w = worker.lock().unwrap();
+        assert!(w.problems.is_empty(), "{:?}", w.problems);
+        let plan = &w.received[0];
+        assert_eq!((plan.placement.as_str(), plan.version), ("home_feed", 1));
+        assert_eq!(plan.campaigns[0].creative, json!({"img": "a.png"}));
+    }
+    assert_eq!(app.metric("allot_plans_published_total").await, 1.0);
+
+    // The edge already holds a newer version: 409 is not a failure.
+    worker.lock().unwrap().held = 50;
+    let spec2 = json!({"campaigns": [{"id": "A", "rate": 0.7}]});
+    assert_eq!(app.put_targets("home_feed", &spec2, MANAGER_TOKEN).await.status(), 200);
+    eventually(5, "second round", || async {
+        let (_, v) = app.get_json("/v1/placements/home_feed/status", VIEWER_TOKEN).await;
+        (v["plan_version"] == 2).then_some(())
+    })
+    .await;
+    assert_eq!(app.metric("allot_publish_failures_total").await, 0.0);
+    assert!(worker.lock().unwrap().problems.is_empty());
+}
