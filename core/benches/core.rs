@@ -1,1 +1,125 @@
-fn main() {}
+//! Hot-path and controller benchmarks (`cargo bench -p allot-core`); results in
+//! `docs/performance.md`.
+
+use allot_core::solver::{self, Patterns, SolveOptions};
+use allot_core::{
+    CampaignId, CompiledPlan, ControlInput, ControlState, Controller, Eligibility, PlacementId, Plan, PlanCampaign,
+    RequestAttrs, Targets, TargetsSpec, WindowStats, sampled,
+};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+const PLATFORMS: [&str; 10] = ["ios", "android", "web", "tv", "car", "watch", "tablet", "desktop", "console", "kiosk"];
+
+fn country(i: usize) -> String {
+    let b = [b'A' + (i / 26) as u8, b'A' + (i % 26) as u8];
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+/// `n` campaigns, each eligible for a random subset of platforms and countries.
+fn plan(n: usize, rng: &mut SmallRng) -> Plan {
+    Plan {
+        format: 1,
+        placement: PlacementId::parse("bench").unwrap(),
+        version: 1,
+        issued_at_ms: 0,
+        sample_rate: 0.01,
+        no_ad_weight: 0.1,
+        campaigns: (0..n)
+            .map(|i| PlanCampaign {
+                id: CampaignId::parse(format!("c{i}")).unwrap(),
+                weight: rng.random::<f64>(),
+                creative: json!({"img": format!("https://cdn.example/{i}.png")}),
+                eligibility: Eligibility {
+                    platforms: PLATFORMS.iter().filter(|_| rng.random::<f64>() < 0.6).map(|p| p.to_string()).collect(),
+                    countries: (0..100).filter(|_| rng.random::<f64>() < 0.5).map(country).collect(),
+                },
+            })
+            .collect(),
+    }
+}
+
+fn choose(c: &mut Criterion) {
+    let mut g = c.benchmark_group("choose");
+    for n in [8, 64] {
+        let mut rng = SmallRng::seed_from_u64(1);
+        let compiled = CompiledPlan::new(plan(n, &mut rng)).unwrap();
+        let countries: Vec<String> = (0..100).map(country).collect();
+        let mut i = 0usize;
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| {
+                i = i.wrapping_add(1);
+                let attrs = RequestAttrs { platform: Some(PLATFORMS[i % 10]), country: Some(&countries[i % 100]) };
+                std::hint::black_box(compiled.choose(attrs, rng.random::<f64>()))
+            })
+        });
+    }
+    g.finish();
+
+    let mut rng = SmallRng::seed_from_u64(2);
+    let compiled = CompiledPlan::new(plan(8, &mut rng)).unwrap();
+    c.bench_function("choose+sample+respond/8", |b| {
+        let mut out = String::with_capacity(256);
+        b.iter(|| {
+            out.clear();
+            let choice = compiled.choose(RequestAttrs { platform: Some("ios"), country: Some("AB") }, rng.random());
+            let id = "6f9619ff8b86d011b42d00c04fc964ff";
+            let s = sampled(id, compiled.plan().sample_rate);
+            compiled.write_response(&mut out, id, choice.ad);
+            std::hint::black_box((s, out.len()))
+        })
+    });
+}
+
+fn solve(c: &mut Criterion) {
+    let mut rng = SmallRng::seed_from_u64(3);
+    let n = 64;
+    // 1,000 distinct eligibility patterns with random frequencies.
+    let counts: Vec<(u64, f64)> = (0..1000).map(|_| (rng.random::<u64>(), rng.random::<f64>())).collect();
+    let patterns = Patterns::new(counts, n);
+    assert_eq!(patterns.masks.len(), 1000);
+    // Feasible targets: 80 % of what random weights deliver.
+    let w: Vec<f64> = (0..n).map(|_| rng.random::<f64>()).collect();
+    let mut d = vec![0.0; n];
+    solver::delivered(&w, 0.2, &patterns, &mut d);
+    let targets: Vec<f64> = d.iter().map(|x| x * 0.8).collect();
+    let sol = solver::solve(&targets, &patterns, SolveOptions::default());
+    assert!(sol.converged, "{} iterations", sol.iterations);
+    eprintln!("solver: 64 campaigns × 1000 patterns converged in {} iterations", sol.iterations);
+    c.bench_function("solve/64x1000", |b| {
+        b.iter(|| std::hint::black_box(solver::solve(&targets, &patterns, SolveOptions::default())))
+    });
+
+    // The whole controller round: profiles → patterns → solve → decision.
+    let mut rng = SmallRng::seed_from_u64(4);
+    let p = plan(n, &mut rng);
+    let spec = json!({
+        "campaigns": p.campaigns.iter().map(|c| json!({
+            "id": c.id, "rate": 0.8 / n as f64, "eligibility": c.eligibility,
+        })).collect::<Vec<_>>(),
+    });
+    let targets = Targets::parse(serde_json::from_value::<TargetsSpec>(spec).unwrap()).unwrap();
+    let mut stats = WindowStats::default();
+    for (i, platform) in PLATFORMS.iter().enumerate() {
+        for k in 0..100 {
+            stats.profiles.insert(format!("{platform}:{}", country(k)), 1.0 + ((i * 100 + k) % 7) as f64);
+        }
+    }
+    let state = ControlState::default();
+    c.bench_function("controller/64 campaigns, 1000 profiles", |b| {
+        b.iter(|| {
+            std::hint::black_box(Controller::default().decide(ControlInput {
+                targets: &targets,
+                recent: &stats,
+                last: None,
+                previous: None,
+                state: &state,
+            }))
+        })
+    });
+}
+
+criterion_group!(benches, choose, solve);
+criterion_main!(benches);

@@ -12,9 +12,10 @@
 //!    model predicts for the plan that was actually in force, `p_c`. Only the
 //!    unexplained part `p_c/m_c` feeds a bounded multiplicative correction `g_c`
 //!    (geometric smoothing with `gain`), and only when the window was decided (≥ 90 %)
-//!    under that plan and the gap exceeds the window's own confidence interval. So a
-//!    plan made before the traffic mix was known does not look like a bias, noise alone
-//!    rarely moves `g_c`, and it cannot run away.
+//!    under that plan. A gap within the window's noise band counts as explained, so
+//!    `g_c` decays back to 1 once its cause is gone. So a plan made before the traffic
+//!    mix was known does not look like a bias, noise alone rarely moves `g_c`, a
+//!    persistent bias is tracked, and nothing can run away.
 
 use std::collections::BTreeMap;
 
@@ -205,15 +206,25 @@ impl Controller {
                 continue;
             }
             let p = predicted[j] * render[i];
-            let m = estimate::share(last, &c.id, basis, z).share;
-            let half_width = threshold * (p * (1.0 - p) / n_eff).sqrt();
-            if p <= 0.0 || (m - p).abs() <= half_width {
+            if p <= 0.0 {
                 continue;
             }
+            let m = estimate::share(last, &c.id, basis, z).share;
+            let half_width = threshold * (p * (1.0 - p) / n_eff).sqrt();
+            // A gap within the noise counts as "explained", which also lets an old
+            // correction decay once whatever caused it is gone.
+            let unexplained = if (m - p).abs() <= half_width {
+                1.0
+            } else {
+                (p / m.max(p / self.max_correction)).min(self.max_correction)
+            };
             let g = state.corrections.get(&c.id).copied().unwrap_or(1.0);
-            let unexplained = (p / m.max(p / self.max_correction)).min(self.max_correction);
             let g = (g.powf(1.0 - self.feedback_gain) * unexplained.powf(self.feedback_gain))
                 .clamp(1.0 / self.max_correction, self.max_correction);
+            if (g - 1.0).abs() < 1e-3 {
+                state.corrections.remove(&c.id);
+                continue;
+            }
             state.corrections.insert(c.id.clone(), g);
         }
         state
@@ -231,11 +242,8 @@ fn patterns_for<'a>(rules: impl Iterator<Item = &'a Eligibility>, stats: &Window
     let rules: Vec<&Eligibility> = rules.collect();
     let counts = stats.profiles.iter().map(|(key, &count)| {
         let (platform, country) = parse_profile_key(key);
-        let mask = rules
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.matches(platform, country))
-            .fold(0u64, |m, (i, _)| m | 1 << i);
+        let mask =
+            rules.iter().enumerate().filter(|(_, e)| e.matches(platform, country)).fold(0u64, |m, (i, _)| m | 1 << i);
         (mask, count)
     });
     Patterns::new(counts, rules.len())

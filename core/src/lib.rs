@@ -22,7 +22,7 @@ pub mod quantile;
 pub mod round;
 pub mod sample;
 pub mod signature;
-mod solver;
+pub mod solver;
 pub mod stats;
 pub mod targets;
 

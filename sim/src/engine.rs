@@ -133,11 +133,8 @@ pub fn run(scenario: &Scenario, strategy: Strategy, settings: Settings) -> Run {
         })
         .collect();
     let total_share = cumulative.last().copied().unwrap_or(1.0);
-    let keys: Vec<String> = scenario
-        .profiles
-        .iter()
-        .map(|p| allot_core::stats::profile_key(Some(p.platform), Some(p.country)))
-        .collect();
+    let keys: Vec<String> =
+        scenario.profiles.iter().map(|p| allot_core::stats::profile_key(Some(p.platform), Some(p.country))).collect();
 
     let compile = |plan: Plan| -> EdgePlan {
         let slot = plan.campaigns.iter().map(|c| ids.iter().position(|i| i == &c.id).unwrap_or(0)).collect();

@@ -15,7 +15,7 @@ use clap::Parser;
 /// Scenarios: uniform, skewed, infeasible, change, render. Strategies: static (weights =
 /// targets), feedback (no model), model+feedback (allot), census (allot at sample rate 1).
 /// Errors are measured on the true delivered shares of feasible campaigns, per control
-/// window, after the first two windows.
+/// window, after the windows before the first data-driven plan reaches the edge.
 #[derive(Debug, Parser)]
 #[command(name = "allot-sim", version)]
 struct Args {

@@ -20,12 +20,16 @@ pub struct Summary {
     pub plans_published: u64,
 }
 
-/// Windows skipped at the start: before the first data-driven plan reaches the edge.
-pub const WARMUP_WINDOWS: usize = 2;
+/// Windows skipped at the start: those before the first data-driven plan (made at the
+/// end of window 0) has certainly reached the edge.
+pub fn warmup_windows(settings: &Settings) -> usize {
+    let period = settings.period_s.max(1);
+    (period + settings.delay_max_s).div_ceil(period) as usize
+}
 
 pub fn summarize(run: &Run, scenario: &Scenario, settings: &Settings) -> Summary {
     let margin = scenario.targets.confidence.margin;
-    let eval = &run.windows[WARMUP_WINDOWS.min(run.windows.len())..];
+    let eval = &run.windows[warmup_windows(settings).min(run.windows.len())..];
     let mut errors: Vec<f64> = eval.iter().map(|w| w.max_error()).collect();
     errors.sort_by(f64::total_cmp);
     let p95 = errors.get(((errors.len() as f64 * 0.95).ceil() as usize).saturating_sub(1)).copied().unwrap_or(0.0);

@@ -39,7 +39,9 @@ fn targets(campaigns: serde_json::Value) -> Targets {
 fn mix(platforms: &[(&'static str, f64)], countries: &[(&'static str, f64)]) -> Vec<Profile> {
     platforms
         .iter()
-        .flat_map(|&(platform, p)| countries.iter().map(move |&(country, c)| Profile { platform, country, share: p * c }))
+        .flat_map(|&(platform, p)| {
+            countries.iter().map(move |&(country, c)| Profile { platform, country, share: p * c })
+        })
         .collect()
 }
 

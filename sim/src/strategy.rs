@@ -73,7 +73,12 @@ impl Controller {
             Strategy::Census => SampleRatePlanner { min_rate: 1.0, ..Default::default() },
             _ => SampleRatePlanner { min_rate, ..Default::default() },
         };
-        Self { strategy, policy: Policy { planner, ..Default::default() }, state: ControlState::default(), last_outcome: None }
+        Self {
+            strategy,
+            policy: Policy { planner, ..Default::default() },
+            state: ControlState::default(),
+            last_outcome: None,
+        }
     }
 
     /// The plan to publish, if any.
