@@ -1,5 +1,6 @@
 //! Hot-path and controller benchmarks (`cargo bench -p allot-core`); results in
 //! `docs/performance.md`.
+#![allow(clippy::unwrap_used)] // a benchmark: failing loudly is right
 
 use allot_core::solver::{self, Patterns, SolveOptions};
 use allot_core::{
