@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Throughput of the edge worker against a minimal JS worker, side by side in one
+# `workerd serve` (bench/workerd.capnp), warm isolates, wrk -t1 -c32 on loopback.
+# Rounds alternate between the two so that background load hits both alike; the
+# summary is the median of the rounds. Prints rps, p99, the ratio and the Wasm size.
+#
+#   scripts/bench-worker.sh            (ROUNDS=3 DURATION=10s by default)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+ROUNDS="${ROUNDS:-3}"
+DURATION="${DURATION:-10s}"
+
+bash scripts/build-worker.sh
+bash scripts/tools.sh wrk
+
+free_port() { node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'; }
+ALLOT_PORT="$(free_port)"
+MINIMAL_PORT="$(free_port)"
+
+LOG="$(mktemp)"
+node_modules/.bin/workerd serve bench/workerd.capnp \
+  --socket-addr "allot=127.0.0.1:$ALLOT_PORT" --socket-addr "minimal=127.0.0.1:$MINIMAL_PORT" >"$LOG" 2>&1 &
+WORKERD=$!
+trap 'kill "$WORKERD" 2>/dev/null; wait "$WORKERD" 2>/dev/null; rm -f "$LOG"' EXIT
+
+AD_URL="http://127.0.0.1:$ALLOT_PORT/v1/ad?placement=bench&platform=ios&country=DE"
+MINIMAL_URL="http://127.0.0.1:$MINIMAL_PORT/"
+for _ in $(seq 1 100); do
+  curl -sf "$AD_URL" >/dev/null && curl -sf "$MINIMAL_URL" >/dev/null && break
+  kill -0 "$WORKERD" 2>/dev/null || { cat "$LOG" >&2; exit 1; }
+  sleep 0.1
+done
+curl -sf "$AD_URL" >/dev/null || { echo "bench: the worker does not answer" >&2; cat "$LOG" >&2; exit 1; }
+
+# Warm both isolates (plan cache, JIT).
+wrk -t1 -c32 -d3s "$AD_URL" >/dev/null
+wrk -t1 -c32 -d3s "$MINIMAL_URL" >/dev/null
+
+# "rps p99_ms non2xx" of one wrk run.
+measure() {
+  wrk -t1 -c32 -d"$DURATION" --latency "$1" | awk '
+    /Requests\/sec:/ { rps = $2 }
+    /Non-2xx/ { bad = $NF }
+    $1 == "99%" {
+      v = $2
+      if (v ~ /us$/) { sub(/us$/, "", v); p99 = v / 1000 }
+      else if (v ~ /ms$/) { sub(/ms$/, "", v); p99 = v }
+      else if (v ~ /s$/) { sub(/s$/, "", v); p99 = v * 1000 }
+    }
+    END { printf "%.0f %.2f %d\n", rps, p99, bad + 0 }'
+}
+
+declare -a A_RPS A_P99 M_RPS M_P99
+printf '%-6s %12s %10s %12s %10s %7s\n' round allot_rps allot_p99 minimal_rps min_p99 ratio
+for r in $(seq 1 "$ROUNDS"); do
+  read -r a_rps a_p99 a_bad < <(measure "$AD_URL")
+  read -r m_rps m_p99 _ < <(measure "$MINIMAL_URL")
+  [[ "$a_bad" == 0 ]] || { echo "bench: $a_bad non-2xx answers from the worker" >&2; exit 1; }
+  A_RPS+=("$a_rps"); A_P99+=("$a_p99"); M_RPS+=("$m_rps"); M_P99+=("$m_p99")
+  printf '%-6s %12s %8sms %12s %8sms %7.2f\n' "$r" "$a_rps" "$a_p99" "$m_rps" "$m_p99" "$(awk -v a="$a_rps" -v m="$m_rps" 'BEGIN { print a / m }')"
+done
+
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+a="$(median "${A_RPS[@]}")"; m="$(median "${M_RPS[@]}")"
+printf '%-6s %12s %8sms %12s %8sms %7.2f\n' median "$a" "$(median "${A_P99[@]}")" "$m" "$(median "${M_P99[@]}")" "$(awk -v a="$a" -v m="$m" 'BEGIN { print a / m }')"
+
+wasm=worker/build/index_bg.wasm
+echo "wasm: $(stat -c %s "$wasm") bytes raw, $(gzip -9 -c "$wasm" | wc -c) bytes gzipped"
+echo "events at the sink: $(curl -s "http://127.0.0.1:$ALLOT_PORT/healthz")"

@@ -1,0 +1,137 @@
+// Sampled events over real HTTP: the worker signs batches and sends them to the origin;
+// the receiver checks every signature with node:crypto. The sampled set is predicted
+// request by request from the consistent-sampling hash, and its size is checked
+// against the plan's rate.
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { eventually, parallel, plan, samplePoint, startReceiver, startWorker } from "./harness.mjs";
+
+const RATE = 0.1;
+let worker;
+let origin;
+
+before(async () => {
+  origin = await startReceiver();
+  worker = await startWorker({ ORIGIN_URL: origin.url, EVENT_BATCH_MAX: "50", EVENT_TIMEOUT_MS: "500" });
+  await worker.putPlan(plan({ sample_rate: RATE, version: 4 }));
+});
+after(async () => {
+  await worker?.close();
+  await origin?.close();
+});
+
+async function health() {
+  return (await worker.get("/healthz")).json();
+}
+
+describe("sampled events", () => {
+  test("allocations reach the origin signed, at the plan's rate, for exactly the sampled ids", async () => {
+    const n = 6_000;
+    const ids = Array.from({ length: n }, (_, i) => `alloc-${i}`);
+    const answers = await parallel(n, 16, async (i) => {
+      const res = await worker.get(`/v1/ad?placement=home_feed&platform=iOS&country=de&request_id=${ids[i]}`);
+      assert.equal(res.status, 200);
+      return res.json();
+    });
+    const expected = new Set(ids.filter((id) => samplePoint(id) < RATE));
+    // Binomial(n, rate): the sampled count is within 3σ of n·rate.
+    const sigma = Math.sqrt(n * RATE * (1 - RATE));
+    assert.ok(Math.abs(expected.size - n * RATE) < 3 * sigma, `${expected.size} sampled of ${n}`);
+
+    await eventually(() => origin.events.length >= expected.size, 15_000, "sampled events");
+    await new Promise((r) => setTimeout(r, 300)); // nothing more may arrive
+    assert.equal(origin.badSignatures, 0);
+    const got = origin.events.filter((e) => e.kind === "allocation");
+    assert.equal(got.length, expected.size);
+    assert.deepEqual(new Set(got.map((e) => e.request_id)), expected);
+    assert.ok(Math.abs(got.length - n * RATE) < 3 * sigma, `${got.length} events for ${n} requests`);
+    assert.ok(origin.batches < got.length, `batched: ${origin.batches} requests for ${got.length} events`);
+
+    const byId = new Map(answers.map((a) => [a.request_id, a]));
+    for (const e of got) {
+      assert.equal(e.placement, "home_feed");
+      assert.equal(e.plan_version, 4);
+      assert.equal(e.sample_rate, RATE);
+      assert.equal(e.platform, "ios");
+      assert.equal(e.country, "DE");
+      assert.deepEqual(e.eligible, ["A", "B", "C"]);
+      assert.equal(e.ad_id, byId.get(e.request_id).ad?.id ?? null, "the event records the answer given");
+      assert.ok(Math.abs(e.event_time_ms - Date.now()) < 60_000);
+    }
+    const h = await health();
+    assert.equal(h.events.sent, expected.size);
+    assert.equal(h.events.failed, 0);
+  });
+
+  test("impressions are sampled by the same rule as their allocations", async () => {
+    const before = origin.events.length;
+    const ids = Array.from({ length: 1_000 }, (_, i) => `alloc-${i}`);
+    await parallel(ids.length, 16, async (i) => {
+      const res = await worker.get("/v1/impression", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ request_id: ids[i], placement: "home_feed", ad_id: "B" }),
+      });
+      assert.equal(res.status, 204);
+    });
+    const expected = new Set(ids.filter((id) => samplePoint(id) < RATE));
+    await eventually(() => origin.events.length - before >= expected.size, 10_000, "impressions");
+    const got = origin.events.slice(before);
+    assert.ok(got.every((e) => e.kind === "impression" && e.ad_id === "B" && e.plan_version === 4));
+    assert.deepEqual(new Set(got.map((e) => e.request_id)), expected);
+    assert.equal(origin.badSignatures, 0);
+  });
+
+  test("a slow origin changes neither the answers nor their latency, and is counted", async () => {
+    origin.mode = "slow";
+    origin.slowMs = 2_000; // beyond the worker's 500 ms send timeout
+    const start = await health();
+    const latencies = await parallel(200, 8, async (i) => {
+      const t0 = performance.now();
+      const res = await worker.get(`/v1/ad?placement=home_feed&request_id=slow-${i}`);
+      assert.equal(res.status, 200);
+      await res.json();
+      return performance.now() - t0;
+    });
+    latencies.sort((a, b) => a - b);
+    const p99 = latencies[Math.floor(latencies.length * 0.99)];
+    assert.ok(p99 < 250, `p99 ${p99.toFixed(1)} ms while the origin stalls`);
+    const sampled = Array.from({ length: 200 }, (_, i) => `slow-${i}`).filter((id) => samplePoint(id) < RATE).length;
+    assert.ok(sampled > 0);
+    // Timed out, retried once, then counted as failed — never silently dropped.
+    const h = await eventually(
+      async () => {
+        const h = await health();
+        return h.events.failed - start.events.failed >= sampled && h;
+      },
+      15_000,
+      "failed events to be counted",
+    );
+    assert.ok(h.events.retried_batches > start.events.retried_batches);
+    assert.ok(h.events.failed_batches > start.events.failed_batches);
+    origin.mode = "ok";
+  });
+
+  test("a failing origin is retried once, then counted", async () => {
+    origin.mode = "fail";
+    const start = await health();
+    const startRequests = origin.requests;
+    const ids = Array.from({ length: 400 }, (_, i) => `fail-${i}`).filter((id) => samplePoint(id) < RATE);
+    for (const id of ids) {
+      const res = await worker.get(`/v1/ad?placement=home_feed&request_id=${id}`);
+      assert.equal(res.status, 200);
+    }
+    const h = await eventually(
+      async () => {
+        const h = await health();
+        return h.events.failed - start.events.failed === ids.length && h;
+      },
+      10_000,
+      "failed events",
+    );
+    const batches = h.events.failed_batches - start.events.failed_batches;
+    assert.ok(batches >= 1);
+    assert.equal(origin.requests - startRequests, 2 * batches, "each failed batch was tried twice");
+    origin.mode = "ok";
+  });
+});
