@@ -1,0 +1,45 @@
+// Serves the built edge worker (worker/build) in real workerd through Miniflare, with a
+// real local KV namespace persisted under $ALLOT_EDGE_STATE (in memory when unset).
+// Used by the end-to-end tests and the demo. Prints "listening <url>" once ready and
+// runs until SIGTERM/SIGINT or until its stdin closes (so it never outlives its parent).
+//
+// Environment: ORIGIN_URL, INGEST_KEY, PORT (0 = any), PLAN_TTL_SECS (default 2),
+// EVENT_BATCH_AGE_MS (default 200), ALLOT_EDGE_STATE.
+import { fileURLToPath } from "node:url";
+import { Miniflare } from "miniflare";
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+const env = process.env;
+
+const mf = new Miniflare({
+  modules: true,
+  scriptPath: `${ROOT}worker/build/index.js`,
+  modulesRoot: ROOT,
+  modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
+  compatibilityDate: "2026-04-20",
+  kvNamespaces: ["PLANS"],
+  kvPersist: env.ALLOT_EDGE_STATE || false,
+  bindings: {
+    ORIGIN_URL: env.ORIGIN_URL ?? "http://127.0.0.1:8080",
+    INGEST_KEY: env.INGEST_KEY ?? "dev-ingest-key-not-for-production",
+    PLAN_TTL_SECS: env.PLAN_TTL_SECS ?? "2",
+    EVENT_BATCH_AGE_MS: env.EVENT_BATCH_AGE_MS ?? "200",
+  },
+  host: "127.0.0.1",
+  port: Number(env.PORT ?? 0),
+});
+
+const url = await mf.ready;
+console.log(`listening ${url.origin}`);
+
+let stopping = false;
+async function stop() {
+  if (stopping) return;
+  stopping = true;
+  await mf.dispose();
+  process.exit(0);
+}
+process.on("SIGTERM", stop);
+process.on("SIGINT", stop);
+process.stdin.on("end", stop);
+process.stdin.resume();

@@ -1,0 +1,165 @@
+//! Child processes that die with their owner, free ports, and waiting for readiness.
+//!
+//! Every server the stack starts is a real process on a free loopback port. A
+//! [`Proc`] kills its child on drop (and, for Node, closes its stdin so it exits even if
+//! this process is killed first), so a failing test never leaves servers behind.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A port that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A child process, killed on drop.
+#[derive(Debug)]
+pub struct Proc {
+    pub name: &'static str,
+    child: Child,
+}
+
+impl Proc {
+    pub fn spawn(name: &'static str, cmd: &mut Command) -> anyhow::Result<Self> {
+        let child = cmd
+            .kill_on_drop(true)
+            .stdin(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {name} ({:?})", cmd.as_std().get_program()))?;
+        Ok(Self { name, child })
+    }
+
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Reads the child's stdout until a line starts with `prefix`; returns the rest.
+    pub async fn read_line_starting(&mut self, prefix: &str, within: Duration) -> anyhow::Result<String> {
+        let out = self.child.stdout.take().context("stdout is not piped")?;
+        let mut lines = BufReader::new(out).lines();
+        let found = tokio::time::timeout(within, async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(rest) = line.strip_prefix(prefix) {
+                    return Ok::<_, anyhow::Error>(rest.trim().to_string());
+                }
+            }
+            bail!("{} exited before printing {prefix:?}", self.name)
+        })
+        .await
+        .with_context(|| format!("{} did not print {prefix:?} within {within:?}", self.name))??;
+        // Keep draining so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(found)
+    }
+
+    /// `kill -9`: no shutdown hooks, no flushing.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    /// SIGTERM, then wait for a clean exit (or kill after `grace`).
+    pub async fn terminate(&mut self, grace: Duration) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            if tokio::time::timeout(grace, self.child.wait()).await.is_ok() {
+                return;
+            }
+        }
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Polls `url` until it answers 2xx.
+pub async fn wait_http(url: &str, within: Duration) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(r) = client.get(url).timeout(Duration::from_secs(1)).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{url} did not become ready within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls a TCP port until it accepts connections.
+pub async fn wait_port(port: u16, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("port {port} did not open within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// A directory removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> anyhow::Result<Self> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "allot-{label}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The repository root (this crate lives in `tests/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// A binary of this workspace, built next to the running executable (tests run from
+/// `target/<profile>/deps/`, binaries from `target/<profile>/`). `ALLOT_<NAME>_BIN`
+/// overrides, e.g. `ALLOT_ORIGIN_BIN`.
+pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let var = format!("ALLOT_{}_BIN", name.trim_start_matches("allot-").to_uppercase());
+    if let Ok(p) = std::env::var(&var) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("{name} is not built next to {}: run `cargo build --bins` first (or set {var})", exe.display())
+}
+
+/// A cached tool (`~/.cache/allot/tools/bin`), installed by `scripts/tools.sh`.
+pub fn tool(name: &str) -> PathBuf {
+    let cache = std::env::var("ALLOT_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/allot"));
+    cache.join("tools/bin").join(name)
+}

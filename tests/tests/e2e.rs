@@ -1,0 +1,222 @@
+//! End to end over the real stack: a manager sets targets through the admin API, app
+//! traffic flows through the edge worker in workerd, sampled events reach the origin,
+//! and the plans it publishes bring the shares the apps observe to target.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use allot_core::{CampaignId, Event, EventBatch, EventKind, PlacementId, RequestId, signature};
+use allot_e2e::stack::{INGEST_KEY, Options, Stack};
+use allot_e2e::traffic::{Mix, Observed, Traffic, now_ms};
+use serde_json::{Value, json};
+
+/// The stacks are heavy for two cores: one test at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const PERIOD_MS: u64 = 5_000;
+const MARGIN: f64 = 0.05;
+
+fn mix() -> Mix {
+    Mix::product(&[("ios", 0.3), ("android", 0.4), ("web", 0.3)], &[("DE", 0.35), ("FR", 0.25), ("US", 0.4)])
+}
+
+fn home_feed() -> Value {
+    json!({
+        "campaigns": [
+            {"id": "A", "rate": 0.2, "creative": {"img": "a.png"}, "eligibility": {"platforms": ["ios"]}},
+            {"id": "B", "rate": 0.3, "creative": {"img": "b.png"}, "eligibility": {"countries": ["DE", "FR"]}},
+            {"id": "C", "rate": 0.25, "creative": {"img": "c.png"}},
+        ],
+        "confidence": {"margin": MARGIN, "level": 0.95},
+    })
+}
+
+/// X asks for 50 % but only Android (40 % of traffic) is eligible.
+fn sidebar() -> Value {
+    json!({
+        "campaigns": [
+            {"id": "X", "rate": 0.5, "eligibility": {"platforms": ["android"]}},
+            {"id": "Y", "rate": 0.3},
+        ],
+        "confidence": {"margin": MARGIN, "level": 0.95},
+    })
+}
+
+async fn wait_for_edge_plan(stack: &Stack, placement: &str) {
+    for _ in 0..200 {
+        if stack.edge_plan_version(placement).await.unwrap().is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the edge never got a plan for {placement}");
+}
+
+fn campaign<'a>(status: &'a Value, id: &str) -> &'a Value {
+    status["campaigns"].as_array().unwrap().iter().find(|c| c["id"] == id).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shares_converge_to_targets_and_the_origin_knows_it() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::start(Options { period_ms: PERIOD_MS, ..Options::default() }).await.unwrap();
+    stack.put_placement("home_feed", &home_feed()).await.unwrap();
+    stack.put_placement("sidebar", &sidebar()).await.unwrap();
+    wait_for_edge_plan(&stack, "home_feed").await;
+    wait_for_edge_plan(&stack, "sidebar").await;
+
+    let observed = Arc::new(Mutex::new(Observed::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = Traffic {
+        edge_url: stack.edge_url.clone(),
+        placements: vec![("home_feed".into(), mix()), ("sidebar".into(), mix())],
+        rps: 400.0,
+        concurrency: 16,
+        period_ms: PERIOD_MS,
+    };
+    let load = {
+        let (observed, stop) = (observed.clone(), stop.clone());
+        tokio::spawn(async move { traffic.run(Duration::from_secs(120), observed, stop).await })
+    };
+
+    // Let the controller see traffic and its plans reach the edge, then judge the
+    // next windows.
+    let first = now_ms() / PERIOD_MS;
+    let judged = first + 5..=first + 8;
+    while now_ms() / PERIOD_MS <= *judged.end() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status_home = stack.status("home_feed").await.unwrap();
+    let status_side = stack.status("sidebar").await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.await.unwrap().unwrap();
+
+    let obs = observed.lock().unwrap();
+    // 1. What the apps observed is within the manager's margin for every feasible campaign.
+    let home = obs.range("home_feed", *judged.start(), *judged.end());
+    assert!(home.requests > 2_000, "too little traffic to judge: {home:?}");
+    assert_eq!(home.errors, 0);
+    for (id, target) in [("A", 0.2), ("B", 0.3), ("C", 0.25)] {
+        let share = home.share(id);
+        assert!((share - target).abs() <= MARGIN, "home_feed {id}: observed {share:.4}, target {target} ({home:?})");
+    }
+    let side = obs.range("sidebar", *judged.start(), *judged.end());
+    assert!((side.share("Y") - 0.3).abs() <= MARGIN, "sidebar Y: {side:?}");
+
+    // 2. The infeasible campaign is reported, with about the 40 % it is eligible for,
+    //    and it gets that.
+    let x = campaign(&status_side, "X");
+    assert_eq!(x["feasibility"]["status"], "infeasible", "{x}");
+    let max = x["feasibility"]["max_share"].as_f64().unwrap();
+    assert!((max - 0.4).abs() < MARGIN, "max_share {max}");
+    assert!((side.share("X") - 0.4).abs() < MARGIN, "X observed {}", side.share("X"));
+    assert_eq!(campaign(&status_side, "Y")["feasibility"]["status"], "feasible");
+
+    // 3. The origin's estimates, from sampled events only, agree with what the apps saw
+    //    in the same window. (Slack: the interval's own width again, ≈ 4σ, so the check
+    //    is not a coin toss across five campaigns.)
+    for status in [&status_home, &status_side] {
+        let placement = status["placement"].as_str().unwrap();
+        let w = status["window"]["index"].as_u64().unwrap();
+        let seen = obs.range(placement, w, w);
+        assert!(seen.requests > 300, "{placement} window {w}: {seen:?}");
+        let rate = status["sample_rate"].as_f64().unwrap();
+        assert!(rate < 1.0, "{placement} samples below census: {rate}");
+        for c in status["campaigns"].as_array().unwrap() {
+            let id = c["id"].as_str().unwrap();
+            let (low, high) = (c["estimate"]["low"].as_f64().unwrap(), c["estimate"]["high"].as_f64().unwrap());
+            let truth = seen.share(id);
+            let slack = high - low;
+            assert!(
+                truth >= low - slack && truth <= high + slack,
+                "{placement}/{id} window {w}: observed {truth:.4}, estimated [{low:.4}, {high:.4}]"
+            );
+        }
+    }
+    drop(obs);
+    stack.stop().await;
+}
+
+fn event(placement: &PlacementId, i: u64) -> Event {
+    Event {
+        kind: EventKind::Allocation,
+        event_time_ms: now_ms(),
+        request_id: RequestId::parse(format!("crash-{i}")).unwrap(),
+        placement: placement.clone(),
+        ad_id: Some(CampaignId::parse("A").unwrap()),
+        plan_version: 1,
+        sample_rate: 1.0,
+        eligible: vec![CampaignId::parse("A").unwrap()],
+        platform: Some("ios".into()),
+        country: Some("DE".into()),
+        colo: None,
+    }
+}
+
+/// Sampled requests counted in Redis for `placement`, over all windows.
+async fn counted(redis_url: &str, placement: &str) -> u64 {
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("allot:{{{placement}}}:w:*")).query_async(&mut conn).await.unwrap();
+    let mut total = 0.0;
+    for k in keys {
+        let n: Option<f64> = redis::cmd("HGET").arg(&k).arg("req.n").query_async(&mut conn).await.unwrap();
+        total += n.unwrap_or(0.0);
+    }
+    total as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_origin_loses_nothing_it_acknowledged() {
+    let _serial = SERIAL.lock().await;
+    let mut stack = Stack::start(Options { period_ms: PERIOD_MS, ..Options::default() }).await.unwrap();
+    let placement = PlacementId::parse("crashy").unwrap();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    let url = format!("{}/v1/events", stack.origin_url);
+
+    let (mut acked, mut attempted, mut next) = (0u64, 0u64, 0u64);
+    let send = async |next: &mut u64, attempted: &mut u64, acked: &mut u64| {
+        let events: Vec<Event> = (0..20).map(|k| event(&placement, *next + k)).collect();
+        *next += 20;
+        let body = EventBatch { events }.to_json();
+        let sig = signature::sign(INGEST_KEY.as_bytes(), now_ms() / 1000, body.as_bytes());
+        *attempted += 20;
+        let r = client.post(&url).header(signature::HEADER, sig).body(body).send().await;
+        if r.is_ok_and(|r| r.status() == reqwest::StatusCode::ACCEPTED) {
+            *acked += 20;
+        }
+    };
+    for _ in 0..50 {
+        send(&mut next, &mut attempted, &mut acked).await;
+    }
+    // Mid-stream: kill -9, keep sending into the void, restart, send more.
+    let killer = async {
+        stack.kill_origin().await.unwrap();
+    };
+    let ((), ()) = tokio::join!(killer, async {
+        for _ in 0..20 {
+            send(&mut next, &mut attempted, &mut acked).await;
+        }
+    });
+    stack.start_origin().await.unwrap();
+    for _ in 0..50 {
+        send(&mut next, &mut attempted, &mut acked).await;
+    }
+    assert!(acked >= 2_000, "the origin acknowledged too little to judge: {acked}");
+
+    // Everything acknowledged is counted, nothing twice.
+    let mut n = 0;
+    for _ in 0..100 {
+        n = counted(&stack.redis_url, "crashy").await;
+        if n >= acked {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(n >= acked, "acknowledged {acked}, counted {n}");
+    assert!(n <= attempted, "counted {n} of {attempted} sent: double counting");
+    stack.stop().await;
+}
