@@ -93,7 +93,7 @@ async fn shares_converge_to_targets_and_the_origin_knows_it() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     load.await.unwrap().unwrap();
 
-    let obs = observed.lock().unwrap();
+    let obs = std::mem::take(&mut *observed.lock().unwrap());
     // 1. What the apps observed is within the manager's margin for every feasible campaign.
     let home = obs.range("home_feed", *judged.start(), *judged.end());
     assert!(home.requests > 2_000, "too little traffic to judge: {home:?}");
@@ -135,7 +135,6 @@ async fn shares_converge_to_targets_and_the_origin_knows_it() {
             );
         }
     }
-    drop(obs);
     stack.stop().await;
 }
 
