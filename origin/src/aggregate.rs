@@ -1,9 +1,12 @@
 //! The aggregator: stream entries folded into per-placement window counts, exactly once.
 //!
-//! Every origin replica runs one consumer of the `aggregator` group. An entry's events
-//! are folded with core's `WindowStats` into one delta per window and applied by a Lua
-//! script that, atomically, sets the entry's dedupe marker (`SET NX EX`) and adds the
-//! delta (`HINCRBYFLOAT`) only if the marker was new. The entry is acknowledged after
+//! Every origin replica runs one consumer of the `aggregator` group. The entries of one
+//! read are grouped by placement; a group's events are folded with core's `WindowStats`
+//! into one delta per window and applied by a Lua script that, atomically, checks the
+//! entries' dedupe markers, sets them, and adds the delta (`HINCRBYFLOAT`) — or, if any
+//! marker already exists, writes nothing and names those entries so the delta is rebuilt
+//! without them. Folding a whole group into one delta keeps the Redis work per event
+//! small when single-event bodies arrive at high rates. Entries are acknowledged after
 //! that. A crash between apply and `XACK` therefore leaves the entry pending; whoever
 //! processes it again (this consumer after a restart, or another one that claims it
 //! with `XAUTOCLAIM` once it has been idle long enough) finds the marker and only
@@ -26,20 +29,32 @@ use crate::config::Failpoint;
 use crate::keys::{self, PlacementKeys};
 use crate::startup::App;
 
-/// Applies one entry's deltas once. KEYS: marker, then window hashes. ARGV: marker TTL,
-/// window TTL, then per window a field count followed by field/value pairs.
+/// Applies a group of entries of one placement once. KEYS: one dedupe marker per entry,
+/// then window hashes. ARGV: marker count, marker TTL, window TTL, then per window a
+/// field count followed by field/value pairs. If any marker already exists nothing is
+/// written and the (1-based) indices of those entries are returned, so the caller can
+/// drop them and retry with a delta of the rest; an empty reply means "applied".
 const APPLY_SCRIPT: &str = r"
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
-local a = 3
-for k = 2, #KEYS do
-  local n = tonumber(ARGV[a]); a = a + 1
-  for j = 1, n do
+local n = tonumber(ARGV[1])
+local seen = {}
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[i]) == 1 then seen[#seen + 1] = i end
+end
+if #seen > 0 then return seen end
+for i = 1, n do redis.call('SET', KEYS[i], '1', 'EX', ARGV[2]) end
+local a = 4
+for k = n + 1, #KEYS do
+  local m = tonumber(ARGV[a]); a = a + 1
+  for j = 1, m do
     redis.call('HINCRBYFLOAT', KEYS[k], ARGV[a], ARGV[a + 1]); a = a + 2
   end
-  redis.call('EXPIRE', KEYS[k], ARGV[2])
+  redis.call('EXPIRE', KEYS[k], ARGV[3])
 end
-return 1
+return seen
 ";
+
+/// Entries per script call: bounds the time one script holds Redis.
+const MAX_GROUP: usize = 256;
 
 /// The default consumer name: host and process, unique per running replica.
 pub fn default_consumer() -> String {
@@ -118,6 +133,37 @@ pub async fn run(app: Arc<App>, mut conn: MultiplexedConnection, cancel: Cancell
 }
 
 impl Aggregator {
+    /// The script call applying `list` (entries of placement `p`) once.
+    fn apply_command(&self, p: &str, list: &[(String, EventBatch)]) -> redis::Cmd {
+        let period = self.app.config.control.period_ms;
+        let mut windows: BTreeMap<u64, WindowStats> = BTreeMap::new();
+        for (_, batch) in list {
+            for e in &batch.events {
+                windows.entry(WindowStats::window_index(e.event_time_ms, period)).or_default().fold(e);
+            }
+        }
+        let k = PlacementKeys::of_raw(p);
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.sha).arg(list.len() + windows.len());
+        for (id, _) in list {
+            cmd.arg(k.applied(id));
+        }
+        for index in windows.keys() {
+            cmd.arg(k.window(*index));
+        }
+        cmd.arg(list.len())
+            .arg(self.app.config.aggregate.dedupe_ttl_secs.max(1))
+            .arg(self.app.config.control.window_ttl_secs());
+        for stats in windows.values() {
+            let fields = stats.to_fields();
+            cmd.arg(fields.len());
+            for (f, v) in fields {
+                cmd.arg(f).arg(v);
+            }
+        }
+        cmd
+    }
+
     /// Reads and processes one batch; returns how many entries it had.
     async fn read(&mut self, id: &str, block: bool) -> redis::RedisResult<usize> {
         let app = self.app.clone();
@@ -173,62 +219,67 @@ impl Aggregator {
         if entries.is_empty() && gone.is_empty() {
             return Ok(());
         }
-        let period = self.app.config.control.period_ms;
-        let marker_ttl = self.app.config.aggregate.dedupe_ttl_secs.max(1);
-        let window_ttl = self.app.config.control.window_ttl_secs();
-        let mut pipe = redis::pipe();
-        let mut applied_slots = 0;
         let mut invalid = 0;
+        let mut groups: BTreeMap<String, Vec<(String, EventBatch)>> = BTreeMap::new();
         for entry in &entries {
             let (Some(p), Some(body)) = (entry.get::<String>("p"), entry.get::<Vec<u8>>("e")) else {
                 invalid += 1;
                 tracing::warn!(id = %entry.id, "stream entry without p/e fields; skipped");
                 continue;
             };
-            let batch = match EventBatch::parse(&body) {
-                Ok(b) => b,
+            match EventBatch::parse(&body) {
+                Ok(b) => groups.entry(p).or_default().push((entry.id.clone(), b)),
                 Err(e) => {
                     invalid += 1;
                     tracing::warn!(id = %entry.id, error = %e, "stream entry with invalid events; skipped");
-                    continue;
-                }
-            };
-            let mut windows: BTreeMap<u64, WindowStats> = BTreeMap::new();
-            for e in &batch.events {
-                windows.entry(WindowStats::window_index(e.event_time_ms, period)).or_default().fold(e);
-            }
-            let k = PlacementKeys::of_raw(&p);
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(&self.sha).arg(1 + windows.len()).arg(k.applied(&entry.id));
-            for index in windows.keys() {
-                cmd.arg(k.window(*index));
-            }
-            cmd.arg(marker_ttl).arg(window_ttl);
-            for stats in windows.values() {
-                let fields = stats.to_fields();
-                cmd.arg(fields.len());
-                for (f, v) in fields {
-                    cmd.arg(f).arg(v);
                 }
             }
-            pipe.add_command(cmd);
-            applied_slots += 1;
         }
-        if applied_slots > 0 {
-            let results: Vec<i64> = match pipe.query_async(&mut self.conn).await {
+        let mut pending: Vec<(String, Vec<(String, EventBatch)>)> = Vec::new();
+        for (p, mut list) in groups {
+            while list.len() > MAX_GROUP {
+                let rest = list.split_off(MAX_GROUP);
+                pending.push((p.clone(), list));
+                list = rest;
+            }
+            pending.push((p, list));
+        }
+        let had_work = !pending.is_empty();
+        let (mut applied, mut duplicates) = (0u64, 0u64);
+        while !pending.is_empty() {
+            let mut pipe = redis::pipe();
+            for (p, list) in &pending {
+                pipe.add_command(self.apply_command(p, list));
+            }
+            let replies: Vec<Vec<usize>> = match pipe.query_async(&mut self.conn).await {
                 Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                    // Redis restarted and lost the script cache: load it and redo (the
+                    // Redis restarted and lost its script cache: load it and redo (the
                     // markers make the retry safe).
                     self.sha = redis::cmd("SCRIPT").arg("LOAD").arg(APPLY_SCRIPT).query_async(&mut self.conn).await?;
-                    return Box::pin(self.process(entries, gone)).await;
+                    continue;
                 }
                 other => other?,
             };
-            let fresh = results.iter().filter(|r| **r == 1).count() as u64;
-            let m = &self.app.metrics.aggregate_entries;
-            m.with_label_values(&["applied"]).inc_by(fresh);
-            m.with_label_values(&["duplicate"]).inc_by(results.len() as u64 - fresh);
+            let mut retry = Vec::new();
+            for ((p, list), seen) in pending.into_iter().zip(replies) {
+                if seen.is_empty() {
+                    applied += list.len() as u64;
+                    continue;
+                }
+                // Some entries were applied before (redelivery): retry without them.
+                duplicates += seen.len() as u64;
+                let rest: Vec<_> =
+                    list.into_iter().enumerate().filter(|(i, _)| !seen.contains(&(i + 1))).map(|(_, x)| x).collect();
+                if !rest.is_empty() {
+                    retry.push((p, rest));
+                }
+            }
+            pending = retry;
         }
+        let m = &self.app.metrics.aggregate_entries;
+        m.with_label_values(&["applied"]).inc_by(applied);
+        m.with_label_values(&["duplicate"]).inc_by(duplicates);
+        let applied_slots = usize::from(had_work);
         self.app.metrics.aggregate_entries.with_label_values(&["invalid"]).inc_by(invalid);
         if self.app.config.aggregate.failpoint == Some(Failpoint::ExitAfterApply) && applied_slots > 0 {
             tracing::error!("failpoint exit_after_apply: exiting before XACK");

@@ -12,8 +12,8 @@
 //! the original.
 //!
 //! The batch is split by placement and written as one stream entry per placement
-//! (`p`, `e`, `r`), in one `MULTI` so a retry after a failure cannot duplicate half a
-//! batch. All requests share one multiplexed connection, so concurrent `XADD`s are
+//! (`p`, `e`, `r`); several entries go in one `MULTI`, so a retry after a failure cannot
+//! duplicate half a batch. All requests share one multiplexed connection, so concurrent `XADD`s are
 //! pipelined on the wire.
 
 use std::collections::BTreeMap;
@@ -129,7 +129,6 @@ async fn ingest(app: &App, headers: &HeaderMap, body: Body) -> Result<usize, Api
     let received = crate::now_ms();
     let first = &batch.events[0].placement;
     let mut pipe = redis::pipe();
-    pipe.atomic();
     let max_len = redis::streams::StreamMaxlen::Approx(app.config.redis.stream_max_len as usize);
     if batch.events.iter().all(|e| &e.placement == first) {
         // The common case: the verified body is already the entry's `e` value.
@@ -145,6 +144,8 @@ async fn ingest(app: &App, headers: &HeaderMap, body: Body) -> Result<usize, Api
         for e in &batch.events {
             groups.entry(e.placement.as_str()).or_default().push(e.clone());
         }
+        // Several entries: all or none, so a retried body cannot duplicate half of it.
+        pipe.atomic();
         for (p, events) in groups {
             let json = EventBatch { events }.to_json();
             pipe.xadd_maxlen(

@@ -131,3 +131,23 @@ async fn kill_9_mid_stream_then_another_consumer_claims_the_rest() {
     let claimed = metric(&reqwest::Client::new(), &heir.url("/metrics"), "allot_aggregate_claimed_total").await;
     assert!(claimed >= left_pending as f64, "{claimed} claimed, {left_pending} were pending");
 }
+
+#[tokio::test]
+async fn a_group_with_some_entries_already_applied_counts_only_the_rest() {
+    let redis = RedisServer::start();
+    ingest(&redis, 10).await;
+    // Mark three entries as applied, as a consumer that died before XACK would have.
+    let mut c = redis.conn();
+    let ids: Vec<(String, std::collections::HashMap<String, String>)> =
+        redis::cmd("XRANGE").arg("allot:events").arg("-").arg("+").query(&mut c).unwrap();
+    for (id, _) in ids.iter().take(3) {
+        redis::cmd("SET").arg(format!("allot:{{home_feed}}:applied:{id}")).arg(1).query::<()>(&mut c).unwrap();
+    }
+    let app = TestApp::start(config(&redis, "", &[("ALLOT_CONTROL_ENABLED", "false")])).await;
+    eventually(10, "acknowledged", || async { (pending(&redis) == 0 && markers(&redis) == 10).then_some(()) }).await;
+    let lag: Vec<redis::Value> = redis::cmd("XINFO").arg("GROUPS").arg("allot:events").query(&mut c).unwrap();
+    assert!(!lag.is_empty());
+    eventually(10, "counts", || async { (total_counts(&redis, "home_feed").requests.n == 7).then_some(()) }).await;
+    assert_eq!(app.metric("allot_aggregate_entries_total{result=\"duplicate\"}").await, 3.0);
+    assert_eq!(app.metric("allot_aggregate_entries_total{result=\"applied\"}").await, 7.0);
+}

@@ -1,1 +1,47 @@
-fn main() {}
+//! `allot-load`: drives `POST /v1/events` with signed bodies and prints a JSON report.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "allot-load", about = "Load generator for the origin's event ingest")]
+struct Args {
+    /// Origin address, e.g. 127.0.0.1:8080.
+    #[arg(long)]
+    addr: std::net::SocketAddr,
+    /// The shared ingest key.
+    #[arg(long)]
+    key: String,
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Events per request.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    #[arg(long, default_value_t = 4)]
+    placements: usize,
+    /// Runtime worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(a.threads.max(1)).enable_all().build()?;
+    let report = runtime
+        .block_on(allot_origin::load::run(allot_origin::load::LoadOptions {
+            addr: a.addr,
+            key: a.key.into_bytes(),
+            connections: a.connections,
+            duration: Duration::from_secs(a.seconds),
+            batch: a.batch,
+            placements: a.placements,
+        }))
+        .map_err(anyhow::Error::msg)
+        .context("load run")?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
