@@ -39,8 +39,9 @@ type PendingSummary = (usize, Option<String>, Option<String>, Option<Vec<(String
 
 fn pending(redis: &RedisServer) -> usize {
     let mut c = redis.conn();
-    let summary: PendingSummary = redis::cmd("XPENDING").arg("allot:events").arg("aggregator").query(&mut c).unwrap();
-    summary.0
+    // Before the group exists, everything is still to do.
+    let summary: Result<PendingSummary, _> = redis::cmd("XPENDING").arg("allot:events").arg("aggregator").query(&mut c);
+    summary.map_or(usize::MAX, |s| s.0)
 }
 
 fn markers(redis: &RedisServer) -> usize {
