@@ -1,0 +1,159 @@
+//! Reports on Athena: start the query, poll until it finishes, page through the results.
+//!
+//! `StartQueryExecution` in the configured workgroup and database (the Glue table
+//! `events` from `infra/`), then `GetQueryExecution` with exponential backoff while the
+//! query is QUEUED or RUNNING, then `GetQueryResults` page by page. A FAILED or CANCELLED
+//! query is reported with Athena's own reason. The first row of the first page is
+//! Athena's header row and is dropped.
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_athena::error::DisplayErrorContext;
+use aws_sdk_athena::types::{QueryExecutionContext, QueryExecutionState, ResultConfiguration};
+
+use crate::table::{ColumnKind, ResultTable};
+use crate::{ArchiveConfig, ArchiveError, AthenaConfig};
+
+/// A finished Athena query: its id, the states polling saw, and its rows.
+#[derive(Debug, Clone)]
+pub struct QueryOutcome {
+    pub query_id: String,
+    /// Every state `GetQueryExecution` reported, in order (e.g. QUEUED, RUNNING, SUCCEEDED).
+    pub states: Vec<String>,
+    /// How many `GetQueryResults` pages were read.
+    pub pages: usize,
+    pub table: ResultTable,
+}
+
+/// Runs `sql` on Athena and collects every result row.
+pub async fn query(cfg: &ArchiveConfig, sql: &str) -> Result<ResultTable, ArchiveError> {
+    Ok(execute(cfg, sql).await?.table)
+}
+
+/// Runs `sql` on Athena, with what it took to get the result.
+pub async fn execute(cfg: &ArchiveConfig, sql: &str) -> Result<QueryOutcome, ArchiveError> {
+    let athena = cfg
+        .athena
+        .as_ref()
+        .ok_or_else(|| ArchiveError::Config("the athena engine needs an `athena` section".into()))?;
+    let region = athena.region.as_deref().unwrap_or(&cfg.region);
+    let sdk = cfg.sdk_config(athena.endpoint.as_deref(), region).await;
+    let client = aws_sdk_athena::Client::new(&sdk);
+    let query_id = start(&client, athena, sql).await?;
+    let states = wait(&client, athena, &query_id).await?;
+    let (table, pages) = results(&client, athena, &query_id).await?;
+    Ok(QueryOutcome { query_id, states, pages, table })
+}
+
+fn api_error<E: std::error::Error>(call: &str) -> impl Fn(E) -> ArchiveError + '_ {
+    move |e| ArchiveError::Athena(format!("{call}: {}", DisplayErrorContext(&e)))
+}
+
+async fn start(client: &aws_sdk_athena::Client, athena: &AthenaConfig, sql: &str) -> Result<String, ArchiveError> {
+    let out = client
+        .start_query_execution()
+        .query_string(sql)
+        .work_group(&athena.workgroup)
+        .query_execution_context(QueryExecutionContext::builder().database(&athena.database).build())
+        .set_result_configuration(
+            athena.output_location.as_ref().map(|o| ResultConfiguration::builder().output_location(o).build()),
+        )
+        .send()
+        .await
+        .map_err(api_error("StartQueryExecution"))?;
+    out.query_execution_id()
+        .map(str::to_string)
+        .ok_or_else(|| ArchiveError::Athena("StartQueryExecution returned no query id".into()))
+}
+
+/// Polls until the query succeeded; any other final state is an error with its reason.
+async fn wait(client: &aws_sdk_athena::Client, athena: &AthenaConfig, id: &str) -> Result<Vec<String>, ArchiveError> {
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    let max = Duration::from_millis(athena.poll_max_ms.max(1));
+    let mut delay = Duration::from_millis(athena.poll_initial_ms.max(1)).min(max);
+    loop {
+        let out =
+            client.get_query_execution().query_execution_id(id).send().await.map_err(api_error("GetQueryExecution"))?;
+        let status = out.query_execution().and_then(|q| q.status());
+        let state = status.and_then(|s| s.state()).cloned();
+        seen.push(state.as_ref().map_or("UNKNOWN", |s| s.as_str()).to_string());
+        match state {
+            Some(QueryExecutionState::Succeeded) => return Ok(seen),
+            Some(QueryExecutionState::Queued | QueryExecutionState::Running) | None => {}
+            Some(other) => {
+                let reason = status
+                    .and_then(|s| s.athena_error().and_then(|e| e.error_message()).or(s.state_change_reason()))
+                    .unwrap_or("no reason given")
+                    .to_string();
+                return Err(ArchiveError::QueryFailed {
+                    query_id: id.to_string(),
+                    state: other.as_str().to_string(),
+                    reason,
+                });
+            }
+        }
+        if started.elapsed() >= Duration::from_secs(athena.query_timeout_secs) {
+            // Best effort: do not leave a runaway query scanning (and billing) behind.
+            let _ = client.stop_query_execution().query_execution_id(id).send().await;
+            return Err(ArchiveError::Athena(format!(
+                "query {id} did not finish within {} s; stopped it",
+                athena.query_timeout_secs
+            )));
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(max);
+    }
+}
+
+fn kind_of(athena_type: &str) -> ColumnKind {
+    match athena_type.to_ascii_lowercase().as_str() {
+        "tinyint" | "smallint" | "integer" | "int" | "bigint" => ColumnKind::Integer,
+        "double" | "float" | "real" => ColumnKind::Float,
+        t if t.starts_with("decimal") => ColumnKind::Float,
+        _ => ColumnKind::Text,
+    }
+}
+
+async fn results(
+    client: &aws_sdk_athena::Client,
+    athena: &AthenaConfig,
+    id: &str,
+) -> Result<(ResultTable, usize), ArchiveError> {
+    let mut table = ResultTable::default();
+    let mut pages = 0;
+    let mut token: Option<String> = None;
+    let mut first_page = true;
+    loop {
+        let out = client
+            .get_query_results()
+            .query_execution_id(id)
+            .max_results(athena.page_size)
+            .set_next_token(token.take())
+            .send()
+            .await
+            .map_err(api_error("GetQueryResults"))?;
+        pages += 1;
+        let Some(set) = out.result_set() else { break };
+        if first_page && let Some(meta) = set.result_set_metadata() {
+            table.columns = meta.column_info().iter().map(|c| (c.name().to_string(), kind_of(c.r#type()))).collect();
+        }
+        let mut rows = set.rows().iter().map(|r| r.data().iter().map(|d| d.var_char_value().map(str::to_string)));
+        if first_page {
+            let names: Vec<Option<String>> = table.columns.iter().map(|(n, _)| Some(n.clone())).collect();
+            let mut rest: Vec<Vec<Option<String>>> = rows.by_ref().map(Iterator::collect).collect();
+            if rest.first() == Some(&names) {
+                rest.remove(0);
+            }
+            table.rows.extend(rest);
+        } else {
+            table.rows.extend(rows.map(Iterator::collect));
+        }
+        first_page = false;
+        match out.next_token() {
+            Some(t) if !t.is_empty() => token = Some(t.to_string()),
+            _ => break,
+        }
+    }
+    Ok((table, pages))
+}

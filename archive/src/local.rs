@@ -1,0 +1,94 @@
+//! Reports on the embedded engine (DataFusion), over the archive in S3 or a directory.
+//!
+//! The archive is registered as one Hive-partitioned listing table `events` with the
+//! archive schema and partition columns `dt` and `hour` as strings, which is how the Glue
+//! table presents them to Athena, so the report SQL runs unchanged. Day filters on `dt`
+//! prune whole partitions here as they do there.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::array::Array;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::prelude::SessionContext;
+use object_store::aws::AmazonS3Builder;
+
+use crate::table::{ColumnKind, ResultTable};
+use crate::{ArchiveConfig, ArchiveError, parquet_rows};
+
+fn err(e: impl std::fmt::Display) -> ArchiveError {
+    ArchiveError::Local(e.to_string())
+}
+
+/// Runs `sql` over the archive: in `dir` when given, else in the configured bucket.
+pub async fn query(cfg: &ArchiveConfig, dir: Option<&Path>, sql: &str) -> Result<ResultTable, ArchiveError> {
+    let ctx = SessionContext::new();
+    let table_url = match dir {
+        Some(dir) => {
+            let dir = std::path::absolute(dir).map_err(err)?;
+            format!("{}/events/", dir.display().to_string().trim_end_matches('/'))
+        }
+        None => {
+            register_s3(&ctx, cfg)?;
+            format!("s3://{}/{}events/", cfg.bucket, cfg.key_prefix())
+        }
+    };
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet")
+        .with_table_partition_cols(vec![("dt".into(), DataType::Utf8), ("hour".into(), DataType::Utf8)]);
+    let config = ListingTableConfig::new(ListingTableUrl::parse(&table_url).map_err(err)?)
+        .with_listing_options(options)
+        .with_schema(parquet_rows::schema());
+    let table = ListingTable::try_new(config).map_err(err)?;
+    ctx.register_table("events", Arc::new(table)).map_err(err)?;
+    let df = ctx.sql(sql).await.map_err(err)?;
+    let schema = df.schema().as_arrow().clone();
+    let batches = df.collect().await.map_err(err)?;
+    let mut out = ResultTable {
+        columns: schema.fields().iter().map(|f| (f.name().clone(), kind_of(f.data_type()))).collect(),
+        rows: Vec::new(),
+    };
+    let options = FormatOptions::default();
+    for batch in &batches {
+        let columns: Vec<_> =
+            batch.columns().iter().map(|c| (c, ArrayFormatter::try_new(c.as_ref(), &options))).collect();
+        for row in 0..batch.num_rows() {
+            let mut values = Vec::with_capacity(columns.len());
+            for (array, fmt) in &columns {
+                let fmt = fmt.as_ref().map_err(err)?;
+                values.push((!array.is_null(row)).then(|| fmt.value(row).to_string()));
+            }
+            out.rows.push(values);
+        }
+    }
+    Ok(out)
+}
+
+fn kind_of(t: &DataType) -> ColumnKind {
+    if t.is_integer() {
+        ColumnKind::Integer
+    } else if t.is_floating() || matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..)) {
+        ColumnKind::Float
+    } else {
+        ColumnKind::Text
+    }
+}
+
+/// Lets the context read `s3://{bucket}` with the archive's endpoint and credentials.
+fn register_s3(ctx: &SessionContext, cfg: &ArchiveConfig) -> Result<(), ArchiveError> {
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(&cfg.bucket).with_region(&cfg.region);
+    if let Some(ep) = &cfg.endpoint {
+        builder = builder.with_endpoint(ep).with_allow_http(ep.starts_with("http://"));
+    }
+    builder = builder.with_virtual_hosted_style_request(!cfg.path_style);
+    if let (Some(ak), Some(sk)) = (&cfg.access_key_id, &cfg.secret_access_key) {
+        builder = builder.with_access_key_id(ak).with_secret_access_key(sk.expose());
+    }
+    let store = builder.build().map_err(err)?;
+    let url = url::Url::parse(&format!("s3://{}", cfg.bucket)).map_err(err)?;
+    ctx.register_object_store(&url, Arc::new(store));
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! `infra/` passes the real CloudFormation linters (cfn-lint's schema validation and
+//! checkov's security policies), and its Glue table declares exactly the archive's columns.
+
+use std::process::Command;
+
+use allot_archive::parquet_rows::COLUMNS;
+
+use crate::support::{repo_root, venv_bin};
+
+fn run(bin: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(venv_bin(bin)).args(args).current_dir(repo_root()).output().expect("run linter");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[test]
+fn cfn_lint_passes() {
+    let (ok, out) = run("cfn-lint", &["infra/*.yaml"]);
+    assert!(ok, "cfn-lint:\n{out}");
+}
+
+#[test]
+fn checkov_passes() {
+    let (ok, out) =
+        run("checkov", &["-d", "infra", "--framework", "cloudformation", "--quiet", "--compact", "--skip-download"]);
+    assert!(ok, "checkov:\n{out}");
+    assert!(out.contains("Failed checks: 0"), "{out}");
+    assert!(out.contains("Passed checks:"), "checkov scanned nothing: {out}");
+}
+
+#[test]
+fn the_glue_table_declares_the_archive_columns_in_order() {
+    let template = std::fs::read_to_string(repo_root().join("infra/archive.yaml")).unwrap();
+    let declared: Vec<&str> = template
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- { Name: "))
+        .filter_map(|l| l.split(',').next())
+        .collect();
+    assert_eq!(declared, COLUMNS);
+    for needle in ["projection.enabled: \"true\"", "storage.location.template", "BytesScannedCutoffPerQuery"] {
+        assert!(template.contains(needle), "{needle}");
+    }
+}

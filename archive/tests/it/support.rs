@@ -1,0 +1,254 @@
+//! Real servers for the tests: s3s-fs, redis-server and moto_server, each on a free port
+//! with its own temporary state, killed on drop; DuckDB through the tools virtualenv.
+//!
+//! The binaries come from the project's tool caches (`scripts/tools.sh s3`,
+//! `scripts/py-tools.sh`); a missing one fails the test with the command that installs it.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use allot_archive::{ArchiveConfig, Secret};
+use allot_core::{CampaignId, Event, EventBatch, EventKind, PlacementId, RequestId};
+use redis::TypedCommands;
+
+pub const ACCESS_KEY: &str = "AKIAALLOTTEST";
+pub const SECRET_KEY: &str = "allot-test-secret-key";
+pub const BUCKET: &str = "archive";
+
+pub fn cache() -> PathBuf {
+    std::env::var_os("ALLOT_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/allot"))
+}
+
+fn need(path: PathBuf, install: &str) -> PathBuf {
+    assert!(path.exists(), "{} is missing: run `{install}` first", path.display());
+    path
+}
+
+pub fn venv_bin(name: &str) -> PathBuf {
+    need(cache().join("venv/bin").join(name), "bash scripts/py-tools.sh")
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+}
+
+/// A child process killed (and reaped) on drop.
+#[derive(Debug)]
+pub struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+pub fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An s3s-fs server over a temporary directory, with the bucket created.
+#[derive(Debug)]
+pub struct S3 {
+    pub port: u16,
+    pub root: tempfile::TempDir,
+    proc: Option<Proc>,
+}
+
+impl S3 {
+    pub fn start() -> Self {
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(root.path().join(BUCKET)).expect("bucket dir");
+        let mut s3 = Self { port: free_port(), root, proc: None };
+        s3.restart();
+        s3
+    }
+
+    /// Starts (again) on the same port and directory.
+    pub fn restart(&mut self) {
+        let bin = need(cache().join("tools/bin/s3s-fs"), "bash scripts/tools.sh s3");
+        let child = Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(self.root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn s3s-fs");
+        self.proc = Some(Proc(child));
+        wait_for_port(self.port, "s3s-fs");
+    }
+
+    pub fn stop(&mut self) {
+        self.proc = None;
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The bucket as plain files.
+    pub fn bucket_dir(&self) -> PathBuf {
+        self.root.path().join(BUCKET)
+    }
+
+    pub fn config(&self) -> ArchiveConfig {
+        let mut cfg = ArchiveConfig::new(BUCKET);
+        cfg.endpoint = Some(self.endpoint());
+        cfg.prefix = "test/".into();
+        cfg.access_key_id = Some(ACCESS_KEY.into());
+        cfg.secret_access_key = Some(Secret::new(SECRET_KEY));
+        cfg.path_style = true;
+        cfg.flush_max_age_secs = 1;
+        cfg.retry_max_backoff_ms = 400;
+        cfg
+    }
+
+    /// Every `.parquet` object under the bucket, as relative keys, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = entry.path();
+                if p.is_dir() {
+                    walk(&p, base, out);
+                } else if p.extension().is_some_and(|e| e == "parquet") {
+                    out.push(p.strip_prefix(base).expect("prefix").display().to_string());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.bucket_dir(), &self.bucket_dir(), &mut out);
+        out.sort();
+        out
+    }
+}
+
+/// A throwaway redis-server.
+#[derive(Debug)]
+pub struct Redis {
+    pub port: u16,
+    _proc: Proc,
+}
+
+impl Redis {
+    pub fn start() -> Self {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server (apt-get install redis-server)");
+        wait_for_port(port, "redis-server");
+        Self { port, _proc: Proc(child) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url()).expect("client").get_connection().expect("connect")
+    }
+}
+
+/// Appends one batch to the event stream the way the origin's ingest does.
+pub fn xadd(conn: &mut redis::Connection, batch: &EventBatch, received_ms: u64) -> String {
+    let placement = batch.events[0].placement.as_str().to_string();
+    let fields = [("p", placement), ("e", batch.to_json()), ("r", received_ms.to_string())];
+    conn.xadd("allot:events", "*", &fields).expect("xadd").expect("id")
+}
+
+/// A moto_server (with Athena result paging, see moto_paged.py).
+#[derive(Debug)]
+pub struct Moto {
+    pub port: u16,
+    _proc: Proc,
+}
+
+impl Moto {
+    pub fn start() -> Self {
+        let port = free_port();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/moto_paged.py");
+        let child = Command::new(venv_bin("python"))
+            .arg(script)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn moto_server");
+        wait_for_port(port, "moto_server");
+        Self { port, _proc: Proc(child) }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// POSTs JSON to moto's control API and returns the status code.
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> u16 {
+        let body = body.to_string();
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect moto");
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("write");
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).expect("read");
+        resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    }
+}
+
+/// Runs a DuckDB query (from PyPI, a third-party Parquet reader) and returns its rows.
+pub fn duckdb(sql: &str) -> Vec<Vec<serde_json::Value>> {
+    let script = "import duckdb, json, sys\n\
+                  rows = duckdb.sql(sys.argv[1]).fetchall()\n\
+                  print(json.dumps([list(r) for r in rows], default=str))";
+    let out = Command::new(venv_bin("python")).args(["-c", script, sql]).output().expect("run python");
+    assert!(out.status.success(), "duckdb failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("duckdb json")
+}
+
+/// A deterministic event.
+#[allow(clippy::too_many_arguments)]
+pub fn event(
+    kind: EventKind,
+    request: &str,
+    placement: &str,
+    time_ms: u64,
+    ad: Option<&str>,
+    eligible: &[&str],
+    version: u64,
+    rate: f64,
+) -> Event {
+    Event {
+        kind,
+        event_time_ms: time_ms,
+        request_id: RequestId::parse(request).expect("request id"),
+        placement: PlacementId::parse(placement).expect("placement"),
+        ad_id: ad.map(|a| CampaignId::parse(a).expect("campaign")),
+        plan_version: version,
+        sample_rate: rate,
+        eligible: eligible.iter().map(|c| CampaignId::parse(*c).expect("campaign")).collect(),
+        platform: Some("ios".into()),
+        country: Some("DE".into()),
+        colo: Some("FRA".into()),
+    }
+}
