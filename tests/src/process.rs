@@ -76,9 +76,16 @@ impl Proc {
     }
 }
 
+/// An HTTP client (plain HTTP on loopback; a TLS provider is installed in case the
+/// build enabled TLS).
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().timeout(timeout).pool_max_idle_per_host(64).build().unwrap_or_default()
+}
+
 /// Polls `url` until it answers 2xx.
 pub async fn wait_http(url: &str, within: Duration) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let client = http_client(Duration::from_secs(2));
     let deadline = Instant::now() + within;
     loop {
         if let Ok(r) = client.get(url).timeout(Duration::from_secs(1)).send().await

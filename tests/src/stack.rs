@@ -90,7 +90,7 @@ impl Stack {
             redis_url,
             origin_url,
             edge_url,
-            client: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
+            client: process::http_client(Duration::from_secs(10)),
             origin_port,
             config_path,
             origin: None,

@@ -15,24 +15,42 @@ use serde_json::Value;
 
 /// A traffic mix: `(platform, country, share)`.
 #[derive(Debug, Clone)]
-pub struct Mix(pub Vec<(&'static str, &'static str, f64)>);
+pub struct Mix(pub Vec<(String, String, f64)>);
 
 impl Mix {
     /// Independent platform × country shares.
-    pub fn product(platforms: &[(&'static str, f64)], countries: &[(&'static str, f64)]) -> Self {
-        Self(platforms.iter().flat_map(|&(p, a)| countries.iter().map(move |&(c, b)| (p, c, a * b))).collect())
+    pub fn product(platforms: &[(&str, f64)], countries: &[(&str, f64)]) -> Self {
+        Self(
+            platforms
+                .iter()
+                .flat_map(|&(p, a)| countries.iter().map(move |&(c, b)| (p.to_string(), c.to_string(), a * b)))
+                .collect(),
+        )
     }
 
-    fn draw(&self, rng: &mut SmallRng) -> (&'static str, &'static str) {
+    /// Parses `ios:0.3,android:0.7` into `(name, share)` pairs.
+    pub fn parse_shares(s: &str) -> anyhow::Result<Vec<(String, f64)>> {
+        s.split(',')
+            .map(|part| {
+                let (name, share) =
+                    part.split_once(':').ok_or_else(|| anyhow::anyhow!("expected name:share, got {part:?}"))?;
+                let share: f64 = share.parse()?;
+                anyhow::ensure!(share.is_finite() && share >= 0.0, "share of {name} must be ≥ 0");
+                Ok((name.trim().to_string(), share))
+            })
+            .collect()
+    }
+
+    fn draw(&self, rng: &mut SmallRng) -> (&str, &str) {
         let total: f64 = self.0.iter().map(|x| x.2).sum();
         let mut x = rng.random::<f64>() * total;
-        for &(p, c, s) in &self.0 {
-            if x < s {
+        for (p, c, s) in &self.0 {
+            if x < *s {
                 return (p, c);
             }
             x -= s;
         }
-        self.0.last().map_or(("web", "US"), |&(p, c, _)| (p, c))
+        self.0.last().map_or(("web", "US"), |(p, c, _)| (p, c))
     }
 }
 
@@ -103,7 +121,7 @@ impl Traffic {
         observed: Arc<Mutex<Observed>>,
         stop: Arc<std::sync::atomic::AtomicBool>,
     ) -> anyhow::Result<()> {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).pool_max_idle_per_host(64).build()?;
+        let client = crate::process::http_client(Duration::from_secs(10));
         let end = Instant::now() + duration;
         let lanes = self.concurrency.max(1);
         let interval = Duration::from_secs_f64(lanes as f64 / self.rps.max(0.1));

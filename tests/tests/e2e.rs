@@ -173,7 +173,7 @@ async fn killing_the_origin_loses_nothing_it_acknowledged() {
     let _serial = SERIAL.lock().await;
     let mut stack = Stack::start(Options { period_ms: PERIOD_MS, ..Options::default() }).await.unwrap();
     let placement = PlacementId::parse("crashy").unwrap();
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    let client = allot_e2e::process::http_client(Duration::from_secs(2));
     let url = format!("{}/v1/events", stack.origin_url);
 
     let (mut acked, mut attempted, mut next) = (0u64, 0u64, 0u64);
