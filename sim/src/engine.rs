@@ -160,10 +160,8 @@ pub fn run(scenario: &Scenario, strategy: Strategy, settings: Settings) -> Run {
             now_ms: 0,
         })
         .expect("the first round publishes");
-    let mut previous = first.clone();
-    let mut edge = compile(first);
-    let mut pending: VecDeque<(u64, Plan)> = VecDeque::new();
-    let mut plans_published = 1;
+    let mut edge = compile(first.clone());
+    let mut origin = Origin { controller, previous: first, pending: VecDeque::new(), plans_published: 1 };
 
     let period = settings.period_s.max(1);
     let mut stats: Vec<WindowStats> = Vec::new();
@@ -176,23 +174,10 @@ pub fn run(scenario: &Scenario, strategy: Strategy, settings: Settings) -> Run {
             && *at == t
         {
             targets = new.clone();
-            let recent = merge_recent(&stats, settings.recent_windows);
-            if let Some(plan) = controller.round(RoundInput {
-                placement: &placement,
-                targets: &targets,
-                recent: &recent,
-                last: stats.last(),
-                previous: Some(&previous),
-                targets_changed: true,
-                now_ms: t * 1000,
-            }) {
-                pending.push_back((t + delay(&mut rng, settings), plan.clone()));
-                previous = plan;
-                plans_published += 1;
-            }
+            origin.round(&placement, &targets, &stats, t, true, &mut rng, settings);
         }
-        while pending.front().is_some_and(|(at, _)| *at <= t) {
-            if let Some((_, plan)) = pending.pop_front()
+        while origin.pending.front().is_some_and(|(at, _)| *at <= t) {
+            if let Some((_, plan)) = origin.pending.pop_front()
                 && plan.version > edge.compiled.plan().version
             {
                 edge = compile(plan);
@@ -253,23 +238,49 @@ pub fn run(scenario: &Scenario, strategy: Strategy, settings: Settings) -> Run {
             delivered.iter_mut().for_each(|d| *d = 0);
             (requests, sampled_requests, events) = (0, 0, 0);
 
-            let recent = merge_recent(&stats, settings.recent_windows);
-            if let Some(plan) = controller.round(RoundInput {
-                placement: &placement,
-                targets: &targets,
-                recent: &recent,
-                last: stats.last(),
-                previous: Some(&previous),
-                targets_changed: false,
-                now_ms: (t + 1) * 1000,
-            }) {
-                pending.push_back(((t + 1) + delay(&mut rng, settings), plan.clone()));
-                previous = plan;
-                plans_published += 1;
-            }
+            origin.round(&placement, &targets, &stats, t + 1, false, &mut rng, settings);
         }
     }
-    Run { windows, infeasible: controller.infeasible(), plans_published }
+    Run { windows, infeasible: origin.controller.infeasible(), plans_published: origin.plans_published }
+}
+
+/// The origin's side: the strategy, the plan published last, and plans on their way
+/// to the edge.
+struct Origin {
+    controller: Controller,
+    previous: Plan,
+    pending: VecDeque<(u64, Plan)>,
+    plans_published: u64,
+}
+
+impl Origin {
+    /// A control round at `now_s`; a published plan reaches the edge after a delay.
+    #[allow(clippy::too_many_arguments)]
+    fn round(
+        &mut self,
+        placement: &PlacementId,
+        targets: &Targets,
+        stats: &[WindowStats],
+        now_s: u64,
+        targets_changed: bool,
+        rng: &mut SmallRng,
+        settings: Settings,
+    ) {
+        let recent = merge_recent(stats, settings.recent_windows);
+        if let Some(plan) = self.controller.round(RoundInput {
+            placement,
+            targets,
+            recent: &recent,
+            last: stats.last(),
+            previous: Some(&self.previous),
+            targets_changed,
+            now_ms: now_s * 1000,
+        }) {
+            self.pending.push_back((now_s + delay(rng, settings), plan.clone()));
+            self.previous = plan;
+            self.plans_published += 1;
+        }
+    }
 }
 
 fn delay(rng: &mut SmallRng, s: Settings) -> u64 {
