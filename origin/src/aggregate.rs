@@ -21,11 +21,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use allot_core::{EventBatch, WindowStats};
-use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Failpoint;
+use crate::conn::RedisConn;
 use crate::keys::{self, PlacementKeys};
 use crate::startup::App;
 
@@ -64,7 +64,7 @@ pub fn default_consumer() -> String {
 }
 
 /// Creates the consumer group (from the start of the stream) unless it exists.
-pub async fn ensure_group(conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+pub async fn ensure_group(conn: &mut RedisConn) -> redis::RedisResult<()> {
     let r: redis::RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(keys::EVENTS)
@@ -81,14 +81,14 @@ pub async fn ensure_group(conn: &mut MultiplexedConnection) -> redis::RedisResul
 
 struct Aggregator {
     app: Arc<App>,
-    conn: MultiplexedConnection,
+    conn: RedisConn,
     consumer: String,
     sha: String,
 }
 
 /// Runs the consumer until `cancel`; finishes (applies and acknowledges) the batch in
 /// hand before returning.
-pub async fn run(app: Arc<App>, mut conn: MultiplexedConnection, cancel: CancellationToken) {
+pub async fn run(app: Arc<App>, mut conn: RedisConn, cancel: CancellationToken) {
     let consumer = app.config.aggregate.consumer.clone().unwrap_or_else(default_consumer);
     let sha = loop {
         let ready = async {
@@ -247,11 +247,14 @@ impl Aggregator {
         let had_work = !pending.is_empty();
         let (mut applied, mut duplicates) = (0u64, 0u64);
         while !pending.is_empty() {
-            let mut pipe = redis::pipe();
-            for (p, list) in &pending {
-                pipe.add_command(self.apply_command(p, list));
-            }
-            let replies: Vec<Vec<usize>> = match pipe.query_async(&mut self.conn).await {
+            // One script call per placement group, sent concurrently: pipelined on one
+            // node, spread over the right nodes on a cluster.
+            let calls = pending.iter().map(|(p, list)| {
+                let cmd = self.apply_command(p, list);
+                let mut conn = self.conn.clone();
+                async move { cmd.query_async::<Vec<usize>>(&mut conn).await }
+            });
+            let replies: Vec<Vec<usize>> = match futures_util::future::try_join_all(calls).await {
                 Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                     // Redis restarted and lost its script cache: load it and redo (the
                     // markers make the retry safe).

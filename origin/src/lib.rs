@@ -17,6 +17,7 @@ pub mod audit;
 pub mod auth;
 pub mod cloudflare;
 pub mod config;
+pub mod conn;
 pub mod control;
 pub mod error;
 pub mod ingest;

@@ -8,7 +8,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use allot_core::Verifier;
 use axum::Router;
@@ -16,9 +15,6 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use redis::AsyncConnectionConfig;
-use redis::aio::ConnectionManagerConfig;
-use secrecy::ExposeSecret;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -128,13 +124,7 @@ fn instance_id() -> String {
 
 /// Connects, binds, and starts serving and the background loops.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let client = redis::Client::open(config.redis.url.expose_secret())?;
-    let timeout = Duration::from_millis(config.redis.response_timeout_ms);
-    let manager = redis::aio::ConnectionManager::new_with_config(
-        client.clone(),
-        ConnectionManagerConfig::new().set_response_timeout(Some(timeout)).set_connection_timeout(Some(timeout)),
-    )
-    .await?;
+    let shared = crate::conn::shared(&config.redis).await?;
     let verifier = Verifier::new(config.ingest_keys(), config.ingest.max_skew_secs)
         .map_err(|e| StartError::Keys(e.to_string()))?;
     let publisher = Arc::new(Publisher::from_config(&config)?);
@@ -145,25 +135,19 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let app = Arc::new(App {
         auth: Auth::new(&config.admin.tokens),
-        store: Store::new(manager),
+        store: Store::new(shared),
         verifier,
         metrics: Metrics::new(),
         control_wake: Notify::new(),
         instance: instance_id(),
         config,
     });
+    // Blocking reads get their own connection, without a response timeout.
+    let blocking = match app.config.aggregate.enabled {
+        true => Some(crate::conn::blocking(&app.config.redis).await?),
+        false => None,
+    };
     let cancel = CancellationToken::new();
-    let mut loops = Vec::new();
-    if app.config.aggregate.enabled {
-        // Blocking reads get their own connection, without a response timeout.
-        let conn = client
-            .get_multiplexed_async_connection_with_config(&AsyncConnectionConfig::new().set_response_timeout(None))
-            .await?;
-        loops.push(tokio::spawn(crate::aggregate::run(app.clone(), conn, cancel.clone())));
-    }
-    if app.config.control.enabled {
-        loops.push(tokio::spawn(crate::control::run(app.clone(), publisher, cancel.clone())));
-    }
     let server = {
         let cancel = cancel.clone();
         let router = router(app.clone());
@@ -172,6 +156,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         })
     };
     tracing::info!(addr = %addr, instance = %app.instance, "listening");
+    let mut loops = Vec::new();
+    // The loops start after the "listening" line, which tests and scripts wait for.
+    if let Some(conn) = blocking {
+        loops.push(tokio::spawn(crate::aggregate::run(app.clone(), conn, cancel.clone())));
+    }
+    if app.config.control.enabled {
+        loops.push(tokio::spawn(crate::control::run(app.clone(), publisher, cancel.clone())));
+    }
     Ok(Running { addr, app, cancel, server, loops })
 }
 

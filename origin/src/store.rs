@@ -9,9 +9,9 @@ use std::collections::HashMap;
 
 use allot_core::{ControlState, Decision, PlacementId, Plan, TargetsSpec, WindowStats};
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
+use crate::conn::RedisConn;
 use crate::keys::{self, PlacementKeys};
 
 /// A placement's stored targets.
@@ -97,7 +97,7 @@ return {1, tostring(rev), old}
 /// Redis, seen through the origin's data model.
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    conn: RedisConn,
     cas: redis::Script,
 }
 
@@ -108,12 +108,12 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: RedisConn) -> Self {
         Self { conn, cas: redis::Script::new(CAS_SCRIPT) }
     }
 
     /// The shared multiplexed connection: concurrent commands are pipelined on it.
-    pub fn conn(&self) -> ConnectionManager {
+    pub fn conn(&self) -> RedisConn {
         self.conn.clone()
     }
 
@@ -175,13 +175,12 @@ impl Store {
 
     /// Registers a placement and asks the control loop for a round now.
     pub async fn mark_changed(&self, p: &PlacementId, registered: bool) -> Result<(), StoreError> {
+        // Two keys in two slots: two commands, not a pipeline (cluster-safe).
         let mut c = self.conn();
-        let mut pipe = redis::pipe();
         if registered {
-            pipe.sadd(keys::PLACEMENTS, p.as_str()).ignore();
+            c.sadd::<_, _, ()>(keys::PLACEMENTS, p.as_str()).await?;
         }
-        pipe.sadd(keys::DIRTY, p.as_str()).ignore();
-        pipe.query_async::<()>(&mut c).await?;
+        c.sadd::<_, _, ()>(keys::DIRTY, p.as_str()).await?;
         Ok(())
     }
 

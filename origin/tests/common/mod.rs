@@ -95,9 +95,99 @@ level = "warn"
 }
 
 pub fn config(redis: &RedisServer, extra: &str, env: &[(&str, &str)]) -> Config {
+    config_for_url(&redis.url(), extra, env)
+}
+
+pub fn config_for_url(url: &str, extra: &str, env: &[(&str, &str)]) -> Config {
     let mut map: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    map.insert("ALLOT_REDIS_URL".into(), redis.url());
+    map.insert("ALLOT_REDIS_URL".into(), url.to_string());
     Config::from_sources(&config_text(extra), &map).expect("test config")
+}
+
+/// A three-node Redis Cluster (no replicas), killed on drop.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    children: Vec<Child>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("allot-cluster-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let children = ports
+            .iter()
+            .map(|p| {
+                Command::new("redis-server")
+                    .args(["--port", &p.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                    .args(["--cluster-enabled", "yes", "--cluster-config-file", &format!("nodes-{p}.conf")])
+                    .current_dir(&dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server is installed")
+            })
+            .collect();
+        let cluster = Self { ports, children, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for p in &cluster.ports {
+            let url = format!("redis://127.0.0.1:{p}");
+            while redis::Client::open(url.as_str()).and_then(|c| c.get_connection()).is_err() {
+                assert!(Instant::now() < deadline, "cluster node did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let nodes: Vec<String> = cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "redis-cli --cluster create");
+        for p in &cluster.ports {
+            let mut c = redis::Client::open(format!("redis://127.0.0.1:{p}")).unwrap().get_connection().unwrap();
+            loop {
+                let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut c).unwrap();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline + Duration::from_secs(10), "cluster not ok: {info}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        cluster
+    }
+
+    /// The seed list for `redis.url` with `cluster = true`.
+    pub fn url(&self) -> String {
+        self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+    }
+
+    /// Which node serves `key`: the port answering without a MOVED redirect.
+    pub fn node_of(&self, key: &str) -> u16 {
+        *self
+            .ports
+            .iter()
+            .find(|p| {
+                let mut c = redis::Client::open(format!("redis://127.0.0.1:{p}")).unwrap().get_connection().unwrap();
+                redis::cmd("EXISTS").arg(key).query::<i64>(&mut c).is_ok()
+            })
+            .unwrap()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// An origin running in this process.
