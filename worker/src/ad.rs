@@ -16,11 +16,11 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::{forward, plans, query, respond, rng};
 
-/// The edge's own idea of the client's country, if it is a usable code (Cloudflare
-/// uses `XX` for unknown and `T1` for Tor; the latter is not a country).
-fn edge_country(req: &web_sys::Request) -> Option<String> {
+/// The edge's own idea of the client's country, if it names one: Cloudflare says `XX`
+/// for unknown and `T1` for Tor, and neither may match a campaign's country list.
+pub(crate) fn edge_country(req: &web_sys::Request) -> Option<String> {
     let country = req.cf()?.country().ok()??;
-    RequestAttrs::parse(None, Some(&country)).is_ok().then_some(country)
+    (country != "XX" && RequestAttrs::parse(None, Some(&country)).is_ok()).then(|| country.to_ascii_uppercase())
 }
 
 pub(crate) fn edge_colo(req: &web_sys::Request) -> Option<String> {

@@ -7,7 +7,6 @@
 
 use allot_core::{CampaignId, Event, EventKind, PlacementId, RequestId, sampled};
 use serde::Deserialize;
-use worker::worker_sys::ext::RequestExt;
 use worker::{Context, Env};
 
 use crate::config::Config;
@@ -33,9 +32,7 @@ pub async fn serve(req: &web_sys::Request, env: &Env, ctx: &Context) -> Result<w
     let plan = plans::get(env, &config, &imp.placement, now_ms).await?;
     let p = plan.plan();
     if sampled(imp.request_id.as_str(), p.sample_rate) {
-        let cf = req.cf();
-        let country =
-            cf.as_ref().and_then(|cf| cf.country().ok().flatten()).filter(|c| allot_core::targets::is_country(c));
+        let country = crate::ad::edge_country(req);
         let event = Event {
             kind: EventKind::Impression,
             event_time_ms: now_ms as u64,

@@ -96,27 +96,28 @@ fn health() -> Result<web_sys::Response, ApiError> {
     Ok(respond::json_with(200, &body.to_string(), None)?)
 }
 
-/// The response, or the error rendered as one; a JS exception only if even that fails.
-fn finish(result: Result<web_sys::Response, ApiError>) -> Result<JsValue, JsValue> {
-    let response = match result {
-        Ok(response) => response,
-        Err(e) => e.to_response().map_err(JsValue::from)?,
-    };
-    Ok(response.into())
+/// The response, or the error rendered as one; a rejected Promise only if even that
+/// fails.
+fn finish(result: Result<web_sys::Response, ApiError>) -> JsValue {
+    match result.or_else(|e| e.to_response()) {
+        Ok(response) => response.into(),
+        Err(e) => js_sys::Promise::reject(&JsValue::from(e)).into(),
+    }
 }
 
 /// The worker's fetch handler (called by the worker-build shim with the request, the
 /// environment and the execution context): a `Response` or a `Promise` of one.
 #[wasm_bindgen]
-pub fn fetch(req: web_sys::Request, env: Env, ctx: worker::worker_sys::Context) -> Result<JsValue, JsValue> {
+pub fn fetch(req: web_sys::Request, env: Env, ctx: worker::worker_sys::Context) -> JsValue {
     let ctx = Context::new(ctx);
     let url = req.url();
     let method = req.method();
     match route_now(&req, &method, query::Target::parse(&url), &env, &ctx) {
-        Ok(Some(response)) => return Ok(response.into()),
-        Err(e) => return finish(Err(e)),
-        Ok(None) => {}
+        Ok(Some(response)) => response.into(),
+        Err(e) => finish(Err(e)),
+        Ok(None) => {
+            let later = async move { Ok(finish(route(&req, &method, query::Target::parse(&url), &env, &ctx).await)) };
+            future_to_promise(later).into()
+        }
     }
-    let later = async move { finish(route(&req, &method, query::Target::parse(&url), &env, &ctx).await) };
-    Ok(future_to_promise(later).into())
 }

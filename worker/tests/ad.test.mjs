@@ -56,6 +56,14 @@ describe("allocation", () => {
     assert.deepEqual([...more.keys()].sort(), ["A", "B", "C", "none"]);
   });
 
+  test("without a country in the query, the edge's geolocation decides eligibility", async () => {
+    // The harness's edge says FR, where C (DE, FR) is eligible; a query country wins.
+    const fromEdge = await tally(1_500, "placement=home_feed&platform=web");
+    assert.deepEqual([...fromEdge.keys()].sort(), ["A", "C", "none"]);
+    const fromQuery = await tally(500, "placement=home_feed&platform=web&country=JP");
+    assert.deepEqual([...fromQuery.keys()].sort(), ["A", "none"]);
+  });
+
   test("a request id in the query is echoed", async () => {
     const res = await worker.get("/v1/ad?placement=home_feed&request_id=app-42:x.1");
     assert.equal(res.status, 200);

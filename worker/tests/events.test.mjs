@@ -63,6 +63,43 @@ describe("sampled events", () => {
     assert.equal(h.events.failed, 0);
   });
 
+  test("events carry the edge's country and colo when the query has no country", async () => {
+    const before = origin.events.length;
+    const ids = Array.from({ length: 300 }, (_, i) => `edge-${i}`).filter((id) => samplePoint(id) < RATE);
+    for (const id of ids) {
+      const res = await worker.get(`/v1/ad?placement=home_feed&platform=web&request_id=${id}`);
+      assert.equal(res.status, 200);
+    }
+    await eventually(() => origin.events.length - before >= ids.length, 10_000, "edge events");
+    for (const e of origin.events.slice(before)) {
+      assert.equal(e.country, "FR");
+      assert.equal(e.colo, "CDG");
+      assert.equal(e.platform, "web");
+      assert.deepEqual(e.eligible, ["A", "C"]);
+    }
+  });
+
+  test("an unknown edge country (XX) is no country: it matches no list and is not recorded", async () => {
+    const unknown = await startWorker({ ORIGIN_URL: origin.url }, { cf: { country: "XX", colo: "CDG" } });
+    try {
+      const onlyXX = { ...plan().campaigns[2], eligibility: { platforms: [], countries: ["XX"] } };
+      await unknown.putPlan(plan({ placement: "xx_p", campaigns: [onlyXX], no_ad_weight: 0 }));
+      const before = origin.events.length;
+      for (let i = 0; i < 20; i++) {
+        const body = await (await unknown.get(`/v1/ad?placement=xx_p&request_id=xx-${i}`)).json();
+        assert.equal(body.ad, null);
+      }
+      await eventually(() => origin.events.length - before >= 20, 10_000, "events of the XX edge");
+      for (const e of origin.events.slice(before)) {
+        assert.equal(e.placement, "xx_p");
+        assert.equal(e.country, null);
+        assert.deepEqual(e.eligible, []);
+      }
+    } finally {
+      await unknown.close();
+    }
+  });
+
   test("impressions are sampled by the same rule as their allocations", async () => {
     const before = origin.events.length;
     const ids = Array.from({ length: 1_000 }, (_, i) => `alloc-${i}`);

@@ -10,8 +10,11 @@ const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 export const KEY = "test-ingest-key-0123456789abcdef";
 const MAX_SKEW_SECS = 300;
 
-/** Starts the worker; `bindings` override the defaults. */
-export async function startWorker(bindings = {}) {
+/**
+ * Starts the worker; `bindings` override the defaults. `cf` is what the worker sees as
+ * the edge's request properties (`request.cf`: country, colo, …).
+ */
+export async function startWorker(bindings = {}, { cf = { country: "FR", colo: "CDG" } } = {}) {
   const mf = new Miniflare({
     modules: true,
     scriptPath: `${ROOT}/worker/build/index.js`,
@@ -19,6 +22,7 @@ export async function startWorker(bindings = {}) {
     compatibilityDate: "2026-04-20",
     kvNamespaces: ["PLANS"],
     bindings: { PLAN_TTL_SECS: "1", INGEST_KEY: KEY, EVENT_BATCH_AGE_MS: "100", ...bindings },
+    cf,
     host: "127.0.0.1",
     port: 0,
   });
