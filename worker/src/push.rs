@@ -25,7 +25,10 @@ pub async fn serve(req: &web_sys::Request, raw_placement: &str, env: &Env) -> Re
         .and_then(|p| PlacementId::parse(p).map_err(|e| ApiError::bad_request("bad_placement", e.to_string())))?;
     let config = Config::get(env);
     let Some(key) = config.ingest_key.clone() else {
-        return Err(ApiError::unavailable("not_configured", "INGEST_KEY is not set on this worker"));
+        return Err(ApiError::unavailable(
+            "not_configured",
+            "INGEST_KEY is not set on this worker (or is shorter than 16 bytes)",
+        ));
     };
     let header = req
         .headers()
