@@ -112,8 +112,16 @@ pub async fn run(app: Arc<App>, mut conn: RedisConn, cancel: CancellationToken) 
     while !cancel.is_cancelled() {
         let step = async {
             if own_pending {
-                // After a restart under the same name, our own pending entries first.
-                own_pending = agg.read("0", false).await? > 0;
+                // After a restart under the same name, our own pending entries first. If
+                // that history cannot be read (e.g. entries trimmed while pending), the
+                // claim below still recovers them.
+                own_pending = match agg.read("0", false).await {
+                    Ok(n) => n > 0,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot re-read own pending entries; leaving them to XAUTOCLAIM");
+                        false
+                    }
+                };
             }
             if Instant::now() >= next_claim {
                 agg.claim().await?;

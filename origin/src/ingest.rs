@@ -86,7 +86,16 @@ async fn ingest(app: &App, headers: &HeaderMap, body: Body) -> Result<usize, Api
     if declared.is_some_and(|n: usize| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::PayloadTooLarge { limit })?;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(err) = source {
+            if err.is::<http_body_util::LengthLimitError>() {
+                return ApiError::PayloadTooLarge { limit };
+            }
+            source = err.source();
+        }
+        ApiError::bad_request("body_read_failed", format!("could not read the body: {e}"))
+    })?;
 
     let sig = headers.get(signature::HEADER).and_then(|v| v.to_str().ok());
     let t = match sig {

@@ -103,6 +103,10 @@ async fn refuses_bad_signatures_and_bodies() {
     let huge = "x".repeat(70_000);
     assert_eq!(code(app.post_signed(&huge).await).await, (413, "payload_too_large".into()));
 
+    // Without a Content-Length (chunked), the limit applies while reading.
+    let status = chunked_post(app.addr, &"y".repeat(70_000)).await;
+    assert!(status.starts_with("HTTP/1.1 413"), "{status}");
+
     for (reason, n) in [("malformed", 2.0), ("mismatch", 2.0), ("stale", 1.0), ("replay", 1.0)] {
         let m = app.metric(&format!("allot_ingest_signature_failures_total{{reason=\"{reason}\"}}")).await;
         assert_eq!(m, n, "{reason}");
@@ -136,4 +140,22 @@ async fn health_readiness_metrics_and_openapi() {
     let r = app.post_signed(&batch(vec![allocation("r9", "p", None, &[], 1.0)])).await;
     assert_eq!(r.status(), 503);
     app.shutdown().await;
+}
+
+/// A chunked POST over a raw socket; the response's status line.
+async fn chunked_post(addr: std::net::SocketAddr, body: &str) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = "POST /v1/events HTTP/1.1\r\nHost: origin\r\nTransfer-Encoding: chunked\r\n\r\n";
+    s.write_all(head.as_bytes()).await.unwrap();
+    for chunk in body.as_bytes().chunks(8192) {
+        s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await.unwrap();
+        if s.write_all(chunk).await.is_err() || s.write_all(b"\r\n").await.is_err() {
+            break;
+        }
+    }
+    let _ = s.write_all(b"0\r\n\r\n").await;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).await.unwrap();
+    line
 }
