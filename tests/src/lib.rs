@@ -3,5 +3,6 @@
 //! [`traffic`] generator whose observations are the ground truth.
 
 pub mod process;
+pub mod redis_server;
 pub mod stack;
 pub mod traffic;

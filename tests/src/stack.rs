@@ -14,7 +14,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::process::Command;
 
-use crate::process::{self, Proc, TempDir, free_port, wait_http, wait_port};
+use crate::process::{self, Proc, TempDir, free_port, wait_http};
+use crate::redis_server::RedisServer;
 
 /// The key the edge signs with and the origin verifies.
 pub const INGEST_KEY: &str = "allot-local-ingest-key-0123456789";
@@ -49,7 +50,7 @@ pub struct Stack {
     config_path: PathBuf,
     origin: Option<Proc>,
     edge: Proc,
-    redis: Proc,
+    redis: RedisServer,
     dir: TempDir,
 }
 
@@ -57,15 +58,8 @@ impl Stack {
     pub async fn start(options: Options) -> anyhow::Result<Self> {
         let dir = TempDir::new("stack")?;
 
-        let redis_port = free_port()?;
-        let redis = Proc::spawn(
-            "redis-server",
-            Command::new("redis-server")
-                .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .stdout(Stdio::null()),
-        )?;
-        wait_port(redis_port, Duration::from_secs(10)).await?;
-        let redis_url = format!("redis://127.0.0.1:{redis_port}");
+        let redis = RedisServer::start();
+        let redis_url = redis.url();
 
         // The two ends need each other's address: pick the origin's port first.
         let origin_port = free_port()?;
@@ -135,7 +129,7 @@ impl Stack {
             origin.terminate(Duration::from_secs(10)).await;
         }
         self.edge.terminate(Duration::from_secs(5)).await;
-        self.redis.terminate(Duration::from_secs(5)).await;
+        drop(self.redis);
     }
 
     pub fn origin_port(&self) -> u16 {
