@@ -6,7 +6,7 @@
 //! mask intersection and one pass over the eligible campaigns' weights: O(#campaigns),
 //! no allocation, no JSON work; writing the response is a few `push_str`s.
 
-use crate::{CampaignId, Plan, PlanError};
+use crate::{CampaignId, Eligibility, Plan, PlanError};
 
 /// The request attributes eligibility looks at. Borrowed: the shell parses them from
 /// the query string and the edge's geolocation without allocating.
@@ -50,23 +50,6 @@ pub struct Choice {
     pub ad: Option<usize>,
 }
 
-/// A plan prepared for fast choosing.
-#[derive(Debug, Clone)]
-pub struct CompiledPlan {
-    plan: Plan,
-    /// Campaigns eligible for every platform (an empty platform list).
-    any_platform: u64,
-    platforms: Vec<(String, u64)>,
-    /// Campaigns eligible for every country.
-    any_country: u64,
-    /// Indexed by `(c0 − 'A') · 26 + (c1 − 'A')`.
-    countries: Box<[u64; 26 * 26]>,
-    /// `{"id":…,"creative":…}` per campaign.
-    ads: Vec<String>,
-    /// `","placement":"…","plan_version":N,"ad":`
-    middle: String,
-}
-
 fn country_index(c: &str) -> Option<usize> {
     let b = c.as_bytes();
     if b.len() != 2 || !b[0].is_ascii_alphabetic() || !b[1].is_ascii_alphabetic() {
@@ -76,42 +59,45 @@ fn country_index(c: &str) -> Option<usize> {
     Some(i(b[0]) * 26 + i(b[1]))
 }
 
-impl CompiledPlan {
-    pub fn new(plan: Plan) -> Result<Self, PlanError> {
-        plan.check()?;
-        let mut any_platform = 0;
-        let mut platforms: Vec<(String, u64)> = Vec::new();
-        let mut any_country = 0;
-        let mut countries = Box::new([0u64; 26 * 26]);
-        let mut ads = Vec::with_capacity(plan.campaigns.len());
-        for (i, c) in plan.campaigns.iter().enumerate() {
-            let bit = 1u64 << i;
-            if c.eligibility.platforms.is_empty() {
-                any_platform |= bit;
-            }
-            for p in &c.eligibility.platforms {
-                match platforms.iter_mut().find(|(name, _)| name.eq_ignore_ascii_case(p)) {
-                    Some((_, mask)) => *mask |= bit,
-                    None => platforms.push((p.clone(), bit)),
-                }
-            }
-            if c.eligibility.countries.is_empty() {
-                any_country |= bit;
-            }
-            for country in &c.eligibility.countries {
-                // `Plan::check` has made sure every country is two letters.
-                if let Some(idx) = country_index(country) {
-                    countries[idx] |= bit;
-                }
-            }
-            ads.push(format!("{{\"id\":{},\"creative\":{}}}", serde_json::Value::from(c.id.as_str()), c.creative));
-        }
-        let middle = format!("\",\"placement\":\"{}\",\"plan_version\":{},\"ad\":", plan.placement, plan.version);
-        Ok(Self { plan, any_platform, platforms, any_country, countries, ads, middle })
-    }
+/// Eligibility rules of up to 64 campaigns as bit masks: bit `i` of a mask is campaign
+/// `i`. Answering "who is eligible for this request" is then two lookups and an AND.
+#[derive(Debug, Clone)]
+pub struct EligibilityIndex {
+    /// Campaigns eligible for every platform (an empty platform list).
+    any_platform: u64,
+    platforms: Vec<(String, u64)>,
+    /// Campaigns eligible for every country.
+    any_country: u64,
+    /// Indexed by `(c0 − 'A') · 26 + (c1 − 'A')`.
+    countries: Box<[u64; 26 * 26]>,
+}
 
-    pub fn plan(&self) -> &Plan {
-        &self.plan
+impl EligibilityIndex {
+    /// Indexes the rules of campaigns `0, 1, …` (at most 64; later ones are ignored).
+    pub fn new<'a>(rules: impl IntoIterator<Item = &'a Eligibility>) -> Self {
+        let mut index =
+            Self { any_platform: 0, platforms: Vec::new(), any_country: 0, countries: Box::new([0; 26 * 26]) };
+        for (i, e) in rules.into_iter().take(crate::MAX_CAMPAIGNS).enumerate() {
+            let bit = 1u64 << i;
+            if e.platforms.is_empty() {
+                index.any_platform |= bit;
+            }
+            for p in &e.platforms {
+                match index.platforms.iter_mut().find(|(name, _)| name.eq_ignore_ascii_case(p)) {
+                    Some((_, mask)) => *mask |= bit,
+                    None => index.platforms.push((p.clone(), bit)),
+                }
+            }
+            if e.countries.is_empty() {
+                index.any_country |= bit;
+            }
+            for country in &e.countries {
+                if let Some(idx) = country_index(country) {
+                    index.countries[idx] |= bit;
+                }
+            }
+        }
+        index
     }
 
     /// The eligibility pattern of a request.
@@ -122,6 +108,40 @@ impl CompiledPlan {
             });
         let country = self.any_country | attrs.country.and_then(country_index).map_or(0, |i| self.countries[i]);
         platform & country
+    }
+}
+
+/// A plan prepared for fast choosing.
+#[derive(Debug, Clone)]
+pub struct CompiledPlan {
+    plan: Plan,
+    index: EligibilityIndex,
+    /// `{"id":…,"creative":…}` per campaign.
+    ads: Vec<String>,
+    /// `","placement":"…","plan_version":N,"ad":`
+    middle: String,
+}
+
+impl CompiledPlan {
+    pub fn new(plan: Plan) -> Result<Self, PlanError> {
+        plan.check()?;
+        let index = EligibilityIndex::new(plan.campaigns.iter().map(|c| &c.eligibility));
+        let ads = plan
+            .campaigns
+            .iter()
+            .map(|c| format!("{{\"id\":{},\"creative\":{}}}", serde_json::Value::from(c.id.as_str()), c.creative))
+            .collect();
+        let middle = format!("\",\"placement\":\"{}\",\"plan_version\":{},\"ad\":", plan.placement, plan.version);
+        Ok(Self { plan, index, ads, middle })
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The eligibility pattern of a request.
+    pub fn eligible(&self, attrs: RequestAttrs<'_>) -> u64 {
+        self.index.eligible(attrs)
     }
 
     /// Picks "no ad" or one eligible campaign with probability proportional to its

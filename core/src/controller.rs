@@ -21,10 +21,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::choose::EligibilityIndex;
 use crate::estimate::{self, DeliveryBasis};
 use crate::solver::{self, Patterns, SolveOptions};
 use crate::stats::parse_profile_key;
-use crate::{CampaignId, Eligibility, PLAN_FORMAT, PlacementId, Plan, PlanCampaign, Targets, WindowStats};
+use crate::{
+    CampaignId, Eligibility, PLAN_FORMAT, PlacementId, Plan, PlanCampaign, RequestAttrs, Targets, WindowStats,
+};
 
 /// The controller's memory between rounds (stored by the shell next to the plan).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -240,11 +243,10 @@ pub fn patterns_of(targets: &Targets, stats: &WindowStats) -> Patterns {
 /// Pattern frequencies for campaigns with the given eligibility rules (in order).
 fn patterns_for<'a>(rules: impl Iterator<Item = &'a Eligibility>, stats: &WindowStats) -> Patterns {
     let rules: Vec<&Eligibility> = rules.collect();
+    let index = EligibilityIndex::new(rules.iter().copied());
     let counts = stats.profiles.iter().map(|(key, &count)| {
         let (platform, country) = parse_profile_key(key);
-        let mask =
-            rules.iter().enumerate().filter(|(_, e)| e.matches(platform, country)).fold(0u64, |m, (i, _)| m | 1 << i);
-        (mask, count)
+        (index.eligible(RequestAttrs { platform, country }), count)
     });
     Patterns::new(counts, rules.len())
 }
