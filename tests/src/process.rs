@@ -18,7 +18,8 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A child process, killed on drop.
+/// A child process in a process group of its own; the whole group is killed on drop,
+/// so helpers it started (Node's workerd) die with it even when this process panics.
 #[derive(Debug)]
 pub struct Proc {
     pub name: &'static str,
@@ -28,11 +29,21 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(name: &'static str, cmd: &mut Command) -> anyhow::Result<Self> {
         let child = cmd
+            .process_group(0)
             .kill_on_drop(true)
             .stdin(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {name} ({:?})", cmd.as_std().get_program()))?;
         Ok(Self { name, child })
+    }
+
+    fn kill_group(&self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 
     pub fn id(&self) -> Option<u32> {
@@ -58,8 +69,9 @@ impl Proc {
         Ok(found)
     }
 
-    /// `kill -9`: no shutdown hooks, no flushing.
+    /// `kill -9` (the whole group): no shutdown hooks, no flushing.
     pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.kill_group();
         self.child.kill().await?;
         Ok(())
     }
@@ -72,7 +84,14 @@ impl Proc {
                 return;
             }
         }
+        self.kill_group();
         let _ = self.child.kill().await;
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill_group();
     }
 }
 
