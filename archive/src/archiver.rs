@@ -167,6 +167,10 @@ impl Archiver {
                     M::add(&self.metrics.redis_failures, 1);
                     tracing::warn!(error = %e, "reading the event stream failed; retrying");
                     backoff.wait(stop).await?;
+                    if matches!(&e, ArchiveError::Redis(r) if r.code() == Some("NOGROUP")) {
+                        // The stream (and with it the group) was deleted: start over.
+                        self.ensure_group(&mut conn, stop).await?;
+                    }
                 }
             }
             self.note_buffer_age(&buf);

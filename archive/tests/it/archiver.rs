@@ -241,3 +241,31 @@ async fn an_s3_outage_and_an_archiver_restart_lose_and_duplicate_nothing() {
     assert_eq!(counts, vec![vec![json!(total), json!(total)]], "no loss, no duplicates");
     assert!(s3.keys().len() > 2, "several flushes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_entry_deleted_from_the_stream_does_not_stall_recovery() {
+    let redis = Redis::start();
+    let s3 = S3::start();
+    let mut conn = redis.conn();
+    let batches = sample_batches();
+    for (i, b) in batches.iter().take(3).enumerate() {
+        support::xadd(&mut conn, b, BASE_MS + i as u64);
+    }
+    // An earlier run read all three; then the stream was trimmed under the middle one.
+    redis::cmd("XGROUP").arg(&["CREATE", "allot:events", "archiver", "0"]).exec(&mut conn).unwrap();
+    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg(&["GROUP", "archiver", "archiver-1", "COUNT", "10", "STREAMS", "allot:events", ">"])
+        .query(&mut conn)
+        .unwrap();
+    let ids: Vec<String> = read.keys[0].ids.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(ids.len(), 3);
+    let _: usize = conn.xdel("allot:events", &[&ids[1]]).unwrap();
+
+    let run = start(&redis, s3.config()).await;
+    wait_until("recovery to finish", || get(&run.metrics.flushes) > 0).await;
+    run.shutdown().await;
+    assert_eq!(group_backlog(&mut conn), 0);
+    let expected = batches[0].events.len() + batches[2].events.len();
+    let counts = support::duckdb(&format!("SELECT count(*) FROM {}", parquet_glob(&s3)));
+    assert_eq!(counts, vec![vec![json!(expected)]]);
+}
