@@ -220,18 +220,25 @@ async fn an_s3_outage_and_an_archiver_restart_lose_and_duplicate_nothing() {
     let run = start(&redis, cfg.clone()).await;
     wait_until("a first flush", || get(&run.metrics.flushes) > 0).await;
     s3.stop();
+    // Work that must wait for S3, however far the producer has got.
+    let mut conn = redis.conn();
+    let mut extra = 0;
+    for b in 0..5u64 {
+        let events = vec![event(EventKind::Allocation, &format!("x{b}"), "search", BASE_MS + b, None, &[], 1, 0.5)];
+        extra += events.len();
+        support::xadd(&mut conn, &EventBatch { events }, BASE_MS);
+    }
     wait_until("a failed upload", || get(&run.metrics.put_failures) > 0).await;
     wait_until("the lag to show", || get(&run.metrics.lag_entries) > 0).await;
     // Stop the archiver mid-outage: its flush stays pending in the stream.
     run.shutdown().await;
-    let mut conn = redis.conn();
     assert!(group_backlog(&mut conn) > 0);
 
     // A new archiver (same consumer) finds S3 still down, retries, then succeeds.
     let run = start(&redis, cfg).await;
     wait_until("the restarted archiver to hit the outage", || get(&run.metrics.put_failures) > 0).await;
     s3.restart();
-    let total = tokio::task::spawn_blocking(move || producer.join().unwrap()).await.unwrap();
+    let total = tokio::task::spawn_blocking(move || producer.join().unwrap()).await.unwrap() + extra;
     wait_until("the backlog to drain", || group_backlog(&mut conn) == 0).await;
     wait_until("the lag metric to drain", || get(&run.metrics.lag_entries) == 0).await;
     run.shutdown().await;
