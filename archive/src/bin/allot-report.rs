@@ -3,6 +3,7 @@
 //! library function; this binary exists for analysts' machines and tests.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use allot_archive::report::{self, ReportRequest};
 use allot_archive::{ArchiveConfig, Engine, Format};
@@ -37,8 +38,17 @@ struct Args {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+async fn main() -> ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     if args.list {
         for r in report::REPORTS {
             println!("{:<14} {}", r.name, r.description);
