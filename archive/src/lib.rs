@@ -17,6 +17,7 @@
 
 pub mod archiver;
 pub mod athena;
+pub mod cli;
 pub mod config;
 pub mod error;
 #[cfg(feature = "local-engine")]

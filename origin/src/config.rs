@@ -56,6 +56,9 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// The S3 archive (and where reports run). Absent: no archiver runs.
+    #[serde(default)]
+    pub archive: Option<allot_archive::ArchiveConfig>,
 }
 
 fn default_listen() -> SocketAddr {

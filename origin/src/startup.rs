@@ -38,6 +38,8 @@ pub struct App {
     pub control_wake: Notify,
     /// This instance's identity (lease holder name).
     pub instance: String,
+    /// The archiver's counters, when it runs here.
+    pub archive_metrics: Option<Arc<allot_archive::ArchiverMetrics>>,
 }
 
 /// Why the origin could not start.
@@ -51,6 +53,8 @@ pub enum StartError {
     Keys(String),
     #[error("http client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error("archive: {0}")]
+    Archive(#[from] allot_archive::ArchiveError),
 }
 
 /// A started origin.
@@ -114,7 +118,11 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render()).into_response()
+    let mut text = app.metrics.render();
+    if let Some(archive) = &app.archive_metrics {
+        text.push_str(&archive.render());
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 fn instance_id() -> String {
@@ -132,6 +140,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .await
         .map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let archiver = match &config.archive {
+        Some(cfg) => Some(allot_archive::Archiver::new(cfg.clone()).await?),
+        None => None,
+    };
 
     let app = Arc::new(App {
         auth: Auth::new(&config.admin.tokens),
@@ -140,6 +152,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         metrics: Metrics::new(),
         control_wake: Notify::new(),
         instance: instance_id(),
+        archive_metrics: archiver.as_ref().map(|a| a.metrics()),
         config,
     });
     // Blocking reads get their own connection, without a response timeout.
@@ -163,6 +176,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     if app.config.control.enabled {
         loops.push(tokio::spawn(crate::control::run(app.clone(), publisher, cancel.clone())));
+    }
+    if let Some(archiver) = archiver {
+        let client = redis::Client::open(secrecy::ExposeSecret::expose_secret(&app.config.redis.url).to_string())?;
+        let stop = cancel.clone();
+        loops.push(tokio::spawn(async move {
+            if let Err(e) = archiver.run(client, async move { stop.cancelled().await }).await {
+                tracing::error!(error = %e, "archiver stopped");
+            }
+        }));
     }
     Ok(Running { addr, app, cancel, server, loops })
 }

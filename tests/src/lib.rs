@@ -4,5 +4,6 @@
 
 pub mod process;
 pub mod redis_server;
+pub mod s3_server;
 pub mod stack;
 pub mod traffic;

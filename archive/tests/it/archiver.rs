@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::support::{self, Redis, S3, event};
+use crate::support::{self, Redis, S3, S3Config, event};
 
 /// 2026-11-25T09:59:50Z: the test events straddle the 09/10 hour boundary.
 const BASE_MS: u64 = 1_795_600_790_000;

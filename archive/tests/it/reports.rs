@@ -16,7 +16,7 @@ use allot_archive::table::ResultTable;
 use allot_core::estimate::{self, DeliveryBasis};
 use allot_core::{EventKind, WindowStats};
 
-use crate::support::{S3, event};
+use crate::support::{S3, S3Config, event};
 
 const Z: f64 = 1.959964;
 /// 2026-11-24T00:00:00Z.

@@ -16,10 +16,6 @@ use allot_archive::{ArchiveConfig, Secret};
 use allot_core::{CampaignId, Event, EventBatch, EventKind, PlacementId, RequestId};
 use redis::TypedCommands;
 
-pub const ACCESS_KEY: &str = "AKIAALLOTTEST";
-pub const SECRET_KEY: &str = "allot-test-secret-key";
-pub const BUCKET: &str = "archive";
-
 pub fn cache() -> PathBuf {
     std::env::var_os("ALLOT_CACHE")
         .map(PathBuf::from)
@@ -62,52 +58,17 @@ pub fn wait_for_port(port: u16, what: &str) {
     }
 }
 
-/// An s3s-fs server over a temporary directory, with the bucket created.
-#[derive(Debug)]
-pub struct S3 {
-    pub port: u16,
-    pub root: tempfile::TempDir,
-    proc: Option<Proc>,
+pub use allot_e2e::redis_server::RedisServer as Redis;
+pub use allot_e2e::s3_server::{ACCESS_KEY, BUCKET, S3Server as S3, SECRET_KEY};
+
+/// The archive configuration for a test S3 server.
+pub trait S3Config {
+    fn config(&self) -> ArchiveConfig;
+    fn keys(&self) -> Vec<String>;
 }
 
-impl S3 {
-    pub fn start() -> Self {
-        let root = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir(root.path().join(BUCKET)).expect("bucket dir");
-        let mut s3 = Self { port: free_port(), root, proc: None };
-        s3.restart();
-        s3
-    }
-
-    /// Starts (again) on the same port and directory.
-    pub fn restart(&mut self) {
-        let bin = need(cache().join("tools/bin/s3s-fs"), "bash scripts/tools.sh s3");
-        let child = Command::new(bin)
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(self.root.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn s3s-fs");
-        self.proc = Some(Proc(child));
-        wait_for_port(self.port, "s3s-fs");
-    }
-
-    pub fn stop(&mut self) {
-        self.proc = None;
-    }
-
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// The bucket as plain files.
-    pub fn bucket_dir(&self) -> PathBuf {
-        self.root.path().join(BUCKET)
-    }
-
-    pub fn config(&self) -> ArchiveConfig {
+impl S3Config for S3 {
+    fn config(&self) -> ArchiveConfig {
         let mut cfg = ArchiveConfig::new(BUCKET);
         cfg.endpoint = Some(self.endpoint());
         cfg.prefix = "test/".into();
@@ -119,51 +80,8 @@ impl S3 {
         cfg
     }
 
-    /// Every `.parquet` object under the bucket, as relative keys, sorted.
-    pub fn keys(&self) -> Vec<String> {
-        fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
-            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                let p = entry.path();
-                if p.is_dir() {
-                    walk(&p, base, out);
-                } else if p.extension().is_some_and(|e| e == "parquet") {
-                    out.push(p.strip_prefix(base).expect("prefix").display().to_string());
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(&self.bucket_dir(), &self.bucket_dir(), &mut out);
-        out.sort();
-        out
-    }
-}
-
-/// A throwaway redis-server.
-#[derive(Debug)]
-pub struct Redis {
-    pub port: u16,
-    _proc: Proc,
-}
-
-impl Redis {
-    pub fn start() -> Self {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server (apt-get install redis-server)");
-        wait_for_port(port, "redis-server");
-        Self { port, _proc: Proc(child) }
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    pub fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url()).expect("client").get_connection().expect("connect")
+    fn keys(&self) -> Vec<String> {
+        self.parquet_keys()
     }
 }
 
