@@ -1,5 +1,6 @@
-//! The whole system on one machine: `redis-server`, the origin (the real binary), and the
-//! edge worker in workerd with a local KV, wired together on free loopback ports.
+//! The whole system on one machine: `redis-server`, `s3s-fs` (the archive's S3), the
+//! origin (the real binary), and the edge worker in workerd with a local KV, wired
+//! together on free loopback ports.
 //!
 //! The origin publishes plans to the worker's `/internal/plans` push endpoint and the
 //! worker sends sampled events to the origin's `/v1/events`, both signed with one shared
@@ -16,6 +17,7 @@ use tokio::process::Command;
 
 use crate::process::{self, Proc, TempDir, free_port, wait_http};
 use crate::redis_server::RedisServer;
+use crate::s3_server::{self, S3Server};
 
 /// The key the edge signs with and the origin verifies.
 pub const INGEST_KEY: &str = "allot-local-ingest-key-0123456789";
@@ -51,6 +53,7 @@ pub struct Stack {
     origin: Option<Proc>,
     edge: Proc,
     redis: RedisServer,
+    pub s3: S3Server,
     dir: TempDir,
 }
 
@@ -60,6 +63,7 @@ impl Stack {
 
         let redis = RedisServer::start();
         let redis_url = redis.url();
+        let s3 = S3Server::start();
 
         // The two ends need each other's address: pick the origin's port first.
         let origin_port = free_port()?;
@@ -78,7 +82,7 @@ impl Stack {
         wait_http(&format!("{edge_url}/healthz"), Duration::from_secs(30)).await?;
 
         let config_path = dir.path().join("origin.toml");
-        std::fs::write(&config_path, origin_config(&options, origin_port, &redis_url, &edge_url))?;
+        std::fs::write(&config_path, origin_config(&options, origin_port, &redis_url, &edge_url, &s3.endpoint()))?;
         let mut stack = Self {
             options,
             redis_url,
@@ -90,6 +94,7 @@ impl Stack {
             origin: None,
             edge,
             redis,
+            s3,
             dir,
         };
         stack.start_origin().await?;
@@ -140,6 +145,37 @@ impl Stack {
         self.dir.path()
     }
 
+    /// The origin's config file (its `[archive]` section serves `allot-origin report`).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
+    }
+
+    /// Runs `allot-origin report NAME` for today on the local engine and returns the
+    /// rows (JSON).
+    pub async fn report(&self, name: &str) -> anyhow::Result<Vec<Value>> {
+        let out = self.run_report(name, "json").await?;
+        serde_json::from_str(&out).context("report output is JSON")
+    }
+
+    /// The same, as a table for people.
+    pub async fn report_table(&self, name: &str) -> anyhow::Result<String> {
+        self.run_report(name, "table").await
+    }
+
+    async fn run_report(&self, name: &str, format: &str) -> anyhow::Result<String> {
+        let today = today_utc();
+        let out = Command::new(process::workspace_bin("allot-origin")?)
+            .args(["report", name, "--from", &today, "--to", &today, "--engine", "local", "--format", format])
+            .arg("--config")
+            .arg(&self.config_path)
+            .output()
+            .await?;
+        if !out.status.success() {
+            bail!("report {name} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// `PUT /v1/placements/{id}` as the manager.
     pub async fn put_placement(&self, id: &str, targets: &Value) -> anyhow::Result<()> {
         let r = self
@@ -180,7 +216,26 @@ impl Stack {
     }
 }
 
-fn origin_config(o: &Options, port: u16, redis_url: &str, edge_url: &str) -> String {
+/// Today's date in UTC, `YYYY-MM-DD`.
+pub fn today_utc() -> String {
+    civil_date((crate::traffic::now_ms() / 86_400_000) as i64)
+}
+
+/// The date `days` after 1970-01-01 (Hinnant's civil-from-days; no calendar crate needed).
+fn civil_date(days: i64) -> String {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+fn origin_config(o: &Options, port: u16, redis_url: &str, edge_url: &str, s3_endpoint: &str) -> String {
     let manager_hash = hex(&Sha256::digest(MANAGER_TOKEN.as_bytes()));
     format!(
         r#"listen = "127.0.0.1:{port}"
@@ -215,7 +270,20 @@ tokens = [{{ name = "manager", role = "manager", sha256 = "{manager_hash}" }}]
 [log]
 level = "{level}"
 format = "json"
+
+[archive]
+endpoint = "{s3_endpoint}"
+bucket = "{bucket}"
+access_key_id = "{access_key}"
+secret_access_key = "{secret_key}"
+path_style = true
+flush_max_age_secs = 2
+retry_max_backoff_ms = 1000
+consumer = "stack-origin"
 "#,
+        bucket = s3_server::BUCKET,
+        access_key = s3_server::ACCESS_KEY,
+        secret_key = s3_server::SECRET_KEY,
         period = o.period_ms,
         min_rate = o.min_sample_rate,
         lease = (o.period_ms * 2).max(2_000),
@@ -225,4 +293,14 @@ format = "json"
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn civil_dates() {
+        assert_eq!(super::civil_date(0), "1970-01-01");
+        assert_eq!(super::civil_date(11_016), "2000-02-29");
+        assert_eq!(super::civil_date(20_417), "2025-11-25");
+    }
 }

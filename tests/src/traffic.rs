@@ -88,10 +88,8 @@ impl Observed {
     /// Merged counts of `placement` over windows `from..=to`.
     pub fn range(&self, placement: &str, from: u64, to: u64) -> Counts {
         let mut out = Counts::default();
-        for w in from..=to {
-            if let Some(c) = self.windows.get(&(placement.to_string(), w)) {
-                out.merge(c);
-            }
+        for ((_, _), c) in self.windows.range((placement.to_string(), from)..=(placement.to_string(), to)) {
+            out.merge(c);
         }
         out
     }

@@ -135,7 +135,57 @@ async fn shares_converge_to_targets_and_the_origin_knows_it() {
             );
         }
     }
+
+    // 4. Every sampled request the origin counted reached the S3 archive, and the
+    //    analysts' report over it (the real CLI, local engine) agrees with what the apps
+    //    saw over the whole run.
+    let counted_home = settled_count(&stack.redis_url, "home_feed").await;
+    let mut archived = 0;
+    for _ in 0..60 {
+        let rows = stack.report("sampling").await.unwrap();
+        archived = rows
+            .iter()
+            .filter(|r| r["placement"] == "home_feed")
+            .map(|r| r["sampled_requests"].as_u64().unwrap_or(0))
+            .sum();
+        if archived >= counted_home {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(archived, counted_home, "sampled requests archived vs counted");
+    let truth = obs.range("home_feed", 0, u64::MAX - 1);
+    let rows: Vec<Value> =
+        stack.report("delivery").await.unwrap().into_iter().filter(|r| r["placement"] == "home_feed").collect();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for r in &rows {
+        let id = r["campaign"].as_str().unwrap();
+        let est_requests = r["est_requests"].as_f64().unwrap();
+        assert!(
+            (est_requests - truth.requests as f64).abs() < 0.05 * truth.requests as f64,
+            "estimated {est_requests} requests, the apps made {}",
+            truth.requests
+        );
+        let (low, high) = (r["share_low"].as_f64().unwrap(), r["share_high"].as_f64().unwrap());
+        let slack = high - low;
+        let seen = truth.share(id);
+        assert!(seen >= low - slack && seen <= high + slack, "{id}: report [{low:.4}, {high:.4}], observed {seen:.4}");
+    }
     stack.stop().await;
+}
+
+/// The origin's count once the edge has flushed and the aggregator caught up.
+async fn settled_count(redis_url: &str, placement: &str) -> u64 {
+    let mut last = counted(redis_url, placement).await;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = counted(redis_url, placement).await;
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
 }
 
 fn event(placement: &PlacementId, i: u64) -> Event {

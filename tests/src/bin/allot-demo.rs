@@ -168,9 +168,19 @@ async fn main() -> anyhow::Result<()> {
             obs.windows.entry(k).or_default().merge(&v);
         }
     }
-    println!("\nstopping …");
+    println!("\nstopping traffic …");
     stop.store(true, Ordering::Relaxed);
     let _ = load.await;
+    // Give the archiver one flush, then show what analysts get from the archive.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let today = allot_e2e::stack::today_utc();
+    println!(
+        "\nreport `delivery` over the S3 archive (allot-origin report delivery --from {today} --to {today} --engine local):"
+    );
+    match stack.report_table("delivery").await {
+        Ok(table) => println!("{table}"),
+        Err(e) => println!("(report failed: {e:#})"),
+    }
     stack.stop().await;
     Ok(())
 }
