@@ -119,16 +119,14 @@ pub async fn wait_http(url: &str, within: Duration) -> anyhow::Result<()> {
     }
 }
 
-/// Polls a TCP port until it accepts connections.
-pub async fn wait_port(port: u16, within: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + within;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        if Instant::now() > deadline {
-            bail!("port {port} did not open within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// Blocks until a TCP port on loopback accepts connections; panics after 30 s (a test
+/// server that never listens cannot be tested against).
+pub fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(())
 }
 
 /// A directory removed on drop.
@@ -182,10 +180,14 @@ pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
     bail!("{name} is not built next to {}: run `cargo build --bins` first (or set {var})", exe.display())
 }
 
+/// The tool cache (`$ALLOT_CACHE`, default `~/.cache/allot`) the install scripts fill.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("ALLOT_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/allot"))
+}
+
 /// A cached tool (`~/.cache/allot/tools/bin`), installed by `scripts/tools.sh`.
 pub fn tool(name: &str) -> PathBuf {
-    let cache = std::env::var("ALLOT_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/allot"));
-    cache.join("tools/bin").join(name)
+    cache_dir().join("tools/bin").join(name)
 }

@@ -7,9 +7,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use crate::process::{TempDir, free_port, tool};
+use crate::process::{TempDir, free_port, tool, wait_for_port};
 
 pub const ACCESS_KEY: &str = "AKIAALLOTTEST";
 pub const SECRET_KEY: &str = "allot-test-secret-key";
@@ -46,11 +45,7 @@ impl S3Server {
             .spawn()
             .expect("spawn s3s-fs");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "s3s-fs did not listen on {}", self.port);
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_port(self.port, "s3s-fs");
     }
 
     /// Kills the server; objects stay on disk.

@@ -7,20 +7,15 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use allot_archive::{ArchiveConfig, Secret};
 use allot_core::{CampaignId, Event, EventBatch, EventKind, PlacementId, RequestId};
 use redis::TypedCommands;
 
-pub fn cache() -> PathBuf {
-    std::env::var_os("ALLOT_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/allot"))
-}
+pub use allot_e2e::process::{repo_root, wait_for_port};
 
 fn need(path: PathBuf, install: &str) -> PathBuf {
     assert!(path.exists(), "{} is missing: run `{install}` first", path.display());
@@ -28,11 +23,7 @@ fn need(path: PathBuf, install: &str) -> PathBuf {
 }
 
 pub fn venv_bin(name: &str) -> PathBuf {
-    need(cache().join("venv/bin").join(name), "bash scripts/py-tools.sh")
-}
-
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+    need(allot_e2e::process::cache_dir().join("venv/bin").join(name), "bash scripts/py-tools.sh")
 }
 
 /// A child process killed (and reaped) on drop.
@@ -43,18 +34,6 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-pub fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -101,7 +80,7 @@ pub struct Moto {
 
 impl Moto {
     pub fn start() -> Self {
-        let port = free_port();
+        let port = allot_e2e::process::free_port().expect("a free port");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/moto_paged.py");
         let child = Command::new(venv_bin("python"))
             .arg(script)

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ pub const MANAGER_TOKEN: &str = "manager-secret-token";
 pub const VIEWER_TOKEN: &str = "viewer-secret-token";
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    allot_e2e::process::free_port().expect("a free port")
 }
 
 pub use allot_e2e::redis_server::RedisServer;
