@@ -37,12 +37,18 @@ fn mac(key: &[u8], t: u64, body: &[u8]) -> HmacSha256 {
 /// The header value for `body` signed with `key` at unix time `t` (seconds).
 pub fn sign(key: &[u8], t: u64, body: &[u8]) -> String {
     let tag = mac(key, t, body).finalize().into_bytes();
-    let mut out = format!("t={t},v1=");
-    for b in tag {
-        out.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
-        out.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
+    format!("t={t},v1={}", hex(&tag))
+}
+
+/// Lower-case hex, as signatures (and the digests the origin keys by) are written.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
     }
-    out
+    s
 }
 
 fn unhex(s: &str) -> Option<[u8; 32]> {

@@ -27,7 +27,7 @@ pub struct Auth {
 
 /// The lower-case hex SHA-256 of a token, as stored in the config.
 pub fn token_hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    allot_core::signature::hex(&Sha256::digest(token.as_bytes()))
 }
 
 impl Auth {

@@ -31,23 +31,13 @@ use crate::error::ApiError;
 use crate::keys;
 use crate::startup::App;
 
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
-}
-
 /// The replay-memory key of a verified body.
 fn replay_key(t: u64, body: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(t.to_string().as_bytes());
     h.update(b".");
     h.update(body);
-    keys::replay(&hex(&h.finalize()[..16]))
+    keys::replay(&allot_core::signature::hex(&h.finalize()[..16]))
 }
 
 #[utoipa::path(

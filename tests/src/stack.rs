@@ -236,7 +236,7 @@ fn civil_date(days: i64) -> String {
 }
 
 fn origin_config(o: &Options, port: u16, redis_url: &str, edge_url: &str, s3_endpoint: &str) -> String {
-    let manager_hash = hex(&Sha256::digest(MANAGER_TOKEN.as_bytes()));
+    let manager_hash = allot_core::signature::hex(&Sha256::digest(MANAGER_TOKEN.as_bytes()));
     format!(
         r#"listen = "127.0.0.1:{port}"
 
@@ -289,10 +289,6 @@ consumer = "stack-origin"
         lease = (o.period_ms * 2).max(2_000),
         level = o.log_level,
     )
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
