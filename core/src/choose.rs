@@ -6,7 +6,7 @@
 //! mask intersection and one pass over the eligible campaigns' weights: O(#campaigns),
 //! no allocation, no JSON work; writing the response is a few `push_str`s.
 
-use crate::{CampaignId, Eligibility, Plan, PlanError};
+use crate::{CampaignId, Eligibility, Event, EventKind, Plan, PlanError, RequestId};
 
 /// The request attributes eligibility looks at. Borrowed: the shell parses them from
 /// the query string and the edge's geolocation without allocating.
@@ -154,6 +154,33 @@ impl CompiledPlan {
     /// The campaign ids of an eligibility pattern, in plan order.
     pub fn pattern_ids(&self, pattern: u64) -> impl Iterator<Item = &CampaignId> {
         self.plan.campaigns.iter().enumerate().filter(move |(i, _)| pattern >> i & 1 == 1).map(|(_, c)| &c.id)
+    }
+
+    /// The allocation event of a decided request: what the edge sends when the request
+    /// is sampled. Attributes are normalised the way events carry them (platform lower
+    /// case, country upper case).
+    pub fn allocation_event(
+        &self,
+        request_id: RequestId,
+        choice: Choice,
+        attrs: RequestAttrs<'_>,
+        event_time_ms: u64,
+        colo: Option<String>,
+    ) -> Event {
+        let p = &self.plan;
+        Event {
+            kind: EventKind::Allocation,
+            event_time_ms,
+            request_id,
+            placement: p.placement.clone(),
+            ad_id: choice.ad.and_then(|i| p.campaigns.get(i)).map(|c| c.id.clone()),
+            plan_version: p.version,
+            sample_rate: p.sample_rate,
+            eligible: self.pattern_ids(choice.eligible).cloned().collect(),
+            platform: attrs.platform.map(str::to_ascii_lowercase),
+            country: attrs.country.map(str::to_ascii_uppercase),
+            colo,
+        }
     }
 
     /// Appends the edge's `/v1/ad` response body. `request_id` must be a parsed
@@ -313,6 +340,19 @@ mod tests {
         p.write_response(&mut out, "r2", None);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["ad"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn allocation_events_are_valid_events() {
+        let p = CompiledPlan::new(plan(&[("A", 1.0, &["ios"], &[]), ("B", 1.0, &[], &[])], 0.0)).unwrap();
+        let attrs = RequestAttrs::parse(Some("iOS"), Some("de")).unwrap();
+        let choice = p.choose(attrs, 0.1);
+        let e = p.allocation_event(crate::RequestId::parse("r1").unwrap(), choice, attrs, 5, Some("FRA".into()));
+        assert_eq!((e.platform.as_deref(), e.country.as_deref()), (Some("ios"), Some("DE")));
+        assert_eq!(e.eligible.iter().map(|c| c.as_str()).collect::<Vec<_>>(), ["A", "B"]);
+        assert_eq!((e.plan_version, e.event_time_ms), (3, 5));
+        let body = crate::EventBatch { events: vec![e.clone()] }.to_json();
+        assert_eq!(crate::EventBatch::parse(body.as_bytes()).unwrap().events, vec![e]);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::rc::Rc;
 
-use allot_core::{CompiledPlan, Event, EventKind, PlacementId, RequestAttrs, RequestId, sampled};
+use allot_core::{CompiledPlan, PlacementId, RequestAttrs, RequestId, sampled};
 use worker::worker_sys::ext::RequestExt;
 use worker::{Context, Env};
 
@@ -79,7 +79,7 @@ fn answer(
     let mut body = String::with_capacity(192);
     plan.write_response(&mut body, ad.request_id.as_str(), choice.ad);
     if sampled(ad.request_id.as_str(), plan.plan().sample_rate) {
-        let event = allocation(plan, ad.request_id.clone(), choice, attrs, now_ms, edge_colo(req));
+        let event = plan.allocation_event(ad.request_id.clone(), choice, attrs, now_ms as u64, edge_colo(req));
         forward::enqueue(ctx, config, event);
     }
     Ok(respond::ok_json(&body)?)
@@ -115,28 +115,4 @@ pub async fn serve_after_load(
     let now_ms = js_sys::Date::now();
     let plan = plans::load(env, &config, &ad.placement, now_ms).await?;
     answer(req, ctx, &config, &plan, ad, now_ms)
-}
-
-fn allocation(
-    plan: &Rc<CompiledPlan>,
-    request_id: RequestId,
-    choice: allot_core::Choice,
-    attrs: RequestAttrs<'_>,
-    now_ms: f64,
-    colo: Option<String>,
-) -> Event {
-    let p = plan.plan();
-    Event {
-        kind: EventKind::Allocation,
-        event_time_ms: now_ms as u64,
-        request_id,
-        placement: p.placement.clone(),
-        ad_id: choice.ad.and_then(|i| p.campaigns.get(i)).map(|c| c.id.clone()),
-        plan_version: p.version,
-        sample_rate: p.sample_rate,
-        eligible: plan.pattern_ids(choice.eligible).cloned().collect(),
-        platform: attrs.platform.map(str::to_ascii_lowercase),
-        country: attrs.country.map(str::to_ascii_uppercase),
-        colo,
-    }
 }
