@@ -9,13 +9,14 @@ use allot_e2e::traffic::{Mix, Observed, Traffic, now_ms};
 use clap::Parser;
 use serde_json::{Value, json};
 
-/// Starts Redis, the origin and the edge worker (workerd with a local KV) on free
-/// ports, creates two placements whose eligibility is skewed (so the correction is
+/// Starts Redis, an S3 server, the origin and the edge worker (workerd with a local KV)
+/// on free ports, creates two placements whose eligibility is skewed (so the correction is
 /// visible) — one with a target that cannot be met — and drives synthetic app traffic
 /// through the edge. Every control period it prints, per campaign: the target, the
 /// origin's estimate ± its confidence interval, the share the apps really saw, the
 /// weight the controller chose, and the placement's sample rate and plan version.
-/// Ctrl-C stops everything it started.
+/// Ctrl-C stops everything it started, after printing the delivery report from the
+/// archive.
 #[derive(Debug, Parser)]
 #[command(name = "allot-demo", version)]
 struct Args {
@@ -118,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
         Mix::product(&p, &c)
     };
     let period_ms = args.period.max(1) * 1000;
-    println!("starting redis-server, the origin and the edge worker …");
+    println!("starting redis-server, s3s-fs, the origin and the edge worker …");
     let stack = Stack::start(Options { period_ms, ..Options::default() }).await?;
     println!("origin  {}  (admin API, OpenAPI at /openapi.json)", stack.origin_url);
     println!("edge    {}  (try {}/v1/ad?placement=home_feed&platform=ios)", stack.edge_url, stack.edge_url);
