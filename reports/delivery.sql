@@ -1,12 +1,19 @@
--- Delivery per placement, campaign and day.
+-- Delivery against target per placement, campaign and day.
 --
 -- est_delivered is the Horvitz-Thompson estimate (sum of 1/sample_rate) of the
 -- campaign's deliveries; share is est_delivered over the placement's estimated requests,
 -- with a 95 % Wilson interval on the effective sample size (sum w)^2 / sum w^2: the same
 -- estimate and interval the origin's status API reports (allot-core estimate::share).
 -- Delivery counts impressions where the placement reported any that day, otherwise
--- allocations (basis). Compare share and its interval with the campaign's target rate.
--- est_delivered_low/high scale the interval to counts.
+-- allocations (basis). est_delivered_low/high scale the interval to counts.
+--
+-- target is the campaign's target rate as the day's traffic saw it: every sampled
+-- request is joined to the plan it was served under (table plans, one row per plan
+-- version and campaign), so a target changed at noon counts half for each value.
+-- Requests served under a plan whose snapshot is not archived are left out of that mean.
+-- est_target = est_requests * target; vs_target says whether the target lies within
+-- the share's interval ('within'), above it ('under': delivered too little) or below
+-- it ('over'). A campaign with a target and no delivery is listed with zeros.
 --
 -- Parameters: {{from}}, {{to}} (inclusive days, YYYY-MM-DD). Written in the SQL that
 -- both Athena (Trino) and the local engine (DataFusion) accept.
@@ -34,26 +41,70 @@ basis AS (
   FROM campaigns
   GROUP BY placement, dt
 ),
+-- A publish that is retried can log its version twice; one target per version.
+plan_targets AS (
+  SELECT placement, plan_version, campaign, MAX(target_rate) AS target_rate
+  FROM plans
+  GROUP BY placement, plan_version, campaign
+),
+known_versions AS (
+  SELECT DISTINCT placement, plan_version FROM plan_targets
+),
+covered AS (
+  SELECT e.placement, e.dt, SUM(e.weight) AS requests
+  FROM events e
+  JOIN known_versions v ON v.placement = e.placement AND v.plan_version = e.plan_version
+  WHERE e.kind = 'allocation' AND e.dt BETWEEN '{{from}}' AND '{{to}}'
+  GROUP BY e.placement, e.dt
+),
+targeted AS (
+  SELECT e.placement, e.dt, t.campaign, SUM(e.weight * t.target_rate) AS weighted
+  FROM events e
+  JOIN plan_targets t ON t.placement = e.placement AND t.plan_version = e.plan_version
+  WHERE e.kind = 'allocation' AND e.dt BETWEEN '{{from}}' AND '{{to}}'
+  GROUP BY e.placement, e.dt, t.campaign
+),
+targets AS (
+  SELECT t.placement, t.dt, t.campaign, t.weighted / c.requests AS target
+  FROM targeted t
+  JOIN covered c ON c.placement = t.placement AND c.dt = t.dt
+),
+keyed AS (
+  SELECT placement, dt, campaign FROM campaigns
+  UNION
+  SELECT placement, dt, campaign FROM targets
+),
 delivered AS (
-  SELECT c.placement, c.dt, c.campaign, b.basis, c.impressions, r.requests,
-         CASE WHEN b.basis = 'impressions' THEN c.impressions ELSE c.allocations END AS delivered,
-         CASE WHEN b.basis = 'impressions' THEN c.impression_samples ELSE c.allocation_samples END AS samples,
+  SELECT k.placement, k.dt, k.campaign, t.target, r.requests,
+         COALESCE(b.basis, 'allocations') AS basis,
+         COALESCE(c.impressions, 0.0) AS impressions,
+         CASE WHEN b.basis = 'impressions' THEN COALESCE(c.impressions, 0.0)
+              ELSE COALESCE(c.allocations, 0.0) END AS delivered,
+         CASE WHEN b.basis = 'impressions' THEN COALESCE(c.impression_samples, 0)
+              ELSE COALESCE(c.allocation_samples, 0) END AS samples,
          r.requests * r.requests / r.requests_sq AS n_eff
-  FROM campaigns c
-  JOIN basis b ON b.placement = c.placement AND b.dt = c.dt
-  JOIN requests r ON r.placement = c.placement AND r.dt = c.dt
+  FROM keyed k
+  JOIN requests r ON r.placement = k.placement AND r.dt = k.dt
+  LEFT JOIN campaigns c ON c.placement = k.placement AND c.dt = k.dt AND c.campaign = k.campaign
+  LEFT JOIN basis b ON b.placement = k.placement AND b.dt = k.dt
+  LEFT JOIN targets t ON t.placement = k.placement AND t.dt = k.dt AND t.campaign = k.campaign
 ),
 shares AS (
   SELECT d.placement, d.dt, d.campaign, d.basis, d.impressions, d.requests, d.delivered, d.samples, d.n_eff,
+         d.target,
          LEAST(d.delivered / d.requests, 1.0) AS share,
          CAST(1.959964 AS DOUBLE) AS z
   FROM delivered d
 ),
 wilson AS (
   SELECT s.placement, s.dt, s.campaign, s.basis, s.impressions, s.requests, s.delivered, s.samples, s.share,
-         (s.share + s.z * s.z / (2 * s.n_eff)) / (1 + s.z * s.z / s.n_eff) AS center,
-         s.z / (1 + s.z * s.z / s.n_eff)
-           * SQRT(s.share * (1 - s.share) / s.n_eff + s.z * s.z / (4 * s.n_eff * s.n_eff)) AS half
+         s.target,
+         GREATEST((s.share + s.z * s.z / (2 * s.n_eff)) / (1 + s.z * s.z / s.n_eff)
+           - s.z / (1 + s.z * s.z / s.n_eff)
+             * SQRT(s.share * (1 - s.share) / s.n_eff + s.z * s.z / (4 * s.n_eff * s.n_eff)), 0.0) AS low,
+         LEAST((s.share + s.z * s.z / (2 * s.n_eff)) / (1 + s.z * s.z / s.n_eff)
+           + s.z / (1 + s.z * s.z / s.n_eff)
+             * SQRT(s.share * (1 - s.share) / s.n_eff + s.z * s.z / (4 * s.n_eff * s.n_eff)), 1.0) AS high
   FROM shares s
 )
 SELECT placement,
@@ -65,9 +116,15 @@ SELECT placement,
        ROUND(impressions, 3) AS est_impressions,
        samples,
        ROUND(share, 6) AS share,
-       ROUND(GREATEST(center - half, 0.0), 6) AS share_low,
-       ROUND(LEAST(center + half, 1.0), 6) AS share_high,
-       ROUND(requests * GREATEST(center - half, 0.0), 3) AS est_delivered_low,
-       ROUND(requests * LEAST(center + half, 1.0), 3) AS est_delivered_high
+       ROUND(low, 6) AS share_low,
+       ROUND(high, 6) AS share_high,
+       ROUND(requests * low, 3) AS est_delivered_low,
+       ROUND(requests * high, 3) AS est_delivered_high,
+       ROUND(target, 6) AS target,
+       ROUND(requests * target, 3) AS est_target,
+       CASE WHEN target IS NULL THEN NULL
+            WHEN target > high THEN 'under'
+            WHEN target < low THEN 'over'
+            ELSE 'within' END AS vs_target
 FROM wilson
 ORDER BY placement, day, campaign

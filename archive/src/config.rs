@@ -66,14 +66,22 @@ pub struct ArchiveConfig {
     /// Upper bound of the retry backoff while S3 or Redis is unavailable.
     #[serde(default = "default_retry_max_backoff_ms")]
     pub retry_max_backoff_ms: u64,
+    /// The event stream (the origin's ingest writes it).
     #[serde(default = "default_stream")]
     pub stream: String,
+    /// The plan snapshot stream (the origin's control loop writes it).
+    #[serde(default = "default_plans_stream")]
+    pub plans_stream: String,
     #[serde(default = "default_group")]
     pub group: String,
     /// This replica's consumer name. Stable across restarts, so a restarted archiver
     /// finds its own unacknowledged entries and rewrites exactly the same objects.
     #[serde(default = "default_consumer")]
     pub consumer: String,
+    /// Another consumer's pending entries are claimed once it and they have been idle
+    /// this long (a replica that is gone for good); 0 never claims.
+    #[serde(default = "default_claim_idle_secs")]
+    pub claim_idle_secs: u64,
     #[serde(default)]
     pub athena: Option<AthenaConfig>,
 }
@@ -122,6 +130,12 @@ fn default_retry_max_backoff_ms() -> u64 {
 fn default_stream() -> String {
     "allot:events".into()
 }
+fn default_plans_stream() -> String {
+    "allot:plans".into()
+}
+fn default_claim_idle_secs() -> u64 {
+    300
+}
 fn default_group() -> String {
     "archiver".into()
 }
@@ -162,8 +176,10 @@ impl ArchiveConfig {
             flush_max_age_secs: default_flush_max_age_secs(),
             retry_max_backoff_ms: default_retry_max_backoff_ms(),
             stream: default_stream(),
+            plans_stream: default_plans_stream(),
             group: default_group(),
             consumer: default_consumer(),
+            claim_idle_secs: default_claim_idle_secs(),
             athena: None,
         }
     }
@@ -190,6 +206,9 @@ impl ArchiveConfig {
         if self.flush_max_age_secs == 0 {
             return bad("flush_max_age_secs must be at least 1");
         }
+        if self.stream == self.plans_stream {
+            return bad("stream and plans_stream must differ");
+        }
         if self.access_key_id.is_some() != self.secret_access_key.is_some() {
             return bad("access_key_id and secret_access_key go together");
         }
@@ -212,6 +231,16 @@ impl ArchiveConfig {
 
     pub fn flush_max_age(&self) -> Duration {
         Duration::from_secs(self.flush_max_age_secs)
+    }
+
+    /// How long another consumer must be silent before its entries are claimed.
+    pub fn claim_idle(&self) -> Option<Duration> {
+        (self.claim_idle_secs > 0).then(|| Duration::from_secs(self.claim_idle_secs))
+    }
+
+    /// How often a lane looks for entries to claim.
+    pub fn claim_every(&self) -> Duration {
+        Duration::from_secs(self.claim_idle_secs / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
     }
 
     pub fn retry_max_backoff(&self) -> Duration {
@@ -255,6 +284,9 @@ mod tests {
         assert_eq!(cfg.key_prefix(), "p/");
         assert_eq!(cfg.flush_max_age_secs, 60);
         assert_eq!(cfg.stream, "allot:events");
+        assert_eq!(cfg.plans_stream, "allot:plans");
+        assert_eq!(cfg.claim_idle(), Some(Duration::from_secs(300)));
+        assert_eq!(cfg.claim_every(), Duration::from_secs(60));
         assert_eq!(cfg.group, "archiver");
         let shown = format!("{cfg:?}");
         assert!(!shown.contains("very-secret"), "{shown}");
@@ -268,6 +300,7 @@ mod tests {
             (r#"{"bucket":"b","flush_max_rows":0}"#, "flush_max_rows"),
             (r#"{"bucket":"b","access_key_id":"AK"}"#, "go together"),
             (r#"{"bucket":"b","bogus":1}"#, "unknown field"),
+            (r#"{"bucket":"b","plans_stream":"allot:events"}"#, "differ"),
             (r#"{"bucket":"b","athena":{"page_size":5000}}"#, "page_size"),
         ] {
             let err = ArchiveConfig::from_json(json).unwrap_err().to_string();

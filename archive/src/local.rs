@@ -1,23 +1,24 @@
 //! Reports on the embedded engine (DataFusion), over the archive in S3 or a directory.
 //!
-//! The archive is registered as one Hive-partitioned listing table `events` with the
-//! archive schema and partition columns `dt` and `hour` as strings, which is how the Glue
-//! table presents them to Athena, so the report SQL runs unchanged. Day filters on `dt`
+//! Each dataset is registered as a Hive-partitioned listing table (`events`, `plans`)
+//! with its schema and partition columns `dt` and `hour` as strings, which is how the
+//! Glue tables present them to Athena, so the report SQL runs unchanged. Day filters on `dt`
 //! prune whole partitions here as they do there.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::array::Array;
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::prelude::SessionContext;
 use object_store::aws::AmazonS3Builder;
 
+use crate::dataset::{Dataset, Events, Plans};
 use crate::table::{ColumnKind, ResultTable};
-use crate::{ArchiveConfig, ArchiveError, parquet_rows};
+use crate::{ArchiveConfig, ArchiveError, parquet_rows, plan_rows};
 
 fn err(e: impl std::fmt::Display) -> ArchiveError {
     ArchiveError::Local(e.to_string())
@@ -26,24 +27,18 @@ fn err(e: impl std::fmt::Display) -> ArchiveError {
 /// Runs `sql` over the archive: in `dir` when given, else in the configured bucket.
 pub async fn query(cfg: &ArchiveConfig, dir: Option<&Path>, sql: &str) -> Result<ResultTable, ArchiveError> {
     let ctx = SessionContext::new();
-    let table_url = match dir {
+    let root = match dir {
         Some(dir) => {
             let dir = std::path::absolute(dir).map_err(err)?;
-            format!("{}/events/", dir.display().to_string().trim_end_matches('/'))
+            format!("{}/", dir.display().to_string().trim_end_matches('/'))
         }
         None => {
             register_s3(&ctx, cfg)?;
-            format!("s3://{}/{}events/", cfg.bucket, cfg.key_prefix())
+            format!("s3://{}/{}", cfg.bucket, cfg.key_prefix())
         }
     };
-    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-        .with_file_extension(".parquet")
-        .with_table_partition_cols(vec![("dt".into(), DataType::Utf8), ("hour".into(), DataType::Utf8)]);
-    let config = ListingTableConfig::new(ListingTableUrl::parse(&table_url).map_err(err)?)
-        .with_listing_options(options)
-        .with_schema(parquet_rows::schema());
-    let table = ListingTable::try_new(config).map_err(err)?;
-    ctx.register_table("events", Arc::new(table)).map_err(err)?;
+    register::<Events>(&ctx, &root, parquet_rows::schema())?;
+    register::<Plans>(&ctx, &root, plan_rows::schema())?;
     let df = ctx.sql(sql).await.map_err(err)?;
     let schema = df.schema().as_arrow().clone();
     let batches = df.collect().await.map_err(err)?;
@@ -65,6 +60,18 @@ pub async fn query(cfg: &ArchiveConfig, dir: Option<&Path>, sql: &str) -> Result
         }
     }
     Ok(out)
+}
+
+/// Registers dataset `D` as a Hive-partitioned table under `root`.
+fn register<D: Dataset>(ctx: &SessionContext, root: &str, schema: SchemaRef) -> Result<(), ArchiveError> {
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet")
+        .with_table_partition_cols(vec![("dt".into(), DataType::Utf8), ("hour".into(), DataType::Utf8)]);
+    let url = ListingTableUrl::parse(format!("{root}{}/", D::NAME)).map_err(err)?;
+    let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(schema);
+    let table = ListingTable::try_new(config).map_err(err)?;
+    ctx.register_table(D::NAME, Arc::new(table)).map_err(err)?;
+    Ok(())
 }
 
 fn kind_of(t: &DataType) -> ColumnKind {

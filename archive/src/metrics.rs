@@ -8,9 +8,18 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Counters shared between the archiver task and whoever renders `/metrics`.
+use crate::dataset::{Dataset, Events, Plans};
+
+/// The archiver's metrics, one set per dataset, shared with whoever renders `/metrics`.
 #[derive(Debug, Default)]
 pub struct ArchiverMetrics {
+    pub events: DatasetMetrics,
+    pub plans: DatasetMetrics,
+}
+
+/// Counters and gauges of one dataset's lane.
+#[derive(Debug, Default)]
+pub struct DatasetMetrics {
     /// Entries in the stream not yet acknowledged by the archiver's group.
     pub lag_entries: AtomicU64,
     /// Age of the oldest entry in the archiver's buffer (0 when empty).
@@ -24,6 +33,8 @@ pub struct ArchiverMetrics {
     pub redis_failures: AtomicU64,
     /// Entries that could not be decoded (acknowledged and dropped, logged).
     pub malformed_entries: AtomicU64,
+    /// Entries taken over from a consumer that had gone silent.
+    pub claimed_entries: AtomicU64,
 }
 
 impl ArchiverMetrics {
@@ -39,41 +50,59 @@ impl ArchiverMetrics {
         c.store(n, Ordering::Relaxed);
     }
 
-    /// Prometheus text exposition.
+    /// Prometheus text exposition, each series labelled with its `dataset`.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let rows: [(&str, &str, &str, &AtomicU64); 10] = [
-            ("allot_archive_lag_entries", "gauge", "Stream entries not yet archived", &self.lag_entries),
-            (
-                "allot_archive_oldest_buffered_age_seconds",
-                "gauge",
-                "Age of the oldest entry waiting in the archiver's buffer",
-                &self.oldest_buffered_age_ms,
-            ),
-            ("allot_archive_entries_total", "counter", "Stream entries archived", &self.entries_archived),
-            ("allot_archive_rows_total", "counter", "Events written to Parquet", &self.rows_written),
-            ("allot_archive_objects_total", "counter", "Parquet objects stored", &self.objects_written),
-            ("allot_archive_bytes_total", "counter", "Parquet bytes stored", &self.bytes_written),
-            ("allot_archive_flushes_total", "counter", "Completed flushes", &self.flushes),
-            ("allot_archive_put_failures_total", "counter", "Failed S3 uploads (retried)", &self.put_failures),
-            ("allot_archive_redis_failures_total", "counter", "Failed Redis calls (retried)", &self.redis_failures),
-            (
-                "allot_archive_malformed_entries_total",
-                "counter",
-                "Undecodable stream entries dropped",
-                &self.malformed_entries,
-            ),
-        ];
-        for (name, kind, help, v) in rows {
-            let v = Self::get(v);
+        let datasets = [(Events::NAME, &self.events), (Plans::NAME, &self.plans)];
+        for (i, (name, kind, help)) in DatasetMetrics::SERIES.iter().enumerate() {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            if name.ends_with("_seconds") {
-                let _ = writeln!(out, "{name} {}", v as f64 / 1000.0);
-            } else {
-                let _ = writeln!(out, "{name} {v}");
+            for (dataset, m) in datasets {
+                let v = Self::get(m.series()[i]);
+                if name.ends_with("_seconds") {
+                    let _ = writeln!(out, "{name}{{dataset=\"{dataset}\"}} {}", v as f64 / 1000.0);
+                } else {
+                    let _ = writeln!(out, "{name}{{dataset=\"{dataset}\"}} {v}");
+                }
             }
         }
         out
+    }
+}
+
+impl DatasetMetrics {
+    /// Name, type and help of each series, in the order of [`Self::series`].
+    const SERIES: [(&str, &str, &str); 11] = [
+        ("allot_archive_lag_entries", "gauge", "Stream entries not yet archived"),
+        (
+            "allot_archive_oldest_buffered_age_seconds",
+            "gauge",
+            "Age of the oldest entry waiting in the archiver's buffer",
+        ),
+        ("allot_archive_entries_total", "counter", "Stream entries archived"),
+        ("allot_archive_rows_total", "counter", "Rows written to Parquet"),
+        ("allot_archive_objects_total", "counter", "Parquet objects stored"),
+        ("allot_archive_bytes_total", "counter", "Parquet bytes stored"),
+        ("allot_archive_flushes_total", "counter", "Completed flushes"),
+        ("allot_archive_put_failures_total", "counter", "Failed S3 uploads (retried)"),
+        ("allot_archive_redis_failures_total", "counter", "Failed Redis calls (retried)"),
+        ("allot_archive_malformed_entries_total", "counter", "Undecodable stream entries dropped"),
+        ("allot_archive_claimed_entries_total", "counter", "Entries claimed from a silent consumer"),
+    ];
+
+    fn series(&self) -> [&AtomicU64; 11] {
+        [
+            &self.lag_entries,
+            &self.oldest_buffered_age_ms,
+            &self.entries_archived,
+            &self.rows_written,
+            &self.objects_written,
+            &self.bytes_written,
+            &self.flushes,
+            &self.put_failures,
+            &self.redis_failures,
+            &self.malformed_entries,
+            &self.claimed_entries,
+        ]
     }
 }
 
@@ -84,11 +113,14 @@ mod tests {
     #[test]
     fn renders_prometheus_text() {
         let m = ArchiverMetrics::default();
-        ArchiverMetrics::set(&m.lag_entries, 42);
-        ArchiverMetrics::set(&m.oldest_buffered_age_ms, 1500);
+        ArchiverMetrics::set(&m.events.lag_entries, 42);
+        ArchiverMetrics::set(&m.plans.oldest_buffered_age_ms, 1500);
+        ArchiverMetrics::add(&m.plans.claimed_entries, 3);
         let text = m.render();
-        assert!(text.contains("allot_archive_lag_entries 42\n"), "{text}");
-        assert!(text.contains("allot_archive_oldest_buffered_age_seconds 1.5\n"), "{text}");
-        assert!(text.contains("# TYPE allot_archive_rows_total counter"));
+        assert!(text.contains("allot_archive_lag_entries{dataset=\"events\"} 42\n"), "{text}");
+        assert!(text.contains("allot_archive_lag_entries{dataset=\"plans\"} 0\n"), "{text}");
+        assert!(text.contains("allot_archive_oldest_buffered_age_seconds{dataset=\"plans\"} 1.5\n"), "{text}");
+        assert!(text.contains("allot_archive_claimed_entries_total{dataset=\"plans\"} 3\n"), "{text}");
+        assert_eq!(text.matches("# TYPE allot_archive_rows_total counter").count(), 1);
     }
 }

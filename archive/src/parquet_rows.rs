@@ -74,7 +74,6 @@ pub fn to_record_batch(rows: &[&ArchivedEvent]) -> Result<RecordBatch, ArchiveEr
     let strs = |f: &dyn Fn(&Event) -> Option<&str>| -> ArrayRef {
         Arc::new(rows.iter().map(|r| f(&r.event)).collect::<StringArray>())
     };
-    let millis = |v: Vec<i64>| -> ArrayRef { Arc::new(TimestampMillisecondArray::from(v).with_timezone("UTC")) };
     let mut eligible = ListBuilder::new(StringBuilder::new());
     for r in rows {
         for c in &r.event.eligible {
@@ -83,8 +82,8 @@ pub fn to_record_batch(rows: &[&ArchivedEvent]) -> Result<RecordBatch, ArchiveEr
         eligible.append(true);
     }
     let columns: Vec<ArrayRef> = vec![
-        millis(rows.iter().map(|r| to_i64(r.event.event_time_ms)).collect()),
-        millis(rows.iter().map(|r| to_i64(r.received_ms)).collect()),
+        millis(rows.iter().map(|r| r.event.event_time_ms)),
+        millis(rows.iter().map(|r| r.received_ms)),
         strs(&|e| Some(e.kind.as_str())),
         strs(&|e| Some(e.request_id.as_str())),
         strs(&|e| Some(e.placement.as_str())),
@@ -102,17 +101,26 @@ pub fn to_record_batch(rows: &[&ArchivedEvent]) -> Result<RecordBatch, ArchiveEr
 
 /// The rows as a zstd-compressed Parquet file.
 pub fn encode(rows: &[&ArchivedEvent]) -> Result<Bytes, ArchiveError> {
+    write_parquet(&to_record_batch(rows)?)
+}
+
+/// One record batch as a zstd-compressed Parquet file, the same bytes for the same batch.
+pub(crate) fn write_parquet(batch: &RecordBatch) -> Result<Bytes, ArchiveError> {
     let err = |e: parquet::errors::ParquetError| ArchiveError::Parquet(e.to_string());
-    let batch = to_record_batch(rows)?;
     let props =
         WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(err)?)).build();
-    let mut writer = ArrowWriter::try_new(Vec::with_capacity(64 * 1024), schema(), Some(props)).map_err(err)?;
-    writer.write(&batch).map_err(err)?;
+    let mut writer = ArrowWriter::try_new(Vec::with_capacity(64 * 1024), batch.schema(), Some(props)).map_err(err)?;
+    writer.write(batch).map_err(err)?;
     Ok(Bytes::from(writer.into_inner().map_err(err)?))
 }
 
+/// A timestamp column (UTC milliseconds), as the Glue tables declare `timestamp`.
+pub(crate) fn millis(values: impl Iterator<Item = u64>) -> ArrayRef {
+    Arc::new(TimestampMillisecondArray::from(values.map(to_i64).collect::<Vec<_>>()).with_timezone("UTC"))
+}
+
 /// Times and versions are far below `i64::MAX`; saturate rather than wrap if not.
-fn to_i64(v: u64) -> i64 {
+pub(crate) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 

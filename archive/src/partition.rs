@@ -1,6 +1,7 @@
 //! Where an event lands in the archive: its hour partition and its object's key.
 //!
-//! Keys are `{prefix}events/dt=YYYY-MM-DD/hour=HH/<first-id>-<last-id>.parquet`, where
+//! Keys are `{prefix}{dataset}/dt=YYYY-MM-DD/hour=HH/<first-id>-<last-id>.parquet`
+//! (`events/…`, `plans/…`), where
 //! the ids are the first and last Redis stream ids of the flush that wrote the object.
 //! A flush that is retried (S3 was down, or the archiver restarted before it acknowledged
 //! the entries) has the same entries, hence the same ids and keys: it overwrites its own
@@ -95,9 +96,9 @@ impl Partition {
         Self { day: Day::of_unix_ms(ms), hour: ((ms / 3_600_000) % 24) as u8 }
     }
 
-    /// `{prefix}events/dt=…/hour=…/<first>-<last>.parquet`.
-    pub fn object_key(&self, prefix: &str, first: StreamId, last: StreamId) -> String {
-        format!("{prefix}events/{self}/{first}-{last}.parquet")
+    /// `{prefix}{dataset}/dt=…/hour=…/<first>-<last>.parquet`.
+    pub fn object_key(&self, prefix: &str, dataset: &str, first: StreamId, last: StreamId) -> String {
+        format!("{prefix}{dataset}/{self}/{first}-{last}.parquet")
     }
 }
 
@@ -147,7 +148,7 @@ mod tests {
         assert_eq!(Partition::of_unix_ms(0).to_string(), "dt=1970-01-01/hour=00");
         let (a, b) = ("1709251199999-0".parse().unwrap(), "1709251200001-12".parse().unwrap());
         assert_eq!(
-            p.object_key("prod/", a, b),
+            p.object_key("prod/", "events", a, b),
             "prod/events/dt=2024-02-29/hour=23/1709251199999-0-1709251200001-12.parquet"
         );
     }

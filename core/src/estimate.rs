@@ -53,7 +53,10 @@ pub fn wilson(p: f64, n: f64, z: f64) -> (f64, f64) {
     let denom = 1.0 + z2 / n;
     let center = (p + z2 / (2.0 * n)) / denom;
     let half = z / denom * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
-    ((center - half).max(0.0), (center + half).min(1.0))
+    // At p = 0 (or 1) the bound is exactly 0 (or 1); the subtraction leaves rounding dust.
+    let low = if p == 0.0 { 0.0 } else { (center - half).max(0.0) };
+    let high = if p == 1.0 { 1.0 } else { (center + half).min(1.0) };
+    (low, high)
 }
 
 /// The delivered share of `campaign` in `stats`, at normal quantile `z`.
@@ -86,8 +89,12 @@ mod tests {
         let (lo, hi) = wilson(0.3, 1000.0, 1.96);
         assert!((lo - 0.27246).abs() < 1e-4 && (hi - 0.32913).abs() < 1e-4, "{lo} {hi}");
         assert_eq!(wilson(0.5, 0.0, 1.96), (0.0, 1.0));
-        let (lo, _) = wilson(0.0, 100.0, 1.96);
-        assert_eq!(lo, 0.0);
+        for n in [100.0, 208.3, 1234.5] {
+            let (lo, hi) = wilson(0.0, n, 1.959964);
+            assert_eq!(lo, 0.0, "n = {n}");
+            assert!(hi > 0.0);
+            assert_eq!(wilson(1.0, n, 1.959964).1, 1.0, "n = {n}");
+        }
     }
 
     #[test]

@@ -9,13 +9,18 @@
 //! publish-or-not decision) fed with the placement's targets, its last `K` complete
 //! windows and the plan in force. Plans are published first and stored as current only
 //! once the publish succeeded, so a failed publish is retried next round with the same
-//! version. A deleted placement gets one last, empty plan (no ads) and leaves the
+//! version. Each published plan's snapshot, with the targets it was made for, goes to the
+//! plan log (`allot:plans`), from which the archiver writes the `plans` table. A deleted placement gets one last, empty plan (no ads) and leaves the
 //! registry.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use allot_archive::PlanSnapshot;
+use allot_archive::plan_rows;
 use allot_core::{Controller, PlacementId, Plan, Policy, Round, SampleRatePlanner, Targets, WindowStats};
+use redis::AsyncCommands;
+use redis::streams::StreamMaxlen;
 use tokio_util::sync::CancellationToken;
 
 use crate::keys;
@@ -151,6 +156,7 @@ pub async fn round(app: &App, publisher: &Publisher, placements: &[PlacementId],
             continue;
         }
         app.metrics.plans_published.inc();
+        log_plan(app, &x.record).await;
         let stored = async {
             app.store.save_plan(&x.placement, &x.record, app.config.control.history_len).await?;
             if x.deleting {
@@ -167,6 +173,26 @@ pub async fn round(app: &App, publisher: &Publisher, placements: &[PlacementId],
             ),
             Err(e) => tracing::error!(placement = %x.placement, error = %e, "plan published but not stored"),
         }
+    }
+}
+
+/// Appends the published plan's snapshot (targets included) to the plan log, which the
+/// archiver writes to the `plans` table. A failure is counted and logged, not retried:
+/// the plan is out, and the reports leave that version's traffic out of the target mean.
+async fn log_plan(app: &App, record: &PlanRecord) {
+    let snapshot = PlanSnapshot::new(&record.plan, record.decision.as_ref(), record.targets_rev);
+    let mut c = app.store.conn();
+    let appended: Result<String, _> = c
+        .xadd_maxlen(
+            keys::PLAN_LOG,
+            StreamMaxlen::Approx(keys::PLAN_LOG_MAX_LEN),
+            "*",
+            &[("p", snapshot.placement.as_str()), (plan_rows::FIELD, snapshot.to_json().as_str())],
+        )
+        .await;
+    if let Err(e) = appended {
+        app.metrics.plan_log_failures.inc();
+        tracing::error!(placement = %snapshot.placement, version = snapshot.version, error = %e, "plan log append failed");
     }
 }
 

@@ -3,7 +3,7 @@
 //! Every key of one placement carries the placement as a hash tag (`allot:{home_feed}:…`),
 //! so all of them live in one Redis Cluster slot: the aggregator's Lua script touches a
 //! window hash and a dedupe marker atomically, and the origin runs unchanged on a
-//! cluster. The few global keys (the stream, the registry, the lease, the audit stream)
+//! cluster. The few global keys (the streams, the registry, the lease)
 //! are single keys and never appear together in one command.
 
 use allot_core::PlacementId;
@@ -20,6 +20,11 @@ pub const DIRTY: &str = "allot:dirty";
 pub const LEASE: &str = "allot:control:lease";
 /// Admin changes, one entry per write.
 pub const AUDIT: &str = "allot:audit";
+/// A snapshot of every published plan with its targets, for the archive's `plans` table.
+pub const PLAN_LOG: &str = "allot:plans";
+/// Approximate cap on the plan log (`XADD MAXLEN ~`): months of plans, read within a
+/// minute by the archiver.
+pub const PLAN_LOG_MAX_LEN: usize = 100_000;
 
 /// A remembered signature (replay protection); `digest` is hex.
 pub fn replay(digest: &str) -> String {

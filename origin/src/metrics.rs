@@ -21,6 +21,7 @@ pub struct Metrics {
     pub control_leader: IntGauge,
     pub plans_published: IntCounter,
     pub publish_failures: IntCounter,
+    pub plan_log_failures: IntCounter,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -79,6 +80,11 @@ impl Metrics {
             control_leader,
             plans_published: counter(&r, "allot_plans_published_total", "Plans published."),
             publish_failures: counter(&r, "allot_publish_failures_total", "Plans that failed to publish."),
+            plan_log_failures: counter(
+                &r,
+                "allot_plan_log_failures_total",
+                "Published plans whose snapshot could not be appended to the plan log.",
+            ),
             ingest_latency,
             registry: r,
         }

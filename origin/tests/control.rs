@@ -1,11 +1,12 @@
-//! The control loop: a target change is solved and stored at once; status shows the
-//! decision and the measured shares; among two origins exactly one runs the loop, and
+//! The control loop: a target change is solved and stored at once, and logged with its
+//! targets for the archive; status shows the decision and the measured shares; among two origins exactly one runs the loop, and
 //! the other takes over when it stops.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use allot_archive::PlanSnapshot;
 use common::*;
 use serde_json::{Value, json};
 
@@ -112,6 +113,30 @@ async fn a_target_change_gets_a_plan_at_once_and_status_reports_it() {
     assert_eq!(record["plan"]["campaigns"], json!([]));
     let registered: Vec<String> = redis::cmd("SMEMBERS").arg("allot:placements").query(&mut conn).unwrap();
     assert!(registered.is_empty(), "{registered:?}");
+
+    // Every published plan is in the plan log, with the targets it was made for.
+    let log: redis::streams::StreamRangeReply =
+        redis::cmd("XRANGE").arg("allot:plans").arg("-").arg("+").query(&mut conn).unwrap();
+    let snapshots: Vec<PlanSnapshot> = log
+        .ids
+        .iter()
+        .map(|e| {
+            let s: String = e.get(allot_archive::plan_rows::FIELD).unwrap();
+            serde_json::from_str(&s).unwrap()
+        })
+        .collect();
+    let versions: Vec<u64> = snapshots.iter().map(|s| s.version).collect();
+    assert_eq!(versions, [1, 2, 3]);
+    let targets = |s: &PlanSnapshot| -> Vec<(String, f64)> {
+        s.campaigns.iter().map(|c| (c.id.to_string(), c.target_rate)).collect()
+    };
+    assert_eq!(targets(&snapshots[0]), [("A".into(), 0.5), ("B".into(), 0.3), ("C".into(), 0.1)]);
+    assert_eq!(targets(&snapshots[1]), [("A".into(), 0.4), ("B".into(), 0.3), ("C".into(), 0.1)]);
+    assert!(snapshots[1].targets_rev > snapshots[0].targets_rev);
+    let c = &snapshots[0].campaigns[2];
+    assert_eq!((c.feasible, c.max_share), (false, Some(0.0)));
+    assert!(snapshots[0].campaigns[0].feasible && snapshots[0].campaigns[0].weight > 0.0);
+    assert!(snapshots[2].campaigns.is_empty(), "the withdrawal plan aims for nothing");
 }
 
 #[tokio::test]

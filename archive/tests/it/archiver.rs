@@ -17,13 +17,13 @@ use crate::support::{self, Redis, S3, S3Config, event};
 /// 2026-11-25T09:59:50Z: the test events straddle the 09/10 hour boundary.
 const BASE_MS: u64 = 1_795_600_790_000;
 
-struct Running {
-    metrics: Arc<ArchiverMetrics>,
+pub struct Running {
+    pub metrics: Arc<ArchiverMetrics>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<(), allot_archive::ArchiveError>>,
 }
 
-async fn start(redis: &Redis, cfg: ArchiveConfig) -> Running {
+pub async fn start(redis: &Redis, cfg: ArchiveConfig) -> Running {
     let archiver = Archiver::new(cfg).await.unwrap();
     let metrics = archiver.metrics();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -39,13 +39,13 @@ async fn start(redis: &Redis, cfg: ArchiveConfig) -> Running {
 }
 
 impl Running {
-    async fn shutdown(self) {
+    pub async fn shutdown(self) {
         let _ = self.stop.send(());
         tokio::time::timeout(Duration::from_secs(20), self.task).await.expect("archiver stops").unwrap().unwrap();
     }
 }
 
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -53,19 +53,19 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn get(c: &std::sync::atomic::AtomicU64) -> u64 {
+pub fn get(c: &std::sync::atomic::AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
 
 /// Pending + undelivered entries of the archiver group.
-fn group_backlog(conn: &mut redis::Connection) -> usize {
+pub fn group_backlog(conn: &mut redis::Connection) -> usize {
     let info = conn.xinfo_groups("allot:events").unwrap();
     let g = info.groups.iter().find(|g| g.name == "archiver").expect("archiver group");
     g.pending + g.lag.unwrap_or(0)
 }
 
 /// 30 batches of 1..=7 events across two hour partitions, with every column varied.
-fn sample_batches() -> Vec<EventBatch> {
+pub fn sample_batches() -> Vec<EventBatch> {
     let mut t = BASE_MS;
     (0..30u64)
         .map(|b| {
@@ -92,7 +92,7 @@ fn sample_batches() -> Vec<EventBatch> {
         .collect()
 }
 
-fn parquet_glob(s3: &S3) -> String {
+pub fn parquet_glob(s3: &S3) -> String {
     format!("read_parquet('{}/test/events/*/*/*.parquet', hive_partitioning = true)", s3.bucket_dir().display())
 }
 
@@ -139,11 +139,14 @@ async fn archived_events_are_parquet_at_the_right_keys_and_a_retry_overwrites() 
     // All entries are in the stream before the archiver starts, so one read takes them
     // and the age limit (1 s) flushes them together: one object per hour partition.
     let run = start(&redis, s3.config()).await;
-    wait_until("all entries archived", || get(&run.metrics.entries_archived) == batches.len() as u64).await;
-    wait_until("the lag metric to drain", || get(&run.metrics.lag_entries) == 0 && get(&run.metrics.flushes) > 0).await;
-    assert_eq!(get(&run.metrics.rows_written), total as u64);
-    assert_eq!(get(&run.metrics.malformed_entries), 0);
-    assert!(run.metrics.render().contains("allot_archive_lag_entries 0\n"));
+    wait_until("all entries archived", || get(&run.metrics.events.entries_archived) == batches.len() as u64).await;
+    wait_until("the lag metric to drain", || {
+        get(&run.metrics.events.lag_entries) == 0 && get(&run.metrics.events.flushes) > 0
+    })
+    .await;
+    assert_eq!(get(&run.metrics.events.rows_written), total as u64);
+    assert_eq!(get(&run.metrics.events.malformed_entries), 0);
+    assert!(run.metrics.render().contains("allot_archive_lag_entries{dataset=\"events\"} 0\n"));
     run.shutdown().await;
     assert_eq!(group_backlog(&mut conn), 0, "every entry acknowledged");
 
@@ -183,7 +186,8 @@ async fn archived_events_are_parquet_at_the_right_keys_and_a_retry_overwrites() 
     assert!(matches!(redelivered, redis::Value::Array(ref a) if !a.is_empty()));
     assert_eq!(group_backlog(&mut conn), batches.len());
     let run = start(&redis, s3.config()).await;
-    wait_until("the pending entries re-archived", || get(&run.metrics.entries_archived) == batches.len() as u64).await;
+    wait_until("the pending entries re-archived", || get(&run.metrics.events.entries_archived) == batches.len() as u64)
+        .await;
     run.shutdown().await;
     assert_eq!(group_backlog(&mut conn), 0);
     assert_eq!(s3.keys(), keys, "same keys");
@@ -218,7 +222,7 @@ async fn an_s3_outage_and_an_archiver_restart_lose_and_duplicate_nothing() {
     });
 
     let run = start(&redis, cfg.clone()).await;
-    wait_until("a first flush", || get(&run.metrics.flushes) > 0).await;
+    wait_until("a first flush", || get(&run.metrics.events.flushes) > 0).await;
     s3.stop();
     // Work that must wait for S3, however far the producer has got.
     let mut conn = redis.conn();
@@ -228,19 +232,19 @@ async fn an_s3_outage_and_an_archiver_restart_lose_and_duplicate_nothing() {
         extra += events.len();
         support::xadd(&mut conn, &EventBatch { events }, BASE_MS);
     }
-    wait_until("a failed upload", || get(&run.metrics.put_failures) > 0).await;
-    wait_until("the lag to show", || get(&run.metrics.lag_entries) > 0).await;
+    wait_until("a failed upload", || get(&run.metrics.events.put_failures) > 0).await;
+    wait_until("the lag to show", || get(&run.metrics.events.lag_entries) > 0).await;
     // Stop the archiver mid-outage: its flush stays pending in the stream.
     run.shutdown().await;
     assert!(group_backlog(&mut conn) > 0);
 
     // A new archiver (same consumer) finds S3 still down, retries, then succeeds.
     let run = start(&redis, cfg).await;
-    wait_until("the restarted archiver to hit the outage", || get(&run.metrics.put_failures) > 0).await;
+    wait_until("the restarted archiver to hit the outage", || get(&run.metrics.events.put_failures) > 0).await;
     s3.restart();
     let total = tokio::task::spawn_blocking(move || producer.join().unwrap()).await.unwrap() + extra;
     wait_until("the backlog to drain", || group_backlog(&mut conn) == 0).await;
-    wait_until("the lag metric to drain", || get(&run.metrics.lag_entries) == 0).await;
+    wait_until("the lag metric to drain", || get(&run.metrics.events.lag_entries) == 0).await;
     run.shutdown().await;
 
     let glob = parquet_glob(&s3);
@@ -269,10 +273,104 @@ async fn a_pending_entry_deleted_from_the_stream_does_not_stall_recovery() {
     let _: usize = conn.xdel("allot:events", &[&ids[1]]).unwrap();
 
     let run = start(&redis, s3.config()).await;
-    wait_until("recovery to finish", || get(&run.metrics.flushes) > 0).await;
+    wait_until("recovery to finish", || get(&run.metrics.events.flushes) > 0).await;
     run.shutdown().await;
     assert_eq!(group_backlog(&mut conn), 0);
     let expected = batches[0].events.len() + batches[2].events.len();
     let counts = support::duckdb(&format!("SELECT count(*) FROM {}", parquet_glob(&s3)));
     assert_eq!(counts, vec![vec![json!(expected)]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_snapshots_are_archived_to_the_plans_table() {
+    use allot_archive::plan_rows::{FIELD, PlanSnapshot, SnapshotCampaign};
+    use allot_core::{CampaignId, PlacementId};
+
+    let redis = Redis::start();
+    let s3 = S3::start();
+    let mut conn = redis.conn();
+    let snapshot = |version: u64, a: f64| PlanSnapshot {
+        placement: PlacementId::parse("home_feed").unwrap(),
+        version,
+        issued_at_ms: BASE_MS + version * 5_000,
+        sample_rate: 0.125,
+        targets_rev: version + 10,
+        campaigns: vec![
+            SnapshotCampaign {
+                id: CampaignId::parse("A").unwrap(),
+                target_rate: a,
+                weight: 0.7,
+                feasible: true,
+                max_share: None,
+            },
+            SnapshotCampaign {
+                id: CampaignId::parse("B").unwrap(),
+                target_rate: 0.3,
+                weight: 0.2,
+                feasible: false,
+                max_share: Some(0.25),
+            },
+        ],
+    };
+    let mut ids: Vec<String> = Vec::new();
+    for (version, a) in [(1, 0.5), (2, 0.45), (3, 0.4)] {
+        let json = snapshot(version, a).to_json();
+        ids.push(conn.xadd("allot:plans", "*", &[("p", "home_feed"), (FIELD, json.as_str())]).unwrap().unwrap());
+    }
+    ids.push(conn.xadd("allot:plans", "*", &[("p", "home_feed"), (FIELD, "{not json")]).unwrap().unwrap());
+
+    let run = start(&redis, s3.config()).await;
+    wait_until("the plan log archived", || get(&run.metrics.plans.entries_archived) == 4).await;
+    assert_eq!(get(&run.metrics.plans.malformed_entries), 1);
+    assert_eq!(get(&run.metrics.plans.rows_written), 6);
+    assert_eq!(get(&run.metrics.events.entries_archived), 0);
+    run.shutdown().await;
+
+    // Versions 1 and 2 were issued in hour 09, version 3 in hour 10.
+    let (first, last) = (&ids[0], &ids[3]);
+    assert_eq!(
+        s3.keys(),
+        vec![
+            format!("test/plans/dt=2026-11-25/hour=09/{first}-{last}.parquet"),
+            format!("test/plans/dt=2026-11-25/hour=10/{first}-{last}.parquet"),
+        ]
+    );
+    let glob =
+        format!("read_parquet('{}/test/plans/*/*/*.parquet', hive_partitioning = true)", s3.bucket_dir().display());
+    let rows = support::duckdb(&format!(
+        "SELECT plan_version, campaign, target_rate, weight, feasible, max_share, targets_rev, sample_rate, \
+         epoch_ms(issued_time), CAST(hour AS INTEGER) FROM {glob} ORDER BY plan_version, campaign"
+    ));
+    assert_eq!(rows.len(), 6);
+    assert_eq!(
+        rows[0],
+        vec![
+            json!(1),
+            json!("A"),
+            json!(0.5),
+            json!(0.7),
+            json!(true),
+            json!(null),
+            json!(11),
+            json!(0.125),
+            json!(BASE_MS + 5_000),
+            json!(9)
+        ]
+    );
+    assert_eq!(
+        rows[5],
+        vec![
+            json!(3),
+            json!("B"),
+            json!(0.3),
+            json!(0.2),
+            json!(false),
+            json!(0.25),
+            json!(13),
+            json!(0.125),
+            json!(BASE_MS + 15_000),
+            json!(10)
+        ]
+    );
+    assert_eq!(rows[2][2], json!(0.45));
 }

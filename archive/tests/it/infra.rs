@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use allot_archive::parquet_rows::COLUMNS;
+use allot_archive::{parquet_rows, plan_rows};
 
 use crate::support::{repo_root, venv_bin};
 
@@ -29,14 +29,22 @@ fn checkov_passes() {
 }
 
 #[test]
-fn the_glue_table_declares_the_archive_columns_in_order() {
+fn the_glue_tables_declare_the_archive_columns_in_order() {
     let template = std::fs::read_to_string(repo_root().join("infra/archive.yaml")).unwrap();
-    let declared: Vec<&str> = template
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("- { Name: "))
-        .filter_map(|l| l.split(',').next())
-        .collect();
-    assert_eq!(declared, COLUMNS);
+    let columns_of = |table: &str| -> Vec<String> {
+        let start = template.find(&format!("        Name: {table}\n")).unwrap_or_else(|| panic!("table {table}"));
+        let rest = &template[start..];
+        let end = rest.find("\n\n").unwrap_or(rest.len());
+        rest[..end]
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("- { Name: "))
+            .filter_map(|l| l.split(',').next())
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(columns_of("events"), parquet_rows::COLUMNS);
+    assert_eq!(columns_of("plans"), plan_rows::COLUMNS);
+    assert!(template.contains("${ArchivePrefix}plans/dt=${!dt}/hour=${!hour}/"));
     for needle in ["projection.enabled: \"true\"", "storage.location.template", "BytesScannedCutoffPerQuery"] {
         assert!(template.contains(needle), "{needle}");
     }

@@ -5,6 +5,7 @@
 
 mod archiver;
 mod athena;
+mod claims;
 mod infra;
 mod reports;
 mod support;

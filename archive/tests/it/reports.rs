@@ -1,6 +1,7 @@
 //! Every report's SQL on the local engine over a generated archive with known answers,
 //! computed independently: the delivery report against allot-core's own estimator (what
-//! the status API shows), the others by counting in Rust. The `allot-report` binary is
+//! the status API shows) and a traffic-weighted mean of the archived plans' targets, the
+//! others by counting in Rust. The `allot-report` binary is
 //! run end to end over the same archive in a real S3 server.
 
 use std::collections::BTreeMap;
@@ -10,11 +11,12 @@ use std::process::Command;
 use allot_archive::ArchiveConfig;
 use allot_archive::parquet_rows::{self, ArchivedEvent};
 use allot_archive::partition::{Day, Partition};
+use allot_archive::plan_rows::{self, PlanRow, PlanSnapshot, SnapshotCampaign};
 use allot_archive::report::{self, Engine, Format, ReportRequest};
 use allot_archive::store::ArchiveStore;
 use allot_archive::table::ResultTable;
 use allot_core::estimate::{self, DeliveryBasis};
-use allot_core::{EventKind, WindowStats};
+use allot_core::{CampaignId, EventKind, PlacementId, WindowStats};
 
 use crate::support::{S3, S3Config, event};
 
@@ -59,20 +61,82 @@ fn dataset() -> Vec<ArchivedEvent> {
     out
 }
 
-/// Writes the events as the archiver would: one object per hour partition.
+/// Campaign `c`'s target in plan `version` of `placement`, if that plan was archived.
+/// A's target moves with every version, so a day that saw two versions has a
+/// traffic-weighted target; C has a target from version 5 on but is never served; search's
+/// version 6 was never archived.
+fn target(placement: &str, version: u64, c: &str) -> Option<f64> {
+    match (placement, version, c) {
+        ("search", 6, _) => None,
+        (_, v, "A") => Some(0.3 + 0.02 * v as f64),
+        (_, _, "B") => Some(0.3),
+        ("home_feed", v, "C") if v >= 5 => Some(0.05),
+        _ => None,
+    }
+}
+
+/// The plan snapshots the origin would have logged for `dataset()`'s versions, each
+/// issued at the start of its day; home_feed's version 4 is logged twice (a retried
+/// publish).
+fn plans() -> Vec<PlanRow> {
+    let mut out = Vec::new();
+    for placement in ["home_feed", "search"] {
+        for version in 3..=8u64 {
+            let campaigns: Vec<SnapshotCampaign> = ["A", "B", "C"]
+                .into_iter()
+                .filter_map(|c| {
+                    Some(SnapshotCampaign {
+                        id: CampaignId::parse(c).unwrap(),
+                        target_rate: target(placement, version, c)?,
+                        weight: 1.0,
+                        feasible: true,
+                        max_share: None,
+                    })
+                })
+                .collect();
+            if campaigns.is_empty() {
+                continue;
+            }
+            let snapshot = PlanSnapshot {
+                placement: PlacementId::parse(placement).unwrap(),
+                version,
+                issued_at_ms: DAY0_MS + (version - 3) / 2 * 86_400_000 + 3_600_000,
+                sample_rate: 0.25,
+                targets_rev: version,
+                campaigns,
+            };
+            let times = if (placement, version) == ("home_feed", 4) { 2 } else { 1 };
+            for _ in 0..times {
+                out.extend(snapshot.clone().rows());
+            }
+        }
+    }
+    out
+}
+
+/// Writes the events and `plans()` as the archiver would: one object per hour partition.
 fn write_dir(root: &Path, events: &[ArchivedEvent]) -> BTreeMap<String, bytes::Bytes> {
+    let (first, last) = ("1-0".parse().unwrap(), "2-0".parse().unwrap());
+    let mut objects = BTreeMap::new();
     let mut parts: BTreeMap<Partition, Vec<&ArchivedEvent>> = BTreeMap::new();
     for e in events {
         parts.entry(Partition::of_unix_ms(e.event.event_time_ms)).or_default().push(e);
     }
-    let mut objects = BTreeMap::new();
     for (p, rows) in parts {
-        let key = p.object_key("", "1-0".parse().unwrap(), "2-0".parse().unwrap());
-        let body = parquet_rows::encode(&rows).unwrap();
-        let path = root.join(&key);
+        objects.insert(p.object_key("", "events", first, last), parquet_rows::encode(&rows).unwrap());
+    }
+    let plans = plans();
+    let mut parts: BTreeMap<Partition, Vec<&PlanRow>> = BTreeMap::new();
+    for r in &plans {
+        parts.entry(Partition::of_unix_ms(r.issued_ms)).or_default().push(r);
+    }
+    for (p, rows) in parts {
+        objects.insert(p.object_key("", "plans", first, last), plan_rows::encode(&rows).unwrap());
+    }
+    for (key, body) in &objects {
+        let path = root.join(key);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &body).unwrap();
-        objects.insert(key, body);
+        std::fs::write(&path, body).unwrap();
     }
     objects
 }
@@ -109,30 +173,53 @@ fn in_range(e: &ArchivedEvent) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delivery_matches_the_core_estimator() {
+async fn delivery_matches_the_core_estimator_and_the_targets_in_force() {
     let events = dataset();
     let dir = tempfile::tempdir().unwrap();
     write_dir(dir.path(), &events);
     let t = run_local("delivery", dir.path()).await;
 
     let mut windows: BTreeMap<(String, String), WindowStats> = BTreeMap::new();
+    // Per placement and day: Σ w·target per campaign, and Σ w over archived versions.
+    let mut weighted: BTreeMap<(String, String, String), f64> = BTreeMap::new();
+    let mut covered: BTreeMap<(String, String), f64> = BTreeMap::new();
     for e in events.iter().filter(|e| in_range(e)) {
-        let key = (e.event.placement.to_string(), Day::of_unix_ms(e.event.event_time_ms).to_string());
-        windows.entry(key).or_default().fold(&e.event);
+        let (placement, version) = (e.event.placement.as_str(), e.event.plan_version);
+        let key = (placement.to_string(), Day::of_unix_ms(e.event.event_time_ms).to_string());
+        windows.entry(key.clone()).or_default().fold(&e.event);
+        if e.event.kind != EventKind::Allocation || target(placement, version, "B").is_none() {
+            continue;
+        }
+        *covered.entry(key.clone()).or_default() += e.event.weight();
+        for c in ["A", "B", "C"] {
+            if let Some(rate) = target(placement, version, c) {
+                *weighted.entry((key.0.clone(), key.1.clone(), c.to_string())).or_default() += e.event.weight() * rate;
+            }
+        }
     }
     let mut expected = Vec::new();
     for ((placement, d), stats) in &windows {
         let basis = DeliveryBasis::of(stats);
-        for (id, counts) in &stats.campaigns {
-            expected.push((placement.clone(), d.clone(), id.clone(), basis, *counts, stats.clone()));
+        let mut ids: Vec<CampaignId> = stats.campaigns.keys().cloned().collect();
+        ids.extend(
+            weighted.keys().filter(|k| (&k.0, &k.1) == (placement, d)).map(|k| CampaignId::parse(&k.2).unwrap()),
+        );
+        ids.sort();
+        ids.dedup();
+        for id in ids {
+            let target = weighted
+                .get(&(placement.clone(), d.clone(), id.to_string()))
+                .map(|w| w / covered[&(placement.clone(), d.clone())]);
+            expected.push((placement.clone(), d.clone(), id, basis, stats.clone(), target));
         }
     }
     assert_eq!(t.rows.len(), expected.len(), "{t:?}");
-    assert_eq!(expected.len(), 8, "2 placements x 2 days x 2 campaigns");
-    for (row, (placement, d, id, basis, counts, stats)) in expected.iter().enumerate() {
+    assert_eq!(expected.len(), 9, "2 placements x 2 days x 2 campaigns, and home_feed's unserved C on day 2");
+    for (row, (placement, d, id, basis, stats, target)) in expected.iter().enumerate() {
         assert_eq!(t.get(row, "placement"), Some(placement.as_str()));
         assert_eq!(t.get(row, "day"), Some(d.as_str()));
         assert_eq!(t.get(row, "campaign"), Some(id.as_str()));
+        let counts = stats.campaigns.get(id).copied().unwrap_or_default();
         let e = estimate::share(stats, id, *basis, Z);
         let (basis_name, delivered) = match basis {
             DeliveryBasis::Impressions => ("impressions", counts.impressions.ht),
@@ -146,12 +233,33 @@ async fn delivery_matches_the_core_estimator() {
         close(num(&t, row, "share"), e.share, "share");
         close(num(&t, row, "share_low"), e.low, "share_low");
         close(num(&t, row, "share_high"), e.high, "share_high");
-        assert!(e.low < e.share && e.share < e.high);
+        assert!(e.low <= e.share && e.share < e.high, "{e:?} {id}");
         close(num(&t, row, "est_delivered_low"), e.low * stats.requests.ht, "est_delivered_low");
+        let target = target.expect("every campaign here has a target");
+        close(num(&t, row, "target"), target, "target");
+        close(num(&t, row, "est_target"), target * stats.requests.ht, "est_target");
+        let verdict = if target > e.high {
+            "under"
+        } else if target < e.low {
+            "over"
+        } else {
+            "within"
+        };
+        assert_eq!(t.get(row, "vs_target"), Some(verdict), "row {row}");
     }
     assert!(t.rows.iter().all(|r| r[1] != Some("2026-11-26".into())), "--to excludes later days");
     let basis: Vec<_> = (0..t.rows.len()).map(|r| t.get(r, "basis").unwrap().to_string()).collect();
     assert!(basis.contains(&"impressions".to_string()) && basis.contains(&"allocations".to_string()));
+    let unserved: Vec<usize> = (0..t.rows.len()).filter(|r| t.get(*r, "campaign") == Some("C")).collect();
+    assert_eq!(unserved.len(), 1);
+    for r in unserved {
+        assert_eq!((num(&t, r, "est_delivered"), num(&t, r, "samples")), (0.0, 0.0));
+        assert_eq!(t.get(r, "vs_target"), Some("under"));
+    }
+    // A's target moved between the day's two versions: the mean lies strictly between.
+    let a = (0..t.rows.len()).find(|r| t.get(*r, "campaign") == Some("A")).unwrap();
+    let (v1, v2) = (target("home_feed", 3, "A").unwrap(), target("home_feed", 4, "A").unwrap());
+    assert!(v1 < num(&t, a, "target") && num(&t, a, "target") < v2, "{t:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,8 +369,9 @@ async fn the_report_command_runs_over_the_archive_in_s3() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(rows.len(), 4);
+    assert_eq!(rows.len(), 5, "A and B of both placements, and home_feed's C");
     assert!(rows.iter().all(|r| r["day"] == "2026-11-25" && r["share"].is_f64() && r["samples"].is_u64()));
+    assert!(rows.iter().all(|r| r["target"].is_f64()), "{rows:?}");
 
     let bad = Command::new(env!("CARGO_BIN_EXE_allot-report"))
         .args(["delivery", "--from", "2026-11-25", "--to", "2026-02-30", "--engine", "local"])
@@ -272,4 +381,18 @@ async fn the_report_command_runs_over_the_archive_in_s3() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a date"), "{}", String::from_utf8_lossy(&bad.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_without_plan_snapshots_reports_delivery_without_targets() {
+    let events = dataset();
+    let dir = tempfile::tempdir().unwrap();
+    write_dir(dir.path(), &events);
+    std::fs::remove_dir_all(dir.path().join("plans")).unwrap();
+    let t = run_local("delivery", dir.path()).await;
+    assert_eq!(t.rows.len(), 8, "2 placements x 2 days x 2 served campaigns");
+    for row in 0..t.rows.len() {
+        assert!(t.get(row, "share").is_some());
+        assert_eq!((t.get(row, "target"), t.get(row, "vs_target")), (None, None), "row {row}");
+    }
 }

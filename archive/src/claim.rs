@@ -1,0 +1,85 @@
+//! Taking over what a vanished replica left pending.
+//!
+//! Every archiver replica has a stable consumer name, and a restarted replica flushes its
+//! own pending entries first. A replica that never comes back (scaled down, host gone)
+//! would leave them pending for ever: never in S3, and a lag that never drains. So
+//! whenever its buffer is empty, a lane looks for other consumers of its group that have
+//! been silent for `claim_idle_secs` and whose pending entries have all been idle that
+//! long, `XCLAIM`s one such consumer's entries and flushes them as one set.
+//!
+//! A consumer's pending entries are its buffer or exactly one flush (see
+//! [`crate::lane`]), so flushing all of them together writes the very keys that
+//! consumer's flush wrote or would have written: objects it had stored already are
+//! overwritten with the same bytes. `XCLAIM` with a minimum idle time is atomic and
+//! resets the idle time, so when two replicas claim at once one gets the entries and the
+//! other none.
+
+use redis::AsyncTypedCommands;
+use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
+
+use crate::ArchiveError;
+use crate::dataset::Dataset;
+use crate::lane::Lane;
+use crate::metrics::ArchiverMetrics as M;
+
+impl<D: Dataset> Lane<'_, D> {
+    /// Claims and flushes the entries of every vanished consumer, one at a time.
+    /// Redis errors are logged and leave the claim to the next check.
+    pub(crate) async fn claim_and_flush(
+        &self,
+        conn: &mut ConnectionManager,
+        stop: &CancellationToken,
+    ) -> Result<(), ArchiveError> {
+        let Some(idle) = self.cfg.claim_idle() else { return Ok(()) };
+        let idle_ms = idle.as_millis() as usize;
+        let consumers = match conn.xinfo_consumers(self.stream(), &self.cfg.group).await {
+            Ok(reply) => reply.consumers,
+            Err(e) => return Ok(self.claim_failed(&e)),
+        };
+        for gone in consumers.iter().filter(|c| c.name != self.cfg.consumer && c.pending > 0 && c.idle >= idle_ms) {
+            let pending = match conn
+                .xpending_consumer_count(self.stream(), &self.cfg.group, "-", "+", gone.pending, &gone.name)
+                .await
+            {
+                Ok(reply) => reply.ids,
+                Err(e) => return Ok(self.claim_failed(&e)),
+            };
+            if pending.is_empty() || pending.iter().any(|p| p.last_delivered_ms < idle_ms) {
+                continue;
+            }
+            let ids: Vec<&str> = pending.iter().map(|p| p.id.as_str()).collect();
+            let claimed = match conn.xclaim(self.stream(), &self.cfg.group, &self.cfg.consumer, idle_ms, &ids).await {
+                Ok(reply) => reply.ids,
+                Err(e) => return Ok(self.claim_failed(&e)),
+            };
+            if claimed.is_empty() {
+                continue;
+            }
+            if claimed.len() != ids.len() {
+                tracing::warn!(
+                    dataset = D::NAME,
+                    consumer = %gone.name,
+                    listed = ids.len(),
+                    claimed = claimed.len(),
+                    "a consumer acted while its entries were being claimed"
+                );
+            }
+            tracing::warn!(
+                dataset = D::NAME,
+                consumer = %gone.name,
+                entries = claimed.len(),
+                "archiving entries a silent consumer left pending"
+            );
+            M::add(&self.metrics.claimed_entries, claimed.len() as u64);
+            let entries = claimed.into_iter().filter_map(|e| self.decode(e)).collect();
+            self.flush(conn, entries, stop).await?;
+        }
+        Ok(())
+    }
+
+    fn claim_failed(&self, e: &redis::RedisError) {
+        M::add(&self.metrics.redis_failures, 1);
+        tracing::warn!(dataset = D::NAME, error = %e, "looking for entries to claim failed; will retry");
+    }
+}

@@ -1,0 +1,226 @@
+//! Published plans as Parquet rows: what each plan version aimed for.
+//!
+//! Events carry the plan version they were decided under, not the targets. So that the
+//! archive alone answers "delivery against target", the origin appends a
+//! [`PlanSnapshot`] to the `allot:plans` stream for every plan it publishes, and the
+//! archiver writes them to `plans/dt=…/hour=…/` like events. One row per campaign of
+//! the plan:
+//!
+//! `issued_time, placement, plan_version, targets_rev, sample_rate, campaign,
+//! target_rate, weight, feasible, max_share`
+//!
+//! Joining events to this table on `(placement, plan_version)` gives every sampled
+//! request the targets in force when it was served, so a day's target is the
+//! traffic-weighted mean even when a manager changed it at noon (`reports/delivery.sql`).
+
+use std::sync::{Arc, LazyLock};
+
+use allot_core::{CampaignId, Decision, Feasibility, PlacementId, Plan};
+use arrow_array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::ArchiveError;
+use crate::parquet_rows::{millis, to_i64, write_parquet};
+
+/// The stream field that holds a snapshot's JSON.
+pub const FIELD: &str = "s";
+
+/// The table's column names, in order.
+pub const COLUMNS: [&str; 10] = [
+    "issued_time",
+    "placement",
+    "plan_version",
+    "targets_rev",
+    "sample_rate",
+    "campaign",
+    "target_rate",
+    "weight",
+    "feasible",
+    "max_share",
+];
+
+/// One published plan and the targets it was solved for: the `allot:plans` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanSnapshot {
+    pub placement: PlacementId,
+    pub version: u64,
+    pub issued_at_ms: u64,
+    pub sample_rate: f64,
+    /// The targets revision (the admin API's ETag) the plan was made from.
+    pub targets_rev: u64,
+    pub campaigns: Vec<SnapshotCampaign>,
+}
+
+/// One campaign of a [`PlanSnapshot`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotCampaign {
+    pub id: CampaignId,
+    pub target_rate: f64,
+    /// The weight the plan gives it (0 where the plan left it out).
+    pub weight: f64,
+    pub feasible: bool,
+    /// The most it can get, when infeasible.
+    pub max_share: Option<f64>,
+}
+
+impl PlanSnapshot {
+    /// The snapshot of `plan`, made by `decision` from targets revision `targets_rev`.
+    /// A plan without a decision (the empty plan of a deleted placement) has no
+    /// campaigns.
+    pub fn new(plan: &Plan, decision: Option<&Decision>, targets_rev: u64) -> Self {
+        let campaigns = decision.map_or_else(Vec::new, |d| {
+            d.campaigns
+                .iter()
+                .map(|c| SnapshotCampaign {
+                    id: c.id.clone(),
+                    target_rate: c.target,
+                    weight: plan.campaign(&c.id).map_or(0.0, |p| p.weight),
+                    feasible: matches!(c.feasibility, Feasibility::Feasible),
+                    max_share: match c.feasibility {
+                        Feasibility::Feasible => None,
+                        Feasibility::Infeasible { max_share } => Some(max_share),
+                    },
+                })
+                .collect()
+        });
+        Self {
+            placement: plan.placement.clone(),
+            version: plan.version,
+            issued_at_ms: plan.issued_at_ms,
+            sample_rate: plan.sample_rate,
+            targets_rev,
+            campaigns,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The snapshot as table rows, one per campaign.
+    pub fn rows(self) -> Vec<PlanRow> {
+        let Self { placement, version, issued_at_ms, sample_rate, targets_rev, campaigns } = self;
+        campaigns
+            .into_iter()
+            .map(|campaign| PlanRow {
+                issued_ms: issued_at_ms,
+                placement: placement.clone(),
+                plan_version: version,
+                targets_rev,
+                sample_rate,
+                campaign,
+            })
+            .collect()
+    }
+}
+
+/// One row of the `plans` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanRow {
+    pub issued_ms: u64,
+    pub placement: PlacementId,
+    pub plan_version: u64,
+    pub targets_rev: u64,
+    pub sample_rate: f64,
+    pub campaign: SnapshotCampaign,
+}
+
+static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("issued_time", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+        Field::new("placement", DataType::Utf8, false),
+        Field::new("plan_version", DataType::Int64, false),
+        Field::new("targets_rev", DataType::Int64, false),
+        Field::new("sample_rate", DataType::Float64, false),
+        Field::new("campaign", DataType::Utf8, false),
+        Field::new("target_rate", DataType::Float64, false),
+        Field::new("weight", DataType::Float64, false),
+        Field::new("feasible", DataType::Boolean, false),
+        Field::new("max_share", DataType::Float64, true),
+    ]))
+});
+
+/// The Arrow schema of one `plans` object (without partition columns).
+pub fn schema() -> SchemaRef {
+    SCHEMA.clone()
+}
+
+/// The rows as a zstd-compressed Parquet file.
+pub fn encode(rows: &[&PlanRow]) -> Result<Bytes, ArchiveError> {
+    let f64s =
+        |f: &dyn Fn(&PlanRow) -> f64| -> ArrayRef { Arc::new(rows.iter().map(|r| f(r)).collect::<Float64Array>()) };
+    let i64s = |f: &dyn Fn(&PlanRow) -> u64| -> ArrayRef {
+        Arc::new(rows.iter().map(|r| to_i64(f(r))).collect::<Int64Array>())
+    };
+    let columns: Vec<ArrayRef> = vec![
+        millis(rows.iter().map(|r| r.issued_ms)),
+        Arc::new(rows.iter().map(|r| Some(r.placement.as_str())).collect::<StringArray>()),
+        i64s(&|r| r.plan_version),
+        i64s(&|r| r.targets_rev),
+        f64s(&|r| r.sample_rate),
+        Arc::new(rows.iter().map(|r| Some(r.campaign.id.as_str())).collect::<StringArray>()),
+        f64s(&|r| r.campaign.target_rate),
+        f64s(&|r| r.campaign.weight),
+        Arc::new(rows.iter().map(|r| Some(r.campaign.feasible)).collect::<BooleanArray>()),
+        Arc::new(rows.iter().map(|r| r.campaign.max_share).collect::<Float64Array>()),
+    ];
+    let batch = RecordBatch::try_new(schema(), columns).map_err(|e| ArchiveError::Parquet(e.to_string()))?;
+    write_parquet(&batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    use super::*;
+
+    fn snapshot() -> PlanSnapshot {
+        let campaign = |id: &str, target_rate, feasible| SnapshotCampaign {
+            id: CampaignId::parse(id).unwrap(),
+            target_rate,
+            weight: target_rate * 1.5,
+            feasible,
+            max_share: (!feasible).then_some(0.3),
+        };
+        PlanSnapshot {
+            placement: PlacementId::parse("home_feed").unwrap(),
+            version: 7,
+            issued_at_ms: 1_795_600_790_000,
+            sample_rate: 0.25,
+            targets_rev: 3,
+            campaigns: vec![campaign("A", 0.5, true), campaign("B", 0.4, false)],
+        }
+    }
+
+    #[test]
+    fn a_snapshot_round_trips_and_becomes_one_row_per_campaign() {
+        let s = snapshot();
+        let back: PlanSnapshot = serde_json::from_str(&s.to_json()).unwrap();
+        assert_eq!(back, s);
+        let rows = back.rows();
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[1].plan_version, rows[1].campaign.id.as_str()), (7, "B"));
+        assert!(serde_json::from_str::<PlanSnapshot>(r#"{"placement":"bad id!"}"#).is_err());
+    }
+
+    #[test]
+    fn encodes_readable_deterministic_parquet() {
+        let rows = snapshot().rows();
+        let refs: Vec<&PlanRow> = rows.iter().collect();
+        let bytes = encode(&refs).unwrap();
+        assert_eq!(bytes, encode(&refs).unwrap(), "same rows, same bytes");
+        let batch = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap().build().unwrap().next().unwrap().unwrap();
+        let schema = batch.schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, COLUMNS);
+        let max_share = batch.column(9).as_any().downcast_ref::<Float64Array>().unwrap();
+        assert!(arrow_array::Array::is_null(max_share, 0));
+        assert_eq!(max_share.value(1), 0.3);
+        let target = batch.column(6).as_any().downcast_ref::<Float64Array>().unwrap();
+        assert_eq!((target.value(0), target.value(1)), (0.5, 0.4));
+    }
+}
