@@ -170,7 +170,20 @@ async fn shares_converge_to_targets_and_the_origin_knows_it() {
         let slack = high - low;
         let seen = truth.share(id);
         assert!(seen >= low - slack && seen <= high + slack, "{id}: report [{low:.4}, {high:.4}], observed {seen:.4}");
+        // The targets come from the archived plan snapshots, joined on plan version.
+        let target = home_feed()["campaigns"].as_array().unwrap().iter().find(|c| c["id"] == id).unwrap()["rate"]
+            .as_f64()
+            .unwrap();
+        assert!((r["target"].as_f64().unwrap() - target).abs() < 1e-6, "{id}: {r}");
     }
+    let x = stack
+        .report("delivery")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r["placement"] == "sidebar" && r["campaign"] == "X");
+    let x = x.expect("sidebar X in the delivery report");
+    assert_eq!((x["target"].as_f64(), x["vs_target"].as_str()), (Some(0.5), Some("under")), "infeasible X: {x}");
     stack.stop().await;
 }
 

@@ -1,5 +1,5 @@
 //! The Athena path against moto_server: StartQueryExecution, polling through QUEUED and
-//! RUNNING to SUCCEEDED, paged GetQueryResults, and a cancelled query. moto runs no SQL;
+//! RUNNING to SUCCEEDED, paged GetQueryResults, a failed and a cancelled query. moto runs no SQL;
 //! each query's rows are seeded through its control API, as Athena would return them
 //! (header row first, a NULL as a datum without a value).
 
@@ -171,4 +171,20 @@ async fn a_cancelled_query_is_reported() {
         other => panic!("expected a failed query, got {other:?}"),
     }
     assert!(err.to_string().contains("CANCELLED"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_query_is_reported_with_athenas_reason() {
+    let moto = Moto::start();
+    create_workgroup(&moto).await;
+    let cfg = config(&moto, 1000);
+    let err = athena::execute(&cfg, "SELECT * FROM missing_table").await.unwrap_err();
+    match &err {
+        ArchiveError::QueryFailed { state, reason, .. } => {
+            assert_eq!(state, "FAILED");
+            assert!(reason.starts_with("TABLE_NOT_FOUND"), "{reason}");
+        }
+        other => panic!("expected a failed query, got {other:?}"),
+    }
+    assert!(err.to_string().contains("FAILED: TABLE_NOT_FOUND"), "{err}");
 }
