@@ -35,7 +35,7 @@ impl<D: Dataset> Lane<'_, D> {
         let idle_ms = idle.as_millis() as usize;
         let consumers = match conn.xinfo_consumers(self.stream(), &self.cfg.group).await {
             Ok(reply) => reply.consumers,
-            Err(e) => return Ok(self.claim_failed(&e)),
+            Err(e) => return self.claim_failed(&e),
         };
         for gone in consumers.iter().filter(|c| c.name != self.cfg.consumer && c.pending > 0 && c.idle >= idle_ms) {
             let pending = match conn
@@ -43,7 +43,7 @@ impl<D: Dataset> Lane<'_, D> {
                 .await
             {
                 Ok(reply) => reply.ids,
-                Err(e) => return Ok(self.claim_failed(&e)),
+                Err(e) => return self.claim_failed(&e),
             };
             if pending.is_empty() || pending.iter().any(|p| p.last_delivered_ms < idle_ms) {
                 continue;
@@ -51,7 +51,7 @@ impl<D: Dataset> Lane<'_, D> {
             let ids: Vec<&str> = pending.iter().map(|p| p.id.as_str()).collect();
             let claimed = match conn.xclaim(self.stream(), &self.cfg.group, &self.cfg.consumer, idle_ms, &ids).await {
                 Ok(reply) => reply.ids,
-                Err(e) => return Ok(self.claim_failed(&e)),
+                Err(e) => return self.claim_failed(&e),
             };
             if claimed.is_empty() {
                 continue;
@@ -78,8 +78,10 @@ impl<D: Dataset> Lane<'_, D> {
         Ok(())
     }
 
-    fn claim_failed(&self, e: &redis::RedisError) {
+    /// Counts and logs a Redis error; the claim is left to the next check.
+    fn claim_failed(&self, e: &redis::RedisError) -> Result<(), ArchiveError> {
         M::add(&self.metrics.redis_failures, 1);
         tracing::warn!(dataset = D::NAME, error = %e, "looking for entries to claim failed; will retry");
+        Ok(())
     }
 }
