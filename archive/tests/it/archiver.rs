@@ -64,6 +64,22 @@ pub fn group_backlog(conn: &mut redis::Connection) -> usize {
     g.pending + g.lag.unwrap_or(0)
 }
 
+/// Makes every event entry pending for `consumer` again, as if it had read them and
+/// crashed before acknowledging.
+pub fn redeliver_all(conn: &mut redis::Connection, consumer: &str) {
+    redis::cmd("XGROUP").arg(&["SETID", "allot:events", "archiver", "0"]).exec(conn).unwrap();
+    let redelivered: redis::Value = redis::cmd("XREADGROUP")
+        .arg(&["GROUP", "archiver", consumer, "COUNT", "1000", "STREAMS", "allot:events", ">"])
+        .query(conn)
+        .unwrap();
+    assert!(matches!(redelivered, redis::Value::Array(ref a) if !a.is_empty()));
+}
+
+/// The stored bytes of each object.
+pub fn object_bytes(s3: &S3, keys: &[String]) -> Vec<Vec<u8>> {
+    keys.iter().map(|k| std::fs::read(s3.bucket_dir().join(k)).unwrap()).collect()
+}
+
 /// 30 batches of 1..=7 events across two hour partitions, with every column varied.
 pub fn sample_batches() -> Vec<EventBatch> {
     let mut t = BASE_MS;
@@ -177,13 +193,8 @@ async fn archived_events_are_parquet_at_the_right_keys_and_a_retry_overwrites() 
     // Simulate a crash between storing and acknowledging: make every entry pending for
     // the archiver's consumer again. The restarted archiver rewrites the same keys with
     // the same bytes: no duplicate rows.
-    let before: Vec<Vec<u8>> = keys.iter().map(|k| std::fs::read(s3.bucket_dir().join(k)).unwrap()).collect();
-    redis::cmd("XGROUP").arg(&["SETID", "allot:events", "archiver", "0"]).exec(&mut conn).unwrap();
-    let redelivered: redis::Value = redis::cmd("XREADGROUP")
-        .arg(&["GROUP", "archiver", "archiver-1", "COUNT", "1000", "STREAMS", "allot:events", ">"])
-        .query(&mut conn)
-        .unwrap();
-    assert!(matches!(redelivered, redis::Value::Array(ref a) if !a.is_empty()));
+    let before = object_bytes(&s3, &keys);
+    redeliver_all(&mut conn, "archiver-1");
     assert_eq!(group_backlog(&mut conn), batches.len());
     let run = start(&redis, s3.config()).await;
     wait_until("the pending entries re-archived", || get(&run.metrics.events.entries_archived) == batches.len() as u64)
@@ -191,8 +202,7 @@ async fn archived_events_are_parquet_at_the_right_keys_and_a_retry_overwrites() 
     run.shutdown().await;
     assert_eq!(group_backlog(&mut conn), 0);
     assert_eq!(s3.keys(), keys, "same keys");
-    let after: Vec<Vec<u8>> = keys.iter().map(|k| std::fs::read(s3.bucket_dir().join(k)).unwrap()).collect();
-    assert!(before == after, "same bytes");
+    assert!(before == object_bytes(&s3, &keys), "same bytes");
     let count = support::duckdb(&format!("SELECT count(*), count(DISTINCT request_id) FROM {glob}"));
     assert_eq!(count, vec![vec![json!(total), json!(total)]]);
 }

@@ -3,21 +3,30 @@
 
 use std::time::{Duration, Instant};
 
+use allot_core::EventBatch;
 use serde_json::json;
 
-use crate::archiver::{get, group_backlog, parquet_glob, sample_batches, start, wait_until};
+use crate::archiver::{
+    get, group_backlog, object_bytes, parquet_glob, redeliver_all, sample_batches, start, wait_until,
+};
 use crate::support::{self, Redis, S3, S3Config};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_replicas_pending_entries_are_claimed_and_rewritten_in_place() {
+/// Servers, and `sample_batches()` in the event stream.
+fn seeded() -> (Redis, S3, redis::Connection, Vec<EventBatch>) {
     let redis = Redis::start();
     let s3 = S3::start();
     let mut conn = redis.conn();
     let batches = sample_batches();
-    let total: usize = batches.iter().map(|b| b.events.len()).sum();
     for (i, b) in batches.iter().enumerate() {
         support::xadd(&mut conn, b, 1_795_600_900_000 + i as u64);
     }
+    (redis, s3, conn, batches)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_replicas_pending_entries_are_claimed_and_rewritten_in_place() {
+    let (redis, s3, mut conn, batches) = seeded();
+    let total: usize = batches.iter().map(|b| b.events.len()).sum();
 
     // Replica "gone" archives everything...
     let mut gone = s3.config();
@@ -26,14 +35,10 @@ async fn a_silent_replicas_pending_entries_are_claimed_and_rewritten_in_place() 
     wait_until("the first replica's flush", || get(&run.metrics.events.entries_archived) == batches.len() as u64).await;
     run.shutdown().await;
     let keys = s3.keys();
-    let before: Vec<Vec<u8>> = keys.iter().map(|k| std::fs::read(s3.bucket_dir().join(k)).unwrap()).collect();
+    let before = object_bytes(&s3, &keys);
     // ...but, as if it died between storing and acknowledging, its entries are pending
     // again, and it never comes back.
-    redis::cmd("XGROUP").arg(&["SETID", "allot:events", "archiver", "0"]).exec(&mut conn).unwrap();
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg(&["GROUP", "archiver", "archiver-gone", "COUNT", "1000", "STREAMS", "allot:events", ">"])
-        .query(&mut conn)
-        .unwrap();
+    redeliver_all(&mut conn, "archiver-gone");
     assert_eq!(group_backlog(&mut conn), batches.len());
 
     let mut other = s3.config();
@@ -49,21 +54,14 @@ async fn a_silent_replicas_pending_entries_are_claimed_and_rewritten_in_place() 
 
     assert_eq!(group_backlog(&mut conn), 0, "every entry acknowledged");
     assert_eq!(s3.keys(), keys, "the same keys");
-    let after: Vec<Vec<u8>> = keys.iter().map(|k| std::fs::read(s3.bucket_dir().join(k)).unwrap()).collect();
-    assert!(before == after, "the same bytes");
+    assert!(before == object_bytes(&s3, &keys), "the same bytes");
     let counts = support::duckdb(&format!("SELECT count(*), count(DISTINCT request_id) FROM {}", parquet_glob(&s3)));
     assert_eq!(counts, vec![vec![json!(total), json!(total)]], "no loss, no duplicates");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_replicas_entries_are_left_alone() {
-    let redis = Redis::start();
-    let s3 = S3::start();
-    let mut conn = redis.conn();
-    let batches = sample_batches();
-    for (i, b) in batches.iter().enumerate() {
-        support::xadd(&mut conn, b, 1_795_600_900_000 + i as u64);
-    }
+    let (redis, s3, mut conn, batches) = seeded();
     // "busy" read the entries a moment ago and is still working on them.
     redis::cmd("XGROUP").arg(&["CREATE", "allot:events", "archiver", "0"]).exec(&mut conn).unwrap();
     let _: redis::Value = redis::cmd("XREADGROUP")
