@@ -41,10 +41,12 @@ basis AS (
   FROM campaigns
   GROUP BY placement, dt
 ),
--- A publish that is retried can log its version twice; one target per version.
+-- A publish that is retried can log its version twice; one target per version. Plans
+-- issued after the period cannot have served it (and their partitions need no scan).
 plan_targets AS (
   SELECT placement, plan_version, campaign, MAX(target_rate) AS target_rate
   FROM plans
+  WHERE dt <= '{{to}}'
   GROUP BY placement, plan_version, campaign
 ),
 known_versions AS (
