@@ -19,6 +19,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use redis::RedisResult;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::dataset::{Dataset, Events, Plans};
@@ -47,6 +49,39 @@ impl Backoff {
             _ = stop.cancelled() => Err(ArchiveError::Shutdown),
             _ = tokio::time::sleep(delay) => Ok(()),
         }
+    }
+}
+
+/// The longest a read blocks, which bounds how late a shutdown is noticed.
+pub(crate) const MAX_BLOCK: Duration = Duration::from_millis(500);
+
+/// How the archiver gets its Redis connections: one per lane, since a lane's reads block.
+/// A connection must re-establish itself after a failure (a `ConnectionManager`, a
+/// cluster connection); the lane retries a failed command with backoff.
+///
+/// A `redis::Client` connects to one node. The origin passes its own connector, which
+/// opens a cluster connection when Redis is a cluster: the streams are single keys, so
+/// every command the archiver sends touches one slot.
+pub trait Connect: Send + Sync {
+    type Conn: ConnectionLike + Send + Sync;
+
+    fn connect(&self) -> impl Future<Output = RedisResult<Self::Conn>> + Send;
+
+    /// The response timeout a connection needs: above the longest blocking read.
+    fn response_timeout() -> Duration {
+        MAX_BLOCK + Duration::from_secs(10)
+    }
+}
+
+impl Connect for redis::Client {
+    type Conn = ConnectionManager;
+
+    async fn connect(&self) -> RedisResult<ConnectionManager> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Self::response_timeout()))
+            .set_max_delay(Duration::from_secs(5));
+        ConnectionManager::new_with_config(self.clone(), config).await
     }
 }
 
@@ -84,7 +119,7 @@ impl Archiver {
     /// shutdown; if that fails they stay pending and the next start stores them.
     pub async fn run(
         &self,
-        client: redis::Client,
+        redis: impl Connect,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ArchiveError> {
         let stop = CancellationToken::new();
@@ -93,8 +128,8 @@ impl Archiver {
             shutdown.await;
             trigger.cancel();
         });
-        let events = self.lane::<Events>(&self.metrics.events, client.clone(), &stop);
-        let plans = self.lane::<Plans>(&self.metrics.plans, client, &stop);
+        let events = self.lane::<Events>(&self.metrics.events, &redis, &stop);
+        let plans = self.lane::<Plans>(&self.metrics.plans, &redis, &stop);
         let (events, plans) = tokio::join!(events, plans);
         watcher.abort();
         events.and(plans)
@@ -105,11 +140,11 @@ impl Archiver {
     async fn lane<D: Dataset>(
         &self,
         metrics: &crate::metrics::DatasetMetrics,
-        client: redis::Client,
+        redis: &impl Connect,
         stop: &CancellationToken,
     ) -> Result<(), ArchiveError> {
         let lane = Lane::<D>::new(&self.cfg, &self.store, metrics);
-        match lane.run(client, stop).await {
+        match lane.run(redis, stop).await {
             Err(ArchiveError::Shutdown) | Ok(()) => Ok(()),
             Err(e) => {
                 tracing::error!(dataset = D::NAME, error = %e, "archiver lane stopped");

@@ -14,13 +14,11 @@
 //! resets the idle time, so when two replicas claim at once one gets the entries and the
 //! other none.
 
-use redis::AsyncTypedCommands;
-use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
 use crate::ArchiveError;
 use crate::dataset::Dataset;
-use crate::lane::Lane;
+use crate::lane::{Conn, Lane};
 use crate::metrics::ArchiverMetrics as M;
 
 impl<D: Dataset> Lane<'_, D> {
@@ -28,7 +26,7 @@ impl<D: Dataset> Lane<'_, D> {
     /// Redis errors are logged and leave the claim to the next check.
     pub(crate) async fn claim_and_flush(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut impl Conn,
         stop: &CancellationToken,
     ) -> Result<(), ArchiveError> {
         let Some(idle) = self.cfg.claim_idle() else { return Ok(()) };

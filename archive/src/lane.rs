@@ -11,11 +11,10 @@ use std::marker::PhantomData;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::AsyncTypedCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamId as RedisEntry, StreamReadOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::archiver::Backoff;
+use crate::archiver::{Backoff, Connect, MAX_BLOCK};
 use crate::dataset::{Dataset, Fields};
 use crate::metrics::{ArchiverMetrics as M, DatasetMetrics};
 use crate::partition::{Partition, StreamId};
@@ -24,8 +23,10 @@ use crate::{ArchiveConfig, ArchiveError};
 
 /// Entries per `XREADGROUP`; each carries up to 1000 events.
 pub(crate) const READ_COUNT: usize = 256;
-/// The longest a read blocks, which bounds how late a shutdown is noticed.
-const MAX_BLOCK: Duration = Duration::from_millis(500);
+
+/// What a lane needs of its connection.
+pub(crate) trait Conn: AsyncTypedCommands + Send + Sync {}
+impl<C: AsyncTypedCommands + Send + Sync> Conn for C {}
 
 /// One stream entry, decoded.
 #[derive(Debug)]
@@ -84,8 +85,8 @@ impl<'a, D: Dataset> Lane<'a, D> {
     }
 
     /// Archives until `stop`; returns `Err(Shutdown)` when stopped.
-    pub(crate) async fn run(&self, client: redis::Client, stop: &CancellationToken) -> Result<(), ArchiveError> {
-        let mut conn = self.connect(client, stop).await?;
+    pub(crate) async fn run<R: Connect>(&self, redis: &R, stop: &CancellationToken) -> Result<(), ArchiveError> {
+        let mut conn = self.connect(redis, stop).await?;
         self.ensure_group(&mut conn, stop).await?;
         let pending = self.read_pending(&mut conn, stop).await?;
         if !pending.is_empty() {
@@ -146,18 +147,10 @@ impl<'a, D: Dataset> Lane<'a, D> {
         Err(ArchiveError::Shutdown)
     }
 
-    async fn connect(
-        &self,
-        client: redis::Client,
-        stop: &CancellationToken,
-    ) -> Result<ConnectionManager, ArchiveError> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(MAX_BLOCK + Duration::from_secs(10)))
-            .set_max_delay(self.cfg.retry_max_backoff());
+    async fn connect<R: Connect>(&self, redis: &R, stop: &CancellationToken) -> Result<R::Conn, ArchiveError> {
         let mut backoff = self.backoff();
         loop {
-            match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
+            match redis.connect().await {
                 Ok(c) => return Ok(c),
                 Err(e) => {
                     M::add(&self.metrics.redis_failures, 1);
@@ -169,7 +162,7 @@ impl<'a, D: Dataset> Lane<'a, D> {
     }
 
     /// Creates the consumer group (from the start of the stream) unless it exists.
-    async fn ensure_group(&self, conn: &mut ConnectionManager, stop: &CancellationToken) -> Result<(), ArchiveError> {
+    async fn ensure_group(&self, conn: &mut impl Conn, stop: &CancellationToken) -> Result<(), ArchiveError> {
         let mut backoff = self.backoff();
         loop {
             match conn.xgroup_create_mkstream(self.stream(), &self.cfg.group, "0").await {
@@ -187,7 +180,7 @@ impl<'a, D: Dataset> Lane<'a, D> {
     /// Every entry delivered to this consumer but not acknowledged, in stream order.
     async fn read_pending(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut impl Conn,
         stop: &CancellationToken,
     ) -> Result<Vec<Entry<D::Row>>, ArchiveError> {
         let mut out = Vec::new();
@@ -211,11 +204,7 @@ impl<'a, D: Dataset> Lane<'a, D> {
         }
     }
 
-    async fn read_new(
-        &self,
-        conn: &mut ConnectionManager,
-        block: Duration,
-    ) -> Result<Vec<Entry<D::Row>>, ArchiveError> {
+    async fn read_new(&self, conn: &mut impl Conn, block: Duration) -> Result<Vec<Entry<D::Row>>, ArchiveError> {
         let opts = StreamReadOptions::default()
             .group(&self.cfg.group, &self.cfg.consumer)
             .count(READ_COUNT)
@@ -251,7 +240,7 @@ impl<'a, D: Dataset> Lane<'a, D> {
     /// the entries. Retries with backoff until done or shut down.
     pub(crate) async fn flush(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut impl Conn,
         entries: Vec<Entry<D::Row>>,
         stop: &CancellationToken,
     ) -> Result<(), ArchiveError> {
@@ -314,7 +303,7 @@ impl<'a, D: Dataset> Lane<'a, D> {
     }
 
     /// Lag = entries not yet delivered to the group plus those delivered but unacknowledged.
-    async fn update_lag(&self, conn: &mut ConnectionManager) {
+    async fn update_lag(&self, conn: &mut impl Conn) {
         match conn.xinfo_groups(self.stream()).await {
             Ok(reply) => {
                 if let Some(g) = reply.groups.iter().find(|g| g.name == self.cfg.group) {

@@ -34,7 +34,7 @@ pub mod report;
 pub mod store;
 pub mod table;
 
-pub use archiver::Archiver;
+pub use archiver::{Archiver, Connect};
 pub use config::{ArchiveConfig, AthenaConfig, Secret};
 pub use error::ArchiveError;
 pub use metrics::{ArchiverMetrics, DatasetMetrics};

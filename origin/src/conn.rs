@@ -7,7 +7,8 @@
 //!
 //! Two connections per origin: a shared multiplexed one (every request's commands are
 //! pipelined on it, with a response timeout) and one for the aggregator's blocking
-//! `XREADGROUP`, which must not stall the shared one and has no response timeout.
+//! `XREADGROUP`, which must not stall the shared one and has no response timeout; and,
+//! when the archiver runs, one per archived stream ([`ArchiveRedis`]).
 
 use std::time::Duration;
 
@@ -103,4 +104,27 @@ pub async fn blocking(cfg: &RedisConfig) -> RedisResult<RedisConn> {
     let client = redis::Client::open(cfg.url.expose_secret())?;
     let config = AsyncConnectionConfig::new().set_response_timeout(None);
     Ok(RedisConn::Multiplexed(client.get_multiplexed_async_connection_with_config(&config).await?))
+}
+
+/// The archiver's connections, one per archived stream: single node or cluster like the
+/// rest of the origin. Its reads block for at most half a second, so the connections get
+/// a response timeout above that; both kinds reconnect by themselves.
+#[derive(Debug, Clone)]
+pub struct ArchiveRedis(pub RedisConfig);
+
+impl allot_archive::Connect for ArchiveRedis {
+    type Conn = RedisConn;
+
+    async fn connect(&self) -> RedisResult<RedisConn> {
+        let timeout = Self::response_timeout();
+        if self.0.cluster {
+            let client = ClusterClient::builder(nodes(&self.0)).response_timeout(timeout).build()?;
+            return Ok(RedisConn::Cluster(client.get_async_connection().await?));
+        }
+        let client = redis::Client::open(self.0.url.expose_secret())?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(Duration::from_secs(5)));
+        Ok(RedisConn::Managed(ConnectionManager::new_with_config(client, config).await?))
+    }
 }

@@ -178,10 +178,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         loops.push(tokio::spawn(crate::control::run(app.clone(), publisher, cancel.clone())));
     }
     if let Some(archiver) = archiver {
-        let client = redis::Client::open(secrecy::ExposeSecret::expose_secret(&app.config.redis.url).to_string())?;
+        let redis = crate::conn::ArchiveRedis(app.config.redis.clone());
         let stop = cancel.clone();
         loops.push(tokio::spawn(async move {
-            if let Err(e) = archiver.run(client, async move { stop.cancelled().await }).await {
+            if let Err(e) = archiver.run(redis, async move { stop.cancelled().await }).await {
                 tracing::error!(error = %e, "archiver stopped");
             }
         }));

@@ -1,23 +1,40 @@
-//! The origin unchanged on a three-node Redis Cluster: ingest, exactly-once aggregation
-//! and the control loop, with placements living on different nodes.
+//! The origin unchanged on a three-node Redis Cluster: ingest, exactly-once aggregation,
+//! the control loop and the archiver, with placements living on different nodes.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use allot_e2e::s3_server::{self, S3Server};
 use common::*;
 use serde_json::{Value, json};
 
 #[tokio::test]
 async fn ingest_aggregation_and_control_on_a_cluster() {
     let cluster = RedisCluster::start();
+    let s3 = S3Server::start();
     let placements = ["home_feed", "sidebar", "footer", "search", "detail"];
     let nodes: std::collections::BTreeSet<u16> =
         placements.iter().map(|p| cluster.node_of(&format!("allot:{{{p}}}:targets"))).collect();
     assert!(nodes.len() >= 2, "the placements are spread over several nodes");
 
     let env = [("ALLOT_REDIS_CLUSTER", "true"), ("ALLOT_CONTROL_PERIOD_MS", "60000")];
-    let mut app = TestApp::start(config_for_url(&cluster.url(), "", &env)).await;
+    let archive = format!(
+        r#"
+[archive]
+endpoint = "{}"
+bucket = "{}"
+access_key_id = "{}"
+secret_access_key = "{}"
+path_style = true
+flush_max_age_secs = 1
+"#,
+        s3.endpoint(),
+        s3_server::BUCKET,
+        s3_server::ACCESS_KEY,
+        s3_server::SECRET_KEY
+    );
+    let mut app = TestApp::start(config_for_url(&cluster.url(), &archive, &env)).await;
     assert_eq!(app.http.get(app.url("/readyz")).send().await.unwrap().status(), 200);
 
     // Events in the last complete window, every placement in every body.
@@ -50,5 +67,18 @@ async fn ingest_aggregation_and_control_on_a_cluster() {
     let (_, audit) = app.get_json("/v1/audit", VIEWER_TOKEN).await;
     assert_eq!(audit.as_array().unwrap().len(), placements.len());
     assert_eq!(app.metric("allot_aggregate_entries_total{result=\"applied\"}").await, 100.0);
+
+    // The archiver reads both streams through the cluster: every event and every plan
+    // snapshot reaches S3.
+    eventually(20, "the archive", || async {
+        let events = app.metric("allot_archive_rows_total{dataset=\"events\"}").await;
+        let plans = app.metric("allot_archive_rows_total{dataset=\"plans\"}").await;
+        (events == 100.0 && plans == placements.len() as f64).then_some(())
+    })
+    .await;
+    assert_eq!(app.metric("allot_archive_redis_failures_total{dataset=\"events\"}").await, 0.0);
+    let keys = s3.parquet_keys();
+    assert!(keys.iter().any(|k| k.starts_with("events/dt=")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.starts_with("plans/dt=")), "{keys:?}");
     app.shutdown().await;
 }
