@@ -41,16 +41,19 @@ basis AS (
   FROM campaigns
   GROUP BY placement, dt
 ),
--- A publish that is retried can log its version twice; one target per version. Plans
--- issued after the period cannot have served it (and their partitions need no scan).
+-- Plans issued after the period cannot have served it (and their partitions need no
+-- scan). A plan without campaigns is one row with a NULL campaign: a known version that
+-- aims for nothing. A version can be logged twice if its plan was published but could
+-- not be stored as current: the next round republishes that version, from the targets
+-- then in force; MAX keeps one target per version and campaign.
 plan_targets AS (
   SELECT placement, plan_version, campaign, MAX(target_rate) AS target_rate
   FROM plans
-  WHERE dt <= '{{to}}'
+  WHERE dt <= '{{to}}' AND campaign IS NOT NULL
   GROUP BY placement, plan_version, campaign
 ),
 known_versions AS (
-  SELECT DISTINCT placement, plan_version FROM plan_targets
+  SELECT DISTINCT placement, plan_version FROM plans WHERE dt <= '{{to}}'
 ),
 covered AS (
   SELECT e.placement, e.dt, SUM(e.weight) AS requests

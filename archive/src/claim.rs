@@ -10,15 +10,18 @@
 //! A consumer's pending entries are its buffer or exactly one flush (see
 //! [`crate::lane`]), so flushing all of them together writes the very keys that
 //! consumer's flush wrote or would have written: objects it had stored already are
-//! overwritten with the same bytes. `XCLAIM` with a minimum idle time is atomic and
-//! resets the idle time, so when two replicas claim at once one gets the entries and the
-//! other none.
+//! kept (a claimed flush is a recovery flush). `XCLAIM` with a minimum idle time is
+//! atomic and resets the idle time, so when two replicas claim at once one gets the
+//! entries and the other none.
 
+use std::collections::HashMap;
+
+use redis::streams::StreamId as RedisEntry;
 use tokio_util::sync::CancellationToken;
 
 use crate::ArchiveError;
 use crate::dataset::Dataset;
-use crate::lane::{Conn, Lane};
+use crate::lane::{Conn, FlushKind, Lane};
 use crate::metrics::ArchiverMetrics as M;
 
 impl<D: Dataset> Lane<'_, D> {
@@ -55,12 +58,16 @@ impl<D: Dataset> Lane<'_, D> {
                 continue;
             }
             if claimed.len() != ids.len() {
+                // XCLAIM leaves out entries trimmed from the stream (and drops them
+                // from the pending list). They still belong to the flush, as empty
+                // entries, so that its first and last ids, and so its keys, are those
+                // the silent consumer used.
                 tracing::warn!(
                     dataset = D::NAME,
                     consumer = %gone.name,
                     listed = ids.len(),
                     claimed = claimed.len(),
-                    "a consumer acted while its entries were being claimed"
+                    "some claimed entries are no longer in the stream"
                 );
             }
             tracing::warn!(
@@ -70,10 +77,34 @@ impl<D: Dataset> Lane<'_, D> {
                 "archiving entries a silent consumer left pending"
             );
             M::add(&self.metrics.claimed_entries, claimed.len() as u64);
-            let entries = claimed.into_iter().filter_map(|e| self.decode(e)).collect();
-            self.flush(conn, entries, stop).await?;
+            let mut found: HashMap<String, RedisEntry> = claimed.into_iter().map(|e| (e.id.clone(), e)).collect();
+            let entries = pending
+                .iter()
+                .filter_map(|p| {
+                    self.decode(
+                        found.remove(&p.id).unwrap_or_else(|| RedisEntry { id: p.id.clone(), ..RedisEntry::default() }),
+                    )
+                })
+                .collect();
+            self.flush(conn, entries, FlushKind::Recovery, stop).await?;
         }
         Ok(())
+    }
+
+    /// Flushes entries pending for this consumer although its buffer is empty: a read
+    /// or a claim whose reply was lost (a timeout, a reconnect) delivered them, and no
+    /// one else will take them while this consumer is alive.
+    pub(crate) async fn flush_own_strays(
+        &self,
+        conn: &mut impl Conn,
+        stop: &CancellationToken,
+    ) -> Result<(), ArchiveError> {
+        let strays = self.read_pending(conn, stop).await?;
+        if strays.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(dataset = D::NAME, entries = strays.len(), "archiving entries whose delivery was not seen");
+        self.flush(conn, strays, FlushKind::Recovery, stop).await
     }
 
     /// Counts and logs a Redis error; the claim is left to the next check.

@@ -79,7 +79,9 @@ pub struct ArchiveConfig {
     #[serde(default = "default_consumer")]
     pub consumer: String,
     /// Another consumer's pending entries are claimed once it and they have been idle
-    /// this long (a replica that is gone for good); 0 never claims.
+    /// this long (a replica that is gone for good); 0 never claims. Must exceed
+    /// `flush_max_age_secs`, the longest a live replica holds entries unflushed unless
+    /// S3 is down (then a claim only repeats its work, to the same keys).
     #[serde(default = "default_claim_idle_secs")]
     pub claim_idle_secs: u64,
     #[serde(default)]
@@ -206,6 +208,11 @@ impl ArchiveConfig {
         if self.flush_max_age_secs == 0 {
             return bad("flush_max_age_secs must be at least 1");
         }
+        if self.claim_idle_secs > 0 && self.claim_idle_secs <= self.flush_max_age_secs {
+            // A buffer waits up to flush_max_age for its flush; claiming it would split
+            // a flush in two.
+            return bad("claim_idle_secs must exceed flush_max_age_secs (or be 0)");
+        }
         if self.stream == self.plans_stream {
             return bad("stream and plans_stream must differ");
         }
@@ -301,6 +308,7 @@ mod tests {
             (r#"{"bucket":"b","access_key_id":"AK"}"#, "go together"),
             (r#"{"bucket":"b","bogus":1}"#, "unknown field"),
             (r#"{"bucket":"b","plans_stream":"allot:events"}"#, "differ"),
+            (r#"{"bucket":"b","claim_idle_secs":60}"#, "claim_idle_secs"),
             (r#"{"bucket":"b","athena":{"page_size":5000}}"#, "page_size"),
         ] {
             let err = ArchiveConfig::from_json(json).unwrap_err().to_string();

@@ -28,6 +28,14 @@ pub(crate) const READ_COUNT: usize = 256;
 pub(crate) trait Conn: AsyncTypedCommands + Send + Sync {}
 impl<C: AsyncTypedCommands + Send + Sync> Conn for C {}
 
+/// Whether a flush is of freshly read entries or of entries an earlier flush may have
+/// stored already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FlushKind {
+    Fresh,
+    Recovery,
+}
+
 /// One stream entry, decoded.
 #[derive(Debug)]
 pub(crate) struct Entry<R> {
@@ -95,7 +103,7 @@ impl<'a, D: Dataset> Lane<'a, D> {
                 entries = pending.len(),
                 "archiving entries left pending by an earlier run"
             );
-            self.flush(&mut conn, pending, stop).await?;
+            self.flush(&mut conn, pending, FlushKind::Recovery, stop).await?;
         }
         let mut buf = Buffer::new();
         let mut backoff = self.backoff();
@@ -103,9 +111,10 @@ impl<'a, D: Dataset> Lane<'a, D> {
         let mut claim_checked: Option<Instant> = None;
         while !stop.is_cancelled() {
             if buf.entries.is_empty() && claim_checked.is_none_or(|t| t.elapsed() >= self.cfg.claim_every()) {
-                // Only with an empty buffer: then this consumer's pending entries are
-                // exactly the claimed set until it is flushed.
+                // Only with an empty buffer: then this consumer should have nothing
+                // pending, and what it claims is exactly the next flush.
                 claim_checked = Some(Instant::now());
+                self.flush_own_strays(&mut conn, stop).await?;
                 self.claim_and_flush(&mut conn, stop).await?;
             }
             let block = match buf.since {
@@ -132,7 +141,7 @@ impl<'a, D: Dataset> Lane<'a, D> {
             let full = buf.rows >= self.cfg.flush_max_rows;
             let old = buf.since.is_some_and(|t| t.elapsed() >= self.cfg.flush_max_age());
             if full || old {
-                self.flush(&mut conn, buf.take(), stop).await?;
+                self.flush(&mut conn, buf.take(), FlushKind::Fresh, stop).await?;
                 self.note_buffer_age(&buf);
             }
             if lag_checked.elapsed() >= Duration::from_secs(1) {
@@ -142,7 +151,7 @@ impl<'a, D: Dataset> Lane<'a, D> {
         }
         if !buf.entries.is_empty() {
             // One last attempt; on failure the entries stay pending for the next start.
-            self.flush(&mut conn, buf.take(), stop).await?;
+            self.flush(&mut conn, buf.take(), FlushKind::Fresh, stop).await?;
         }
         Err(ArchiveError::Shutdown)
     }
@@ -178,7 +187,7 @@ impl<'a, D: Dataset> Lane<'a, D> {
     }
 
     /// Every entry delivered to this consumer but not acknowledged, in stream order.
-    async fn read_pending(
+    pub(crate) async fn read_pending(
         &self,
         conn: &mut impl Conn,
         stop: &CancellationToken,
@@ -187,7 +196,10 @@ impl<'a, D: Dataset> Lane<'a, D> {
         let mut after = "0".to_string();
         let mut backoff = self.backoff();
         loop {
-            let opts = StreamReadOptions::default().group(&self.cfg.group, &self.cfg.consumer).count(1000);
+            // At most one flush is pending: read it in one go where possible, so a
+            // replica claiming at the same moment cannot take half of it.
+            let count = self.cfg.flush_max_rows + READ_COUNT;
+            let opts = StreamReadOptions::default().group(&self.cfg.group, &self.cfg.consumer).count(count);
             match conn.xread_options(&[self.stream()], &[&after], &opts).await {
                 Ok(reply) => {
                     let ids: Vec<RedisEntry> = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
@@ -238,10 +250,16 @@ impl<'a, D: Dataset> Lane<'a, D> {
 
     /// Stores the entries' rows (one object per hour partition), then acknowledges
     /// the entries. Retries with backoff until done or shut down.
+    ///
+    /// A `Recovery` flush (entries left pending by a crash, or claimed) keeps an object
+    /// that already exists: it was stored by the interrupted flush of the very same
+    /// entries, complete, whereas some of those entries may since have been trimmed
+    /// from the stream and would be missing from a rewrite.
     pub(crate) async fn flush(
         &self,
         conn: &mut impl Conn,
         entries: Vec<Entry<D::Row>>,
+        kind: FlushKind,
         stop: &CancellationToken,
     ) -> Result<(), ArchiveError> {
         let (Some(first), Some(last)) = (entries.first().map(|e| e.id), entries.last().map(|e| e.id)) else {
@@ -259,6 +277,21 @@ impl<'a, D: Dataset> Lane<'a, D> {
         let mut backoff = self.backoff();
         loop {
             for (key, body, rows, stored) in objects.iter_mut().filter(|o| !o.3) {
+                if kind == FlushKind::Recovery {
+                    match self.store.exists(key).await {
+                        Ok(true) => {
+                            tracing::info!(dataset = D::NAME, %key, "kept the object an interrupted flush stored");
+                            *stored = true;
+                            continue;
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            M::add(&self.metrics.put_failures, 1);
+                            tracing::warn!(dataset = D::NAME, error = %e, "checking an archive object failed; retrying");
+                            break;
+                        }
+                    }
+                }
                 match self.store.put(key, body.clone()).await {
                     Ok(()) => {
                         *stored = true;

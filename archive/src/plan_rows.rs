@@ -4,7 +4,7 @@
 //! archive alone answers "delivery against target", the origin appends a
 //! [`PlanSnapshot`] to the `allot:plans` stream for every plan it publishes, and the
 //! archiver writes them to `plans/dt=…/hour=…/` like events. One row per campaign of
-//! the plan:
+//! the plan (one row with a NULL campaign for a plan without campaigns):
 //!
 //! `issued_time, placement, plan_version, targets_rev, sample_rate, campaign,
 //! target_rate, weight, feasible, max_share`
@@ -42,8 +42,9 @@ pub const COLUMNS: [&str; 10] = [
 ];
 
 /// One published plan and the targets it was solved for: the `allot:plans` entry.
+/// Unknown fields are ignored, so an archiver older than the origin still archives what
+/// it knows during a rolling deploy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PlanSnapshot {
     pub placement: PlacementId,
     pub version: u64,
@@ -56,7 +57,6 @@ pub struct PlanSnapshot {
 
 /// One campaign of a [`PlanSnapshot`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SnapshotCampaign {
     pub id: CampaignId,
     pub target_rate: f64,
@@ -101,20 +101,22 @@ impl PlanSnapshot {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// The snapshot as table rows, one per campaign.
+    /// The snapshot as table rows, one per campaign. A plan without campaigns (no ads)
+    /// is one row with no campaign: its version is known, and aims for nothing.
     pub fn rows(self) -> Vec<PlanRow> {
         let Self { placement, version, issued_at_ms, sample_rate, targets_rev, campaigns } = self;
-        campaigns
-            .into_iter()
-            .map(|campaign| PlanRow {
-                issued_ms: issued_at_ms,
-                placement: placement.clone(),
-                plan_version: version,
-                targets_rev,
-                sample_rate,
-                campaign,
-            })
-            .collect()
+        let row = |campaign| PlanRow {
+            issued_ms: issued_at_ms,
+            placement: placement.clone(),
+            plan_version: version,
+            targets_rev,
+            sample_rate,
+            campaign,
+        };
+        if campaigns.is_empty() {
+            return vec![row(None)];
+        }
+        campaigns.into_iter().map(|c| row(Some(c))).collect()
     }
 }
 
@@ -126,7 +128,8 @@ pub struct PlanRow {
     pub plan_version: u64,
     pub targets_rev: u64,
     pub sample_rate: f64,
-    pub campaign: SnapshotCampaign,
+    /// `None` for a plan without campaigns.
+    pub campaign: Option<SnapshotCampaign>,
 }
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -136,10 +139,10 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("plan_version", DataType::Int64, false),
         Field::new("targets_rev", DataType::Int64, false),
         Field::new("sample_rate", DataType::Float64, false),
-        Field::new("campaign", DataType::Utf8, false),
-        Field::new("target_rate", DataType::Float64, false),
-        Field::new("weight", DataType::Float64, false),
-        Field::new("feasible", DataType::Boolean, false),
+        Field::new("campaign", DataType::Utf8, true),
+        Field::new("target_rate", DataType::Float64, true),
+        Field::new("weight", DataType::Float64, true),
+        Field::new("feasible", DataType::Boolean, true),
         Field::new("max_share", DataType::Float64, true),
     ]))
 });
@@ -151,8 +154,9 @@ pub fn schema() -> SchemaRef {
 
 /// The rows as a zstd-compressed Parquet file.
 pub fn encode(rows: &[&PlanRow]) -> Result<Bytes, ArchiveError> {
-    let f64s =
-        |f: &dyn Fn(&PlanRow) -> f64| -> ArrayRef { Arc::new(rows.iter().map(|r| f(r)).collect::<Float64Array>()) };
+    let f64s = |f: &dyn Fn(&PlanRow) -> Option<f64>| -> ArrayRef {
+        Arc::new(rows.iter().map(|r| f(r)).collect::<Float64Array>())
+    };
     let i64s = |f: &dyn Fn(&PlanRow) -> u64| -> ArrayRef {
         Arc::new(rows.iter().map(|r| to_i64(f(r))).collect::<Int64Array>())
     };
@@ -161,12 +165,12 @@ pub fn encode(rows: &[&PlanRow]) -> Result<Bytes, ArchiveError> {
         Arc::new(rows.iter().map(|r| Some(r.placement.as_str())).collect::<StringArray>()),
         i64s(&|r| r.plan_version),
         i64s(&|r| r.targets_rev),
-        f64s(&|r| r.sample_rate),
-        Arc::new(rows.iter().map(|r| Some(r.campaign.id.as_str())).collect::<StringArray>()),
-        f64s(&|r| r.campaign.target_rate),
-        f64s(&|r| r.campaign.weight),
-        Arc::new(rows.iter().map(|r| Some(r.campaign.feasible)).collect::<BooleanArray>()),
-        Arc::new(rows.iter().map(|r| r.campaign.max_share).collect::<Float64Array>()),
+        f64s(&|r| Some(r.sample_rate)),
+        Arc::new(rows.iter().map(|r| r.campaign.as_ref().map(|c| c.id.as_str())).collect::<StringArray>()),
+        f64s(&|r| r.campaign.as_ref().map(|c| c.target_rate)),
+        f64s(&|r| r.campaign.as_ref().map(|c| c.weight)),
+        Arc::new(rows.iter().map(|r| r.campaign.as_ref().map(|c| c.feasible)).collect::<BooleanArray>()),
+        f64s(&|r| r.campaign.as_ref().and_then(|c| c.max_share)),
     ];
     let batch = RecordBatch::try_new(schema(), columns).map_err(|e| ArchiveError::Parquet(e.to_string()))?;
     write_parquet(&batch)
@@ -203,13 +207,17 @@ mod tests {
         assert_eq!(back, s);
         let rows = back.rows();
         assert_eq!(rows.len(), 2);
-        assert_eq!((rows[1].plan_version, rows[1].campaign.id.as_str()), (7, "B"));
+        assert_eq!((rows[1].plan_version, rows[1].campaign.as_ref().unwrap().id.as_str()), (7, "B"));
         assert!(serde_json::from_str::<PlanSnapshot>(r#"{"placement":"bad id!"}"#).is_err());
+        let empty = PlanSnapshot { campaigns: vec![], ..snapshot() }.rows();
+        assert_eq!(empty.len(), 1, "a plan without ads is still a known version");
+        assert_eq!((empty[0].plan_version, &empty[0].campaign), (7, &None));
     }
 
     #[test]
     fn encodes_readable_deterministic_parquet() {
-        let rows = snapshot().rows();
+        let mut rows = snapshot().rows();
+        rows.extend(PlanSnapshot { version: 8, campaigns: vec![], ..snapshot() }.rows());
         let refs: Vec<&PlanRow> = rows.iter().collect();
         let bytes = encode(&refs).unwrap();
         assert_eq!(bytes, encode(&refs).unwrap(), "same rows, same bytes");
@@ -222,5 +230,6 @@ mod tests {
         assert_eq!(max_share.value(1), 0.3);
         let target = batch.column(6).as_any().downcast_ref::<Float64Array>().unwrap();
         assert_eq!((target.value(0), target.value(1)), (0.5, 0.4));
+        assert!(arrow_array::Array::is_null(target, 2) && arrow_array::Array::is_null(batch.column(5), 2));
     }
 }

@@ -1,7 +1,8 @@
 //! The archive bucket, through `aws-sdk-s3`.
 //!
-//! Only what the archiver needs: put an object at a key, and list keys (for operators and
-//! tests). Uploads are single `PutObject`s: a flush is at most `flush_max_rows` events,
+//! Only what the archiver needs: put an object at a key, see whether one exists (a
+//! recovery flush keeps what an interrupted flush stored), and list keys (for operators
+//! and tests). Uploads are single `PutObject`s: a flush is at most `flush_max_rows` events,
 //! a few megabytes of zstd Parquet, far below the 5 GB single-upload limit.
 
 use aws_sdk_s3::error::DisplayErrorContext;
@@ -50,6 +51,15 @@ impl ArchiveStore {
             .await
             .map_err(|e| ArchiveError::S3(format!("put {key}: {}", DisplayErrorContext(&e))))?;
         Ok(())
+    }
+
+    /// Whether an object is stored at `key`.
+    pub async fn exists(&self, key: &str) -> Result<bool, ArchiveError> {
+        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
+            Err(e) => Err(ArchiveError::S3(format!("head {key}: {}", DisplayErrorContext(&e)))),
+        }
     }
 
     /// Every key under `prefix` (relative to the bucket), in S3's order.

@@ -43,13 +43,11 @@ async fn a_silent_replicas_pending_entries_are_claimed_and_rewritten_in_place() 
 
     let mut other = s3.config();
     other.consumer = "archiver-2".into();
-    other.claim_idle_secs = 1;
-    let started = Instant::now();
+    other.claim_idle_secs = 2;
     let run = start(&redis, other).await;
     wait_until("the claim", || get(&run.metrics.events.claimed_entries) == batches.len() as u64).await;
     wait_until("the claimed entries archived", || get(&run.metrics.events.entries_archived) == batches.len() as u64)
         .await;
-    assert!(started.elapsed() >= Duration::from_secs(1), "claimed only once idle");
     run.shutdown().await;
 
     assert_eq!(group_backlog(&mut conn), 0, "every entry acknowledged");
@@ -60,21 +58,79 @@ async fn a_silent_replicas_pending_entries_are_claimed_and_rewritten_in_place() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_live_replicas_entries_are_left_alone() {
+async fn a_claim_keeps_stored_objects_whole_when_entries_were_trimmed() {
     let (redis, s3, mut conn, batches) = seeded();
-    // "busy" read the entries a moment ago and is still working on them.
-    redis::cmd("XGROUP").arg(&["CREATE", "allot:events", "archiver", "0"]).exec(&mut conn).unwrap();
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg(&["GROUP", "archiver", "busy", "COUNT", "1000", "STREAMS", "allot:events", ">"])
-        .query(&mut conn)
-        .unwrap();
+    let total: usize = batches.iter().map(|b| b.events.len()).sum();
+    let mut gone = s3.config();
+    gone.consumer = "archiver-gone".into();
+    let run = start(&redis, gone).await;
+    wait_until("the first replica's flush", || get(&run.metrics.events.entries_archived) == batches.len() as u64).await;
+    run.shutdown().await;
+    let keys = s3.keys();
+    let before = object_bytes(&s3, &keys);
+    redeliver_all(&mut conn, "archiver-gone");
+    // The stream was trimmed under the flush's first entry meanwhile.
+    let first: redis::streams::StreamRangeReply =
+        redis::cmd("XRANGE").arg(&["allot:events", "-", "+", "COUNT", "1"]).query(&mut conn).unwrap();
+    let _: usize = redis::cmd("XDEL").arg("allot:events").arg(&first.ids[0].id).query(&mut conn).unwrap();
+
     let mut other = s3.config();
     other.consumer = "archiver-2".into();
-    other.claim_idle_secs = 60;
+    other.claim_idle_secs = 2;
+    let run = start(&redis, other).await;
+    wait_until("the claim", || get(&run.metrics.events.claimed_entries) == batches.len() as u64 - 1).await;
+    wait_until("the claimed entries archived", || get(&run.metrics.events.entries_archived) == batches.len() as u64)
+        .await;
+    run.shutdown().await;
+    assert_eq!(group_backlog(&mut conn), 0);
+    assert_eq!(s3.keys(), keys, "the keys of the interrupted flush, not new ones");
+    assert!(before == object_bytes(&s3, &keys), "the stored objects kept whole");
+    let counts = support::duckdb(&format!("SELECT count(*), count(DISTINCT request_id) FROM {}", parquet_glob(&s3)));
+    assert_eq!(counts, vec![vec![json!(total), json!(total)]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_are_claimed_only_once_idle_for_the_claim_time() {
+    let (redis, s3, mut conn, batches) = seeded();
+    // "slow" read the entries just now: they may be its buffer, or a flush in progress.
+    redis::cmd("XGROUP").arg(&["CREATE", "allot:events", "archiver", "0"]).exec(&mut conn).unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg(&["GROUP", "archiver", "slow", "COUNT", "1000", "STREAMS", "allot:events", ">"])
+        .query(&mut conn)
+        .unwrap();
+    let read_at = Instant::now();
+    let mut other = s3.config();
+    other.consumer = "archiver-2".into();
+    other.claim_idle_secs = 3;
     let run = start(&redis, other).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(get(&run.metrics.events.claimed_entries), 0);
+    assert_eq!(get(&run.metrics.events.claimed_entries), 0, "younger than the claim time: left alone");
+    assert_eq!(group_backlog(&mut conn), batches.len());
+    wait_until("the claim", || get(&run.metrics.events.claimed_entries) == batches.len() as u64).await;
+    assert!(read_at.elapsed() >= Duration::from_secs(3));
+    wait_until("the claimed entries archived", || get(&run.metrics.events.entries_archived) == batches.len() as u64)
+        .await;
     run.shutdown().await;
-    assert_eq!(group_backlog(&mut conn), batches.len(), "still pending for their owner");
-    assert!(s3.keys().is_empty());
+    assert_eq!(group_backlog(&mut conn), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_delivered_to_a_lane_but_never_seen_are_archived() {
+    let (redis, s3, mut conn, batches) = seeded();
+    let mut cfg = s3.config();
+    cfg.claim_idle_secs = 2;
+    let run = start(&redis, cfg).await;
+    wait_until("the backlog archived", || get(&run.metrics.events.entries_archived) == batches.len() as u64).await;
+    // A read whose reply was lost: delivered to this lane's consumer, in no buffer.
+    let id = support::xadd(&mut conn, &batches[0], 1_795_600_999_000);
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg(&["GROUP", "archiver", "archiver-1", "COUNT", "10", "STREAMS", "allot:events", ">"])
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(group_backlog(&mut conn), 1);
+    wait_until("the stray entry archived", || get(&run.metrics.events.entries_archived) == batches.len() as u64 + 1)
+        .await;
+    run.shutdown().await;
+    assert_eq!(group_backlog(&mut conn), 0);
+    assert!(s3.keys().iter().any(|k| k.ends_with(&format!("/{id}-{id}.parquet"))), "{:?}", s3.keys());
 }

@@ -61,16 +61,22 @@ fn dataset() -> Vec<ArchivedEvent> {
     out
 }
 
-/// Campaign `c`'s target in plan `version` of `placement`, if that plan was archived.
-/// A's target moves with every version, so a day that saw two versions has a
-/// traffic-weighted target; C has a target from version 5 on but is never served; search's
-/// version 6 was never archived.
+/// Whether plan `version` of `placement` is in the archive: all but search's version 6.
+fn archived(placement: &str, version: u64) -> bool {
+    (placement, version) != ("search", 6)
+}
+
+/// Campaign `c`'s target in plan `version` of `placement`, if that plan was archived and
+/// has it. A's target moves with every version, so a day that saw two versions has a
+/// traffic-weighted target; C has a target from version 5 on but is never served;
+/// home_feed's version 6 has no campaigns at all (its targets were withdrawn).
 fn target(placement: &str, version: u64, c: &str) -> Option<f64> {
     match (placement, version, c) {
-        ("search", 6, _) => None,
+        _ if !archived(placement, version) => None,
+        ("home_feed", 6, _) => None,
         (_, v, "A") => Some(0.3 + 0.02 * v as f64),
         (_, _, "B") => Some(0.3),
-        ("home_feed", v, "C") if v >= 5 => Some(0.05),
+        ("home_feed", v, "C") if v >= 5 => Some(0.2),
         _ => None,
     }
 }
@@ -94,7 +100,7 @@ fn plans() -> Vec<PlanRow> {
                     })
                 })
                 .collect();
-            if campaigns.is_empty() {
+            if !archived(placement, version) {
                 continue;
             }
             let snapshot = PlanSnapshot {
@@ -187,7 +193,7 @@ async fn delivery_matches_the_core_estimator_and_the_targets_in_force() {
         let (placement, version) = (e.event.placement.as_str(), e.event.plan_version);
         let key = (placement.to_string(), Day::of_unix_ms(e.event.event_time_ms).to_string());
         windows.entry(key.clone()).or_default().fold(&e.event);
-        if e.event.kind != EventKind::Allocation || target(placement, version, "B").is_none() {
+        if e.event.kind != EventKind::Allocation || !archived(placement, version) {
             continue;
         }
         *covered.entry(key.clone()).or_default() += e.event.weight();
