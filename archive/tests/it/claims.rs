@@ -7,7 +7,7 @@ use allot_core::EventBatch;
 use serde_json::json;
 
 use crate::archiver::{
-    get, group_backlog, object_bytes, parquet_glob, redeliver_all, sample_batches, start, wait_until,
+    Running, get, group_backlog, object_bytes, parquet_glob, redeliver_all, sample_batches, start, wait_until,
 };
 use crate::support::{self, Redis, S3, S3Config};
 
@@ -23,28 +23,42 @@ fn seeded() -> (Redis, S3, redis::Connection, Vec<EventBatch>) {
     (redis, s3, conn, batches)
 }
 
+/// Replica "archiver-gone" archives the stream, then, as if it had died between storing
+/// and acknowledging, its entries are pending again and it never comes back. Returns
+/// the keys it stored and their bytes.
+async fn interrupted_flush(
+    redis: &Redis,
+    s3: &S3,
+    conn: &mut redis::Connection,
+    entries: usize,
+) -> (Vec<String>, Vec<Vec<u8>>) {
+    let mut gone = s3.config();
+    gone.consumer = "archiver-gone".into();
+    let run = start(redis, gone).await;
+    wait_until("the first replica's flush", || get(&run.metrics.events.entries_archived) == entries as u64).await;
+    run.shutdown().await;
+    let keys = s3.keys();
+    let before = object_bytes(s3, &keys);
+    redeliver_all(conn, "archiver-gone");
+    assert_eq!(group_backlog(conn), entries);
+    (keys, before)
+}
+
+/// Another replica that claims entries idle for 2 s.
+async fn claimer(redis: &Redis, s3: &S3) -> Running {
+    let mut other = s3.config();
+    other.consumer = "archiver-2".into();
+    other.claim_idle_secs = 2;
+    start(redis, other).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_replicas_pending_entries_are_claimed_and_rewritten_in_place() {
     let (redis, s3, mut conn, batches) = seeded();
     let total: usize = batches.iter().map(|b| b.events.len()).sum();
 
-    // Replica "gone" archives everything...
-    let mut gone = s3.config();
-    gone.consumer = "archiver-gone".into();
-    let run = start(&redis, gone).await;
-    wait_until("the first replica's flush", || get(&run.metrics.events.entries_archived) == batches.len() as u64).await;
-    run.shutdown().await;
-    let keys = s3.keys();
-    let before = object_bytes(&s3, &keys);
-    // ...but, as if it died between storing and acknowledging, its entries are pending
-    // again, and it never comes back.
-    redeliver_all(&mut conn, "archiver-gone");
-    assert_eq!(group_backlog(&mut conn), batches.len());
-
-    let mut other = s3.config();
-    other.consumer = "archiver-2".into();
-    other.claim_idle_secs = 2;
-    let run = start(&redis, other).await;
+    let (keys, before) = interrupted_flush(&redis, &s3, &mut conn, batches.len()).await;
+    let run = claimer(&redis, &s3).await;
     wait_until("the claim", || get(&run.metrics.events.claimed_entries) == batches.len() as u64).await;
     wait_until("the claimed entries archived", || get(&run.metrics.events.entries_archived) == batches.len() as u64)
         .await;
@@ -61,23 +75,12 @@ async fn a_silent_replicas_pending_entries_are_claimed_and_rewritten_in_place() 
 async fn a_claim_keeps_stored_objects_whole_when_entries_were_trimmed() {
     let (redis, s3, mut conn, batches) = seeded();
     let total: usize = batches.iter().map(|b| b.events.len()).sum();
-    let mut gone = s3.config();
-    gone.consumer = "archiver-gone".into();
-    let run = start(&redis, gone).await;
-    wait_until("the first replica's flush", || get(&run.metrics.events.entries_archived) == batches.len() as u64).await;
-    run.shutdown().await;
-    let keys = s3.keys();
-    let before = object_bytes(&s3, &keys);
-    redeliver_all(&mut conn, "archiver-gone");
+    let (keys, before) = interrupted_flush(&redis, &s3, &mut conn, batches.len()).await;
     // The stream was trimmed under the flush's first entry meanwhile.
     let first: redis::streams::StreamRangeReply =
         redis::cmd("XRANGE").arg(&["allot:events", "-", "+", "COUNT", "1"]).query(&mut conn).unwrap();
     let _: usize = redis::cmd("XDEL").arg("allot:events").arg(&first.ids[0].id).query(&mut conn).unwrap();
-
-    let mut other = s3.config();
-    other.consumer = "archiver-2".into();
-    other.claim_idle_secs = 2;
-    let run = start(&redis, other).await;
+    let run = claimer(&redis, &s3).await;
     wait_until("the claim", || get(&run.metrics.events.claimed_entries) == batches.len() as u64 - 1).await;
     wait_until("the claimed entries archived", || get(&run.metrics.events.entries_archived) == batches.len() as u64)
         .await;
