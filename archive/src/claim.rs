@@ -91,22 +91,6 @@ impl<D: Dataset> Lane<'_, D> {
         Ok(())
     }
 
-    /// Flushes entries pending for this consumer although its buffer is empty: a read
-    /// or a claim whose reply was lost (a timeout, a reconnect) delivered them, and no
-    /// one else will take them while this consumer is alive.
-    pub(crate) async fn flush_own_strays(
-        &self,
-        conn: &mut impl Conn,
-        stop: &CancellationToken,
-    ) -> Result<(), ArchiveError> {
-        let strays = self.read_pending(conn, stop).await?;
-        if strays.is_empty() {
-            return Ok(());
-        }
-        tracing::warn!(dataset = D::NAME, entries = strays.len(), "archiving entries whose delivery was not seen");
-        self.flush(conn, strays, FlushKind::Recovery, stop).await
-    }
-
     /// Counts and logs a Redis error; the claim is left to the next check.
     fn claim_failed(&self, e: &redis::RedisError) -> Result<(), ArchiveError> {
         M::add(&self.metrics.redis_failures, 1);

@@ -96,15 +96,6 @@ impl<'a, D: Dataset> Lane<'a, D> {
     pub(crate) async fn run<R: Connect>(&self, redis: &R, stop: &CancellationToken) -> Result<(), ArchiveError> {
         let mut conn = self.connect(redis, stop).await?;
         self.ensure_group(&mut conn, stop).await?;
-        let pending = self.read_pending(&mut conn, stop).await?;
-        if !pending.is_empty() {
-            tracing::info!(
-                dataset = D::NAME,
-                entries = pending.len(),
-                "archiving entries left pending by an earlier run"
-            );
-            self.flush(&mut conn, pending, FlushKind::Recovery, stop).await?;
-        }
         let mut buf = Buffer::new();
         let mut backoff = self.backoff();
         let mut lag_checked = Instant::now() - Duration::from_secs(10);
@@ -112,9 +103,10 @@ impl<'a, D: Dataset> Lane<'a, D> {
         while !stop.is_cancelled() {
             if buf.entries.is_empty() && claim_checked.is_none_or(|t| t.elapsed() >= self.cfg.claim_every()) {
                 // Only with an empty buffer: then this consumer should have nothing
-                // pending, and what it claims is exactly the next flush.
+                // pending, and what it claims is exactly the next flush. The first
+                // pass, at start, recovers what an earlier run left pending.
                 claim_checked = Some(Instant::now());
-                self.flush_own_strays(&mut conn, stop).await?;
+                self.flush_own_pending(&mut conn, stop).await?;
                 self.claim_and_flush(&mut conn, stop).await?;
             }
             let block = match buf.since {
@@ -186,8 +178,21 @@ impl<'a, D: Dataset> Lane<'a, D> {
         }
     }
 
+    /// Flushes what is pending for this consumer while its buffer is empty: the flush
+    /// an earlier run could not finish, or entries a read or a claim delivered although
+    /// its reply was lost (a timeout, a reconnect), which no one else would take while
+    /// this consumer is alive.
+    async fn flush_own_pending(&self, conn: &mut impl Conn, stop: &CancellationToken) -> Result<(), ArchiveError> {
+        let pending = self.read_pending(conn, stop).await?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(dataset = D::NAME, entries = pending.len(), "archiving entries pending for this consumer");
+        self.flush(conn, pending, FlushKind::Recovery, stop).await
+    }
+
     /// Every entry delivered to this consumer but not acknowledged, in stream order.
-    pub(crate) async fn read_pending(
+    async fn read_pending(
         &self,
         conn: &mut impl Conn,
         stop: &CancellationToken,
