@@ -84,14 +84,19 @@ fn nodes(cfg: &RedisConfig) -> Vec<String> {
 /// The shared connection (with a response timeout).
 pub async fn shared(cfg: &RedisConfig) -> RedisResult<RedisConn> {
     let timeout = Duration::from_millis(cfg.response_timeout_ms);
+    reconnecting(cfg, timeout, timeout).await
+}
+
+/// A connection that re-establishes itself, with these timeouts.
+async fn reconnecting(cfg: &RedisConfig, response: Duration, connect: Duration) -> RedisResult<RedisConn> {
     if cfg.cluster {
         let client =
-            ClusterClient::builder(nodes(cfg)).response_timeout(timeout).connection_timeout(timeout).build()?;
+            ClusterClient::builder(nodes(cfg)).response_timeout(response).connection_timeout(connect).build()?;
         return Ok(RedisConn::Cluster(client.get_async_connection().await?));
     }
     let client = redis::Client::open(cfg.url.expose_secret())?;
     let config =
-        ConnectionManagerConfig::new().set_response_timeout(Some(timeout)).set_connection_timeout(Some(timeout));
+        ConnectionManagerConfig::new().set_response_timeout(Some(response)).set_connection_timeout(Some(connect));
     Ok(RedisConn::Managed(ConnectionManager::new_with_config(client, config).await?))
 }
 
@@ -116,15 +121,6 @@ impl allot_archive::Connect for ArchiveRedis {
     type Conn = RedisConn;
 
     async fn connect(&self) -> RedisResult<RedisConn> {
-        let timeout = Self::response_timeout();
-        if self.0.cluster {
-            let client = ClusterClient::builder(nodes(&self.0)).response_timeout(timeout).build()?;
-            return Ok(RedisConn::Cluster(client.get_async_connection().await?));
-        }
-        let client = redis::Client::open(self.0.url.expose_secret())?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(Duration::from_secs(5)));
-        Ok(RedisConn::Managed(ConnectionManager::new_with_config(client, config).await?))
+        reconnecting(&self.0, Self::response_timeout(), Duration::from_secs(5)).await
     }
 }
