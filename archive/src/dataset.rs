@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 
 use allot_core::EventBatch;
+use arrow_schema::SchemaRef;
 use bytes::Bytes;
 use redis::Value;
 
@@ -51,6 +52,9 @@ pub trait Dataset: Send + Sync + 'static {
     /// malformed entry, acknowledged and dropped with its flush.
     fn decode(fields: Fields<'_>, entry_ms: u64) -> Result<Vec<Self::Row>, String>;
 
+    /// The table's Arrow schema (without the partition columns).
+    fn schema() -> SchemaRef;
+
     /// The time that decides a row's hour partition (UTC milliseconds).
     fn time_ms(row: &Self::Row) -> u64;
 
@@ -78,6 +82,10 @@ impl Dataset for Events {
         Ok(batch.events.into_iter().map(|event| ArchivedEvent { event, received_ms }).collect())
     }
 
+    fn schema() -> SchemaRef {
+        parquet_rows::schema()
+    }
+
     fn time_ms(row: &ArchivedEvent) -> u64 {
         row.event.event_time_ms
     }
@@ -103,6 +111,10 @@ impl Dataset for Plans {
         let bytes = fields.bytes(plan_rows::FIELD).ok_or("an entry without a plan snapshot")?;
         let snapshot: PlanSnapshot = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         Ok(snapshot.rows())
+    }
+
+    fn schema() -> SchemaRef {
+        plan_rows::schema()
     }
 
     fn time_ms(row: &PlanRow) -> u64 {

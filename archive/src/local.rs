@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::array::Array;
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
@@ -18,7 +18,7 @@ use object_store::aws::AmazonS3Builder;
 
 use crate::dataset::{Dataset, Events, Plans};
 use crate::table::{ColumnKind, ResultTable};
-use crate::{ArchiveConfig, ArchiveError, parquet_rows, plan_rows};
+use crate::{ArchiveConfig, ArchiveError};
 
 fn err(e: impl std::fmt::Display) -> ArchiveError {
     ArchiveError::Local(e.to_string())
@@ -37,8 +37,8 @@ pub async fn query(cfg: &ArchiveConfig, dir: Option<&Path>, sql: &str) -> Result
             format!("s3://{}/{}", cfg.bucket, cfg.key_prefix())
         }
     };
-    register::<Events>(&ctx, &root, parquet_rows::schema())?;
-    register::<Plans>(&ctx, &root, plan_rows::schema())?;
+    register::<Events>(&ctx, &root)?;
+    register::<Plans>(&ctx, &root)?;
     let df = ctx.sql(sql).await.map_err(err)?;
     let schema = df.schema().as_arrow().clone();
     let batches = df.collect().await.map_err(err)?;
@@ -63,12 +63,12 @@ pub async fn query(cfg: &ArchiveConfig, dir: Option<&Path>, sql: &str) -> Result
 }
 
 /// Registers dataset `D` as a Hive-partitioned table under `root`.
-fn register<D: Dataset>(ctx: &SessionContext, root: &str, schema: SchemaRef) -> Result<(), ArchiveError> {
+fn register<D: Dataset>(ctx: &SessionContext, root: &str) -> Result<(), ArchiveError> {
     let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
         .with_file_extension(".parquet")
         .with_table_partition_cols(vec![("dt".into(), DataType::Utf8), ("hour".into(), DataType::Utf8)]);
     let url = ListingTableUrl::parse(format!("{root}{}/", D::NAME)).map_err(err)?;
-    let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(schema);
+    let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(D::schema());
     let table = ListingTable::try_new(config).map_err(err)?;
     ctx.register_table(D::NAME, Arc::new(table)).map_err(err)?;
     Ok(())

@@ -10,8 +10,8 @@
 //! windows and the plan in force. Plans are published first and stored as current only
 //! once the publish succeeded, so a failed publish is retried next round with the same
 //! version. Each published plan's snapshot, with the targets it was made for, goes to the
-//! plan log (`allot:plans`), from which the archiver writes the `plans` table. A deleted placement gets one last, empty plan (no ads) and leaves the
-//! registry.
+//! plan log (`allot:plans`), from which the archiver writes the `plans` table. A deleted
+//! placement gets one last, empty plan (no ads) and leaves the registry.
 
 use std::sync::Arc;
 use std::time::Duration;
