@@ -1,6 +1,6 @@
 //! Events as Parquet rows: the archive's column layout and its encoder.
 //!
-//! One row per event, columns exactly as DESIGN.md and the Glue table declare them:
+//! One row per event, columns exactly as docs/design.md and the Glue table declare them:
 //! `event_time, received_time, kind, request_id, placement, ad_id, plan_version,
 //! sample_rate, weight, eligible, platform, country, colo`. Times are UTC timestamps in
 //! milliseconds; `weight` is core's Horvitz–Thompson weight `1/sample_rate`, stored so

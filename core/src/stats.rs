@@ -159,7 +159,7 @@ impl WindowStats {
     }
 
     /// Whether the placement's apps report impressions (then delivery is measured on
-    /// impressions, see DESIGN.md).
+    /// impressions, see docs/design.md).
     pub fn has_impressions(&self) -> bool {
         self.campaigns.values().any(|c| c.impressions.n > 0)
     }
