@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use allot_archive::{ArchiveConfig, Archiver, Secret};
+use allot_archive::{ArchiveConfig, Archiver};
 use allot_core::{CampaignId, Event, EventBatch, EventKind, PlacementId, RequestId};
 use anyhow::Context;
 
@@ -120,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
     let mut cfg = ArchiveConfig::new("bench");
     cfg.endpoint = Some(format!("http://127.0.0.1:{s3_port}"));
     cfg.access_key_id = Some("AKBENCH".into());
-    cfg.secret_access_key = Some(Secret::new("bench-secret"));
+    cfg.secret_access_key = Some("bench-secret".into());
     cfg.path_style = true;
     // Two reads of 256 entries x 100 events: with EVENTS a multiple of this, every flush
     // is size-triggered and the timing includes no age-triggered wait.

@@ -4,38 +4,19 @@
 //! Endpoint override and path-style addressing exist for S3-compatible servers (the local
 //! `s3s-fs` in tests); in AWS both stay unset. Credentials are optional: without them the
 //! standard AWS chain (environment, instance role) is used. The secret key is a
-//! [`Secret`], which never appears in `Debug` output or logs.
+//! [`SecretString`], which never appears in `Debug` output or logs (the origin holds its
+//! own secrets the same way).
 
-use std::fmt;
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use allot_core::contract::stream;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::ArchiveError;
-
-/// A credential that must not be printed.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
 
 /// The archive's S3 location, credentials and the archiver's batching.
 #[derive(Debug, Clone, Deserialize)]
@@ -53,7 +34,7 @@ pub struct ArchiveConfig {
     #[serde(default)]
     pub access_key_id: Option<String>,
     #[serde(default)]
-    pub secret_access_key: Option<Secret>,
+    pub secret_access_key: Option<SecretString>,
     /// Path-style addressing (`endpoint/bucket/key`), needed by most local servers.
     #[serde(default)]
     pub path_style: bool,
@@ -130,16 +111,16 @@ fn default_retry_max_backoff_ms() -> u64 {
     30_000
 }
 fn default_stream() -> String {
-    "allot:events".into()
+    stream::EVENTS.into()
 }
 fn default_plans_stream() -> String {
-    "allot:plans".into()
+    stream::PLAN_LOG.into()
 }
 fn default_claim_idle_secs() -> u64 {
     300
 }
 fn default_group() -> String {
-    "archiver".into()
+    stream::ARCHIVER_GROUP.into()
 }
 fn default_consumer() -> String {
     "archiver-1".into()
@@ -257,7 +238,7 @@ impl ArchiveConfig {
     /// The shared AWS SDK configuration for `endpoint` and `region`. Retries are off: the
     /// archiver and the Athena poller have their own backoff loops, and a second layer
     /// would only hide outages from the lag metric.
-    pub(crate) async fn sdk_config(&self, endpoint: Option<&str>, region: &str) -> SdkConfig {
+    pub async fn sdk_config(&self, endpoint: Option<&str>, region: &str) -> SdkConfig {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(region.to_string()))
             .retry_config(RetryConfig::disabled())
@@ -268,7 +249,7 @@ impl ArchiveConfig {
                     .build(),
             );
         if let (Some(ak), Some(sk)) = (&self.access_key_id, &self.secret_access_key) {
-            let creds = aws_sdk_s3::config::Credentials::new(ak, sk.expose(), None, None, "allot-config");
+            let creds = aws_sdk_s3::config::Credentials::new(ak, sk.expose_secret(), None, None, "allot-config");
             loader = loader.credentials_provider(creds);
         }
         if let Some(ep) = endpoint {
@@ -297,7 +278,7 @@ mod tests {
         assert_eq!(cfg.group, "archiver");
         let shown = format!("{cfg:?}");
         assert!(!shown.contains("very-secret"), "{shown}");
-        assert!(shown.contains("Secret(***)"));
+        assert!(shown.contains("REDACTED"), "{shown}");
     }
 
     #[test]

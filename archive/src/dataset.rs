@@ -10,12 +10,13 @@
 use std::collections::HashMap;
 
 use allot_core::EventBatch;
+use allot_core::contract::{PlanSnapshot, stream};
 use arrow_schema::SchemaRef;
 use bytes::Bytes;
 use redis::Value;
 
 use crate::parquet_rows::{self, ArchivedEvent};
-use crate::plan_rows::{self, PlanRow, PlanSnapshot};
+use crate::plan_rows::{self, PlanRow};
 use crate::{ArchiveConfig, ArchiveError};
 
 /// A stream entry's fields, as Redis returned them.
@@ -62,8 +63,8 @@ pub trait Dataset: Send + Sync + 'static {
     fn encode(rows: &[&Self::Row]) -> Result<Bytes, ArchiveError>;
 }
 
-/// Sampled events: stream fields `e` (an event batch, the JSON the edge signed) and `r`
-/// (the time the origin received it).
+/// Sampled events: an event batch (the JSON the edge signed) and the time the origin
+/// received it ([`stream::event_entry`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Events;
 
@@ -76,8 +77,8 @@ impl Dataset for Events {
     }
 
     fn decode(fields: Fields<'_>, entry_ms: u64) -> Result<Vec<ArchivedEvent>, String> {
-        let received_ms = fields.u64("r").unwrap_or(entry_ms);
-        let bytes = fields.bytes("e").ok_or("an entry without events")?;
+        let received_ms = fields.u64(stream::RECEIVED_MS).unwrap_or(entry_ms);
+        let bytes = fields.bytes(stream::BATCH).ok_or("an entry without events")?;
         let batch = EventBatch::parse(bytes).map_err(|e| e.to_string())?;
         Ok(batch.events.into_iter().map(|event| ArchivedEvent { event, received_ms }).collect())
     }
@@ -95,7 +96,7 @@ impl Dataset for Events {
     }
 }
 
-/// Published plans: stream field `s`, a [`PlanSnapshot`] as JSON.
+/// Published plans: a [`PlanSnapshot`] as JSON ([`stream::plan_entry`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Plans;
 
@@ -108,9 +109,9 @@ impl Dataset for Plans {
     }
 
     fn decode(fields: Fields<'_>, _entry_ms: u64) -> Result<Vec<PlanRow>, String> {
-        let bytes = fields.bytes(plan_rows::FIELD).ok_or("an entry without a plan snapshot")?;
-        let snapshot: PlanSnapshot = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-        Ok(snapshot.rows())
+        let bytes = fields.bytes(stream::SNAPSHOT).ok_or("an entry without a plan snapshot")?;
+        let snapshot = PlanSnapshot::parse(bytes).map_err(|e| e.to_string())?;
+        Ok(plan_rows::rows(snapshot))
     }
 
     fn schema() -> SchemaRef {

@@ -1,6 +1,6 @@
 //! The one error type of the archive crate.
 //!
-//! Every failure the archiver or a report can meet is one variant here, with a message
+//! Every failure the archiver can meet is one variant here, with a message
 //! that names what went wrong; binaries turn it into an exit status and a line on stderr.
 
 /// Why an archive or report operation failed.
@@ -16,12 +16,6 @@ pub enum ArchiveError {
     S3(String),
     #[error("parquet encoding: {0}")]
     Parquet(String),
-    #[error("athena: {0}")]
-    Athena(String),
-    #[error("athena query {query_id} {state}: {reason}")]
-    QueryFailed { query_id: String, state: String, reason: String },
-    #[error("local engine: {0}")]
-    Local(String),
     #[error("the operation was stopped by shutdown")]
     Shutdown,
 }

@@ -2,7 +2,7 @@
 //!
 //! Events carry the plan version they were decided under, not the targets. So that the
 //! archive alone answers "delivery against target", the origin appends a
-//! [`PlanSnapshot`] to the `allot:plans` stream for every plan it publishes, and the
+//! [`PlanSnapshot`] (core's contract) to the plan log for every plan it publishes, and the
 //! archiver writes them to `plans/dt=…/hour=…/` like events. One row per campaign of
 //! the plan (one row with a NULL campaign for a plan without campaigns):
 //!
@@ -15,17 +15,14 @@
 
 use std::sync::{Arc, LazyLock};
 
-use allot_core::{CampaignId, Decision, Feasibility, PlacementId, Plan};
+use allot_core::PlacementId;
+use allot_core::contract::{PlanSnapshot, SnapshotCampaign};
 use arrow_array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 
 use crate::ArchiveError;
 use crate::parquet_rows::{millis, to_i64, write_parquet};
-
-/// The stream field that holds a snapshot's JSON.
-pub const FIELD: &str = "s";
 
 /// The table's column names, in order.
 pub const COLUMNS: [&str; 10] = [
@@ -41,85 +38,23 @@ pub const COLUMNS: [&str; 10] = [
     "max_share",
 ];
 
-/// One published plan and the targets it was solved for: the `allot:plans` entry.
-/// Unknown fields are ignored, so an archiver older than the origin still archives what
-/// it knows during a rolling deploy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PlanSnapshot {
-    pub placement: PlacementId,
-    pub version: u64,
-    pub issued_at_ms: u64,
-    pub sample_rate: f64,
-    /// The targets revision (the admin API's ETag) the plan was made from.
-    pub targets_rev: u64,
-    pub campaigns: Vec<SnapshotCampaign>,
-}
-
-/// One campaign of a [`PlanSnapshot`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SnapshotCampaign {
-    pub id: CampaignId,
-    pub target_rate: f64,
-    /// The weight the plan gives it (0 where the plan left it out).
-    pub weight: f64,
-    pub feasible: bool,
-    /// The most it can get, when infeasible.
-    pub max_share: Option<f64>,
-}
-
-impl PlanSnapshot {
-    /// The snapshot of `plan`, made by `decision` from targets revision `targets_rev`.
-    /// A plan without a decision (the empty plan of a deleted placement) has no
-    /// campaigns.
-    pub fn new(plan: &Plan, decision: Option<&Decision>, targets_rev: u64) -> Self {
-        let campaigns = decision.map_or_else(Vec::new, |d| {
-            d.campaigns
-                .iter()
-                .map(|c| SnapshotCampaign {
-                    id: c.id.clone(),
-                    target_rate: c.target,
-                    weight: plan.campaign(&c.id).map_or(0.0, |p| p.weight),
-                    feasible: matches!(c.feasibility, Feasibility::Feasible),
-                    max_share: match c.feasibility {
-                        Feasibility::Feasible => None,
-                        Feasibility::Infeasible { max_share } => Some(max_share),
-                    },
-                })
-                .collect()
-        });
-        Self {
-            placement: plan.placement.clone(),
-            version: plan.version,
-            issued_at_ms: plan.issued_at_ms,
-            sample_rate: plan.sample_rate,
-            targets_rev,
-            campaigns,
-        }
+/// A snapshot as table rows, one per campaign. A plan without campaigns (no ads) is one
+/// row with no campaign: its version is known, and aims for nothing.
+pub fn rows(snapshot: PlanSnapshot) -> Vec<PlanRow> {
+    let PlanSnapshot { placement, version, issued_at_ms, sample_rate, targets_rev, campaigns } = snapshot;
+    let row = |campaign| PlanRow {
+        issued_ms: issued_at_ms,
+        placement: placement.clone(),
+        plan_version: version,
+        targets_rev,
+        sample_rate,
+        campaign,
+    };
+    if campaigns.is_empty() {
+        return vec![row(None)];
     }
-
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
-    }
-
-    /// The snapshot as table rows, one per campaign. A plan without campaigns (no ads)
-    /// is one row with no campaign: its version is known, and aims for nothing.
-    pub fn rows(self) -> Vec<PlanRow> {
-        let Self { placement, version, issued_at_ms, sample_rate, targets_rev, campaigns } = self;
-        let row = |campaign| PlanRow {
-            issued_ms: issued_at_ms,
-            placement: placement.clone(),
-            plan_version: version,
-            targets_rev,
-            sample_rate,
-            campaign,
-        };
-        if campaigns.is_empty() {
-            return vec![row(None)];
-        }
-        campaigns.into_iter().map(|c| row(Some(c))).collect()
-    }
+    campaigns.into_iter().map(|c| row(Some(c))).collect()
 }
-
 /// One row of the `plans` table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanRow {
@@ -180,6 +115,8 @@ pub fn encode(rows: &[&PlanRow]) -> Result<Bytes, ArchiveError> {
 mod tests {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+    use allot_core::CampaignId;
+
     use super::*;
 
     fn snapshot() -> PlanSnapshot {
@@ -201,24 +138,20 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_round_trips_and_becomes_one_row_per_campaign() {
-        let s = snapshot();
-        let back: PlanSnapshot = serde_json::from_str(&s.to_json()).unwrap();
-        assert_eq!(back, s);
-        let rows = back.rows();
-        assert_eq!(rows.len(), 2);
-        assert_eq!((rows[1].plan_version, rows[1].campaign.as_ref().unwrap().id.as_str()), (7, "B"));
-        assert!(serde_json::from_str::<PlanSnapshot>(r#"{"placement":"bad id!"}"#).is_err());
-        let empty = PlanSnapshot { campaigns: vec![], ..snapshot() }.rows();
+    fn a_snapshot_becomes_one_row_per_campaign() {
+        let all = rows(snapshot());
+        assert_eq!(all.len(), 2);
+        assert_eq!((all[1].plan_version, all[1].campaign.as_ref().unwrap().id.as_str()), (7, "B"));
+        let empty = rows(PlanSnapshot { campaigns: vec![], ..snapshot() });
         assert_eq!(empty.len(), 1, "a plan without ads is still a known version");
         assert_eq!((empty[0].plan_version, &empty[0].campaign), (7, &None));
     }
 
     #[test]
     fn encodes_readable_deterministic_parquet() {
-        let mut rows = snapshot().rows();
-        rows.extend(PlanSnapshot { version: 8, campaigns: vec![], ..snapshot() }.rows());
-        let refs: Vec<&PlanRow> = rows.iter().collect();
+        let mut all = rows(snapshot());
+        all.extend(rows(PlanSnapshot { version: 8, campaigns: vec![], ..snapshot() }));
+        let refs: Vec<&PlanRow> = all.iter().collect();
         let bytes = encode(&refs).unwrap();
         assert_eq!(bytes, encode(&refs).unwrap(), "same rows, same bytes");
         let batch = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap().build().unwrap().next().unwrap().unwrap();

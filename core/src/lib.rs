@@ -4,7 +4,8 @@
 //! ([`choose`]), whether a request is sampled ([`sample`]), what the edge tells the origin
 //! ([`event`], [`signature`]), how sampled events become counts ([`stats`]) and estimates
 //! ([`estimate`]), and how the origin computes the next plan ([`controller`],
-//! [`planner`]).
+//! [`planner`]). What the processes agree on (Redis keys, streams, the plan log) is the
+//! [`contract`].
 //!
 //! Like quinn-proto, this crate never touches the outside world: it reads no clock, owns
 //! no random number generator, opens no socket and spawns nothing. Time and randomness
@@ -12,6 +13,7 @@
 //! it, so the math lives in exactly one place and runs identically in both.
 
 pub mod choose;
+pub mod contract;
 pub mod controller;
 pub mod estimate;
 pub mod event;
@@ -19,6 +21,7 @@ pub mod id;
 pub mod plan;
 pub mod planner;
 pub mod quantile;
+pub mod retry;
 pub mod round;
 pub mod sample;
 pub mod signature;
@@ -33,6 +36,7 @@ pub use event::{Event, EventBatch, EventError, EventKind};
 pub use id::{CampaignId, IdError, PlacementId, RequestId};
 pub use plan::{PLAN_FORMAT, Plan, PlanCampaign, PlanError};
 pub use planner::SampleRatePlanner;
+pub use retry::{Backoff, RetryPolicy};
 pub use round::{Outcome, Policy, Round};
 pub use sample::{sample_point, sampled};
 pub use signature::{SignatureError, Verifier};

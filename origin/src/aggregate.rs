@@ -24,9 +24,11 @@ use allot_core::{EventBatch, WindowStats};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "failpoints")]
 use crate::config::Failpoint;
 use crate::conn::RedisConn;
-use crate::keys::{self, PlacementKeys};
+use allot_core::contract::keys::PlacementKeys;
+use allot_core::contract::stream;
 use crate::startup::App;
 
 /// Applies a group of entries of one placement once. KEYS: one dedupe marker per entry,
@@ -67,8 +69,8 @@ pub fn default_consumer() -> String {
 pub async fn ensure_group(conn: &mut RedisConn) -> redis::RedisResult<()> {
     let r: redis::RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
-        .arg(keys::EVENTS)
-        .arg(keys::AGGREGATOR_GROUP)
+        .arg(stream::EVENTS)
+        .arg(stream::AGGREGATOR_GROUP)
         .arg("0")
         .arg("MKSTREAM")
         .query_async(conn)
@@ -144,12 +146,7 @@ impl Aggregator {
     /// The script call applying `list` (entries of placement `p`) once.
     fn apply_command(&self, p: &str, list: &[(String, EventBatch)]) -> redis::Cmd {
         let period = self.app.config.control.period_ms;
-        let mut windows: BTreeMap<u64, WindowStats> = BTreeMap::new();
-        for (_, batch) in list {
-            for e in &batch.events {
-                windows.entry(WindowStats::window_index(e.event_time_ms, period)).or_default().fold(e);
-            }
-        }
+        let windows = WindowStats::fold_windows(list.iter().flat_map(|(_, batch)| &batch.events), period);
         let k = PlacementKeys::of_raw(p);
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&self.sha).arg(list.len() + windows.len());
@@ -176,14 +173,14 @@ impl Aggregator {
     async fn read(&mut self, id: &str, block: bool) -> redis::RedisResult<usize> {
         let app = self.app.clone();
         let cfg = &app.config.aggregate;
-        let mut opts = StreamReadOptions::default().group(keys::AGGREGATOR_GROUP, &self.consumer).count(cfg.batch);
+        let mut opts = StreamReadOptions::default().group(stream::AGGREGATOR_GROUP, &self.consumer).count(cfg.batch);
         if block {
             opts = opts.block(cfg.block_ms as usize);
         }
         let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
             .arg(&opts)
             .arg("STREAMS")
-            .arg(keys::EVENTS)
+            .arg(stream::EVENTS)
             .arg(id)
             .query_async(&mut self.conn)
             .await?;
@@ -200,8 +197,8 @@ impl Aggregator {
         let mut cursor = "0-0".to_string();
         loop {
             let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-                .arg(keys::EVENTS)
-                .arg(keys::AGGREGATOR_GROUP)
+                .arg(stream::EVENTS)
+                .arg(stream::AGGREGATOR_GROUP)
                 .arg(&self.consumer)
                 .arg(cfg.claim_min_idle_ms)
                 .arg(&cursor)
@@ -230,7 +227,7 @@ impl Aggregator {
         let mut invalid = 0;
         let mut groups: BTreeMap<String, Vec<(String, EventBatch)>> = BTreeMap::new();
         for entry in &entries {
-            let (Some(p), Some(body)) = (entry.get::<String>("p"), entry.get::<Vec<u8>>("e")) else {
+            let (Some(p), Some(body)) = (entry.get::<String>(stream::PLACEMENT), entry.get::<Vec<u8>>(stream::BATCH)) else {
                 invalid += 1;
                 tracing::warn!(id = %entry.id, "stream entry without p/e fields; skipped");
                 continue;
@@ -252,6 +249,7 @@ impl Aggregator {
             }
             pending.push((p, list));
         }
+        #[cfg(feature = "failpoints")]
         let had_work = !pending.is_empty();
         let (mut applied, mut duplicates) = (0u64, 0u64);
         while !pending.is_empty() {
@@ -290,14 +288,14 @@ impl Aggregator {
         let m = &self.app.metrics.aggregate_entries;
         m.with_label_values(&["applied"]).inc_by(applied);
         m.with_label_values(&["duplicate"]).inc_by(duplicates);
-        let applied_slots = usize::from(had_work);
         self.app.metrics.aggregate_entries.with_label_values(&["invalid"]).inc_by(invalid);
-        if self.app.config.aggregate.failpoint == Some(Failpoint::ExitAfterApply) && applied_slots > 0 {
+        #[cfg(feature = "failpoints")]
+        if self.app.config.aggregate.failpoint == Some(Failpoint::ExitAfterApply) && had_work {
             tracing::error!("failpoint exit_after_apply: exiting before XACK");
             std::process::exit(3);
         }
         let mut ack = redis::cmd("XACK");
-        ack.arg(keys::EVENTS).arg(keys::AGGREGATOR_GROUP);
+        ack.arg(stream::EVENTS).arg(stream::AGGREGATOR_GROUP);
         for e in &entries {
             ack.arg(&e.id);
         }

@@ -5,18 +5,20 @@
 //! time-ordered id for paging.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 
+use allot_core::PlacementId;
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Role;
-use crate::error::ApiError;
-use crate::keys;
+use crate::auth::Viewer;
+use crate::error::{Api, ApiError};
 use crate::startup::App;
+use allot_core::contract::keys;
 
 /// One recorded change.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -63,14 +65,70 @@ pub async fn append(
     .await
 }
 
+/// A paging cursor: the id of an audit entry (a stream id, `<ms>-<seq>`). Parsed with
+/// the query, so a malformed one is the client's `400` rather than a Redis error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Cursor {
+    ms: u64,
+    seq: u64,
+}
+
+/// Why a cursor was rejected.
+#[derive(Debug, thiserror::Error)]
+#[error("before: {0:?} is not an audit entry id (<ms>-<seq>)")]
+pub struct CursorError(String);
+
+impl Cursor {
+    /// The greatest id below this one, the inclusive end of the next page; `None` at
+    /// the very start of the stream.
+    pub fn predecessor(self) -> Option<Self> {
+        match (self.ms, self.seq) {
+            (ms, seq @ 1..) => Some(Self { ms, seq: seq - 1 }),
+            (ms @ 1.., 0) => Some(Self { ms: ms - 1, seq: u64::MAX }),
+            (0, 0) => None,
+        }
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = CursorError;
+
+    fn from_str(s: &str) -> Result<Self, CursorError> {
+        let number = |part: &str| match part.parse() {
+            Ok(n) if part.bytes().all(|b| b.is_ascii_digit()) => Some(n),
+            _ => None,
+        };
+        s.split_once('-')
+            .and_then(|(ms, seq)| Some(Self { ms: number(ms)?, seq: number(seq)? }))
+            .ok_or_else(|| CursorError(s.to_string()))
+    }
+}
+
+impl TryFrom<String> for Cursor {
+    type Error = CursorError;
+
+    fn try_from(s: String) -> Result<Self, CursorError> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct AuditQuery {
     /// Only changes to this placement.
-    pub placement: Option<String>,
+    #[param(value_type = Option<String>)]
+    pub placement: Option<PlacementId>,
     /// At most this many entries (default 100, at most 1000).
     pub limit: Option<usize>,
     /// Entries older than this id (paging).
-    pub before: Option<String>,
+    #[param(value_type = Option<String>)]
+    pub before: Option<Cursor>,
 }
 
 fn json_or_null(s: Option<&String>) -> serde_json::Value {
@@ -79,17 +137,21 @@ fn json_or_null(s: Option<&String>) -> serde_json::Value {
 
 #[utoipa::path(
     get, path = "/v1/audit", tag = "admin", params(AuditQuery),
-    responses((status = 200, body = [AuditEntry]), (status = 401), (status = 403)),
+    responses((status = 200, body = [AuditEntry]), (status = 400), (status = 401), (status = 403)),
     security(("bearer" = []))
 )]
 pub async fn get_audit(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Query(q): Query<AuditQuery>,
+    _: Viewer,
+    Api(Query(q)): Api<Query<AuditQuery>>,
 ) -> Result<Json<Vec<AuditEntry>>, ApiError> {
-    app.auth.check(&headers, Role::Viewer)?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let mut end = q.before.map(|b| format!("({b}")).unwrap_or_else(|| "+".into());
+    let mut end = match q.before.map(Cursor::predecessor) {
+        None => "+".to_string(),
+        Some(Some(end)) => end.to_string(),
+        // Nothing precedes the first possible id.
+        Some(None) => return Ok(Json(Vec::new())),
+    };
     let mut out = Vec::new();
     let mut c = app.store.conn();
     loop {
@@ -98,7 +160,7 @@ pub async fn get_audit(
         for e in &reply.ids {
             let field = |k: &str| e.get::<String>(k);
             let placement = field("placement").unwrap_or_default();
-            if q.placement.as_ref().is_some_and(|p| p != &placement) {
+            if q.placement.as_ref().is_some_and(|p| p.as_str() != placement) {
                 continue;
             }
             let map: HashMap<&str, Option<String>> = ["before", "after"].into_iter().map(|k| (k, field(k))).collect();
@@ -118,6 +180,27 @@ pub async fn get_audit(
         match reply.ids.last() {
             Some(last) if n == 500 => end = format!("({}", last.id),
             _ => return Ok(Json(out)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors() {
+        let c: Cursor = "1700000000000-3".parse().unwrap();
+        assert_eq!(c.to_string(), "1700000000000-3");
+        assert_eq!(c.predecessor().unwrap().to_string(), "1700000000000-2");
+        let c: Cursor = "1700000000000-0".parse().unwrap();
+        assert_eq!(c.predecessor().unwrap().to_string(), format!("1699999999999-{}", u64::MAX));
+        assert_eq!("0-0".parse::<Cursor>().unwrap().predecessor(), None);
+        for bad in
+            ["garbage", "", "-", "17-", "-3", "17", "17-3-1", "+17-3", "17-+3", "1 7-3", "99999999999999999999-0"]
+        {
+            let err = bad.parse::<Cursor>().unwrap_err();
+            assert!(err.to_string().starts_with("before:"), "{bad:?}: {err}");
         }
     }
 }

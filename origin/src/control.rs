@@ -16,14 +16,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use allot_archive::PlanSnapshot;
-use allot_archive::plan_rows;
 use allot_core::{Controller, PlacementId, Plan, Policy, Round, SampleRatePlanner, Targets, WindowStats};
 use redis::AsyncCommands;
 use redis::streams::StreamMaxlen;
 use tokio_util::sync::CancellationToken;
 
-use crate::keys;
+use allot_core::contract::{PlanSnapshot, keys, stream};
 use crate::publish::Publisher;
 use crate::startup::App;
 use crate::store::{PlanRecord, StoreError};
@@ -184,10 +182,10 @@ async fn log_plan(app: &App, record: &PlanRecord) {
     let mut c = app.store.conn();
     let appended: Result<String, _> = c
         .xadd_maxlen(
-            keys::PLAN_LOG,
-            StreamMaxlen::Approx(keys::PLAN_LOG_MAX_LEN),
+            stream::PLAN_LOG,
+            StreamMaxlen::Approx(stream::PLAN_LOG_MAX_LEN),
             "*",
-            &[("p", snapshot.placement.as_str()), (plan_rows::FIELD, snapshot.to_json().as_str())],
+            &stream::plan_entry(snapshot.placement.as_str(), &snapshot.to_json()),
         )
         .await;
     if let Err(e) = appended {

@@ -28,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
-use crate::keys;
+use allot_core::contract::{keys, stream};
 use crate::startup::App;
 
 /// The replay-memory key of a verified body.
@@ -130,12 +130,12 @@ async fn ingest(app: &App, headers: &HeaderMap, body: Body) -> Result<usize, Api
     let mut pipe = redis::pipe();
     let max_len = redis::streams::StreamMaxlen::Approx(app.config.redis.stream_max_len as usize);
     if batch.events.iter().all(|e| &e.placement == first) {
-        // The common case: the verified body is already the entry's `e` value.
+        // The common case: the verified body is already the entry's batch.
         pipe.xadd_maxlen(
-            keys::EVENTS,
+            stream::EVENTS,
             max_len,
             "*",
-            &[("p", first.as_str().as_bytes()), ("e", &bytes), ("r", received.to_string().as_bytes())],
+            &stream::event_entry(first.as_str(), &bytes, &received.to_string()),
         )
         .ignore();
     } else {
@@ -148,10 +148,10 @@ async fn ingest(app: &App, headers: &HeaderMap, body: Body) -> Result<usize, Api
         for (p, events) in groups {
             let json = EventBatch { events }.to_json();
             pipe.xadd_maxlen(
-                keys::EVENTS,
+                stream::EVENTS,
                 max_len,
                 "*",
-                &[("p", p.as_bytes()), ("e", json.as_bytes()), ("r", received.to_string().as_bytes())],
+                &stream::event_entry(p, json.as_bytes(), &received.to_string()),
             )
             .ignore();
         }

@@ -21,7 +21,6 @@ pub mod conn;
 pub mod control;
 pub mod error;
 pub mod ingest;
-pub mod keys;
 pub mod load;
 pub mod metrics;
 pub mod openapi;

@@ -18,14 +18,6 @@ enum Command {
         #[arg(long, short, default_value = "allot.toml")]
         config: String,
     },
-    /// Run a canned report over the archive (`reports/*.sql`) on Athena or locally.
-    Report {
-        #[command(flatten)]
-        args: allot_archive::cli::ReportArgs,
-        /// TOML config file (its `[archive]` section); ALLOT_* environment variables override it.
-        #[arg(long, short, default_value = "allot.toml")]
-        config: String,
-    },
 }
 
 #[tokio::main]
@@ -38,17 +30,6 @@ async fn main() -> anyhow::Result<()> {
             allot_origin::startup::wait_for_signal().await;
             tracing::info!("shutting down");
             running.shutdown().await;
-            Ok(())
-        }
-        Command::Report { args, config } => {
-            // A report needs only the archive section; `--list` and `--archive-dir` need
-            // no config at all.
-            let archive = match allot_origin::Config::load(&config) {
-                Ok(c) => c.archive,
-                Err(_) if args.list || args.archive_dir.is_some() => None,
-                Err(e) => return Err(e).context("loading config"),
-            };
-            print!("{}", args.run(archive.as_ref()).await?);
             Ok(())
         }
     }

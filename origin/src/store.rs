@@ -12,7 +12,7 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
 use crate::conn::RedisConn;
-use crate::keys::{self, PlacementKeys};
+use allot_core::contract::keys::{self, PlacementKeys};
 
 /// A placement's stored targets.
 #[derive(Debug, Clone)]

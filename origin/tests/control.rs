@@ -6,7 +6,7 @@
 
 mod common;
 
-use allot_archive::PlanSnapshot;
+use allot_core::contract::{PlanSnapshot, keys, stream};
 use common::*;
 use serde_json::{Value, json};
 
@@ -81,15 +81,15 @@ async fn a_target_change_gets_a_plan_at_once_and_status_reports_it() {
 
     // Stored: the plan, its history, and the controller state.
     let mut conn = redis.conn();
-    let plan: String = redis::cmd("GET").arg("allot:{home_feed}:plan").query(&mut conn).unwrap();
+    let plan: String = redis::cmd("GET").arg(home_feed_keys().plan()).query(&mut conn).unwrap();
     let record: Value = serde_json::from_str(&plan).unwrap();
     assert_eq!(record["plan"]["version"], 1);
     assert_eq!(record["plan"]["campaigns"].as_array().unwrap().len(), 3);
     let history: Vec<String> =
-        redis::cmd("LRANGE").arg("allot:{home_feed}:plans").arg(0).arg(-1).query(&mut conn).unwrap();
+        redis::cmd("LRANGE").arg(home_feed_keys().plans()).arg(0).arg(-1).query(&mut conn).unwrap();
     assert_eq!(history.len(), 1);
     allot_core::Plan::parse(history[0].as_bytes()).unwrap();
-    let exists: i64 = redis::cmd("EXISTS").arg("allot:{home_feed}:state").query(&mut conn).unwrap();
+    let exists: i64 = redis::cmd("EXISTS").arg(home_feed_keys().state()).query(&mut conn).unwrap();
     assert_eq!(exists, 1);
 
     // Another change: version 2 at once. A delete withdraws the ads with an empty plan.
@@ -105,23 +105,23 @@ async fn a_target_change_gets_a_plan_at_once_and_status_reports_it() {
     assert_eq!(r.status(), 204);
     let record = eventually(5, "withdrawal plan", || async {
         let mut conn = redis.conn();
-        let plan: String = redis::cmd("GET").arg("allot:{home_feed}:plan").query(&mut conn).unwrap();
+        let plan: String = redis::cmd("GET").arg(home_feed_keys().plan()).query(&mut conn).unwrap();
         let v: Value = serde_json::from_str(&plan).unwrap();
         (v["plan"]["version"] == 3).then_some(v)
     })
     .await;
     assert_eq!(record["plan"]["campaigns"], json!([]));
-    let registered: Vec<String> = redis::cmd("SMEMBERS").arg("allot:placements").query(&mut conn).unwrap();
+    let registered: Vec<String> = redis::cmd("SMEMBERS").arg(keys::PLACEMENTS).query(&mut conn).unwrap();
     assert!(registered.is_empty(), "{registered:?}");
 
     // Every published plan is in the plan log, with the targets it was made for.
     let log: redis::streams::StreamRangeReply =
-        redis::cmd("XRANGE").arg("allot:plans").arg("-").arg("+").query(&mut conn).unwrap();
+        redis::cmd("XRANGE").arg(stream::PLAN_LOG).arg("-").arg("+").query(&mut conn).unwrap();
     let snapshots: Vec<PlanSnapshot> = log
         .ids
         .iter()
         .map(|e| {
-            let s: String = e.get(allot_archive::plan_rows::FIELD).unwrap();
+            let s: String = e.get(stream::SNAPSHOT).unwrap();
             serde_json::from_str(&s).unwrap()
         })
         .collect();
@@ -163,7 +163,7 @@ async fn two_origins_one_controller_and_failover() {
     assert_eq!(leader.metric("allot_control_leader").await, 1.0);
     assert_eq!(follower.metric("allot_control_leader").await, 0.0);
     let mut conn = redis.conn();
-    let holder: String = redis::cmd("GET").arg("allot:control:lease").query(&mut conn).unwrap();
+    let holder: String = redis::cmd("GET").arg(keys::LEASE).query(&mut conn).unwrap();
     assert_eq!(holder, leader.app().instance);
 
     // The leader stops (releasing the lease); the other one takes over.
@@ -177,8 +177,12 @@ async fn two_origins_one_controller_and_failover() {
     .await;
     assert!(follower.metric("allot_control_rounds_total").await > 0.0);
     let history: Vec<String> =
-        redis::cmd("LRANGE").arg("allot:{home_feed}:plans").arg(0).arg(-1).query(&mut conn).unwrap();
+        redis::cmd("LRANGE").arg(home_feed_keys().plans()).arg(0).arg(-1).query(&mut conn).unwrap();
     let versions: Vec<u64> = history.iter().map(|p| allot_core::Plan::parse(p.as_bytes()).unwrap().version).collect();
     assert_eq!(versions, [2, 1], "versions increase by one, no competing plans");
     follower.shutdown().await;
+}
+
+fn home_feed_keys() -> keys::PlacementKeys {
+    keys::PlacementKeys::of_raw("home_feed")
 }

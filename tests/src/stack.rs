@@ -145,12 +145,12 @@ impl Stack {
         self.dir.path()
     }
 
-    /// The origin's config file (its `[archive]` section serves `allot-origin report`).
+    /// The origin's config file (its `[archive]` section also serves `allot-report`).
     pub fn config_path(&self) -> &std::path::Path {
         &self.config_path
     }
 
-    /// Runs `allot-origin report NAME` for today on the local engine and returns the
+    /// Runs `allot-report NAME` for today on the local engine and returns the
     /// rows (JSON).
     pub async fn report(&self, name: &str) -> anyhow::Result<Vec<Value>> {
         let out = self.run_report(name, "json").await?;
@@ -164,8 +164,8 @@ impl Stack {
 
     async fn run_report(&self, name: &str, format: &str) -> anyhow::Result<String> {
         let today = today_utc();
-        let out = Command::new(process::workspace_bin("allot-origin")?)
-            .args(["report", name, "--from", &today, "--to", &today, "--engine", "local", "--format", format])
+        let out = Command::new(process::workspace_bin("allot-report")?)
+            .args([name, "--from", &today, "--to", &today, "--engine", "local", "--format", format])
             .arg("--config")
             .arg(&self.config_path)
             .output()

@@ -293,7 +293,7 @@ async fn a_pending_entry_deleted_from_the_stream_does_not_stall_recovery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_snapshots_are_archived_to_the_plans_table() {
-    use allot_archive::plan_rows::{FIELD, PlanSnapshot, SnapshotCampaign};
+    use allot_core::contract::{PlanSnapshot, SnapshotCampaign, stream};
     use allot_core::{CampaignId, PlacementId};
 
     let redis = Redis::start();
@@ -325,9 +325,9 @@ async fn plan_snapshots_are_archived_to_the_plans_table() {
     let mut ids: Vec<String> = Vec::new();
     for (version, a) in [(1, 0.5), (2, 0.45), (3, 0.4)] {
         let json = snapshot(version, a).to_json();
-        ids.push(conn.xadd("allot:plans", "*", &[("p", "home_feed"), (FIELD, json.as_str())]).unwrap().unwrap());
+        ids.push(conn.xadd(stream::PLAN_LOG, "*", &stream::plan_entry("home_feed", &json)).unwrap().unwrap());
     }
-    ids.push(conn.xadd("allot:plans", "*", &[("p", "home_feed"), (FIELD, "{not json")]).unwrap().unwrap());
+    ids.push(conn.xadd(stream::PLAN_LOG, "*", &stream::plan_entry("home_feed", "{not json")).unwrap().unwrap());
 
     let run = start(&redis, s3.config()).await;
     wait_until("the plan log archived", || get(&run.metrics.plans.entries_archived) == 4).await;

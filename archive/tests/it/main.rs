@@ -4,8 +4,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod archiver;
-mod athena;
 mod claims;
 mod infra;
-mod reports;
 mod support;

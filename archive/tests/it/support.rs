@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use allot_archive::{ArchiveConfig, Secret};
+use allot_archive::ArchiveConfig;
 use allot_core::{CampaignId, Event, EventBatch, EventKind, PlacementId, RequestId};
 use redis::TypedCommands;
 
@@ -52,7 +52,7 @@ impl S3Config for S3 {
         cfg.endpoint = Some(self.endpoint());
         cfg.prefix = "test/".into();
         cfg.access_key_id = Some(ACCESS_KEY.into());
-        cfg.secret_access_key = Some(Secret::new(SECRET_KEY));
+        cfg.secret_access_key = Some(SECRET_KEY.into());
         cfg.path_style = true;
         cfg.flush_max_age_secs = 1;
         cfg.retry_max_backoff_ms = 400;

@@ -176,7 +176,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let today = allot_e2e::stack::today_utc();
     println!(
-        "\nreport `delivery` over the S3 archive (allot-origin report delivery --from {today} --to {today} --engine local):"
+        "\nreport `delivery` over the S3 archive (allot-report delivery --from {today} --to {today} --engine local):"
     );
     match stack.report_table("delivery").await {
         Ok(table) => println!("{table}"),

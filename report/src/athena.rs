@@ -12,7 +12,9 @@ use aws_sdk_athena::error::DisplayErrorContext;
 use aws_sdk_athena::types::{QueryExecutionContext, QueryExecutionState, ResultConfiguration};
 
 use crate::table::{ColumnKind, ResultTable};
-use crate::{ArchiveConfig, ArchiveError, AthenaConfig};
+use allot_archive::{ArchiveConfig, AthenaConfig};
+
+use crate::ReportError;
 
 /// A finished Athena query: its id, the states polling saw, and its rows.
 #[derive(Debug, Clone)]
@@ -26,16 +28,16 @@ pub struct QueryOutcome {
 }
 
 /// Runs `sql` on Athena and collects every result row.
-pub async fn query(cfg: &ArchiveConfig, sql: &str) -> Result<ResultTable, ArchiveError> {
+pub async fn query(cfg: &ArchiveConfig, sql: &str) -> Result<ResultTable, ReportError> {
     Ok(execute(cfg, sql).await?.table)
 }
 
 /// Runs `sql` on Athena, with what it took to get the result.
-pub async fn execute(cfg: &ArchiveConfig, sql: &str) -> Result<QueryOutcome, ArchiveError> {
+pub async fn execute(cfg: &ArchiveConfig, sql: &str) -> Result<QueryOutcome, ReportError> {
     let athena = cfg
         .athena
         .as_ref()
-        .ok_or_else(|| ArchiveError::Config("the athena engine needs an `athena` section".into()))?;
+        .ok_or_else(|| ReportError::Config("the athena engine needs an `athena` section".into()))?;
     let region = athena.region.as_deref().unwrap_or(&cfg.region);
     let sdk = cfg.sdk_config(athena.endpoint.as_deref(), region).await;
     let client = aws_sdk_athena::Client::new(&sdk);
@@ -45,11 +47,11 @@ pub async fn execute(cfg: &ArchiveConfig, sql: &str) -> Result<QueryOutcome, Arc
     Ok(QueryOutcome { query_id, states, pages, table })
 }
 
-fn api_error<E: std::error::Error>(call: &str) -> impl Fn(E) -> ArchiveError + '_ {
-    move |e| ArchiveError::Athena(format!("{call}: {}", DisplayErrorContext(&e)))
+fn api_error<E: std::error::Error>(call: &str) -> impl Fn(E) -> ReportError + '_ {
+    move |e| ReportError::Athena(format!("{call}: {}", DisplayErrorContext(&e)))
 }
 
-async fn start(client: &aws_sdk_athena::Client, athena: &AthenaConfig, sql: &str) -> Result<String, ArchiveError> {
+async fn start(client: &aws_sdk_athena::Client, athena: &AthenaConfig, sql: &str) -> Result<String, ReportError> {
     let out = client
         .start_query_execution()
         .query_string(sql)
@@ -63,11 +65,11 @@ async fn start(client: &aws_sdk_athena::Client, athena: &AthenaConfig, sql: &str
         .map_err(api_error("StartQueryExecution"))?;
     out.query_execution_id()
         .map(str::to_string)
-        .ok_or_else(|| ArchiveError::Athena("StartQueryExecution returned no query id".into()))
+        .ok_or_else(|| ReportError::Athena("StartQueryExecution returned no query id".into()))
 }
 
 /// Polls until the query succeeded; any other final state is an error with its reason.
-async fn wait(client: &aws_sdk_athena::Client, athena: &AthenaConfig, id: &str) -> Result<Vec<String>, ArchiveError> {
+async fn wait(client: &aws_sdk_athena::Client, athena: &AthenaConfig, id: &str) -> Result<Vec<String>, ReportError> {
     let started = Instant::now();
     let mut seen = Vec::new();
     let max = Duration::from_millis(athena.poll_max_ms.max(1));
@@ -86,7 +88,7 @@ async fn wait(client: &aws_sdk_athena::Client, athena: &AthenaConfig, id: &str) 
                     .and_then(|s| s.athena_error().and_then(|e| e.error_message()).or(s.state_change_reason()))
                     .unwrap_or("no reason given")
                     .to_string();
-                return Err(ArchiveError::QueryFailed {
+                return Err(ReportError::QueryFailed {
                     query_id: id.to_string(),
                     state: other.as_str().to_string(),
                     reason,
@@ -96,7 +98,7 @@ async fn wait(client: &aws_sdk_athena::Client, athena: &AthenaConfig, id: &str) 
         if started.elapsed() >= Duration::from_secs(athena.query_timeout_secs) {
             // Best effort: do not leave a runaway query scanning (and billing) behind.
             let _ = client.stop_query_execution().query_execution_id(id).send().await;
-            return Err(ArchiveError::Athena(format!(
+            return Err(ReportError::Athena(format!(
                 "query {id} did not finish within {} s; stopped it",
                 athena.query_timeout_secs
             )));
@@ -119,7 +121,7 @@ async fn results(
     client: &aws_sdk_athena::Client,
     athena: &AthenaConfig,
     id: &str,
-) -> Result<(ResultTable, usize), ArchiveError> {
+) -> Result<(ResultTable, usize), ReportError> {
     let mut table = ResultTable::default();
     let mut pages = 0;
     let mut token: Option<String> = None;

@@ -16,16 +16,18 @@ use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTable
 use datafusion::prelude::SessionContext;
 use object_store::aws::AmazonS3Builder;
 
-use crate::dataset::{Dataset, Events, Plans};
-use crate::table::{ColumnKind, ResultTable};
-use crate::{ArchiveConfig, ArchiveError};
+use allot_archive::ArchiveConfig;
+use allot_archive::dataset::{Dataset, Events, Plans};
 
-fn err(e: impl std::fmt::Display) -> ArchiveError {
-    ArchiveError::Local(e.to_string())
+use crate::table::{ColumnKind, ResultTable};
+use crate::ReportError;
+
+fn err(e: impl std::fmt::Display) -> ReportError {
+    ReportError::Local(e.to_string())
 }
 
 /// Runs `sql` over the archive: in `dir` when given, else in the configured bucket.
-pub async fn query(cfg: &ArchiveConfig, dir: Option<&Path>, sql: &str) -> Result<ResultTable, ArchiveError> {
+pub async fn query(cfg: &ArchiveConfig, dir: Option<&Path>, sql: &str) -> Result<ResultTable, ReportError> {
     let ctx = SessionContext::new();
     let root = match dir {
         Some(dir) => {
@@ -63,7 +65,7 @@ pub async fn query(cfg: &ArchiveConfig, dir: Option<&Path>, sql: &str) -> Result
 }
 
 /// Registers dataset `D` as a Hive-partitioned table under `root`.
-fn register<D: Dataset>(ctx: &SessionContext, root: &str) -> Result<(), ArchiveError> {
+fn register<D: Dataset>(ctx: &SessionContext, root: &str) -> Result<(), ReportError> {
     let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
         .with_file_extension(".parquet")
         .with_table_partition_cols(vec![("dt".into(), DataType::Utf8), ("hour".into(), DataType::Utf8)]);
@@ -85,14 +87,14 @@ fn kind_of(t: &DataType) -> ColumnKind {
 }
 
 /// Lets the context read `s3://{bucket}` with the archive's endpoint and credentials.
-fn register_s3(ctx: &SessionContext, cfg: &ArchiveConfig) -> Result<(), ArchiveError> {
+fn register_s3(ctx: &SessionContext, cfg: &ArchiveConfig) -> Result<(), ReportError> {
     let mut builder = AmazonS3Builder::from_env().with_bucket_name(&cfg.bucket).with_region(&cfg.region);
     if let Some(ep) = &cfg.endpoint {
         builder = builder.with_endpoint(ep).with_allow_http(ep.starts_with("http://"));
     }
     builder = builder.with_virtual_hosted_style_request(!cfg.path_style);
     if let (Some(ak), Some(sk)) = (&cfg.access_key_id, &cfg.secret_access_key) {
-        builder = builder.with_access_key_id(ak).with_secret_access_key(sk.expose());
+        builder = builder.with_access_key_id(ak).with_secret_access_key(secrecy::ExposeSecret::expose_secret(sk));
     }
     let store = builder.build().map_err(err)?;
     let url = url::Url::parse(&format!("s3://{}", cfg.bucket)).map_err(err)?;

@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use serde_json::{Map, Value};
 
-use crate::ArchiveError;
+use crate::ReportError;
 
 /// How a column's values are rendered in JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,14 +38,14 @@ pub enum Format {
 }
 
 impl FromStr for Format {
-    type Err = ArchiveError;
+    type Err = ReportError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "table" => Ok(Self::Table),
             "csv" => Ok(Self::Csv),
             "json" => Ok(Self::Json),
-            _ => Err(ArchiveError::Argument(format!("unknown format {s:?} (table, csv or json)"))),
+            _ => Err(ReportError::Argument(format!("unknown format {s:?} (table, csv or json)"))),
         }
     }
 }

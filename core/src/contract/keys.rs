@@ -1,17 +1,13 @@
-//! Redis key names, in one place.
+//! The Redis key layout.
 //!
 //! Every key of one placement carries the placement as a hash tag (`allot:{home_feed}:…`),
 //! so all of them live in one Redis Cluster slot: the aggregator's Lua script touches a
 //! window hash and a dedupe marker atomically, and the origin runs unchanged on a
-//! cluster. The few global keys (the streams, the registry, the lease)
-//! are single keys and never appear together in one command.
+//! cluster. The few global keys (the streams in [`stream`](super::stream), the registry,
+//! the lease) are single keys and never appear together in one command.
 
-use allot_core::PlacementId;
+use crate::PlacementId;
 
-/// The event stream the ingest writes and the aggregator and archiver read.
-pub const EVENTS: &str = "allot:events";
-/// Consumer group of the aggregator (the archiver has its own, `archiver`).
-pub const AGGREGATOR_GROUP: &str = "aggregator";
 /// The set of placements with targets.
 pub const PLACEMENTS: &str = "allot:placements";
 /// Placements whose targets changed and want a control round now.
@@ -20,11 +16,6 @@ pub const DIRTY: &str = "allot:dirty";
 pub const LEASE: &str = "allot:control:lease";
 /// Admin changes, one entry per write.
 pub const AUDIT: &str = "allot:audit";
-/// A snapshot of every published plan with its targets, for the archive's `plans` table.
-pub const PLAN_LOG: &str = "allot:plans";
-/// Approximate cap on the plan log (`XADD MAXLEN ~`): months of plans, read within a
-/// minute by the archiver.
-pub const PLAN_LOG_MAX_LEN: usize = 100_000;
 
 /// A remembered signature (replay protection); `digest` is hex.
 pub fn replay(digest: &str) -> String {

@@ -6,8 +6,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use allot_archive::athena;
-use allot_archive::{ArchiveConfig, ArchiveError, AthenaConfig};
+use allot_report::athena;
+use allot_archive::{ArchiveConfig, AthenaConfig};
+use allot_report::ReportError;
 use serde_json::{Value, json};
 
 use crate::support::Moto;
@@ -15,7 +16,7 @@ use crate::support::Moto;
 fn config(moto: &Moto, page_size: i32) -> ArchiveConfig {
     let mut cfg = ArchiveConfig::new("archive");
     cfg.access_key_id = Some("AKIDMOTO".into());
-    cfg.secret_access_key = Some(allot_archive::Secret::new("moto-secret"));
+    cfg.secret_access_key = Some("moto-secret".into());
     cfg.athena = Some(AthenaConfig {
         endpoint: Some(moto.endpoint()),
         region: None,
@@ -165,7 +166,7 @@ async fn a_cancelled_query_is_reported() {
     client.stop_query_execution().query_execution_id(&id).send().await.unwrap();
     let err = tokio::time::timeout(Duration::from_secs(20), query).await.unwrap().unwrap().unwrap_err();
     match &err {
-        ArchiveError::QueryFailed { query_id, state, .. } => {
+        ReportError::QueryFailed { query_id, state, .. } => {
             assert_eq!((query_id.as_str(), state.as_str()), (id.as_str(), "CANCELLED"));
         }
         other => panic!("expected a failed query, got {other:?}"),
@@ -180,7 +181,7 @@ async fn a_failed_query_is_reported_with_athenas_reason() {
     let cfg = config(&moto, 1000);
     let err = athena::execute(&cfg, "SELECT * FROM missing_table").await.unwrap_err();
     match &err {
-        ArchiveError::QueryFailed { state, reason, .. } => {
+        ReportError::QueryFailed { state, reason, .. } => {
             assert_eq!(state, "FAILED");
             assert!(reason.starts_with("TABLE_NOT_FOUND"), "{reason}");
         }

@@ -9,10 +9,12 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::partition::Day;
+use allot_archive::ArchiveConfig;
+use allot_archive::partition::Day;
+
 pub use crate::table::Format;
 use crate::table::ResultTable;
-use crate::{ArchiveConfig, ArchiveError};
+use crate::ReportError;
 
 /// A canned report.
 #[derive(Debug, Clone, Copy)]
@@ -46,17 +48,17 @@ pub fn names() -> Vec<&'static str> {
     REPORTS.iter().map(|r| r.name).collect()
 }
 
-pub fn find(name: &str) -> Result<&'static Report, ArchiveError> {
+pub fn find(name: &str) -> Result<&'static Report, ReportError> {
     REPORTS
         .iter()
         .find(|r| r.name == name)
-        .ok_or_else(|| ArchiveError::Argument(format!("unknown report {name:?} (known: {})", names().join(", "))))
+        .ok_or_else(|| ReportError::Argument(format!("unknown report {name:?} (known: {})", names().join(", "))))
 }
 
 /// The report's SQL for the inclusive day range, without comment lines.
-pub fn sql(name: &str, from: Day, to: Day) -> Result<String, ArchiveError> {
+pub fn sql(name: &str, from: Day, to: Day) -> Result<String, ReportError> {
     if from > to {
-        return Err(ArchiveError::Argument(format!("--from {from} is after --to {to}")));
+        return Err(ReportError::Argument(format!("--from {from} is after --to {to}")));
     }
     let report = find(name)?;
     let body: Vec<&str> = report.sql.lines().filter(|l| !l.trim_start().starts_with("--")).collect();
@@ -71,13 +73,13 @@ pub enum Engine {
 }
 
 impl FromStr for Engine {
-    type Err = ArchiveError;
+    type Err = ReportError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "athena" => Ok(Self::Athena),
             "local" => Ok(Self::Local),
-            _ => Err(ArchiveError::Argument(format!("unknown engine {s:?} (athena or local)"))),
+            _ => Err(ReportError::Argument(format!("unknown engine {s:?} (athena or local)"))),
         }
     }
 }
@@ -96,19 +98,19 @@ pub struct ReportRequest {
 }
 
 /// Runs a report and returns its result.
-pub async fn query(req: &ReportRequest, cfg: &ArchiveConfig) -> Result<ResultTable, ArchiveError> {
+pub async fn query(req: &ReportRequest, cfg: &ArchiveConfig) -> Result<ResultTable, ReportError> {
     let sql = sql(&req.name, req.from, req.to)?;
     match req.engine {
         Engine::Athena => crate::athena::query(cfg, &sql).await,
         #[cfg(feature = "local-engine")]
         Engine::Local => crate::local::query(cfg, req.archive_dir.as_deref(), &sql).await,
         #[cfg(not(feature = "local-engine"))]
-        Engine::Local => Err(ArchiveError::Local("built without the local-engine feature".into())),
+        Engine::Local => Err(ReportError::Local("built without the local-engine feature".into())),
     }
 }
 
 /// Runs a report and renders it in the requested format.
-pub async fn run(req: &ReportRequest, cfg: &ArchiveConfig) -> Result<String, ArchiveError> {
+pub async fn run(req: &ReportRequest, cfg: &ArchiveConfig) -> Result<String, ReportError> {
     Ok(query(req, cfg).await?.render(req.format))
 }
 

@@ -1,10 +1,11 @@
-//! The `report` command line, shared by `allot-report` and `allot-origin report` so the
-//! two cannot drift apart.
+//! The `allot-report` command line.
 
 use std::path::PathBuf;
 
+use allot_archive::ArchiveConfig;
+
+use crate::ReportError;
 use crate::report::{self, ReportRequest};
-use crate::{ArchiveConfig, ArchiveError};
 
 /// `NAME --from DAY --to DAY [--engine athena|local] [--format table|csv|json]`.
 #[derive(Debug, Clone, clap::Args)]
@@ -35,7 +36,7 @@ pub struct ReportArgs {
 impl ReportArgs {
     /// Runs the report (or lists them) and returns what to print. `cfg` may be absent
     /// only for `--list` and for the local engine over `--archive-dir`.
-    pub async fn run(self, cfg: Option<&ArchiveConfig>) -> Result<String, ArchiveError> {
+    pub async fn run(self, cfg: Option<&ArchiveConfig>) -> Result<String, ReportError> {
         if self.list {
             return Ok(report::REPORTS.iter().map(|r| format!("{:<14} {}\n", r.name, r.description)).collect());
         }
@@ -46,7 +47,7 @@ impl ReportArgs {
                 unused = ArchiveConfig::new("unused");
                 &unused
             }
-            None => return Err(ArchiveError::Argument("no archive is configured".into())),
+            None => return Err(ReportError::Argument("no archive is configured".into())),
         };
         let req = ReportRequest {
             name: self.name.unwrap_or_default(),

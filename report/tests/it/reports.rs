@@ -11,10 +11,11 @@ use std::process::Command;
 use allot_archive::ArchiveConfig;
 use allot_archive::parquet_rows::{self, ArchivedEvent};
 use allot_archive::partition::{Day, Partition};
-use allot_archive::plan_rows::{self, PlanRow, PlanSnapshot, SnapshotCampaign};
-use allot_archive::report::{self, Engine, Format, ReportRequest};
+use allot_archive::plan_rows::{self, PlanRow};
 use allot_archive::store::ArchiveStore;
-use allot_archive::table::ResultTable;
+use allot_core::contract::{PlanSnapshot, SnapshotCampaign};
+use allot_report::report::{self, Engine, Format, ReportRequest};
+use allot_report::table::ResultTable;
 use allot_core::estimate::{self, DeliveryBasis};
 use allot_core::{CampaignId, EventKind, PlacementId, WindowStats};
 
@@ -113,7 +114,7 @@ fn plans() -> Vec<PlanRow> {
             };
             let times = if (placement, version) == ("home_feed", 4) { 2 } else { 1 };
             for _ in 0..times {
-                out.extend(snapshot.clone().rows());
+                out.extend(plan_rows::rows(snapshot.clone()));
             }
         }
     }
