@@ -35,7 +35,7 @@ step clippy-worker cargo clippy -p allot-worker --target wasm32-unknown-unknown 
 step core-wasm32 cargo build -p allot-core --target wasm32-unknown-unknown
 # The end-to-end tests run the built worker and the origin binary.
 step worker-build bash scripts/build-worker.sh
-step bins cargo build --bins
+step bins cargo build --bins --features allot-origin/failpoints
 step rust-tests cargo test --no-fail-fast
 step worker-tests bash scripts/test-worker.sh
 

@@ -9,43 +9,82 @@ use std::sync::Arc;
 
 use allot_core::{PlacementId, Targets, TargetsSpec};
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::config::Role;
+use crate::auth::{Manager, Viewer};
 use crate::error::ApiError;
 use crate::startup::App;
 use crate::store::{Cas, etag};
 
-pub(crate) fn placement_id(raw: String) -> Result<PlacementId, ApiError> {
-    PlacementId::parse(raw).map_err(|e| ApiError::validation("id", e.to_string()))
-}
+/// The `{id}` of a placement route, parsed: a handler that runs has a valid id, and a
+/// malformed one is a `422` naming the field `id`.
+#[derive(Debug, Clone)]
+pub struct PlacementPath(pub PlacementId);
 
-/// The revision an `If-Match` header names: `None` without the header; `Some(None)` for
-/// `*` (any existing); an unparseable tag can match nothing.
-fn if_match(headers: &HeaderMap) -> Result<Option<Option<u64>>, ApiError> {
-    let Some(v) = headers.get(header::IF_MATCH) else { return Ok(None) };
-    let v = v.to_str().map_err(|_| ApiError::bad_request("bad_if_match", "If-Match must be ASCII"))?.trim();
-    if v == "*" {
-        return Ok(Some(None));
+impl<S: Send + Sync> FromRequestParts<S> for PlacementPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state).await?;
+        PlacementId::parse(raw).map(Self).map_err(|e| ApiError::validation("id", e.to_string()))
     }
-    let tag = v.trim_start_matches("W/").trim_matches('"');
-    Ok(Some(Some(tag.parse().unwrap_or(u64::MAX))))
 }
 
-/// The revision a conditional write must find (`None`: unconditional).
-async fn expected_rev(app: &App, id: &PlacementId, headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    match if_match(headers)? {
-        None => Ok(None),
-        Some(Some(rev)) => Ok(Some(rev)),
-        // `*`: whatever exists, but something must.
-        Some(None) => match app.store.targets(id).await? {
-            Some(r) if r.spec.is_some() => Ok(Some(r.rev)),
-            _ => Err(ApiError::PreconditionFailed { current: "none".into() }),
-        },
+/// The precondition of a write, from `If-Match`; taken as `Option<IfMatch>`, where
+/// `None` (no header) means unconditional.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfMatch {
+    /// `*`: the placement must exist, whatever its revision.
+    Any,
+    /// One of our ETags: the revision must still be this one.
+    Rev(u64),
+    /// A tag we never issue. It matches no revision, so the write is refused with `412`
+    /// rather than taken as unconditional.
+    Unknown,
+}
+
+impl IfMatch {
+    /// One header value. Our ETags are quoted revisions (`"7"`); a weak `W/"7"` is read
+    /// as `"7"`, since a proxy may weaken the tags it passes on.
+    pub fn parse(value: &str) -> Self {
+        let value = value.trim();
+        if value == "*" {
+            return Self::Any;
+        }
+        let tag = value.strip_prefix("W/").unwrap_or(value);
+        let tag = tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(tag);
+        match tag.parse() {
+            Ok(rev) if tag.bytes().all(|b| b.is_ascii_digit()) => Self::Rev(rev),
+            _ => Self::Unknown,
+        }
+    }
+}
+
+impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for IfMatch {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, ApiError> {
+        let Some(value) = parts.headers.get(header::IF_MATCH) else { return Ok(None) };
+        let value = value.to_str().map_err(|_| ApiError::bad_request("bad_if_match", "If-Match must be ASCII"))?;
+        Ok(Some(Self::parse(value)))
+    }
+}
+
+/// The revision a conditional write must find (`None`: unconditional). `*` and an
+/// unknown tag read the current revision: the first to require it, both to report it.
+async fn expected_rev(app: &App, id: &PlacementId, if_match: Option<IfMatch>) -> Result<Option<u64>, ApiError> {
+    let current = match if_match {
+        None => return Ok(None),
+        Some(IfMatch::Rev(rev)) => return Ok(Some(rev)),
+        Some(IfMatch::Any | IfMatch::Unknown) => app.store.targets(id).await?.filter(|r| r.spec.is_some()),
+    };
+    match (if_match, current) {
+        (Some(IfMatch::Any), Some(r)) => Ok(Some(r.rev)),
+        (_, r) => Err(ApiError::PreconditionFailed { current: r.map_or_else(|| "none".into(), |r| r.etag()) }),
     }
 }
 
@@ -54,6 +93,24 @@ fn with_etag(mut response: Response, rev: u64) -> Response {
         response.headers_mut().insert(header::ETAG, v);
     }
     response
+}
+
+/// The largest targets body accepted: a spec is a few campaigns, far below this.
+pub const MAX_SPEC_BYTES: usize = 1 << 20;
+
+/// Targets from a request body, parsed and validated by core before the handler runs.
+#[derive(Debug, Clone)]
+pub struct Spec(pub Targets);
+
+impl<S: Send + Sync> FromRequest<S> for Spec {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
+        let body = axum::body::to_bytes(req.into_body(), MAX_SPEC_BYTES)
+            .await
+            .map_err(|e| ApiError::body_read(&e, MAX_SPEC_BYTES))?;
+        parse_spec(&body).map(Self)
+    }
 }
 
 /// A spec from a request body: JSON syntax errors are 400, shape errors and rule
@@ -72,20 +129,18 @@ fn parse_spec(body: &[u8]) -> Result<Targets, ApiError> {
            ("If-Match" = Option<String>, Header, description = "ETag from a GET; 412 if stale")),
     request_body(content = Object, description = "TargetsSpec: {campaigns: [{id, rate, creative, eligibility}], confidence}"),
     responses((status = 200, description = "Updated"), (status = 201, description = "Created"),
-              (status = 400), (status = 401), (status = 403), (status = 412), (status = 422)),
+              (status = 400), (status = 401), (status = 403), (status = 412), (status = 413), (status = 422)),
     security(("bearer" = []))
 )]
 pub async fn put_placement(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    Manager(caller): Manager,
+    PlacementPath(id): PlacementPath,
+    if_match: Option<IfMatch>,
+    Spec(targets): Spec,
 ) -> Result<Response, ApiError> {
-    let caller = app.auth.check(&headers, Role::Manager)?;
-    let id = placement_id(id)?;
-    let targets = parse_spec(&body)?;
     let spec = targets.to_spec();
-    let expected = expected_rev(&app, &id, &headers).await?;
+    let expected = expected_rev(&app, &id, if_match).await?;
     let (rev, before) = match app.store.write_targets(&id, expected, Some(&spec), &caller.name, crate::now_ms()).await?
     {
         Cas::Written { rev, before } => (rev, before),
@@ -110,16 +165,14 @@ async fn audit_or_log(app: &App, who: &str, action: &str, id: &PlacementId, befo
 #[utoipa::path(
     get, path = "/v1/placements/{id}", tag = "admin",
     params(("id" = String, Path, description = "Placement id")),
-    responses((status = 200, description = "The targets, with an ETag"), (status = 401), (status = 404)),
+    responses((status = 200, description = "The targets, with an ETag"), (status = 401), (status = 404), (status = 422)),
     security(("bearer" = []))
 )]
 pub async fn get_placement(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
+    _: Viewer,
+    PlacementPath(id): PlacementPath,
 ) -> Result<Response, ApiError> {
-    app.auth.check(&headers, Role::Viewer)?;
-    let id = placement_id(id)?;
     match app.store.targets(&id).await? {
         Some(r) => match r.spec {
             Some(spec) => Ok(with_etag(Json(spec).into_response(), r.rev)),
@@ -133,17 +186,16 @@ pub async fn get_placement(
     delete, path = "/v1/placements/{id}", tag = "admin",
     params(("id" = String, Path, description = "Placement id"),
            ("If-Match" = Option<String>, Header, description = "ETag from a GET; 412 if stale")),
-    responses((status = 204), (status = 401), (status = 403), (status = 404), (status = 412)),
+    responses((status = 204), (status = 401), (status = 403), (status = 404), (status = 412), (status = 422)),
     security(("bearer" = []))
 )]
 pub async fn delete_placement(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
+    Manager(caller): Manager,
+    PlacementPath(id): PlacementPath,
+    if_match: Option<IfMatch>,
 ) -> Result<StatusCode, ApiError> {
-    let caller = app.auth.check(&headers, Role::Manager)?;
-    let id = placement_id(id)?;
-    let expected = expected_rev(&app, &id, &headers).await?;
+    let expected = expected_rev(&app, &id, if_match).await?;
     match app.store.write_targets(&id, expected, None, &caller.name, crate::now_ms()).await? {
         Cas::Written { before, .. } => {
             app.store.mark_changed(&id, false).await?;
@@ -176,8 +228,7 @@ pub struct PlacementList {
     responses((status = 200, body = PlacementList), (status = 401)),
     security(("bearer" = []))
 )]
-pub async fn list_placements(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<PlacementList>, ApiError> {
-    app.auth.check(&headers, Role::Viewer)?;
+pub async fn list_placements(State(app): State<Arc<App>>, _: Viewer) -> Result<Json<PlacementList>, ApiError> {
     let mut placements = Vec::new();
     for id in app.store.placements().await? {
         if let Some(r) = app.store.targets(&id).await?
@@ -193,4 +244,42 @@ pub async fn list_placements(State(app): State<Arc<App>>, headers: HeaderMap) ->
         }
     }
     Ok(Json(PlacementList { placements }))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Request;
+
+    use super::*;
+
+    #[test]
+    fn if_match_values() {
+        assert_eq!(IfMatch::parse("*"), IfMatch::Any);
+        assert_eq!(IfMatch::parse(" * "), IfMatch::Any);
+        assert_eq!(IfMatch::parse(&etag(7)), IfMatch::Rev(7));
+        assert_eq!(IfMatch::parse("W/\"7\""), IfMatch::Rev(7));
+        assert_eq!(IfMatch::parse("7"), IfMatch::Rev(7));
+        assert_eq!(IfMatch::parse("\"18446744073709551615\""), IfMatch::Rev(u64::MAX));
+        for unknown in ["\"abc\"", "\"\"", "", "\"+7\"", "\"-1\"", "\"1\", \"2\"", "\"18446744073709551616\"", "\"7"] {
+            assert_eq!(IfMatch::parse(unknown), IfMatch::Unknown, "{unknown:?}");
+        }
+    }
+
+    async fn if_match_of(value: Option<&[u8]>) -> Result<Option<IfMatch>, ApiError> {
+        let mut request = Request::builder();
+        if let Some(v) = value {
+            request = request.header(header::IF_MATCH, HeaderValue::from_bytes(v).unwrap());
+        }
+        let (mut parts, ()) = request.body(()).unwrap().into_parts();
+        <IfMatch as axum::extract::OptionalFromRequestParts<()>>::from_request_parts(&mut parts, &()).await
+    }
+
+    #[tokio::test]
+    async fn if_match_header() {
+        assert_eq!(if_match_of(None).await.unwrap(), None);
+        assert_eq!(if_match_of(Some(b"\"3\"")).await.unwrap(), Some(IfMatch::Rev(3)));
+        assert_eq!(if_match_of(Some(b"*")).await.unwrap(), Some(IfMatch::Any));
+        let err = if_match_of(Some("\"caf\u{e9}\"".as_bytes())).await.unwrap_err();
+        assert!(matches!(err, ApiError::BadRequest { code: "bad_if_match", .. }), "{err:?}");
+    }
 }

@@ -3,14 +3,22 @@
 //! The config stores only SHA-256 hashes of tokens, so a leaked config file grants
 //! nothing. A request without a valid token is `401` (who are you?); a valid viewer token
 //! on a write is `403` (you may not).
+//!
+//! Handlers state the role they need in their signature, by taking a [`Viewer`] or a
+//! [`Manager`] argument: a handler cannot forget the check, and the check itself lives
+//! in one place, [`Auth::check`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Role, TokenConfig};
 use crate::error::ApiError;
+use crate::startup::App;
 
 /// Who made a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +68,30 @@ impl Auth {
             }));
         }
         Ok(caller.clone())
+    }
+}
+
+/// A caller allowed to read (any valid token).
+#[derive(Debug, Clone)]
+pub struct Viewer(pub Caller);
+
+/// A caller allowed to change placements.
+#[derive(Debug, Clone)]
+pub struct Manager(pub Caller);
+
+impl FromRequestParts<Arc<App>> for Viewer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        app.auth.check(&parts.headers, Role::Viewer).map(Self)
+    }
+}
+
+impl FromRequestParts<Arc<App>> for Manager {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        app.auth.check(&parts.headers, Role::Manager).map(Self)
     }
 }
 

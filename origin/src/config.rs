@@ -109,7 +109,9 @@ fn default_body() -> usize {
     1 << 20
 }
 
-/// Test hooks for crash-recovery tests. Never set in production.
+/// Test hooks for crash-recovery tests. They exist only in builds with the
+/// `failpoints` feature, so a production binary cannot be configured to crash.
+#[cfg(feature = "failpoints")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Failpoint {
@@ -131,6 +133,7 @@ pub struct AggregateConfig {
     /// How long an applied entry's dedupe marker lives; must exceed the longest time an
     /// entry can stay pending after being applied (crash → claim).
     pub dedupe_ttl_secs: u64,
+    #[cfg(feature = "failpoints")]
     pub failpoint: Option<Failpoint>,
 }
 
@@ -143,6 +146,7 @@ impl Default for AggregateConfig {
             block_ms: 1000,
             claim_min_idle_ms: 30_000,
             dedupe_ttl_secs: 900,
+            #[cfg(feature = "failpoints")]
             failpoint: None,
         }
     }

@@ -4,8 +4,15 @@
 //! into a status code and the `{"error": {"code", "message"}}` body. Server-side
 //! failures (Redis down, a corrupt stored value) are logged with their cause and shown
 //! to the client only as a stable code.
+//!
+//! axum's own extractors answer in `text/plain`; [`Api`] wraps one so its rejection
+//! comes here instead, and every answer of the API, including a malformed query string
+//! or path, has the same JSON shape.
 
 use axum::Json;
+use axum::extract::FromRequestParts;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -21,6 +28,8 @@ pub enum ApiError {
     Forbidden(&'static str),
     #[error("{0} not found")]
     NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
     #[error("body larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("the resource changed since it was read (ETag {current})")]
@@ -29,6 +38,9 @@ pub enum ApiError {
     Validation { field: String, message: String },
     #[error("storage unavailable")]
     Unavailable(#[source] redis::RedisError),
+    /// The process is up but cannot serve yet (a readiness probe's answer).
+    #[error("{0}")]
+    NotReady(&'static str),
     #[error("internal error")]
     Internal(String),
 }
@@ -42,16 +54,30 @@ impl ApiError {
         Self::Validation { field: field.into(), message: message.into() }
     }
 
+    /// A request body that could not be read whole: larger than `limit`, or cut off.
+    pub fn body_read(e: &axum::Error, limit: usize) -> Self {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = source {
+            if err.is::<http_body_util::LengthLimitError>() {
+                return Self::PayloadTooLarge { limit };
+            }
+            source = err.source();
+        }
+        Self::bad_request("body_read_failed", format!("could not read the body: {e}"))
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::PreconditionFailed { .. } => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
             Self::Validation { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -60,6 +86,43 @@ impl ApiError {
 impl From<redis::RedisError> for ApiError {
     fn from(e: redis::RedisError) -> Self {
         Self::Unavailable(e)
+    }
+}
+
+/// A query string that does not fit the handler's parameters: the client's mistake.
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        Self::bad_request("invalid_query", e.body_text())
+    }
+}
+
+/// A path segment that does not decode (e.g. percent-encoded bytes that are not UTF-8)
+/// is the client's; a route declared without the parameter is ours.
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        if e.status().is_server_error() {
+            Self::Internal(e.body_text())
+        } else {
+            Self::bad_request("invalid_path", e.body_text())
+        }
+    }
+}
+
+/// An axum extractor whose rejection is answered as an [`ApiError`]:
+/// `Api(Query(q)): Api<Query<T>>`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Api<E>(pub E);
+
+impl<E, S> FromRequestParts<S> for Api<E>
+where
+    E: FromRequestParts<S>,
+    ApiError: From<E::Rejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        E::from_request_parts(parts, state).await.map(Self).map_err(ApiError::from)
     }
 }
 
@@ -80,5 +143,52 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use axum::extract::{Path, Query};
+    use axum::http::{Request, Uri};
+
+    use super::*;
+
+    async fn answer(e: ApiError) -> (StatusCode, serde_json::Value) {
+        let r = e.into_response();
+        let status = r.status();
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn query_rejections_are_json_400s() {
+        let uri: Uri = "/v1/audit?limit=ten".parse().unwrap();
+        let rejection = Query::<HashMap<String, usize>>::try_from_uri(&uri).unwrap_err();
+        let (status, v) = answer(rejection.into()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(v["error"]["code"], "invalid_query");
+        assert!(v["error"]["message"].as_str().unwrap().contains("invalid digit"), "{v}");
+    }
+
+    #[tokio::test]
+    async fn a_route_without_the_parameter_is_internal() {
+        let (mut parts, ()) = Request::new(()).into_parts();
+        let rejection = Path::<String>::from_request_parts(&mut parts, &()).await.unwrap_err();
+        let (status, v) = answer(rejection.into()).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(v["error"]["code"], "internal");
+    }
+
+    #[tokio::test]
+    async fn not_ready_and_method_not_allowed() {
+        let (status, v) = answer(ApiError::NotReady("redis unreachable")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(v["error"]["code"], "not_ready");
+        assert_eq!(v["error"]["message"], "redis unreachable");
+        let (status, v) = answer(ApiError::MethodNotAllowed).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(v["error"]["code"], "method_not_allowed");
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use allot_core::Verifier;
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::sync::Notify;
@@ -98,6 +98,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(crate::openapi::serve))
+        // After the routes: it applies to those registered before it.
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .fallback(|| async { ApiError::NotFound("route".into()) })
         .with_state(app)
 }
@@ -106,15 +108,12 @@ async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
 }
 
-async fn readyz(State(app): State<Arc<App>>) -> Response {
-    match app.store.ping().await {
-        Ok(()) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "not ready: redis unreachable");
-            let body = serde_json::json!({"error": {"code": "not_ready", "message": "redis unreachable"}});
-            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
-        }
-    }
+async fn readyz(State(app): State<Arc<App>>) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    app.store.ping().await.map_err(|e| {
+        tracing::warn!(error = %e, "not ready: redis unreachable");
+        ApiError::NotReady("redis unreachable")
+    })?;
+    Ok(axum::Json(serde_json::json!({"status": "ready"})))
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {

@@ -10,12 +10,11 @@ use std::sync::Arc;
 use allot_core::estimate::{self, DeliveryBasis};
 use allot_core::{Targets, WindowStats};
 use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::extract::State;
 use serde::Serialize;
 
-use crate::admin::placement_id;
-use crate::config::Role;
+use crate::admin::PlacementPath;
+use crate::auth::Viewer;
 use crate::error::ApiError;
 use crate::startup::App;
 
@@ -78,16 +77,14 @@ pub struct PlacementStatus {
 #[utoipa::path(
     get, path = "/v1/placements/{id}/status", tag = "admin",
     params(("id" = String, Path, description = "Placement id")),
-    responses((status = 200, body = PlacementStatus), (status = 401), (status = 404)),
+    responses((status = 200, body = PlacementStatus), (status = 401), (status = 404), (status = 422)),
     security(("bearer" = []))
 )]
 pub async fn get_status(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
+    _: Viewer,
+    PlacementPath(id): PlacementPath,
 ) -> Result<Json<PlacementStatus>, ApiError> {
-    app.auth.check(&headers, Role::Viewer)?;
-    let id = placement_id(id)?;
     let record = app.store.targets(&id).await?.filter(|r| r.spec.is_some());
     let Some(record) = record else { return Err(ApiError::NotFound(format!("placement {id}"))) };
     let spec = record.spec.clone().ok_or_else(|| ApiError::NotFound(format!("placement {id}")))?;

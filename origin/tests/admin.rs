@@ -1,5 +1,6 @@
 //! The admin API: roles (401 vs 403), ETags (412), validation (422 naming the field),
-//! the audit trail, listing and deleting.
+//! the audit trail, listing and deleting; and that every refusal, including axum's own
+//! (query string, path, method, route), is the JSON error format.
 
 #![allow(clippy::unwrap_used)]
 
@@ -7,6 +8,27 @@ mod common;
 
 use common::*;
 use serde_json::{Value, json};
+
+/// A refusal's status and body, after checking it is the JSON error format.
+async fn json_error(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let content_type = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(content_type.as_deref(), Some("application/json"), "status {status}");
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    (status, v)
+}
+
+/// A refusal's status, code and field (empty if none).
+async fn error_of(r: reqwest::Response) -> (u16, String, String) {
+    let (status, v) = json_error(r).await;
+    let text = |x: &Value| x.as_str().unwrap_or_default().to_string();
+    (status, text(&v["error"]["code"]), text(&v["error"]["field"]))
+}
+
+fn refusal(status: u16, code: &str) -> (u16, String, String) {
+    (status, code.to_string(), String::new())
+}
 
 fn spec() -> Value {
     json!({
@@ -88,7 +110,7 @@ async fn tokens_roles_etags_validation_and_audit() {
         assert!(v["error"]["message"].as_str().unwrap().starts_with(field), "{v}");
     }
     let r = app.put_targets("bad id!", &spec(), MANAGER_TOKEN).await;
-    assert!(r.status() == 422 || r.status() == 404, "{}", r.status());
+    assert_eq!(error_of(r).await, (422, "validation_failed".into(), "id".into()));
     let r = app.http.put(&url).bearer_auth(MANAGER_TOKEN).body("{oops").send().await.unwrap();
     assert_eq!(r.status(), 400);
 
@@ -129,4 +151,100 @@ async fn tokens_roles_etags_validation_and_audit() {
     let (_, limited) = app.get_json("/v1/audit?limit=2", VIEWER_TOKEN).await;
     assert_eq!(limited.as_array().unwrap().len(), 2);
     assert_eq!(app.get_json("/v1/audit", "nope").await.0, 401);
+}
+
+#[tokio::test]
+async fn refusals_are_json() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(config(&redis, "", &[("ALLOT_CONTROL_ENABLED", "false")])).await;
+    let get = |path: &str, token: &str| app.http.get(app.url(path)).bearer_auth(token).send();
+    assert_eq!(app.put_targets("home_feed", &spec(), MANAGER_TOKEN).await.status(), 201);
+
+    // The query string: a bad limit, cursor or placement filter is the client's 400.
+    for query in ["limit=ten", "limit=-1", "before=garbage", "before=17", "placement=bad%20id!"] {
+        let r = get(&format!("/v1/audit?{query}"), VIEWER_TOKEN).await.unwrap();
+        assert_eq!(error_of(r).await, refusal(400, "invalid_query"), "{query}");
+    }
+    let (status, page) = app.get_json("/v1/audit?before=0-0", VIEWER_TOKEN).await;
+    assert_eq!((status, page), (200, json!([])), "nothing precedes the first id");
+    // A valid cursor pages: the entry itself is excluded.
+    let (_, all) = app.get_json("/v1/audit", VIEWER_TOKEN).await;
+    let newest = all[0]["id"].as_str().unwrap().to_string();
+    let (status, page) = app.get_json(&format!("/v1/audit?before={newest}"), VIEWER_TOKEN).await;
+    assert_eq!((status, page), (200, json!([])));
+    // Authentication comes before the query.
+    let r = get("/v1/audit?limit=ten", "nope").await.unwrap();
+    assert_eq!(error_of(r).await, refusal(401, "unauthorized"));
+
+    // The path: a malformed placement id is 422 on `id`, everywhere it appears.
+    let bad = "/v1/placements/bad%20id!";
+    let field_id = (422, "validation_failed".to_string(), "id".to_string());
+    assert_eq!(error_of(get(bad, VIEWER_TOKEN).await.unwrap()).await, field_id);
+    assert_eq!(error_of(get(&format!("{bad}/status"), VIEWER_TOKEN).await.unwrap()).await, field_id);
+    let r = app.http.delete(app.url(bad)).bearer_auth(MANAGER_TOKEN).send().await.unwrap();
+    assert_eq!(error_of(r).await, field_id);
+    let r = app.http.put(app.url(bad)).bearer_auth(MANAGER_TOKEN).json(&spec()).send().await.unwrap();
+    assert_eq!(error_of(r).await, field_id);
+    // Bytes that do not decode to UTF-8 never reach the id parser.
+    let r = get("/v1/placements/%FF", VIEWER_TOKEN).await.unwrap();
+    assert_eq!(error_of(r).await, refusal(400, "invalid_path"));
+
+    // Methods and routes.
+    let r = app.http.post(app.url("/v1/placements/home_feed")).bearer_auth(MANAGER_TOKEN).send().await.unwrap();
+    let allow = r.headers().get("allow").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    assert!(allow.contains("GET") && allow.contains("PUT") && allow.contains("DELETE"), "Allow: {allow}");
+    assert_eq!(error_of(r).await, refusal(405, "method_not_allowed"));
+    let r = app.http.delete(app.url("/v1/audit")).bearer_auth(MANAGER_TOKEN).send().await.unwrap();
+    assert_eq!(error_of(r).await, refusal(405, "method_not_allowed"));
+    let r = app.http.get(app.url("/v1/events")).send().await.unwrap();
+    assert_eq!(error_of(r).await, refusal(405, "method_not_allowed"));
+    assert_eq!(error_of(get("/v1/nothing-here", VIEWER_TOKEN).await.unwrap()).await, refusal(404, "not_found"));
+
+    // Roles on a write: no token 401 (with the challenge), a viewer 403.
+    let url = app.url("/v1/placements/home_feed");
+    let r = app.http.put(&url).json(&spec()).send().await.unwrap();
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    assert_eq!(error_of(r).await, refusal(401, "unauthorized"));
+    let r = app.put_targets("home_feed", &spec(), VIEWER_TOKEN).await;
+    assert_eq!(error_of(r).await, refusal(403, "forbidden"));
+    let r = app.http.delete(&url).bearer_auth(VIEWER_TOKEN).send().await.unwrap();
+    assert_eq!(error_of(r).await, refusal(403, "forbidden"));
+
+    // If-Match: `*` needs an existing placement, a stale or foreign tag matches nothing,
+    // a header that is not text is malformed; none of them writes.
+    let put_if = |path: &str, tag: &'static [u8]| {
+        let tag = reqwest::header::HeaderValue::from_bytes(tag).unwrap();
+        app.http.put(app.url(path)).bearer_auth(MANAGER_TOKEN).header("If-Match", tag).json(&spec()).send()
+    };
+    let r = put_if("/v1/placements/missing", b"*").await.unwrap();
+    assert_eq!(error_of(r).await, refusal(412, "precondition_failed"));
+    assert_eq!(get("/v1/placements/missing", VIEWER_TOKEN).await.unwrap().status(), 404);
+    let (_, before) = app.get_json("/v1/placements", VIEWER_TOKEN).await;
+    let current = before["placements"][0]["etag"].as_str().unwrap().to_string();
+    assert_eq!(current, "\"1\"");
+    for stale in [&b"\"0\""[..], b"\"2\"", b"W/\"7\"", b"\"not-ours\""] {
+        let (status, v) = json_error(put_if("/v1/placements/home_feed", stale).await.unwrap()).await;
+        assert_eq!((status, &v["error"]["code"]), (412, &json!("precondition_failed")), "{stale:?}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(&current), "{v}");
+    }
+    let r = put_if("/v1/placements/home_feed", b"\"caf\xe9\"").await.unwrap();
+    assert_eq!(error_of(r).await, refusal(400, "bad_if_match"));
+    let r = put_if("/v1/placements/home_feed", b"\"1\"").await.unwrap();
+    assert_eq!(r.status(), 200, "the current tag still matches after the refusals");
+
+    // A body over the limit is refused before it is parsed.
+    let big = vec![b' '; allot_origin::admin::MAX_SPEC_BYTES + 1];
+    let r = app.http.put(&url).bearer_auth(MANAGER_TOKEN).body(big).send().await.unwrap();
+    assert_eq!(error_of(r).await, refusal(413, "payload_too_large"));
+}
+
+#[tokio::test]
+async fn readyz_follows_redis() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(config(&redis, "", &[("ALLOT_CONTROL_ENABLED", "false")])).await;
+    let (status, body) = app.get_json("/readyz", "").await;
+    assert_eq!((status, body), (200, json!({"status": "ready"})));
+    drop(redis);
+    let r = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(error_of(r).await, refusal(503, "not_ready"));
 }

@@ -1,12 +1,15 @@
 //! Crash recovery with the real binary: a consumer that dies between applying a batch
 //! and acknowledging it (a failpoint, then `kill -9` at a random moment) loses nothing
 //! and counts nothing twice once a fresh consumer takes over.
+//!
+//! The failpoint exists only with the `failpoints` feature, which the crate's
+//! dev-dependency on itself turns on for its tests and for the binary they run.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -58,8 +61,30 @@ fn assert_exact(redis: &RedisServer, bodies: usize) {
     assert_eq!(a.allocations.n as usize, bodies.div_ceil(4));
 }
 
+/// Waits for a process started with a failpoint to exit at it; a binary built without
+/// the hook would never exit, so that case gets its own message.
+fn exit_at_failpoint(origin: &mut OriginProcess, secs: u64) -> Option<i32> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if let Some(status) = origin.child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "the origin did not exit at its failpoint within {secs} s: is {} built with `--features failpoints`?",
+        env!("CARGO_BIN_EXE_allot-origin")
+    );
+}
+
 #[tokio::test]
 async fn a_consumer_killed_between_apply_and_ack_is_counted_once() {
+    const {
+        assert!(
+            cfg!(feature = "failpoints"),
+            "allot-origin's tests need its `failpoints` feature (the dev-dependency on itself enables it)"
+        )
+    };
     let redis = RedisServer::start();
     ingest(&redis, 100).await;
 
@@ -74,7 +99,7 @@ async fn a_consumer_killed_between_apply_and_ack_is_counted_once() {
             ("ALLOT_CONTROL_ENABLED", "false"),
         ],
     );
-    assert_eq!(first.wait_exit(20), Some(3), "the failpoint fired");
+    assert_eq!(exit_at_failpoint(&mut first, 20), Some(3), "the failpoint fired");
     assert_eq!(markers(&redis), 30, "a batch was applied");
     assert_eq!(pending(&redis), 30, "and not acknowledged");
     assert_eq!(total_counts(&redis, "home_feed").requests.n, 30);

@@ -31,6 +31,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("ALLOT_AGGREGATE_CONSUMER", "aggregate.consumer"),
     ("ALLOT_AGGREGATE_BATCH", "aggregate.batch"),
     ("ALLOT_AGGREGATE_CLAIM_MIN_IDLE_MS", "aggregate.claim_min_idle_ms"),
+    #[cfg(feature = "failpoints")]
     ("ALLOT_AGGREGATE_FAILPOINT", "aggregate.failpoint"),
     ("ALLOT_CONTROL_ENABLED", "control.enabled"),
     ("ALLOT_CONTROL_PERIOD_MS", "control.period_ms"),

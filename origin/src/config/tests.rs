@@ -41,7 +41,6 @@ fn environment_overrides_the_file() {
             ("ALLOT_INGEST_KEYS", "aaaaaaaaaaaaaaaa1, bbbbbbbbbbbbbbbb2"),
             ("ALLOT_CONTROL_PERIOD_MS", "1500"),
             ("ALLOT_CONTROL_ENABLED", "false"),
-            ("ALLOT_AGGREGATE_FAILPOINT", "exit_after_apply"),
             ("ALLOT_PUBLISH_KIND", "cloudflare"),
             ("ALLOT_PUBLISH_CLOUDFLARE_ACCOUNT_ID", "123"),
             ("ALLOT_PUBLISH_CLOUDFLARE_NAMESPACE_ID", "ns"),
@@ -56,11 +55,37 @@ fn environment_overrides_the_file() {
     assert_eq!(c.ingest_keys().len(), 2);
     assert_eq!(c.control.period_ms, 1500);
     assert!(!c.control.enabled);
-    assert_eq!(c.aggregate.failpoint, Some(Failpoint::ExitAfterApply));
     let cf = c.publish.cloudflare.as_ref().unwrap();
     assert_eq!(cf.account_id, "123", "a numeric-looking id stays a string");
     assert_eq!(cf.base_url, "https://api.cloudflare.com/client/v4");
     assert_eq!(c.admin.tokens[0].name, "alice");
+}
+
+/// The test hook is configurable only in builds that have it (the tests' build does).
+#[cfg(feature = "failpoints")]
+#[test]
+fn the_failpoint_comes_from_the_file_or_the_environment() {
+    assert_eq!(Config::from_sources(MIN, &HashMap::new()).unwrap().aggregate.failpoint, None);
+    let c = Config::from_sources(MIN, &env(&[("ALLOT_AGGREGATE_FAILPOINT", "exit_after_apply")])).unwrap();
+    assert_eq!(c.aggregate.failpoint, Some(Failpoint::ExitAfterApply));
+    let file = format!("{MIN}\n[aggregate]\nfailpoint = \"exit_after_apply\"");
+    assert_eq!(
+        Config::from_sources(&file, &HashMap::new()).unwrap().aggregate.failpoint,
+        Some(Failpoint::ExitAfterApply)
+    );
+    let err = Config::from_sources(MIN, &env(&[("ALLOT_AGGREGATE_FAILPOINT", "explode")])).unwrap_err();
+    assert!(err.to_string().contains("explode"), "{err}");
+}
+
+/// Without the feature the key is unknown, so a production config naming it is refused
+/// rather than silently ignored.
+#[cfg(not(feature = "failpoints"))]
+#[test]
+fn production_builds_have_no_failpoint() {
+    let file = format!("{MIN}\n[aggregate]\nfailpoint = \"exit_after_apply\"");
+    let err = Config::from_sources(&file, &HashMap::new()).unwrap_err();
+    assert!(err.to_string().contains("failpoint"), "{err}");
+    assert!(!ENV_OVERRIDES.iter().any(|(var, _)| var.contains("FAILPOINT")));
 }
 
 #[test]
