@@ -85,6 +85,19 @@ impl WindowStats {
         event_time_ms / period_ms.max(1)
     }
 
+    /// Folds events into one delta per window, keyed by [`window_index`](Self::window_index)
+    /// of their event time: what the aggregator applies for a group of stream entries
+    /// (and what the simulator applies for each batch the edge sends). Events are
+    /// placed by when the edge decided them, not when they arrived, so a late batch
+    /// still counts in its own window.
+    pub fn fold_windows<'a>(events: impl IntoIterator<Item = &'a Event>, period_ms: u64) -> BTreeMap<u64, Self> {
+        let mut windows: BTreeMap<u64, Self> = BTreeMap::new();
+        for e in events {
+            windows.entry(Self::window_index(e.event_time_ms, period_ms)).or_default().fold(e);
+        }
+        windows
+    }
+
     pub fn fold(&mut self, e: &Event) {
         match e.kind {
             EventKind::Allocation => self.record_allocation(
@@ -278,6 +291,24 @@ mod tests {
         assert_eq!(back, s);
         assert!(WindowStats::from_fields([("x.y", 1.0)]).is_err());
         assert!(WindowStats::from_fields([("a.A.zz", 1.0)]).is_err());
+    }
+
+    #[test]
+    fn folds_by_window_of_event_time() {
+        let at = |id: &str, ad: Option<&str>, ms: u64| {
+            let mut e = allocation(id, ad, &["A"], 0.5);
+            e.event_time_ms = ms;
+            e
+        };
+        let events = [at("r1", Some("A"), 59_999), at("r2", None, 60_000), at("r3", Some("A"), 125_000)];
+        let windows = WindowStats::fold_windows(&events, 60_000);
+        assert_eq!(windows.keys().copied().collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(windows[&0], WindowStats::of_event(&events[0]));
+        assert_eq!(windows[&1], WindowStats::of_event(&events[1]));
+        assert_eq!(windows[&2].requests, Tally { ht: 2.0, n: 1 });
+        // A zero period is treated as 1 ms rather than dividing by zero.
+        assert_eq!(WindowStats::fold_windows(&events, 0).len(), 3);
+        assert!(WindowStats::fold_windows(&[], 60_000).is_empty());
     }
 
     fn arb_event() -> impl Strategy<Value = Event> {
