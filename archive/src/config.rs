@@ -9,10 +9,10 @@
 
 use std::time::Duration;
 
+use allot_core::contract::stream;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
-use allot_core::contract::stream;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 

@@ -21,10 +21,10 @@ use redis::AsyncCommands;
 use redis::streams::StreamMaxlen;
 use tokio_util::sync::CancellationToken;
 
-use allot_core::contract::{PlanSnapshot, keys, stream};
 use crate::publish::Publisher;
 use crate::startup::App;
 use crate::store::{PlanRecord, StoreError};
+use allot_core::contract::{PlanSnapshot, keys, stream};
 
 const ACQUIRE: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end

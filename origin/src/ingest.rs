@@ -28,8 +28,8 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
-use allot_core::contract::{keys, stream};
 use crate::startup::App;
+use allot_core::contract::{keys, stream};
 
 /// The replay-memory key of a verified body.
 fn replay_key(t: u64, body: &[u8]) -> String {

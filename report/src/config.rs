@@ -11,8 +11,8 @@ use crate::ReportError;
 /// The archive configuration in `path`: a `.json` file is an [`ArchiveConfig`]; anything
 /// else is read as the origin's TOML and its `[archive]` table is taken.
 pub fn load(path: &Path) -> Result<ArchiveConfig, ReportError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ReportError::Config(format!("reading {}: {e}", path.display())))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ReportError::Config(format!("reading {}: {e}", path.display())))?;
     if path.extension().is_some_and(|e| e == "json") {
         return Ok(ArchiveConfig::from_json(&text)?);
     }

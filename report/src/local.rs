@@ -19,8 +19,8 @@ use object_store::aws::AmazonS3Builder;
 use allot_archive::ArchiveConfig;
 use allot_archive::dataset::{Dataset, Events, Plans};
 
-use crate::table::{ColumnKind, ResultTable};
 use crate::ReportError;
+use crate::table::{ColumnKind, ResultTable};
 
 fn err(e: impl std::fmt::Display) -> ReportError {
     ReportError::Local(e.to_string())

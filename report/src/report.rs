@@ -12,9 +12,9 @@ use std::str::FromStr;
 use allot_archive::ArchiveConfig;
 use allot_archive::partition::Day;
 
+use crate::ReportError;
 pub use crate::table::Format;
 use crate::table::ResultTable;
-use crate::ReportError;
 
 /// A canned report.
 #[derive(Debug, Clone, Copy)]
