@@ -1,22 +1,28 @@
-//! The simulation: requests at the edge, sampled events at the origin, control rounds,
+//! The simulation: requests at the edge, event bodies at the origin, control rounds,
 //! and plans that reach the edge only after a propagation delay (KV).
 //!
-//! Time advances in whole seconds. Every request draws a profile from the scenario's
-//! traffic mix and is decided by the edge's current plan with core's `CompiledPlan`,
-//! exactly as the worker does. A sampled request is folded into the origin's window
-//! with core's `WindowStats`, exactly as the aggregator does. At every window boundary
-//! the strategy runs a round and the new plan becomes visible at the edge after a delay
-//! drawn from `[delay_min, delay_max]`. Truth (what was really delivered) is counted on
-//! every request, independently of sampling.
+//! Time advances in whole seconds. Every request gets a request id (a fresh UUIDv4, or
+//! a recent one when the app retries) and a profile from the scenario's traffic mix,
+//! and is served by the [edge](crate::edge) as the worker serves it: core chooses,
+//! core's `sampled` decides on the request id, core builds the event. At the end of
+//! each second the edge's outbox goes out as event bodies, which the
+//! [origin](crate::origin) parses and folds into window counts as the aggregator does.
+//! At every window boundary (and at once when the targets change) the origin's control
+//! loop runs a round; a new plan becomes visible at the edge after a delay drawn from
+//! `[delay_min, delay_max]`. Truth (what was really delivered) is counted on every
+//! request, independently of sampling.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
-use allot_core::{CampaignId, CompiledPlan, PlacementId, Plan, RequestAttrs, Targets, WindowStats};
+use allot_core::{CampaignId, PlacementId, Plan, RequestAttrs, Targets, WindowStats};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use crate::edge::Edge;
+use crate::origin::{ControlConfig, ControlLoop, Windows};
+use crate::requests::{RequestIds, format_uuid};
 use crate::scenario::Scenario;
-use crate::strategy::{Controller, RoundInput, Strategy};
+use crate::strategy::Strategy;
 
 /// Simulation parameters.
 #[derive(Debug, Clone, Copy)]
@@ -27,9 +33,15 @@ pub struct Settings {
     pub delay_min_s: u64,
     pub delay_max_s: u64,
     /// Complete windows merged for the traffic mix and render ratios.
-    pub recent_windows: usize,
+    pub recent_windows: u64,
     pub min_rate: f64,
+    /// An unchanged plan is republished when it is this old (the origin's default).
+    pub republish_after_s: u64,
+    /// Share of requests that reuse a recent request's id (apps retry).
+    pub reuse: f64,
     pub seed: u64,
+    /// Keep every request id and event body ([`Run::trace`]); for tests.
+    pub trace: bool,
 }
 
 impl Default for Settings {
@@ -42,7 +54,10 @@ impl Default for Settings {
             delay_max_s: 60,
             recent_windows: 5,
             min_rate: 1e-4,
+            republish_after_s: 600,
+            reuse: 0.02,
             seed: 1,
+            trace: false,
         }
     }
 }
@@ -84,13 +99,19 @@ pub struct Run {
     /// Infeasible campaigns and the maximum share the controller reported.
     pub infeasible: Vec<(CampaignId, f64)>,
     pub plans_published: u64,
+    /// With [`Settings::trace`]: what the edge did and what the origin counted.
+    pub trace: Option<Trace>,
 }
 
-struct EdgePlan {
-    compiled: CompiledPlan,
-    /// Per plan campaign: index into the scenario's campaign list and failure rate.
-    slot: Vec<usize>,
-    fail: Vec<f64>,
+/// Everything that crossed from the edge to the origin in a run.
+#[derive(Debug, Default)]
+pub struct Trace {
+    /// Every request: its id, the sample rate in force, and whether it was sampled.
+    pub requests: Vec<(String, f64, bool)>,
+    /// Every event body the edge sent, in order.
+    pub bodies: Vec<String>,
+    /// The origin's counts of every window, as a round reads them.
+    pub windows: BTreeMap<u64, WindowStats>,
 }
 
 fn all_campaigns(s: &Scenario) -> Vec<CampaignId> {
@@ -133,39 +154,31 @@ pub fn run(scenario: &Scenario, strategy: Strategy, settings: Settings) -> Run {
         })
         .collect();
     let total_share = cumulative.last().copied().unwrap_or(1.0);
-    let keys: Vec<String> =
-        scenario.profiles.iter().map(|p| allot_core::stats::profile_key(Some(p.platform), Some(p.country))).collect();
-
-    let compile = |plan: Plan| -> EdgePlan {
-        let slot = plan.campaigns.iter().map(|c| ids.iter().position(|i| i == &c.id).unwrap_or(0)).collect();
-        let fail = plan
-            .campaigns
-            .iter()
-            .map(|c| scenario.render_failure.iter().find(|(id, _)| id == &c.id).map_or(0.0, |(_, f)| *f))
-            .collect();
-        EdgePlan { compiled: CompiledPlan::new(plan).expect("controller plans are valid"), slot, fail }
+    let draw_profile = |rng: &mut SmallRng| {
+        let x = rng.random::<f64>() * total_share;
+        cumulative.partition_point(|c| *c <= x).min(cumulative.len() - 1)
     };
 
-    let mut targets = scenario.targets.clone();
-    let mut controller = Controller::new(strategy, settings.min_rate);
-    let empty = WindowStats::default();
-    let first = controller
-        .round(RoundInput {
-            placement: &placement,
-            targets: &targets,
-            recent: &empty,
-            last: None,
-            previous: None,
-            targets_changed: true,
-            now_ms: 0,
-        })
-        .expect("the first round publishes");
-    let mut edge = compile(first.clone());
-    let mut origin = Origin { controller, previous: first, pending: VecDeque::new(), plans_published: 1 };
-
     let period = settings.period_s.max(1);
-    let mut stats: Vec<WindowStats> = Vec::new();
-    let mut windows = Vec::new();
+    let config = ControlConfig {
+        period_ms: period * 1000,
+        recent_windows: settings.recent_windows,
+        min_sample_rate: settings.min_rate,
+        republish_after_ms: settings.republish_after_s.saturating_mul(1000),
+    };
+    let mut targets = scenario.targets.clone();
+    let mut targets_rev = 1;
+    let mut windows = Windows::new(config.period_ms);
+    let mut control = ControlLoop::new(strategy, placement, config);
+    let first = control.round(&targets, targets_rev, &windows, 0).expect("the first round publishes");
+    let mut edge = Edge::new(first, scenario, &ids);
+    let mut pending: VecDeque<(u64, Plan)> = VecDeque::new();
+    let mut plans_published = 1;
+    let mut request_ids = RequestIds::new(settings.reuse);
+    let mut trace = settings.trace.then(Trace::default);
+    let mut uuid = [0; 36];
+
+    let mut truth = Vec::new();
     let mut delivered = vec![0u64; ids.len()];
     let (mut requests, mut sampled_requests, mut events) = (0u64, 0u64, 0u64);
 
@@ -173,52 +186,51 @@ pub fn run(scenario: &Scenario, strategy: Strategy, settings: Settings) -> Run {
         if let Some((at, new)) = &scenario.change
             && *at == t
         {
+            // The admin API marks the placement dirty: a round at once.
             targets = new.clone();
-            origin.round(&placement, &targets, &stats, t, true, &mut rng, settings);
+            targets_rev += 1;
+            if let Some(plan) = control.round(&targets, targets_rev, &windows, t * 1000) {
+                pending.push_back((t + delay(&mut rng, settings), plan));
+                plans_published += 1;
+            }
         }
-        while origin.pending.front().is_some_and(|(at, _)| *at <= t) {
-            if let Some((_, plan)) = origin.pending.pop_front()
-                && plan.version > edge.compiled.plan().version
+        while pending.front().is_some_and(|(at, _)| *at <= t) {
+            if let Some((_, plan)) = pending.pop_front()
+                && plan.version > edge.plan().version
             {
-                edge = compile(plan);
+                edge.install(plan, scenario, &ids);
             }
         }
 
-        let w = (t / period) as usize;
-        if stats.len() <= w {
-            stats.resize_with(w + 1, WindowStats::default);
-        }
-        let window = &mut stats[w];
-        let rate = edge.compiled.plan().sample_rate;
-        let version = edge.compiled.plan().version;
-        let weight = 1.0 / rate;
-        for _ in 0..settings.rps {
-            let x = rng.random::<f64>() * total_share;
-            let p = cumulative.partition_point(|c| *c <= x).min(cumulative.len() - 1);
-            let profile = &scenario.profiles[p];
+        let rate = edge.plan().sample_rate;
+        for i in 0..u64::from(settings.rps) {
+            let drawn = request_ids.draw(&mut rng, draw_profile);
+            let profile = &scenario.profiles[drawn.profile];
             let attrs = RequestAttrs { platform: Some(profile.platform), country: Some(profile.country) };
-            let choice = edge.compiled.choose(attrs, rng.random::<f64>());
-            let shown = choice.ad.filter(|&i| rng.random::<f64>() >= edge.fail[i]);
+            let request_id = format_uuid(drawn.id, &mut uuid);
+            let now_ms = t * 1000 + i * 1000 / u64::from(settings.rps);
+            let served = edge.serve(&mut rng, request_id, attrs, now_ms, scenario.impressions);
             requests += 1;
-            let counted = if scenario.impressions { shown } else { choice.ad };
-            if let Some(i) = counted {
-                delivered[edge.slot[i]] += 1;
+            let counted = if scenario.impressions { served.shown } else { served.allocated };
+            if let Some(slot) = counted {
+                delivered[slot] += 1;
             }
-            if rng.random::<f64>() < rate {
-                let ad = choice.ad.map(|i| &edge.compiled.plan().campaigns[i].id);
-                window.record_allocation(weight, ad, &keys[p], version);
-                sampled_requests += 1;
-                events += 1;
-                if let (true, Some(i)) = (scenario.impressions, shown) {
-                    window.record_impression(weight, &edge.compiled.plan().campaigns[i].id);
-                    events += 1;
-                }
+            sampled_requests += u64::from(served.sampled);
+            if let Some(trace) = &mut trace {
+                trace.requests.push((request_id.to_string(), rate, served.sampled));
+            }
+        }
+        for (n, body) in edge.flush() {
+            let applied = windows.apply(body.as_bytes()).expect("the edge's events are valid");
+            debug_assert_eq!(applied, n);
+            events += n as u64;
+            if let Some(trace) = &mut trace {
+                trace.bodies.push(body);
             }
         }
 
         if (t + 1) % period == 0 {
-            let feasible = feasible(scenario, &targets);
-            windows.push(Window {
+            truth.push(Window {
                 start_s: t + 1 - period,
                 requests,
                 shares: targets
@@ -230,7 +242,7 @@ pub fn run(scenario: &Scenario, strategy: Strategy, settings: Settings) -> Run {
                     })
                     .collect(),
                 targets: targets.campaigns.iter().map(|c| c.rate.get()).collect(),
-                feasible,
+                feasible: feasible(scenario, &targets),
                 sampled_requests,
                 events,
                 required_samples: allot_core::SampleRatePlanner::required_samples(&targets),
@@ -238,59 +250,19 @@ pub fn run(scenario: &Scenario, strategy: Strategy, settings: Settings) -> Run {
             delivered.iter_mut().for_each(|d| *d = 0);
             (requests, sampled_requests, events) = (0, 0, 0);
 
-            origin.round(&placement, &targets, &stats, t + 1, false, &mut rng, settings);
+            if let Some(plan) = control.round(&targets, targets_rev, &windows, (t + 1) * 1000) {
+                pending.push_back((t + 1 + delay(&mut rng, settings), plan));
+                plans_published += 1;
+            }
         }
     }
-    Run { windows, infeasible: origin.controller.infeasible(), plans_published: origin.plans_published }
-}
-
-/// The origin's side: the strategy, the plan published last, and plans on their way
-/// to the edge.
-struct Origin {
-    controller: Controller,
-    previous: Plan,
-    pending: VecDeque<(u64, Plan)>,
-    plans_published: u64,
-}
-
-impl Origin {
-    /// A control round at `now_s`; a published plan reaches the edge after a delay.
-    #[allow(clippy::too_many_arguments)]
-    fn round(
-        &mut self,
-        placement: &PlacementId,
-        targets: &Targets,
-        stats: &[WindowStats],
-        now_s: u64,
-        targets_changed: bool,
-        rng: &mut SmallRng,
-        settings: Settings,
-    ) {
-        let recent = merge_recent(stats, settings.recent_windows);
-        if let Some(plan) = self.controller.round(RoundInput {
-            placement,
-            targets,
-            recent: &recent,
-            last: stats.last(),
-            previous: Some(&self.previous),
-            targets_changed,
-            now_ms: now_s * 1000,
-        }) {
-            self.pending.push_back((now_s + delay(rng, settings), plan.clone()));
-            self.previous = plan;
-            self.plans_published += 1;
-        }
+    if let Some(trace) = &mut trace {
+        let indices = windows.indices();
+        trace.windows = indices.iter().copied().zip(windows.read(&indices)).collect();
     }
+    Run { windows: truth, infeasible: control.infeasible(), plans_published, trace }
 }
 
 fn delay(rng: &mut SmallRng, s: Settings) -> u64 {
     if s.delay_max_s <= s.delay_min_s { s.delay_min_s } else { rng.random_range(s.delay_min_s..=s.delay_max_s) }
-}
-
-fn merge_recent(stats: &[WindowStats], k: usize) -> WindowStats {
-    let mut out = WindowStats::default();
-    for w in stats.iter().rev().take(k) {
-        out.merge(w);
-    }
-    out
 }
