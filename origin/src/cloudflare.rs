@@ -3,14 +3,16 @@
 //! Plans are written with the bulk endpoint
 //! (`PUT {base}/accounts/{account}/storage/kv/namespaces/{namespace}/bulk`, a JSON array
 //! of `{key, value[, expiration_ttl]}`), chunked to the API's limits (10,000 pairs and
-//! 100 MB per request). `429` and `5xx` answers (and connection errors) are retried with
-//! exponential backoff, honouring `Retry-After`. KV allows one write per key per second,
-//! so a key written less than a second ago is held back until the second has passed.
+//! 100 MB per request). `429` and `5xx` answers (and connection errors) are retried under
+//! the core's [`RetryPolicy`] (from `initial_backoff_ms`, doubling, jittered, at most
+//! `max_retries` times), waiting longer when `Retry-After` asks for it. KV allows one
+//! write per key per second, so a key written less than a second ago is held back until
+//! the second has passed.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use allot_core::Plan;
+use allot_core::{Plan, RetryPolicy};
 use secrecy::ExposeSecret;
 use serde::Serialize;
 use tokio::sync::Mutex;
@@ -22,6 +24,20 @@ use crate::publish::PublishError;
 const PAIR_OVERHEAD: usize = 64;
 /// KV's per-key write rate.
 const KEY_INTERVAL: Duration = Duration::from_secs(1);
+/// No wait between retries is longer, `Retry-After` included: the control loop has
+/// its next round to run.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The retries of one bulk write.
+fn retry_policy(config: &CloudflareConfig) -> RetryPolicy {
+    RetryPolicy::new(Duration::from_millis(config.initial_backoff_ms), MAX_BACKOFF).with_max_retries(config.max_retries)
+}
+
+/// The wait before a retry: the policy's `jittered` delay, or what the API asked for in
+/// `Retry-After` when that is longer (within the policy's cap).
+fn retry_wait(policy: &RetryPolicy, jittered: Duration, retry_after: Option<Duration>) -> Duration {
+    retry_after.map_or(jittered, |after| after.min(policy.max).max(jittered))
+}
 
 #[derive(Debug, Serialize)]
 struct Pair<'a> {
@@ -111,7 +127,8 @@ impl CloudflarePublisher {
         let ttl = (self.config.expiration_ttl_secs > 0).then_some(self.config.expiration_ttl_secs);
         let body: Vec<Pair<'_>> = chunk.iter().map(|(k, v)| Pair { key: k, value: v, expiration_ttl: ttl }).collect();
         let body = serde_json::to_vec(&body).map_err(|e| PublishError::Api(e.to_string()))?;
-        let mut attempt = 0;
+        let policy = retry_policy(&self.config);
+        let mut backoff = policy.start();
         loop {
             let sent = self
                 .client
@@ -121,7 +138,7 @@ impl CloudflarePublisher {
                 .body(body.clone())
                 .send()
                 .await;
-            let retry_after = match sent {
+            let (failure, retry_after) = match sent {
                 Ok(response) => {
                     let status = response.status();
                     if status.is_success() {
@@ -139,24 +156,23 @@ impl CloudflarePublisher {
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.trim().parse::<u64>().ok())
                         .map(Duration::from_secs);
-                    let text = response.text().await.unwrap_or_default();
-                    if !retryable || attempt >= self.config.max_retries {
-                        return Err(PublishError::Status { status: status.as_u16(), body: text });
+                    let failure = PublishError::Status {
+                        status: status.as_u16(),
+                        body: response.text().await.unwrap_or_default(),
+                    };
+                    if !retryable {
+                        return Err(failure);
                     }
-                    tracing::warn!(status = status.as_u16(), attempt, "KV bulk write refused; retrying");
-                    after
+                    (failure, after)
                 }
-                Err(e) => {
-                    if attempt >= self.config.max_retries {
-                        return Err(e.into());
-                    }
-                    tracing::warn!(error = %e, attempt, "KV bulk write failed; retrying");
-                    None
-                }
+                Err(e) => (PublishError::from(e), None),
             };
-            let backoff = Duration::from_millis(self.config.initial_backoff_ms.saturating_mul(1 << attempt.min(10)));
-            tokio::time::sleep(retry_after.unwrap_or(backoff).min(Duration::from_secs(30))).await;
-            attempt += 1;
+            let Some(jittered) = backoff.next(rand::random()) else {
+                return Err(failure);
+            };
+            let wait = retry_wait(&policy, jittered, retry_after);
+            tracing::warn!(error = %failure, retry = backoff.attempts(), ?wait, "KV bulk write failed; retrying");
+            tokio::time::sleep(wait).await;
         }
     }
 }
@@ -177,6 +193,35 @@ fn check_body(text: &str) -> Result<(), PublishError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(max_retries: u32, initial_backoff_ms: u64) -> CloudflareConfig {
+        let mut c: CloudflareConfig =
+            toml::from_str("account_id = \"a\"\nnamespace_id = \"n\"\napi_token = \"t\"").expect("minimal config");
+        c.max_retries = max_retries;
+        c.initial_backoff_ms = initial_backoff_ms;
+        c
+    }
+
+    #[test]
+    fn retries_follow_the_configured_policy() {
+        let policy = retry_policy(&config(3, 200));
+        let mut backoff = policy.start();
+        let waits: Vec<Option<u128>> = (0..4).map(|_| backoff.next(0.5).map(|d| d.as_millis())).collect();
+        assert_eq!(waits, [Some(150), Some(300), Some(600), None], "doubling, jittered, three retries");
+        assert_eq!(policy.start().next(0.0), Some(Duration::from_millis(100)), "never less than half the ceiling");
+        assert_eq!(retry_policy(&config(20, 200)).ceiling(19), MAX_BACKOFF);
+        assert_eq!(retry_policy(&config(0, 200)).start().next(0.5), None, "no retries at all");
+    }
+
+    #[test]
+    fn retry_after_lengthens_the_wait_within_the_cap() {
+        let policy = retry_policy(&config(5, 200));
+        let jittered = Duration::from_millis(150);
+        assert_eq!(retry_wait(&policy, jittered, None), jittered);
+        assert_eq!(retry_wait(&policy, jittered, Some(Duration::from_secs(2))), Duration::from_secs(2));
+        assert_eq!(retry_wait(&policy, jittered, Some(Duration::ZERO)), jittered, "never shorter than the policy");
+        assert_eq!(retry_wait(&policy, jittered, Some(Duration::from_secs(3600))), MAX_BACKOFF);
+    }
 
     #[test]
     fn chunks_respect_both_limits() {

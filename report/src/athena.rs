@@ -1,13 +1,15 @@
 //! Reports on Athena: start the query, poll until it finishes, page through the results.
 //!
 //! `StartQueryExecution` in the configured workgroup and database (the Glue table
-//! `events` from `infra/`), then `GetQueryExecution` with exponential backoff while the
-//! query is QUEUED or RUNNING, then `GetQueryResults` page by page. A FAILED or CANCELLED
+//! `events` from `infra/`), then `GetQueryExecution` while the query is QUEUED or RUNNING,
+//! spaced by the core's [`RetryPolicy`] (from `poll_initial_ms` doubling to `poll_max_ms`,
+//! jittered, until `query_timeout_secs`), then `GetQueryResults` page by page. A FAILED or CANCELLED
 //! query is reported with Athena's own reason. The first row of the first page is
 //! Athena's header row and is dropped.
 
 use std::time::{Duration, Instant};
 
+use allot_core::RetryPolicy;
 use aws_sdk_athena::error::DisplayErrorContext;
 use aws_sdk_athena::types::{QueryExecutionContext, QueryExecutionState, ResultConfiguration};
 
@@ -34,10 +36,8 @@ pub async fn query(cfg: &ArchiveConfig, sql: &str) -> Result<ResultTable, Report
 
 /// Runs `sql` on Athena, with what it took to get the result.
 pub async fn execute(cfg: &ArchiveConfig, sql: &str) -> Result<QueryOutcome, ReportError> {
-    let athena = cfg
-        .athena
-        .as_ref()
-        .ok_or_else(|| ReportError::Config("the athena engine needs an `athena` section".into()))?;
+    let athena =
+        cfg.athena.as_ref().ok_or_else(|| ReportError::Config("the athena engine needs an `athena` section".into()))?;
     let region = athena.region.as_deref().unwrap_or(&cfg.region);
     let sdk = cfg.sdk_config(athena.endpoint.as_deref(), region).await;
     let client = aws_sdk_athena::Client::new(&sdk);
@@ -68,12 +68,19 @@ async fn start(client: &aws_sdk_athena::Client, athena: &AthenaConfig, sql: &str
         .ok_or_else(|| ReportError::Athena("StartQueryExecution returned no query id".into()))
 }
 
+/// How polls of a running query are spaced. No retry count: `query_timeout_secs` ends
+/// the wait. The jitter keeps concurrent reports from polling (and meeting Athena's API
+/// rate limit) in step.
+fn poll_policy(athena: &AthenaConfig) -> RetryPolicy {
+    let max = Duration::from_millis(athena.poll_max_ms.max(1));
+    RetryPolicy::new(Duration::from_millis(athena.poll_initial_ms.max(1)).min(max), max)
+}
+
 /// Polls until the query succeeded; any other final state is an error with its reason.
 async fn wait(client: &aws_sdk_athena::Client, athena: &AthenaConfig, id: &str) -> Result<Vec<String>, ReportError> {
     let started = Instant::now();
     let mut seen = Vec::new();
-    let max = Duration::from_millis(athena.poll_max_ms.max(1));
-    let mut delay = Duration::from_millis(athena.poll_initial_ms.max(1)).min(max);
+    let mut polls = poll_policy(athena).start();
     loop {
         let out =
             client.get_query_execution().query_execution_id(id).send().await.map_err(api_error("GetQueryExecution"))?;
@@ -103,8 +110,9 @@ async fn wait(client: &aws_sdk_athena::Client, athena: &AthenaConfig, id: &str) 
                 athena.query_timeout_secs
             )));
         }
+        // The policy has no retry limit, so there is always a next wait.
+        let delay = polls.next(rand::random()).unwrap_or(polls.policy().max);
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(max);
     }
 }
 
@@ -158,4 +166,33 @@ async fn results(
         }
     }
     Ok((table, pages))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn athena(poll_initial_ms: u64, poll_max_ms: u64) -> AthenaConfig {
+        serde_json::from_value(serde_json::json!({"poll_initial_ms": poll_initial_ms, "poll_max_ms": poll_max_ms}))
+            .expect("an athena section")
+    }
+
+    #[test]
+    fn polls_double_from_the_initial_interval_to_the_maximum() {
+        let policy = poll_policy(&athena(250, 5_000));
+        let ceilings: Vec<u128> = (0..7).map(|a| policy.ceiling(a).as_millis()).collect();
+        assert_eq!(ceilings, [250, 500, 1_000, 2_000, 4_000, 5_000, 5_000]);
+        assert_eq!(policy.max_retries, None, "the query timeout ends the wait, not a count");
+        let mut polls = policy.start();
+        assert_eq!(polls.next(0.0), Some(Duration::from_millis(125)), "jittered down to half the ceiling");
+        assert_eq!(polls.next(0.5), Some(Duration::from_millis(375)));
+    }
+
+    #[test]
+    fn odd_intervals_are_tamed() {
+        let policy = poll_policy(&athena(0, 0));
+        assert_eq!((policy.initial, policy.max), (Duration::from_millis(1), Duration::from_millis(1)));
+        let policy = poll_policy(&athena(900, 300));
+        assert_eq!(policy.ceiling(0), Duration::from_millis(300), "the initial interval is capped too");
+    }
 }

@@ -7,17 +7,18 @@
 //! event into an empty outbox arms a timer (inside its own `wait_until`) that flushes
 //! whatever is there when it fires, so no event waits for traffic that may never come.
 //!
-//! A send that times out, fails to connect or gets a 5xx is retried once (the origin
-//! counts a redelivered event once); a batch that still fails, or that the origin
-//! refuses outright, is logged and counted, never dropped silently. The counters are
-//! on `/healthz`.
+//! A send that times out, fails to connect or gets a 429 or 5xx is retried under
+//! [`RETRY`], the core's retry policy (the origin counts a redelivered event once); the
+//! jitter keeps isolates that failed together from retrying together. A batch that
+//! still fails, or that the origin refuses outright, is logged and counted, never
+//! dropped silently. The counters are on `/healthz`.
 
 use std::cell::RefCell;
 use std::pin::pin;
 use std::rc::Rc;
 use std::time::Duration;
 
-use allot_core::{Event, EventBatch, signature};
+use allot_core::{Event, EventBatch, RetryPolicy, signature};
 use futures_util::future::{Either, select};
 use worker::{AbortController, Context, Delay, Fetch, Headers, Method, Request, RequestInit};
 
@@ -26,7 +27,10 @@ use crate::config::Config;
 /// Beyond this many waiting events new ones are refused (counted as dropped): a dead
 /// origin must not grow the isolate's memory without bound.
 const MAX_WAITING: usize = 10_000;
-const RETRY_AFTER_MS: u64 = 500;
+/// One retry, a quarter to half a second after the failure: `wait_until` work has a
+/// time budget, and a batch that fails twice is more likely an origin outage than a
+/// blip.
+const RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(500), Duration::from_millis(500)).with_max_retries(1);
 
 /// What happened to events in this isolate; served on `/healthz`.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
@@ -39,7 +43,7 @@ pub struct Counters {
     pub failed: u64,
     /// Events refused before sending (no origin configured, outbox full).
     pub dropped: u64,
-    /// Batches sent a second time.
+    /// Batches sent more than once.
     pub retried_batches: u64,
     /// Batches that failed for good.
     pub failed_batches: u64,
@@ -126,7 +130,7 @@ pub fn enqueue(ctx: &Context, config: &Rc<Config>, event: Event) {
 /// Why one send did not succeed.
 #[derive(Debug)]
 enum SendError {
-    /// Worth one more try: timeout, connection failure, 5xx, 429.
+    /// Worth another try: timeout, connection failure, 5xx, 429.
     Transient(String),
     /// The origin refused the batch; sending it again would not help.
     Refused(String),
@@ -137,10 +141,15 @@ async fn deliver(config: &Config, events: Vec<Event>) {
     let batch = EventBatch { events };
     let body = batch.to_json();
     let mut outcome = send(config, &body).await;
-    if let Err(SendError::Transient(why)) = &outcome {
-        worker::console_warn!("sending {n} events failed ({why}); retrying once");
-        OUTBOX.with(|o| o.borrow_mut().counters.retried_batches += 1);
-        Delay::from(Duration::from_millis(RETRY_AFTER_MS)).await;
+    let mut backoff = RETRY.start();
+    while let Err(SendError::Transient(why)) = &outcome
+        && let Some(wait) = backoff.next(crate::rng::unit())
+    {
+        worker::console_warn!("sending {n} events failed ({why}); retrying in {} ms", wait.as_millis());
+        if backoff.attempts() == 1 {
+            OUTBOX.with(|o| o.borrow_mut().counters.retried_batches += 1);
+        }
+        Delay::from(wait).await;
         outcome = send(config, &body).await;
     }
     OUTBOX.with(|o| {
@@ -189,5 +198,26 @@ async fn send(config: &Config, body: &str) -> Result<(), SendError> {
             controller.abort();
             Err(SendError::Transient(format!("no answer within {} ms", config.send_timeout_ms)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasm_bindgen_test::wasm_bindgen_test;
+
+    #[wasm_bindgen_test]
+    fn a_failed_batch_is_retried_once_within_half_a_second() {
+        let mut backoff = RETRY.start();
+        let wait = backoff.next(crate::rng::unit()).expect("one retry");
+        assert!(wait >= Duration::from_millis(250) && wait <= Duration::from_millis(500), "{wait:?}");
+        assert_eq!(backoff.next(crate::rng::unit()), None, "then the batch counts as failed");
+    }
+
+    #[wasm_bindgen_test]
+    fn the_jitter_spreads_the_retries_of_many_isolates() {
+        let waits: Vec<Duration> = (0..64).map(|_| RETRY.start().next(crate::rng::unit()).expect("a retry")).collect();
+        let (min, max) = (waits.iter().min().expect("waits"), waits.iter().max().expect("waits"));
+        assert!(*max - *min > Duration::from_millis(100), "{min:?}..{max:?}");
     }
 }
