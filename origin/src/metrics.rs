@@ -2,9 +2,12 @@
 //!
 //! A registry per instance (rather than a process-global recorder) keeps two origins in
 //! one test process apart, which the "one controller among replicas" test relies on.
-//! Hot-path counters are resolved once, so recording is an atomic add.
+//! Hot-path counters are resolved once, so recording is an atomic add. The archiver,
+//! when it runs in the origin, registers its metrics in the same registry, so `/metrics`
+//! is one exposition.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use allot_archive::ArchiverMetrics;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 /// The origin's metrics.
 #[derive(Debug, Clone)]
@@ -90,11 +93,41 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition.
+    /// Adds the archiver's metrics to this origin's registry.
+    pub fn register_archive(&self, archive: &ArchiverMetrics) {
+        archive.register(&self.registry).expect("the archive's metric names are its own");
+    }
+
+    /// The Prometheus text exposition of everything registered.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        // Encoding into a Vec cannot fail for well-formed metrics.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
+        // Encoding well-formed metrics into a string cannot fail.
+        TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_registry_renders_the_origin_and_the_archive() {
+        let metrics = Metrics::new();
+        let archive = ArchiverMetrics::new();
+        metrics.register_archive(&archive);
+        metrics.plans_published.inc();
+        archive.events.rows_written.inc_by(12);
+        let text = metrics.render();
+        assert!(text.contains("allot_plans_published_total 1\n"), "{text}");
+        assert!(text.contains("allot_archive_rows_total{dataset=\"events\"} 12\n"), "{text}");
+        assert!(text.contains("allot_archive_rows_total{dataset=\"plans\"} 0\n"), "{text}");
+        assert_eq!(text.matches("# TYPE allot_archive_rows_total counter\n").count(), 1, "{text}");
+        assert_eq!(text.matches("# TYPE allot_plans_published_total counter\n").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn without_an_archiver_there_are_no_archive_series() {
+        let text = Metrics::new().render();
+        assert!(text.contains("allot_control_leader 0\n"), "{text}");
+        assert!(!text.contains("allot_archive_"), "{text}");
     }
 }

@@ -38,8 +38,6 @@ pub struct App {
     pub control_wake: Notify,
     /// This instance's identity (lease holder name).
     pub instance: String,
-    /// The archiver's counters, when it runs here.
-    pub archive_metrics: Option<Arc<allot_archive::ArchiverMetrics>>,
 }
 
 /// Why the origin could not start.
@@ -116,12 +114,9 @@ async fn readyz(State(app): State<Arc<App>>) -> Result<axum::Json<serde_json::Va
     Ok(axum::Json(serde_json::json!({"status": "ready"})))
 }
 
+/// One registry: the origin's metrics and, when it runs here, the archiver's.
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let mut text = app.metrics.render();
-    if let Some(archive) = &app.archive_metrics {
-        text.push_str(&archive.render());
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], app.metrics.render()).into_response()
 }
 
 fn instance_id() -> String {
@@ -143,15 +138,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Some(cfg) => Some(allot_archive::Archiver::new(cfg.clone()).await?),
         None => None,
     };
+    let metrics = Metrics::new();
+    if let Some(archiver) = &archiver {
+        metrics.register_archive(&archiver.metrics());
+    }
 
     let app = Arc::new(App {
         auth: Auth::new(&config.admin.tokens),
         store: Store::new(shared),
         verifier,
-        metrics: Metrics::new(),
+        metrics,
         control_wake: Notify::new(),
         instance: instance_id(),
-        archive_metrics: archiver.as_ref().map(|a| a.metrics()),
         config,
     });
     // Blocking reads get their own connection, without a response timeout.
