@@ -7,18 +7,22 @@
 //! acknowledges the entries only after every object is stored. So:
 //!
 //! - while S3 is down, the entries stay pending in the stream, the lane retries with
-//!   exponential backoff, and the lag metric grows;
+//!   exponential backoff and jitter, and the lag metric grows;
 //! - if the archiver stops or crashes between storing and acknowledging, its pending
 //!   entries are exactly the failed flush; on restart it reads them back (its consumer
 //!   name is stable), flushes them as one, and overwrites the same keys with the same
 //!   bytes: no loss and no duplicate rows;
 //! - if a replica never comes back, another claims its pending entries once they have
 //!   been idle for `claim_idle_secs` and flushes them the same way ([`crate::claim`]).
+//!
+//! The consumer-group cycle itself (group, own pending entries, claims, reads,
+//! acknowledgements) is `allot-stream`'s, shared with the origin's aggregator.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use allot_core::retry::RetryPolicy;
 use redis::RedisResult;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use tokio_util::sync::CancellationToken;
@@ -28,27 +32,19 @@ use crate::lane::Lane;
 use crate::store::ArchiveStore;
 use crate::{ArchiveConfig, ArchiveError, ArchiverMetrics};
 
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The first retry's ceiling; later ones double up to `retry_max_backoff_ms`.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
 
-/// Exponential backoff that gives way to shutdown.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    next: Duration,
-    max: Duration,
+/// How a lane retries Redis and S3: the one retry policy (`allot_core::retry`, with
+/// jitter, so replicas that failed together do not retry in lockstep), capped at
+/// `retry_max_backoff_ms`.
+pub(crate) fn retry_policy(cfg: &ArchiveConfig) -> RetryPolicy {
+    RetryPolicy::new(FIRST_RETRY, cfg.retry_max_backoff())
 }
 
-impl Backoff {
-    pub(crate) fn new(max: Duration) -> Self {
-        Self { next: FIRST_BACKOFF.min(max), max }
-    }
-
-    pub(crate) async fn wait(&mut self, stop: &CancellationToken) -> Result<(), ArchiveError> {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        tokio::select! {
-            _ = stop.cancelled() => Err(ArchiveError::Shutdown),
-            _ = tokio::time::sleep(delay) => Ok(()),
-        }
+impl From<allot_stream::Stopped> for ArchiveError {
+    fn from(_: allot_stream::Stopped) -> Self {
+        Self::Shutdown
     }
 }
 

@@ -1,100 +1,54 @@
-//! Taking over what a vanished replica left pending.
+//! Recovery: archiving what this consumer, or a vanished replica, left pending.
 //!
-//! Every archiver replica has a stable consumer name, and a restarted replica flushes its
-//! own pending entries first. A replica that never comes back (scaled down, host gone)
-//! would leave them pending for ever: never in S3, and a lag that never drains. So
-//! whenever its buffer is empty, a lane looks for other consumers of its group that have
-//! been silent for `claim_idle_secs` and whose pending entries have all been idle that
-//! long, `XCLAIM`s one such consumer's entries and flushes them as one set.
+//! Every archiver replica has a stable consumer name, and its consumer delivers its own
+//! pending entries first: at start (the flush an earlier run could not finish) and,
+//! whenever the buffer is empty, entries whose read reply was lost. A replica that never
+//! comes back (scaled down, host gone) would leave its entries pending for ever: never in
+//! S3, and a lag that never drains. So whenever its buffer is empty, a lane's consumer
+//! also looks for other consumers silent for `claim_idle_secs` with every pending entry
+//! idle as long, and `XCLAIM`s all of one such consumer's entries
+//! ([`allot_stream::machine`]).
 //!
 //! A consumer's pending entries are its buffer or exactly one flush (see
 //! [`crate::lane`]), so flushing all of them together writes the very keys that
-//! consumer's flush wrote or would have written: objects it had stored already are
-//! kept (a claimed flush is a recovery flush). `XCLAIM` with a minimum idle time is
-//! atomic and resets the idle time, so when two replicas claim at once one gets the
-//! entries and the other none.
+//! consumer's flush wrote or would have written: objects it had stored already are kept
+//! (a recovery flush). Entries trimmed from the stream since keep their places, empty,
+//! so the flush's first and last ids, and so its keys, do not change.
 
-use std::collections::HashMap;
-
-use redis::streams::StreamId as RedisEntry;
+use allot_stream::{Batch, Source};
 use tokio_util::sync::CancellationToken;
 
 use crate::ArchiveError;
 use crate::dataset::Dataset;
-use crate::lane::{Conn, FlushKind, Lane};
+use crate::lane::{Conn, Consumer, FlushKind, Lane};
 use crate::metrics::ArchiverMetrics as M;
 
 impl<D: Dataset> Lane<'_, D> {
-    /// Claims and flushes the entries of every vanished consumer, one at a time.
-    /// Redis errors are logged and leave the claim to the next check.
-    pub(crate) async fn claim_and_flush(
+    /// Flushes a recovery batch (own pending or claimed entries) as one set.
+    pub(crate) async fn recover<C: Conn>(
         &self,
-        conn: &mut impl Conn,
+        consumer: &mut Consumer<'_, C>,
+        batch: Batch,
         stop: &CancellationToken,
     ) -> Result<(), ArchiveError> {
-        let Some(idle) = self.cfg.claim_idle() else { return Ok(()) };
-        let idle_ms = idle.as_millis() as usize;
-        let consumers = match conn.xinfo_consumers(self.stream(), &self.cfg.group).await {
-            Ok(reply) => reply.consumers,
-            Err(e) => return self.claim_failed(&e),
-        };
-        for gone in consumers.iter().filter(|c| c.name != self.cfg.consumer && c.pending > 0 && c.idle >= idle_ms) {
-            let pending = match conn
-                .xpending_consumer_count(self.stream(), &self.cfg.group, "-", "+", gone.pending, &gone.name)
-                .await
-            {
-                Ok(reply) => reply.ids,
-                Err(e) => return self.claim_failed(&e),
-            };
-            if pending.is_empty() || pending.iter().any(|p| p.last_delivered_ms < idle_ms) {
-                continue;
-            }
-            let ids: Vec<&str> = pending.iter().map(|p| p.id.as_str()).collect();
-            let claimed = match conn.xclaim(self.stream(), &self.cfg.group, &self.cfg.consumer, idle_ms, &ids).await {
-                Ok(reply) => reply.ids,
-                Err(e) => return self.claim_failed(&e),
-            };
-            if claimed.is_empty() {
-                continue;
-            }
-            if claimed.len() != ids.len() {
-                // XCLAIM leaves out entries trimmed from the stream (and drops them
-                // from the pending list). They still belong to the flush, as empty
-                // entries, so that its first and last ids, and so its keys, are those
-                // the silent consumer used.
+        let entries = batch.entries.len();
+        let trimmed = batch.entries.iter().filter(|e| e.is_trimmed()).count();
+        match &batch.source {
+            Source::Claimed { from } => {
+                M::add(&self.metrics.claimed_entries, (entries - trimmed) as u64);
                 tracing::warn!(
                     dataset = D::NAME,
-                    consumer = %gone.name,
-                    listed = ids.len(),
-                    claimed = claimed.len(),
-                    "some claimed entries are no longer in the stream"
+                    consumer = %from,
+                    entries,
+                    "archiving entries a silent consumer left pending"
                 );
             }
-            tracing::warn!(
-                dataset = D::NAME,
-                consumer = %gone.name,
-                entries = claimed.len(),
-                "archiving entries a silent consumer left pending"
-            );
-            M::add(&self.metrics.claimed_entries, claimed.len() as u64);
-            let mut found: HashMap<String, RedisEntry> = claimed.into_iter().map(|e| (e.id.clone(), e)).collect();
-            let entries = pending
-                .iter()
-                .filter_map(|p| {
-                    self.decode(
-                        found.remove(&p.id).unwrap_or_else(|| RedisEntry { id: p.id.clone(), ..RedisEntry::default() }),
-                    )
-                })
-                .collect();
-            self.flush(conn, entries, FlushKind::Recovery, stop).await?;
+            _ => tracing::info!(dataset = D::NAME, entries, "archiving entries pending for this consumer"),
         }
-        Ok(())
-    }
-
-    /// Counts and logs a Redis error; the claim is left to the next check.
-    fn claim_failed(&self, e: &redis::RedisError) -> Result<(), ArchiveError> {
-        M::add(&self.metrics.redis_failures, 1);
-        tracing::warn!(dataset = D::NAME, error = %e, "looking for entries to claim failed; will retry");
-        Ok(())
+        if trimmed > 0 {
+            tracing::warn!(dataset = D::NAME, trimmed, "some pending entries are no longer in the stream");
+        }
+        let flush = self.decode_all(batch.entries);
+        self.flush(consumer, flush, FlushKind::Recovery, stop).await
     }
 }

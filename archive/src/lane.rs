@@ -1,8 +1,13 @@
-//! One dataset's archiving loop: its stream, its consumer group, its buffer.
+//! One dataset's archiving loop: its stream, its consumer, its buffer.
 //!
-//! Reads use a short `BLOCK` and are never cancelled mid-flight: a cancelled read would
-//! leave entries delivered to this consumer but in no buffer. Flushes take the whole
-//! buffer and nothing is read while one is in progress, so at any moment this consumer's
+//! The consumer-group cycle (creating the group, this consumer's own pending entries,
+//! claims, reads, acknowledgements, retries) is [`allot_stream`]'s; a lane decides what
+//! to do with what the consumer delivers. New entries go to the buffer, flushed by size
+//! and by age; a recovery batch (this consumer's own pending entries, or a silent
+//! consumer's, claimed) is flushed alone, as one set ([`crate::claim`]). The consumer
+//! reads nothing while a recovery batch is held, looks for recovery work only while the
+//! buffer is empty, and a flush takes the whole buffer and acknowledges it before the
+//! next read; reads are never cancelled mid-flight. So at any moment this consumer's
 //! pending entries are either the buffer or exactly one flush: the property that makes a
 //! restarted or claiming archiver overwrite the same objects rather than add rows.
 
@@ -10,11 +15,11 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use allot_stream::{ConsumerConfig, Observer, Retry, StreamConsumer};
 use redis::AsyncTypedCommands;
-use redis::streams::{StreamId as RedisEntry, StreamReadOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::archiver::{Backoff, Connect, MAX_BLOCK};
+use crate::archiver::{Connect, MAX_BLOCK, retry_policy};
 use crate::dataset::{Dataset, Fields};
 use crate::metrics::{ArchiverMetrics as M, DatasetMetrics};
 use crate::partition::{Partition, StreamId};
@@ -22,11 +27,28 @@ use crate::store::ArchiveStore;
 use crate::{ArchiveConfig, ArchiveError};
 
 /// Entries per `XREADGROUP`; each carries up to 1000 events.
-pub(crate) const READ_COUNT: usize = 256;
+const READ_COUNT: usize = 256;
 
 /// What a lane needs of its connection.
 pub(crate) trait Conn: AsyncTypedCommands + Send + Sync {}
 impl<C: AsyncTypedCommands + Send + Sync> Conn for C {}
+
+/// A lane's stream consumer.
+pub(crate) type Consumer<'a, C> = StreamConsumer<C, RedisFailures<'a>>;
+
+/// Counts and logs a lane's failed Redis commands (the consumer retries them).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RedisFailures<'a> {
+    dataset: &'static str,
+    metrics: &'a DatasetMetrics,
+}
+
+impl Observer for RedisFailures<'_> {
+    fn failed(&self, what: &'static str, error: &redis::RedisError) {
+        M::add(&self.metrics.redis_failures, 1);
+        tracing::warn!(dataset = self.dataset, error = %error, "{what} failed; retrying");
+    }
+}
 
 /// Whether a flush is of freshly read entries or of entries an earlier flush may have
 /// stored already.
@@ -39,34 +61,55 @@ pub(crate) enum FlushKind {
 /// One stream entry, decoded.
 #[derive(Debug)]
 pub(crate) struct Entry<R> {
-    raw_id: String,
     id: StreamId,
     rows: Vec<R>,
+}
+
+/// Entries to store together, and the ids to acknowledge once they are stored: every
+/// entry delivered, including those without rows.
+#[derive(Debug)]
+pub(crate) struct Flush<R> {
+    entries: Vec<Entry<R>>,
+    ids: Vec<String>,
+}
+
+impl<R> Flush<R> {
+    fn new() -> Self {
+        Self { entries: Vec::new(), ids: Vec::new() }
+    }
 }
 
 /// Entries read but not yet stored.
 #[derive(Debug)]
 struct Buffer<R> {
-    entries: Vec<Entry<R>>,
+    flush: Flush<R>,
     rows: usize,
     since: Option<Instant>,
 }
 
 impl<R> Buffer<R> {
     fn new() -> Self {
-        Self { entries: Vec::new(), rows: 0, since: None }
+        Self { flush: Flush::new(), rows: 0, since: None }
     }
 
-    fn push(&mut self, e: Entry<R>) {
-        self.rows += e.rows.len();
+    fn push(&mut self, f: Flush<R>) {
+        if f.ids.is_empty() {
+            return;
+        }
+        self.rows += f.entries.iter().map(|e| e.rows.len()).sum::<usize>();
         self.since.get_or_insert_with(Instant::now);
-        self.entries.push(e);
+        self.flush.entries.extend(f.entries);
+        self.flush.ids.extend(f.ids);
     }
 
-    fn take(&mut self) -> Vec<Entry<R>> {
+    fn is_empty(&self) -> bool {
+        self.flush.ids.is_empty()
+    }
+
+    fn take(&mut self) -> Flush<R> {
         self.rows = 0;
         self.since = None;
-        std::mem::take(&mut self.entries)
+        std::mem::replace(&mut self.flush, Flush::new())
     }
 }
 
@@ -88,153 +131,84 @@ impl<'a, D: Dataset> Lane<'a, D> {
         D::stream(self.cfg)
     }
 
-    pub(crate) fn backoff(&self) -> Backoff {
-        Backoff::new(self.cfg.retry_max_backoff())
+    fn retry(&self) -> Retry {
+        Retry::new(retry_policy(self.cfg))
+    }
+
+    fn consumer_config(&self) -> ConsumerConfig {
+        ConsumerConfig {
+            consumer: self.cfg.consumer.clone(),
+            read_count: READ_COUNT,
+            // At most one flush is pending: read it in one go where possible.
+            pending_count: self.cfg.flush_max_rows + READ_COUNT,
+            max_block: MAX_BLOCK,
+            claim_idle: self.cfg.claim_idle(),
+            check_every: self.cfg.claim_every(),
+            retry: retry_policy(self.cfg),
+        }
     }
 
     /// Archives until `stop`; returns `Err(Shutdown)` when stopped.
     pub(crate) async fn run<R: Connect>(&self, redis: &R, stop: &CancellationToken) -> Result<(), ArchiveError> {
-        let mut conn = self.connect(redis, stop).await?;
-        self.ensure_group(&mut conn, stop).await?;
+        let conn = self.connect(redis, stop).await?;
+        let failures = RedisFailures { dataset: D::NAME, metrics: self.metrics };
+        let mut consumer = StreamConsumer::new(conn, self.stream(), &self.cfg.group, self.consumer_config(), failures);
         let mut buf = Buffer::new();
-        let mut backoff = self.backoff();
-        let mut lag_checked = Instant::now() - Duration::from_secs(10);
-        let mut claim_checked: Option<Instant> = None;
+        let mut lag_checked: Option<Instant> = None;
         while !stop.is_cancelled() {
-            if buf.entries.is_empty() && claim_checked.is_none_or(|t| t.elapsed() >= self.cfg.claim_every()) {
-                // Only with an empty buffer: then this consumer should have nothing
-                // pending, and what it claims is exactly the next flush. The first
-                // pass, at start, recovers what an earlier run left pending.
-                claim_checked = Some(Instant::now());
-                self.flush_own_pending(&mut conn, stop).await?;
-                self.claim_and_flush(&mut conn, stop).await?;
-            }
-            let block = match buf.since {
-                Some(t) => self.cfg.flush_max_age().saturating_sub(t.elapsed()),
-                None => MAX_BLOCK,
-            }
-            .clamp(Duration::from_millis(1), MAX_BLOCK);
-            match self.read_new(&mut conn, block).await {
-                Ok(entries) => {
-                    backoff = self.backoff();
-                    entries.into_iter().for_each(|e| buf.push(e));
-                }
-                Err(e) => {
-                    M::add(&self.metrics.redis_failures, 1);
-                    tracing::warn!(dataset = D::NAME, error = %e, "reading the stream failed; retrying");
-                    backoff.wait(stop).await?;
-                    if matches!(&e, ArchiveError::Redis(r) if r.code() == Some("NOGROUP")) {
-                        // The stream (and with it the group) was deleted: start over.
-                        self.ensure_group(&mut conn, stop).await?;
-                    }
-                }
+            // A read returns in time for the buffer's flush by age.
+            consumer.wake_by(buf.since.map(|t| t + self.cfg.flush_max_age()));
+            let Ok(batch) = consumer.next(stop).await else { break };
+            if batch.is_recovery() {
+                // Only ever delivered with an empty buffer: it is exactly the next flush.
+                self.recover(&mut consumer, batch, stop).await?;
+            } else {
+                buf.push(self.decode_all(batch.entries));
             }
             self.note_buffer_age(&buf);
             let full = buf.rows >= self.cfg.flush_max_rows;
             let old = buf.since.is_some_and(|t| t.elapsed() >= self.cfg.flush_max_age());
             if full || old {
-                self.flush(&mut conn, buf.take(), FlushKind::Fresh, stop).await?;
+                self.flush(&mut consumer, buf.take(), FlushKind::Fresh, stop).await?;
                 self.note_buffer_age(&buf);
             }
-            if lag_checked.elapsed() >= Duration::from_secs(1) {
-                lag_checked = Instant::now();
-                self.update_lag(&mut conn).await;
+            if lag_checked.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                lag_checked = Some(Instant::now());
+                self.update_lag(consumer.conn()).await;
             }
         }
-        if !buf.entries.is_empty() {
+        if !buf.is_empty() {
             // One last attempt; on failure the entries stay pending for the next start.
-            self.flush(&mut conn, buf.take(), FlushKind::Fresh, stop).await?;
+            self.flush(&mut consumer, buf.take(), FlushKind::Fresh, stop).await?;
         }
         Err(ArchiveError::Shutdown)
     }
 
     async fn connect<R: Connect>(&self, redis: &R, stop: &CancellationToken) -> Result<R::Conn, ArchiveError> {
-        let mut backoff = self.backoff();
+        let mut retry = self.retry();
         loop {
             match redis.connect().await {
                 Ok(c) => return Ok(c),
                 Err(e) => {
                     M::add(&self.metrics.redis_failures, 1);
                     tracing::warn!(error = %e, "connecting to redis failed; retrying");
-                    backoff.wait(stop).await?;
+                    retry.wait(stop).await?;
                 }
             }
         }
     }
 
-    /// Creates the consumer group (from the start of the stream) unless it exists.
-    async fn ensure_group(&self, conn: &mut impl Conn, stop: &CancellationToken) -> Result<(), ArchiveError> {
-        let mut backoff = self.backoff();
-        loop {
-            match conn.xgroup_create_mkstream(self.stream(), &self.cfg.group, "0").await {
-                Ok(()) => return Ok(()),
-                Err(e) if e.code() == Some("BUSYGROUP") => return Ok(()),
-                Err(e) => {
-                    M::add(&self.metrics.redis_failures, 1);
-                    tracing::warn!(dataset = D::NAME, error = %e, "creating the archiver group failed; retrying");
-                    backoff.wait(stop).await?;
-                }
-            }
-        }
+    /// Decodes entries for one flush; every id is kept for the acknowledgement.
+    pub(crate) fn decode_all(&self, entries: Vec<allot_stream::Entry>) -> Flush<D::Row> {
+        let ids = entries.iter().map(|e| e.id.clone()).collect();
+        Flush { entries: entries.iter().filter_map(|e| self.decode(e)).collect(), ids }
     }
 
-    /// Flushes what is pending for this consumer while its buffer is empty: the flush
-    /// an earlier run could not finish, or entries a read or a claim delivered although
-    /// its reply was lost (a timeout, a reconnect), which no one else would take while
-    /// this consumer is alive.
-    async fn flush_own_pending(&self, conn: &mut impl Conn, stop: &CancellationToken) -> Result<(), ArchiveError> {
-        let pending = self.read_pending(conn, stop).await?;
-        if pending.is_empty() {
-            return Ok(());
-        }
-        tracing::info!(dataset = D::NAME, entries = pending.len(), "archiving entries pending for this consumer");
-        self.flush(conn, pending, FlushKind::Recovery, stop).await
-    }
-
-    /// Every entry delivered to this consumer but not acknowledged, in stream order.
-    async fn read_pending(
-        &self,
-        conn: &mut impl Conn,
-        stop: &CancellationToken,
-    ) -> Result<Vec<Entry<D::Row>>, ArchiveError> {
-        let mut out = Vec::new();
-        let mut after = "0".to_string();
-        let mut backoff = self.backoff();
-        loop {
-            // At most one flush is pending: read it in one go where possible, so a
-            // replica claiming at the same moment cannot take half of it.
-            let count = self.cfg.flush_max_rows + READ_COUNT;
-            let opts = StreamReadOptions::default().group(&self.cfg.group, &self.cfg.consumer).count(count);
-            match conn.xread_options(&[self.stream()], &[&after], &opts).await {
-                Ok(reply) => {
-                    let ids: Vec<RedisEntry> = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
-                    let Some(last) = ids.last() else { return Ok(out) };
-                    after = last.id.clone();
-                    out.extend(ids.into_iter().filter_map(|e| self.decode(e)));
-                }
-                Err(e) => {
-                    M::add(&self.metrics.redis_failures, 1);
-                    tracing::warn!(dataset = D::NAME, error = %e, "reading pending entries failed; retrying");
-                    backoff.wait(stop).await?;
-                }
-            }
-        }
-    }
-
-    async fn read_new(&self, conn: &mut impl Conn, block: Duration) -> Result<Vec<Entry<D::Row>>, ArchiveError> {
-        let opts = StreamReadOptions::default()
-            .group(&self.cfg.group, &self.cfg.consumer)
-            .count(READ_COUNT)
-            .block(block.as_millis() as usize);
-        let reply = conn.xread_options(&[self.stream()], &[">"], &opts).await?;
-        let ids = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
-        Ok(ids.filter_map(|e| self.decode(e)).collect())
-    }
-
-    /// Decodes an entry. An entry without a valid id cannot be acknowledged and is
-    /// skipped; one with undecodable rows is kept with no rows, so it is acknowledged
-    /// (dropped) with its flush and counted.
-    pub(crate) fn decode(&self, e: RedisEntry) -> Option<Entry<D::Row>> {
+    /// Decodes an entry. One trimmed from the stream keeps its place with no rows; one
+    /// with undecodable rows is kept with no rows, so it is acknowledged (dropped) with
+    /// its flush and counted. An entry without a valid id has no place in the flush's
+    /// keys; it is left out and acknowledged with the flush.
+    fn decode(&self, e: &allot_stream::Entry) -> Option<Entry<D::Row>> {
         let id: StreamId = match e.id.parse() {
             Ok(id) => id,
             Err(err) => {
@@ -242,7 +216,8 @@ impl<'a, D: Dataset> Lane<'a, D> {
                 return None;
             }
         };
-        let rows = match D::decode(Fields(&e.map), id.ms) {
+        let Some(fields) = &e.fields else { return Some(Entry { id, rows: Vec::new() }) };
+        let rows = match D::decode(Fields(fields), id.ms) {
             Ok(rows) => rows,
             Err(err) => {
                 M::add(&self.metrics.malformed_entries, 1);
@@ -250,7 +225,7 @@ impl<'a, D: Dataset> Lane<'a, D> {
                 Vec::new()
             }
         };
-        Some(Entry { raw_id: e.id, id, rows })
+        Some(Entry { id, rows })
     }
 
     /// Stores the entries' rows (one object per hour partition), then acknowledges
@@ -260,26 +235,27 @@ impl<'a, D: Dataset> Lane<'a, D> {
     /// that already exists: it was stored by the interrupted flush of the very same
     /// entries, complete, whereas some of those entries may since have been trimmed
     /// from the stream and would be missing from a rewrite.
-    pub(crate) async fn flush(
+    pub(crate) async fn flush<C: Conn>(
         &self,
-        conn: &mut impl Conn,
-        entries: Vec<Entry<D::Row>>,
+        consumer: &mut Consumer<'_, C>,
+        flush: Flush<D::Row>,
         kind: FlushKind,
         stop: &CancellationToken,
     ) -> Result<(), ArchiveError> {
-        let (Some(first), Some(last)) = (entries.first().map(|e| e.id), entries.last().map(|e| e.id)) else {
-            return Ok(());
-        };
+        let Flush { entries, ids } = flush;
+        let (Some(first_id), Some(last_id)) = (ids.first().cloned(), ids.last().cloned()) else { return Ok(()) };
         let mut parts: BTreeMap<Partition, Vec<&D::Row>> = BTreeMap::new();
         for row in entries.iter().flat_map(|e| &e.rows) {
             parts.entry(Partition::of_unix_ms(D::time_ms(row))).or_default().push(row);
         }
         let mut objects = Vec::with_capacity(parts.len());
-        for (part, rows) in &parts {
-            let key = part.object_key(self.store.prefix(), D::NAME, first, last);
-            objects.push((key, D::encode(rows)?, rows.len(), false));
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+            for (part, rows) in &parts {
+                let key = part.object_key(self.store.prefix(), D::NAME, first.id, last.id);
+                objects.push((key, D::encode(rows)?, rows.len(), false));
+            }
         }
-        let mut backoff = self.backoff();
+        let mut retry = self.retry();
         loop {
             for (key, body, rows, stored) in objects.iter_mut().filter(|o| !o.3) {
                 if kind == FlushKind::Recovery {
@@ -314,29 +290,26 @@ impl<'a, D: Dataset> Lane<'a, D> {
             if objects.iter().all(|o| o.3) {
                 break;
             }
-            self.update_lag(conn).await;
-            backoff.wait(stop).await?;
+            self.update_lag(consumer.conn()).await;
+            retry.wait(stop).await?;
         }
-        let ids: Vec<&str> = entries.iter().map(|e| e.raw_id.as_str()).collect();
-        let mut backoff = self.backoff();
-        loop {
-            match conn.xack(self.stream(), &self.cfg.group, &ids).await {
-                Ok(_) => break,
-                Err(e) => {
-                    M::add(&self.metrics.redis_failures, 1);
-                    tracing::warn!(dataset = D::NAME, error = %e, "acknowledging archived entries failed; retrying");
-                    backoff.wait(stop).await?;
-                }
-            }
-        }
-        M::add(&self.metrics.entries_archived, entries.len() as u64);
+        let acked = ids.len();
+        consumer.ack(ids, stop).await?;
+        M::add(&self.metrics.entries_archived, acked as u64);
         M::add(&self.metrics.flushes, 1);
-        tracing::debug!(dataset = D::NAME, entries = entries.len(), objects = objects.len(), %first, %last, "flushed");
+        tracing::debug!(
+            dataset = D::NAME,
+            entries = acked,
+            objects = objects.len(),
+            first = %first_id,
+            last = %last_id,
+            "flushed"
+        );
         Ok(())
     }
 
     fn note_buffer_age(&self, buf: &Buffer<D::Row>) {
-        let age = buf.entries.first().map_or(0, |e| now_ms().saturating_sub(e.id.ms));
+        let age = buf.flush.entries.first().map_or(0, |e| now_ms().saturating_sub(e.id.ms));
         M::set(&self.metrics.oldest_buffered_age_ms, age);
     }
 

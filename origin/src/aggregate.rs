@@ -1,34 +1,41 @@
 //! The aggregator: stream entries folded into per-placement window counts, exactly once.
 //!
-//! Every origin replica runs one consumer of the `aggregator` group. The entries of one
-//! read are grouped by placement; a group's events are folded with core's `WindowStats`
-//! into one delta per window and applied by a Lua script that, atomically, checks the
-//! entries' dedupe markers, sets them, and adds the delta (`HINCRBYFLOAT`) — or, if any
-//! marker already exists, writes nothing and names those entries so the delta is rebuilt
+//! Every origin replica runs one consumer of the `aggregator` group, the consumer-group
+//! cycle of `allot-stream` (shared with the archiver): this consumer's own pending
+//! entries first, then new ones, and now and then all the entries of a consumer silent
+//! for `claim_min_idle_ms` (a replica that died), claimed. The entries of one batch are
+//! grouped by placement; a group's events are folded with core's `WindowStats` into one
+//! delta per window and applied by a Lua script that, atomically, checks the entries'
+//! dedupe markers, sets them, and adds the delta (`HINCRBYFLOAT`) — or, if any marker
+//! already exists, writes nothing and names those entries so the delta is rebuilt
 //! without them. Folding a whole group into one delta keeps the Redis work per event
 //! small when single-event bodies arrive at high rates. Entries are acknowledged after
-//! that. A crash between apply and `XACK` therefore leaves the entry pending; whoever
-//! processes it again (this consumer after a restart, or another one that claims it
-//! with `XAUTOCLAIM` once it has been idle long enough) finds the marker and only
-//! acknowledges it. The marker and the windows share the placement's hash tag, so the
-//! script runs on Redis Cluster too.
+//! that. A crash between apply and `XACK` therefore leaves the entries pending; whoever
+//! processes them again (this consumer after a restart, or another one that claims
+//! them) finds the markers and only acknowledges them. The markers and the windows share
+//! the placement's hash tag, so the script runs on Redis Cluster too.
+//!
+//! Failed Redis calls are retried under the core's retry policy (with jitter); a batch
+//! whose apply failed is applied again, never skipped (the markers make that safe).
 //!
 //! Blocking reads use a connection of their own: a `BLOCK` on the shared multiplexed
 //! connection would stall every ingest `XADD` queued behind it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use allot_core::contract::keys::PlacementKeys;
+use allot_core::contract::stream;
+use allot_core::retry::RetryPolicy;
 use allot_core::{EventBatch, WindowStats};
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
+use allot_stream::{Batch, ConsumerConfig, Entry, Retry, Source, Stopped, StreamConsumer};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::AggregateConfig;
 #[cfg(feature = "failpoints")]
 use crate::config::Failpoint;
 use crate::conn::RedisConn;
-use allot_core::contract::keys::PlacementKeys;
-use allot_core::contract::stream;
 use crate::startup::App;
 
 /// Applies a group of entries of one placement once. KEYS: one dedupe marker per entry,
@@ -58,6 +65,9 @@ return seen
 /// Entries per script call: bounds the time one script holds Redis.
 const MAX_GROUP: usize = 256;
 
+/// How failed Redis calls are retried: from 100 ms, doubling to 5 s, with jitter.
+const RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(5));
+
 /// The default consumer name: host and process, unique per running replica.
 pub fn default_consumer() -> String {
     let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
@@ -65,78 +75,61 @@ pub fn default_consumer() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Creates the consumer group (from the start of the stream) unless it exists.
-pub async fn ensure_group(conn: &mut RedisConn) -> redis::RedisResult<()> {
-    let r: redis::RedisResult<()> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(stream::EVENTS)
-        .arg(stream::AGGREGATOR_GROUP)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(conn)
-        .await;
-    match r {
-        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-        other => other,
+/// The consumer cycle of the aggregator's configuration.
+fn consumer_config(consumer: String, cfg: &AggregateConfig) -> ConsumerConfig {
+    ConsumerConfig {
+        consumer,
+        read_count: cfg.batch,
+        pending_count: cfg.batch,
+        max_block: Duration::from_millis(cfg.block_ms),
+        claim_idle: Some(Duration::from_millis(cfg.claim_min_idle_ms)),
+        check_every: Duration::from_millis((cfg.claim_min_idle_ms / 2).clamp(100, 10_000)),
+        retry: RETRY,
     }
 }
 
 struct Aggregator {
     app: Arc<App>,
-    conn: RedisConn,
-    consumer: String,
     sha: String,
 }
 
 /// Runs the consumer until `cancel`; finishes (applies and acknowledges) the batch in
 /// hand before returning.
-pub async fn run(app: Arc<App>, mut conn: RedisConn, cancel: CancellationToken) {
-    let consumer = app.config.aggregate.consumer.clone().unwrap_or_else(default_consumer);
+pub async fn run(app: Arc<App>, conn: RedisConn, cancel: CancellationToken) {
+    let name = app.config.aggregate.consumer.clone().unwrap_or_else(default_consumer);
+    let cfg = consumer_config(name.clone(), &app.config.aggregate);
+    let failed =
+        |what: &'static str, e: &redis::RedisError| tracing::warn!(error = %e, "aggregator: {what} failed; retrying");
+    let mut consumer = StreamConsumer::new(conn, stream::EVENTS, stream::AGGREGATOR_GROUP, cfg, failed);
+    let mut retry = Retry::new(RETRY);
     let sha = loop {
-        let ready = async {
-            ensure_group(&mut conn).await?;
-            redis::cmd("SCRIPT").arg("LOAD").arg(APPLY_SCRIPT).query_async::<String>(&mut conn).await
-        };
-        match ready.await {
+        match redis::cmd("SCRIPT").arg("LOAD").arg(APPLY_SCRIPT).query_async::<String>(consumer.conn()).await {
             Ok(sha) => break sha,
             Err(e) => tracing::warn!(error = %e, "aggregator cannot start yet; retrying"),
         }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        if retry.wait(&cancel).await.is_err() {
+            return;
         }
     };
-    tracing::info!(consumer = %consumer, "aggregator started");
-    let mut agg = Aggregator { app, conn, consumer, sha };
-    let claim_every = Duration::from_millis((agg.app.config.aggregate.claim_min_idle_ms / 2).clamp(100, 10_000));
-    let mut next_claim = Instant::now();
-    let mut own_pending = true;
-    while !cancel.is_cancelled() {
-        let step = async {
-            if own_pending {
-                // After a restart under the same name, our own pending entries first. If
-                // that history cannot be read (e.g. entries trimmed while pending), the
-                // claim below still recovers them.
-                own_pending = match agg.read("0", false).await {
-                    Ok(n) => n > 0,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot re-read own pending entries; leaving them to XAUTOCLAIM");
-                        false
-                    }
-                };
-            }
-            if Instant::now() >= next_claim {
-                agg.claim().await?;
-                next_claim = Instant::now() + claim_every;
-            }
-            agg.read(">", true).await
-        };
-        if let Err(e) = step.await {
-            tracing::warn!(error = %e, "aggregator step failed; retrying");
-            tokio::select! {
-                _ = cancel.cancelled() => {}
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            }
+    tracing::info!(consumer = %name, "aggregator started");
+    let mut agg = Aggregator { app, sha };
+    // Stops between batches: `next` and `ack` give way to `cancel`, `apply` only when a
+    // retry is due.
+    while let Ok(batch) = consumer.next(&cancel).await {
+        if batch.entries.is_empty() {
+            continue;
+        }
+        if let Source::Claimed { from } = &batch.source {
+            let claimed = batch.entries.iter().filter(|e| !e.is_trimmed()).count();
+            agg.app.metrics.aggregate_claimed.inc_by(claimed as u64);
+            tracing::info!(consumer = %from, entries = claimed, "claimed pending entries from an idle consumer");
+        }
+        if agg.apply(consumer.conn(), &batch, &cancel).await.is_err() {
+            // Stopped before the batch was applied: it stays pending for the next start.
+            break;
+        }
+        if consumer.ack(batch.ids(), &cancel).await.is_err() {
+            break;
         }
     }
     tracing::info!("aggregator stopped");
@@ -169,65 +162,28 @@ impl Aggregator {
         cmd
     }
 
-    /// Reads and processes one batch; returns how many entries it had.
-    async fn read(&mut self, id: &str, block: bool) -> redis::RedisResult<usize> {
-        let app = self.app.clone();
-        let cfg = &app.config.aggregate;
-        let mut opts = StreamReadOptions::default().group(stream::AGGREGATOR_GROUP, &self.consumer).count(cfg.batch);
-        if block {
-            opts = opts.block(cfg.block_ms as usize);
-        }
-        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-            .arg(&opts)
-            .arg("STREAMS")
-            .arg(stream::EVENTS)
-            .arg(id)
-            .query_async(&mut self.conn)
-            .await?;
-        let entries: Vec<StreamId> = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
-        let n = entries.len();
-        self.process(entries, &[]).await?;
-        Ok(n)
-    }
-
-    /// Claims entries left pending by consumers idle for `claim_min_idle_ms`.
-    async fn claim(&mut self) -> redis::RedisResult<()> {
-        let app = self.app.clone();
-        let cfg = &app.config.aggregate;
-        let mut cursor = "0-0".to_string();
+    /// Applies the batch, retrying until it is applied or `cancel` cuts a wait short.
+    async fn apply(&mut self, conn: &mut RedisConn, batch: &Batch, cancel: &CancellationToken) -> Result<(), Stopped> {
+        let mut retry = Retry::new(RETRY);
         loop {
-            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-                .arg(stream::EVENTS)
-                .arg(stream::AGGREGATOR_GROUP)
-                .arg(&self.consumer)
-                .arg(cfg.claim_min_idle_ms)
-                .arg(&cursor)
-                .arg("COUNT")
-                .arg(cfg.batch)
-                .query_async(&mut self.conn)
-                .await?;
-            if !reply.claimed.is_empty() {
-                self.app.metrics.aggregate_claimed.inc_by(reply.claimed.len() as u64);
-                tracing::info!(entries = reply.claimed.len(), "claimed pending entries from idle consumers");
+            match self.process(conn, &batch.entries).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, entries = batch.entries.len(), "applying entries failed; retrying");
+                    retry.wait(cancel).await?;
+                }
             }
-            self.process(reply.claimed, &reply.deleted_ids).await?;
-            if reply.next_stream_id == "0-0" {
-                return Ok(());
-            }
-            cursor = reply.next_stream_id;
         }
     }
 
-    /// Applies every entry (once) and acknowledges them all, plus `gone` (entries
-    /// trimmed from the stream while pending).
-    async fn process(&mut self, entries: Vec<StreamId>, gone: &[String]) -> redis::RedisResult<()> {
-        if entries.is_empty() && gone.is_empty() {
-            return Ok(());
-        }
+    /// Applies every entry once: entries trimmed from the stream have nothing to apply,
+    /// undecodable ones are counted and skipped. The caller acknowledges them all.
+    async fn process(&mut self, conn: &mut RedisConn, entries: &[Entry]) -> redis::RedisResult<()> {
         let mut invalid = 0;
         let mut groups: BTreeMap<String, Vec<(String, EventBatch)>> = BTreeMap::new();
-        for entry in &entries {
-            let (Some(p), Some(body)) = (entry.get::<String>(stream::PLACEMENT), entry.get::<Vec<u8>>(stream::BATCH)) else {
+        for entry in entries.iter().filter(|e| !e.is_trimmed()) {
+            let (Some(p), Some(body)) = (entry.get::<String>(stream::PLACEMENT), entry.get::<Vec<u8>>(stream::BATCH))
+            else {
                 invalid += 1;
                 tracing::warn!(id = %entry.id, "stream entry without p/e fields; skipped");
                 continue;
@@ -257,14 +213,14 @@ impl Aggregator {
             // node, spread over the right nodes on a cluster.
             let calls = pending.iter().map(|(p, list)| {
                 let cmd = self.apply_command(p, list);
-                let mut conn = self.conn.clone();
+                let mut conn = conn.clone();
                 async move { cmd.query_async::<Vec<usize>>(&mut conn).await }
             });
             let replies: Vec<Vec<usize>> = match futures_util::future::try_join_all(calls).await {
                 Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                     // Redis restarted and lost its script cache: load it and redo (the
                     // markers make the retry safe).
-                    self.sha = redis::cmd("SCRIPT").arg("LOAD").arg(APPLY_SCRIPT).query_async(&mut self.conn).await?;
+                    self.sha = redis::cmd("SCRIPT").arg("LOAD").arg(APPLY_SCRIPT).query_async(&mut *conn).await?;
                     continue;
                 }
                 other => other?,
@@ -294,15 +250,6 @@ impl Aggregator {
             tracing::error!("failpoint exit_after_apply: exiting before XACK");
             std::process::exit(3);
         }
-        let mut ack = redis::cmd("XACK");
-        ack.arg(stream::EVENTS).arg(stream::AGGREGATOR_GROUP);
-        for e in &entries {
-            ack.arg(&e.id);
-        }
-        for id in gone {
-            ack.arg(id);
-        }
-        ack.query_async::<i64>(&mut self.conn).await?;
         Ok(())
     }
 }
