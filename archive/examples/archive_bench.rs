@@ -10,7 +10,6 @@
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use allot_archive::{ArchiveConfig, Archiver};
@@ -137,18 +136,18 @@ async fn main() -> anyhow::Result<()> {
             })
             .await
     });
-    while m.events.entries_archived.load(Ordering::Relaxed) < batches {
+    while m.events.entries_archived.get() < batches {
         anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "archiver did not finish");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let secs = started.elapsed().as_secs_f64();
     let _ = stop.send(());
     task.await??;
-    let rows = m.events.rows_written.load(Ordering::Relaxed);
-    let bytes = m.events.bytes_written.load(Ordering::Relaxed);
+    let rows = m.events.rows_written.get();
+    let bytes = m.events.bytes_written.get();
     println!("events archived:      {rows}");
     println!("stream payload (JSON): {:.1} bytes/event", payload as f64 / rows as f64);
-    println!("parquet objects:      {}", m.events.objects_written.load(Ordering::Relaxed));
+    println!("parquet objects:      {}", m.events.objects_written.get());
     println!("parquet bytes:        {bytes} ({:.1} bytes/event)", bytes as f64 / rows as f64);
     println!("time:                 {secs:.2} s ({:.0} events/s)", rows as f64 / secs);
     let _ = std::fs::remove_dir_all(&root);

@@ -2,7 +2,6 @@
 //! a third-party Parquet reader (DuckDB).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use allot_archive::{ArchiveConfig, Archiver, ArchiverMetrics};
@@ -53,8 +52,8 @@ pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-pub fn get(c: &std::sync::atomic::AtomicU64) -> u64 {
-    c.load(Ordering::Relaxed)
+pub fn get(c: &impl allot_archive::metrics::Reading) -> u64 {
+    allot_archive::ArchiverMetrics::get(c)
 }
 
 /// Pending + undelivered entries of the archiver group.

@@ -6,6 +6,6 @@
 
 mod athena;
 mod reports;
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 #[path = "../../../archive/tests/it/support.rs"]
 mod support;
