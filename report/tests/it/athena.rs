@@ -6,9 +6,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use allot_report::athena;
 use allot_archive::{ArchiveConfig, AthenaConfig};
 use allot_report::ReportError;
+use allot_report::athena;
 use serde_json::{Value, json};
 
 use crate::support::Moto;

@@ -14,10 +14,10 @@ use allot_archive::partition::{Day, Partition};
 use allot_archive::plan_rows::{self, PlanRow};
 use allot_archive::store::ArchiveStore;
 use allot_core::contract::{PlanSnapshot, SnapshotCampaign};
-use allot_report::report::{self, Engine, Format, ReportRequest};
-use allot_report::table::ResultTable;
 use allot_core::estimate::{self, DeliveryBasis};
 use allot_core::{CampaignId, EventKind, PlacementId, WindowStats};
+use allot_report::report::{self, Engine, Format, ReportRequest};
+use allot_report::table::ResultTable;
 
 use crate::support::{S3, S3Config, event};
 
