@@ -1,49 +1,19 @@
 //! Archiver throughput and Parquet size on this machine.
 //!
-//! Starts its own redis-server and s3s-fs (from `scripts/tools.sh s3`) on free ports,
+//! Starts its own redis-server and s3s-fs (the test kit's, from `scripts/tools.sh s3`),
 //! fills the stream with `EVENTS` sampled events in batches of 100 (the worker's default
 //! batch), then times one archiver draining it into Parquet on S3.
 //!
 //! `cargo run --release -p allot-archive --no-default-features --example archive_bench [EVENTS]`
 //! (default 1,024,000 events, a multiple of the 51,200-event flush).
 
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use allot_archive::{ArchiveConfig, Archiver};
+use allot_archive::Archiver;
 use allot_core::{CampaignId, Event, EventBatch, EventKind, PlacementId, RequestId};
-use anyhow::Context;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn wait_for(port: u16) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
-fn spawn(cmd: &mut Command, port: u16) -> anyhow::Result<Proc> {
-    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().with_context(|| format!("{cmd:?}"))?;
-    let p = Proc(child);
-    wait_for(port)?;
-    Ok(p)
-}
+use allot_testkit::events::xadd_cmd;
+use allot_testkit::redis::RedisServer;
+use allot_testkit::s3::S3Server;
 
 fn batch(n: u64, rng: &mut u64) -> anyhow::Result<EventBatch> {
     let campaigns: Vec<CampaignId> =
@@ -81,46 +51,24 @@ fn batch(n: u64, rng: &mut u64) -> anyhow::Result<EventBatch> {
 async fn main() -> anyhow::Result<()> {
     let events: u64 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(1_024_000);
     let batches = events.div_ceil(100);
-    let cache = std::env::var_os("ALLOT_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/allot"));
-    let root = std::env::temp_dir().join(format!("allot-archive-bench-{}", std::process::id()));
-    std::fs::create_dir_all(root.join("bench"))?;
+    let redis = RedisServer::start();
+    let s3 = S3Server::start();
 
-    let redis_port = free_port()?;
-    let _redis = spawn(
-        Command::new("redis-server").args(["--port", &redis_port.to_string(), "--save", "", "--appendonly", "no"]),
-        redis_port,
-    )?;
-    let s3_port = free_port()?;
-    let _s3 = spawn(
-        Command::new(cache.join("tools/bin/s3s-fs"))
-            .args(["--host", "127.0.0.1", "--port", &s3_port.to_string()])
-            .args(["--access-key", "AKBENCH", "--secret-key", "bench-secret"])
-            .arg(&root),
-        s3_port,
-    )?;
-
-    let redis_url = format!("redis://127.0.0.1:{redis_port}/");
-    let client = redis::Client::open(redis_url.as_str())?;
+    let client = redis::Client::open(redis.url())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let mut rng = 42u64;
     let mut payload = 0usize;
     for chunk in (0..batches).collect::<Vec<_>>().chunks(200) {
         let mut pipe = redis::pipe();
         for n in chunk {
-            let json = batch(*n, &mut rng)?.to_json();
-            payload += json.len();
-            pipe.cmd("XADD").arg("allot:events").arg("*").arg("p").arg("home_feed").arg("e").arg(json).arg("r").arg(0);
+            let b = batch(*n, &mut rng)?;
+            payload += b.to_json().len();
+            pipe.add_command(xadd_cmd(&b, 0));
         }
         pipe.exec_async(&mut conn).await?;
     }
 
-    let mut cfg = ArchiveConfig::new("bench");
-    cfg.endpoint = Some(format!("http://127.0.0.1:{s3_port}"));
-    cfg.access_key_id = Some("AKBENCH".into());
-    cfg.secret_access_key = Some("bench-secret".into());
-    cfg.path_style = true;
+    let mut cfg = s3.archive_config();
     // Two reads of 256 entries x 100 events: with EVENTS a multiple of this, every flush
     // is size-triggered and the timing includes no age-triggered wait.
     cfg.flush_max_rows = 51_200;
@@ -136,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
             })
             .await
     });
+    // Polled every 5 ms, not with the test kit's 50 ms: the wait is the measurement.
     while m.events.entries_archived.get() < batches {
         anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "archiver did not finish");
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -150,6 +99,5 @@ async fn main() -> anyhow::Result<()> {
     println!("parquet objects:      {}", m.events.objects_written.get());
     println!("parquet bytes:        {bytes} ({:.1} bytes/event)", bytes as f64 / rows as f64);
     println!("time:                 {secs:.2} s ({:.0} events/s)", rows as f64 / secs);
-    let _ = std::fs::remove_dir_all(&root);
     Ok(())
 }

@@ -6,23 +6,19 @@
 //! worker sends sampled events to the origin's `/v1/events`, both signed with one shared
 //! key, exactly as a self-hosted deployment runs.
 
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use allot_archive::partition::Day;
+use allot_testkit::events::now_ms;
+use allot_testkit::origin::{INGEST_KEY, MANAGER_TOKEN, OriginApi, OriginConfig, OriginProcess};
+use allot_testkit::process::{self, Proc, free_port, wait_http};
+use allot_testkit::redis::RedisServer;
+use allot_testkit::s3::S3Server;
 use anyhow::{Context, bail};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-use tokio::process::Command;
-
-use crate::process::{self, Proc, TempDir, free_port, wait_http};
-use crate::redis_server::RedisServer;
-use crate::s3_server::{self, S3Server};
-
-/// The key the edge signs with and the origin verifies.
-pub const INGEST_KEY: &str = "allot-local-ingest-key-0123456789";
-/// The manager's bearer token.
-pub const MANAGER_TOKEN: &str = "allot-local-manager-token";
+use tempfile::TempDir;
 
 /// How to run the stack.
 #[derive(Debug, Clone)]
@@ -30,13 +26,11 @@ pub struct Options {
     /// Control period and window length.
     pub period_ms: u64,
     pub min_sample_rate: f64,
-    /// Log level of the origin.
-    pub log_level: String,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { period_ms: 4_000, min_sample_rate: 0.001, log_level: "warn".into() }
+        Self { period_ms: 4_000, min_sample_rate: 0.001 }
     }
 }
 
@@ -48,9 +42,11 @@ pub struct Stack {
     pub origin_url: String,
     pub edge_url: String,
     pub client: reqwest::Client,
+    /// The origin's API; its address survives restarts (the edge knows it).
+    pub api: OriginApi,
     origin_port: u16,
     config_path: PathBuf,
-    origin: Option<Proc>,
+    origin: Option<OriginProcess>,
     edge: Proc,
     redis: RedisServer,
     pub s3: S3Server,
@@ -59,14 +55,13 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(options: Options) -> anyhow::Result<Self> {
-        let dir = TempDir::new("stack")?;
-
+        let dir = tempfile::Builder::new().prefix("allot-stack-").tempdir()?;
         let redis = RedisServer::start();
         let redis_url = redis.url();
         let s3 = S3Server::start();
 
         // The two ends need each other's address: pick the origin's port first.
-        let origin_port = free_port()?;
+        let origin_port = free_port();
         let origin_url = format!("http://127.0.0.1:{origin_port}");
 
         let mut edge = Proc::spawn(
@@ -78,14 +73,17 @@ impl Stack {
                 .env("ALLOT_EDGE_STATE", dir.path().join("kv"))
                 .stdout(Stdio::piped()),
         )?;
-        let edge_url = edge.read_line_starting("listening ", Duration::from_secs(60)).await?;
-        wait_http(&format!("{edge_url}/healthz"), Duration::from_secs(30)).await?;
+        let edge_url = edge.watch_stdout(Duration::from_secs(60), |line| {
+            line.strip_prefix("listening ").map(|rest| rest.trim().to_string())
+        })?;
+        wait_http(&format!("{edge_url}/healthz"), 30).await;
 
         let config_path = dir.path().join("origin.toml");
-        std::fs::write(&config_path, origin_config(&options, origin_port, &redis_url, &edge_url, &s3.endpoint()))?;
+        origin_config(&options, origin_port, &redis_url, &edge_url, &s3).write(&config_path)?;
         let mut stack = Self {
             options,
             redis_url,
+            api: OriginApi::new(format!("127.0.0.1:{origin_port}")),
             origin_url,
             edge_url,
             client: process::http_client(Duration::from_secs(10)),
@@ -101,52 +99,44 @@ impl Stack {
         Ok(stack)
     }
 
-    /// Starts (or restarts) the origin process.
+    /// Starts (or restarts) the origin process, and waits until it is ready.
     pub async fn start_origin(&mut self) -> anyhow::Result<()> {
         if self.origin.is_some() {
             bail!("the origin is already running");
         }
-        let bin = process::workspace_bin("allot-origin")?;
-        let proc = Proc::spawn(
-            "origin",
-            Command::new(bin)
-                .args(["serve", "--config"])
-                .arg(&self.config_path)
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit()),
-        )?;
-        self.origin = Some(proc);
-        wait_http(&format!("{}/readyz", self.origin_url), Duration::from_secs(30))
-            .await
-            .context("the origin did not become ready")?;
+        self.origin = Some(OriginProcess::spawn(&self.config_path, &[])?);
+        self.api.wait_ready(30).await;
         Ok(())
     }
 
     /// `kill -9` the origin: no graceful shutdown, nothing flushed.
-    pub async fn kill_origin(&mut self) -> anyhow::Result<()> {
-        let mut origin = self.origin.take().context("the origin is not running")?;
-        origin.kill().await
+    pub fn kill_origin(&mut self) -> anyhow::Result<()> {
+        self.origin.take().context("the origin is not running")?.kill9();
+        Ok(())
     }
 
     /// Stops everything gracefully (SIGTERM), the origin first.
-    pub async fn stop(mut self) {
+    pub fn stop(mut self) {
         if let Some(mut origin) = self.origin.take() {
-            origin.terminate(Duration::from_secs(10)).await;
+            origin.child.terminate(Duration::from_secs(10));
         }
-        self.edge.terminate(Duration::from_secs(5)).await;
-        drop(self.redis);
+        self.edge.terminate(Duration::from_secs(5));
     }
 
     pub fn origin_port(&self) -> u16 {
         self.origin_port
     }
 
-    pub fn dir(&self) -> &std::path::Path {
+    pub fn redis(&self) -> &RedisServer {
+        &self.redis
+    }
+
+    pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 
     /// The origin's config file (its `[archive]` section also serves `allot-report`).
-    pub fn config_path(&self) -> &std::path::Path {
+    pub fn config_path(&self) -> &Path {
         &self.config_path
     }
 
@@ -164,7 +154,7 @@ impl Stack {
 
     async fn run_report(&self, name: &str, format: &str) -> anyhow::Result<String> {
         let today = today_utc();
-        let out = Command::new(process::workspace_bin("allot-report")?)
+        let out = tokio::process::Command::new(process::workspace_bin("allot-report")?)
             .args([name, "--from", &today, "--to", &today, "--engine", "local", "--format", format])
             .arg("--config")
             .arg(&self.config_path)
@@ -178,13 +168,7 @@ impl Stack {
 
     /// `PUT /v1/placements/{id}` as the manager.
     pub async fn put_placement(&self, id: &str, targets: &Value) -> anyhow::Result<()> {
-        let r = self
-            .client
-            .put(format!("{}/v1/placements/{id}", self.origin_url))
-            .bearer_auth(MANAGER_TOKEN)
-            .json(targets)
-            .send()
-            .await?;
+        let r = self.api.put_targets(id, targets, MANAGER_TOKEN).await;
         if !r.status().is_success() {
             bail!("PUT /v1/placements/{id}: {} {}", r.status(), r.text().await.unwrap_or_default());
         }
@@ -193,16 +177,11 @@ impl Stack {
 
     /// `GET /v1/placements/{id}/status` as the manager.
     pub async fn status(&self, id: &str) -> anyhow::Result<Value> {
-        let r = self
-            .client
-            .get(format!("{}/v1/placements/{id}/status", self.origin_url))
-            .bearer_auth(MANAGER_TOKEN)
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            bail!("GET status of {id}: {} {}", r.status(), r.text().await.unwrap_or_default());
+        let (code, status) = self.api.get_json(&format!("/v1/placements/{id}/status"), MANAGER_TOKEN).await;
+        if code != 200 {
+            bail!("GET status of {id}: {code} {status}");
         }
-        Ok(r.json().await?)
+        Ok(status)
     }
 
     /// The edge's plan version for `placement` (from a `/v1/ad` answer), if it has one.
@@ -216,36 +195,21 @@ impl Stack {
     }
 }
 
-/// Today's date in UTC, `YYYY-MM-DD`.
+/// Today's date in UTC, `YYYY-MM-DD`: the archive's day partition of now.
 pub fn today_utc() -> String {
-    civil_date((crate::traffic::now_ms() / 86_400_000) as i64)
+    Day::of_unix_ms(now_ms()).to_string()
 }
 
-/// The date `days` after 1970-01-01 (Hinnant's civil-from-days; no calendar crate needed).
-fn civil_date(days: i64) -> String {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
-fn origin_config(o: &Options, port: u16, redis_url: &str, edge_url: &str, s3_endpoint: &str) -> String {
-    let manager_hash = allot_core::signature::hex(&Sha256::digest(MANAGER_TOKEN.as_bytes()));
-    format!(
-        r#"listen = "127.0.0.1:{port}"
-
-[redis]
-url = "{redis_url}"
-
+/// The test kit's origin configuration, with what the stack changes: the port the edge
+/// was given, the edge's batch sizes, the stack's control period, plans pushed to the
+/// edge, and the archive in `s3` (also read by `allot-report`).
+fn origin_config(o: &Options, port: u16, redis_url: &str, edge_url: &str, s3: &S3Server) -> OriginConfig {
+    let stack = format!(
+        r#"
 [ingest]
-keys = ["{INGEST_KEY}"]
 max_skew_secs = 300
+# The edge's batches of up to 1,000 events, not the tests' small bodies.
+max_body_bytes = 1048576
 
 [aggregate]
 block_ms = 100
@@ -254,7 +218,7 @@ claim_min_idle_ms = 1000
 [control]
 period_ms = {period}
 recent_windows = 5
-min_sample_rate = {min_rate}
+min_sample_rate = {min_rate:?}
 republish_after_secs = 60
 lease_ms = {lease}
 
@@ -264,39 +228,14 @@ kind = "worker"
 [publish.worker]
 url = "{edge_url}"
 
-[admin]
-tokens = [{{ name = "manager", role = "manager", sha256 = "{manager_hash}" }}]
-
-[log]
-level = "{level}"
-format = "json"
-
 [archive]
-endpoint = "{s3_endpoint}"
-bucket = "{bucket}"
-access_key_id = "{access_key}"
-secret_access_key = "{secret_key}"
-path_style = true
 flush_max_age_secs = 2
 retry_max_backoff_ms = 1000
 consumer = "stack-origin"
 "#,
-        bucket = s3_server::BUCKET,
-        access_key = s3_server::ACCESS_KEY,
-        secret_key = s3_server::SECRET_KEY,
         period = o.period_ms,
         min_rate = o.min_sample_rate,
         lease = (o.period_ms * 2).max(2_000),
-        level = o.log_level,
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn civil_dates() {
-        assert_eq!(super::civil_date(0), "1970-01-01");
-        assert_eq!(super::civil_date(11_016), "2000-02-29");
-        assert_eq!(super::civil_date(20_417), "2025-11-25");
-    }
+    );
+    OriginConfig::new().listen_port(port).redis(redis_url).archive(s3).merge(&stack)
 }

@@ -7,8 +7,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use allot_testkit::events::now_ms;
+use allot_testkit::process::http_client;
+use allot_testkit::scenario;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -18,6 +21,11 @@ use serde_json::Value;
 pub struct Mix(pub Vec<(String, String, f64)>);
 
 impl Mix {
+    /// The demo scenario's traffic ([`scenario::PLATFORMS`] × [`scenario::COUNTRIES`]).
+    pub fn scenario() -> Self {
+        Self::product(scenario::PLATFORMS, scenario::COUNTRIES)
+    }
+
     /// Independent platform × country shares.
     pub fn product(platforms: &[(&str, f64)], countries: &[(&str, f64)]) -> Self {
         Self(
@@ -95,10 +103,6 @@ impl Observed {
     }
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Traffic settings.
 #[derive(Debug, Clone)]
 pub struct Traffic {
@@ -119,7 +123,7 @@ impl Traffic {
         observed: Arc<Mutex<Observed>>,
         stop: Arc<std::sync::atomic::AtomicBool>,
     ) -> anyhow::Result<()> {
-        let client = crate::process::http_client(Duration::from_secs(10));
+        let client = http_client(Duration::from_secs(10));
         let end = Instant::now() + duration;
         let lanes = self.concurrency.max(1);
         let interval = Duration::from_secs_f64(lanes as f64 / self.rps.max(0.1));

@@ -7,51 +7,23 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use allot_core::{CampaignId, Event, EventBatch, EventKind, PlacementId, RequestId, signature};
-use allot_e2e::stack::{INGEST_KEY, Options, Stack};
-use allot_e2e::traffic::{Mix, Observed, Traffic, now_ms};
-use serde_json::{Value, json};
+use allot_e2e::stack::{Options, Stack};
+use allot_e2e::traffic::{Mix, Observed, Traffic};
+use allot_testkit::events::{allocation, batch, now_ms};
+use allot_testkit::origin::signed_post;
+use allot_testkit::poll::{self, eventually};
+use allot_testkit::redis::total_counts;
+use allot_testkit::scenario::{self, MARGIN};
+use serde_json::Value;
 
 /// The stacks are heavy for two cores: one test at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const PERIOD_MS: u64 = 5_000;
-const MARGIN: f64 = 0.05;
-
-fn mix() -> Mix {
-    Mix::product(&[("ios", 0.3), ("android", 0.4), ("web", 0.3)], &[("DE", 0.35), ("FR", 0.25), ("US", 0.4)])
-}
-
-fn home_feed() -> Value {
-    json!({
-        "campaigns": [
-            {"id": "A", "rate": 0.2, "creative": {"img": "a.png"}, "eligibility": {"platforms": ["ios"]}},
-            {"id": "B", "rate": 0.3, "creative": {"img": "b.png"}, "eligibility": {"countries": ["DE", "FR"]}},
-            {"id": "C", "rate": 0.25, "creative": {"img": "c.png"}},
-        ],
-        "confidence": {"margin": MARGIN, "level": 0.95},
-    })
-}
-
-/// X asks for 50 % but only Android (40 % of traffic) is eligible.
-fn sidebar() -> Value {
-    json!({
-        "campaigns": [
-            {"id": "X", "rate": 0.5, "eligibility": {"platforms": ["android"]}},
-            {"id": "Y", "rate": 0.3},
-        ],
-        "confidence": {"margin": MARGIN, "level": 0.95},
-    })
-}
 
 async fn wait_for_edge_plan(stack: &Stack, placement: &str) {
-    for _ in 0..200 {
-        if stack.edge_plan_version(placement).await.unwrap().is_some() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the edge never got a plan for {placement}");
+    let what = format!("the edge to get a plan for {placement}");
+    eventually(20, &what, async || stack.edge_plan_version(placement).await.unwrap()).await;
 }
 
 fn campaign<'a>(status: &'a Value, id: &str) -> &'a Value {
@@ -62,8 +34,9 @@ fn campaign<'a>(status: &'a Value, id: &str) -> &'a Value {
 async fn shares_converge_to_targets_and_the_origin_knows_it() {
     let _serial = SERIAL.lock().await;
     let stack = Stack::start(Options { period_ms: PERIOD_MS, ..Options::default() }).await.unwrap();
-    stack.put_placement("home_feed", &home_feed()).await.unwrap();
-    stack.put_placement("sidebar", &sidebar()).await.unwrap();
+    for (id, targets) in scenario::placements() {
+        stack.put_placement(id, &targets).await.unwrap();
+    }
     wait_for_edge_plan(&stack, "home_feed").await;
     wait_for_edge_plan(&stack, "sidebar").await;
 
@@ -71,7 +44,7 @@ async fn shares_converge_to_targets_and_the_origin_knows_it() {
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = Traffic {
         edge_url: stack.edge_url.clone(),
-        placements: vec![("home_feed".into(), mix()), ("sidebar".into(), mix())],
+        placements: vec![("home_feed".into(), Mix::scenario()), ("sidebar".into(), Mix::scenario())],
         rps: 400.0,
         concurrency: 16,
         period_ms: PERIOD_MS,
@@ -139,20 +112,18 @@ async fn shares_converge_to_targets_and_the_origin_knows_it() {
     // 4. Every sampled request the origin counted reached the S3 archive, and the
     //    analysts' report over it (the real CLI, local engine) agrees with what the apps
     //    saw over the whole run.
-    let counted_home = settled_count(&stack.redis_url, "home_feed").await;
+    let counted_home = settled_count(&stack, "home_feed").await;
     let mut archived = 0;
-    for _ in 0..60 {
+    poll::until(Duration::from_secs(30), async || {
         let rows = stack.report("sampling").await.unwrap();
         archived = rows
             .iter()
             .filter(|r| r["placement"] == "home_feed")
             .map(|r| r["sampled_requests"].as_u64().unwrap_or(0))
             .sum();
-        if archived >= counted_home {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        archived >= counted_home
+    })
+    .await;
     assert_eq!(archived, counted_home, "sampled requests archived vs counted");
     let truth = obs.range("home_feed", 0, u64::MAX - 1);
     let rows: Vec<Value> =
@@ -171,9 +142,7 @@ async fn shares_converge_to_targets_and_the_origin_knows_it() {
         let seen = truth.share(id);
         assert!(seen >= low - slack && seen <= high + slack, "{id}: report [{low:.4}, {high:.4}], observed {seen:.4}");
         // The targets come from the archived plan snapshots, joined on plan version.
-        let target = home_feed()["campaigns"].as_array().unwrap().iter().find(|c| c["id"] == id).unwrap()["rate"]
-            .as_f64()
-            .unwrap();
+        let target = scenario::target("home_feed", id).unwrap();
         assert!((r["target"].as_f64().unwrap() - target).abs() < 1e-6, "{id}: {r}");
     }
     let x = stack
@@ -184,69 +153,44 @@ async fn shares_converge_to_targets_and_the_origin_knows_it() {
         .find(|r| r["placement"] == "sidebar" && r["campaign"] == "X");
     let x = x.expect("sidebar X in the delivery report");
     assert_eq!((x["target"].as_f64(), x["vs_target"].as_str()), (Some(0.5), Some("under")), "infeasible X: {x}");
-    stack.stop().await;
+    stack.stop();
 }
 
-/// The origin's count once the edge has flushed and the aggregator caught up.
-async fn settled_count(redis_url: &str, placement: &str) -> u64 {
-    let mut last = counted(redis_url, placement).await;
-    for _ in 0..40 {
+/// The origin's count once the edge has flushed and the aggregator caught up: two reads
+/// half a second apart agree.
+async fn settled_count(stack: &Stack, placement: &str) -> u64 {
+    let mut last = counted(stack, placement);
+    poll::until(Duration::from_secs(20), async || {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = counted(redis_url, placement).await;
-        if now == last {
-            return now;
-        }
+        let now = counted(stack, placement);
+        let settled = now == last;
         last = now;
-    }
+        settled
+    })
+    .await;
     last
 }
 
-fn event(placement: &PlacementId, i: u64) -> Event {
-    Event {
-        kind: EventKind::Allocation,
-        event_time_ms: now_ms(),
-        request_id: RequestId::parse(format!("crash-{i}")).unwrap(),
-        placement: placement.clone(),
-        ad_id: Some(CampaignId::parse("A").unwrap()),
-        plan_version: 1,
-        sample_rate: 1.0,
-        eligible: vec![CampaignId::parse("A").unwrap()],
-        platform: Some("ios".into()),
-        country: Some("DE".into()),
-        colo: None,
-    }
-}
-
 /// Sampled requests counted in Redis for `placement`, over all windows.
-async fn counted(redis_url: &str, placement: &str) -> u64 {
-    let client = redis::Client::open(redis_url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> =
-        redis::cmd("KEYS").arg(format!("allot:{{{placement}}}:w:*")).query_async(&mut conn).await.unwrap();
-    let mut total = 0.0;
-    for k in keys {
-        let n: Option<f64> = redis::cmd("HGET").arg(&k).arg("req.n").query_async(&mut conn).await.unwrap();
-        total += n.unwrap_or(0.0);
-    }
-    total as u64
+fn counted(stack: &Stack, placement: &str) -> u64 {
+    total_counts(stack.redis(), placement).requests.n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_origin_loses_nothing_it_acknowledged() {
     let _serial = SERIAL.lock().await;
     let mut stack = Stack::start(Options { period_ms: PERIOD_MS, ..Options::default() }).await.unwrap();
-    let placement = PlacementId::parse("crashy").unwrap();
-    let client = allot_e2e::process::http_client(Duration::from_secs(2));
+    let client = allot_testkit::process::http_client(Duration::from_secs(2));
     let url = format!("{}/v1/events", stack.origin_url);
 
     let (mut acked, mut attempted, mut next) = (0u64, 0u64, 0u64);
     let send = async |next: &mut u64, attempted: &mut u64, acked: &mut u64| {
-        let events: Vec<Event> = (0..20).map(|k| event(&placement, *next + k)).collect();
+        let events = (*next..*next + 20).map(|i| allocation(&format!("crash-{i}"), "crashy", Some("A"), &["A"], 1.0));
+        let body = batch(events.collect());
         *next += 20;
-        let body = EventBatch { events }.to_json();
-        let sig = signature::sign(INGEST_KEY.as_bytes(), now_ms() / 1000, body.as_bytes());
         *attempted += 20;
-        let r = client.post(&url).header(signature::HEADER, sig).body(body).send().await;
+        // The origin may be down: a refused connection is an unacknowledged batch.
+        let r = signed_post(&client, &url, &body).send().await;
         if r.is_ok_and(|r| r.status() == reqwest::StatusCode::ACCEPTED) {
             *acked += 20;
         }
@@ -256,7 +200,7 @@ async fn killing_the_origin_loses_nothing_it_acknowledged() {
     }
     // Mid-stream: kill -9, keep sending into the void, restart, send more.
     let killer = async {
-        stack.kill_origin().await.unwrap();
+        stack.kill_origin().unwrap();
     };
     let ((), ()) = tokio::join!(killer, async {
         for _ in 0..20 {
@@ -271,14 +215,12 @@ async fn killing_the_origin_loses_nothing_it_acknowledged() {
 
     // Everything acknowledged is counted, nothing twice.
     let mut n = 0;
-    for _ in 0..100 {
-        n = counted(&stack.redis_url, "crashy").await;
-        if n >= acked {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    poll::until(Duration::from_secs(20), async || {
+        n = counted(&stack, "crashy");
+        n >= acked
+    })
+    .await;
     assert!(n >= acked, "acknowledged {acked}, counted {n}");
     assert!(n <= attempted, "counted {n} of {attempted} sent: double counting");
-    stack.stop().await;
+    stack.stop();
 }

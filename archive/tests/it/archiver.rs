@@ -2,16 +2,21 @@
 //! a third-party Parquet reader (DuckDB).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use allot_archive::{ArchiveConfig, Archiver, ArchiverMetrics};
+use allot_core::contract::stream;
 use allot_core::{Event, EventBatch, EventKind};
+use allot_testkit::events::{event, xadd};
+use allot_testkit::poll::eventually;
+use allot_testkit::redis::RedisServer;
+use allot_testkit::s3::S3Server;
 use redis::TypedCommands;
 use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::support::{self, Redis, S3, S3Config, event};
+use crate::duckdb;
 
 /// 2026-11-25T09:59:50Z: the test events straddle the 09/10 hour boundary.
 const BASE_MS: u64 = 1_795_600_790_000;
@@ -22,7 +27,7 @@ pub struct Running {
     task: JoinHandle<Result<(), allot_archive::ArchiveError>>,
 }
 
-pub async fn start(redis: &Redis, cfg: ArchiveConfig) -> Running {
+pub async fn start(redis: &RedisServer, cfg: ArchiveConfig) -> Running {
     let archiver = Archiver::new(cfg).await.unwrap();
     let metrics = archiver.metrics();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -44,39 +49,39 @@ impl Running {
     }
 }
 
-pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 pub fn get(c: &impl allot_archive::metrics::Reading) -> u64 {
     allot_archive::ArchiverMetrics::get(c)
 }
 
 /// Pending + undelivered entries of the archiver group.
 pub fn group_backlog(conn: &mut redis::Connection) -> usize {
-    let info = conn.xinfo_groups("allot:events").unwrap();
-    let g = info.groups.iter().find(|g| g.name == "archiver").expect("archiver group");
+    let info = conn.xinfo_groups(stream::EVENTS).unwrap();
+    let g = info.groups.iter().find(|g| g.name == stream::ARCHIVER_GROUP).expect("archiver group");
     g.pending + g.lag.unwrap_or(0)
 }
 
 /// Makes every event entry pending for `consumer` again, as if it had read them and
 /// crashed before acknowledging.
 pub fn redeliver_all(conn: &mut redis::Connection, consumer: &str) {
-    redis::cmd("XGROUP").arg(&["SETID", "allot:events", "archiver", "0"]).exec(conn).unwrap();
-    let redelivered: redis::Value = redis::cmd("XREADGROUP")
-        .arg(&["GROUP", "archiver", consumer, "COUNT", "1000", "STREAMS", "allot:events", ">"])
-        .query(conn)
-        .unwrap();
+    redis::cmd("XGROUP").arg(&["SETID", stream::EVENTS, stream::ARCHIVER_GROUP, "0"]).exec(conn).unwrap();
+    let redelivered = read_as(conn, consumer, 1000);
     assert!(matches!(redelivered, redis::Value::Array(ref a) if !a.is_empty()));
 }
 
-/// The stored bytes of each object.
-pub fn object_bytes(s3: &S3, keys: &[String]) -> Vec<Vec<u8>> {
-    keys.iter().map(|k| std::fs::read(s3.bucket_dir().join(k)).unwrap()).collect()
+/// Creates the archiver's group on the event stream from its start, as the archiver
+/// would on its first run.
+pub fn create_group(conn: &mut redis::Connection) {
+    redis::cmd("XGROUP").arg(&["CREATE", stream::EVENTS, stream::ARCHIVER_GROUP, "0"]).exec(conn).unwrap();
+}
+
+/// Reads up to `count` new entries of the event stream as the archiver's `consumer`:
+/// they are pending for it from then on.
+pub fn read_as(conn: &mut redis::Connection, consumer: &str, count: usize) -> redis::Value {
+    let count = count.to_string();
+    redis::cmd("XREADGROUP")
+        .arg(&["GROUP", stream::ARCHIVER_GROUP, consumer, "COUNT", &count, "STREAMS", stream::EVENTS, ">"])
+        .query(conn)
+        .unwrap()
 }
 
 /// 30 batches of 1..=7 events across two hour partitions, with every column varied.
@@ -107,7 +112,7 @@ pub fn sample_batches() -> Vec<EventBatch> {
         .collect()
 }
 
-pub fn parquet_glob(s3: &S3) -> String {
+pub fn parquet_glob(s3: &S3Server) -> String {
     format!("read_parquet('{}/test/events/*/*/*.parquet', hive_partitioning = true)", s3.bucket_dir().display())
 }
 
@@ -138,24 +143,25 @@ const READ_BACK: &str = "SELECT request_id, kind, epoch_ms(event_time), epoch_ms
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archived_events_are_parquet_at_the_right_keys_and_a_retry_overwrites() {
-    let redis = Redis::start();
-    let s3 = S3::start();
+    let redis = RedisServer::start();
+    let s3 = S3Server::start();
     let mut conn = redis.conn();
     let batches = sample_batches();
     let mut expected = Vec::new();
     let mut ids = Vec::new();
     for (i, b) in batches.iter().enumerate() {
         let received = BASE_MS + 100_000 + i as u64;
-        ids.push(support::xadd(&mut conn, b, received));
+        ids.push(xadd(&mut conn, b, received));
         expected.extend(b.events.iter().map(|e| expected_row(e, received)));
     }
     let total = expected.len();
 
     // All entries are in the stream before the archiver starts, so one read takes them
     // and the age limit (1 s) flushes them together: one object per hour partition.
-    let run = start(&redis, s3.config()).await;
-    wait_until("all entries archived", || get(&run.metrics.events.entries_archived) == batches.len() as u64).await;
-    wait_until("the lag metric to drain", || {
+    let run = start(&redis, s3.archive_config()).await;
+    eventually(60, "all entries archived", async || get(&run.metrics.events.entries_archived) == batches.len() as u64)
+        .await;
+    eventually(60, "the lag metric to drain", async || {
         get(&run.metrics.events.lag_entries) == 0 && get(&run.metrics.events.flushes) > 0
     })
     .await;
@@ -166,7 +172,7 @@ async fn archived_events_are_parquet_at_the_right_keys_and_a_retry_overwrites() 
     assert_eq!(group_backlog(&mut conn), 0, "every entry acknowledged");
 
     let (first, last) = (&ids[0], &ids[ids.len() - 1]);
-    let keys = s3.keys();
+    let keys = s3.parquet_keys();
     assert_eq!(
         keys,
         vec![
@@ -177,14 +183,13 @@ async fn archived_events_are_parquet_at_the_right_keys_and_a_retry_overwrites() 
 
     // A third-party reader gets exactly the rows and values back.
     let glob = parquet_glob(&s3);
-    let rows = support::duckdb(&format!("{READ_BACK} FROM {glob} ORDER BY request_id"));
+    let rows = duckdb::query(&format!("{READ_BACK} FROM {glob} ORDER BY request_id"));
     expected.sort_by(|a, b| a[0].as_str().cmp(&b[0].as_str()));
     assert_eq!(rows.len(), total);
     for (got, want) in rows.iter().zip(&expected) {
         assert_eq!(&serde_json::Value::Array(got.clone()), want);
     }
-    let per_hour =
-        support::duckdb(&format!("SELECT CAST(hour AS INTEGER), count(*) FROM {glob} GROUP BY 1 ORDER BY 1"));
+    let per_hour = duckdb::query(&format!("SELECT CAST(hour AS INTEGER), count(*) FROM {glob} GROUP BY 1 ORDER BY 1"));
     let nine = expected.iter().filter(|r| r[14] == 9).count();
     assert_eq!(per_hour, vec![vec![json!(9), json!(nine)], vec![json!(10), json!(total - nine)]]);
     assert!(nine > 0 && nine < total, "both partitions used");
@@ -192,25 +197,27 @@ async fn archived_events_are_parquet_at_the_right_keys_and_a_retry_overwrites() 
     // Simulate a crash between storing and acknowledging: make every entry pending for
     // the archiver's consumer again. The restarted archiver rewrites the same keys with
     // the same bytes: no duplicate rows.
-    let before = object_bytes(&s3, &keys);
-    redeliver_all(&mut conn, "archiver-1");
+    let before = s3.object_bytes(&keys);
+    redeliver_all(&mut conn, &s3.archive_config().consumer);
     assert_eq!(group_backlog(&mut conn), batches.len());
-    let run = start(&redis, s3.config()).await;
-    wait_until("the pending entries re-archived", || get(&run.metrics.events.entries_archived) == batches.len() as u64)
-        .await;
+    let run = start(&redis, s3.archive_config()).await;
+    eventually(60, "the pending entries re-archived", async || {
+        get(&run.metrics.events.entries_archived) == batches.len() as u64
+    })
+    .await;
     run.shutdown().await;
     assert_eq!(group_backlog(&mut conn), 0);
-    assert_eq!(s3.keys(), keys, "same keys");
-    assert!(before == object_bytes(&s3, &keys), "same bytes");
-    let count = support::duckdb(&format!("SELECT count(*), count(DISTINCT request_id) FROM {glob}"));
+    assert_eq!(s3.parquet_keys(), keys, "same keys");
+    assert!(before == s3.object_bytes(&keys), "same bytes");
+    let count = duckdb::query(&format!("SELECT count(*), count(DISTINCT request_id) FROM {glob}"));
     assert_eq!(count, vec![vec![json!(total), json!(total)]]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_s3_outage_and_an_archiver_restart_lose_and_duplicate_nothing() {
-    let redis = Redis::start();
-    let mut s3 = S3::start();
-    let mut cfg = s3.config();
+    let redis = RedisServer::start();
+    let mut s3 = S3Server::start();
+    let mut cfg = s3.archive_config();
     cfg.flush_max_rows = 40;
     let url = redis.url();
 
@@ -224,14 +231,14 @@ async fn an_s3_outage_and_an_archiver_restart_lose_and_duplicate_nothing() {
                 .map(|i| event(EventKind::Allocation, &format!("r{b}-{i}"), "search", t + i, None, &[], 1, 0.5))
                 .collect();
             total += events.len();
-            support::xadd(&mut conn, &EventBatch { events }, t);
+            xadd(&mut conn, &EventBatch { events }, t);
             std::thread::sleep(Duration::from_millis(20));
         }
         total
     });
 
     let run = start(&redis, cfg.clone()).await;
-    wait_until("a first flush", || get(&run.metrics.events.flushes) > 0).await;
+    eventually(60, "a first flush", async || get(&run.metrics.events.flushes) > 0).await;
     s3.stop();
     // Work that must wait for S3, however far the producer has got.
     let mut conn = redis.conn();
@@ -239,54 +246,53 @@ async fn an_s3_outage_and_an_archiver_restart_lose_and_duplicate_nothing() {
     for b in 0..5u64 {
         let events = vec![event(EventKind::Allocation, &format!("x{b}"), "search", BASE_MS + b, None, &[], 1, 0.5)];
         extra += events.len();
-        support::xadd(&mut conn, &EventBatch { events }, BASE_MS);
+        xadd(&mut conn, &EventBatch { events }, BASE_MS);
     }
-    wait_until("a failed upload", || get(&run.metrics.events.put_failures) > 0).await;
-    wait_until("the lag to show", || get(&run.metrics.events.lag_entries) > 0).await;
+    eventually(60, "a failed upload", async || get(&run.metrics.events.put_failures) > 0).await;
+    eventually(60, "the lag to show", async || get(&run.metrics.events.lag_entries) > 0).await;
     // Stop the archiver mid-outage: its flush stays pending in the stream.
     run.shutdown().await;
     assert!(group_backlog(&mut conn) > 0);
 
     // A new archiver (same consumer) finds S3 still down, retries, then succeeds.
     let run = start(&redis, cfg).await;
-    wait_until("the restarted archiver to hit the outage", || get(&run.metrics.events.put_failures) > 0).await;
+    eventually(60, "the restarted archiver to hit the outage", async || get(&run.metrics.events.put_failures) > 0)
+        .await;
     s3.restart();
     let total = tokio::task::spawn_blocking(move || producer.join().unwrap()).await.unwrap() + extra;
-    wait_until("the backlog to drain", || group_backlog(&mut conn) == 0).await;
-    wait_until("the lag metric to drain", || get(&run.metrics.events.lag_entries) == 0).await;
+    eventually(60, "the backlog to drain", async || group_backlog(&mut conn) == 0).await;
+    eventually(60, "the lag metric to drain", async || get(&run.metrics.events.lag_entries) == 0).await;
     run.shutdown().await;
 
     let glob = parquet_glob(&s3);
-    let counts = support::duckdb(&format!("SELECT count(*), count(DISTINCT request_id) FROM {glob}"));
+    let counts = duckdb::query(&format!("SELECT count(*), count(DISTINCT request_id) FROM {glob}"));
     assert_eq!(counts, vec![vec![json!(total), json!(total)]], "no loss, no duplicates");
-    assert!(s3.keys().len() > 2, "several flushes");
+    assert!(s3.parquet_keys().len() > 2, "several flushes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_entry_deleted_from_the_stream_does_not_stall_recovery() {
-    let redis = Redis::start();
-    let s3 = S3::start();
+    let redis = RedisServer::start();
+    let s3 = S3Server::start();
     let mut conn = redis.conn();
     let batches = sample_batches();
     for (i, b) in batches.iter().take(3).enumerate() {
-        support::xadd(&mut conn, b, BASE_MS + i as u64);
+        xadd(&mut conn, b, BASE_MS + i as u64);
     }
     // An earlier run read all three; then the stream was trimmed under the middle one.
-    redis::cmd("XGROUP").arg(&["CREATE", "allot:events", "archiver", "0"]).exec(&mut conn).unwrap();
-    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-        .arg(&["GROUP", "archiver", "archiver-1", "COUNT", "10", "STREAMS", "allot:events", ">"])
-        .query(&mut conn)
-        .unwrap();
+    create_group(&mut conn);
+    let read = read_as(&mut conn, &s3.archive_config().consumer, 10);
+    let read: redis::streams::StreamReadReply = redis::from_redis_value(read).unwrap();
     let ids: Vec<String> = read.keys[0].ids.iter().map(|e| e.id.clone()).collect();
     assert_eq!(ids.len(), 3);
-    let _: usize = conn.xdel("allot:events", &[&ids[1]]).unwrap();
+    let _: usize = conn.xdel(stream::EVENTS, &[&ids[1]]).unwrap();
 
-    let run = start(&redis, s3.config()).await;
-    wait_until("recovery to finish", || get(&run.metrics.events.flushes) > 0).await;
+    let run = start(&redis, s3.archive_config()).await;
+    eventually(60, "recovery to finish", async || get(&run.metrics.events.flushes) > 0).await;
     run.shutdown().await;
     assert_eq!(group_backlog(&mut conn), 0);
     let expected = batches[0].events.len() + batches[2].events.len();
-    let counts = support::duckdb(&format!("SELECT count(*) FROM {}", parquet_glob(&s3)));
+    let counts = duckdb::query(&format!("SELECT count(*) FROM {}", parquet_glob(&s3)));
     assert_eq!(counts, vec![vec![json!(expected)]]);
 }
 
@@ -295,8 +301,8 @@ async fn plan_snapshots_are_archived_to_the_plans_table() {
     use allot_core::contract::{PlanSnapshot, SnapshotCampaign, stream};
     use allot_core::{CampaignId, PlacementId};
 
-    let redis = Redis::start();
-    let s3 = S3::start();
+    let redis = RedisServer::start();
+    let s3 = S3Server::start();
     let mut conn = redis.conn();
     let snapshot = |version: u64, a: f64| PlanSnapshot {
         placement: PlacementId::parse("home_feed").unwrap(),
@@ -328,8 +334,8 @@ async fn plan_snapshots_are_archived_to_the_plans_table() {
     }
     ids.push(conn.xadd(stream::PLAN_LOG, "*", &stream::plan_entry("home_feed", "{not json")).unwrap().unwrap());
 
-    let run = start(&redis, s3.config()).await;
-    wait_until("the plan log archived", || get(&run.metrics.plans.entries_archived) == 4).await;
+    let run = start(&redis, s3.archive_config()).await;
+    eventually(60, "the plan log archived", async || get(&run.metrics.plans.entries_archived) == 4).await;
     assert_eq!(get(&run.metrics.plans.malformed_entries), 1);
     assert_eq!(get(&run.metrics.plans.rows_written), 6);
     assert_eq!(get(&run.metrics.events.entries_archived), 0);
@@ -338,7 +344,7 @@ async fn plan_snapshots_are_archived_to_the_plans_table() {
     // Versions 1 and 2 were issued in hour 09, version 3 in hour 10.
     let (first, last) = (&ids[0], &ids[3]);
     assert_eq!(
-        s3.keys(),
+        s3.parquet_keys(),
         vec![
             format!("test/plans/dt=2026-11-25/hour=09/{first}-{last}.parquet"),
             format!("test/plans/dt=2026-11-25/hour=10/{first}-{last}.parquet"),
@@ -346,7 +352,7 @@ async fn plan_snapshots_are_archived_to_the_plans_table() {
     );
     let glob =
         format!("read_parquet('{}/test/plans/*/*/*.parquet', hive_partitioning = true)", s3.bucket_dir().display());
-    let rows = support::duckdb(&format!(
+    let rows = duckdb::query(&format!(
         "SELECT plan_version, campaign, target_rate, weight, feasible, max_share, targets_rev, sample_rate, \
          epoch_ms(issued_time), CAST(hour AS INTEGER) FROM {glob} ORDER BY plan_version, campaign"
     ));

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use allot_archive::{parquet_rows, plan_rows};
 
-use crate::support::{repo_root, venv_bin};
+use allot_testkit::process::{repo_root, venv_bin};
 
 fn run(bin: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new(venv_bin(bin)).args(args).current_dir(repo_root()).output().expect("run linter");

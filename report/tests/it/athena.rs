@@ -9,9 +9,8 @@ use std::time::Duration;
 use allot_archive::{ArchiveConfig, AthenaConfig};
 use allot_report::ReportError;
 use allot_report::athena;
+use allot_testkit::moto::Moto;
 use serde_json::{Value, json};
-
-use crate::support::Moto;
 
 fn config(moto: &Moto, page_size: i32) -> ArchiveConfig {
     let mut cfg = ArchiveConfig::new("archive");

@@ -18,8 +18,8 @@ use allot_core::estimate::{self, DeliveryBasis};
 use allot_core::{CampaignId, EventKind, PlacementId, WindowStats};
 use allot_report::report::{self, Engine, Format, ReportRequest};
 use allot_report::table::ResultTable;
-
-use crate::support::{S3, S3Config, event};
+use allot_testkit::events::event;
+use allot_testkit::s3::{self, S3Server};
 
 const Z: f64 = 1.959964;
 /// 2026-11-24T00:00:00Z.
@@ -342,8 +342,8 @@ async fn the_report_command_runs_over_the_archive_in_s3() {
     let events = dataset();
     let dir = tempfile::tempdir().unwrap();
     let objects = write_dir(dir.path(), &events);
-    let s3 = S3::start();
-    let cfg = s3.config();
+    let s3 = S3Server::start();
+    let cfg = s3.archive_config();
     let store = ArchiveStore::connect(&cfg).await;
     for (key, body) in &objects {
         store.put(&format!("{}{key}", store.prefix()), body.clone()).await.unwrap();
@@ -351,7 +351,7 @@ async fn the_report_command_runs_over_the_archive_in_s3() {
     let cfg_path = dir.path().join("archive.json");
     let cfg_json = serde_json::json!({
         "endpoint": cfg.endpoint, "bucket": cfg.bucket, "prefix": cfg.prefix, "path_style": true,
-        "access_key_id": cfg.access_key_id, "secret_access_key": crate::support::SECRET_KEY,
+        "access_key_id": cfg.access_key_id, "secret_access_key": s3::SECRET_KEY,
     });
     std::fs::write(&cfg_path, cfg_json.to_string()).unwrap();
 

@@ -4,10 +4,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use allot_e2e::stack::{Options, Stack};
-use allot_e2e::traffic::{Mix, Observed, Traffic, now_ms};
+use allot_e2e::stack::{Options, Stack, today_utc};
+use allot_e2e::traffic::{Mix, Observed, Traffic};
+use allot_testkit::events::now_ms;
+use allot_testkit::scenario;
 use clap::Parser;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// Starts Redis, an S3 server, the origin and the edge worker (workerd with a local KV)
 /// on free ports, creates two placements whose eligibility is skewed (so the correction is
@@ -30,38 +32,11 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     period: u64,
     /// Platform mix of the traffic.
-    #[arg(long, default_value = "ios:0.3,android:0.4,web:0.3")]
+    #[arg(long, default_value_t = scenario::shares_arg(scenario::PLATFORMS))]
     platforms: String,
     /// Country mix of the traffic.
-    #[arg(long, default_value = "DE:0.35,FR:0.25,US:0.4")]
+    #[arg(long, default_value_t = scenario::shares_arg(scenario::COUNTRIES))]
     countries: String,
-}
-
-fn placements() -> Vec<(&'static str, Value)> {
-    vec![
-        (
-            "home_feed",
-            json!({
-                "campaigns": [
-                    {"id": "A", "rate": 0.2, "creative": {"title": "iOS only"}, "eligibility": {"platforms": ["ios"]}},
-                    {"id": "B", "rate": 0.3, "creative": {"title": "DE and FR"}, "eligibility": {"countries": ["DE", "FR"]}},
-                    {"id": "C", "rate": 0.25, "creative": {"title": "everyone"}},
-                ],
-                "confidence": {"margin": 0.05, "level": 0.95},
-            }),
-        ),
-        (
-            "sidebar",
-            json!({
-                "campaigns": [
-                    {"id": "X", "rate": 0.5, "creative": {"title": "Android only, asks too much"},
-                     "eligibility": {"platforms": ["android"]}},
-                    {"id": "Y", "rate": 0.3, "creative": {"title": "everyone"}},
-                ],
-                "confidence": {"margin": 0.05, "level": 0.95},
-            }),
-        ),
-    ]
 }
 
 fn pct(x: Option<f64>) -> String {
@@ -123,7 +98,7 @@ async fn main() -> anyhow::Result<()> {
     let stack = Stack::start(Options { period_ms, ..Options::default() }).await?;
     println!("origin  {}  (admin API, OpenAPI at /openapi.json)", stack.origin_url);
     println!("edge    {}  (try {}/v1/ad?placement=home_feed&platform=ios)", stack.edge_url, stack.edge_url);
-    for (id, targets) in placements() {
+    for (id, targets) in scenario::placements() {
         stack.put_placement(id, &targets).await?;
     }
 
@@ -131,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = Traffic {
         edge_url: stack.edge_url.clone(),
-        placements: placements().into_iter().map(|(id, _)| (id.to_string(), mix.clone())).collect(),
+        placements: scenario::placements().into_iter().map(|(id, _)| (id.to_string(), mix.clone())).collect(),
         rps: args.rps,
         concurrency: 16,
         period_ms,
@@ -157,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
             break;
         }
         let mut statuses = Vec::new();
-        for (id, _) in placements() {
+        for (id, _) in scenario::placements() {
             statuses.push(stack.status(id).await?);
         }
         let snapshot = std::mem::take(&mut *observed.lock().unwrap_or_else(|e| e.into_inner()));
@@ -174,7 +149,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = load.await;
     // Give the archiver one flush, then show what analysts get from the archive.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let today = allot_e2e::stack::today_utc();
+    let today = today_utc();
     println!(
         "\nreport `delivery` over the S3 archive (allot-report delivery --from {today} --to {today} --engine local):"
     );
@@ -182,6 +157,6 @@ async fn main() -> anyhow::Result<()> {
         Ok(table) => println!("{table}"),
         Err(e) => println!("(report failed: {e:#})"),
     }
-    stack.stop().await;
+    stack.stop();
     Ok(())
 }

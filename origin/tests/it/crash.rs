@@ -5,13 +5,14 @@
 //! The failpoint exists only with the `failpoints` feature, which the crate's
 //! dev-dependency on itself turns on for its tests and for the binary they run.
 
-#![allow(clippy::unwrap_used)]
+use std::time::Duration;
 
-mod common;
-
-use std::time::{Duration, Instant};
-
-use common::*;
+use allot_core::contract::keys::PlacementKeys;
+use allot_core::contract::stream;
+use allot_testkit::events::{allocation, batch};
+use allot_testkit::origin::{OriginProcess, TestApp, config, metric, post_signed};
+use allot_testkit::poll::{self, eventually};
+use allot_testkit::redis::{RedisServer, total_counts};
 
 /// Ingests `bodies` single-event bodies through an in-process origin that does not
 /// aggregate, so only the processes under test consume the stream.
@@ -43,13 +44,14 @@ type PendingSummary = (usize, Option<String>, Option<String>, Option<Vec<(String
 fn pending(redis: &RedisServer) -> usize {
     let mut c = redis.conn();
     // Before the group exists, everything is still to do.
-    let summary: Result<PendingSummary, _> = redis::cmd("XPENDING").arg("allot:events").arg("aggregator").query(&mut c);
+    let summary: Result<PendingSummary, _> =
+        redis::cmd("XPENDING").arg(stream::EVENTS).arg(stream::AGGREGATOR_GROUP).query(&mut c);
     summary.map_or(usize::MAX, |s| s.0)
 }
 
 fn markers(redis: &RedisServer) -> usize {
     let mut c = redis.conn();
-    let keys: Vec<String> = redis::cmd("KEYS").arg("allot:{home_feed}:applied:*").query(&mut c).unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(home_feed_keys().applied("*")).query(&mut c).unwrap();
     keys.len()
 }
 
@@ -64,17 +66,14 @@ fn assert_exact(redis: &RedisServer, bodies: usize) {
 /// Waits for a process started with a failpoint to exit at it; a binary built without
 /// the hook would never exit, so that case gets its own message.
 fn exit_at_failpoint(origin: &mut OriginProcess, secs: u64) -> Option<i32> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if let Some(status) = origin.child.try_wait().unwrap() {
-            return status.code();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!(
-        "the origin did not exit at its failpoint within {secs} s: is {} built with `--features failpoints`?",
-        env!("CARGO_BIN_EXE_allot-origin")
-    );
+    let status = poll::until_blocking(Duration::from_secs(secs), || origin.child.try_wait().unwrap());
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "the origin did not exit at its failpoint within {secs} s: is {} built with `--features failpoints`?",
+            env!("CARGO_BIN_EXE_allot-origin")
+        )
+    });
+    status.code()
 }
 
 #[tokio::test]
@@ -165,13 +164,17 @@ async fn a_group_with_some_entries_already_applied_counts_only_the_rest() {
     // Mark three entries as applied, as a consumer that died before XACK would have.
     let mut c = redis.conn();
     let ids: Vec<(String, std::collections::HashMap<String, String>)> =
-        redis::cmd("XRANGE").arg("allot:events").arg("-").arg("+").query(&mut c).unwrap();
+        redis::cmd("XRANGE").arg(stream::EVENTS).arg("-").arg("+").query(&mut c).unwrap();
     for (id, _) in ids.iter().take(3) {
-        redis::cmd("SET").arg(format!("allot:{{home_feed}}:applied:{id}")).arg(1).query::<()>(&mut c).unwrap();
+        redis::cmd("SET").arg(home_feed_keys().applied(id)).arg(1).query::<()>(&mut c).unwrap();
     }
     let app = TestApp::start(config(&redis, "", &[("ALLOT_CONTROL_ENABLED", "false")])).await;
     eventually(10, "acknowledged", || async { (pending(&redis) == 0 && markers(&redis) == 10).then_some(()) }).await;
     eventually(10, "counts", || async { (total_counts(&redis, "home_feed").requests.n == 7).then_some(()) }).await;
     assert_eq!(app.metric("allot_aggregate_entries_total{result=\"duplicate\"}").await, 3.0);
     assert_eq!(app.metric("allot_aggregate_entries_total{result=\"applied\"}").await, 7.0);
+}
+
+fn home_feed_keys() -> PlacementKeys {
+    PlacementKeys::of_raw("home_feed")
 }

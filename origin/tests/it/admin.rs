@@ -2,11 +2,8 @@
 //! the audit trail, listing and deleting; and that every refusal, including axum's own
 //! (query string, path, method, route), is the JSON error format.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
-use common::*;
+use allot_testkit::origin::{MANAGER_TOKEN, TestApp, VIEWER_TOKEN, config};
+use allot_testkit::redis::RedisServer;
 use serde_json::{Value, json};
 
 /// A refusal's status and body, after checking it is the JSON error format.

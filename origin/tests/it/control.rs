@@ -2,20 +2,20 @@
 //! targets for the archive; status shows the decision and the measured shares; among two origins exactly one runs the loop, and
 //! the other takes over when it stops.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
+use allot_core::Event;
 use allot_core::contract::{PlanSnapshot, keys, stream};
-use common::*;
+use allot_testkit::events::{allocation, batch, campaign};
+use allot_testkit::origin::{MANAGER_TOKEN, TestApp, VIEWER_TOKEN, config};
+use allot_testkit::poll::eventually;
+use allot_testkit::redis::{RedisServer, total_counts};
 use serde_json::{Value, json};
 
 /// An allocation event in the last complete window of `period_ms`.
-fn last_window_event(i: usize, ad: Option<&str>, platform: &str, period_ms: u64) -> Value {
+fn last_window_event(i: usize, ad: Option<&str>, platform: &str, period_ms: u64) -> Event {
     let now = allot_origin::now_ms();
     let mut e = allocation(&format!("r{i}"), "home_feed", ad, &["A", "B"], 1.0);
-    e["event_time_ms"] = json!((now / period_ms) * period_ms - period_ms / 2);
-    e["platform"] = json!(platform);
+    e.event_time_ms = (now / period_ms) * period_ms - period_ms / 2;
+    e.platform = Some(platform.into());
     e
 }
 
@@ -26,7 +26,7 @@ async fn a_target_change_gets_a_plan_at_once_and_status_reports_it() {
     let app = TestApp::start(config(&redis, "", &[("ALLOT_CONTROL_PERIOD_MS", "60000")])).await;
 
     // 200 sampled requests in the last complete window: A 50 %, B 30 %, none 20 %.
-    let events: Vec<Value> = (0..200)
+    let events = (0..200)
         .map(|i| {
             let ad = match i % 10 {
                 0..5 => Some("A"),
@@ -35,7 +35,7 @@ async fn a_target_change_gets_a_plan_at_once_and_status_reports_it() {
             };
             let mut e = last_window_event(i, ad, "ios", 60_000);
             if ad.is_none() {
-                e["eligible"] = json!(["A", "B"]);
+                e.eligible = vec![campaign("A"), campaign("B")];
             }
             e
         })

@@ -1,14 +1,14 @@
 //! Ingest against a real Redis: accepted events are counted; forged, tampered, stale,
 //! replayed, malformed and oversized bodies are refused with the right status.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::collections::HashMap;
 
+use allot_core::contract::stream;
 use allot_core::{CampaignId, EventBatch, signature};
-use common::*;
+use allot_testkit::events::{allocation, batch};
+use allot_testkit::origin::{INGEST_KEY, TestApp, config};
+use allot_testkit::poll::eventually;
+use allot_testkit::redis::{RedisServer, total_counts};
 use serde_json::json;
 
 #[tokio::test]
@@ -31,18 +31,19 @@ async fn accepted_events_reach_the_stream_and_the_counts() {
     assert_eq!(r.status(), 202);
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["accepted"], 3);
 
-    // One stream entry per placement and body, with p, e, r.
+    // One stream entry per placement and body, with the placement, the batch and the
+    // receive time.
     let mut c = redis.conn();
-    let len: usize = redis::cmd("XLEN").arg("allot:events").query(&mut c).unwrap();
+    let len: usize = redis::cmd("XLEN").arg(stream::EVENTS).query(&mut c).unwrap();
     assert_eq!(len, 12);
     let last: Vec<(String, HashMap<String, String>)> =
-        redis::cmd("XREVRANGE").arg("allot:events").arg("+").arg("-").arg("COUNT").arg(1).query(&mut c).unwrap();
+        redis::cmd("XREVRANGE").arg(stream::EVENTS).arg("+").arg("-").arg("COUNT").arg(1).query(&mut c).unwrap();
     let fields = &last[0].1;
-    assert_eq!(fields["p"], "sidebar");
-    let events = EventBatch::parse(fields["e"].as_bytes()).unwrap();
+    assert_eq!(fields[stream::PLACEMENT], "sidebar");
+    let events = EventBatch::parse(fields[stream::BATCH].as_bytes()).unwrap();
     assert_eq!(events.events.len(), 2);
     assert!(events.events.iter().all(|e| e.placement.as_str() == "sidebar"));
-    let received: u64 = fields["r"].parse().unwrap();
+    let received: u64 = fields[stream::RECEIVED_MS].parse().unwrap();
     assert!(received.abs_diff(allot_origin::now_ms()) < 60_000);
 
     let home = eventually(10, "aggregation", || async {
@@ -112,7 +113,7 @@ async fn refuses_bad_signatures_and_bodies() {
         assert_eq!(m, n, "{reason}");
     }
     let mut c = redis.conn();
-    let len: usize = redis::cmd("XLEN").arg("allot:events").query(&mut c).unwrap();
+    let len: usize = redis::cmd("XLEN").arg(stream::EVENTS).query(&mut c).unwrap();
     assert_eq!(len, 1, "only the genuine body was stored");
 }
 

@@ -2,20 +2,19 @@
 //! Cloudflare KV bulk API (429, then success; chunking; one write per key per second)
 //! and the worker's signed `/internal/plans` push.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use allot_core::{Plan, Verifier, signature};
+use allot_core::contract::keys::{self, PlacementKeys};
+use allot_core::{PlacementId, Plan, Verifier, signature};
+use allot_testkit::origin::{INGEST_KEY, MANAGER_TOKEN, TestApp, VIEWER_TOKEN, config};
+use allot_testkit::poll::eventually;
+use allot_testkit::redis::RedisServer;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::put;
-use common::*;
 use serde_json::{Value, json};
 
 #[derive(Default)]
@@ -50,7 +49,7 @@ async fn kv_bulk(State(seen): State<Arc<Mutex<Seen>>>, headers: HeaderMap, body:
     for p in &pairs {
         let key = p["key"].as_str().unwrap_or_default().to_string();
         match Plan::parse(p["value"].as_str().unwrap_or_default().as_bytes()) {
-            Ok(plan) if key == format!("plan:{}", plan.placement) => {}
+            Ok(plan) if key == Plan::kv_key(&plan.placement) => {}
             other => problem(format!("bad pair {key}: {other:?}")),
         }
         if p.as_object().is_none_or(|o| o.keys().any(|k| k != "key" && k != "value")) {
@@ -76,6 +75,11 @@ async fn kv_bulk(State(seen): State<Arc<Mutex<Seen>>>, headers: HeaderMap, body:
 
 fn s_problem(problems: &mut Vec<String>, p: String) {
     problems.push(p);
+}
+
+/// The KV key of a placement's plan.
+fn kv_key(placement: &str) -> String {
+    Plan::kv_key(&PlacementId::parse(placement).unwrap())
 }
 
 #[tokio::test]
@@ -112,7 +116,7 @@ initial_backoff_ms = 50
     {
         let s = seen.lock().unwrap();
         assert_eq!(s.requests, 2, "one 429, one retry");
-        assert_eq!(s.writes[0].1, ["plan:p1"]);
+        assert_eq!(s.writes[0].1, [kv_key("p1")]);
     }
     eventually(5, "plan stored", || async {
         let (_, v) = app.get_json("/v1/placements/p1/status", VIEWER_TOKEN).await;
@@ -126,14 +130,14 @@ initial_backoff_ms = 50
         let mut conn = redis.conn();
         let spec = json!({"campaigns": [{"id": "A", "rate": 0.2}]}).to_string();
         redis::cmd("HSET")
-            .arg(format!("allot:{{{p}}}:targets"))
+            .arg(PlacementKeys::of_raw(p).targets())
             .arg("spec")
             .arg(spec)
             .arg("rev")
             .arg(1)
             .query::<()>(&mut conn)
             .unwrap();
-        redis::cmd("SADD").arg("allot:dirty").arg(p).query::<()>(&mut conn).unwrap();
+        redis::cmd("SADD").arg(keys::DIRTY).arg(p).query::<()>(&mut conn).unwrap();
     }
     assert_eq!(
         app.put_targets("p1", &json!({"campaigns": [{"id": "A", "rate": 0.6}]}), MANAGER_TOKEN).await.status(),
@@ -147,7 +151,7 @@ initial_backoff_ms = 50
     let s = seen.lock().unwrap();
     assert!(s.problems.is_empty(), "{:?}", s.problems);
     assert!(s.writes.iter().all(|w| w.1.len() <= 2), "{:?}", s.writes);
-    let p1: Vec<Instant> = s.writes.iter().filter(|w| w.1.contains(&"plan:p1".to_string())).map(|w| w.0).collect();
+    let p1: Vec<Instant> = s.writes.iter().filter(|w| w.1.contains(&kv_key("p1"))).map(|w| w.0).collect();
     assert_eq!(p1.len(), 2);
     assert!(p1[1] - p1[0] >= Duration::from_millis(950), "{:?}", p1[1] - p1[0]);
 }

@@ -1,13 +1,13 @@
 //! The origin unchanged on a three-node Redis Cluster: ingest, exactly-once aggregation,
 //! the control loop and the archiver, with placements living on different nodes.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
-use allot_e2e::s3_server::{self, S3Server};
-use common::*;
-use serde_json::{Value, json};
+use allot_core::contract::keys::PlacementKeys;
+use allot_testkit::events::{allocation, batch};
+use allot_testkit::origin::{MANAGER_TOKEN, OriginConfig, TestApp, VIEWER_TOKEN};
+use allot_testkit::poll::eventually;
+use allot_testkit::redis::RedisCluster;
+use allot_testkit::s3::S3Server;
+use serde_json::json;
 
 #[tokio::test]
 async fn ingest_aggregation_and_control_on_a_cluster() {
@@ -15,37 +15,23 @@ async fn ingest_aggregation_and_control_on_a_cluster() {
     let s3 = S3Server::start();
     let placements = ["home_feed", "sidebar", "footer", "search", "detail"];
     let nodes: std::collections::BTreeSet<u16> =
-        placements.iter().map(|p| cluster.node_of(&format!("allot:{{{p}}}:targets"))).collect();
+        placements.iter().map(|p| cluster.node_of(&PlacementKeys::of_raw(p).targets())).collect();
     assert!(nodes.len() >= 2, "the placements are spread over several nodes");
 
     let env = [("ALLOT_REDIS_CLUSTER", "true"), ("ALLOT_CONTROL_PERIOD_MS", "60000")];
-    let archive = format!(
-        r#"
-[archive]
-endpoint = "{}"
-bucket = "{}"
-access_key_id = "{}"
-secret_access_key = "{}"
-path_style = true
-flush_max_age_secs = 1
-"#,
-        s3.endpoint(),
-        s3_server::BUCKET,
-        s3_server::ACCESS_KEY,
-        s3_server::SECRET_KEY
-    );
-    let mut app = TestApp::start(config_for_url(&cluster.url(), &archive, &env)).await;
+    let config = OriginConfig::new().redis(&cluster.url()).archive(&s3).merge("[archive]\nflush_max_age_secs = 1");
+    let mut app = TestApp::start(config.load(&env)).await;
     assert_eq!(app.http.get(app.url("/readyz")).send().await.unwrap().status(), 200);
 
     // Events in the last complete window, every placement in every body.
     let now = allot_origin::now_ms();
     let t = (now / 60_000) * 60_000 - 30_000;
     for i in 0..20 {
-        let events: Vec<Value> = placements
+        let events = placements
             .iter()
             .map(|p| {
                 let mut e = allocation(&format!("{p}-{i}"), p, if i % 2 == 0 { Some("A") } else { None }, &["A"], 0.5);
-                e["event_time_ms"] = json!(t);
+                e.event_time_ms = t;
                 e
             })
             .collect();

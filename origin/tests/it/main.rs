@@ -1,0 +1,13 @@
+//! The origin's integration tests, one binary: origins on free ports, in this process
+//! (`TestApp`) or as the real binary (`OriginProcess`), against a real `redis-server`,
+//! all from the test kit.
+
+// Test helpers outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
+mod admin;
+mod cluster;
+mod control;
+mod crash;
+mod ingest;
+mod publish;

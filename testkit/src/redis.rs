@@ -1,0 +1,207 @@
+//! Throwaway `redis-server`s on free ports: a single server, in memory or persisting
+//! every write to an append-only file, and a three-node Redis Cluster.
+//!
+//! Synchronous on purpose: tests of sync and async code alike start one in a line and
+//! forget it; it is killed on drop.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+
+use allot_core::WindowStats;
+use allot_core::contract::keys::PlacementKeys;
+use tempfile::TempDir;
+
+use crate::poll::eventually_blocking;
+use crate::process::{Proc, free_port};
+
+/// A `redis-server` process, killed on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    pub port: u16,
+    // Declared before the data directory, so the server dies before its files go.
+    proc: Option<Proc>,
+    /// The data directory of a server started with [`RedisServer::start_with_aof`].
+    aof: Option<TempDir>,
+}
+
+impl RedisServer {
+    /// Starts one that keeps nothing on disk (`--save "" --appendonly no`) and waits until
+    /// it answers. Panics if it cannot: a test without Redis cannot run
+    /// (`scripts/tools.sh redis` installs it).
+    pub fn start() -> Self {
+        Self::launch(None)
+    }
+
+    /// Starts one that appends every write to a file in its own data directory and
+    /// fsyncs it before answering (`appendonly yes`, `appendfsync always`), so a
+    /// [`restart`](Self::restart), even after `kill -9`, loses nothing it acknowledged.
+    pub fn start_with_aof() -> Self {
+        Self::launch(Some(tempfile::Builder::new().prefix("allot-redis-").tempdir().expect("a temporary directory")))
+    }
+
+    fn launch(aof: Option<TempDir>) -> Self {
+        let mut server = Self { port: free_port(), proc: None, aof };
+        server.run();
+        server
+    }
+
+    fn run(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""]);
+        match &self.aof {
+            Some(dir) => cmd.args(["--appendonly", "yes", "--appendfsync", "always", "--dir"]).arg(dir.path()),
+            None => cmd.args(["--appendonly", "no"]),
+        };
+        let proc = Proc::spawn("redis-server", cmd.stdout(Stdio::null()).stderr(Stdio::null()))
+            .expect("redis-server is installed (scripts/tools.sh redis)");
+        self.proc = Some(proc);
+        let port = self.port;
+        eventually_blocking(10, &format!("redis-server on port {port}"), || self.try_conn().ok());
+    }
+
+    /// `kill -9`: the server is gone until [`restart`](Self::restart); with AOF its data
+    /// stays on disk.
+    pub fn stop(&mut self) {
+        if let Some(mut proc) = self.proc.take() {
+            proc.kill();
+        }
+    }
+
+    /// Kills the server if it runs and starts it again on the same port and, with AOF,
+    /// the same data directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.run();
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn try_conn(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(self.url())?.get_connection()
+    }
+
+    /// A synchronous connection.
+    pub fn conn(&self) -> redis::Connection {
+        self.try_conn().expect("connect to the test redis-server")
+    }
+}
+
+/// A placement's window counts over every window in Redis, merged: what the aggregator
+/// has applied so far.
+pub fn total_counts(redis: &RedisServer, placement: &str) -> WindowStats {
+    let mut c = redis.conn();
+    // Every window index: the contract's window key, with the index as a glob.
+    let window = PlacementKeys::of_raw(placement).window(0);
+    let pattern = format!("{}*", window.strip_suffix('0').unwrap_or(&window));
+    let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query(&mut c).expect("KEYS");
+    let mut total = WindowStats::default();
+    for k in keys {
+        let fields: HashMap<String, f64> = redis::cmd("HGETALL").arg(&k).query(&mut c).expect("HGETALL");
+        total.merge(&WindowStats::from_fields(fields).expect("window fields"));
+    }
+    total
+}
+
+/// A three-node Redis Cluster (no replicas), killed on drop.
+#[derive(Debug)]
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    _nodes: Vec<Proc>,
+    _dir: TempDir,
+}
+
+impl RedisCluster {
+    /// Starts three nodes and joins them with `redis-cli --cluster create`; returns once
+    /// every node reports the cluster healthy.
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new().prefix("allot-cluster-").tempdir().expect("a temporary directory");
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let nodes = ports
+            .iter()
+            .map(|p| {
+                let mut cmd = Command::new("redis-server");
+                cmd.args(["--port", &p.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                    .args(["--cluster-enabled", "yes", "--cluster-config-file", &format!("nodes-{p}.conf")])
+                    .current_dir(dir.path())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+                Proc::spawn("redis cluster node", &mut cmd).expect("redis-server is installed")
+            })
+            .collect();
+        let cluster = Self { ports, _nodes: nodes, _dir: dir };
+        for p in &cluster.ports {
+            eventually_blocking(10, &format!("cluster node {p}"), || cluster.node(*p).ok());
+        }
+        let addrs: Vec<String> = cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli is installed");
+        assert!(status.success(), "redis-cli --cluster create");
+        for p in &cluster.ports {
+            eventually_blocking(20, "cluster_state:ok", || {
+                let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut cluster.node(*p).ok()?).ok()?;
+                info.contains("cluster_state:ok").then_some(())
+            });
+        }
+        cluster
+    }
+
+    fn node(&self, port: u16) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(format!("redis://127.0.0.1:{port}"))?.get_connection()
+    }
+
+    /// The seed list for `redis.url` with `cluster = true`.
+    pub fn url(&self) -> String {
+        self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+    }
+
+    /// Which node serves `key`: the port answering without a MOVED redirect.
+    pub fn node_of(&self, key: &str) -> u16 {
+        *self
+            .ports
+            .iter()
+            .find(|p| {
+                let mut c = self.node(**p).expect("connect to a cluster node");
+                redis::cmd("EXISTS").arg(key).query::<i64>(&mut c).is_ok()
+            })
+            .expect("a node serves every key")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RedisServer;
+
+    fn set(redis: &RedisServer) {
+        redis::cmd("SET").arg("k").arg("v").exec(&mut redis.conn()).expect("SET");
+    }
+
+    fn get(redis: &RedisServer) -> Option<String> {
+        redis::cmd("GET").arg("k").query(&mut redis.conn()).expect("GET")
+    }
+
+    #[test]
+    fn an_aof_server_keeps_acknowledged_writes_across_kill_9() {
+        let mut redis = RedisServer::start_with_aof();
+        set(&redis);
+        let port = redis.port;
+        redis.restart();
+        assert_eq!(redis.port, port);
+        assert_eq!(get(&redis).as_deref(), Some("v"));
+    }
+
+    #[test]
+    fn an_in_memory_server_forgets_on_restart() {
+        let mut redis = RedisServer::start();
+        set(&redis);
+        redis.restart();
+        assert_eq!(get(&redis), None);
+    }
+}
