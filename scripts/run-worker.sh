@@ -5,9 +5,9 @@
 #   scripts/run-worker.sh                 serve on 127.0.0.1:${PORT:-8787}
 #   scripts/run-worker.sh seed PLAN.json  put a plan into the local KV (plan:{placement})
 #
-# Environment: PORT, ORIGIN_URL (where sampled events go), INGEST_KEY (the shared
-# secret; a development key by default — in production it is `wrangler secret put
-# INGEST_KEY`).
+# Environment: PORT, ORIGIN_URL (where sampled events go), INGEST_KEY and PUSH_KEYS (the
+# secrets shared with the origin; development keys by default — in production they are
+# `wrangler secret put`), CORS_ORIGINS (browser origins allowed on the public routes).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,6 +33,8 @@ case "${1:-serve}" in
     exec "$WRANGLER" dev --local --ip 127.0.0.1 --port "${PORT:-8787}" \
       --persist-to "$STATE" --show-interactive-dev-session=false --log-level "${LOG_LEVEL:-warn}" \
       --var "INGEST_KEY:${INGEST_KEY:-dev-ingest-key-not-for-production}" \
+      --var "PUSH_KEYS:${PUSH_KEYS:-dev-push-key-not-for-production}" \
+      ${CORS_ORIGINS:+--var "CORS_ORIGINS:$CORS_ORIGINS"} \
       ${ORIGIN_URL:+--var "ORIGIN_URL:$ORIGIN_URL"}
     ;;
   *) echo "usage: $0 [serve | seed PLAN.json...]" >&2; exit 2 ;;

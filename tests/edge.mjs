@@ -3,8 +3,8 @@
 // Used by the end-to-end tests and the demo. Prints "listening <url>" once ready and
 // runs until SIGTERM/SIGINT or until its stdin closes (so it never outlives its parent).
 //
-// Environment: ORIGIN_URL, INGEST_KEY, PORT (0 = any), PLAN_TTL_SECS (default 2),
-// EVENT_BATCH_AGE_MS (default 200), ALLOT_EDGE_STATE.
+// Environment: ORIGIN_URL, INGEST_KEY, PUSH_KEYS, CORS_ORIGINS, PORT (0 = any), PLAN_TTL_SECS
+// (default 2), EVENT_BATCH_AGE_MS (default 200), ALLOT_EDGE_STATE.
 import { fileURLToPath } from "node:url";
 import { Miniflare } from "miniflare";
 
@@ -22,6 +22,8 @@ const mf = new Miniflare({
   bindings: {
     ORIGIN_URL: env.ORIGIN_URL ?? "http://127.0.0.1:8080",
     INGEST_KEY: env.INGEST_KEY ?? "dev-ingest-key-not-for-production",
+    PUSH_KEYS: env.PUSH_KEYS ?? "dev-push-key-not-for-production",
+    CORS_ORIGINS: env.CORS_ORIGINS ?? "",
     PLAN_TTL_SECS: env.PLAN_TTL_SECS ?? "2",
     EVENT_BATCH_AGE_MS: env.EVENT_BATCH_AGE_MS ?? "200",
   },

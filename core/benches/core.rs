@@ -39,6 +39,7 @@ fn plan(n: usize, rng: &mut SmallRng) -> Plan {
                 },
             })
             .collect(),
+        withdrawn: false,
     }
 }
 

@@ -279,6 +279,7 @@ impl Decision {
                     eligibility: t.eligibility.clone(),
                 })
                 .collect(),
+            withdrawn: false,
         }
     }
 

@@ -34,7 +34,7 @@ pub use controller::{ControlInput, ControlState, Controller, Decision, Feasibili
 pub use estimate::{DeliveryBasis, ShareEstimate};
 pub use event::{Event, EventBatch, EventError, EventKind};
 pub use id::{CampaignId, IdError, PlacementId, RequestId};
-pub use plan::{PLAN_FORMAT, Plan, PlanCampaign, PlanError};
+pub use plan::{PLAN_FORMAT, Plan, PlanCampaign, PlanError, Succession};
 pub use planner::SampleRatePlanner;
 pub use retry::{Backoff, RetryPolicy};
 pub use round::{Outcome, Policy, Round};

@@ -43,6 +43,29 @@ pub struct Plan {
     /// The weight of "no ad", always eligible.
     pub no_ad_weight: f64,
     pub campaigns: Vec<PlanCampaign>,
+    /// The placement was deleted. A withdrawn plan is a tombstone rather than a removed
+    /// KV value because its version still orders it: a plan delivered late, or an edge
+    /// cache that missed the delete, can never bring the placement back. The edge
+    /// answers a withdrawn placement exactly like an unknown one and samples nothing.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub withdrawn: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// How an offered plan relates to the one held ([`Plan::succession`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Succession {
+    /// A later version: replace.
+    Newer,
+    /// The held plan again (a retry): nothing to do.
+    Same,
+    /// An earlier version: refuse, never roll back.
+    Older,
+    /// The held version with different content: refuse.
+    Conflict,
 }
 
 /// Why a plan was rejected.
@@ -61,16 +84,19 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> PlanError {
 }
 
 impl Plan {
-    /// A plan that allocates nothing: what a placement serves before its first solve.
-    pub fn empty(placement: PlacementId, version: u64, issued_at_ms: u64) -> Self {
+    /// The tombstone of a deleted placement: no campaigns, never sampled. Its
+    /// `sample_rate` is the last plan's, only so the plan log's rate series stays
+    /// continuous; the edge does not sample withdrawn placements at any rate.
+    pub fn withdrawn(placement: PlacementId, version: u64, issued_at_ms: u64, last_sample_rate: f64) -> Self {
         Self {
             format: PLAN_FORMAT,
             placement,
             version,
             issued_at_ms,
-            sample_rate: 1.0,
+            sample_rate: last_sample_rate,
             no_ad_weight: 1.0,
             campaigns: vec![],
+            withdrawn: true,
         }
     }
 
@@ -98,6 +124,9 @@ impl Plan {
         }
         if !(self.no_ad_weight.is_finite() && self.no_ad_weight >= 0.0) {
             return Err(invalid("no_ad_weight", "must be a finite number ≥ 0"));
+        }
+        if self.withdrawn && !self.campaigns.is_empty() {
+            return Err(invalid("campaigns", "a withdrawn plan has no campaigns"));
         }
         if self.campaigns.len() > MAX_CAMPAIGNS {
             return Err(invalid("campaigns", format!("at most {MAX_CAMPAIGNS} campaigns")));
@@ -134,6 +163,19 @@ impl Plan {
         self.campaigns.iter().find(|c| &c.id == id)
     }
 
+    /// What an edge holding `self` should do with `offered` for the same placement.
+    /// Versions only go up, and one version names one plan: a different plan under
+    /// the held version means two publishers raced, and neither may replace the other.
+    pub fn succession(&self, offered: &Plan) -> Succession {
+        use std::cmp::Ordering;
+        match offered.version.cmp(&self.version) {
+            Ordering::Greater => Succession::Newer,
+            Ordering::Less => Succession::Older,
+            Ordering::Equal if offered == self => Succession::Same,
+            Ordering::Equal => Succession::Conflict,
+        }
+    }
+
     /// The KV key the plan lives under.
     pub fn kv_key(placement: &PlacementId) -> String {
         format!("plan:{placement}")
@@ -168,7 +210,38 @@ mod tests {
                     eligibility: Eligibility::default(),
                 },
             ],
+            withdrawn: false,
         }
+    }
+
+    #[test]
+    fn succession_only_goes_forward_and_one_version_names_one_plan() {
+        let held = sample();
+        let mut newer = sample();
+        newer.version += 1;
+        let mut older = sample();
+        older.version -= 1;
+        let mut rival = sample();
+        rival.no_ad_weight += 0.1;
+        assert_eq!(held.succession(&newer), Succession::Newer);
+        assert_eq!(held.succession(&sample()), Succession::Same);
+        assert_eq!(held.succession(&older), Succession::Older);
+        assert_eq!(held.succession(&rival), Succession::Conflict);
+    }
+
+    #[test]
+    fn a_withdrawn_plan_round_trips_and_holds_no_campaigns() {
+        let p = PlacementId::parse("home_feed").unwrap();
+        let tomb = Plan::withdrawn(p, 8, 1_700_000_000_000, 0.05);
+        let json = tomb.to_json();
+        assert!(json.contains("\"withdrawn\":true"), "{json}");
+        assert_eq!(Plan::parse(json.as_bytes()).unwrap(), tomb);
+        // A live plan does not spell the field, so its bytes are what they always were.
+        assert!(!sample().to_json().contains("withdrawn"));
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["withdrawn"] = json!(true);
+        let err = Plan::parse(v.to_string().as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("withdrawn plan has no campaigns"), "{err}");
     }
 
     #[test]

@@ -40,6 +40,17 @@ pub fn sign(key: &[u8], t: u64, body: &[u8]) -> String {
     format!("t={t},v1={}", hex(&tag))
 }
 
+/// The header value for `body` signed at `t` with every key in `keys`, one `v1=` tag
+/// each: what a signer sends while a key is being rotated.
+pub fn sign_all<K: AsRef<[u8]>>(keys: &[K], t: u64, body: &[u8]) -> String {
+    let mut header = format!("t={t}");
+    for key in keys {
+        header.push_str(",v1=");
+        header.push_str(&hex(&mac(key.as_ref(), t, body).finalize().into_bytes()));
+    }
+    header
+}
+
 /// Lower-case hex, as signatures (and the digests the origin keys by) are written.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -160,6 +171,18 @@ mod tests {
         // Changing the timestamp breaks the MAC.
         let forged = h.replacen("t=1000", "t=1001", 1);
         assert_eq!(v.verify(&forged, b"{\"a\":1}", 1000), Err(SignatureError::Mismatch));
+    }
+
+    #[test]
+    fn sign_all_tags_once_per_key_and_each_key_verifies_alone() {
+        let h = sign_all(&[K1, K2], 5, b"b");
+        assert_eq!(h.matches("v1=").count(), 2);
+        assert!(h.starts_with(&sign(K1, 5, b"b")), "{h}");
+        for key in [K1, K2] {
+            assert_eq!(Verifier::new(vec![key.to_vec()], 300).unwrap().verify(&h, b"b", 5), Ok(5));
+        }
+        let other = Verifier::new(vec![b"0123456789abcdef-key-three".to_vec()], 300).unwrap();
+        assert_eq!(other.verify(&h, b"b", 5), Err(SignatureError::Mismatch));
     }
 
     #[test]

@@ -216,6 +216,12 @@ pub struct PublishConfig {
 #[serde(deny_unknown_fields)]
 pub struct WorkerPublishConfig {
     pub url: String,
+    /// One or two push keys (two while rotating), at least 16 bytes each, shared with
+    /// the worker's `PUSH_KEYS`. Every push is signed with all of them, so either side
+    /// may switch first. Separate from the ingest keys: a key that signs events cannot
+    /// change what the edge serves.
+    #[serde(default)]
+    pub keys: Vec<SecretString>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -355,9 +361,19 @@ impl Config {
             return Err(invalid("aggregate.batch", "must be positive"));
         }
         match self.publish.kind {
-            PublishKind::Worker if self.publish.worker.is_none() => {
-                return Err(invalid("publish.worker", "required when publish.kind = \"worker\""));
-            }
+            PublishKind::Worker => match &self.publish.worker {
+                None => return Err(invalid("publish.worker", "required when publish.kind = \"worker\"")),
+                Some(w) if w.keys.is_empty() || w.keys.len() > allot_core::signature::MAX_KEYS => {
+                    return Err(invalid("publish.worker.keys", "one or two keys"));
+                }
+                Some(w) if w.keys.iter().any(|k| k.expose_secret().len() < 16) => {
+                    return Err(invalid("publish.worker.keys", "each key must be at least 16 bytes"));
+                }
+                Some(w) if w.keys.iter().any(|k| self.ingest.keys.iter().any(|i| i.expose_secret() == k.expose_secret())) => {
+                    return Err(invalid("publish.worker.keys", "must differ from every ingest key"));
+                }
+                Some(_) => {}
+            },
             PublishKind::Cloudflare => match &self.publish.cloudflare {
                 None => return Err(invalid("publish.cloudflare", "required when publish.kind = \"cloudflare\"")),
                 Some(cf) if cf.max_keys_per_request == 0 || cf.max_bytes_per_request == 0 => {

@@ -205,10 +205,10 @@ async fn prepare(app: &App, p: &PlacementId, now_ms: u64) -> Result<Option<Pendi
     let Some(spec) = spec else {
         // Deleted: withdraw the ads once, then forget the placement.
         return match previous {
-            Some(prev) if !prev.plan.campaigns.is_empty() => Ok(Some(Pending {
+            Some(prev) if !prev.plan.withdrawn => Ok(Some(Pending {
                 placement: p.clone(),
                 record: PlanRecord {
-                    plan: Plan::empty(p.clone(), prev.plan.version + 1, now_ms),
+                    plan: Plan::withdrawn(p.clone(), prev.plan.version + 1, now_ms, prev.plan.sample_rate),
                     decision: None,
                     targets_rev: rev,
                     published_at_ms: now_ms,

@@ -2,15 +2,18 @@
 //!
 //! - [`crate::cloudflare`]: the Cloudflare KV REST API (production).
 //! - The worker's own `PUT /internal/plans/{placement}` (local and self-hosted), signed
-//!   with the shared ingest key exactly like events are, so the worker verifies it with
-//!   the same core `Verifier`. `204` is success; `409` means the worker already holds
-//!   this version or a newer one, which is not an error for the origin.
+//!   like events but with the push keys (every active one, so a rotation can switch
+//!   either side first), verified at the edge by the same core `Verifier`. `204` is
+//!   success; `409` means the worker already holds this version, a newer one, or a
+//!   different plan under this version: the edge keeps what it has, and the origin
+//!   logs it and moves on (the next version supersedes it).
 //!
 //! A plan that fails to publish is not stored as current, so the next round retries it.
 
 use std::time::Duration;
 
 use allot_core::{Plan, signature};
+use secrecy::ExposeSecret;
 
 use crate::cloudflare::CloudflarePublisher;
 use crate::config::{Config, PublishKind};
@@ -31,17 +34,17 @@ pub enum PublishError {
 pub struct WorkerPublisher {
     client: reqwest::Client,
     base: String,
-    key: Vec<u8>,
+    keys: Vec<Vec<u8>>,
 }
 
 impl WorkerPublisher {
-    pub fn new(client: reqwest::Client, base: &str, key: Vec<u8>) -> Self {
-        Self { client, base: base.trim_end_matches('/').to_string(), key }
+    pub fn new(client: reqwest::Client, base: &str, keys: Vec<Vec<u8>>) -> Self {
+        Self { client, base: base.trim_end_matches('/').to_string(), keys }
     }
 
     pub async fn publish_one(&self, plan: &Plan) -> Result<(), PublishError> {
         let body = plan.to_json();
-        let sig = signature::sign(&self.key, crate::now_ms() / 1000, body.as_bytes());
+        let sig = signature::sign_all(&self.keys, crate::now_ms() / 1000, body.as_bytes());
         let url = format!("{}/internal/plans/{}", self.base, plan.placement);
         let response = self
             .client
@@ -54,7 +57,8 @@ impl WorkerPublisher {
         match response.status().as_u16() {
             200 | 204 => Ok(()),
             409 => {
-                tracing::warn!(placement = %plan.placement, version = plan.version, "worker holds this plan version or a newer one");
+                let body = response.text().await.unwrap_or_default();
+                tracing::warn!(placement = %plan.placement, version = plan.version, answer = %body, "the worker kept the plan it holds");
                 Ok(())
             }
             status => Err(PublishError::Status { status, body: response.text().await.unwrap_or_default() }),
@@ -77,8 +81,8 @@ impl Publisher {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
         Ok(match (config.publish.kind, &config.publish.worker, &config.publish.cloudflare) {
             (PublishKind::Worker, Some(w), _) => {
-                let key = config.ingest_keys().into_iter().next().unwrap_or_default();
-                Self::Worker(WorkerPublisher::new(client, &w.url, key))
+                let keys = w.keys.iter().map(|k| k.expose_secret().as_bytes().to_vec()).collect();
+                Self::Worker(WorkerPublisher::new(client, &w.url, keys))
             }
             (PublishKind::Cloudflare, _, Some(cf)) => Self::Cloudflare(CloudflarePublisher::new(client, cf.clone())),
             _ => Self::None,

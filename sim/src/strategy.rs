@@ -84,6 +84,7 @@ pub fn baseline(strategy: Strategy, planner: &SampleRatePlanner, r: &Round<'_>) 
                 eligibility: c.eligibility.clone(),
             })
             .collect(),
+        withdrawn: false,
     };
     if strategy == Strategy::Feedback
         && !r.targets_changed

@@ -21,8 +21,10 @@ use crate::process::{Proc, http_client, workspace_bin};
 use crate::redis::RedisServer;
 use crate::s3::{self, S3Server};
 
-/// The key the edge signs event batches and the origin signs plan pushes with.
+/// The key the edge signs event batches with.
 pub const INGEST_KEY: &str = "allot-test-ingest-key-0123456789";
+/// The key the origin signs plan pushes to the edge with.
+pub const PUSH_KEY: &str = "allot-test-push-key-0123456789ab";
 /// The bearer token of the `manager` role (named `mia` in the audit trail).
 pub const MANAGER_TOKEN: &str = "allot-test-manager-token";
 /// The bearer token of the `viewer` role (named `vic`).

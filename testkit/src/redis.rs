@@ -7,7 +7,8 @@
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 
-use allot_core::WindowStats;
+use allot_core::contract::stream;
+use allot_core::{EventBatch, WindowStats};
 use allot_core::contract::keys::PlacementKeys;
 use tempfile::TempDir;
 
@@ -102,6 +103,23 @@ pub fn total_counts(redis: &RedisServer, placement: &str) -> WindowStats {
         total.merge(&WindowStats::from_fields(fields).expect("window fields"));
     }
     total
+}
+
+/// The event batches of `placement` in the event stream, oldest first: what ingest
+/// stored, one batch per stream entry.
+pub fn stream_batches(redis: &RedisServer, placement: &str) -> Vec<EventBatch> {
+    let mut c = redis.conn();
+    let entries: redis::streams::StreamRangeReply =
+        redis::cmd("XRANGE").arg(stream::EVENTS).arg("-").arg("+").query(&mut c).expect("XRANGE");
+    entries
+        .ids
+        .iter()
+        .filter(|e| e.get::<String>(stream::PLACEMENT).as_deref() == Some(placement))
+        .map(|e| {
+            let bytes: Vec<u8> = e.get(stream::BATCH).expect("an event entry has a batch");
+            EventBatch::parse(&bytes).expect("a stored batch parses")
+        })
+        .collect()
 }
 
 /// A three-node Redis Cluster (no replicas), killed on drop.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use allot_archive::partition::Day;
 use allot_testkit::events::now_ms;
-use allot_testkit::origin::{INGEST_KEY, MANAGER_TOKEN, OriginApi, OriginConfig, OriginProcess};
+use allot_testkit::origin::{INGEST_KEY, MANAGER_TOKEN, PUSH_KEY, OriginApi, OriginConfig, OriginProcess};
 use allot_testkit::process::{self, Proc, free_port, wait_http};
 use allot_testkit::redis::RedisServer;
 use allot_testkit::s3::S3Server;
@@ -70,6 +70,7 @@ impl Stack {
                 .arg(process::repo_root().join("tests/edge.mjs"))
                 .env("ORIGIN_URL", &origin_url)
                 .env("INGEST_KEY", INGEST_KEY)
+                .env("PUSH_KEYS", PUSH_KEY)
                 .env("ALLOT_EDGE_STATE", dir.path().join("kv"))
                 .stdout(Stdio::piped()),
         )?;
@@ -227,6 +228,7 @@ kind = "worker"
 
 [publish.worker]
 url = "{edge_url}"
+keys = ["{PUSH_KEY}"]
 
 [archive]
 flush_max_age_secs = 2

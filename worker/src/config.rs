@@ -7,10 +7,16 @@
 use std::cell::OnceCell;
 use std::rc::Rc;
 
+use allot_core::Verifier;
 use worker::Env;
+
+use crate::cors::Cors;
 
 /// The KV namespace holding `plan:{placement}` values.
 pub const PLANS_BINDING: &str = "PLANS";
+
+/// How far a plan push's signature timestamp may be from the edge's clock.
+pub const PUSH_MAX_SKEW_SECS: u64 = 300;
 
 /// Cloudflare refuses a KV `cacheTtl` below this.
 const MIN_KV_CACHE_TTL_SECS: u64 = 60;
@@ -23,8 +29,15 @@ pub struct Config {
     pub kv_cache_ttl_secs: u64,
     /// `{ORIGIN_URL}/v1/events`, if an origin is configured.
     pub events_url: Option<String>,
-    /// The `INGEST_KEY` secret: signs events, authenticates plan pushes.
+    /// The `INGEST_KEY` secret: signs events.
     pub ingest_key: Option<Vec<u8>>,
+    /// The `PUSH_KEYS` secret: one or two keys (comma-separated, two while rotating),
+    /// any of which authenticates a plan push. Separate from the ingest key, so a key
+    /// that can send events cannot change what the edge serves.
+    pub push_keys: Option<Verifier>,
+    /// Browser origins allowed to call the public routes (`CORS_ORIGINS`,
+    /// comma-separated, or `*`); empty: no CORS headers at all.
+    pub cors: Cors,
     /// Flush the event batch at this many events (`EVENT_BATCH_MAX`, 100).
     pub batch_max: usize,
     /// … or when its oldest event is this old (`EVENT_BATCH_AGE_MS`, 1000).
@@ -64,11 +77,19 @@ impl Config {
         if events_url.is_none() || ingest_key.is_none() {
             worker::console_warn!("ORIGIN_URL or INGEST_KEY is not set: sampled events cannot be sent");
         }
+        let push_keys = text(env, "PUSH_KEYS").and_then(|keys| {
+            let keys: Vec<Vec<u8>> = keys.split(',').map(|k| k.trim().as_bytes().to_vec()).collect();
+            Verifier::new(keys, PUSH_MAX_SKEW_SECS)
+                .inspect_err(|e| worker::console_error!("PUSH_KEYS: {e}; plan pushes are refused"))
+                .ok()
+        });
         Self {
             plan_ttl_ms: ttl_secs as f64 * 1000.0,
             kv_cache_ttl_secs: ttl_secs.max(MIN_KV_CACHE_TTL_SECS),
             events_url,
             ingest_key: ingest_key.filter(|k| k.len() >= 16),
+            push_keys,
+            cors: Cors::parse(text(env, "CORS_ORIGINS").as_deref().unwrap_or("")),
             batch_max: number(env, "EVENT_BATCH_MAX", 100, 1..=allot_core::event::MAX_BATCH as u64) as usize,
             batch_age_ms: number(env, "EVENT_BATCH_AGE_MS", 1000, 1..=20_000),
             send_timeout_ms: number(env, "EVENT_TIMEOUT_MS", 5000, 100..=10_000),

@@ -6,6 +6,7 @@
 //! - `POST /v1/impression` ([`impression`]): the app reports an ad shown.
 //! - `PUT /internal/plans/{placement}` ([`push`]): the origin publishes a plan.
 //! - `GET /healthz`: liveness, with this isolate's cache and event counters.
+//! - `OPTIONS` on the public routes: CORS preflights from browser apps ([`cors`]).
 //!
 //! The worker decides nothing itself: core chooses, samples, writes the response body,
 //! builds events and signs them. What lives here is what only the edge can do — the
@@ -28,6 +29,7 @@ use worker::{Context, Env};
 mod ad;
 mod body;
 mod config;
+mod cors;
 mod error;
 mod forward;
 mod impression;
@@ -37,6 +39,7 @@ pub mod query;
 mod respond;
 mod rng;
 
+use config::Config;
 use error::ApiError;
 
 const PUSH_PREFIX: &str = "/internal/plans/";
@@ -53,8 +56,30 @@ fn route_now(
     match (target.path, method) {
         ("/v1/ad", "GET") => ad::serve_now(req, target.query, env, ctx),
         ("/healthz", "GET") => health().map(Some),
+        (path @ ("/v1/ad" | "/v1/impression"), "OPTIONS") => preflight(req, path, env).map(Some),
         _ => Ok(None),
     }
+}
+
+/// Answers a CORS preflight; an `OPTIONS` that is not one is a wrong method.
+fn preflight(req: &web_sys::Request, path: &str, env: &Env) -> Result<web_sys::Response, ApiError> {
+    let header = |name: &str| req.headers().get(name).ok().flatten();
+    let (Some(origin), Some(wanted)) = (header("origin"), header("access-control-request-method")) else {
+        return Err(ApiError::method_not_allowed(if path == "/v1/ad" { "GET" } else { "POST" }));
+    };
+    let granted = Config::get(env).cors.preflight(path, &origin, &wanted)?;
+    Ok(respond::preflight(&granted)?)
+}
+
+/// The `Access-Control-Allow-Origin` this request's answer carries, if any. The
+/// `Origin` header is read only when CORS is configured.
+fn cross_origin(req: &web_sys::Request, path: &str, env: &Env) -> Option<String> {
+    let config = Config::get(env);
+    if !config.cors.enabled() {
+        return None;
+    }
+    let origin = req.headers().get("origin").ok().flatten()?;
+    config.cors.allow_origin(path, &origin)
 }
 
 async fn route(
@@ -96,10 +121,16 @@ fn health() -> Result<web_sys::Response, ApiError> {
     Ok(respond::json_with(200, &body.to_string(), None)?)
 }
 
-/// The response, or the error rendered as one; a rejected Promise only if even that
-/// fails.
-fn finish(result: Result<web_sys::Response, ApiError>) -> JsValue {
-    match result.or_else(|e| e.to_response()) {
+/// The response, or the error rendered as one, with its CORS header; a rejected
+/// Promise only if even that fails.
+fn finish(result: Result<web_sys::Response, ApiError>, allow_origin: Option<&str>) -> JsValue {
+    let response = result.or_else(|e| e.to_response()).and_then(|response| {
+        if let Some(allow) = allow_origin {
+            respond::allow_cross_origin(&response, allow)?;
+        }
+        Ok(response)
+    });
+    match response {
         Ok(response) => response.into(),
         Err(e) => js_sys::Promise::reject(&JsValue::from(e)).into(),
     }
@@ -112,11 +143,17 @@ pub fn fetch(req: web_sys::Request, env: Env, ctx: worker::worker_sys::Context) 
     let ctx = Context::new(ctx);
     let url = req.url();
     let method = req.method();
-    match route_now(&req, &method, query::Target::parse(&url), &env, &ctx) {
-        Ok(Some(response)) => response.into(),
-        Err(e) => finish(Err(e)),
+    let target = query::Target::parse(&url);
+    let allow_origin = cross_origin(&req, target.path, &env);
+    match route_now(&req, &method, target, &env, &ctx) {
+        Ok(Some(response)) if allow_origin.is_none() => response.into(),
+        Ok(Some(response)) => finish(Ok(response), allow_origin.as_deref()),
+        Err(e) => finish(Err(e), allow_origin.as_deref()),
         Ok(None) => {
-            let later = async move { Ok(finish(route(&req, &method, query::Target::parse(&url), &env, &ctx).await)) };
+            let later = async move {
+                let response = route(&req, &method, query::Target::parse(&url), &env, &ctx).await;
+                Ok(finish(response, allow_origin.as_deref()))
+            };
             future_to_promise(later).into()
         }
     }

@@ -7,7 +7,9 @@
 //!
 //! The cache never makes things worse than the last good state:
 //! - a KV error or a value that does not parse keeps the last good plan (logged);
-//! - a plan older than the cached one is ignored (plan versions only go up);
+//! - a plan older than the cached one is ignored (plan versions only go up), and so is
+//!   a different plan under the cached version;
+//! - a withdrawn plan (a deleted placement) is kept, and answered as unknown;
 //! - while one request refreshes a placement, the others keep serving the old plan.
 //!
 //! Unknown placements are remembered too (for the same TTL), so a flood of requests
@@ -18,7 +20,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use allot_core::{CompiledPlan, PlacementId, Plan};
+use allot_core::{CompiledPlan, PlacementId, Plan, Succession};
 use worker::Env;
 
 use crate::config::{Config, PLANS_BINDING};
@@ -75,8 +77,13 @@ fn step(placement: &str, ttl_ms: f64, now_ms: f64) -> Step {
 
 fn to_result(placement: &str, state: State) -> Result<Rc<CompiledPlan>, ApiError> {
     match state {
-        State::Ready(plan) => Ok(plan),
-        State::Absent => Err(ApiError::not_found("unknown_placement", format!("no plan for placement {placement:?}"))),
+        // A deleted placement is answered exactly like one that never existed, so no
+        // request to it is served or sampled; the tombstone stays cached to keep its
+        // version, which no older plan can undercut.
+        State::Ready(plan) if !plan.plan().withdrawn => Ok(plan),
+        State::Ready(_) | State::Absent => {
+            Err(ApiError::not_found("unknown_placement", format!("no plan for placement {placement:?}")))
+        }
         State::Broken => Err(ApiError::unavailable(
             "plan_unavailable",
             format!("the plan for placement {placement:?} cannot be read right now"),
@@ -123,14 +130,27 @@ fn settle(placement: &str, loaded: Loaded, now_ms: f64) -> State {
         let mut cache = cache.borrow_mut();
         let previous = cache.get(placement).map(|e| e.state.clone());
         let state = match (loaded, previous) {
-            (Loaded::Plan(new), Some(State::Ready(old))) if new.plan().version < old.plan().version => {
-                worker::console_warn!(
-                    "KV holds plan {placement} v{} but v{} is cached; keeping the newer",
-                    new.plan().version,
-                    old.plan().version
-                );
-                State::Ready(old)
-            }
+            (Loaded::Plan(new), Some(State::Ready(old))) => match old.plan().succession(new.plan()) {
+                Succession::Newer => State::Ready(Rc::new(new)),
+                Succession::Same => State::Ready(old),
+                Succession::Older => {
+                    worker::console_warn!(
+                        "KV holds plan {placement} v{} but v{} is cached; keeping the newer",
+                        new.plan().version,
+                        old.plan().version
+                    );
+                    State::Ready(old)
+                }
+                Succession::Conflict => {
+                    // Switching between two plans of one version would make the edge's
+                    // behaviour depend on which read came last.
+                    worker::console_error!(
+                        "KV holds a different plan {placement} v{} than the cached one; keeping the cached",
+                        new.plan().version
+                    );
+                    State::Ready(old)
+                }
+            },
             (Loaded::Plan(new), _) => State::Ready(Rc::new(new)),
             (Loaded::Absent, _) => State::Absent,
             (Loaded::Failed(why), Some(State::Ready(old))) => {

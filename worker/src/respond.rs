@@ -57,3 +57,29 @@ pub fn no_content() -> worker::Result<web_sys::Response> {
     let init = init(204, None, None)?;
     Ok(web_sys::Response::new_with_opt_str_and_init(None, &init)?)
 }
+
+/// `204` answering a granted CORS preflight.
+pub fn preflight(granted: &crate::cors::Preflight) -> worker::Result<web_sys::Response> {
+    let init = init(204, None, None)?;
+    let response = web_sys::Response::new_with_opt_str_and_init(None, &init)?;
+    let headers = response.headers();
+    for (name, value) in granted.headers() {
+        headers.set(name, value)?;
+    }
+    if granted.allow_origin != "*" {
+        headers.set("vary", "Origin")?;
+    }
+    Ok(response)
+}
+
+/// Lets the browser show `response` to a page from `allow_origin` (an answer of the
+/// handler or an error alike). Only browser requests from allowed origins pay these
+/// two crossings.
+pub fn allow_cross_origin(response: &web_sys::Response, allow_origin: &str) -> worker::Result<()> {
+    let headers = response.headers();
+    headers.set("access-control-allow-origin", allow_origin)?;
+    if allow_origin != "*" {
+        headers.set("vary", "Origin")?;
+    }
+    Ok(())
+}

@@ -8,6 +8,7 @@ import { Miniflare } from "miniflare";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 export const KEY = "test-ingest-key-0123456789abcdef";
+export const PUSH_KEY = "test-push-key-0123456789abcdef";
 const MAX_SKEW_SECS = 300;
 
 /**
@@ -21,7 +22,7 @@ export async function startWorker(bindings = {}, { cf = { country: "FR", colo: "
     modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
     compatibilityDate: "2026-04-20",
     kvNamespaces: ["PLANS"],
-    bindings: { PLAN_TTL_SECS: "1", INGEST_KEY: KEY, EVENT_BATCH_AGE_MS: "100", ...bindings },
+    bindings: { PLAN_TTL_SECS: "1", INGEST_KEY: KEY, PUSH_KEYS: PUSH_KEY, EVENT_BATCH_AGE_MS: "100", ...bindings },
     cf,
     host: "127.0.0.1",
     port: 0,

@@ -2,7 +2,7 @@
 // endpoint authenticates, validates and refuses to go back in versions.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { KEY, plan, sign, startWorker } from "./harness.mjs";
+import { KEY, PUSH_KEY, plan, sign, startWorker } from "./harness.mjs";
 
 const TTL_MS = 1_000; // PLAN_TTL_SECS=1 in the harness
 let worker;
@@ -46,6 +46,21 @@ describe("plan cache", () => {
     assert.equal(await version("cache_p"), 2);
   });
 
+  test("a different plan under the cached version does not replace it", async () => {
+    await worker.putPlan(plan({ placement: "rival_p", version: 3 }));
+    assert.equal(await version("rival_p"), 3);
+    await worker.putPlan(plan({ placement: "rival_p", version: 3, no_ad_weight: 5 }));
+    await sleep(TTL_MS + 200);
+    let none = 0;
+    for (let i = 0; i < 100; i++) {
+      const body = await (await worker.get("/v1/ad?placement=rival_p&platform=ios")).json();
+      assert.equal(body.plan_version, 3);
+      if (body.ad === null) none += 1;
+    }
+    // The cached plan gives "no ad" 0.2 of 1.0; the rival would give it 5 of 5.8.
+    assert.ok(none < 50, `${none} of 100 answers were "no ad": the rival plan is being served`);
+  });
+
   test("the cache answers within the TTL without rereading KV", async () => {
     await worker.putPlan(plan({ placement: "ttl_p", version: 5 }));
     assert.equal(await version("ttl_p"), 5);
@@ -72,8 +87,9 @@ describe("plan cache", () => {
 });
 
 describe("plan push", () => {
-  const put = (placement, body, signature = sign(body)) =>
-    worker.get(`/internal/plans/${placement}`, {
+  const pushSign = (body, t = undefined, key = PUSH_KEY) => sign(body, t, key);
+  const put = (placement, body, signature = pushSign(body), target = worker) =>
+    target.get(`/internal/plans/${placement}`, {
       method: "PUT",
       headers: { "content-type": "application/json", ...(signature ? { "x-allot-signature": signature } : {}) },
       body,
@@ -90,25 +106,39 @@ describe("plan push", () => {
     assert.equal(res.status, 204);
     assert.equal(await worker.kv.get("plan:push_p"), body);
     assert.equal(await version("push_p"), 10);
-    // The same version again is an idempotent retry.
-    assert.equal((await put("push_p", body)).status, 204);
+    // The same plan again, freshly signed, is an idempotent retry.
+    assert.equal((await put("push_p", body, pushSign(body, Math.floor(Date.now() / 1000) - 1))).status, 204);
   });
 
-  test("bad signatures are refused with 401", async () => {
+  test("bad signatures are refused with 401, the ingest key among them", async () => {
     const body = JSON.stringify(plan({ placement: "push_p", version: 11 }));
     await expectError(await put("push_p", body, null), 401, "bad_signature");
-    await expectError(await put("push_p", body, sign(body, undefined, "another-key-0123456789abcdef")), 401, "bad_signature");
-    await expectError(await put("push_p", body, sign(`${body} `)), 401, "bad_signature");
-    await expectError(await put("push_p", body, sign(body, Math.floor(Date.now() / 1000) - 3600)), 401, "bad_signature");
+    await expectError(await put("push_p", body, sign(body, undefined, KEY)), 401, "bad_signature");
+    await expectError(await put("push_p", body, pushSign(body, undefined, "another-key-0123456789abcdef")), 401, "bad_signature");
+    await expectError(await put("push_p", body, pushSign(`${body} `)), 401, "bad_signature");
+    await expectError(await put("push_p", body, pushSign(body, Math.floor(Date.now() / 1000) - 3600)), 401, "bad_signature");
     await expectError(await put("push_p", body, "t=1,v1=zz"), 401, "bad_signature");
     assert.equal(await version("push_p"), 10, "nothing was written");
-    assert.ok(KEY.length >= 16);
   });
 
-  test("an older version is refused with 409", async () => {
+  test("a replayed push is refused, and so is a rival plan under the held version", async () => {
+    const body = JSON.stringify(plan({ placement: "replay_p", version: 3 }));
+    const signature = pushSign(body);
+    assert.equal((await put("replay_p", body, signature)).status, 204);
+    await expectError(await put("replay_p", body, signature), 409, "replayed");
+    // The tags reshuffled around the same MAC are the same signed push.
+    const [t, v1] = signature.split(",");
+    await expectError(await put("replay_p", body, `${v1},${t}`), 409, "replayed");
+    const rival = JSON.stringify(plan({ placement: "replay_p", version: 3, no_ad_weight: 0.9 }));
+    await expectError(await put("replay_p", rival), 409, "version_conflict");
+    assert.equal(await worker.kv.get("plan:replay_p"), body, "the first plan of version 3 stays");
+  });
+
+  test("an older version is refused with 409, in any order of arrival", async () => {
     const body = JSON.stringify(plan({ placement: "push_p", version: 9 }));
     await expectError(await put("push_p", body), 409, "stale_version");
     assert.equal(JSON.parse(await worker.kv.get("plan:push_p")).version, 10);
+    assert.equal(await version("push_p"), 10);
   });
 
   test("invalid plans and mismatched placements are refused with 400", async () => {
@@ -124,5 +154,58 @@ describe("plan push", () => {
   test("oversized bodies are refused with 413", async () => {
     const body = "x".repeat(1024 * 1024 + 1);
     await expectError(await put("push_p", body), 413, "body_too_large");
+  });
+
+  test("a withdrawn placement is answered like an unknown one, and stays withdrawn", async () => {
+    const live = JSON.stringify(plan({ placement: "gone_push_p", version: 4 }));
+    assert.equal((await put("gone_push_p", live)).status, 204);
+    assert.equal(await version("gone_push_p"), 4);
+    const tomb = JSON.stringify({ ...plan({ placement: "gone_push_p", version: 5, no_ad_weight: 1, campaigns: [] }), withdrawn: true });
+    assert.equal((await put("gone_push_p", tomb)).status, 204);
+    const gone = await worker.get("/v1/ad?placement=gone_push_p");
+    const never = await worker.get("/v1/ad?placement=never_existed_p");
+    assert.equal(gone.status, 404);
+    assert.equal(never.status, 404);
+    assert.equal((await gone.json()).error.code, (await never.json()).error.code);
+    // The withdrawn plan's version still orders it: the old plan cannot come back.
+    await expectError(await put("gone_push_p", live, pushSign(live, Math.floor(Date.now() / 1000) - 2)), 409, "stale_version");
+    await worker.putPlan(JSON.parse(live));
+    await sleep(TTL_MS + 200);
+    assert.equal((await worker.get("/v1/ad?placement=gone_push_p")).status, 404, "an older KV value does not resurrect it");
+    // A new version brings it back (the manager created it again).
+    const again = JSON.stringify(plan({ placement: "gone_push_p", version: 6 }));
+    assert.equal((await put("gone_push_p", again)).status, 204);
+    assert.equal(await version("gone_push_p"), 6);
+  });
+});
+
+describe("push key rotation", () => {
+  const OLD = PUSH_KEY;
+  const NEW = "test-push-key-NEW-0123456789abcdef";
+  let rotating;
+  before(async () => {
+    rotating = await startWorker({ ORIGIN_URL: "", PUSH_KEYS: `${NEW}, ${OLD}` });
+  });
+  after(() => rotating?.close());
+
+  const put = (body, signature) =>
+    rotating.get("/internal/plans/rot_p", {
+      method: "PUT",
+      headers: { "content-type": "application/json", "x-allot-signature": signature },
+      body,
+    });
+
+  test("an edge holding both keys accepts pushes signed with either or both", async () => {
+    const t = Math.floor(Date.now() / 1000);
+    const b1 = JSON.stringify(plan({ placement: "rot_p", version: 1 }));
+    assert.equal((await put(b1, sign(b1, t, OLD))).status, 204, "the origin has not switched yet");
+    const b2 = JSON.stringify(plan({ placement: "rot_p", version: 2 }));
+    const both = `${sign(b2, t, NEW)},${sign(b2, t, OLD).split(",")[1]}`;
+    assert.equal((await put(b2, both)).status, 204, "the origin signs with both");
+    const b3 = JSON.stringify(plan({ placement: "rot_p", version: 3 }));
+    assert.equal((await put(b3, sign(b3, t, NEW))).status, 204, "the origin has switched");
+    const b4 = JSON.stringify(plan({ placement: "rot_p", version: 4 }));
+    const res = await put(b4, sign(b4, t, "a-third-key-0123456789abcdef"));
+    assert.equal(res.status, 401);
   });
 });

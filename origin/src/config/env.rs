@@ -38,6 +38,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("ALLOT_CONTROL_MIN_SAMPLE_RATE", "control.min_sample_rate"),
     ("ALLOT_PUBLISH_KIND", "publish.kind"),
     ("ALLOT_PUBLISH_WORKER_URL", "publish.worker.url"),
+    ("ALLOT_PUBLISH_WORKER_KEYS", "publish.worker.keys"),
     ("ALLOT_PUBLISH_CLOUDFLARE_BASE_URL", "publish.cloudflare.base_url"),
     ("ALLOT_PUBLISH_CLOUDFLARE_ACCOUNT_ID", "publish.cloudflare.account_id"),
     ("ALLOT_PUBLISH_CLOUDFLARE_NAMESPACE_ID", "publish.cloudflare.namespace_id"),
@@ -57,7 +58,7 @@ fn kind_of(path: &str) -> Kind {
         | "control.period_ms" => Kind::Int,
         "control.min_sample_rate" => Kind::Float,
         "aggregate.enabled" | "control.enabled" | "redis.cluster" => Kind::Bool,
-        "ingest.keys" => Kind::List,
+        "ingest.keys" | "publish.worker.keys" => Kind::List,
         "admin.tokens" => Kind::Tokens,
         _ => Kind::Str,
     }

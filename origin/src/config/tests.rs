@@ -88,6 +88,23 @@ fn production_builds_have_no_failpoint() {
     assert!(!ENV_OVERRIDES.iter().any(|(var, _)| var.contains("FAILPOINT")));
 }
 
+/// `kind = "worker"` with a URL, plus `extra`.
+fn worker_push(extra: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut vars = vec![("ALLOT_PUBLISH_KIND", "worker"), ("ALLOT_PUBLISH_WORKER_URL", "http://127.0.0.1:1")];
+    vars.extend_from_slice(extra);
+    env(&vars)
+}
+
+#[test]
+fn push_keys_are_their_own_and_rotate_in_pairs() {
+    let keys = "push-key-new-0123456789, push-key-old-0123456789";
+    let c = Config::from_sources(MIN, &worker_push(&[("ALLOT_PUBLISH_WORKER_KEYS", keys)])).unwrap();
+    assert_eq!(c.publish.worker.as_ref().unwrap().keys.len(), 2);
+    let ingest = c.ingest.keys[0].expose_secret().to_owned();
+    let err = Config::from_sources(MIN, &worker_push(&[("ALLOT_PUBLISH_WORKER_KEYS", &ingest)])).unwrap_err();
+    assert!(err.to_string().contains("must differ from every ingest key"), "{err}");
+}
+
 #[test]
 fn rejects_bad_values_naming_them() {
     let cases: Vec<(String, HashMap<String, String>, &str)> = vec![
@@ -99,6 +116,9 @@ fn rejects_bad_values_naming_them() {
         (MIN.into(), env(&[("ALLOT_ADMIN_TOKENS", "alice:viewer:abc")]), "admin.tokens"),
         (MIN.into(), env(&[("ALLOT_ADMIN_TOKENS", &format!("a:root:{}", "a".repeat(64)))]), "root"),
         (format!("{MIN}\n[control]\nperiod_ms = 10"), HashMap::new(), "control.period_ms"),
+        (MIN.into(), worker_push(&[]), "publish.worker.keys"),
+        (MIN.into(), worker_push(&[("ALLOT_PUBLISH_WORKER_KEYS", "short")]), "publish.worker.keys"),
+        (MIN.into(), worker_push(&[("ALLOT_PUBLISH_WORKER_KEYS", "p1p1p1p1p1p1p1p1p1,p2p2p2p2p2p2p2p2,p3p3p3p3p3p3p3p3p3")]), "one or two"),
         (format!("{MIN}\nbogus = 1"), HashMap::new(), "bogus"),
     ];
     for (file, env, expect) in cases {

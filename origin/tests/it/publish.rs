@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use allot_core::contract::keys::{self, PlacementKeys};
 use allot_core::{PlacementId, Plan, Verifier, signature};
-use allot_testkit::origin::{INGEST_KEY, MANAGER_TOKEN, TestApp, VIEWER_TOKEN, config};
+use allot_testkit::origin::{INGEST_KEY, MANAGER_TOKEN, PUSH_KEY, TestApp, VIEWER_TOKEN, config};
+
+/// The push key a rotation brings in.
+const NEXT_PUSH_KEY: &str = "allot-test-next-push-key-0123456";
 use allot_testkit::poll::eventually;
 use allot_testkit::redis::RedisServer;
 use axum::Router;
@@ -159,6 +162,8 @@ initial_backoff_ms = 50
 #[derive(Default)]
 struct Worker {
     received: Vec<Plan>,
+    /// The signature header of every push.
+    signatures: Vec<String>,
     problems: Vec<String>,
     /// The version the "edge" holds; older or equal pushes get 409.
     held: u64,
@@ -170,9 +175,10 @@ async fn worker_push(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
-    let verifier = Verifier::new(vec![INGEST_KEY.as_bytes().to_vec()], 60).unwrap();
+    let verifier = Verifier::new(vec![PUSH_KEY.as_bytes().to_vec()], 60).unwrap();
     let mut w = w.lock().unwrap();
     let sig = headers.get(signature::HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    w.signatures.push(sig.to_owned());
     if let Err(e) = verifier.verify(sig, &body, allot_origin::now_ms() / 1000) {
         w.problems.push(format!("signature: {e}"));
         return StatusCode::UNAUTHORIZED;
@@ -193,12 +199,15 @@ async fn worker_push(
 }
 
 #[tokio::test]
-async fn worker_push_is_signed_with_the_ingest_key() {
+async fn worker_push_is_signed_with_every_push_key_and_never_the_ingest_key() {
     let worker = Arc::new(Mutex::new(Worker::default()));
     let base =
         serve(Router::new().route("/internal/plans/{placement}", put(worker_push)).with_state(worker.clone())).await;
     let redis = RedisServer::start();
-    let extra = format!("[publish]\nkind = \"worker\"\n[publish.worker]\nurl = \"{base}/\"\n");
+    // Mid-rotation: the origin holds the new key and the current one.
+    let extra = format!(
+        "[publish]\nkind = \"worker\"\n[publish.worker]\nurl = \"{base}/\"\nkeys = [\"{NEXT_PUSH_KEY}\", \"{PUSH_KEY}\"]\n"
+    );
     let app = TestApp::start(config(&redis, &extra, &[("ALLOT_CONTROL_PERIOD_MS", "60000")])).await;
 
     let spec = json!({"campaigns": [{"id": "A", "rate": 0.5, "creative": {"img": "a.png"}}]});
@@ -210,6 +219,16 @@ async fn worker_push_is_signed_with_the_ingest_key() {
         let plan = &w.received[0];
         assert_eq!((plan.placement.as_str(), plan.version), ("home_feed", 1));
         assert_eq!(plan.campaigns[0].creative, json!({"img": "a.png"}));
+        // Each key alone verifies the push, so an edge holding either accepts it; the
+        // ingest key verifies nothing.
+        let body = plan.to_json();
+        let now = allot_origin::now_ms() / 1000;
+        for key in [NEXT_PUSH_KEY, PUSH_KEY] {
+            let alone = Verifier::new(vec![key.as_bytes().to_vec()], 60).unwrap();
+            assert!(alone.verify(&w.signatures[0], body.as_bytes(), now).is_ok(), "{key}");
+        }
+        let ingest = Verifier::new(vec![INGEST_KEY.as_bytes().to_vec()], 60).unwrap();
+        assert!(ingest.verify(&w.signatures[0], body.as_bytes(), now).is_err());
     }
     assert_eq!(app.metric("allot_plans_published_total").await, 1.0);
 
