@@ -92,7 +92,7 @@ async fn a_target_change_gets_a_plan_at_once_and_status_reports_it() {
     let exists: i64 = redis::cmd("EXISTS").arg(home_feed_keys().state()).query(&mut conn).unwrap();
     assert_eq!(exists, 1);
 
-    // Another change: version 2 at once. A delete withdraws the ads with an empty plan.
+    // Another change: version 2 at once. A delete publishes a withdrawn plan (a tombstone).
     let mut spec2 = spec.clone();
     spec2["campaigns"][0]["rate"] = json!(0.4);
     assert_eq!(app.put_targets("home_feed", &spec2, MANAGER_TOKEN).await.status(), 200);
@@ -111,6 +111,7 @@ async fn a_target_change_gets_a_plan_at_once_and_status_reports_it() {
     })
     .await;
     assert_eq!(record["plan"]["campaigns"], json!([]));
+    assert_eq!(record["plan"]["withdrawn"], json!(true));
     let registered: Vec<String> = redis::cmd("SMEMBERS").arg(keys::PLACEMENTS).query(&mut conn).unwrap();
     assert!(registered.is_empty(), "{registered:?}");
 
