@@ -33,6 +33,7 @@ case "${1:-serve}" in
     exec "$WRANGLER" dev --local --ip 127.0.0.1 --port "${PORT:-8787}" \
       --persist-to "$STATE" --show-interactive-dev-session=false --log-level "${LOG_LEVEL:-warn}" \
       --var "INGEST_KEY:${INGEST_KEY:-dev-ingest-key-not-for-production}" \
+      --var "EDGE_KEY:${EDGE_KEY:-dev-edge-key-not-for-production}" \
       ${ORIGIN_URL:+--var "ORIGIN_URL:$ORIGIN_URL"}
     ;;
   *) echo "usage: $0 [serve | seed PLAN.json...]" >&2; exit 2 ;;

@@ -3,7 +3,7 @@
 // Used by the end-to-end tests and the demo. Prints "listening <url>" once ready and
 // runs until SIGTERM/SIGINT or until its stdin closes (so it never outlives its parent).
 //
-// Environment: ORIGIN_URL, INGEST_KEY, PORT (0 = any), PLAN_TTL_SECS (default 2),
+// Environment: ORIGIN_URL, INGEST_KEY, EDGE_KEY, PORT (0 = any), PLAN_TTL_SECS (default 2),
 // EVENT_BATCH_AGE_MS (default 200), ALLOT_EDGE_STATE.
 import { fileURLToPath } from "node:url";
 import { Miniflare } from "miniflare";
@@ -22,6 +22,7 @@ const mf = new Miniflare({
   bindings: {
     ORIGIN_URL: env.ORIGIN_URL ?? "http://127.0.0.1:8080",
     INGEST_KEY: env.INGEST_KEY ?? "dev-ingest-key-not-for-production",
+    EDGE_KEY: env.EDGE_KEY ?? "dev-edge-key-not-for-production",
     PLAN_TTL_SECS: env.PLAN_TTL_SECS ?? "2",
     EVENT_BATCH_AGE_MS: env.EVENT_BATCH_AGE_MS ?? "200",
   },

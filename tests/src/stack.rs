@@ -17,6 +17,9 @@ use allot_testkit::process::{self, Proc, free_port, wait_http};
 use allot_testkit::redis::RedisServer;
 use allot_testkit::s3::S3Server;
 use anyhow::{Context, bail};
+
+/// The edge's secret (keyed sampling, impression tokens): only the edge holds it.
+pub const EDGE_KEY: &str = "allot-test-edge-key-0123456789";
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -70,6 +73,7 @@ impl Stack {
                 .arg(process::repo_root().join("tests/edge.mjs"))
                 .env("ORIGIN_URL", &origin_url)
                 .env("INGEST_KEY", INGEST_KEY)
+                .env("EDGE_KEY", EDGE_KEY)
                 .env("ALLOT_EDGE_STATE", dir.path().join("kv"))
                 .stdout(Stdio::piped()),
         )?;
