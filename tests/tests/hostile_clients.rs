@@ -123,7 +123,7 @@ async fn hostile_ids_platforms_and_impressions_leave_shares_within_the_margin() 
     }
     // Every report for a campaign the app was not given is refused, and so is every
     // second report of a request; the first is accepted.
-    let r = refusals.lock().unwrap();
+    let r = std::mem::take(&mut *refusals.lock().unwrap());
     assert!(r.requests > 100, "{r:?}");
     assert!(r.accepted > 50 && r.accepted == r.invalid && r.accepted == r.duplicate, "{r:?}");
     assert!(r.other.is_empty(), "{r:?}");
