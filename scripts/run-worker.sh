@@ -6,8 +6,9 @@
 #   scripts/run-worker.sh seed PLAN.json  put a plan into the local KV (plan:{placement})
 #
 # Environment: PORT, ORIGIN_URL (where sampled events go), INGEST_KEY and PUSH_KEYS (the
-# secrets shared with the origin; development keys by default — in production they are
-# `wrangler secret put`), CORS_ORIGINS (browser origins allowed on the public routes).
+# secrets shared with the origin), EDGE_KEY (the edges' own secret: sampling and
+# impression tokens) — development keys by default, in production `wrangler secret put` —
+# and CORS_ORIGINS (browser origins allowed on the public routes).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,6 +36,7 @@ case "${1:-serve}" in
       --var "INGEST_KEY:${INGEST_KEY:-dev-ingest-key-not-for-production}" \
       --var "PUSH_KEYS:${PUSH_KEYS:-dev-push-key-not-for-production}" \
       ${CORS_ORIGINS:+--var "CORS_ORIGINS:$CORS_ORIGINS"} \
+      --var "EDGE_KEY:${EDGE_KEY:-dev-edge-key-not-for-production}" \
       ${ORIGIN_URL:+--var "ORIGIN_URL:$ORIGIN_URL"}
     ;;
   *) echo "usage: $0 [serve | seed PLAN.json...]" >&2; exit 2 ;;

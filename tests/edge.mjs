@@ -3,8 +3,8 @@
 // Used by the end-to-end tests and the demo. Prints "listening <url>" once ready and
 // runs until SIGTERM/SIGINT or until its stdin closes (so it never outlives its parent).
 //
-// Environment: ORIGIN_URL, INGEST_KEY, PUSH_KEYS, CORS_ORIGINS, PORT (0 = any), PLAN_TTL_SECS
-// (default 2), EVENT_BATCH_AGE_MS (default 200), ALLOT_EDGE_STATE.
+// Environment: ORIGIN_URL, INGEST_KEY, PUSH_KEYS, EDGE_KEY, CORS_ORIGINS, PORT (0 = any),
+// PLAN_TTL_SECS (default 2), EVENT_BATCH_AGE_MS (default 200), ALLOT_EDGE_STATE.
 import { fileURLToPath } from "node:url";
 import { Miniflare } from "miniflare";
 
@@ -24,6 +24,7 @@ const mf = new Miniflare({
     INGEST_KEY: env.INGEST_KEY ?? "dev-ingest-key-not-for-production",
     PUSH_KEYS: env.PUSH_KEYS ?? "dev-push-key-not-for-production",
     CORS_ORIGINS: env.CORS_ORIGINS ?? "",
+    EDGE_KEY: env.EDGE_KEY ?? "dev-edge-key-not-for-production",
     PLAN_TTL_SECS: env.PLAN_TTL_SECS ?? "2",
     EVENT_BATCH_AGE_MS: env.EVENT_BATCH_AGE_MS ?? "200",
   },

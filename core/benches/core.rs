@@ -3,9 +3,10 @@
 #![allow(clippy::unwrap_used)] // a benchmark: failing loudly is right
 
 use allot_core::solver::{self, Patterns, SolveOptions};
+use allot_core::token::{self, EdgeKey, Issue, Subject};
 use allot_core::{
     CampaignId, CompiledPlan, ControlInput, ControlState, Controller, Eligibility, PlacementId, Plan, PlanCampaign,
-    RequestAttrs, Targets, TargetsSpec, WindowStats, sampled,
+    RequestAttrs, RequestId, Targets, TargetsSpec, WindowStats,
 };
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use rand::rngs::SmallRng;
@@ -62,14 +63,36 @@ fn choose(c: &mut Criterion) {
 
     let mut rng = SmallRng::seed_from_u64(2);
     let compiled = CompiledPlan::new(plan(8, &mut rng)).unwrap();
+    let key = EdgeKey::new(b"bench-edge-secret-0123456789").unwrap();
+    let id = "6f9619ff8b86d011b42d00c04fc964ff";
+    c.bench_function("sample/keyed", |b| {
+        b.iter(|| std::hint::black_box(key.sample().sampled(std::hint::black_box(id), 0.01)))
+    });
     c.bench_function("choose+sample+respond/8", |b| {
         let mut out = String::with_capacity(256);
         b.iter(|| {
             out.clear();
             let choice = compiled.choose(RequestAttrs { platform: Some("ios"), country: Some("AB") }, rng.random());
-            let id = "6f9619ff8b86d011b42d00c04fc964ff";
-            let s = sampled(id, compiled.plan().sample_rate);
-            compiled.write_response(&mut out, id, choice.ad);
+            let s = key.sample().sampled(id, compiled.plan().sample_rate);
+            compiled.write_response(&mut out, id, choice.ad, None);
+            std::hint::black_box((s, out.len()))
+        })
+    });
+    // The whole `/v1/ad` core work with an ad: choose, sample, the impression token,
+    // the body.
+    let request_id = RequestId::parse(id).unwrap();
+    let p = compiled.plan();
+    c.bench_function("choose+sample+token+respond/8", |b| {
+        let mut out = String::with_capacity(256);
+        b.iter(|| {
+            out.clear();
+            let choice = compiled.choose(RequestAttrs { platform: Some("ios"), country: Some("AB") }, rng.random());
+            let s = key.sample().sampled(id, p.sample_rate);
+            let ad = &p.campaigns[choice.ad.unwrap_or(0)].id;
+            let subject = Subject { request_id: &request_id, placement: &p.placement, ad };
+            let issue = Issue { plan_version: p.version, sample_rate: p.sample_rate, issued_at_ms: 1_764_000_000_000 };
+            let t = token::issue(&key, subject, issue);
+            compiled.write_response(&mut out, id, choice.ad, Some(&t));
             std::hint::black_box((s, out.len()))
         })
     });

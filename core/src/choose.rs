@@ -184,14 +184,20 @@ impl CompiledPlan {
     }
 
     /// Appends the edge's `/v1/ad` response body. `request_id` must be a parsed
-    /// [`crate::RequestId`] (its charset needs no JSON escaping).
-    pub fn write_response(&self, out: &mut String, request_id: &str, ad: Option<usize>) {
+    /// [`crate::RequestId`] (its charset needs no JSON escaping); `token` is the ad's
+    /// [impression token](crate::token) (base64url, no escaping either).
+    pub fn write_response(&self, out: &mut String, request_id: &str, ad: Option<usize>, token: Option<&str>) {
         out.push_str("{\"request_id\":\"");
         out.push_str(request_id);
         out.push_str(&self.middle);
         match ad.and_then(|i| self.ads.get(i)) {
             Some(json) => out.push_str(json),
             None => out.push_str("null"),
+        }
+        if let Some(token) = token {
+            out.push_str(",\"impression_token\":\"");
+            out.push_str(token);
+            out.push('"');
         }
         out.push('}');
     }
@@ -331,14 +337,15 @@ mod tests {
     fn response_is_valid_json() {
         let p = CompiledPlan::new(plan(&[("A", 1.0, &[], &[])], 1.0)).unwrap();
         let mut out = String::new();
-        p.write_response(&mut out, "r1", Some(0));
+        p.write_response(&mut out, "r1", Some(0), Some("tok-_0"));
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(
             v,
-            json!({"request_id": "r1", "placement": "p", "plan_version": 3, "ad": {"id": "A", "creative": {"name": "A"}}})
+            json!({"request_id": "r1", "placement": "p", "plan_version": 3, "ad": {"id": "A", "creative": {"name": "A"}},
+                   "impression_token": "tok-_0"})
         );
         out.clear();
-        p.write_response(&mut out, "r2", None);
+        p.write_response(&mut out, "r2", None, None);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["ad"], serde_json::Value::Null);
     }

@@ -6,7 +6,9 @@
 //!    finds weights that deliver the targets exactly under them.
 //! 2. **Render ratio.** Where apps report impressions, an allocated ad is not always
 //!    shown. The measured impressions/allocations ratio `ρ_c` is known per campaign, so
-//!    the solver is asked to allocate `r_c / ρ_c`.
+//!    the solver is asked to allocate `r_c / ρ_c`. Whether a campaign is measured on
+//!    impressions at all is its own [`DeliveryBasis`]: a campaign without enough
+//!    impressions of its own keeps `ρ_c = 1`, whatever other campaigns report.
 //! 3. **Damped feedback** for whatever the model still misses (bias, effects outside
 //!    the model): the last window's measured share `m_c` is compared with what the
 //!    model predicts for the plan that was actually in force, `p_c`. Only the
@@ -106,7 +108,9 @@ pub struct CampaignDecision {
     pub predicted_share: f64,
     /// Share of requests this campaign is eligible for.
     pub eligible_share: f64,
-    /// Impressions per allocation (1 where impressions are not reported).
+    /// What this campaign's delivery is measured on.
+    pub basis: DeliveryBasis,
+    /// Impressions per allocation (1 where delivery is measured on allocations).
     pub render_ratio: f64,
     pub correction: f64,
     pub feasibility: Feasibility,
@@ -117,7 +121,6 @@ pub struct CampaignDecision {
 pub struct Decision {
     pub no_ad_weight: f64,
     pub campaigns: Vec<CampaignDecision>,
-    pub basis: DeliveryBasis,
     pub state: ControlState,
     pub solver_iterations: usize,
 }
@@ -126,14 +129,18 @@ impl Controller {
     pub fn decide(&self, input: ControlInput<'_>) -> Decision {
         let targets = input.targets;
         let n = targets.campaigns.len();
-        let basis = DeliveryBasis::of(input.recent);
+        // Each campaign's basis from recent windows (the most evidence), applied to the
+        // render ratio and to feedback alike.
+        let basis: Vec<DeliveryBasis> =
+            targets.campaigns.iter().map(|c| DeliveryBasis::of(input.recent, &c.id)).collect();
         let patterns = patterns_of(targets, input.recent);
         let mass = patterns.eligible_mass(n);
 
         let render: Vec<f64> = targets
             .campaigns
             .iter()
-            .map(|c| match (basis, input.recent.campaigns.get(&c.id)) {
+            .zip(&basis)
+            .map(|(c, b)| match (b, input.recent.campaigns.get(&c.id)) {
                 (DeliveryBasis::Impressions, Some(k)) if k.allocations.n as f64 >= self.min_samples / 10.0 => {
                     (k.impressions.ht / k.allocations.ht).clamp(0.05, 1.0)
                 }
@@ -141,7 +148,7 @@ impl Controller {
             })
             .collect();
 
-        let state = self.feedback(&input, basis, &mass, &render);
+        let state = self.feedback(&input, &basis, &mass, &render);
         let corr = |id: &CampaignId| state.corrections.get(id).copied().unwrap_or(1.0);
 
         let mut alloc_targets: Vec<f64> =
@@ -170,17 +177,24 @@ impl Controller {
                     weight: sol.weights[i],
                     predicted_share: predicted,
                     eligible_share: mass[i],
+                    basis: basis[i],
                     render_ratio: render[i],
                     correction: corr(&c.id),
                     feasibility,
                 }
             })
             .collect();
-        Decision { no_ad_weight: sol.no_ad_weight, campaigns, basis, state, solver_iterations: sol.iterations }
+        Decision { no_ad_weight: sol.no_ad_weight, campaigns, state, solver_iterations: sol.iterations }
     }
 
     /// The next feedback corrections.
-    fn feedback(&self, input: &ControlInput<'_>, basis: DeliveryBasis, mass: &[f64], render: &[f64]) -> ControlState {
+    fn feedback(
+        &self,
+        input: &ControlInput<'_>,
+        basis: &[DeliveryBasis],
+        mass: &[f64],
+        render: &[f64],
+    ) -> ControlState {
         let mut state = ControlState::default();
         // Keep corrections of campaigns that still exist.
         for c in &input.targets.campaigns {
@@ -212,7 +226,7 @@ impl Controller {
             if p <= 0.0 {
                 continue;
             }
-            let m = estimate::share(last, &c.id, basis, z).share;
+            let m = estimate::share(last, &c.id, basis[i], z).share;
             let half_width = threshold * (p * (1.0 - p) / n_eff).sqrt();
             // A gap within the noise counts as "explained", which also lets an old
             // correction decay once whatever caused it is gone.

@@ -11,19 +11,34 @@ use serde::{Deserialize, Serialize};
 
 use crate::{CampaignId, WindowStats};
 
-/// What counts as delivery.
+/// What counts as a campaign's delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryBasis {
     /// Ads allocated by the edge.
     Allocations,
-    /// Ads the app reported as shown: used wherever impressions are reported.
+    /// Ads the app reported as shown.
     Impressions,
 }
 
+/// A campaign needs this many sampled impressions before it is measured on them: below
+/// it, a handful of beacons would set its render ratio.
+pub const MIN_IMPRESSION_SAMPLES: u64 = 20;
+/// … and the placement's apps must report impressions for at least this share of
+/// allocated ads (see [`WindowStats::impression_coverage`]): a placement where only a
+/// few apps report impressions is measured on allocations, or every campaign would
+/// look as if it rarely rendered.
+pub const MIN_COVERAGE: f64 = 0.5;
+
 impl DeliveryBasis {
-    pub fn of(stats: &WindowStats) -> Self {
-        if stats.has_impressions() { Self::Impressions } else { Self::Allocations }
+    /// The basis of `campaign`: impressions when both the placement (coverage) and the
+    /// campaign itself (sampled impressions and allocations) give enough evidence, else
+    /// allocations. Impressions of other campaigns, and of campaigns that were never
+    /// allocated, decide nothing for it.
+    pub fn of(stats: &WindowStats, campaign: &CampaignId) -> Self {
+        let Some(c) = stats.campaigns.get(campaign) else { return Self::Allocations };
+        let enough = c.impressions.n >= MIN_IMPRESSION_SAMPLES && c.allocations.n >= MIN_IMPRESSION_SAMPLES;
+        if enough && stats.impression_coverage() >= MIN_COVERAGE { Self::Impressions } else { Self::Allocations }
     }
 }
 
@@ -105,12 +120,64 @@ mod tests {
             s.fold(&allocation(&format!("r{i}"), ad, &["A"], 0.1));
         }
         let a = CampaignId::parse("A").unwrap();
-        let e = share(&s, &a, DeliveryBasis::of(&s), 1.96);
+        let e = share(&s, &a, DeliveryBasis::of(&s, &a), 1.96);
         assert!((e.share - 0.3).abs() < 1e-12);
         assert_eq!(e.samples, 30);
         assert!(e.contains(0.3) && e.low > 0.2 && e.high < 0.4);
         let none = share(&s, &CampaignId::parse("Z").unwrap(), DeliveryBasis::Allocations, 1.96);
         assert_eq!(none.share, 0.0);
+    }
+
+    fn impression(id: &str, ad: &str) -> crate::Event {
+        let mut e = allocation(id, Some(ad), &[], 0.5);
+        e.kind = crate::EventKind::Impression;
+        e
+    }
+
+    /// 100 requests: A allocated 40 times, B 40 times, C never; `shown_a`/`shown_b` of
+    /// them reported as impressions.
+    fn window(shown_a: usize, shown_b: usize) -> WindowStats {
+        let mut s = WindowStats::default();
+        for i in 0..100 {
+            let ad = match i % 5 {
+                0 | 1 => Some("A"),
+                2 | 3 => Some("B"),
+                _ => None,
+            };
+            s.fold(&allocation(&format!("r{i}"), ad, &["A", "B", "C"], 0.5));
+        }
+        (0..shown_a).for_each(|i| s.fold(&impression(&format!("a{i}"), "A")));
+        (0..shown_b).for_each(|i| s.fold(&impression(&format!("b{i}"), "B")));
+        s
+    }
+
+    #[test]
+    fn the_basis_is_per_campaign_and_needs_evidence() {
+        let [a, b, c] = ["A", "B", "C"].map(|x| CampaignId::parse(x).unwrap());
+        // No impressions: allocations everywhere.
+        let s = window(0, 0);
+        assert_eq!(DeliveryBasis::of(&s, &a), DeliveryBasis::Allocations);
+        // Apps report impressions for both: both on impressions, each its own ratio.
+        let s = window(36, 40);
+        assert_eq!(DeliveryBasis::of(&s, &a), DeliveryBasis::Impressions);
+        assert_eq!(DeliveryBasis::of(&s, &b), DeliveryBasis::Impressions);
+        assert!((share(&s, &a, DeliveryBasis::Impressions, 1.96).share - 0.36).abs() < 1e-12);
+        // Impressions of A alone never move B off allocations.
+        let s = window(40, 0);
+        assert_eq!(DeliveryBasis::of(&s, &a), DeliveryBasis::Impressions);
+        assert_eq!(DeliveryBasis::of(&s, &b), DeliveryBasis::Allocations);
+        // A few beacons are not evidence.
+        let s = window((MIN_IMPRESSION_SAMPLES - 1) as usize, 0);
+        assert_eq!(DeliveryBasis::of(&s, &a), DeliveryBasis::Allocations);
+        // Impressions of a campaign never allocated (C) add nothing to coverage.
+        let mut s = window(0, 0);
+        (0..1000).for_each(|i| s.fold(&impression(&format!("c{i}"), "C")));
+        assert_eq!(s.impression_coverage(), 0.0);
+        assert_eq!(DeliveryBasis::of(&s, &c), DeliveryBasis::Allocations);
+        // Apps reporting a fraction of what they show: the placement stays on allocations.
+        let s = window(20, 10);
+        assert!(s.impression_coverage() < MIN_COVERAGE);
+        assert_eq!(DeliveryBasis::of(&s, &a), DeliveryBasis::Allocations);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! allot's domain, with no I/O.
 //!
 //! Everything that decides something lives here: which campaign a request gets
-//! ([`choose`]), whether a request is sampled ([`sample`]), what the edge tells the origin
+//! ([`choose`]), whether a request is sampled ([`sample`]), what proves an ad was served
+//! ([`token`]), what the edge tells the origin
 //! ([`event`], [`signature`]), how sampled events become counts ([`stats`]) and estimates
 //! ([`estimate`]), and how the origin computes the next plan ([`controller`],
 //! [`planner`]). What the processes agree on (Redis keys, streams, the plan log) is the
@@ -28,6 +29,7 @@ pub mod signature;
 pub mod solver;
 pub mod stats;
 pub mod targets;
+pub mod token;
 
 pub use choose::{Choice, CompiledPlan, RequestAttrs};
 pub use controller::{ControlInput, ControlState, Controller, Decision, Feasibility};
@@ -38,10 +40,11 @@ pub use plan::{PLAN_FORMAT, Plan, PlanCampaign, PlanError, Succession};
 pub use planner::SampleRatePlanner;
 pub use retry::{Backoff, RetryPolicy};
 pub use round::{Outcome, Policy, Round};
-pub use sample::{sample_point, sampled};
+pub use sample::SampleKey;
 pub use signature::{SignatureError, Verifier};
 pub use stats::WindowStats;
 pub use targets::{CampaignTarget, Confidence, Eligibility, Rate, Targets, TargetsSpec, ValidationError};
+pub use token::EdgeKey;
 
 /// The most campaigns a placement may have. Eligibility sets are `u64` bit masks, which
 /// keeps choosing allocation-free and the solver's inner loop branch-light.

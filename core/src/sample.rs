@@ -1,37 +1,72 @@
-//! Consistent sampling.
+//! Consistent, keyed sampling.
 //!
-//! A request is sampled at rate `r` iff `point(request_id) < r`, where `point` is a
-//! fixed hash of the id mapped to `[0, 1)`. Hence:
+//! A request is sampled at rate `r` iff `point(key, request_id) < r`, where `point` is
+//! SipHash-2-4 of the id under a key only edges hold, mapped to `[0, 1)`. Hence:
 //! - every event of one request (its allocation, its impression) is sampled or none is,
-//!   wherever and whenever it is decided;
+//!   wherever and whenever it is decided under the same key; an impression names the
+//!   key its allocation was decided under in its [token](crate::token), so a key
+//!   rotation in between changes nothing;
 //! - sampling is monotone: sampled at `r` ⇒ sampled at every `r' ≥ r`, so raising the
 //!   rate only adds requests;
-//! - the edge (wasm32) and the origin (x86_64) agree bit for bit: the hash is FNV-1a
-//!   with a SplitMix64 finaliser, integer arithmetic only.
+//! - clients cannot steer it. Apps choose their request ids (so they can correlate
+//!   answers with their own logs); with an unkeyed hash an app could search offline for
+//!   ids that are always sampled (each counting as `1/r` requests under attributes it
+//!   also picks) or never sampled (leaving the sample). Without the key every id is a
+//!   coin flip of bias `r` to the app, whatever it chooses.
+//!
+//! Why SipHash-2-4: it is a pseudo-random function designed for short inputs under a
+//! 128-bit key (the security claim a request id needs: outputs indistinguishable from
+//! random without the key), it costs tens of nanoseconds on a 36-byte id where
+//! HMAC-SHA256 costs four SHA-256 compressions, and it is integer arithmetic only, so
+//! wasm32 and x86_64 agree bit for bit. The sampling key is derived from the edge
+//! secret by domain separation ([`SampleKey::derive`]), so it is never the key that
+//! signs anything.
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use siphasher::sip::SipHasher24;
 
-/// The request's position in `[0, 1)`.
-pub fn sample_point(request_id: &str) -> f64 {
-    let mut h = FNV_OFFSET;
-    for b in request_id.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(FNV_PRIME);
+/// The domain-separation label of the sampling sub-key.
+const SAMPLE_LABEL: &[u8] = b"allot/sample/v1";
+
+/// The secret that positions request ids in `[0, 1)`.
+#[derive(Clone)]
+pub struct SampleKey(SipHasher24);
+
+impl std::fmt::Debug for SampleKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SampleKey(<redacted>)")
     }
-    // FNV alone mixes the last bytes poorly; SplitMix64's finaliser spreads them.
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^= h >> 31;
-    // The top 53 bits make an exactly representable f64 in [0, 1).
-    (h >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
-/// Is this request sampled at `rate`?
-pub fn sampled(request_id: &str, rate: f64) -> bool {
-    sample_point(request_id) < rate
+impl SampleKey {
+    /// The sampling sub-key of an edge secret: the first 16 bytes of
+    /// `HMAC-SHA256(secret, "allot/sample/v1")`.
+    pub fn derive(secret: &[u8]) -> Self {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+        mac.update(SAMPLE_LABEL);
+        let digest = mac.finalize().into_bytes();
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&digest[..16]);
+        Self::from_bytes(&key)
+    }
+
+    /// A raw 128-bit SipHash key (the simulator's fixed key, test vectors).
+    pub fn from_bytes(key: &[u8; 16]) -> Self {
+        Self(SipHasher24::new_with_key(key))
+    }
+
+    /// The request's position in `[0, 1)`.
+    pub fn point(&self, request_id: &str) -> f64 {
+        let h = self.0.hash(request_id.as_bytes());
+        // The top 53 bits make an exactly representable f64 in [0, 1).
+        (h >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Is this request sampled at `rate`?
+    pub fn sampled(&self, request_id: &str, rate: f64) -> bool {
+        self.point(request_id) < rate
+    }
 }
 
 #[cfg(test)]
@@ -40,48 +75,67 @@ mod tests {
 
     use super::*;
 
-    /// Fixed vectors, computed independently (a Python transcription of the hash).
-    /// If these change, edges and origins of different builds would disagree about
+    fn key() -> SampleKey {
+        SampleKey::from_bytes(b"0123456789abcdef")
+    }
+
+    /// Fixed vectors, computed independently (a Python transcription of SipHash-2-4,
+    /// checked against the reference vector `00..0e` → `a129ca6149be45e5`, of the UTF-8
+    /// id under the 16-byte key, and `hmac.new(secret, b"allot/sample/v1", sha256)` for the
+    /// derived key). If these change, edges of different builds would disagree about
     /// which requests are sampled.
     #[test]
     fn fixed_vectors() {
-        let vectors: [(&str, u64); 4] = [
-            ("", 8_625_955_362_125_501),
-            ("a", 96_858_892_993_156),
-            ("00000000000000000000000000000001", 190_399_476_443_015),
-            ("home_feed-42", 6_551_298_266_508_064),
-        ];
-        for (id, bits) in vectors {
-            assert_eq!(sample_point(id), bits as f64 / (1u64 << 53) as f64, "{id:?}");
+        let k = key();
+        let vectors: [(&str, u64); 3] =
+            [("", 0xae32_c38a_d4dd_9eb8), ("a", 0xc686_137e_7f91_6674), ("home_feed-42", 0x68e8_d4a8_512e_078b)];
+        for (id, h) in vectors {
+            assert_eq!(k.point(id), (h >> 11) as f64 / (1u64 << 53) as f64, "{id:?}");
         }
+        let derived = SampleKey::derive(b"test-edge-key-0123456789abcdef");
+        assert_eq!(derived.point("a"), (DERIVED_A >> 11) as f64 / (1u64 << 53) as f64);
     }
+
+    /// SipHash-2-4 of "a" under the sub-key derived from `test-edge-key-0123456789abcdef`.
+    const DERIVED_A: u64 = 0xa6c1_99d9_cd8e_d0e6;
 
     #[test]
     fn rate_bounds() {
-        assert!(sampled("x", 1.0));
-        assert!(!sampled("x", 0.0));
+        assert!(key().sampled("x", 1.0));
+        assert!(!key().sampled("x", 0.0));
     }
 
     #[test]
     fn uniform_enough() {
         let n = 100_000;
-        let hits = (0..n).filter(|i| sampled(&format!("req-{i}"), 0.1)).count();
+        let k = key();
+        let hits = (0..n).filter(|i| k.sampled(&format!("req-{i}"), 0.1)).count();
         // Binomial(100000, 0.1): σ ≈ 95; 4σ.
         assert!((hits as i64 - 10_000).abs() < 380, "{hits}");
+    }
+
+    #[test]
+    fn another_key_samples_other_requests() {
+        let (a, b) = (key(), SampleKey::derive(b"another-edge-secret-0123"));
+        let ids: Vec<String> = (0..10_000).map(|i| format!("req-{i}")).collect();
+        let in_a: Vec<bool> = ids.iter().map(|id| a.sampled(id, 0.1)).collect();
+        let both = ids.iter().zip(&in_a).filter(|(id, x)| **x && b.sampled(id, 0.1)).count();
+        // Independent keys: about 1 % of ids are in both samples, not 10 %.
+        assert!(both < 200, "{both}");
     }
 
     proptest! {
         #[test]
         fn monotone(id in "[A-Za-z0-9_.:-]{1,64}", r1 in 0.0f64..=1.0, r2 in 0.0f64..=1.0) {
             let (lo, hi) = if r1 <= r2 { (r1, r2) } else { (r2, r1) };
-            if sampled(&id, lo) {
-                prop_assert!(sampled(&id, hi));
+            if key().sampled(&id, lo) {
+                prop_assert!(key().sampled(&id, hi));
             }
         }
 
         #[test]
-        fn point_in_unit_interval(id in ".*") {
-            let p = sample_point(&id);
+        fn point_in_unit_interval(id in ".*", secret in prop::collection::vec(any::<u8>(), 16..64)) {
+            let p = SampleKey::derive(&secret).point(&id);
             prop_assert!((0.0..1.0).contains(&p));
         }
     }

@@ -171,10 +171,17 @@ impl WindowStats {
         if self.requests_sq > 0.0 { self.requests.ht * self.requests.ht / self.requests_sq } else { 0.0 }
     }
 
-    /// Whether the placement's apps report impressions (then delivery is measured on
-    /// impressions, see docs/design.md).
-    pub fn has_impressions(&self) -> bool {
-        self.campaigns.values().any(|c| c.impressions.n > 0)
+    /// The share of allocated ads that came back as impressions: how much of the
+    /// placement's traffic comes from apps that report them. Each campaign counts at
+    /// most its own allocations, so impressions of a campaign that was never allocated
+    /// (or more impressions than allocations) add nothing. See
+    /// [`DeliveryBasis::of`](crate::DeliveryBasis::of).
+    pub fn impression_coverage(&self) -> f64 {
+        let (shown, allocated) = self
+            .campaigns
+            .values()
+            .fold((0.0, 0.0), |(s, a), c| (s + c.impressions.ht.min(c.allocations.ht), a + c.allocations.ht));
+        if allocated > 0.0 { shown / allocated } else { 0.0 }
     }
 
     /// The share of this window's requests decided under `version`.
@@ -277,7 +284,7 @@ mod tests {
         assert_eq!(parse_profile_key("ios:DE"), (Some("ios"), Some("DE")));
         assert_eq!(parse_profile_key(":"), (None, None));
         assert_eq!(parse_profile_key(&profile_key(None, Some("FR"))), (None, Some("FR")));
-        assert!(s.has_impressions());
+        assert_eq!(s.impression_coverage(), 1.0);
         assert!((s.effective_samples() - 36.0 / 20.0).abs() < 1e-12);
     }
 

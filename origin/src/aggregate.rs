@@ -8,7 +8,9 @@
 //! delta per window and applied by a Lua script that, atomically, checks the entries'
 //! dedupe markers, sets them, and adds the delta (`HINCRBYFLOAT`) — or, if any marker
 //! already exists, writes nothing and names those entries so the delta is rebuilt
-//! without them. Folding a whole group into one delta keeps the Redis work per event
+//! without them. An impression is counted only if it is the first of its request: the
+//! same script sets a per-request marker with `SET NX` and adds the impression's delta
+//! only when it was new. Folding a whole group into one delta keeps the Redis work per event
 //! small when single-event bodies arrive at high rates. Entries are acknowledged after
 //! that. A crash between apply and `XACK` therefore leaves the entries pending; whoever
 //! processes them again (this consumer after a restart, or another one that claims
@@ -28,7 +30,8 @@ use std::time::Duration;
 use allot_core::contract::keys::PlacementKeys;
 use allot_core::contract::stream;
 use allot_core::retry::RetryPolicy;
-use allot_core::{EventBatch, WindowStats};
+use allot_core::token;
+use allot_core::{Event, EventBatch, EventKind, WindowStats};
 use allot_stream::{Batch, ConsumerConfig, Entry, Retry, Source, Stopped, StreamConsumer};
 use tokio_util::sync::CancellationToken;
 
@@ -39,28 +42,52 @@ use crate::conn::RedisConn;
 use crate::startup::App;
 
 /// Applies a group of entries of one placement once. KEYS: one dedupe marker per entry,
-/// then window hashes. ARGV: marker count, marker TTL, window TTL, then per window a
-/// field count followed by field/value pairs. If any marker already exists nothing is
-/// written and the (1-based) indices of those entries are returned, so the caller can
-/// drop them and retry with a delta of the rest; an empty reply means "applied".
+/// then window hashes, then one marker per impression. ARGV: marker count, marker TTL,
+/// window TTL, window count, impression marker TTL, then per window a field count
+/// followed by field/value pairs (allocations), then per impression the (1-based)
+/// window it counts in, a field count and field/value pairs. If any entry marker
+/// already exists nothing is written and the (1-based) indices of those entries are
+/// returned, so the caller can drop them and retry with a delta of the rest; an empty
+/// reply means "applied". An impression adds its fields only if it is the first of its
+/// request (`SET NX` on its marker): a second impression of a request — a retry, a
+/// replay at another edge, a second beacon — is not counted.
 const APPLY_SCRIPT: &str = r"
 local n = tonumber(ARGV[1])
+local w = tonumber(ARGV[4])
 local seen = {}
 for i = 1, n do
   if redis.call('EXISTS', KEYS[i]) == 1 then seen[#seen + 1] = i end
 end
 if #seen > 0 then return seen end
 for i = 1, n do redis.call('SET', KEYS[i], '1', 'EX', ARGV[2]) end
-local a = 4
-for k = n + 1, #KEYS do
+local a = 6
+for k = n + 1, n + w do
   local m = tonumber(ARGV[a]); a = a + 1
   for j = 1, m do
     redis.call('HINCRBYFLOAT', KEYS[k], ARGV[a], ARGV[a + 1]); a = a + 2
   end
   redis.call('EXPIRE', KEYS[k], ARGV[3])
 end
+for k = n + w + 1, #KEYS do
+  local win = KEYS[n + tonumber(ARGV[a])]; a = a + 1
+  local m = tonumber(ARGV[a]); a = a + 1
+  if redis.call('SET', KEYS[k], '1', 'NX', 'EX', ARGV[5]) then
+    for j = 1, m do
+      redis.call('HINCRBYFLOAT', win, ARGV[a + 2 * j - 2], ARGV[a + 2 * j - 1])
+    end
+    redis.call('EXPIRE', win, ARGV[3])
+  end
+  a = a + 2 * m
+end
 return seen
 ";
+
+/// How long a request's impression marker lives: as long as a token can be presented
+/// (its age limit and the edges' clock skew) and then as long as the window it counted
+/// in is kept, so no replay or redelivery within either can count a second time.
+pub fn impression_marker_ttl_secs(window_ttl_secs: u64) -> u64 {
+    window_ttl_secs + (token::MAX_AGE_MS + token::MAX_SKEW_MS).div_ceil(1000)
+}
 
 /// Entries per script call: bounds the time one script holds Redis.
 const MAX_GROUP: usize = 256;
@@ -136,25 +163,47 @@ pub async fn run(app: Arc<App>, conn: RedisConn, cancel: CancellationToken) {
 }
 
 impl Aggregator {
-    /// The script call applying `list` (entries of placement `p`) once.
+    /// The script call applying `list` (entries of placement `p`) once. Allocations are
+    /// folded into one delta per window; each impression keeps its own delta, applied
+    /// only if it is the first of its request.
     fn apply_command(&self, p: &str, list: &[(String, EventBatch)]) -> redis::Cmd {
         let period = self.app.config.control.period_ms;
-        let windows = WindowStats::fold_windows(list.iter().flat_map(|(_, batch)| &batch.events), period);
+        let (impressions, allocations): (Vec<&Event>, Vec<&Event>) =
+            list.iter().flat_map(|(_, batch)| &batch.events).partition(|e| e.kind == EventKind::Impression);
+        let mut windows = WindowStats::fold_windows(allocations, period);
+        for e in &impressions {
+            windows.entry(WindowStats::window_index(e.event_time_ms, period)).or_default();
+        }
         let k = PlacementKeys::of_raw(p);
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(&self.sha).arg(list.len() + windows.len());
+        cmd.arg(&self.sha).arg(list.len() + windows.len() + impressions.len());
         for (id, _) in list {
             cmd.arg(k.applied(id));
         }
         for index in windows.keys() {
             cmd.arg(k.window(*index));
         }
+        for e in &impressions {
+            cmd.arg(k.impression(e.request_id.as_str()));
+        }
+        let window_ttl = self.app.config.control.window_ttl_secs();
         cmd.arg(list.len())
             .arg(self.app.config.aggregate.dedupe_ttl_secs.max(1))
-            .arg(self.app.config.control.window_ttl_secs());
+            .arg(window_ttl)
+            .arg(windows.len())
+            .arg(impression_marker_ttl_secs(window_ttl));
         for stats in windows.values() {
             let fields = stats.to_fields();
             cmd.arg(fields.len());
+            for (f, v) in fields {
+                cmd.arg(f).arg(v);
+            }
+        }
+        for e in &impressions {
+            let index = WindowStats::window_index(e.event_time_ms, period);
+            let position = windows.keys().position(|i| *i == index).expect("every impression's window is listed");
+            let fields = WindowStats::of_event(e).to_fields();
+            cmd.arg(position + 1).arg(fields.len());
             for (f, v) in fields {
                 cmd.arg(f).arg(v);
             }

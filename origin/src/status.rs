@@ -37,6 +37,10 @@ pub struct CampaignStatus {
     pub predicted_share: Option<f64>,
     pub eligible_share: Option<f64>,
     pub estimate: Estimate,
+    /// What the estimate counts: `allocations` or `impressions` (per campaign, see
+    /// `DeliveryBasis::of`).
+    #[schema(value_type = String)]
+    pub basis: DeliveryBasis,
     /// Sampled deliveries behind the estimate.
     pub samples: u64,
     /// `{"status": "feasible"}` or `{"status": "infeasible", "max_share": …}`.
@@ -54,9 +58,6 @@ pub struct WindowSummary {
     /// Sampled requests.
     pub samples: u64,
     pub effective_samples: f64,
-    /// `allocations` or `impressions`.
-    #[schema(value_type = String)]
-    pub basis: DeliveryBasis,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -94,7 +95,6 @@ pub async fn get_status(
     let period = app.config.control.period_ms;
     let last_index = WindowStats::window_index(crate::now_ms(), period).saturating_sub(1);
     let last = app.store.windows(&id, &[last_index]).await?.pop().unwrap_or_default();
-    let basis = DeliveryBasis::of(&last);
     let z = targets.confidence.z();
     let decision = plan.as_ref().and_then(|p| p.decision.as_ref());
 
@@ -103,6 +103,7 @@ pub async fn get_status(
         .iter()
         .map(|c| {
             let d = decision.and_then(|d| d.campaigns.iter().find(|x| x.id == c.id));
+            let basis = DeliveryBasis::of(&last, &c.id);
             let e = estimate::share(&last, &c.id, basis, z);
             CampaignStatus {
                 id: c.id.to_string(),
@@ -111,6 +112,7 @@ pub async fn get_status(
                 predicted_share: d.map(|d| d.predicted_share),
                 eligible_share: d.map(|d| d.eligible_share),
                 estimate: Estimate { share: e.share, low: e.low, high: e.high, level: targets.confidence.level },
+                basis,
                 samples: e.samples,
                 feasibility: d.and_then(|d| serde_json::to_value(d.feasibility).ok()).unwrap_or_default(),
             }
@@ -131,7 +133,6 @@ pub async fn get_status(
             requests: last.requests.ht,
             samples: last.requests.n,
             effective_samples: last.effective_samples(),
-            basis,
         },
         campaigns,
     }))

@@ -1,19 +1,29 @@
 //! The edge's side: the plan in force, and per request what the worker does with it.
 //!
 //! Like `worker/src/ad.rs`: choose with `CompiledPlan::choose`, decide sampling with
-//! core's `sampled` on the request id at the plan's rate, and build the sampled
-//! request's event with `CompiledPlan::allocation_event`. Like
-//! `worker/src/impression.rs`: an app's impression report is sampled by the same rule
-//! and sent as an impression event. Events wait in an outbox and leave as event bodies
+//! the edge key's keyed sampler on the request id at the plan's rate, build the sampled
+//! request's event with `CompiledPlan::allocation_event`, and issue the ad's impression
+//! token. Like `worker/src/impression.rs`: an app's impression report is verified
+//! against its token, sampled exactly when its allocation was, and sent as the grant's
+//! impression event. Events wait in an outbox and leave as event bodies
 //! (`EventBatch::to_json`, at most `MAX_BATCH` events each), as the worker's forwarder
 //! sends them.
 
 use allot_core::event::MAX_BATCH;
-use allot_core::{CampaignId, CompiledPlan, Event, EventBatch, EventKind, Plan, RequestAttrs, RequestId, sampled};
+use allot_core::token::{self, Issue, Subject};
+use allot_core::{CampaignId, CompiledPlan, EdgeKey, Event, EventBatch, Plan, RequestAttrs, RequestId};
 use rand::Rng;
 use rand::rngs::SmallRng;
 
 use crate::scenario::Scenario;
+
+/// The simulated edges' secret.
+pub const EDGE_SECRET: &[u8] = b"allot-sim-edge-secret";
+
+/// The simulated edges' key (what the worker derives from its `EDGE_KEY`).
+pub fn edge_key() -> EdgeKey {
+    EdgeKey::new(EDGE_SECRET).expect("the simulator's secret is long enough")
+}
 
 /// What happened to one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,12 +44,19 @@ pub struct Edge {
     slot: Vec<usize>,
     fail: Vec<f64>,
     outbox: Vec<Event>,
+    key: EdgeKey,
 }
 
 impl Edge {
     pub fn new(plan: Plan, scenario: &Scenario, campaigns: &[CampaignId]) -> Self {
         let (slot, fail) = slots(&plan, scenario, campaigns);
-        Self { plan: CompiledPlan::new(plan).expect("published plans are valid"), slot, fail, outbox: Vec::new() }
+        Self {
+            plan: CompiledPlan::new(plan).expect("published plans are valid"),
+            slot,
+            fail,
+            outbox: Vec::new(),
+            key: edge_key(),
+        }
     }
 
     pub fn plan(&self) -> &Plan {
@@ -64,37 +81,28 @@ impl Edge {
     ) -> Served {
         let choice = self.plan.choose(attrs, rng.random::<f64>());
         let shown = choice.ad.filter(|&i| rng.random::<f64>() >= self.fail[i]);
-        let rate = self.plan.plan().sample_rate;
-        let is_sampled = sampled(request_id, rate);
+        let p = self.plan.plan();
+        let rate = p.sample_rate;
+        let id = RequestId::parse(request_id).expect("request ids are UUIDs");
+        let is_sampled = self.key.sample().sampled(request_id, rate);
         if is_sampled {
-            let id = RequestId::parse(request_id).expect("request ids are UUIDs");
             self.outbox.push(self.plan.allocation_event(id.clone(), choice, attrs, now_ms, None));
-            if let (true, Some(i)) = (impressions, shown)
-                && sampled(id.as_str(), rate)
-            {
-                self.outbox.push(self.impression_event(id, i, attrs, now_ms));
+        }
+        // The ad's token, and the app's report of it: verified, sampled exactly when its
+        // allocation was (so only sampled requests need the work here).
+        if let (true, true, Some(i)) = (is_sampled, impressions, shown) {
+            let subject = Subject { request_id: &id, placement: &p.placement, ad: &p.campaigns[i].id };
+            let issue = Issue { plan_version: p.version, sample_rate: rate, issued_at_ms: now_ms };
+            let t = token::issue(&self.key, subject, issue);
+            let grant = token::verify(std::slice::from_ref(&self.key), &t, subject, now_ms).expect("its own token");
+            debug_assert!(grant.sampled, "the token decides as the allocation did");
+            if grant.sampled {
+                // The impression call carries no attributes; the edge adds its geolocation.
+                let country = attrs.country.map(str::to_ascii_uppercase);
+                self.outbox.push(grant.impression_event(subject, country, None));
             }
         }
         Served { allocated: choice.ad.map(|i| self.slot[i]), shown: shown.map(|i| self.slot[i]), sampled: is_sampled }
-    }
-
-    /// The event the worker's impression handler sends for an ad of this plan.
-    fn impression_event(&self, request_id: RequestId, ad: usize, attrs: RequestAttrs<'_>, now_ms: u64) -> Event {
-        let p = self.plan.plan();
-        Event {
-            kind: EventKind::Impression,
-            event_time_ms: now_ms,
-            request_id,
-            placement: p.placement.clone(),
-            ad_id: Some(p.campaigns[ad].id.clone()),
-            plan_version: p.version,
-            sample_rate: p.sample_rate,
-            eligible: Vec::new(),
-            platform: None,
-            // The impression call carries no attributes; the edge adds its geolocation.
-            country: attrs.country.map(str::to_ascii_uppercase),
-            colo: None,
-        }
     }
 
     /// Sends what waits in the outbox: event bodies of at most `MAX_BATCH` events, in

@@ -90,12 +90,11 @@ pub fn baseline(strategy: Strategy, planner: &SampleRatePlanner, r: &Round<'_>) 
         && !r.targets_changed
         && let (Some(prev), Some(last)) = (r.previous, r.last)
     {
-        let basis = DeliveryBasis::of(last);
         let z = r.targets.confidence.z();
         for c in &mut plan.campaigns {
             let target = r.targets.campaign(&c.id).map_or(0.0, |t| t.rate.get());
             let old = prev.campaign(&c.id).map_or(target, |p| p.weight);
-            let measured = estimate::share(last, &c.id, basis, z).share;
+            let measured = estimate::share(last, &c.id, DeliveryBasis::of(last, &c.id), z).share;
             c.weight = if target > 0.0 && measured > 0.0 {
                 (old * (target / measured).powf(FEEDBACK_GAIN)).clamp(target / 100.0, target * 100.0)
             } else {

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use allot_core::{EventBatch, EventKind, RequestId, WindowStats, sampled};
+use allot_core::{EventBatch, EventKind, RequestId, WindowStats};
 use allot_sim::engine::{self, Run, Settings};
 use allot_sim::scenario;
 use allot_sim::strategy::Strategy;
@@ -25,8 +25,9 @@ fn requests_are_sampled_by_cores_sampler_on_their_ids() {
     let trace = run.trace.as_ref().expect("traced");
     let mut decided: HashMap<(&str, u64), bool> = HashMap::new();
     let (mut hits, mut retried) = (0, 0);
+    let key = allot_sim::edge::edge_key();
     for (id, rate, was_sampled) in &trace.requests {
-        assert_eq!(*was_sampled, sampled(id, *rate), "{id} at {rate}");
+        assert_eq!(*was_sampled, key.sample().sampled(id, *rate), "{id} at {rate}");
         assert!(RequestId::parse(id.as_str()).is_ok() && id.len() == 36 && id.as_bytes()[14] == b'4', "{id}");
         hits += usize::from(*was_sampled);
         // A retried id is decided as its first request was (at the same rate).

@@ -12,11 +12,14 @@ use std::time::Duration;
 
 use allot_archive::partition::Day;
 use allot_testkit::events::now_ms;
-use allot_testkit::origin::{INGEST_KEY, MANAGER_TOKEN, PUSH_KEY, OriginApi, OriginConfig, OriginProcess};
+use allot_testkit::origin::{INGEST_KEY, MANAGER_TOKEN, OriginApi, OriginConfig, OriginProcess, PUSH_KEY};
 use allot_testkit::process::{self, Proc, free_port, wait_http};
 use allot_testkit::redis::RedisServer;
 use allot_testkit::s3::S3Server;
 use anyhow::{Context, bail};
+
+/// The edge's secret (keyed sampling, impression tokens): only the edge holds it.
+pub const EDGE_KEY: &str = "allot-test-edge-key-0123456789";
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -71,6 +74,7 @@ impl Stack {
                 .env("ORIGIN_URL", &origin_url)
                 .env("INGEST_KEY", INGEST_KEY)
                 .env("PUSH_KEYS", PUSH_KEY)
+                .env("EDGE_KEY", EDGE_KEY)
                 .env("ALLOT_EDGE_STATE", dir.path().join("kv"))
                 .stdout(Stdio::piped()),
         )?;

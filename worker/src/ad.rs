@@ -4,11 +4,17 @@
 //! isolate cache, core chooses and writes the pre-serialised body, and one crossing
 //! builds the response. The edge's geolocation is read only when the query has no
 //! country, and the colo only for sampled requests.
+//!
+//! Sampling is keyed ([`allot_core::SampleKey`] under `EDGE_KEY`), so the request id an
+//! app chooses does not let it choose whether it is sampled. Every ad comes with its
+//! impression token ([`allot_core::token`]), without which `/v1/impression` counts
+//! nothing.
 
 use std::borrow::Cow;
 use std::rc::Rc;
 
-use allot_core::{CompiledPlan, PlacementId, RequestAttrs, RequestId, sampled};
+use allot_core::token::{self, Issue, Subject};
+use allot_core::{CompiledPlan, PlacementId, RequestAttrs, RequestId};
 use worker::worker_sys::ext::RequestExt;
 use worker::{Context, Env};
 
@@ -76,9 +82,19 @@ fn answer(
 ) -> Result<web_sys::Response, ApiError> {
     let attrs = ad.attrs();
     let choice = plan.choose(attrs, rng::unit());
-    let mut body = String::with_capacity(192);
-    plan.write_response(&mut body, ad.request_id.as_str(), choice.ad);
-    if sampled(ad.request_id.as_str(), plan.plan().sample_rate) {
+    let p = plan.plan();
+    let key = config.edge_key();
+    let token = match (key, choice.ad.and_then(|i| p.campaigns.get(i))) {
+        (Some(key), Some(c)) => {
+            let subject = Subject { request_id: &ad.request_id, placement: &p.placement, ad: &c.id };
+            let issue = Issue { plan_version: p.version, sample_rate: p.sample_rate, issued_at_ms: now_ms as u64 };
+            Some(token::issue(key, subject, issue))
+        }
+        _ => None,
+    };
+    let mut body = String::with_capacity(256);
+    plan.write_response(&mut body, ad.request_id.as_str(), choice.ad, token.as_deref());
+    if key.is_some_and(|k| k.sample().sampled(ad.request_id.as_str(), p.sample_rate)) {
         let event = plan.allocation_event(ad.request_id.clone(), choice, attrs, now_ms as u64, edge_colo(req));
         forward::enqueue(ctx, config, event);
     }

@@ -7,7 +7,7 @@
 use std::cell::OnceCell;
 use std::rc::Rc;
 
-use allot_core::Verifier;
+use allot_core::{EdgeKey, Verifier};
 use worker::Env;
 
 use crate::cors::Cors;
@@ -38,6 +38,11 @@ pub struct Config {
     /// Browser origins allowed to call the public routes (`CORS_ORIGINS`,
     /// comma-separated, or `*`); empty: no CORS headers at all.
     pub cors: Cors,
+    /// The edge secrets (`EDGE_KEY`, then `EDGE_KEY_PREVIOUS` during a rotation): the
+    /// first samples requests and issues impression tokens; all verify tokens. Only
+    /// edges hold them. Empty when `EDGE_KEY` is missing or too short: then nothing is
+    /// sampled, ads carry no token and impressions are refused.
+    pub edge_keys: Vec<EdgeKey>,
     /// Flush the event batch at this many events (`EVENT_BATCH_MAX`, 100).
     pub batch_max: usize,
     /// … or when its oldest event is this old (`EVENT_BATCH_AGE_MS`, 1000).
@@ -83,7 +88,19 @@ impl Config {
                 .inspect_err(|e| worker::console_error!("PUSH_KEYS: {e}; plan pushes are refused"))
                 .ok()
         });
+        let edge_key = |name: &str| {
+            let secret = text(env, name)?;
+            EdgeKey::new(secret.as_bytes()).inspect_err(|e| worker::console_error!("{name}: {e}; it is not used")).ok()
+        };
+        let mut edge_keys: Vec<EdgeKey> = Vec::new();
+        if let Some(current) = edge_key("EDGE_KEY") {
+            edge_keys.push(current);
+            edge_keys.extend(edge_key("EDGE_KEY_PREVIOUS"));
+        } else {
+            worker::console_error!("EDGE_KEY is not set: nothing is sampled and impressions are refused");
+        }
         Self {
+            edge_keys,
             plan_ttl_ms: ttl_secs as f64 * 1000.0,
             kv_cache_ttl_secs: ttl_secs.max(MIN_KV_CACHE_TTL_SECS),
             events_url,
@@ -94,6 +111,11 @@ impl Config {
             batch_age_ms: number(env, "EVENT_BATCH_AGE_MS", 1000, 1..=20_000),
             send_timeout_ms: number(env, "EVENT_TIMEOUT_MS", 5000, 100..=10_000),
         }
+    }
+
+    /// The key that samples and issues tokens now.
+    pub fn edge_key(&self) -> Option<&EdgeKey> {
+        self.edge_keys.first()
     }
 
     /// This isolate's settings.

@@ -2,7 +2,7 @@
 // the eligible campaigns, and bad input gets JSON errors.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { chiSquare, parallel, plan, startWorker } from "./harness.mjs";
+import { chiSquare, parallel, plan, postImpression, reportOf, startWorker } from "./harness.mjs";
 
 // χ² critical values at p = 0.001.
 const CHI2_001 = { 1: 10.83, 2: 13.82, 3: 16.27 };
@@ -22,7 +22,10 @@ async function tally(n, query) {
     assert.equal(res.status, 200);
     assert.match(res.headers.get("content-type"), /application\/json/);
     const body = await res.json();
-    assert.deepEqual(Object.keys(body).sort(), ["ad", "placement", "plan_version", "request_id"]);
+    const keys = ["ad", "placement", "plan_version", "request_id"];
+    if (body.ad !== null) keys.push("impression_token");
+    assert.deepEqual(Object.keys(body).sort(), keys.sort());
+    if (body.ad !== null) assert.match(body.impression_token, /^[A-Za-z0-9_-]{60}$/);
     assert.equal(body.placement, "home_feed");
     assert.equal(body.plan_version, 1);
     assert.match(body.request_id, /^[0-9a-f]{32}$/);
@@ -122,23 +125,20 @@ describe("bad input", () => {
   });
 
   test("impression bodies are validated", async () => {
-    const post = (body, headers = {}) =>
-      worker.get("/v1/impression", { method: "POST", body, headers: { "content-type": "application/json", ...headers } });
-    const good = { request_id: "r1", placement: "home_feed", ad_id: "A" };
+    const answer = await (await worker.get("/v1/ad?placement=home_feed&platform=ios&country=DE&request_id=r1")).json();
+    const good = reportOf(answer.ad ? answer : { ...answer, ad: { id: "A" }, impression_token: "" });
     for (const [body, status, code] of [
       ["not json", 400, "bad_impression"],
       [JSON.stringify({ ...good, extra: 1 }), 400, "bad_impression"],
       [JSON.stringify({ ...good, ad_id: "a b" }), 400, "bad_impression"],
-      [JSON.stringify({ request_id: "r1", placement: "home_feed" }), 400, "bad_impression"],
-      [JSON.stringify({ ...good, placement: "nowhere" }), 404, "unknown_placement"],
+      [JSON.stringify({ request_id: "r1", placement: "home_feed", ad_id: "A" }), 400, "bad_impression"],
+      [JSON.stringify({ ...good, impression_token: "short" }), 400, "bad_token"],
       [JSON.stringify({ ...good, creative: "x".repeat(5000) }), 413, "body_too_large"],
     ]) {
-      const res = await post(body);
+      const res = await postImpression(worker, body);
       assert.equal(res.status, status, body.slice(0, 80));
       assert.equal((await res.json()).error.code, code);
     }
-    const ok = await post(JSON.stringify(good));
-    assert.equal(ok.status, 204);
   });
 
   test("healthz answers", async () => {

@@ -1,10 +1,19 @@
 // Sampled events over real HTTP: the worker signs batches and sends them to the origin;
 // the receiver checks every signature with node:crypto. The sampled set is predicted
-// request by request from the consistent-sampling hash, and its size is checked
-// against the plan's rate.
+// request by request from the keyed sampling hash (computed here independently), and
+// its size is checked against the plan's rate.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { eventually, parallel, plan, samplePoint, startReceiver, startWorker } from "./harness.mjs";
+import {
+  eventually,
+  parallel,
+  plan,
+  postImpression,
+  reportOf,
+  samplePoint,
+  startReceiver,
+  startWorker,
+} from "./harness.mjs";
 
 const RATE = 0.1;
 let worker;
@@ -100,22 +109,47 @@ describe("sampled events", () => {
     }
   });
 
-  test("impressions are sampled by the same rule as their allocations", async () => {
-    const before = origin.events.length;
-    const ids = Array.from({ length: 1_000 }, (_, i) => `alloc-${i}`);
-    await parallel(ids.length, 16, async (i) => {
-      const res = await worker.get("/v1/impression", {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({ request_id: ids[i], placement: "home_feed", ad_id: "B" }),
-      });
-      assert.equal(res.status, 204);
+  test("impressions are sampled exactly when their allocations were, at the allocation's version and rate", async () => {
+    // Ads under version 7 at rate 0.1; the plan then changes (version 8, rate 0.5)
+    // before the app reports them: the impressions still follow version 7's decision.
+    const only = (weight) => plan({ placement: "imp_p", no_ad_weight: 0, campaigns: [{ ...plan().campaigns[0], weight }] });
+    await worker.putPlan({ ...only(1), version: 7, sample_rate: RATE });
+    const ids = Array.from({ length: 1_000 }, (_, i) => `imp-${i}`);
+    const answers = await parallel(ids.length, 16, async (i) => {
+      const res = await worker.get(`/v1/ad?placement=imp_p&request_id=${ids[i]}`);
+      assert.equal(res.status, 200);
+      const a = await res.json();
+      assert.equal(a.ad.id, "A");
+      assert.match(a.impression_token, /^[A-Za-z0-9_-]{60}$/);
+      return a;
     });
     const expected = new Set(ids.filter((id) => samplePoint(id) < RATE));
+    await eventually(
+      () => origin.events.filter((e) => e.placement === "imp_p").length >= expected.size,
+      10_000,
+      "allocations",
+    );
+    await worker.putPlan({ ...only(1), version: 8, sample_rate: 0.5 });
+    await eventually(async () => (await (await worker.get("/v1/ad?placement=imp_p")).json()).plan_version === 8, 5_000, "v8");
+    const before = origin.events.length;
+    await parallel(answers.length, 16, async (i) => {
+      const res = await postImpression(worker, reportOf(answers[i]));
+      assert.equal(res.status, 204);
+    });
     await eventually(() => origin.events.length - before >= expected.size, 10_000, "impressions");
-    const got = origin.events.slice(before);
-    assert.ok(got.every((e) => e.kind === "impression" && e.ad_id === "B" && e.plan_version === 4));
+    await new Promise((r) => setTimeout(r, 300)); // nothing more may arrive
+    const got = origin.events.slice(before).filter((e) => e.kind === "impression");
+    assert.equal(got.length, expected.size);
     assert.deepEqual(new Set(got.map((e) => e.request_id)), expected);
+    const issued = new Map(answers.map((a) => [a.request_id, a]));
+    for (const e of got) {
+      assert.equal(e.placement, "imp_p");
+      assert.equal(e.ad_id, "A");
+      assert.equal(e.plan_version, 7);
+      assert.equal(e.sample_rate, RATE);
+      assert.ok(issued.has(e.request_id));
+      assert.ok(Math.abs(e.event_time_ms - Date.now()) < 60_000);
+    }
     assert.equal(origin.badSignatures, 0);
   });
 

@@ -9,6 +9,8 @@ import { Miniflare } from "miniflare";
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 export const KEY = "test-ingest-key-0123456789abcdef";
 export const PUSH_KEY = "test-push-key-0123456789abcdef";
+/** The edges' secret: keyed sampling and impression tokens. */
+export const EDGE_KEY = "test-edge-key-0123456789abcdef";
 const MAX_SKEW_SECS = 300;
 
 /**
@@ -22,7 +24,7 @@ export async function startWorker(bindings = {}, { cf = { country: "FR", colo: "
     modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
     compatibilityDate: "2026-04-20",
     kvNamespaces: ["PLANS"],
-    bindings: { PLAN_TTL_SECS: "1", INGEST_KEY: KEY, PUSH_KEYS: PUSH_KEY, EVENT_BATCH_AGE_MS: "100", ...bindings },
+    bindings: { PLAN_TTL_SECS: "1", INGEST_KEY: KEY, PUSH_KEYS: PUSH_KEY, EDGE_KEY, EVENT_BATCH_AGE_MS: "100", ...bindings },
     cf,
     host: "127.0.0.1",
     port: 0,
@@ -130,24 +132,104 @@ export function chiSquare(observed, probabilities) {
   }, 0);
 }
 
+const M64 = (1n << 64n) - 1n;
+
 /**
- * The consistent-sampling point of a request id, transcribed from the documented
- * scheme (FNV-1a 64, SplitMix64 finaliser, top 53 bits) to check the worker's
- * decisions request by request.
+ * The sampling point an app could compute before sampling was keyed (FNV-1a 64,
+ * SplitMix64 finaliser, top 53 bits): what a hostile client would search ids with.
  */
-export function samplePoint(requestId) {
-  const M = (1n << 64n) - 1n;
+export function unkeyedSamplePoint(requestId) {
   let h = 0xcbf29ce484222325n;
   for (const b of Buffer.from(requestId, "utf8")) {
     h ^= BigInt(b);
-    h = (h * 0x100000001b3n) & M;
+    h = (h * 0x100000001b3n) & M64;
   }
   h ^= h >> 30n;
-  h = (h * 0xbf58476d1ce4e5b9n) & M;
+  h = (h * 0xbf58476d1ce4e5b9n) & M64;
   h ^= h >> 27n;
-  h = (h * 0x94d049bb133111ebn) & M;
+  h = (h * 0x94d049bb133111ebn) & M64;
   h ^= h >> 31n;
   return Number(h >> 11n) / 2 ** 53;
+}
+
+/** SipHash-2-4 of `bytes` under a 16-byte key, transcribed from the paper. */
+function sipHash24(key, bytes) {
+  const rotl = (x, b) => ((x << BigInt(b)) | (x >> BigInt(64 - b))) & M64;
+  const k0 = key.readBigUInt64LE(0);
+  const k1 = key.readBigUInt64LE(8);
+  let v0 = k0 ^ 0x736f6d6570736575n;
+  let v1 = k1 ^ 0x646f72616e646f6dn;
+  let v2 = k0 ^ 0x6c7967656e657261n;
+  let v3 = k1 ^ 0x7465646279746573n;
+  const round = () => {
+    v0 = (v0 + v1) & M64; v1 = rotl(v1, 13); v1 ^= v0; v0 = rotl(v0, 32);
+    v2 = (v2 + v3) & M64; v3 = rotl(v3, 16); v3 ^= v2;
+    v0 = (v0 + v3) & M64; v3 = rotl(v3, 21); v3 ^= v0;
+    v2 = (v2 + v1) & M64; v1 = rotl(v1, 17); v1 ^= v2; v2 = rotl(v2, 32);
+  };
+  const end = bytes.length - (bytes.length % 8);
+  for (let i = 0; i < end; i += 8) {
+    const m = bytes.readBigUInt64LE(i);
+    v3 ^= m; round(); round(); v0 ^= m;
+  }
+  let last = BigInt(bytes.length & 0xff) << 56n;
+  for (let i = end; i < bytes.length; i++) last |= BigInt(bytes[i]) << BigInt(8 * (i - end));
+  v3 ^= last; round(); round(); v0 ^= last;
+  v2 ^= 0xffn;
+  for (let i = 0; i < 4; i++) round();
+  return (v0 ^ v1 ^ v2 ^ v3) & M64;
+}
+
+const derive = (secret, label) => createHmac("sha256", secret).update(label).digest();
+
+/**
+ * The keyed sampling point of a request id under an edge secret, computed
+ * independently of core from the documented scheme (SipHash-2-4 under the first 16
+ * bytes of HMAC-SHA256(secret, "allot/sample/v1"), top 53 bits).
+ */
+export function samplePoint(requestId, secret = EDGE_KEY) {
+  const key = derive(secret, "allot/sample/v1").subarray(0, 16);
+  return Number(sipHash24(key, Buffer.from(requestId, "utf8")) >> 11n) / 2 ** 53;
+}
+
+/**
+ * An impression token as an edge holding `secret` issues it, from the documented
+ * layout: lets tests make expired tokens and forgeries.
+ */
+export function issueToken({ requestId, placement, ad, version, rate, issuedAtMs, secret = EDGE_KEY }) {
+  const header = Buffer.alloc(29);
+  header[0] = 1;
+  derive(secret, "allot/key-id/v1").copy(header, 1, 0, 4);
+  header.writeBigUInt64BE(BigInt(issuedAtMs), 5);
+  header.writeBigUInt64BE(BigInt(version), 13);
+  header.writeDoubleBE(rate, 21);
+  const mac = createHmac("sha256", derive(secret, "allot/token/v1")).update("allot/impression/v1").update(header);
+  for (const f of [requestId, placement, ad]) {
+    const b = Buffer.from(f, "utf8");
+    const len = Buffer.alloc(2);
+    len.writeUInt16BE(b.length);
+    mac.update(len).update(b);
+  }
+  return Buffer.concat([header, mac.digest().subarray(0, 16)]).toString("base64url");
+}
+
+/** POSTs an impression report. */
+export function postImpression(worker, body) {
+  return worker.get("/v1/impression", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: typeof body === "string" ? body : JSON.stringify(body),
+  });
+}
+
+/** The impression report of a `/v1/ad` answer. */
+export function reportOf(answer) {
+  return {
+    request_id: answer.request_id,
+    placement: answer.placement,
+    ad_id: answer.ad.id,
+    impression_token: answer.impression_token,
+  };
 }
 
 export function plan(overrides = {}) {

@@ -53,6 +53,12 @@ impl PlacementKeys {
         format!("{}applied:{stream_id}", self.prefix)
     }
 
+    /// Marks that an impression of `request_id` was counted: at most one per request,
+    /// across retries, replays and redelivered stream entries.
+    pub fn impression(&self, request_id: &str) -> String {
+        format!("{}imp:{request_id}", self.prefix)
+    }
+
     /// The current plan record (plan, decision, targets revision).
     pub fn plan(&self) -> String {
         format!("{}plan", self.prefix)
@@ -79,6 +85,7 @@ mod tests {
         assert_eq!(k.targets(), "allot:{home_feed}:targets");
         assert_eq!(k.window(7), "allot:{home_feed}:w:7");
         assert_eq!(k.applied("1-0"), "allot:{home_feed}:applied:1-0");
+        assert_eq!(k.impression("r-1"), "allot:{home_feed}:imp:r-1");
         assert_eq!(k.plan(), "allot:{home_feed}:plan");
         assert_eq!(k.plans(), "allot:{home_feed}:plans");
         assert_eq!(k.state(), "allot:{home_feed}:state");

@@ -102,11 +102,40 @@ fn render_failures_are_compensated() {
     counts.allocations = crate::stats::Tally { ht: 700.0, n: 700 };
     counts.impressions = crate::stats::Tally { ht: 700.0, n: 700 };
     let d = decide(&t, &w);
-    assert_eq!(d.basis, DeliveryBasis::Impressions);
+    assert_eq!(d.campaigns[0].basis, DeliveryBasis::Impressions);
     assert!((d.campaigns[0].render_ratio - 0.8).abs() < 1e-12);
     // Allocate 0.4 / 0.8 = 0.5 to A so that 0.4 is shown.
     assert!((d.campaigns[0].weight - 0.5).abs() < 1e-6, "{:?}", d.campaigns[0]);
     assert!((d.campaigns[0].predicted_share - 0.4).abs() < 1e-6);
+}
+
+#[test]
+fn impressions_of_one_campaign_leave_the_others_alone() {
+    let t = targets(json!({"campaigns": [{"id": "A", "rate": 0.4}, {"id": "B", "rate": 0.3}]}));
+    let [a, b, z] = ["A", "B", "Z"].map(|x| CampaignId::parse(x).unwrap());
+    let mut base = window(&[(None, None, 1)]);
+    base.campaigns.entry(a.clone()).or_default().allocations = crate::stats::Tally { ht: 1000.0, n: 1000 };
+    base.campaigns.entry(b.clone()).or_default().allocations = crate::stats::Tally { ht: 300.0, n: 300 };
+    let plain = decide(&t, &base);
+    assert!(plain.campaigns.iter().all(|c| c.basis == DeliveryBasis::Allocations && c.render_ratio == 1.0));
+
+    // A stray impression for a campaign that does not exist changes nothing at all.
+    let mut stray = base.clone();
+    stray.record_impression(1.0, &z);
+    stray.record_impression(100.0, &a);
+    assert_eq!(decide(&t, &stray), plain);
+
+    // A reports impressions (80 % render); B reports none: B keeps its weight.
+    let mut w = base.clone();
+    w.campaigns.get_mut(&a).unwrap().impressions = crate::stats::Tally { ht: 800.0, n: 800 };
+    let d = decide(&t, &w);
+    assert_eq!(d.campaigns[0].basis, DeliveryBasis::Impressions);
+    assert!((d.campaigns[0].render_ratio - 0.8).abs() < 1e-12);
+    assert_eq!(d.campaigns[1].basis, DeliveryBasis::Allocations);
+    assert_eq!(d.campaigns[1].render_ratio, 1.0);
+    assert!((d.campaigns[1].weight - 0.3).abs() < 1e-6, "{:?}", d.campaigns[1]);
+    // "No ad" loses only what A needs extra (0.5 − 0.4), not everything.
+    assert!((d.no_ad_weight - 0.2).abs() < 1e-6, "{}", d.no_ad_weight);
 }
 
 fn feedback_round(measured_a: f64, version: u64) -> ControlState {

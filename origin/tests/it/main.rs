@@ -9,5 +9,6 @@ mod admin;
 mod cluster;
 mod control;
 mod crash;
+mod impressions;
 mod ingest;
 mod publish;

@@ -1,0 +1,256 @@
+//! Impression tokens: the edge's proof that it served an ad.
+//!
+//! `/v1/ad` hands out, with every ad, a token that binds the request id, placement, ad,
+//! plan version, sample rate and issue time under a MAC only edges can compute.
+//! `/v1/impression` counts a report only with a token that verifies for exactly the
+//! request, placement and ad it names, and was issued at most [`MAX_AGE_MS`] ago. So an
+//! app can report only ads it was actually given, at most once per request
+//! (the origin marks the request), and never for a campaign it made up. The token
+//! carries what the impression needs to be sampled exactly when its allocation was —
+//! the allocation's plan version and rate, and which edge key decided it — so neither
+//! a new plan nor a key rotation in between changes the decision.
+//!
+//! Layout (then base64url without padding, 60 characters):
+//!
+//! | bytes  | field                                            |
+//! |--------|--------------------------------------------------|
+//! | 0      | format, `1`                                      |
+//! | 1..5   | key id: the first 4 bytes of `HMAC(secret, "allot/key-id/v1")` |
+//! | 5..13  | issue time, unix ms, u64 big-endian              |
+//! | 13..21 | plan version, u64 big-endian                     |
+//! | 21..29 | sample rate, IEEE-754 bits, big-endian           |
+//! | 29..45 | MAC: HMAC-SHA256 under the token sub-key, first 16 bytes |
+//!
+//! The MAC covers `"allot/impression/v1"`, bytes 0..29, then the request id, placement
+//! and ad id, each prefixed by its length (u16 big-endian), so no field can be moved
+//! into another. 128 bits of MAC leave forgery at 2⁻¹²⁸ per try. The token sub-key is
+//! `HMAC(secret, "allot/token/v1")`: one edge secret serves sampling and tokens without
+//! either key ever being used for the other purpose.
+
+use std::collections::{HashSet, VecDeque};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::sample::SampleKey;
+use crate::{CampaignId, Event, EventKind, PlacementId, RequestId};
+
+/// How long after its ad an impression may be reported. Short enough that the window
+/// the impression is counted in (the window of its ad) is still kept by the origin.
+pub const MAX_AGE_MS: u64 = 5 * 60 * 1000;
+/// Edges' clocks differ: a token issued up to this far in the future is still valid.
+pub const MAX_SKEW_MS: u64 = 60 * 1000;
+/// The shortest edge secret accepted.
+pub const MIN_SECRET_LEN: usize = 16;
+
+const FORMAT: u8 = 1;
+const HEADER: usize = 29;
+const TAG: usize = 16;
+const LEN: usize = HEADER + TAG;
+/// base64url of [`LEN`] bytes.
+pub const TOKEN_CHARS: usize = 60;
+
+/// One edge secret and the sub-keys derived from it.
+#[derive(Clone)]
+pub struct EdgeKey {
+    id: [u8; 4],
+    mac: Hmac<Sha256>,
+    sample: SampleKey,
+}
+
+impl std::fmt::Debug for EdgeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeKey").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+/// Why an edge secret was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an edge secret needs at least {MIN_SECRET_LEN} bytes (got {0})")]
+pub struct KeyError(pub usize);
+
+fn derive(secret: &[u8], label: &[u8]) -> [u8; 32] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(label);
+    mac.finalize().into_bytes().into()
+}
+
+impl EdgeKey {
+    pub fn new(secret: &[u8]) -> Result<Self, KeyError> {
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(KeyError(secret.len()));
+        }
+        let mut id = [0u8; 4];
+        id.copy_from_slice(&derive(secret, b"allot/key-id/v1")[..4]);
+        let mac = Hmac::<Sha256>::new_from_slice(&derive(secret, b"allot/token/v1")).expect("any length");
+        Ok(Self { id, mac, sample: SampleKey::derive(secret) })
+    }
+
+    /// The sampling sub-key: positions request ids in `[0, 1)`.
+    pub fn sample(&self) -> &SampleKey {
+        &self.sample
+    }
+
+    /// The MAC state over everything a token binds, ready to finish or verify.
+    fn mac(&self, header: &[u8], subject: Subject<'_>) -> Hmac<Sha256> {
+        let mut mac = self.mac.clone();
+        mac.update(b"allot/impression/v1");
+        mac.update(header);
+        for field in [subject.request_id.as_str(), subject.placement.as_str(), subject.ad.as_str()] {
+            mac.update(&(field.len() as u16).to_be_bytes());
+            mac.update(field.as_bytes());
+        }
+        mac
+    }
+}
+
+/// What a token is about: one ad served for one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub request_id: &'a RequestId,
+    pub placement: &'a PlacementId,
+    pub ad: &'a CampaignId,
+}
+
+/// What an allocation was decided under.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Issue {
+    pub plan_version: u64,
+    pub sample_rate: f64,
+    pub issued_at_ms: u64,
+}
+
+/// A verified token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Grant {
+    pub issue: Issue,
+    /// Whether the allocation was sampled, under the key that issued the token: the
+    /// impression is sent exactly then.
+    pub sampled: bool,
+    /// The token's MAC: unique per token, what an edge remembers to refuse a replay.
+    pub tag: [u8; TAG],
+}
+
+impl Grant {
+    /// The impression event of the ad `subject` names: sampled, weighted and versioned
+    /// as its allocation was, and placed in the window of its allocation (the token's
+    /// issue time), so impressions and allocations of the same requests meet in one
+    /// window. Impressions carry no eligibility or platform: the allocation has them.
+    pub fn impression_event(&self, subject: Subject<'_>, country: Option<String>, colo: Option<String>) -> Event {
+        Event {
+            kind: EventKind::Impression,
+            event_time_ms: self.issue.issued_at_ms,
+            request_id: subject.request_id.clone(),
+            placement: subject.placement.clone(),
+            ad_id: Some(subject.ad.clone()),
+            plan_version: self.issue.plan_version,
+            sample_rate: self.issue.sample_rate,
+            eligible: Vec::new(),
+            platform: None,
+            country,
+            colo,
+        }
+    }
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the impression token is malformed")]
+    Malformed,
+    /// Forged, altered, for another request/placement/ad, or from a retired key.
+    #[error("the impression token is not valid for this impression")]
+    Invalid,
+    #[error("the impression token has expired")]
+    Expired,
+}
+
+/// The token for `subject`, decided under `issue`.
+pub fn issue(key: &EdgeKey, subject: Subject<'_>, issue: Issue) -> String {
+    let mut bytes = [0u8; LEN];
+    bytes[0] = FORMAT;
+    bytes[1..5].copy_from_slice(&key.id);
+    bytes[5..13].copy_from_slice(&issue.issued_at_ms.to_be_bytes());
+    bytes[13..21].copy_from_slice(&issue.plan_version.to_be_bytes());
+    bytes[21..29].copy_from_slice(&issue.sample_rate.to_bits().to_be_bytes());
+    let tag = key.mac(&bytes[..HEADER], subject).finalize().into_bytes();
+    bytes[HEADER..].copy_from_slice(&tag[..TAG]);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Checks `token` for `subject` at `now_ms` against the active keys (the current one
+/// and any still accepted during a rotation).
+pub fn verify(keys: &[EdgeKey], token: &str, subject: Subject<'_>, now_ms: u64) -> Result<Grant, TokenError> {
+    if token.len() != TOKEN_CHARS {
+        return Err(TokenError::Malformed);
+    }
+    let mut bytes = [0u8; LEN];
+    match URL_SAFE_NO_PAD.decode_slice(token, &mut bytes) {
+        Ok(LEN) if bytes[0] == FORMAT => {}
+        _ => return Err(TokenError::Malformed),
+    }
+    let key = keys.iter().find(|k| k.id == bytes[1..5]).ok_or(TokenError::Invalid)?;
+    let mac = key.mac(&bytes[..HEADER], subject);
+    // Constant time: the comparison leaks nothing about the expected tag.
+    mac.verify_truncated_left(&bytes[HEADER..]).map_err(|_| TokenError::Invalid)?;
+    let u64_at = |i: usize| u64::from_be_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+    let issue = Issue { issued_at_ms: u64_at(5), plan_version: u64_at(13), sample_rate: f64::from_bits(u64_at(21)) };
+    if !(issue.sample_rate > 0.0 && issue.sample_rate <= 1.0) {
+        // Only an edge could have made it; refuse rather than weigh by nonsense.
+        return Err(TokenError::Malformed);
+    }
+    if issue.issued_at_ms > now_ms.saturating_add(MAX_SKEW_MS) || now_ms.saturating_sub(issue.issued_at_ms) > MAX_AGE_MS
+    {
+        return Err(TokenError::Expired);
+    }
+    let mut tag = [0u8; TAG];
+    tag.copy_from_slice(&bytes[HEADER..]);
+    let sampled = key.sample().sampled(subject.request_id.as_str(), issue.sample_rate);
+    Ok(Grant { issue, sampled, tag })
+}
+
+/// An edge's memory of the tokens it has accepted, so a replay to the same edge is
+/// refused at once. Bounded: the oldest entries go first when it is full, and the
+/// origin's once-per-request marker is what makes counting exact across edges.
+#[derive(Debug)]
+pub struct SeenTokens {
+    capacity: usize,
+    order: VecDeque<([u8; TAG], u64)>,
+    seen: HashSet<[u8; TAG]>,
+}
+
+impl SeenTokens {
+    pub fn new(capacity: usize) -> Self {
+        Self { capacity: capacity.max(1), order: VecDeque::new(), seen: HashSet::new() }
+    }
+
+    /// Records the token of `grant` at `now_ms`; `false` if it was seen before.
+    pub fn first_use(&mut self, grant: &Grant, now_ms: u64) -> bool {
+        while let Some((tag, expires)) = self.order.front().copied() {
+            if expires >= now_ms && self.order.len() < self.capacity {
+                break;
+            }
+            self.order.pop_front();
+            self.seen.remove(&tag);
+        }
+        if !self.seen.insert(grant.tag) {
+            return false;
+        }
+        let expires = grant.issue.issued_at_ms.saturating_add(MAX_AGE_MS);
+        self.order.push_back((grant.tag, expires));
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests;

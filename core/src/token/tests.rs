@@ -1,0 +1,162 @@
+use proptest::prelude::*;
+
+use super::*;
+
+const SECRET: &[u8] = b"test-edge-key-0123456789abcdef";
+const T0: u64 = 1_764_000_000_000;
+
+fn key() -> EdgeKey {
+    EdgeKey::new(SECRET).unwrap()
+}
+
+struct Ids {
+    request_id: RequestId,
+    placement: PlacementId,
+    ad: CampaignId,
+}
+
+impl Ids {
+    fn new(r: &str, p: &str, a: &str) -> Self {
+        Self {
+            request_id: RequestId::parse(r).unwrap(),
+            placement: PlacementId::parse(p).unwrap(),
+            ad: CampaignId::parse(a).unwrap(),
+        }
+    }
+
+    fn subject(&self) -> Subject<'_> {
+        Subject { request_id: &self.request_id, placement: &self.placement, ad: &self.ad }
+    }
+}
+
+fn at(ms: u64) -> Issue {
+    Issue { plan_version: 7, sample_rate: 0.25, issued_at_ms: ms }
+}
+
+/// Computed independently (Python `hmac`/`hashlib`/`base64` from the layout in the
+/// module's docs). If it changes, tokens issued by edges of another build fail.
+#[test]
+fn fixed_vector() {
+    let ids = Ids::new("req-1", "home_feed", "A");
+    let token = issue(&key(), ids.subject(), at(T0));
+    assert_eq!(token, "AesmAQQAAAGatpfoAAAAAAAAAAAHP9AAAAAAAADgL8s7Y-ah_mbQ4fsvsbBQ");
+    assert_eq!(token.len(), TOKEN_CHARS);
+    let grant = verify(&[key()], &token, ids.subject(), T0 + 1000).unwrap();
+    assert_eq!(grant.issue, at(T0));
+    assert_eq!(grant.sampled, key().sample().sampled("req-1", 0.25));
+    let e = grant.impression_event(ids.subject(), Some("DE".into()), None);
+    assert_eq!((e.kind, e.plan_version, e.sample_rate, e.event_time_ms), (crate::EventKind::Impression, 7, 0.25, T0));
+    assert_eq!(e.ad_id.as_ref(), Some(&ids.ad));
+    let body = crate::EventBatch { events: vec![e] }.to_json();
+    assert!(crate::EventBatch::parse(body.as_bytes()).is_ok());
+}
+
+#[test]
+fn refuses_what_it_did_not_issue() {
+    let ids = Ids::new("req-1", "home_feed", "A");
+    let token = issue(&key(), ids.subject(), at(T0));
+    let now = T0 + 1000;
+    for other in
+        [Ids::new("req-2", "home_feed", "A"), Ids::new("req-1", "other", "A"), Ids::new("req-1", "home_feed", "B")]
+    {
+        assert_eq!(verify(&[key()], &token, other.subject(), now), Err(TokenError::Invalid));
+    }
+    // Another edge secret (a forger's, or one retired by a rotation).
+    let forger = EdgeKey::new(b"someone-else-0123456789").unwrap();
+    let forged = issue(&forger, ids.subject(), at(T0));
+    assert_eq!(verify(&[key()], &forged, ids.subject(), now), Err(TokenError::Invalid));
+    // Every single-character change of the token is refused.
+    let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    for i in 0..token.len() {
+        for c in alphabet.chars().step_by(7) {
+            let mut t: Vec<char> = token.chars().collect();
+            if t[i] == c {
+                continue;
+            }
+            t[i] = c;
+            let t: String = t.into_iter().collect();
+            assert!(verify(&[key()], &t, ids.subject(), now).is_err(), "{t}");
+        }
+    }
+    for bad in ["", "x", &token[1..], &format!("{token}A"), &token.replace(&token[..4], "====")] {
+        assert_eq!(verify(&[key()], bad, ids.subject(), now), Err(TokenError::Malformed), "{bad:?}");
+    }
+}
+
+#[test]
+fn expires() {
+    let ids = Ids::new("req-1", "home_feed", "A");
+    let token = issue(&key(), ids.subject(), at(T0));
+    assert!(verify(&[key()], &token, ids.subject(), T0 + MAX_AGE_MS).is_ok());
+    assert_eq!(verify(&[key()], &token, ids.subject(), T0 + MAX_AGE_MS + 1), Err(TokenError::Expired));
+    assert!(verify(&[key()], &token, ids.subject(), T0 - MAX_SKEW_MS).is_ok());
+    assert_eq!(verify(&[key()], &token, ids.subject(), T0 - MAX_SKEW_MS - 1), Err(TokenError::Expired));
+}
+
+#[test]
+fn rotation_keeps_the_issuing_keys_sampling() {
+    let (old, new) = (key(), EdgeKey::new(b"the-next-edge-secret-0123").unwrap());
+    // Ids sampled under the old key and not the new one: the impression follows the key
+    // its allocation was decided under.
+    let id = (0..10_000)
+        .map(|i| format!("r{i}"))
+        .find(|id| old.sample().sampled(id, 0.25) && !new.sample().sampled(id, 0.25))
+        .unwrap();
+    let ids = Ids::new(&id, "home_feed", "A");
+    let token = issue(&old, ids.subject(), at(T0));
+    let grant = verify(&[new.clone(), old.clone()], &token, ids.subject(), T0).unwrap();
+    assert!(grant.sampled);
+    assert_eq!(verify(&[new], &token, ids.subject(), T0), Err(TokenError::Invalid));
+}
+
+#[test]
+fn short_secrets_are_refused() {
+    assert_eq!(EdgeKey::new(b"short").unwrap_err(), KeyError(5));
+    assert!(EdgeKey::new(&[0u8; MIN_SECRET_LEN]).is_ok());
+    assert!(!format!("{:?}", key()).contains("test-edge"));
+}
+
+#[test]
+fn seen_tokens_refuse_replays_and_stay_bounded() {
+    let k = key();
+    let grant = |i: u64| {
+        let ids = Ids::new(&format!("r{i}"), "home_feed", "A");
+        verify(std::slice::from_ref(&k), &issue(&k, ids.subject(), at(T0)), ids.subject(), T0).unwrap()
+    };
+    let mut seen = SeenTokens::new(3);
+    assert!(seen.is_empty());
+    assert!(seen.first_use(&grant(1), T0));
+    assert!(!seen.first_use(&grant(1), T0 + 1));
+    for i in 2..10 {
+        assert!(seen.first_use(&grant(i), T0));
+    }
+    assert_eq!(seen.len(), 3);
+    // After expiry everything old is gone.
+    assert!(seen.first_use(&grant(20), T0 + MAX_AGE_MS + 1));
+    assert_eq!(seen.len(), 1);
+}
+
+proptest! {
+    #[test]
+    fn issued_tokens_verify(
+        r in "[A-Za-z0-9_.:-]{1,64}",
+        version in any::<u64>(),
+        rate in 1e-6f64..=1.0,
+        t in 0u64..=u64::MAX / 2,
+        age in 0u64..=MAX_AGE_MS,
+    ) {
+        let ids = Ids::new(&r, "p", "c");
+        let issue_at = Issue { plan_version: version, sample_rate: rate, issued_at_ms: t };
+        let token = issue(&key(), ids.subject(), issue_at);
+        prop_assert_eq!(token.len(), TOKEN_CHARS);
+        let grant = verify(&[key()], &token, ids.subject(), t + age).unwrap();
+        prop_assert_eq!(grant.issue, issue_at);
+        prop_assert_eq!(grant.sampled, key().sample().sampled(&r, rate));
+    }
+
+    #[test]
+    fn garbage_never_verifies(token in ".{0,80}") {
+        let ids = Ids::new("r", "p", "c");
+        prop_assert!(verify(&[key()], &token, ids.subject(), T0).is_err());
+    }
+}

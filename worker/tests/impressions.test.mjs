@@ -1,0 +1,126 @@
+// What a hostile app can send to the edge: impressions without a valid token (forged,
+// altered, for another ad or request, expired, replayed) are refused with JSON errors
+// and send nothing; request ids chosen to game the sampling hash no longer do.
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import {
+  EDGE_KEY,
+  eventually,
+  issueToken,
+  parallel,
+  plan,
+  postImpression,
+  reportOf,
+  samplePoint,
+  startReceiver,
+  startWorker,
+  unkeyedSamplePoint,
+} from "./harness.mjs";
+
+const RATE = 0.01;
+let worker;
+let origin;
+
+before(async () => {
+  origin = await startReceiver();
+  worker = await startWorker({ ORIGIN_URL: origin.url, EVENT_BATCH_MAX: "50" });
+  // Every request gets A, sampled at 1 % (the hostile-traffic tests) — and a fully
+  // sampled placement for the token tests, so every accepted impression is an event.
+  const a = { ...plan().campaigns[0], weight: 1 };
+  await worker.putPlan(plan({ placement: "low", sample_rate: RATE, no_ad_weight: 0, campaigns: [a], version: 3 }));
+  await worker.putPlan(plan({ placement: "all", sample_rate: 1, no_ad_weight: 0, campaigns: [a], version: 9 }));
+});
+after(async () => {
+  await worker?.close();
+  await origin?.close();
+});
+
+async function ad(placement, requestId) {
+  const res = await worker.get(`/v1/ad?placement=${placement}&request_id=${requestId}`);
+  assert.equal(res.status, 200);
+  return res.json();
+}
+
+async function refused(body, status, code) {
+  const res = await postImpression(worker, body);
+  assert.equal(res.status, status, JSON.stringify(body).slice(0, 120));
+  assert.match(res.headers.get("content-type"), /application\/json/);
+  assert.equal((await res.json()).error.code, code);
+}
+
+const impressionsOf = (id) => origin.events.filter((e) => e.kind === "impression" && e.request_id === id);
+
+describe("impression tokens", () => {
+  test("a valid token gives one impression event with the allocation's version and rate; a replay is refused", async () => {
+    const answer = await ad("all", "tok-valid");
+    const res = await postImpression(worker, reportOf(answer));
+    assert.equal(res.status, 204);
+    await eventually(() => impressionsOf("tok-valid").length === 1, 10_000, "the impression event");
+    const [e] = impressionsOf("tok-valid");
+    assert.equal(e.placement, "all");
+    assert.equal(e.ad_id, "A");
+    assert.equal(e.plan_version, 9);
+    assert.equal(e.sample_rate, 1);
+    // The same report again (a replay, a retry): refused, nothing more is sent.
+    await refused(reportOf(answer), 409, "duplicate_impression");
+    await new Promise((r) => setTimeout(r, 400));
+    assert.equal(impressionsOf("tok-valid").length, 1);
+  });
+
+  test("forged, altered, misdirected and expired tokens are refused and send nothing", async () => {
+    const answer = await ad("all", "tok-hostile");
+    const good = reportOf(answer);
+    const now = Date.now();
+    const token = good.impression_token;
+    const flip = (i) => token.slice(0, i) + (token[i] === "A" ? "B" : "A") + token.slice(i + 1);
+    const cases = [
+      // Made with another secret: an app that guessed the format.
+      [{ ...good, impression_token: issueToken({ requestId: "tok-hostile", placement: "all", ad: "A", version: 9, rate: 1, issuedAtMs: now, secret: "not-the-edge-key-0123456789" }) }, 403, "invalid_token"],
+      // Every part altered: key id, issue time, version, rate, MAC.
+      ...[2, 8, 20, 30, 50].map((i) => [{ ...good, impression_token: flip(i) }, 403, "invalid_token"]),
+      // A real token, for another ad or request or placement.
+      [{ ...good, ad_id: "B" }, 403, "invalid_token"],
+      [{ ...good, request_id: "someone-else" }, 403, "invalid_token"],
+      [{ ...good, placement: "low" }, 403, "invalid_token"],
+      // A real edge's token, issued six minutes ago (or ten minutes ahead).
+      [{ ...good, impression_token: issueToken({ requestId: "tok-hostile", placement: "all", ad: "A", version: 9, rate: 1, issuedAtMs: now - 6 * 60_000 }) }, 403, "expired_token"],
+      [{ ...good, impression_token: issueToken({ requestId: "tok-hostile", placement: "all", ad: "A", version: 9, rate: 1, issuedAtMs: now + 10 * 60_000 }) }, 403, "expired_token"],
+      // Garbage of the right length, and no token at all.
+      [{ ...good, impression_token: "=".repeat(60) }, 400, "bad_token"],
+      [{ request_id: "tok-hostile", placement: "all", ad_id: "A" }, 400, "bad_impression"],
+    ];
+    for (const [body, status, code] of cases) await refused(body, status, code);
+    // An edge key of the same secret makes a token the edge accepts: the check above is
+    // on the MAC, not on the format.
+    const fresh = issueToken({ requestId: "tok-made", placement: "all", ad: "A", version: 9, rate: 1, issuedAtMs: now, secret: EDGE_KEY });
+    const ok = await postImpression(worker, { request_id: "tok-made", placement: "all", ad_id: "A", impression_token: fresh });
+    assert.equal(ok.status, 204);
+    await eventually(() => impressionsOf("tok-made").length === 1, 10_000, "the impression of an edge-made token");
+    await new Promise((r) => setTimeout(r, 400));
+    assert.equal(impressionsOf("tok-hostile").length, 0, "no refused report became an event");
+  });
+});
+
+describe("sampling clients cannot steer", () => {
+  test("ids chosen offline to be always sampled under the old hash are sampled at about the rate", async () => {
+    // What a hostile app would have done: search ids the unkeyed hash puts below 1 %.
+    const chosen = [];
+    for (let i = 0; chosen.length < 2_000; i++) {
+      const id = `evil-${i}`;
+      if (unkeyedSamplePoint(id) < RATE / 10) chosen.push(id);
+    }
+    const before = origin.events.length;
+    await parallel(chosen.length, 16, async (i) => {
+      const res = await worker.get(`/v1/ad?placement=low&platform=madeup&request_id=${chosen[i]}`);
+      assert.equal(res.status, 200);
+    });
+    const expected = chosen.filter((id) => samplePoint(id) < RATE);
+    // Binomial(2000, 0.01): 20 ± 4.4; 5σ either way, and nowhere near all 2,000.
+    assert.ok(expected.length < 20 + 5 * 4.5, `${expected.length} of ${chosen.length} sampled`);
+    await eventually(() => origin.events.length - before >= expected.length, 10_000, "sampled events");
+    await new Promise((r) => setTimeout(r, 400));
+    const got = origin.events.slice(before).filter((e) => e.placement === "low");
+    assert.deepEqual(new Set(got.map((e) => e.request_id)), new Set(expected));
+    assert.ok(got.length <= 43, `${got.length} events from ${chosen.length} chosen ids`);
+  });
+});
