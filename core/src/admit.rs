@@ -223,6 +223,38 @@ impl Catalogue {
         wanted
     }
 
+    /// When a read now refused by the throttle becomes due: the registry for an event of
+    /// an unknown placement, a history for an event naming a version newer than any
+    /// known. A plan published by another replica a moment ago is then learnt by
+    /// waiting (at most one interval) instead of dropping its first events.
+    pub fn next_read_ms<'a>(&self, events: impl IntoIterator<Item = &'a Event>, now_ms: u64) -> Option<u64> {
+        let due_at = |read: Option<u64>| read.map(|t| t.saturating_add(self.refresh_ms)).filter(|t| *t > now_ms);
+        events
+            .into_iter()
+            .filter_map(|e| {
+                if !self.registry.contains(&e.placement) {
+                    return due_at(self.registry_read_ms);
+                }
+                let h = self.histories.get(&e.placement)?;
+                let newer = h.versions.last_key_value().is_none_or(|(v, _)| e.plan_version > *v);
+                if newer { due_at(h.read_ms) } else { None }
+            })
+            .min()
+    }
+
+    /// Forgets that the registry was read: the read failed, and the next caller should
+    /// try again rather than judge against an empty registry for an interval.
+    pub fn registry_read_failed(&mut self) {
+        self.registry_read_ms = None;
+    }
+
+    /// Forgets that `placement`'s history was read (the read failed).
+    pub fn plans_read_failed(&mut self, placement: &PlacementId) {
+        if let Some(h) = self.histories.get_mut(placement) {
+            h.read_ms = None;
+        }
+    }
+
     /// Adds the plans read from `placement`'s history (a registered placement only).
     pub fn learn_plans<'a>(&mut self, placement: &PlacementId, plans: impl IntoIterator<Item = &'a Plan>) {
         if !self.registry.contains(placement) {

@@ -122,6 +122,8 @@ fn reads_are_throttled_so_made_up_versions_and_placements_cost_little() {
     // Made-up newer versions: one read per interval, however many there are.
     let made_up: Vec<Event> = (2..1002).map(|v| with("home_feed", v)).collect();
     assert!(c.wants_plans(&made_up, NOW + 10).is_empty(), "read moments ago");
+    assert_eq!(c.next_read_ms(&made_up, NOW + 10), Some(NOW + 1000), "when waiting would help");
+    assert_eq!(c.next_read_ms(&flood[..1000], NOW + 10), None, "known and older versions never wait");
     assert_eq!(c.wants_plans(&made_up, NOW + 1000), vec![home()]);
     assert!(c.wants_plans(&made_up, NOW + 1001).is_empty());
     // A version published since the last read is learnt at the next read.
@@ -130,6 +132,11 @@ fn reads_are_throttled_so_made_up_versions_and_placements_cost_little() {
     v2.sample_rate = 0.25;
     assert_eq!(c.judge(&limits().admit(v2, NOW).unwrap()), Ok(()));
     assert!(c.wants_registry(&flood, NOW + 1000), "an unknown placement, after the interval");
+    // A failed read is retried by the next caller.
+    c.plans_read_failed(&home());
+    assert_eq!(c.wants_plans([&with("home_feed", 7)], NOW + 1002), vec![home()]);
+    c.registry_read_failed();
+    assert!(c.wants_registry([&with("home_feed", 1)], NOW + 1002));
     // A placement that leaves the registry (deleted) is forgotten.
     c.learn_registry([]);
     assert_eq!(c.judge(&limits().admit(with("home_feed", 1), NOW).unwrap()), Err(DropReason::UnknownPlacement));
