@@ -18,11 +18,11 @@
 //! The [`Catalogue`] is the origin's in-process copy of the published plans. It is a
 //! state machine without I/O: it says what to read ([`Catalogue::wants_registry`],
 //! [`Catalogue::wants_plans`]) and is told what was read; the origin's shell does the
-//! reads. Reads are throttled per source (the registry as a whole, each registered
-//! placement's plan history) to one per refresh interval, and a placement's history is
-//! only re-read for a version newer than the newest it knows; so a flood of made-up
-//! placements or versions costs at most one registry read and one history read per
-//! registered placement per interval, and the memory held is bounded by the registry.
+//! reads. The registry is read at most once per refresh interval; a placement's history
+//! is read when first needed and then only for a version newer than the newest it
+//! knows, at most once per interval. So a flood of made-up placements or versions costs
+//! at most one registry read and one history read per registered placement per
+//! interval, and the memory held is bounded by the registry.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -175,13 +175,12 @@ impl Catalogue {
         read_ms.is_none_or(|t| now_ms >= t.saturating_add(self.refresh_ms))
     }
 
-    /// Whether the registry should be read before judging `events`: never read yet, or
-    /// an event names a placement it does not hold and the last read is old enough.
-    /// A `true` counts as the read (concurrent callers do not repeat it).
-    pub fn wants_registry<'a>(&mut self, events: impl IntoIterator<Item = &'a Event>, now_ms: u64) -> bool {
-        let wanted = self.registry_read_ms.is_none()
-            || (self.due(self.registry_read_ms, now_ms)
-                && events.into_iter().any(|e| !self.registry.contains(&e.placement)));
+    /// Whether the registry should be read now: never read, or last read an interval
+    /// ago. Read on every interval, not only for an unknown placement, so that a
+    /// deleted placement stops counting within an interval. A `true` counts as the read
+    /// (concurrent callers do not repeat it).
+    pub fn wants_registry(&mut self, now_ms: u64) -> bool {
+        let wanted = self.due(self.registry_read_ms, now_ms);
         if wanted {
             self.registry_read_ms = Some(now_ms);
         }

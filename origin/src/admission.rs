@@ -2,10 +2,11 @@
 //! the Redis reads the catalogue asks for.
 //!
 //! The catalogue is what this replica knows of the published plans: the placement
-//! registry (`allot:placements`) and each registered placement's plan history (its
-//! `plans` list, which the control loop appends to after every publish). The catalogue
-//! decides what to read and when (at most once per `ingest.catalogue_refresh_ms` per
-//! source); this shell reads it. A batch naming a version newer than any known waits
+//! registry (`allot:placements`: a placement joins it when its targets are first set
+//! and leaves it once its deletion has been published) and each registered placement's
+//! plan history (its `plans` list, which the control loop appends to after every
+//! publish). The catalogue decides what to read and when (at most once per
+//! `ingest.catalogue_refresh_ms` per source); this shell reads it. A batch naming a version newer than any known waits
 //! for the next allowed read once (at most one interval), so a plan another replica
 //! published a moment ago is learnt instead of its first events being dropped.
 //!
@@ -89,7 +90,7 @@ impl Admission {
     /// Reads what the catalogue asks for before judging `admitted`.
     async fn refresh(&self, store: &Store, admitted: &[Admitted], now_ms: u64) -> Result<(), StoreError> {
         let events = || admitted.iter().map(Admitted::event);
-        if self.catalogue().wants_registry(events(), now_ms) {
+        if self.catalogue().wants_registry(now_ms) {
             match store.placements().await {
                 Ok(placements) => self.catalogue().learn_registry(placements),
                 Err(e) => {

@@ -9,5 +9,7 @@ mod admin;
 mod cluster;
 mod control;
 mod crash;
+mod hostile;
 mod ingest;
 mod publish;
+mod retry;
