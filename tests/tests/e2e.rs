@@ -182,10 +182,18 @@ async fn killing_the_origin_loses_nothing_it_acknowledged() {
     let mut stack = Stack::start(Options { period_ms: PERIOD_MS, ..Options::default() }).await.unwrap();
     let client = allot_testkit::process::http_client(Duration::from_secs(2));
     let url = format!("{}/v1/events", stack.origin_url);
+    // The origin counts events only under a plan it published: the placement first.
+    stack.put_placement("crashy", &serde_json::json!({"campaigns": [{"id": "A", "rate": 0.5}]})).await.unwrap();
+    let status = eventually(20, "the first plan", async || {
+        let s = stack.status("crashy").await.unwrap();
+        (s["plan_version"] == 1).then_some(s)
+    })
+    .await;
+    let rate = status["sample_rate"].as_f64().unwrap();
 
     let (mut acked, mut attempted, mut next) = (0u64, 0u64, 0u64);
     let send = async |next: &mut u64, attempted: &mut u64, acked: &mut u64| {
-        let events = (*next..*next + 20).map(|i| allocation(&format!("crash-{i}"), "crashy", Some("A"), &["A"], 1.0));
+        let events = (*next..*next + 20).map(|i| allocation(&format!("crash-{i}"), "crashy", Some("A"), &["A"], rate));
         let body = batch(events.collect());
         *next += 20;
         *attempted += 20;
