@@ -65,6 +65,11 @@ async fn shares_converge_to_targets_and_the_origin_knows_it() {
     let status_side = stack.status("sidebar").await.unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     load.await.unwrap().unwrap();
+    // Genuine traffic under changing plans: the origin dropped none of the edge's events.
+    for reason in allot_core::DropReason::ALL {
+        let name = format!("allot_ingest_dropped_events_total{{reason=\"{}\"}}", reason.as_str());
+        assert_eq!(stack.api.metric(&name).await, 0.0, "{name}");
+    }
 
     let obs = std::mem::take(&mut *observed.lock().unwrap());
     // 1. What the apps observed is within the manager's margin for every feasible campaign.
