@@ -99,6 +99,8 @@ fn rejects_bad_values_naming_them() {
         (MIN.into(), env(&[("ALLOT_ADMIN_TOKENS", "alice:viewer:abc")]), "admin.tokens"),
         (MIN.into(), env(&[("ALLOT_ADMIN_TOKENS", &format!("a:root:{}", "a".repeat(64)))]), "root"),
         (format!("{MIN}\n[control]\nperiod_ms = 10"), HashMap::new(), "control.period_ms"),
+        (MIN.into(), env(&[("ALLOT_INGEST_CATALOGUE_REFRESH_MS", "0")]), "ingest.catalogue_refresh_ms"),
+        (format!("{MIN}\n[control]\nmin_sample_rate = 1e-200"), HashMap::new(), "squared weight"),
         (format!("{MIN}\nbogus = 1"), HashMap::new(), "bogus"),
     ];
     for (file, env, expect) in cases {
