@@ -144,11 +144,15 @@ async fn ingest(app: &App, headers: &HeaderMap, body: Body) -> Result<Outcome, A
     let batch = EventBatch::parse(&bytes).map_err(|e| ApiError::bad_request("invalid_events", e.to_string()))?;
     let received = crate::now_ms();
     let judged = app.admission.judge(&app.store, batch.events, received).await?;
-    for (reason, n) in &judged.dropped {
-        app.metrics.ingest_dropped.with_label_values(&[reason.as_str()]).inc_by(*n as u64);
-    }
     let (accepted, dropped) = (judged.accepted.len(), judged.dropped_total());
+    // Drops are counted once per stored body (not again for its duplicates).
+    let count_drops = || {
+        for (reason, n) in &judged.dropped {
+            app.metrics.ingest_dropped.with_label_values(&[reason.as_str()]).inc_by(*n as u64);
+        }
+    };
     if accepted == 0 {
+        count_drops();
         return Ok(Outcome { accepted, dropped, duplicate: false });
     }
 
@@ -177,5 +181,8 @@ async fn ingest(app: &App, headers: &HeaderMap, body: Body) -> Result<Outcome, A
     }
     let mut conn = app.store.conn();
     let stored: i64 = script.invoke_async(&mut conn).await?;
+    if stored == 1 {
+        count_drops();
+    }
     Ok(Outcome { accepted, dropped, duplicate: stored == 0 })
 }

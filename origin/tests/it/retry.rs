@@ -45,6 +45,8 @@ async fn the_same_signed_body_twice_is_stored_once() {
     assert_eq!(stream_len(&redis), 2, "one entry per placement, once");
     assert_eq!(app.metric("allot_ingest_duplicate_bodies_total").await, 1.0);
     assert_eq!(app.metric("allot_ingest_events_total").await, 2.0);
+    let below = app.metric("allot_ingest_dropped_events_total{reason=\"rate_below_minimum\"}").await;
+    assert_eq!(below, 1.0, "a body's drops are counted once, not again for its duplicate");
 }
 
 /// The fault the edge's retry exists for: the origin gives up on Redis (its response
