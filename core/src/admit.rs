@@ -222,21 +222,20 @@ impl Catalogue {
         wanted
     }
 
-    /// When a read now refused by the throttle becomes due: the registry for an event of
-    /// an unknown placement, a history for an event naming a version newer than any
-    /// known. A plan published by another replica a moment ago is then learnt by
-    /// waiting (at most one interval) instead of dropping its first events.
+    /// When a history read now refused by the throttle becomes due, for an event of a
+    /// registered placement naming a version newer than any known. A plan published a
+    /// moment ago is then learnt by waiting instead of dropping its first events. An
+    /// unregistered placement never waits: it gets its first plan only after it joined
+    /// the registry.
     pub fn next_read_ms<'a>(&self, events: impl IntoIterator<Item = &'a Event>, now_ms: u64) -> Option<u64> {
-        let due_at = |read: Option<u64>| read.map(|t| t.saturating_add(self.refresh_ms)).filter(|t| *t > now_ms);
         events
             .into_iter()
+            .filter(|e| self.registry.contains(&e.placement))
             .filter_map(|e| {
-                if !self.registry.contains(&e.placement) {
-                    return due_at(self.registry_read_ms);
-                }
                 let h = self.histories.get(&e.placement)?;
                 let newer = h.versions.last_key_value().is_none_or(|(v, _)| e.plan_version > *v);
-                if newer { due_at(h.read_ms) } else { None }
+                let due = h.read_ms.map(|t| t.saturating_add(self.refresh_ms)).filter(|t| *t > now_ms);
+                if newer { due } else { None }
             })
             .min()
     }

@@ -124,6 +124,7 @@ fn reads_are_throttled_so_made_up_versions_and_placements_cost_little() {
     assert!(c.wants_plans(&made_up, NOW + 10).is_empty(), "read moments ago");
     assert_eq!(c.next_read_ms(&made_up, NOW + 10), Some(NOW + 1000), "when waiting would help");
     assert_eq!(c.next_read_ms(&flood[..1000], NOW + 10), None, "known and older versions never wait");
+    assert_eq!(c.next_read_ms(&flood[1000..], NOW + 10), None, "unregistered placements never wait");
     assert_eq!(c.wants_plans(&made_up, NOW + 1000), vec![home()]);
     assert!(c.wants_plans(&made_up, NOW + 1001).is_empty());
     // A version published since the last read is learnt at the next read.

@@ -6,9 +6,10 @@
 //! and leaves it once its deletion has been published) and each registered placement's
 //! plan history (its `plans` list, which the control loop appends to after every
 //! publish). The catalogue decides what to read and when (at most once per
-//! `ingest.catalogue_refresh_ms` per source); this shell reads it. A batch naming a version newer than any known waits
-//! for the next allowed read once (at most one interval), so a plan another replica
-//! published a moment ago is learnt instead of its first events being dropped.
+//! `ingest.catalogue_refresh_ms` per source); this shell reads it, one caller at a time.
+//! A batch naming a version newer than any known waits for the next allowed reads (at
+//! most [`MAX_WAITS`] intervals), so a plan published a moment ago is learnt instead of
+//! its first events being dropped.
 //!
 //! A failed read fails the request (503, the edge retries the same body) and is
 //! forgotten, so the next request reads again instead of judging against nothing.
@@ -42,14 +43,20 @@ impl Judged {
 pub struct Admission {
     limits: Limits,
     catalogue: Mutex<Catalogue>,
+    refreshing: tokio::sync::Mutex<()>,
     history_len: usize,
 }
+
+/// How many times a body naming a version newer than any known waits for the next
+/// read: a plan published a moment ago is learnt within this many refresh intervals.
+const MAX_WAITS: usize = 4;
 
 impl Admission {
     pub fn new(config: &Config) -> Result<Self, allot_core::admit::LimitsError> {
         Ok(Self {
             limits: config.event_limits()?,
             catalogue: Mutex::new(Catalogue::new(config.ingest.catalogue_refresh_ms)),
+            refreshing: tokio::sync::Mutex::new(()),
             history_len: config.control.history_len,
         })
     }
@@ -69,13 +76,20 @@ impl Admission {
                 Err(reason) => *judged.dropped.entry(reason).or_default() += 1,
             }
         }
-        self.refresh(store, &admitted, now_ms).await?;
-        let wait = self.catalogue().next_read_ms(admitted.iter().map(Admitted::event), now_ms);
-        if let Some(at) = wait
-            && admitted.iter().any(|a| self.catalogue().judge(a).is_err())
-        {
-            tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms))).await;
-            self.refresh(store, &admitted, at).await?;
+        self.refresh(store, &admitted).await?;
+        // A version newer than any known may have been published a moment ago (its plan
+        // reaches the edge before the control loop appends it to the history): wait for
+        // the next allowed reads, a bounded number of times, before dropping.
+        for _ in 0..MAX_WAITS {
+            let now = crate::now_ms();
+            let Some(at) = self.catalogue().next_read_ms(admitted.iter().map(Admitted::event), now) else {
+                break;
+            };
+            if admitted.iter().all(|a| self.catalogue().judge(a).is_ok()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(at.saturating_sub(now))).await;
+            self.refresh(store, &admitted).await?;
         }
         let catalogue = self.catalogue();
         for a in admitted {
@@ -88,7 +102,11 @@ impl Admission {
     }
 
     /// Reads what the catalogue asks for before judging `admitted`.
-    async fn refresh(&self, store: &Store, admitted: &[Admitted], now_ms: u64) -> Result<(), StoreError> {
+    /// One caller at a time: a caller that finds a read due waits for an earlier
+    /// caller's read to be learnt instead of judging against what it replaces.
+    async fn refresh(&self, store: &Store, admitted: &[Admitted]) -> Result<(), StoreError> {
+        let _one_at_a_time = self.refreshing.lock().await;
+        let now_ms = crate::now_ms();
         let events = || admitted.iter().map(Admitted::event);
         if self.catalogue().wants_registry(now_ms) {
             match store.placements().await {
