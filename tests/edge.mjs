@@ -4,7 +4,8 @@
 // runs until SIGTERM/SIGINT or until its stdin closes (so it never outlives its parent).
 //
 // Environment: ORIGIN_URL, INGEST_KEY, PUSH_KEYS, EDGE_KEY, CORS_ORIGINS, PORT (0 = any),
-// PLAN_TTL_SECS (default 2), EVENT_BATCH_AGE_MS (default 200), ALLOT_EDGE_STATE.
+// PLAN_TTL_SECS (default 2), EVENT_BATCH_AGE_MS (default 200), EVENT_TIMEOUT_MS (the
+// worker's default when unset), ALLOT_EDGE_STATE.
 import { fileURLToPath } from "node:url";
 import { Miniflare } from "miniflare";
 
@@ -27,6 +28,7 @@ const mf = new Miniflare({
     EDGE_KEY: env.EDGE_KEY ?? "dev-edge-key-not-for-production",
     PLAN_TTL_SECS: env.PLAN_TTL_SECS ?? "2",
     EVENT_BATCH_AGE_MS: env.EVENT_BATCH_AGE_MS ?? "200",
+    ...(env.EVENT_TIMEOUT_MS ? { EVENT_TIMEOUT_MS: env.EVENT_TIMEOUT_MS } : {}),
   },
   host: "127.0.0.1",
   port: Number(env.PORT ?? 0),

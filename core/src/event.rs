@@ -78,15 +78,16 @@ pub enum EventError {
 
 impl Event {
     /// The Horvitz–Thompson weight: how many requests this sampled event stands for.
+    /// Finite only for a positive rate: the origin counts only events that passed
+    /// [`Limits::admit`](crate::admit::Limits::admit), which bounds the rate.
     pub fn weight(&self) -> f64 {
         1.0 / self.sample_rate
     }
 
     fn check(&self, index: usize) -> Result<(), EventError> {
+        // The rate and the time are not checked here: a body with one bad rate is not
+        // refused whole. The origin drops such events one by one (`crate::admit`).
         let bad = |field, message: &str| Err(EventError::Invalid { index, field, message: message.into() });
-        if !(self.sample_rate.is_finite() && self.sample_rate > 0.0 && self.sample_rate <= 1.0) {
-            return bad("sample_rate", "must be in (0, 1]");
-        }
         if self.kind == EventKind::Impression && self.ad_id.is_none() {
             return bad("ad_id", "an impression needs the ad that was shown");
         }
@@ -166,8 +167,6 @@ pub(crate) mod tests {
     fn rejects_bad_events() {
         let good = serde_json::to_value(allocation("r1", Some("A"), &["A"], 0.5)).unwrap();
         let cases: Vec<(serde_json::Value, &str)> = vec![
-            (json!({"sample_rate": 0.0}), "sample_rate"),
-            (json!({"sample_rate": 2.0}), "sample_rate"),
             (json!({"ad_id": "B"}), "eligible set"),
             (json!({"eligible": ["A", "A"]}), "duplicate"),
             (json!({"kind": "impression", "ad_id": null}), "ad_id"),
@@ -188,5 +187,14 @@ pub(crate) mod tests {
         }
         assert_eq!(EventBatch::parse(br#"{"events":[]}"#), Err(EventError::BatchSize(0)));
         assert!(matches!(EventBatch::parse(b"nope"), Err(EventError::Json(_))));
+    }
+
+    #[test]
+    fn out_of_range_rates_and_times_parse_so_they_can_be_dropped_one_by_one() {
+        let mut odd = allocation("r1", Some("A"), &["A"], 1e-160);
+        odd.event_time_ms = u64::MAX;
+        let negative = allocation("r2", None, &[], -1.0);
+        let batch = EventBatch { events: vec![odd, negative] };
+        assert_eq!(EventBatch::parse(batch.to_json().as_bytes()).unwrap(), batch);
     }
 }

@@ -13,6 +13,7 @@
 //! are arguments. The edge worker (Wasm) and the origin (tokio) are thin shells around
 //! it, so the math lives in exactly one place and runs identically in both.
 
+pub mod admit;
 pub mod choose;
 pub mod contract;
 pub mod controller;
@@ -31,6 +32,7 @@ pub mod stats;
 pub mod targets;
 pub mod token;
 
+pub use admit::{Admitted, Catalogue, DropReason, Limits};
 pub use choose::{Choice, CompiledPlan, RequestAttrs};
 pub use controller::{ControlInput, ControlState, Controller, Decision, Feasibility};
 pub use estimate::{DeliveryBasis, ShareEstimate};

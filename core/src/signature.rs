@@ -5,7 +5,14 @@
 //! without state; the origin additionally remembers recent signatures within the skew
 //! window. Several `v1=` entries may be present, and the verifier holds up to two keys,
 //! so a key is rotated by adding the new key to the origin, then switching the edge,
-//! then removing the old key, with no request failing in between.
+//! then removing the old key, with no request failing in between; a signer holding
+//! several keys signs with all of them ([`sign_all`]).
+//!
+//! Verification is bounded before it touches the body: the header is at most
+//! [`MAX_HEADER_LEN`] bytes with at most [`MAX_TAGS`] `v1=` tags (anything beyond is
+//! malformed), the timestamp is checked first, and the body is MACed exactly once per
+//! active key; every tag is then compared against those MACs in constant time. Whatever
+//! a sender puts in the header, a body costs at most [`MAX_KEYS`] passes of HMAC-SHA256.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -36,12 +43,11 @@ fn mac(key: &[u8], t: u64, body: &[u8]) -> HmacSha256 {
 
 /// The header value for `body` signed with `key` at unix time `t` (seconds).
 pub fn sign(key: &[u8], t: u64, body: &[u8]) -> String {
-    let tag = mac(key, t, body).finalize().into_bytes();
-    format!("t={t},v1={}", hex(&tag))
+    sign_all(std::slice::from_ref(&key), t, body)
 }
 
-/// The header value for `body` signed at `t` with every key in `keys`, one `v1=` tag
-/// each: what a signer sends while a key is being rotated.
+/// The header value for `body` signed at `t` with every key of `keys`, one `v1=` tag
+/// per key in order: during a rotation a verifier holding either key accepts it.
 pub fn sign_all<K: AsRef<[u8]>>(keys: &[K], t: u64, body: &[u8]) -> String {
     let mut header = format!("t={t}");
     for key in keys {
@@ -49,6 +55,49 @@ pub fn sign_all<K: AsRef<[u8]>>(keys: &[K], t: u64, body: &[u8]) -> String {
         header.push_str(&hex(&mac(key.as_ref(), t, body).finalize().into_bytes()));
     }
     header
+}
+
+/// The longest signature header accepted: room for [`MAX_TAGS`] tags and a timestamp,
+/// with slack for a future scheme's entries.
+pub const MAX_HEADER_LEN: usize = 512;
+/// The most `v1=` tags one header may carry: a signer mid-rotation sends one per key.
+pub const MAX_TAGS: usize = 4;
+
+/// A parsed signature header: a timestamp and 1 to [`MAX_TAGS`] tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureHeader {
+    /// The signed unix time (seconds).
+    pub t: u64,
+    tags: Vec<[u8; 32]>,
+}
+
+impl SignatureHeader {
+    /// Parses a header without looking at any body: bounded work whatever it holds.
+    pub fn parse(header: &str) -> Result<Self, SignatureError> {
+        if header.len() > MAX_HEADER_LEN {
+            return Err(SignatureError::Malformed);
+        }
+        let mut t = None;
+        let mut tags = Vec::with_capacity(2);
+        for part in header.split(',') {
+            match part.trim().split_once('=') {
+                Some(("t", v)) => t = Some(v.parse::<u64>().map_err(|_| SignatureError::Malformed)?),
+                Some(("v1", v)) => {
+                    if tags.len() == MAX_TAGS {
+                        return Err(SignatureError::Malformed);
+                    }
+                    tags.push(unhex(v).ok_or(SignatureError::Malformed)?);
+                }
+                Some(_) => {} // unknown schemes are ignored, so a v2 can be added later
+                None => return Err(SignatureError::Malformed),
+            }
+        }
+        let t = t.ok_or(SignatureError::Malformed)?;
+        if tags.is_empty() {
+            return Err(SignatureError::Malformed);
+        }
+        Ok(Self { t, tags })
+    }
 }
 
 /// Lower-case hex, as signatures (and the digests the origin keys by) are written.
@@ -108,28 +157,28 @@ impl Verifier {
     /// Verifies `header` for `body` at unix time `now` (seconds) and returns the signed
     /// timestamp. The comparison is constant-time.
     pub fn verify(&self, header: &str, body: &[u8], now: u64) -> Result<u64, SignatureError> {
-        let mut t = None;
-        let mut tags = Vec::with_capacity(2);
-        for part in header.split(',') {
-            match part.trim().split_once('=') {
-                Some(("t", v)) => t = Some(v.parse::<u64>().map_err(|_| SignatureError::Malformed)?),
-                Some(("v1", v)) => tags.push(unhex(v).ok_or(SignatureError::Malformed)?),
-                Some(_) => {} // unknown schemes are ignored, so a v2 can be added later
-                None => return Err(SignatureError::Malformed),
-            }
-        }
-        let t = t.ok_or(SignatureError::Malformed)?;
-        if tags.is_empty() {
-            return Err(SignatureError::Malformed);
-        }
-        if t.abs_diff(now) > self.max_skew_secs {
+        let header = SignatureHeader::parse(header)?;
+        self.check_time(&header, now)?;
+        self.verify_parsed(&header, body)
+    }
+
+    /// Refuses a timestamp outside the skew window: a check that needs no body, so a
+    /// stale request is turned away before its body is read.
+    pub fn check_time(&self, header: &SignatureHeader, now: u64) -> Result<(), SignatureError> {
+        if header.t.abs_diff(now) > self.max_skew_secs {
             return Err(SignatureError::Stale);
         }
+        Ok(())
+    }
+
+    /// Checks a parsed header's tags against `body`: one MAC pass over the body per
+    /// key, then each tag compared with each MAC in constant time (finalising a clone
+    /// of the keyed state costs two blocks, not the body again).
+    pub fn verify_parsed(&self, header: &SignatureHeader, body: &[u8]) -> Result<u64, SignatureError> {
         for key in &self.keys {
-            for tag in &tags {
-                if mac(key, t, body).verify_slice(tag).is_ok() {
-                    return Ok(t);
-                }
+            let state = mac(key, header.t, body);
+            if header.tags.iter().any(|tag| state.clone().verify_slice(tag).is_ok()) {
+                return Ok(header.t);
             }
         }
         Err(SignatureError::Mismatch)
@@ -174,18 +223,6 @@ mod tests {
     }
 
     #[test]
-    fn sign_all_tags_once_per_key_and_each_key_verifies_alone() {
-        let h = sign_all(&[K1, K2], 5, b"b");
-        assert_eq!(h.matches("v1=").count(), 2);
-        assert!(h.starts_with(&sign(K1, 5, b"b")), "{h}");
-        for key in [K1, K2] {
-            assert_eq!(Verifier::new(vec![key.to_vec()], 300).unwrap().verify(&h, b"b", 5), Ok(5));
-        }
-        let other = Verifier::new(vec![b"0123456789abcdef-key-three".to_vec()], 300).unwrap();
-        assert_eq!(other.verify(&h, b"b", 5), Err(SignatureError::Mismatch));
-    }
-
-    #[test]
     fn rejects_malformed_headers() {
         let v = Verifier::new(vec![K1.to_vec()], 300).unwrap();
         for h in ["", "t=1", "v1=00", "t=x,v1=00", "t=1,v1=zz", "garbage", "t=1,v1="] {
@@ -206,5 +243,37 @@ mod tests {
         assert!(Verifier::new(vec![], 1).is_err());
         assert!(Verifier::new(vec![K1.to_vec(), K1.to_vec(), K2.to_vec()], 1).is_err());
         assert!(Verifier::new(vec![b"short".to_vec()], 1).is_err());
+    }
+
+    #[test]
+    fn sign_all_signs_with_every_key_and_either_verifier_accepts() {
+        let h = sign_all(&[K1, K2], 7, b"plan");
+        assert_eq!(h.matches("v1=").count(), 2);
+        assert!(h.starts_with(&sign(K1, 7, b"plan")), "the first tag is the first key's: {h}");
+        assert!(h.ends_with(sign(K2, 7, b"plan").split_once("v1=").unwrap().1));
+        for key in [K1, K2] {
+            assert_eq!(Verifier::new(vec![key.to_vec()], 10).unwrap().verify(&h, b"plan", 7), Ok(7));
+        }
+        assert_eq!(
+            Verifier::new(vec![K1.to_vec()], 10).unwrap().verify(&h, b"other", 7),
+            Err(SignatureError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn bounds_tags_and_header_length_before_any_mac() {
+        let v = Verifier::new(vec![K1.to_vec(), K2.to_vec()], 300).unwrap();
+        let tag = sign(K1, 5, b"b").split_once("v1=").map(|(_, t)| t.to_string()).unwrap();
+        let with = |n: usize| format!("t=5{}", format!(",v1={tag}").repeat(n));
+        assert_eq!(v.verify(&with(MAX_TAGS), b"b", 5), Ok(5), "up to the bound is fine");
+        assert!(with(MAX_TAGS).len() <= MAX_HEADER_LEN);
+        assert_eq!(SignatureHeader::parse(&with(MAX_TAGS + 1)), Err(SignatureError::Malformed));
+        assert_eq!(v.verify(&with(5000), b"b", 5), Err(SignatureError::Malformed));
+        let padded = format!("t=5,v1={tag},x={}", "y".repeat(MAX_HEADER_LEN));
+        assert_eq!(v.verify(&padded, b"b", 5), Err(SignatureError::Malformed));
+        // A stale header is refused by its timestamp alone.
+        let h = SignatureHeader::parse(&with(1)).unwrap();
+        assert_eq!(v.check_time(&h, 1000), Err(SignatureError::Stale));
+        assert_eq!(v.check_time(&h, 6), Ok(()));
     }
 }

@@ -100,10 +100,19 @@ pub struct IngestConfig {
     pub max_skew_secs: u64,
     #[serde(default = "default_body")]
     pub max_body_bytes: usize,
+    /// How often, at most, the ingest re-reads the placement registry and each
+    /// placement's plan history to learn a newly published plan: the bound on the Redis
+    /// reads a flood of made-up placements or versions can cause, and the longest a
+    /// batch naming a version published a moment ago waits for it.
+    #[serde(default = "default_catalogue_refresh")]
+    pub catalogue_refresh_ms: u64,
 }
 
 fn default_skew() -> u64 {
     60
+}
+fn default_catalogue_refresh() -> u64 {
+    250
 }
 fn default_body() -> usize {
     1 << 20
@@ -345,6 +354,9 @@ impl Config {
         if self.ingest.max_body_bytes == 0 {
             return Err(invalid("ingest.max_body_bytes", "must be positive"));
         }
+        if !(10..=10_000).contains(&self.ingest.catalogue_refresh_ms) {
+            return Err(invalid("ingest.catalogue_refresh_ms", "must be 10 to 10000"));
+        }
         if self.control.period_ms < 100 {
             return Err(invalid("control.period_ms", "must be at least 100"));
         }
@@ -353,6 +365,9 @@ impl Config {
         }
         if !(self.control.min_sample_rate > 0.0 && self.control.min_sample_rate <= 1.0) {
             return Err(invalid("control.min_sample_rate", "must be in (0, 1]"));
+        }
+        if self.event_limits().is_err() {
+            return Err(invalid("control.min_sample_rate", "too small: its squared weight overflows"));
         }
         if self.control.lease_ms < 300 {
             return Err(invalid("control.lease_ms", "must be at least 300"));
@@ -392,6 +407,16 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The bounds every counted event keeps: the smallest rate a plan is published
+    /// with, the window retention behind and the signature skew ahead of the clock.
+    pub fn event_limits(&self) -> Result<allot_core::Limits, allot_core::admit::LimitsError> {
+        allot_core::Limits::new(
+            self.control.min_sample_rate,
+            self.control.window_ttl_secs().saturating_mul(1000),
+            self.ingest.max_skew_secs.saturating_mul(1000),
+        )
     }
 
     /// The ingest keys as bytes, for the signature verifier and signer.

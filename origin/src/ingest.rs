@@ -1,25 +1,35 @@
-//! `POST /v1/events`: verify, then store in the stream, then answer.
+//! `POST /v1/events`: verify, judge each event, store once, then answer.
 //!
-//! Order matters. The size limit comes first (413, before reading a huge body), then the
-//! signature over the raw bytes (401: forged, tampered, stale or replayed — counted by
-//! reason), then the schema (400). Only a verified, well-formed batch reaches Redis, and
-//! `202` is sent only after Redis has acknowledged the `XADD`: an accepted event is never
-//! lost to an origin crash.
+//! Order matters, and every step before the body's MAC is bounded work. The size limit
+//! comes first (413, before reading a huge body), then the signature header alone: at
+//! most [`MAX_HEADER_LEN`](signature::MAX_HEADER_LEN) bytes and
+//! [`MAX_TAGS`](signature::MAX_TAGS) tags, and a timestamp within the skew (401,
+//! counted by reason), then the body is read and MACed once per key (401), then the
+//! schema (400). Only then are events judged one by one ([`crate::admission`]): an
+//! event with a bad rate or time, or one that does not match a published plan, is
+//! dropped and counted by reason, and the rest of the body is stored. `202` is sent only
+//! after Redis has run the store script: an accepted event is never lost to an origin
+//! crash. Its body is `{"accepted": n, "dropped": m}` (and `"duplicate": true` for a
+//! body already stored).
 //!
-//! Replays: the signature binds a timestamp, so a body older than the skew window is
-//! stale; within the window a SHA-256 of `t.body` is remembered (`SET NX`, TTL twice the
-//! skew) in Redis, so a replay is refused by every replica, not only the one that saw
-//! the original.
+//! Idempotent retries: the signature binds a timestamp, so a body older than the skew
+//! window is stale; within the window a digest of `t.body` is remembered in Redis for
+//! twice the skew. One Lua script checks that memory, appends the entries and sets the
+//! memory, atomically (the memory's key shares the stream's hash slot, so this holds on
+//! Redis Cluster too). A body whose script ran, even if its answer was lost to a
+//! timeout, is never appended again: its retry gets `202` with `"duplicate": true`.
+//! Nothing is deleted after an error, because an error does not prove the script did
+//! not run.
 //!
-//! The batch is split by placement and written as one stream entry per placement
-//! (`p`, `e`, `r`); several entries go in one `MULTI`, so a retry after a failure cannot
-//! duplicate half a batch. All requests share one multiplexed connection, so concurrent `XADD`s are
-//! pipelined on the wire.
+//! The accepted events are split by placement, one stream entry per placement (`p`,
+//! `e`, `r`); a body whose events were all accepted and share one placement is stored
+//! as the very bytes the edge signed. All requests share one multiplexed connection, so
+//! concurrent scripts are pipelined on the wire.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use allot_core::signature::{self, SignatureError};
+use allot_core::signature::{self, SignatureError, SignatureHeader};
 use allot_core::{Event, EventBatch};
 use axum::body::Body;
 use axum::extract::State;
@@ -31,23 +41,47 @@ use crate::error::ApiError;
 use crate::startup::App;
 use allot_core::contract::{keys, stream};
 
-/// The replay-memory key of a verified body.
+/// Appends a body's entries once. KEYS: the body's memory, the event stream. ARGV: the
+/// memory's TTL, the stream's approximate cap, the receive time, the three entry field
+/// names (placement, batch, receive time), then per entry its placement and batch.
+/// Returns 0 for a body already stored (nothing written), 1 once appended.
+const STORE_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 7, #ARGV, 2 do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', ARGV[4], ARGV[i], ARGV[5], ARGV[i + 1], ARGV[6], ARGV[3])
+end
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+return 1
+";
+
+/// The script, hashed once; the first call on a connection loads it.
+static STORE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(STORE_SCRIPT));
+
+/// The memory key of a verified body.
 fn replay_key(t: u64, body: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(t.to_string().as_bytes());
     h.update(b".");
     h.update(body);
-    keys::replay(&allot_core::signature::hex(&h.finalize()[..16]))
+    keys::replay(&signature::hex(&h.finalize()[..16]))
+}
+
+/// What a handled body came to.
+#[derive(Debug)]
+struct Outcome {
+    accepted: usize,
+    dropped: usize,
+    duplicate: bool,
 }
 
 #[utoipa::path(
     post, path = "/v1/events", tag = "ingest",
     request_body(content = Object, description = "`{\"events\": [...]}`, 1 to 1000 events, signed"),
-    params(("X-Allot-Signature" = String, Header, description = "t=<unix seconds>,v1=<hex HMAC-SHA256(key, \"t.body\")>")),
+    params(("X-Allot-Signature" = String, Header, description = "t=<unix seconds>,v1=<hex HMAC-SHA256(key, \"t.body\")>, at most 4 tags and 512 bytes")),
     responses(
-        (status = 202, description = "Stored in the stream"),
+        (status = 202, description = "Stored in the stream (or stored before): `{\"accepted\", \"dropped\"}`, plus `\"duplicate\": true` for a body stored before"),
         (status = 400, description = "Malformed events"),
-        (status = 401, description = "Missing, forged, tampered, stale or replayed signature"),
+        (status = 401, description = "Missing, malformed, forged, tampered or stale signature"),
         (status = 413, description = "Body too large"),
         (status = 503, description = "Redis unavailable"),
     )
@@ -57,10 +91,16 @@ pub async fn post_events(State(app): State<Arc<App>>, headers: HeaderMap, body: 
     let result = ingest(&app, &headers, body).await;
     timer.observe_duration();
     match result {
-        Ok(n) => {
-            app.metrics.ingest_accepted.inc();
-            app.metrics.ingest_events.inc_by(n as u64);
-            (StatusCode::ACCEPTED, axum::Json(serde_json::json!({"accepted": n}))).into_response()
+        Ok(o) => {
+            let mut answer = serde_json::json!({"accepted": o.accepted, "dropped": o.dropped});
+            if o.duplicate {
+                app.metrics.ingest_duplicates.inc();
+                answer["duplicate"] = true.into();
+            } else {
+                app.metrics.ingest_accepted.inc();
+                app.metrics.ingest_events.inc_by(o.accepted as u64);
+            }
+            (StatusCode::ACCEPTED, axum::Json(answer)).into_response()
         }
         Err(e) => {
             let response = e.into_response();
@@ -70,96 +110,79 @@ pub async fn post_events(State(app): State<Arc<App>>, headers: HeaderMap, body: 
     }
 }
 
-async fn ingest(app: &App, headers: &HeaderMap, body: Body) -> Result<usize, ApiError> {
+fn refused(app: &App, e: SignatureError) -> ApiError {
+    let reason = match e {
+        SignatureError::Malformed => "malformed",
+        SignatureError::Stale => "stale",
+        SignatureError::Mismatch => "mismatch",
+    };
+    app.metrics.signature_failures.with_label_values(&[reason]).inc();
+    ApiError::Unauthorized(match e {
+        SignatureError::Malformed => "missing or malformed X-Allot-Signature",
+        SignatureError::Stale => "signature timestamp outside the allowed window",
+        SignatureError::Mismatch => "signature does not match",
+    })
+}
+
+async fn ingest(app: &App, headers: &HeaderMap, body: Body) -> Result<Outcome, ApiError> {
     let limit = app.config.ingest.max_body_bytes;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     if declared.is_some_and(|n: usize| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        while let Some(err) = source {
-            if err.is::<http_body_util::LengthLimitError>() {
-                return ApiError::PayloadTooLarge { limit };
-            }
-            source = err.source();
-        }
-        ApiError::bad_request("body_read_failed", format!("could not read the body: {e}"))
-    })?;
-
-    let sig = headers.get(signature::HEADER).and_then(|v| v.to_str().ok());
-    let t = match sig {
-        None => Err(SignatureError::Malformed),
-        Some(h) => app.verifier.verify(h, &bytes, crate::now_ms() / 1000),
-    }
-    .map_err(|e| {
-        let reason = match e {
-            SignatureError::Malformed => "malformed",
-            SignatureError::Stale => "stale",
-            SignatureError::Mismatch => "mismatch",
-        };
-        app.metrics.signature_failures.with_label_values(&[reason]).inc();
-        ApiError::Unauthorized(match e {
-            SignatureError::Malformed => "missing or malformed X-Allot-Signature",
-            SignatureError::Stale => "signature timestamp outside the allowed window",
-            SignatureError::Mismatch => "signature does not match",
-        })
-    })?;
+    // The header alone first: a malformed or stale one costs no body read and no MAC.
+    let sig = headers
+        .get(signature::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(SignatureError::Malformed)
+        .and_then(SignatureHeader::parse)
+        .and_then(|h| app.verifier.check_time(&h, crate::now_ms() / 1000).map(|()| h))
+        .map_err(|e| refused(app, e))?;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| ApiError::body_read(&e, limit))?;
+    let t = app.verifier.verify_parsed(&sig, &bytes).map_err(|e| refused(app, e))?;
 
     let batch = EventBatch::parse(&bytes).map_err(|e| ApiError::bad_request("invalid_events", e.to_string()))?;
-    let n = batch.events.len();
-
-    let mut conn = app.store.conn();
-    let replay = replay_key(t, &bytes);
-    let fresh: bool = redis::cmd("SET")
-        .arg(&replay)
-        .arg(1)
-        .arg("NX")
-        .arg("EX")
-        .arg(app.config.ingest.max_skew_secs * 2 + 1)
-        .query_async::<Option<String>>(&mut conn)
-        .await?
-        .is_some();
-    if !fresh {
-        app.metrics.signature_failures.with_label_values(&["replay"]).inc();
-        return Err(ApiError::Unauthorized("this body was already received (replay)"));
-    }
-
     let received = crate::now_ms();
-    let first = &batch.events[0].placement;
-    let mut pipe = redis::pipe();
-    let max_len = redis::streams::StreamMaxlen::Approx(app.config.redis.stream_max_len as usize);
-    if batch.events.iter().all(|e| &e.placement == first) {
+    let judged = app.admission.judge(&app.store, batch.events, received).await?;
+    let (accepted, dropped) = (judged.accepted.len(), judged.dropped_total());
+    // Drops are counted once per stored body (not again for its duplicates).
+    let count_drops = || {
+        for (reason, n) in &judged.dropped {
+            app.metrics.ingest_dropped.with_label_values(&[reason.as_str()]).inc_by(*n as u64);
+        }
+    };
+    if accepted == 0 {
+        count_drops();
+        return Ok(Outcome { accepted, dropped, duplicate: false });
+    }
+
+    let mut script = STORE.prepare_invoke();
+    script
+        .key(replay_key(t, &bytes))
+        .key(stream::EVENTS)
+        .arg(app.config.ingest.max_skew_secs * 2 + 1)
+        .arg(app.config.redis.stream_max_len)
+        .arg(received)
+        .arg(stream::PLACEMENT)
+        .arg(stream::BATCH)
+        .arg(stream::RECEIVED_MS);
+    let first = judged.accepted[0].placement.clone();
+    if dropped == 0 && judged.accepted.iter().all(|e| e.placement == first) {
         // The common case: the verified body is already the entry's batch.
-        pipe.xadd_maxlen(
-            stream::EVENTS,
-            max_len,
-            "*",
-            &stream::event_entry(first.as_str(), &bytes, &received.to_string()),
-        )
-        .ignore();
+        script.arg(first.as_str()).arg(&bytes[..]);
     } else {
-        let mut groups: BTreeMap<&str, Vec<Event>> = BTreeMap::new();
-        for e in &batch.events {
-            groups.entry(e.placement.as_str()).or_default().push(e.clone());
+        let mut groups: BTreeMap<String, Vec<Event>> = BTreeMap::new();
+        for e in judged.accepted {
+            groups.entry(e.placement.as_str().to_string()).or_default().push(e);
         }
-        // Several entries: all or none, so a retried body cannot duplicate half of it.
-        pipe.atomic();
         for (p, events) in groups {
-            let json = EventBatch { events }.to_json();
-            pipe.xadd_maxlen(
-                stream::EVENTS,
-                max_len,
-                "*",
-                &stream::event_entry(p, json.as_bytes(), &received.to_string()),
-            )
-            .ignore();
+            script.arg(p).arg(EventBatch { events }.to_json());
         }
     }
-    if let Err(e) = pipe.query_async::<()>(&mut conn).await {
-        // Let the edge retry the same signed body.
-        let _ = redis::cmd("DEL").arg(&replay).query_async::<i64>(&mut conn).await;
-        return Err(e.into());
+    let mut conn = app.store.conn();
+    let stored: i64 = script.invoke_async(&mut conn).await?;
+    if stored == 1 {
+        count_drops();
     }
-    Ok(n)
+    Ok(Outcome { accepted, dropped, duplicate: stored == 0 })
 }

@@ -12,6 +12,7 @@
 //! [`startup::start`].
 
 pub mod admin;
+pub mod admission;
 pub mod aggregate;
 pub mod audit;
 pub mod auth;

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub ingest_rejected: IntCounterVec,
     pub ingest_latency: Histogram,
     pub signature_failures: IntCounterVec,
+    pub ingest_dropped: IntCounterVec,
+    pub ingest_duplicates: IntCounter,
     pub aggregate_entries: IntCounterVec,
     pub aggregate_claimed: IntCounter,
     pub control_rounds: IntCounter,
@@ -71,6 +73,24 @@ impl Metrics {
                 "allot_ingest_signature_failures_total",
                 "Forged, tampered, stale or replayed event bodies.",
                 &["reason"],
+            ),
+            ingest_dropped: {
+                let c = counter_vec(
+                    &r,
+                    "allot_ingest_dropped_events_total",
+                    "Signed events dropped one by one, by reason; the rest of their body is stored.",
+                    &["reason"],
+                );
+                // Every reason is a series from the start, so a rate of 0 is visible.
+                for reason in allot_core::DropReason::ALL {
+                    c.with_label_values(&[reason.as_str()]);
+                }
+                c
+            },
+            ingest_duplicates: counter(
+                &r,
+                "allot_ingest_duplicate_bodies_total",
+                "Bodies received again (an edge's retry, or a replay): answered 202, stored once.",
             ),
             aggregate_entries: counter_vec(
                 &r,

@@ -32,6 +32,8 @@ pub struct App {
     pub config: Config,
     pub store: Store,
     pub verifier: Verifier,
+    /// Which signed events are counted (limits, the catalogue of published plans).
+    pub admission: crate::admission::Admission,
     pub metrics: Metrics,
     pub auth: Auth,
     /// Wakes the control loop (targets changed).
@@ -49,6 +51,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("ingest keys: {0}")]
     Keys(String),
+    #[error("event limits: {0}")]
+    Limits(#[from] allot_core::admit::LimitsError),
     #[error("http client: {0}")]
     Http(#[from] reqwest::Error),
     #[error("archive: {0}")]
@@ -129,6 +133,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let shared = crate::conn::shared(&config.redis).await?;
     let verifier = Verifier::new(config.ingest_keys(), config.ingest.max_skew_secs)
         .map_err(|e| StartError::Keys(e.to_string()))?;
+    let admission = crate::admission::Admission::new(&config)?;
     let publisher = Arc::new(Publisher::from_config(&config)?);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -147,6 +152,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         auth: Auth::new(&config.admin.tokens),
         store: Store::new(shared),
         verifier,
+        admission,
         metrics,
         control_wake: Notify::new(),
         instance: instance_id(),

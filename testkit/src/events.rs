@@ -6,8 +6,11 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use allot_core::contract::keys::{self, PlacementKeys};
 use allot_core::contract::stream;
-use allot_core::{CampaignId, Event, EventBatch, EventKind, PlacementId, RequestId};
+use allot_core::{
+    CampaignId, Eligibility, Event, EventBatch, EventKind, PLAN_FORMAT, PlacementId, Plan, PlanCampaign, RequestId,
+};
 
 /// Now, in UTC milliseconds (the edge's and the origin's clock in tests).
 pub fn now_ms() -> u64 {
@@ -72,4 +75,58 @@ pub fn xadd_cmd(batch: &EventBatch, received_ms: u64) -> redis::Cmd {
 /// Appends `batch` to the event stream as the ingest does; the entry's id.
 pub fn xadd(conn: &mut redis::Connection, batch: &EventBatch, received_ms: u64) -> String {
     xadd_cmd(batch, received_ms).query(conn).expect("XADD to the event stream")
+}
+
+/// A plan of `placement` at `version` and `sample_rate` with `campaigns` (equal weights).
+pub fn plan(placement: &str, version: u64, sample_rate: f64, campaigns: &[&str]) -> Plan {
+    Plan {
+        format: PLAN_FORMAT,
+        placement: PlacementId::parse(placement).expect("a valid placement id"),
+        version,
+        issued_at_ms: now_ms(),
+        sample_rate,
+        no_ad_weight: 1.0,
+        campaigns: campaigns
+            .iter()
+            .map(|c| PlanCampaign {
+                id: campaign(c),
+                weight: 1.0,
+                creative: serde_json::json!({}),
+                eligibility: Eligibility::default(),
+            })
+            .collect(),
+        withdrawn: false,
+    }
+}
+
+/// Leaves in Redis what the origin's admin API and control loop leave for a published
+/// `plan`: the placement registered and the plan at the head of its history. The ingest
+/// counts events only under published plans, so tests that feed it without running the
+/// control loop publish this way first.
+pub fn record_published(conn: &mut redis::Connection, plan: &Plan) {
+    redis::pipe()
+        .cmd("SADD")
+        .arg(keys::PLACEMENTS)
+        .arg(plan.placement.as_str())
+        .ignore()
+        .cmd("LPUSH")
+        .arg(PlacementKeys::new(&plan.placement).plans())
+        .arg(plan.to_json())
+        .ignore()
+        .query::<()>(conn)
+        .expect("record a published plan");
+}
+
+/// The newest plan the origin published for `placement`, if any.
+pub fn newest_published(conn: &mut redis::Connection, placement: &str) -> Option<Plan> {
+    let json: Option<String> =
+        redis::cmd("LINDEX").arg(PlacementKeys::of_raw(placement).plans()).arg(0).query(conn).expect("LINDEX");
+    json.map(|j| Plan::parse(j.as_bytes()).expect("a stored plan parses"))
+}
+
+/// `event` as decided under `plan`: its version and sample rate.
+pub fn under(plan: &Plan, mut event: Event) -> Event {
+    event.plan_version = plan.version;
+    event.sample_rate = plan.sample_rate;
+    event
 }

@@ -16,6 +16,8 @@ use allot_testkit::origin::{INGEST_KEY, MANAGER_TOKEN, OriginApi, OriginConfig, 
 use allot_testkit::process::{self, Proc, free_port, wait_http};
 use allot_testkit::redis::RedisServer;
 use allot_testkit::s3::S3Server;
+
+use crate::delay::DelayProxy;
 use anyhow::{Context, bail};
 
 /// The edge's secret (keyed sampling, impression tokens): only the edge holds it.
@@ -29,11 +31,15 @@ pub struct Options {
     /// Control period and window length.
     pub period_ms: u64,
     pub min_sample_rate: f64,
+    /// The edge reaches the origin through a [`DelayProxy`] (see [`Stack::proxy`]).
+    pub edge_via_proxy: bool,
+    /// The edge's `EVENT_TIMEOUT_MS` (its default when `None`).
+    pub edge_event_timeout_ms: Option<u64>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { period_ms: 4_000, min_sample_rate: 0.001 }
+        Self { period_ms: 4_000, min_sample_rate: 0.001, edge_via_proxy: false, edge_event_timeout_ms: None }
     }
 }
 
@@ -50,6 +56,7 @@ pub struct Stack {
     origin_port: u16,
     config_path: PathBuf,
     origin: Option<OriginProcess>,
+    proxy: Option<DelayProxy>,
     edge: Proc,
     redis: RedisServer,
     pub s3: S3Server,
@@ -66,18 +73,25 @@ impl Stack {
         // The two ends need each other's address: pick the origin's port first.
         let origin_port = free_port();
         let origin_url = format!("http://127.0.0.1:{origin_port}");
+        let proxy = match options.edge_via_proxy {
+            true => Some(DelayProxy::start(([127, 0, 0, 1], origin_port).into()).await?),
+            false => None,
+        };
+        let edge_origin = proxy.as_ref().map_or(origin_url.clone(), |p| format!("http://{}", p.addr));
 
-        let mut edge = Proc::spawn(
-            "edge worker",
-            Command::new("node")
-                .arg(process::repo_root().join("tests/edge.mjs"))
-                .env("ORIGIN_URL", &origin_url)
-                .env("INGEST_KEY", INGEST_KEY)
-                .env("PUSH_KEYS", PUSH_KEY)
-                .env("EDGE_KEY", EDGE_KEY)
-                .env("ALLOT_EDGE_STATE", dir.path().join("kv"))
-                .stdout(Stdio::piped()),
-        )?;
+        let mut edge_cmd = Command::new("node");
+        edge_cmd
+            .arg(process::repo_root().join("tests/edge.mjs"))
+            .env("ORIGIN_URL", &edge_origin)
+            .env("INGEST_KEY", INGEST_KEY)
+            .env("PUSH_KEYS", PUSH_KEY)
+            .env("EDGE_KEY", EDGE_KEY)
+            .env("ALLOT_EDGE_STATE", dir.path().join("kv"))
+            .stdout(Stdio::piped());
+        if let Some(ms) = options.edge_event_timeout_ms {
+            edge_cmd.env("EVENT_TIMEOUT_MS", ms.to_string());
+        }
+        let mut edge = Proc::spawn("edge worker", &mut edge_cmd)?;
         let edge_url = edge.watch_stdout(Duration::from_secs(60), |line| {
             line.strip_prefix("listening ").map(|rest| rest.trim().to_string())
         })?;
@@ -95,6 +109,7 @@ impl Stack {
             origin_port,
             config_path,
             origin: None,
+            proxy,
             edge,
             redis,
             s3,
@@ -126,6 +141,11 @@ impl Stack {
             origin.child.terminate(Duration::from_secs(10));
         }
         self.edge.terminate(Duration::from_secs(5));
+    }
+
+    /// The proxy between the edge and the origin, with [`Options::edge_via_proxy`].
+    pub fn proxy(&self) -> Option<&DelayProxy> {
+        self.proxy.as_ref()
     }
 
     pub fn origin_port(&self) -> u16 {

@@ -65,6 +65,11 @@ async fn shares_converge_to_targets_and_the_origin_knows_it() {
     let status_side = stack.status("sidebar").await.unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     load.await.unwrap().unwrap();
+    // Genuine traffic under changing plans: the origin dropped none of the edge's events.
+    for reason in allot_core::DropReason::ALL {
+        let name = format!("allot_ingest_dropped_events_total{{reason=\"{}\"}}", reason.as_str());
+        assert_eq!(stack.api.metric(&name).await, 0.0, "{name}");
+    }
 
     let obs = std::mem::take(&mut *observed.lock().unwrap());
     // 1. What the apps observed is within the manager's margin for every feasible campaign.
@@ -182,10 +187,18 @@ async fn killing_the_origin_loses_nothing_it_acknowledged() {
     let mut stack = Stack::start(Options { period_ms: PERIOD_MS, ..Options::default() }).await.unwrap();
     let client = allot_testkit::process::http_client(Duration::from_secs(2));
     let url = format!("{}/v1/events", stack.origin_url);
+    // The origin counts events only under a plan it published: the placement first.
+    stack.put_placement("crashy", &serde_json::json!({"campaigns": [{"id": "A", "rate": 0.5}]})).await.unwrap();
+    let status = eventually(20, "the first plan", async || {
+        let s = stack.status("crashy").await.unwrap();
+        (s["plan_version"] == 1).then_some(s)
+    })
+    .await;
+    let rate = status["sample_rate"].as_f64().unwrap();
 
     let (mut acked, mut attempted, mut next) = (0u64, 0u64, 0u64);
     let send = async |next: &mut u64, attempted: &mut u64, acked: &mut u64| {
-        let events = (*next..*next + 20).map(|i| allocation(&format!("crash-{i}"), "crashy", Some("A"), &["A"], 1.0));
+        let events = (*next..*next + 20).map(|i| allocation(&format!("crash-{i}"), "crashy", Some("A"), &["A"], rate));
         let body = batch(events.collect());
         *next += 20;
         *attempted += 20;

@@ -8,8 +8,11 @@
 //! whatever is there when it fires, so no event waits for traffic that may never come.
 //!
 //! A send that times out, fails to connect or gets a 429 or 5xx is retried under
-//! [`RETRY`], the core's retry policy (the origin counts a redelivered event once); the
-//! jitter keeps isolates that failed together from retrying together. A batch that
+//! [`RETRY`], the core's retry policy; the jitter keeps isolates that failed together
+//! from retrying together. A batch is signed once: every retry sends the same bytes
+//! under the same header, so the origin recognises a body it already stored (its
+//! answer lost to a timeout) and stores it once. Re-signing with a new timestamp would
+//! make the retry a different body, stored twice. A batch that
 //! still fails, or that the origin refuses outright, is logged and counted, never
 //! dropped silently. The counters are on `/healthz`.
 
@@ -140,7 +143,16 @@ async fn deliver(config: &Config, events: Vec<Event>) {
     let n = events.len() as u64;
     let batch = EventBatch { events };
     let body = batch.to_json();
-    let mut outcome = send(config, &body).await;
+    let Some(signed) = sign(config, &body) else {
+        OUTBOX.with(|o| {
+            let mut o = o.borrow_mut();
+            o.counters.failed += n;
+            o.counters.failed_batches += 1;
+        });
+        worker::console_error!("lost {n} sampled events: no ORIGIN_URL/INGEST_KEY");
+        return;
+    };
+    let mut outcome = send(config, &body, &signed).await;
     let mut backoff = RETRY.start();
     while let Err(SendError::Transient(why)) = &outcome
         && let Some(wait) = backoff.next(crate::rng::unit())
@@ -150,7 +162,7 @@ async fn deliver(config: &Config, events: Vec<Event>) {
             OUTBOX.with(|o| o.borrow_mut().counters.retried_batches += 1);
         }
         Delay::from(wait).await;
-        outcome = send(config, &body).await;
+        outcome = send(config, &body, &signed).await;
     }
     OUTBOX.with(|o| {
         let mut o = o.borrow_mut();
@@ -169,15 +181,23 @@ async fn deliver(config: &Config, events: Vec<Event>) {
     });
 }
 
-async fn send(config: &Config, body: &str) -> Result<(), SendError> {
-    let (Some(url), Some(key)) = (&config.events_url, &config.ingest_key) else {
-        return Err(SendError::Refused("no ORIGIN_URL/INGEST_KEY".into()));
-    };
+/// The signature header of `body`, made once per batch (now, with the ingest key);
+/// `None` without an origin or a key.
+fn sign(config: &Config, body: &str) -> Option<String> {
+    let key = config.ingest_key.as_ref()?;
+    config.events_url.as_ref()?;
     let now_secs = (js_sys::Date::now() / 1000.0) as u64;
+    Some(signature::sign(key, now_secs, body.as_bytes()))
+}
+
+async fn send(config: &Config, body: &str, signed: &str) -> Result<(), SendError> {
+    let Some(url) = &config.events_url else {
+        return Err(SendError::Refused("no ORIGIN_URL".into()));
+    };
     let refused = |e: worker::Error| SendError::Refused(e.to_string());
     let headers = Headers::new();
     headers.set("content-type", "application/json").map_err(refused)?;
-    headers.set(signature::HEADER, &signature::sign(key, now_secs, body.as_bytes())).map_err(refused)?;
+    headers.set(signature::HEADER, signed).map_err(refused)?;
     let mut init = RequestInit::new();
     init.with_method(Method::Post).with_headers(headers).with_body(Some(body.into()));
     let request = Request::new_with_init(url, &init).map_err(refused)?;

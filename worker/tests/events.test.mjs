@@ -183,10 +183,11 @@ describe("sampled events", () => {
     origin.mode = "ok";
   });
 
-  test("a failing origin is retried once, then counted", async () => {
+  test("a failing origin is retried once with the same signed body, then counted", async () => {
     origin.mode = "fail";
     const start = await health();
     const startRequests = origin.requests;
+    const startSent = origin.sent.length;
     const ids = Array.from({ length: 400 }, (_, i) => `fail-${i}`).filter((id) => samplePoint(id) < RATE);
     for (const id of ids) {
       const res = await worker.get(`/v1/ad?placement=home_feed&request_id=${id}`);
@@ -203,6 +204,16 @@ describe("sampled events", () => {
     const batches = h.events.failed_batches - start.events.failed_batches;
     assert.ok(batches >= 1);
     assert.equal(origin.requests - startRequests, 2 * batches, "each failed batch was tried twice");
+    // Signed once: the retry is the same bytes under the same header, so an origin that
+    // stored the first try recognises the second.
+    const tries = new Map();
+    for (const { signature, body } of origin.sent.slice(startSent)) {
+      tries.set(body, [...(tries.get(body) ?? []), signature]);
+    }
+    assert.equal(tries.size, batches);
+    for (const signatures of tries.values()) {
+      assert.deepEqual(signatures, [signatures[0], signatures[0]], "two tries, one signature");
+    }
     origin.mode = "ok";
   });
 });

@@ -62,13 +62,15 @@ function verify(header, body) {
  * "slow" (answers after `slowMs`). Every request's signature is checked.
  */
 export async function startReceiver() {
-  const state = { events: [], batches: 0, badSignatures: 0, requests: 0, mode: "ok", slowMs: 3000 };
+  // `sent`: every request's signature header and body, in arrival order.
+  const state = { events: [], batches: 0, badSignatures: 0, requests: 0, sent: [], mode: "ok", slowMs: 3000 };
   const server = createServer((req, res) => {
     const chunks = [];
     req.on("data", (c) => chunks.push(c));
     req.on("end", () => {
       state.requests += 1;
       const body = Buffer.concat(chunks);
+      state.sent.push({ signature: req.headers["x-allot-signature"], body: body.toString("utf8") });
       const answer = (status) => {
         res.writeHead(status);
         res.end();

@@ -17,9 +17,11 @@ pub const LEASE: &str = "allot:control:lease";
 /// Admin changes, one entry per write.
 pub const AUDIT: &str = "allot:audit";
 
-/// A remembered signature (replay protection); `digest` is hex.
+/// A received body's memory (replay protection and idempotent retries); `digest` is
+/// hex. Its hash tag is the event stream's name, so it lives in the stream's cluster
+/// slot: the ingest checks it and appends to the stream in one script, atomically.
 pub fn replay(digest: &str) -> String {
-    format!("allot:replay:{digest}")
+    format!("allot:replay:{{{}}}:{digest}", super::stream::EVENTS)
 }
 
 /// A placement's keys.
@@ -89,5 +91,12 @@ mod tests {
         assert_eq!(k.plan(), "allot:{home_feed}:plan");
         assert_eq!(k.plans(), "allot:{home_feed}:plans");
         assert_eq!(k.state(), "allot:{home_feed}:state");
+    }
+
+    #[test]
+    fn the_replay_memory_shares_the_event_streams_slot() {
+        // Redis hashes only the tag, which is the stream's whole name.
+        assert_eq!(replay("ab12"), format!("allot:replay:{{{}}}:ab12", super::super::stream::EVENTS));
+        assert!(!super::super::stream::EVENTS.contains('{'), "the stream's slot is that of its whole name");
     }
 }

@@ -27,6 +27,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("ALLOT_INGEST_KEYS", "ingest.keys"),
     ("ALLOT_INGEST_MAX_SKEW_SECS", "ingest.max_skew_secs"),
     ("ALLOT_INGEST_MAX_BODY_BYTES", "ingest.max_body_bytes"),
+    ("ALLOT_INGEST_CATALOGUE_REFRESH_MS", "ingest.catalogue_refresh_ms"),
     ("ALLOT_AGGREGATE_ENABLED", "aggregate.enabled"),
     ("ALLOT_AGGREGATE_CONSUMER", "aggregate.consumer"),
     ("ALLOT_AGGREGATE_BATCH", "aggregate.batch"),
@@ -53,6 +54,7 @@ fn kind_of(path: &str) -> Kind {
         "redis.stream_max_len"
         | "ingest.max_skew_secs"
         | "ingest.max_body_bytes"
+        | "ingest.catalogue_refresh_ms"
         | "aggregate.claim_min_idle_ms"
         | "aggregate.batch"
         | "control.period_ms" => Kind::Int,

@@ -118,7 +118,13 @@ fn rejects_bad_values_naming_them() {
         (format!("{MIN}\n[control]\nperiod_ms = 10"), HashMap::new(), "control.period_ms"),
         (MIN.into(), worker_push(&[]), "publish.worker.keys"),
         (MIN.into(), worker_push(&[("ALLOT_PUBLISH_WORKER_KEYS", "short")]), "publish.worker.keys"),
-        (MIN.into(), worker_push(&[("ALLOT_PUBLISH_WORKER_KEYS", "p1p1p1p1p1p1p1p1p1,p2p2p2p2p2p2p2p2,p3p3p3p3p3p3p3p3p3")]), "one or two"),
+        (
+            MIN.into(),
+            worker_push(&[("ALLOT_PUBLISH_WORKER_KEYS", "p1p1p1p1p1p1p1p1p1,p2p2p2p2p2p2p2p2,p3p3p3p3p3p3p3p3p3")]),
+            "one or two",
+        ),
+        (MIN.into(), env(&[("ALLOT_INGEST_CATALOGUE_REFRESH_MS", "0")]), "ingest.catalogue_refresh_ms"),
+        (format!("{MIN}\n[control]\nmin_sample_rate = 1e-200"), HashMap::new(), "squared weight"),
         (format!("{MIN}\nbogus = 1"), HashMap::new(), "bogus"),
     ];
     for (file, env, expect) in cases {

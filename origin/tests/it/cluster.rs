@@ -23,31 +23,45 @@ async fn ingest_aggregation_and_control_on_a_cluster() {
     let mut app = TestApp::start(config.load(&env)).await;
     assert_eq!(app.http.get(app.url("/readyz")).send().await.unwrap().status(), 200);
 
-    // Events in the last complete window, every placement in every body.
-    let now = allot_origin::now_ms();
-    let t = (now / 60_000) * 60_000 - 30_000;
-    for i in 0..20 {
-        let events = placements
-            .iter()
-            .map(|p| {
-                let mut e = allocation(&format!("{p}-{i}"), p, if i % 2 == 0 { Some("A") } else { None }, &["A"], 0.5);
-                e.event_time_ms = t;
-                e
-            })
-            .collect();
-        assert_eq!(app.post_signed(&batch(events)).await.status(), 202);
-    }
+    // Targets first: the ingest counts events only under published plans.
     for p in placements {
         let spec = json!({"campaigns": [{"id": "A", "rate": 0.5}]});
         assert_eq!(app.put_targets(p, &spec, MANAGER_TOKEN).await.status(), 201);
     }
+    // Each placement's first plan's rate, which its events carry.
+    let mut rates = Vec::new();
     for p in placements {
+        let status = eventually(10, "the first plan", || async {
+            let (_, v) = app.get_json(&format!("/v1/placements/{p}/status"), VIEWER_TOKEN).await;
+            (v["plan_version"] == 1).then_some(v)
+        })
+        .await;
+        rates.push((p, status["sample_rate"].as_f64().unwrap()));
+    }
+    // Events in the last complete window, every placement in every body, each under its
+    // placement's plan.
+    let now = allot_origin::now_ms();
+    let t = (now / 60_000) * 60_000 - 30_000;
+    for i in 0..20 {
+        let events = rates
+            .iter()
+            .map(|&(p, rate)| {
+                let ad = if i % 2 == 0 { Some("A") } else { None };
+                let mut e = allocation(&format!("{p}-{i}"), p, ad, &["A"], rate);
+                e.event_time_ms = t;
+                e
+            })
+            .collect();
+        let r = app.post_signed(&batch(events)).await;
+        assert_eq!(r.json::<serde_json::Value>().await.unwrap(), json!({"accepted": 5, "dropped": 0}));
+    }
+    for &(p, rate) in &rates {
         let status = eventually(10, "plan and counts", || async {
             let (_, v) = app.get_json(&format!("/v1/placements/{p}/status"), VIEWER_TOKEN).await;
             (v["plan_version"] == 1 && v["window"]["samples"] == 20).then_some(v)
         })
         .await;
-        assert_eq!(status["window"]["requests"], 40.0, "{p}");
+        assert_eq!(status["window"]["requests"], 20.0 / rate, "{p}");
         assert_eq!(status["campaigns"][0]["samples"], 10, "{p}");
     }
     let (_, audit) = app.get_json("/v1/audit", VIEWER_TOKEN).await;

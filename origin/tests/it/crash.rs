@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use allot_core::contract::keys::PlacementKeys;
 use allot_core::contract::stream;
-use allot_testkit::events::{allocation, batch};
+use allot_testkit::events::{allocation, batch, plan, record_published};
 use allot_testkit::origin::{OriginProcess, TestApp, config, metric, post_signed};
 use allot_testkit::poll::{self, eventually};
 use allot_testkit::redis::{RedisServer, total_counts};
@@ -17,6 +17,7 @@ use allot_testkit::redis::{RedisServer, total_counts};
 /// Ingests `bodies` single-event bodies through an in-process origin that does not
 /// aggregate, so only the processes under test consume the stream.
 async fn ingest(redis: &RedisServer, bodies: usize) {
+    record_published(&mut redis.conn(), &plan("home_feed", 1, 0.5, &["A"]));
     let mut app =
         TestApp::start(config(redis, "", &[("ALLOT_AGGREGATE_ENABLED", "false"), ("ALLOT_CONTROL_ENABLED", "false")]))
             .await;

@@ -1,11 +1,12 @@
 //! Ingest against a real Redis: accepted events are counted; forged, tampered, stale,
-//! replayed, malformed and oversized bodies are refused with the right status.
+//! malformed and oversized bodies are refused with the right status, and a body received
+//! twice is stored once.
 
 use std::collections::HashMap;
 
 use allot_core::contract::stream;
 use allot_core::{CampaignId, EventBatch, signature};
-use allot_testkit::events::{allocation, batch};
+use allot_testkit::events::{allocation, batch, plan, record_published, under};
 use allot_testkit::origin::{INGEST_KEY, TestApp, config};
 use allot_testkit::poll::eventually;
 use allot_testkit::redis::{RedisServer, total_counts};
@@ -15,21 +16,26 @@ use serde_json::json;
 async fn accepted_events_reach_the_stream_and_the_counts() {
     let redis = RedisServer::start();
     let app = TestApp::start(config(&redis, "", &[("ALLOT_CONTROL_ENABLED", "false")])).await;
+    let (home_v2, sidebar) = (plan("home_feed", 2, 0.25, &["A", "B"]), plan("sidebar", 1, 1.0, &["X"]));
+    for p in [&plan("home_feed", 1, 0.5, &["A", "B"]), &home_v2, &sidebar] {
+        record_published(&mut redis.conn(), p);
+    }
 
-    // Ten single-event bodies at rate 0.5 and one batch spanning two placements.
+    // Ten single-event bodies at rate 0.5 (version 1) and one batch spanning two
+    // placements.
     for i in 0..10 {
         let ad = if i < 4 { Some("A") } else { None };
         let r = app.post_signed(&batch(vec![allocation(&format!("s{i}"), "home_feed", ad, &["A", "B"], 0.5)])).await;
         assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
     }
     let mixed = batch(vec![
-        allocation("m1", "home_feed", Some("B"), &["A", "B"], 0.25),
-        allocation("m2", "sidebar", Some("X"), &["X"], 1.0),
-        allocation("m3", "sidebar", None, &["X"], 1.0),
+        under(&home_v2, allocation("m1", "home_feed", Some("B"), &["A", "B"], 0.25)),
+        under(&sidebar, allocation("m2", "sidebar", Some("X"), &["X"], 1.0)),
+        under(&sidebar, allocation("m3", "sidebar", None, &["X"], 1.0)),
     ]);
     let r = app.post_signed(&mixed).await;
     assert_eq!(r.status(), 202);
-    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["accepted"], 3);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap(), json!({"accepted": 3, "dropped": 0}));
 
     // One stream entry per placement and body, with the placement, the batch and the
     // receive time.
@@ -65,6 +71,7 @@ async fn accepted_events_reach_the_stream_and_the_counts() {
 async fn refuses_bad_signatures_and_bodies() {
     let redis = RedisServer::start();
     let app = TestApp::start(config(&redis, "", &[("ALLOT_CONTROL_ENABLED", "false")])).await;
+    record_published(&mut redis.conn(), &plan("home_feed", 1, 1.0, &["A"]));
     let url = app.url("/v1/events");
     let body = batch(vec![allocation("r1", "home_feed", Some("A"), &["A"], 1.0)]);
     let now = allot_origin::now_ms() / 1000;
@@ -92,9 +99,14 @@ async fn refuses_bad_signatures_and_bodies() {
     let stale = signature::sign(INGEST_KEY.as_bytes(), now - 3600, body.as_bytes());
     assert_eq!(code(post(Some(stale), body.clone()).await.unwrap()).await.0, 401);
 
-    // The genuine body once, then its replay.
+    // The genuine body once, then again (a retry, or a replay): stored once.
     assert_eq!(post(Some(sig.clone()), body.clone()).await.unwrap().status(), 202);
-    assert_eq!(code(post(Some(sig), body.clone()).await.unwrap()).await.0, 401);
+    let again = post(Some(sig), body.clone()).await.unwrap();
+    assert_eq!(again.status(), 202);
+    assert_eq!(
+        again.json::<serde_json::Value>().await.unwrap(),
+        json!({"accepted": 1, "dropped": 0, "duplicate": true})
+    );
 
     // Schema errors (validly signed) are 400; oversized bodies 413.
     for bad in ["not json", r#"{"events":[]}"#, &body.replace("allocation", "click")] {
@@ -104,11 +116,13 @@ async fn refuses_bad_signatures_and_bodies() {
     let huge = "x".repeat(70_000);
     assert_eq!(code(app.post_signed(&huge).await).await, (413, "payload_too_large".into()));
 
-    // Without a Content-Length (chunked), the limit applies while reading.
+    // Without a Content-Length (chunked), the limit applies while reading (a header that
+    // passes the checks without the body, so the body is read).
     let status = chunked_post(app.addr, &"y".repeat(70_000)).await;
     assert!(status.starts_with("HTTP/1.1 413"), "{status}");
 
-    for (reason, n) in [("malformed", 2.0), ("mismatch", 2.0), ("stale", 1.0), ("replay", 1.0)] {
+    assert_eq!(app.metric("allot_ingest_duplicate_bodies_total").await, 1.0);
+    for (reason, n) in [("malformed", 2.0), ("mismatch", 2.0), ("stale", 1.0)] {
         let m = app.metric(&format!("allot_ingest_signature_failures_total{{reason=\"{reason}\"}}")).await;
         assert_eq!(m, n, "{reason}");
     }
@@ -143,11 +157,16 @@ async fn health_readiness_metrics_and_openapi() {
     app.shutdown().await;
 }
 
-/// A chunked POST over a raw socket; the response's status line.
+/// A chunked POST over a raw socket, with a current signature header (of nothing); the
+/// response's status line.
 async fn chunked_post(addr: std::net::SocketAddr, body: &str) -> String {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = "POST /v1/events HTTP/1.1\r\nHost: origin\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let sig = signature::sign(INGEST_KEY.as_bytes(), allot_origin::now_ms() / 1000, b"");
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: origin\r\n{}: {sig}\r\nTransfer-Encoding: chunked\r\n\r\n",
+        signature::HEADER
+    );
     s.write_all(head.as_bytes()).await.unwrap();
     for chunk in body.as_bytes().chunks(8192) {
         s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await.unwrap();

@@ -9,6 +9,8 @@ mod admin;
 mod cluster;
 mod control;
 mod crash;
+mod hostile;
 mod impressions;
 mod ingest;
 mod publish;
+mod retry;

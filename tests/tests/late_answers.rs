@@ -1,0 +1,101 @@
+//! End to end: the origin's answers reach the edge late, after the `XADD` (a proxy holds
+//! them beyond the worker's send timeout). The worker gives up on each try and retries
+//! the same signed body; the origin stores every batch exactly once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use allot_core::contract::stream;
+use allot_e2e::stack::{Options, Stack};
+use allot_testkit::poll::{self, eventually};
+use allot_testkit::scenario;
+use serde_json::Value;
+
+/// The worker's send timeout, and how long the proxy holds each answer beyond it.
+const TIMEOUT_MS: u64 = 500;
+const HOLD: Duration = Duration::from_millis(1_500);
+
+async fn edge_events(stack: &Stack) -> Value {
+    let h: Value = stack.client.get(format!("{}/healthz", stack.edge_url)).send().await.unwrap().json().await.unwrap();
+    h["events"].clone()
+}
+
+fn stream_len(stack: &Stack) -> u64 {
+    redis::cmd("XLEN").arg(stream::EVENTS).query(&mut stack.redis().conn()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_held_past_the_edge_timeout_leave_one_stream_entry_per_batch() {
+    let options = Options {
+        period_ms: 60_000,
+        edge_via_proxy: true,
+        edge_event_timeout_ms: Some(TIMEOUT_MS),
+        ..Options::default()
+    };
+    let stack = Stack::start(options).await.unwrap();
+    stack.put_placement("home_feed", &scenario::home_feed()).await.unwrap();
+    eventually(20, "the edge's plan", async || stack.edge_plan_version("home_feed").await.unwrap()).await;
+    let rate = stack.status("home_feed").await.unwrap()["sample_rate"].as_f64().unwrap();
+    assert!(rate > 0.5, "the first plan samples most requests: {rate}");
+
+    stack.proxy().unwrap().hold_answers(HOLD);
+    let (before, entries_before) = (edge_events(&stack).await, stream_len(&stack));
+    for i in 0..300 {
+        let url = format!("{}/v1/ad?placement=home_feed&request_id=late-{i}", stack.edge_url);
+        assert_eq!(stack.client.get(url).send().await.unwrap().status(), 200);
+        if i % 100 == 99 {
+            // Several batches (the edge flushes a batch 200 ms after its first event).
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    let queued = edge_events(&stack).await["queued"].as_u64().unwrap() - before["queued"].as_u64().unwrap();
+    assert!(queued > 150, "sampled events: {queued}");
+    // Every batch: sent, stored, answered late; resent (same body, same header), found
+    // stored, answered late again; given up at the edge.
+    let after = poll::until(Duration::from_secs(30), async || {
+        let e = edge_events(&stack).await;
+        let n = |k: &str| e[k].as_u64().unwrap();
+        // Nothing in flight: every event queued so far was acknowledged or given up.
+        (n("failed") + n("sent") == n("queued") && n("failed") > before["failed"].as_u64().unwrap()).then_some(e)
+    })
+    .await;
+    let after = match after {
+        Some(a) => a,
+        None => panic!(
+            "every batch given up at the edge: before {before}, now {}, {queued} queued, stream {} entries, duplicates {}",
+            edge_events(&stack).await,
+            stream_len(&stack) - entries_before,
+            stack.api.metric("allot_ingest_duplicate_bodies_total").await
+        ),
+    };
+    let batches = after["failed_batches"].as_u64().unwrap() - before["failed_batches"].as_u64().unwrap();
+    let retried = after["retried_batches"].as_u64().unwrap() - before["retried_batches"].as_u64().unwrap();
+    assert!(batches >= 2, "{after}");
+    assert_eq!(retried, batches, "every batch was tried twice");
+
+    let duplicates = eventually(10, "the retries answered", async || {
+        let d = stack.api.metric("allot_ingest_duplicate_bodies_total").await;
+        (d as u64 >= batches).then_some(d)
+    })
+    .await;
+    assert_eq!(duplicates as u64, batches, "each retry found its body stored");
+    assert_eq!(stream_len(&stack) - entries_before, batches, "exactly one stream entry per batch");
+    assert_eq!(after["sent"], before["sent"], "no answer arrived in time");
+    let stored = stack.api.metric("allot_ingest_events_total").await as u64;
+    assert_eq!(stored, after["queued"].as_u64().unwrap(), "every sampled event stored once");
+    let mut lost = 0.0;
+    for reason in allot_core::DropReason::ALL {
+        lost += stack.api.metric(&format!("allot_ingest_dropped_events_total{{reason=\"{}\"}}", reason.as_str())).await;
+    }
+    assert_eq!(lost, 0.0, "the edge's events match what the origin published");
+
+    // Answers on time again: the next batch is sent once.
+    stack.proxy().unwrap().hold_answers(Duration::ZERO);
+    for i in 0..20 {
+        let url = format!("{}/v1/ad?placement=home_feed&request_id=on-time-{i}", stack.edge_url);
+        assert_eq!(stack.client.get(url).send().await.unwrap().status(), 200);
+    }
+    eventually(10, "a batch acknowledged on time", async || edge_events(&stack).await["sent"].as_u64().unwrap() > 0)
+        .await;
+    stack.stop();
+}
