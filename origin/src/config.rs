@@ -384,7 +384,11 @@ impl Config {
                 Some(w) if w.keys.iter().any(|k| k.expose_secret().len() < 16) => {
                     return Err(invalid("publish.worker.keys", "each key must be at least 16 bytes"));
                 }
-                Some(w) if w.keys.iter().any(|k| self.ingest.keys.iter().any(|i| i.expose_secret() == k.expose_secret())) => {
+                Some(w)
+                    if w.keys
+                        .iter()
+                        .any(|k| self.ingest.keys.iter().any(|i| i.expose_secret() == k.expose_secret())) =>
+                {
                     return Err(invalid("publish.worker.keys", "must differ from every ingest key"));
                 }
                 Some(_) => {}

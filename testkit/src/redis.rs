@@ -7,9 +7,9 @@
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 
+use allot_core::contract::keys::PlacementKeys;
 use allot_core::contract::stream;
 use allot_core::{EventBatch, WindowStats};
-use allot_core::contract::keys::PlacementKeys;
 use tempfile::TempDir;
 
 use crate::poll::eventually_blocking;

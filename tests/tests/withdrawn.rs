@@ -22,7 +22,8 @@ fn events_of(stack: &Stack, placement: &str) -> usize {
 }
 
 async fn edge_queued(stack: &Stack) -> u64 {
-    let health: Value = stack.client.get(format!("{}/healthz", stack.edge_url)).send().await.unwrap().json().await.unwrap();
+    let health: Value =
+        stack.client.get(format!("{}/healthz", stack.edge_url)).send().await.unwrap().json().await.unwrap();
     health["events"]["queued"].as_u64().unwrap()
 }
 
@@ -45,13 +46,8 @@ async fn a_deleted_placement_under_traffic_sends_no_events() {
     }
     eventually(20, "home_feed events at the origin", async || events_of(&stack, "home_feed") > 0).await;
 
-    let deleted = stack
-        .client
-        .delete(stack.api.url("/v1/placements/home_feed"))
-        .bearer_auth(MANAGER_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let deleted =
+        stack.client.delete(stack.api.url("/v1/placements/home_feed")).bearer_auth(MANAGER_TOKEN).send().await.unwrap();
     assert_eq!(deleted.status(), 204);
     // Requests keep arriving while the tombstone travels; then the edge refuses them.
     let mut i = 200;

@@ -67,10 +67,7 @@ impl Cors {
             .allow_origin(path, origin)
             .ok_or_else(|| ApiError::forbidden("cors_forbidden", format!("origin {origin:?} may not call {path}")))?;
         if !method.eq_ignore_ascii_case(route_method) {
-            return Err(ApiError::forbidden(
-                "cors_forbidden",
-                format!("{path} takes {route_method}, not {method}"),
-            ));
+            return Err(ApiError::forbidden("cors_forbidden", format!("{path} takes {route_method}, not {method}")));
         }
         Ok(Preflight { allow_origin, method: route_method })
     }
@@ -105,7 +102,10 @@ mod tests {
         let cors = Cors::parse(" https://App.example/ , https://other.example:8443,,");
         assert!(cors.enabled());
         assert_eq!(cors.allow_origin("/v1/ad", "https://app.example"), Some("https://app.example".into()));
-        assert_eq!(cors.allow_origin("/v1/impression", "HTTPS://OTHER.example:8443"), Some("https://other.example:8443".into()));
+        assert_eq!(
+            cors.allow_origin("/v1/impression", "HTTPS://OTHER.example:8443"),
+            Some("https://other.example:8443".into())
+        );
         assert_eq!(cors.allow_origin("/v1/ad", "https://evil.example"), None);
         assert_eq!(cors.allow_origin("/v1/ad", "https://app.example.evil"), None);
         assert_eq!(cors.allow_origin("/internal/plans/x", "https://app.example"), None);
