@@ -40,7 +40,9 @@ url = "redis://127.0.0.1:$RPORT"
 [ingest]
 keys = ["$KEY"]
 [control]
-period_ms = 60000
+# The bench records its plans as published itself (allot-load --seed-config); a control
+# loop would withdraw placements that have no targets.
+enabled = false
 [log]
 level = "warn"
 TOML
@@ -63,11 +65,13 @@ run() {
   local batch=$1 conns=$2
   stats >"$WORK/before"
   "$BIN/allot-load" --addr "$ADDR" --key "$KEY" --connections "$conns" --seconds "$RUN_SECS" \
-    --batch "$batch" --threads "$LOAD_THREADS" | tee "$WORK/report.json"
+    --batch "$batch" --threads "$LOAD_THREADS" --seed-config "$WORK/allot.toml" | tee "$WORK/report.json"
   for _ in $(seq 600); do drained && break; sleep 0.1; done
   stats >"$WORK/after"
   local events
-  events=$(python3 -c "import json; r=json.load(open('$WORK/report.json')); print(r['accepted']*r['batch'])")
+  events=$(python3 -c "import json; r=json.load(open('$WORK/report.json')); print(r['events_accepted'])")
+  if [ "$events" = "0" ]; then echo "no event was accepted: the run measured nothing" >&2; exit 1; fi
+  python3 -c "import json; r=json.load(open('$WORK/report.json')); print(f\"  events accepted {r['events_accepted']}, dropped {r['events_dropped']}\")"
   python3 - "$WORK/before" "$WORK/after" "$events" <<'PY'
 import sys
 def load(p):

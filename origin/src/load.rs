@@ -5,16 +5,27 @@
 //! request. Bodies are built per request with unique request ids and signed with the
 //! current second, exactly as the edge does, so the server's skew and replay checks
 //! stay on during the benchmark.
+//!
+//! Ingest counts an event only if the origin published the plan it names (placement,
+//! version, rate, campaigns), so before a run the bench plans are recorded as published
+//! ([`seed`]); the report counts the events the origin accepted, as it answered them,
+//! so a run whose events were dropped cannot pass for a fast one.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use allot_core::signature;
+use allot_core::{CampaignId, Eligibility, PLAN_FORMAT, PlacementId, Plan, PlanCampaign, signature};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
+
+use crate::store::{PlanRecord, Store, StoreError};
+
+/// The version and sample rate of every bench plan.
+const BENCH_VERSION: u64 = 1;
+const BENCH_RATE: f64 = 0.1;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -36,8 +47,12 @@ pub struct LoadReport {
     pub batch: usize,
     pub seconds: f64,
     pub requests: u64,
+    /// Requests answered 202.
     pub accepted: u64,
     pub failed: u64,
+    /// Events the origin said it accepted, and dropped, in its 202 answers.
+    pub events_accepted: u64,
+    pub events_dropped: u64,
     pub requests_per_sec: f64,
     pub events_per_sec: f64,
     pub latency_ms_p50: f64,
@@ -50,7 +65,44 @@ pub struct LoadReport {
 struct ConnResult {
     accepted: u64,
     failed: u64,
+    events_accepted: u64,
+    events_dropped: u64,
     latencies_us: Vec<u32>,
+}
+
+/// The plan the load's events for `bench_{placement}` are decided under.
+pub fn bench_plan(placement: usize, now_ms: u64) -> Plan {
+    let campaign = |id: &str| PlanCampaign {
+        id: CampaignId::parse(id).expect("a valid campaign id"),
+        weight: 0.4,
+        creative: serde_json::json!({}),
+        eligibility: Eligibility::default(),
+    };
+    Plan {
+        format: PLAN_FORMAT,
+        placement: PlacementId::parse(format!("bench_{placement}")).expect("a valid placement id"),
+        version: BENCH_VERSION,
+        issued_at_ms: now_ms,
+        sample_rate: BENCH_RATE,
+        no_ad_weight: 0.2,
+        campaigns: vec![campaign("A"), campaign("B")],
+        withdrawn: false,
+    }
+}
+
+/// Records the bench plans of `placements` placements as published: registered, in
+/// their plan history, as the control loop leaves them (run the origin with its control
+/// loop off, or it withdraws placements that have no targets).
+pub async fn seed(store: &Store, placements: usize) -> Result<(), StoreError> {
+    let now_ms = crate::now_ms();
+    for i in 0..placements.max(1) {
+        let plan = bench_plan(i, now_ms);
+        let placement = plan.placement.clone();
+        let record = PlanRecord { plan, decision: None, targets_rev: 0, published_at_ms: now_ms };
+        store.save_plan(&placement, &record, 10).await?;
+        store.register(&placement).await?;
+    }
+    Ok(())
 }
 
 /// One signed body of `batch` events.
@@ -71,7 +123,7 @@ pub fn body(conn: usize, seq: u64, batch: usize, placements: usize, now_ms: u64)
         let _ = write!(
             s,
             "{{\"kind\":\"allocation\",\"event_time_ms\":{now_ms},\"request_id\":\"c{conn}-{n}\",\
-             \"placement\":\"bench_{placement}\",\"ad_id\":{ad},\"plan_version\":1,\"sample_rate\":0.1,\
+             \"placement\":\"bench_{placement}\",\"ad_id\":{ad},\"plan_version\":{BENCH_VERSION},\"sample_rate\":{BENCH_RATE},\
              \"eligible\":[\"A\",\"B\"],\"platform\":\"ios\",\"country\":\"DE\",\"colo\":\"FRA\"}}"
         );
     }
@@ -103,10 +155,13 @@ async fn connection(id: usize, o: LoadOptions, deadline: Instant) -> Result<Conn
         sender.ready().await.map_err(|e| e.to_string())?;
         let response = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let status = response.status();
-        response.into_body().collect().await.map_err(|e| e.to_string())?;
+        let answer = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
         out.latencies_us.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
         if status.as_u16() == 202 {
             out.accepted += 1;
+            let counts: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+            out.events_accepted += counts["accepted"].as_u64().unwrap_or(0);
+            out.events_dropped += counts["dropped"].as_u64().unwrap_or(0);
         } else {
             out.failed += 1;
         }
@@ -135,6 +190,8 @@ pub async fn run(o: LoadOptions) -> Result<LoadReport, String> {
         let r = r.map_err(|e| e.to_string())??;
         all.accepted += r.accepted;
         all.failed += r.failed;
+        all.events_accepted += r.events_accepted;
+        all.events_dropped += r.events_dropped;
         all.latencies_us.extend(r.latencies_us);
     }
     let seconds = started.elapsed().as_secs_f64();
@@ -147,8 +204,10 @@ pub async fn run(o: LoadOptions) -> Result<LoadReport, String> {
         requests,
         accepted: all.accepted,
         failed: all.failed,
+        events_accepted: all.events_accepted,
+        events_dropped: all.events_dropped,
         requests_per_sec: requests as f64 / seconds,
-        events_per_sec: (all.accepted * o.batch as u64) as f64 / seconds,
+        events_per_sec: all.events_accepted as f64 / seconds,
         latency_ms_p50: percentile(&all.latencies_us, 0.50),
         latency_ms_p90: percentile(&all.latencies_us, 0.90),
         latency_ms_p99: percentile(&all.latencies_us, 0.99),
@@ -167,5 +226,11 @@ mod tests {
         assert_eq!(batch.events.len(), 100);
         assert_eq!(batch.events[0].request_id.as_str(), "c3-700");
         assert_eq!(batch.events[0].placement.as_str(), "bench_3");
+        // Every event is decided under its placement's bench plan, so ingest admits it.
+        for e in &batch.events {
+            let plan = bench_plan(e.placement.as_str()["bench_".len()..].parse().unwrap(), 0);
+            assert_eq!((e.plan_version, e.sample_rate), (plan.version, plan.sample_rate));
+            assert!(e.eligible.iter().chain(&e.ad_id).all(|c| plan.campaign(c).is_some()));
+        }
     }
 }

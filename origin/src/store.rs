@@ -176,11 +176,19 @@ impl Store {
     /// Registers a placement and asks the control loop for a round now.
     pub async fn mark_changed(&self, p: &PlacementId, registered: bool) -> Result<(), StoreError> {
         // Two keys in two slots: two commands, not a pipeline (cluster-safe).
-        let mut c = self.conn();
         if registered {
-            c.sadd::<_, _, ()>(keys::PLACEMENTS, p.as_str()).await?;
+            self.register(p).await?;
         }
+        let mut c = self.conn();
         c.sadd::<_, _, ()>(keys::DIRTY, p.as_str()).await?;
+        Ok(())
+    }
+
+    /// Adds a placement to the registry: the control loop's rounds and ingest's
+    /// admission both start from it.
+    pub async fn register(&self, p: &PlacementId) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        c.sadd::<_, _, ()>(keys::PLACEMENTS, p.as_str()).await?;
         Ok(())
     }
 

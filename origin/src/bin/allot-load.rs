@@ -26,11 +26,24 @@ struct Args {
     /// Runtime worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Before the run, record the bench placements' plans as published in the Redis of
+    /// this origin config (ingest counts only events of published plans).
+    #[arg(long)]
+    seed_config: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(a.threads.max(1)).enable_all().build()?;
+    if let Some(path) = &a.seed_config {
+        let config = allot_origin::Config::load(path).with_context(|| format!("config {path}"))?;
+        runtime.block_on(async {
+            let conn = allot_origin::conn::shared(&config.redis).await.context("connect to Redis")?;
+            allot_origin::load::seed(&allot_origin::store::Store::new(conn), a.placements)
+                .await
+                .context("record the bench plans")
+        })?;
+    }
     let report = runtime
         .block_on(allot_origin::load::run(allot_origin::load::LoadOptions {
             addr: a.addr,
