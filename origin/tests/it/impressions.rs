@@ -5,7 +5,7 @@
 use allot_core::contract::keys::PlacementKeys;
 use allot_core::{CampaignId, EventKind, WindowStats};
 use allot_origin::aggregate::impression_marker_ttl_secs;
-use allot_testkit::events::{batch, event, now_ms};
+use allot_testkit::events::{batch, event, now_ms, plan, record_published};
 use allot_testkit::origin::{MANAGER_TOKEN, TestApp, VIEWER_TOKEN, config};
 use allot_testkit::poll::eventually;
 use allot_testkit::redis::{RedisServer, total_counts};
@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 
 const HOUR_MS: u64 = 3_600_000;
 
-async fn origin(redis: &RedisServer) -> TestApp {
+/// An origin with targets for home_feed and, its control loop being off, plan 1 of
+/// home_feed at `rate` recorded as published (ingest counts only published plans).
+async fn origin(redis: &RedisServer, rate: f64) -> TestApp {
     // Hour-long windows: the "last complete window" cannot roll over mid-test.
     let app = TestApp::start(config(
         redis,
@@ -23,6 +25,7 @@ async fn origin(redis: &RedisServer) -> TestApp {
     .await;
     let spec = json!({"campaigns": [{"id": "A", "rate": 0.4}, {"id": "B", "rate": 0.3}]});
     assert_eq!(app.put_targets("home_feed", &spec, MANAGER_TOKEN).await.status(), 201);
+    record_published(&mut redis.conn(), &plan("home_feed", 1, rate, &["A", "B"]));
     app
 }
 
@@ -38,7 +41,7 @@ fn id(s: &str) -> CampaignId {
 #[tokio::test]
 async fn one_impression_per_request_is_counted() {
     let redis = RedisServer::start();
-    let app = origin(&redis).await;
+    let app = origin(&redis, 0.5).await;
     let t = now_ms();
     let alloc = |r: &str, ad: &str| event(EventKind::Allocation, r, "home_feed", t, Some(ad), &["A", "B"], 1, 0.5);
     let imp = |r: &str, ad: &str| event(EventKind::Impression, r, "home_feed", t, Some(ad), &[], 1, 0.5);
@@ -99,7 +102,7 @@ async fn settled(redis: &RedisServer, imps: u64) {
 #[tokio::test]
 async fn stray_impressions_move_no_other_campaign() {
     let redis = RedisServer::start();
-    let app = origin(&redis).await;
+    let app = origin(&redis, 1.0).await;
     // 100 requests in the last complete window at rate 1: A 40, B 30, none 30.
     let t = (now_ms() / HOUR_MS - 1) * HOUR_MS + 1000;
     let alloc = |i: usize| {
@@ -116,10 +119,11 @@ async fn stray_impressions_move_no_other_campaign() {
     let plain = estimates(&app).await;
     assert_eq!(plain, [("A".into(), "allocations".into(), 0.4), ("B".into(), "allocations".into(), 0.3)],);
 
-    // A stray impression for a campaign that does not exist, and one for B from a
-    // request never allocated: no campaign's estimate moves.
+    // A stray impression for a campaign that does not exist (dropped at ingest: not in
+    // the plan), and one for B from a request never allocated: no estimate moves.
     post(&app, vec![imp("stray-1".into(), "Z"), imp("stray-2".into(), "B")]).await;
     settled(&redis, 1).await;
+    assert_eq!(app.metric("allot_ingest_dropped_events_total{reason=\"unknown_campaign\"}").await, 1.0);
     assert_eq!(estimates(&app).await, plain);
 
     // A's apps report impressions for 36 of its 40 ads (90 %): A is measured on
