@@ -4,8 +4,12 @@
 -- campaign's deliveries; share is est_delivered over the placement's estimated requests,
 -- with a 95 % Wilson interval on the effective sample size (sum w)^2 / sum w^2: the same
 -- estimate and interval the origin's status API reports (allot-core estimate::share).
--- Delivery counts impressions where the placement reported any that day, otherwise
--- allocations (basis). est_delivered_low/high scale the interval to counts.
+-- Delivery is measured per campaign with the origin's rule (allot-core
+-- DeliveryBasis::of): on impressions when the placement's apps report them for at least
+-- half of the ads allocated that day (each campaign counting at most its own
+-- allocations) and the campaign itself has at least 20 sampled impressions and 20
+-- sampled allocations, otherwise on allocations (basis). est_delivered_low/high scale
+-- the interval to counts.
 --
 -- target is the campaign's target rate as the day's traffic saw it: every sampled
 -- request is joined to the plan it was served under (table plans, one row per plan
@@ -35,11 +39,20 @@ campaigns AS (
   WHERE ad_id IS NOT NULL AND dt BETWEEN '{{from}}' AND '{{to}}'
   GROUP BY placement, dt, ad_id
 ),
-basis AS (
+coverage AS (
   SELECT placement, dt,
-         CASE WHEN SUM(impression_samples) > 0 THEN 'impressions' ELSE 'allocations' END AS basis
+         CASE WHEN SUM(allocations) > 0
+              THEN SUM(LEAST(impressions, allocations)) / SUM(allocations)
+              ELSE 0.0 END AS coverage
   FROM campaigns
   GROUP BY placement, dt
+),
+basis AS (
+  SELECT c.placement, c.dt, c.campaign,
+         CASE WHEN v.coverage >= 0.5 AND c.impression_samples >= 20 AND c.allocation_samples >= 20
+              THEN 'impressions' ELSE 'allocations' END AS basis
+  FROM campaigns c
+  JOIN coverage v ON v.placement = c.placement AND v.dt = c.dt
 ),
 -- Plans issued after the period cannot have served it (and their partitions need no
 -- scan). A plan without campaigns is one row with a NULL campaign: a known version that
@@ -91,7 +104,7 @@ delivered AS (
   FROM keyed k
   JOIN requests r ON r.placement = k.placement AND r.dt = k.dt
   LEFT JOIN campaigns c ON c.placement = k.placement AND c.dt = k.dt AND c.campaign = k.campaign
-  LEFT JOIN basis b ON b.placement = k.placement AND b.dt = k.dt
+  LEFT JOIN basis b ON b.placement = k.placement AND b.dt = k.dt AND b.campaign = k.campaign
   LEFT JOIN targets t ON t.placement = k.placement AND t.dt = k.dt AND t.campaign = k.campaign
 ),
 shares AS (

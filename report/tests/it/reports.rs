@@ -206,10 +206,6 @@ async fn delivery_matches_the_core_estimator_and_the_targets_in_force() {
     }
     let mut expected = Vec::new();
     for ((placement, d), stats) in &windows {
-        // The daily report's own rule (reports/delivery.sql): impressions wherever the
-        // placement reported any that day.
-        let any_impressions = stats.campaigns.values().any(|c| c.impressions.n > 0);
-        let basis = if any_impressions { DeliveryBasis::Impressions } else { DeliveryBasis::Allocations };
         let mut ids: Vec<CampaignId> = stats.campaigns.keys().cloned().collect();
         ids.extend(
             weighted.keys().filter(|k| (&k.0, &k.1) == (placement, d)).map(|k| CampaignId::parse(&k.2).unwrap()),
@@ -220,6 +216,8 @@ async fn delivery_matches_the_core_estimator_and_the_targets_in_force() {
             let target = weighted
                 .get(&(placement.clone(), d.clone(), id.to_string()))
                 .map(|w| w / covered[&(placement.clone(), d.clone())]);
+            // The origin's rule, per campaign, applied to the day.
+            let basis = DeliveryBasis::of(stats, &id);
             expected.push((placement.clone(), d.clone(), id, basis, stats.clone(), target));
         }
     }
