@@ -115,7 +115,41 @@ pub struct Traffic {
     pub period_ms: u64,
 }
 
+/// Traffic sending in the background ([`Traffic::start`]).
+#[derive(Debug)]
+pub struct Running {
+    /// What the apps have observed so far.
+    pub observed: Arc<Mutex<Observed>>,
+    /// Set to stop the traffic early (another task may share it).
+    pub stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops the traffic, waits for its last requests and returns what the apps observed.
+    pub async fn finish(self) -> anyhow::Result<Observed> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await??;
+        Ok(std::mem::take(&mut *self.observed.lock().unwrap_or_else(|e| e.into_inner())))
+    }
+}
+
 impl Traffic {
+    /// Starts sending in the background for at most `duration`.
+    pub fn start(self, duration: Duration) -> Running {
+        let observed = Arc::new(Mutex::new(Observed::default()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = {
+            let (observed, stop) = (observed.clone(), stop.clone());
+            tokio::spawn(async move { self.run(duration, observed, stop).await })
+        };
+        Running { observed, stop, task }
+    }
+
     /// Sends requests until `stop` is set or `duration` has passed.
     pub async fn run(
         &self,

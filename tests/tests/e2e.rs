@@ -3,12 +3,10 @@
 //! and the plans it publishes bring the shares the apps observe to target.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use allot_e2e::stack::{Options, Stack};
-use allot_e2e::traffic::{Mix, Observed, Traffic};
+use allot_e2e::traffic::{Mix, Traffic};
 use allot_testkit::events::{allocation, batch, now_ms};
 use allot_testkit::origin::signed_post;
 use allot_testkit::poll::{self, eventually};
@@ -40,8 +38,6 @@ async fn shares_converge_to_targets_and_the_origin_knows_it() {
     wait_for_edge_plan(&stack, "home_feed").await;
     wait_for_edge_plan(&stack, "sidebar").await;
 
-    let observed = Arc::new(Mutex::new(Observed::default()));
-    let stop = Arc::new(AtomicBool::new(false));
     let traffic = Traffic {
         edge_url: stack.edge_url.clone(),
         placements: vec![("home_feed".into(), Mix::scenario()), ("sidebar".into(), Mix::scenario())],
@@ -49,10 +45,7 @@ async fn shares_converge_to_targets_and_the_origin_knows_it() {
         concurrency: 16,
         period_ms: PERIOD_MS,
     };
-    let load = {
-        let (observed, stop) = (observed.clone(), stop.clone());
-        tokio::spawn(async move { traffic.run(Duration::from_secs(120), observed, stop).await })
-    };
+    let load = traffic.start(Duration::from_secs(120));
 
     // Let the controller see traffic and its plans reach the edge, then judge the
     // next windows.
@@ -63,15 +56,13 @@ async fn shares_converge_to_targets_and_the_origin_knows_it() {
     }
     let status_home = stack.status("home_feed").await.unwrap();
     let status_side = stack.status("sidebar").await.unwrap();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    load.await.unwrap().unwrap();
+    let obs = load.finish().await.unwrap();
     // Genuine traffic under changing plans: the origin dropped none of the edge's events.
     for reason in allot_core::DropReason::ALL {
         let name = format!("allot_ingest_dropped_events_total{{reason=\"{}\"}}", reason.as_str());
         assert_eq!(stack.api.metric(&name).await, 0.0, "{name}");
     }
 
-    let obs = std::mem::take(&mut *observed.lock().unwrap());
     // 1. What the apps observed is within the manager's margin for every feasible campaign.
     let home = obs.range("home_feed", *judged.start(), *judged.end());
     assert!(home.requests > 2_000, "too little traffic to judge: {home:?}");

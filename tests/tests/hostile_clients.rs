@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use allot_e2e::stack::{Options, Stack};
-use allot_e2e::traffic::{Mix, Observed, Traffic};
+use allot_e2e::traffic::{Mix, Traffic};
 use allot_testkit::events::now_ms;
 use allot_testkit::poll::eventually;
 use allot_testkit::scenario::{self, MARGIN};
@@ -88,8 +88,6 @@ async fn hostile_ids_platforms_and_impressions_leave_shares_within_the_margin() 
     }
     eventually(20, "the edge to get a plan", async || stack.edge_plan_version("home_feed").await.unwrap()).await;
 
-    let observed = Arc::new(Mutex::new(Observed::default()));
-    let stop = Arc::new(AtomicBool::new(false));
     let refusals = Arc::new(Mutex::new(Refusals::default()));
     let traffic = Traffic {
         edge_url: stack.edge_url.clone(),
@@ -98,22 +96,17 @@ async fn hostile_ids_platforms_and_impressions_leave_shares_within_the_margin() 
         concurrency: 16,
         period_ms: PERIOD_MS,
     };
-    let load = {
-        let (observed, stop) = (observed.clone(), stop.clone());
-        tokio::spawn(async move { traffic.run(Duration::from_secs(120), observed, stop).await })
-    };
-    let attack = tokio::spawn(hostile(stack.edge_url.clone(), stop.clone(), refusals.clone()));
+    let load = traffic.start(Duration::from_secs(120));
+    let attack = tokio::spawn(hostile(stack.edge_url.clone(), load.stop.clone(), refusals.clone()));
 
     let first = now_ms() / PERIOD_MS;
     let judged = first + 5..=first + 8;
     while now_ms() / PERIOD_MS <= *judged.end() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap().unwrap();
+    let obs = load.finish().await.unwrap();
     attack.await.unwrap();
 
-    let obs = std::mem::take(&mut *observed.lock().unwrap());
     let home = obs.range("home_feed", *judged.start(), *judged.end());
     assert!(home.requests > 2_000, "too little traffic to judge: {home:?}");
     assert_eq!(home.errors, 0);

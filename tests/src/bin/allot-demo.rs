@@ -1,7 +1,5 @@
 //! `allot-demo`: the whole system on this machine, converging live. See `--help`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use allot_e2e::stack::{Options, Stack, today_utc};
@@ -102,8 +100,6 @@ async fn main() -> anyhow::Result<()> {
         stack.put_placement(id, &targets).await?;
     }
 
-    let observed = Arc::new(Mutex::new(Observed::default()));
-    let stop = Arc::new(AtomicBool::new(false));
     let traffic = Traffic {
         edge_url: stack.edge_url.clone(),
         placements: scenario::placements().into_iter().map(|(id, _)| (id.to_string(), mix.clone())).collect(),
@@ -113,10 +109,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let duration =
         if args.seconds == 0 { Duration::from_secs(u64::MAX / 4) } else { Duration::from_secs(args.seconds) };
-    let load = {
-        let (observed, stop) = (observed.clone(), stop.clone());
-        tokio::spawn(async move { traffic.run(duration, observed, stop).await })
-    };
+    let load = traffic.start(duration);
     println!("driving {} requests/s; a table every {} s; Ctrl-C to stop", args.rps, args.period);
 
     let deadline = tokio::time::Instant::now() + duration;
@@ -135,18 +128,17 @@ async fn main() -> anyhow::Result<()> {
         for (id, _) in scenario::placements() {
             statuses.push(stack.status(id).await?);
         }
-        let snapshot = std::mem::take(&mut *observed.lock().unwrap_or_else(|e| e.into_inner()));
+        let snapshot = std::mem::take(&mut *load.observed.lock().unwrap_or_else(|e| e.into_inner()));
         print_table(&statuses, &snapshot);
         // Keep only recent windows.
         let keep_from = now_ms() / period_ms - 2;
-        let mut obs = observed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut obs = load.observed.lock().unwrap_or_else(|e| e.into_inner());
         for (k, v) in snapshot.windows.into_iter().filter(|((_, w), _)| *w >= keep_from) {
             obs.windows.entry(k).or_default().merge(&v);
         }
     }
     println!("\nstopping traffic …");
-    stop.store(true, Ordering::Relaxed);
-    let _ = load.await;
+    let _ = load.finish().await;
     // Give the archiver one flush, then show what analysts get from the archive.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let today = today_utc();
