@@ -206,7 +206,7 @@ pub enum PublishKind {
     /// Plans are computed and stored but not pushed anywhere.
     #[default]
     None,
-    /// `PUT {url}/internal/plans/{placement}` on the worker, signed with the ingest key.
+    /// `PUT {url}/internal/plans/{placement}` on the worker, signed with the push keys.
     Worker,
     /// Cloudflare KV REST API bulk writes.
     Cloudflare,
