@@ -20,6 +20,7 @@ pub mod controller;
 pub mod estimate;
 pub mod event;
 pub mod id;
+pub mod lease;
 pub mod plan;
 pub mod planner;
 pub mod quantile;
@@ -38,6 +39,7 @@ pub use controller::{ControlInput, ControlState, Controller, Decision, Feasibili
 pub use estimate::{DeliveryBasis, ShareEstimate};
 pub use event::{Event, EventBatch, EventError, EventKind};
 pub use id::{CampaignId, IdError, PlacementId, RequestId};
+pub use lease::{Fence, Lease, LeaseConfig, LeaseReply, Transition};
 pub use plan::{PLAN_FORMAT, Plan, PlanCampaign, PlanError, Succession};
 pub use planner::SampleRatePlanner;
 pub use retry::{Backoff, RetryPolicy};

@@ -1,9 +1,16 @@
 //! The admin API for placements: targets in, with ETags, roles and an audit trail.
 //!
 //! `PUT` validates with core's `Targets::parse` (a `422` names the offending field),
-//! writes conditionally (`If-Match` → `412` on a stale ETag, atomic in Redis), records
-//! the change in the audit stream, and wakes the control loop so the new targets are
-//! solved and published at once rather than at the next period.
+//! registers the placement, writes conditionally (`If-Match` → `412` on a stale ETag)
+//! with the change's audit entry in the same script, and wakes the control loop so the
+//! new targets are solved and published at once rather than at the next period.
+//!
+//! Once the write is stored the answer is a success, whatever follows: marking the
+//! placement for an immediate round and copying the audit entry to the global feed
+//! only speed things up or copy (the next full round solves every registered
+//! placement; the placement's own trail is already written). Registering comes first
+//! for the same reason: a stored placement is never missing from the registry, and a
+//! registered one without targets leaves it at the next round.
 
 use std::sync::Arc;
 
@@ -141,6 +148,7 @@ pub async fn put_placement(
 ) -> Result<Response, ApiError> {
     let spec = targets.to_spec();
     let expected = expected_rev(&app, &id, if_match).await?;
+    app.store.register(&id).await?;
     let (rev, before) = match app.store.write_targets(&id, expected, Some(&spec), &caller.name, crate::now_ms()).await?
     {
         Cas::Written { rev, before } => (rev, before),
@@ -148,17 +156,22 @@ pub async fn put_placement(
         Cas::Missing => return Err(ApiError::NotFound(format!("placement {id}"))),
     };
     let after = serde_json::to_string(&spec).unwrap_or_default();
-    app.store.mark_changed(&id, true).await?;
-    app.control_wake.notify_one();
-    audit_or_log(&app, &caller.name, "put", &id, &before, &after).await;
+    after_change(&app, &caller.name, "put", &id, &before, &after).await;
     let status = if before.is_empty() { StatusCode::CREATED } else { StatusCode::OK };
     Ok(with_etag((status, Json(spec)).into_response(), rev))
 }
 
-async fn audit_or_log(app: &App, who: &str, action: &str, id: &PlacementId, before: &str, after: &str) {
+/// What follows a stored change: a round now, and the entry in the global audit feed.
+/// Neither failure undoes the change or loses its record, so both are logged, not
+/// answered.
+async fn after_change(app: &App, who: &str, action: &str, id: &PlacementId, before: &str, after: &str) {
+    if let Err(e) = app.store.mark_dirty(id).await {
+        tracing::warn!(error = %e, placement = %id, "could not ask for a round now; the next full round solves it");
+    }
+    app.control_wake.notify_one();
     if let Err(e) = crate::audit::append(app, who, action, id.as_str(), before, after).await {
-        // The change itself is stored; losing its audit line is logged loudly.
-        tracing::error!(error = %e, placement = %id, action, who, "audit append failed");
+        app.metrics.audit_feed_failures.inc();
+        tracing::error!(error = %e, placement = %id, action, who, "the global audit feed missed a change (the placement's trail has it)");
     }
 }
 
@@ -198,9 +211,7 @@ pub async fn delete_placement(
     let expected = expected_rev(&app, &id, if_match).await?;
     match app.store.write_targets(&id, expected, None, &caller.name, crate::now_ms()).await? {
         Cas::Written { before, .. } => {
-            app.store.mark_changed(&id, false).await?;
-            app.control_wake.notify_one();
-            audit_or_log(&app, &caller.name, "delete", &id, &before, "").await;
+            after_change(&app, &caller.name, "delete", &id, &before, "").await;
             Ok(StatusCode::NO_CONTENT)
         }
         Cas::Conflict { rev } => Err(ApiError::PreconditionFailed { current: etag(rev) }),

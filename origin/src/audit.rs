@@ -1,8 +1,13 @@
 //! The audit trail: every admin change, who made it, when, and the before/after values.
 //!
-//! Appended to the `allot:audit` stream after each successful write and read back
-//! newest first at `GET /v1/audit`. A stream (rather than a list) gives every entry a
-//! time-ordered id for paging.
+//! Each placement's trail (`allot:{p}:audit`) is written by the same script as the
+//! change it records, so no change is stored without its entry. Each entry is then
+//! copied to the global feed (`allot:audit`), which lists every placement's changes
+//! together; a failed copy is counted (`allot_audit_feed_failures_total`) and the
+//! placement's own trail still has it. `GET /v1/audit?placement=…` reads the trail,
+//! `GET /v1/audit` the feed, both newest first. Streams (rather than lists) give every
+//! entry a time-ordered id for paging; an id is a cursor within the listing it came
+//! from.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -18,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::Viewer;
 use crate::error::{Api, ApiError};
 use crate::startup::App;
-use allot_core::contract::keys;
+use allot_core::contract::keys::{self, PlacementKeys};
 
 /// One recorded change.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -152,10 +157,11 @@ pub async fn get_audit(
         // Nothing precedes the first possible id.
         Some(None) => return Ok(Json(Vec::new())),
     };
+    let stream = q.placement.as_ref().map_or_else(|| keys::AUDIT.to_string(), |p| PlacementKeys::new(p).audit());
     let mut out = Vec::new();
     let mut c = app.store.conn();
     loop {
-        let reply: redis::streams::StreamRangeReply = c.xrevrange_count(keys::AUDIT, &end, "-", 500).await?;
+        let reply: redis::streams::StreamRangeReply = c.xrevrange_count(&stream, &end, "-", 500).await?;
         let n = reply.ids.len();
         for e in &reply.ids {
             let field = |k: &str| e.get::<String>(k);

@@ -44,6 +44,8 @@ pub struct Config {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
     pub redis: RedisConfig,
     pub ingest: IngestConfig,
     #[serde(default)]
@@ -65,6 +67,25 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
 
+/// The HTTP server's limits (see [`crate::serve`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// A request's headers must arrive within this; also the longest a kept-alive
+    /// connection may sit idle.
+    pub header_read_timeout_ms: u64,
+    /// A request, body included, must be answered within this (`503 timeout`).
+    pub request_timeout_ms: u64,
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { header_read_timeout_ms: 10_000, request_timeout_ms: 30_000, max_connections: 10_000 }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
@@ -72,6 +93,9 @@ pub struct RedisConfig {
     pub url: SecretString,
     /// Connect to a Redis Cluster.
     pub cluster: bool,
+    /// Start even on a Redis that evicts keys (see `redis_check`): for a throwaway
+    /// setup only.
+    pub allow_unsafe: bool,
     /// Per-command timeout on the shared connection.
     pub response_timeout_ms: u64,
     /// Approximate cap on the event stream's length (`XADD MAXLEN ~`). Consumers that
@@ -84,6 +108,7 @@ impl Default for RedisConfig {
         Self {
             url: SecretString::from("redis://127.0.0.1:6379"),
             cluster: false,
+            allow_unsafe: false,
             response_timeout_ms: 2000,
             stream_max_len: 10_000_000,
         }
@@ -126,6 +151,11 @@ fn default_body() -> usize {
 pub enum Failpoint {
     /// Exit the process right after applying a batch to the counts, before `XACK`.
     ExitAfterApply,
+    /// Pause for three lease times, renewals included, between deciding a round and
+    /// publishing it, as a stopped VM or a long GC pause would.
+    StallBeforePublish,
+    /// The same pause between publishing a round's plans and storing them.
+    StallBeforeSave,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -176,6 +206,8 @@ pub struct ControlConfig {
     pub lease_ms: u64,
     /// Plans kept in each placement's history.
     pub history_len: usize,
+    #[cfg(feature = "failpoints")]
+    pub failpoint: Option<Failpoint>,
 }
 
 impl Default for ControlConfig {
@@ -188,6 +220,8 @@ impl Default for ControlConfig {
             republish_after_secs: 600,
             lease_ms: 10_000,
             history_len: 100,
+            #[cfg(feature = "failpoints")]
+            failpoint: None,
         }
     }
 }
@@ -356,6 +390,12 @@ impl Config {
         }
         if !(10..=10_000).contains(&self.ingest.catalogue_refresh_ms) {
             return Err(invalid("ingest.catalogue_refresh_ms", "must be 10 to 10000"));
+        }
+        if self.http.header_read_timeout_ms == 0 || self.http.request_timeout_ms == 0 {
+            return Err(invalid("http", "timeouts must be positive"));
+        }
+        if self.http.max_connections == 0 {
+            return Err(invalid("http.max_connections", "must be at least 1"));
         }
         if self.control.period_ms < 100 {
             return Err(invalid("control.period_ms", "must be at least 100"));

@@ -1,60 +1,44 @@
 //! The control loop: once per period, under a lease, every placement's next plan.
 //!
-//! Only the replica holding the Redis lease (`allot:control:lease`, `SET NX PX`, renewed
-//! well inside its TTL) runs rounds, so N replicas never publish competing plans. Full
-//! rounds run just after each window closes; a placement whose targets changed (the
-//! admin API marks it in `allot:dirty` and wakes this loop) gets a round at once.
+//! Only the replica holding the lease runs rounds, so N replicas never publish
+//! competing plans. The lease is kept on its own task ([`crate::lease`]), concurrently
+//! with the rounds; a round reads the grant (a [`Fence`]: an epoch and a validity)
+//! and, when it has none, does nothing. Full rounds run just after each window closes;
+//! a placement whose targets changed (the admin API marks it in `allot:dirty` and wakes
+//! this loop) gets a round at once.
 //!
 //! A round is a call into core (`Policy::run`: controller, sample-rate planner, and the
 //! publish-or-not decision) fed with the placement's targets, its last `K` complete
-//! windows and the plan in force. Plans are published first and stored as current only
-//! once the publish succeeded, so a failed publish is retried next round with the same
-//! version. Each published plan's snapshot, with the targets it was made for, goes to the
-//! plan log (`allot:plans`), from which the archiver writes the `plans` table. A deleted
-//! placement gets one last, empty plan (no ads) and leaves the registry.
+//! windows and the plan in force. Then, for each plan to publish, under the grant:
+//!
+//! 1. its version is allocated in Redis for the grant's epoch (atomically, above every
+//!    version allocated before), so two holders never publish two plans under one
+//!    version, and a holder whose epoch is older than the placement has seen is refused;
+//! 2. every plan is checked (`Plan::check`) and published only while the grant is
+//!    valid, with the grant's end as the publish's deadline;
+//! 3. the published plan's snapshot, with its targets, goes to the plan log
+//!    (`allot:plans`, from which the archiver writes the `plans` table);
+//! 4. it is stored as current only forward and only for a current epoch (one script),
+//!    so a holder that stalled past its grant cannot set the stored plan back.
+//!
+//! A plan that fails to publish is not stored, so the next round publishes again, under
+//! a new version. A deleted placement gets one withdrawn plan and leaves the registry;
+//! a placement with targets is registered again whenever its plan in force is none or
+//! withdrawn, so a `PUT` racing the withdrawal is never left out.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use allot_core::{Controller, PlacementId, Plan, Policy, Round, SampleRatePlanner, Targets, WindowStats};
+use allot_core::{Controller, Fence, PlacementId, Plan, Policy, Round, SampleRatePlanner, Targets, WindowStats};
 use redis::AsyncCommands;
 use redis::streams::StreamMaxlen;
 use tokio_util::sync::CancellationToken;
 
+use crate::lease::LeaseView;
 use crate::publish::Publisher;
 use crate::startup::App;
-use crate::store::{PlanRecord, StoreError};
-use allot_core::contract::{PlanSnapshot, keys, stream};
-
-const ACQUIRE: &str = r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-return 0
-";
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-";
-
-/// Takes or renews the lease for `holder`; whether this instance holds it now.
-pub async fn acquire_lease(app: &App, holder: &str) -> Result<bool, redis::RedisError> {
-    let mut c = app.store.conn();
-    let got: i64 = redis::Script::new(ACQUIRE)
-        .key(keys::LEASE)
-        .arg(holder)
-        .arg(app.config.control.lease_ms)
-        .invoke_async(&mut c)
-        .await?;
-    Ok(got == 1)
-}
-
-async fn release_lease(app: &App, holder: &str) {
-    let mut c = app.store.conn();
-    let r: Result<i64, _> = redis::Script::new(RELEASE).key(keys::LEASE).arg(holder).invoke_async(&mut c).await;
-    if let Err(e) = r {
-        tracing::warn!(error = %e, "could not release the control lease");
-    }
-}
+use crate::store::{Fenced, PlanRecord, StoreError};
+use allot_core::contract::{PlanSnapshot, stream};
 
 /// When the next full round is due: shortly after the current window closes, so late
 /// events of that window have arrived.
@@ -63,45 +47,34 @@ fn next_full_round_ms(now_ms: u64, period_ms: u64) -> u64 {
     (WindowStats::window_index(now_ms, period_ms) + 1) * period_ms + grace
 }
 
-/// Runs until `cancel`, then releases the lease.
+/// Runs until `cancel`; the lease is kept (and released at the end) by
+/// [`crate::lease`].
 pub async fn run(app: Arc<App>, publisher: Arc<Publisher>, cancel: CancellationToken) {
+    let (mut lease, keeper) = crate::lease::spawn(app.clone(), cancel.clone());
     let cfg = app.config.control.clone();
     let wake_every = Duration::from_millis(cfg.period_ms.min(cfg.lease_ms / 3).max(50));
     let mut next_full = 0;
-    let mut leader = false;
+    let mut epoch = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(wake_every) => {}
             _ = app.control_wake.notified() => {}
+            _ = lease.changed() => {}
         }
-        match acquire_lease(&app, &app.instance).await {
-            Ok(true) => {
-                if !leader {
-                    tracing::info!(instance = %app.instance, "control lease acquired");
-                    // A new leader starts with a full round.
-                    next_full = 0;
-                }
-                leader = true;
-            }
-            Ok(false) => {
-                if leader {
-                    tracing::warn!("control lease lost");
-                }
-                leader = false;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "control lease check failed");
-                leader = false;
-            }
-        }
-        app.metrics.control_leader.set(i64::from(leader));
-        if !leader {
-            continue;
+        let Some(fence) = lease.current() else { continue };
+        if epoch != Some(fence.epoch) {
+            // A new holder starts with a full round.
+            epoch = Some(fence.epoch);
+            next_full = 0;
         }
         let now = crate::now_ms();
         let result = async {
-            let mut placements = app.store.take_dirty().await?;
+            // A failing wake-up set must not stop the full rounds.
+            let mut placements = app.store.take_dirty().await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "could not read the placements asking for a round");
+                Vec::new()
+            });
             if now >= next_full {
                 next_full = next_full_round_ms(now, cfg.period_ms);
                 placements.extend(app.store.placements().await?);
@@ -109,7 +82,7 @@ pub async fn run(app: Arc<App>, publisher: Arc<Publisher>, cancel: CancellationT
             placements.sort();
             placements.dedup();
             if !placements.is_empty() {
-                round(&app, &publisher, &placements, now).await;
+                round(&app, &publisher, &lease, &placements, now).await;
             }
             Ok::<_, StoreError>(())
         };
@@ -117,9 +90,8 @@ pub async fn run(app: Arc<App>, publisher: Arc<Publisher>, cancel: CancellationT
             tracing::warn!(error = %e, "control round failed");
         }
     }
-    if leader {
-        release_lease(&app, &app.instance).await;
-        app.metrics.control_leader.set(0);
+    if let Err(e) = keeper.await {
+        tracing::warn!(error = %e, "the lease task failed");
     }
     tracing::info!("control loop stopped");
 }
@@ -131,22 +103,45 @@ struct Pending {
     deleting: bool,
 }
 
-/// One round over `placements`: decide, publish, store.
-pub async fn round(app: &App, publisher: &Publisher, placements: &[PlacementId], now_ms: u64) {
+/// One round over `placements`: decide, allocate versions, check, publish, store; each
+/// step only while `lease` grants it.
+pub async fn round(app: &App, publisher: &Publisher, lease: &LeaseView, placements: &[PlacementId], now_ms: u64) {
     app.metrics.control_rounds.inc();
     let mut pending = Vec::new();
     for p in placements {
-        match prepare(app, p, now_ms).await {
+        let Some(fence) = lease.current() else { return };
+        match prepare(app, p, now_ms, &fence).await {
             Ok(Some(x)) => pending.push(x),
             Ok(None) => {}
             Err(e) => tracing::warn!(placement = %p, error = %e, "control round skipped a placement"),
         }
     }
+    pending.retain(|x| match x.record.plan.check() {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(placement = %x.placement, error = %e, "the controller made an invalid plan; not published");
+            false
+        }
+    });
     if pending.is_empty() {
         return;
     }
+    let Some(fence) = lease.current() else {
+        app.metrics.control_fenced.with_label_values(&["publish"]).inc_by(pending.len() as u64);
+        tracing::warn!(plans = pending.len(), "control lease lost before publishing; the round is abandoned");
+        return;
+    };
+    stall(app, "publish").await;
     let plans: Vec<Plan> = pending.iter().map(|x| x.record.plan.clone()).collect();
-    let results = publisher.publish(&plans).await;
+    let results = match tokio::time::timeout_at(LeaseView::deadline(&fence), publisher.publish(&plans)).await {
+        Ok(results) => results,
+        Err(_) => {
+            app.metrics.control_fenced.with_label_values(&["publish"]).inc_by(pending.len() as u64);
+            tracing::warn!(plans = pending.len(), "the publish outlasted the control lease; abandoned");
+            return;
+        }
+    };
+    stall(app, "save").await;
     for (x, result) in pending.into_iter().zip(results) {
         if let Err(e) = result {
             app.metrics.publish_failures.inc();
@@ -155,21 +150,53 @@ pub async fn round(app: &App, publisher: &Publisher, placements: &[PlacementId],
         }
         app.metrics.plans_published.inc();
         log_plan(app, &x.record).await;
-        let stored = async {
-            app.store.save_plan(&x.placement, &x.record, app.config.control.history_len).await?;
-            if x.deleting {
-                app.store.unregister(&x.placement).await?;
-            }
-            Ok::<_, StoreError>(())
+        store(app, &x, fence.epoch).await;
+    }
+}
+
+/// Stores a published plan as current (fenced: only forward, only for a current epoch)
+/// and, after a withdrawal, takes the placement out of the registry.
+async fn store(app: &App, x: &Pending, epoch: u64) {
+    let stored = async {
+        let saved = app.store.save_plan(&x.placement, &x.record, app.config.control.history_len, epoch).await?;
+        if saved == Fenced::Done(()) && x.deleting {
+            app.store.unregister(&x.placement).await?;
+        }
+        Ok::<_, StoreError>(saved)
+    };
+    let (placement, version) = (&x.placement, x.record.plan.version);
+    match stored.await {
+        Ok(Fenced::Done(())) => {
+            tracing::info!(%placement, version, sample_rate = x.record.plan.sample_rate, "plan published")
+        }
+        Ok(Fenced::Epoch) => {
+            app.metrics.control_fenced.with_label_values(&["save"]).inc();
+            tracing::warn!(%placement, version, "a newer lease holder has written this placement; not stored");
+        }
+        Ok(Fenced::Stale) => {
+            app.metrics.control_fenced.with_label_values(&["save"]).inc();
+            tracing::warn!(%placement, version, "a newer plan is stored; not stored");
+        }
+        Err(e) => tracing::error!(%placement, error = %e, "plan published but not stored"),
+    }
+}
+
+/// The `stall_before_publish` and `stall_before_save` failpoints: the process pauses
+/// (GC, a stopped VM, a slow disk), renewals included, for three lease times.
+#[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]
+async fn stall(app: &App, at: &str) {
+    #[cfg(feature = "failpoints")]
+    {
+        use crate::config::Failpoint;
+        let wanted = match at {
+            "publish" => Failpoint::StallBeforePublish,
+            _ => Failpoint::StallBeforeSave,
         };
-        match stored.await {
-            Ok(()) => tracing::info!(
-                placement = %x.placement,
-                version = x.record.plan.version,
-                sample_rate = x.record.plan.sample_rate,
-                "plan published"
-            ),
-            Err(e) => tracing::error!(placement = %x.placement, error = %e, "plan published but not stored"),
+        if app.config.control.failpoint == Some(wanted) {
+            tracing::warn!(at, "failpoint: pausing for three lease times");
+            app.pause.set(true);
+            tokio::time::sleep(Duration::from_millis(app.config.control.lease_ms * 3)).await;
+            app.pause.set(false);
         }
     }
 }
@@ -194,7 +221,7 @@ async fn log_plan(app: &App, record: &PlanRecord) {
     }
 }
 
-async fn prepare(app: &App, p: &PlacementId, now_ms: u64) -> Result<Option<Pending>, StoreError> {
+async fn prepare(app: &App, p: &PlacementId, now_ms: u64, fence: &Fence) -> Result<Option<Pending>, StoreError> {
     let cfg = &app.config.control;
     let record = app.store.targets(p).await?;
     let previous = app.store.plan_record(p).await?;
@@ -205,22 +232,31 @@ async fn prepare(app: &App, p: &PlacementId, now_ms: u64) -> Result<Option<Pendi
     let Some(spec) = spec else {
         // Deleted: withdraw the ads once, then forget the placement.
         return match previous {
-            Some(prev) if !prev.plan.withdrawn => Ok(Some(Pending {
-                placement: p.clone(),
-                record: PlanRecord {
-                    plan: Plan::withdrawn(p.clone(), prev.plan.version + 1, now_ms, prev.plan.sample_rate),
-                    decision: None,
-                    targets_rev: rev,
-                    published_at_ms: now_ms,
-                },
-                deleting: true,
-            })),
+            Some(prev) if !prev.plan.withdrawn => {
+                let Some(version) = allocate(app, p, fence, prev.plan.version).await? else { return Ok(None) };
+                Ok(Some(Pending {
+                    placement: p.clone(),
+                    record: PlanRecord {
+                        plan: Plan::withdrawn(p.clone(), version, now_ms, prev.plan.sample_rate),
+                        decision: None,
+                        targets_rev: rev,
+                        published_at_ms: now_ms,
+                    },
+                    deleting: true,
+                }))
+            }
             _ => {
                 app.store.unregister(p).await?;
                 Ok(None)
             }
         };
     };
+    if previous.as_ref().is_none_or(|r| r.plan.withdrawn) {
+        // Targets again after a withdrawal (or never published): make sure the
+        // placement is in the registry, whatever the withdrawing round did after the
+        // PUT registered it.
+        app.store.register(p).await?;
+    }
     let targets = Targets::parse(spec)
         .map_err(|e| StoreError::Corrupt { what: format!("targets of {p}"), message: e.to_string() })?;
     let current = WindowStats::window_index(now_ms, cfg.period_ms);
@@ -247,11 +283,29 @@ async fn prepare(app: &App, p: &PlacementId, now_ms: u64) -> Result<Option<Pendi
         now_ms,
         republish_after_ms: cfg.republish_after_secs.saturating_mul(1000),
     });
-    Ok(outcome.plan.map(|plan| Pending {
+    let Some(mut plan) = outcome.plan else { return Ok(None) };
+    let Some(version) = allocate(app, p, fence, previous.map_or(0, |r| r.plan.version)).await? else {
+        return Ok(None);
+    };
+    plan.version = version;
+    Ok(Some(Pending {
         placement: p.clone(),
         record: PlanRecord { plan, decision: Some(outcome.decision), targets_rev: rev, published_at_ms: now_ms },
         deleting: false,
     }))
+}
+
+/// The version for a new plan of `p` under `fence`; `None` when a newer lease holder
+/// has written the placement (this one has lost the lease).
+async fn allocate(app: &App, p: &PlacementId, fence: &Fence, floor: u64) -> Result<Option<u64>, StoreError> {
+    match app.store.allocate_version(p, fence.epoch, floor).await? {
+        Fenced::Done(v) => Ok(Some(v)),
+        _ => {
+            app.metrics.control_fenced.with_label_values(&["allocate"]).inc();
+            tracing::warn!(placement = %p, epoch = fence.epoch, "a newer lease holder has written this placement");
+            Ok(None)
+        }
+    }
 }
 
 #[cfg(test)]

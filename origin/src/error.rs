@@ -38,6 +38,9 @@ pub enum ApiError {
     Validation { field: String, message: String },
     #[error("storage unavailable")]
     Unavailable(#[source] redis::RedisError),
+    /// The request was not answered within the server's request timeout.
+    #[error("the request was not answered within {after_ms} ms")]
+    Timeout { after_ms: u64 },
     /// The process is up but cannot serve yet (a readiness probe's answer).
     #[error("{0}")]
     NotReady(&'static str),
@@ -78,6 +81,7 @@ impl ApiError {
             Self::Validation { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            Self::Timeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

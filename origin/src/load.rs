@@ -99,7 +99,8 @@ pub async fn seed(store: &Store, placements: usize) -> Result<(), StoreError> {
         let plan = bench_plan(i, now_ms);
         let placement = plan.placement.clone();
         let record = PlanRecord { plan, decision: None, targets_rev: 0, published_at_ms: now_ms };
-        store.save_plan(&placement, &record, 10).await?;
+        // Epoch 0: the bench runs with the control loop off, holding no lease.
+        store.save_plan(&placement, &record, 10, 0).await?;
         store.register(&placement).await?;
     }
     Ok(())

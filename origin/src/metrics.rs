@@ -24,15 +24,24 @@ pub struct Metrics {
     pub aggregate_claimed: IntCounter,
     pub control_rounds: IntCounter,
     pub control_leader: IntGauge,
+    pub control_epoch: IntGauge,
+    pub control_fenced: IntCounterVec,
     pub plans_published: IntCounter,
     pub publish_failures: IntCounter,
     pub plan_log_failures: IntCounter,
+    pub audit_feed_failures: IntCounter,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric name");
     r.register(Box::new(c.clone())).expect("registered once");
     c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric name");
+    r.register(Box::new(g.clone())).expect("registered once");
+    g
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -56,9 +65,7 @@ impl Metrics {
         )
         .expect("valid histogram");
         r.register(Box::new(ingest_latency.clone())).expect("registered once");
-        let control_leader = IntGauge::new("allot_control_leader", "1 while this instance holds the control lease.")
-            .expect("valid metric name");
-        r.register(Box::new(control_leader.clone())).expect("registered once");
+        let control_leader = gauge(&r, "allot_control_leader", "1 while this instance holds the control lease.");
         Self {
             ingest_accepted: counter(&r, "allot_ingest_accepted_total", "Event bodies stored in the stream."),
             ingest_events: counter(&r, "allot_ingest_events_total", "Events stored in the stream."),
@@ -101,12 +108,30 @@ impl Metrics {
             aggregate_claimed: counter(&r, "allot_aggregate_claimed_total", "Entries claimed from idle consumers."),
             control_rounds: counter(&r, "allot_control_rounds_total", "Control rounds run by this instance."),
             control_leader,
+            control_epoch: gauge(&r, "allot_control_epoch", "The epoch of the control lease this instance last held."),
+            control_fenced: {
+                let c = counter_vec(
+                    &r,
+                    "allot_control_fenced_total",
+                    "Plans abandoned because the lease ran out or a newer epoch had written, by step.",
+                    &["step"],
+                );
+                for step in ["allocate", "publish", "save"] {
+                    c.with_label_values(&[step]);
+                }
+                c
+            },
             plans_published: counter(&r, "allot_plans_published_total", "Plans published."),
             publish_failures: counter(&r, "allot_publish_failures_total", "Plans that failed to publish."),
             plan_log_failures: counter(
                 &r,
                 "allot_plan_log_failures_total",
                 "Published plans whose snapshot could not be appended to the plan log.",
+            ),
+            audit_feed_failures: counter(
+                &r,
+                "allot_audit_feed_failures_total",
+                "Admin changes stored (with the placement's own audit entry) but missing from the global audit feed.",
             ),
             ingest_latency,
             registry: r,

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::publish::Publisher;
+use crate::redis_check::Severity;
 use crate::store::Store;
 
 /// Shared state of one running origin.
@@ -40,6 +41,8 @@ pub struct App {
     pub control_wake: Notify,
     /// This instance's identity (lease holder name).
     pub instance: String,
+    /// A simulated process pause (failpoints only).
+    pub pause: crate::lease::Pause,
 }
 
 /// Why the origin could not start.
@@ -57,6 +60,8 @@ pub enum StartError {
     Http(#[from] reqwest::Error),
     #[error("archive: {0}")]
     Archive(#[from] allot_archive::ArchiveError),
+    #[error("unsafe Redis: {0} (set redis.allow_unsafe = true to start anyway)")]
+    UnsafeRedis(String),
 }
 
 /// A started origin.
@@ -65,7 +70,7 @@ pub struct Running {
     pub addr: SocketAddr,
     pub app: Arc<App>,
     cancel: CancellationToken,
-    server: JoinHandle<std::io::Result<()>>,
+    server: JoinHandle<()>,
     loops: Vec<JoinHandle<()>>,
 }
 
@@ -74,10 +79,8 @@ impl Running {
     /// finish, the lease is released.
     pub async fn shutdown(self) {
         self.cancel.cancel();
-        match self.server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "server error"),
-            Err(e) => tracing::error!(error = %e, "server task failed"),
+        if let Err(e) = self.server.await {
+            tracing::error!(error = %e, "server task failed");
         }
         for l in self.loops {
             let _ = l.await;
@@ -130,7 +133,16 @@ fn instance_id() -> String {
 
 /// Connects, binds, and starts serving and the background loops.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let shared = crate::conn::shared(&config.redis).await?;
+    let mut shared = crate::conn::shared(&config.redis).await?;
+    for finding in crate::redis_check::check(&mut shared).await {
+        match finding.severity {
+            Severity::Unsafe if !config.redis.allow_unsafe => return Err(StartError::UnsafeRedis(finding.message)),
+            Severity::Unsafe => {
+                tracing::error!(problem = %finding.message, "unsafe Redis, allowed by redis.allow_unsafe")
+            }
+            Severity::Warning => tracing::warn!(problem = %finding.message, "Redis settings"),
+        }
+    }
     let verifier = Verifier::new(config.ingest_keys(), config.ingest.max_skew_secs)
         .map_err(|e| StartError::Keys(e.to_string()))?;
     let admission = crate::admission::Admission::new(&config)?;
@@ -156,6 +168,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         metrics,
         control_wake: Notify::new(),
         instance: instance_id(),
+        pause: Default::default(),
         config,
     });
     // Blocking reads get their own connection, without a response timeout.
@@ -165,11 +178,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let cancel = CancellationToken::new();
     let server = {
-        let cancel = cancel.clone();
-        let router = router(app.clone());
-        tokio::spawn(async move {
-            axum::serve(listener, router).with_graceful_shutdown(async move { cancel.cancelled().await }).await
-        })
+        let (cancel, router, http) = (cancel.clone(), router(app.clone()), app.config.http.clone());
+        tokio::spawn(async move { crate::serve::serve(listener, router, &http, cancel).await })
     };
     tracing::info!(addr = %addr, instance = %app.instance, "listening");
     let mut loops = Vec::new();

@@ -38,7 +38,8 @@ pub fn etag(rev: u64) -> String {
 /// The outcome of a conditional write.
 #[derive(Debug, Clone)]
 pub enum Cas {
-    /// Written; `before` is the previous spec JSON (empty if none).
+    /// Written, with its audit entry; `before` is the previous spec JSON (empty if
+    /// none).
     Written { rev: u64, before: String },
     /// The precondition failed; the current revision.
     Conflict { rev: u64 },
@@ -79,6 +80,9 @@ fn corrupt(what: impl Into<String>, message: impl ToString) -> StoreError {
     StoreError::Corrupt { what: what.into(), message: message.to_string() }
 }
 
+/// The conditional write of a placement's targets, and its audit entry in the same
+/// script: a change is never stored without its record, nor recorded without being
+/// stored. Both keys carry the placement's hash tag.
 const CAS_SCRIPT: &str = r"
 local cur = redis.call('HGET', KEYS[1], 'rev') or '0'
 local old = redis.call('HGET', KEYS[1], 'spec') or ''
@@ -91,14 +95,60 @@ else
 end
 local rev = redis.call('HINCRBY', KEYS[1], 'rev', 1)
 redis.call('HSET', KEYS[1], 'updated_at_ms', ARGV[3], 'updated_by', ARGV[4])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'who', ARGV[4], 'at', ARGV[3], 'action', ARGV[5],
+  'placement', ARGV[7], 'before', old, 'after', ARGV[2], 'rev', rev)
 return {1, tostring(rev), old}
 ";
+
+/// How many audit entries each placement keeps (approximately).
+pub const AUDIT_PER_PLACEMENT: usize = 10_000;
+
+/// Allocates the next plan version for a lease epoch. An epoch older than one that
+/// already allocated or saved here is refused (-1): its holder lost the lease. The
+/// version is above every version allocated before and above `floor` (the stored
+/// plan's), so two holders can never publish two plans under one version.
+const ALLOCATE_SCRIPT: &str = r"
+local seen = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
+local epoch = tonumber(ARGV[1])
+if epoch < seen then return -1 end
+if epoch > seen then redis.call('HSET', KEYS[1], 'epoch', ARGV[1]) end
+local last = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+local v = math.max(last, tonumber(ARGV[2])) + 1
+redis.call('HSET', KEYS[1], 'version', v)
+return v
+";
+
+/// Stores a published plan only forward and only for a current epoch: -1 fenced (an
+/// older epoch), 0 stale (a version at or below the stored one), 1 stored.
+const SAVE_SCRIPT: &str = r"
+local seen = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
+if tonumber(ARGV[1]) < seen then return -1 end
+if tonumber(ARGV[2]) <= tonumber(redis.call('HGET', KEYS[1], 'saved') or '0') then return 0 end
+redis.call('HSET', KEYS[1], 'saved', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[3])
+redis.call('LPUSH', KEYS[3], ARGV[4])
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
+if ARGV[6] ~= '' then redis.call('SET', KEYS[4], ARGV[6]) end
+return 1
+";
+
+/// What became of a fenced control-loop write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fenced<T> {
+    Done(T),
+    /// A newer lease epoch has written this placement: this holder lost the lease.
+    Epoch,
+    /// The plan is not newer than the stored one.
+    Stale,
+}
 
 /// Redis, seen through the origin's data model.
 #[derive(Clone)]
 pub struct Store {
     conn: RedisConn,
     cas: redis::Script,
+    allocate: redis::Script,
+    save: redis::Script,
 }
 
 impl std::fmt::Debug for Store {
@@ -109,7 +159,12 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     pub fn new(conn: RedisConn) -> Self {
-        Self { conn, cas: redis::Script::new(CAS_SCRIPT) }
+        Self {
+            conn,
+            cas: redis::Script::new(CAS_SCRIPT),
+            allocate: redis::Script::new(ALLOCATE_SCRIPT),
+            save: redis::Script::new(SAVE_SCRIPT),
+        }
     }
 
     /// The shared multiplexed connection: concurrent commands are pipelined on it.
@@ -142,7 +197,7 @@ impl Store {
     }
 
     /// Writes (`spec = Some`) or deletes targets if the revision is still `if_match`
-    /// (or unconditionally when `None`).
+    /// (or unconditionally when `None`), with the placement's audit entry.
     pub async fn write_targets(
         &self,
         p: &PlacementId,
@@ -155,14 +210,19 @@ impl Store {
             Some(s) => serde_json::to_string(s).map_err(|e| corrupt("targets", e))?,
             None => String::new(),
         };
+        let k = PlacementKeys::new(p);
         let mut c = self.conn();
         let (status, rev, before): (i64, String, String) = self
             .cas
-            .key(PlacementKeys::new(p).targets())
+            .key(k.targets())
+            .key(k.audit())
             .arg(if_match.map(|r| r.to_string()).unwrap_or_default())
             .arg(json)
             .arg(now_ms)
             .arg(who)
+            .arg(if spec.is_some() { "put" } else { "delete" })
+            .arg(AUDIT_PER_PLACEMENT)
+            .arg(p.as_str())
             .invoke_async(&mut c)
             .await?;
         let rev = rev.parse().map_err(|e| corrupt("targets revision", e))?;
@@ -173,12 +233,8 @@ impl Store {
         })
     }
 
-    /// Registers a placement and asks the control loop for a round now.
-    pub async fn mark_changed(&self, p: &PlacementId, registered: bool) -> Result<(), StoreError> {
-        // Two keys in two slots: two commands, not a pipeline (cluster-safe).
-        if registered {
-            self.register(p).await?;
-        }
+    /// Asks the control loop for a round of `p` now (rather than at the next full round).
+    pub async fn mark_dirty(&self, p: &PlacementId) -> Result<(), StoreError> {
         let mut c = self.conn();
         c.sadd::<_, _, ()>(keys::DIRTY, p.as_str()).await?;
         Ok(())
@@ -227,20 +283,51 @@ impl Store {
             .unwrap_or_default())
     }
 
-    /// Stores a published plan: current record, history (newest first, trimmed), state.
-    pub async fn save_plan(&self, p: &PlacementId, record: &PlanRecord, history_len: usize) -> Result<(), StoreError> {
+    /// The next plan version for `p` under lease `epoch`, above `floor` (the stored
+    /// plan's version) and every version allocated before.
+    pub async fn allocate_version(&self, p: &PlacementId, epoch: u64, floor: u64) -> Result<Fenced<u64>, StoreError> {
+        let mut c = self.conn();
+        let v: i64 =
+            self.allocate.key(PlacementKeys::new(p).fence()).arg(epoch).arg(floor).invoke_async(&mut c).await?;
+        Ok(u64::try_from(v).map_or(Fenced::Epoch, Fenced::Done))
+    }
+
+    /// Stores a published plan under lease `epoch`: current record, history (newest
+    /// first, trimmed), state; refused for an older epoch or a version that is not
+    /// newer than the stored one, so the stored plan only moves forward.
+    pub async fn save_plan(
+        &self,
+        p: &PlacementId,
+        record: &PlanRecord,
+        history_len: usize,
+        epoch: u64,
+    ) -> Result<Fenced<()>, StoreError> {
         let k = PlacementKeys::new(p);
         let json = serde_json::to_string(record).map_err(|e| corrupt("plan", e))?;
-        let mut pipe = redis::pipe();
-        pipe.atomic().set(k.plan(), &json).ignore().lpush(k.plans(), record.plan.to_json()).ignore();
-        pipe.ltrim(k.plans(), 0, history_len.max(1) as isize - 1).ignore();
-        if let Some(d) = &record.decision {
-            let state = serde_json::to_string(&d.state).map_err(|e| corrupt("state", e))?;
-            pipe.set(k.state(), state).ignore();
-        }
+        let state = match &record.decision {
+            Some(d) => serde_json::to_string(&d.state).map_err(|e| corrupt("state", e))?,
+            None => String::new(),
+        };
         let mut c = self.conn();
-        pipe.query_async::<()>(&mut c).await?;
-        Ok(())
+        let saved: i64 = self
+            .save
+            .key(k.fence())
+            .key(k.plan())
+            .key(k.plans())
+            .key(k.state())
+            .arg(epoch)
+            .arg(record.plan.version)
+            .arg(json)
+            .arg(record.plan.to_json())
+            .arg(history_len.max(1))
+            .arg(state)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(match saved {
+            1 => Fenced::Done(()),
+            0 => Fenced::Stale,
+            _ => Fenced::Epoch,
+        })
     }
 
     /// Published plans, newest first.

@@ -1,5 +1,5 @@
-//! Throwaway `redis-server`s on free ports: a single server, in memory or persisting
-//! every write to an append-only file, and a three-node Redis Cluster.
+//! Throwaway `redis-server`s on free ports: a single server configured as the origin
+//! requires (an append-only file, `noeviction`), and a three-node Redis Cluster.
 //!
 //! Synchronous on purpose: tests of sync and async code alike start one in a line and
 //! forget it; it is killed on drop.
@@ -21,38 +21,39 @@ pub struct RedisServer {
     pub port: u16,
     // Declared before the data directory, so the server dies before its files go.
     proc: Option<Proc>,
-    /// The data directory of a server started with [`RedisServer::start_with_aof`].
-    aof: Option<TempDir>,
+    /// Its data directory (the append-only file).
+    dir: TempDir,
+    /// `appendfsync`: `everysec` or `always`.
+    fsync: &'static str,
 }
 
 impl RedisServer {
-    /// Starts one that keeps nothing on disk (`--save "" --appendonly no`) and waits until
-    /// it answers. Panics if it cannot: a test without Redis cannot run
+    /// Starts one as production runs it (`appendonly yes`, `appendfsync everysec`,
+    /// `maxmemory-policy noeviction`, in its own data directory) and waits until it
+    /// answers. Panics if it cannot: a test without Redis cannot run
     /// (`scripts/tools.sh redis` installs it).
     pub fn start() -> Self {
-        Self::launch(None)
+        Self::launch("everysec")
     }
 
-    /// Starts one that appends every write to a file in its own data directory and
-    /// fsyncs it before answering (`appendonly yes`, `appendfsync always`), so a
+    /// Starts one that fsyncs every write before answering (`appendfsync always`), so a
     /// [`restart`](Self::restart), even after `kill -9`, loses nothing it acknowledged.
     pub fn start_with_aof() -> Self {
-        Self::launch(Some(tempfile::Builder::new().prefix("allot-redis-").tempdir().expect("a temporary directory")))
+        Self::launch("always")
     }
 
-    fn launch(aof: Option<TempDir>) -> Self {
-        let mut server = Self { port: free_port(), proc: None, aof };
+    fn launch(fsync: &'static str) -> Self {
+        let dir = tempfile::Builder::new().prefix("allot-redis-").tempdir().expect("a temporary directory");
+        let mut server = Self { port: free_port(), proc: None, dir, fsync };
         server.run();
         server
     }
 
     fn run(&mut self) {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""]);
-        match &self.aof {
-            Some(dir) => cmd.args(["--appendonly", "yes", "--appendfsync", "always", "--dir"]).arg(dir.path()),
-            None => cmd.args(["--appendonly", "no"]),
-        };
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", self.fsync, "--maxmemory-policy", "noeviction", "--dir"])
+            .arg(self.dir.path());
         let proc = Proc::spawn("redis-server", cmd.stdout(Stdio::null()).stderr(Stdio::null()))
             .expect("redis-server is installed (scripts/tools.sh redis)");
         self.proc = Some(proc);
@@ -60,16 +61,16 @@ impl RedisServer {
         eventually_blocking(10, &format!("redis-server on port {port}"), || self.try_conn().ok());
     }
 
-    /// `kill -9`: the server is gone until [`restart`](Self::restart); with AOF its data
-    /// stays on disk.
+    /// `kill -9`: the server is gone until [`restart`](Self::restart); its data stays
+    /// on disk (with `everysec`, up to the last second's writes may be lost).
     pub fn stop(&mut self) {
         if let Some(mut proc) = self.proc.take() {
             proc.kill();
         }
     }
 
-    /// Kills the server if it runs and starts it again on the same port and, with AOF,
-    /// the same data directory.
+    /// Kills the server if it runs and starts it again on the same port and data
+    /// directory.
     pub fn restart(&mut self) {
         self.stop();
         self.run();
@@ -140,7 +141,8 @@ impl RedisCluster {
             .iter()
             .map(|p| {
                 let mut cmd = Command::new("redis-server");
-                cmd.args(["--port", &p.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                cmd.args(["--port", &p.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+                    .args(["--appenddirname", &format!("aof-{p}"), "--maxmemory-policy", "noeviction"])
                     .args(["--cluster-enabled", "yes", "--cluster-config-file", &format!("nodes-{p}.conf")])
                     .current_dir(dir.path())
                     .stdout(Stdio::null())

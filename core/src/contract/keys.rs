@@ -12,8 +12,11 @@ use crate::PlacementId;
 pub const PLACEMENTS: &str = "allot:placements";
 /// Placements whose targets changed and want a control round now.
 pub const DIRTY: &str = "allot:dirty";
-/// The control loop's lease.
-pub const LEASE: &str = "allot:control:lease";
+/// The control loop's lease: `"<epoch> <holder>"`, with a TTL.
+pub const LEASE: &str = "allot:{control}:lease";
+/// The lease's epoch counter, incremented each time the lease changes hands; in the
+/// lease's hash slot, so one script takes the lease and the epoch together.
+pub const LEASE_EPOCH: &str = "allot:{control}:epoch";
 /// Admin changes, one entry per write.
 pub const AUDIT: &str = "allot:audit";
 
@@ -71,6 +74,19 @@ impl PlacementKeys {
         format!("{}plans", self.prefix)
     }
 
+    /// The control loop's fencing record, a hash: `epoch` (the newest lease epoch that
+    /// wrote here), `version` (the last plan version allocated), `saved` (the version of
+    /// the stored plan). Writes from an older epoch, and saves that would go back, are
+    /// refused in the same script that checks it.
+    pub fn fence(&self) -> String {
+        format!("{}fence", self.prefix)
+    }
+
+    /// The placement's audit trail, written by the same script as the change it records.
+    pub fn audit(&self) -> String {
+        format!("{}audit", self.prefix)
+    }
+
     /// The controller's `ControlState`.
     pub fn state(&self) -> String {
         format!("{}state", self.prefix)
@@ -91,6 +107,15 @@ mod tests {
         assert_eq!(k.plan(), "allot:{home_feed}:plan");
         assert_eq!(k.plans(), "allot:{home_feed}:plans");
         assert_eq!(k.state(), "allot:{home_feed}:state");
+        assert_eq!(k.fence(), "allot:{home_feed}:fence");
+        assert_eq!(k.audit(), "allot:{home_feed}:audit");
+    }
+
+    #[test]
+    fn the_lease_and_its_epoch_share_a_slot() {
+        let tag = |k: &'static str| k.split_once('{').and_then(|(_, rest)| rest.split_once('}')).map(|(t, _)| t);
+        assert_eq!(tag(LEASE), Some("control"));
+        assert_eq!(tag(LEASE), tag(LEASE_EPOCH));
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("ALLOT_AGGREGATE_CLAIM_MIN_IDLE_MS", "aggregate.claim_min_idle_ms"),
     #[cfg(feature = "failpoints")]
     ("ALLOT_AGGREGATE_FAILPOINT", "aggregate.failpoint"),
+    #[cfg(feature = "failpoints")]
+    ("ALLOT_CONTROL_FAILPOINT", "control.failpoint"),
+    ("ALLOT_CONTROL_LEASE_MS", "control.lease_ms"),
     ("ALLOT_CONTROL_ENABLED", "control.enabled"),
     ("ALLOT_CONTROL_PERIOD_MS", "control.period_ms"),
     ("ALLOT_CONTROL_MIN_SAMPLE_RATE", "control.min_sample_rate"),
@@ -45,6 +48,10 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("ALLOT_PUBLISH_CLOUDFLARE_NAMESPACE_ID", "publish.cloudflare.namespace_id"),
     ("ALLOT_PUBLISH_CLOUDFLARE_API_TOKEN", "publish.cloudflare.api_token"),
     ("ALLOT_ADMIN_TOKENS", "admin.tokens"),
+    ("ALLOT_REDIS_ALLOW_UNSAFE", "redis.allow_unsafe"),
+    ("ALLOT_HTTP_HEADER_READ_TIMEOUT_MS", "http.header_read_timeout_ms"),
+    ("ALLOT_HTTP_REQUEST_TIMEOUT_MS", "http.request_timeout_ms"),
+    ("ALLOT_HTTP_MAX_CONNECTIONS", "http.max_connections"),
     ("ALLOT_LOG_LEVEL", "log.level"),
     ("ALLOT_LOG_FORMAT", "log.format"),
 ];
@@ -57,9 +64,13 @@ fn kind_of(path: &str) -> Kind {
         | "ingest.catalogue_refresh_ms"
         | "aggregate.claim_min_idle_ms"
         | "aggregate.batch"
-        | "control.period_ms" => Kind::Int,
+        | "control.period_ms"
+        | "control.lease_ms"
+        | "http.header_read_timeout_ms"
+        | "http.request_timeout_ms"
+        | "http.max_connections" => Kind::Int,
         "control.min_sample_rate" => Kind::Float,
-        "aggregate.enabled" | "control.enabled" | "redis.cluster" => Kind::Bool,
+        "aggregate.enabled" | "control.enabled" | "redis.cluster" | "redis.allow_unsafe" => Kind::Bool,
         "ingest.keys" | "publish.worker.keys" => Kind::List,
         "admin.tokens" => Kind::Tokens,
         _ => Kind::Str,

@@ -1,0 +1,79 @@
+//! What the origin demands of its surroundings: clients that finish their requests in
+//! time (slow headers, slow bodies and too many connections are cut off, not served
+//! forever), and a Redis that does not evict keys.
+
+use std::time::{Duration, Instant};
+
+use allot_testkit::origin::{TestApp, config};
+use allot_testkit::redis::RedisServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads until the server closes the connection or `limit` passes; what it sent.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<String> {
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(limit, stream.read_to_end(&mut out)).await;
+    read.ok().map(|_| String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test]
+async fn slow_headers_and_slow_bodies_are_cut_off() {
+    let redis = RedisServer::start();
+    let env = [("ALLOT_HTTP_HEADER_READ_TIMEOUT_MS", "400"), ("ALLOT_HTTP_REQUEST_TIMEOUT_MS", "600")];
+    let app = TestApp::start(config(&redis, "", &env)).await;
+
+    // Headers a byte at a time, never finished: the connection is closed.
+    let started = Instant::now();
+    let mut slow = TcpStream::connect(app.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let answer = read_until_closed(&mut slow, Duration::from_secs(5)).await;
+    assert!(answer.is_some(), "the server closed a connection whose headers never ended");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+
+    // A body announced and never sent: a JSON 503 after the request timeout.
+    let mut stalled = TcpStream::connect(app.addr).await.unwrap();
+    let head = "PUT /v1/placements/home_feed HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer allot-test-manager-token\r\n\
+                Content-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{\"campa";
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut stalled, Duration::from_secs(5)).await.expect("an answer");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains(r#""code":"timeout""#), "{answer}");
+
+    // An ordinary request is unaffected.
+    assert_eq!(reqwest::get(app.url("/healthz")).await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(config(&redis, "", &[("ALLOT_HTTP_MAX_CONNECTIONS", "2")])).await;
+    let held_a = TcpStream::connect(app.addr).await.unwrap();
+    let _held_b = TcpStream::connect(app.addr).await.unwrap();
+    // Both slots are taken by connections that send nothing.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = TcpStream::connect(app.addr).await.unwrap();
+    third.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    assert_eq!(read_until_closed(&mut third, Duration::from_millis(500)).await, None, "not served yet");
+    drop(held_a);
+    let answer = read_until_closed(&mut third, Duration::from_secs(5)).await.expect("served once a slot is free");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn an_evicting_redis_is_refused_and_weak_persistence_is_allowed() {
+    let redis = RedisServer::start();
+    let mut c = redis.conn();
+    redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("allkeys-lru").query::<()>(&mut c).unwrap();
+    allot_origin::telemetry::install_crypto();
+    let err = allot_origin::start(config(&redis, "", &[])).await.unwrap_err().to_string();
+    assert!(err.contains("maxmemory-policy is allkeys-lru") && err.contains("noeviction"), "{err}");
+    assert!(err.contains("redis.allow_unsafe"), "the refusal says how to override it: {err}");
+    let mut allowed = TestApp::start(config(&redis, "", &[("ALLOT_REDIS_ALLOW_UNSAFE", "true")])).await;
+    allowed.shutdown().await;
+
+    redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("noeviction").query::<()>(&mut c).unwrap();
+    redis::cmd("CONFIG").arg("SET").arg("appendonly").arg("no").query::<()>(&mut c).unwrap();
+    let mut warned = TestApp::start(config(&redis, "", &[])).await;
+    assert_eq!(reqwest::get(warned.url("/readyz")).await.unwrap().status(), 200);
+    warned.shutdown().await;
+}
