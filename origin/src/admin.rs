@@ -2,8 +2,9 @@
 //!
 //! `PUT` validates with core's `Targets::parse` (a `422` names the offending field),
 //! registers the placement, writes conditionally (`If-Match` → `412` on a stale ETag)
-//! with the change's audit entry in the same script, and wakes the control loop so the
-//! new targets are solved and published at once rather than at the next period.
+//! with the change's audit entry in the same script, registers it again (see
+//! [`crate::store::Store::unregister`]), and wakes the control loop so the new targets
+//! are solved and published at once rather than at the next period.
 //!
 //! Once the write is stored the answer is a success, whatever follows: marking the
 //! placement for an immediate round and copying the audit entry to the global feed
@@ -156,6 +157,11 @@ pub async fn put_placement(
         Cas::Missing => return Err(ApiError::NotFound(format!("placement {id}"))),
     };
     let after = serde_json::to_string(&spec).unwrap_or_default();
+    // Again after the write: a round that read the targets before it and decided to
+    // remove the placement now finds a new stamp and leaves it in.
+    if let Err(e) = app.store.register(&id).await {
+        tracing::error!(error = %e, placement = %id, "could not renew the registration after the write");
+    }
     after_change(&app, &caller.name, "put", &id, &before, &after).await;
     let status = if before.is_empty() { StatusCode::CREATED } else { StatusCode::OK };
     Ok(with_etag((status, Json(spec)).into_response(), rev))

@@ -2,7 +2,7 @@
 //! the Redis reads the catalogue asks for.
 //!
 //! The catalogue is what this replica knows of the published plans: the placement
-//! registry (`allot:placements`: a placement joins it when its targets are first set
+//! registry (`allot:registry`: a placement joins it when its targets are first set
 //! and leaves it once its deletion has been published) and each registered placement's
 //! plan history (its `plans` list, which the control loop appends to after every
 //! publish). The catalogue decides what to read and when (at most once per

@@ -70,7 +70,8 @@ pub async fn append(
     .await
 }
 
-/// A paging cursor: the id of an audit entry (a stream id, `<ms>-<seq>`). Parsed with
+/// A paging cursor: the id of an entry of a stream-backed listing (`<ms>-<seq>`): the
+/// audit trail, the window history. Parsed with
 /// the query, so a malformed one is the client's `400` rather than a Redis error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(try_from = "String")]
@@ -81,7 +82,7 @@ pub struct Cursor {
 
 /// Why a cursor was rejected.
 #[derive(Debug, thiserror::Error)]
-#[error("before: {0:?} is not an audit entry id (<ms>-<seq>)")]
+#[error("before: {0:?} is not an entry id (<ms>-<seq>)")]
 pub struct CursorError(String);
 
 impl Cursor {

@@ -206,6 +206,8 @@ pub struct ControlConfig {
     pub lease_ms: u64,
     /// Plans kept in each placement's history.
     pub history_len: usize,
+    /// Complete windows kept in each placement's window history (`GET …/history`).
+    pub history_windows: usize,
     #[cfg(feature = "failpoints")]
     pub failpoint: Option<Failpoint>,
 }
@@ -220,6 +222,7 @@ impl Default for ControlConfig {
             republish_after_secs: 600,
             lease_ms: 10_000,
             history_len: 100,
+            history_windows: 1440,
             #[cfg(feature = "failpoints")]
             failpoint: None,
         }

@@ -22,18 +22,19 @@
 //!    so a holder that stalled past its grant cannot set the stored plan back.
 //!
 //! A plan that fails to publish is not stored, so the next round publishes again, under
-//! a new version. A deleted placement gets one withdrawn plan and leaves the registry;
-//! a placement with targets is registered again whenever its plan in force is none or
-//! withdrawn, so a `PUT` racing the withdrawal is never left out.
+//! a new version. A deleted placement gets one withdrawn plan and leaves the registry,
+//! by compare-and-delete on the registration stamp read *before* its targets: a `PUT`
+//! that registered it meanwhile (every `PUT` registers after its write) keeps it in.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use allot_core::{Controller, Fence, PlacementId, Plan, Policy, Round, SampleRatePlanner, Targets, WindowStats};
+use allot_core::{Fence, PlacementId, Plan, Targets, WindowStats};
 use redis::AsyncCommands;
 use redis::streams::StreamMaxlen;
 use tokio_util::sync::CancellationToken;
 
+use crate::inputs::Inputs;
 use crate::lease::LeaseView;
 use crate::publish::Publisher;
 use crate::startup::App;
@@ -96,11 +97,12 @@ pub async fn run(app: Arc<App>, publisher: Arc<Publisher>, cancel: CancellationT
     tracing::info!("control loop stopped");
 }
 
-/// A plan to publish, and whether the placement leaves the registry once it is out.
+/// A plan to publish and, for a withdrawal, the registration stamp under which the
+/// placement leaves the registry once it is out.
 struct Pending {
     placement: PlacementId,
     record: PlanRecord,
-    deleting: bool,
+    withdrawing: Option<u64>,
 }
 
 /// One round over `placements`: decide, allocate versions, check, publish, store; each
@@ -159,8 +161,8 @@ pub async fn round(app: &App, publisher: &Publisher, lease: &LeaseView, placemen
 async fn store(app: &App, x: &Pending, epoch: u64) {
     let stored = async {
         let saved = app.store.save_plan(&x.placement, &x.record, app.config.control.history_len, epoch).await?;
-        if saved == Fenced::Done(()) && x.deleting {
-            app.store.unregister(&x.placement).await?;
+        if let (Fenced::Done(()), Some(stamp)) = (saved, x.withdrawing) {
+            app.store.unregister(&x.placement, stamp).await?;
         }
         Ok::<_, StoreError>(saved)
     };
@@ -223,8 +225,12 @@ async fn log_plan(app: &App, record: &PlanRecord) {
 
 async fn prepare(app: &App, p: &PlacementId, now_ms: u64, fence: &Fence) -> Result<Option<Pending>, StoreError> {
     let cfg = &app.config.control;
+    // The stamp first: a PUT that registers the placement after this read keeps it in
+    // the registry, whatever the targets read next say.
+    let stamp = app.store.registration(p).await?;
     let record = app.store.targets(p).await?;
-    let previous = app.store.plan_record(p).await?;
+    let inputs = Inputs::read(app, p, now_ms).await?;
+    let previous = inputs.previous.as_ref();
     let (rev, spec) = match record {
         Some(r) => (r.rev, r.spec),
         None => (0, None),
@@ -242,16 +248,18 @@ async fn prepare(app: &App, p: &PlacementId, now_ms: u64, fence: &Fence) -> Resu
                         targets_rev: rev,
                         published_at_ms: now_ms,
                     },
-                    deleting: true,
+                    withdrawing: Some(stamp.unwrap_or_default()),
                 }))
             }
             _ => {
-                app.store.unregister(p).await?;
+                if let Some(stamp) = stamp {
+                    app.store.unregister(p, stamp).await?;
+                }
                 Ok(None)
             }
         };
     };
-    if previous.as_ref().is_none_or(|r| r.plan.withdrawn) {
+    if previous.is_none_or(|r| r.plan.withdrawn) {
         // Targets again after a withdrawal (or never published): make sure the
         // placement is in the registry, whatever the withdrawing round did after the
         // PUT registered it.
@@ -259,30 +267,9 @@ async fn prepare(app: &App, p: &PlacementId, now_ms: u64, fence: &Fence) -> Resu
     }
     let targets = Targets::parse(spec)
         .map_err(|e| StoreError::Corrupt { what: format!("targets of {p}"), message: e.to_string() })?;
-    let current = WindowStats::window_index(now_ms, cfg.period_ms);
-    let indices: Vec<u64> = (1..=cfg.recent_windows).filter_map(|i| current.checked_sub(i)).collect();
-    let windows = app.store.windows(p, &indices).await?;
-    let mut recent = WindowStats::default();
-    for w in &windows {
-        recent.merge(w);
-    }
-    let last = windows.first().filter(|w| w.requests.n > 0 || !w.campaigns.is_empty());
-    let state = app.store.control_state(p).await?;
-    let policy = Policy {
-        controller: Controller::default(),
-        planner: SampleRatePlanner { min_rate: cfg.min_sample_rate, ..SampleRatePlanner::default() },
-    };
-    let outcome = policy.run(Round {
-        placement: p,
-        targets: &targets,
-        recent: &recent,
-        last,
-        previous: previous.as_ref().map(|r| &r.plan),
-        state: &state,
-        targets_changed: previous.as_ref().is_none_or(|r| r.targets_rev != rev),
-        now_ms,
-        republish_after_ms: cfg.republish_after_secs.saturating_mul(1000),
-    });
+    let changed = previous.is_none_or(|r| r.targets_rev != rev);
+    let outcome = crate::inputs::policy(cfg).run(inputs.round(p, &targets, changed, now_ms, cfg));
+    crate::history::record(app, p, &targets, &inputs, &outcome).await;
     let Some(mut plan) = outcome.plan else { return Ok(None) };
     let Some(version) = allocate(app, p, fence, previous.map_or(0, |r| r.plan.version)).await? else {
         return Ok(None);
@@ -291,7 +278,7 @@ async fn prepare(app: &App, p: &PlacementId, now_ms: u64, fence: &Fence) -> Resu
     Ok(Some(Pending {
         placement: p.clone(),
         record: PlanRecord { plan, decision: Some(outcome.decision), targets_rev: rev, published_at_ms: now_ms },
-        deleting: false,
+        withdrawing: None,
     }))
 }
 

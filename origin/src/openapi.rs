@@ -27,6 +27,8 @@ impl Modify for BearerAuth {
         crate::admin::delete_placement,
         crate::admin::list_placements,
         crate::status::get_status,
+        crate::history::get_history,
+        crate::preview::preview,
         crate::audit::get_audit,
     ),
     components(schemas(
@@ -37,6 +39,10 @@ impl Modify for BearerAuth {
         crate::status::Estimate,
         crate::status::WindowSummary,
         crate::audit::AuditEntry,
+        crate::history::HistoryPage,
+        crate::history::WindowRecord,
+        crate::preview::Preview,
+        crate::preview::PreviewCampaign,
     )),
     modifiers(&BearerAuth)
 )]

@@ -98,6 +98,8 @@ pub fn router(app: Arc<App>) -> Router {
             get(crate::admin::get_placement).put(crate::admin::put_placement).delete(crate::admin::delete_placement),
         )
         .route("/v1/placements/{id}/status", get(crate::status::get_status))
+        .route("/v1/placements/{id}/history", get(crate::history::get_history))
+        .route("/v1/placements/{id}/preview", post(crate::preview::preview))
         .route("/v1/audit", get(crate::audit::get_audit))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

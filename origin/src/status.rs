@@ -8,10 +8,10 @@
 use std::sync::Arc;
 
 use allot_core::estimate::{self, DeliveryBasis};
-use allot_core::{Targets, WindowStats};
+use allot_core::{Decision, Targets, WindowStats};
 use axum::Json;
 use axum::extract::State;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::admin::PlacementPath;
 use crate::auth::Viewer;
@@ -19,7 +19,7 @@ use crate::error::ApiError;
 use crate::startup::App;
 
 /// A measured share with its interval.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Estimate {
     pub share: f64,
     pub low: f64,
@@ -28,7 +28,7 @@ pub struct Estimate {
     pub level: f64,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CampaignStatus {
     pub id: String,
     pub target: f64,
@@ -48,7 +48,7 @@ pub struct CampaignStatus {
     pub feasibility: serde_json::Value,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WindowSummary {
     pub index: u64,
     pub start_ms: u64,
@@ -75,6 +75,45 @@ pub struct PlacementStatus {
     pub campaigns: Vec<CampaignStatus>,
 }
 
+impl WindowSummary {
+    pub fn of(index: u64, period_ms: u64, w: &WindowStats) -> Self {
+        Self {
+            index,
+            start_ms: index * period_ms,
+            length_ms: period_ms,
+            requests: w.requests.ht,
+            samples: w.requests.n,
+            effective_samples: w.effective_samples(),
+        }
+    }
+}
+
+/// Each campaign's target, measured share (with its interval, at the placement's
+/// confidence level) in `window`, and what `decision` made of it.
+pub fn campaigns(targets: &Targets, window: &WindowStats, decision: Option<&Decision>) -> Vec<CampaignStatus> {
+    let z = targets.confidence.z();
+    targets
+        .campaigns
+        .iter()
+        .map(|c| {
+            let d = decision.and_then(|d| d.campaigns.iter().find(|x| x.id == c.id));
+            let basis = DeliveryBasis::of(window, &c.id);
+            let e = estimate::share(window, &c.id, basis, z);
+            CampaignStatus {
+                id: c.id.to_string(),
+                target: c.rate.get(),
+                weight: d.map(|d| d.weight),
+                predicted_share: d.map(|d| d.predicted_share),
+                eligible_share: d.map(|d| d.eligible_share),
+                estimate: Estimate { share: e.share, low: e.low, high: e.high, level: targets.confidence.level },
+                basis,
+                samples: e.samples,
+                feasibility: d.and_then(|d| serde_json::to_value(d.feasibility).ok()).unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
 #[utoipa::path(
     get, path = "/v1/placements/{id}/status", tag = "admin",
     params(("id" = String, Path, description = "Placement id")),
@@ -95,29 +134,8 @@ pub async fn get_status(
     let period = app.config.control.period_ms;
     let last_index = WindowStats::window_index(crate::now_ms(), period).saturating_sub(1);
     let last = app.store.windows(&id, &[last_index]).await?.pop().unwrap_or_default();
-    let z = targets.confidence.z();
     let decision = plan.as_ref().and_then(|p| p.decision.as_ref());
-
-    let campaigns = targets
-        .campaigns
-        .iter()
-        .map(|c| {
-            let d = decision.and_then(|d| d.campaigns.iter().find(|x| x.id == c.id));
-            let basis = DeliveryBasis::of(&last, &c.id);
-            let e = estimate::share(&last, &c.id, basis, z);
-            CampaignStatus {
-                id: c.id.to_string(),
-                target: c.rate.get(),
-                weight: d.map(|d| d.weight),
-                predicted_share: d.map(|d| d.predicted_share),
-                eligible_share: d.map(|d| d.eligible_share),
-                estimate: Estimate { share: e.share, low: e.low, high: e.high, level: targets.confidence.level },
-                basis,
-                samples: e.samples,
-                feasibility: d.and_then(|d| serde_json::to_value(d.feasibility).ok()).unwrap_or_default(),
-            }
-        })
-        .collect();
+    let campaigns = campaigns(&targets, &last, decision);
     Ok(Json(PlacementStatus {
         placement: id.to_string(),
         plan_version: plan.as_ref().map(|p| p.plan.version),
@@ -126,14 +144,7 @@ pub async fn get_status(
         last_publish_ms: plan.as_ref().map(|p| p.published_at_ms),
         plan_targets_etag: plan.as_ref().map(|p| crate::store::etag(p.targets_rev)),
         targets_etag: record.etag(),
-        window: WindowSummary {
-            index: last_index,
-            start_ms: last_index * period,
-            length_ms: period,
-            requests: last.requests.ht,
-            samples: last.requests.n,
-            effective_samples: last.effective_samples(),
-        },
+        window: WindowSummary::of(last_index, period, &last),
         campaigns,
     }))
 }

@@ -132,6 +132,12 @@ if ARGV[6] ~= '' then redis.call('SET', KEYS[4], ARGV[6]) end
 return 1
 ";
 
+/// Compare-and-delete of a registration (one key, so atomic on a cluster too).
+const UNREGISTER_SCRIPT: &str = r"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+";
+
 /// What became of a fenced control-loop write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fenced<T> {
@@ -149,6 +155,7 @@ pub struct Store {
     cas: redis::Script,
     allocate: redis::Script,
     save: redis::Script,
+    unregister: redis::Script,
 }
 
 impl std::fmt::Debug for Store {
@@ -164,6 +171,7 @@ impl Store {
             cas: redis::Script::new(CAS_SCRIPT),
             allocate: redis::Script::new(ALLOCATE_SCRIPT),
             save: redis::Script::new(SAVE_SCRIPT),
+            unregister: redis::Script::new(UNREGISTER_SCRIPT),
         }
     }
 
@@ -240,17 +248,23 @@ impl Store {
         Ok(())
     }
 
-    /// Adds a placement to the registry: the control loop's rounds and ingest's
-    /// admission both start from it.
-    pub async fn register(&self, p: &PlacementId) -> Result<(), StoreError> {
+    /// Adds a placement to the registry (the control loop's rounds and ingest's
+    /// admission both start from it), or renews its entry: every call gives it a new
+    /// registration stamp, returned.
+    pub async fn register(&self, p: &PlacementId) -> Result<u64, StoreError> {
         let mut c = self.conn();
-        c.sadd::<_, _, ()>(keys::PLACEMENTS, p.as_str()).await?;
-        Ok(())
+        Ok(c.hincr(keys::REGISTRY, p.as_str(), 1).await?)
+    }
+
+    /// The placement's registration stamp (`None`: not registered).
+    pub async fn registration(&self, p: &PlacementId) -> Result<Option<u64>, StoreError> {
+        let mut c = self.conn();
+        Ok(c.hget(keys::REGISTRY, p.as_str()).await?)
     }
 
     pub async fn placements(&self) -> Result<Vec<PlacementId>, StoreError> {
         let mut c = self.conn();
-        let ids: Vec<String> = c.smembers(keys::PLACEMENTS).await?;
+        let ids: Vec<String> = c.hkeys(keys::REGISTRY).await?;
         let mut out: Vec<PlacementId> = ids.into_iter().filter_map(|s| PlacementId::parse(s).ok()).collect();
         out.sort();
         Ok(out)
@@ -263,10 +277,13 @@ impl Store {
         Ok(ids.into_iter().filter_map(|s| PlacementId::parse(s).ok()).collect())
     }
 
-    pub async fn unregister(&self, p: &PlacementId) -> Result<(), StoreError> {
+    /// Takes a placement out of the registry only if its registration is still
+    /// `stamp`, the one read before deciding it has no targets: a `PUT` that registered
+    /// it since (a new stamp) keeps it in. Whether it was removed.
+    pub async fn unregister(&self, p: &PlacementId, stamp: u64) -> Result<bool, StoreError> {
         let mut c = self.conn();
-        c.srem::<_, _, ()>(keys::PLACEMENTS, p.as_str()).await?;
-        Ok(())
+        let removed: i64 = self.unregister.key(keys::REGISTRY).arg(p.as_str()).arg(stamp).invoke_async(&mut c).await?;
+        Ok(removed == 1)
     }
 
     pub async fn plan_record(&self, p: &PlacementId) -> Result<Option<PlanRecord>, StoreError> {

@@ -105,9 +105,10 @@ pub fn plan(placement: &str, version: u64, sample_rate: f64, campaigns: &[&str])
 /// control loop publish this way first.
 pub fn record_published(conn: &mut redis::Connection, plan: &Plan) {
     redis::pipe()
-        .cmd("SADD")
-        .arg(keys::PLACEMENTS)
+        .cmd("HINCRBY")
+        .arg(keys::REGISTRY)
         .arg(plan.placement.as_str())
+        .arg(1)
         .ignore()
         .cmd("LPUSH")
         .arg(PlacementKeys::new(&plan.placement).plans())

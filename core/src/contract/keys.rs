@@ -8,8 +8,10 @@
 
 use crate::PlacementId;
 
-/// The set of placements with targets.
-pub const PLACEMENTS: &str = "allot:placements";
+/// The registry of placements with targets: a hash from placement id to its
+/// registration stamp, renewed by every `PUT`, so a round that found no targets removes
+/// a placement only if nobody registered it since (compare-and-delete).
+pub const REGISTRY: &str = "allot:registry";
 /// Placements whose targets changed and want a control round now.
 pub const DIRTY: &str = "allot:dirty";
 /// The control loop's lease: `"<epoch> <holder>"`, with a TTL.
@@ -82,6 +84,12 @@ impl PlacementKeys {
         format!("{}fence", self.prefix)
     }
 
+    /// The placement's window history: one summary per complete window, the entry id
+    /// being the window's start (`<start_ms>-1`).
+    pub fn window_log(&self) -> String {
+        format!("{}windows", self.prefix)
+    }
+
     /// The placement's audit trail, written by the same script as the change it records.
     pub fn audit(&self) -> String {
         format!("{}audit", self.prefix)
@@ -109,6 +117,7 @@ mod tests {
         assert_eq!(k.state(), "allot:{home_feed}:state");
         assert_eq!(k.fence(), "allot:{home_feed}:fence");
         assert_eq!(k.audit(), "allot:{home_feed}:audit");
+        assert_eq!(k.window_log(), "allot:{home_feed}:windows");
     }
 
     #[test]

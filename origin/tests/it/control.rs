@@ -114,7 +114,7 @@ async fn a_target_change_gets_a_plan_at_once_and_status_reports_it() {
     .await;
     assert_eq!(record["plan"]["campaigns"], json!([]));
     assert_eq!(record["plan"]["withdrawn"], json!(true));
-    let registered: Vec<String> = redis::cmd("SMEMBERS").arg(keys::PLACEMENTS).query(&mut conn).unwrap();
+    let registered: Vec<String> = redis::cmd("HKEYS").arg(keys::REGISTRY).query(&mut conn).unwrap();
     assert!(registered.is_empty(), "{registered:?}");
 
     // Every published plan is in the plan log, with the targets it was made for.

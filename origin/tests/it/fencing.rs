@@ -64,6 +64,21 @@ async fn versions_are_allocated_once_and_stored_plans_only_move_forward() {
     assert_eq!(history(&redis), [8]);
 }
 
+#[tokio::test]
+async fn a_placement_leaves_the_registry_only_under_the_stamp_it_was_judged_by() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(config(&redis, "", &[("ALLOT_CONTROL_ENABLED", "false")])).await;
+    let (store, p) = (&app.app().store, home_feed());
+    let judged = store.register(&p).await.unwrap();
+    // A PUT registers it again between the round's reads and its removal.
+    let renewed = store.register(&p).await.unwrap();
+    assert!(renewed > judged);
+    assert!(!store.unregister(&p, judged).await.unwrap(), "a newer registration keeps it in");
+    assert_eq!(store.placements().await.unwrap(), std::slice::from_ref(&p));
+    assert!(store.unregister(&p, renewed).await.unwrap());
+    assert_eq!(store.registration(&p).await.unwrap(), None);
+}
+
 /// The leader pauses (renewals included) between publishing a plan and storing it, for
 /// three lease times; the other origin takes the lease and publishes its own plan. When
 /// the first wakes up, its write is refused: the stored plan stays the successor's, and
@@ -140,7 +155,8 @@ async fn a_put_racing_a_withdrawal_stays_controlled() {
         published_at_ms: 0,
     };
     assert_eq!(admin.app().store.save_plan(&p, &withdrawn, 10, 0).await.unwrap(), Fenced::Done(()));
-    admin.app().store.unregister(&p).await.unwrap();
+    let stamp = admin.app().store.registration(&p).await.unwrap().unwrap();
+    assert!(admin.app().store.unregister(&p, stamp).await.unwrap());
     assert!(admin.app().store.placements().await.unwrap().is_empty());
 
     let controller = TestApp::start(config(&redis, "", &[("ALLOT_CONTROL_PERIOD_MS", "300")])).await;

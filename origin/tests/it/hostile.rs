@@ -127,7 +127,7 @@ async fn events_the_origin_never_published_are_dropped_and_counted() {
 
     // A deleted placement leaves the registry once its empty plan is out: within the
     // refresh interval (250 ms) its events are dropped like those of one never created.
-    redis::cmd("SREM").arg(keys::PLACEMENTS).arg("gone").exec(&mut redis.conn()).unwrap();
+    redis::cmd("HDEL").arg(keys::REGISTRY).arg("gone").exec(&mut redis.conn()).unwrap();
     let removed = std::time::Instant::now();
     let mut counted_since = 0;
     eventually(5, "the deletion learnt", async || {

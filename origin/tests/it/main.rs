@@ -10,6 +10,7 @@ mod cluster;
 mod control;
 mod crash;
 mod fencing;
+mod history;
 mod hostile;
 mod impressions;
 mod ingest;

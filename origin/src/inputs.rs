@@ -1,0 +1,80 @@
+//! What a round looks at, read from Redis: the placement's recent complete windows, the
+//! plan in force and the controller's state.
+//!
+//! The control loop, the preview (a dry run of new targets) and the window history all
+//! start from these, so a preview answers what the next round would do, and the history
+//! records what the round saw.
+
+use allot_core::{ControlState, Controller, PlacementId, Policy, Round, SampleRatePlanner, Targets, WindowStats};
+
+use crate::config::ControlConfig;
+use crate::startup::App;
+use crate::store::{PlanRecord, StoreError};
+
+/// The policy every round runs: the default controller and the configured planner.
+pub fn policy(cfg: &ControlConfig) -> Policy {
+    Policy {
+        controller: Controller::default(),
+        planner: SampleRatePlanner { min_rate: cfg.min_sample_rate, ..SampleRatePlanner::default() },
+    }
+}
+
+/// A placement's evidence at one moment.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    /// The index of the last complete window.
+    pub last_index: u64,
+    /// The last `recent_windows` complete windows, newest first (missing ones empty).
+    pub windows: Vec<WindowStats>,
+    /// Those windows merged.
+    pub recent: WindowStats,
+    pub previous: Option<PlanRecord>,
+    pub state: ControlState,
+}
+
+impl Inputs {
+    pub async fn read(app: &App, p: &PlacementId, now_ms: u64) -> Result<Self, StoreError> {
+        let cfg = &app.config.control;
+        let current = WindowStats::window_index(now_ms, cfg.period_ms);
+        let indices: Vec<u64> = (1..=cfg.recent_windows).filter_map(|i| current.checked_sub(i)).collect();
+        let windows = app.store.windows(p, &indices).await?;
+        let mut recent = WindowStats::default();
+        for w in &windows {
+            recent.merge(w);
+        }
+        Ok(Self {
+            last_index: current.saturating_sub(1),
+            windows,
+            recent,
+            previous: app.store.plan_record(p).await?,
+            state: app.store.control_state(p).await?,
+        })
+    }
+
+    /// The last complete window, if anything was counted in it.
+    pub fn last(&self) -> Option<&WindowStats> {
+        self.windows.first().filter(|w| w.requests.n > 0 || !w.campaigns.is_empty())
+    }
+
+    /// The round for `targets` on this evidence.
+    pub fn round<'a>(
+        &'a self,
+        placement: &'a PlacementId,
+        targets: &'a Targets,
+        targets_changed: bool,
+        now_ms: u64,
+        cfg: &ControlConfig,
+    ) -> Round<'a> {
+        Round {
+            placement,
+            targets,
+            recent: &self.recent,
+            last: self.last(),
+            previous: self.previous.as_ref().map(|r| &r.plan),
+            state: &self.state,
+            targets_changed,
+            now_ms,
+            republish_after_ms: cfg.republish_after_secs.saturating_mul(1000),
+        }
+    }
+}

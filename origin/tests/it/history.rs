@@ -1,0 +1,153 @@
+//! Where delivery has been and where new targets would take it: the window history
+//! (recorded once per window by the control round, paged newest first) and the preview
+//! (a dry run of proposed targets that writes nothing).
+
+use allot_core::Event;
+use allot_testkit::events::{allocation, xadd};
+use allot_testkit::origin::{MANAGER_TOKEN, TestApp, VIEWER_TOKEN, config};
+use allot_testkit::poll::eventually;
+use allot_testkit::redis::{RedisServer, total_counts};
+use serde_json::{Value, json};
+
+/// 200 iOS requests in the window `index` of `period_ms`: A 50 %, B 30 %, none 20 %.
+fn window_traffic(index: u64, period_ms: u64, tag: &str) -> Vec<Event> {
+    (0..200)
+        .map(|i| {
+            let ad = match i % 10 {
+                0..5 => Some("A"),
+                5..8 => Some("B"),
+                _ => None,
+            };
+            let mut e = allocation(&format!("{tag}-{i}"), "home_feed", ad, &["A", "B"], 1.0);
+            e.event_time_ms = index * period_ms + period_ms / 2;
+            e.platform = Some("ios".into());
+            e
+        })
+        .collect()
+}
+
+async fn history(app: &TestApp, query: &str) -> (u16, Value) {
+    app.get_json(&format!("/v1/placements/home_feed/history{query}"), VIEWER_TOKEN).await
+}
+
+#[tokio::test]
+async fn each_window_is_recorded_once_with_its_estimates_and_pages_newest_first() {
+    let redis = RedisServer::start();
+    let period = 1000;
+    let app = TestApp::start(config(&redis, "", &[("ALLOT_CONTROL_PERIOD_MS", "1000")])).await;
+    let spec = json!({"campaigns": [{"id": "A", "rate": 0.5}, {"id": "B", "rate": 0.3}]});
+    assert_eq!(app.put_targets("home_feed", &spec, MANAGER_TOKEN).await.status(), 201);
+
+    // Traffic in three consecutive windows, each written before its window closes.
+    let mut conn = redis.conn();
+    for round in 0..3u64 {
+        let index = allot_origin::now_ms() / period;
+        xadd(
+            &mut conn,
+            &allot_core::EventBatch { events: window_traffic(index, period, &format!("w{round}")) },
+            allot_origin::now_ms(),
+        );
+        let until_next = (index + 1) * period - allot_origin::now_ms();
+        tokio::time::sleep(std::time::Duration::from_millis(until_next + 10)).await;
+    }
+    eventually(10, "counted", || async { (total_counts(&redis, "home_feed").requests.n == 600).then_some(()) }).await;
+    let page = eventually(10, "three recorded windows", || async {
+        let (_, page) = history(&app, "").await;
+        (page["windows"].as_array().map_or(0, Vec::len) >= 3).then_some(page)
+    })
+    .await;
+    let windows = page["windows"].as_array().unwrap();
+    let starts: Vec<u64> = windows.iter().map(|w| w["window"]["start_ms"].as_u64().unwrap()).collect();
+    assert!(starts.windows(2).all(|w| w[0] > w[1]), "newest first, each window once: {starts:?}");
+    for w in windows {
+        assert_eq!(w["window"]["samples"], 200, "{w}");
+        let a = &w["campaigns"][0];
+        assert_eq!((a["id"].as_str(), a["target"].as_f64()), (Some("A"), Some(0.5)));
+        assert!((a["estimate"]["share"].as_f64().unwrap() - 0.5).abs() < 1e-9, "{a}");
+        assert!(a["estimate"]["low"].as_f64().unwrap() < 0.5 && a["estimate"]["high"].as_f64().unwrap() > 0.5);
+        assert!(a["weight"].as_f64().unwrap() > 0.0, "the weight decided from the window: {a}");
+    }
+
+    // Pages: one window at a time, following `next`.
+    let (_, first) = history(&app, "?limit=1").await;
+    assert_eq!(first["windows"].as_array().unwrap().len(), 1);
+    let next = first["next"].as_str().expect("a next page").to_string();
+    let (_, second) = history(&app, &format!("?limit=1&before={next}")).await;
+    assert_eq!(second["windows"][0]["window"]["start_ms"], windows[1]["window"]["start_ms"]);
+    let (_, all) = history(&app, "?limit=1000").await;
+    assert_eq!(all["next"], Value::Null, "the last page says so");
+}
+
+#[tokio::test]
+async fn hostile_history_queries_get_json_errors() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(config(&redis, "", &[])).await;
+    for (query, code) in
+        [("?before=garbage", "invalid_query"), ("?limit=-1", "invalid_query"), ("?limit=ten", "invalid_query")]
+    {
+        let (status, body) = history(&app, query).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some(code)), "{query}: {body}");
+    }
+    let (status, body) = app.get_json("/v1/placements/home%20feed/history", VIEWER_TOKEN).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (422, Some("id")), "{body}");
+    let (status, _) = app.get_json("/v1/placements/home_feed/history", "wrong").await;
+    assert_eq!(status, 401);
+    let (status, page) = history(&app, "?before=0-0").await;
+    assert_eq!((status, page["windows"].as_array().map(Vec::len)), (200, Some(0)));
+}
+
+#[tokio::test]
+async fn a_preview_shows_infeasible_and_unattainable_targets_and_writes_nothing() {
+    let redis = RedisServer::start();
+    let period = 60_000;
+    let app = TestApp::start(config(&redis, "", &[("ALLOT_CONTROL_PERIOD_MS", "60000")])).await;
+    let spec = json!({"campaigns": [{"id": "A", "rate": 0.5}, {"id": "B", "rate": 0.3}]});
+    let put = app.put_targets("home_feed", &spec, MANAGER_TOKEN).await;
+    let etag = put.headers()["etag"].to_str().unwrap().to_string();
+    let last = allot_origin::now_ms() / period - 1;
+    xadd(
+        &mut redis.conn(),
+        &allot_core::EventBatch { events: window_traffic(last, period, "p") },
+        allot_origin::now_ms(),
+    );
+    eventually(10, "counted", || async { (total_counts(&redis, "home_feed").requests.n == 200).then_some(()) }).await;
+    let plan_before = app.get_json("/v1/placements/home_feed/status", VIEWER_TOKEN).await.1["plan_version"].clone();
+
+    // C is only for Android; all the traffic is iOS. The margin is far finer than 200
+    // requests a window can measure.
+    let proposed = json!({
+        "campaigns": [
+            {"id": "A", "rate": 0.4},
+            {"id": "C", "rate": 0.2, "eligibility": {"platforms": ["android"]}}
+        ],
+        "confidence": {"margin": 0.005, "level": 0.99}
+    });
+    let r = app.http.post(app.url("/v1/placements/home_feed/preview")).bearer_auth(VIEWER_TOKEN).json(&proposed);
+    let r = r.send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let preview: Value = r.json().await.unwrap();
+    assert_eq!(preview["feasible"], false, "{preview}");
+    let c = preview["campaigns"].as_array().unwrap().iter().find(|c| c["id"] == "C").unwrap();
+    assert_eq!((c["feasible"].as_bool(), c["max_share"].as_f64()), (Some(false), Some(0.0)), "{c}");
+    let a = preview["campaigns"].as_array().unwrap().iter().find(|c| c["id"] == "A").unwrap();
+    assert!(a["feasible"].as_bool().unwrap() && (a["predicted_share"].as_f64().unwrap() - 0.4).abs() < 0.01, "{a}");
+    assert_eq!(preview["window"]["samples"], 200);
+    assert!(preview["required_samples"].as_f64().unwrap() > 200.0, "{preview}");
+    assert_eq!((preview["attainable"].as_bool(), preview["sample_rate"].as_f64()), (Some(false), Some(1.0)));
+
+    // Nothing was written: same targets, same plan.
+    let (_, stored) = app.get_json("/v1/placements/home_feed", VIEWER_TOKEN).await;
+    assert_eq!(stored["campaigns"].as_array().unwrap().len(), 2);
+    let r = app.http.get(app.url("/v1/placements/home_feed")).bearer_auth(VIEWER_TOKEN).send().await.unwrap();
+    assert_eq!(r.headers()["etag"].to_str().unwrap(), etag);
+    let plan_after = app.get_json("/v1/placements/home_feed/status", VIEWER_TOKEN).await.1["plan_version"].clone();
+    assert_eq!(plan_before, plan_after);
+
+    // A bad proposal is refused like a bad PUT.
+    let bad = json!({"campaigns": [{"id": "A", "rate": 1.5}]});
+    let r = app.http.post(app.url("/v1/placements/home_feed/preview")).bearer_auth(VIEWER_TOKEN).json(&bad);
+    let r = r.send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"]["field"].as_str().unwrap().contains("rate"), "{body}");
+}
