@@ -58,6 +58,22 @@ worker_tools() {
   need_npm
 }
 
+# promtool checks the alert rules (ops/prometheus). Debian's prometheus package ships it;
+# only the binary is extracted into the cache, so no Prometheus server is installed.
+PROMETHEUS_DEB_VERSION=2.42.0+ds-5+deb12u1
+need_promtool() {
+  local stamp="$TOOLS/.promtool-$PROMETHEUS_DEB_VERSION"
+  if [[ -f "$stamp" && -x "$TOOLS/bin/promtool" ]]; then return 0; fi
+  log "extracting promtool from Debian's prometheus $PROMETHEUS_DEB_VERSION (cached in $TOOLS)"
+  local tmp; tmp="$(mktemp -d)"
+  (cd "$tmp" && apt-get download -qq "prometheus=$PROMETHEUS_DEB_VERSION" 2>/dev/null \
+    || { apt-get update -qq && apt-get download -qq "prometheus=$PROMETHEUS_DEB_VERSION"; })
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
+  install -m 0755 "$tmp/x/usr/bin/promtool" "$TOOLS/bin/promtool"
+  rm -rf "$tmp"
+  touch "$stamp"
+}
+
 s3_tools() {
   cargo_tool s3s-fs "$S3S_FS_VERSION" s3s-fs --features binary
 }
@@ -68,6 +84,7 @@ case "${1:-all}" in
   worker) worker_tools ;;
   s3) s3_tools ;;
   wrk) need_wrk ;;
-  all) need_wasm_target; need_redis; worker_tools; s3_tools ;;
-  *) echo "usage: $0 [wasm|redis|worker|s3|wrk|all]" >&2; exit 2 ;;
+  promtool) need_promtool ;;
+  all) need_wasm_target; need_redis; worker_tools; s3_tools; need_promtool ;;
+  *) echo "usage: $0 [wasm|redis|worker|s3|wrk|promtool|all]" >&2; exit 2 ;;
 esac

@@ -34,6 +34,7 @@ use redis::AsyncCommands;
 use redis::streams::StreamMaxlen;
 use tokio_util::sync::CancellationToken;
 
+use crate::gauges::PlacementReading;
 use crate::inputs::Inputs;
 use crate::lease::LeaseView;
 use crate::publish::Publisher;
@@ -63,7 +64,13 @@ pub async fn run(app: Arc<App>, publisher: Arc<Publisher>, cancel: CancellationT
             _ = app.control_wake.notified() => {}
             _ = lease.changed() => {}
         }
-        let Some(fence) = lease.current() else { continue };
+        let Some(fence) = lease.current() else {
+            if epoch.take().is_some() {
+                // Another replica runs the rounds now; its gauges are the live ones.
+                app.metrics.delivery.clear();
+            }
+            continue;
+        };
         if epoch != Some(fence.epoch) {
             // A new holder starts with a full round.
             epoch = Some(fence.epoch);
@@ -169,6 +176,13 @@ async fn store(app: &App, x: &Pending, epoch: u64) {
     let (placement, version) = (&x.placement, x.record.plan.version);
     match stored.await {
         Ok(Fenced::Done(())) => {
+            if x.withdrawing.is_none() {
+                app.metrics.delivery.plan_in_force(
+                    placement.as_str(),
+                    x.record.plan.sample_rate,
+                    x.record.published_at_ms,
+                );
+            }
             tracing::info!(%placement, version, sample_rate = x.record.plan.sample_rate, "plan published")
         }
         Ok(Fenced::Epoch) => {
@@ -237,6 +251,7 @@ async fn prepare(app: &App, p: &PlacementId, now_ms: u64, fence: &Fence) -> Resu
     };
     let Some(spec) = spec else {
         // Deleted: withdraw the ads once, then forget the placement.
+        app.metrics.delivery.forget(p.as_str());
         return match previous {
             Some(prev) if !prev.plan.withdrawn => {
                 let Some(version) = allocate(app, p, fence, prev.plan.version).await? else { return Ok(None) };
@@ -269,7 +284,18 @@ async fn prepare(app: &App, p: &PlacementId, now_ms: u64, fence: &Fence) -> Resu
         .map_err(|e| StoreError::Corrupt { what: format!("targets of {p}"), message: e.to_string() })?;
     let changed = previous.is_none_or(|r| r.targets_rev != rev);
     let outcome = crate::inputs::policy(cfg).run(inputs.round(p, &targets, changed, now_ms, cfg));
-    crate::history::record(app, p, &targets, &inputs, &outcome).await;
+    let window = inputs.windows.first().cloned().unwrap_or_default();
+    let campaigns = crate::status::campaigns(&targets, &window, Some(&outcome.decision));
+    app.metrics.delivery.observe(
+        p.as_str(),
+        &PlacementReading {
+            campaigns: &campaigns,
+            sample_rate: previous.map(|r| r.plan.sample_rate),
+            published_at_ms: previous.map(|r| r.published_at_ms),
+            attainable: inputs.attainable(&targets),
+        },
+    );
+    crate::history::record(app, p, &inputs, campaigns).await;
     let Some(mut plan) = outcome.plan else { return Ok(None) };
     let Some(version) = allocate(app, p, fence, previous.map_or(0, |r| r.plan.version)).await? else {
         return Ok(None);

@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
+use allot_core::PlacementId;
 use allot_core::contract::keys::PlacementKeys;
-use allot_core::{Outcome, PlacementId, Targets};
 use axum::Json;
 use axum::extract::{Query, State};
 use redis::AsyncCommands;
@@ -24,7 +24,7 @@ use crate::auth::Viewer;
 use crate::error::{Api, ApiError};
 use crate::inputs::Inputs;
 use crate::startup::App;
-use crate::status::{CampaignStatus, WindowSummary, campaigns};
+use crate::status::{CampaignStatus, WindowSummary};
 
 /// The one field of a history entry: the record as JSON.
 const FIELD: &str = "r";
@@ -44,9 +44,9 @@ pub struct WindowRecord {
     pub campaigns: Vec<CampaignStatus>,
 }
 
-/// Records the last complete window in `inputs`, once; a failure is logged, never
-/// fatal to the round.
-pub async fn record(app: &App, p: &PlacementId, targets: &Targets, inputs: &Inputs, outcome: &Outcome) {
+/// Records the last complete window in `inputs`, with `campaigns` (its reading, see
+/// `status::campaigns`), once; a failure is logged, never fatal to the round.
+pub async fn record(app: &App, p: &PlacementId, inputs: &Inputs, campaigns: Vec<CampaignStatus>) {
     // Windows nobody was served in are not recorded: idle placements cost nothing.
     let Some(window) = inputs.windows.first().filter(|w| w.requests.n > 0) else { return };
     let period = app.config.control.period_ms;
@@ -55,7 +55,7 @@ pub async fn record(app: &App, p: &PlacementId, targets: &Targets, inputs: &Inpu
         window: WindowSummary::of(inputs.last_index, period, window),
         plan_version: inputs.previous.as_ref().map(|r| r.plan.version),
         sample_rate: inputs.previous.as_ref().map(|r| r.plan.sample_rate),
-        campaigns: campaigns(targets, window, Some(&outcome.decision)),
+        campaigns,
     };
     let Ok(json) = serde_json::to_string(&record) else { return };
     let id = format!("{}-1", inputs.last_index * period);

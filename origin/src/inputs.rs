@@ -56,6 +56,13 @@ impl Inputs {
         self.windows.first().filter(|w| w.requests.n > 0 || !w.campaigns.is_empty())
     }
 
+    /// Whether the last window's traffic can give `targets`' confidence at all, sampling
+    /// every request; `None` when nothing was measured.
+    pub fn attainable(&self, targets: &Targets) -> Option<bool> {
+        let last = self.last()?;
+        Some(last.requests.ht >= SampleRatePlanner::required_samples(targets))
+    }
+
     /// The round for `targets` on this evidence.
     pub fn round<'a>(
         &'a self,

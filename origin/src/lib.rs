@@ -21,6 +21,7 @@ pub mod config;
 pub mod conn;
 pub mod control;
 pub mod error;
+pub mod gauges;
 pub mod history;
 pub mod ingest;
 pub mod inputs;

@@ -7,7 +7,12 @@
 //! is one exposition.
 
 use allot_archive::ArchiverMetrics;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::gauges::DeliveryGauges;
 
 /// The origin's metrics.
 #[derive(Debug, Clone)]
@@ -30,6 +35,9 @@ pub struct Metrics {
     pub publish_failures: IntCounter,
     pub plan_log_failures: IntCounter,
     pub audit_feed_failures: IntCounter,
+    pub delivery: DeliveryGauges,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -48,6 +56,15 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric name");
     r.register(Box::new(c.clone())).expect("registered once");
     c
+}
+
+/// `allot_build_info{version}` = 1: which build is running, for dashboards and for
+/// telling replicas apart during a rollout.
+fn build_info(r: &Registry) {
+    let g = IntGaugeVec::new(Opts::new("allot_build_info", "The running build (value 1)."), &["version"])
+        .expect("valid metric name");
+    g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    r.register(Box::new(g)).expect("registered once");
 }
 
 impl Default for Metrics {
@@ -133,8 +150,31 @@ impl Metrics {
                 "allot_audit_feed_failures_total",
                 "Admin changes stored (with the placement's own audit entry) but missing from the global audit feed.",
             ),
+            delivery: DeliveryGauges::register(&r),
+            http_requests: counter_vec(
+                &r,
+                "allot_http_requests_total",
+                "HTTP requests answered, by route, method and status.",
+                &["route", "method", "status"],
+            ),
+            http_duration: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new("allot_http_request_duration_seconds", "Time to answer, by route.")
+                        .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
+                    &["route"],
+                )
+                .expect("valid histogram");
+                r.register(Box::new(h.clone())).expect("registered once");
+                h
+            },
             ingest_latency,
-            registry: r,
+            registry: {
+                build_info(&r);
+                #[cfg(target_os = "linux")]
+                r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+                    .expect("registered once");
+                r
+            },
         }
     }
 

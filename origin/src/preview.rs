@@ -103,6 +103,6 @@ pub async fn preview(
         campaigns,
         required_samples: required,
         sample_rate: outcome.plan.map_or(1.0, |p| p.sample_rate),
-        attainable: (last.requests.n > 0).then_some(last.requests.ht >= required),
+        attainable: inputs.attainable(&targets),
     }))
 }

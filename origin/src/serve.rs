@@ -17,10 +17,10 @@
 //! and closes idle connections.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::IntoResponse;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -33,6 +33,34 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::HttpConfig;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// Counts and times every request by its route template (`/v1/placements/{id}`), never
+/// by its path, and by its method only when it is a standard one: made-up ids, paths
+/// and methods cannot grow the number of series.
+pub fn with_request_metrics(router: Router, metrics: Metrics) -> Router {
+    router.layer(axum::middleware::from_fn(move |req: Request, next: Next| {
+        let metrics = metrics.clone();
+        async move {
+            let route = req.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_string();
+            let method: &'static str = match req.method().as_str() {
+                "GET" => "GET",
+                "HEAD" => "HEAD",
+                "POST" => "POST",
+                "PUT" => "PUT",
+                "DELETE" => "DELETE",
+                "OPTIONS" => "OPTIONS",
+                "PATCH" => "PATCH",
+                _ => "other",
+            };
+            let started = Instant::now();
+            let response = next.run(req).await;
+            metrics.http_requests.with_label_values(&[&route, method, response.status().as_str()]).inc();
+            metrics.http_duration.with_label_values(&[&route]).observe(started.elapsed().as_secs_f64());
+            response
+        }
+    }))
+}
 
 /// The request timeout as a layer: the handler's future is dropped when it expires.
 pub fn with_request_timeout(router: Router, limit: Duration) -> Router {

@@ -90,7 +90,7 @@ impl Running {
 }
 
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/v1/events", post(crate::ingest::post_events))
         .route("/v1/placements", get(crate::admin::list_placements))
         .route(
@@ -108,7 +108,8 @@ pub fn router(app: Arc<App>) -> Router {
         // After the routes: it applies to those registered before it.
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .fallback(|| async { ApiError::NotFound("route".into()) })
-        .with_state(app)
+        .with_state(app.clone());
+    crate::serve::with_request_metrics(router, app.metrics.clone())
 }
 
 async fn healthz() -> impl IntoResponse {

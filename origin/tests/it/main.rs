@@ -14,6 +14,7 @@ mod history;
 mod hostile;
 mod impressions;
 mod ingest;
+mod ops;
 mod publish;
 mod retry;
 mod server;
