@@ -14,11 +14,14 @@
 //! 1. its version is allocated in Redis for the grant's epoch (atomically, above every
 //!    version allocated before), so two holders never publish two plans under one
 //!    version, and a holder whose epoch is older than the placement has seen is refused;
-//! 2. every plan is checked (`Plan::check`) and published only while the grant is
-//!    valid, with the grant's end as the publish's deadline;
-//! 3. the published plan's snapshot, with its targets, goes to the plan log
+//! 2. it is checked (`Plan::check`) and recorded in the placement's plan list (what
+//!    ingest learns versions from), so events decided under it are counted even if it
+//!    is never stored as current;
+//! 3. it is published only while the grant is valid, with the grant's end as the
+//!    publish's deadline;
+//! 4. the published plan's snapshot, with its targets, goes to the plan log
 //!    (`allot:plans`, from which the archiver writes the `plans` table);
-//! 4. it is stored as current only forward and only for a current epoch (one script),
+//! 5. it is stored as current only forward and only for a current epoch (one script),
 //!    so a holder that stalled past its grant cannot set the stored plan back.
 //!
 //! A plan that fails to publish is not stored, so the next round publishes again, under
@@ -125,13 +128,6 @@ pub async fn round(app: &App, publisher: &Publisher, lease: &LeaseView, placemen
             Err(e) => tracing::warn!(placement = %p, error = %e, "control round skipped a placement"),
         }
     }
-    pending.retain(|x| match x.record.plan.check() {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::error!(placement = %x.placement, error = %e, "the controller made an invalid plan; not published");
-            false
-        }
-    });
     if pending.is_empty() {
         return;
     }
@@ -167,7 +163,7 @@ pub async fn round(app: &App, publisher: &Publisher, lease: &LeaseView, placemen
 /// and, after a withdrawal, takes the placement out of the registry.
 async fn store(app: &App, x: &Pending, epoch: u64) {
     let stored = async {
-        let saved = app.store.save_plan(&x.placement, &x.record, app.config.control.history_len, epoch).await?;
+        let saved = app.store.save_plan(&x.placement, &x.record, epoch).await?;
         if let (Fenced::Done(()), Some(stamp)) = (saved, x.withdrawing) {
             app.store.unregister(&x.placement, stamp).await?;
         }
@@ -255,14 +251,13 @@ async fn prepare(app: &App, p: &PlacementId, now_ms: u64, fence: &Fence) -> Resu
         return match previous {
             Some(prev) if !prev.plan.withdrawn => {
                 let Some(version) = allocate(app, p, fence, prev.plan.version).await? else { return Ok(None) };
+                let plan = Plan::withdrawn(p.clone(), version, now_ms, prev.plan.sample_rate);
+                if !issue(app, p, &plan, fence).await? {
+                    return Ok(None);
+                }
                 Ok(Some(Pending {
                     placement: p.clone(),
-                    record: PlanRecord {
-                        plan: Plan::withdrawn(p.clone(), version, now_ms, prev.plan.sample_rate),
-                        decision: None,
-                        targets_rev: rev,
-                        published_at_ms: now_ms,
-                    },
+                    record: PlanRecord { plan, decision: None, targets_rev: rev, published_at_ms: now_ms },
                     withdrawing: Some(stamp.unwrap_or_default()),
                 }))
             }
@@ -297,15 +292,35 @@ async fn prepare(app: &App, p: &PlacementId, now_ms: u64, fence: &Fence) -> Resu
     );
     crate::history::record(app, p, &inputs, campaigns).await;
     let Some(mut plan) = outcome.plan else { return Ok(None) };
+    if let Err(e) = plan.check() {
+        // Never issued, never published: the plan in force stays.
+        tracing::error!(placement = %p, error = %e, "the controller made an invalid plan; not published");
+        return Ok(None);
+    }
     let Some(version) = allocate(app, p, fence, previous.map_or(0, |r| r.plan.version)).await? else {
         return Ok(None);
     };
     plan.version = version;
+    if !issue(app, p, &plan, fence).await? {
+        return Ok(None);
+    }
     Ok(Some(Pending {
         placement: p.clone(),
         record: PlanRecord { plan, decision: Some(outcome.decision), targets_rev: rev, published_at_ms: now_ms },
         withdrawing: None,
     }))
+}
+
+/// Records `plan` as issued (see `Store::issue_plan`); `false` when a newer lease holder
+/// has written the placement.
+async fn issue(app: &App, p: &PlacementId, plan: &Plan, fence: &Fence) -> Result<bool, StoreError> {
+    match app.store.issue_plan(p, plan, app.config.control.history_len, fence.epoch).await? {
+        Fenced::Done(()) => Ok(true),
+        _ => {
+            app.metrics.control_fenced.with_label_values(&["allocate"]).inc();
+            Ok(false)
+        }
+    }
 }
 
 /// The version for a new plan of `p` under `fence`; `None` when a newer lease holder

@@ -100,7 +100,8 @@ pub async fn seed(store: &Store, placements: usize) -> Result<(), StoreError> {
         let placement = plan.placement.clone();
         let record = PlanRecord { plan, decision: None, targets_rev: 0, published_at_ms: now_ms };
         // Epoch 0: the bench runs with the control loop off, holding no lease.
-        store.save_plan(&placement, &record, 10, 0).await?;
+        store.issue_plan(&placement, &record.plan, 10, 0).await?;
+        store.save_plan(&placement, &record, 0).await?;
         store.register(&placement).await?;
     }
     Ok(())

@@ -118,6 +118,15 @@ redis.call('HSET', KEYS[1], 'version', v)
 return v
 ";
 
+/// Records a plan about to be published in the placement's plan list (what ingest's
+/// admission learns versions from), for a current epoch only: -1 fenced, 1 recorded.
+const ISSUE_SCRIPT: &str = r"
+if tonumber(ARGV[1]) < tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0') then return -1 end
+redis.call('LPUSH', KEYS[2], ARGV[2])
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
+return 1
+";
+
 /// Stores a published plan only forward and only for a current epoch: -1 fenced (an
 /// older epoch), 0 stale (a version at or below the stored one), 1 stored.
 const SAVE_SCRIPT: &str = r"
@@ -126,9 +135,7 @@ if tonumber(ARGV[1]) < seen then return -1 end
 if tonumber(ARGV[2]) <= tonumber(redis.call('HGET', KEYS[1], 'saved') or '0') then return 0 end
 redis.call('HSET', KEYS[1], 'saved', ARGV[2])
 redis.call('SET', KEYS[2], ARGV[3])
-redis.call('LPUSH', KEYS[3], ARGV[4])
-redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
-if ARGV[6] ~= '' then redis.call('SET', KEYS[4], ARGV[6]) end
+if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4]) end
 return 1
 ";
 
@@ -154,6 +161,7 @@ pub struct Store {
     conn: RedisConn,
     cas: redis::Script,
     allocate: redis::Script,
+    issue: redis::Script,
     save: redis::Script,
     unregister: redis::Script,
 }
@@ -170,6 +178,7 @@ impl Store {
             conn,
             cas: redis::Script::new(CAS_SCRIPT),
             allocate: redis::Script::new(ALLOCATE_SCRIPT),
+            issue: redis::Script::new(ISSUE_SCRIPT),
             save: redis::Script::new(SAVE_SCRIPT),
             unregister: redis::Script::new(UNREGISTER_SCRIPT),
         }
@@ -309,16 +318,34 @@ impl Store {
         Ok(u64::try_from(v).map_or(Fenced::Epoch, Fenced::Done))
     }
 
-    /// Stores a published plan under lease `epoch`: current record, history (newest
-    /// first, trimmed), state; refused for an older epoch or a version that is not
-    /// newer than the stored one, so the stored plan only moves forward.
-    pub async fn save_plan(
+    /// Records `plan` in the placement's plan list before it is published, under lease
+    /// `epoch`: from the moment the edge may serve it, ingest knows its version, even
+    /// if the plan is never stored as current (a publish that outlived its lease).
+    pub async fn issue_plan(
         &self,
         p: &PlacementId,
-        record: &PlanRecord,
+        plan: &Plan,
         history_len: usize,
         epoch: u64,
     ) -> Result<Fenced<()>, StoreError> {
+        let k = PlacementKeys::new(p);
+        let mut c = self.conn();
+        let issued: i64 = self
+            .issue
+            .key(k.fence())
+            .key(k.plans())
+            .arg(epoch)
+            .arg(plan.to_json())
+            .arg(history_len.max(1))
+            .invoke_async(&mut c)
+            .await?;
+        Ok(if issued == 1 { Fenced::Done(()) } else { Fenced::Epoch })
+    }
+
+    /// Stores a published plan under lease `epoch` as current, with the controller's
+    /// state; refused for an older epoch or a version that is not newer than the
+    /// stored one, so the stored plan only moves forward.
+    pub async fn save_plan(&self, p: &PlacementId, record: &PlanRecord, epoch: u64) -> Result<Fenced<()>, StoreError> {
         let k = PlacementKeys::new(p);
         let json = serde_json::to_string(record).map_err(|e| corrupt("plan", e))?;
         let state = match &record.decision {
@@ -330,13 +357,10 @@ impl Store {
             .save
             .key(k.fence())
             .key(k.plan())
-            .key(k.plans())
             .key(k.state())
             .arg(epoch)
             .arg(record.plan.version)
             .arg(json)
-            .arg(record.plan.to_json())
-            .arg(history_len.max(1))
             .arg(state)
             .invoke_async(&mut c)
             .await?;
@@ -347,7 +371,7 @@ impl Store {
         })
     }
 
-    /// Published plans, newest first.
+    /// Plans issued for publishing, newest first.
     pub async fn plan_history(&self, p: &PlacementId, limit: usize) -> Result<Vec<Plan>, StoreError> {
         let mut c = self.conn();
         let raw: Vec<String> = c.lrange(PlacementKeys::new(p).plans(), 0, limit.max(1) as isize - 1).await?;
