@@ -17,14 +17,14 @@ use std::sync::Arc;
 
 use allot_core::{PlacementId, Targets, TargetsSpec};
 use axum::Json;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::auth::{Manager, Viewer};
-use crate::error::ApiError;
+use crate::error::{Api, ApiError};
 use crate::startup::App;
 use crate::store::{Cas, etag};
 
@@ -237,18 +237,42 @@ pub struct PlacementSummary {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PlacementList {
+    /// In id order.
     pub placements: Vec<PlacementSummary>,
+    /// The `after` of the next page; `null` on the last page.
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    /// At most this many placements (default 100, at most 1000).
+    pub limit: Option<usize>,
+    /// Placements after this id (paging).
+    #[param(value_type = Option<String>)]
+    pub after: Option<PlacementId>,
 }
 
 #[utoipa::path(
-    get, path = "/v1/placements", tag = "admin",
-    responses((status = 200, body = PlacementList), (status = 401)),
+    get, path = "/v1/placements", tag = "admin", params(ListQuery),
+    responses((status = 200, body = PlacementList), (status = 400), (status = 401)),
     security(("bearer" = []))
 )]
-pub async fn list_placements(State(app): State<Arc<App>>, _: Viewer) -> Result<Json<PlacementList>, ApiError> {
+pub async fn list_placements(
+    State(app): State<Arc<App>>,
+    _: Viewer,
+    Api(Query(q)): Api<Query<ListQuery>>,
+) -> Result<Json<PlacementList>, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let ids = app.store.placements().await?;
+    let ids: Vec<PlacementId> = ids.into_iter().filter(|id| q.after.as_ref().is_none_or(|a| id > a)).collect();
     let mut placements = Vec::new();
-    for id in app.store.placements().await? {
-        if let Some(r) = app.store.targets(&id).await?
+    let mut next = None;
+    for id in &ids {
+        if placements.len() == limit {
+            next = placements.last().map(|p: &PlacementSummary| p.id.clone());
+            break;
+        }
+        if let Some(r) = app.store.targets(id).await?
             && let Some(spec) = &r.spec
         {
             placements.push(PlacementSummary {
@@ -260,7 +284,7 @@ pub async fn list_placements(State(app): State<Arc<App>>, _: Viewer) -> Result<J
             });
         }
     }
-    Ok(Json(PlacementList { placements }))
+    Ok(Json(PlacementList { placements, next }))
 }
 
 #[cfg(test)]

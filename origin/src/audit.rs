@@ -70,6 +70,14 @@ pub async fn append(
     .await
 }
 
+/// A page of the audit trail, newest first.
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    /// The `before` of the next (older) page; `null` on the last page.
+    pub next: Option<String>,
+}
+
 /// A paging cursor: the id of an entry of a stream-backed listing (`<ms>-<seq>`): the
 /// audit trail, the window history. Parsed with
 /// the query, so a malformed one is the client's `400` rather than a Redis error.
@@ -143,20 +151,20 @@ fn json_or_null(s: Option<&String>) -> serde_json::Value {
 
 #[utoipa::path(
     get, path = "/v1/audit", tag = "admin", params(AuditQuery),
-    responses((status = 200, body = [AuditEntry]), (status = 400), (status = 401), (status = 403)),
+    responses((status = 200, body = AuditPage), (status = 400), (status = 401), (status = 403)),
     security(("bearer" = []))
 )]
 pub async fn get_audit(
     State(app): State<Arc<App>>,
     _: Viewer,
     Api(Query(q)): Api<Query<AuditQuery>>,
-) -> Result<Json<Vec<AuditEntry>>, ApiError> {
+) -> Result<Json<AuditPage>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let mut end = match q.before.map(Cursor::predecessor) {
         None => "+".to_string(),
         Some(Some(end)) => end.to_string(),
         // Nothing precedes the first possible id.
-        Some(None) => return Ok(Json(Vec::new())),
+        Some(None) => return Ok(Json(AuditPage::default())),
     };
     let stream = q.placement.as_ref().map_or_else(|| keys::AUDIT.to_string(), |p| PlacementKeys::new(p).audit());
     let mut out = Vec::new();
@@ -181,12 +189,16 @@ pub async fn get_audit(
                 after: json_or_null(map["after"].as_ref()),
             });
             if out.len() == limit {
-                return Ok(Json(out));
+                // The page is full: there is a next one if anything older is left.
+                let older: redis::streams::StreamRangeReply =
+                    c.xrevrange_count(&stream, format!("({}", e.id), "-", 1).await?;
+                let next = (!older.ids.is_empty()).then(|| e.id.clone());
+                return Ok(Json(AuditPage { entries: out, next }));
             }
         }
         match reply.ids.last() {
             Some(last) if n == 500 => end = format!("({}", last.id),
-            _ => return Ok(Json(out)),
+            _ => return Ok(Json(AuditPage { entries: out, next: None })),
         }
     }
 }

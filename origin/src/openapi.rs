@@ -39,6 +39,7 @@ impl Modify for BearerAuth {
         crate::status::Estimate,
         crate::status::WindowSummary,
         crate::audit::AuditEntry,
+        crate::audit::AuditPage,
         crate::history::HistoryPage,
         crate::history::WindowRecord,
         crate::preview::Preview,

@@ -134,7 +134,8 @@ async fn tokens_roles_etags_validation_and_audit() {
     // The audit trail, newest first: who, when, before, after.
     let (status, audit) = app.get_json("/v1/audit?placement=home_feed", VIEWER_TOKEN).await;
     assert_eq!(status, 200);
-    let entries = audit.as_array().unwrap();
+    let entries = audit["entries"].as_array().unwrap();
+    assert_eq!(audit["next"], Value::Null, "one page");
     let actions: Vec<&str> = entries.iter().map(|e| e["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["put", "delete", "put", "put", "put"]);
     assert!(entries.iter().all(|e| e["who"] == "mia"));
@@ -146,7 +147,10 @@ async fn tokens_roles_etags_validation_and_audit() {
     assert_eq!(entries[3]["after"]["campaigns"][1]["rate"], 0.4);
     assert_eq!(entries[1]["after"], Value::Null);
     let (_, limited) = app.get_json("/v1/audit?limit=2", VIEWER_TOKEN).await;
-    assert_eq!(limited.as_array().unwrap().len(), 2);
+    assert_eq!(limited["entries"].as_array().unwrap().len(), 2);
+    let next = limited["next"].as_str().expect("more pages").to_string();
+    let (_, older) = app.get_json(&format!("/v1/audit?limit=2&before={next}"), VIEWER_TOKEN).await;
+    assert_eq!(older["entries"][0]["id"], entries[2]["id"], "the next page starts after the last entry");
     assert_eq!(app.get_json("/v1/audit", "nope").await.0, 401);
 }
 
@@ -163,12 +167,25 @@ async fn refusals_are_json() {
         assert_eq!(error_of(r).await, refusal(400, "invalid_query"), "{query}");
     }
     let (status, page) = app.get_json("/v1/audit?before=0-0", VIEWER_TOKEN).await;
-    assert_eq!((status, page), (200, json!([])), "nothing precedes the first id");
+    assert_eq!((status, page), (200, json!({"entries": [], "next": null})), "nothing precedes the first id");
     // A valid cursor pages: the entry itself is excluded.
     let (_, all) = app.get_json("/v1/audit", VIEWER_TOKEN).await;
-    let newest = all[0]["id"].as_str().unwrap().to_string();
+    let newest = all["entries"][0]["id"].as_str().unwrap().to_string();
     let (status, page) = app.get_json(&format!("/v1/audit?before={newest}"), VIEWER_TOKEN).await;
-    assert_eq!((status, page), (200, json!([])));
+    assert_eq!((status, page), (200, json!({"entries": [], "next": null})));
+    // The placements list pages too; a bad cursor is the client's.
+    for id in ["a_first", "z_last"] {
+        assert_eq!(app.put_targets(id, &spec(), MANAGER_TOKEN).await.status(), 201);
+    }
+    let (_, page) = app.get_json("/v1/placements?limit=2", VIEWER_TOKEN).await;
+    let ids: Vec<&str> = page["placements"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
+    assert_eq!((ids, page["next"].as_str()), (vec!["a_first", "home_feed"], Some("home_feed")));
+    let (_, page) = app.get_json("/v1/placements?limit=2&after=home_feed", VIEWER_TOKEN).await;
+    assert_eq!((page["placements"][0]["id"].as_str(), &page["next"]), (Some("z_last"), &Value::Null));
+    for query in ["limit=x", "after=bad%20id!"] {
+        let r = get(&format!("/v1/placements?{query}"), VIEWER_TOKEN).await.unwrap();
+        assert_eq!(error_of(r).await, refusal(400, "invalid_query"), "{query}");
+    }
     // Authentication comes before the query.
     let r = get("/v1/audit?limit=ten", "nope").await.unwrap();
     assert_eq!(error_of(r).await, refusal(401, "unauthorized"));

@@ -65,7 +65,7 @@ async fn ingest_aggregation_and_control_on_a_cluster() {
         assert_eq!(status["campaigns"][0]["samples"], 10, "{p}");
     }
     let (_, audit) = app.get_json("/v1/audit", VIEWER_TOKEN).await;
-    assert_eq!(audit.as_array().unwrap().len(), placements.len());
+    assert_eq!(audit["entries"].as_array().unwrap().len(), placements.len());
     assert_eq!(app.metric("allot_aggregate_entries_total{result=\"applied\"}").await, 100.0);
 
     // The archiver reads both streams through the cluster: every event and every plan
