@@ -46,7 +46,15 @@ impl<D: Dataset> Lane<'_, D> {
             _ => tracing::info!(dataset = D::NAME, entries, "archiving entries pending for this consumer"),
         }
         if trimmed > 0 {
-            tracing::warn!(dataset = D::NAME, trimmed, "some pending entries are no longer in the stream");
+            // Delivered to a consumer that never stored them, and gone from the stream:
+            // their rows are lost to the archive. They keep their places in the flush (its
+            // keys), and are acknowledged with it.
+            M::add(&self.metrics.lost_entries, trimmed as u64);
+            tracing::error!(
+                dataset = D::NAME,
+                entries = trimmed,
+                "pending entries were trimmed from the stream before they were archived"
+            );
         }
         let flush = self.decode_all(batch.entries);
         self.flush(consumer, flush, FlushKind::Recovery, stop).await

@@ -24,6 +24,12 @@ pub fn replay(digest: &str) -> String {
     format!("allot:replay:{{{}}}:{digest}", super::stream::EVENTS)
 }
 
+/// The lock on consumer name `consumer` of `group` on `stream`: the one process reading
+/// under that name holds it (`allot_stream::lock`). Its hash tag is the stream's name.
+pub fn consumer_lock(stream: &str, group: &str, consumer: &str) -> String {
+    format!("allot:lock:{{{stream}}}:{group}:{consumer}")
+}
+
 /// A placement's keys.
 #[derive(Debug, Clone)]
 pub struct PlacementKeys {
@@ -91,6 +97,11 @@ mod tests {
         assert_eq!(k.plan(), "allot:{home_feed}:plan");
         assert_eq!(k.plans(), "allot:{home_feed}:plans");
         assert_eq!(k.state(), "allot:{home_feed}:state");
+    }
+
+    #[test]
+    fn a_consumer_lock_names_stream_group_and_consumer() {
+        assert_eq!(consumer_lock("allot:events", "archiver", "a-1"), "allot:lock:{allot:events}:archiver:a-1");
     }
 
     #[test]

@@ -14,3 +14,4 @@ mod impressions;
 mod ingest;
 mod publish;
 mod retry;
+mod stream;
