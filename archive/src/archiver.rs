@@ -161,12 +161,14 @@ impl Archiver {
         let mut retry = allot_stream::Retry::new(retry_policy(&self.cfg));
         loop {
             let lane = Lane::<D>::new(&self.cfg, &self.store, metrics);
-            state.up();
-            ArchiverMetrics::set(&metrics.lane_up, 1);
             let started = Instant::now();
+            let up = || {
+                state.up();
+                ArchiverMetrics::set(&metrics.lane_up, 1);
+            };
             let result = match self.failpoint::<D>() {
                 Some(e) => Err(e),
-                None => lane.run(redis, stop).await,
+                None => lane.run(redis, stop, up).await,
             };
             let e = match result {
                 Err(ArchiveError::Shutdown) | Ok(()) => return Ok(()),

@@ -155,11 +155,18 @@ impl<'a, D: Dataset> Lane<'a, D> {
     /// Archives until `stop`; returns `Err(Shutdown)` when stopped. Runs only while it
     /// holds its consumer name's lock ([`allot_stream::lock`]): `Err(Lock)` if another
     /// live process holds the name, or once the lock is lost.
-    pub(crate) async fn run<R: Connect>(&self, redis: &R, stop: &CancellationToken) -> Result<(), ArchiveError> {
+    /// `started` is called once the name is held.
+    pub(crate) async fn run<R: Connect>(
+        &self,
+        redis: &R,
+        stop: &CancellationToken,
+        started: impl FnOnce(),
+    ) -> Result<(), ArchiveError> {
         let lane_stop = stop.child_token();
         let lock_end = CancellationToken::new();
         let _release = lock_end.clone().drop_guard();
         self.lock_name(redis, stop, lock_end, lane_stop.clone()).await?;
+        started();
         let result = self.archive(redis, &lane_stop).await;
         if lane_stop.is_cancelled() && !stop.is_cancelled() {
             return Err(ArchiveError::Lock(format!("the lock on {:?} was lost", self.cfg.consumer)));

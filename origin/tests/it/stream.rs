@@ -182,7 +182,10 @@ async fn a_dead_lane_is_restarted_and_readyz_names_it_meanwhile() {
     .await;
     assert_eq!(body["error"]["code"], "not_ready");
     assert!(body["error"]["message"].as_str().unwrap().contains("events"), "{body}");
-    assert_eq!(app.metric("allot_archive_lane_up{dataset=\"plans\"}").await, 1.0, "the other lane runs on");
+    eventually(10, "the other lane to run on", || async {
+        (app.metric("allot_archive_lane_up{dataset=\"plans\"}").await == 1.0).then_some(())
+    })
+    .await;
 
     eventually(30, "the lane restarted and up", || async {
         (app.metric("allot_archive_lane_up{dataset=\"events\"}").await == 1.0
