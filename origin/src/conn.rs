@@ -123,7 +123,7 @@ pub async fn blocking(cfg: &RedisConfig, max_block: Duration) -> RedisResult<Red
     let config = AsyncConnectionConfig::new()
         .set_response_timeout(Some(blocking_timeout(max_block)))
         .set_connection_timeout(Some(connect));
-    let conn = Replacing { client, config, current: Arc::default() };
+    let conn = Replacing { connect: Arc::new((client, config)), current: Arc::default() };
     // Connect now: a wrong address fails the start, as the shared connection does.
     conn.get().await?;
     Ok(RedisConn::Replaced(conn))
@@ -138,8 +138,8 @@ pub async fn blocking(cfg: &RedisConfig, max_block: Duration) -> RedisResult<Red
 /// command opens a new one.
 #[derive(Clone)]
 pub struct Replacing {
-    client: redis::Client,
-    config: AsyncConnectionConfig,
+    /// Where and how to connect.
+    connect: Arc<(redis::Client, AsyncConnectionConfig)>,
     /// The connection in use, with a generation number so that a failure seen on an old
     /// connection does not drop its replacement.
     current: Arc<tokio::sync::Mutex<Option<(u64, MultiplexedConnection)>>>,
@@ -151,7 +151,8 @@ impl Replacing {
         if let Some(c) = current.as_ref() {
             return Ok(c.clone());
         }
-        let conn = self.client.get_multiplexed_async_connection_with_config(&self.config).await?;
+        let (client, config) = &*self.connect;
+        let conn = client.get_multiplexed_async_connection_with_config(config).await?;
         let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
         *current = Some((generation, conn.clone()));
         Ok((generation, conn))
@@ -195,7 +196,7 @@ impl Replacing {
     }
 
     fn get_db(&self) -> i64 {
-        self.client.get_connection_info().redis_settings().db()
+        self.connect.0.get_connection_info().redis_settings().db()
     }
 }
 
