@@ -84,3 +84,30 @@ async fn a_name_another_live_process_holds_is_refused_until_it_is_free() {
     second.shutdown().await;
     assert_eq!(group_backlog(&mut conn), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_gone_with_nothing_pending_are_deleted_from_the_group() {
+    let redis = RedisServer::start();
+    let s3 = S3Server::start();
+    let mut conn = redis.conn();
+    // The consumer of a process that stopped long ago with nothing pending.
+    let _: () = redis::cmd("XGROUP")
+        .arg(&["CREATE", stream::EVENTS, stream::ARCHIVER_GROUP, "0", "MKSTREAM"])
+        .query(&mut conn)
+        .unwrap();
+    let _: i64 = redis::cmd("XGROUP")
+        .arg(&["CREATECONSUMER", stream::EVENTS, stream::ARCHIVER_GROUP, "ghost"])
+        .query(&mut conn)
+        .unwrap();
+    let mut cfg = s3.archive_config();
+    // Claims after 2 s, so consumers idle 8 s with nothing pending are deleted.
+    cfg.claim_idle_secs = 2;
+    let me = cfg.consumer.clone();
+    let run = start(&redis, cfg).await;
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    assert!(consumers(&mut conn).contains(&"ghost".to_string()), "not idle long enough yet");
+    eventually(30, "the gone consumer deleted", async || !consumers(&mut conn).contains(&"ghost".to_string())).await;
+    assert_eq!(consumers(&mut conn), vec![me], "the live one stays");
+    assert_eq!(get(&run.metrics.events.redis_failures), 0, "the deleting script ran cleanly");
+    run.shutdown().await;
+}
