@@ -242,3 +242,33 @@ async fn with_a_long_period_markers_outlive_their_windows_and_a_late_redelivery_
     .await;
     assert_eq!(total_counts(&redis, "home_feed").requests.n, 10);
 }
+
+#[tokio::test]
+async fn a_claimed_entry_trimmed_before_it_was_counted_is_counted_as_lost() {
+    let redis = RedisServer::start();
+    record_published(&mut redis.conn(), &plan("home_feed", 1, 0.5, &["A"]));
+    let mut ingest =
+        TestApp::start(config(&redis, "", &[("ALLOT_AGGREGATE_ENABLED", "false"), ("ALLOT_CONTROL_ENABLED", "false")]))
+            .await;
+    post(&ingest, 0, 3).await;
+    ingest.shutdown().await;
+    // A consumer read all three and died; one of them was deleted from the stream since.
+    let mut c = redis.conn();
+    let _: () =
+        redis::cmd("XGROUP").arg(&["CREATE", stream::EVENTS, stream::AGGREGATOR_GROUP, "0"]).query(&mut c).unwrap();
+    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg(&["GROUP", stream::AGGREGATOR_GROUP, "dead", "COUNT", "10", "STREAMS", stream::EVENTS, ">"])
+        .query(&mut c)
+        .unwrap();
+    let ids: Vec<String> = read.keys[0].ids.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(ids.len(), 3);
+    let _: usize = redis::cmd("XDEL").arg(stream::EVENTS).arg(&ids[1]).query(&mut c).unwrap();
+
+    let app = TestApp::start(config(&redis, "", &[("ALLOT_CONTROL_ENABLED", "false")])).await;
+    eventually(20, "the claim counted", || async {
+        (app.metric("allot_stream_lost_entries_total{group=\"aggregator\"}").await == 1.0).then_some(())
+    })
+    .await;
+    counted(&redis, 2).await;
+    assert_eq!(app.metric("allot_aggregate_claimed_total").await, 2.0);
+}
