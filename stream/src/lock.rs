@@ -31,9 +31,12 @@ pub struct LockConfig {
     pub renew_every: Duration,
 }
 
+/// Ten seconds, renewed every two: a name whose process died is free again ten seconds
+/// later (a process restarted under a configured name waits that long for it), and
+/// four renewals in a row may fail before a live holder loses it.
 impl Default for LockConfig {
     fn default() -> Self {
-        Self { ttl: Duration::from_secs(30), renew_every: Duration::from_secs(5) }
+        Self { ttl: Duration::from_secs(10), renew_every: Duration::from_secs(2) }
     }
 }
 
