@@ -9,11 +9,13 @@
 //! - while S3 is down, the entries stay pending in the stream, the lane retries with
 //!   exponential backoff and jitter, and the lag metric grows;
 //! - if the archiver stops or crashes between storing and acknowledging, its pending
-//!   entries are exactly the failed flush; on restart it reads them back (its consumer
-//!   name is stable), flushes them as one, and overwrites the same keys with the same
-//!   bytes: no loss and no duplicate rows;
+//!   entries are exactly the failed flush; whoever takes them over (the same process
+//!   restarted under a configured consumer name, or a consumer that claims them once
+//!   idle; default names are unique per process) flushes them as one and overwrites the
+//!   same keys with the same bytes: no loss and no duplicate rows;
 //! - if a replica never comes back, another claims its pending entries once they have
-//!   been idle for `claim_idle_secs` and flushes them the same way ([`crate::claim`]).
+//!   been idle for `claim_idle_secs` and flushes them the same way ([`crate::claim`]);
+//! - a lane that fails is restarted ([`crate::supervise`]).
 //!
 //! The consumer-group cycle itself (group, own pending entries, claims, reads,
 //! acknowledgements) is `allot-stream`'s, shared with the origin's aggregator.

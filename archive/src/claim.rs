@@ -1,8 +1,8 @@
 //! Recovery: archiving what this consumer, or a vanished replica, left pending.
 //!
-//! Every archiver replica has a stable consumer name, and its consumer delivers its own
-//! pending entries first: at start (the flush an earlier run could not finish) and,
-//! whenever the buffer is empty, entries whose read reply was lost. A replica that never
+//! A lane's consumer delivers its own pending entries first: at start (under a
+//! configured name, the flush an earlier run could not finish) and, whenever the buffer
+//! is empty, entries whose read reply was lost. A replica that never
 //! comes back (scaled down, host gone) would leave its entries pending for ever: never in
 //! S3, and a lag that never drains. So whenever its buffer is empty, a lane's consumer
 //! also looks for other consumers silent for `claim_idle_secs` with every pending entry
