@@ -9,18 +9,20 @@
 //! - while S3 is down, the entries stay pending in the stream, the lane retries with
 //!   exponential backoff and jitter, and the lag metric grows;
 //! - if the archiver stops or crashes between storing and acknowledging, its pending
-//!   entries are exactly the failed flush; on restart it reads them back (its consumer
-//!   name is stable), flushes them as one, and overwrites the same keys with the same
-//!   bytes: no loss and no duplicate rows;
+//!   entries are exactly the failed flush; whoever takes them over (the same process
+//!   restarted under a configured consumer name, or a consumer that claims them once
+//!   idle; default names are unique per process) flushes them as one and overwrites the
+//!   same keys with the same bytes: no loss and no duplicate rows;
 //! - if a replica never comes back, another claims its pending entries once they have
-//!   been idle for `claim_idle_secs` and flushes them the same way ([`crate::claim`]).
+//!   been idle for `claim_idle_secs` and flushes them the same way ([`crate::claim`]);
+//! - a lane that fails is restarted ([`crate::supervise`]).
 //!
 //! The consumer-group cycle itself (group, own pending entries, claims, reads,
 //! acknowledgements) is `allot-stream`'s, shared with the origin's aggregator.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use allot_core::retry::RetryPolicy;
 use redis::RedisResult;
@@ -30,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::dataset::{Dataset, Events, Plans};
 use crate::lane::Lane;
 use crate::store::ArchiveStore;
+use crate::supervise::LaneStates;
 use crate::{ArchiveConfig, ArchiveError, ArchiverMetrics};
 
 /// The first retry's ceiling; later ones double up to `retry_max_backoff_ms`.
@@ -59,7 +62,7 @@ pub(crate) const MAX_BLOCK: Duration = Duration::from_millis(500);
 /// opens a cluster connection when Redis is a cluster: the streams are single keys, so
 /// every command the archiver sends touches one slot.
 pub trait Connect: Send + Sync {
-    type Conn: ConnectionLike + Send + Sync;
+    type Conn: ConnectionLike + Send + Sync + 'static;
 
     fn connect(&self) -> impl Future<Output = RedisResult<Self::Conn>> + Send;
 
@@ -87,6 +90,10 @@ pub struct Archiver {
     cfg: ArchiveConfig,
     store: ArchiveStore,
     metrics: Arc<ArchiverMetrics>,
+    lanes: Arc<LaneStates>,
+    /// Lane runs the `fail_lane` failpoint has still to fail.
+    #[cfg(feature = "failpoints")]
+    failures_left: std::sync::atomic::AtomicU32,
 }
 
 /// Runs an archiver on `redis_url` until `shutdown` completes.
@@ -103,7 +110,14 @@ impl Archiver {
     pub async fn new(cfg: ArchiveConfig) -> Result<Self, ArchiveError> {
         cfg.check()?;
         let store = ArchiveStore::connect(&cfg).await;
-        Ok(Self { cfg, store, metrics: Arc::default() })
+        Ok(Self {
+            #[cfg(feature = "failpoints")]
+            failures_left: std::sync::atomic::AtomicU32::new(cfg.failpoint.as_ref().map_or(0, |f| f.times)),
+            cfg,
+            store,
+            metrics: Arc::default(),
+            lanes: Arc::default(),
+        })
     }
 
     /// The archiver's metrics, for the origin's `/metrics`.
@@ -111,8 +125,14 @@ impl Archiver {
         self.metrics.clone()
     }
 
-    /// Archives until `shutdown` completes. Buffered entries are flushed once more on
-    /// shutdown; if that fails they stay pending and the next start stores them.
+    /// Whether each lane runs, for the origin's `/readyz`.
+    pub fn lanes(&self) -> Arc<LaneStates> {
+        self.lanes.clone()
+    }
+
+    /// Archives until `shutdown` completes. A lane that fails is restarted; buffered
+    /// entries are flushed once more on shutdown; if that fails they stay pending and the
+    /// next start stores them.
     pub async fn run(
         &self,
         redis: impl Connect,
@@ -131,22 +151,59 @@ impl Archiver {
         events.and(plans)
     }
 
-    /// Runs one dataset's lane; a stop by shutdown is a clean end. Any other error
-    /// stops the other lane too (after its last flush).
+    /// Runs one dataset's lane until shutdown, restarting it after a failure
+    /// ([`crate::supervise`]).
     async fn lane<D: Dataset>(
         &self,
         metrics: &crate::metrics::DatasetMetrics,
         redis: &impl Connect,
         stop: &CancellationToken,
     ) -> Result<(), ArchiveError> {
-        let lane = Lane::<D>::new(&self.cfg, &self.store, metrics);
-        match lane.run(redis, stop).await {
-            Err(ArchiveError::Shutdown) | Ok(()) => Ok(()),
-            Err(e) => {
-                tracing::error!(dataset = D::NAME, error = %e, "archiver lane stopped");
-                stop.cancel();
-                Err(e)
+        let state = self.lanes.of::<D>();
+        let mut retry = allot_stream::Retry::new(retry_policy(&self.cfg));
+        loop {
+            let lane = Lane::<D>::new(&self.cfg, &self.store, metrics);
+            let started = Instant::now();
+            let up = || {
+                state.up();
+                ArchiverMetrics::set(&metrics.lane_up, 1);
+            };
+            let result = match self.failpoint::<D>() {
+                Some(e) => Err(e),
+                None => lane.run(redis, stop, up).await,
+            };
+            let e = match result {
+                Err(ArchiveError::Shutdown) | Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            state.down(Instant::now());
+            ArchiverMetrics::set(&metrics.lane_up, 0);
+            tracing::error!(dataset = D::NAME, error = %e, "archiver lane failed; restarting it");
+            if started.elapsed() > retry_policy(&self.cfg).max {
+                // It ran well for a while: this failure starts a new series of retries.
+                retry.reset();
             }
+            if retry.wait(stop).await.is_err() {
+                return Ok(());
+            }
+            ArchiverMetrics::add(&metrics.lane_restarts, 1);
         }
+    }
+
+    /// The `fail_lane` failpoint: an error instead of this run of `D`'s lane.
+    #[cfg(feature = "failpoints")]
+    fn failpoint<D: Dataset>(&self) -> Option<ArchiveError> {
+        use std::sync::atomic::Ordering;
+        let f = self.cfg.failpoint.as_ref()?;
+        if f.dataset != D::NAME {
+            return None;
+        }
+        let left = self.failures_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        left.ok().map(|_| ArchiveError::Config("failpoint fail_lane".into()))
+    }
+
+    #[cfg(not(feature = "failpoints"))]
+    fn failpoint<D: Dataset>(&self) -> Option<ArchiveError> {
+        None
     }
 }

@@ -1,8 +1,8 @@
 //! Recovery: archiving what this consumer, or a vanished replica, left pending.
 //!
-//! Every archiver replica has a stable consumer name, and its consumer delivers its own
-//! pending entries first: at start (the flush an earlier run could not finish) and,
-//! whenever the buffer is empty, entries whose read reply was lost. A replica that never
+//! A lane's consumer delivers its own pending entries first: at start (under a
+//! configured name, the flush an earlier run could not finish) and, whenever the buffer
+//! is empty, entries whose read reply was lost. A replica that never
 //! comes back (scaled down, host gone) would leave its entries pending for ever: never in
 //! S3, and a lag that never drains. So whenever its buffer is empty, a lane's consumer
 //! also looks for other consumers silent for `claim_idle_secs` with every pending entry
@@ -46,7 +46,15 @@ impl<D: Dataset> Lane<'_, D> {
             _ => tracing::info!(dataset = D::NAME, entries, "archiving entries pending for this consumer"),
         }
         if trimmed > 0 {
-            tracing::warn!(dataset = D::NAME, trimmed, "some pending entries are no longer in the stream");
+            // Delivered to a consumer that never stored them, and gone from the stream:
+            // their rows are lost to the archive. They keep their places in the flush (its
+            // keys), and are acknowledged with it.
+            M::add(&self.metrics.lost_entries, trimmed as u64);
+            tracing::error!(
+                dataset = D::NAME,
+                entries = trimmed,
+                "pending entries were trimmed from the stream before they were archived"
+            );
         }
         let flush = self.decode_all(batch.entries);
         self.flush(consumer, flush, FlushKind::Recovery, stop).await

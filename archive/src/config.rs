@@ -55,8 +55,12 @@ pub struct ArchiveConfig {
     pub plans_stream: String,
     #[serde(default = "default_group")]
     pub group: String,
-    /// This replica's consumer name. Stable across restarts, so a restarted archiver
-    /// finds its own unacknowledged entries and rewrites exactly the same objects.
+    /// This process's consumer name. Unique by default (host, process id and a random
+    /// suffix): replicas sharing a configuration must never share a name, or they would
+    /// flush each other's pending entries under other keys and write rows twice. What a
+    /// process leaves pending when it stops for good is claimed by the others
+    /// (`claim_idle_secs`). A name set here is held with a lock in Redis while a lane
+    /// runs under it; a second process configured with the same name refuses to run.
     #[serde(default = "default_consumer")]
     pub consumer: String,
     /// Another consumer's pending entries are claimed once it and they have been idle
@@ -65,8 +69,25 @@ pub struct ArchiveConfig {
     /// S3 is down (then a claim only repeats its work, to the same keys).
     #[serde(default = "default_claim_idle_secs")]
     pub claim_idle_secs: u64,
+    /// How long a lane may be down (failed, waiting for its restart) before `/readyz`
+    /// reports the origin not ready.
+    #[serde(default = "default_lane_down_grace_secs")]
+    pub lane_down_grace_secs: u64,
     #[serde(default)]
     pub athena: Option<AthenaConfig>,
+    /// Test hook: a lane that fails on start.
+    #[cfg(feature = "failpoints")]
+    #[serde(default)]
+    pub failpoint: Option<LaneFailpoint>,
+}
+
+/// Fails the first `times` runs of `dataset`'s lane, as a lane that dies would.
+#[cfg(feature = "failpoints")]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaneFailpoint {
+    pub dataset: String,
+    pub times: u32,
 }
 
 /// Where reports run on Athena.
@@ -122,8 +143,14 @@ fn default_claim_idle_secs() -> u64 {
 fn default_group() -> String {
     stream::ARCHIVER_GROUP.into()
 }
-fn default_consumer() -> String {
-    "archiver-1".into()
+/// A name no other process has: host, process id and a random suffix.
+pub fn default_consumer() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let host = if host.is_empty() { "archiver".to_string() } else { host };
+    format!("{host}-{}-{:08x}", std::process::id(), allot_stream::Jitter::new().word())
+}
+fn default_lane_down_grace_secs() -> u64 {
+    30
 }
 fn default_workgroup() -> String {
     "allot".into()
@@ -163,7 +190,10 @@ impl ArchiveConfig {
             group: default_group(),
             consumer: default_consumer(),
             claim_idle_secs: default_claim_idle_secs(),
+            lane_down_grace_secs: default_lane_down_grace_secs(),
             athena: None,
+            #[cfg(feature = "failpoints")]
+            failpoint: None,
         }
     }
 
@@ -226,9 +256,19 @@ impl ArchiveConfig {
         (self.claim_idle_secs > 0).then(|| Duration::from_secs(self.claim_idle_secs))
     }
 
+    /// Another consumer idle this long with nothing pending is a process that is gone:
+    /// it is deleted from the group. Four claim times (20 minutes by default).
+    pub fn forget_idle(&self) -> Option<Duration> {
+        self.claim_idle().map(|c| c * 4)
+    }
+
     /// How often a lane looks for entries to claim.
     pub fn claim_every(&self) -> Duration {
         Duration::from_secs(self.claim_idle_secs / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
+
+    pub fn lane_down_grace(&self) -> Duration {
+        Duration::from_secs(self.lane_down_grace_secs)
     }
 
     pub fn retry_max_backoff(&self) -> Duration {
@@ -276,6 +316,8 @@ mod tests {
         assert_eq!(cfg.claim_idle(), Some(Duration::from_secs(300)));
         assert_eq!(cfg.claim_every(), Duration::from_secs(60));
         assert_eq!(cfg.group, "archiver");
+        let other = ArchiveConfig::from_json(r#"{"bucket":"b"}"#).unwrap();
+        assert_ne!(cfg.consumer, other.consumer, "two configurations alike never share a consumer name");
         let shown = format!("{cfg:?}");
         assert!(!shown.contains("very-secret"), "{shown}");
         assert!(shown.contains("REDACTED"), "{shown}");

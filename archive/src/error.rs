@@ -16,6 +16,8 @@ pub enum ArchiveError {
     S3(String),
     #[error("parquet encoding: {0}")]
     Parquet(String),
+    #[error("consumer name: {0}")]
+    Lock(String),
     #[error("the operation was stopped by shutdown")]
     Shutdown,
 }

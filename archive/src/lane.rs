@@ -11,10 +11,13 @@
 //! pending entries are either the buffer or exactly one flush: the property that makes a
 //! restarted or claiming archiver overwrite the same objects rather than add rows.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use allot_core::contract::keys;
+use allot_stream::lag::{Lag, LagFacts, group_lag};
+use allot_stream::lock::{self, HoldError, LockConfig};
 use allot_stream::{ConsumerConfig, Observer, Retry, StreamConsumer};
 use redis::AsyncTypedCommands;
 use tokio_util::sync::CancellationToken;
@@ -144,12 +147,53 @@ impl<'a, D: Dataset> Lane<'a, D> {
             max_block: MAX_BLOCK,
             claim_idle: self.cfg.claim_idle(),
             check_every: self.cfg.claim_every(),
+            forget_idle: self.cfg.forget_idle(),
             retry: retry_policy(self.cfg),
         }
     }
 
-    /// Archives until `stop`; returns `Err(Shutdown)` when stopped.
-    pub(crate) async fn run<R: Connect>(&self, redis: &R, stop: &CancellationToken) -> Result<(), ArchiveError> {
+    /// Archives until `stop`; returns `Err(Shutdown)` when stopped. Runs only while it
+    /// holds its consumer name's lock ([`allot_stream::lock`]): `Err(Lock)` if another
+    /// live process holds the name, or once the lock is lost.
+    /// `started` is called once the name is held.
+    pub(crate) async fn run<R: Connect>(
+        &self,
+        redis: &R,
+        stop: &CancellationToken,
+        started: impl FnOnce(),
+    ) -> Result<(), ArchiveError> {
+        let lane_stop = stop.child_token();
+        let lock_end = CancellationToken::new();
+        let _release = lock_end.clone().drop_guard();
+        self.lock_name(redis, stop, lock_end, lane_stop.clone()).await?;
+        started();
+        let result = self.archive(redis, &lane_stop).await;
+        if lane_stop.is_cancelled() && !stop.is_cancelled() {
+            return Err(ArchiveError::Lock(format!("the lock on {:?} was lost", self.cfg.consumer)));
+        }
+        result
+    }
+
+    /// Takes the consumer name's lock, renewed until `lock_end`; `lost` is cancelled if
+    /// it is lost.
+    async fn lock_name<R: Connect>(
+        &self,
+        redis: &R,
+        stop: &CancellationToken,
+        lock_end: CancellationToken,
+        lost: CancellationToken,
+    ) -> Result<(), ArchiveError> {
+        let conn = self.connect(redis, stop).await?;
+        let key = keys::consumer_lock(self.stream(), &self.cfg.group, &self.cfg.consumer);
+        let token = format!("{}-{:08x}", std::process::id(), allot_stream::Jitter::new().word());
+        let held = lock::hold(conn, key, &self.cfg.consumer, token, LockConfig::default(), lock_end, lost).await;
+        held.map_err(|e| match e {
+            HoldError::Taken(t) => ArchiveError::Lock(t.to_string()),
+            HoldError::Stopped(_) => ArchiveError::Shutdown,
+        })
+    }
+
+    async fn archive<R: Connect>(&self, redis: &R, stop: &CancellationToken) -> Result<(), ArchiveError> {
         let conn = self.connect(redis, stop).await?;
         let failures = RedisFailures { dataset: D::NAME, metrics: self.metrics };
         let mut consumer = StreamConsumer::new(conn, self.stream(), &self.cfg.group, self.consumer_config(), failures);
@@ -313,19 +357,38 @@ impl<'a, D: Dataset> Lane<'a, D> {
         M::set(&self.metrics.oldest_buffered_age_ms, age);
     }
 
-    /// Lag = entries not yet delivered to the group plus those delivered but unacknowledged.
+    /// Lag = entries not yet delivered to the group plus those delivered but
+    /// unacknowledged. When Redis cannot count the undelivered ones (nil `lag`, after
+    /// deletions or trims in the middle of the stream), an upper bound from the stream's
+    /// counters ([`allot_stream::lag`]): an unknown lag is never shown as 0.
     async fn update_lag(&self, conn: &mut impl Conn) {
-        match conn.xinfo_groups(self.stream()).await {
-            Ok(reply) => {
-                if let Some(g) = reply.groups.iter().find(|g| g.name == self.cfg.group) {
-                    M::set(&self.metrics.lag_entries, (g.lag.unwrap_or(0) + g.pending) as u64);
-                }
-            }
+        match self.read_lag(conn).await {
+            Ok(Some(lag)) => M::set(&self.metrics.lag_entries, lag.entries()),
+            Ok(None) => {}
             Err(e) => {
                 M::add(&self.metrics.redis_failures, 1);
                 tracing::warn!(dataset = D::NAME, error = %e, "reading the archiver group's lag failed");
             }
         }
+    }
+
+    async fn read_lag(&self, conn: &mut impl Conn) -> redis::RedisResult<Option<Lag>> {
+        let reply = conn.xinfo_groups(self.stream()).await?;
+        let Some(g) = reply.groups.iter().find(|g| g.name == self.cfg.group) else { return Ok(None) };
+        let mut facts = LagFacts {
+            lag: g.lag.map(|l| l as u64),
+            pending: g.pending as u64,
+            entries_read: g.entries_read.map(|r| r as u64),
+            ..LagFacts::default()
+        };
+        if facts.lag.is_none() {
+            let info: HashMap<String, redis::Value> =
+                redis::cmd("XINFO").arg("STREAM").arg(self.stream()).query_async(conn).await?;
+            let number = |k: &str| info.get(k).and_then(|v| redis::from_redis_value_ref::<u64>(v).ok()).unwrap_or(0);
+            facts.entries_added = number("entries-added");
+            facts.length = number("length");
+        }
+        Ok(Some(group_lag(facts)))
     }
 }
 

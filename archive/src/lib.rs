@@ -26,8 +26,10 @@ pub mod parquet_rows;
 pub mod partition;
 pub mod plan_rows;
 pub mod store;
+pub mod supervise;
 
 pub use archiver::{Archiver, Connect};
 pub use config::{ArchiveConfig, AthenaConfig};
 pub use error::ArchiveError;
 pub use metrics::{ArchiverMetrics, DatasetMetrics};
+pub use supervise::LaneStates;

@@ -40,6 +40,12 @@ pub struct DatasetMetrics {
     pub malformed_entries: IntCounter,
     /// Entries taken over from a consumer that had gone silent.
     pub claimed_entries: IntCounter,
+    /// Pending entries (own or claimed) found trimmed from the stream: never archived.
+    pub lost_entries: IntCounter,
+    /// 1 while the lane runs, 0 while it is down (between a failure and its restart).
+    pub lane_up: IntGauge,
+    /// Times the lane was restarted after a failure.
+    pub lane_restarts: IntCounter,
 }
 
 /// A gauge of an age: set in milliseconds, the unit of stream ids and of the archiver's
@@ -112,6 +118,9 @@ struct Families {
     redis_failures: IntCounterVec,
     malformed: IntCounterVec,
     claimed: IntCounterVec,
+    lost: IntCounterVec,
+    up: IntGaugeVec,
+    restarts: IntCounterVec,
 }
 
 const DATASET: &[&str] = &["dataset"];
@@ -152,10 +161,20 @@ impl Families {
                 "Undecodable stream entries, acknowledged and dropped.",
             ),
             claimed: counter("allot_archive_claimed_entries_total", "Stream entries claimed from a silent consumer."),
+            lost: counter(
+                "allot_archive_lost_entries_total",
+                "Pending stream entries found trimmed from the stream before they were archived.",
+            ),
+            up: IntGaugeVec::new(
+                Opts::new("allot_archive_lane_up", "1 while the dataset's archiving lane runs, 0 while it is down."),
+                DATASET,
+            )
+            .expect("valid metric name"),
+            restarts: counter("allot_archive_lane_restarts_total", "Archiving lanes restarted after a failure."),
         }
     }
 
-    fn collectors(&self) -> [Box<dyn Collector>; 11] {
+    fn collectors(&self) -> [Box<dyn Collector>; 14] {
         [
             Box::new(self.lag.clone()),
             Box::new(self.oldest_buffered_age.clone()),
@@ -168,6 +187,9 @@ impl Families {
             Box::new(self.redis_failures.clone()),
             Box::new(self.malformed.clone()),
             Box::new(self.claimed.clone()),
+            Box::new(self.lost.clone()),
+            Box::new(self.up.clone()),
+            Box::new(self.restarts.clone()),
         ]
     }
 
@@ -186,6 +208,9 @@ impl Families {
             redis_failures: self.redis_failures.with_label_values(v),
             malformed_entries: self.malformed.with_label_values(v),
             claimed_entries: self.claimed.with_label_values(v),
+            lost_entries: self.lost.with_label_values(v),
+            lane_up: self.up.with_label_values(v),
+            lane_restarts: self.restarts.with_label_values(v),
         }
     }
 }
@@ -267,6 +292,9 @@ mod tests {
                 "allot_archive_entries_total",
                 "allot_archive_flushes_total",
                 "allot_archive_lag_entries",
+                "allot_archive_lane_restarts_total",
+                "allot_archive_lane_up",
+                "allot_archive_lost_entries_total",
                 "allot_archive_malformed_entries_total",
                 "allot_archive_objects_total",
                 "allot_archive_oldest_buffered_age_seconds",
@@ -275,8 +303,8 @@ mod tests {
                 "allot_archive_rows_total",
             ]
         );
-        assert_eq!(text.matches("{dataset=\"events\"} 0\n").count(), 11, "{text}");
-        assert_eq!(text.matches("{dataset=\"plans\"} 0\n").count(), 11, "{text}");
+        assert_eq!(text.matches("{dataset=\"events\"} 0\n").count(), 14, "{text}");
+        assert_eq!(text.matches("{dataset=\"plans\"} 0\n").count(), 14, "{text}");
     }
 
     #[test]

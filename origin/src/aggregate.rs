@@ -42,45 +42,71 @@ use crate::conn::RedisConn;
 use crate::startup::App;
 
 /// Applies a group of entries of one placement once. KEYS: one dedupe marker per entry,
-/// then window hashes, then one marker per impression. ARGV: marker count, marker TTL,
-/// window TTL, window count, impression marker TTL, then per window a field count
-/// followed by field/value pairs (allocations), then per impression the (1-based)
-/// window it counts in, a field count and field/value pairs. If any entry marker
-/// already exists nothing is written and the (1-based) indices of those entries are
-/// returned, so the caller can drop them and retry with a delta of the rest; an empty
-/// reply means "applied". An impression adds its fields only if it is the first of its
-/// request (`SET NX` on its marker): a second impression of a request — a retry, a
+/// then window hashes, then one marker per impression. ARGV: marker count, the markers'
+/// expiry (unix ms), window count, then per window its expiry (unix ms), a field count
+/// and field/value pairs (allocations), then per impression the (1-based) window it
+/// counts in, its marker's expiry (unix ms), a field count and field/value pairs. If any entry
+/// marker already exists nothing is written and the (1-based) indices of those entries
+/// are returned, so the caller can drop them and retry with a delta of the rest; an
+/// empty reply means "applied". An impression adds its fields only if it is the first of
+/// its request (`SET NX` on its marker): a second impression of a request — a retry, a
 /// replay at another edge, a second beacon — is not counted.
+///
+/// Expiries are absolute ([`window_expires_at_ms`]): a window expires at a fixed time
+/// after its end, however late it is written, and the markers expire with the latest of
+/// the windows they protect. So a window can never outlive the markers of the entries
+/// counted in it, and a late redelivery (a claim after a long outage) cannot count an
+/// entry twice, whatever the period.
 const APPLY_SCRIPT: &str = r"
 local n = tonumber(ARGV[1])
-local w = tonumber(ARGV[4])
+local w = tonumber(ARGV[3])
 local seen = {}
 for i = 1, n do
   if redis.call('EXISTS', KEYS[i]) == 1 then seen[#seen + 1] = i end
 end
 if #seen > 0 then return seen end
-for i = 1, n do redis.call('SET', KEYS[i], '1', 'EX', ARGV[2]) end
-local a = 6
+for i = 1, n do redis.call('SET', KEYS[i], '1', 'PXAT', ARGV[2]) end
+local a = 4
+local at = {}
 for k = n + 1, n + w do
+  at[k] = ARGV[a]; a = a + 1
   local m = tonumber(ARGV[a]); a = a + 1
   for j = 1, m do
     redis.call('HINCRBYFLOAT', KEYS[k], ARGV[a], ARGV[a + 1]); a = a + 2
   end
-  redis.call('EXPIRE', KEYS[k], ARGV[3])
+  redis.call('PEXPIREAT', KEYS[k], at[k])
 end
 for k = n + w + 1, #KEYS do
-  local win = KEYS[n + tonumber(ARGV[a])]; a = a + 1
+  local pos = n + tonumber(ARGV[a]); a = a + 1
+  local exp = ARGV[a]; a = a + 1
   local m = tonumber(ARGV[a]); a = a + 1
-  if redis.call('SET', KEYS[k], '1', 'NX', 'EX', ARGV[5]) then
+  if redis.call('SET', KEYS[k], '1', 'NX', 'PXAT', exp) then
     for j = 1, m do
-      redis.call('HINCRBYFLOAT', win, ARGV[a + 2 * j - 2], ARGV[a + 2 * j - 1])
+      redis.call('HINCRBYFLOAT', KEYS[pos], ARGV[a + 2 * j - 2], ARGV[a + 2 * j - 1])
     end
-    redis.call('EXPIRE', win, ARGV[3])
+    redis.call('PEXPIREAT', KEYS[pos], at[pos])
   end
   a = a + 2 * m
 end
 return seen
 ";
+
+/// When window `index` expires (unix ms): `ttl_secs` after its end. Fixed per window, so
+/// later writes never extend it, and the dedupe markers of its entries can be given an
+/// expiry no earlier. A window written after that time (an entry redelivered hours later)
+/// is deleted at once: no one reads a window that old (the controller and the status
+/// page read the last `recent_windows`, within `window_ttl_secs`).
+pub fn window_expires_at_ms(index: u64, period_ms: u64, ttl_secs: u64) -> u64 {
+    index.saturating_add(1).saturating_mul(period_ms.max(1)).saturating_add(ttl_secs.saturating_mul(1000))
+}
+
+/// The expiry of the dedupe markers of entries counted in windows expiring at
+/// `window_expiries`: the latest of them, and at least a second from `now_ms` (Redis
+/// refuses no past expiry, but a marker that expires at once protects nothing while the
+/// script's reply is on its way).
+pub fn marker_expires_at_ms(window_expiries: impl IntoIterator<Item = u64>, now_ms: u64) -> u64 {
+    window_expiries.into_iter().max().unwrap_or(0).max(now_ms + 1000)
+}
 
 /// How long a request's impression marker lives: as long as a token can be presented
 /// (its age limit and the edges' clock skew) and then as long as the window it counted
@@ -89,14 +115,32 @@ pub fn impression_marker_ttl_secs(window_ttl_secs: u64) -> u64 {
     window_ttl_secs + (token::MAX_AGE_MS + token::MAX_SKEW_MS).div_ceil(1000)
 }
 
+/// The shortest idle time after which an empty consumer is deleted from the group.
+const FORGET_IDLE_MIN_MS: u64 = 300_000;
+
+/// When a request's impression marker expires (unix ms): as long after the window its
+/// impression counted in as a token can be presented (its age limit and the edges'
+/// clock skew), so no replay or redelivery within either can count a second time.
+pub fn impression_marker_expires_at_ms(window_expires_at_ms: u64) -> u64 {
+    window_expires_at_ms + token::MAX_AGE_MS + token::MAX_SKEW_MS
+}
+
 /// Entries per script call: bounds the time one script holds Redis.
 const MAX_GROUP: usize = 256;
 
 /// How failed Redis calls are retried: from 100 ms, doubling to 5 s, with jitter.
 const RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(5));
 
-/// The default consumer name: host and process, unique per running replica.
+/// The default consumer name: host, process and a random suffix, so no two processes
+/// ever share one (a restarted process on the same pid, a container whose hostname and
+/// pid repeat). What a dead consumer left pending is claimed by the others; the consumer
+/// itself, once idle and empty, is deleted by them (`forget_idle`).
 pub fn default_consumer() -> String {
+    format!("{}-{:08x}", process_name(), allot_stream::Jitter::new().word())
+}
+
+/// Host and process id.
+pub fn process_name() -> String {
     let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
     let host = if host.is_empty() { "origin".to_string() } else { host };
     format!("{host}-{}", std::process::id())
@@ -111,6 +155,8 @@ fn consumer_config(consumer: String, cfg: &AggregateConfig) -> ConsumerConfig {
         max_block: Duration::from_millis(cfg.block_ms),
         claim_idle: Some(Duration::from_millis(cfg.claim_min_idle_ms)),
         check_every: Duration::from_millis((cfg.claim_min_idle_ms / 2).clamp(100, 10_000)),
+        // A consumer idle this long with nothing pending is a replica that is gone.
+        forget_idle: Some(Duration::from_millis(cfg.claim_min_idle_ms.saturating_mul(4).max(FORGET_IDLE_MIN_MS))),
         retry: RETRY,
     }
 }
@@ -145,6 +191,12 @@ pub async fn run(app: Arc<App>, conn: RedisConn, cancel: CancellationToken) {
     while let Ok(batch) = consumer.next(&cancel).await {
         if batch.entries.is_empty() {
             continue;
+        }
+        let lost = batch.entries.iter().filter(|e| e.is_trimmed()).count();
+        if lost > 0 {
+            // Delivered, never applied, and gone from the stream: acknowledged uncounted.
+            agg.app.metrics.stream_lost.with_label_values(&[stream::AGGREGATOR_GROUP]).inc_by(lost as u64);
+            tracing::error!(entries = lost, "pending entries were trimmed from the stream before they were counted");
         }
         if let Source::Claimed { from } = &batch.source {
             let claimed = batch.entries.iter().filter(|e| !e.is_trimmed()).count();
@@ -187,14 +239,13 @@ impl Aggregator {
             cmd.arg(k.impression(e.request_id.as_str()));
         }
         let window_ttl = self.app.config.control.window_ttl_secs();
+        let expiry = |index: u64| window_expires_at_ms(index, period, window_ttl);
         cmd.arg(list.len())
-            .arg(self.app.config.aggregate.dedupe_ttl_secs.max(1))
-            .arg(window_ttl)
-            .arg(windows.len())
-            .arg(impression_marker_ttl_secs(window_ttl));
-        for stats in windows.values() {
+            .arg(marker_expires_at_ms(windows.keys().map(|i| expiry(*i)), crate::now_ms()))
+            .arg(windows.len());
+        for (index, stats) in &windows {
             let fields = stats.to_fields();
-            cmd.arg(fields.len());
+            cmd.arg(expiry(*index)).arg(fields.len());
             for (f, v) in fields {
                 cmd.arg(f).arg(v);
             }
@@ -203,7 +254,8 @@ impl Aggregator {
             let index = WindowStats::window_index(e.event_time_ms, period);
             let position = windows.keys().position(|i| *i == index).expect("every impression's window is listed");
             let fields = WindowStats::of_event(e).to_fields();
-            cmd.arg(position + 1).arg(fields.len());
+            let marker = impression_marker_expires_at_ms(expiry(index)).max(crate::now_ms() + 1000);
+            cmd.arg(position + 1).arg(marker).arg(fields.len());
             for (f, v) in fields {
                 cmd.arg(f).arg(v);
             }
@@ -300,5 +352,38 @@ impl Aggregator {
             std::process::exit(3);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: u64 = 3_600_000;
+
+    #[test]
+    fn a_window_expires_at_a_fixed_time_after_its_end() {
+        // Window 10 of an hour's period ends at 11 h; kept 8 h after that.
+        assert_eq!(window_expires_at_ms(10, HOUR, 8 * 3600), 19 * HOUR);
+        assert_eq!(window_expires_at_ms(u64::MAX, HOUR, 60), u64::MAX, "saturates");
+    }
+
+    #[test]
+    fn markers_expire_no_earlier_than_any_window_they_protect_whatever_the_period() {
+        for period in [1_000, 60_000, 113_000, HOUR, 24 * HOUR] {
+            let ttl = (period * 8 / 1000).max(60);
+            let windows = [100, 101, 103].map(|i| window_expires_at_ms(i, period, ttl));
+            let now = 100 * period;
+            let marker = marker_expires_at_ms(windows, now);
+            assert!(windows.iter().all(|w| marker >= *w), "period {period}: {marker} vs {windows:?}");
+            let impression = impression_marker_expires_at_ms(windows[0]);
+            assert!(impression > windows[0], "an impression's marker outlives its window");
+        }
+    }
+
+    #[test]
+    fn a_marker_of_windows_long_gone_still_lives_a_moment() {
+        assert_eq!(marker_expires_at_ms([5_000], 1_000_000), 1_001_000);
+        assert_eq!(marker_expires_at_ms([], 1_000_000), 1_001_000);
     }
 }

@@ -98,9 +98,17 @@ pub struct RedisConfig {
     pub allow_unsafe: bool,
     /// Per-command timeout on the shared connection.
     pub response_timeout_ms: u64,
-    /// Approximate cap on the event stream's length (`XADD MAXLEN ~`). Consumers that
-    /// fall further behind than this lose entries, so size it for the archiver's lag.
+    /// The event stream's memory guard: the stream is trimmed below what every consumer
+    /// group has read and acknowledged ([`crate::trim`]), and only if it still holds more
+    /// than this many entries is it cut to this length, losing unread entries (counted in
+    /// `allot_stream_trimmed_unread_entries_total`, logged at error). Size it for the
+    /// longest archiver outage Redis's memory can hold.
     pub stream_max_len: u64,
+    /// How often the stream is trimmed (every replica trims; trimming is idempotent).
+    pub trim_every_ms: u64,
+    /// Entries every group has acknowledged are kept this long (for inspection with
+    /// `XRANGE`, and replays), unless the stream is over `stream_max_len`.
+    pub stream_retain_secs: u64,
 }
 
 impl Default for RedisConfig {
@@ -111,6 +119,8 @@ impl Default for RedisConfig {
             allow_unsafe: false,
             response_timeout_ms: 2000,
             stream_max_len: 10_000_000,
+            trim_every_ms: 1000,
+            stream_retain_secs: 600,
         }
     }
 }
@@ -169,9 +179,6 @@ pub struct AggregateConfig {
     pub block_ms: u64,
     /// Pending entries idle this long are claimed from their (presumably dead) consumer.
     pub claim_min_idle_ms: u64,
-    /// How long an applied entry's dedupe marker lives; must exceed the longest time an
-    /// entry can stay pending after being applied (crash → claim).
-    pub dedupe_ttl_secs: u64,
     #[cfg(feature = "failpoints")]
     pub failpoint: Option<Failpoint>,
 }
@@ -184,7 +191,6 @@ impl Default for AggregateConfig {
             batch: 512,
             block_ms: 1000,
             claim_min_idle_ms: 30_000,
-            dedupe_ttl_secs: 900,
             #[cfg(feature = "failpoints")]
             failpoint: None,
         }

@@ -42,13 +42,16 @@ use crate::startup::App;
 use allot_core::contract::{keys, stream};
 
 /// Appends a body's entries once. KEYS: the body's memory, the event stream. ARGV: the
-/// memory's TTL, the stream's approximate cap, the receive time, the three entry field
-/// names (placement, batch, receive time), then per entry its placement and batch.
-/// Returns 0 for a body already stored (nothing written), 1 once appended.
+/// memory's TTL, the receive time, the three entry field names (placement, batch,
+/// receive time), then per entry its placement and batch. Returns 0 for a body already
+/// stored (nothing written), 1 once appended.
+///
+/// No `MAXLEN`: a cap by length would cut entries a lagging consumer group has not read.
+/// The stream is trimmed below what every group has acknowledged ([`crate::trim`]).
 const STORE_SCRIPT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-for i = 7, #ARGV, 2 do
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', ARGV[4], ARGV[i], ARGV[5], ARGV[i + 1], ARGV[6], ARGV[3])
+for i = 6, #ARGV, 2 do
+  redis.call('XADD', KEYS[2], '*', ARGV[3], ARGV[i], ARGV[4], ARGV[i + 1], ARGV[5], ARGV[2])
 end
 redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
 return 1
@@ -161,7 +164,6 @@ async fn ingest(app: &App, headers: &HeaderMap, body: Body) -> Result<Outcome, A
         .key(replay_key(t, &bytes))
         .key(stream::EVENTS)
         .arg(app.config.ingest.max_skew_secs * 2 + 1)
-        .arg(app.config.redis.stream_max_len)
         .arg(received)
         .arg(stream::PLACEMENT)
         .arg(stream::BATCH)

@@ -37,6 +37,7 @@ pub mod startup;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+pub mod trim;
 
 pub use config::Config;
 pub use startup::{Running, start};

@@ -38,6 +38,14 @@ pub struct Metrics {
     pub delivery: DeliveryGauges,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    /// Event stream entries every consumer group was done with, trimmed.
+    pub stream_trimmed: IntCounter,
+    /// Event stream entries cut by the memory guard before some group had read or
+    /// acknowledged them: lost to that group.
+    pub stream_trimmed_unread: IntCounter,
+    /// Entries a consumer found pending (its own, or claimed) but gone from the stream, by
+    /// group: delivered, never processed, acknowledged uncounted.
+    pub stream_lost: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -167,6 +175,22 @@ impl Metrics {
                 r.register(Box::new(h.clone())).expect("registered once");
                 h
             },
+            stream_trimmed: counter(
+                &r,
+                "allot_stream_trimmed_entries_total",
+                "Event stream entries trimmed once every consumer group had acknowledged them.",
+            ),
+            stream_trimmed_unread: counter(
+                &r,
+                "allot_stream_trimmed_unread_entries_total",
+                "Event stream entries cut by the length cap before every consumer group had acknowledged them (lost).",
+            ),
+            stream_lost: counter_vec(
+                &r,
+                "allot_stream_lost_entries_total",
+                "Pending entries found trimmed from the stream, never processed, by consumer group.",
+                &["group"],
+            ),
             ingest_latency,
             registry: {
                 build_info(&r);

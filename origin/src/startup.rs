@@ -43,6 +43,8 @@ pub struct App {
     pub instance: String,
     /// A simulated process pause (failpoints only).
     pub pause: crate::lease::Pause,
+    /// Whether the archiver's lanes run, when the archiver runs here (for `/readyz`).
+    pub archive_lanes: Option<Arc<allot_archive::LaneStates>>,
 }
 
 /// Why the origin could not start.
@@ -121,6 +123,17 @@ async fn readyz(State(app): State<Arc<App>>) -> Result<axum::Json<serde_json::Va
         tracing::warn!(error = %e, "not ready: redis unreachable");
         ApiError::NotReady("redis unreachable")
     })?;
+    if let (Some(lanes), Some(cfg)) = (&app.archive_lanes, &app.config.archive) {
+        // A lane restarting after a failure is down for a moment; one down longer than the
+        // grace is not coming back by itself soon.
+        if let Some(lane) = lanes.down_past(cfg.lane_down_grace(), std::time::Instant::now()).first() {
+            tracing::warn!(dataset = lane, "not ready: an archive lane is down");
+            return Err(ApiError::NotReady(match *lane {
+                "events" => "archive lane events is down",
+                _ => "archive lane plans is down",
+            }));
+        }
+    }
     Ok(axum::Json(serde_json::json!({"status": "ready"})))
 }
 
@@ -131,7 +144,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 
 fn instance_id() -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    format!("{}-{nanos:08x}", crate::aggregate::default_consumer())
+    format!("{}-{nanos:08x}", crate::aggregate::process_name())
 }
 
 /// Connects, binds, and starts serving and the background loops.
@@ -172,11 +185,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         control_wake: Notify::new(),
         instance: instance_id(),
         pause: Default::default(),
+        archive_lanes: archiver.as_ref().map(|a| a.lanes()),
         config,
     });
-    // Blocking reads get their own connection, without a response timeout.
+    // Blocking reads get their own connection, whose response timeout lies above the
+    // longest block.
     let blocking = match app.config.aggregate.enabled {
-        true => Some(crate::conn::blocking(&app.config.redis).await?),
+        true => {
+            let max_block = std::time::Duration::from_millis(app.config.aggregate.block_ms);
+            Some(crate::conn::blocking(&app.config.redis, max_block).await?)
+        }
         false => None,
     };
     let cancel = CancellationToken::new();
@@ -190,6 +208,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if let Some(conn) = blocking {
         loops.push(tokio::spawn(crate::aggregate::run(app.clone(), conn, cancel.clone())));
     }
+    loops.push(tokio::spawn(crate::trim::run(app.clone(), app.store.conn(), cancel.clone())));
     if app.config.control.enabled {
         loops.push(tokio::spawn(crate::control::run(app.clone(), publisher, cancel.clone())));
     }

@@ -167,11 +167,44 @@ impl<C: ConnectionLike + Send + Sync, O: Observer> StreamConsumer<C, O> {
                 conn.xack(stream, group, &ids).await?;
                 Reply::Acked
             }
+            Command::Forget { consumer, min_idle } => {
+                FORGET
+                    .key(stream)
+                    .arg(group)
+                    .arg(&consumer)
+                    .arg(min_idle.as_millis() as u64)
+                    .invoke_async::<i64>(conn)
+                    .await?;
+                Reply::Forgotten
+            }
             // Nothing to send: `step` sleeps instead.
             Command::Wait { .. } => Reply::Acked,
         })
     }
 }
+
+/// Deletes a consumer from a group only if it still has nothing pending and has been
+/// idle at least ARGV[3] ms: checked and done atomically, so a consumer that came back
+/// since it was listed keeps its pending entries (`DELCONSUMER` would drop them).
+/// KEYS: the stream; ARGV: group, consumer, min idle. Returns 1 if deleted.
+static FORGET: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f['name'] == ARGV[2] then
+    if tonumber(f['pending']) == 0 and tonumber(f['idle']) >= tonumber(ARGV[3]) then
+      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+      return 1
+    end
+    return 0
+  end
+end
+return 0
+",
+    )
+});
 
 fn entries(reply: Option<redis::streams::StreamReadReply>) -> Vec<Entry> {
     reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).map(Entry::from).collect()

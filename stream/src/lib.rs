@@ -32,8 +32,11 @@
 //!   batch, with no fields ([`Entry::is_trimmed`]).
 
 pub mod driver;
+pub mod lag;
+pub mod lock;
 pub mod machine;
 pub mod retry;
+pub mod trim;
 
 use std::collections::HashMap;
 
@@ -42,6 +45,7 @@ use redis::{FromRedisValue, Value};
 pub use driver::{Observer, StreamConsumer};
 pub use machine::{Batch, Command, Consumer, ConsumerConfig, Source};
 pub use retry::{Jitter, Retry};
+pub use trim::{EntryId, GroupState};
 
 /// A wait or a command was given up because the consumer is stopping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

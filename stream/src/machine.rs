@@ -23,6 +23,9 @@
 //!    batch, trimmed entries in their places. All of a consumer's entries, never some:
 //!    they are its one unit of work (the archiver's keys derive from a flush's first and
 //!    last ids), and a consumer with a younger entry is alive.
+//!    Before that, other consumers with nothing pending and idle for `forget_idle` are
+//!    deleted from the group (`XGROUP DELCONSUMER`, in a script that checks both again,
+//!    so a consumer that came back in between keeps its entries).
 //! 4. Otherwise read new entries (`>`), blocking at most `max_block` (a shutdown is
 //!    noticed between reads, never within one) or until the application's wake-up time.
 //!
@@ -59,6 +62,11 @@ pub struct ConsumerConfig {
     pub claim_idle: Option<Duration>,
     /// How often own pending entries and claims are looked at.
     pub check_every: Duration,
+    /// Another consumer with nothing pending and idle this long is deleted from the
+    /// group (it is a process that is gone: every live consumer reads well within it),
+    /// so a group whose consumers have unique names does not grow for ever. Looked at
+    /// with the claims; `None` never deletes.
+    pub forget_idle: Option<Duration>,
     pub retry: RetryPolicy,
 }
 
@@ -80,6 +88,9 @@ pub enum Command {
     Claim { ids: Vec<String>, min_idle: Duration },
     /// `XACK stream group ids…`.
     Ack { ids: Vec<String> },
+    /// `XGROUP DELCONSUMER stream group consumer`, atomically only if the consumer still
+    /// has nothing pending and has been idle at least `min_idle` (a script).
+    Forget { consumer: String, min_idle: Duration },
     /// Nothing until `until`: the backoff after a failure.
     Wait { until: Instant },
 }
@@ -95,6 +106,7 @@ impl Command {
             Self::ListPending { .. } => "listing a silent consumer's entries",
             Self::Claim { .. } => "claiming a silent consumer's entries",
             Self::Ack { .. } => "acknowledging entries",
+            Self::Forget { .. } => "deleting a gone consumer",
             Self::Wait { .. } => "waiting",
         }
     }
@@ -110,6 +122,8 @@ pub enum Reply {
     Consumers(Vec<ConsumerInfo>),
     Pending(Vec<PendingInfo>),
     Acked,
+    /// A `Forget` ran (whether or not the consumer was still there to delete).
+    Forgotten,
 }
 
 /// A failed command, as far as the cycle cares.
@@ -181,10 +195,11 @@ enum Phase {
         found: Vec<Entry>,
     },
     /// `queue`: the silent consumers and their pending counts, once listed; `ids`: the
-    /// first one's entries, to claim.
+    /// first one's entries, to claim; `forget`: gone consumers to delete first.
     Claim {
         queue: Option<VecDeque<(String, usize)>>,
         ids: Option<Vec<String>>,
+        forget: Vec<String>,
     },
 }
 
@@ -197,6 +212,7 @@ enum Sent {
     ListConsumers,
     ListPending,
     Claim,
+    Forget,
     Ack(usize),
 }
 
@@ -295,11 +311,16 @@ impl Consumer {
                     break (Sent::ReadPending, command);
                 }
                 Phase::Claim { queue: None, .. } => break (Sent::ListConsumers, Command::ListConsumers),
+                Phase::Claim { forget, .. } if !forget.is_empty() => {
+                    let consumer = forget.last().cloned().unwrap_or_default();
+                    let min_idle = self.cfg.forget_idle.unwrap_or_default();
+                    break (Sent::Forget, Command::Forget { consumer, min_idle });
+                }
                 Phase::Claim { ids: Some(ids), .. } => {
                     let min_idle = self.cfg.claim_idle.unwrap_or_default();
                     break (Sent::Claim, Command::Claim { ids: ids.clone(), min_idle });
                 }
-                Phase::Claim { queue: Some(queue), ids: None } => match queue.front() {
+                Phase::Claim { queue: Some(queue), ids: None, .. } => match queue.front() {
                     Some((consumer, count)) => {
                         let command = Command::ListPending { consumer: consumer.clone(), count: *count };
                         break (Sent::ListPending, command);
@@ -350,6 +371,12 @@ impl Consumer {
                 None
             }
             (Sent::Claim, Reply::Entries(entries)) => self.claimed(entries),
+            (Sent::Forget, Reply::Forgotten) => {
+                if let Phase::Claim { forget, .. } = &mut self.phase {
+                    forget.pop();
+                }
+                None
+            }
             (sent, _) => {
                 // A reply of another command's shape: as good as a failure.
                 self.failed(now, sent, Failure::Other, unit);
@@ -389,7 +416,7 @@ impl Consumer {
         }
         let found = std::mem::take(found);
         self.phase = match self.cfg.claim_idle {
-            Some(_) => Phase::Claim { queue: None, ids: None },
+            Some(_) => Phase::Claim { queue: None, ids: None, forget: Vec::new() },
             None => Phase::Read,
         };
         self.deliver(Source::Pending, found)
@@ -398,13 +425,15 @@ impl Consumer {
     fn consumers_listed(&mut self, list: Vec<ConsumerInfo>) {
         let Some(idle) = self.cfg.claim_idle else { return };
         let me = &self.cfg.consumer;
+        let gone = |c: &ConsumerInfo| self.cfg.forget_idle.is_some_and(|f| c.pending == 0 && c.idle >= f);
+        let forget = list.iter().filter(|c| &c.name != me && gone(c)).map(|c| c.name.clone()).collect();
         let silent = list.into_iter().filter(|c| &c.name != me && c.pending > 0 && c.idle >= idle);
         let queue = silent.map(|c| (c.name, c.pending)).collect();
-        self.phase = Phase::Claim { queue: Some(queue), ids: None };
+        self.phase = Phase::Claim { queue: Some(queue), ids: None, forget };
     }
 
     fn pending_listed(&mut self, list: Vec<PendingInfo>) {
-        let Phase::Claim { queue: Some(queue), ids } = &mut self.phase else { return };
+        let Phase::Claim { queue: Some(queue), ids, .. } = &mut self.phase else { return };
         let idle = self.cfg.claim_idle.unwrap_or_default();
         if !list.is_empty() && list.iter().all(|p| p.idle >= idle) {
             *ids = Some(list.into_iter().map(|p| p.id).collect());
@@ -415,7 +444,7 @@ impl Consumer {
     }
 
     fn claimed(&mut self, entries: Vec<Entry>) -> Option<Batch> {
-        let Phase::Claim { queue: Some(queue), ids } = &mut self.phase else { return None };
+        let Phase::Claim { queue: Some(queue), ids, .. } = &mut self.phase else { return None };
         let ids = ids.take().unwrap_or_default();
         let from = queue.pop_front().map(|(name, _)| name).unwrap_or_default();
         if entries.is_empty() {
@@ -444,7 +473,7 @@ impl Consumer {
         match sent {
             Sent::Ack(_) => self.ack_failed = true,
             // A claim is looked at again at the next check.
-            Sent::ListConsumers | Sent::ListPending | Sent::Claim => self.phase = Phase::Read,
+            Sent::ListConsumers | Sent::ListPending | Sent::Claim | Sent::Forget => self.phase = Phase::Read,
             // Anything else is retried as it was.
             Sent::CreateGroup | Sent::ReadPending | Sent::ReadNew => {}
         }

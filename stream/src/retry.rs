@@ -25,6 +25,11 @@ impl Jitter {
         Self(SmallRng::seed_from_u64(RandomState::new().hash_one(std::process::id())))
     }
 
+    /// A uniform random 32-bit word (names unique to a process).
+    pub fn word(&mut self) -> u32 {
+        self.0.random()
+    }
+
     /// A uniform random number in `[0, 1)`.
     pub fn unit(&mut self) -> f64 {
         self.0.random()

@@ -218,10 +218,19 @@ mod tests {
     }
 
     #[test]
-    fn an_in_memory_server_forgets_on_restart() {
+    fn the_default_server_is_configured_as_the_origin_requires() {
         let mut redis = RedisServer::start();
+        let setting = |redis: &RedisServer, key: &str| -> String {
+            let pair: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(key).query(&mut redis.conn()).expect("CONFIG");
+            pair[1].clone()
+        };
+        assert_eq!(setting(&redis, "appendonly"), "yes");
+        assert_eq!(setting(&redis, "appendfsync"), "everysec");
+        assert_eq!(setting(&redis, "maxmemory-policy"), "noeviction");
+        // everysec: a write a second old is on disk and survives kill -9.
         set(&redis);
+        std::thread::sleep(std::time::Duration::from_millis(1500));
         redis.restart();
-        assert_eq!(get(&redis), None);
+        assert_eq!(get(&redis).as_deref(), Some("v"));
     }
 }

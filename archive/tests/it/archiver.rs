@@ -158,7 +158,8 @@ async fn archived_events_are_parquet_at_the_right_keys_and_a_retry_overwrites() 
 
     // All entries are in the stream before the archiver starts, so one read takes them
     // and the age limit (1 s) flushes them together: one object per hour partition.
-    let run = start(&redis, s3.archive_config()).await;
+    let cfg = s3.archive_config();
+    let run = start(&redis, cfg.clone()).await;
     eventually(60, "all entries archived", async || get(&run.metrics.events.entries_archived) == batches.len() as u64)
         .await;
     eventually(60, "the lag metric to drain", async || {
@@ -198,9 +199,9 @@ async fn archived_events_are_parquet_at_the_right_keys_and_a_retry_overwrites() 
     // the archiver's consumer again. The restarted archiver rewrites the same keys with
     // the same bytes: no duplicate rows.
     let before = s3.object_bytes(&keys);
-    redeliver_all(&mut conn, &s3.archive_config().consumer);
+    redeliver_all(&mut conn, &cfg.consumer);
     assert_eq!(group_backlog(&mut conn), batches.len());
-    let run = start(&redis, s3.archive_config()).await;
+    let run = start(&redis, cfg).await;
     eventually(60, "the pending entries re-archived", async || {
         get(&run.metrics.events.entries_archived) == batches.len() as u64
     })
@@ -281,13 +282,14 @@ async fn a_pending_entry_deleted_from_the_stream_does_not_stall_recovery() {
     }
     // An earlier run read all three; then the stream was trimmed under the middle one.
     create_group(&mut conn);
-    let read = read_as(&mut conn, &s3.archive_config().consumer, 10);
+    let cfg = s3.archive_config();
+    let read = read_as(&mut conn, &cfg.consumer, 10);
     let read: redis::streams::StreamReadReply = redis::from_redis_value(read).unwrap();
     let ids: Vec<String> = read.keys[0].ids.iter().map(|e| e.id.clone()).collect();
     assert_eq!(ids.len(), 3);
     let _: usize = conn.xdel(stream::EVENTS, &[&ids[1]]).unwrap();
 
-    let run = start(&redis, s3.archive_config()).await;
+    let run = start(&redis, cfg).await;
     eventually(60, "recovery to finish", async || get(&run.metrics.events.flushes) > 0).await;
     run.shutdown().await;
     assert_eq!(group_backlog(&mut conn), 0);

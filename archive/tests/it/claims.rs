@@ -94,6 +94,7 @@ async fn a_claim_keeps_stored_objects_whole_when_entries_were_trimmed() {
         get(&run.metrics.events.entries_archived) == batches.len() as u64
     })
     .await;
+    assert_eq!(get(&run.metrics.events.lost_entries), 1, "the trimmed entry counted as lost");
     run.shutdown().await;
     assert_eq!(group_backlog(&mut conn), 0);
     assert_eq!(s3.parquet_keys(), keys, "the keys of the interrupted flush, not new ones");
@@ -131,12 +132,13 @@ async fn entries_delivered_to_a_lane_but_never_seen_are_archived() {
     let (redis, s3, mut conn, batches) = seeded();
     let mut cfg = s3.archive_config();
     cfg.claim_idle_secs = 2;
+    let me = cfg.consumer.clone();
     let run = start(&redis, cfg).await;
     eventually(60, "the backlog archived", async || get(&run.metrics.events.entries_archived) == batches.len() as u64)
         .await;
     // A read whose reply was lost: delivered to this lane's consumer, in no buffer.
     let id = xadd(&mut conn, &batches[0], 1_795_600_999_000);
-    read_as(&mut conn, &s3.archive_config().consumer, 10);
+    read_as(&mut conn, &me, 10);
     assert_eq!(group_backlog(&mut conn), 1);
     eventually(60, "the stray entry archived", async || {
         get(&run.metrics.events.entries_archived) == batches.len() as u64 + 1

@@ -7,4 +7,5 @@
 mod archiver;
 mod claims;
 mod duckdb;
+mod durability;
 mod infra;

@@ -29,6 +29,12 @@ pub fn replay(digest: &str) -> String {
     format!("allot:replay:{{{}}}:{digest}", super::stream::EVENTS)
 }
 
+/// The lock on consumer name `consumer` of `group` on `stream`: the one process reading
+/// under that name holds it (`allot_stream::lock`). Its hash tag is the stream's name.
+pub fn consumer_lock(stream: &str, group: &str, consumer: &str) -> String {
+    format!("allot:lock:{{{stream}}}:{group}:{consumer}")
+}
+
 /// A placement's keys.
 #[derive(Debug, Clone)]
 pub struct PlacementKeys {
@@ -125,6 +131,11 @@ mod tests {
         let tag = |k: &'static str| k.split_once('{').and_then(|(_, rest)| rest.split_once('}')).map(|(t, _)| t);
         assert_eq!(tag(LEASE), Some("control"));
         assert_eq!(tag(LEASE), tag(LEASE_EPOCH));
+    }
+
+    #[test]
+    fn a_consumer_lock_names_stream_group_and_consumer() {
+        assert_eq!(consumer_lock("allot:events", "archiver", "a-1"), "allot:lock:{allot:events}:archiver:a-1");
     }
 
     #[test]

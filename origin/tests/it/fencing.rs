@@ -133,7 +133,7 @@ async fn a_change_is_stored_with_its_audit_entry_whatever_follows_fails() {
     assert_eq!(app.metric("allot_audit_feed_failures_total").await, 1.0);
     let (status, trail) = app.get_json("/v1/audit?placement=home_feed", VIEWER_TOKEN).await;
     assert_eq!(status, 200);
-    let entries = trail.as_array().unwrap();
+    let entries = trail["entries"].as_array().unwrap();
     assert_eq!(entries.len(), 1, "{trail}");
     assert_eq!((entries[0]["action"].as_str(), entries[0]["who"].as_str()), (Some("put"), Some("mia")));
     assert_eq!(entries[0]["after"]["campaigns"][0]["rate"], 0.5, "the stored targets: {trail}");

@@ -18,3 +18,4 @@ mod ops;
 mod publish;
 mod retry;
 mod server;
+mod stream;

@@ -13,6 +13,7 @@ fn config() -> ConsumerConfig {
         max_block: 500 * MS,
         claim_idle: Some(30 * SEC),
         check_every: 10 * SEC,
+        forget_idle: None,
         retry: RetryPolicy::new(100 * MS, SEC),
     }
 }
@@ -298,4 +299,45 @@ fn a_reply_of_the_wrong_shape_counts_as_a_failure() {
     assert_eq!(c.handle(t0, Ok(Reply::Acked), 0.0), None);
     assert_eq!(c.poll(t0), Some(Command::Wait { until: t0 + 50 * MS }));
     assert_eq!(c.handle(t0, Ok(entries(&["1-0"])), 0.0), None, "a reply to a wait is ignored");
+}
+
+#[test]
+fn gone_consumers_with_nothing_pending_are_forgotten_before_claims() {
+    let t0 = Instant::now();
+    let cfg = ConsumerConfig { forget_idle: Some(600 * SEC), ..config() };
+    let mut c = Consumer::new(cfg, t0);
+    assert_eq!(c.poll(t0), Some(Command::CreateGroup));
+    c.handle(t0, Ok(Reply::GroupReady), 0.0);
+    assert_eq!(c.poll(t0), Some(Command::ReadPending { after: "0".into(), count: 100 }));
+    c.handle(t0, Ok(entries(&[])), 0.0);
+    assert_eq!(c.poll(t0), Some(Command::ListConsumers));
+    let list = vec![
+        consumer("me", 0, 700 * SEC),
+        consumer("gone", 0, 700 * SEC),
+        consumer("quiet", 0, 10 * SEC),
+        consumer("dead", 2, 700 * SEC),
+    ];
+    c.handle(t0, Ok(Reply::Consumers(list)), 0.0);
+    // Only the other consumer that is both empty and idle past the horizon; one with
+    // entries is claimed first (and forgotten at a later check, once empty).
+    assert_eq!(c.poll(t0), Some(Command::Forget { consumer: "gone".into(), min_idle: 600 * SEC }));
+    assert_eq!(c.handle(t0, Ok(Reply::Forgotten), 0.0), None);
+    assert_eq!(c.poll(t0), Some(Command::ListPending { consumer: "dead".into(), count: 2 }));
+}
+
+#[test]
+fn a_failed_forget_is_left_to_the_next_check() {
+    let t0 = Instant::now();
+    let cfg = ConsumerConfig { forget_idle: Some(SEC), ..config() };
+    let mut c = Consumer::new(cfg, t0);
+    c.poll(t0);
+    c.handle(t0, Ok(Reply::GroupReady), 0.0);
+    c.poll(t0);
+    c.handle(t0, Ok(entries(&[])), 0.0);
+    c.poll(t0);
+    c.handle(t0, Ok(Reply::Consumers(vec![consumer("gone", 0, 2 * SEC)])), 0.0);
+    assert!(matches!(c.poll(t0), Some(Command::Forget { .. })));
+    c.handle(t0, Err(Failure::Other), 0.0);
+    let later = t0 + SEC;
+    assert_eq!(c.poll(later), Some(read_new(500 * MS)));
 }
