@@ -26,7 +26,7 @@ fn event(i: usize) -> Event {
     Event {
         kind: EventKind::Allocation,
         event_time_ms: 1_700_000_000_000,
-        request_id: RequestId::parse(&format!("r{i}")).expect("id"),
+        request_id: RequestId::parse(format!("r{i}")).expect("id"),
         placement: PlacementId::parse("home").expect("placement"),
         ad_id: None,
         plan_version: 1,
@@ -164,7 +164,7 @@ fn a_full_outbox_drops_new_events_and_counts_them() {
         accepted += usize::from(o.push(event(i), 0));
     }
     let c = o.counters();
-    assert!(accepted < 100 && accepted >= 5, "{accepted}");
+    assert!((5..100).contains(&accepted), "{accepted}");
     assert_eq!(c.dropped, 100 - accepted as u64);
     assert_eq!(c.queued, accepted as u64);
     assert!(c.waiting_bytes >= 1_000);
