@@ -47,6 +47,8 @@ pub struct Options {
     pub origin_toml: String,
     /// The edge's `EVENT_BATCH_MAX` (its default when `None`).
     pub edge_batch_max: Option<usize>,
+    /// The edge's `EVENT_OUTBOX_MAX_BYTES` (its default when `None`).
+    pub edge_outbox_max_bytes: Option<usize>,
 }
 
 impl Default for Options {
@@ -61,6 +63,7 @@ impl Default for Options {
             recent_windows: 5,
             origin_toml: String::new(),
             edge_batch_max: None,
+            edge_outbox_max_bytes: None,
         }
     }
 }
@@ -122,6 +125,9 @@ impl Stack {
         }
         if let Some(n) = options.edge_batch_max {
             edge_cmd.env("EVENT_BATCH_MAX", n.to_string());
+        }
+        if let Some(n) = options.edge_outbox_max_bytes {
+            edge_cmd.env("EVENT_OUTBOX_MAX_BYTES", n.to_string());
         }
         let mut edge = Proc::spawn("edge worker", &mut edge_cmd)?;
         let edge_url = edge.watch_stdout(Duration::from_secs(60), |line| {

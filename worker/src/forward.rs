@@ -169,6 +169,10 @@ async fn send(config: &Config, batch: &Send) -> Outcome {
     let request = headers
         .set("content-type", "application/json")
         .and_then(|()| headers.set(signature::HEADER, &batch.signature))
+        .and_then(|()| match batch.dropped {
+            0 => Ok(()),
+            n => headers.set(allot_core::event::DROPPED_HEADER, &n.to_string()),
+        })
         .and_then(|()| {
             let mut init = RequestInit::new();
             init.with_method(Method::Post).with_headers(headers).with_body(Some((*batch.body).into()));

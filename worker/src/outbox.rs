@@ -28,7 +28,9 @@
 //!   signature's time and the bytes). It is counted `expired` and let go. The outbox
 //!   rides out an origin outage as long as this age, less the batching delay.
 //!
-//! Both losses are counted on `/healthz` and logged; nothing leaves the outbox silently.
+//! Every loss is counted on `/healthz`, logged, and reported to the origin with the next
+//! batch sealed ([`allot_core::event::DROPPED_HEADER`]): nothing leaves the outbox
+//! silently.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -101,6 +103,9 @@ pub struct Send {
     pub body: Rc<str>,
     pub signature: Rc<str>,
     pub events: usize,
+    /// Events lost since the previous report, sent along in
+    /// [`allot_core::event::DROPPED_HEADER`] (0: no header).
+    pub dropped: u64,
 }
 
 /// How a send ended.
@@ -152,6 +157,8 @@ pub struct Outbox {
     retry_at_ms: u64,
     backoff: allot_core::retry::Backoff,
     counters: Counters,
+    /// Events lost and not yet reported to the origin.
+    unreported: u64,
 }
 
 impl Outbox {
@@ -166,6 +173,7 @@ impl Outbox {
             retry_at_ms: 0,
             backoff: RETRY.start(),
             counters: Counters::default(),
+            unreported: 0,
         }
     }
 
@@ -180,6 +188,7 @@ impl Outbox {
     pub fn push(&mut self, event: Event, now_ms: u64) -> bool {
         if self.bytes >= self.settings.max_bytes {
             self.counters.dropped += 1;
+            self.unreported += 1;
             return false;
         }
         if self.unsealed.is_empty() {
@@ -200,7 +209,8 @@ impl Outbox {
         let signature = signature::sign(&self.settings.key, now_ms / 1000, body.as_bytes());
         self.bytes += body.len();
         self.next_id += 1;
-        let send = Send { id: self.next_id, body: body.into(), signature: signature.into(), events: n };
+        let dropped = std::mem::take(&mut self.unreported);
+        let send = Send { id: self.next_id, body: body.into(), signature: signature.into(), events: n, dropped };
         self.batches.push_back(Batch { send, sealed_ms: now_ms, attempts: 0, in_flight_until: None });
     }
 
@@ -208,6 +218,15 @@ impl Outbox {
         let b = self.batches.remove(index)?;
         self.bytes -= b.send.body.len();
         Some(b)
+    }
+
+    /// Lets go of a batch that will not be delivered: its events, and the report it
+    /// carried, are reported with a later batch.
+    fn give_up(&mut self, index: usize) -> usize {
+        let Some(b) = self.remove(index) else { return 0 };
+        self.unreported += b.send.dropped + b.send.events as u64;
+        self.counters.failed_batches += 1;
+        b.send.events
     }
 
     /// Seals what is old enough, lets go of what is too old, and hands out the sends
@@ -221,10 +240,8 @@ impl Outbox {
         while i < self.batches.len() {
             let b = &self.batches[i];
             if b.in_flight_until.is_none() && now_ms >= b.sealed_ms + self.settings.max_age_ms {
-                let events = b.send.events;
-                self.remove(i);
+                let events = self.give_up(i);
                 self.counters.expired += events as u64;
-                self.counters.failed_batches += 1;
                 notes.push(Note::Lost { events, why: "older than the origin's signature window".into() });
             } else {
                 i += 1;
@@ -271,9 +288,8 @@ impl Outbox {
                 Note::Nothing
             }
             Outcome::Refused(why) => {
-                let events = self.remove(index).map_or(0, |b| b.send.events);
+                let events = self.give_up(index);
                 self.counters.failed += events as u64;
-                self.counters.failed_batches += 1;
                 Note::Lost { events, why }
             }
             Outcome::Transient(why) => {

@@ -224,3 +224,34 @@ fn a_send_never_settled_is_due_again_after_its_deadline() {
     assert_eq!(o.settle(again[0].id, Outcome::Acked, 6_020, 0.0), Note::Nothing);
     assert_eq!(o.counters().sent, 1);
 }
+
+#[test]
+fn losses_are_reported_once_with_the_next_batch_sealed() {
+    let mut o = Outbox::new(Settings { batch_max: 5, max_bytes: 1_000, ..settings() });
+    for i in 0..20 {
+        o.push(event(i), 0);
+    }
+    let dropped = o.counters().dropped;
+    assert!(dropped > 0);
+    let (sends, _) = o.poll(0);
+    assert!(sends.iter().all(|s| s.dropped == 0), "sealed before the drops");
+    // The first batch is refused: its events are lost too, and reported.
+    o.settle(sends[0].id, Outcome::Refused("400".into()), 1, 0.0);
+    for s in &sends[1..] {
+        o.settle(s.id, Outcome::Acked, 1, 0.0);
+    }
+    for i in 20..25 {
+        o.push(event(i), 2);
+    }
+    let (next, _) = o.poll(2);
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].dropped, dropped + sends[0].events as u64, "every loss so far, once");
+    // Retries carry the same report (the origin counts it when it stores the body).
+    o.settle(next[0].id, Outcome::Transient("503".into()), 3, 0.0);
+    let (again, _) = o.poll(10_000);
+    assert_eq!(again[0].dropped, next[0].dropped);
+    o.settle(again[0].id, Outcome::Acked, 10_001, 0.0);
+    o.push(event(99), 10_002);
+    let (after, _) = o.poll(20_000);
+    assert_eq!(after[0].dropped, 0, "reported once");
+}

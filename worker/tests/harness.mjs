@@ -72,6 +72,8 @@ export async function startReceiver() {
     badSignatures: 0,
     requests: 0,
     duplicates: 0,
+    // The edge's drop reports (X-Allot-Edge-Dropped) of stored bodies, summed.
+    reportedDrops: 0,
     sent: [],
     mode: "ok",
     slowMs: 3000,
@@ -101,6 +103,7 @@ export async function startReceiver() {
           return answer(202);
         }
         stored.add(memory);
+        state.reportedDrops += Number(req.headers["x-allot-edge-dropped"] ?? 0);
         state.batches += 1;
         state.events.push(...JSON.parse(body.toString("utf8")).events);
         answer(204);

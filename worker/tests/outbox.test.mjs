@@ -1,7 +1,7 @@
 // The event outbox through an origin outage, in real workerd: the origin's port is
 // closed (every send refused) for several seconds, then open again. Every event the
 // edge answered for must arrive exactly once; a bound too small for the outage drops
-// new events, and counts every one it drops.
+// new events, counts every one it drops, and reports them to the origin.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { eventually, parallel, plan, startReceiver, startWorker } from "./harness.mjs";
@@ -91,12 +91,17 @@ describe("the event outbox", () => {
       assert.ok(full.events.waiting_bytes >= 8192);
       assert.equal(full.events.queued + full.events.dropped, ids.length, "every event queued or counted dropped");
 
+      const reportsBefore = origin.reportedDrops;
       await origin.resume();
-      const h = await drained(worker, 40_000);
-      assert.equal(h.events.sent, full.events.queued);
+      await drained(worker, 40_000);
+      // One more event: its batch carries the report if no earlier one did.
+      assert.equal((await worker.get("/v1/ad?placement=bounded&request_id=bound-last")).status, 200);
+      const h = await drained(worker, 10_000);
+      assert.equal(h.events.sent, full.events.queued + 1);
       const got = origin.events.slice(before).map((e) => e.request_id);
-      assert.equal(got.length, full.events.queued, "what was queued arrived, once");
+      assert.equal(got.length, full.events.queued + 1, "what was queued arrived, once");
       assert.equal(new Set(got).size, got.length);
+      assert.equal(origin.reportedDrops - reportsBefore, full.events.dropped, "every drop reported to the origin, once");
     } finally {
       await origin.resume().catch(() => {});
       await worker.close();
