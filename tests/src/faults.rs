@@ -135,20 +135,18 @@ pub async fn run(stack: &mut Stack, placement: &str, phase: &Phase, first: u64) 
             stack.start_origin_n(*i, &[]).await?;
         }
     }
-    // Recovery: the first event counted after the fault ended.
+    // Recovery: the first event counted after the fault ended (measured from the first
+    // count Redis answers after it, should it still be loading).
     let ended = Instant::now();
-    let base = counted_total(stack, placement, first);
+    let mut base = counted_total(stack, placement, first);
     let mut recovery = None;
     while now_ms() < end_ms {
         tokio::time::sleep(Duration::from_millis(200)).await;
         if recovery.is_none() {
-            let now = counted_total(stack, placement, first);
-            if let (Some(b), Some(n)) = (base, now)
-                && n > b
-            {
-                recovery = Some(ended.elapsed());
-            } else if base.is_none() && now.is_some() {
-                recovery = Some(ended.elapsed());
+            match (base, counted_total(stack, placement, first)) {
+                (None, now) => base = now,
+                (Some(b), Some(n)) if n > b => recovery = Some(ended.elapsed()),
+                _ => {}
             }
         }
     }
