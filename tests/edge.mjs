@@ -4,8 +4,9 @@
 // runs until SIGTERM/SIGINT or until its stdin closes (so it never outlives its parent).
 //
 // Environment: ORIGIN_URL, INGEST_KEY, PUSH_KEYS, EDGE_KEY, CORS_ORIGINS, PORT (0 = any),
-// PLAN_TTL_SECS (default 2), EVENT_BATCH_AGE_MS (default 200), EVENT_TIMEOUT_MS (the
-// worker's default when unset), ALLOT_EDGE_STATE.
+// PLAN_TTL_SECS (default 2), EVENT_BATCH_AGE_MS (default 200), EVENT_TIMEOUT_MS,
+// EVENT_BATCH_MAX and EVENT_OUTBOX_MAX_BYTES (the worker's defaults when unset),
+// ALLOT_EDGE_STATE.
 import { fileURLToPath } from "node:url";
 import { Miniflare } from "miniflare";
 
@@ -29,6 +30,8 @@ const mf = new Miniflare({
     PLAN_TTL_SECS: env.PLAN_TTL_SECS ?? "2",
     EVENT_BATCH_AGE_MS: env.EVENT_BATCH_AGE_MS ?? "200",
     ...(env.EVENT_TIMEOUT_MS ? { EVENT_TIMEOUT_MS: env.EVENT_TIMEOUT_MS } : {}),
+    ...(env.EVENT_BATCH_MAX ? { EVENT_BATCH_MAX: env.EVENT_BATCH_MAX } : {}),
+    ...(env.EVENT_OUTBOX_MAX_BYTES ? { EVENT_OUTBOX_MAX_BYTES: env.EVENT_OUTBOX_MAX_BYTES } : {}),
   },
   host: "127.0.0.1",
   port: Number(env.PORT ?? 0),

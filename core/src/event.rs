@@ -14,6 +14,13 @@ use crate::{CampaignId, MAX_CAMPAIGNS, PlacementId, RequestId};
 /// The most events one request body may carry.
 pub const MAX_BATCH: usize = 1000;
 
+/// The request header by which an edge reports the sampled events it could not deliver
+/// (its outbox full, a batch too old to send, a batch refused) since its last report:
+/// the origin adds it to a metric when it stores the body, so a retried or replayed
+/// body reports once. Optional (absent: none), a decimal count; outside the signature,
+/// so it can only ever move that metric, never the counts.
+pub const DROPPED_HEADER: &str = "x-allot-edge-dropped";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {

@@ -148,8 +148,11 @@ async fn ingest(app: &App, headers: &HeaderMap, body: Body) -> Result<Outcome, A
     let received = crate::now_ms();
     let judged = app.admission.judge(&app.store, batch.events, received).await?;
     let (accepted, dropped) = (judged.accepted.len(), judged.dropped_total());
+    let edge_dropped =
+        headers.get(allot_core::event::DROPPED_HEADER).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     // Drops are counted once per stored body (not again for its duplicates).
     let count_drops = || {
+        app.metrics.edge_dropped.inc_by(edge_dropped.unwrap_or(0));
         for (reason, n) in &judged.dropped {
             app.metrics.ingest_dropped.with_label_values(&[reason.as_str()]).inc_by(*n as u64);
         }

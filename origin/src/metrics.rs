@@ -25,6 +25,7 @@ pub struct Metrics {
     pub signature_failures: IntCounterVec,
     pub ingest_dropped: IntCounterVec,
     pub ingest_duplicates: IntCounter,
+    pub edge_dropped: IntCounter,
     pub aggregate_entries: IntCounterVec,
     pub aggregate_claimed: IntCounter,
     pub control_rounds: IntCounter,
@@ -123,6 +124,11 @@ impl Metrics {
                 &r,
                 "allot_ingest_duplicate_bodies_total",
                 "Bodies received again (an edge's retry, or a replay): answered 202, stored once.",
+            ),
+            edge_dropped: counter(
+                &r,
+                "allot_edge_dropped_events_total",
+                "Sampled events the edges report they could not deliver (outbox full, too old, refused).",
             ),
             aggregate_entries: counter_vec(
                 &r,

@@ -1,9 +1,13 @@
 //! The whole allot system on one machine, for the end-to-end tests (`tests/tests/`) and
-//! the demo (`allot-demo`): a [`stack::Stack`] of real processes on free ports, and a
-//! [`traffic`] generator whose observations are the ground truth, and a [`delay`] proxy
-//! that can hold the origin's answers to the edge. The servers and
+//! the demo (`allot-demo`): a [`stack::Stack`] of real processes on free ports, a
+//! [`traffic`] generator whose observations are the ground truth, a [`delay`] proxy
+//! that can hold the origin's answers to the edge, spread the edge over origin replicas
+//! and cut it off, and the fault-injection suite's [`ledger`] (which events must exist)
+//! and [`faults`] (what is injected, and the table of what it did). The servers and
 //! helpers themselves are the test kit's (`allot-testkit`).
 
 pub mod delay;
+pub mod faults;
+pub mod ledger;
 pub mod stack;
 pub mod traffic;

@@ -35,12 +35,46 @@ pub struct Options {
     pub edge_via_proxy: bool,
     /// The edge's `EVENT_TIMEOUT_MS` (its default when `None`).
     pub edge_event_timeout_ms: Option<u64>,
+    /// Origin replicas on one Redis and one archive (at least one). With more than one
+    /// the edge reaches them through the proxy, which spreads and fails over.
+    pub origins: usize,
+    /// Redis persists every write to an append-only file, so [`Stack::restart_redis`]
+    /// keeps what it acknowledged.
+    pub redis_aof: bool,
+    /// Windows the control loop keeps; the windows' TTL grows with it.
+    pub recent_windows: u64,
+    /// More origin configuration (TOML), merged last.
+    pub origin_toml: String,
+    /// The edge's `EVENT_BATCH_MAX` (its default when `None`).
+    pub edge_batch_max: Option<usize>,
+    /// The edge's `EVENT_OUTBOX_MAX_BYTES` (its default when `None`).
+    pub edge_outbox_max_bytes: Option<usize>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { period_ms: 4_000, min_sample_rate: 0.001, edge_via_proxy: false, edge_event_timeout_ms: None }
+        Self {
+            period_ms: 4_000,
+            min_sample_rate: 0.001,
+            edge_via_proxy: false,
+            edge_event_timeout_ms: None,
+            origins: 1,
+            redis_aof: false,
+            recent_windows: 5,
+            origin_toml: String::new(),
+            edge_batch_max: None,
+            edge_outbox_max_bytes: None,
+        }
     }
+}
+
+/// One origin replica: its port and config file survive its restarts.
+#[derive(Debug)]
+struct Replica {
+    port: u16,
+    config_path: PathBuf,
+    api: OriginApi,
+    process: Option<OriginProcess>,
 }
 
 /// A running stack; everything stops on drop.
@@ -51,11 +85,9 @@ pub struct Stack {
     pub origin_url: String,
     pub edge_url: String,
     pub client: reqwest::Client,
-    /// The origin's API; its address survives restarts (the edge knows it).
+    /// The (first) origin's API; its address survives restarts (the edge knows it).
     pub api: OriginApi,
-    origin_port: u16,
-    config_path: PathBuf,
-    origin: Option<OriginProcess>,
+    origins: Vec<Replica>,
     proxy: Option<DelayProxy>,
     edge: Proc,
     redis: RedisServer,
@@ -66,15 +98,15 @@ pub struct Stack {
 impl Stack {
     pub async fn start(options: Options) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("allot-stack-").tempdir()?;
-        let redis = RedisServer::start();
+        let redis = if options.redis_aof { RedisServer::start_with_aof() } else { RedisServer::start() };
         let redis_url = redis.url();
         let s3 = S3Server::start();
 
         // The two ends need each other's address: pick the origin's port first.
-        let origin_port = free_port();
-        let origin_url = format!("http://127.0.0.1:{origin_port}");
-        let proxy = match options.edge_via_proxy {
-            true => Some(DelayProxy::start(([127, 0, 0, 1], origin_port).into()).await?),
+        let ports: Vec<u16> = (0..options.origins.max(1)).map(|_| free_port()).collect();
+        let origin_url = format!("http://127.0.0.1:{}", ports[0]);
+        let proxy = match options.edge_via_proxy || ports.len() > 1 {
+            true => Some(DelayProxy::start_many(ports.iter().map(|p| ([127, 0, 0, 1], *p).into()).collect()).await?),
             false => None,
         };
         let edge_origin = proxy.as_ref().map_or(origin_url.clone(), |p| format!("http://{}", p.addr));
@@ -91,54 +123,116 @@ impl Stack {
         if let Some(ms) = options.edge_event_timeout_ms {
             edge_cmd.env("EVENT_TIMEOUT_MS", ms.to_string());
         }
+        if let Some(n) = options.edge_batch_max {
+            edge_cmd.env("EVENT_BATCH_MAX", n.to_string());
+        }
+        if let Some(n) = options.edge_outbox_max_bytes {
+            edge_cmd.env("EVENT_OUTBOX_MAX_BYTES", n.to_string());
+        }
         let mut edge = Proc::spawn("edge worker", &mut edge_cmd)?;
         let edge_url = edge.watch_stdout(Duration::from_secs(60), |line| {
             line.strip_prefix("listening ").map(|rest| rest.trim().to_string())
         })?;
         wait_http(&format!("{edge_url}/healthz"), 30).await;
 
-        let config_path = dir.path().join("origin.toml");
-        origin_config(&options, origin_port, &redis_url, &edge_url, &s3).write(&config_path)?;
+        let mut origins = Vec::new();
+        for (i, port) in ports.into_iter().enumerate() {
+            let name = if i == 0 { "origin.toml".to_string() } else { format!("origin-{i}.toml") };
+            let config_path = dir.path().join(name);
+            origin_config(&options, i, port, &redis_url, &edge_url, &s3).write(&config_path)?;
+            origins.push(Replica {
+                port,
+                config_path,
+                api: OriginApi::new(format!("127.0.0.1:{port}")),
+                process: None,
+            });
+        }
         let mut stack = Self {
             options,
             redis_url,
-            api: OriginApi::new(format!("127.0.0.1:{origin_port}")),
+            api: origins[0].api.clone(),
             origin_url,
             edge_url,
             client: process::http_client(Duration::from_secs(10)),
-            origin_port,
-            config_path,
-            origin: None,
+            origins,
             proxy,
             edge,
             redis,
             s3,
             dir,
         };
-        stack.start_origin().await?;
+        for i in 0..stack.origins.len() {
+            stack.start_origin_n(i, &[]).await?;
+        }
         Ok(stack)
     }
 
     /// Starts (or restarts) the origin process, and waits until it is ready.
     pub async fn start_origin(&mut self) -> anyhow::Result<()> {
-        if self.origin.is_some() {
-            bail!("the origin is already running");
+        self.start_origin_n(0, &[]).await
+    }
+
+    /// Starts (or restarts) origin replica `i` with `env` (e.g. a failpoint), and waits
+    /// until it is ready.
+    pub async fn start_origin_n(&mut self, i: usize, env: &[(&str, &str)]) -> anyhow::Result<()> {
+        let replica = self.origins.get_mut(i).context("no such origin")?;
+        if replica.process.is_some() {
+            bail!("origin {i} is already running");
         }
-        self.origin = Some(OriginProcess::spawn(&self.config_path, &[])?);
-        self.api.wait_ready(30).await;
+        replica.process = Some(OriginProcess::spawn(&replica.config_path, env)?);
+        replica.api.wait_ready(30).await;
         Ok(())
+    }
+
+    /// Starts origin replica `i` with `env` without waiting for it: for a process that
+    /// is expected to exit on its own (a failpoint). See [`Stack::wait_origin_exit`].
+    pub fn spawn_origin_n(&mut self, i: usize, env: &[(&str, &str)]) -> anyhow::Result<()> {
+        let replica = self.origins.get_mut(i).context("no such origin")?;
+        if replica.process.is_some() {
+            bail!("origin {i} is already running");
+        }
+        replica.process = Some(OriginProcess::spawn(&replica.config_path, env)?);
+        Ok(())
+    }
+
+    /// Waits up to `secs` for origin replica `i` to exit on its own; its exit code.
+    pub fn wait_origin_exit(&mut self, i: usize, secs: u64) -> anyhow::Result<Option<i32>> {
+        let mut process = self.origins.get_mut(i).and_then(|r| r.process.take()).context("not running")?;
+        Ok(process.wait_exit(secs))
     }
 
     /// `kill -9` the origin: no graceful shutdown, nothing flushed.
     pub fn kill_origin(&mut self) -> anyhow::Result<()> {
-        self.origin.take().context("the origin is not running")?.kill9();
+        self.kill_origin_n(0)
+    }
+
+    /// `kill -9` origin replica `i`.
+    pub fn kill_origin_n(&mut self, i: usize) -> anyhow::Result<()> {
+        self.origins.get_mut(i).and_then(|r| r.process.take()).context("the origin is not running")?.kill9();
         Ok(())
     }
 
-    /// Stops everything gracefully (SIGTERM), the origin first.
+    /// The API of origin replica `i`.
+    pub fn origin_api(&self, i: usize) -> &OriginApi {
+        &self.origins[i].api
+    }
+
+    /// How many origin replicas the stack has.
+    pub fn origin_count(&self) -> usize {
+        self.origins.len()
+    }
+
+    /// `kill -9` of Redis and a start on the same port (with AOF, on the same data).
+    pub fn restart_redis(&mut self) {
+        self.redis.restart();
+    }
+
+    /// Stops everything gracefully (SIGTERM), the origins first.
     pub fn stop(mut self) {
-        if let Some(mut origin) = self.origin.take() {
-            origin.child.terminate(Duration::from_secs(10));
+        for replica in &mut self.origins {
+            if let Some(mut origin) = replica.process.take() {
+                origin.child.terminate(Duration::from_secs(10));
+            }
         }
         self.edge.terminate(Duration::from_secs(5));
     }
@@ -149,7 +243,13 @@ impl Stack {
     }
 
     pub fn origin_port(&self) -> u16 {
-        self.origin_port
+        self.origins[0].port
+    }
+
+    /// The edge worker's `/healthz` event counters.
+    pub async fn edge_events(&self) -> anyhow::Result<Value> {
+        let h: Value = self.client.get(format!("{}/healthz", self.edge_url)).send().await?.json().await?;
+        Ok(h["events"].clone())
     }
 
     pub fn redis(&self) -> &RedisServer {
@@ -162,7 +262,7 @@ impl Stack {
 
     /// The origin's config file (its `[archive]` section also serves `allot-report`).
     pub fn config_path(&self) -> &Path {
-        &self.config_path
+        &self.origins[0].config_path
     }
 
     /// Runs `allot-report NAME` for today on the local engine and returns the
@@ -182,7 +282,7 @@ impl Stack {
         let out = tokio::process::Command::new(process::workspace_bin("allot-report")?)
             .args([name, "--from", &today, "--to", &today, "--engine", "local", "--format", format])
             .arg("--config")
-            .arg(&self.config_path)
+            .arg(self.config_path())
             .output()
             .await?;
         if !out.status.success() {
@@ -227,8 +327,9 @@ pub fn today_utc() -> String {
 
 /// The test kit's origin configuration, with what the stack changes: the port the edge
 /// was given, the edge's batch sizes, the stack's control period, plans pushed to the
-/// edge, and the archive in `s3` (also read by `allot-report`).
-fn origin_config(o: &Options, port: u16, redis_url: &str, edge_url: &str, s3: &S3Server) -> OriginConfig {
+/// edge, and the archive in `s3` (also read by `allot-report`). Replica `i` archives
+/// as consumer `stack-origin` (`stack-origin-{i}` beyond the first).
+fn origin_config(o: &Options, i: usize, port: u16, redis_url: &str, edge_url: &str, s3: &S3Server) -> OriginConfig {
     let stack = format!(
         r#"
 [ingest]
@@ -242,7 +343,7 @@ claim_min_idle_ms = 1000
 
 [control]
 period_ms = {period}
-recent_windows = 5
+recent_windows = {recent}
 min_sample_rate = {min_rate:?}
 republish_after_secs = 60
 lease_ms = {lease}
@@ -257,11 +358,13 @@ keys = ["{PUSH_KEY}"]
 [archive]
 flush_max_age_secs = 2
 retry_max_backoff_ms = 1000
-consumer = "stack-origin"
+consumer = "{consumer}"
 "#,
         period = o.period_ms,
         min_rate = o.min_sample_rate,
         lease = (o.period_ms * 2).max(2_000),
+        recent = o.recent_windows,
+        consumer = if i == 0 { "stack-origin".to_string() } else { format!("stack-origin-{i}") },
     );
-    OriginConfig::new().listen_port(port).redis(redis_url).archive(s3).merge(&stack)
+    OriginConfig::new().listen_port(port).redis(redis_url).archive(s3).merge(&stack).merge(&o.origin_toml)
 }

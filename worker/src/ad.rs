@@ -97,6 +97,9 @@ fn answer(
     if key.is_some_and(|k| k.sample().sampled(ad.request_id.as_str(), p.sample_rate)) {
         let event = plan.allocation_event(ad.request_id.clone(), choice, attrs, now_ms as u64, edge_colo(req));
         forward::enqueue(ctx, config, event);
+    } else {
+        // Events waiting for an origin that was down leave with any request.
+        forward::kick(ctx, config, now_ms as u64);
     }
     Ok(respond::ok_json(&body)?)
 }

@@ -49,6 +49,13 @@ pub struct Config {
     pub batch_age_ms: u64,
     /// Give up on one send after this long (`EVENT_TIMEOUT_MS`, 5000).
     pub send_timeout_ms: u64,
+    /// The outbox's bound in bytes of waiting batches (`EVENT_OUTBOX_MAX_BYTES`,
+    /// [`crate::outbox::MAX_BYTES`]); beyond it new events are dropped and counted.
+    pub outbox_max_bytes: usize,
+    /// A batch is sent only this long after it was signed (`EVENT_MAX_AGE_SECS`, 270):
+    /// keep it under the origin's `ingest.max_skew_secs`, beyond which the origin
+    /// refuses the signature as stale.
+    pub outbox_max_age_ms: u64,
 }
 
 thread_local! {
@@ -110,6 +117,13 @@ impl Config {
             batch_max: number(env, "EVENT_BATCH_MAX", 100, 1..=allot_core::event::MAX_BATCH as u64) as usize,
             batch_age_ms: number(env, "EVENT_BATCH_AGE_MS", 1000, 1..=20_000),
             send_timeout_ms: number(env, "EVENT_TIMEOUT_MS", 5000, 100..=10_000),
+            outbox_max_bytes: number(
+                env,
+                "EVENT_OUTBOX_MAX_BYTES",
+                crate::outbox::MAX_BYTES as u64,
+                1_024..=64 * 1024 * 1024,
+            ) as usize,
+            outbox_max_age_ms: number(env, "EVENT_MAX_AGE_SECS", crate::outbox::MAX_AGE_MS / 1000, 10..=3_600) * 1000,
         }
     }
 

@@ -1,207 +1,187 @@
-//! Sending sampled events to the origin, off the response path.
+//! Sending sampled events to the origin, off the response path: the workerd shell
+//! around the [`outbox`](crate::outbox) state machine.
 //!
-//! Events wait in a per-isolate outbox and go out as one signed `POST /v1/events` per
-//! batch, inside `ctx.wait_until`, so neither a slow nor a failing origin touches the
-//! response or its latency. A batch leaves when it reaches `EVENT_BATCH_MAX` events or
-//! when its oldest event is `EVENT_BATCH_AGE_MS` old: the request that puts the first
-//! event into an empty outbox arms a timer (inside its own `wait_until`) that flushes
-//! whatever is there when it fires, so no event waits for traffic that may never come.
+//! A request that queues an event (or finds events waiting) starts a *driver* inside
+//! its own `ctx.wait_until`, unless one runs already: the driver polls the outbox,
+//! makes the sends it hands out, reports how they ended, and naps until the outbox has
+//! something to do again, so neither a slow nor a dead origin touches any response or
+//! its latency. A driver stops when nothing waits or after [`DRIVE_BUDGET_MS`]
+//! (`wait_until` work has a time budget); the next request starts another, so during a
+//! long outage the retries ride on later requests. The driver's lease outlives its
+//! budget: a driver the runtime cancelled never blocks the next one for long.
 //!
-//! A send that times out, fails to connect or gets a 429 or 5xx is retried under
-//! [`RETRY`], the core's retry policy; the jitter keeps isolates that failed together
-//! from retrying together. A batch is signed once: every retry sends the same bytes
-//! under the same header, so the origin recognises a body it already stored (its
-//! answer lost to a timeout) and stores it once. Re-signing with a new timestamp would
-//! make the retry a different body, stored twice. A batch that
-//! still fails, or that the origin refuses outright, is logged and counted, never
-//! dropped silently. The counters are on `/healthz`.
+//! The policy (batching, signing once, backoff, bounds, what counts as lost) is the
+//! outbox's; this file only moves bytes and reads the clock. The counters are on
+//! `/healthz`, and every loss is also logged.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::pin::pin;
 use std::rc::Rc;
 use std::time::Duration;
 
-use allot_core::{Event, EventBatch, RetryPolicy, signature};
-use futures_util::future::{Either, select};
+use allot_core::{Event, signature};
+use futures_util::future::{Either, join_all, select};
 use worker::{AbortController, Context, Delay, Fetch, Headers, Method, Request, RequestInit};
 
 use crate::config::Config;
+use crate::outbox::{self, Counters, Note, Outbox, Outcome, Send, Settings};
 
-/// Beyond this many waiting events new ones are refused (counted as dropped): a dead
-/// origin must not grow the isolate's memory without bound.
-const MAX_WAITING: usize = 10_000;
-/// One retry, a quarter to half a second after the failure: `wait_until` work has a
-/// time budget, and a batch that fails twice is more likely an origin outage than a
-/// blip.
-const RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(500), Duration::from_millis(500)).with_max_retries(1);
-
-/// What happened to events in this isolate; served on `/healthz`.
-#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
-pub struct Counters {
-    /// Events accepted into the outbox.
-    pub queued: u64,
-    /// Events the origin acknowledged.
-    pub sent: u64,
-    /// Events in batches that failed for good.
-    pub failed: u64,
-    /// Events refused before sending (no origin configured, outbox full).
-    pub dropped: u64,
-    /// Batches sent more than once.
-    pub retried_batches: u64,
-    /// Batches that failed for good.
-    pub failed_batches: u64,
-}
-
-#[derive(Debug, Default)]
-struct Outbox {
-    waiting: Vec<Event>,
-    timer_armed: bool,
-    counters: Counters,
-}
+/// How long one driver runs at most.
+const DRIVE_BUDGET_MS: u64 = 20_000;
+/// The longest nap between two polls: a batch sealed by a request during the nap
+/// waits at most this long for its send.
+const MAX_NAP_MS: u64 = 50;
 
 thread_local! {
-    static OUTBOX: RefCell<Outbox> = RefCell::new(Outbox::default());
+    /// Created on the first event, once the origin and the key are known.
+    static OUTBOX: RefCell<Option<Outbox>> = const { RefCell::new(None) };
+    /// Events dropped because there is no origin or key to send them to.
+    static UNCONFIGURED: Cell<u64> = const { Cell::new(0) };
+    /// A driver runs until this time (unix ms); 0: none.
+    static DRIVER_UNTIL: Cell<u64> = const { Cell::new(0) };
+}
+
+fn now_ms() -> u64 {
+    js_sys::Date::now() as u64
 }
 
 /// This isolate's event counters.
 pub fn counters() -> Counters {
-    OUTBOX.with(|o| o.borrow().counters)
+    let mut c = OUTBOX.with(|o| o.borrow().as_ref().map(Outbox::counters).unwrap_or_default());
+    c.dropped += UNCONFIGURED.get();
+    c
 }
 
-/// What `enqueue` decided, acted on after the outbox is released.
-enum Then {
-    Nothing,
-    Send(Vec<Event>),
-    ArmTimer,
-}
-
-/// Queues a sampled event; may schedule a flush on `ctx`.
-pub fn enqueue(ctx: &Context, config: &Rc<Config>, event: Event) {
-    let then = OUTBOX.with(|o| {
-        let mut o = o.borrow_mut();
-        if config.events_url.is_none() || config.ingest_key.is_none() {
-            o.counters.dropped += 1;
-            if o.counters.dropped.is_power_of_two() {
-                worker::console_error!(
-                    "no ORIGIN_URL/INGEST_KEY: {} sampled events dropped so far",
-                    o.counters.dropped
-                );
-            }
-            return Then::Nothing;
-        }
-        if o.waiting.len() >= MAX_WAITING {
-            o.counters.dropped += 1;
-            if o.counters.dropped.is_power_of_two() {
-                worker::console_error!("event outbox full: {} sampled events dropped so far", o.counters.dropped);
-            }
-            return Then::Nothing;
-        }
-        o.waiting.push(event);
-        o.counters.queued += 1;
-        if o.waiting.len() >= config.batch_max {
-            Then::Send(std::mem::take(&mut o.waiting))
-        } else if !o.timer_armed {
-            o.timer_armed = true;
-            Then::ArmTimer
-        } else {
-            Then::Nothing
-        }
-    });
-    match then {
-        Then::Nothing => {}
-        Then::Send(batch) => {
-            let config = config.clone();
-            ctx.wait_until(async move { deliver(&config, batch).await });
-        }
-        Then::ArmTimer => {
-            let config = config.clone();
-            ctx.wait_until(async move {
-                Delay::from(Duration::from_millis(config.batch_age_ms)).await;
-                let batch = OUTBOX.with(|o| {
-                    let mut o = o.borrow_mut();
-                    o.timer_armed = false;
-                    std::mem::take(&mut o.waiting)
-                });
-                if !batch.is_empty() {
-                    deliver(&config, batch).await;
-                }
-            });
-        }
-    }
-}
-
-/// Why one send did not succeed.
-#[derive(Debug)]
-enum SendError {
-    /// Worth another try: timeout, connection failure, 5xx, 429.
-    Transient(String),
-    /// The origin refused the batch; sending it again would not help.
-    Refused(String),
-}
-
-async fn deliver(config: &Config, events: Vec<Event>) {
-    let n = events.len() as u64;
-    let batch = EventBatch { events };
-    let body = batch.to_json();
-    let Some(signed) = sign(config, &body) else {
-        OUTBOX.with(|o| {
-            let mut o = o.borrow_mut();
-            o.counters.failed += n;
-            o.counters.failed_batches += 1;
-        });
-        worker::console_error!("lost {n} sampled events: no ORIGIN_URL/INGEST_KEY");
-        return;
-    };
-    let mut outcome = send(config, &body, &signed).await;
-    let mut backoff = RETRY.start();
-    while let Err(SendError::Transient(why)) = &outcome
-        && let Some(wait) = backoff.next(crate::rng::unit())
-    {
-        worker::console_warn!("sending {n} events failed ({why}); retrying in {} ms", wait.as_millis());
-        if backoff.attempts() == 1 {
-            OUTBOX.with(|o| o.borrow_mut().counters.retried_batches += 1);
-        }
-        Delay::from(wait).await;
-        outcome = send(config, &body, &signed).await;
-    }
-    OUTBOX.with(|o| {
-        let mut o = o.borrow_mut();
-        match &outcome {
-            Ok(()) => o.counters.sent += n,
-            Err(SendError::Transient(why) | SendError::Refused(why)) => {
-                o.counters.failed += n;
-                o.counters.failed_batches += 1;
-                worker::console_error!(
-                    "lost {n} sampled events: {why} ({} events in {} batches failed so far)",
-                    o.counters.failed,
-                    o.counters.failed_batches
-                );
-            }
-        }
-    });
-}
-
-/// The signature header of `body`, made once per batch (now, with the ingest key);
-/// `None` without an origin or a key.
-fn sign(config: &Config, body: &str) -> Option<String> {
-    let key = config.ingest_key.as_ref()?;
+fn settings(config: &Config) -> Option<Settings> {
     config.events_url.as_ref()?;
-    let now_secs = (js_sys::Date::now() / 1000.0) as u64;
-    Some(signature::sign(key, now_secs, body.as_bytes()))
+    Some(Settings {
+        key: config.ingest_key.clone()?,
+        batch_max: config.batch_max,
+        batch_age_ms: config.batch_age_ms,
+        max_bytes: config.outbox_max_bytes,
+        max_age_ms: config.outbox_max_age_ms,
+        max_in_flight: outbox::MAX_IN_FLIGHT,
+        send_timeout_ms: config.send_timeout_ms,
+    })
 }
 
-async fn send(config: &Config, body: &str, signed: &str) -> Result<(), SendError> {
-    let Some(url) = &config.events_url else {
-        return Err(SendError::Refused("no ORIGIN_URL".into()));
-    };
-    let refused = |e: worker::Error| SendError::Refused(e.to_string());
-    let headers = Headers::new();
-    headers.set("content-type", "application/json").map_err(refused)?;
-    headers.set(signature::HEADER, signed).map_err(refused)?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post).with_headers(headers).with_body(Some(body.into()));
-    let request = Request::new_with_init(url, &init).map_err(refused)?;
+/// Queues a sampled event and makes sure a driver will send it.
+pub fn enqueue(ctx: &Context, config: &Rc<Config>, event: Event) {
+    let now = now_ms();
+    let pushed = OUTBOX.with(|o| {
+        let mut o = o.borrow_mut();
+        if o.is_none() {
+            *o = settings(config).map(Outbox::new);
+        }
+        o.as_mut().map(|o| (o.push(event, now), o.counters().dropped))
+    });
+    match pushed {
+        None => {
+            let n = UNCONFIGURED.get() + 1;
+            UNCONFIGURED.set(n);
+            if n.is_power_of_two() {
+                worker::console_error!("no ORIGIN_URL/INGEST_KEY: {n} sampled events dropped so far");
+            }
+        }
+        Some((false, dropped)) if dropped.is_power_of_two() => {
+            worker::console_error!("event outbox full: {dropped} sampled events dropped so far");
+        }
+        Some(_) => {}
+    }
+    kick(ctx, config, now);
+}
 
+/// Starts a driver in this request's `wait_until` if events wait and none runs.
+pub fn kick(ctx: &Context, config: &Rc<Config>, now: u64) {
+    if DRIVER_UNTIL.get() > now {
+        return;
+    }
+    let waiting = OUTBOX.with(|o| o.borrow().as_ref().is_some_and(|o| o.next_wake(now).is_some()));
+    if !waiting {
+        return;
+    }
+    DRIVER_UNTIL.set(now + DRIVE_BUDGET_MS + 2 * config.send_timeout_ms);
+    let config = config.clone();
+    ctx.wait_until(async move { drive(&config, now + DRIVE_BUDGET_MS).await });
+}
+
+fn log(note: &Note) {
+    match note {
+        Note::Nothing => {}
+        Note::Lost { events, why } => {
+            let c = counters();
+            worker::console_error!(
+                "lost {events} sampled events: {why} ({} failed, {} expired so far)",
+                c.failed,
+                c.expired
+            );
+        }
+        Note::Retrying { why, retry_at_ms } => {
+            worker::console_warn!(
+                "sending events failed ({why}); {} events wait, next try in {} ms",
+                counters().waiting,
+                retry_at_ms.saturating_sub(now_ms())
+            );
+        }
+    }
+}
+
+async fn drive(config: &Config, until: u64) {
+    loop {
+        let now = now_ms();
+        let Some((sends, notes, wake)) = OUTBOX.with(|o| {
+            let mut o = o.borrow_mut();
+            let o = o.as_mut()?;
+            let (sends, notes) = o.poll(now);
+            Some((sends, notes, o.next_wake(now)))
+        }) else {
+            break;
+        };
+        notes.iter().for_each(log);
+        if !sends.is_empty() {
+            join_all(sends.into_iter().map(|s| async move {
+                let outcome = send(config, &s).await;
+                let note = OUTBOX
+                    .with(|o| o.borrow_mut().as_mut().map(|o| o.settle(s.id, outcome, now_ms(), crate::rng::unit())));
+                if let Some(note) = note {
+                    log(&note);
+                }
+            }))
+            .await;
+            continue;
+        }
+        let Some(wake) = wake else { break };
+        if now >= until {
+            break;
+        }
+        let nap = wake.saturating_sub(now).clamp(1, MAX_NAP_MS);
+        Delay::from(Duration::from_millis(nap)).await;
+    }
+    DRIVER_UNTIL.set(0);
+}
+
+async fn send(config: &Config, batch: &Send) -> Outcome {
+    let Some(url) = &config.events_url else {
+        return Outcome::Refused("no ORIGIN_URL".into());
+    };
+    let refused = |e: worker::Error| Outcome::Refused(e.to_string());
+    let headers = Headers::new();
+    let request = headers
+        .set("content-type", "application/json")
+        .and_then(|()| headers.set(signature::HEADER, &batch.signature))
+        .and_then(|()| match batch.dropped {
+            0 => Ok(()),
+            n => headers.set(allot_core::event::DROPPED_HEADER, &n.to_string()),
+        })
+        .and_then(|()| {
+            let mut init = RequestInit::new();
+            init.with_method(Method::Post).with_headers(headers).with_body(Some((*batch.body).into()));
+            Request::new_with_init(url, &init)
+        });
+    let request = match request {
+        Ok(r) => r,
+        Err(e) => return refused(e),
+    };
     let controller = AbortController::default();
     let signal = controller.signal();
     let fetch = Fetch::Request(request);
@@ -209,35 +189,14 @@ async fn send(config: &Config, body: &str, signed: &str) -> Result<(), SendError
     let timeout = pin!(Delay::from(Duration::from_millis(config.send_timeout_ms)));
     match select(response, timeout).await {
         Either::Left((Ok(response), _)) => match response.status_code() {
-            200..=299 => Ok(()),
-            s @ (429 | 500..=599) => Err(SendError::Transient(format!("origin answered {s}"))),
-            s => Err(SendError::Refused(format!("origin answered {s}"))),
+            200..=299 => Outcome::Acked,
+            s @ (429 | 500..=599) => Outcome::Transient(format!("origin answered {s}")),
+            s => Outcome::Refused(format!("origin answered {s}")),
         },
-        Either::Left((Err(e), _)) => Err(SendError::Transient(e.to_string())),
+        Either::Left((Err(e), _)) => Outcome::Transient(e.to_string()),
         Either::Right(_) => {
             controller.abort();
-            Err(SendError::Transient(format!("no answer within {} ms", config.send_timeout_ms)))
+            Outcome::Transient(format!("no answer within {} ms", config.send_timeout_ms))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use wasm_bindgen_test::wasm_bindgen_test;
-
-    #[wasm_bindgen_test]
-    fn a_failed_batch_is_retried_once_within_half_a_second() {
-        let mut backoff = RETRY.start();
-        let wait = backoff.next(crate::rng::unit()).expect("one retry");
-        assert!(wait >= Duration::from_millis(250) && wait <= Duration::from_millis(500), "{wait:?}");
-        assert_eq!(backoff.next(crate::rng::unit()), None, "then the batch counts as failed");
-    }
-
-    #[wasm_bindgen_test]
-    fn the_jitter_spreads_the_retries_of_many_isolates() {
-        let waits: Vec<Duration> = (0..64).map(|_| RETRY.start().next(crate::rng::unit()).expect("a retry")).collect();
-        let (min, max) = (waits.iter().min().expect("waits"), waits.iter().max().expect("waits"));
-        assert!(*max - *min > Duration::from_millis(100), "{min:?}..{max:?}");
     }
 }

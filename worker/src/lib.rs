@@ -33,6 +33,7 @@ mod cors;
 mod error;
 mod forward;
 mod impression;
+mod outbox;
 mod plans;
 mod push;
 pub mod query;
@@ -55,7 +56,11 @@ fn route_now(
 ) -> Result<Option<web_sys::Response>, ApiError> {
     match (target.path, method) {
         ("/v1/ad", "GET") => ad::serve_now(req, target.query, env, ctx),
-        ("/healthz", "GET") => health().map(Some),
+        ("/healthz", "GET") => {
+            // Any request may carry the outbox's retries; a health probe too.
+            forward::kick(ctx, &Config::get(env), js_sys::Date::now() as u64);
+            health().map(Some)
+        }
         (path @ ("/v1/ad" | "/v1/impression"), "OPTIONS") => preflight(req, path, env).map(Some),
         _ => Ok(None),
     }

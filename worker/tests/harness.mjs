@@ -59,11 +59,26 @@ function verify(header, body) {
 
 /**
  * The origin's ingest endpoint. `mode` decides the answer: "ok" (204), "fail" (500) or
- * "slow" (answers after `slowMs`). Every request's signature is checked.
+ * "slow" (answers after `slowMs`). Every request's signature is checked, and a body
+ * stored before (same signature header, same bytes) is answered without being stored
+ * again, as the origin's replay memory does (`duplicates` counts them). `pause()`
+ * closes the port (the edge's sends are refused) until `resume()`.
  */
 export async function startReceiver() {
   // `sent`: every request's signature header and body, in arrival order.
-  const state = { events: [], batches: 0, badSignatures: 0, requests: 0, sent: [], mode: "ok", slowMs: 3000 };
+  const state = {
+    events: [],
+    batches: 0,
+    badSignatures: 0,
+    requests: 0,
+    duplicates: 0,
+    // The edge's drop reports (X-Allot-Edge-Dropped) of stored bodies, summed.
+    reportedDrops: 0,
+    sent: [],
+    mode: "ok",
+    slowMs: 3000,
+  };
+  const stored = new Set();
   const server = createServer((req, res) => {
     const chunks = [];
     req.on("data", (c) => chunks.push(c));
@@ -82,6 +97,13 @@ export async function startReceiver() {
       }
       if (state.mode === "fail") return answer(500);
       const accept = () => {
+        const memory = `${req.headers["x-allot-signature"]}|${body.toString("utf8")}`;
+        if (stored.has(memory)) {
+          state.duplicates += 1;
+          return answer(202);
+        }
+        stored.add(memory);
+        state.reportedDrops += Number(req.headers["x-allot-edge-dropped"] ?? 0);
         state.batches += 1;
         state.events.push(...JSON.parse(body.toString("utf8")).events);
         answer(204);
@@ -91,7 +113,14 @@ export async function startReceiver() {
     });
   });
   await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
-  state.url = `http://127.0.0.1:${server.address().port}`;
+  const port = server.address().port;
+  state.url = `http://127.0.0.1:${port}`;
+  state.pause = () =>
+    new Promise((resolve) => {
+      server.closeAllConnections();
+      server.close(resolve);
+    });
+  state.resume = () => new Promise((resolve) => server.listen(port, "127.0.0.1", resolve));
   state.close = () =>
     new Promise((resolve) => {
       server.closeAllConnections();

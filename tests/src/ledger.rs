@@ -1,0 +1,231 @@
+//! The client's ledger of events, and what the system did with them.
+//!
+//! With the sample rate pinned at 1, every ad request the edge answers (2xx) is one
+//! allocation event the edge owes the origin, so the client knows exactly which events
+//! must exist: their request ids, and the control window each fell in. [`Load`] sends
+//! those requests at a steady rate and writes the ledger; it sends nothing within
+//! [`Load::guard_ms`] of a window boundary, so the edge (same clock) decides every
+//! request in the window the client filed it under.
+//!
+//! At the end the ledger is held against the window counts in Redis (what the
+//! aggregator applied) and the archive read back with DuckDB (what the archiver wrote),
+//! window by window ([`Truth`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use allot_core::WindowStats;
+use allot_core::contract::keys::PlacementKeys;
+use allot_testkit::events::now_ms;
+use allot_testkit::process::{http_client, venv_bin};
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// What the client was answered, per window.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    /// Request ids answered 2xx, per window.
+    pub answered: BTreeMap<u64, Vec<String>>,
+    /// Requests not answered 2xx (no event is owed for them), per window.
+    pub errors: BTreeMap<u64, u64>,
+    /// Requests answered in another window than the one they were sent in (the guard
+    /// was too short): their window is uncertain by one.
+    pub straddling: u64,
+    /// Plan versions seen by each lane, in order (a lane sends one request at a time).
+    pub versions: Vec<Vec<u64>>,
+}
+
+impl Ledger {
+    /// The ids answered in windows `windows`.
+    pub fn ids(&self, windows: std::ops::RangeInclusive<u64>) -> impl Iterator<Item = &str> {
+        self.answered.range(windows).flat_map(|(_, ids)| ids.iter().map(String::as_str))
+    }
+
+    pub fn acknowledged(&self, windows: std::ops::RangeInclusive<u64>) -> u64 {
+        self.answered.range(windows).map(|(_, ids)| ids.len() as u64).sum()
+    }
+
+    pub fn errors_in(&self, windows: std::ops::RangeInclusive<u64>) -> u64 {
+        self.errors.range(windows).map(|(_, n)| n).sum()
+    }
+
+    /// Lanes whose plan versions went back (a lane's requests are sequential, so the
+    /// edge decided them in order): `(lane, from, to)`.
+    pub fn versions_going_back(&self) -> Vec<(usize, u64, u64)> {
+        let mut back = Vec::new();
+        for (lane, seen) in self.versions.iter().enumerate() {
+            for w in seen.windows(2) {
+                if w[1] < w[0] {
+                    back.push((lane, w[0], w[1]));
+                }
+            }
+        }
+        back
+    }
+}
+
+/// Steady ad traffic through the edge for one placement, at sample rate 1.
+#[derive(Debug, Clone)]
+pub struct Load {
+    pub edge_url: String,
+    pub placement: String,
+    /// Requests per second in total.
+    pub rps: f64,
+    /// Requests in flight at most (one lane each).
+    pub concurrency: usize,
+    pub period_ms: u64,
+    /// Nothing is sent this close to a window boundary.
+    pub guard_ms: u64,
+}
+
+/// Load running in the background.
+#[derive(Debug)]
+pub struct Running {
+    pub ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops sending, waits for the last answers, and returns the ledger.
+    pub async fn finish(self) -> anyhow::Result<Ledger> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await?;
+        Ok(std::mem::take(&mut *self.ledger.lock().unwrap_or_else(|e| e.into_inner())))
+    }
+}
+
+impl Load {
+    pub fn start(self) -> Running {
+        let ledger =
+            Arc::new(Mutex::new(Ledger { versions: vec![Vec::new(); self.concurrency.max(1)], ..Ledger::default() }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = {
+            let (ledger, stop) = (ledger.clone(), stop.clone());
+            tokio::spawn(async move { self.run(ledger, stop).await })
+        };
+        Running { ledger, stop, task }
+    }
+
+    async fn run(self, ledger: Arc<Mutex<Ledger>>, stop: Arc<AtomicBool>) {
+        let client = http_client(Duration::from_secs(10));
+        let lanes = self.concurrency.max(1);
+        let interval = Duration::from_secs_f64(lanes as f64 / self.rps.max(0.1));
+        let mut tasks = Vec::new();
+        for lane in 0..lanes {
+            let (me, client, ledger, stop) = (self.clone(), client.clone(), ledger.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut next = tokio::time::Instant::now() + interval.mul_f64(lane as f64 / lanes as f64);
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    tokio::time::sleep_until(next).await;
+                    next += interval;
+                    let now = now_ms();
+                    let into = now % me.period_ms;
+                    if into < me.guard_ms || into + me.guard_ms >= me.period_ms {
+                        continue;
+                    }
+                    let window = now / me.period_ms;
+                    n += 1;
+                    let id = format!("f{lane:03}x{n:08}x{now}");
+                    let url = format!(
+                        "{}/v1/ad?placement={}&platform=ios&country=US&request_id={id}",
+                        me.edge_url, me.placement
+                    );
+                    let answer = match client.get(&url).send().await {
+                        Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),
+                        _ => None,
+                    };
+                    let answered_in = now_ms() / me.period_ms;
+                    let mut l = ledger.lock().unwrap_or_else(|e| e.into_inner());
+                    match answer {
+                        Some(v) => {
+                            l.answered.entry(window).or_default().push(id);
+                            l.straddling += u64::from(answered_in != window);
+                            if let Some(version) = v["plan_version"].as_u64() {
+                                l.versions[lane].push(version);
+                            }
+                        }
+                        None => *l.errors.entry(window).or_default() += 1,
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Requests counted in each window of `placement` (`n` of the window's requests tally:
+/// at rate 1, one per event applied). `None` while Redis does not answer.
+pub fn window_counts(
+    redis_url: &str,
+    placement: &str,
+    windows: std::ops::RangeInclusive<u64>,
+) -> Option<BTreeMap<u64, u64>> {
+    let client = redis::Client::open(redis_url).ok()?;
+    let mut c = client.get_connection_with_timeout(Duration::from_secs(1)).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let keys = PlacementKeys::of_raw(placement);
+    let mut out = BTreeMap::new();
+    for w in windows {
+        let fields: HashMap<String, f64> = redis::cmd("HGETALL").arg(keys.window(w)).query(&mut c).ok()?;
+        let stats = WindowStats::from_fields(fields).ok()?;
+        out.insert(w, stats.requests.n);
+    }
+    Some(out)
+}
+
+/// The plan versions the origin keeps in its history of `placement`, newest first.
+pub fn history_versions(redis_url: &str, placement: &str) -> anyhow::Result<Vec<u64>> {
+    let mut c = redis::Client::open(redis_url)?.get_connection()?;
+    let plans: Vec<String> =
+        redis::cmd("LRANGE").arg(PlacementKeys::of_raw(placement).plans()).arg(0).arg(-1).query(&mut c)?;
+    plans
+        .iter()
+        .map(|p| serde_json::from_str::<Value>(p)?["version"].as_u64().context("a plan has a version"))
+        .collect()
+}
+
+/// One archived allocation: its request id, the window of its event time, and how many
+/// rows it has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Archived {
+    pub request_id: String,
+    pub window: u64,
+    pub rows: u64,
+}
+
+/// The archive's allocation rows of `placement`, read back by DuckDB from the bucket's
+/// Parquet files, grouped by request id.
+pub fn archived(bucket_dir: &Path, placement: &str, period_ms: u64) -> anyhow::Result<Vec<Archived>> {
+    let glob = format!("{}/events/*/*/*.parquet", bucket_dir.display());
+    if !has_parquet(&bucket_dir.join("events")) {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT request_id, min(epoch_ms(event_time)) // {period_ms}, count(*) \
+         FROM read_parquet('{glob}', hive_partitioning = true) \
+         WHERE kind = 'allocation' AND placement = '{placement}' GROUP BY request_id"
+    );
+    let script = "import duckdb, json, sys\n\
+                  rows = duckdb.sql(sys.argv[1]).fetchall()\n\
+                  print(json.dumps([list(r) for r in rows], default=str))";
+    let out = std::process::Command::new(venv_bin("python")).args(["-c", script, &sql]).output()?;
+    if !out.status.success() {
+        bail!("duckdb failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let rows: Vec<(String, u64, u64)> = serde_json::from_slice(&out.stdout)?;
+    Ok(rows.into_iter().map(|(request_id, window, rows)| Archived { request_id, window, rows }).collect())
+}
+
+fn has_parquet(dir: &Path) -> bool {
+    std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
+        let path = e.path();
+        if path.is_dir() { has_parquet(&path) } else { path.extension().is_some_and(|x| x == "parquet") }
+    })
+}
