@@ -32,6 +32,12 @@ pub enum Fault {
     EdgeCutOff { mode: Mode, down: Duration },
     /// The archive's S3 server stopped for `down`.
     S3Outage { down: Duration },
+    /// The control loop's leader pauses, renewals included, between publishing a plan
+    /// and storing it, for three lease times (the `stall_before_save` failpoint), while
+    /// the other origin runs: the other takes the lease and publishes, and the paused
+    /// one's late write must change nothing. A target change (`targets`) makes both
+    /// publish.
+    StallPublisher { targets: serde_json::Value },
     /// Origin replica `i` restarted with the `exit_after_apply` failpoint: its
     /// aggregator exits after applying entries and before acknowledging them, so they
     /// are delivered again (claimed by the other replica); then restarted normally.
@@ -56,6 +62,9 @@ pub struct Ran {
     pub recovery: Option<Duration>,
     /// Anything worth saying (e.g. a fault that could not be injected).
     pub note: String,
+    /// For an S3 outage: the stream entries the archiver group had not acknowledged
+    /// when the outage ended (what a length cap below it would have trimmed).
+    pub archive_unacked: Option<u64>,
 }
 
 /// Sleeps until unix time `ms`.
@@ -80,6 +89,7 @@ pub async fn run(stack: &mut Stack, placement: &str, phase: &Phase, first: u64) 
     let end_ms = (last + 1) * period;
     sleep_until_ms(first * period + 1_000).await;
     let mut note = String::new();
+    let mut archive_unacked = None;
     match &phase.fault {
         Fault::None => {}
         Fault::KillOrigin { i, down } => {
@@ -112,9 +122,12 @@ pub async fn run(stack: &mut Stack, placement: &str, phase: &Phase, first: u64) 
             stack.s3.stop();
             tokio::time::sleep(*down).await;
             let during = stream_len(stack);
+            let unacked = unacked_by(stack, allot_core::contract::stream::ARCHIVER_GROUP);
             tokio::task::block_in_place(|| stack.s3.restart());
-            note = format!("stream {before} → {during} entries during the outage");
+            note = format!("stream {before} → {during} entries, {unacked} not yet archived, at the outage's end");
+            archive_unacked = Some(unacked);
         }
+        Fault::StallPublisher { targets } => note = stall_publisher(stack, placement, targets).await?,
         Fault::Redelivery { i } => {
             stack.kill_origin_n(*i)?;
             let failpoint = [("ALLOT_AGGREGATE_FAILPOINT", "exit_after_apply")];
@@ -150,7 +163,62 @@ pub async fn run(stack: &mut Stack, placement: &str, phase: &Phase, first: u64) 
             }
         }
     }
-    Ok(Ran { name: phase.name.clone(), windows: first..=last, recovery, note })
+    Ok(Ran { name: phase.name.clone(), windows: first..=last, recovery, note, archive_unacked })
+}
+
+/// Which replica holds the control lease, if one does.
+async fn leader(stack: &Stack) -> Option<usize> {
+    for i in 0..stack.origin_count() {
+        // A replica that is down is not the leader.
+        let Ok(r) = stack.client.get(stack.origin_api(i).url("/metrics")).send().await else { continue };
+        let text = r.text().await.unwrap_or_default();
+        if text.lines().any(|l| l == "allot_control_leader 1") {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// See [`Fault::StallPublisher`]: the follower is restarted with the failpoint, the
+/// leader is killed and, once the lease has moved, restarted; then the targets change.
+async fn stall_publisher(stack: &mut Stack, placement: &str, targets: &serde_json::Value) -> anyhow::Result<String> {
+    let wait = |what: &'static str| anyhow::anyhow!("stalled publisher: {what}");
+    let leader_now = leader(stack).await.ok_or_else(|| wait("no leader"))?;
+    let staller = (leader_now + 1) % stack.origin_count();
+    stack.kill_origin_n(staller)?;
+    stack.start_origin_n(staller, &[("ALLOT_CONTROL_FAILPOINT", "stall_before_save")]).await?;
+    // The leader stays down until the lease has moved, then runs again beside it.
+    stack.kill_origin_n(leader_now)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while leader(stack).await != Some(staller) {
+        anyhow::ensure!(Instant::now() < deadline, wait("the lease did not move to the paused replica"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stack.start_origin_n(leader_now, &[]).await?;
+    let fenced = "allot_control_fenced_total{step=\"save\"}";
+    let before = stack.origin_api(staller).metric(fenced).await;
+    stack.put_placement(placement, targets).await?;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while stack.origin_api(staller).metric(fenced).await <= before {
+        anyhow::ensure!(Instant::now() < deadline, wait("the paused replica's save was not refused"));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let took_over = leader(stack).await;
+    stack.kill_origin_n(staller)?;
+    stack.start_origin_n(staller, &[]).await?;
+    Ok(format!("replica {staller} paused; its late save refused; leader after: {took_over:?}"))
+}
+
+/// Entries of the event stream `group` has not acknowledged: its pending entries and
+/// those not yet delivered to it.
+fn unacked_by(stack: &Stack, group: &str) -> u64 {
+    let mut c = stack.redis().conn();
+    let pending: (u64, Option<String>, Option<String>, Option<Vec<(String, String)>>) =
+        redis::cmd("XPENDING").arg(allot_core::contract::stream::EVENTS).arg(group).query(&mut c).unwrap_or_default();
+    let groups: redis::streams::StreamInfoGroupsReply =
+        redis::cmd("XINFO").arg("GROUPS").arg(allot_core::contract::stream::EVENTS).query(&mut c).unwrap_or_default();
+    let lag = groups.groups.iter().find(|g| g.name == group).and_then(|g| g.lag).unwrap_or(0) as u64;
+    pending.0 + lag
 }
 
 fn stream_len(stack: &Stack) -> u64 {

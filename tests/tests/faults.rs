@@ -5,10 +5,11 @@
 //! The stack: two origin replicas behind a round-robin, failing-over proxy (the edge
 //! talks to the proxy), Redis with its append-only file fsynced on every write, the
 //! S3 archive, and the edge in workerd. The faults, each in a phase of whole control
-//! windows with time to recover: `kill -9` of an origin (three times), a Redis restart,
+//! windows with time to recover: `kill -9` of an origin (three times), the control
+//! loop's leader paused for three lease times while the other origin runs, a Redis restart,
 //! `CLIENT KILL TYPE normal`, the edge cut off from the origins, an S3 outage long
-//! enough for the event stream to pass its cap, and entries delivered twice (an
-//! aggregator exiting after applying, before acknowledging).
+//! enough to leave more entries unarchived than a length-capped stream would keep, and
+//! entries delivered twice (an aggregator exiting after applying, before acknowledging).
 //!
 //! The short variant runs with `cargo test` (about two and a half minutes); the long one
 //! (`--ignored`, ≥ 2,000 events/s, 60 s outages) is described in `docs/reliability.md`.
@@ -35,8 +36,10 @@ struct Variant {
     concurrency: usize,
     period_ms: u64,
     edge_batch_max: usize,
-    /// `redis.stream_max_len`: small, so the S3 outage outlasts it.
-    stream_max_len: u64,
+    /// The S3 outage must leave more than this many stream entries unarchived: the length
+    /// a stream capped with `XADD MAXLEN` (as it once was) would have kept, trimming
+    /// the rest unread. The stream now holds them all.
+    old_cap: u64,
     edge_cut: Duration,
     s3_down: Duration,
 }
@@ -47,7 +50,7 @@ const SHORT: Variant = Variant {
     concurrency: 16,
     period_ms: 8_000,
     edge_batch_max: 20,
-    stream_max_len: 100,
+    old_cap: 100,
     edge_cut: Duration::from_secs(12),
     s3_down: Duration::from_secs(16),
 };
@@ -58,13 +61,25 @@ const LONG: Variant = Variant {
     concurrency: 64,
     period_ms: 10_000,
     edge_batch_max: 50,
-    stream_max_len: 1_000,
+    old_cap: 1_000,
     edge_cut: Duration::from_secs(60),
     s3_down: Duration::from_secs(60),
 };
 
+/// The demo's targets with one rate moved, so every round after the change publishes.
+fn changed_targets() -> serde_json::Value {
+    let mut t = scenario::home_feed();
+    t["campaigns"][2]["rate"] = serde_json::json!(0.24);
+    t
+}
+
+/// The control lease in the suite: short, so three lease times of pause fit a phase.
+const LEASE_MS: u64 = 2_000;
+
 fn phases(v: &Variant) -> Vec<Phase> {
     let windows = |d: Duration| (d.as_millis() as u64 + 1_000).div_ceil(v.period_ms) + 1;
+    // Two restarts, the lease moving, the pause, the takeover and a restart.
+    let stall_windows = windows(Duration::from_millis(LEASE_MS * 3 + 20_000));
     let kill = |i| Fault::KillOrigin { i, down: Duration::from_secs(2) };
     let phase = |name: &str, fault, windows| Phase { name: name.into(), fault, windows };
     // The faults whose effect ends with them first; the Redis faults last, as today a
@@ -76,6 +91,7 @@ fn phases(v: &Variant) -> Vec<Phase> {
         phase("kill -9 origin 1", kill(1), 1),
         phase("kill -9 origin 0 again", kill(0), 1),
         phase("redelivery (exit after apply)", Fault::Redelivery { i: 1 }, 2),
+        phase("publisher stalled 3× the lease", Fault::StallPublisher { targets: changed_targets() }, stall_windows),
         phase(
             &format!("edge cut off {} s", v.edge_cut.as_secs()),
             Fault::EdgeCutOff { mode: Mode::Refuse, down: v.edge_cut },
@@ -107,7 +123,7 @@ async fn run(v: &Variant) {
         redis_aof: true,
         // The windows must outlive the run: their TTL grows with this.
         recent_windows: 60,
-        origin_toml: format!("[redis]\nstream_max_len = {}\n", v.stream_max_len),
+        origin_toml: format!("[control]\nlease_ms = {LEASE_MS}\n"),
         edge_batch_max: Some(v.edge_batch_max),
         ..Options::default()
     };
@@ -179,6 +195,13 @@ async fn run(v: &Variant) {
         && let Some(unknown) = seen.iter().find(|v| **v >= *oldest && !history.contains(*v))
     {
         failures.push(format!("the edge served version {unknown}, which the origin never published"));
+    }
+    for r in &ran {
+        if let Some(unacked) = r.archive_unacked
+            && unacked <= v.old_cap
+        {
+            failures.push(format!("{}: only {unacked} entries waited for S3, not past {}", r.name, v.old_cap));
+        }
     }
     // Every phase: every acknowledged event counted once and archived once.
     for r in rows.iter().filter(|r| !r.exactly_once() || r.errors > 0) {
