@@ -213,12 +213,12 @@ async fn stall_publisher(stack: &mut Stack, placement: &str, targets: &serde_jso
 /// those not yet delivered to it.
 fn unacked_by(stack: &Stack, group: &str) -> u64 {
     let mut c = stack.redis().conn();
-    let pending: (u64, Option<String>, Option<String>, Option<Vec<(String, String)>>) =
+    let pending: redis::streams::StreamPendingReply =
         redis::cmd("XPENDING").arg(allot_core::contract::stream::EVENTS).arg(group).query(&mut c).unwrap_or_default();
     let groups: redis::streams::StreamInfoGroupsReply =
         redis::cmd("XINFO").arg("GROUPS").arg(allot_core::contract::stream::EVENTS).query(&mut c).unwrap_or_default();
     let lag = groups.groups.iter().find(|g| g.name == group).and_then(|g| g.lag).unwrap_or(0) as u64;
-    pending.0 + lag
+    pending.count() as u64 + lag
 }
 
 fn stream_len(stack: &Stack) -> u64 {

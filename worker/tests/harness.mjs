@@ -37,9 +37,27 @@ export async function startWorker(bindings = {}, { cf = { country: "FR", colo: "
     async putPlan(plan) {
       await kv.put(`plan:${plan.placement}`, typeof plan === "string" ? plan : JSON.stringify(plan));
     },
-    get: (path, init) => fetch(new URL(path, url), init),
+    get: (path, init) => fetchRetryingGets(new URL(path, url), init),
     close: () => mf.dispose(),
   };
+}
+
+/**
+ * `fetch`, with a GET retried (twice, briefly) when the connection itself fails: on a
+ * loaded machine the local runtime now and then drops a kept-alive connection as the
+ * client reuses it. A GET is what an app would simply send again; other methods are
+ * never retried, and an HTTP answer of any status is returned as it is.
+ */
+async function fetchRetryingGets(url, init) {
+  const retryable = (init?.method ?? "GET") === "GET";
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await fetch(url, init);
+    } catch (e) {
+      if (!retryable || attempt >= 2) throw e;
+      await new Promise((r) => setTimeout(r, 50 * (attempt + 1)));
+    }
+  }
 }
 
 /** `X-Allot-Signature` for `body` at unix time `t`, computed independently of core. */
