@@ -130,6 +130,7 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
 pub struct Verifier {
     keys: Vec<Vec<u8>>,
     max_skew_secs: u64,
+    max_age_secs: u64,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -151,7 +152,15 @@ impl Verifier {
         if keys.iter().any(|k| k.len() < 16) {
             return Err("signing keys must be at least 16 bytes");
         }
-        Ok(Self { keys, max_skew_secs })
+        Ok(Self { keys, max_skew_secs, max_age_secs: max_skew_secs })
+    }
+
+    /// Accepts timestamps up to `secs` in the past (the skew still bounds the future):
+    /// a signer that resends the same signed bytes for a while, as the edge's outbox
+    /// does through an outage, needs a longer past than its clock's skew.
+    pub fn with_max_age(mut self, secs: u64) -> Self {
+        self.max_age_secs = secs.max(self.max_skew_secs);
+        self
     }
 
     /// Verifies `header` for `body` at unix time `now` (seconds) and returns the signed
@@ -162,10 +171,12 @@ impl Verifier {
         self.verify_parsed(&header, body)
     }
 
-    /// Refuses a timestamp outside the skew window: a check that needs no body, so a
-    /// stale request is turned away before its body is read.
+    /// Refuses a timestamp further ahead than the skew or further behind than the
+    /// maximum age: a check that needs no body, so a stale request is turned away
+    /// before its body is read.
     pub fn check_time(&self, header: &SignatureHeader, now: u64) -> Result<(), SignatureError> {
-        if header.t.abs_diff(now) > self.max_skew_secs {
+        let bound = if header.t > now { self.max_skew_secs } else { self.max_age_secs };
+        if header.t.abs_diff(now) > bound {
             return Err(SignatureError::Stale);
         }
         Ok(())
@@ -191,6 +202,16 @@ mod tests {
 
     const K1: &[u8] = b"0123456789abcdef-key-one";
     const K2: &[u8] = b"0123456789abcdef-key-two";
+
+    #[test]
+    fn the_past_may_reach_further_than_the_skew() {
+        let v = Verifier::new(vec![K1.to_vec()], 60).unwrap().with_max_age(300);
+        let h = sign(K1, 1000, b"{}");
+        assert_eq!(v.verify(&h, b"{}", 1300), Ok(1000), "300 s old");
+        assert_eq!(v.verify(&h, b"{}", 1301), Err(SignatureError::Stale));
+        assert_eq!(v.verify(&h, b"{}", 940), Ok(1000), "60 s ahead");
+        assert_eq!(v.verify(&h, b"{}", 939), Err(SignatureError::Stale));
+    }
 
     #[test]
     fn accepts_its_own_signature() {

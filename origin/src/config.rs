@@ -133,6 +133,11 @@ pub struct IngestConfig {
     pub keys: Vec<SecretString>,
     #[serde(default = "default_skew")]
     pub max_skew_secs: u64,
+    /// How old a signature may be: the edge resends a batch's signed bytes until it is
+    /// acknowledged, for up to its `EVENT_MAX_AGE_SECS` (270 s), so this must exceed
+    /// that, or an outage longer than it loses the batches it held. At least the skew.
+    #[serde(default = "default_signature_age")]
+    pub max_signature_age_secs: u64,
     #[serde(default = "default_body")]
     pub max_body_bytes: usize,
     /// How often, at most, the ingest re-reads the placement registry and each
@@ -145,6 +150,9 @@ pub struct IngestConfig {
 
 fn default_skew() -> u64 {
     60
+}
+fn default_signature_age() -> u64 {
+    300
 }
 fn default_catalogue_refresh() -> u64 {
     250

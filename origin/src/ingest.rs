@@ -12,9 +12,9 @@
 //! crash. Its body is `{"accepted": n, "dropped": m}` (and `"duplicate": true` for a
 //! body already stored).
 //!
-//! Idempotent retries: the signature binds a timestamp, so a body older than the skew
-//! window is stale; within the window a digest of `t.body` is remembered in Redis for
-//! twice the skew. One Lua script checks that memory, appends the entries and sets the
+//! Idempotent retries: the signature binds a timestamp, so a body older than
+//! `ingest.max_signature_age_secs` (or further ahead than the skew) is stale; within
+//! that span a digest of `t.body` is remembered in Redis for the whole span. One Lua script checks that memory, appends the entries and sets the
 //! memory, atomically (the memory's key shares the stream's hash slot, so this holds on
 //! Redis Cluster too). A body whose script ran, even if its answer was lost to a
 //! timeout, is never appended again: its retry gets `202` with `"duplicate": true`.
@@ -166,7 +166,12 @@ async fn ingest(app: &App, headers: &HeaderMap, body: Body) -> Result<Outcome, A
     script
         .key(replay_key(t, &bytes))
         .key(stream::EVENTS)
-        .arg(app.config.ingest.max_skew_secs * 2 + 1)
+        // A body is accepted from `skew` before its timestamp to `max age` after it.
+        .arg(
+            app.config.ingest.max_skew_secs
+                + app.config.ingest.max_signature_age_secs.max(app.config.ingest.max_skew_secs)
+                + 1,
+        )
         .arg(received)
         .arg(stream::PLACEMENT)
         .arg(stream::BATCH)

@@ -160,6 +160,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
     }
     let verifier = Verifier::new(config.ingest_keys(), config.ingest.max_skew_secs)
+        .map(|v| v.with_max_age(config.ingest.max_signature_age_secs))
         .map_err(|e| StartError::Keys(e.to_string()))?;
     let admission = crate::admission::Admission::new(&config)?;
     let publisher = Arc::new(Publisher::from_config(&config)?);

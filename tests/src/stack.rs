@@ -333,7 +333,6 @@ fn origin_config(o: &Options, i: usize, port: u16, redis_url: &str, edge_url: &s
     let stack = format!(
         r#"
 [ingest]
-max_skew_secs = 300
 # The edge's batches of up to 1,000 events, not the tests' small bodies.
 max_body_bytes = 1048576
 

@@ -26,6 +26,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("ALLOT_REDIS_STREAM_MAX_LEN", "redis.stream_max_len"),
     ("ALLOT_INGEST_KEYS", "ingest.keys"),
     ("ALLOT_INGEST_MAX_SKEW_SECS", "ingest.max_skew_secs"),
+    ("ALLOT_INGEST_MAX_SIGNATURE_AGE_SECS", "ingest.max_signature_age_secs"),
     ("ALLOT_INGEST_MAX_BODY_BYTES", "ingest.max_body_bytes"),
     ("ALLOT_INGEST_CATALOGUE_REFRESH_MS", "ingest.catalogue_refresh_ms"),
     ("ALLOT_AGGREGATE_ENABLED", "aggregate.enabled"),
@@ -60,6 +61,7 @@ fn kind_of(path: &str) -> Kind {
     match path {
         "redis.stream_max_len"
         | "ingest.max_skew_secs"
+        | "ingest.max_signature_age_secs"
         | "ingest.max_body_bytes"
         | "ingest.catalogue_refresh_ms"
         | "aggregate.claim_min_idle_ms"

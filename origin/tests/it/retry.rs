@@ -49,6 +49,33 @@ async fn the_same_signed_body_twice_is_stored_once() {
     assert_eq!(below, 1.0, "a body's drops are counted once, not again for its duplicate");
 }
 
+/// An edge that held a batch through a four-minute outage resends its original bytes
+/// and signature: accepted once (older than the skew, within the signature's age), and
+/// remembered, so a fifth minute's resend is still a duplicate.
+#[tokio::test]
+async fn a_batch_held_through_a_long_outage_is_accepted_once() {
+    let redis = RedisServer::start();
+    // One-minute windows, kept eight minutes: the held events are still counted.
+    let env = [("ALLOT_CONTROL_ENABLED", "false"), ("ALLOT_CONTROL_PERIOD_MS", "60000")];
+    let app = TestApp::start(config(&redis, "", &env)).await;
+    let home = plan("home_feed", 1, 1.0, &["A"]);
+    record_published(&mut redis.conn(), &home);
+    let mut event = under(&home, allocation("held", "home_feed", Some("A"), &["A"], 1.0));
+    event.event_time_ms = now_ms() - 240_000;
+    let body = batch(vec![event]);
+    let sig = signature::sign(INGEST_KEY.as_bytes(), now_ms() / 1000 - 240, body.as_bytes());
+    let url = app.url("/v1/events");
+    assert_eq!(send(&app.http, &url, &sig, &body).await, (202, json!({"accepted": 1, "dropped": 0})));
+    let again = send(&app.http, &url, &sig, &body).await;
+    assert_eq!(again, (202, json!({"accepted": 1, "dropped": 0, "duplicate": true})));
+    assert_eq!(stream_len(&redis), 1);
+    let mut c = redis.conn();
+    let memory: Vec<String> = redis::cmd("KEYS").arg("allot:replay:*").query(&mut c).unwrap();
+    assert_eq!(memory.len(), 1);
+    let ttl: i64 = redis::cmd("TTL").arg(&memory[0]).query(&mut c).unwrap();
+    assert!(ttl > 300, "the memory lasts past the signature's age: {ttl}");
+}
+
 /// The fault the edge's retry exists for: the origin gives up on Redis (its response
 /// timeout) while the store script is queued, the script runs after all, and the edge
 /// resends the same signed body.
