@@ -29,7 +29,7 @@ use redis::RedisResult;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::dataset::{Dataset, Events, Plans};
+use crate::dataset::{Audit, Dataset, Events, Plans};
 use crate::lane::Lane;
 use crate::store::ArchiveStore;
 use crate::supervise::LaneStates;
@@ -146,9 +146,10 @@ impl Archiver {
         });
         let events = self.lane::<Events>(&self.metrics.events, &redis, &stop);
         let plans = self.lane::<Plans>(&self.metrics.plans, &redis, &stop);
-        let (events, plans) = tokio::join!(events, plans);
+        let audit = self.lane::<Audit>(&self.metrics.audit, &redis, &stop);
+        let (events, plans, audit) = tokio::join!(events, plans, audit);
         watcher.abort();
-        events.and(plans)
+        events.and(plans).and(audit)
     }
 
     /// Runs one dataset's lane until shutdown, restarting it after a failure

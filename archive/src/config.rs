@@ -53,6 +53,9 @@ pub struct ArchiveConfig {
     /// The plan snapshot stream (the origin's control loop writes it).
     #[serde(default = "default_plans_stream")]
     pub plans_stream: String,
+    /// The global audit feed (the origin's admin API writes it).
+    #[serde(default = "default_audit_stream")]
+    pub audit_stream: String,
     #[serde(default = "default_group")]
     pub group: String,
     /// This process's consumer name. Unique by default (host, process id and a random
@@ -137,6 +140,9 @@ fn default_stream() -> String {
 fn default_plans_stream() -> String {
     stream::PLAN_LOG.into()
 }
+fn default_audit_stream() -> String {
+    allot_core::contract::keys::AUDIT.into()
+}
 fn default_claim_idle_secs() -> u64 {
     300
 }
@@ -187,6 +193,7 @@ impl ArchiveConfig {
             retry_max_backoff_ms: default_retry_max_backoff_ms(),
             stream: default_stream(),
             plans_stream: default_plans_stream(),
+            audit_stream: default_audit_stream(),
             group: default_group(),
             consumer: default_consumer(),
             claim_idle_secs: default_claim_idle_secs(),
@@ -224,8 +231,9 @@ impl ArchiveConfig {
             // a flush in two.
             return bad("claim_idle_secs must exceed flush_max_age_secs (or be 0)");
         }
-        if self.stream == self.plans_stream {
-            return bad("stream and plans_stream must differ");
+        let streams = [&self.stream, &self.plans_stream, &self.audit_stream];
+        if streams.iter().enumerate().any(|(i, a)| streams[i + 1..].contains(a)) {
+            return bad("stream, plans_stream and audit_stream must differ");
         }
         if self.access_key_id.is_some() != self.secret_access_key.is_some() {
             return bad("access_key_id and secret_access_key go together");
@@ -313,6 +321,7 @@ mod tests {
         assert_eq!(cfg.flush_max_age_secs, 60);
         assert_eq!(cfg.stream, "allot:events");
         assert_eq!(cfg.plans_stream, "allot:plans");
+        assert_eq!(cfg.audit_stream, "allot:audit");
         assert_eq!(cfg.claim_idle(), Some(Duration::from_secs(300)));
         assert_eq!(cfg.claim_every(), Duration::from_secs(60));
         assert_eq!(cfg.group, "archiver");
@@ -331,6 +340,7 @@ mod tests {
             (r#"{"bucket":"b","access_key_id":"AK"}"#, "go together"),
             (r#"{"bucket":"b","bogus":1}"#, "unknown field"),
             (r#"{"bucket":"b","plans_stream":"allot:events"}"#, "differ"),
+            (r#"{"bucket":"b","audit_stream":"allot:plans"}"#, "differ"),
             (r#"{"bucket":"b","claim_idle_secs":60}"#, "claim_idle_secs"),
             (r#"{"bucket":"b","athena":{"page_size":5000}}"#, "page_size"),
         ] {

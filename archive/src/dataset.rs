@@ -1,20 +1,22 @@
 //! What the archiver archives: a Redis stream whose entries become rows of one Parquet
 //! table.
 //!
-//! There are two: [`Events`] (the sampled events the edge sends, stream `allot:events`)
-//! and [`Plans`] (a snapshot of every plan the origin publishes, with the targets it was
-//! made for, stream `allot:plans`). The archiver's loop, its batching, its keys and its
+//! There are three: [`Events`] (the sampled events the edge sends, stream
+//! `allot:events`), [`Plans`] (a snapshot of every plan the origin publishes, with the
+//! targets it was made for, stream `allot:plans`) and [`Audit`] (every admin change,
+//! stream `allot:audit`). The archiver's loop, its batching, its keys and its
 //! at-least-once-but-overwriting guarantees are the same for both; only decoding and the
 //! column layout differ, and that is all a dataset says.
 
 use std::collections::HashMap;
 
 use allot_core::EventBatch;
-use allot_core::contract::{PlanSnapshot, stream};
+use allot_core::contract::{AuditRecord, PlanSnapshot, stream};
 use arrow_schema::SchemaRef;
 use bytes::Bytes;
 use redis::Value;
 
+use crate::audit_rows;
 use crate::parquet_rows::{self, ArchivedEvent};
 use crate::plan_rows::{self, PlanRow};
 use crate::{ArchiveConfig, ArchiveError};
@@ -124,5 +126,35 @@ impl Dataset for Plans {
 
     fn encode(rows: &[&PlanRow]) -> Result<Bytes, ArchiveError> {
         plan_rows::encode(rows)
+    }
+}
+
+/// Admin changes: an audit entry's fields ([`allot_core::contract::audit`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Audit;
+
+impl Dataset for Audit {
+    type Row = AuditRecord;
+    const NAME: &'static str = "audit";
+
+    fn stream(cfg: &ArchiveConfig) -> &str {
+        &cfg.audit_stream
+    }
+
+    fn decode(fields: Fields<'_>, _entry_ms: u64) -> Result<Vec<AuditRecord>, String> {
+        let record = AuditRecord::parse(|name| std::str::from_utf8(fields.bytes(name)?).ok());
+        Ok(vec![record.map_err(|e| e.to_string())?])
+    }
+
+    fn schema() -> SchemaRef {
+        audit_rows::schema()
+    }
+
+    fn time_ms(row: &AuditRecord) -> u64 {
+        row.at_ms
+    }
+
+    fn encode(rows: &[&AuditRecord]) -> Result<Bytes, ArchiveError> {
+        audit_rows::encode(rows)
     }
 }

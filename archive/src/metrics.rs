@@ -12,13 +12,14 @@
 use prometheus::core::Collector;
 use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use crate::dataset::{Dataset, Events, Plans};
+use crate::dataset::{Audit, Dataset, Events, Plans};
 
 /// The archiver's metrics, one set per dataset, shared with whoever renders `/metrics`.
 #[derive(Debug, Clone)]
 pub struct ArchiverMetrics {
     pub events: DatasetMetrics,
     pub plans: DatasetMetrics,
+    pub audit: DatasetMetrics,
     families: Families,
 }
 
@@ -225,7 +226,12 @@ impl ArchiverMetrics {
     /// Fresh metrics, in no registry yet.
     pub fn new() -> Self {
         let families = Families::new();
-        Self { events: families.dataset(Events::NAME), plans: families.dataset(Plans::NAME), families }
+        Self {
+            events: families.dataset(Events::NAME),
+            plans: families.dataset(Plans::NAME),
+            audit: families.dataset(Audit::NAME),
+            families,
+        }
     }
 
     /// Adds these metrics to `registry`, to be rendered with whatever else it holds. Fails

@@ -13,13 +13,14 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::dataset::{Dataset, Events, Plans};
+use crate::dataset::{Audit, Dataset, Events, Plans};
 
 /// Whether each lane runs, for readiness checks.
 #[derive(Debug, Default)]
 pub struct LaneStates {
     events: LaneState,
     plans: LaneState,
+    audit: LaneState,
 }
 
 /// One lane: since when it is down, if it is.
@@ -51,12 +52,16 @@ impl LaneState {
 impl LaneStates {
     /// The lane of dataset `D`.
     pub fn of<D: Dataset>(&self) -> &LaneState {
-        if D::NAME == Events::NAME { &self.events } else { &self.plans }
+        match D::NAME {
+            Events::NAME => &self.events,
+            Plans::NAME => &self.plans,
+            _ => &self.audit,
+        }
     }
 
     /// The datasets whose lanes have been down longer than `grace` at `now`.
     pub fn down_past(&self, grace: Duration, now: Instant) -> Vec<&'static str> {
-        let lanes = [(Events::NAME, &self.events), (Plans::NAME, &self.plans)];
+        let lanes = [(Events::NAME, &self.events), (Plans::NAME, &self.plans), (Audit::NAME, &self.audit)];
         lanes.into_iter().filter(|(_, l)| l.down_past(grace, now)).map(|(name, _)| name).collect()
     }
 }
@@ -79,5 +84,7 @@ mod tests {
         assert!(states.down_past(Duration::ZERO, t0 + 20 * s).is_empty());
         states.of::<Plans>().down(t0);
         assert_eq!(states.down_past(Duration::ZERO, t0), vec!["plans"]);
+        states.of::<Audit>().down(t0);
+        assert_eq!(states.down_past(Duration::ZERO, t0), vec!["plans", "audit"]);
     }
 }

@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 
+use allot_core::contract::AuditRecord;
 use allot_core::{PlacementId, Targets, TargetsSpec};
 use axum::Json;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -150,34 +151,35 @@ pub async fn put_placement(
     let spec = targets.to_spec();
     let expected = expected_rev(&app, &id, if_match).await?;
     app.store.register(&id).await?;
-    let (rev, before) = match app.store.write_targets(&id, expected, Some(&spec), &caller.name, crate::now_ms()).await?
-    {
-        Cas::Written { rev, before } => (rev, before),
+    let record = match app.store.write_targets(&id, expected, Some(&spec), &caller.name, crate::now_ms()).await? {
+        Cas::Written(record) => record,
         Cas::Conflict { rev } => return Err(ApiError::PreconditionFailed { current: etag(rev) }),
         Cas::Missing => return Err(ApiError::NotFound(format!("placement {id}"))),
     };
-    let after = serde_json::to_string(&spec).unwrap_or_default();
     // Again after the write: a round that read the targets before it and decided to
     // remove the placement now finds a new stamp and leaves it in.
     if let Err(e) = app.store.register(&id).await {
         tracing::error!(error = %e, placement = %id, "could not renew the registration after the write");
     }
-    after_change(&app, &caller.name, "put", &id, &before, &after).await;
-    let status = if before.is_empty() { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if record.before.is_empty() { StatusCode::CREATED } else { StatusCode::OK };
+    let rev = record.rev;
+    after_change(&app, record).await;
     Ok(with_etag((status, Json(spec)).into_response(), rev))
 }
 
 /// What follows a stored change: a round now, and the entry in the global audit feed.
 /// Neither failure undoes the change or loses its record, so both are logged, not
 /// answered.
-async fn after_change(app: &App, who: &str, action: &str, id: &PlacementId, before: &str, after: &str) {
+async fn after_change(app: &App, record: AuditRecord) {
+    let id = &record.placement;
     if let Err(e) = app.store.mark_dirty(id).await {
         tracing::warn!(error = %e, placement = %id, "could not ask for a round now; the next full round solves it");
     }
     app.control_wake.notify_one();
-    if let Err(e) = crate::audit::append(app, who, action, id.as_str(), before, after).await {
+    if let Err(e) = crate::audit::append(app, &record).await {
         app.metrics.audit_feed_failures.inc();
-        tracing::error!(error = %e, placement = %id, action, who, "the global audit feed missed a change (the placement's trail has it)");
+        tracing::error!(error = %e, placement = %id, action = record.action.as_str(), who = record.who,
+            "the global audit feed missed a change (the placement's trail has it)");
     }
 }
 
@@ -216,8 +218,8 @@ pub async fn delete_placement(
 ) -> Result<StatusCode, ApiError> {
     let expected = expected_rev(&app, &id, if_match).await?;
     match app.store.write_targets(&id, expected, None, &caller.name, crate::now_ms()).await? {
-        Cas::Written { before, .. } => {
-            after_change(&app, &caller.name, "delete", &id, &before, "").await;
+        Cas::Written(record) => {
+            after_change(&app, record).await;
             Ok(StatusCode::NO_CONTENT)
         }
         Cas::Conflict { rev } => Err(ApiError::PreconditionFailed { current: etag(rev) }),

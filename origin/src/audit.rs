@@ -7,7 +7,9 @@
 //! placement's own trail still has it. `GET /v1/audit?placement=…` reads the trail,
 //! `GET /v1/audit` the feed, both newest first. Streams (rather than lists) give every
 //! entry a time-ordered id for paging; an id is a cursor within the listing it came
-//! from.
+//! from. The archiver reads the feed into the archive's `audit` table, so the trail
+//! outlives the feed's cap. An entry's fields are the contract's
+//! ([`allot_core::contract::audit`]), the script's included.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -23,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::Viewer;
 use crate::error::{Api, ApiError};
 use crate::startup::App;
+use allot_core::contract::audit::{self, AuditRecord};
 use allot_core::contract::keys::{self, PlacementKeys};
 
 /// One recorded change.
@@ -35,6 +38,8 @@ pub struct AuditEntry {
     /// `put` or `delete`.
     pub action: String,
     pub placement: String,
+    /// The targets revision the change produced (its `ETag`).
+    pub rev: u64,
     /// The targets before the change (`null` if none).
     #[schema(value_type = Object)]
     pub before: serde_json::Value,
@@ -43,32 +48,22 @@ pub struct AuditEntry {
     pub after: serde_json::Value,
 }
 
-/// Appends a change. `before`/`after` are targets JSON, or empty for none.
-pub async fn append(
-    app: &App,
-    who: &str,
-    action: &str,
-    placement: &str,
-    before: &str,
-    after: &str,
-) -> Result<(), redis::RedisError> {
+/// Copies a change's entry, as the targets script wrote it into the placement's trail,
+/// to the global feed.
+pub async fn append(app: &App, record: &AuditRecord) -> Result<(), redis::RedisError> {
     let mut c = app.store.conn();
-    let at = crate::now_ms().to_string();
     c.xadd_maxlen::<_, _, _, _, ()>(
         keys::AUDIT,
-        redis::streams::StreamMaxlen::Approx(1_000_000),
+        redis::streams::StreamMaxlen::Approx(FEED_MAX_LEN),
         "*",
-        &[
-            ("who", who),
-            ("at", &at),
-            ("action", action),
-            ("placement", placement),
-            ("before", before),
-            ("after", after),
-        ],
+        &record.fields(),
     )
     .await
 }
+
+/// Approximate cap on the global feed: years of admin changes; the archiver reads it
+/// within a minute.
+const FEED_MAX_LEN: usize = 1_000_000;
 
 /// A page of the audit trail, newest first.
 #[derive(Debug, Default, Serialize, utoipa::ToSchema)]
@@ -145,8 +140,8 @@ pub struct AuditQuery {
     pub before: Option<Cursor>,
 }
 
-fn json_or_null(s: Option<&String>) -> serde_json::Value {
-    s.filter(|s| !s.is_empty()).and_then(|s| serde_json::from_str(s).ok()).unwrap_or(serde_json::Value::Null)
+fn json_or_null(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or(serde_json::Value::Null)
 }
 
 #[utoipa::path(
@@ -173,20 +168,27 @@ pub async fn get_audit(
         let reply: redis::streams::StreamRangeReply = c.xrevrange_count(&stream, &end, "-", 500).await?;
         let n = reply.ids.len();
         for e in &reply.ids {
-            let field = |k: &str| e.get::<String>(k);
-            let placement = field("placement").unwrap_or_default();
-            if q.placement.as_ref().is_some_and(|p| p.as_str() != placement) {
+            let text: HashMap<&str, String> =
+                audit::FIELDS.iter().filter_map(|&k| Some((k, e.get::<String>(k)?))).collect();
+            let record = match AuditRecord::parse(|k| text.get(k).map(String::as_str)) {
+                Ok(r) => r,
+                Err(error) => {
+                    tracing::warn!(%error, id = e.id, stream, "skipping an audit entry that does not parse");
+                    continue;
+                }
+            };
+            if q.placement.as_ref().is_some_and(|p| *p != record.placement) {
                 continue;
             }
-            let map: HashMap<&str, Option<String>> = ["before", "after"].into_iter().map(|k| (k, field(k))).collect();
             out.push(AuditEntry {
                 id: e.id.clone(),
-                who: field("who").unwrap_or_default(),
-                at_ms: field("at").and_then(|a| a.parse().ok()).unwrap_or(0),
-                action: field("action").unwrap_or_default(),
-                placement,
-                before: json_or_null(map["before"].as_ref()),
-                after: json_or_null(map["after"].as_ref()),
+                who: record.who,
+                at_ms: record.at_ms,
+                action: record.action.as_str().to_string(),
+                placement: record.placement.as_str().to_string(),
+                rev: record.rev,
+                before: json_or_null(&record.before),
+                after: json_or_null(&record.after),
             });
             if out.len() == limit {
                 // The page is full: there is a next one if anything older is left.

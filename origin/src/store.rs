@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::conn::RedisConn;
 use allot_core::contract::keys::{self, PlacementKeys};
+use allot_core::contract::{Action, AuditRecord};
 
 /// A placement's stored targets.
 #[derive(Debug, Clone)]
@@ -38,9 +39,9 @@ pub fn etag(rev: u64) -> String {
 /// The outcome of a conditional write.
 #[derive(Debug, Clone)]
 pub enum Cas {
-    /// Written, with its audit entry; `before` is the previous spec JSON (empty if
-    /// none).
-    Written { rev: u64, before: String },
+    /// Written, with this audit entry (which holds the new revision and the previous
+    /// spec).
+    Written(AuditRecord),
     /// The precondition failed; the current revision.
     Conflict { rev: u64 },
     /// Nothing to delete.
@@ -234,17 +235,25 @@ impl Store {
             .key(k.targets())
             .key(k.audit())
             .arg(if_match.map(|r| r.to_string()).unwrap_or_default())
-            .arg(json)
+            .arg(&json)
             .arg(now_ms)
             .arg(who)
-            .arg(if spec.is_some() { "put" } else { "delete" })
+            .arg(if spec.is_some() { Action::Put } else { Action::Delete }.as_str())
             .arg(AUDIT_PER_PLACEMENT)
             .arg(p.as_str())
             .invoke_async(&mut c)
             .await?;
         let rev = rev.parse().map_err(|e| corrupt("targets revision", e))?;
         Ok(match status {
-            1 => Cas::Written { rev, before },
+            1 => Cas::Written(AuditRecord {
+                who: who.to_string(),
+                at_ms: now_ms,
+                action: if spec.is_some() { Action::Put } else { Action::Delete },
+                placement: p.clone(),
+                before,
+                after: json,
+                rev,
+            }),
             0 => Cas::Conflict { rev },
             _ => Cas::Missing,
         })
@@ -390,5 +399,17 @@ impl Store {
         raw.into_iter()
             .map(|fields| WindowStats::from_fields(fields).map_err(|e| corrupt(format!("window of {p}"), e)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use allot_core::contract::audit;
+
+    #[test]
+    fn the_targets_script_writes_every_audit_field() {
+        for field in audit::FIELDS {
+            assert!(super::CAS_SCRIPT.contains(&format!("'{field}'")), "the script does not write {field:?}");
+        }
     }
 }

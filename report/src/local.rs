@@ -1,9 +1,9 @@
 //! Reports on the embedded engine (DataFusion), over the archive in S3 or a directory.
 //!
-//! Each dataset is registered as a Hive-partitioned listing table (`events`, `plans`)
-//! with its schema and partition columns `dt` and `hour` as strings, which is how the
-//! Glue tables present them to Athena, so the report SQL runs unchanged. Day filters on `dt`
-//! prune whole partitions here as they do there.
+//! Each dataset is registered as a Hive-partitioned listing table (`events`, `plans`,
+//! `audit`) with its schema and partition columns `dt` and `hour` as strings, which is
+//! how the Glue tables present them to Athena, so the report SQL runs unchanged. Day
+//! filters on `dt` prune whole partitions here as they do there.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use datafusion::prelude::SessionContext;
 use object_store::aws::AmazonS3Builder;
 
 use allot_archive::ArchiveConfig;
-use allot_archive::dataset::{Dataset, Events, Plans};
+use allot_archive::dataset::{Audit, Dataset, Events, Plans};
 
 use crate::ReportError;
 use crate::table::{ColumnKind, ResultTable};
@@ -41,6 +41,7 @@ pub async fn query(cfg: &ArchiveConfig, dir: Option<&Path>, sql: &str) -> Result
     };
     register::<Events>(&ctx, &root)?;
     register::<Plans>(&ctx, &root)?;
+    register::<Audit>(&ctx, &root)?;
     let df = ctx.sql(sql).await.map_err(err)?;
     let schema = df.schema().as_arrow().clone();
     let batches = df.collect().await.map_err(err)?;

@@ -8,10 +8,12 @@
 //!   `in-process`) the origin as a library.
 //! - [`scenario`]: the demo's placements and traffic mix.
 //! - [`events`]: events, event batches and event-stream entries.
+//! - [`duckdb`]: reading the archive's Parquet back with DuckDB.
 //!
 //! Servers panic when they cannot start, naming the install script: a test cannot run
 //! without them, and the panic is the clearest report.
 
+pub mod duckdb;
 pub mod events;
 pub mod moto;
 pub mod origin;

@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::duckdb;
+use allot_testkit::duckdb;
 
 /// 2026-11-25T09:59:50Z: the test events straddle the 09/10 hour boundary.
 const BASE_MS: u64 = 1_795_600_790_000;

@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::archiver::{
     Running, create_group, get, group_backlog, parquet_glob, read_as, redeliver_all, sample_batches, start,
 };
-use crate::duckdb;
+use allot_testkit::duckdb;
 
 /// Servers, and `sample_batches()` in the event stream.
 fn seeded() -> (RedisServer, S3Server, redis::Connection, Vec<EventBatch>) {

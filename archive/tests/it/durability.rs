@@ -10,7 +10,7 @@ use allot_testkit::s3::S3Server;
 use serde_json::json;
 
 use crate::archiver::{get, group_backlog, parquet_glob, sample_batches, start};
-use crate::duckdb;
+use allot_testkit::duckdb;
 
 /// The consumers of the archiver group on the event stream.
 fn consumers(conn: &mut redis::Connection) -> Vec<String> {

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use allot_archive::{parquet_rows, plan_rows};
+use allot_archive::{audit_rows, parquet_rows, plan_rows};
 
 use allot_testkit::process::{repo_root, venv_bin};
 
@@ -44,7 +44,10 @@ fn the_glue_tables_declare_the_archive_columns_in_order() {
     };
     assert_eq!(columns_of("events"), parquet_rows::COLUMNS);
     assert_eq!(columns_of("plans"), plan_rows::COLUMNS);
-    assert!(template.contains("${ArchivePrefix}plans/dt=${!dt}/hour=${!hour}/"));
+    assert_eq!(columns_of("audit"), audit_rows::COLUMNS);
+    for table in ["plans", "audit"] {
+        assert!(template.contains(&format!("${{ArchivePrefix}}{table}/dt=${{!dt}}/hour=${{!hour}}/")), "{table}");
+    }
     for needle in ["projection.enabled: \"true\"", "storage.location.template", "BytesScannedCutoffPerQuery"] {
         assert!(template.contains(needle), "{needle}");
     }

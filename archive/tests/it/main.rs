@@ -6,6 +6,5 @@
 
 mod archiver;
 mod claims;
-mod duckdb;
 mod durability;
 mod infra;

@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod admin;
+mod audit;
+mod check_config;
 mod cluster;
 mod control;
 mod crash;
