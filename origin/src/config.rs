@@ -7,14 +7,15 @@
 //! Cloudflare API token, the Redis URL which may carry a password) are
 //! [`SecretString`]s, whose `Debug` prints `[REDACTED]`, so logging a config is safe.
 //!
-//! The sample file `origin/allot.example.toml` documents every key; the override table
-//! below ([`ENV_OVERRIDES`]) lists every variable.
+//! The sample file `origin/allot.example.toml` documents every key, and is also the
+//! schema of the overrides: `section.key` is `ALLOT_SECTION_KEY`, for every key it
+//! shows ([`env`]). The sample's own secrets are refused, wherever they come from: a
+//! copy of the sample must not run with a key anyone can read.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
-mod env;
-pub use env::ENV_OVERRIDES;
+pub mod env;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -27,9 +28,12 @@ pub enum ConfigError {
     #[error("invalid config: {0}")]
     Toml(String),
     #[error("environment variable {var}: {message}")]
-    Env { var: &'static str, message: String },
+    Env { var: String, message: String },
     #[error("config {field}: {message}")]
     Invalid { field: &'static str, message: String },
+    /// An error in a value, with where the value came from.
+    #[error("{error} (set by {origin})")]
+    From { origin: String, error: Box<ConfigError> },
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
@@ -380,19 +384,39 @@ impl Default for LogConfig {
 impl Config {
     /// Parses `file` (TOML text) and applies the `ALLOT_*` overrides found in `env`.
     pub fn from_sources(file: &str, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        Self::from_named_sources(file, "the file", env).map(|(config, _)| config)
+    }
+
+    /// [`Config::from_sources`], naming the file `file_name` in errors; also returns
+    /// the variables that were applied, with the paths they set.
+    pub fn from_named_sources(
+        file: &str,
+        file_name: &str,
+        env: &HashMap<String, String>,
+    ) -> Result<(Self, BTreeMap<String, String>), ConfigError> {
         let mut root: toml::Table = toml::from_str(file).map_err(|e| ConfigError::Toml(e.to_string()))?;
-        env::apply(&mut root, env)?;
+        let applied = env::apply(&mut root, env)?;
         let config: Config = root.try_into().map_err(|e: toml::de::Error| ConfigError::Toml(e.to_string()))?;
-        config.check()?;
-        Ok(config)
+        if let Err(error) = config.check() {
+            let ConfigError::Invalid { field, .. } = &error else { return Err(error) };
+            let by_env = applied.iter().find(|(_, path)| path.starts_with(field) || field.starts_with(path.as_str()));
+            let origin = by_env.map_or_else(|| file_name.to_string(), |(var, _)| var.clone());
+            return Err(ConfigError::From { origin, error: Box::new(error) });
+        }
+        Ok((config, applied))
     }
 
     /// Reads `path` and the process environment.
     pub fn load(path: &str) -> Result<Self, ConfigError> {
+        Self::load_explained(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], also returning the variables applied, with the paths they set.
+    pub fn load_explained(path: &str) -> Result<(Self, BTreeMap<String, String>), ConfigError> {
         let file =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_string(), source })?;
         let env: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("ALLOT_")).collect();
-        Self::from_sources(&file, &env)
+        Self::from_named_sources(&file, path, &env)
     }
 
     fn check(&self) -> Result<(), ConfigError> {
@@ -401,6 +425,9 @@ impl Config {
         }
         if self.ingest.keys.iter().any(|k| k.expose_secret().len() < 16) {
             return Err(invalid("ingest.keys", "each key must be at least 16 bytes"));
+        }
+        if self.ingest.keys.iter().any(|k| sample::is_sample_key(k.expose_secret())) {
+            return Err(invalid("ingest.keys", sample::REFUSED));
         }
         if self.ingest.max_body_bytes == 0 {
             return Err(invalid("ingest.max_body_bytes", "must be positive"));
@@ -441,6 +468,9 @@ impl Config {
                 Some(w) if w.keys.iter().any(|k| k.expose_secret().len() < 16) => {
                     return Err(invalid("publish.worker.keys", "each key must be at least 16 bytes"));
                 }
+                Some(w) if w.keys.iter().any(|k| sample::is_sample_key(k.expose_secret())) => {
+                    return Err(invalid("publish.worker.keys", sample::REFUSED));
+                }
                 Some(w)
                     if w.keys
                         .iter()
@@ -466,6 +496,9 @@ impl Config {
             if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(invalid("admin.tokens", format!("token {:?}: sha256 must be 64 hex digits", t.name)));
             }
+            if sample::is_sample_token_hash(&t.sha256) {
+                return Err(invalid("admin.tokens", format!("token {:?}: {}", t.name, sample::REFUSED)));
+            }
         }
         Ok(())
     }
@@ -486,5 +519,6 @@ impl Config {
     }
 }
 
+mod sample;
 #[cfg(test)]
 mod tests;

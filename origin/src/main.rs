@@ -18,6 +18,16 @@ enum Command {
         #[arg(long, short, default_value = "allot.toml")]
         config: String,
     },
+    /// Check a configuration (the file and the environment) without starting: exits 1
+    /// with the reason if the origin would refuse it.
+    CheckConfig {
+        /// TOML config file; ALLOT_* environment variables override it.
+        #[arg(long, short, default_value = "allot.toml")]
+        config: String,
+        /// List every ALLOT_* variable and the key it sets, instead.
+        #[arg(long)]
+        list_env: bool,
+    },
 }
 
 #[tokio::main]
@@ -30,6 +40,20 @@ async fn main() -> anyhow::Result<()> {
             allot_origin::startup::wait_for_signal().await;
             tracing::info!("shutting down");
             running.shutdown().await;
+            Ok(())
+        }
+        Command::CheckConfig { list_env: true, .. } => {
+            for (var, setting) in allot_origin::config::env::settings() {
+                println!("{var:<44} {}", setting.path);
+            }
+            Ok(())
+        }
+        Command::CheckConfig { config, .. } => {
+            let (_, applied) = allot_origin::Config::load_explained(&config).context("checking config")?;
+            println!("{config}: ok");
+            for (var, path) in applied {
+                println!("  {path} from {var}");
+            }
             Ok(())
         }
     }

@@ -189,7 +189,15 @@ pub fn venv_bin(name: &str) -> PathBuf {
 /// provider (feature unification with the origin), so one is installed first.
 pub fn http_client(timeout: Duration) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder().timeout(timeout).pool_max_idle_per_host(64).build().unwrap_or_default()
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .pool_max_idle_per_host(64)
+        // Below every server's keep-alive timeout (Node's, under the local edge, is 5 s):
+        // a connection the server may be closing is never reused, so a request is not
+        // lost to that race, which says nothing about the system under test.
+        .pool_idle_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap_or_default()
 }
 
 /// Polls `url` until it answers 2xx; panics after `secs`.

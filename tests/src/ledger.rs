@@ -20,8 +20,8 @@ use std::time::Duration;
 use allot_core::WindowStats;
 use allot_core::contract::keys::PlacementKeys;
 use allot_testkit::events::now_ms;
-use allot_testkit::process::{http_client, venv_bin};
-use anyhow::{Context, bail};
+use allot_testkit::process::http_client;
+use anyhow::Context;
 use serde_json::Value;
 
 /// What the client was answered, per window.
@@ -31,6 +31,8 @@ pub struct Ledger {
     pub answered: BTreeMap<u64, Vec<String>>,
     /// Requests not answered 2xx (no event is owed for them), per window.
     pub errors: BTreeMap<u64, u64>,
+    /// Why they were not: an HTTP status, or what the client saw instead of an answer.
+    pub error_reasons: BTreeMap<String, u64>,
     /// Requests answered in another window than the one they were sent in (the guard
     /// was too short): their window is uncertain by one.
     pub straddling: u64,
@@ -136,20 +138,26 @@ impl Load {
                         me.edge_url, me.placement
                     );
                     let answer = match client.get(&url).send().await {
-                        Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),
-                        _ => None,
+                        Ok(r) if r.status().is_success() => {
+                            r.json::<Value>().await.map_err(|e| format!("unreadable answer: {e}"))
+                        }
+                        Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+                        Err(e) => Err(no_answer(&e)),
                     };
                     let answered_in = now_ms() / me.period_ms;
                     let mut l = ledger.lock().unwrap_or_else(|e| e.into_inner());
                     match answer {
-                        Some(v) => {
+                        Ok(v) => {
                             l.answered.entry(window).or_default().push(id);
                             l.straddling += u64::from(answered_in != window);
                             if let Some(version) = v["plan_version"].as_u64() {
                                 l.versions[lane].push(version);
                             }
                         }
-                        None => *l.errors.entry(window).or_default() += 1,
+                        Err(reason) => {
+                            *l.errors.entry(window).or_default() += 1;
+                            *l.error_reasons.entry(reason).or_default() += 1;
+                        }
                     }
                 }
             }));
@@ -158,6 +166,24 @@ impl Load {
             let _ = t.await;
         }
     }
+}
+
+/// What the client saw instead of an answer, short enough to count by.
+fn no_answer(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else {
+        "no answer"
+    };
+    let mut cause = String::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        cause = s.to_string();
+        source = s.source();
+    }
+    format!("{kind}: {cause}")
 }
 
 /// Requests counted in each window of `placement` (`n` of the window's requests tally:
@@ -212,15 +238,11 @@ pub fn archived(bucket_dir: &Path, placement: &str, period_ms: u64) -> anyhow::R
          FROM read_parquet('{glob}', hive_partitioning = true) \
          WHERE kind = 'allocation' AND placement = '{placement}' GROUP BY request_id"
     );
-    let script = "import duckdb, json, sys\n\
-                  rows = duckdb.sql(sys.argv[1]).fetchall()\n\
-                  print(json.dumps([list(r) for r in rows], default=str))";
-    let out = std::process::Command::new(venv_bin("python")).args(["-c", script, &sql]).output()?;
-    if !out.status.success() {
-        bail!("duckdb failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let rows: Vec<(String, u64, u64)> = serde_json::from_slice(&out.stdout)?;
-    Ok(rows.into_iter().map(|(request_id, window, rows)| Archived { request_id, window, rows }).collect())
+    let rows = allot_testkit::duckdb::try_query(&sql)?.into_iter().map(|row| {
+        let (request_id, window, rows) = serde_json::from_value(Value::Array(row))?;
+        Ok(Archived { request_id, window, rows })
+    });
+    rows.collect()
 }
 
 fn has_parquet(dir: &Path) -> bool {

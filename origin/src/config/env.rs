@@ -1,13 +1,32 @@
-//! `ALLOT_*` environment overrides: which variable sets which config key, and how its
-//! text becomes a TOML value. Applied to the parsed file before deserialising, so an
-//! override goes through exactly the same checks as the file.
+//! `ALLOT_*` environment overrides, by one rule: the key `section.key` of the TOML file is
+//! the variable `ALLOT_SECTION_KEY` (dots become underscores, upper case), for every key
+//! the sample file documents.
+//!
+//! The sample (`origin/allot.example.toml`, built into the binary) is the schema: a key
+//! it shows, set or commented out (`# key = value` lines are documented defaults and
+//! optional sections), is a setting, and its sample value says how a variable's text
+//! becomes a value: a string, an integer, a number, a boolean, a list of strings
+//! (comma-separated) or the admin tokens (`name:role:sha256`, comma-separated). The
+//! config's tests hold the sample to the config's types in both directions, so a key
+//! cannot be added to one without the other.
+//!
+//! A variable that names no setting (`ALLOT_REDIS_URI`, `ALLOT_ARCHIVE_BUKET`) is refused
+//! rather than ignored: a typo would otherwise leave a production setting at its
+//! default. Variables outside the settings' sections (`ALLOT_CACHE`, used by the build
+//! scripts) are not the origin's and are left alone. Overrides are applied to the parsed
+//! file before deserialising, so they go through exactly the same checks as the file.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
 
 use super::ConfigError;
 
-#[derive(Debug, Clone, Copy)]
-enum Kind {
+/// The documented sample configuration: the schema of the overrides.
+pub const SAMPLE: &str = include_str!("../../allot.example.toml");
+
+/// How a variable's text becomes a TOML value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
     Str,
     Int,
     Float,
@@ -18,69 +37,99 @@ enum Kind {
     Tokens,
 }
 
-/// Every environment override: variable, path in the TOML tree, value kind.
-pub const ENV_OVERRIDES: &[(&str, &str)] = &[
-    ("ALLOT_LISTEN", "listen"),
-    ("ALLOT_REDIS_URL", "redis.url"),
-    ("ALLOT_REDIS_CLUSTER", "redis.cluster"),
-    ("ALLOT_REDIS_STREAM_MAX_LEN", "redis.stream_max_len"),
-    ("ALLOT_INGEST_KEYS", "ingest.keys"),
-    ("ALLOT_INGEST_MAX_SKEW_SECS", "ingest.max_skew_secs"),
-    ("ALLOT_INGEST_MAX_SIGNATURE_AGE_SECS", "ingest.max_signature_age_secs"),
-    ("ALLOT_INGEST_MAX_BODY_BYTES", "ingest.max_body_bytes"),
-    ("ALLOT_INGEST_CATALOGUE_REFRESH_MS", "ingest.catalogue_refresh_ms"),
-    ("ALLOT_AGGREGATE_ENABLED", "aggregate.enabled"),
-    ("ALLOT_AGGREGATE_CONSUMER", "aggregate.consumer"),
-    ("ALLOT_AGGREGATE_BATCH", "aggregate.batch"),
-    ("ALLOT_AGGREGATE_CLAIM_MIN_IDLE_MS", "aggregate.claim_min_idle_ms"),
-    #[cfg(feature = "failpoints")]
-    ("ALLOT_AGGREGATE_FAILPOINT", "aggregate.failpoint"),
-    #[cfg(feature = "failpoints")]
-    ("ALLOT_CONTROL_FAILPOINT", "control.failpoint"),
-    ("ALLOT_CONTROL_LEASE_MS", "control.lease_ms"),
-    ("ALLOT_CONTROL_ENABLED", "control.enabled"),
-    ("ALLOT_CONTROL_PERIOD_MS", "control.period_ms"),
-    ("ALLOT_CONTROL_MIN_SAMPLE_RATE", "control.min_sample_rate"),
-    ("ALLOT_PUBLISH_KIND", "publish.kind"),
-    ("ALLOT_PUBLISH_WORKER_URL", "publish.worker.url"),
-    ("ALLOT_PUBLISH_WORKER_KEYS", "publish.worker.keys"),
-    ("ALLOT_PUBLISH_CLOUDFLARE_BASE_URL", "publish.cloudflare.base_url"),
-    ("ALLOT_PUBLISH_CLOUDFLARE_ACCOUNT_ID", "publish.cloudflare.account_id"),
-    ("ALLOT_PUBLISH_CLOUDFLARE_NAMESPACE_ID", "publish.cloudflare.namespace_id"),
-    ("ALLOT_PUBLISH_CLOUDFLARE_API_TOKEN", "publish.cloudflare.api_token"),
-    ("ALLOT_ADMIN_TOKENS", "admin.tokens"),
-    ("ALLOT_REDIS_ALLOW_UNSAFE", "redis.allow_unsafe"),
-    ("ALLOT_HTTP_HEADER_READ_TIMEOUT_MS", "http.header_read_timeout_ms"),
-    ("ALLOT_HTTP_REQUEST_TIMEOUT_MS", "http.request_timeout_ms"),
-    ("ALLOT_HTTP_MAX_CONNECTIONS", "http.max_connections"),
-    ("ALLOT_LOG_LEVEL", "log.level"),
-    ("ALLOT_LOG_FORMAT", "log.format"),
-];
+/// One setting: its path in the TOML tree and how its variable's text is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    pub path: String,
+    pub kind: Kind,
+}
 
-fn kind_of(path: &str) -> Kind {
-    match path {
-        "redis.stream_max_len"
-        | "ingest.max_skew_secs"
-        | "ingest.max_signature_age_secs"
-        | "ingest.max_body_bytes"
-        | "ingest.catalogue_refresh_ms"
-        | "aggregate.claim_min_idle_ms"
-        | "aggregate.batch"
-        | "control.period_ms"
-        | "control.lease_ms"
-        | "http.header_read_timeout_ms"
-        | "http.request_timeout_ms"
-        | "http.max_connections" => Kind::Int,
-        "control.min_sample_rate" => Kind::Float,
-        "aggregate.enabled" | "control.enabled" | "redis.cluster" | "redis.allow_unsafe" => Kind::Bool,
-        "ingest.keys" | "publish.worker.keys" => Kind::List,
-        "admin.tokens" => Kind::Tokens,
-        _ => Kind::Str,
+/// Every setting, by variable name.
+pub fn settings() -> &'static BTreeMap<String, Setting> {
+    static SETTINGS: LazyLock<BTreeMap<String, Setting>> = LazyLock::new(|| {
+        let mut out = BTreeMap::new();
+        for (path, kind) in documented(SAMPLE).into_iter().chain(test_hooks()) {
+            out.insert(var_of(&path), Setting { path, kind });
+        }
+        out
+    });
+    &SETTINGS
+}
+
+/// The variable that sets `path`.
+pub fn var_of(path: &str) -> String {
+    format!("ALLOT_{}", path.replace('.', "_").to_ascii_uppercase())
+}
+
+/// The settings that exist only in builds with test hooks.
+fn test_hooks() -> Vec<(String, Kind)> {
+    let mut hooks = Vec::new();
+    if cfg!(feature = "failpoints") {
+        hooks.push(("aggregate.failpoint".to_string(), Kind::Str));
+        hooks.push(("control.failpoint".to_string(), Kind::Str));
+    }
+    hooks
+}
+
+/// The keys `sample` documents, with the kind of their sample values.
+pub fn documented(sample: &str) -> Vec<(String, Kind)> {
+    let mut out = Vec::new();
+    if let Ok(table) = uncomment(sample).parse::<toml::Table>() {
+        walk("", &table, &mut out);
+    }
+    out
+}
+
+/// The sample with its documented keys set: every commented-out line that is itself a
+/// TOML table header or a single key (`# [archive]`, `# bucket = "…"`) uncommented.
+pub fn uncomment(sample: &str) -> String {
+    let mut out = String::with_capacity(sample.len());
+    for line in sample.lines() {
+        let text = line.trim().strip_prefix('#').map(str::trim);
+        let keep = text.filter(|t| {
+            let header = t.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+            match header {
+                Some(h) => !h.is_empty() && h.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.'),
+                None => t.parse::<toml::Table>().is_ok_and(|one| one.len() == 1),
+            }
+        });
+        out.push_str(keep.unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+fn walk(prefix: &str, table: &toml::Table, out: &mut Vec<(String, Kind)>) {
+    for (key, value) in table {
+        let path = format!("{prefix}{key}");
+        let kind = match value {
+            toml::Value::Table(t) => {
+                walk(&format!("{path}."), t, out);
+                continue;
+            }
+            toml::Value::String(_) | toml::Value::Datetime(_) => Kind::Str,
+            toml::Value::Integer(_) => Kind::Int,
+            toml::Value::Float(_) => Kind::Float,
+            toml::Value::Boolean(_) => Kind::Bool,
+            toml::Value::Array(items) if items.iter().all(toml::Value::is_table) && !items.is_empty() => Kind::Tokens,
+            toml::Value::Array(_) => Kind::List,
+        };
+        out.push((path, kind));
     }
 }
 
-fn env_value(var: &'static str, raw: &str, kind: Kind) -> Result<toml::Value, ConfigError> {
-    let err = |message: String| ConfigError::Env { var, message };
+/// The first segment of every setting's variable (`ALLOT_REDIS_…`, `ALLOT_LISTEN`):
+/// a variable starting with one of them claims to be a setting.
+fn claims_a_setting(var: &str) -> bool {
+    let Some(rest) = var.strip_prefix("ALLOT_") else { return false };
+    settings().values().any(|s| {
+        let first = s.path.split('.').next().unwrap_or_default().to_ascii_uppercase();
+        rest == first || rest.starts_with(&format!("{first}_"))
+    })
+}
+
+fn env_value(var: &str, raw: &str, kind: Kind) -> Result<toml::Value, ConfigError> {
+    let err = |message: String| ConfigError::Env { var: var.to_string(), message };
     Ok(match kind {
         Kind::Str => toml::Value::String(raw.to_string()),
         Kind::Int => toml::Value::Integer(raw.trim().parse().map_err(|_| err("expected an integer".into()))?),
@@ -126,12 +175,32 @@ fn set_path(root: &mut toml::Table, path: &str, value: toml::Value) {
     table.insert(last.to_string(), value);
 }
 
-/// Applies every override present in `env` to the TOML tree.
-pub(super) fn apply(root: &mut toml::Table, env: &HashMap<String, String>) -> Result<(), ConfigError> {
-    for (var, path) in ENV_OVERRIDES {
-        if let Some(raw) = env.get(*var) {
-            set_path(root, path, env_value(var, raw, kind_of(path))?);
+/// Applies every setting's variable present in `env` to the TOML tree, refusing a
+/// variable that claims to be a setting and is none. Returns what was applied: the
+/// paths, by variable.
+pub(super) fn apply(
+    root: &mut toml::Table,
+    env: &HashMap<String, String>,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut applied = BTreeMap::new();
+    let mut vars: Vec<(&String, &String)> = env.iter().collect();
+    vars.sort();
+    for (var, raw) in vars {
+        match settings().get(var) {
+            Some(s) => {
+                set_path(root, &s.path, env_value(var, raw, s.kind)?);
+                applied.insert(var.clone(), s.path.clone());
+            }
+            None if claims_a_setting(var) => {
+                return Err(ConfigError::Env {
+                    var: var.clone(),
+                    message: "not a setting (ALLOT_<SECTION>_<KEY> for the keys of allot.example.toml; \
+                              `allot-origin check-config --list-env` lists them)"
+                        .into(),
+                });
+            }
+            None => {}
         }
     }
-    Ok(())
+    Ok(applied)
 }

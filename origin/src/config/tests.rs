@@ -13,13 +13,109 @@ fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
+/// Secrets of one's own, for the sample's published ones.
+fn own_secrets() -> HashMap<String, String> {
+    env(&[
+        ("ALLOT_INGEST_KEYS", "my-own-ingest-key-0123456789"),
+        ("ALLOT_PUBLISH_WORKER_KEYS", "my-own-push-key-0123456789"),
+        ("ALLOT_ADMIN_TOKENS", &format!("ops:manager:{}", "b".repeat(64))),
+    ])
+}
+
 #[test]
-fn the_sample_file_parses() {
-    let file = include_str!("../../allot.example.toml");
-    let c = Config::from_sources(file, &HashMap::new()).unwrap();
+fn the_sample_file_parses_with_secrets_of_ones_own() {
+    let c = Config::from_sources(env::SAMPLE, &own_secrets()).unwrap();
     assert_eq!(c.publish.kind, PublishKind::Worker);
     assert_eq!(c.admin.tokens[0].role, Role::Manager);
     assert_eq!(c.control.recent_windows, 5);
+    assert!(c.archive.is_none(), "the archive is commented out");
+}
+
+#[test]
+fn the_samples_published_secrets_are_refused_naming_where_they_came_from() {
+    let err = Config::from_named_sources(env::SAMPLE, "allot.toml", &HashMap::new()).unwrap_err().to_string();
+    assert!(err.contains("ingest.keys") && err.contains("published sample") && err.contains("allot.toml"), "{err}");
+    for (var, value, field) in [
+        ("ALLOT_INGEST_KEYS", "dev-ingest-key-not-for-production", "ingest.keys"),
+        ("ALLOT_PUBLISH_WORKER_KEYS", "dev-push-key-not-for-production", "publish.worker.keys"),
+        (
+            "ALLOT_ADMIN_TOKENS",
+            "ops:manager:3983202afa4411cda7cafc94a18aa1f6f620cfda5e9b0ab52c0f0d53a6be4315",
+            "admin.tokens",
+        ),
+    ] {
+        let mut vars = own_secrets();
+        vars.insert(var.into(), value.into());
+        let err = Config::from_named_sources(env::SAMPLE, "allot.toml", &vars).unwrap_err().to_string();
+        assert!(err.contains(field) && err.contains("published sample") && err.contains(var), "{err}");
+    }
+}
+
+/// Every key the sample documents, commented out or not, is a key of the config: the
+/// sample with all of them set parses.
+#[test]
+fn every_documented_key_is_a_setting() {
+    let all = env::uncomment(env::SAMPLE);
+    let c = Config::from_sources(&all, &own_secrets()).unwrap_or_else(|e| panic!("{e}\n{all}"));
+    let archive = c.archive.expect("the sample documents [archive]");
+    assert_eq!(archive.bucket, "my-allot-archive");
+    assert_eq!(archive.athena.expect("and [archive.athena]").workgroup, "allot");
+    assert!(c.publish.cloudflare.is_some());
+    assert!(env::settings().len() > 70, "{:?}", env::settings().keys());
+}
+
+/// The fields serde expects in the table at `section` ("" for the top level): the
+/// unknown-field error of a probe lists them.
+fn fields_of(section: &str) -> Vec<String> {
+    let probe = if section.is_empty() { "zz_probe = 1".to_string() } else { format!("[{section}]\nzz_probe = 1") };
+    let err = Config::from_sources(&probe, &HashMap::new()).unwrap_err().to_string();
+    let expected = err.split_once("expected").unwrap_or_else(|| panic!("{section}: {err}")).1;
+    // The list ends with its line; the next one names the table ("in `admin`").
+    let expected = expected.lines().next().unwrap_or_default();
+    expected.split('`').skip(1).step_by(2).map(String::from).collect()
+}
+
+/// And every key of the config is documented: no setting is left out of the sample,
+/// hence out of the environment.
+#[test]
+fn every_setting_is_documented() {
+    let paths: Vec<&str> = env::settings().values().map(|s| s.path.as_str()).collect();
+    let mut sections: Vec<String> = vec![String::new()];
+    for path in &paths {
+        if let Some((section, _)) = path.rsplit_once('.') {
+            sections.push(section.to_string());
+        }
+    }
+    sections.sort();
+    sections.dedup();
+    for section in &sections {
+        let prefix = if section.is_empty() { String::new() } else { format!("{section}.") };
+        for field in fields_of(section) {
+            let path = format!("{prefix}{field}");
+            let documented = paths.iter().any(|p| *p == path || p.starts_with(&format!("{path}.")));
+            // Test hooks are tables, or exist only in builds that have them.
+            let hook = field == "failpoint";
+            assert!(documented || hook, "{path} is not in allot.example.toml, so no variable sets it");
+        }
+    }
+}
+
+#[test]
+fn variables_follow_the_rule_and_typos_are_refused() {
+    let s = env::settings();
+    assert_eq!(s["ALLOT_ARCHIVE_FLUSH_MAX_AGE_SECS"].path, "archive.flush_max_age_secs");
+    assert_eq!(s["ALLOT_PUBLISH_CLOUDFLARE_API_TOKEN"].path, "publish.cloudflare.api_token");
+    assert_eq!(s["ALLOT_ARCHIVE_ATHENA_PAGE_SIZE"].kind, env::Kind::Int);
+    assert_eq!(s["ALLOT_ADMIN_TOKENS"].kind, env::Kind::Tokens);
+    let file = format!("{MIN}\n[archive]\nbucket = \"b\"");
+    let c = Config::from_sources(&file, &env(&[("ALLOT_ARCHIVE_FLUSH_MAX_AGE_SECS", "7")])).unwrap();
+    assert_eq!(c.archive.unwrap().flush_max_age_secs, 7);
+    for typo in ["ALLOT_REDIS_URI", "ALLOT_ARCHIVE_BUKET", "ALLOT_LISTEN_ADDR", "ALLOT_CONTROL"] {
+        let err = Config::from_sources(MIN, &env(&[(typo, "x")])).unwrap_err().to_string();
+        assert!(err.contains(typo) && err.contains("not a setting"), "{err}");
+    }
+    // Not the origin's: the build scripts' and the tests' own variables.
+    Config::from_sources(MIN, &env(&[("ALLOT_CACHE", "/tmp"), ("ALLOT_EDGE_STATE", "x")])).unwrap();
 }
 
 #[test]
@@ -85,7 +181,7 @@ fn production_builds_have_no_failpoint() {
     let file = format!("{MIN}\n[aggregate]\nfailpoint = \"exit_after_apply\"");
     let err = Config::from_sources(&file, &HashMap::new()).unwrap_err();
     assert!(err.to_string().contains("failpoint"), "{err}");
-    assert!(!ENV_OVERRIDES.iter().any(|(var, _)| var.contains("FAILPOINT")));
+    assert!(!env::settings().keys().any(|var| var.contains("FAILPOINT")));
 }
 
 /// `kind = "worker"` with a URL, plus `extra`.

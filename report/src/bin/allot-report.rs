@@ -15,7 +15,7 @@ struct Args {
     report: ReportArgs,
     /// The origin's TOML configuration (its `[archive]` table), or the archive section as
     /// a `.json` file. Not needed for `--list` or the local engine over `--archive-dir`.
-    #[arg(long, env = "ALLOT_ARCHIVE_CONFIG")]
+    #[arg(long, env = "ALLOT_REPORT_CONFIG")]
     config: Option<PathBuf>,
 }
 
