@@ -50,6 +50,22 @@ impl Ledger {
         self.answered.range(windows).map(|(_, ids)| ids.len() as u64).sum()
     }
 
+    /// Requests the edge answered with an error status (or an unreadable body).
+    pub fn refused(&self) -> u64 {
+        self.error_reasons.iter().filter(|(r, _)| r.starts_with(REFUSED)).map(|(_, n)| n).sum()
+    }
+
+    /// Requests that got no answer at all (connect, timeout, connection lost): no event is
+    /// owed for them, and one the edge did serve shows as counted beyond the acknowledged.
+    pub fn unanswered(&self) -> u64 {
+        self.error_reasons.values().sum::<u64>() - self.refused()
+    }
+
+    /// Every request sent.
+    pub fn sent(&self) -> u64 {
+        self.answered.values().map(|ids| ids.len() as u64).sum::<u64>() + self.errors.values().sum::<u64>()
+    }
+
     pub fn errors_in(&self, windows: std::ops::RangeInclusive<u64>) -> u64 {
         self.errors.range(windows).map(|(_, n)| n).sum()
     }
@@ -139,9 +155,9 @@ impl Load {
                     );
                     let answer = match client.get(&url).send().await {
                         Ok(r) if r.status().is_success() => {
-                            r.json::<Value>().await.map_err(|e| format!("unreadable answer: {e}"))
+                            r.json::<Value>().await.map_err(|e| format!("{REFUSED} unreadable answer: {e}"))
                         }
-                        Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+                        Ok(r) => Err(format!("{REFUSED} HTTP {}", r.status().as_u16())),
                         Err(e) => Err(no_answer(&e)),
                     };
                     let answered_in = now_ms() / me.period_ms;
@@ -167,6 +183,9 @@ impl Load {
         }
     }
 }
+
+/// The prefix of the reasons for which the edge did answer, with an error.
+const REFUSED: &str = "answered";
 
 /// What the client saw instead of an answer, short enough to count by.
 fn no_answer(e: &reqwest::Error) -> String {
