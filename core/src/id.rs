@@ -74,7 +74,31 @@ macro_rules! id_type {
                 f.write_str(&self.0)
             }
         }
+
+        /// In the API's schema as what [`check`] accepts, so a client (or a property
+        /// tester) learns the rule from the document.
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                id_schema($max, $extra)
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {}
     };
+}
+
+#[cfg(feature = "openapi")]
+fn id_schema(max_len: usize, extra: &[u8]) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::{ObjectBuilder, Type};
+    let pattern = format!("^[A-Za-z0-9_{}-]{{1,{max_len}}}$", String::from_utf8_lossy(extra));
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(pattern))
+        .min_length(Some(1))
+        .max_length(Some(max_len))
+        .into()
 }
 
 id_type!(

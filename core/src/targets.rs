@@ -51,11 +51,14 @@ impl ValidationError {
 /// Who a campaign may be shown to. An empty list means "everyone" for that attribute; a
 /// request that lacks an attribute is only eligible where the list is empty.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Eligibility {
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<schema::Platform>, example = json!(["ios", "android"])))]
     pub platforms: Vec<String>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<schema::Country>, example = json!(["DE", "FR"])))]
     pub countries: Vec<String>,
 }
 
@@ -80,6 +83,19 @@ impl Eligibility {
         check_list(&self.countries, &format!("{field}.countries"), is_country)?;
         Ok(self)
     }
+}
+
+/// The items of [`Eligibility`]'s lists as the API's schema states them (any case: they
+/// are normalised on parsing).
+#[cfg(feature = "openapi")]
+mod schema {
+    #[derive(utoipa::ToSchema)]
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,32}$")]
+    pub struct Platform(#[allow(dead_code)] String);
+
+    #[derive(utoipa::ToSchema)]
+    #[schema(pattern = "^[A-Za-z]{2}$")]
+    pub struct Country(#[allow(dead_code)] String);
 }
 
 /// A platform token as it appears in requests: `ios`, `android`, `web`, …
@@ -110,9 +126,12 @@ fn check_list(list: &[String], field: &str, ok: fn(&str) -> bool) -> Result<(), 
 /// How sure the manager wants to be: realized shares within ±`margin` at `level`
 /// confidence (e.g. ±1 pp at 95 %).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Confidence {
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0001, maximum = 0.5, example = 0.01))]
     pub margin: f64,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.5, exclusive_maximum = 1.0, example = 0.95))]
     pub level: f64,
 }
 
@@ -122,10 +141,14 @@ impl Default for Confidence {
     }
 }
 
+/// The finest margin a manager may ask for: ±0.01 pp. Finer ones ask for more samples
+/// than any traffic has (and, near zero, for an infinite number).
+pub const MIN_MARGIN: f64 = 0.0001;
+
 impl Confidence {
     pub fn parse(self) -> Result<Self, ValidationError> {
-        if !(self.margin.is_finite() && self.margin > 0.0 && self.margin <= 0.5) {
-            return Err(ValidationError::new("confidence.margin", "must be in (0, 0.5]"));
+        if !(self.margin.is_finite() && (MIN_MARGIN..=0.5).contains(&self.margin)) {
+            return Err(ValidationError::new("confidence.margin", format!("must be in [{MIN_MARGIN}, 0.5]")));
         }
         if !(self.level.is_finite() && self.level >= 0.5 && self.level < 1.0) {
             return Err(ValidationError::new("confidence.level", "must be in [0.5, 1)"));
@@ -141,11 +164,15 @@ impl Confidence {
 
 /// The wire form of one campaign's target, as the admin API receives it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CampaignSpec {
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::CampaignId))]
     pub id: String,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 1.0, example = 0.3))]
     pub rate: f64,
     #[serde(default = "empty_object")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub creative: serde_json::Value,
     #[serde(default)]
     pub eligibility: Eligibility,
@@ -157,8 +184,10 @@ fn empty_object() -> serde_json::Value {
 
 /// The wire form of a placement's targets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TargetsSpec {
+    #[cfg_attr(feature = "openapi", schema(max_items = 64))]
     pub campaigns: Vec<CampaignSpec>,
     #[serde(default)]
     pub confidence: Confidence,

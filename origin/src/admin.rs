@@ -134,11 +134,13 @@ fn parse_spec(body: &[u8]) -> Result<Targets, ApiError> {
 
 #[utoipa::path(
     put, path = "/v1/placements/{id}", tag = "admin",
-    params(("id" = String, Path, description = "Placement id"),
-           ("If-Match" = Option<String>, Header, description = "ETag from a GET; 412 if stale")),
-    request_body(content = Object, description = "TargetsSpec: {campaigns: [{id, rate, creative, eligibility}], confidence}"),
-    responses((status = 200, description = "Updated"), (status = 201, description = "Created"),
-              (status = 400), (status = 401), (status = 403), (status = 412), (status = 413), (status = 422)),
+    params(("id" = PlacementId, Path, description = "Placement id"),
+           ("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^(\*|(W/)?"[0-9]{1,19}")$"#, description = "ETag from a GET; 412 if stale")),
+    request_body = TargetsSpec,
+    responses((status = 200, description = "Updated", body = TargetsSpec, headers(("ETag" = String))),
+              (status = 201, description = "Created", body = TargetsSpec, headers(("ETag" = String))),
+              (status = 400), (status = 401), (status = 403), (status = 404, description = "Deleted meanwhile"),
+              (status = 412, description = "Stale If-Match: the error names the current ETag"), (status = 413), (status = 422)),
     security(("bearer" = []))
 )]
 pub async fn put_placement(
@@ -185,8 +187,9 @@ async fn after_change(app: &App, record: AuditRecord) {
 
 #[utoipa::path(
     get, path = "/v1/placements/{id}", tag = "admin",
-    params(("id" = String, Path, description = "Placement id")),
-    responses((status = 200, description = "The targets, with an ETag"), (status = 401), (status = 404), (status = 422)),
+    params(("id" = PlacementId, Path, description = "Placement id")),
+    responses((status = 200, description = "The targets", body = TargetsSpec, headers(("ETag" = String, description = "The revision, for If-Match"))),
+              (status = 401), (status = 404), (status = 422)),
     security(("bearer" = []))
 )]
 pub async fn get_placement(
@@ -205,8 +208,8 @@ pub async fn get_placement(
 
 #[utoipa::path(
     delete, path = "/v1/placements/{id}", tag = "admin",
-    params(("id" = String, Path, description = "Placement id"),
-           ("If-Match" = Option<String>, Header, description = "ETag from a GET; 412 if stale")),
+    params(("id" = PlacementId, Path, description = "Placement id"),
+           ("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^(\*|(W/)?"[0-9]{1,19}")$"#, description = "ETag from a GET; 412 if stale")),
     responses((status = 204), (status = 401), (status = 403), (status = 404), (status = 412), (status = 422)),
     security(("bearer" = []))
 )]
@@ -246,11 +249,13 @@ pub struct PlacementList {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// At most this many placements (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Placements after this id (paging).
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<PlacementId>)]
     pub after: Option<PlacementId>,
 }
 
@@ -264,7 +269,7 @@ pub async fn list_placements(
     _: Viewer,
     Api(Query(q)): Api<Query<ListQuery>>,
 ) -> Result<Json<PlacementList>, ApiError> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = crate::error::page_limit(q.limit, 100, 1000)?;
     let ids = app.store.placements().await?;
     let ids: Vec<PlacementId> = ids.into_iter().filter(|id| q.after.as_ref().is_none_or(|a| id > a)).collect();
     let mut placements = Vec::new();

@@ -36,15 +36,16 @@ pub struct AuditEntry {
     pub who: String,
     pub at_ms: u64,
     /// `put` or `delete`.
+    #[schema(pattern = "^(put|delete)$")]
     pub action: String,
     pub placement: String,
     /// The targets revision the change produced (its `ETag`).
     pub rev: u64,
     /// The targets before the change (`null` if none).
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<allot_core::TargetsSpec>)]
     pub before: serde_json::Value,
     /// The targets after the change (`null` after a delete).
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<allot_core::TargetsSpec>)]
     pub after: serde_json::Value,
 }
 
@@ -129,14 +130,16 @@ impl fmt::Display for Cursor {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Only changes to this placement.
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<PlacementId>)]
     pub placement: Option<PlacementId>,
     /// At most this many entries (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Entries older than this id (paging).
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<String>, pattern = "^[0-9]{1,19}-[0-9]{1,19}$")]
     pub before: Option<Cursor>,
 }
 
@@ -154,7 +157,7 @@ pub async fn get_audit(
     _: Viewer,
     Api(Query(q)): Api<Query<AuditQuery>>,
 ) -> Result<Json<AuditPage>, ApiError> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = crate::error::page_limit(q.limit, 100, 1000)?;
     let mut end = match q.before.map(Cursor::predecessor) {
         None => "+".to_string(),
         Some(Some(end)) => end.to_string(),

@@ -15,7 +15,35 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+
+/// The one error format of the API: `{"error": {"code", "message", "field"?}}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"error": {"code": "validation_failed", "field": "campaigns[1].rate", "message": "campaigns[1].rate: must be between 0 and 1 (got 1.5)"}}))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable: `unauthorized`, `forbidden`, `not_found`,
+    /// `validation_failed`, `precondition_failed`, `payload_too_large`, `unavailable`, …
+    pub code: String,
+    /// For people; may change.
+    pub message: String,
+    /// The offending field of a 422, as a path into the request body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// A list route's `limit`: `default` when absent, refused outside `1..=max`, so a
+/// client that asks for more than a page learns it rather than getting less.
+pub fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_request("invalid_query", format!("limit must be between 1 and {max} (got {n})"))),
+    }
+}
 
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -138,10 +166,11 @@ impl IntoResponse for ApiError {
             Self::Internal(cause) => tracing::error!(cause = %cause, "internal error"),
             _ => {}
         }
-        let mut body = json!({"error": {"code": code, "message": self.to_string()}});
-        if let Self::Validation { field, .. } = &self {
-            body["error"]["field"] = json!(field);
-        }
+        let field = match &self {
+            Self::Validation { field, .. } => Some(field.clone()),
+            _ => None,
+        };
+        let body = ErrorBody { error: ErrorDetail { code: code.to_string(), message: self.to_string(), field } };
         let mut response = (status, Json(body)).into_response();
         if let Self::Unauthorized(_) = self {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

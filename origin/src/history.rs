@@ -79,11 +79,13 @@ pub async fn record(app: &App, p: &PlacementId, inputs: &Inputs, campaigns: Vec<
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// At most this many windows (default 60, at most 1440).
+    #[param(minimum = 1, maximum = 1440)]
     pub limit: Option<usize>,
     /// Windows before this id (paging).
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<String>, pattern = "^[0-9]{1,19}-[0-9]{1,19}$")]
     pub before: Option<Cursor>,
 }
 
@@ -98,8 +100,8 @@ pub struct HistoryPage {
 
 #[utoipa::path(
     get, path = "/v1/placements/{id}/history", tag = "admin",
-    params(("id" = String, Path, description = "Placement id"), HistoryQuery),
-    responses((status = 200, body = HistoryPage), (status = 400), (status = 401), (status = 422)),
+    params(("id" = PlacementId, Path, description = "Placement id"), HistoryQuery),
+    responses((status = 200, body = HistoryPage), (status = 400), (status = 401), (status = 404), (status = 422)),
     security(("bearer" = []))
 )]
 pub async fn get_history(
@@ -108,7 +110,12 @@ pub async fn get_history(
     PlacementPath(id): PlacementPath,
     Api(Query(q)): Api<Query<HistoryQuery>>,
 ) -> Result<Json<HistoryPage>, ApiError> {
-    let limit = q.limit.unwrap_or(60).clamp(1, 1440);
+    let limit = crate::error::page_limit(q.limit, 60, 1440)?;
+    // Like the placement itself: a deleted (or never created) one has no history to
+    // show, although its last windows stay in Redis until they expire.
+    if app.store.targets(&id).await?.and_then(|r| r.spec).is_none() {
+        return Err(ApiError::NotFound(format!("placement {id}")));
+    }
     let end = match q.before.map(Cursor::predecessor) {
         None => "+".to_string(),
         Some(Some(end)) => end.to_string(),

@@ -61,8 +61,8 @@ pub struct Preview {
 
 #[utoipa::path(
     post, path = "/v1/placements/{id}/preview", tag = "admin",
-    params(("id" = String, Path, description = "Placement id")),
-    request_body(content = Object, description = "TargetsSpec, as for PUT"),
+    params(("id" = allot_core::PlacementId, Path, description = "Placement id")),
+    request_body = allot_core::TargetsSpec,
     responses((status = 200, body = Preview), (status = 400), (status = 401), (status = 413), (status = 422)),
     security(("bearer" = []))
 )]

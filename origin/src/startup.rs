@@ -114,11 +114,17 @@ pub fn router(app: Arc<App>) -> Router {
     crate::serve::with_request_metrics(router, app.metrics.clone())
 }
 
-async fn healthz() -> impl IntoResponse {
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "`{\"status\": \"ok\"}`")))]
+pub async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
 }
 
-async fn readyz(State(app): State<Arc<App>>) -> Result<axum::Json<serde_json::Value>, ApiError> {
+/// Readiness: Redis answers and no archive lane has been down past its grace.
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses(
+    (status = 200, description = "`{\"status\": \"ready\"}`"),
+    (status = 503, description = "Not ready: `error.message` says why (Redis, or which archive lane)")))]
+pub async fn readyz(State(app): State<Arc<App>>) -> Result<axum::Json<serde_json::Value>, ApiError> {
     app.store.ping().await.map_err(|e| {
         tracing::warn!(error = %e, "not ready: redis unreachable");
         ApiError::NotReady("redis unreachable")
@@ -130,7 +136,9 @@ async fn readyz(State(app): State<Arc<App>>) -> Result<axum::Json<serde_json::Va
             tracing::warn!(dataset = lane, "not ready: an archive lane is down");
             return Err(ApiError::NotReady(match *lane {
                 "events" => "archive lane events is down",
-                _ => "archive lane plans is down",
+                "plans" => "archive lane plans is down",
+                "audit" => "archive lane audit is down",
+                _ => "an archive lane is down",
             }));
         }
     }
@@ -138,7 +146,9 @@ async fn readyz(State(app): State<Arc<App>>) -> Result<axum::Json<serde_json::Va
 }
 
 /// One registry: the origin's metrics and, when it runs here, the archiver's.
-async fn metrics(State(app): State<Arc<App>>) -> Response {
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses(
+    (status = 200, description = "Prometheus text format", content_type = "text/plain; version=0.0.4")))]
+pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], app.metrics.render()).into_response()
 }
 

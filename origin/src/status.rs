@@ -116,7 +116,7 @@ pub fn campaigns(targets: &Targets, window: &WindowStats, decision: Option<&Deci
 
 #[utoipa::path(
     get, path = "/v1/placements/{id}/status", tag = "admin",
-    params(("id" = String, Path, description = "Placement id")),
+    params(("id" = allot_core::PlacementId, Path, description = "Placement id")),
     responses((status = 200, body = PlacementStatus), (status = 401), (status = 404), (status = 422)),
     security(("bearer" = []))
 )]

@@ -185,6 +185,12 @@ pub fn venv_bin(name: &str) -> PathBuf {
     need(cache_dir().join("venv/bin").join(name), "bash scripts/py-tools.sh")
 }
 
+/// schemathesis, the property-based API tester, in its own virtualenv (its dependencies
+/// and the other tools' need not agree), installed by `scripts/py-tools.sh`.
+pub fn schemathesis() -> PathBuf {
+    need(cache_dir().join("venv-schemathesis/bin/schemathesis"), "bash scripts/py-tools.sh")
+}
+
 /// An HTTP client for servers on loopback. reqwest may be built with TLS but no crypto
 /// provider (feature unification with the origin), so one is installed first.
 pub fn http_client(timeout: Duration) -> reqwest::Client {

@@ -92,8 +92,20 @@ async fn hostile_history_queries_get_json_errors() {
     assert_eq!((status, body["error"]["field"].as_str()), (422, Some("id")), "{body}");
     let (status, _) = app.get_json("/v1/placements/home_feed/history", "wrong").await;
     assert_eq!(status, 401);
+    for query in ["?limit=0", "?limit=1441"] {
+        let (status, body) = history(&app, query).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_query")), "{query}: {body}");
+    }
+    // A placement that does not exist (or no longer does) has no history.
+    let (status, body) = history(&app, "").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
+    let put = app.put_targets("home_feed", &json!({"campaigns": [{"id": "A", "rate": 0.5}]}), MANAGER_TOKEN).await;
+    assert_eq!(put.status(), 201);
     let (status, page) = history(&app, "?before=0-0").await;
     assert_eq!((status, page["windows"].as_array().map(Vec::len)), (200, Some(0)));
+    let delete = app.http.delete(app.url("/v1/placements/home_feed")).bearer_auth(MANAGER_TOKEN).send().await.unwrap();
+    assert_eq!(delete.status(), 204);
+    assert_eq!(history(&app, "").await.0, 404);
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ mod admin;
 mod audit;
 mod check_config;
 mod cluster;
+mod contract;
 mod control;
 mod crash;
 mod fencing;
