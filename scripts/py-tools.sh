@@ -3,7 +3,8 @@
 # `venv` holds DuckDB (a third-party Parquet reader), moto_server (the Athena API),
 # cfn-lint and checkov (infra/); `venv-schemathesis` holds schemathesis, the property-based
 # API tester run against the origin's OpenAPI document (its own, so its dependencies and
-# checkov's never have to agree). Idempotent: a venv whose pinned set is installed is
+# checkov's never have to agree); `venv-browser` holds Playwright for the console's
+# browser test. Idempotent: a venv whose pinned set is installed is
 # skipped. Progress goes to stderr.
 set -euo pipefail
 
@@ -37,4 +38,7 @@ venv "$ALLOT_CACHE/venv" moto_server,cfn-lint,checkov \
   "duckdb==1.4.4" "moto[server]==5.2.5" "cfn-lint==1.58.0" "checkov==3.3.30"
 "$ALLOT_CACHE/venv/bin/python" -c 'import duckdb' >/dev/null
 venv "$ALLOT_CACHE/venv-schemathesis" schemathesis "schemathesis==4.32.5"
+# Playwright drives Debian's chromium (scripts/tools.sh browser); its own browser
+# download is never used.
+venv "$ALLOT_CACHE/venv-browser" python "playwright==1.65.0"
 log "ok"

@@ -74,6 +74,14 @@ need_promtool() {
   touch "$stamp"
 }
 
+# A real browser for the console's test: Debian's chromium, driven by Playwright.
+need_browser() {
+  command -v chromium >/dev/null && return 0
+  log "installing chromium"
+  apt-get install -y -qq chromium >/dev/null 2>&1 \
+    || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+}
+
 s3_tools() {
   cargo_tool s3s-fs "$S3S_FS_VERSION" s3s-fs --features binary
 }
@@ -85,6 +93,7 @@ case "${1:-all}" in
   s3) s3_tools ;;
   wrk) need_wrk ;;
   promtool) need_promtool ;;
-  all) need_wasm_target; need_redis; worker_tools; s3_tools; need_promtool ;;
-  *) echo "usage: $0 [wasm|redis|worker|s3|wrk|promtool|all]" >&2; exit 2 ;;
+  browser) need_browser ;;
+  all) need_wasm_target; need_redis; worker_tools; s3_tools; need_promtool; need_browser ;;
+  *) echo "usage: $0 [wasm|redis|worker|s3|wrk|promtool|browser|all]" >&2; exit 2 ;;
 esac

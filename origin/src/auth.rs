@@ -95,6 +95,24 @@ impl FromRequestParts<Arc<App>> for Manager {
     }
 }
 
+/// Who a token is: what the console asks first, to show reads or writes.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Me {
+    pub name: String,
+    /// `viewer` or `manager`.
+    #[schema(pattern = "^(viewer|manager)$")]
+    pub role: &'static str,
+}
+
+#[utoipa::path(
+    get, path = "/v1/me", tag = "admin",
+    responses((status = 200, body = Me), (status = 401)),
+    security(("bearer" = []))
+)]
+pub async fn me(Viewer(caller): Viewer) -> axum::Json<Me> {
+    axum::Json(Me { name: caller.name, role: caller.role.as_str() })
+}
+
 #[cfg(test)]
 mod tests {
     use axum::http::HeaderValue;

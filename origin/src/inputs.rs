@@ -59,8 +59,7 @@ impl Inputs {
     /// Whether the last window's traffic can give `targets`' confidence at all, sampling
     /// every request; `None` when nothing was measured.
     pub fn attainable(&self, targets: &Targets) -> Option<bool> {
-        let last = self.last()?;
-        Some(last.requests.ht >= SampleRatePlanner::required_samples(targets))
+        attainable(self.last()?, targets)
     }
 
     /// The round for `targets` on this evidence.
@@ -84,4 +83,11 @@ impl Inputs {
             republish_after_ms: cfg.republish_after_secs.saturating_mul(1000),
         }
     }
+}
+
+/// Whether `window`'s traffic can give `targets`' confidence at all, sampling every
+/// request; `None` when nothing was measured in it.
+pub fn attainable(window: &WindowStats, targets: &Targets) -> Option<bool> {
+    let measured = window.requests.n > 0 || !window.campaigns.is_empty();
+    measured.then(|| window.requests.ht >= SampleRatePlanner::required_samples(targets))
 }

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod cloudflare;
 pub mod config;
 pub mod conn;
+pub mod console;
 pub mod control;
 pub mod error;
 pub mod gauges;

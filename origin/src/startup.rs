@@ -103,6 +103,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/placements/{id}/history", get(crate::history::get_history))
         .route("/v1/placements/{id}/preview", post(crate::preview::preview))
         .route("/v1/audit", get(crate::audit::get_audit))
+        .route("/v1/me", get(crate::auth::me))
+        .merge(crate::console::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -72,7 +72,46 @@ pub struct PlacementStatus {
     pub targets_etag: String,
     /// The last complete window.
     pub window: WindowSummary,
+    /// Whether that window's traffic can give the confidence at all, sampling every
+    /// request; `null` with nothing measured.
+    pub attainable: Option<bool>,
+    /// The placement at a glance.
+    pub health: Health,
     pub campaigns: Vec<CampaignStatus>,
+}
+
+/// A placement at a glance, worst first: what the console's list shows and an operator
+/// would page on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Nothing was measured in the last window.
+    NoTraffic,
+    /// The window's traffic cannot give the confidence even sampling every request.
+    Unattainable,
+    /// Some target cannot be met together with the others (`feasibility.max_share`).
+    Infeasible,
+    /// Measured and feasible, some estimate still outside the margin of its target.
+    Converging,
+    /// Every campaign's estimate within the margin of its target.
+    OnTarget,
+}
+
+impl Health {
+    pub fn of(campaigns: &[CampaignStatus], margin: f64, attainable: Option<bool>) -> Self {
+        match attainable {
+            None => return Self::NoTraffic,
+            Some(false) => return Self::Unattainable,
+            Some(true) => {}
+        }
+        if campaigns.iter().any(|c| c.feasibility["status"] == "infeasible") {
+            Self::Infeasible
+        } else if campaigns.iter().all(|c| (c.estimate.share - c.target).abs() <= margin) {
+            Self::OnTarget
+        } else {
+            Self::Converging
+        }
+    }
 }
 
 impl WindowSummary {
@@ -136,6 +175,8 @@ pub async fn get_status(
     let last = app.store.windows(&id, &[last_index]).await?.pop().unwrap_or_default();
     let decision = plan.as_ref().and_then(|p| p.decision.as_ref());
     let campaigns = campaigns(&targets, &last, decision);
+    let attainable = crate::inputs::attainable(&last, &targets);
+    let health = Health::of(&campaigns, targets.confidence.margin, attainable);
     Ok(Json(PlacementStatus {
         placement: id.to_string(),
         plan_version: plan.as_ref().map(|p| p.plan.version),
@@ -145,6 +186,41 @@ pub async fn get_status(
         plan_targets_etag: plan.as_ref().map(|p| crate::store::etag(p.targets_rev)),
         targets_etag: record.etag(),
         window: WindowSummary::of(last_index, period, &last),
+        attainable,
+        health,
         campaigns,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn campaign(target: f64, share: f64, feasibility: serde_json::Value) -> CampaignStatus {
+        CampaignStatus {
+            id: "A".into(),
+            target,
+            weight: None,
+            predicted_share: None,
+            eligible_share: None,
+            estimate: Estimate { share, low: share - 0.01, high: share + 0.01, level: 0.95 },
+            basis: DeliveryBasis::Allocations,
+            samples: 100,
+            feasibility,
+        }
+    }
+
+    #[test]
+    fn health_is_the_worst_that_applies() {
+        let feasible = serde_json::json!({"status": "feasible"});
+        let infeasible = serde_json::json!({"status": "infeasible", "max_share": 0.2});
+        let on = [campaign(0.5, 0.505, feasible.clone())];
+        assert_eq!(Health::of(&on, 0.01, None), Health::NoTraffic);
+        assert_eq!(Health::of(&on, 0.01, Some(false)), Health::Unattainable);
+        assert_eq!(Health::of(&on, 0.01, Some(true)), Health::OnTarget);
+        assert_eq!(Health::of(&[campaign(0.5, 0.47, feasible.clone())], 0.01, Some(true)), Health::Converging);
+        let mixed = [campaign(0.5, 0.5, feasible), campaign(0.4, 0.2, infeasible)];
+        assert_eq!(Health::of(&mixed, 0.01, Some(true)), Health::Infeasible);
+        assert_eq!(serde_json::to_value(Health::OnTarget).unwrap(), "on_target");
+    }
 }

@@ -191,6 +191,14 @@ pub fn schemathesis() -> PathBuf {
     need(cache_dir().join("venv-schemathesis/bin/schemathesis"), "bash scripts/py-tools.sh")
 }
 
+/// The Python that drives a real headless Chromium (Playwright, in its own virtualenv;
+/// the browser is Debian's `chromium`), installed by `scripts/py-tools.sh` and
+/// `scripts/tools.sh browser`.
+pub fn browser_python() -> PathBuf {
+    need(PathBuf::from("/usr/bin/chromium"), "bash scripts/tools.sh browser");
+    need(cache_dir().join("venv-browser/bin/python"), "bash scripts/py-tools.sh")
+}
+
 /// An HTTP client for servers on loopback. reqwest may be built with TLS but no crypto
 /// provider (feature unification with the origin), so one is installed first.
 pub fn http_client(timeout: Duration) -> reqwest::Client {

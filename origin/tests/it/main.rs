@@ -9,6 +9,7 @@ mod admin;
 mod audit;
 mod check_config;
 mod cluster;
+mod console;
 mod contract;
 mod control;
 mod crash;

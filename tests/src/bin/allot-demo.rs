@@ -95,6 +95,12 @@ async fn main() -> anyhow::Result<()> {
     println!("starting redis-server, s3s-fs, the origin and the edge worker …");
     let stack = Stack::start(Options { period_ms, ..Options::default() }).await?;
     println!("origin  {}  (admin API, OpenAPI at /openapi.json)", stack.origin_url);
+    println!(
+        "console {}/console  (sign in with {} to edit, {} to read)",
+        stack.origin_url,
+        allot_testkit::origin::MANAGER_TOKEN,
+        allot_testkit::origin::VIEWER_TOKEN
+    );
     println!("edge    {}  (try {}/v1/ad?placement=home_feed&platform=ios)", stack.edge_url, stack.edge_url);
     for (id, targets) in scenario::placements() {
         stack.put_placement(id, &targets).await?;
