@@ -354,6 +354,29 @@ function targetsEditor(id, spec, etag, manager) {
   return form;
 }
 
+// ---- API reference ----------------------------------------------------------------
+
+// The origin's document and the edge's, rendered: every operation with its parameters,
+// body and answers. Needs no token.
+async function reference() {
+  const mine = nav;
+  const docs = await Promise.all(['/openapi.json', '/openapi-edge.json'].map((u) => fetch(u).then((r) => r.json())));
+  if (mine !== nav) return;
+  const schemaText = (sc) => (sc?.$ref ? sc.$ref.split('/').pop() : [sc?.type, sc?.pattern && `/${sc.pattern}/`].flat().filter(Boolean).join(' '));
+  const sections = docs.map((doc) => h('section', {},
+    h('h2', { text: doc.info.title }), h('p', { class: 'meta', text: doc.info.description ?? '' }),
+    ...Object.entries(doc.paths).flatMap(([path, item]) => Object.entries(item).map(([method, op]) => h('article', { class: 'card op' },
+      h('h3', {}, h('code', { text: `${method.toUpperCase()} ${path}` })),
+      h('p', { text: op.summary ?? op.description ?? '' }),
+      op.security?.length && h('p', { class: 'meta', text: 'Bearer token' }),
+      op.parameters?.length && h('table', {}, h('thead', {}, h('tr', {}, ...['Parameter', 'In', 'Required', 'Schema'].map((t) => h('th', { scope: 'col', text: t })))),
+        h('tbody', {}, op.parameters.map((p) => h('tr', {}, h('td', {}, h('code', { text: p.name })), h('td', { text: p.in }),
+          h('td', { text: p.required ? 'yes' : 'no' }), h('td', { text: schemaText(p.schema) }))))),
+      op.requestBody && h('p', { text: `Body: ${schemaText(op.requestBody.content?.['application/json']?.schema) || 'JSON'}` }),
+      h('dl', { class: 'responses' }, Object.entries(op.responses).flatMap(([status, r]) => [h('dt', { text: status }), h('dd', { text: r.description ?? '' })])))))));
+  show(h('h1', { text: 'API reference' }), ...sections);
+}
+
 // ---- routing ----------------------------------------------------------------------
 
 function route() {
@@ -362,6 +385,7 @@ function route() {
   const me = session.get();
   document.getElementById('who').textContent = me ? `${me.name} (${me.role})` : '';
   document.getElementById('signout').hidden = !me;
+  if (location.hash === '#/api') { reference(); return; }
   if (!me) { signIn(); return; }
   const m = location.hash.match(/^#\/p\/(.+)$/);
   if (m) placement(decodeURIComponent(m[1]));

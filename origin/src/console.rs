@@ -19,6 +19,8 @@ use crate::startup::App;
 const INDEX: &str = include_str!("../console/index.html");
 const SCRIPT: &str = include_str!("../console/app.js");
 const STYLE: &str = include_str!("../console/app.css");
+/// The edge's contract, served beside the origin's so one reference page shows both.
+const EDGE_OPENAPI: &str = include_str!("../../worker/openapi.json");
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
                    img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
@@ -35,11 +37,19 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     r
 }
 
-/// `/console` and its assets; `/` leads there.
+/// `/console` and its assets, the edge's OpenAPI document; `/` leads to the console.
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/", get(|| async { Redirect::temporary("/console") }))
         .route("/console", get(|| async { asset("text/html; charset=utf-8", INDEX) }))
         .route("/console/app.js", get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }))
         .route("/console/app.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))
+        .route("/openapi-edge.json", get(edge_openapi))
+}
+
+/// The edge worker's OpenAPI document (`worker/openapi.json`, checked against the
+/// worker by its tests).
+#[utoipa::path(get, path = "/openapi-edge.json", tag = "ops", responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json")))]
+pub async fn edge_openapi() -> Response {
+    asset("application/json", EDGE_OPENAPI)
 }

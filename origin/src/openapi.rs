@@ -96,6 +96,7 @@ impl Modify for ErrorResponses {
         crate::startup::readyz,
         crate::startup::metrics,
         serve,
+        crate::console::edge_openapi,
     ),
     components(schemas(
         ErrorBody,

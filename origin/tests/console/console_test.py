@@ -136,6 +136,12 @@ def flow(page):
     _, _, stored = api("GET", "/v1/placements/home_feed", MANAGER)
     assert abs(stored["campaigns"][0]["rate"] - 0.5) < 1e-9 and abs(stored["campaigns"][1]["rate"] - 0.2) < 1e-9, stored
 
+    # The API reference, both documents rendered.
+    page.get_by_role("link", name="API reference").click()
+    expect(page.locator("main")).to_contain_text("PUT /v1/placements/{id}")
+    expect(page.locator("main")).to_contain_text("GET /v1/ad")
+    page.go_back()
+
     # The changes are in the placement's trail.
     expect(page.locator("ol.audit li")).to_have_count(4, timeout=SLOW)
     if os.environ.get("ALLOT_SCREENSHOT"):
