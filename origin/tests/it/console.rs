@@ -68,6 +68,8 @@ async fn managers_and_viewers_work_the_console_in_a_real_browser() {
     let out = tokio::task::spawn_blocking(move || {
         Command::new(browser_python())
             .arg(repo_root().join("origin/tests/console/console_test.py"))
+            // No bytecode cache beside the script in the checkout.
+            .env("PYTHONDONTWRITEBYTECODE", "1")
             .env("ALLOT_URL", base)
             .env("VIEWER_TOKEN", VIEWER_TOKEN)
             .env("MANAGER_TOKEN", MANAGER_TOKEN)

@@ -25,8 +25,12 @@ async fn the_origin_answers_as_its_openapi_document_says() {
 
     let base = origin.url("");
     let seed = std::env::var("ALLOT_SCHEMATHESIS_SEED").unwrap_or_else(|_| SEED.into());
+    // Its cache (`.schemathesis/`) goes to a directory of its own, not the checkout.
+    let workdir = tempfile::tempdir().unwrap();
+    let cwd = workdir.path().to_path_buf();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(schemathesis())
+            .current_dir(cwd)
             .arg("--config-file")
             .arg(repo_root().join("origin/tests/schemathesis.toml"))
             .args(["run", &format!("{base}/openapi.json"), "--url", &base, "--seed", &seed])
