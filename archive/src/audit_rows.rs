@@ -13,12 +13,12 @@
 use std::sync::{Arc, LazyLock};
 
 use allot_core::contract::AuditRecord;
-use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow_array::{ArrayRef, Int64Array, StringArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
 
 use crate::ArchiveError;
-use crate::parquet_rows::{millis, to_i64, write_parquet};
+use crate::parquet_rows::{millis, to_i64, write_columns};
 
 /// The table's column names, in order.
 pub const COLUMNS: [&str; 7] = ["change_time", "placement", "action", "who", "rev", "targets_before", "targets_after"];
@@ -57,8 +57,7 @@ pub fn encode(rows: &[&AuditRecord]) -> Result<Bytes, ArchiveError> {
         json(&|r| &r.before),
         json(&|r| &r.after),
     ];
-    let batch = RecordBatch::try_new(schema(), columns).map_err(|e| ArchiveError::Parquet(e.to_string()))?;
-    write_parquet(&batch)
+    write_columns(schema(), columns)
 }
 
 #[cfg(test)]

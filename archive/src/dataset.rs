@@ -5,7 +5,7 @@
 //! `allot:events`), [`Plans`] (a snapshot of every plan the origin publishes, with the
 //! targets it was made for, stream `allot:plans`) and [`Audit`] (every admin change,
 //! stream `allot:audit`). The archiver's loop, its batching, its keys and its
-//! at-least-once-but-overwriting guarantees are the same for both; only decoding and the
+//! at-least-once-but-overwriting guarantees are the same for all three; only decoding and the
 //! column layout differ, and that is all a dataset says.
 
 use std::collections::HashMap;

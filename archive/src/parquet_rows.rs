@@ -104,6 +104,12 @@ pub fn encode(rows: &[&ArchivedEvent]) -> Result<Bytes, ArchiveError> {
     write_parquet(&to_record_batch(rows)?)
 }
 
+/// A table's `columns` (in `schema` order) as one zstd-compressed Parquet file.
+pub(crate) fn write_columns(schema: SchemaRef, columns: Vec<ArrayRef>) -> Result<Bytes, ArchiveError> {
+    let batch = RecordBatch::try_new(schema, columns).map_err(|e| ArchiveError::Parquet(e.to_string()))?;
+    write_parquet(&batch)
+}
+
 /// One record batch as a zstd-compressed Parquet file, the same bytes for the same batch.
 pub(crate) fn write_parquet(batch: &RecordBatch) -> Result<Bytes, ArchiveError> {
     let err = |e: parquet::errors::ParquetError| ArchiveError::Parquet(e.to_string());

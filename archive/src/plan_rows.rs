@@ -17,12 +17,12 @@ use std::sync::{Arc, LazyLock};
 
 use allot_core::PlacementId;
 use allot_core::contract::{PlanSnapshot, SnapshotCampaign};
-use arrow_array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow_array::{ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
 
 use crate::ArchiveError;
-use crate::parquet_rows::{millis, to_i64, write_parquet};
+use crate::parquet_rows::{millis, to_i64, write_columns};
 
 /// The table's column names, in order.
 pub const COLUMNS: [&str; 10] = [
@@ -107,8 +107,7 @@ pub fn encode(rows: &[&PlanRow]) -> Result<Bytes, ArchiveError> {
         Arc::new(rows.iter().map(|r| r.campaign.as_ref().map(|c| c.feasible)).collect::<BooleanArray>()),
         f64s(&|r| r.campaign.as_ref().and_then(|c| c.max_share)),
     ];
-    let batch = RecordBatch::try_new(schema(), columns).map_err(|e| ArchiveError::Parquet(e.to_string()))?;
-    write_parquet(&batch)
+    write_columns(schema(), columns)
 }
 
 #[cfg(test)]

@@ -71,7 +71,7 @@ pub enum ApiError {
     Timeout { after_ms: u64 },
     /// The process is up but cannot serve yet (a readiness probe's answer).
     #[error("{0}")]
-    NotReady(&'static str),
+    NotReady(std::borrow::Cow<'static, str>),
     #[error("internal error")]
     Internal(String),
 }
@@ -216,7 +216,7 @@ mod tests {
 
     #[tokio::test]
     async fn not_ready_and_method_not_allowed() {
-        let (status, v) = answer(ApiError::NotReady("redis unreachable")).await;
+        let (status, v) = answer(ApiError::NotReady("redis unreachable".into())).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(v["error"]["code"], "not_ready");
         assert_eq!(v["error"]["message"], "redis unreachable");

@@ -129,19 +129,14 @@ pub async fn healthz() -> impl IntoResponse {
 pub async fn readyz(State(app): State<Arc<App>>) -> Result<axum::Json<serde_json::Value>, ApiError> {
     app.store.ping().await.map_err(|e| {
         tracing::warn!(error = %e, "not ready: redis unreachable");
-        ApiError::NotReady("redis unreachable")
+        ApiError::NotReady("redis unreachable".into())
     })?;
     if let (Some(lanes), Some(cfg)) = (&app.archive_lanes, &app.config.archive) {
         // A lane restarting after a failure is down for a moment; one down longer than the
         // grace is not coming back by itself soon.
         if let Some(lane) = lanes.down_past(cfg.lane_down_grace(), std::time::Instant::now()).first() {
             tracing::warn!(dataset = lane, "not ready: an archive lane is down");
-            return Err(ApiError::NotReady(match *lane {
-                "events" => "archive lane events is down",
-                "plans" => "archive lane plans is down",
-                "audit" => "archive lane audit is down",
-                _ => "an archive lane is down",
-            }));
+            return Err(ApiError::NotReady(format!("archive lane {lane} is down").into()));
         }
     }
     Ok(axum::Json(serde_json::json!({"status": "ready"})))

@@ -228,6 +228,7 @@ impl Store {
             Some(s) => serde_json::to_string(s).map_err(|e| corrupt("targets", e))?,
             None => String::new(),
         };
+        let action = if spec.is_some() { Action::Put } else { Action::Delete };
         let k = PlacementKeys::new(p);
         let mut c = self.conn();
         let (status, rev, before): (i64, String, String) = self
@@ -238,7 +239,7 @@ impl Store {
             .arg(&json)
             .arg(now_ms)
             .arg(who)
-            .arg(if spec.is_some() { Action::Put } else { Action::Delete }.as_str())
+            .arg(action.as_str())
             .arg(AUDIT_PER_PLACEMENT)
             .arg(p.as_str())
             .invoke_async(&mut c)
@@ -248,7 +249,7 @@ impl Store {
             1 => Cas::Written(AuditRecord {
                 who: who.to_string(),
                 at_ms: now_ms,
-                action: if spec.is_some() { Action::Put } else { Action::Delete },
+                action,
                 placement: p.clone(),
                 before,
                 after: json,
