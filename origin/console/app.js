@@ -274,7 +274,8 @@ function targetsEditor(id, spec, etag, manager) {
   // A 422 names the field as a path into the body: campaigns[1].rate → that input.
   function fieldError(r) {
     const { field, message } = r.json.error;
-    const m = field?.match(/^campaigns\[(\d+)\]\.(.+)$/);
+    // campaigns[0].eligibility.platforms[2] → the first row's platforms input.
+    const m = field?.match(/^campaigns\[(\d+)\]\.(.+?)(\[\d+\])?$/);
     const input = m ? rows.children[Number(m[1])]?.querySelector(`[name$=".${CSS.escape(m[2])}"]`)
       : field && form.querySelector(`[name="${CSS.escape(field)}"]`);
     if (input) {

@@ -1,13 +1,14 @@
 """The console in a real headless Chromium, against a running origin with traffic.
 
 Run by origin/tests/it/console.rs, which starts the origin and the traffic and passes
-ALLOT_URL, VIEWER_TOKEN, MANAGER_TOKEN (and ALLOT_SCREENSHOT, a path for a screenshot
-of the placement page). Exits non-zero, saying what failed, if anything does.
+ALLOT_URL, VIEWER_TOKEN, MANAGER_TOKEN, REDIS_PORT (the last steps shut that Redis down)
+and ALLOT_SCREENSHOT (a path for a screenshot of the placement page). Exits non-zero, saying what failed, if anything does.
 """
 
 import json
 import os
 import re
+import subprocess
 import urllib.request
 
 from playwright.sync_api import expect, sync_playwright
@@ -148,6 +149,22 @@ def flow(page):
         page.reload()
         expect(page.locator('svg.chart[data-campaign="A"]')).to_be_visible(timeout=SLOW)
         page.screenshot(path=os.environ["ALLOT_SCREENSHOT"], full_page=True)
+
+    # Hostile: markup typed into a field comes back in the 422's message, and is shown
+    # as text, never run.
+    attack = '<img src=x onerror="window.pwned=1">'
+    page.get_by_label("Campaign 1 platforms").fill(attack)
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#f-0-eligibility\\.platforms-error")).to_contain_text("<img src=x onerror=")
+    assert page.evaluate("() => window.pwned === undefined && document.querySelectorAll('main img').length === 0")
+    page.get_by_label("Campaign 1 platforms").fill("")
+
+    # Redis gone: a save is refused with the reason, and the delivery view says it
+    # cannot read, instead of showing stale numbers as current.
+    subprocess.run(["redis-cli", "-p", os.environ["REDIS_PORT"], "shutdown", "nosave"], check=False, capture_output=True)
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#form-status")).to_contain_text("Not saved: storage unavailable", timeout=SLOW)
+    expect(page.locator("#h-delivery ~ p")).to_contain_text("storage unavailable", timeout=SLOW)
 
 
 if __name__ == "__main__":

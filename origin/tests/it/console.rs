@@ -1,7 +1,8 @@
 //! The console in a real headless Chromium (Playwright driving Debian's `chromium`):
 //! sign-in as a viewer and as a manager, a chart that fills while traffic runs, a field
 //! error, a preview of an infeasible edit, a saved edit, a 412 after a concurrent edit,
-//! an infeasible placement flagged. The browser steps are in `tests/console/console_test.py`;
+//! an infeasible placement flagged; markup typed into a field shown as text, never run;
+//! Redis shut down under the page, and the console saying so. The browser steps are in `tests/console/console_test.py`;
 //! this starts the origin binary and the traffic, and runs them.
 
 use std::process::Command;
@@ -10,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use allot_core::EventBatch;
-use allot_testkit::events::{allocation, xadd};
+use allot_testkit::events::{allocation, xadd_cmd};
 use allot_testkit::origin::{MANAGER_TOKEN, OriginProcess, VIEWER_TOKEN};
 use allot_testkit::process::{browser_python, repo_root};
 use allot_testkit::redis::RedisServer;
@@ -39,8 +40,13 @@ fn traffic(redis_url: &str, stop: Arc<AtomicBool>) {
             web.push(w);
         }
         // One placement per stream entry, as the ingest writes them.
-        xadd(&mut conn, &EventBatch { events }, allot_origin::now_ms());
-        xadd(&mut conn, &EventBatch { events: web }, allot_origin::now_ms());
+        // Until the browser steps shut Redis down.
+        let sent = [events, web]
+            .into_iter()
+            .all(|events| xadd_cmd(&EventBatch { events }, allot_origin::now_ms()).query::<String>(&mut conn).is_ok());
+        if !sent {
+            break;
+        }
         round += 1;
         std::thread::sleep(Duration::from_millis(PERIOD_MS / 2));
     }
@@ -64,6 +70,7 @@ async fn managers_and_viewers_work_the_console_in_a_real_browser() {
         std::thread::spawn(move || traffic(&redis_url, stop))
     };
     let base = origin.url("");
+    let redis_port = redis.port.to_string();
     let screenshot = std::env::var("ALLOT_CONSOLE_SCREENSHOT").unwrap_or_default();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(browser_python())
@@ -72,6 +79,7 @@ async fn managers_and_viewers_work_the_console_in_a_real_browser() {
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env("ALLOT_URL", base)
             .env("VIEWER_TOKEN", VIEWER_TOKEN)
+            .env("REDIS_PORT", redis_port)
             .env("MANAGER_TOKEN", MANAGER_TOKEN)
             .env("ALLOT_SCREENSHOT", screenshot)
             .output()
