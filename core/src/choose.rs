@@ -203,6 +203,33 @@ impl CompiledPlan {
     }
 }
 
+/// The probability of each outcome of [`pick`] for a request with eligibility pattern
+/// `eligible`: `out[i]` for campaign `i` of the plan, and the return value for "no ad".
+/// The simulator draws whole seconds of a profile's requests from these at once, so they
+/// must be exactly `pick`'s odds (the tests check it by drawing).
+pub fn pick_probabilities(plan: &Plan, eligible: u64, out: &mut Vec<f64>) -> f64 {
+    out.clear();
+    out.resize(plan.campaigns.len(), 0.0);
+    let mut total = plan.no_ad_weight.max(0.0);
+    let mut bits = eligible;
+    while bits != 0 {
+        let i = bits.trailing_zeros() as usize;
+        if let Some(c) = plan.campaigns.get(i)
+            && c.weight > 0.0
+        {
+            out[i] = c.weight;
+            total += c.weight;
+        }
+        bits &= bits - 1;
+    }
+    if total <= 0.0 {
+        out.iter_mut().for_each(|p| *p = 0.0);
+        return 1.0;
+    }
+    out.iter_mut().for_each(|p| *p /= total);
+    plan.no_ad_weight.max(0.0) / total
+}
+
 /// The weighted pick shared by [`CompiledPlan::choose`] and the simulator.
 pub fn pick(plan: &Plan, eligible: u64, u: f64) -> Option<usize> {
     let mut total = plan.no_ad_weight;
@@ -370,5 +397,31 @@ mod tests {
         assert_eq!(RequestAttrs::parse(Some("a b"), None), Err(AttrError::Platform));
         assert_eq!(RequestAttrs::parse(None, Some("DEU")), Err(AttrError::Country));
         assert_eq!(RequestAttrs::parse(None, Some("1A")), Err(AttrError::Country));
+    }
+
+    #[test]
+    fn pick_probabilities_are_picks_odds() {
+        let p = plan(&[("A", 3.0, &["ios"], &[]), ("B", 1.0, &[], &["DE"]), ("C", 0.0, &[], &[])], 4.0);
+        let compiled = CompiledPlan::new(p.clone()).unwrap();
+        let attrs = RequestAttrs { platform: Some("ios"), country: Some("DE") };
+        let eligible = compiled.eligible(attrs);
+        let mut probs = Vec::new();
+        let no_ad = pick_probabilities(&p, eligible, &mut probs);
+        assert_eq!(probs, vec![3.0 / 8.0, 1.0 / 8.0, 0.0]);
+        assert_eq!(no_ad, 0.5);
+        // Drawn on a fine grid of u, pick lands on each outcome in these proportions.
+        let n = 80_000;
+        let mut hits = [0usize; 4];
+        for k in 0..n {
+            let u = (k as f64 + 0.5) / n as f64;
+            hits[pick(&p, eligible, u).unwrap_or(3)] += 1;
+        }
+        for (i, want) in probs.iter().chain([&no_ad]).enumerate() {
+            assert!((hits[i] as f64 / n as f64 - want).abs() < 1e-4, "{i}: {hits:?}");
+        }
+        // Nothing eligible and no "no ad" weight: pick gives no ad.
+        let none = plan(&[("A", 1.0, &["web"], &[])], 0.0);
+        assert_eq!(pick_probabilities(&none, 0, &mut probs), 1.0);
+        assert_eq!(pick(&none, 0, 0.3), None);
     }
 }

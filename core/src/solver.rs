@@ -132,7 +132,8 @@ pub fn solve(targets: &[f64], patterns: &Patterns, opts: SolveOptions) -> Soluti
     let n = targets.len();
     let mass = patterns.eligible_mass(n);
     let t: Vec<f64> = targets.iter().map(|&r| if r.is_finite() { r.max(0.0) } else { 0.0 }).collect();
-    let capped: Vec<bool> = t.iter().zip(&mass).map(|(&r, &m)| m > 0.0 && r >= m * (1.0 - opts.cap_margin)).collect();
+    let mut capped: Vec<bool> =
+        t.iter().zip(&mass).map(|(&r, &m)| m > 0.0 && r >= m * (1.0 - opts.cap_margin)).collect();
     let w0 = (1.0 - t.iter().sum::<f64>()).max(0.0);
     let pin = 1.0 / opts.cap_margin.max(1e-12);
 
@@ -160,6 +161,19 @@ pub fn solve(targets: &[f64], patterns: &Patterns, opts: SolveOptions) -> Soluti
         for i in (0..n).filter(|&i| !capped[i]) {
             if t[i] > 0.0 && d[i] > 0.0 {
                 w[i] *= t[i] / d[i];
+            }
+        }
+        // Targets that fit one by one may not fit together (Hall's condition fails for
+        // a set of campaigns sharing too little traffic): their weights then grow
+        // without bound against "no ad". No feasible target needs a weight beyond the
+        // pinned level (`pin · w0` already wins all but `cap_margin` of a campaign's
+        // traffic), so one that outgrows it has lost the race for its traffic: it is
+        // pinned too, and the set splits its traffic instead of overflowing.
+        if w0 > 0.0 {
+            for i in 0..n {
+                if !capped[i] && w[i] > 10.0 * pin * w0 {
+                    capped[i] = true;
+                }
             }
         }
         if w0 == 0.0 {
@@ -262,5 +276,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn jointly_infeasible_targets_keep_finite_weights() {
+        // Web is 15.7 % of traffic; two web-only campaigns ask 15.6 % and 1.9 %: each
+        // fits alone, together they do not.
+        let p = Patterns::new([(0b011, 0.157), (0b100, 0.843)], 3);
+        let s = solve(&[0.156, 0.019, 0.2], &p, SolveOptions::default());
+        assert!(s.weights.iter().chain([&s.no_ad_weight]).all(|w| w.is_finite() && *w >= 0.0), "{s:?}");
+        let total: f64 = s.weights.iter().sum::<f64>() + s.no_ad_weight;
+        assert!((total - 1.0).abs() < 1e-9, "{s:?}");
+        // The web traffic goes to the two, nearly all of it; the third campaign is met.
+        assert!(s.delivered[0] + s.delivered[1] > 0.157 * 0.99, "{s:?}");
+        assert!((s.delivered[2] - 0.2).abs() < 1e-6, "{s:?}");
     }
 }

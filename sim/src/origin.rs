@@ -12,6 +12,10 @@
 //! the plan in force, the stored control state, "targets changed" from the targets'
 //! revision, into core's `Policy::run`. As in the store, the state and the decision
 //! are kept only with a published plan.
+//!
+//! [`Inbox`] is the way from the edges to the aggregator: bodies arrive after their
+//! latency, the ingest's replay memory turns a body sent twice away, and the
+//! aggregator may lag.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -20,13 +24,12 @@ use allot_core::{
     WindowStats,
 };
 
-use crate::strategy::{self, Strategy};
-
-/// Per-window counts as the origin stores them: one hash of fields per window index.
+/// Per-window counts as the origin stores them: one hash of fields per placement and
+/// window index.
 #[derive(Debug)]
 pub struct Windows {
     period_ms: u64,
-    hashes: BTreeMap<u64, HashMap<String, f64>>,
+    hashes: BTreeMap<(PlacementId, u64), HashMap<String, f64>>,
 }
 
 impl Windows {
@@ -38,51 +41,99 @@ impl Windows {
     /// number of events it carried.
     pub fn apply(&mut self, body: &[u8]) -> Result<usize, EventError> {
         let batch = EventBatch::parse(body)?;
-        for (index, delta) in WindowStats::fold_windows(&batch.events, self.period_ms) {
-            let hash = self.hashes.entry(index).or_default();
-            for (field, value) in delta.to_fields() {
-                *hash.entry(field).or_default() += value;
+        let mut placements: Vec<&PlacementId> = batch.events.iter().map(|e| &e.placement).collect();
+        placements.sort();
+        placements.dedup();
+        for placement in placements {
+            let events = batch.events.iter().filter(|e| &e.placement == placement);
+            for (index, delta) in WindowStats::fold_windows(events, self.period_ms) {
+                let hash = self.hashes.entry((placement.clone(), index)).or_default();
+                for (field, value) in delta.to_fields() {
+                    *hash.entry(field).or_default() += value;
+                }
             }
         }
         Ok(batch.events.len())
     }
 
-    /// The counts of windows `indices` (missing windows are empty), as the store reads them.
-    pub fn read(&self, indices: &[u64]) -> Vec<WindowStats> {
+    /// The counts of `placement`'s windows `indices` (missing windows are empty), as the
+    /// store reads them.
+    pub fn read(&self, placement: &PlacementId, indices: &[u64]) -> Vec<WindowStats> {
         indices
             .iter()
-            .map(|i| match self.hashes.get(i) {
+            .map(|i| match self.hashes.get(&(placement.clone(), *i)) {
                 Some(h) => WindowStats::from_fields(h.iter().map(|(k, v)| (k, *v))).expect("fields the fold wrote"),
                 None => WindowStats::default(),
             })
             .collect()
     }
 
-    /// Every window index that has counts.
-    pub fn indices(&self) -> Vec<u64> {
-        self.hashes.keys().copied().collect()
+    /// Every `(placement, window index)` that has counts.
+    pub fn indices(&self) -> Vec<(PlacementId, u64)> {
+        self.hashes.keys().cloned().collect()
     }
+}
+
+/// Event bodies on their way to the aggregator.
+#[derive(Debug, Default)]
+pub struct Inbox {
+    /// By the second they are applied: the bodies.
+    due: BTreeMap<u64, Vec<std::sync::Arc<String>>>,
+    /// The ingest's replay memory: bodies already accepted.
+    seen: std::collections::HashSet<u64>,
+    pub duplicates_refused: u64,
+}
+
+impl Inbox {
+    pub fn push(&mut self, at_s: u64, body: std::sync::Arc<String>) {
+        self.due.entry(at_s).or_default().push(body);
+    }
+
+    /// Applies every body due by `t` to `windows`, each body once. Returns the events
+    /// applied.
+    pub fn deliver(&mut self, t: u64, windows: &mut Windows) -> u64 {
+        let due: Vec<u64> = self.due.range(..=t).map(|(k, _)| *k).collect();
+        let mut applied = 0;
+        for k in due {
+            for body in self.due.remove(&k).unwrap_or_default() {
+                if !self.seen.insert(fingerprint(&body)) {
+                    self.duplicates_refused += 1;
+                    continue;
+                }
+                applied += windows.apply(body.as_bytes()).expect("the edge's events are valid") as u64;
+            }
+        }
+        applied
+    }
+}
+
+fn fingerprint(body: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut h);
+    h.finish()
 }
 
 /// The plan in force and what it was made from (the origin's `PlanRecord`).
 #[derive(Debug)]
 struct Record {
     plan: Plan,
-    decision: Option<Decision>,
+    decision: Decision,
     targets_rev: u64,
 }
 
 /// One placement's control loop.
 #[derive(Debug)]
 pub struct ControlLoop {
-    strategy: Strategy,
     placement: PlacementId,
     policy: Policy,
-    period_ms: u64,
-    recent_windows: u64,
-    republish_after_ms: u64,
+    config: ControlConfig,
     record: Option<Record>,
     state: ControlState,
+    /// The decision of the last round, published or not.
+    pub last_decision: Option<Decision>,
+    /// Plans the controller made that fail `Plan::check` (the origin refuses them).
+    pub invalid_plans: u64,
 }
 
 /// How the control loop is configured (the origin's `[control]` section).
@@ -92,29 +143,32 @@ pub struct ControlConfig {
     pub recent_windows: u64,
     pub min_sample_rate: f64,
     pub republish_after_ms: u64,
+    /// Sample every request (a census), whatever the planner says.
+    pub census: bool,
 }
 
 impl ControlLoop {
-    pub fn new(strategy: Strategy, placement: PlacementId, config: ControlConfig) -> Self {
+    pub fn new(placement: PlacementId, config: ControlConfig) -> Self {
+        let mut policy = Policy::default();
+        policy.planner.min_rate = if config.census { 1.0 } else { config.min_sample_rate };
         Self {
-            strategy,
             placement,
-            policy: Policy { planner: strategy.planner(config.min_sample_rate), ..Policy::default() },
-            period_ms: config.period_ms,
-            recent_windows: config.recent_windows,
-            republish_after_ms: config.republish_after_ms,
+            policy,
+            config,
             record: None,
             state: ControlState::default(),
+            last_decision: None,
+            invalid_plans: 0,
         }
     }
 
     /// A round at `now_ms` for `targets` (revision `targets_rev`); the plan to publish,
     /// if any. A published plan is taken as in force from now on, as the origin stores
-    /// it once the publish succeeded (publishing does not fail here).
+    /// it once the publish succeeded.
     pub fn round(&mut self, targets: &Targets, targets_rev: u64, windows: &Windows, now_ms: u64) -> Option<Plan> {
-        let current = WindowStats::window_index(now_ms, self.period_ms);
-        let indices: Vec<u64> = (1..=self.recent_windows).filter_map(|i| current.checked_sub(i)).collect();
-        let read = windows.read(&indices);
+        let current = WindowStats::window_index(now_ms, self.config.period_ms);
+        let indices: Vec<u64> = (1..=self.config.recent_windows).filter_map(|i| current.checked_sub(i)).collect();
+        let read = windows.read(&self.placement, &indices);
         let mut recent = WindowStats::default();
         for w in &read {
             recent.merge(w);
@@ -128,24 +182,33 @@ impl ControlLoop {
             state: &self.state,
             targets_changed: self.record.as_ref().is_none_or(|r| r.targets_rev != targets_rev),
             now_ms,
-            republish_after_ms: self.republish_after_ms,
+            republish_after_ms: self.config.republish_after_ms,
         };
-        let (plan, decision) = if self.strategy.is_allot() {
-            let outcome = self.policy.run(round);
-            (outcome.plan?, Some(outcome.decision))
-        } else {
-            (strategy::baseline(self.strategy, &self.policy.planner, &round), None)
-        };
-        if let Some(d) = &decision {
-            self.state = d.state.clone();
+        let outcome = self.policy.run(round);
+        self.last_decision = Some(outcome.decision.clone());
+        // As the origin's store: the state is kept with a published plan.
+        let plan = outcome.plan?;
+        if let Err(e) = plan.check() {
+            // As the origin: never published, the plan in force stays.
+            self.invalid_plans += 1;
+            if std::env::var_os("ALLOT_SIM_DEBUG").is_some() {
+                eprintln!("invalid plan {e}: {plan:?}\nrecent {recent:?}\ndecision {:?}", outcome.decision);
+            }
+            return None;
         }
-        self.record = Some(Record { plan: plan.clone(), decision, targets_rev });
+        self.state = outcome.decision.state.clone();
+        self.record = Some(Record { plan: plan.clone(), decision: outcome.decision, targets_rev });
         Some(plan)
+    }
+
+    /// The decision stored with the plan in force.
+    pub fn decision_in_force(&self) -> Option<&Decision> {
+        self.record.as_ref().map(|r| &r.decision)
     }
 
     /// Campaigns the decision in force reports infeasible, with their maximum share.
     pub fn infeasible(&self) -> Vec<(CampaignId, f64)> {
-        let Some(d) = self.record.as_ref().and_then(|r| r.decision.as_ref()) else { return vec![] };
+        let Some(d) = self.decision_in_force() else { return vec![] };
         d.campaigns
             .iter()
             .filter_map(|c| match c.feasibility {

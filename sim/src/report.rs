@@ -1,87 +1,114 @@
-//! Turning runs into the figures `docs/accuracy.md` shows.
+//! The tables `docs/accuracy.md` shows, and the bar they are held to.
 
-use crate::engine::{Run, Settings};
+use crate::metrics::{Figure, Summary};
 use crate::scenario::Scenario;
 
-/// One scenario × strategy row.
-#[derive(Debug, Clone)]
-pub struct Summary {
-    pub max_error: f64,
-    pub p95_error: f64,
-    /// Share of evaluated windows where every feasible campaign was within the margin.
-    pub within: f64,
-    pub sampled_per_s: f64,
-    pub events_per_s: f64,
-    /// Sampled requests per window ÷ the binomial minimum.
-    pub vs_minimum: f64,
-    /// Windows out of margin after the target change before staying within it.
-    pub converge_windows: Option<usize>,
-    pub infeasible: Vec<(String, f64, f64)>,
-    pub plans_published: u64,
+fn pp(f: Figure) -> String {
+    format!("{:.2} ({:.2}–{:.2})", f.value * 100.0, f.low * 100.0, f.high * 100.0)
 }
 
-/// Windows skipped at the start: those before the first data-driven plan (made at the
-/// end of window 0) has certainly reached the edge.
-pub fn warmup_windows(settings: &Settings) -> usize {
-    let period = settings.period_s.max(1);
-    (period + settings.delay_max_s).div_ceil(period) as usize
+fn pct(f: Figure) -> String {
+    format!("{:.1} % ({:.1}–{:.1})", f.value * 100.0, f.low * 100.0, f.high * 100.0)
 }
 
-pub fn summarize(run: &Run, scenario: &Scenario, settings: &Settings) -> Summary {
-    let margin = scenario.targets.confidence.margin;
-    let eval = &run.windows[warmup_windows(settings).min(run.windows.len())..];
-    let mut errors: Vec<f64> = eval.iter().map(|w| w.max_error()).collect();
-    errors.sort_by(f64::total_cmp);
-    let p95 = errors.get(((errors.len() as f64 * 0.95).ceil() as usize).saturating_sub(1)).copied().unwrap_or(0.0);
-    let within = eval.iter().filter(|w| w.max_error() <= margin).count() as f64 / eval.len().max(1) as f64;
-    let secs = (eval.len() as u64 * settings.period_s).max(1) as f64;
-    let sampled: u64 = eval.iter().map(|w| w.sampled_requests).sum();
-    let events: u64 = eval.iter().map(|w| w.events).sum();
-    let required: f64 = eval.iter().map(|w| w.required_samples).sum();
-    let converge_windows = scenario.change.as_ref().map(|(at, _)| {
-        let after: Vec<&crate::engine::Window> = run.windows.iter().filter(|w| w.start_s >= *at).collect();
-        // The first window from which every later one is within the margin.
-        let last_bad = after.iter().rposition(|w| w.max_error() > margin);
-        last_bad.map_or(0, |i| i + 1)
-    });
-    let last = run.windows.last();
-    let infeasible = run
-        .infeasible
-        .iter()
-        .map(|(id, max)| {
-            let realized = last.and_then(|w| w.shares.iter().find(|(c, _)| c == id)).map_or(0.0, |(_, s)| *s);
-            (id.to_string(), *max, realized)
-        })
-        .collect();
-    Summary {
-        max_error: errors.last().copied().unwrap_or(0.0),
-        p95_error: p95,
-        within,
-        sampled_per_s: sampled as f64 / secs,
-        events_per_s: events as f64 / secs,
-        vs_minimum: if required > 0.0 { sampled as f64 / required } else { 0.0 },
-        converge_windows,
-        infeasible,
-        plans_published: run.plans_published,
+/// The bar a feasible scenario is held to; each failed line is returned.
+pub fn misses(s: &Summary, level: f64) -> Vec<String> {
+    let mut out = Vec::new();
+    if s.p95_error.value > 0.005 {
+        out.push(format!("p95 error {:.2} pp > 0.5 pp", s.p95_error.value * 100.0));
     }
+    if let Some(r) = s.p95_relative_small
+        && r.value > 0.2
+    {
+        out.push(format!("p95 error of targets under 5 % is {:.0} % of the target > 20 %", r.value * 100.0));
+    }
+    if s.within.value < 0.95 || s.within.low < 0.93 {
+        out.push(format!("windows within the margin {}: below 95 % (lower bound 93 %)", pct(s.within)));
+    }
+    if (s.coverage.value - level).abs() > 0.01 {
+        out.push(format!("interval coverage {} is not within 1 pp of {:.0} %", pct(s.coverage), level * 100.0));
+    }
+    if let Some((_, p95, _, _)) = s.reconverge
+        && p95 > 2.0
+    {
+        out.push(format!("re-convergence p95 {p95} windows > 2"));
+    }
+    if s.samples_vs_minimum > 1.3 {
+        out.push(format!("samples {:.2}× the minimum > 1.3×", s.samples_vs_minimum));
+    }
+    if s.invalid_plans > 0 {
+        out.push(format!("{} plans the origin would refuse as invalid", s.invalid_plans));
+    }
+    if s.infeasible_flagged < 1.0 {
+        out.push(format!("{:.1} % of infeasible windows flagged", s.infeasible_flagged * 100.0));
+    }
+    if s.unattainable_at_census < 1.0 {
+        out.push(format!("{:.1} % of unattainable windows sampled at census", s.unattainable_at_census * 100.0));
+    }
+    out
 }
 
-pub fn header() -> String {
-    "| strategy | max error (pp) | p95 error (pp) | windows within ±margin | sampled req/s | events/s | samples ÷ binomial min | windows to re-converge | plans |\n\
-     |---|---:|---:|---:|---:|---:|---:|---:|---:|"
-        .to_string()
-}
-
-pub fn row(strategy: &str, s: &Summary) -> String {
-    format!(
-        "| {strategy} | {:.2} | {:.2} | {:.1} % | {:.0} | {:.0} | {:.2} | {} | {} |",
-        s.max_error * 100.0,
-        s.p95_error * 100.0,
-        s.within * 100.0,
-        s.sampled_per_s,
-        s.events_per_s,
-        s.vs_minimum,
-        s.converge_windows.map_or("–".to_string(), |w| w.to_string()),
-        s.plans_published,
-    )
+pub fn render(sc: &Scenario, s: &Summary) -> String {
+    let level = sc.placements.first().map_or(0.95, |p| p.targets.confidence.level);
+    let mut out = format!("### {}\n\n", sc.title);
+    out += &format!(
+        "{} seeds × {} min, period {} s; {} scored window × placement pairs (95 % block-bootstrap intervals in brackets)\n\n",
+        s.seeds,
+        sc.duration_s / 60,
+        sc.period_s,
+        s.windows
+    );
+    out += "| figure | value |\n|---|---:|\n";
+    let mut row = |k: &str, v: String| out += &format!("| {k} | {v} |\n");
+    row("error p50 (pp)", pp(s.p50_error));
+    row("error p95 (pp)", pp(s.p95_error));
+    row("error max (pp)", format!("{:.2}", s.max_error * 100.0));
+    if let Some(r) = s.p95_relative_small {
+        row("error p95, targets < 5 % (of target)", pct(r));
+    }
+    row("windows within ±margin", pct(s.within));
+    row("interval coverage, per campaign", pct(s.coverage));
+    row("interval coverage, all campaigns at once", pct(s.joint_coverage));
+    row("samples ÷ binomial minimum", format!("{:.2}", s.samples_vs_minimum));
+    if let Some((p50, p95, max, n)) = s.reconverge {
+        row("windows to re-converge (p50 / p95 / max)", format!("{p50} / {p95} / {max} over {n} changes"));
+    }
+    for f in &s.faults {
+        row(
+            &format!("fault: {}", f.what),
+            format!(
+                "peak error {:.2} pp, peak rate {:.4}, recovered after {} windows",
+                f.peak_error * 100.0,
+                f.peak_rate,
+                f.recovery_windows
+            ),
+        );
+    }
+    if s.infeasible_windows > 0 || s.false_flags > 0 {
+        row(
+            "infeasible windows flagged",
+            format!(
+                "{:.1} % of {} ({} feasible flagged)",
+                s.infeasible_flagged * 100.0,
+                s.infeasible_windows,
+                s.false_flags
+            ),
+        );
+    }
+    if s.unattainable_windows > 0 {
+        row(
+            "unattainable windows at census",
+            format!("{:.1} % of {}", s.unattainable_at_census * 100.0, s.unattainable_windows),
+        );
+    }
+    row("plans per hour", format!("{:.1}", s.plans_per_hour / sc.placements.len() as f64));
+    row("sampled requests/s per placement", format!("{:.1}", s.sampled_per_s));
+    let missed = misses(s, level);
+    out += if missed.is_empty() {
+        "\nBar: met.\n".to_string()
+    } else {
+        format!("\nBar: **missed** — {}.\n", missed.join("; "))
+    }
+    .as_str();
+    out
 }

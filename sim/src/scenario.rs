@@ -1,32 +1,136 @@
-//! The scenarios the simulator runs: traffic mix, targets, and what goes wrong.
+//! What a scenario is made of: placements with their targets and traffic, the edges,
+//! how events travel, what changes and what fails. The scenarios themselves are in
+//! [`crate::scenarios`].
 
-use allot_core::{CampaignId, Targets, TargetsSpec};
+use allot_core::{CampaignId, PlacementId, Targets, TargetsSpec};
 use serde_json::json;
 
-/// A request profile: attributes and their share of traffic.
+use crate::traffic::{Profile, Traffic};
+
+/// One placement of a scenario.
 #[derive(Debug, Clone)]
-pub struct Profile {
-    pub platform: &'static str,
-    pub country: &'static str,
-    pub share: f64,
+pub struct PlacementSpec {
+    pub id: PlacementId,
+    pub targets: Targets,
+    pub traffic: Traffic,
+    /// Probability that an allocated ad of a campaign (`None`: every campaign) is not
+    /// shown on a platform.
+    pub render_failure: Vec<(Option<CampaignId>, &'static str, f64)>,
+    /// Share of a campaign's picks that end with no ad for a reason the model does not
+    /// know (the edge reports what it served, so feedback can see it).
+    pub shortfall: Vec<(CampaignId, f64)>,
+}
+
+/// Something a manager (or the world) does at a moment: new targets for a placement,
+/// or only a marker for a traffic event, so re-convergence is measured from it.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub at_s: u64,
+    pub placement: usize,
+    pub targets: Option<Targets>,
+    pub what: String,
+}
+
+/// The edges: colos with their own view of the plan and their own clocks.
+#[derive(Debug, Clone)]
+pub struct Edges {
+    /// Share of traffic per colo (any scale).
+    pub colos: Vec<f64>,
+    /// KV propagation after a write: log-normal, median and 99th percentile (s).
+    pub propagation_median_s: f64,
+    pub propagation_p99_s: f64,
+    /// The edge cache's `cacheTtl`: a colo's read may be up to this old (s).
+    pub cache_ttl_s: f64,
+    /// The worker's isolate plan cache (`PLAN_TTL_SECS`).
+    pub isolate_ttl_s: f64,
+    /// Standard deviation of a colo's clock offset (ms).
+    pub clock_skew_ms: f64,
+    /// A colo that installs no new plan during `[from, until)`.
+    pub stale: Option<(usize, u64, u64)>,
+}
+
+impl Default for Edges {
+    fn default() -> Self {
+        Self {
+            colos: vec![1.0; 10],
+            propagation_median_s: 10.0,
+            propagation_p99_s: 90.0,
+            cache_ttl_s: 60.0,
+            isolate_ttl_s: 10.0,
+            clock_skew_ms: 500.0,
+            stale: None,
+        }
+    }
+}
+
+/// How events travel from the edges to the origin, and what fails on the way.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Edge → origin latency of a body: log-normal, median and 99th percentile (s).
+    pub latency_median_s: f64,
+    pub latency_p99_s: f64,
+    /// When apps report an impression after the ad was served (s).
+    pub impression_median_s: f64,
+    pub impression_p99_s: f64,
+    /// `(colo, from, until, share)`: bodies of a colo lost on the way.
+    pub loss: Vec<(usize, u64, u64, f64)>,
+    /// Share of bodies delivered twice (a retry whose first answer was lost).
+    pub duplicate: f64,
+    /// The origin refuses every connection during `[from, until)`: no ingest, no rounds.
+    pub origin_outage: Option<(u64, u64)>,
+    /// `(from, until, lag)`: the aggregator applies entries `lag` seconds late.
+    pub aggregator_lag: Option<(u64, u64, u64)>,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Self {
+            latency_median_s: 1.0,
+            latency_p99_s: 8.0,
+            impression_median_s: 3.0,
+            impression_p99_s: 60.0,
+            loss: Vec::new(),
+            duplicate: 0.0,
+            origin_outage: None,
+            aggregator_lag: None,
+        }
+    }
+}
+
+/// A fault's span, for its figures.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub what: String,
+    pub from_s: u64,
+    pub until_s: u64,
 }
 
 /// One scenario.
 #[derive(Debug, Clone)]
 pub struct Scenario {
     pub key: &'static str,
-    pub title: &'static str,
+    pub title: String,
+    pub duration_s: u64,
+    pub period_s: u64,
     pub profiles: Vec<Profile>,
-    pub targets: Targets,
-    /// New targets and when (seconds from the start) the manager sets them.
-    pub change: Option<(u64, Targets)>,
-    /// Probability that an allocated ad of a campaign is actually shown.
-    pub render_failure: Vec<(CampaignId, f64)>,
-    /// Whether apps report impressions (delivery is then measured on impressions).
-    pub impressions: bool,
+    pub placements: Vec<PlacementSpec>,
+    pub changes: Vec<Change>,
+    pub edges: Edges,
+    pub delivery: Delivery,
+    pub faults: Vec<Fault>,
+    /// Share of requests that reuse a recent request's id (apps retry).
+    pub reuse: f64,
 }
 
-fn targets(campaigns: serde_json::Value) -> Targets {
+impl Scenario {
+    /// Whether the placement's delivery is counted on impressions (some apps report them).
+    pub fn counts_impressions(&self) -> bool {
+        self.profiles.iter().any(|p| p.reports_impressions)
+    }
+}
+
+/// Targets from a JSON list of campaigns, at ±1 pp and 95 %.
+pub fn targets(campaigns: serde_json::Value) -> Targets {
     let spec: TargetsSpec = serde_json::from_value(json!({
         "campaigns": campaigns,
         "confidence": {"margin": 0.01, "level": 0.95},
@@ -35,76 +139,29 @@ fn targets(campaigns: serde_json::Value) -> Targets {
     Targets::parse(spec).expect("scenario targets are valid")
 }
 
-/// Independent platform × country mix.
-fn mix(platforms: &[(&'static str, f64)], countries: &[(&'static str, f64)]) -> Vec<Profile> {
-    platforms
-        .iter()
-        .flat_map(|&(platform, p)| {
-            countries.iter().map(move |&(country, c)| Profile { platform, country, share: p * c })
-        })
-        .collect()
+pub fn campaign(id: &str) -> CampaignId {
+    CampaignId::parse(id).expect("valid campaign id")
 }
 
-/// 30 % iOS; 60 % of traffic from DE or FR.
-fn skewed_mix() -> Vec<Profile> {
-    mix(&[("ios", 0.3), ("android", 0.5), ("web", 0.2)], &[("DE", 0.35), ("FR", 0.25), ("US", 0.4)])
+pub fn placement(id: &str) -> PlacementId {
+    PlacementId::parse(id).expect("valid placement id")
 }
 
-fn skewed_targets(a: f64, b: f64, c: f64) -> Targets {
-    targets(json!([
-        {"id": "A", "rate": a, "eligibility": {"platforms": ["ios"]}},
-        {"id": "B", "rate": b, "eligibility": {"countries": ["DE", "FR"]}},
-        {"id": "C", "rate": c},
-    ]))
-}
-
-pub fn all() -> Vec<Scenario> {
-    let uniform = || targets(json!([{"id": "A", "rate": 0.5}, {"id": "B", "rate": 0.3}]));
-    vec![
-        Scenario {
-            key: "uniform",
-            title: "1. uniform eligibility (A 50 %, B 30 %)",
-            profiles: skewed_mix(),
-            targets: uniform(),
-            change: None,
-            render_failure: vec![],
-            impressions: false,
-        },
-        Scenario {
-            key: "skewed",
-            title: "2. skewed eligibility (A 20 % on iOS = 30 % of traffic, B 30 % in DE/FR = 60 %, C 25 %)",
-            profiles: skewed_mix(),
-            targets: skewed_targets(0.2, 0.3, 0.25),
-            change: None,
-            render_failure: vec![],
-            impressions: false,
-        },
-        Scenario {
-            key: "infeasible",
-            title: "3. infeasible target (A asks 40 % but is eligible for 30 %)",
-            profiles: skewed_mix(),
-            targets: skewed_targets(0.4, 0.3, 0.2),
-            change: None,
-            render_failure: vec![],
-            impressions: false,
-        },
-        Scenario {
-            key: "change",
-            title: "4. target change at 30 min (A 20→10 %, B 30→40 %, C 25→30 %)",
-            profiles: skewed_mix(),
-            targets: skewed_targets(0.2, 0.3, 0.25),
-            change: Some((1800, skewed_targets(0.1, 0.4, 0.3))),
-            render_failure: vec![],
-            impressions: false,
-        },
-        Scenario {
-            key: "render",
-            title: "5. A fails to render 20 % of the time (delivery on impressions)",
-            profiles: skewed_mix(),
-            targets: uniform(),
-            change: None,
-            render_failure: vec![(CampaignId::parse("A").expect("valid id"), 0.2)],
-            impressions: true,
-        },
-    ]
+/// Every platform × country (and app kind) with independent shares.
+pub fn mix(
+    platforms: &[(&'static str, f64)],
+    countries: &[(&'static str, f64)],
+    reporting: &[(bool, f64)],
+) -> (Vec<Profile>, Vec<f64>) {
+    let mut profiles = Vec::new();
+    let mut weights = Vec::new();
+    for &(platform, p) in platforms {
+        for &(country, c) in countries {
+            for &(reports_impressions, r) in reporting {
+                profiles.push(Profile { platform, country, reports_impressions });
+                weights.push(p * c * r);
+            }
+        }
+    }
+    (profiles, weights)
 }

@@ -1,86 +1,110 @@
 //! The simulator runs the production decision path: core's sampler on request ids,
-//! the edge's allocation events, the aggregator's fold into window counts.
+//! core's choice, the edge's events, the aggregator's fold into window counts. And its
+//! fast way of serving (by counts) is the same world as serving request by request.
 
-use std::collections::{BTreeMap, HashMap};
+use allot_core::{EventBatch, EventKind, Plan, RequestId};
+use allot_sim::colo::{Colo, Serving, Truth, edge_key};
+use allot_sim::metrics::{self, Summary};
+use allot_sim::origin::{ControlConfig, ControlLoop, Windows};
+use allot_sim::requests::RequestIds;
+use allot_sim::scenarios::{self, Knobs};
+use allot_sim::world::{self, Settings};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
 
-use allot_core::{EventBatch, EventKind, RequestId, WindowStats};
-use allot_sim::engine::{self, Run, Settings};
-use allot_sim::scenario;
-use allot_sim::strategy::Strategy;
-
-fn traced(key: &str, minutes: u64) -> (Run, Settings) {
-    let sc = scenario::all().into_iter().find(|s| s.key == key).expect("known scenario");
-    let s = Settings { rps: 1_000, duration_s: minutes * 60, seed: 11, trace: true, ..Settings::default() };
-    (engine::run(&sc, Strategy::Ours, s), s)
+fn first_plan(sc: &allot_sim::scenario::Scenario, rate: f64) -> Plan {
+    let p = &sc.placements[0];
+    let config = ControlConfig {
+        period_ms: 60_000,
+        recent_windows: 5,
+        min_sample_rate: rate,
+        republish_after_ms: 600_000,
+        census: false,
+    };
+    let mut plan = ControlLoop::new(p.id.clone(), config)
+        .round(&p.targets, 1, &Windows::new(60_000), 0)
+        .expect("the first round publishes");
+    plan.sample_rate = rate;
+    plan
 }
 
-fn events(run: &Run) -> Vec<allot_core::Event> {
-    let trace = run.trace.as_ref().expect("traced");
-    trace.bodies.iter().flat_map(|b| EventBatch::parse(b.as_bytes()).expect("valid body").events).collect()
+/// Serves `seconds` of 2,000 requests/s at one colo, by counts or request by request.
+fn serve(per_request: bool, rate: f64, seconds: u64) -> (Truth, Vec<allot_core::Event>, Plan) {
+    let sc = scenarios::build("steady", Knobs::default(), 1).expect("known scenario");
+    let plan = first_plan(&sc, rate);
+    let mut colo = Colo::new("C00".into(), 0, std::slice::from_ref(&plan), &sc.placements, &sc.profiles);
+    let mut rng = SmallRng::seed_from_u64(5);
+    let mut ids: Vec<RequestIds> = sc.profiles.iter().map(|_| RequestIds::new(0.02)).collect();
+    let mut truth = Truth::default();
+    let mut rates = Vec::new();
+    sc.placements[0].traffic.rates(&sc.profiles, 0, &mut rates);
+    let rates: Vec<f64> = rates.iter().map(|r| r * 0.2).collect();
+    let how = Serving {
+        spec: &sc.placements[0],
+        profiles: &sc.profiles,
+        on_impressions: false,
+        per_request,
+        impression_delay: (1.0, 2.0),
+    };
+    for t in 0..seconds {
+        colo.serve(&mut rng, 0, t, &rates, how, &mut ids, &mut truth);
+    }
+    (truth, std::mem::take(&mut colo.outbox), plan)
 }
 
 #[test]
-fn requests_are_sampled_by_cores_sampler_on_their_ids() {
-    let (run, _) = traced("uniform", 4);
-    let trace = run.trace.as_ref().expect("traced");
-    let mut decided: HashMap<(&str, u64), bool> = HashMap::new();
-    let (mut hits, mut retried) = (0, 0);
-    let key = allot_sim::edge::edge_key();
-    for (id, rate, was_sampled) in &trace.requests {
-        assert_eq!(*was_sampled, key.sample().sampled(id, *rate), "{id} at {rate}");
-        assert!(RequestId::parse(id.as_str()).is_ok() && id.len() == 36 && id.as_bytes()[14] == b'4', "{id}");
-        hits += usize::from(*was_sampled);
-        // A retried id is decided as its first request was (at the same rate).
-        if let Some(before) = decided.insert((id.as_str(), rate.to_bits()), *was_sampled) {
-            assert_eq!(before, *was_sampled, "{id}");
-            retried += 1;
+fn every_event_is_a_request_cores_sampler_takes() {
+    for per_request in [true, false] {
+        let (truth, events, plan) = serve(per_request, 0.05, 60);
+        let key = edge_key();
+        for e in &events {
+            assert_eq!(e.kind, EventKind::Allocation);
+            assert!(key.sample().sampled(e.request_id.as_str(), plan.sample_rate), "{:?}", e.request_id);
+            assert!(RequestId::parse(e.request_id.as_str()).is_ok() && e.request_id.as_str().as_bytes()[14] == b'4');
+            assert_eq!((e.plan_version, e.sample_rate), (plan.version, plan.sample_rate));
         }
+        assert_eq!(events.len() as u64, truth.sampled);
+        // 120,000 requests at 5 %: 6,000 ± 77 (σ); 5σ.
+        let n = truth.requests as f64;
+        assert!((n - 120_000.0).abs() < 5.0 * 120_000f64.sqrt(), "{per_request}: {n}");
+        assert!((truth.sampled as f64 - 0.05 * n).abs() < 5.0 * (0.05 * n).sqrt(), "{per_request}: {truth:?}");
+        // The events go through the wire format and the aggregator's fold.
+        let mut windows = Windows::new(60_000);
+        let body = EventBatch { events: events[..1000].to_vec() }.to_json();
+        assert_eq!(windows.apply(body.as_bytes()).unwrap(), 1000);
+        let stats = windows.read(&plan.placement, &[0]).pop().unwrap();
+        assert_eq!(stats.requests.n, 1000);
+        assert!((stats.requests.ht - 1000.0 / 0.05).abs() < 1e-6);
     }
-    let n = trace.requests.len();
-    assert_eq!(n, 240_000);
-    // After the first data-driven plan the rate is below 1: a proper subset is sampled.
-    let below: Vec<bool> = trace.requests.iter().filter(|(_, r, _)| *r < 0.5).map(|(_, _, s)| *s).collect();
-    let below_hits = below.iter().filter(|s| **s).count();
-    assert!(below.len() > n / 4 && below_hits > 0 && below_hits < below.len() / 2, "{below_hits} of {}", below.len());
-    assert!(hits > below_hits && hits < n, "{hits} of {n}");
-    assert!((0.01..0.03).contains(&(retried as f64 / n as f64)), "about 2 % of ids are retries: {retried}");
-
-    // Exactly the sampled requests reached the origin, as allocation events.
-    let mut sent: BTreeMap<String, i64> = BTreeMap::new();
-    for e in events(&run).iter().filter(|e| e.kind == EventKind::Allocation) {
-        *sent.entry(e.request_id.to_string()).or_default() += 1;
-    }
-    for (id, _, was_sampled) in &trace.requests {
-        if *was_sampled {
-            *sent.entry(id.clone()).or_default() -= 1;
-        }
-    }
-    assert!(sent.values().all(|&d| d == 0), "allocation events and sampled requests differ");
 }
 
-/// The counts a round reads equal the aggregator's fold of every body the edge sent,
-/// and count exactly the sampled requests of each window.
 #[test]
-fn windows_are_the_aggregators_fold_of_the_edges_events() {
-    let (run, s) = traced("render", 5);
-    let trace = run.trace.as_ref().expect("traced");
-    let events = events(&run);
-    assert!(events.iter().any(|e| e.kind == EventKind::Impression), "the render scenario reports impressions");
-    let folded = WindowStats::fold_windows(&events, s.period_s * 1000);
-    assert_eq!(folded.keys().collect::<Vec<_>>(), trace.windows.keys().collect::<Vec<_>>());
-    for (i, stored) in &trace.windows {
-        let direct = &folded[i];
-        assert_eq!(stored.requests.n, direct.requests.n, "window {i}");
-        assert_eq!(stored.requests.n, run.windows[*i as usize].sampled_requests, "window {i}");
-        let (a, b) = (fields(stored), fields(direct));
-        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "window {i}");
-        for (k, v) in &a {
-            // The stored hash adds per-body deltas: the same sums in another order.
-            assert!((v - b[k]).abs() <= 1e-9 * v.abs().max(1.0), "window {i} {k}: {v} vs {}", b[k]);
-        }
+fn serving_by_counts_delivers_as_request_by_request() {
+    let (a, _, plan) = serve(true, 0.05, 120);
+    let (b, _, _) = serve(false, 0.05, 120);
+    for c in &plan.campaigns {
+        let share = |t: &Truth| t.delivered.get(&c.id).copied().unwrap_or(0) as f64 / t.requests as f64;
+        // 240,000 requests each: the shares' standard error is ≤ 0.1 pp.
+        assert!((share(&a) - share(&b)).abs() < 0.005, "{}: {} vs {}", c.id, share(&a), share(&b));
     }
 }
 
-fn fields(w: &WindowStats) -> BTreeMap<String, f64> {
-    w.to_fields().into_iter().collect()
+fn short(key: &str, minutes: u64, traffic: f64, seeds: u64, per_request: bool) -> Summary {
+    let knobs = Knobs { minutes: Some(minutes), traffic, ..Knobs::default() };
+    let built: Vec<_> = (1..=seeds).map(|s| scenarios::build(key, knobs, s).expect("known scenario")).collect();
+    let runs: Vec<_> = built
+        .iter()
+        .zip(1..)
+        .map(|(sc, seed)| world::run(sc, Settings { seed, per_request, ..Settings::default() }))
+        .collect();
+    metrics::summarize(&built, &runs)
+}
+
+#[test]
+fn the_whole_loop_by_counts_matches_request_by_request() {
+    let a = short("steady", 25, 0.1, 2, true);
+    let b = short("steady", 25, 0.1, 2, false);
+    assert!(a.within.value >= 0.9 && b.within.value >= 0.9, "{a:?}\n{b:?}");
+    assert!((a.p50_error.value - b.p50_error.value).abs() < 0.002, "{a:?}\n{b:?}");
+    assert!((a.sampled_per_s / b.sampled_per_s - 1.0).abs() < 0.1, "{a:?}\n{b:?}");
 }

@@ -1,0 +1,303 @@
+//! From runs to figures, with confidence intervals that respect how windows correlate.
+//!
+//! Every figure is over *windows × feasible campaigns* of all seeds. Windows of one run
+//! are not independent (a plan lives across several), so intervals come from a moving
+//! block bootstrap: each run's windows are cut into blocks of [`BLOCK`] consecutive
+//! windows, blocks are drawn with replacement across all runs, and the figure is
+//! recomputed [`REPLICATES`] times; the interval is the 2.5–97.5 % range.
+//!
+//! Steady-state figures leave out the warm-up (until the first data-driven plan has
+//! certainly reached every colo) and the windows a change or a fault touches: those are
+//! scored by the re-convergence and fault figures instead.
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::scenario::Scenario;
+use crate::world::{Run, WindowRecord};
+
+pub const BLOCK: usize = 10;
+pub const REPLICATES: usize = 400;
+
+/// A figure and its bootstrap interval.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Figure {
+    pub value: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+/// One fault's figures (over seeds).
+#[derive(Debug, Clone)]
+pub struct FaultFigures {
+    pub what: String,
+    pub peak_error: f64,
+    pub peak_rate: f64,
+    /// Windows after the fault ended until every feasible campaign was within the
+    /// margin again (worst seed).
+    pub recovery_windows: usize,
+}
+
+/// What a scenario achieved over its seeds.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub seeds: usize,
+    pub windows: usize,
+    pub p50_error: Figure,
+    pub p95_error: Figure,
+    pub max_error: f64,
+    /// p95 of |error| / target, for targets under 5 % (if any).
+    pub p95_relative_small: Option<Figure>,
+    /// Windows where every feasible campaign was within the margin.
+    pub within: Figure,
+    /// Published intervals that contain the realized share, per campaign and jointly.
+    pub coverage: Figure,
+    pub joint_coverage: Figure,
+    /// Sampled requests over the binomial minimum on the traffic seen.
+    pub samples_vs_minimum: f64,
+    /// Windows to re-converge after a change: p50, p95, max, and how many changes.
+    pub reconverge: Option<(f64, f64, usize, usize)>,
+    pub faults: Vec<FaultFigures>,
+    /// Placement-windows the truth says are infeasible, and the share of them flagged.
+    pub infeasible_windows: usize,
+    pub infeasible_flagged: f64,
+    /// Feasible placement-windows flagged infeasible.
+    pub false_flags: usize,
+    /// Placement-windows whose traffic could not give the confidence at census, and the
+    /// share of them sampled at rate 1.
+    pub unattainable_windows: usize,
+    pub unattainable_at_census: f64,
+    pub plans_per_hour: f64,
+    /// Plans refused as invalid (the placement keeps its old plan).
+    pub invalid_plans: u64,
+    /// Sampled requests per second and placement in steady windows.
+    pub sampled_per_s: f64,
+}
+
+/// One window's figures, for the bootstrap.
+#[derive(Debug, Clone)]
+struct Scored {
+    errors: Vec<f64>,
+    relative_small: Vec<f64>,
+    within: bool,
+    covered: Vec<bool>,
+}
+
+fn score(w: &WindowRecord) -> Option<Scored> {
+    let feasible: Vec<_> = w.campaigns.iter().filter(|c| c.feasible).collect();
+    // A placement whose traffic cannot give the confidence is scored on its flag only:
+    // its realized shares are as noisy as its few requests.
+    if feasible.is_empty() || w.requests == 0 || w.unattainable {
+        return None;
+    }
+    let errors: Vec<f64> = feasible.iter().map(|c| (c.realized - c.target).abs()).collect();
+    Some(Scored {
+        within: errors.iter().all(|e| *e <= w.margin + 1e-12),
+        relative_small: feasible
+            .iter()
+            .filter(|c| c.target < 0.05 && c.target > 0.0)
+            .map(|c| (c.realized - c.target).abs() / c.target)
+            .collect(),
+        covered: feasible.iter().filter_map(|c| c.published.map(|p| p.contains(c.realized))).collect(),
+        errors,
+    })
+}
+
+/// Windows from the start that are left out: until a plan made on data has reached
+/// every colo (a period, then propagation's p99 and the caches).
+pub fn warmup_windows(sc: &Scenario) -> u64 {
+    let reach = sc.edges.propagation_p99_s + sc.edges.cache_ttl_s + sc.edges.isolate_ttl_s;
+    ((sc.period_s as f64 + reach) / sc.period_s as f64).ceil() as u64 + 1
+}
+
+/// Whether window `index` is touched by a change or a fault (or their next window).
+fn disturbed(sc: &Scenario, index: u64) -> bool {
+    let p = sc.period_s;
+    let (start, end) = (index * p, (index + 1) * p);
+    let settle = 2 * p;
+    sc.changes.iter().any(|c| c.at_s < end && start < c.at_s + settle)
+        || sc.faults.iter().any(|f| f.from_s < end && start < f.until_s + settle)
+}
+
+/// Figures over `runs`, each run in its own scenario (`built[i]`: a seed draws its own
+/// change offsets).
+pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
+    let sc = &built[0];
+    let warmup = warmup_windows(sc);
+    let mut series: Vec<Vec<Scored>> = Vec::new();
+    for (run, sc) in runs.iter().zip(built) {
+        for p in 0..sc.placements.len() {
+            let s: Vec<Scored> = run
+                .windows
+                .iter()
+                .filter(|w| w.placement == p && w.index >= warmup && !disturbed(sc, w.index))
+                .filter_map(score)
+                .collect();
+            if !s.is_empty() {
+                series.push(s);
+            }
+        }
+    }
+    let all: Vec<&Scored> = series.iter().flatten().collect();
+    let mut rng = SmallRng::seed_from_u64(0xb007);
+    let mut fig = |f: &dyn Fn(&[&Scored]) -> f64| bootstrap(&series, &mut rng, f);
+    let p50 = fig(&|w| quantile(w.iter().flat_map(|s| s.errors.iter().copied()).collect(), 0.5));
+    let p95 = fig(&|w| quantile(w.iter().flat_map(|s| s.errors.iter().copied()).collect(), 0.95));
+    let within = fig(&|w| share(w.iter().map(|s| s.within)));
+    let coverage = fig(&|w| share(w.iter().flat_map(|s| s.covered.iter().copied())));
+    let joint = fig(&|w| share(w.iter().filter(|s| !s.covered.is_empty()).map(|s| s.covered.iter().all(|c| *c))));
+    let has_small = all.iter().any(|s| !s.relative_small.is_empty());
+    let rel =
+        has_small.then(|| fig(&|w| quantile(w.iter().flat_map(|s| s.relative_small.iter().copied()).collect(), 0.95)));
+
+    let steady: Vec<&WindowRecord> = runs
+        .iter()
+        .zip(built)
+        .flat_map(|(r, sc)| r.windows.iter().filter(move |w| w.index >= warmup && !disturbed(sc, w.index)))
+        .collect();
+    let attainable: Vec<&&WindowRecord> = steady.iter().filter(|w| !w.unattainable).collect();
+    let sampled: u64 = attainable.iter().map(|w| w.sampled).sum();
+    let needed: f64 = attainable.iter().map(|w| w.needed).sum();
+    // Flags are scored where the truth is clear at the window's resolution: short by
+    // more than half the margin, or feasible.
+    let infeasible: Vec<&&WindowRecord> =
+        steady.iter().filter(|w| !w.unattainable && w.short > w.margin / 2.0).collect();
+    let flagged = infeasible.iter().filter(|w| w.campaigns.iter().any(|c| c.flagged)).count();
+    let false_flags =
+        steady.iter().filter(|w| !w.unattainable && w.short == 0.0 && w.campaigns.iter().any(|c| c.flagged)).count();
+    let unattainable: Vec<&&WindowRecord> = steady.iter().filter(|w| w.unattainable).collect();
+    let at_census = unattainable.iter().filter(|w| w.max_rate >= 1.0).count();
+    let hours = runs.len() as f64 * sc.duration_s as f64 / 3600.0;
+    Summary {
+        seeds: runs.len(),
+        windows: all.len(),
+        p50_error: p50,
+        p95_error: p95,
+        max_error: all.iter().flat_map(|s| s.errors.iter().copied()).fold(0.0, f64::max),
+        p95_relative_small: rel,
+        within,
+        coverage,
+        joint_coverage: joint,
+        samples_vs_minimum: if needed > 0.0 { sampled as f64 / needed } else { 0.0 },
+        reconverge: reconvergence(built, runs),
+        faults: sc.faults.iter().map(|f| fault(sc, runs, f)).collect(),
+        infeasible_windows: infeasible.len(),
+        infeasible_flagged: if infeasible.is_empty() { 1.0 } else { flagged as f64 / infeasible.len() as f64 },
+        false_flags,
+        unattainable_windows: unattainable.len(),
+        unattainable_at_census: if unattainable.is_empty() {
+            1.0
+        } else {
+            at_census as f64 / unattainable.len() as f64
+        },
+        invalid_plans: runs.iter().map(|r| r.invalid_plans).sum(),
+        plans_per_hour: runs.iter().map(|r| r.plans_published).sum::<u64>() as f64 / hours.max(1e-9),
+        sampled_per_s: sampled as f64 / (attainable.len() as f64 * sc.period_s as f64).max(1.0),
+    }
+}
+
+fn within(w: &WindowRecord) -> bool {
+    w.campaigns.iter().filter(|c| c.feasible).all(|c| (c.realized - c.target).abs() <= w.margin + 1e-12)
+}
+
+/// Windows after the one a change happened in until the first window within the
+/// margin (0: the first full window after the change already is).
+fn reconvergence(built: &[Scenario], runs: &[Run]) -> Option<(f64, f64, usize, usize)> {
+    let mut waits = Vec::new();
+    for (run, sc) in runs.iter().zip(built) {
+        for ch in &sc.changes {
+            let first = ch.at_s / sc.period_s + 1;
+            let after = run.windows.iter().filter(|w| w.placement == ch.placement && w.index >= first);
+            let wait = after.take_while(|w| !within(w)).count();
+            waits.push(wait as f64);
+        }
+    }
+    if waits.is_empty() {
+        return None;
+    }
+    let max = waits.iter().copied().fold(0.0, f64::max) as usize;
+    let n = waits.len();
+    Some((quantile(waits.clone(), 0.5), quantile(waits, 0.95), max, n))
+}
+
+fn fault(sc: &Scenario, runs: &[Run], f: &crate::scenario::Fault) -> FaultFigures {
+    let p = sc.period_s;
+    let (first, last) = (f.from_s / p, f.until_s.div_ceil(p));
+    let mut peak_error: f64 = 0.0;
+    let mut peak_rate: f64 = 0.0;
+    let mut recovery = 0;
+    for run in runs {
+        for w in run.windows.iter().filter(|w| w.index >= first && w.index <= last + 2) {
+            for c in w.campaigns.iter().filter(|c| c.feasible) {
+                peak_error = peak_error.max((c.realized - c.target).abs());
+            }
+            peak_rate = peak_rate.max(w.max_rate);
+        }
+        let wait = run.windows.iter().filter(|w| w.index >= last).take_while(|w| !within(w)).count();
+        recovery = recovery.max(wait);
+    }
+    FaultFigures { what: f.what.clone(), peak_error, peak_rate, recovery_windows: recovery }
+}
+
+fn share(it: impl Iterator<Item = bool>) -> f64 {
+    let (mut yes, mut n) = (0usize, 0usize);
+    for b in it {
+        yes += usize::from(b);
+        n += 1;
+    }
+    if n == 0 { f64::NAN } else { yes as f64 / n as f64 }
+}
+
+/// The `q` quantile (nearest rank) of `v`.
+pub fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+/// `stat` over all windows, and its moving-block-bootstrap 95 % interval.
+fn bootstrap<T>(series: &[Vec<T>], rng: &mut SmallRng, stat: &dyn Fn(&[&T]) -> f64) -> Figure {
+    let all: Vec<&T> = series.iter().flatten().collect();
+    let value = stat(&all);
+    let blocks: Vec<&[T]> = series.iter().flat_map(|s| s.chunks(BLOCK)).collect();
+    if blocks.len() < 2 {
+        return Figure { value, low: value, high: value };
+    }
+    let mut replicates: Vec<f64> = (0..REPLICATES)
+        .map(|_| {
+            let mut sample: Vec<&T> = Vec::with_capacity(all.len());
+            while sample.len() < all.len() {
+                sample.extend(blocks[rng.random_range(0..blocks.len())].iter());
+            }
+            stat(&sample)
+        })
+        .filter(|x| x.is_finite())
+        .collect();
+    replicates.sort_by(f64::total_cmp);
+    if replicates.is_empty() {
+        return Figure { value, low: value, high: value };
+    }
+    let at = |q: f64| replicates[((replicates.len() - 1) as f64 * q).round() as usize];
+    Figure { value, low: at(0.025), high: at(0.975) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_and_bootstrap() {
+        assert_eq!(quantile(vec![3.0, 1.0, 2.0, 4.0], 0.5), 2.0);
+        assert_eq!(quantile(vec![3.0, 1.0, 2.0, 4.0], 0.95), 4.0);
+        // 30 % ones in runs of 10: the interval is wide and covers 0.3.
+        let series: Vec<Vec<f64>> =
+            (0..20).map(|s| (0..50).map(|i| f64::from(u8::from((i / 10 + s) % 10 < 3))).collect()).collect();
+        let mut rng = SmallRng::seed_from_u64(1);
+        let f = bootstrap(&series, &mut rng, &|w| w.iter().map(|x| **x).sum::<f64>() / w.len() as f64);
+        assert!((f.value - 0.3).abs() < 0.02, "{f:?}");
+        assert!(f.low < f.value && f.value < f.high && f.high - f.low > 0.05, "{f:?}");
+    }
+}
