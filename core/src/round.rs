@@ -48,7 +48,7 @@ pub const REPUBLISH_THRESHOLD: f64 = 0.01;
 
 impl Policy {
     pub fn run(&self, r: Round<'_>) -> Outcome {
-        let decision = self.controller.decide(ControlInput {
+        let mut decision = self.controller.decide(ControlInput {
             targets: r.targets,
             recent: r.recent,
             last: r.last,
@@ -56,20 +56,29 @@ impl Policy {
             state: r.state,
         });
         let current_rate = r.previous.map_or(1.0, |p| p.sample_rate);
-        let requests = r.last.map_or(0.0, |w| w.requests.ht);
-        let rate = self.planner.rate(r.targets, requests, current_rate);
+        let rate = self.planner.rate_for(r.targets, r.last, r.recent, current_rate);
+        // The weights in force are still right: a republish (for its age or a new
+        // rate) carries them unchanged, so feedback keeps learning under them.
+        let same = r
+            .previous
+            .filter(|prev| !r.targets_changed && !decision.differs_from(prev, r.targets, REPUBLISH_THRESHOLD));
+        if let Some(prev) = same {
+            decision.adopt_weights(prev, r.recent);
+        }
         let publish = match r.previous {
             None => true,
             Some(prev) => {
-                r.targets_changed
+                same.is_none()
                     || rate != prev.sample_rate
-                    || decision.differs_from(prev, r.targets, REPUBLISH_THRESHOLD)
                     || r.now_ms.saturating_sub(prev.issued_at_ms) >= r.republish_after_ms
             }
         };
         let plan = publish.then(|| {
             let version = r.previous.map_or(1, |p| p.version + 1);
-            decision.to_plan(r.targets, r.placement.clone(), version, rate, r.now_ms)
+            match same {
+                Some(prev) => Plan { version, issued_at_ms: r.now_ms, sample_rate: rate, ..prev.clone() },
+                None => decision.to_plan(r.targets, r.placement.clone(), version, rate, r.now_ms),
+            }
         });
         Outcome { decision, plan }
     }
@@ -107,6 +116,9 @@ mod tests {
         assert_eq!((first.version, first.sample_rate), (1, 1.0));
         assert!(policy.run(round(Some(&first), false, 2_000)).plan.is_none());
         assert_eq!(policy.run(round(Some(&first), true, 2_000)).plan.map(|p| p.version), Some(2));
-        assert!(policy.run(round(Some(&first), false, 601_000)).plan.is_some());
+        let aged = policy.run(round(Some(&first), false, 601_000)).plan.expect("republished when old");
+        // Only its version and issue time are new: the edge does exactly what it did.
+        assert_eq!((aged.version, aged.issued_at_ms), (2, 601_000));
+        assert_eq!(Plan { version: 1, issued_at_ms: 1_000, ..aged.clone() }, first);
     }
 }
