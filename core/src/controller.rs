@@ -99,6 +99,9 @@ pub struct ControlInput<'a> {
     pub recent: &'a WindowStats,
     /// The last complete window: feedback.
     pub last: Option<&'a WindowStats>,
+    /// Its index, when the caller knows it: a window is counted by feedback once,
+    /// however many rounds see it. Without it, its content identifies it.
+    pub last_index: Option<u64>,
     /// The plan in force (published last round).
     pub previous: Option<&'a Plan>,
     pub state: &'a ControlState,

@@ -41,17 +41,31 @@ pub struct Outcome {
 pub struct Policy {
     pub controller: Controller,
     pub planner: SampleRatePlanner,
+    /// The window length and how long after its end a window counts as complete, when
+    /// the caller reads windows that way (the origin does): the last complete window's
+    /// index is then known, and feedback counts each window once by it. 0: unknown
+    /// (feedback tells windows apart by their content).
+    pub period_ms: u64,
+    pub lateness_ms: u64,
 }
 
 /// Relative weight change below which a plan is not republished.
 pub const REPUBLISH_THRESHOLD: f64 = 0.01;
 
 impl Policy {
+    /// The index of the last window complete at `now_ms`, if the period is known.
+    pub fn last_window(&self, now_ms: u64) -> Option<u64> {
+        (self.period_ms > 0)
+            .then(|| WindowStats::window_index(now_ms.saturating_sub(self.lateness_ms), self.period_ms))
+            .and_then(|i| i.checked_sub(1))
+    }
+
     pub fn run(&self, r: Round<'_>) -> Outcome {
         let mut decision = self.controller.decide(ControlInput {
             targets: r.targets,
             recent: r.recent,
             last: r.last,
+            last_index: r.last.and_then(|_| self.last_window(r.now_ms)),
             previous: r.previous,
             state: r.state,
         });
@@ -120,5 +134,14 @@ mod tests {
         // Only its version and issue time are new: the edge does exactly what it did.
         assert_eq!((aged.version, aged.issued_at_ms), (2, 601_000));
         assert_eq!(Plan { version: 1, issued_at_ms: 1_000, ..aged.clone() }, first);
+    }
+
+    #[test]
+    fn the_last_complete_window_follows_the_lateness() {
+        let p = Policy { period_ms: 60_000, lateness_ms: 10_000, ..Policy::default() };
+        assert_eq!(p.last_window(129_999), Some(0));
+        assert_eq!(p.last_window(130_000), Some(1));
+        assert_eq!(p.last_window(5_000), None);
+        assert_eq!(Policy::default().last_window(130_000), None);
     }
 }

@@ -25,8 +25,9 @@
 //! evidence in the same way and returns to 1.
 //!
 //! **A window counts once.** Two rounds may see the same last window (a round for a
-//! target change within the window); its fingerprint is remembered, so it is not added
-//! again.
+//! target change within the window, a new lease holder's first round); its index (or,
+//! where the caller does not know it, a fingerprint of its counts) is remembered, so
+//! it is not added again.
 
 use std::collections::BTreeMap;
 
@@ -43,7 +44,8 @@ pub struct Learning {
     pub since_version: u64,
     /// Fingerprint of the weights (and eligibility rules) of that plan.
     pub weights: u64,
-    /// Fingerprint of the last window counted.
+    /// The last window counted: its index + 1 where the caller knows it, else a
+    /// fingerprint of its counts.
     pub last_window: u64,
     pub evidence: BTreeMap<CampaignId, Evidence>,
 }
@@ -151,7 +153,8 @@ impl Controller {
             state.learning = Some(learning);
             return state;
         };
-        let seen = window_fingerprint(last);
+        // The window's index where known (+1, so 0 stays "none"); else its content.
+        let seen = input.last_index.map_or_else(|| window_fingerprint(last), |i| i.wrapping_add(1));
         if learning.last_window == seen
             || last.effective_samples() < self.min_samples
             || share_of_versions(last, learning.since_version, prev.version) < self.min_version_share

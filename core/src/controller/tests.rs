@@ -35,6 +35,7 @@ fn decide(t: &Targets, recent: &WindowStats) -> Decision {
         targets: t,
         recent,
         last: None,
+        last_index: None,
         previous: None,
         state: &ControlState::default(),
     })
@@ -156,6 +157,7 @@ fn feedback_round(measured_a: f64, version: u64) -> ControlState {
             targets: &t,
             recent: &recent,
             last: Some(&last),
+            last_index: None,
             previous: Some(&prev),
             state: &ControlState::default(),
         })
@@ -185,6 +187,7 @@ fn feedback_does_not_blame_the_model_for_an_uninformed_plan() {
         targets: &t,
         recent: &recent,
         last: Some(&last),
+        last_index: None,
         previous: Some(&uninformed),
         state: &ControlState::default(),
     });

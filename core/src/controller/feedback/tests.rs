@@ -188,3 +188,28 @@ fn windows_under_a_republished_plan_with_the_same_weights_count_together() {
     let again = policy.run(mk(&placement, &t, Some(&v2), Some(&w2), &w2, &o.decision.state, 730_000, false));
     assert_eq!(again.decision.state.learning.as_ref().unwrap().evidence[&a].windows, 1);
 }
+
+#[test]
+fn identical_windows_count_apart_by_their_index() {
+    let t = targets();
+    let placement = PlacementId::parse("p").unwrap();
+    let policy = Policy { period_ms: 60_000, ..Policy::default() };
+    let empty = WindowStats::default();
+    let state = ControlState::default();
+    let v1 = Plan {
+        sample_rate: 0.014,
+        ..policy.run(mk(&placement, &t, None, None, &empty, &state, 0, true)).plan.unwrap()
+    };
+    // Two windows with the very same counts (a steady census of a small placement).
+    let w = window(&v1, REQUESTS, &truth(&v1, 1.0), None);
+    let a = CampaignId::parse("A").unwrap();
+    let counted = |s: &ControlState| s.learning.as_ref().map_or(0, |l| l.evidence.get(&a).map_or(0, |e| e.windows));
+    let first = policy.run(mk(&placement, &t, Some(&v1), Some(&w), &w, &state, 120_000, false)).decision.state;
+    assert_eq!(counted(&first), 1);
+    // Another round in the same period: the same window.
+    let again = policy.run(mk(&placement, &t, Some(&v1), Some(&w), &w, &first, 150_000, false)).decision.state;
+    assert_eq!(counted(&again), 1);
+    // The next period: a new window, though its counts are the same.
+    let next = policy.run(mk(&placement, &t, Some(&v1), Some(&w), &w, &again, 180_000, false)).decision.state;
+    assert_eq!(counted(&next), 2);
+}
