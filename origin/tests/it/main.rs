@@ -17,6 +17,7 @@ mod fencing;
 mod history;
 mod hostile;
 mod impressions;
+mod learning;
 mod ingest;
 mod ops;
 mod publish;
