@@ -137,9 +137,7 @@ mod tests {
     }
 
     fn window(k: u64, rate: f64) -> WindowStats {
-        let mut w = WindowStats::default();
-        w.requests = crate::stats::Tally { ht: k as f64 / rate, n: k };
-        w
+        WindowStats { requests: crate::stats::Tally { ht: k as f64 / rate, n: k }, ..WindowStats::default() }
     }
 
     #[test]

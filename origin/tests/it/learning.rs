@@ -161,10 +161,10 @@ async fn re_saved_targets_and_forged_events_do_not_bend_feedback() {
     let state = stored_state(&redis).unwrap();
     assert!(windows_counted(&state) <= 1, "{state:?}");
     assert!(state.corrections.is_empty(), "a 4 pp gap in one window is noise: {state:?}");
-    if let (Some(a), Some(b)) = (&state.learning, &counted.learning) {
-        if a.since_version == b.since_version {
-            assert_eq!(a.last_window, b.last_window);
-        }
+    if let (Some(a), Some(b)) = (&state.learning, &counted.learning)
+        && a.since_version == b.since_version
+    {
+        assert_eq!(a.last_window, b.last_window, "the window counted is still the last one counted");
     }
 }
 

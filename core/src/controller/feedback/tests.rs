@@ -40,9 +40,8 @@ fn window(plan: &Plan, requests: f64, shares: &[f64], noise: Option<&mut SmallRn
     let rate = plan.sample_rate;
     let n = (requests * rate).round();
     let w = 1.0 / rate;
-    let mut s = WindowStats::default();
-    s.requests = Tally { ht: n * w, n: n as u64 };
-    s.requests_sq = n * w * w;
+    let mut s =
+        WindowStats { requests: Tally { ht: n * w, n: n as u64 }, requests_sq: n * w * w, ..WindowStats::default() };
     s.profiles.insert(":".into(), n * w);
     s.versions.insert(plan.version, n * w);
     let mut rng = noise;
