@@ -348,7 +348,7 @@ mod tests {
         let cfg =
             |period_ms, lateness_ms| crate::config::ControlConfig { period_ms, lateness_ms, ..Default::default() };
         let c = cfg(60_000, 10_000);
-        assert_eq!(next_full_round_ms(0, &c), 10_000);
+        assert_eq!(next_full_round_ms(0, &c), 70_000);
         assert_eq!(next_full_round_ms(10_000, &c), 70_000);
         assert_eq!(next_full_round_ms(61_000, &c), 70_000);
         assert_eq!(next_full_round_ms(71_000, &c), 130_000);
