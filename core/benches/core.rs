@@ -139,6 +139,7 @@ fn solve(c: &mut Criterion) {
                 targets: &targets,
                 recent: &stats,
                 last: None,
+                last_index: None,
                 previous: None,
                 state: &state,
             }))

@@ -9,22 +9,29 @@
 //!    the solver is asked to allocate `r_c / ρ_c`. Whether a campaign is measured on
 //!    impressions at all is its own [`DeliveryBasis`]: a campaign without enough
 //!    impressions of its own keeps `ρ_c = 1`, whatever other campaigns report.
-//! 3. **Damped feedback** for whatever the model still misses (bias, effects outside
-//!    the model): the last window's measured share `m_c` is compared with what the
-//!    model predicts for the plan that was actually in force, `p_c`. Only the
-//!    unexplained part `p_c/m_c` feeds a bounded multiplicative correction `g_c`
-//!    (geometric smoothing with `gain`), and only when the window was decided (≥ 90 %)
-//!    under that plan. A gap within the window's noise band counts as explained, so
-//!    `g_c` decays back to 1 once its cause is gone. So a plan made before the traffic
-//!    mix was known does not look like a bias, noise alone rarely moves `g_c`, a
-//!    persistent bias is tracked, and nothing can run away.
+//! 3. **Feedback** for whatever the model still misses (bias, effects outside the
+//!    model): measured shares are compared with what the model predicts for the
+//!    weights actually in force; only the unexplained part feeds a bounded
+//!    multiplicative correction `g_c`, once the evidence merged over the windows
+//!    decided under those weights says so ([`feedback`]). So a plan made before the
+//!    traffic mix was known does not look like a bias, noise alone rarely moves `g_c`,
+//!    a persistent bias is found within a few windows, and nothing can run away.
+//!
+//! **Feasibility** is reported per campaign: one that asks for more than its eligible
+//! traffic is infeasible alone; one whose target is feasible alone but not together
+//! with the campaigns sharing its traffic (Hall's condition fails for a set of them) is
+//! *jointly* infeasible, and the decision names that set ([`CampaignDecision::shared_with`]).
+//! Either way `max_share` is what the solver delivers.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub mod feedback;
+pub use feedback::{Evidence, Learning};
+
 use crate::choose::EligibilityIndex;
-use crate::estimate::{self, DeliveryBasis};
+use crate::estimate::DeliveryBasis;
 use crate::solver::{self, Patterns, SolveOptions};
 use crate::stats::parse_profile_key;
 use crate::{
@@ -37,17 +44,26 @@ pub struct ControlState {
     /// Feedback corrections `g_c` (absent = 1).
     #[serde(default)]
     pub corrections: BTreeMap<CampaignId, f64>,
+    /// What feedback has learnt under the weights in force (absent in states stored
+    /// before it existed: learning starts over).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning: Option<Learning>,
 }
 
 /// Tuning. The defaults are what the simulator validates (`docs/accuracy.md`).
 #[derive(Debug, Clone, Copy)]
 pub struct Controller {
-    /// Exponent of the feedback step, `0 < gain ≤ 1`.
+    /// Exponent of the feedback step, `0 < gain ≤ 1`. 1: a correction moves all the
+    /// way to what the merged evidence says, since the evidence must first be
+    /// significant (the band below), not one noisy window.
     pub feedback_gain: f64,
-    /// Feedback ignores gaps within this many standard errors: at the manager's own
-    /// level (1.96 at 95 %) one window in twenty would nudge the weights for nothing,
-    /// and those nudges add up to a random walk.
+    /// Feedback ignores gaps within this many standard errors of the merged evidence:
+    /// at the manager's own level (1.96 at 95 %) one test in twenty would nudge the
+    /// weights for nothing, and those nudges add up to a random walk.
     pub feedback_sigmas: f64,
+    /// Each new window's evidence counts fully; older windows' fade by this factor per
+    /// window (≈ 1/(1 − decay) windows of memory), so a drift is still followed.
+    pub evidence_decay: f64,
     /// Corrections stay within `[1/max, max]`.
     pub max_correction: f64,
     /// Feedback only learns from windows decided at least this much under the
@@ -63,8 +79,9 @@ pub struct Controller {
 impl Default for Controller {
     fn default() -> Self {
         Self {
-            feedback_gain: 0.5,
+            feedback_gain: 1.0,
             feedback_sigmas: 3.0,
+            evidence_decay: 0.8,
             max_correction: 2.0,
             min_version_share: 0.9,
             min_samples: 200.0,
@@ -82,6 +99,9 @@ pub struct ControlInput<'a> {
     pub recent: &'a WindowStats,
     /// The last complete window: feedback.
     pub last: Option<&'a WindowStats>,
+    /// Its index, when the caller knows it: a window is counted by feedback once,
+    /// however many rounds see it. Without it, its content identifies it.
+    pub last_index: Option<u64>,
     /// The plan in force (published last round).
     pub previous: Option<&'a Plan>,
     pub state: &'a ControlState,
@@ -92,7 +112,8 @@ pub struct ControlInput<'a> {
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Feasibility {
     Feasible,
-    /// It gets `max_share`, the most it can be given.
+    /// It gets `max_share`, the most it can be given (what the solver delivers). Alone
+    /// or jointly: see [`CampaignDecision::shared_with`].
     Infeasible {
         max_share: f64,
     },
@@ -114,6 +135,18 @@ pub struct CampaignDecision {
     pub render_ratio: f64,
     pub correction: f64,
     pub feasibility: Feasibility,
+    /// For a campaign infeasible *jointly*: the other campaigns of the set that
+    /// together ask for more than the traffic eligible for any of them. Empty when
+    /// feasible, or when the campaign alone asks for more than its eligible traffic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_with: Vec<CampaignId>,
+}
+
+impl CampaignDecision {
+    /// Infeasible together with others, though feasible alone.
+    pub fn jointly_infeasible(&self) -> bool {
+        matches!(self.feasibility, Feasibility::Infeasible { .. }) && !self.shared_with.is_empty()
+    }
 }
 
 /// The controller's answer.
@@ -158,6 +191,16 @@ impl Controller {
             alloc_targets.iter_mut().for_each(|t| *t /= sum);
         }
         let sol = solver::solve(&alloc_targets, &patterns, self.solve);
+        let short: Vec<bool> = targets
+            .campaigns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| sol.delivered[i] * render[i] / corr(&c.id) < c.rate.get() - self.feasibility_tolerance)
+            .collect();
+        // Short though feasible alone: the solver could not meet it together with others.
+        let alone: Vec<bool> =
+            targets.campaigns.iter().enumerate().map(|(i, c)| c.rate.get() >= mass[i] * render[i]).collect();
+        let joint_set = solver::hall_set(&patterns, &short, &alone);
 
         let campaigns = targets
             .campaigns
@@ -166,10 +209,15 @@ impl Controller {
             .map(|(i, c)| {
                 let predicted = sol.delivered[i] * render[i] / corr(&c.id);
                 let r = c.rate.get();
-                let feasibility = if predicted < r - self.feasibility_tolerance {
+                let feasibility = if short[i] {
                     Feasibility::Infeasible { max_share: predicted.min(mass[i] * render[i]) }
                 } else {
                     Feasibility::Feasible
+                };
+                let shared_with = if short[i] && !alone[i] && joint_set.contains(&i) {
+                    joint_set.iter().filter(|&&j| j != i).map(|&j| targets.campaigns[j].id.clone()).collect()
+                } else {
+                    Vec::new()
                 };
                 CampaignDecision {
                     id: c.id.clone(),
@@ -181,70 +229,11 @@ impl Controller {
                     render_ratio: render[i],
                     correction: corr(&c.id),
                     feasibility,
+                    shared_with,
                 }
             })
             .collect();
         Decision { no_ad_weight: sol.no_ad_weight, campaigns, state, solver_iterations: sol.iterations }
-    }
-
-    /// The next feedback corrections.
-    fn feedback(
-        &self,
-        input: &ControlInput<'_>,
-        basis: &[DeliveryBasis],
-        mass: &[f64],
-        render: &[f64],
-    ) -> ControlState {
-        let mut state = ControlState::default();
-        // Keep corrections of campaigns that still exist.
-        for c in &input.targets.campaigns {
-            if let Some(g) = input.state.corrections.get(&c.id) {
-                state.corrections.insert(c.id.clone(), *g);
-            }
-        }
-        let (Some(last), Some(prev)) = (input.last, input.previous) else { return state };
-        let n_eff = last.effective_samples();
-        if n_eff < self.min_samples || last.version_share(prev.version) < self.min_version_share {
-            return state;
-        }
-        // What the model says the plan in force should have delivered.
-        let prev_patterns = patterns_for(prev.campaigns.iter().map(|c| &c.eligibility), input.recent);
-        let prev_weights: Vec<f64> = prev.campaigns.iter().map(|c| c.weight).collect();
-        let mut predicted = vec![0.0; prev_weights.len()];
-        solver::delivered(&prev_weights, prev.no_ad_weight, &prev_patterns, &mut predicted);
-        let z = input.targets.confidence.z();
-        let threshold = z.max(self.feedback_sigmas);
-        for (i, c) in input.targets.campaigns.iter().enumerate() {
-            let r = c.rate.get();
-            // Feedback cannot help a campaign that lacks the traffic, or one the
-            // previous plan did not contain.
-            let Some(j) = prev.campaigns.iter().position(|p| p.id == c.id) else { continue };
-            if r <= 0.0 || r >= mass[i] * render[i] {
-                continue;
-            }
-            let p = predicted[j] * render[i];
-            if p <= 0.0 {
-                continue;
-            }
-            let m = estimate::share(last, &c.id, basis[i], z).share;
-            let half_width = threshold * (p * (1.0 - p) / n_eff).sqrt();
-            // A gap within the noise counts as "explained", which also lets an old
-            // correction decay once whatever caused it is gone.
-            let unexplained = if (m - p).abs() <= half_width {
-                1.0
-            } else {
-                (p / m.max(p / self.max_correction)).min(self.max_correction)
-            };
-            let g = state.corrections.get(&c.id).copied().unwrap_or(1.0);
-            let g = (g.powf(1.0 - self.feedback_gain) * unexplained.powf(self.feedback_gain))
-                .clamp(1.0 / self.max_correction, self.max_correction);
-            if (g - 1.0).abs() < 1e-3 {
-                state.corrections.remove(&c.id);
-                continue;
-            }
-            state.corrections.insert(c.id.clone(), g);
-        }
-        state
     }
 }
 
@@ -255,7 +244,7 @@ pub fn patterns_of(targets: &Targets, stats: &WindowStats) -> Patterns {
 }
 
 /// Pattern frequencies for campaigns with the given eligibility rules (in order).
-fn patterns_for<'a>(rules: impl Iterator<Item = &'a Eligibility>, stats: &WindowStats) -> Patterns {
+pub(crate) fn patterns_for<'a>(rules: impl Iterator<Item = &'a Eligibility>, stats: &WindowStats) -> Patterns {
     let rules: Vec<&Eligibility> = rules.collect();
     let index = EligibilityIndex::new(rules.iter().copied());
     let counts = stats.profiles.iter().map(|(key, &count)| {
@@ -294,6 +283,24 @@ impl Decision {
                 })
                 .collect(),
             withdrawn: false,
+        }
+    }
+
+    /// Takes the weights of `plan` (the plan in force, which this decision does not
+    /// differ from by more than the republish threshold), with the shares the model
+    /// predicts for them on `recent`: a republish then changes nothing the edge does,
+    /// and feedback keeps learning under the same weights.
+    pub fn adopt_weights(&mut self, plan: &Plan, recent: &WindowStats) {
+        let patterns = patterns_for(plan.campaigns.iter().map(|c| &c.eligibility), recent);
+        let weights: Vec<f64> = plan.campaigns.iter().map(|c| c.weight).collect();
+        let mut delivered = vec![0.0; weights.len()];
+        solver::delivered(&weights, plan.no_ad_weight, &patterns, &mut delivered);
+        self.no_ad_weight = plan.no_ad_weight;
+        for (d, (p, share)) in self.campaigns.iter_mut().zip(plan.campaigns.iter().zip(delivered)) {
+            if d.id == p.id {
+                d.weight = p.weight;
+                d.predicted_share = share * d.render_ratio / d.correction;
+            }
         }
     }
 

@@ -8,9 +8,35 @@
 //! Hysteresis: a new rate is set `band/2` above the minimum and kept while it stays
 //! within `[minimum, minimum·(1 + band)]`, so ordinary traffic noise does not republish
 //! the plan every window, and the rate never falls below what the confidence needs.
+//!
+//! **Few samples.** A window with `k ≥ 1` sampled requests plans from its HT estimate
+//! `k·w̄`, which after a burst (traffic fell, the rate stayed low) asks for a high rate at
+//! once. A window with *no* sample says nothing by itself: low traffic and an event
+//! outage look alike, and raising every placement's rate on an outage would flood
+//! ingest when it recovers. So an empty window raises the rate only when the recent
+//! windows saw fewer than [`FEW_SAMPLES`] sampled requests in all (traffic is small,
+//! not missing): then traffic is at most about `3/rate` per window (the 95 % Poisson
+//! bound for zero events), and the rate becomes what that bound needs. Otherwise the
+//! rate is kept until a window with samples arrives.
 
-use crate::Targets;
 use crate::estimate::required_samples;
+use crate::{Targets, WindowStats};
+
+/// Below this many sampled requests (in the recent windows together), a window with
+/// none is taken as low traffic rather than as missing events.
+pub const FEW_SAMPLES: u64 = 30;
+
+/// An upper confidence bound (≈ 97.5 %) on a window's requests from its `k` sampled
+/// requests: `(k + 2√k + 3)·w̄` with `w̄` the mean weight (`Σw/k`), a Poisson bound that
+/// is exact enough for the question it answers ("can this traffic give the confidence
+/// at all?") and tends to the HT estimate as `k` grows. `None` without samples.
+pub fn requests_upper_bound(w: &WindowStats) -> Option<f64> {
+    let k = w.requests.n;
+    (k > 0 && w.requests.ht > 0.0).then(|| {
+        let k = k as f64;
+        (k + 2.0 * k.sqrt() + 3.0) * w.requests.ht / k
+    })
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct SampleRatePlanner {
@@ -38,6 +64,20 @@ impl SampleRatePlanner {
             })
             .unwrap_or(0.0);
         required_samples(s, targets.confidence.margin, targets.confidence.z())
+    }
+
+    /// The rate for the next plan from the last complete window (`None`: nothing was
+    /// counted in it), the recent windows merged, and the rate in force. See the module
+    /// doc for windows with few or no samples.
+    pub fn rate_for(&self, targets: &Targets, last: Option<&WindowStats>, recent: &WindowStats, current: f64) -> f64 {
+        let requests = match last {
+            Some(w) if w.requests.n > 0 => w.requests.ht,
+            _ if recent.requests.n < FEW_SAMPLES && current.is_finite() && current > 0.0 && current < 1.0 => {
+                3.0 / current
+            }
+            _ => 0.0,
+        };
+        self.rate(targets, requests, current)
     }
 
     /// The rate for the next plan, given the requests one window is expected to see
@@ -94,6 +134,45 @@ mod tests {
         assert!(p.rate(&targets(), 540_000.0, r) > r);
         // Traffic doubled: far too much sampling, lower it.
         assert!(p.rate(&targets(), 1_200_000.0, r) < r * 0.6);
+    }
+
+    fn window(k: u64, rate: f64) -> WindowStats {
+        WindowStats { requests: crate::stats::Tally { ht: k as f64 / rate, n: k }, ..WindowStats::default() }
+    }
+
+    #[test]
+    fn after_a_burst_the_rate_rises_at_once() {
+        let p = SampleRatePlanner::default();
+        // The burst is over: 25 requests/s, 1,500 a window, and the rate is still 0.008.
+        let recent = window(12_000, 0.008);
+        // Two samples: the HT estimate (250) is far below the 9,604 needed: census.
+        assert_eq!(p.rate_for(&targets(), Some(&window(2, 0.008)), &recent, 0.008), 1.0);
+        // None, right after the burst: could be missing events, keep.
+        assert_eq!(p.rate_for(&targets(), None, &recent, 0.008), 0.008);
+        // None while the recent windows saw almost nothing too: traffic is small.
+        assert_eq!(p.rate_for(&targets(), None, &window(3, 0.008), 0.008), 1.0);
+        let loose = Targets::parse(
+            serde_json::from_value::<TargetsSpec>(json!({
+                "campaigns": [{"id": "A", "rate": 0.5}],
+                "confidence": {"margin": 0.05, "level": 0.9}
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        // 271 samples needed, at most ~375 requests a window (3 / 0.008): at least 0.72.
+        let r = p.rate_for(&loose, None, &WindowStats::default(), 0.008);
+        assert!(r > 0.7 && r < 0.8, "{r}");
+        // A new placement (rate 1) or a census stays put.
+        assert_eq!(p.rate_for(&targets(), None, &WindowStats::default(), 1.0), 1.0);
+    }
+
+    #[test]
+    fn the_request_bound_is_above_the_estimate_and_tends_to_it() {
+        assert_eq!(requests_upper_bound(&WindowStats::default()), None);
+        let two = requests_upper_bound(&window(2, 0.008)).unwrap();
+        assert!(two > 900.0 && two < 1000.0, "{two}");
+        let many = requests_upper_bound(&window(1_000_000, 0.5)).unwrap();
+        assert!(many > 2_000_000.0 && many < 2_000_000.0 * 1.003, "{many}");
     }
 
     #[test]

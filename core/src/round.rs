@@ -41,35 +41,58 @@ pub struct Outcome {
 pub struct Policy {
     pub controller: Controller,
     pub planner: SampleRatePlanner,
+    /// The window length and how long after its end a window counts as complete, when
+    /// the caller reads windows that way (the origin does): the last complete window's
+    /// index is then known, and feedback counts each window once by it. 0: unknown
+    /// (feedback tells windows apart by their content).
+    pub period_ms: u64,
+    pub lateness_ms: u64,
 }
 
 /// Relative weight change below which a plan is not republished.
 pub const REPUBLISH_THRESHOLD: f64 = 0.01;
 
 impl Policy {
+    /// The index of the last window complete at `now_ms`, if the period is known.
+    pub fn last_window(&self, now_ms: u64) -> Option<u64> {
+        (self.period_ms > 0)
+            .then(|| WindowStats::window_index(now_ms.saturating_sub(self.lateness_ms), self.period_ms))
+            .and_then(|i| i.checked_sub(1))
+    }
+
     pub fn run(&self, r: Round<'_>) -> Outcome {
-        let decision = self.controller.decide(ControlInput {
+        let mut decision = self.controller.decide(ControlInput {
             targets: r.targets,
             recent: r.recent,
             last: r.last,
+            last_index: r.last.and_then(|_| self.last_window(r.now_ms)),
             previous: r.previous,
             state: r.state,
         });
         let current_rate = r.previous.map_or(1.0, |p| p.sample_rate);
-        let requests = r.last.map_or(0.0, |w| w.requests.ht);
-        let rate = self.planner.rate(r.targets, requests, current_rate);
+        let rate = self.planner.rate_for(r.targets, r.last, r.recent, current_rate);
+        // The weights in force are still right: a republish (for its age or a new
+        // rate) carries them unchanged, so feedback keeps learning under them.
+        let same = r
+            .previous
+            .filter(|prev| !r.targets_changed && !decision.differs_from(prev, r.targets, REPUBLISH_THRESHOLD));
+        if let Some(prev) = same {
+            decision.adopt_weights(prev, r.recent);
+        }
         let publish = match r.previous {
             None => true,
             Some(prev) => {
-                r.targets_changed
+                same.is_none()
                     || rate != prev.sample_rate
-                    || decision.differs_from(prev, r.targets, REPUBLISH_THRESHOLD)
                     || r.now_ms.saturating_sub(prev.issued_at_ms) >= r.republish_after_ms
             }
         };
         let plan = publish.then(|| {
             let version = r.previous.map_or(1, |p| p.version + 1);
-            decision.to_plan(r.targets, r.placement.clone(), version, rate, r.now_ms)
+            match same {
+                Some(prev) => Plan { version, issued_at_ms: r.now_ms, sample_rate: rate, ..prev.clone() },
+                None => decision.to_plan(r.targets, r.placement.clone(), version, rate, r.now_ms),
+            }
         });
         Outcome { decision, plan }
     }
@@ -107,6 +130,18 @@ mod tests {
         assert_eq!((first.version, first.sample_rate), (1, 1.0));
         assert!(policy.run(round(Some(&first), false, 2_000)).plan.is_none());
         assert_eq!(policy.run(round(Some(&first), true, 2_000)).plan.map(|p| p.version), Some(2));
-        assert!(policy.run(round(Some(&first), false, 601_000)).plan.is_some());
+        let aged = policy.run(round(Some(&first), false, 601_000)).plan.expect("republished when old");
+        // Only its version and issue time are new: the edge does exactly what it did.
+        assert_eq!((aged.version, aged.issued_at_ms), (2, 601_000));
+        assert_eq!(Plan { version: 1, issued_at_ms: 1_000, ..aged.clone() }, first);
+    }
+
+    #[test]
+    fn the_last_complete_window_follows_the_lateness() {
+        let p = Policy { period_ms: 60_000, lateness_ms: 10_000, ..Policy::default() };
+        assert_eq!(p.last_window(129_999), Some(0));
+        assert_eq!(p.last_window(130_000), Some(1));
+        assert_eq!(p.last_window(5_000), None);
+        assert_eq!(Policy::default().last_window(130_000), None);
     }
 }

@@ -7,9 +7,13 @@
 //! The origin keeps these in a Redis hash; [`WindowStats::to_fields`] and
 //! [`WindowStats::from_fields`] are the mapping, so the origin applies an event as a
 //! handful of `HINCRBYFLOAT`s without knowing what the fields mean. Field names:
-//! `req.ht`, `req.sq`, `req.n` (all requests), `a.{id}.ht`/`a.{id}.n` (allocations),
-//! `i.{id}.ht`/`i.{id}.n` (impressions), `p.{platform}:{country}` (requests per
-//! attribute profile; either part may be empty), `v.{version}` (plan versions seen).
+//! `req.ht`, `req.sq`, `req.n` (all requests), `a.{id}.ht`/`a.{id}.n`/`a.{id}.sq`
+//! (allocations), `i.{id}.ht`/`i.{id}.n`/`i.{id}.sq` (impressions),
+//! `p.{platform}:{country}` (requests per attribute profile; either part may be empty),
+//! `v.{version}` (plan versions seen). The `.sq` fields (`Σw²` of a campaign's events)
+//! give a share's variance when the rate changed within a window
+//! ([`crate::estimate::share_variance`]); windows written before they existed read
+//! with `sq = 0`, and their variance falls back to the effective sample size.
 //!
 //! Requests are counted per attribute *profile* rather than per eligibility pattern:
 //! the controller derives each profile's pattern from the *current* targets, so a new
@@ -46,6 +50,10 @@ impl Tally {
 pub struct CampaignCounts {
     pub allocations: Tally,
     pub impressions: Tally,
+    /// `Σ (1/rate)²` over the allocations (0 in windows stored before it was counted).
+    pub allocations_sq: f64,
+    /// `Σ (1/rate)²` over the impressions.
+    pub impressions_sq: f64,
 }
 
 /// A placement's counts for one window (or several merged).
@@ -120,7 +128,9 @@ impl WindowStats {
         self.requests.add(w);
         self.requests_sq += w * w;
         if let Some(ad) = ad {
-            self.campaign_mut(ad).allocations.add(w);
+            let c = self.campaign_mut(ad);
+            c.allocations.add(w);
+            c.allocations_sq += w * w;
         }
         match self.profiles.get_mut(profile) {
             Some(c) => *c += w,
@@ -133,7 +143,9 @@ impl WindowStats {
 
     /// Counts one sampled impression of HT weight `w`.
     pub fn record_impression(&mut self, w: f64, ad: &CampaignId) {
-        self.campaign_mut(ad).impressions.add(w);
+        let c = self.campaign_mut(ad);
+        c.impressions.add(w);
+        c.impressions_sq += w * w;
     }
 
     fn campaign_mut(&mut self, id: &CampaignId) -> &mut CampaignCounts {
@@ -157,6 +169,8 @@ impl WindowStats {
             let mine = self.campaigns.entry(id.clone()).or_default();
             mine.allocations.merge(&c.allocations);
             mine.impressions.merge(&c.impressions);
+            mine.allocations_sq += c.allocations_sq;
+            mine.impressions_sq += c.impressions_sq;
         }
         for (k, v) in &o.profiles {
             *self.profiles.entry(k.clone()).or_default() += v;
@@ -206,6 +220,8 @@ impl WindowStats {
             push(format!("a.{id}.n"), c.allocations.n as f64);
             push(format!("i.{id}.ht"), c.impressions.ht);
             push(format!("i.{id}.n"), c.impressions.n as f64);
+            push(format!("a.{id}.sq"), c.allocations_sq);
+            push(format!("i.{id}.sq"), c.impressions_sq);
         }
         for (k, v) in &self.profiles {
             push(format!("p.{k}"), *v);
@@ -240,10 +256,15 @@ impl WindowStats {
                             let (id, what) = rest.rsplit_once('.').ok_or_else(err)?;
                             let id = CampaignId::parse(id).map_err(|_| err())?;
                             let c = s.campaigns.entry(id).or_default();
-                            let tally = if head == "a" { &mut c.allocations } else { &mut c.impressions };
+                            let (tally, sq) = if head == "a" {
+                                (&mut c.allocations, &mut c.allocations_sq)
+                            } else {
+                                (&mut c.impressions, &mut c.impressions_sq)
+                            };
                             match what {
                                 "ht" => tally.ht = v,
                                 "n" => tally.n = n(),
+                                "sq" => *sq = v,
                                 _ => return Err(err()),
                             }
                         }
@@ -296,6 +317,13 @@ mod tests {
         s.fold(&allocation("r2", None, &[], 1.0));
         let back = WindowStats::from_fields(s.to_fields()).unwrap();
         assert_eq!(back, s);
+        assert_eq!(back.campaigns[&CampaignId::parse("A").unwrap()].allocations_sq, 4.0);
+        // A window stored before the squared sums existed still reads, with them at 0.
+        let old: Vec<(String, f64)> =
+            s.to_fields().into_iter().filter(|(k, _)| k == "req.sq" || !k.ends_with(".sq")).collect();
+        let back = WindowStats::from_fields(old).unwrap();
+        assert_eq!(back.campaigns[&CampaignId::parse("A").unwrap()].allocations_sq, 0.0);
+        assert_eq!(back.requests, s.requests);
         assert!(WindowStats::from_fields([("x.y", 1.0)]).is_err());
         assert!(WindowStats::from_fields([("a.A.zz", 1.0)]).is_err());
     }

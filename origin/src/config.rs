@@ -220,6 +220,10 @@ pub struct ControlConfig {
     pub min_sample_rate: f64,
     /// An unchanged plan is republished after this long, so a KV entry never expires.
     pub republish_after_secs: u64,
+    /// How long after a window ends its events are still arriving (the edge outbox's
+    /// batching, a send timeout and a retry): rounds treat a window as complete only
+    /// this long after its end, at most a quarter period ([`Self::lateness`]).
+    pub lateness_ms: u64,
     /// The control lease's time to live; the holder renews it several times per lease.
     pub lease_ms: u64,
     /// Plans kept in each placement's history.
@@ -238,6 +242,7 @@ impl Default for ControlConfig {
             recent_windows: 5,
             min_sample_rate: 1e-4,
             republish_after_secs: 600,
+            lateness_ms: 10_000,
             lease_ms: 10_000,
             history_len: 100,
             history_windows: 1440,
@@ -248,6 +253,18 @@ impl Default for ControlConfig {
 }
 
 impl ControlConfig {
+    /// The lateness rounds wait for: `lateness_ms`, at most a quarter period, so a
+    /// round still acts early in the period it plans for.
+    pub fn lateness(&self) -> u64 {
+        self.lateness_ms.min(self.period_ms / 4)
+    }
+
+    /// The index of the newest window complete at `now_ms`: one that ended at least
+    /// [`Self::lateness`] ago.
+    pub fn last_complete_window(&self, now_ms: u64) -> u64 {
+        allot_core::WindowStats::window_index(now_ms.saturating_sub(self.lateness()), self.period_ms).saturating_sub(1)
+    }
+
     /// How long a window's counts are kept: the windows the controller and the status
     /// page read, plus slack for late events.
     pub fn window_ttl_secs(&self) -> u64 {

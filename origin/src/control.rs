@@ -45,11 +45,11 @@ use crate::startup::App;
 use crate::store::{Fenced, PlanRecord, StoreError};
 use allot_core::contract::{PlanSnapshot, stream};
 
-/// When the next full round is due: shortly after the current window closes, so late
-/// events of that window have arrived.
-fn next_full_round_ms(now_ms: u64, period_ms: u64) -> u64 {
-    let grace = (period_ms / 20).min(2000);
-    (WindowStats::window_index(now_ms, period_ms) + 1) * period_ms + grace
+/// When the next full round is due: once the current window is complete, its late
+/// events arrived (`control.lateness_ms` after it closes, see `ControlConfig::lateness`).
+fn next_full_round_ms(now_ms: u64, cfg: &crate::config::ControlConfig) -> u64 {
+    let watermark = now_ms.saturating_sub(cfg.lateness());
+    (WindowStats::window_index(watermark, cfg.period_ms) + 1) * cfg.period_ms + cfg.lateness()
 }
 
 /// Runs until `cancel`; the lease is kept (and released at the end) by
@@ -87,7 +87,7 @@ pub async fn run(app: Arc<App>, publisher: Arc<Publisher>, cancel: CancellationT
                 Vec::new()
             });
             if now >= next_full {
-                next_full = next_full_round_ms(now, cfg.period_ms);
+                next_full = next_full_round_ms(now, &cfg);
                 placements.extend(app.store.placements().await?);
             }
             placements.sort();
@@ -279,6 +279,9 @@ async fn prepare(app: &App, p: &PlacementId, now_ms: u64, fence: &Fence) -> Resu
         .map_err(|e| StoreError::Corrupt { what: format!("targets of {p}"), message: e.to_string() })?;
     let changed = previous.is_none_or(|r| r.targets_rev != rev);
     let outcome = crate::inputs::policy(cfg).run(inputs.round(p, &targets, changed, now_ms, cfg));
+    if !crate::inputs::keep_state(app, p, &outcome.decision.state, fence).await? {
+        return Ok(None);
+    }
     let window = inputs.windows.first().cloned().unwrap_or_default();
     let campaigns = crate::status::campaigns(&targets, &window, Some(&outcome.decision));
     app.metrics.delivery.observe(
@@ -341,9 +344,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn full_rounds_follow_window_ends() {
-        assert_eq!(next_full_round_ms(0, 60_000), 62_000);
-        assert_eq!(next_full_round_ms(61_000, 60_000), 122_000);
-        assert_eq!(next_full_round_ms(150, 1000), 1050);
+    fn full_rounds_follow_window_ends_by_the_lateness() {
+        let cfg =
+            |period_ms, lateness_ms| crate::config::ControlConfig { period_ms, lateness_ms, ..Default::default() };
+        let c = cfg(60_000, 10_000);
+        assert_eq!(next_full_round_ms(0, &c), 70_000);
+        assert_eq!(next_full_round_ms(10_000, &c), 70_000);
+        assert_eq!(next_full_round_ms(61_000, &c), 70_000);
+        assert_eq!(next_full_round_ms(71_000, &c), 130_000);
+        // Window 1 (60–120 s) is complete at 130 s, not before.
+        assert_eq!(c.last_complete_window(129_999), 0);
+        assert_eq!(c.last_complete_window(130_000), 1);
+        // At most a quarter period.
+        assert_eq!(next_full_round_ms(150, &cfg(1000, 10_000)), 1250);
+        assert_eq!(next_full_round_ms(150, &cfg(1000, 0)), 1000);
     }
 }

@@ -35,6 +35,7 @@ pub struct DeliveryGauges {
     low: GaugeVec,
     high: GaugeVec,
     feasible: GaugeVec,
+    joint: GaugeVec,
     sample_rate: GaugeVec,
     unattainable: GaugeVec,
     published: GaugeVec,
@@ -73,6 +74,12 @@ impl DeliveryGauges {
                 "1 if the target can be met on the recent traffic, 0 if not.",
                 CAMPAIGN,
             ),
+            joint: vec(
+                r,
+                "allot_campaign_jointly_infeasible",
+                "1 if the target can be met alone but not together with the campaigns sharing its traffic.",
+                CAMPAIGN,
+            ),
             sample_rate: vec(r, "allot_placement_sample_rate", "The sample rate of the plan in force.", PLACEMENT),
             unattainable: vec(
                 r,
@@ -107,6 +114,8 @@ impl DeliveryGauges {
             self.high.with_label_values(&labels).set(c.estimate.high);
             let feasible = c.feasibility.get("status").and_then(|s| s.as_str()) != Some("infeasible");
             self.feasible.with_label_values(&labels).set(f64::from(u8::from(feasible)));
+            let joint = !feasible && c.feasibility.get("joint").and_then(|j| j.as_bool()) == Some(true);
+            self.joint.with_label_values(&labels).set(f64::from(u8::from(joint)));
         }
         let labels = [placement];
         if let (Some(rate), Some(at)) = (reading.sample_rate, reading.published_at_ms) {
@@ -144,7 +153,7 @@ impl DeliveryGauges {
     }
 
     fn remove_campaign(&self, placement: &str, campaign: &str) {
-        for g in [&self.target, &self.estimate, &self.low, &self.high, &self.feasible] {
+        for g in [&self.target, &self.estimate, &self.low, &self.high, &self.feasible, &self.joint] {
             let _ = g.remove_label_values(&[placement, campaign]);
         }
     }

@@ -1,21 +1,38 @@
 //! What a round looks at, read from Redis: the placement's recent complete windows, the
-//! plan in force and the controller's state.
+//! plan in force and the controller's state; and where the round's state goes back.
+//!
+//! **Complete windows only.** A window's events keep arriving after it ends (the edge
+//! batches them, a send may time out and be retried), so a window read at its end is
+//! partial: too few requests (the planner would raise the rate for nothing) and a
+//! share from part of it (feedback would learn from it). A window counts as complete
+//! `control.lateness_ms` after its end (at most a quarter period,
+//! `ControlConfig::lateness`), and rounds, the preview and the status read complete
+//! windows only. The price: each plan is made that much later.
+//!
+//! **State every round.** The controller's state (corrections and what feedback has
+//! learnt under the weights in force) is stored after every round, published or not
+//! ([`keep_state`]), fenced by the lease epoch like the plan writes; a round that
+//! changes nothing still keeps what it learnt.
 //!
 //! The control loop, the preview (a dry run of new targets) and the window history all
 //! start from these, so a preview answers what the next round would do, and the history
 //! records what the round saw.
 
-use allot_core::{ControlState, Controller, PlacementId, Policy, Round, SampleRatePlanner, Targets, WindowStats};
+use allot_core::{
+    ControlState, Controller, Fence, PlacementId, Policy, Round, SampleRatePlanner, Targets, WindowStats,
+};
 
 use crate::config::ControlConfig;
 use crate::startup::App;
-use crate::store::{PlanRecord, StoreError};
+use crate::store::{Fenced, PlanRecord, StoreError};
 
 /// The policy every round runs: the default controller and the configured planner.
 pub fn policy(cfg: &ControlConfig) -> Policy {
     Policy {
         controller: Controller::default(),
         planner: SampleRatePlanner { min_rate: cfg.min_sample_rate, ..SampleRatePlanner::default() },
+        period_ms: cfg.period_ms,
+        lateness_ms: cfg.lateness(),
     }
 }
 
@@ -35,7 +52,7 @@ pub struct Inputs {
 impl Inputs {
     pub async fn read(app: &App, p: &PlacementId, now_ms: u64) -> Result<Self, StoreError> {
         let cfg = &app.config.control;
-        let current = WindowStats::window_index(now_ms, cfg.period_ms);
+        let current = cfg.last_complete_window(now_ms) + 1;
         let indices: Vec<u64> = (1..=cfg.recent_windows).filter_map(|i| current.checked_sub(i)).collect();
         let windows = app.store.windows(p, &indices).await?;
         let mut recent = WindowStats::default();
@@ -86,8 +103,28 @@ impl Inputs {
 }
 
 /// Whether `window`'s traffic can give `targets`' confidence at all, sampling every
-/// request; `None` when nothing was measured in it.
+/// request; `None` when nothing was measured in it. Unattainable means even the upper
+/// confidence bound on the window's requests (`planner::requests_upper_bound`) is
+/// below the samples the confidence needs, so a window with a handful of samples at a
+/// low rate is not called unattainable on its noisy estimate alone.
 pub fn attainable(window: &WindowStats, targets: &Targets) -> Option<bool> {
     let measured = window.requests.n > 0 || !window.campaigns.is_empty();
-    measured.then(|| window.requests.ht >= SampleRatePlanner::required_samples(targets))
+    measured.then(|| {
+        let requests = allot_core::planner::requests_upper_bound(window).unwrap_or(window.requests.ht);
+        requests >= SampleRatePlanner::required_samples(targets)
+    })
+}
+
+/// Stores the state a round of `p` left (see the module doc), under the lease `fence`.
+/// `false` when a newer lease holder has written the placement: this one lost the
+/// lease, and the round is abandoned.
+pub async fn keep_state(app: &App, p: &PlacementId, state: &ControlState, fence: &Fence) -> Result<bool, StoreError> {
+    match app.store.save_state(p, state, fence.epoch).await? {
+        Fenced::Done(()) => Ok(true),
+        _ => {
+            app.metrics.control_fenced.with_label_values(&["state"]).inc();
+            tracing::warn!(placement = %p, epoch = fence.epoch, "a newer lease holder has written this placement");
+            Ok(false)
+        }
+    }
 }

@@ -147,7 +147,7 @@ impl Metrics {
                     "Plans abandoned because the lease ran out or a newer epoch had written, by step.",
                     &["step"],
                 );
-                for step in ["allocate", "publish", "save"] {
+                for step in ["allocate", "state", "publish", "save"] {
                     c.with_label_values(&[step]);
                 }
                 c

@@ -35,8 +35,12 @@ pub struct PreviewCampaign {
     /// The share of requests it is eligible for.
     pub eligible_share: f64,
     pub feasible: bool,
-    /// The most it can get, when the target cannot be met.
+    /// The most it can get, when the target cannot be met (what the solver delivers).
     pub max_share: Option<f64>,
+    /// The target can be met alone but not together with `shared_with`: those
+    /// campaigns together ask for more than the traffic eligible for any of them.
+    pub joint: bool,
+    pub shared_with: Vec<String>,
 }
 
 /// What the proposed targets would get.
@@ -91,6 +95,8 @@ pub async fn preview(
                 Feasibility::Infeasible { max_share } => Some(max_share),
                 Feasibility::Feasible => None,
             },
+            joint: c.jointly_infeasible(),
+            shared_with: c.shared_with.iter().map(|x| x.to_string()).collect(),
         })
         .collect();
     let last = inputs.windows.first().cloned().unwrap_or_default();

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use allot_core::estimate::{self, DeliveryBasis};
-use allot_core::{Decision, Targets, WindowStats};
+use allot_core::{Decision, Feasibility, Targets, WindowStats};
 use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
@@ -43,7 +43,11 @@ pub struct CampaignStatus {
     pub basis: DeliveryBasis,
     /// Sampled deliveries behind the estimate.
     pub samples: u64,
-    /// `{"status": "feasible"}` or `{"status": "infeasible", "max_share": …}`.
+    /// `{"status": "feasible"}` or `{"status": "infeasible", "max_share": …, "joint": …,
+    /// "shared_with": [...]}`: `max_share` is what the solver delivers; `joint` is true
+    /// when the target is feasible alone but not together with the campaigns in
+    /// `shared_with`, which together ask for more than the traffic eligible for any
+    /// of them.
     #[schema(value_type = Object)]
     pub feasibility: serde_json::Value,
 }
@@ -147,10 +151,20 @@ pub fn campaigns(targets: &Targets, window: &WindowStats, decision: Option<&Deci
                 estimate: Estimate { share: e.share, low: e.low, high: e.high, level: targets.confidence.level },
                 basis,
                 samples: e.samples,
-                feasibility: d.and_then(|d| serde_json::to_value(d.feasibility).ok()).unwrap_or_default(),
+                feasibility: d.map(feasibility).unwrap_or_default(),
             }
         })
         .collect()
+}
+
+/// A decision's feasibility as the API shows it (see [`CampaignStatus::feasibility`]).
+fn feasibility(d: &allot_core::controller::CampaignDecision) -> serde_json::Value {
+    let mut v = serde_json::to_value(d.feasibility).unwrap_or_default();
+    if let (Some(o), Feasibility::Infeasible { .. }) = (v.as_object_mut(), d.feasibility) {
+        o.insert("joint".into(), d.jointly_infeasible().into());
+        o.insert("shared_with".into(), d.shared_with.iter().map(|c| c.as_str()).collect::<Vec<_>>().into());
+    }
+    v
 }
 
 #[utoipa::path(
@@ -171,7 +185,7 @@ pub async fn get_status(
     let plan = app.store.plan_record(&id).await?;
 
     let period = app.config.control.period_ms;
-    let last_index = WindowStats::window_index(crate::now_ms(), period).saturating_sub(1);
+    let last_index = app.config.control.last_complete_window(crate::now_ms());
     let last = app.store.windows(&id, &[last_index]).await?.pop().unwrap_or_default();
     let decision = plan.as_ref().and_then(|p| p.decision.as_ref());
     let campaigns = campaigns(&targets, &last, decision);

@@ -140,6 +140,17 @@ if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4]) end
 return 1
 ";
 
+/// Stores the controller's state for a current epoch only (-1 fenced, 1 stored); a
+/// newer epoch is recorded, so an older holder's writes are refused from then on.
+const STATE_SCRIPT: &str = r"
+local seen = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
+local epoch = tonumber(ARGV[1])
+if epoch < seen then return -1 end
+if epoch > seen then redis.call('HSET', KEYS[1], 'epoch', ARGV[1]) end
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+";
+
 /// Compare-and-delete of a registration (one key, so atomic on a cluster too).
 const UNREGISTER_SCRIPT: &str = r"
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
@@ -164,6 +175,7 @@ pub struct Store {
     allocate: redis::Script,
     issue: redis::Script,
     save: redis::Script,
+    state: redis::Script,
     unregister: redis::Script,
 }
 
@@ -181,6 +193,7 @@ impl Store {
             allocate: redis::Script::new(ALLOCATE_SCRIPT),
             issue: redis::Script::new(ISSUE_SCRIPT),
             save: redis::Script::new(SAVE_SCRIPT),
+            state: redis::Script::new(STATE_SCRIPT),
             unregister: redis::Script::new(UNREGISTER_SCRIPT),
         }
     }
@@ -379,6 +392,21 @@ impl Store {
             0 => Fenced::Stale,
             _ => Fenced::Epoch,
         })
+    }
+
+    /// Stores the controller's state of `p` under lease `epoch` (one `SET`, so a
+    /// failure leaves the previous state whole); refused for an older epoch.
+    pub async fn save_state(
+        &self,
+        p: &PlacementId,
+        state: &ControlState,
+        epoch: u64,
+    ) -> Result<Fenced<()>, StoreError> {
+        let k = PlacementKeys::new(p);
+        let json = serde_json::to_string(state).map_err(|e| corrupt("state", e))?;
+        let mut c = self.conn();
+        let saved: i64 = self.state.key(k.fence()).key(k.state()).arg(epoch).arg(json).invoke_async(&mut c).await?;
+        Ok(if saved == 1 { Fenced::Done(()) } else { Fenced::Epoch })
     }
 
     /// Plans issued for publishing, newest first.

@@ -36,9 +36,10 @@ struct Args {
     /// Control period (= window length), seconds.
     #[arg(long, default_value_t = 60)]
     period: u64,
-    /// Seconds after a window ends before its round (the origin's default is 2).
-    #[arg(long, default_value_t = 2)]
-    grace: u64,
+    /// Seconds after a window ends before it counts as complete and its round runs
+    /// (the origin's `control.lateness_ms`; at most a quarter period).
+    #[arg(long, default_value_t = 10)]
+    lateness: u64,
     /// Decide every request through the sampler on its id (exact, slow).
     #[arg(long)]
     per_request: bool,
@@ -55,8 +56,12 @@ fn main() -> anyhow::Result<()> {
     let keys: Vec<String> =
         if args.scenario.is_empty() { KEYS.iter().map(|k| k.to_string()).collect() } else { args.scenario.clone() };
     let knobs = Knobs { minutes: args.minutes, traffic: args.traffic, period_s: args.period };
-    let settings =
-        Settings { per_request: args.per_request, census: args.census, grace_s: args.grace, ..Settings::default() };
+    let settings = Settings {
+        per_request: args.per_request,
+        census: args.census,
+        lateness_s: args.lateness,
+        ..Settings::default()
+    };
     let threads = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let seeds: Vec<u64> = (args.first_seed..args.first_seed + args.seeds).collect();
     println!(
@@ -65,7 +70,7 @@ fn main() -> anyhow::Result<()> {
         seeds[seeds.len() - 1],
         args.traffic,
         args.period,
-        args.grace,
+        args.lateness,
         if args.per_request { ", every request through the sampler" } else { "" },
         if args.census { ", census" } else { "" },
     );

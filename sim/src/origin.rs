@@ -10,8 +10,8 @@
 //! [`ControlLoop`] is what `origin/src/control.rs` does per placement and round: the
 //! last `recent_windows` complete windows merged, the last one (if it saw anything),
 //! the plan in force, the stored control state, "targets changed" from the targets'
-//! revision, into core's `Policy::run`. As in the store, the state and the decision
-//! are kept only with a published plan.
+//! revision, into core's `Policy::run`. As in the origin, the state is kept after every
+//! round and the decision with a published plan.
 //!
 //! [`Inbox`] is the way from the edges to the aggregator: bodies arrive after their
 //! latency, the ingest's replay memory turns a body sent twice away, and the
@@ -143,13 +143,15 @@ pub struct ControlConfig {
     pub recent_windows: u64,
     pub min_sample_rate: f64,
     pub republish_after_ms: u64,
+    /// How long after a window ends it counts as complete (`control.lateness_ms`).
+    pub lateness_ms: u64,
     /// Sample every request (a census), whatever the planner says.
     pub census: bool,
 }
 
 impl ControlLoop {
     pub fn new(placement: PlacementId, config: ControlConfig) -> Self {
-        let mut policy = Policy::default();
+        let mut policy = Policy { period_ms: config.period_ms, lateness_ms: config.lateness_ms, ..Policy::default() };
         policy.planner.min_rate = if config.census { 1.0 } else { config.min_sample_rate };
         Self {
             placement,
@@ -166,8 +168,11 @@ impl ControlLoop {
     /// if any. A published plan is taken as in force from now on, as the origin stores
     /// it once the publish succeeded.
     pub fn round(&mut self, targets: &Targets, targets_rev: u64, windows: &Windows, now_ms: u64) -> Option<Plan> {
-        let current = WindowStats::window_index(now_ms, self.config.period_ms);
-        let indices: Vec<u64> = (1..=self.config.recent_windows).filter_map(|i| current.checked_sub(i)).collect();
+        // The windows complete by `now − lateness`, newest first, as the origin reads them.
+        let indices: Vec<u64> = match self.policy.last_window(now_ms) {
+            Some(last) => (0..self.config.recent_windows).filter_map(|i| last.checked_sub(i)).collect(),
+            None => Vec::new(),
+        };
         let read = windows.read(&self.placement, &indices);
         let mut recent = WindowStats::default();
         for w in &read {
@@ -186,7 +191,8 @@ impl ControlLoop {
         };
         let outcome = self.policy.run(round);
         self.last_decision = Some(outcome.decision.clone());
-        // As the origin's store: the state is kept with a published plan.
+        // As the origin: the state is kept after every round, published or not.
+        self.state = outcome.decision.state.clone();
         let plan = outcome.plan?;
         if let Err(e) = plan.check() {
             // As the origin: never published, the plan in force stays.
@@ -196,7 +202,6 @@ impl ControlLoop {
             }
             return None;
         }
-        self.state = outcome.decision.state.clone();
         self.record = Some(Record { plan: plan.clone(), decision: outcome.decision, targets_rev });
         Some(plan)
     }

@@ -5,8 +5,8 @@
 //! control loop), plans that became visible at a colo, the second's requests at every
 //! colo, the colos' outboxes sent as event bodies (each with its own latency, some
 //! lost, some sent twice, held while the origin is down), the bodies due at the
-//! aggregator applied, and — `grace` after each window ends, as the origin schedules
-//! its full rounds — a round for every placement. A published plan reaches each colo
+//! aggregator applied, and — `lateness` after each window ends, as the origin
+//! schedules its full rounds — a round for every placement. A published plan reaches each colo
 //! after its own propagation delay. Truth is counted on every request, by true time.
 
 use std::sync::Arc;
@@ -30,8 +30,9 @@ pub struct Settings {
     /// Decide every request through the sampler (slow; exact), or by counts.
     pub per_request: bool,
     pub census: bool,
-    /// Seconds after a window ends before its full round (the origin: min(period/20, 2 s)).
-    pub grace_s: u64,
+    /// Seconds after a window ends before it counts as complete and its full round runs
+    /// (the origin's `control.lateness_ms`, 10 s by default, at most a quarter period).
+    pub lateness_s: u64,
     pub recent_windows: u64,
     pub min_rate: f64,
     pub republish_after_s: u64,
@@ -43,7 +44,7 @@ impl Default for Settings {
             seed: 1,
             per_request: false,
             census: false,
-            grace_s: 2,
+            lateness_s: 10,
             recent_windows: 5,
             min_rate: 1e-4,
             republish_after_s: 600,
@@ -115,6 +116,7 @@ pub fn run(sc: &Scenario, settings: Settings) -> Run {
         recent_windows: settings.recent_windows,
         min_sample_rate: settings.min_rate,
         republish_after_ms: settings.republish_after_s.saturating_mul(1000),
+        lateness_ms: settings.lateness_s.min(period / 4) * 1000,
         census: settings.census,
     };
     let mut specs = sc.placements.clone();
@@ -202,10 +204,11 @@ pub fn run(sc: &Scenario, settings: Settings) -> Run {
                 out.windows.push(record(st, p, index, &specs[p], sc, max_rate));
             }
         }
-        // Full rounds `grace` after a window ends; the record of that window gets what
-        // the origin publishes about it.
-        if t + 1 > settings.grace_s && (t + 1 - settings.grace_s).is_multiple_of(period) && t + 1 > period && !down(t) {
-            let index = (t + 1 - settings.grace_s) / period - 1;
+        // Full rounds `lateness` after a window ends; the record of that window gets
+        // what the origin publishes about it.
+        let lateness = config.lateness_ms / 1000;
+        if t + 1 > lateness && (t + 1 - lateness).is_multiple_of(period) && t + 1 > period && !down(t) {
+            let index = (t + 1 - lateness) / period - 1;
             for (p, st) in states.iter_mut().enumerate() {
                 if let Some(plan) = st.control.round(&st.targets, st.rev, &windows, (t + 1) * 1000) {
                     publish(&mut colos, p, t + 1, plan, sc, &mut rng);

@@ -19,6 +19,7 @@ fn first_plan(sc: &allot_sim::scenario::Scenario, rate: f64) -> Plan {
         recent_windows: 5,
         min_sample_rate: rate,
         republish_after_ms: 600_000,
+        lateness_ms: 10_000,
         census: false,
     };
     let mut plan = ControlLoop::new(p.id.clone(), config)

@@ -23,7 +23,9 @@ fn last_window_event(i: usize, ad: Option<&str>, platform: &str, period_ms: u64)
 async fn a_target_change_gets_a_plan_at_once_and_status_reports_it() {
     let redis = RedisServer::start();
     // A long period: only the change itself can trigger the round in time.
-    let app = TestApp::start(config(&redis, "", &[("ALLOT_CONTROL_PERIOD_MS", "60000")])).await;
+    let app =
+        TestApp::start(config(&redis, "", &[("ALLOT_CONTROL_PERIOD_MS", "60000"), ("ALLOT_CONTROL_LATENESS_MS", "0")]))
+            .await;
 
     // 200 sampled requests in the last complete window: A 50 %, B 30 %, none 20 %.
     let events = (0..200)

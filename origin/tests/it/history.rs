@@ -112,7 +112,9 @@ async fn hostile_history_queries_get_json_errors() {
 async fn a_preview_shows_infeasible_and_unattainable_targets_and_writes_nothing() {
     let redis = RedisServer::start();
     let period = 60_000;
-    let app = TestApp::start(config(&redis, "", &[("ALLOT_CONTROL_PERIOD_MS", "60000")])).await;
+    let app =
+        TestApp::start(config(&redis, "", &[("ALLOT_CONTROL_PERIOD_MS", "60000"), ("ALLOT_CONTROL_LATENESS_MS", "0")]))
+            .await;
     let spec = json!({"campaigns": [{"id": "A", "rate": 0.5}, {"id": "B", "rate": 0.3}]});
     let put = app.put_targets("home_feed", &spec, MANAGER_TOKEN).await;
     let etag = put.headers()["etag"].to_str().unwrap().to_string();

@@ -1,0 +1,219 @@
+//! Feedback: what the model still misses, learnt from the windows measured under the
+//! plan in force.
+//!
+//! For each campaign, a window's measured share `m` is compared with what the model
+//! predicts for the weights that were actually in force, `p`; their ratio `u = p/m` is
+//! the unexplained factor, and the correction that makes the next plan deliver the
+//! target is `g = u` (the model is asked for `r·g`).
+//!
+//! **Evidence accumulates** over the windows decided under the *same weights* —
+//! whatever their version: a plan republished only because of its age, or for a new
+//! sample rate, carries the weights of the one before and does not start learning
+//! over. Each window adds its requests `X`, `X·m`, `X·p` and `X²·Var(m)` (the ratio
+//! estimator's variance, [`estimate::effective_samples`]) to sums that older windows
+//! fade out of by [`Controller::evidence_decay`], so the merged gap's band shrinks with
+//! evidence (≈ ⅓ of one window's after a handful) while a drift is still followed.
+//!
+//! **A sequential test decides.** The current correction `g` predicts the merged
+//! measured share `P/g`. Only when the merged share is further from it than
+//! `max(z, feedback_sigmas)` standard errors does `g` move, to the merged estimate
+//! `P/M` (geometrically weighted by `feedback_gain`), within `[1/max, max]`; a single
+//! window needs twice that band (a gross model failure still moves at once). So a
+//! persistent bias of 1 pp at ±1 pp settings is found in about two windows and
+//! corrected in one step; noise seldom crosses the band, and when it does the step is
+//! no larger than the band; a correction whose cause is gone is contradicted by the
+//! evidence in the same way and returns to 1.
+//!
+//! **A window counts once.** Two rounds may see the same last window (a round for a
+//! target change within the window, a new lease holder's first round); its index (or,
+//! where the caller does not know it, a fingerprint of its counts) is remembered, so
+//! it is not added again.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ControlInput, ControlState, Controller, patterns_for};
+use crate::estimate::{self, DeliveryBasis};
+use crate::{CampaignId, Plan, WindowStats, solver};
+
+/// What feedback has learnt under the weights in force.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Learning {
+    /// The first plan version that carried these weights.
+    pub since_version: u64,
+    /// Fingerprint of the weights (and eligibility rules) of that plan.
+    pub weights: u64,
+    /// The last window counted: its index + 1 where the caller knows it, else a
+    /// fingerprint of its counts.
+    pub last_window: u64,
+    pub evidence: BTreeMap<CampaignId, Evidence>,
+}
+
+/// One campaign's merged evidence (faded sums over windows).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// `Σ X`: estimated requests.
+    pub requests: f64,
+    /// `Σ X·m`: measured deliveries.
+    pub measured: f64,
+    /// `Σ X·p`: deliveries the model predicts for the weights in force.
+    pub predicted: f64,
+    /// `Σ X²·Var(m)`.
+    pub variance: f64,
+    pub windows: u32,
+}
+
+impl Evidence {
+    fn add(&mut self, decay: f64, x: f64, m: f64, p: f64, var: f64) {
+        self.requests = self.requests * decay + x;
+        self.measured = self.measured * decay + x * m;
+        self.predicted = self.predicted * decay + x * p;
+        self.variance = self.variance * decay * decay + x * x * var;
+        self.windows += 1;
+    }
+
+    /// Merged measured share, predicted share and the standard error of the former.
+    fn merged(&self) -> Option<(f64, f64, f64)> {
+        (self.requests > 0.0).then(|| {
+            (self.measured / self.requests, self.predicted / self.requests, self.variance.sqrt() / self.requests)
+        })
+    }
+}
+
+/// FNV-1a over a stream of 64-bit words: a fingerprint stable across builds.
+fn fnv(words: impl IntoIterator<Item = u64>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for w in words {
+        for b in w.to_le_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+fn str_words(s: &str) -> impl Iterator<Item = u64> + '_ {
+    s.bytes().map(u64::from).chain(std::iter::once(u64::MAX))
+}
+
+/// What decides delivery in a plan: its weights and eligibility rules (not its
+/// version, issue time, sample rate or creatives).
+pub fn weights_fingerprint(plan: &Plan) -> u64 {
+    let mut words = vec![plan.no_ad_weight.to_bits()];
+    for c in &plan.campaigns {
+        words.extend(str_words(c.id.as_str()));
+        words.push(c.weight.to_bits());
+        words.extend(str_words(&serde_json::to_string(&c.eligibility).unwrap_or_default()));
+    }
+    fnv(words)
+}
+
+fn window_fingerprint(w: &WindowStats) -> u64 {
+    let mut words = Vec::new();
+    for (k, v) in w.to_fields() {
+        words.extend(str_words(&k));
+        words.push(v.to_bits());
+    }
+    fnv(words)
+}
+
+/// The share of `w`'s requests decided under versions `since..=until`.
+fn share_of_versions(w: &WindowStats, since: u64, until: u64) -> f64 {
+    let total: f64 = w.versions.values().sum();
+    let under: f64 = w.versions.range(since..=until).map(|(_, v)| v).sum();
+    if total > 0.0 { under / total } else { 0.0 }
+}
+
+impl Controller {
+    /// The next corrections and learning state.
+    pub(super) fn feedback(
+        &self,
+        input: &ControlInput<'_>,
+        basis: &[DeliveryBasis],
+        mass: &[f64],
+        render: &[f64],
+    ) -> ControlState {
+        let mut state = ControlState::default();
+        // Keep corrections of campaigns that still exist.
+        for c in &input.targets.campaigns {
+            if let Some(g) = input.state.corrections.get(&c.id) {
+                state.corrections.insert(c.id.clone(), *g);
+            }
+        }
+        let Some(prev) = input.previous else { return state };
+        let key = weights_fingerprint(prev);
+        // New weights: learning starts over under them (the corrections stay).
+        let mut learning = match &input.state.learning {
+            Some(l) if l.weights == key && l.since_version <= prev.version => l.clone(),
+            _ => Learning { since_version: prev.version, weights: key, ..Learning::default() },
+        };
+        learning.evidence.retain(|id, _| input.targets.campaign(id).is_some());
+        let Some(last) = input.last else {
+            state.learning = Some(learning);
+            return state;
+        };
+        // The window's index where known (+1, so 0 stays "none"); else its content.
+        let seen = input.last_index.map_or_else(|| window_fingerprint(last), |i| i.wrapping_add(1));
+        if learning.last_window == seen
+            || last.effective_samples() < self.min_samples
+            || share_of_versions(last, learning.since_version, prev.version) < self.min_version_share
+        {
+            state.learning = Some(learning);
+            return state;
+        }
+        learning.last_window = seen;
+        // What the model says the weights in force should have delivered.
+        let prev_patterns = patterns_for(prev.campaigns.iter().map(|c| &c.eligibility), input.recent);
+        let prev_weights: Vec<f64> = prev.campaigns.iter().map(|c| c.weight).collect();
+        let mut predicted = vec![0.0; prev_weights.len()];
+        solver::delivered(&prev_weights, prev.no_ad_weight, &prev_patterns, &mut predicted);
+        let z = input.targets.confidence.z();
+        let threshold = z.max(self.feedback_sigmas);
+        let x = last.requests.ht;
+        for (i, c) in input.targets.campaigns.iter().enumerate() {
+            let r = c.rate.get();
+            // Feedback cannot help a campaign that lacks the traffic, or one the
+            // previous plan did not contain.
+            let Some(j) = prev.campaigns.iter().position(|p| p.id == c.id) else { continue };
+            if r <= 0.0 || r >= mass[i] * render[i] {
+                learning.evidence.remove(&c.id);
+                continue;
+            }
+            let p = predicted[j] * render[i];
+            if p <= 0.0 {
+                continue;
+            }
+            let m = estimate::share(last, &c.id, basis[i], z).share;
+            // The spread of m around p: at p, on the window's effective size for this
+            // campaign (which accounts for a rate change within the window).
+            let n_eff = estimate::effective_samples(last, &c.id, basis[i]).max(1.0);
+            let var = p * (1.0 - p) / n_eff;
+            let ev = learning.evidence.entry(c.id.clone()).or_default();
+            ev.add(self.evidence_decay, x, m, p, var);
+            let Some((merged_m, merged_p, se)) = ev.merged() else { continue };
+            let g = state.corrections.get(&c.id).copied().unwrap_or(1.0);
+            // Under the correction in force, the merged share should be P/g. One window
+            // alone moves g only for twice the band (a model failure rather than a
+            // bias): acting on one window's 3σ would, now and then, move g by 1.5 pp
+            // of noise.
+            let band = if ev.windows < 2 { 2.0 * threshold } else { threshold };
+            if (merged_m - merged_p / g).abs() <= band * se {
+                continue;
+            }
+            let unexplained = (merged_p / merged_m.max(merged_p / self.max_correction)).min(self.max_correction);
+            let g = (g.powf(1.0 - self.feedback_gain) * unexplained.powf(self.feedback_gain))
+                .clamp(1.0 / self.max_correction, self.max_correction);
+            if (g - 1.0).abs() < 1e-3 {
+                state.corrections.remove(&c.id);
+            } else {
+                state.corrections.insert(c.id.clone(), g);
+            }
+        }
+        state.learning = Some(learning);
+        state
+    }
+}
+
+#[cfg(test)]
+mod tests;
