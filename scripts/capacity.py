@@ -29,7 +29,7 @@ SCHEMA = 1
 ROOT = Path(__file__).resolve().parent.parent
 # A generated block in a doc: `<!-- capacity.py [FLAGS] -->` … `<!-- capacity.py: end -->`,
 # holding this script's output for FLAGS.
-BEGIN = re.compile(r"<!-- capacity\.py((?: --?[a-z][a-z-]* [^ ]+)*) -->\n")
+BEGIN = re.compile(r"<!-- capacity\.py((?: --[a-z][a-z0-9-]*(?: [^- ][^ ]*)?)*) -->\n")
 END = "<!-- capacity.py: end -->"
 
 # Figures measured elsewhere in the repo, cited in docs/performance.md.
@@ -255,8 +255,8 @@ def model(args, costs: dict) -> dict:
     per_placement = sum(fixed.values())
     ttl_window = args.period * (run["recent_windows"] + 3)
     transient = {
-        "event stream (entries until both groups ack, + archiver flush age)": entries_s
-        * args.stream_hold * per_element("allot:events"),
+        "event stream (events' JSON + per-entry overhead, until both groups ack)": args.stream_hold
+        * (events_s * run["wire"]["batch_body_bytes_per_event"] + entries_s * args.entry_overhead),
         "replay memory (per body, 2 × skew)": bodies_s * 2 * args.skew * per_key("replay"),
         "applied markers (per entry, window TTL)": entries_s * ttl_window * per_key("applied"),
         "impression markers (per impression, window TTL + 6 min)": imp_s * (ttl_window + 360) * per_key("imp"),
@@ -412,6 +412,55 @@ def render(args, costs: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def render_units(costs: dict) -> str:
+    """The measured unit costs of every run, side by side."""
+    runs = sorted(costs["runs"].items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0)
+    m = costs["machine"]
+    out = [f"Measured {costs['measured_at']} by `{costs['command']}` ({costs['build']} build), {m['cores']} cores, "
+           f"load average {m['load_average_start']} before and {m['load_average_end']} after.", ""]
+    w = out.append
+    w("| unit cost | " + " | ".join(f"{r['campaigns']} campaigns" for _, r in runs) + " |")
+    w("|---|" + "---:|" * len(runs))
+
+    def row(label, f):
+        w(f"| {label} | " + " | ".join(f(r) for _, r in runs) + " |")
+
+    def cls(r, name):
+        return r["memory"]["classes"].get(name, {"keys": 0, "bytes": 0, "elements": 0})
+
+    def per_key(r, name):
+        c = cls(r, name)
+        return human_bytes(c["bytes"] / c["keys"]) if c["keys"] else "—"
+
+    def per_el(r, name):
+        c = cls(r, name)
+        return human_bytes(c["bytes"] / c["elements"]) if c["elements"] else "—"
+
+    row("run: placements; samples per window", lambda r: f"{r['placements']}; {fmt(r['samples_per_window'])}")
+    row("events accepted (impressions per allocation)", lambda r: f"{r['events_accepted']:,} ({r['impressions_per_allocation']:.2f})")
+    row("Redis: targets hash", lambda r: per_key(r, "targets"))
+    row("Redis: current plan record", lambda r: per_key(r, "plan"))
+    row("Redis: plan history, per plan", lambda r: per_el(r, "plans"))
+    row("Redis: window log, per window", lambda r: per_el(r, "windows"))
+    row("Redis: controller state; fence", lambda r: f"{per_key(r, 'state')}; {per_key(r, 'fence')}")
+    row("Redis: window hash (80 profiles)", lambda r: per_key(r, "w"))
+    row("Redis: window hashes live per placement in the run (TTL ≥ 60 s)", lambda r: fmt(cls(r, "w")["keys"] / r["placements"]))
+    row("Redis: applied marker; impression marker; replay memory", lambda r: f"{per_key(r, 'applied')}; {per_key(r, 'imp')}; {per_key(r, 'replay')}")
+    row("Redis: event stream, per entry", lambda r: per_el(r, "allot:events"))
+    row("Redis: `used_memory` per new placement (targets, first plan)", lambda r: human_bytes(r["memory"]["used_memory_per_new_placement"]))
+    for shape, label in (("single", "single-event bodies"), ("batch", "100-event bodies, one placement"), ("mixed", "100-event bodies, all placements")):
+        row(f"Redis commands per event, {label}", lambda r, s=shape: fmt(r["commands"][s]["total"] / r["commands"][s]["events"]))
+    row("Redis commands per body / entry / event (fitted)", lambda r: " / ".join(fmt(x) for x in (lambda u: (u.body, u.entry, u.event))(fit_commands(r))))
+    row("wire: body bytes per event, single; batch of 100; gzip", lambda r: f"{fmt(r['wire']['single_body_bytes_per_event'])}; {fmt(r['wire']['batch_body_bytes_per_event'])}; {fmt(r['wire']['batch_gzip_bytes_per_event'])}")
+    row("archive: Parquet bytes per row (rows per object)", lambda r: f"{fmt(r['archive']['bytes_per_row'])} ({fmt(r['archive']['rows'] / max(1, r['archive']['objects']))})")
+    row("KV: writes per placement-round, changed; age rule", lambda r: f"{r['kv']['writes_changed'] / r['kv']['placement_rounds']:.3f}; {r['kv']['writes_age_rule'] / r['kv']['placement_rounds']:.3f}")
+    row("KV: bulk requests; most keys in one; bytes per key", lambda r: f"{r['kv']['bulk_requests']}; {r['kv']['max_keys_per_request']}; {fmt(r['kv']['bytes_per_key'])}")
+    row("KV: target change to its write (writes in 2 periods)", lambda r: f"{r['kv']['target_change_ms']} ms ({r['kv']['target_change_writes']})")
+    row("control: CPU per placement-round", lambda r: f"{fmt(r['control']['cpu_us_per_placement_round'])} µs")
+    row("control: Redis commands per placement-round", lambda r: fmt(r["control"]["commands_per_placement_round"]))
+    return "\n".join(out) + "\n"
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--costs", type=Path, default=ROOT / "docs/capacity/unit-costs.json")
@@ -438,6 +487,8 @@ def parse_args(argv):
     p.add_argument("--republish-after", type=float, default=600.0, help="control.republish_after_secs")
     p.add_argument("--skew", type=float, default=60.0, help="ingest.max_skew_secs")
     p.add_argument("--stream-hold", type=float, default=70.0, help="seconds an entry stays in the stream")
+    p.add_argument("--units", action="store_true", help="print the measured unit costs instead of the model")
+    p.add_argument("--entry-overhead", type=float, default=100.0, help="bytes per stream entry besides the JSON")
     p.add_argument("--max-age-days", type=int, default=None, help="refuse unit costs older than this")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--check", type=Path, metavar="DOC", help="fail unless DOC's generated block equals the output")
@@ -470,12 +521,13 @@ def main(argv=None) -> int:
         costs = load_costs(args.costs, today, args.max_age_days)
         path = args.check or args.write
         if path is None:
-            sys.stdout.write(render(args, costs))
+            sys.stdout.write(render_units(costs) if args.units else render(args, costs))
             return 0
         doc = path.read_text()
         pieces, last, stale = [], 0, []
         for flags, b, e in blocks(doc, path):
-            text = render(parse_args(flags + ["--costs", str(args.costs)]), costs)
+            a = parse_args(flags + ["--costs", str(args.costs)])
+            text = render_units(costs) if a.units else render(a, costs)
             if doc[b:e] != text:
                 stale.append(" ".join(flags) or "(defaults)")
             pieces += [doc[last:b], text]

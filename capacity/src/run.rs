@@ -316,7 +316,7 @@ impl Ctx {
     }
 
     /// `windows` control windows of traffic in `shape`: each window, every placement's
-    /// sampled requests under its plan in KV (at most 4× the samples its confidence
+    /// sampled requests under its plan in KV (at most 2× the samples its confidence
     /// needs, so the first plans' rate of 1 does not flood the run), posted at the
     /// window's start; then the rest of the window is waited out.
     async fn drive(&mut self, shape: Shape, windows: u64) -> anyhow::Result<Sent> {
@@ -329,7 +329,7 @@ impl Ctx {
             for i in 0..o.placements {
                 let plan =
                     self.kv.plan(&edge::kv_key(i)).and_then(edge::compile).context("a placement without a plan")?;
-                let wanted = (o.requests_per_window * plan.plan().sample_rate).min(4.0 * o.samples);
+                let wanted = (o.requests_per_window * plan.plan().sample_rate).min(2.0 * o.samples);
                 let events = self.edge.requests(&plan, wanted.round() as usize, now_ms);
                 per_placement.push(events);
             }

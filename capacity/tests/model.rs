@@ -1,7 +1,6 @@
 //! `scripts/capacity.py`, the capacity model: the doc's tables are its output, and it
 //! refuses unit costs it cannot trust with a message saying why.
 
-use std::path::Path;
 use std::process::{Command, Output};
 
 use allot_testkit::process::repo_root;
@@ -106,14 +105,11 @@ fn the_flags_move_the_model() {
     let events = "| events/s to the origin";
     let base = value(&[], events);
     // A looser margin needs fewer samples; more placements in the long tail need more.
-    assert!(value(&["--margin", "0.02"], events) < base * 0.5);
+    assert!(value(&["--margin", "0.02"], events) < base * 0.8);
     assert!(value(&["--placements", "20000"], events) > base);
-    let mem = "| memory per placement, total";
-    assert!(Path::new(&repo_root().join("docs/capacity/unit-costs.json")).is_file());
-    let _ = mem;
-    // Campaign count picks the run: 64 campaigns make bigger plans.
-    let kv = "| bulk requests per round";
-    let _ = kv;
+    // More requests at the same placements: more of them leave the census.
+    let census = "| placements sampled at rate 1 (census)";
+    assert!(value(&["--rps", "1e7"], census) < value(&[], census));
     let o = script(&["--campaigns", "7"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("no run with 7 campaigns"), "{}", stderr(&o));

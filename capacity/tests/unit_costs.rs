@@ -46,32 +46,37 @@ async fn measure_unit_costs() {
     let mut runs = BTreeMap::new();
     for campaigns in [8, 64] {
         let opts = Options {
-            placements: 12,
+            placements: 6,
             campaigns,
-            period_ms: 2000,
-            samples: 1000.0,
-            requests_per_window: 200_000.0,
-            warmup_windows: 8,
-            phase_windows: 3,
-            control_windows: 30,
-            flush_max_age_secs: 10,
+            period_ms: 1000,
+            samples: 300.0,
+            requests_per_window: 30_000.0,
+            warmup_windows: 6,
+            phase_windows: 2,
+            control_windows: 20,
+            flush_max_age_secs: 3,
         };
         let costs = measure(opts).await.expect("the measurement runs");
         costs.check_sane().unwrap_or_else(|e| panic!("{campaigns} campaigns: {e:#}\n{costs:#?}"));
         runs.insert(campaigns.to_string(), costs);
+        // Written after every run, so a long measurement keeps what it has.
+        write(&start_load, &runs);
     }
+}
+
+fn write(start_load: &str, runs: &BTreeMap<String, allot_capacity::costs::RunCosts>) {
     let date = std::process::Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().expect("date");
     let file = UnitCosts {
         schema: SCHEMA,
         measured_at: String::from_utf8_lossy(&date.stdout).trim().to_string(),
         machine: Machine {
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
-            load_average_start: start_load,
+            load_average_start: start_load.to_string(),
             load_average_end: Machine::load_average(),
         },
         command: "scripts/measure-unit-costs.sh".into(),
         build: if cfg!(debug_assertions) { "debug" } else { "release" }.into(),
-        runs,
+        runs: runs.clone(),
     };
     let path = repo_root().join("docs/capacity/unit-costs.json");
     std::fs::write(&path, serde_json::to_string_pretty(&file).expect("JSON") + "\n").expect("write the file");
