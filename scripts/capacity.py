@@ -322,7 +322,7 @@ def limit_scale(args, costs, scale: str, index: int) -> float | None:
         return math.inf
     if share(lo) >= 1:
         return None
-    for _ in range(40):
+    for _ in range(30):
         mid = math.sqrt(lo * hi)
         if share(mid) >= 1:
             hi = mid
