@@ -222,6 +222,10 @@ pub struct ControlConfig {
     pub republish_after_secs: u64,
     /// The control lease's time to live; the holder renews it several times per lease.
     pub lease_ms: u64,
+    /// Control shards: placements are spread over them by a hash of their id, and the
+    /// origins share them out, each shard under its own lease. Every origin of one
+    /// Redis must use the same count.
+    pub shards: u32,
     /// Plans kept in each placement's history.
     pub history_len: usize,
     /// Complete windows kept in each placement's window history (`GET …/history`).
@@ -239,6 +243,7 @@ impl Default for ControlConfig {
             min_sample_rate: 1e-4,
             republish_after_secs: 600,
             lease_ms: 10_000,
+            shards: 64,
             history_len: 100,
             history_windows: 1440,
             #[cfg(feature = "failpoints")]
@@ -246,6 +251,9 @@ impl Default for ControlConfig {
         }
     }
 }
+
+/// The most control shards: each is one key in every sync.
+pub const MAX_SHARDS: u32 = 1024;
 
 impl ControlConfig {
     /// How long a window's counts are kept: the windows the controller and the status
@@ -455,6 +463,9 @@ impl Config {
         }
         if self.control.lease_ms < 300 {
             return Err(invalid("control.lease_ms", "must be at least 300"));
+        }
+        if !(1..=MAX_SHARDS).contains(&self.control.shards) {
+            return Err(invalid("control.shards", "must be 1 to 1024"));
         }
         if self.aggregate.batch == 0 {
             return Err(invalid("aggregate.batch", "must be positive"));

@@ -22,4 +22,5 @@ mod ops;
 mod publish;
 mod retry;
 mod server;
+mod shards;
 mod stream;
