@@ -23,7 +23,7 @@ pub struct Pass {
     epochs: BTreeMap<u32, u64>,
     /// The registry as last read, by shard: whose gauges to drop when a shard goes.
     placements: BTreeMap<u32, Vec<PlacementId>>,
-    started: Option<(Instant, &'static str)>,
+    started: Option<(Instant, &'static str, usize)>,
 }
 
 impl Pass {
@@ -75,17 +75,16 @@ impl Pass {
             (false, false) => "takeover",
             (false, true) => "changes",
         };
-        self.started = (count > 0).then(|| (Instant::now(), kind));
-        if count > 0 {
-            app.metrics.shards.pass_placements.with_label_values(&[kind]).observe(count as f64);
-        }
+        self.started = (count > 0).then(|| (Instant::now(), kind, count));
         Ok(due)
     }
 
     /// Records how long the pass [`Pass::due`] planned took, once its rounds are done.
     pub fn finish(&mut self, app: &App) {
-        if let Some((started, kind)) = self.started.take() {
+        // Both at the end, so the two histograms always count the same passes.
+        if let Some((started, kind, count)) = self.started.take() {
             app.metrics.shards.pass_duration.with_label_values(&[kind]).observe(started.elapsed().as_secs_f64());
+            app.metrics.shards.pass_placements.with_label_values(&[kind]).observe(count as f64);
         }
     }
 }
