@@ -20,8 +20,9 @@
 //! Two rules keep it calm:
 //! - **Newcomers settle first.** A member counts in the assignment only once it has
 //!   been in the membership for two lease times (its join time is Redis's, the same
-//!   for every observer), so an origin that flaps in and out moves no shards. When no
-//!   member has settled (a cluster starting), all of them count.
+//!   for every observer), so an origin that flaps in and out moves no shards. Members
+//!   that joined within that time of the earliest one count at once (a cluster
+//!   starting).
 //! - **One shard count.** Every member announces its `control.shards`; the count of the
 //!   member that joined first is the cluster's, and an origin configured otherwise holds
 //!   nothing (it would map placements to other shards) and says so.
@@ -301,9 +302,15 @@ impl Membership {
         }
         self.cluster_shards = valid.iter().min_by_key(|m| (m.since_ms, &m.id)).map(|m| m.shards);
         let same: Vec<&Member> = valid.into_iter().filter(|m| m.shards == self.config.shards).collect();
-        let settled: Vec<&Member> =
-            same.iter().copied().filter(|m| r.now_ms.saturating_sub(m.since_ms) >= self.config.settle_ms()).collect();
-        let live = if settled.is_empty() { same } else { settled };
+        // Settled, or of the cohort that started the cluster (joined within the settling
+        // time of the earliest member): a cluster starting shares out at once, and
+        // nothing moves when its first member settles before the others.
+        let settle = self.config.settle_ms();
+        let first = same.iter().map(|m| m.since_ms).min().unwrap_or(0);
+        let live: Vec<&Member> = same
+            .into_iter()
+            .filter(|m| r.now_ms.saturating_sub(m.since_ms) >= settle || m.since_ms.saturating_sub(first) < settle)
+            .collect();
         let ids: Vec<&str> = live.iter().map(|m| m.id.as_str()).collect();
         let target: BTreeSet<u32> = if self.leaving || self.mismatched() || !ids.contains(&self.me.as_str()) {
             BTreeSet::new()

@@ -171,7 +171,7 @@ fn one_origin_takes_every_shard_at_once() {
 fn a_newcomer_settles_then_gets_its_share_without_overlap() {
     let mut w = World::default();
     w.start("a");
-    // a has settled (while nobody has, every member counts: a cluster starting).
+    // b comes later than the cohort that started the cluster: it must settle.
     w.run(2 * TTL + 500);
     w.start("b");
     // Not settled yet (two lease times): a keeps everything.
