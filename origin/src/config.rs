@@ -226,6 +226,10 @@ pub struct ControlConfig {
     pub lateness_ms: u64,
     /// The control lease's time to live; the holder renews it several times per lease.
     pub lease_ms: u64,
+    /// Control shards: placements are spread over them by a hash of their id, and the
+    /// origins share them out, each shard under its own lease. Every origin of one
+    /// Redis must use the same count.
+    pub shards: u32,
     /// Plans kept in each placement's history.
     pub history_len: usize,
     /// Complete windows kept in each placement's window history (`GET …/history`).
@@ -244,6 +248,7 @@ impl Default for ControlConfig {
             republish_after_secs: 600,
             lateness_ms: 10_000,
             lease_ms: 10_000,
+            shards: 64,
             history_len: 100,
             history_windows: 1440,
             #[cfg(feature = "failpoints")]
@@ -251,6 +256,9 @@ impl Default for ControlConfig {
         }
     }
 }
+
+/// The most control shards: each is one key in every sync.
+pub const MAX_SHARDS: u32 = 1024;
 
 impl ControlConfig {
     /// The lateness rounds wait for: `lateness_ms`, at most a quarter period, so a
@@ -472,6 +480,9 @@ impl Config {
         }
         if self.control.lease_ms < 300 {
             return Err(invalid("control.lease_ms", "must be at least 300"));
+        }
+        if !(1..=MAX_SHARDS).contains(&self.control.shards) {
+            return Err(invalid("control.shards", "must be 1 to 1024"));
         }
         if self.aggregate.batch == 0 {
             return Err(invalid("aggregate.batch", "must be positive"));

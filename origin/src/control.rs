@@ -1,11 +1,13 @@
 //! The control loop: once per period, under a lease, every placement's next plan.
 //!
-//! Only the replica holding the lease runs rounds, so N replicas never publish
-//! competing plans. The lease is kept on its own task ([`crate::lease`]), concurrently
-//! with the rounds; a round reads the grant (a [`Fence`]: an epoch and a validity)
-//! and, when it has none, does nothing. Full rounds run just after each window closes;
-//! a placement whose targets changed (the admin API marks it in `allot:dirty` and wakes
-//! this loop) gets a round at once.
+//! Placements are spread over control shards, each with its own lease
+//! ([`crate::shards`]); an origin runs rounds only for the shards it holds, so N
+//! replicas share the work and never publish competing plans. The leases are kept on
+//! their own task, concurrently with the rounds; a round reads its shard's grant (a
+//! [`Fence`]: an epoch and a validity) and, when it has none, does nothing. Full rounds
+//! run just after each window closes; a placement whose targets changed (the admin API
+//! marks it in `allot:dirty` and wakes this loop) gets a round at once from the origin
+//! holding its shard ([`crate::pass`]).
 //!
 //! A round is a call into core (`Policy::run`: controller, sample-rate planner, and the
 //! publish-or-not decision) fed with the placement's targets, its last `K` complete
@@ -52,57 +54,42 @@ fn next_full_round_ms(now_ms: u64, cfg: &crate::config::ControlConfig) -> u64 {
     (WindowStats::window_index(watermark, cfg.period_ms) + 1) * cfg.period_ms + cfg.lateness()
 }
 
-/// Runs until `cancel`; the lease is kept (and released at the end) by
-/// [`crate::lease`].
+/// Runs until `cancel`; the shard leases are kept (and given back at the end) by
+/// [`crate::shards`], and each round covers one shard's placements ([`crate::pass`]).
 pub async fn run(app: Arc<App>, publisher: Arc<Publisher>, cancel: CancellationToken) {
-    let (mut lease, keeper) = crate::lease::spawn(app.clone(), cancel.clone());
+    let (mut shards, keeper) = crate::shards::spawn(app.clone());
     let cfg = app.config.control.clone();
     let wake_every = Duration::from_millis(cfg.period_ms.min(cfg.lease_ms / 3).max(50));
     let mut next_full = 0;
-    let mut epoch = None;
+    let mut pass = crate::pass::Pass::default();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(wake_every) => {}
             _ = app.control_wake.notified() => {}
-            _ = lease.changed() => {}
-        }
-        let Some(fence) = lease.current() else {
-            if epoch.take().is_some() {
-                // Another replica runs the rounds now; its gauges are the live ones.
-                app.metrics.delivery.clear();
-            }
-            continue;
-        };
-        if epoch != Some(fence.epoch) {
-            // A new holder starts with a full round.
-            epoch = Some(fence.epoch);
-            next_full = 0;
+            _ = shards.changed() => {}
         }
         let now = crate::now_ms();
+        let full = now >= next_full;
+        if full {
+            next_full = next_full_round_ms(now, &cfg);
+        }
         let result = async {
-            // A failing wake-up set must not stop the full rounds.
-            let mut placements = app.store.take_dirty().await.unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "could not read the placements asking for a round");
-                Vec::new()
-            });
-            if now >= next_full {
-                next_full = next_full_round_ms(now, &cfg);
-                placements.extend(app.store.placements().await?);
-            }
-            placements.sort();
-            placements.dedup();
-            if !placements.is_empty() {
-                round(&app, &publisher, &lease, &placements, now).await;
+            for (shard, placements) in pass.due(&app, &shards, full).await? {
+                // Given back or lost since: its new holder runs it.
+                let Some(busy) = shards.begin(shard) else { continue };
+                round(&app, &publisher, busy.lease(), &placements, now).await;
             }
             Ok::<_, StoreError>(())
         };
         if let Err(e) = result.await {
             tracing::warn!(error = %e, "control round failed");
         }
+        pass.finish(&app);
     }
+    shards.leave();
     if let Err(e) = keeper.await {
-        tracing::warn!(error = %e, "the lease task failed");
+        tracing::warn!(error = %e, "the shard task failed");
     }
     tracing::info!("control loop stopped");
 }
@@ -131,12 +118,13 @@ pub async fn round(app: &App, publisher: &Publisher, lease: &LeaseView, placemen
     if pending.is_empty() {
         return;
     }
+    // A pause here (the failpoint) is caught by the check that follows.
+    stall(app, "publish").await;
     let Some(fence) = lease.current() else {
         app.metrics.control_fenced.with_label_values(&["publish"]).inc_by(pending.len() as u64);
         tracing::warn!(plans = pending.len(), "control lease lost before publishing; the round is abandoned");
         return;
     };
-    stall(app, "publish").await;
     let plans: Vec<Plan> = pending.iter().map(|x| x.record.plan.clone()).collect();
     let results = match tokio::time::timeout_at(LeaseView::deadline(&fence), publisher.publish(&plans)).await {
         Ok(results) => results,

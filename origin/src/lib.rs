@@ -2,7 +2,8 @@
 //!
 //! The edge decides per request; the origin closes the loop. It verifies and ingests
 //! the edge's sampled events into a Redis stream ([`ingest`]), folds them into window
-//! counts ([`aggregate`]), runs the controller on them under a lease ([`control`]),
+//! counts ([`aggregate`]), runs the controller on them, each placement on one origin at a time under its
+//! shard's lease ([`control`], [`shards`]),
 //! publishes the resulting plans to KV or to the worker ([`publish`]), and lets managers
 //! set targets and read status ([`admin`], [`status`], [`audit`]).
 //!
@@ -30,10 +31,12 @@ pub mod lease;
 pub mod load;
 pub mod metrics;
 pub mod openapi;
+pub mod pass;
 pub mod preview;
 pub mod publish;
 pub mod redis_check;
 pub mod serve;
+pub mod shards;
 pub mod startup;
 pub mod status;
 pub mod store;

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub plan_log_failures: IntCounter,
     pub audit_feed_failures: IntCounter,
     pub delivery: DeliveryGauges,
+    /// The control shards: held, members, rebalances, refused entries, passes.
+    pub shards: crate::shards::ShardMetrics,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     /// Event stream entries every consumer group was done with, trimmed.
@@ -91,7 +93,7 @@ impl Metrics {
         )
         .expect("valid histogram");
         r.register(Box::new(ingest_latency.clone())).expect("registered once");
-        let control_leader = gauge(&r, "allot_control_leader", "1 while this instance holds the control lease.");
+        let control_leader = gauge(&r, "allot_control_leader", "1 while this instance holds a control shard's lease.");
         Self {
             ingest_accepted: counter(&r, "allot_ingest_accepted_total", "Event bodies stored in the stream."),
             ingest_events: counter(&r, "allot_ingest_events_total", "Events stored in the stream."),
@@ -139,7 +141,11 @@ impl Metrics {
             aggregate_claimed: counter(&r, "allot_aggregate_claimed_total", "Entries claimed from idle consumers."),
             control_rounds: counter(&r, "allot_control_rounds_total", "Control rounds run by this instance."),
             control_leader,
-            control_epoch: gauge(&r, "allot_control_epoch", "The epoch of the control lease this instance last held."),
+            control_epoch: gauge(
+                &r,
+                "allot_control_epoch",
+                "The newest epoch among the control shards this instance holds.",
+            ),
             control_fenced: {
                 let c = counter_vec(
                     &r,
@@ -165,6 +171,7 @@ impl Metrics {
                 "Admin changes stored (with the placement's own audit entry) but missing from the global audit feed.",
             ),
             delivery: DeliveryGauges::register(&r),
+            shards: crate::shards::ShardMetrics::register(&r),
             http_requests: counter_vec(
                 &r,
                 "allot_http_requests_total",

@@ -4,7 +4,7 @@
 //! [`Running::addr`] and in the `listening` log line), so tests start origins in-process
 //! and the binary is a few lines. [`Running::shutdown`] stops accepting, lets in-flight
 //! requests finish, lets the aggregator apply and acknowledge the batch in hand, and
-//! releases the control lease.
+//! gives the control shards back.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +43,8 @@ pub struct App {
     pub instance: String,
     /// A simulated process pause (failpoints only).
     pub pause: crate::lease::Pause,
+    /// The control shards this origin holds, for `/readyz`.
+    pub control: crate::shards::ControlState,
     /// Whether the archiver's lanes run, when the archiver runs here (for `/readyz`).
     pub archive_lanes: Option<Arc<allot_archive::LaneStates>>,
 }
@@ -122,10 +124,12 @@ pub async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
 }
 
-/// Readiness: Redis answers and no archive lane has been down past its grace.
+/// Readiness: Redis answers, no archive lane has been down past its grace, and this
+/// origin's shard count is the cluster's. The body says which control shards this
+/// origin acts on (`control`, when the control loop runs here).
 #[utoipa::path(get, path = "/readyz", tag = "ops", responses(
-    (status = 200, description = "`{\"status\": \"ready\"}`"),
-    (status = 503, description = "Not ready: `error.message` says why (Redis, or which archive lane)")))]
+    (status = 200, description = "`{\"status\": \"ready\", \"control\": {\"shards\", \"members\", \"target\", \"held\": [{\"shard\", \"epoch\", \"acquired_at_ms\", \"valid_until_ms\", \"offered\"}], \"at_ms\"}}`"),
+    (status = 503, description = "Not ready: `error.message` says why (Redis, which archive lane, or a shard count that differs from the cluster's)")))]
 pub async fn readyz(State(app): State<Arc<App>>) -> Result<axum::Json<serde_json::Value>, ApiError> {
     app.store.ping().await.map_err(|e| {
         tracing::warn!(error = %e, "not ready: redis unreachable");
@@ -139,7 +143,16 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Result<axum::Json<serde_json
             return Err(ApiError::NotReady(format!("archive lane {lane} is down").into()));
         }
     }
-    Ok(axum::Json(serde_json::json!({"status": "ready"})))
+    let control = app.control.status(crate::now_ms());
+    if let Some(cluster) = control.as_ref().and_then(|c| c.mismatch) {
+        let message = format!("control.shards is {} here but {cluster} in the cluster", app.config.control.shards);
+        tracing::warn!(%message, "not ready");
+        return Err(ApiError::NotReady(message.into()));
+    }
+    Ok(axum::Json(match control {
+        Some(control) => serde_json::json!({"status": "ready", "control": control}),
+        None => serde_json::json!({"status": "ready"}),
+    }))
 }
 
 /// One registry: the origin's metrics and, when it runs here, the archiver's.
@@ -193,6 +206,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         control_wake: Notify::new(),
         instance: instance_id(),
         pause: Default::default(),
+        control: Default::default(),
         archive_lanes: archiver.as_ref().map(|a| a.lanes()),
         config,
     });

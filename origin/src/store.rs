@@ -302,11 +302,27 @@ impl Store {
         Ok(out)
     }
 
-    /// Takes the placements marked for an immediate round.
-    pub async fn take_dirty(&self) -> Result<Vec<PlacementId>, StoreError> {
+    /// Takes the placements marked for an immediate round that are `mine` (in this
+    /// origin's control shards); the others' marks stay for the origins holding them.
+    /// Entries that are not placement ids are dropped.
+    pub async fn take_dirty(&self, mine: impl Fn(&PlacementId) -> bool) -> Result<Vec<PlacementId>, StoreError> {
         let mut c = self.conn();
-        let ids: Vec<String> = redis::cmd("SPOP").arg(keys::DIRTY).arg(1000).query_async(&mut c).await?;
-        Ok(ids.into_iter().filter_map(|s| PlacementId::parse(s).ok()).collect())
+        let ids: Vec<String> = c.smembers(keys::DIRTY).await?;
+        let (mut taken, mut removed) = (Vec::new(), Vec::new());
+        for id in ids {
+            match PlacementId::parse(&id) {
+                Ok(p) if mine(&p) => {
+                    taken.push(p);
+                    removed.push(id);
+                }
+                Ok(_) => {}
+                Err(_) => removed.push(id),
+            }
+        }
+        if !removed.is_empty() {
+            c.srem::<_, _, ()>(keys::DIRTY, &removed).await?;
+        }
+        Ok(taken)
     }
 
     /// Takes a placement out of the registry only if its registration is still

@@ -182,6 +182,14 @@ impl OriginApi {
         metric(&self.http, &self.url("/metrics"), name_and_labels).await
     }
 
+    /// The control shards this origin acts on, as `/readyz` shows them (its `control`
+    /// object); `None` while it is not ready or runs no control loop.
+    pub async fn control(&self) -> Option<Value> {
+        let r = self.http.get(self.url("/readyz")).timeout(Duration::from_secs(2)).send().await.ok()?;
+        let v: Value = r.json().await.ok()?;
+        Some(v.get("control")?.clone())
+    }
+
     /// `PUT /v1/placements/{placement}` with `spec`, as the holder of `token`.
     pub async fn put_targets(&self, placement: &str, spec: &Value, token: &str) -> reqwest::Response {
         let url = self.url(&format!("/v1/placements/{placement}"));

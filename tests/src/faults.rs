@@ -166,7 +166,7 @@ pub async fn run(stack: &mut Stack, placement: &str, phase: &Phase, first: u64) 
     Ok(Ran { name: phase.name.clone(), windows: first..=last, recovery, note, archive_unacked })
 }
 
-/// Which replica holds the control lease, if one does.
+/// Which replica holds a control shard, if one does (the first).
 async fn leader(stack: &Stack) -> Option<usize> {
     for i in 0..stack.origin_count() {
         // A replica that is down is not the leader.
@@ -179,25 +179,28 @@ async fn leader(stack: &Stack) -> Option<usize> {
     None
 }
 
-/// See [`Fault::StallPublisher`]: the follower is restarted with the failpoint, the
-/// leader is killed and, once the lease has moved, restarted; then the targets change.
+/// See [`Fault::StallPublisher`]: the follower is restarted with the failpoint and the
+/// leader killed; once the paused-to-be replica holds every control shard, the targets
+/// change (its round pauses before saving) and the other replica runs again beside it,
+/// taking the shards over while it is paused.
 async fn stall_publisher(stack: &mut Stack, placement: &str, targets: &serde_json::Value) -> anyhow::Result<String> {
     let wait = |what: &'static str| anyhow::anyhow!("stalled publisher: {what}");
     let leader_now = leader(stack).await.ok_or_else(|| wait("no leader"))?;
     let staller = (leader_now + 1) % stack.origin_count();
     stack.kill_origin_n(staller)?;
     stack.start_origin_n(staller, &[("ALLOT_CONTROL_FAILPOINT", "stall_before_save")]).await?;
-    // The leader stays down until the lease has moved, then runs again beside it.
+    // The leader stays down until every shard has moved, then runs again beside it.
     stack.kill_origin_n(leader_now)?;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while leader(stack).await != Some(staller) {
-        anyhow::ensure!(Instant::now() < deadline, wait("the lease did not move to the paused replica"));
+    let api = stack.origin_api(staller).clone();
+    while api.metric("allot_control_shards_held").await < api.metric("allot_control_shards").await {
+        anyhow::ensure!(Instant::now() < deadline, wait("the shards did not move to the paused replica"));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    stack.start_origin_n(leader_now, &[]).await?;
     let fenced = "allot_control_fenced_total{step=\"save\"}";
     let before = stack.origin_api(staller).metric(fenced).await;
     stack.put_placement(placement, targets).await?;
+    stack.start_origin_n(leader_now, &[]).await?;
     let deadline = Instant::now() + Duration::from_secs(40);
     while stack.origin_api(staller).metric(fenced).await <= before {
         anyhow::ensure!(Instant::now() < deadline, wait("the paused replica's save was not refused"));

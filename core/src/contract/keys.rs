@@ -3,8 +3,9 @@
 //! Every key of one placement carries the placement as a hash tag (`allot:{home_feed}:…`),
 //! so all of them live in one Redis Cluster slot: the aggregator's Lua script touches a
 //! window hash and a dedupe marker atomically, and the origin runs unchanged on a
-//! cluster. The few global keys (the streams in [`stream`](super::stream), the registry,
-//! the lease) are single keys and never appear together in one command.
+//! cluster. The few global keys (the streams in [`stream`](super::stream), the registry)
+//! are single keys and never appear together in one command; the control loop's keys
+//! (`{control}`) share one slot.
 
 use crate::PlacementId;
 
@@ -14,11 +15,23 @@ use crate::PlacementId;
 pub const REGISTRY: &str = "allot:registry";
 /// Placements whose targets changed and want a control round now.
 pub const DIRTY: &str = "allot:dirty";
-/// The control loop's lease: `"<epoch> <holder>"`, with a TTL.
-pub const LEASE: &str = "allot:{control}:lease";
-/// The lease's epoch counter, incremented each time the lease changes hands; in the
-/// lease's hash slot, so one script takes the lease and the epoch together.
+/// The epoch counter every shard lease draws from, incremented each time a shard
+/// changes hands: one counter, so a placement's fencing record, which refuses epochs
+/// older than it has seen, holds whichever shard the placement was in. In the control
+/// slot, so one script takes a shard and its epoch together.
 pub const LEASE_EPOCH: &str = "allot:{control}:epoch";
+/// The control loop's membership: a sorted set of origin instance ids, each scored with
+/// when its heartbeat expires (Redis's clock, ms).
+pub const MEMBERS: &str = "allot:{control}:members";
+/// What each member announced: a hash from instance id to `"<shards> <since_ms>"`, its
+/// shard count and when it joined (Redis's clock).
+pub const MEMBER_INFO: &str = "allot:{control}:member-info";
+
+/// The lease of control shard `shard`: `"<epoch> <holder>"`, with a TTL. Every control
+/// key shares the `{control}` hash tag, so one script syncs them all on a cluster too.
+pub fn shard_lease(shard: u32) -> String {
+    format!("allot:{{control}}:shard:{shard}")
+}
 /// Admin changes, one entry per write.
 pub const AUDIT: &str = "allot:audit";
 
@@ -127,10 +140,12 @@ mod tests {
     }
 
     #[test]
-    fn the_lease_and_its_epoch_share_a_slot() {
-        let tag = |k: &'static str| k.split_once('{').and_then(|(_, rest)| rest.split_once('}')).map(|(t, _)| t);
-        assert_eq!(tag(LEASE), Some("control"));
-        assert_eq!(tag(LEASE), tag(LEASE_EPOCH));
+    fn the_control_keys_share_a_slot() {
+        let tag = |k: &str| k.split_once('{').and_then(|(_, rest)| rest.split_once('}')).map(|(t, _)| t.to_string());
+        for key in [LEASE_EPOCH, MEMBERS, MEMBER_INFO, &shard_lease(0), &shard_lease(63)] {
+            assert_eq!(tag(key).as_deref(), Some("control"), "{key}");
+        }
+        assert_eq!(shard_lease(7), "allot:{control}:shard:7");
     }
 
     #[test]

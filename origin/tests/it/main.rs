@@ -24,4 +24,5 @@ mod ops;
 mod publish;
 mod retry;
 mod server;
+mod shards;
 mod stream;
