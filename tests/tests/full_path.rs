@@ -46,9 +46,9 @@ async fn the_whole_path_holds_its_rate_and_its_targets() {
     let step = run.step(RATE, Duration::from_secs(20), None).await.unwrap();
     println!(
         "{}\n{}\n{}",
-        render::steps(&[step.clone()]),
-        render::cpu(&[step.clone()]),
-        render::shares(&[step.clone()], MARGIN)
+        render::steps(std::slice::from_ref(&step)),
+        render::cpu(std::slice::from_ref(&step)),
+        render::shares(std::slice::from_ref(&step), MARGIN)
     );
     assert_on_schedule(&step, 20.0);
 
@@ -95,7 +95,7 @@ async fn a_paused_edge_shows_in_latency_and_restarts_lose_nothing() {
     // have stopped sending, and seen one slow request per connection: 64 of 3,600.)
     let pause = Fault { after: Duration::from_secs(5), kind: FaultKind::PauseEdge(Duration::from_secs(2)) };
     let step = run.step(RATE, Duration::from_secs(12), Some(pause)).await.unwrap();
-    println!("{}", render::steps(&[step.clone()]));
+    println!("{}", render::steps(std::slice::from_ref(&step)));
     assert_on_schedule(&step, 12.0);
     let stalled = step.observed.accounting.latency_us.count_between(500_000, u64::MAX);
     assert!(stalled as f64 >= 0.7 * 1.5 * RATE, "only {stalled} requests waited ≥ 0.5 s: {:?}", step.traffic);
@@ -107,7 +107,7 @@ async fn a_paused_edge_shows_in_latency_and_restarts_lose_nothing() {
     for kind in [FaultKind::RestartOrigin, FaultKind::RestartRedis] {
         let step =
             run.step(RATE, Duration::from_secs(10), Some(Fault { after: Duration::from_secs(3), kind })).await.unwrap();
-        println!("{:?}\n{}", step.fault, render::steps(&[step.clone()]));
+        println!("{:?}\n{}", step.fault, render::steps(std::slice::from_ref(&step)));
         assert_on_schedule(&step, 10.0);
     }
     let drained = run.drain(Duration::from_secs(60)).await.unwrap();
