@@ -220,10 +220,19 @@ pub fn signed_post(http: &reqwest::Client, url: &str, body: &str) -> reqwest::Re
 /// printed; 0 if absent).
 pub async fn metric(http: &reqwest::Client, url: &str, name_and_labels: &str) -> f64 {
     let text = http.get(url).send().await.expect("GET metrics").text().await.expect("metrics text");
+    let line = find_metric(&text, name_and_labels);
+    line.map_or(0.0, |v| v.trim().parse().expect("a metric value"))
+}
+
+/// A metric's value in a Prometheus text page, if the page has it and it is a number.
+pub fn parse_metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    find_metric(text, name_and_labels)?.trim().parse().ok()
+}
+
+fn find_metric<'a>(text: &'a str, name_and_labels: &str) -> Option<&'a str> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| l.strip_prefix(name_and_labels).and_then(|rest| rest.strip_prefix(' ')))
-        .map_or(0.0, |v| v.trim().parse().expect("a metric value"))
 }
 
 /// The real `allot-origin` binary, killed on drop. Dereferences to its [`OriginApi`].

@@ -127,7 +127,7 @@ impl Proc {
         if self.reaped {
             return;
         }
-        let _ = Command::new("kill").args([signal, &self.child.id().to_string()]).stderr(Stdio::null()).status();
+        signal_pid(self.child.id(), signal);
     }
 
     fn signal_group(&self, signal: &str) {
@@ -202,10 +202,16 @@ pub fn browser_python() -> PathBuf {
 /// An HTTP client for servers on loopback. reqwest may be built with TLS but no crypto
 /// provider (feature unification with the origin), so one is installed first.
 pub fn http_client(timeout: Duration) -> reqwest::Client {
+    http_client_pooled(timeout, 64)
+}
+
+/// [`http_client`] keeping up to `idle` idle connections per host: a load generator
+/// with many requests in flight would otherwise close and reopen connections.
+pub fn http_client_pooled(timeout: Duration, idle: usize) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(timeout)
-        .pool_max_idle_per_host(64)
+        .pool_max_idle_per_host(idle)
         // Below every server's keep-alive timeout (Node's, under the local edge, is 5 s):
         // a connection the server may be closing is never reused, so a request is not
         // lost to that race, which says nothing about the system under test.
@@ -222,4 +228,59 @@ pub async fn wait_http(url: &str, secs: u64) {
         r.is_ok_and(|r| r.status().is_success())
     })
     .await
+}
+
+/// Sends `signal` (e.g. `-STOP`, `-CONT`) to process `pid`: for a server's helper that
+/// is not a [`Proc`] itself (the edge's `workerd`). Only for processes this test started.
+pub fn signal_pid(pid: u32, signal: &str) {
+    let _ = Command::new("kill").args([signal, &pid.to_string()]).stderr(Stdio::null()).status();
+}
+
+/// CPU time a process has used so far (user + system, all its threads), in seconds, as
+/// `/proc/{pid}/stat` counts it; `None` once it is gone. Benchmarks take differences.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?.stat().ok()?;
+    Some((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
+}
+
+/// The machine's load average over 1, 5 and 15 minutes (zeros if `/proc` cannot say).
+pub fn load_average() -> (f32, f32, f32) {
+    use procfs::Current;
+    procfs::LoadAverage::current().map(|l| (l.one, l.five, l.fifteen)).unwrap_or_default()
+}
+
+/// The processes below `pid` (children, their children, …) with their command names:
+/// a server's helpers, e.g. the `workerd` that the edge's Node script runs.
+pub fn descendants(pid: u32) -> Vec<(u32, String)> {
+    let Ok(all) = procfs::process::all_processes() else { return Vec::new() };
+    let parents: Vec<(u32, u32, String)> = all
+        .flatten()
+        .filter_map(|p| p.stat().ok())
+        .filter_map(|s| Some((u32::try_from(s.pid).ok()?, u32::try_from(s.ppid).ok()?, s.comm)))
+        .collect();
+    let mut out: Vec<(u32, String)> = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for (child, _, comm) in parents.iter().filter(|(_, ppid, _)| *ppid == parent) {
+            out.push((*child, comm.clone()));
+            frontier.push(*child);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_and_children_come_from_proc() {
+        let mut child = Proc::spawn("sleep", Command::new("sleep").arg("30")).expect("spawn sleep");
+        let me = std::process::id();
+        assert!(cpu_seconds(me).is_some_and(|s| s >= 0.0));
+        let below = descendants(me);
+        assert!(below.iter().any(|(pid, comm)| *pid == child.id() && comm == "sleep"), "{below:?}");
+        child.kill();
+        assert_eq!(cpu_seconds(child.id()), None, "a reaped process has no CPU time");
+    }
 }

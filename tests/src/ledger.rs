@@ -264,6 +264,17 @@ pub fn archived(bucket_dir: &Path, placement: &str, period_ms: u64) -> anyhow::R
     rows.collect()
 }
 
+/// The rows of archive table `table` (`events`, `plans`), read back by DuckDB from the
+/// bucket's Parquet files (0 before the first object).
+pub fn archived_rows(bucket_dir: &Path, table: &str) -> anyhow::Result<u64> {
+    if !has_parquet(&bucket_dir.join(table)) {
+        return Ok(0);
+    }
+    let glob = format!("{}/{table}/*/*/*.parquet", bucket_dir.display());
+    let rows = allot_testkit::duckdb::try_query(&format!("SELECT count(*) FROM read_parquet('{glob}')"))?;
+    rows.first().and_then(|r| r.first()).and_then(Value::as_u64).context("a count from DuckDB")
+}
+
 fn has_parquet(dir: &Path) -> bool {
     std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
         let path = e.path();

@@ -237,6 +237,21 @@ impl Stack {
         self.edge.terminate(Duration::from_secs(5));
     }
 
+    /// The stack's processes by name, with their ids: the edge's Node script and its
+    /// `workerd`, each origin replica that runs, Redis and the S3 server.
+    pub fn processes(&self) -> Vec<(String, u32)> {
+        let mut out = vec![("edge (node)".to_string(), self.edge.id())];
+        out.extend(process::descendants(self.edge.id()).into_iter().map(|(pid, comm)| (format!("edge ({comm})"), pid)));
+        for (i, replica) in self.origins.iter().enumerate() {
+            if let Some(p) = &replica.process {
+                out.push((if i == 0 { "origin".to_string() } else { format!("origin-{i}") }, p.child.id()));
+            }
+        }
+        out.extend(self.redis.pid().map(|pid| ("redis-server".to_string(), pid)));
+        out.extend(self.s3.pid().map(|pid| ("s3s-fs".to_string(), pid)));
+        out
+    }
+
     /// The proxy between the edge and the origin, with [`Options::edge_via_proxy`].
     pub fn proxy(&self) -> Option<&DelayProxy> {
         self.proxy.as_ref()

@@ -44,6 +44,7 @@ async fn shares_converge_to_targets_and_the_origin_knows_it() {
         rps: 400.0,
         concurrency: 16,
         period_ms: PERIOD_MS,
+        timeout: Duration::from_secs(10),
     };
     let load = traffic.start(Duration::from_secs(120));
 

@@ -95,6 +95,7 @@ async fn hostile_ids_platforms_and_impressions_leave_shares_within_the_margin() 
         rps: 400.0,
         concurrency: 16,
         period_ms: PERIOD_MS,
+        timeout: Duration::from_secs(10),
     };
     let load = traffic.start(Duration::from_secs(120));
     let attack = tokio::spawn(hostile(stack.edge_url.clone(), load.stop.clone(), refusals.clone()));

@@ -112,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
         rps: args.rps,
         concurrency: 16,
         period_ms,
+        timeout: Duration::from_secs(10),
     };
     let duration =
         if args.seconds == 0 { Duration::from_secs(u64::MAX / 4) } else { Duration::from_secs(args.seconds) };
