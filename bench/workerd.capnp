@@ -19,7 +19,10 @@ const config :Workerd.Config = (
   ],
 );
 
-# The edge worker as worker-build produced it, with the same bindings as wrangler.toml.
+# The edge worker as scripts/build-worker.sh builds it (its entry module bundled with the
+# wasm-bindgen glue, and the Wasm), with the bindings wrangler.toml and its secrets give
+# it: with EDGE_KEY every ad carries an impression token and 1 % of requests are
+# sampled, as in production.
 const allotWorker :Workerd.Worker = (
   modules = [
     (name = "index.js", esModule = embed "../worker/build/index.js"),
@@ -31,6 +34,7 @@ const allotWorker :Workerd.Worker = (
     (name = "PLAN_TTL_SECS", text = "10"),
     (name = "ORIGIN_URL", text = "http://origin.invalid"),
     (name = "INGEST_KEY", text = "bench-ingest-key-0123456789"),
+    (name = "EDGE_KEY", text = "bench-edge-key-0123456789abcdef"),
   ],
   # Sampled events go to the sink, which acknowledges them like the origin would.
   globalOutbound = "origin-sink",

@@ -9,7 +9,6 @@ export ALLOT_CACHE="${ALLOT_CACHE:-$HOME/.cache/allot}"
 TOOLS="$ALLOT_CACHE/tools"
 mkdir -p "$TOOLS/bin"
 
-WORKER_BUILD_VERSION=0.8.7
 WASM_BINDGEN_VERSION=0.2.130
 S3S_FS_VERSION=0.14.1
 
@@ -53,7 +52,6 @@ need_npm() {
 
 worker_tools() {
   need_wasm_target
-  cargo_tool worker-build "$WORKER_BUILD_VERSION" worker-build
   cargo_tool wasm-bindgen-cli "$WASM_BINDGEN_VERSION" wasm-bindgen
   need_npm
 }

@@ -56,6 +56,9 @@ pub struct Config {
     /// keep it under the origin's `ingest.max_skew_secs`, beyond which the origin
     /// refuses the signature as stale.
     pub outbox_max_age_ms: u64,
+    /// `TEST_TRAPS` set: the deliberate trap route of the recovery tests exists
+    /// ([`crate::trap`]). Only test configurations set it.
+    pub test_traps: bool,
 }
 
 thread_local! {
@@ -124,6 +127,7 @@ impl Config {
                 1_024..=64 * 1024 * 1024,
             ) as usize,
             outbox_max_age_ms: number(env, "EVENT_MAX_AGE_SECS", crate::outbox::MAX_AGE_MS / 1000, 10..=3_600) * 1000,
+            test_traps: text(env, "TEST_TRAPS").is_some(),
         }
     }
 

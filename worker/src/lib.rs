@@ -7,6 +7,8 @@
 //! - `PUT /internal/plans/{placement}` ([`push`]): the origin publishes a plan.
 //! - `GET /healthz`: liveness, with this isolate's cache and event counters.
 //! - `OPTIONS` on the public routes: CORS preflights from browser apps ([`cors`]).
+//! - `GET /internal/trap`: only with the `TEST_TRAPS` binding, a deliberate panic for
+//!   the recovery tests ([`trap`]).
 //!
 //! The worker decides nothing itself: core chooses, samples, writes the response body,
 //! builds events and signs them. What lives here is what only the edge can do — the
@@ -18,8 +20,9 @@
 //! async export costs every request a Promise and a trip through the futures executor,
 //! while a warm `/v1/ad` has nothing to wait for. It returns the `Response` itself when
 //! it can answer at once and a Promise only when it must wait (KV, request bodies).
-//! workers-rs' start function still installs its panic hook, and its shim still
-//! reinitialises the module after a panic.
+//! workerd calls it through the worker's own entry module (`worker/entry.mjs`), which
+//! also replaces the instance after a trap; workers-rs' start function still installs
+//! its panic hook, which tells the entry module at the moment of a panic.
 
 use wasm_bindgen::JsValue;
 use wasm_bindgen::prelude::wasm_bindgen;
@@ -39,6 +42,7 @@ mod push;
 pub mod query;
 mod respond;
 mod rng;
+mod trap;
 
 use config::Config;
 use error::ApiError;
@@ -62,6 +66,10 @@ fn route_now(
             health().map(Some)
         }
         (path @ ("/v1/ad" | "/v1/impression"), "OPTIONS") => preflight(req, path, env).map(Some),
+        (trap::PATH, "GET") => match trap::requested(env, target.query) {
+            Some(when) => trap::now(when?, ctx),
+            None => Ok(None),
+        },
         _ => Ok(None),
     }
 }
@@ -107,6 +115,7 @@ async fn route(
             "GET" => health(),
             _ => Err(ApiError::method_not_allowed("GET")),
         },
+        trap::PATH if method == "GET" && trap::requested(env, target.query).is_some() => trap::later(env).await,
         path => match path.strip_prefix(PUSH_PREFIX) {
             Some(placement) if !placement.contains('/') => match method {
                 "PUT" => push::serve(req, placement, env).await,
@@ -141,7 +150,7 @@ fn finish(result: Result<web_sys::Response, ApiError>, allow_origin: Option<&str
     }
 }
 
-/// The worker's fetch handler (called by the worker-build shim with the request, the
+/// The worker's fetch handler (called by `worker/entry.mjs` with the request, the
 /// environment and the execution context): a `Response` or a `Promise` of one.
 #[wasm_bindgen]
 pub fn fetch(req: web_sys::Request, env: Env, ctx: worker::worker_sys::Context) -> JsValue {

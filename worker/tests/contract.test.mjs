@@ -73,7 +73,7 @@ test("every documented operation answers as documented", async () => {
 });
 
 test("what the document does not list, the worker does not serve", async () => {
-  for (const [method, path] of [["GET", "/v1/ads"], ["GET", "/internal/plans"], ["GET", "/"], ["POST", "/v1/events"]]) {
+  for (const [method, path] of [["GET", "/v1/ads"], ["GET", "/internal/plans"], ["GET", "/"], ["POST", "/v1/events"], ["GET", "/internal/trap"]]) {
     const res = await worker.get(path, { method });
     assert.equal(res.status, 404, `${method} ${path}`);
     assert.equal((await res.json()).error.code, "not_found");
