@@ -199,7 +199,9 @@ async fn stall_publisher(stack: &mut Stack, placement: &str, targets: &serde_jso
     }
     let fenced = "allot_control_fenced_total{step=\"save\"}";
     let before = stack.origin_api(staller).metric(fenced).await;
-    stack.put_placement(placement, targets).await?;
+    // Through the replica that is up (the other one is still down).
+    let r = api.put_targets(placement, targets, allot_testkit::origin::MANAGER_TOKEN).await;
+    anyhow::ensure!(r.status().is_success(), "PUT /v1/placements/{placement}: {}", r.status());
     stack.start_origin_n(leader_now, &[]).await?;
     let deadline = Instant::now() + Duration::from_secs(40);
     while stack.origin_api(staller).metric(fenced).await <= before {

@@ -25,7 +25,9 @@ async fn events_the_edge_drops_reach_the_origin_as_a_metric_once() {
     };
     let stack = Stack::start(options).await.unwrap();
     stack.put_placement("home_feed", &scenario::home_feed()).await.unwrap();
-    eventually(20, "the edge's plan", async || stack.edge_plan_version("home_feed").await.unwrap()).await;
+    // The first plan comes from the holder of the placement's control shard, once its
+    // first shard sync (a third of the 120 s lease here) has granted it.
+    eventually(90, "the edge's plan", async || stack.edge_plan_version("home_feed").await.unwrap()).await;
     let ad = async |id: &str| {
         let url = format!("{}/v1/ad?placement=home_feed&request_id={id}", stack.edge_url);
         assert_eq!(stack.client.get(url).send().await.unwrap().status(), 200, "the edge answers whatever happens");
