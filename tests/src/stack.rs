@@ -376,7 +376,9 @@ consumer = "{consumer}"
 "#,
         period = o.period_ms,
         min_rate = o.min_sample_rate,
-        lease = (o.period_ms * 2).max(2_000),
+        // Twice the period, within the production default's 10 s: shards are granted a
+        // third of a lease after an origin starts, and the first plan waits for that.
+        lease = (o.period_ms * 2).clamp(2_000, 10_000),
         recent = o.recent_windows,
         consumer = if i == 0 { "stack-origin".to_string() } else { format!("stack-origin-{i}") },
     );

@@ -330,7 +330,7 @@ async fn forged_control_keys_are_refused_and_counted() {
     redis::cmd("ZADD").arg(keys::MEMBERS).arg(soon).arg("bad id!").query::<()>(&mut c).unwrap();
     redis::cmd("HSET").arg(keys::MEMBER_INFO).arg("ghost").arg("64 1").query::<()>(&mut c).unwrap();
 
-    eventually(20, "every forged lease taken back under a new epoch", || async {
+    eventually(40, "every forged lease taken back under a new epoch", || async {
         let mut c = redis.conn();
         (0..4).all(|s| {
             let v: Option<String> = redis::cmd("GET").arg(keys::shard_lease(s)).query(&mut c).ok().flatten();
