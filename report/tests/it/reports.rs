@@ -176,7 +176,7 @@ fn num(t: &ResultTable, row: usize, col: &str) -> f64 {
 fn close(a: f64, b: f64, what: &str) {
     let tolerance = if what.starts_with("est_delivered_low") || what.starts_with("est_delivered_high") {
         // The interval bound times the requests: the same difference, scaled.
-        1e-4 * b.abs().max(1.0)
+        1e-3 * b.abs().max(1.0)
     } else if what.starts_with("est_") {
         6e-4
     } else if what.starts_with("share_low") || what.starts_with("share_high") {
