@@ -10,6 +10,8 @@ use allot_testkit::poll::eventually;
 use allot_testkit::redis::{RedisServer, total_counts};
 use serde_json::{Value, json};
 
+use crate::learning::{early_in_a_minute, start_on_minutes};
+
 /// `n` requests from `country` in window `index`, sampled at `rate`, no ad.
 fn requests(country: &str, n: usize, index: u64, period: u64, rate: f64, tag: &str) -> Vec<Event> {
     (0..n)
@@ -22,20 +24,12 @@ fn requests(country: &str, n: usize, index: u64, period: u64, rate: f64, tag: &s
         .collect()
 }
 
-async fn early_in_a_minute() {
-    let into = allot_origin::now_ms() % 60_000;
-    if into > 40_000 {
-        tokio::time::sleep(std::time::Duration::from_millis(60_000 - into + 100)).await;
-    }
-}
-
 #[tokio::test]
 async fn jointly_infeasible_targets_are_reported_with_the_campaigns_they_compete_with() {
     early_in_a_minute().await;
     let redis = RedisServer::start();
     let period = 60_000;
-    let env = [("ALLOT_CONTROL_PERIOD_MS", "60000"), ("ALLOT_CONTROL_LATENESS_MS", "0")];
-    let app = TestApp::start(config(&redis, "", &env)).await;
+    let app = start_on_minutes(&redis).await;
     // DE 30 %, FR 20 %, elsewhere 50 %.
     let last = allot_origin::now_ms() / period - 1;
     let mut events = requests("DE", 300, last, period, 1.0, "t");
@@ -108,8 +102,7 @@ async fn a_handful_of_samples_at_a_low_rate_is_unattainable_only_when_even_its_b
     early_in_a_minute().await;
     let redis = RedisServer::start();
     let period = 60_000;
-    let env = [("ALLOT_CONTROL_PERIOD_MS", "60000"), ("ALLOT_CONTROL_LATENESS_MS", "0")];
-    let app = TestApp::start(config(&redis, "", &env)).await;
+    let app = start_on_minutes(&redis).await;
     let last = allot_origin::now_ms() / period - 1;
     // Three samples at 1 %: about 300 requests, at most ~950 (upper bound).
     xadd(&mut redis.conn(), &EventBatch { events: requests("DE", 3, last, period, 0.01, "t") }, allot_origin::now_ms());

@@ -93,7 +93,7 @@ async fn the_state_is_kept_every_round_and_a_republish_keeps_the_weights() {
 
 /// Waits, if needed, so that the test runs in the first 40 s of a minute (its windows
 /// are a minute long).
-async fn early_in_a_minute() {
+pub(crate) async fn early_in_a_minute() {
     let into = allot_origin::now_ms() % 60_000;
     if into > 40_000 {
         tokio::time::sleep(std::time::Duration::from_millis(60_000 - into + 100)).await;
@@ -106,27 +106,44 @@ async fn ask_for_a_round(app: &TestApp) {
     app.app().control_wake.notify_one();
 }
 
+/// An origin on a 60 s period with no lateness: a test's events sit in the window that
+/// just ended, and its rounds must count it at once.
+pub(crate) async fn start_on_minutes(redis: &RedisServer) -> TestApp {
+    let env = [("ALLOT_CONTROL_PERIOD_MS", "60000"), ("ALLOT_CONTROL_LATENESS_MS", "0")];
+    TestApp::start(config(redis, "", &env)).await
+}
+
+/// [`start_on_minutes`], `home_feed`'s targets saved, and its first plan.
+async fn start_with_a_plan(redis: &RedisServer) -> (TestApp, Plan) {
+    let app = start_on_minutes(redis).await;
+    assert_eq!(app.put_targets("home_feed", &spec(), MANAGER_TOKEN).await.status(), 201);
+    eventually(5, "first plan", || async { stored_record(redis).filter(|r| r.plan.version == 1).map(|_| ()) }).await;
+    let v1 = first_plan(redis);
+    (app, v1)
+}
+
+/// Window `last` of 400 requests under `plan`, A 4 pp short, counted; then a round.
+async fn one_window_a_short(redis: &RedisServer, app: &TestApp, plan: &Plan, last: u64, period: u64) {
+    xadd(
+        &mut redis.conn(),
+        &allot_core::EventBatch { events: traffic(plan, last, period, 400, 0.46, "w") },
+        allot_origin::now_ms(),
+    );
+    eventually(10, "counted", || async { (total_counts(redis, "home_feed").requests.n == 400).then_some(()) }).await;
+    ask_for_a_round(app).await;
+}
+
 #[tokio::test]
 async fn re_saved_targets_and_forged_events_do_not_bend_feedback() {
     early_in_a_minute().await;
     let redis = RedisServer::start();
     let period = 60_000;
-    let env = [("ALLOT_CONTROL_PERIOD_MS", "60000"), ("ALLOT_CONTROL_LATENESS_MS", "0")];
-    let app = TestApp::start(config(&redis, "", &env)).await;
-    assert_eq!(app.put_targets("home_feed", &spec(), MANAGER_TOKEN).await.status(), 201);
-    eventually(5, "first plan", || async { stored_record(&redis).filter(|r| r.plan.version == 1).map(|_| ()) }).await;
-    let v1 = first_plan(&redis);
+    let (app, v1) = start_with_a_plan(&redis).await;
 
     // One complete window, A 4 pp short: within one window's band (±7.5 pp at 400
     // requests), far outside the band of six windows.
     let last = allot_origin::now_ms() / period - 1;
-    xadd(
-        &mut redis.conn(),
-        &allot_core::EventBatch { events: traffic(&v1, last, period, 400, 0.46, "w") },
-        allot_origin::now_ms(),
-    );
-    eventually(10, "counted", || async { (total_counts(&redis, "home_feed").requests.n == 400).then_some(()) }).await;
-    ask_for_a_round(&app).await;
+    one_window_a_short(&redis, &app, &v1, last, period).await;
     let counted =
         eventually(10, "the window learnt", || async { stored_state(&redis).filter(|s| windows_counted(s) == 1) })
             .await;
@@ -173,19 +190,9 @@ async fn redis_failing_under_the_loop_loses_no_state_and_counts_no_window_twice(
     early_in_a_minute().await;
     let mut redis = RedisServer::start_with_aof();
     let period = 60_000;
-    let env = [("ALLOT_CONTROL_PERIOD_MS", "60000"), ("ALLOT_CONTROL_LATENESS_MS", "0")];
-    let app = TestApp::start(config(&redis, "", &env)).await;
-    assert_eq!(app.put_targets("home_feed", &spec(), MANAGER_TOKEN).await.status(), 201);
-    eventually(5, "first plan", || async { stored_record(&redis).filter(|r| r.plan.version == 1).map(|_| ()) }).await;
-    let v1 = first_plan(&redis);
+    let (app, v1) = start_with_a_plan(&redis).await;
     let last = allot_origin::now_ms() / period - 1;
-    xadd(
-        &mut redis.conn(),
-        &allot_core::EventBatch { events: traffic(&v1, last, period, 400, 0.46, "w") },
-        allot_origin::now_ms(),
-    );
-    eventually(10, "counted", || async { (total_counts(&redis, "home_feed").requests.n == 400).then_some(()) }).await;
-    ask_for_a_round(&app).await;
+    one_window_a_short(&redis, &app, &v1, last, period).await;
     let before =
         eventually(10, "the window learnt", || async { stored_state(&redis).filter(|s| windows_counted(s) == 1) })
             .await;
