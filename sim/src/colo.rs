@@ -86,26 +86,8 @@ impl Slot {
             .iter()
             .map(|c| spec.shortfall.iter().find(|(id, _)| id == &c.id).map_or(0.0, |(_, f)| *f))
             .collect();
-        let shown = p
-            .campaigns
-            .iter()
-            .map(|c| {
-                profiles
-                    .iter()
-                    .map(|pr| {
-                        let fail: f64 = spec
-                            .render_failure
-                            .iter()
-                            .filter(|(id, platform, _)| {
-                                id.as_ref().is_none_or(|id| id == &c.id) && *platform == pr.platform
-                            })
-                            .map(|(_, _, f)| *f)
-                            .fold(0.0, f64::max);
-                        1.0 - fail
-                    })
-                    .collect()
-            })
-            .collect();
+        let shown =
+            p.campaigns.iter().map(|c| profiles.iter().map(|pr| spec.shown(&c.id, pr.platform)).collect()).collect();
         Self { plan, odds, shortfall, shown, pending: Vec::new() }
     }
 }

@@ -21,6 +21,19 @@ pub struct PlacementSpec {
     pub shortfall: Vec<(CampaignId, f64)>,
 }
 
+impl PlacementSpec {
+    /// The probability that an allocated ad of `campaign` is shown on `platform`.
+    pub fn shown(&self, campaign: &CampaignId, platform: &str) -> f64 {
+        let fail = self
+            .render_failure
+            .iter()
+            .filter(|(c, p, _)| c.as_ref().is_none_or(|c| c == campaign) && *p == platform)
+            .map(|(_, _, f)| *f)
+            .fold(0.0, f64::max);
+        1.0 - fail
+    }
+}
+
 /// Something a manager (or the world) does at a moment: new targets for a placement,
 /// or only a marker for a traffic event, so re-convergence is measured from it.
 #[derive(Debug, Clone)]

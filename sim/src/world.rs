@@ -344,13 +344,7 @@ fn show_ratio(
         if !rule.matches(Some(pr.platform), Some(pr.country)) {
             continue;
         }
-        let fail = spec
-            .render_failure
-            .iter()
-            .filter(|(c, platform, _)| c.as_ref().is_none_or(|c| c == id) && *platform == pr.platform)
-            .map(|(_, _, f)| *f)
-            .fold(0.0, f64::max);
-        shown += supply[k] * (1.0 - fail);
+        shown += supply[k] * spec.shown(id, pr.platform);
         all += supply[k];
     }
     if all > 0.0 { shown / all } else { 1.0 }
