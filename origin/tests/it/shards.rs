@@ -319,7 +319,10 @@ async fn forged_control_keys_are_refused_and_counted() {
         }
         cmd.query::<()>(c).unwrap();
     };
-    set(&mut c, 0, &format!("1 {holder0}"), Some(LEASE_MS));
+    // An epoch that was issued, but not to this holder for this shard (shard 1's).
+    let (other, _) = lease(&mut c, 1);
+    assert_ne!(other, e0);
+    set(&mut c, 0, &format!("{other} {holder0}"), Some(LEASE_MS));
     set(&mut c, 1, "999999999 mallory", Some(LEASE_MS));
     set(&mut c, 2, "not a lease", None);
     redis::cmd("DEL").arg(keys::shard_lease(3)).query::<()>(&mut c).unwrap();
@@ -330,7 +333,7 @@ async fn forged_control_keys_are_refused_and_counted() {
     redis::cmd("ZADD").arg(keys::MEMBERS).arg(soon).arg("bad id!").query::<()>(&mut c).unwrap();
     redis::cmd("HSET").arg(keys::MEMBER_INFO).arg("ghost").arg("64 1").query::<()>(&mut c).unwrap();
 
-    eventually(40, "every forged lease taken back under a new epoch", || async {
+    eventually(20, "every forged lease taken back under a new epoch", || async {
         let mut c = redis.conn();
         (0..4).all(|s| {
             let v: Option<String> = redis::cmd("GET").arg(keys::shard_lease(s)).query(&mut c).ok().flatten();
