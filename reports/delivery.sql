@@ -2,20 +2,26 @@
 --
 -- est_delivered is the Horvitz-Thompson estimate (sum of 1/sample_rate) of the
 -- campaign's deliveries; share is est_delivered over the placement's estimated requests,
--- with a 95 % Wilson interval on the effective sample size (sum w)^2 / sum w^2: the same
--- estimate and interval the origin's status API reports (allot-core estimate::share).
+-- with a 95 % Wilson interval on the ratio estimator's effective sample size
+-- r(1-r)/V, V = ((1-r)^2 S_y + r^2 (S_x - S_y)) / X^2 with S = sum w^2 over the
+-- delivered events (y) and the requests (x), falling back to Kish's (sum w)^2 / sum w^2
+-- at a share of 0 or 1: the same estimate and interval the origin's status API reports
+-- (allot-core estimate::share).
 -- Delivery is measured per campaign with the origin's rule (allot-core
 -- DeliveryBasis::of): on impressions when the placement's apps report them for at least
 -- half of the ads allocated that day (each campaign counting at most its own
 -- allocations) and the campaign itself has at least 20 sampled impressions and 20
--- sampled allocations, otherwise on allocations (basis). est_delivered_low/high scale
--- the interval to counts.
+-- sampled allocations, otherwise on allocations (basis). A share on impressions is of
+-- the requests of apps that report them (est_base; allocations marked unreported come
+-- from apps that said they report none, and count neither there nor in the coverage);
+-- a share on allocations is of all requests. est_delivered_low/high scale the interval
+-- to counts of that base.
 --
 -- target is the campaign's target rate as the day's traffic saw it: every sampled
 -- request is joined to the plan it was served under (table plans, one row per plan
 -- version and campaign), so a target changed at noon counts half for each value.
 -- Requests served under a plan whose snapshot is not archived are left out of that mean.
--- est_target = est_requests * target; vs_target says whether the target lies within
+-- est_target = est_base * target; vs_target says whether the target lies within
 -- the share's interval ('within'), above it ('under': delivered too little) or below
 -- it ('over'). A campaign with a target and no delivery is listed with zeros.
 --
@@ -24,7 +30,9 @@
 WITH requests AS (
   SELECT placement, dt,
          SUM(weight) AS requests,
-         SUM(weight * weight) AS requests_sq
+         SUM(weight * weight) AS requests_sq,
+         SUM(CASE WHEN COALESCE(unreported, FALSE) THEN 0.0 ELSE weight END) AS reporting,
+         SUM(CASE WHEN COALESCE(unreported, FALSE) THEN 0.0 ELSE weight * weight END) AS reporting_sq
   FROM events
   WHERE kind = 'allocation' AND dt BETWEEN '{{from}}' AND '{{to}}'
   GROUP BY placement, dt
@@ -32,7 +40,11 @@ WITH requests AS (
 campaigns AS (
   SELECT placement, dt, ad_id AS campaign,
          SUM(CASE WHEN kind = 'allocation' THEN weight ELSE 0.0 END) AS allocations,
+         SUM(CASE WHEN kind = 'allocation' AND NOT COALESCE(unreported, FALSE) THEN weight ELSE 0.0 END)
+           AS reporting_allocations,
          SUM(CASE WHEN kind = 'impression' THEN weight ELSE 0.0 END) AS impressions,
+         SUM(CASE WHEN kind = 'allocation' THEN weight * weight ELSE 0.0 END) AS allocations_sq,
+         SUM(CASE WHEN kind = 'impression' THEN weight * weight ELSE 0.0 END) AS impressions_sq,
          SUM(CASE WHEN kind = 'allocation' THEN 1 ELSE 0 END) AS allocation_samples,
          SUM(CASE WHEN kind = 'impression' THEN 1 ELSE 0 END) AS impression_samples
   FROM events
@@ -41,8 +53,8 @@ campaigns AS (
 ),
 coverage AS (
   SELECT placement, dt,
-         CASE WHEN SUM(allocations) > 0
-              THEN SUM(LEAST(impressions, allocations)) / SUM(allocations)
+         CASE WHEN SUM(reporting_allocations) > 0
+              THEN SUM(LEAST(impressions, reporting_allocations)) / SUM(reporting_allocations)
               ELSE 0.0 END AS coverage
   FROM campaigns
   GROUP BY placement, dt
@@ -100,22 +112,40 @@ delivered AS (
               ELSE COALESCE(c.allocations, 0.0) END AS delivered,
          CASE WHEN b.basis = 'impressions' THEN COALESCE(c.impression_samples, 0)
               ELSE COALESCE(c.allocation_samples, 0) END AS samples,
-         r.requests * r.requests / r.requests_sq AS n_eff
+         CASE WHEN b.basis = 'impressions' THEN COALESCE(c.impressions_sq, 0.0)
+              ELSE COALESCE(c.allocations_sq, 0.0) END AS delivered_sq,
+         CASE WHEN b.basis = 'impressions' THEN r.reporting_sq ELSE r.requests_sq END AS base_sq,
+         CASE WHEN b.basis = 'impressions' THEN r.reporting ELSE r.requests END AS base,
+         CASE WHEN b.basis = 'impressions' THEN r.reporting * r.reporting / r.reporting_sq
+              ELSE r.requests * r.requests / r.requests_sq END AS kish
   FROM keyed k
   JOIN requests r ON r.placement = k.placement AND r.dt = k.dt
   LEFT JOIN campaigns c ON c.placement = k.placement AND c.dt = k.dt AND c.campaign = k.campaign
   LEFT JOIN basis b ON b.placement = k.placement AND b.dt = k.dt AND b.campaign = k.campaign
   LEFT JOIN targets t ON t.placement = k.placement AND t.dt = k.dt AND t.campaign = k.campaign
 ),
-shares AS (
-  SELECT d.placement, d.dt, d.campaign, d.basis, d.impressions, d.requests, d.delivered, d.samples, d.n_eff,
-         d.target,
-         LEAST(d.delivered / d.requests, 1.0) AS share,
-         CAST(1.959964 AS DOUBLE) AS z
+ratios AS (
+  SELECT d.*,
+         LEAST(d.delivered / d.base, 1.0) AS share,
+         LEAST(d.delivered_sq, d.base_sq) AS s_y
   FROM delivered d
 ),
+variances AS (
+  SELECT r.*,
+         ((1 - r.share) * (1 - r.share) * r.s_y + r.share * r.share * (r.base_sq - r.s_y))
+           / (r.base * r.base) AS v
+  FROM ratios r
+),
+shares AS (
+  SELECT v.placement, v.dt, v.campaign, v.basis, v.impressions, v.requests, v.base, v.delivered, v.samples,
+         v.target, v.share,
+         CASE WHEN v.v > 0 AND v.share > 0 AND v.share < 1 THEN v.share * (1 - v.share) / v.v
+              ELSE v.kish END AS n_eff,
+         CAST(1.959964 AS DOUBLE) AS z
+  FROM variances v
+),
 wilson AS (
-  SELECT s.placement, s.dt, s.campaign, s.basis, s.impressions, s.requests, s.delivered, s.samples, s.share,
+  SELECT s.placement, s.dt, s.campaign, s.basis, s.impressions, s.requests, s.base, s.delivered, s.samples, s.share,
          s.target,
          GREATEST((s.share + s.z * s.z / (2 * s.n_eff)) / (1 + s.z * s.z / s.n_eff)
            - s.z / (1 + s.z * s.z / s.n_eff)
@@ -130,16 +160,17 @@ SELECT placement,
        campaign,
        basis,
        ROUND(requests, 3) AS est_requests,
+       ROUND(base, 3) AS est_base,
        ROUND(delivered, 3) AS est_delivered,
        ROUND(impressions, 3) AS est_impressions,
        samples,
        ROUND(share, 6) AS share,
        ROUND(low, 6) AS share_low,
        ROUND(high, 6) AS share_high,
-       ROUND(requests * low, 3) AS est_delivered_low,
-       ROUND(requests * high, 3) AS est_delivered_high,
+       ROUND(base * low, 3) AS est_delivered_low,
+       ROUND(base * high, 3) AS est_delivered_high,
        ROUND(target, 6) AS target,
-       ROUND(requests * target, 3) AS est_target,
+       ROUND(base * target, 3) AS est_target,
        CASE WHEN target IS NULL THEN NULL
             WHEN target > high THEN 'under'
             WHEN target < low THEN 'over'

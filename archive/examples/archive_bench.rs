@@ -42,6 +42,7 @@ fn batch(n: u64, rng: &mut u64) -> anyhow::Result<EventBatch> {
             platform: Some(["ios", "android", "web"][(r >> 8) as usize % 3].into()),
             country: Some(["DE", "FR", "US", "GB", "IT"][(r >> 16) as usize % 5].into()),
             colo: Some(["FRA", "CDG", "IAD"][(r >> 24) as usize % 3].into()),
+            unreported: false,
         });
     }
     Ok(EventBatch { events })

@@ -2,7 +2,7 @@
 //!
 //! One row per event, columns exactly as docs/design.md and the Glue table declare them:
 //! `event_time, received_time, kind, request_id, placement, ad_id, plan_version,
-//! sample_rate, weight, eligible, platform, country, colo`. Times are UTC timestamps in
+//! sample_rate, weight, eligible, platform, country, colo, unreported`. Times are UTC timestamps in
 //! milliseconds; `weight` is core's Horvitz–Thompson weight `1/sample_rate`, stored so
 //! analysts sum it instead of re-deriving it. The partition columns (`dt`, `hour`) are
 //! in the object key, not in the file, as Hive-style readers expect. Encoding the same
@@ -12,7 +12,9 @@ use std::sync::{Arc, LazyLock};
 
 use allot_core::Event;
 use arrow_array::builder::{ListBuilder, StringBuilder};
-use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow_array::{
+    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
@@ -29,7 +31,7 @@ pub struct ArchivedEvent {
 }
 
 /// The archive's column names, in order.
-pub const COLUMNS: [&str; 13] = [
+pub const COLUMNS: [&str; 14] = [
     "event_time",
     "received_time",
     "kind",
@@ -43,6 +45,7 @@ pub const COLUMNS: [&str; 13] = [
     "platform",
     "country",
     "colo",
+    "unreported",
 ];
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -61,6 +64,8 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("platform", DataType::Utf8, true),
         Field::new("country", DataType::Utf8, true),
         Field::new("colo", DataType::Utf8, true),
+        // Nullable: objects written before it existed read it as NULL (a reporting app).
+        Field::new("unreported", DataType::Boolean, true),
     ]))
 });
 
@@ -95,6 +100,7 @@ pub fn to_record_batch(rows: &[&ArchivedEvent]) -> Result<RecordBatch, ArchiveEr
         strs(&|e| e.platform.as_deref()),
         strs(&|e| e.country.as_deref()),
         strs(&|e| e.colo.as_deref()),
+        Arc::new(rows.iter().map(|r| Some(r.event.unreported)).collect::<BooleanArray>()),
     ];
     RecordBatch::try_new(schema(), columns).map_err(|e| ArchiveError::Parquet(e.to_string()))
 }
@@ -152,6 +158,7 @@ mod tests {
                 platform: Some("ios".into()),
                 country: None,
                 colo: Some("FRA".into()),
+                unreported: false,
             },
             received_ms: 1_700_000_000_500 + i,
         }

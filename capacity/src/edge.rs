@@ -111,7 +111,7 @@ impl Edge {
         let Ok(attrs) = RequestAttrs::parse(Some(platform), Some(country)) else { return };
         let choice = plan.choose(attrs, self.rng.random());
         let id = self.request_id();
-        let event = plan.allocation_event(id, choice, attrs, now_ms, Some(COLO.into()));
+        let event = plan.allocation_event(id, choice, attrs, now_ms, Some(COLO.into()), false);
         let impression = (event.ad_id.is_some() && self.rng.random::<f64>() < RENDER_RATIO).then(|| Event {
             kind: EventKind::Impression,
             eligible: Vec::new(),

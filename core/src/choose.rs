@@ -158,7 +158,8 @@ impl CompiledPlan {
 
     /// The allocation event of a decided request: what the edge sends when the request
     /// is sampled. Attributes are normalised the way events carry them (platform lower
-    /// case, country upper case).
+    /// case, country upper case). `unreported`: the app said it reports no impressions
+    /// ([`Event::unreported`]).
     pub fn allocation_event(
         &self,
         request_id: RequestId,
@@ -166,6 +167,7 @@ impl CompiledPlan {
         attrs: RequestAttrs<'_>,
         event_time_ms: u64,
         colo: Option<String>,
+        unreported: bool,
     ) -> Event {
         let p = &self.plan;
         Event {
@@ -180,6 +182,7 @@ impl CompiledPlan {
             platform: attrs.platform.map(str::to_ascii_lowercase),
             country: attrs.country.map(str::to_ascii_uppercase),
             colo,
+            unreported,
         }
     }
 
@@ -382,7 +385,7 @@ mod tests {
         let p = CompiledPlan::new(plan(&[("A", 1.0, &["ios"], &[]), ("B", 1.0, &[], &[])], 0.0)).unwrap();
         let attrs = RequestAttrs::parse(Some("iOS"), Some("de")).unwrap();
         let choice = p.choose(attrs, 0.1);
-        let e = p.allocation_event(crate::RequestId::parse("r1").unwrap(), choice, attrs, 5, Some("FRA".into()));
+        let e = p.allocation_event(crate::RequestId::parse("r1").unwrap(), choice, attrs, 5, Some("FRA".into()), false);
         assert_eq!((e.platform.as_deref(), e.country.as_deref()), (Some("ios"), Some("DE")));
         assert_eq!(e.eligible.iter().map(|c| c.as_str()).collect::<Vec<_>>(), ["A", "B"]);
         assert_eq!((e.plan_version, e.event_time_ms), (3, 5));

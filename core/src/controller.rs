@@ -173,9 +173,10 @@ impl Controller {
             .campaigns
             .iter()
             .zip(&basis)
-            .map(|(c, b)| match (b, input.recent.campaigns.get(&c.id)) {
-                (DeliveryBasis::Impressions, Some(k)) if k.allocations.n as f64 >= self.min_samples / 10.0 => {
-                    (k.impressions.ht / k.allocations.ht).clamp(0.05, 1.0)
+            .map(|(c, b)| match (b, input.recent.campaigns.get(&c.id).map(|k| (k, k.reporting_allocations()))) {
+                // Of the ads given to apps that report impressions, the share shown.
+                (DeliveryBasis::Impressions, Some((k, base))) if base.n as f64 >= self.min_samples / 10.0 => {
+                    (k.impressions.ht / base.ht).clamp(0.05, 1.0)
                 }
                 _ => 1.0,
             })

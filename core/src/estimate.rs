@@ -77,7 +77,8 @@ pub fn wilson(p: f64, n: f64, z: f64) -> (f64, f64) {
 /// The delivered share of `campaign` in `stats`, at normal quantile `z`.
 pub fn share(stats: &WindowStats, campaign: &CampaignId, basis: DeliveryBasis, z: f64) -> ShareEstimate {
     let (tally, _) = delivered(stats, campaign, basis);
-    let share = if stats.requests.ht > 0.0 { (tally.ht / stats.requests.ht).min(1.0) } else { 0.0 };
+    let (base, _) = base(stats, basis);
+    let share = if base.ht > 0.0 { (tally.ht / base.ht).min(1.0) } else { 0.0 };
     let (low, high) = wilson(share, effective_samples(stats, campaign, basis), z);
     ShareEstimate { share, low, high, samples: tally.n }
 }
@@ -91,13 +92,25 @@ fn delivered(stats: &WindowStats, campaign: &CampaignId, basis: DeliveryBasis) -
     }
 }
 
+/// The requests a share is of, and their `Σw²`: all of them for allocations; for
+/// impressions, those from apps that report them ([`WindowStats::reporting`]), since
+/// the others can never show up in the numerator.
+fn base(stats: &WindowStats, basis: DeliveryBasis) -> (crate::stats::Tally, f64) {
+    match basis {
+        DeliveryBasis::Allocations => (stats.requests, stats.requests_sq),
+        DeliveryBasis::Impressions => stats.reporting(),
+    }
+}
+
 /// The variance of the campaign's share estimate `R̂ = Y/X` (Horvitz–Thompson ratio,
 /// linearized): `Σ w²(y − R̂)² / X² = [(1 − R̂)²·S_y + R̂²·(S_x − S_y)] / X²`, where
-/// `S_y = Σ w²` over the delivered events and `S_x = Σ w²` over all requests. `None`
+/// `S_y = Σ w²` over the delivered events and `S_x = Σ w²` over the requests of the
+/// share's base (all of them, or those of reporting apps for impressions). `None`
 /// when the window does not tell: nothing sampled, or stored without `S_y`.
 pub fn share_variance(stats: &WindowStats, campaign: &CampaignId, basis: DeliveryBasis) -> Option<f64> {
-    let x = stats.requests.ht;
-    if x <= 0.0 || stats.requests_sq <= 0.0 {
+    let (requests, s_x) = base(stats, basis);
+    let x = requests.ht;
+    if x <= 0.0 || s_x <= 0.0 {
         return None;
     }
     let (tally, s_y) = delivered(stats, campaign, basis);
@@ -105,17 +118,18 @@ pub fn share_variance(stats: &WindowStats, campaign: &CampaignId, basis: Deliver
         return None;
     }
     let r = (tally.ht / x).clamp(0.0, 1.0);
-    let s_y = s_y.min(stats.requests_sq);
-    Some(((1.0 - r).powi(2) * s_y + r * r * (stats.requests_sq - s_y)) / (x * x))
+    let s_y = s_y.min(s_x);
+    Some(((1.0 - r).powi(2) * s_y + r * r * (s_x - s_y)) / (x * x))
 }
 
 /// The number of equally weighted samples as precise as the window's estimate of the
 /// campaign's share: `R̂(1 − R̂)/V` from [`share_variance`]; the Kish size
 /// `(Σw)²/Σw²` where that does not apply (a share of 0 or 1, an old window).
 pub fn effective_samples(stats: &WindowStats, campaign: &CampaignId, basis: DeliveryBasis) -> f64 {
-    let kish = stats.effective_samples();
+    let (requests, s_x) = base(stats, basis);
+    let kish = if s_x > 0.0 { requests.ht * requests.ht / s_x } else { 0.0 };
     let (tally, _) = delivered(stats, campaign, basis);
-    let r = if stats.requests.ht > 0.0 { tally.ht / stats.requests.ht } else { 0.0 };
+    let r = if requests.ht > 0.0 { tally.ht / requests.ht } else { 0.0 };
     match share_variance(stats, campaign, basis) {
         Some(v) if v > 0.0 && r > 0.0 && r < 1.0 => r * (1.0 - r) / v,
         _ => kish,
@@ -214,6 +228,34 @@ mod tests {
         let s = window(20, 10);
         assert!(s.impression_coverage() < MIN_COVERAGE);
         assert_eq!(DeliveryBasis::of(&s, &a), DeliveryBasis::Allocations);
+    }
+
+    /// 30 % of requests come from an app that reports no impressions; every ad the
+    /// others were given is shown. Measured on impressions, A's share is its share of
+    /// the reporting traffic (its true shown share), not 30 % low, and the placement
+    /// still counts as fully covered.
+    #[test]
+    fn apps_that_report_nothing_leave_the_base_of_shown_shares() {
+        let a = CampaignId::parse("A").unwrap();
+        let mut s = WindowStats::default();
+        for i in 0..1000 {
+            let ad = (i % 2 == 0).then_some("A");
+            let mut e = allocation(&format!("r{i}"), ad, &["A"], 0.5);
+            e.unreported = (i / 2) % 10 < 3;
+            s.fold(&e);
+            if ad.is_some() && !e.unreported {
+                s.fold(&impression(&format!("r{i}"), "A"));
+            }
+        }
+        assert_eq!(s.impression_coverage(), 1.0);
+        assert_eq!(DeliveryBasis::of(&s, &a), DeliveryBasis::Impressions);
+        let e = share(&s, &a, DeliveryBasis::Impressions, 1.96);
+        assert!((e.share - 0.5).abs() < 1e-12, "{e:?}");
+        assert!(e.contains(0.5) && e.high - e.low < 0.09, "{e:?}");
+        // The interval is as wide as 700 requests give, not 1,000.
+        let n = effective_samples(&s, &a, DeliveryBasis::Impressions);
+        assert!((n - 700.0).abs() < 1.0, "{n}");
+        assert_eq!(share(&s, &a, DeliveryBasis::Allocations, 1.96).share, 0.5);
     }
 
     /// A window whose first half ran at rate 1 % with A at 50 % and whose second half

@@ -63,6 +63,13 @@ pub struct Event {
     /// The edge location that decided, for operators.
     #[serde(default)]
     pub colo: Option<String>,
+    /// The app said it reports no impressions (`impressions=none` on `/v1/ad`), so the
+    /// request counts for allocations but stays out of the base of shown shares: an
+    /// app that never reports would otherwise look like ads that never render.
+    /// Allocations only; absent on the wire when false, so older edges read as
+    /// reporting apps.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unreported: bool,
 }
 
 /// A body of events.
@@ -97,6 +104,9 @@ impl Event {
         let bad = |field, message: &str| Err(EventError::Invalid { index, field, message: message.into() });
         if self.kind == EventKind::Impression && self.ad_id.is_none() {
             return bad("ad_id", "an impression needs the ad that was shown");
+        }
+        if self.kind == EventKind::Impression && self.unreported {
+            return bad("unreported", "an impression comes from an app that reports them");
         }
         if self.eligible.len() > MAX_CAMPAIGNS {
             return bad("eligible", "too many campaigns");
@@ -159,15 +169,22 @@ pub(crate) mod tests {
             platform: Some("ios".into()),
             country: Some("DE".into()),
             colo: Some("FRA".into()),
+            unreported: false,
         }
     }
 
     #[test]
     fn round_trips() {
+        let mut quiet = allocation("r3", Some("B"), &["B"], 0.25);
+        quiet.unreported = true;
         let batch = EventBatch {
-            events: vec![allocation("r1", Some("A"), &["A", "B"], 0.5), allocation("r2", None, &[], 1.0)],
+            events: vec![allocation("r1", Some("A"), &["A", "B"], 0.5), allocation("r2", None, &[], 1.0), quiet],
         };
-        assert_eq!(EventBatch::parse(batch.to_json().as_bytes()).unwrap(), batch);
+        let json = batch.to_json();
+        assert_eq!(EventBatch::parse(json.as_bytes()).unwrap(), batch);
+        // Written only when set, so a body from an edge that predates it reads the same.
+        assert_eq!(json.matches("\"unreported\":true").count(), 1);
+        assert!(!json.contains("\"unreported\":false"));
     }
 
     #[test]
@@ -182,6 +199,8 @@ pub(crate) mod tests {
             (json!({"bogus": 1}), "unknown field"),
             (json!({"platform": "iOS"}), "platform"),
             (json!({"country": "de"}), "country"),
+            (json!({"kind": "impression", "unreported": true}), "unreported"),
+            (json!({"unreported": 1}), "invalid type"),
         ];
         for (patch, expect) in cases {
             let mut e = good.clone();

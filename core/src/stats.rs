@@ -10,7 +10,10 @@
 //! `req.ht`, `req.sq`, `req.n` (all requests), `a.{id}.ht`/`a.{id}.n`/`a.{id}.sq`
 //! (allocations), `i.{id}.ht`/`i.{id}.n`/`i.{id}.sq` (impressions),
 //! `p.{platform}:{country}` (requests per attribute profile; either part may be empty),
-//! `v.{version}` (plan versions seen). The `.sq` fields (`Σw²` of a campaign's events)
+//! `v.{version}` (plan versions seen), `u.ht`/`u.n`/`u.sq` and `u.{id}.ht`/`u.{id}.n`
+//! (requests, and each campaign's allocations, from apps that report no impressions:
+//! [`Event::unreported`]; a window stored before they existed reads as all apps
+//! reporting). The `.sq` fields (`Σw²` of a campaign's events)
 //! give a share's variance when the rate changed within a window
 //! ([`crate::estimate::share_variance`]); windows written before they existed read
 //! with `sq = 0`, and their variance falls back to the effective sample size.
@@ -54,6 +57,20 @@ pub struct CampaignCounts {
     pub allocations_sq: f64,
     /// `Σ (1/rate)²` over the impressions.
     pub impressions_sq: f64,
+    /// The allocations among them from apps that report no impressions.
+    pub unreported: Tally,
+}
+
+impl CampaignCounts {
+    /// The allocations whose app would have reported the impression: the base of the
+    /// campaign's render ratio.
+    pub fn reporting_allocations(&self) -> Tally {
+        minus(self.allocations, self.unreported)
+    }
+}
+
+fn minus(all: Tally, part: Tally) -> Tally {
+    Tally { ht: (all.ht - part.ht).max(0.0), n: all.n.saturating_sub(part.n) }
 }
 
 /// A placement's counts for one window (or several merged).
@@ -64,6 +81,9 @@ pub struct WindowStats {
     /// `Σ (1/rate)²` over requests: with [`Tally::ht`] it gives the effective sample
     /// size `(Σw)²/Σw²` when the rate changed within the window.
     pub requests_sq: f64,
+    /// The requests among them from apps that report no impressions, and their `Σw²`.
+    pub unreported: Tally,
+    pub unreported_sq: f64,
     pub campaigns: BTreeMap<CampaignId, CampaignCounts>,
     /// Estimated requests per attribute profile, keyed `platform:country`.
     pub profiles: BTreeMap<String, f64>,
@@ -108,12 +128,18 @@ impl WindowStats {
 
     pub fn fold(&mut self, e: &Event) {
         match e.kind {
-            EventKind::Allocation => self.record_allocation(
-                e.weight(),
-                e.ad_id.as_ref(),
-                &profile_key(e.platform.as_deref(), e.country.as_deref()),
-                e.plan_version,
-            ),
+            EventKind::Allocation => {
+                let w = e.weight();
+                self.record_allocation(
+                    w,
+                    e.ad_id.as_ref(),
+                    &profile_key(e.platform.as_deref(), e.country.as_deref()),
+                    e.plan_version,
+                );
+                if e.unreported {
+                    self.record_unreported(w, e.ad_id.as_ref());
+                }
+            }
             EventKind::Impression => {
                 if let Some(ad) = &e.ad_id {
                     self.record_impression(e.weight(), ad);
@@ -141,6 +167,23 @@ impl WindowStats {
         *self.versions.entry(plan_version).or_default() += w;
     }
 
+    /// Marks one sampled request of HT weight `w`, already counted by
+    /// [`record_allocation`](Self::record_allocation), as coming from an app that
+    /// reports no impressions.
+    pub fn record_unreported(&mut self, w: f64, ad: Option<&CampaignId>) {
+        self.unreported.add(w);
+        self.unreported_sq += w * w;
+        if let Some(ad) = ad {
+            self.campaign_mut(ad).unreported.add(w);
+        }
+    }
+
+    /// The requests from apps that report impressions, and their `Σw²`: the base of
+    /// shares measured on impressions.
+    pub fn reporting(&self) -> (Tally, f64) {
+        (minus(self.requests, self.unreported), (self.requests_sq - self.unreported_sq).max(0.0))
+    }
+
     /// Counts one sampled impression of HT weight `w`.
     pub fn record_impression(&mut self, w: f64, ad: &CampaignId) {
         let c = self.campaign_mut(ad);
@@ -165,10 +208,13 @@ impl WindowStats {
     pub fn merge(&mut self, o: &WindowStats) {
         self.requests.merge(&o.requests);
         self.requests_sq += o.requests_sq;
+        self.unreported.merge(&o.unreported);
+        self.unreported_sq += o.unreported_sq;
         for (id, c) in &o.campaigns {
             let mine = self.campaigns.entry(id.clone()).or_default();
             mine.allocations.merge(&c.allocations);
             mine.impressions.merge(&c.impressions);
+            mine.unreported.merge(&c.unreported);
             mine.allocations_sq += c.allocations_sq;
             mine.impressions_sq += c.impressions_sq;
         }
@@ -185,16 +231,16 @@ impl WindowStats {
         if self.requests_sq > 0.0 { self.requests.ht * self.requests.ht / self.requests_sq } else { 0.0 }
     }
 
-    /// The share of allocated ads that came back as impressions: how much of the
-    /// placement's traffic comes from apps that report them. Each campaign counts at
-    /// most its own allocations, so impressions of a campaign that was never allocated
-    /// (or more impressions than allocations) add nothing. See
+    /// The share of allocated ads that came back as impressions, among apps that did
+    /// not say they report none: how much of that traffic really reports them. Each
+    /// campaign counts at most its own allocations, so impressions of a campaign that
+    /// was never allocated (or more impressions than allocations) add nothing. See
     /// [`DeliveryBasis::of`](crate::DeliveryBasis::of).
     pub fn impression_coverage(&self) -> f64 {
-        let (shown, allocated) = self
-            .campaigns
-            .values()
-            .fold((0.0, 0.0), |(s, a), c| (s + c.impressions.ht.min(c.allocations.ht), a + c.allocations.ht));
+        let (shown, allocated) = self.campaigns.values().fold((0.0, 0.0), |(s, a), c| {
+            let base = c.reporting_allocations().ht;
+            (s + c.impressions.ht.min(base), a + base)
+        });
         if allocated > 0.0 { shown / allocated } else { 0.0 }
     }
 
@@ -215,6 +261,9 @@ impl WindowStats {
         push("req.ht".into(), self.requests.ht);
         push("req.n".into(), self.requests.n as f64);
         push("req.sq".into(), self.requests_sq);
+        push("u.ht".into(), self.unreported.ht);
+        push("u.n".into(), self.unreported.n as f64);
+        push("u.sq".into(), self.unreported_sq);
         for (id, c) in &self.campaigns {
             push(format!("a.{id}.ht"), c.allocations.ht);
             push(format!("a.{id}.n"), c.allocations.n as f64);
@@ -222,6 +271,8 @@ impl WindowStats {
             push(format!("i.{id}.n"), c.impressions.n as f64);
             push(format!("a.{id}.sq"), c.allocations_sq);
             push(format!("i.{id}.sq"), c.impressions_sq);
+            push(format!("u.{id}.ht"), c.unreported.ht);
+            push(format!("u.{id}.n"), c.unreported.n as f64);
         }
         for (k, v) in &self.profiles {
             push(format!("p.{k}"), *v);
@@ -243,6 +294,9 @@ impl WindowStats {
                 "req.ht" => s.requests.ht = v,
                 "req.n" => s.requests.n = n(),
                 "req.sq" => s.requests_sq = v,
+                "u.ht" => s.unreported.ht = v,
+                "u.n" => s.unreported.n = n(),
+                "u.sq" => s.unreported_sq = v,
                 _ => {
                     let (head, rest) = k.split_once('.').ok_or_else(err)?;
                     match head {
@@ -252,19 +306,19 @@ impl WindowStats {
                         "v" => {
                             s.versions.insert(rest.parse().map_err(|_| err())?, v);
                         }
-                        "a" | "i" => {
+                        "a" | "i" | "u" => {
                             let (id, what) = rest.rsplit_once('.').ok_or_else(err)?;
                             let id = CampaignId::parse(id).map_err(|_| err())?;
                             let c = s.campaigns.entry(id).or_default();
-                            let (tally, sq) = if head == "a" {
-                                (&mut c.allocations, &mut c.allocations_sq)
-                            } else {
-                                (&mut c.impressions, &mut c.impressions_sq)
+                            let (tally, sq) = match head {
+                                "a" => (&mut c.allocations, Some(&mut c.allocations_sq)),
+                                "i" => (&mut c.impressions, Some(&mut c.impressions_sq)),
+                                _ => (&mut c.unreported, None),
                             };
-                            match what {
-                                "ht" => tally.ht = v,
-                                "n" => tally.n = n(),
-                                "sq" => *sq = v,
+                            match (what, sq) {
+                                ("ht", _) => tally.ht = v,
+                                ("n", _) => tally.n = n(),
+                                ("sq", Some(sq)) => *sq = v,
                                 _ => return Err(err()),
                             }
                         }
@@ -307,6 +361,26 @@ mod tests {
         assert_eq!(parse_profile_key(&profile_key(None, Some("FR"))), (None, Some("FR")));
         assert_eq!(s.impression_coverage(), 1.0);
         assert!((s.effective_samples() - 36.0 / 20.0).abs() < 1e-12);
+        assert_eq!(s.reporting(), (s.requests, s.requests_sq));
+    }
+
+    /// An app that said it reports no impressions stays a request and an allocation,
+    /// but leaves the base of shown shares and of the coverage.
+    #[test]
+    fn unreported_requests_leave_the_base_of_shown_shares() {
+        let a = CampaignId::parse("A").unwrap();
+        let mut s = WindowStats::default();
+        s.fold(&allocation("r1", Some("A"), &["A"], 0.5));
+        s.fold(&impression("r1", "A", 0.5));
+        let mut quiet = allocation("r2", Some("A"), &["A"], 0.25);
+        quiet.unreported = true;
+        s.fold(&quiet);
+        assert_eq!(s.requests, Tally { ht: 6.0, n: 2 });
+        assert_eq!(s.campaigns[&a].allocations, Tally { ht: 6.0, n: 2 });
+        assert_eq!(s.reporting(), (Tally { ht: 2.0, n: 1 }, 4.0));
+        assert_eq!(s.campaigns[&a].reporting_allocations(), Tally { ht: 2.0, n: 1 });
+        // Every reporting allocation came back: full coverage, not a third.
+        assert_eq!(s.impression_coverage(), 1.0);
     }
 
     #[test]
@@ -315,15 +389,26 @@ mod tests {
         s.fold(&allocation("r1", Some("A"), &["A", "B"], 0.5));
         s.fold(&impression("r1", "A", 0.5));
         s.fold(&allocation("r2", None, &[], 1.0));
+        let mut quiet = allocation("r3", Some("A"), &["A"], 0.25);
+        quiet.unreported = true;
+        s.fold(&quiet);
         let back = WindowStats::from_fields(s.to_fields()).unwrap();
         assert_eq!(back, s);
-        assert_eq!(back.campaigns[&CampaignId::parse("A").unwrap()].allocations_sq, 4.0);
+        assert_eq!(back.unreported, Tally { ht: 4.0, n: 1 });
+        assert_eq!(back.campaigns[&CampaignId::parse("A").unwrap()].unreported, Tally { ht: 4.0, n: 1 });
+        assert!(WindowStats::from_fields([("u.A.sq", 1.0)]).is_err());
+        assert_eq!(back.campaigns[&CampaignId::parse("A").unwrap()].allocations_sq, 4.0 + 16.0);
         // A window stored before the squared sums existed still reads, with them at 0.
-        let old: Vec<(String, f64)> =
-            s.to_fields().into_iter().filter(|(k, _)| k == "req.sq" || !k.ends_with(".sq")).collect();
+        let old: Vec<(String, f64)> = s
+            .to_fields()
+            .into_iter()
+            .filter(|(k, _)| (k == "req.sq" || !k.ends_with(".sq")) && !k.starts_with("u."))
+            .collect();
         let back = WindowStats::from_fields(old).unwrap();
         assert_eq!(back.campaigns[&CampaignId::parse("A").unwrap()].allocations_sq, 0.0);
         assert_eq!(back.requests, s.requests);
+        // … and, without the unreported fields, as a window where every app reports.
+        assert_eq!(back.reporting(), (s.requests, s.requests_sq));
         assert!(WindowStats::from_fields([("x.y", 1.0)]).is_err());
         assert!(WindowStats::from_fields([("a.A.zz", 1.0)]).is_err());
     }
@@ -347,14 +432,16 @@ mod tests {
     }
 
     fn arb_event() -> impl Strategy<Value = Event> {
-        (0u8..4, prop::sample::select(vec![0.125, 0.25, 0.5, 1.0]), any::<bool>(), 1u64..4).prop_map(
-            |(ad, rate, imp, version)| {
+        (0u8..4, prop::sample::select(vec![0.125, 0.25, 0.5, 1.0]), 0u8..3, 1u64..4).prop_map(
+            |(ad, rate, kind, version)| {
                 let ids = ["A", "B", "C"];
                 let ad = (ad < 3).then(|| ids[ad as usize]);
                 let mut e = allocation("r", ad, &ids, rate);
                 e.plan_version = version;
-                if imp && ad.is_some() {
-                    e.kind = EventKind::Impression;
+                match kind {
+                    1 if ad.is_some() => e.kind = EventKind::Impression,
+                    2 => e.unreported = true,
+                    _ => {}
                 }
                 e
             },

@@ -151,6 +151,7 @@ impl Grant {
             platform: None,
             country,
             colo,
+            unreported: false,
         }
     }
 }

@@ -245,8 +245,10 @@ impl Colo {
         let request_id = RequestId::parse(format_uuid(id, &mut buf)).expect("request ids are UUIDs");
         let now_ms = (t * 1000 + rng.random_range(0..1000)).saturating_add_signed(self.skew_ms);
         let profile = &how.profiles[k];
-        let event =
-            slot.plan.allocation_event(request_id.clone(), choice, attrs(profile), now_ms, Some(self.name.clone()));
+        // An app that reports no impressions says so (`impressions=none`), as the SDK does.
+        let unreported = !profile.reports_impressions;
+        let colo = Some(self.name.clone());
+        let event = slot.plan.allocation_event(request_id.clone(), choice, attrs(profile), now_ms, colo, unreported);
         self.outbox.push(event);
         // The app reports the ad it showed, later, with the ad's token; the edge verifies
         // it and sends the grant's impression (sampled exactly when its allocation was).

@@ -42,6 +42,7 @@ pub fn event(
         platform: Some("ios".into()),
         country: Some("DE".into()),
         colo: Some("FRA".into()),
+        unreported: false,
     }
 }
 

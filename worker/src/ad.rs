@@ -8,7 +8,9 @@
 //! Sampling is keyed ([`allot_core::SampleKey`] under `EDGE_KEY`), so the request id an
 //! app chooses does not let it choose whether it is sampled. Every ad comes with its
 //! impression token ([`allot_core::token`]), without which `/v1/impression` counts
-//! nothing.
+//! nothing — except to an app that said it reports none (`impressions=none`): it gets
+//! no token, and its sampled allocations are marked so the origin keeps them out of the
+//! base of shown shares ([`allot_core::Event::unreported`]).
 
 use std::borrow::Cow;
 use std::rc::Rc;
@@ -40,6 +42,8 @@ struct AdRequest<'a> {
     platform: Option<Cow<'a, str>>,
     country: Option<Cow<'a, str>>,
     request_id: RequestId,
+    /// `impressions=none`: the app reports no impressions.
+    unreported: bool,
 }
 
 impl AdRequest<'_> {
@@ -50,8 +54,8 @@ impl AdRequest<'_> {
 }
 
 fn parse<'a>(req: &web_sys::Request, query_string: &'a str) -> Result<AdRequest<'a>, ApiError> {
-    let [placement, platform, country, request_id] =
-        query::params(query_string, ["placement", "platform", "country", "request_id"])
+    let [placement, platform, country, request_id, impressions] =
+        query::params(query_string, ["placement", "platform", "country", "request_id", "impressions"])
             .map_err(|e| ApiError::bad_request("bad_query", e.to_string()))?;
     let placement = placement.ok_or_else(|| ApiError::bad_request("missing_placement", "placement is required"))?;
     let placement =
@@ -68,7 +72,12 @@ fn parse<'a>(req: &web_sys::Request, query_string: &'a str) -> Result<AdRequest<
         }
         None => RequestId::from_random(rng::bits128()),
     };
-    Ok(AdRequest { placement, platform, country, request_id })
+    let unreported = match impressions.as_deref() {
+        None | Some("reported") => false,
+        Some("none") => true,
+        Some(_) => return Err(ApiError::bad_request("bad_impressions", "impressions is \"reported\" or \"none\"")),
+    };
+    Ok(AdRequest { placement, platform, country, request_id, unreported })
 }
 
 /// Chooses, answers, and queues the event if the request is sampled.
@@ -85,7 +94,7 @@ fn answer(
     let p = plan.plan();
     let key = config.edge_key();
     let token = match (key, choice.ad.and_then(|i| p.campaigns.get(i))) {
-        (Some(key), Some(c)) => {
+        (Some(key), Some(c)) if !ad.unreported => {
             let subject = Subject { request_id: &ad.request_id, placement: &p.placement, ad: &c.id };
             let issue = Issue { plan_version: p.version, sample_rate: p.sample_rate, issued_at_ms: now_ms as u64 };
             Some(token::issue(key, subject, issue))
@@ -95,7 +104,8 @@ fn answer(
     let mut body = String::with_capacity(256);
     plan.write_response(&mut body, ad.request_id.as_str(), choice.ad, token.as_deref());
     if key.is_some_and(|k| k.sample().sampled(ad.request_id.as_str(), p.sample_rate)) {
-        let event = plan.allocation_event(ad.request_id.clone(), choice, attrs, now_ms as u64, edge_colo(req));
+        let event =
+            plan.allocation_event(ad.request_id.clone(), choice, attrs, now_ms as u64, edge_colo(req), ad.unreported);
         forward::enqueue(ctx, config, event);
     } else {
         // Events waiting for an origin that was down leave with any request.

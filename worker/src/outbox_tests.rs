@@ -35,6 +35,7 @@ fn event(i: usize) -> Event {
         platform: None,
         country: None,
         colo: None,
+        unreported: false,
     }
 }
 

@@ -101,6 +101,44 @@ describe("impression tokens", () => {
   });
 });
 
+describe("apps that report no impressions", () => {
+  test("impressions=none gets no token and a sampled allocation marked unreported; a token made for it anyway is refused", async () => {
+    const res = await worker.get("/v1/ad?placement=all&request_id=quiet-1&impressions=none");
+    assert.equal(res.status, 200);
+    const answer = await res.json();
+    assert.equal(answer.ad.id, "A");
+    assert.equal(answer.impression_token, undefined, "no token for an app that reports none");
+    await eventually(
+      () => origin.events.some((e) => e.request_id === "quiet-1" && e.kind === "allocation"),
+      10_000,
+      "the quiet app's allocation",
+    );
+    const quiet = origin.events.find((e) => e.request_id === "quiet-1");
+    assert.equal(quiet.unreported, true);
+    // A reporting app (explicitly or by default) is not marked: the field is absent.
+    for (const [id, q] of [["loud-1", "&impressions=reported"], ["loud-2", ""]]) {
+      const r = await worker.get(`/v1/ad?placement=all&request_id=${id}${q}`);
+      assert.ok((await r.json()).impression_token, id);
+      await eventually(() => origin.events.some((e) => e.request_id === id), 10_000, id);
+      assert.equal(origin.events.find((e) => e.request_id === id).unreported, undefined, id);
+    }
+    // Hostile: a report without a token (what a quiet app could send) counts nothing.
+    await refused({ request_id: "quiet-1", placement: "all", ad_id: "A" }, 400, "bad_impression");
+    await refused({ request_id: "quiet-1", placement: "all", ad_id: "A", impression_token: "" }, 400, "bad_token");
+    for (const bad of ["NONE", "0", "yes", ""]) {
+      const r = await worker.get(`/v1/ad?placement=all&request_id=quiet-2&impressions=${bad}`);
+      assert.equal(r.status, 400, bad);
+      assert.equal((await r.json()).error.code, "bad_impressions", bad);
+    }
+    const twice = await worker.get("/v1/ad?placement=all&impressions=none&impressions=reported");
+    assert.equal(twice.status, 400);
+    assert.equal((await twice.json()).error.code, "bad_query");
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(impressionsOf("quiet-1").length, 0);
+    assert.ok(!origin.events.some((e) => e.request_id === "quiet-2"), "a refused request samples nothing");
+  });
+});
+
 describe("sampling clients cannot steer", () => {
   test("ids chosen offline to be always sampled under the old hash are sampled at about the rate", async () => {
     // What a hostile app would have done: search ids the unkeyed hash puts below 1 %.

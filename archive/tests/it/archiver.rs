@@ -104,6 +104,7 @@ pub fn sample_batches() -> Vec<EventBatch> {
                         e.country = None;
                         e.colo = None;
                     }
+                    e.unreported = b % 3 == 1 && e.kind == EventKind::Allocation;
                     e
                 })
                 .collect();
@@ -133,13 +134,14 @@ fn expected_row(e: &Event, received_ms: u64) -> serde_json::Value {
         e.platform,
         e.country,
         e.colo,
+        e.unreported,
         part.day.to_string(),
         part.hour,
     ])
 }
 
 const READ_BACK: &str = "SELECT request_id, kind, epoch_ms(event_time), epoch_ms(received_time), placement, ad_id, \
-     plan_version, sample_rate, weight, eligible, platform, country, colo, CAST(dt AS VARCHAR), CAST(hour AS INTEGER)";
+     plan_version, sample_rate, weight, eligible, platform, country, colo, unreported, CAST(dt AS VARCHAR), CAST(hour AS INTEGER)";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archived_events_are_parquet_at_the_right_keys_and_a_retry_overwrites() {
@@ -191,7 +193,7 @@ async fn archived_events_are_parquet_at_the_right_keys_and_a_retry_overwrites() 
         assert_eq!(&serde_json::Value::Array(got.clone()), want);
     }
     let per_hour = duckdb::query(&format!("SELECT CAST(hour AS INTEGER), count(*) FROM {glob} GROUP BY 1 ORDER BY 1"));
-    let nine = expected.iter().filter(|r| r[14] == 9).count();
+    let nine = expected.iter().filter(|r| r[15] == 9).count();
     assert_eq!(per_hour, vec![vec![json!(9), json!(nine)], vec![json!(10), json!(total - nine)]]);
     assert!(nine > 0 && nine < total, "both partitions used");
 

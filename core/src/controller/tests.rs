@@ -24,6 +24,7 @@ fn window(profiles: &[(Option<&str>, Option<&str>, u32)]) -> WindowStats {
                 platform: p.map(str::to_string),
                 country: c.map(str::to_string),
                 colo: None,
+                unreported: false,
             });
         }
     }
@@ -136,6 +137,14 @@ fn impressions_of_one_campaign_leave_the_others_alone() {
     assert!((d.campaigns[0].render_ratio - 0.8).abs() < 1e-12);
     assert_eq!(d.campaigns[1].basis, DeliveryBasis::Allocations);
     assert_eq!(d.campaigns[1].render_ratio, 1.0);
+    // A fifth of A's ads went to an app that reports none: of the others, 80 % shown.
+    let mut quiet = base.clone();
+    let k = quiet.campaigns.get_mut(&a).unwrap();
+    k.unreported = crate::stats::Tally { ht: 200.0, n: 200 };
+    k.impressions = crate::stats::Tally { ht: 640.0, n: 640 };
+    let q = decide(&t, &quiet);
+    assert_eq!(q.campaigns[0].basis, DeliveryBasis::Impressions);
+    assert!((q.campaigns[0].render_ratio - 0.8).abs() < 1e-12, "{:?}", q.campaigns[0]);
     assert!((d.campaigns[1].weight - 0.3).abs() < 1e-6, "{:?}", d.campaigns[1]);
     // "No ad" loses only what A needs extra (0.5 − 0.4), not everything.
     assert!((d.no_ad_weight - 0.2).abs() < 1e-6, "{}", d.no_ad_weight);
