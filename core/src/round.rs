@@ -4,6 +4,7 @@
 //! The origin's control loop and the simulator both run exactly this, so what the
 //! simulator proves is what the origin does.
 
+use crate::evidence::Evidence;
 use crate::{
     ControlInput, ControlState, Controller, Decision, PlacementId, Plan, SampleRatePlanner, Targets, WindowStats,
 };
@@ -13,10 +14,8 @@ use crate::{
 pub struct Round<'a> {
     pub placement: &'a PlacementId,
     pub targets: &'a Targets,
-    /// The last few complete windows, merged.
-    pub recent: &'a WindowStats,
-    /// The last complete window.
-    pub last: Option<&'a WindowStats>,
+    /// The windows it looks at ([`Policy::evidence`]).
+    pub evidence: &'a Evidence,
     /// The plan published last (in force at the edge, or about to be).
     pub previous: Option<&'a Plan>,
     pub state: &'a ControlState,
@@ -47,6 +46,9 @@ pub struct Policy {
     /// (feedback tells windows apart by their content).
     pub period_ms: u64,
     pub lateness_ms: u64,
+    /// How long after a window ends its impressions count as complete, for placements
+    /// measured on them ([`crate::evidence`]).
+    pub impression_lateness_ms: u64,
 }
 
 /// Relative weight change below which a plan is not republished.
@@ -61,23 +63,24 @@ impl Policy {
     }
 
     pub fn run(&self, r: Round<'_>) -> Outcome {
+        let (recent, last) = (&r.evidence.recent, r.evidence.last());
         let mut decision = self.controller.decide(ControlInput {
             targets: r.targets,
-            recent: r.recent,
-            last: r.last,
-            last_index: r.last.and_then(|_| self.last_window(r.now_ms)),
+            recent,
+            last,
+            last_index: last.and(r.evidence.last_index),
             previous: r.previous,
             state: r.state,
         });
         let current_rate = r.previous.map_or(1.0, |p| p.sample_rate);
-        let rate = self.planner.rate_for(r.targets, r.last, r.recent, current_rate);
+        let rate = self.planner.rate_for(r.targets, last, recent, current_rate);
         // The weights in force are still right: a republish (for its age or a new
         // rate) carries them unchanged, so feedback keeps learning under them.
         let same = r
             .previous
             .filter(|prev| !r.targets_changed && !decision.differs_from(prev, r.targets, REPUBLISH_THRESHOLD));
         if let Some(prev) = same {
-            decision.adopt_weights(prev, r.recent);
+            decision.adopt_weights(prev, recent);
         }
         let publish = match r.previous {
             None => true,
@@ -112,13 +115,12 @@ mod tests {
         )
         .unwrap();
         let placement = PlacementId::parse("p").unwrap();
-        let empty = WindowStats::default();
+        let empty = Evidence::default();
         let state = ControlState::default();
         let round = |previous, targets_changed, now_ms| Round {
             placement: &placement,
             targets: &targets,
-            recent: &empty,
-            last: None,
+            evidence: &empty,
             previous,
             state: &state,
             targets_changed,

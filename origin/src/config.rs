@@ -224,6 +224,11 @@ pub struct ControlConfig {
     /// batching, a send timeout and a retry): rounds treat a window as complete only
     /// this long after its end, at most a quarter period ([`Self::lateness`]).
     pub lateness_ms: u64,
+    /// How long after a window ends its impressions are still arriving (apps report an
+    /// ad once shown, dated to its decision): a placement measured on impressions is
+    /// looked at through windows this old ([`Self::impression_lateness`],
+    /// `allot_core::evidence`).
+    pub impression_lateness_ms: u64,
     /// The control lease's time to live; the holder renews it several times per lease.
     pub lease_ms: u64,
     /// Control shards: placements are spread over them by a hash of their id, and the
@@ -247,6 +252,7 @@ impl Default for ControlConfig {
             min_sample_rate: 1e-4,
             republish_after_secs: 600,
             lateness_ms: 10_000,
+            impression_lateness_ms: 60_000,
             lease_ms: 10_000,
             shards: 64,
             history_len: 100,
@@ -265,6 +271,13 @@ impl ControlConfig {
     /// round still acts early in the period it plans for.
     pub fn lateness(&self) -> u64 {
         self.lateness_ms.min(self.period_ms / 4)
+    }
+
+    /// The impressions' lateness: `impression_lateness_ms`, at least the lateness and at
+    /// most a period past it, so a placement on impressions is looked at one window
+    /// further back at most.
+    pub fn impression_lateness(&self) -> u64 {
+        self.impression_lateness_ms.clamp(self.lateness(), self.lateness() + self.period_ms)
     }
 
     /// The index of the newest window complete at `now_ms`: one that ended at least

@@ -270,7 +270,7 @@ async fn prepare(app: &App, p: &PlacementId, now_ms: u64, fence: &Fence) -> Resu
     if !crate::inputs::keep_state(app, p, &outcome.decision.state, fence).await? {
         return Ok(None);
     }
-    let window = inputs.windows.first().cloned().unwrap_or_default();
+    let window = inputs.last_window();
     let campaigns = crate::status::campaigns(&targets, &window, Some(&outcome.decision));
     app.metrics.delivery.observe(
         p.as_str(),

@@ -48,17 +48,17 @@ pub struct WindowRecord {
 /// `status::campaigns`), once; a failure is logged, never fatal to the round.
 pub async fn record(app: &App, p: &PlacementId, inputs: &Inputs, campaigns: Vec<CampaignStatus>) {
     // Windows nobody was served in are not recorded: idle placements cost nothing.
-    let Some(window) = inputs.windows.first().filter(|w| w.requests.n > 0) else { return };
+    let Some(window) = inputs.evidence.windows.first().filter(|w| w.requests.n > 0) else { return };
     let period = app.config.control.period_ms;
     let record = WindowRecord {
         id: String::new(),
-        window: WindowSummary::of(inputs.last_index, period, window),
+        window: WindowSummary::of(inputs.last_index(), period, window),
         plan_version: inputs.previous.as_ref().map(|r| r.plan.version),
         sample_rate: inputs.previous.as_ref().map(|r| r.plan.sample_rate),
         campaigns,
     };
     let Ok(json) = serde_json::to_string(&record) else { return };
-    let id = format!("{}-1", inputs.last_index * period);
+    let id = format!("{}-1", inputs.last_index() * period);
     let mut c = app.store.conn();
     let appended: redis::RedisResult<String> = redis::cmd("XADD")
         .arg(PlacementKeys::new(p).window_log())

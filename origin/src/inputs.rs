@@ -7,7 +7,10 @@
 //! share from part of it (feedback would learn from it). A window counts as complete
 //! `control.lateness_ms` after its end (at most a quarter period,
 //! `ControlConfig::lateness`), and rounds, the preview and the status read complete
-//! windows only. The price: each plan is made that much later.
+//! windows only. The price: each plan is made that much later. A placement measured on
+//! impressions waits for those too (`control.impression_lateness_ms`): which windows a
+//! round looks at is core's choice ([`allot_core::evidence`]), made here once for the
+//! round, the preview, the history and the status.
 //!
 //! **State every round.** The controller's state (corrections and what feedback has
 //! learnt under the weights in force) is stored after every round, published or not
@@ -19,7 +22,7 @@
 //! records what the round saw.
 
 use allot_core::{
-    ControlState, Controller, Fence, PlacementId, Policy, Round, SampleRatePlanner, Targets, WindowStats,
+    ControlState, Controller, Evidence, Fence, PlacementId, Policy, Round, SampleRatePlanner, Targets, WindowStats,
 };
 
 use crate::config::ControlConfig;
@@ -33,36 +36,23 @@ pub fn policy(cfg: &ControlConfig) -> Policy {
         planner: SampleRatePlanner { min_rate: cfg.min_sample_rate, ..SampleRatePlanner::default() },
         period_ms: cfg.period_ms,
         lateness_ms: cfg.lateness(),
+        impression_lateness_ms: cfg.impression_lateness(),
     }
 }
 
 /// A placement's evidence at one moment.
 #[derive(Debug, Clone)]
 pub struct Inputs {
-    /// The index of the last complete window.
-    pub last_index: u64,
-    /// The last `recent_windows` complete windows, newest first (missing ones empty).
-    pub windows: Vec<WindowStats>,
-    /// Those windows merged.
-    pub recent: WindowStats,
+    /// The windows the round looks at: the last `recent_windows` complete ones.
+    pub evidence: Evidence,
     pub previous: Option<PlanRecord>,
     pub state: ControlState,
 }
 
 impl Inputs {
     pub async fn read(app: &App, p: &PlacementId, now_ms: u64) -> Result<Self, StoreError> {
-        let cfg = &app.config.control;
-        let current = cfg.last_complete_window(now_ms) + 1;
-        let indices: Vec<u64> = (1..=cfg.recent_windows).filter_map(|i| current.checked_sub(i)).collect();
-        let windows = app.store.windows(p, &indices).await?;
-        let mut recent = WindowStats::default();
-        for w in &windows {
-            recent.merge(w);
-        }
         Ok(Self {
-            last_index: current.saturating_sub(1),
-            windows,
-            recent,
+            evidence: evidence(app, p, now_ms, app.config.control.recent_windows).await?,
             previous: app.store.plan_record(p).await?,
             state: app.store.control_state(p).await?,
         })
@@ -70,7 +60,17 @@ impl Inputs {
 
     /// The last complete window, if anything was counted in it.
     pub fn last(&self) -> Option<&WindowStats> {
-        self.windows.first().filter(|w| w.requests.n > 0 || !w.campaigns.is_empty())
+        self.evidence.last()
+    }
+
+    /// The index of the last window looked at (0 before the first ended).
+    pub fn last_index(&self) -> u64 {
+        self.evidence.last_index.unwrap_or(0)
+    }
+
+    /// The last window looked at, empty if nothing was counted.
+    pub fn last_window(&self) -> WindowStats {
+        self.evidence.windows.first().cloned().unwrap_or_default()
     }
 
     /// Whether the last window's traffic can give `targets`' confidence at all, sampling
@@ -91,8 +91,7 @@ impl Inputs {
         Round {
             placement,
             targets,
-            recent: &self.recent,
-            last: self.last(),
+            evidence: &self.evidence,
             previous: self.previous.as_ref().map(|r| &r.plan),
             state: &self.state,
             targets_changed,
@@ -100,6 +99,13 @@ impl Inputs {
             republish_after_ms: cfg.republish_after_secs.saturating_mul(1000),
         }
     }
+}
+
+/// The `recent` windows of `p` a round at `now_ms` looks at (see the module doc).
+pub async fn evidence(app: &App, p: &PlacementId, now_ms: u64, recent: u64) -> Result<Evidence, StoreError> {
+    let policy = policy(&app.config.control);
+    let read = app.store.windows(p, &policy.windows_to_read(now_ms, recent)).await?;
+    Ok(policy.evidence(now_ms, recent, read))
 }
 
 /// Whether `window`'s traffic can give `targets`' confidence at all, sampling every

@@ -99,11 +99,11 @@ pub async fn preview(
             shared_with: c.shared_with.iter().map(|x| x.to_string()).collect(),
         })
         .collect();
-    let last = inputs.windows.first().cloned().unwrap_or_default();
+    let last = inputs.last_window();
     let required = SampleRatePlanner::required_samples(&targets);
     Ok(Json(Preview {
         placement: id.to_string(),
-        window: WindowSummary::of(inputs.last_index, cfg.period_ms, &last),
+        window: WindowSummary::of(inputs.last_index(), cfg.period_ms, &last),
         recent_windows: cfg.recent_windows,
         feasible: campaigns.iter().all(|c| c.feasible),
         campaigns,

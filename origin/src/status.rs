@@ -185,8 +185,10 @@ pub async fn get_status(
     let plan = app.store.plan_record(&id).await?;
 
     let period = app.config.control.period_ms;
-    let last_index = app.config.control.last_complete_window(crate::now_ms());
-    let last = app.store.windows(&id, &[last_index]).await?.pop().unwrap_or_default();
+    // The window a round would look at now: the last complete one, for impressions too.
+    let evidence = crate::inputs::evidence(&app, &id, crate::now_ms(), 1).await?;
+    let last_index = evidence.last_index.unwrap_or(0);
+    let last = evidence.windows.into_iter().next().unwrap_or_default();
     let decision = plan.as_ref().and_then(|p| p.decision.as_ref());
     let campaigns = campaigns(&targets, &last, decision);
     let attainable = crate::inputs::attainable(&last, &targets);

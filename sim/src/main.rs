@@ -40,6 +40,10 @@ struct Args {
     /// (the origin's `control.lateness_ms`; at most a quarter period).
     #[arg(long, default_value_t = 10)]
     lateness: u64,
+    /// Seconds after a window ends before its impressions count as complete (the
+    /// origin's `control.impression_lateness_ms`; at most a period past the lateness).
+    #[arg(long, default_value_t = 60)]
+    impression_lateness: u64,
     /// Decide every request through the sampler on its id (exact, slow).
     #[arg(long)]
     per_request: bool,
@@ -60,17 +64,19 @@ fn main() -> anyhow::Result<()> {
         per_request: args.per_request,
         census: args.census,
         lateness_s: args.lateness,
+        impression_lateness_s: args.impression_lateness,
         ..Settings::default()
     };
     let threads = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let seeds: Vec<u64> = (args.first_seed..args.first_seed + args.seeds).collect();
     println!(
-        "seeds {}–{}, traffic × {}, period {} s, rounds {} s after a window ends{}{}\n",
+        "seeds {}–{}, traffic × {}, period {} s, rounds {} s after a window ends (impressions: {} s){}{}\n",
         seeds[0],
         seeds[seeds.len() - 1],
         args.traffic,
         args.period,
         args.lateness,
+        args.impression_lateness,
         if args.per_request { ", every request through the sampler" } else { "" },
         if args.census { ", census" } else { "" },
     );

@@ -132,6 +132,9 @@ pub struct ControlLoop {
     state: ControlState,
     /// The decision of the last round, published or not.
     pub last_decision: Option<Decision>,
+    /// The window the last round looked at as its newest (for a placement measured on
+    /// impressions, the newest complete for them).
+    pub last_index: Option<u64>,
     /// Plans the controller made that fail `Plan::check` (the origin refuses them).
     pub invalid_plans: u64,
 }
@@ -145,13 +148,21 @@ pub struct ControlConfig {
     pub republish_after_ms: u64,
     /// How long after a window ends it counts as complete (`control.lateness_ms`).
     pub lateness_ms: u64,
+    /// … and complete for impressions (`control.impression_lateness_ms`, clamped as
+    /// the origin clamps it).
+    pub impression_lateness_ms: u64,
     /// Sample every request (a census), whatever the planner says.
     pub census: bool,
 }
 
 impl ControlLoop {
     pub fn new(placement: PlacementId, config: ControlConfig) -> Self {
-        let mut policy = Policy { period_ms: config.period_ms, lateness_ms: config.lateness_ms, ..Policy::default() };
+        let mut policy = Policy {
+            period_ms: config.period_ms,
+            lateness_ms: config.lateness_ms,
+            impression_lateness_ms: config.impression_lateness_ms,
+            ..Policy::default()
+        };
         policy.planner.min_rate = if config.census { 1.0 } else { config.min_sample_rate };
         Self {
             placement,
@@ -160,6 +171,7 @@ impl ControlLoop {
             record: None,
             state: ControlState::default(),
             last_decision: None,
+            last_index: None,
             invalid_plans: 0,
         }
     }
@@ -168,21 +180,16 @@ impl ControlLoop {
     /// if any. A published plan is taken as in force from now on, as the origin stores
     /// it once the publish succeeded.
     pub fn round(&mut self, targets: &Targets, targets_rev: u64, windows: &Windows, now_ms: u64) -> Option<Plan> {
-        // The windows complete by `now − lateness`, newest first, as the origin reads them.
-        let indices: Vec<u64> = match self.policy.last_window(now_ms) {
-            Some(last) => (0..self.config.recent_windows).filter_map(|i| last.checked_sub(i)).collect(),
-            None => Vec::new(),
-        };
-        let read = windows.read(&self.placement, &indices);
-        let mut recent = WindowStats::default();
-        for w in &read {
-            recent.merge(w);
-        }
+        // The windows complete by `now − lateness` (for impressions, later), as the
+        // origin reads them.
+        let recent_windows = self.config.recent_windows;
+        let read = windows.read(&self.placement, &self.policy.windows_to_read(now_ms, recent_windows));
+        let evidence = self.policy.evidence(now_ms, recent_windows, read);
+        self.last_index = evidence.last_index;
         let round = Round {
             placement: &self.placement,
             targets,
-            recent: &recent,
-            last: read.first().filter(|w| w.requests.n > 0 || !w.campaigns.is_empty()),
+            evidence: &evidence,
             previous: self.record.as_ref().map(|r| &r.plan),
             state: &self.state,
             targets_changed: self.record.as_ref().is_none_or(|r| r.targets_rev != targets_rev),
@@ -198,7 +205,7 @@ impl ControlLoop {
             // As the origin: never published, the plan in force stays.
             self.invalid_plans += 1;
             if std::env::var_os("ALLOT_SIM_DEBUG").is_some() {
-                eprintln!("invalid plan {e}: {plan:?}\nrecent {recent:?}\ndecision {:?}", outcome.decision);
+                eprintln!("invalid plan {e}: {plan:?}\nrecent {:?}\ndecision {:?}", evidence.recent, outcome.decision);
             }
             return None;
         }

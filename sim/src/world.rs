@@ -33,6 +33,9 @@ pub struct Settings {
     /// Seconds after a window ends before it counts as complete and its full round runs
     /// (the origin's `control.lateness_ms`, 10 s by default, at most a quarter period).
     pub lateness_s: u64,
+    /// … and complete for impressions (`control.impression_lateness_ms`, 60 s by
+    /// default, between the lateness and a period past it).
+    pub impression_lateness_s: u64,
     pub recent_windows: u64,
     pub min_rate: f64,
     pub republish_after_s: u64,
@@ -45,6 +48,7 @@ impl Default for Settings {
             per_request: false,
             census: false,
             lateness_s: 10,
+            impression_lateness_s: 60,
             recent_windows: 5,
             min_rate: 1e-4,
             republish_after_s: 600,
@@ -111,12 +115,15 @@ struct PlacementState {
 pub fn run(sc: &Scenario, settings: Settings) -> Run {
     let mut rng = SmallRng::seed_from_u64(settings.seed);
     let period = sc.period_s.max(1);
+    // Clamped as the origin clamps them (`ControlConfig::lateness`, `impression_lateness`).
+    let lateness = settings.lateness_s.min(period / 4);
     let config = ControlConfig {
         period_ms: period * 1000,
         recent_windows: settings.recent_windows,
         min_sample_rate: settings.min_rate,
         republish_after_ms: settings.republish_after_s.saturating_mul(1000),
-        lateness_ms: settings.lateness_s.min(period / 4) * 1000,
+        lateness_ms: lateness * 1000,
+        impression_lateness_ms: settings.impression_lateness_s.clamp(lateness, lateness + period) * 1000,
         census: settings.census,
     };
     let mut specs = sc.placements.clone();
@@ -204,17 +211,18 @@ pub fn run(sc: &Scenario, settings: Settings) -> Run {
                 out.windows.push(record(st, p, index, &specs[p], sc, max_rate));
             }
         }
-        // Full rounds `lateness` after a window ends; the record of that window gets
-        // what the origin publishes about it.
+        // Full rounds `lateness` after a window ends; the record of the window the round
+        // looked at gets what the origin publishes about it.
         let lateness = config.lateness_ms / 1000;
         if t + 1 > lateness && (t + 1 - lateness).is_multiple_of(period) && t + 1 > period && !down(t) {
-            let index = (t + 1 - lateness) / period - 1;
             for (p, st) in states.iter_mut().enumerate() {
                 if let Some(plan) = st.control.round(&st.targets, st.rev, &windows, (t + 1) * 1000) {
                     publish(&mut colos, p, t + 1, plan, sc, &mut rng);
                     out.plans_published += 1;
                 }
-                annotate(&mut out.windows, p, index, &windows, &specs[p].id, st);
+                if let Some(index) = st.control.last_index {
+                    annotate(&mut out.windows, p, index, &windows, &specs[p].id, st);
+                }
             }
         }
     }

@@ -20,6 +20,7 @@ fn first_plan(sc: &allot_sim::scenario::Scenario, rate: f64) -> Plan {
         min_sample_rate: rate,
         republish_after_ms: 600_000,
         lateness_ms: 10_000,
+        impression_lateness_ms: 60_000,
         census: false,
     };
     let mut plan = ControlLoop::new(p.id.clone(), config)

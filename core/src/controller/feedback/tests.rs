@@ -6,6 +6,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
+use crate::evidence::Evidence;
 use crate::round::{Policy, Round};
 use crate::stats::Tally;
 use crate::{CampaignId, ControlState, PlacementId, Plan, Targets, TargetsSpec, WindowStats, solver};
@@ -65,13 +66,17 @@ fn mk<'a>(
     placement: &'a PlacementId,
     targets: &'a Targets,
     previous: Option<&'a Plan>,
-    last: Option<&'a WindowStats>,
-    recent: &'a WindowStats,
+    evidence: &'a Evidence,
     state: &'a ControlState,
     now_ms: u64,
     targets_changed: bool,
 ) -> Round<'a> {
-    Round { placement, targets, recent, last, previous, state, targets_changed, now_ms, republish_after_ms: 600_000 }
+    Round { placement, targets, evidence, previous, state, targets_changed, now_ms, republish_after_ms: 600_000 }
+}
+
+/// Window `w` as the round at `now_ms` sees it: the last complete one.
+fn seen(policy: &Policy, w: &WindowStats, now_ms: u64) -> Evidence {
+    Evidence { last_index: policy.last_window(now_ms), windows: vec![w.clone()], recent: w.clone() }
 }
 
 /// Runs `windows` windows; each plan is in force for the whole of the next window.
@@ -81,8 +86,7 @@ fn run(windows: usize, bias: f64, start: ControlState, mut noise: Option<SmallRn
     let placement = PlacementId::parse("p").unwrap();
     let policy = Policy::default();
     let a = CampaignId::parse("A").unwrap();
-    let empty = WindowStats::default();
-    let first = policy.run(mk(&placement, &t, None, None, &empty, &start, 0, true));
+    let first = policy.run(mk(&placement, &t, None, &Evidence::default(), &start, 0, true));
     // The traffic is known: start at the rate it needs.
     let mut plan = Plan { sample_rate: 0.014, ..first.plan.unwrap() };
     let mut state = ControlState { learning: None, ..start };
@@ -92,7 +96,15 @@ fn run(windows: usize, bias: f64, start: ControlState, mut noise: Option<SmallRn
         // A few requests more each window, so no two windows are alike.
         let w = window(&plan, REQUESTS + k as f64 * 100.0, &shares, noise.as_mut());
         out.push((shares[0], state.corrections.get(&a).copied().unwrap_or(1.0), plan.clone()));
-        let o = policy.run(mk(&placement, &t, Some(&plan), Some(&w), &w, &state, (k as u64 + 1) * 60_000, false));
+        let o = policy.run(mk(
+            &placement,
+            &t,
+            Some(&plan),
+            &seen(&policy, &w, (k as u64 + 1) * 60_000),
+            &state,
+            (k as u64 + 1) * 60_000,
+            false,
+        ));
         state = o.decision.state;
         if let Some(p) = o.plan {
             plan = p;
@@ -156,20 +168,19 @@ fn windows_under_a_republished_plan_with_the_same_weights_count_together() {
     let t = targets();
     let placement = PlacementId::parse("p").unwrap();
     let policy = Policy::default();
-    let empty = WindowStats::default();
     let state = ControlState::default();
     let v1 = Plan {
         sample_rate: 0.014,
-        ..policy.run(mk(&placement, &t, None, None, &empty, &state, 0, true)).plan.unwrap()
+        ..policy.run(mk(&placement, &t, None, &Evidence::default(), &state, 0, true)).plan.unwrap()
     };
     // Republished for its age: version 2, same weights.
-    let v2 = policy.run(mk(&placement, &t, Some(&v1), None, &empty, &state, 600_000, false)).plan.unwrap();
+    let v2 = policy.run(mk(&placement, &t, Some(&v1), &Evidence::default(), &state, 600_000, false)).plan.unwrap();
     assert_eq!(v2.version, 2);
     assert_eq!(super::weights_fingerprint(&v1), super::weights_fingerprint(&v2));
     // A window decided half under each, 1.2 pp short: one window is not enough…
     let mut w = window(&v2, REQUESTS, &truth(&v2, 0.96), None);
     w.versions = [(1, REQUESTS / 2.0), (2, REQUESTS / 2.0)].into_iter().collect();
-    let o = policy.run(mk(&placement, &t, Some(&v2), Some(&w), &w, &state, 660_000, false));
+    let o = policy.run(mk(&placement, &t, Some(&v2), &seen(&policy, &w, 660_000), &state, 660_000, false));
     let learning = o.decision.state.learning.clone().unwrap();
     assert_eq!(learning.since_version, 2);
     assert!(learning.evidence.is_empty(), "half of it was decided under a version it does not know");
@@ -180,11 +191,12 @@ fn windows_under_a_republished_plan_with_the_same_weights_count_together() {
     };
     let mut w2 = window(&v2, REQUESTS + 1.0, &truth(&v2, 0.96), None);
     w2.versions = [(1, REQUESTS / 2.0), (2, REQUESTS / 2.0)].into_iter().collect();
-    let o = policy.run(mk(&placement, &t, Some(&v2), Some(&w2), &w2, &known, 720_000, false));
+    let o = policy.run(mk(&placement, &t, Some(&v2), &seen(&policy, &w2, 720_000), &known, 720_000, false));
     let a = CampaignId::parse("A").unwrap();
     assert_eq!(o.decision.state.learning.as_ref().unwrap().evidence[&a].windows, 1);
     // The same window seen again (a second round within it) is not counted twice.
-    let again = policy.run(mk(&placement, &t, Some(&v2), Some(&w2), &w2, &o.decision.state, 730_000, false));
+    let again =
+        policy.run(mk(&placement, &t, Some(&v2), &seen(&policy, &w2, 730_000), &o.decision.state, 730_000, false));
     assert_eq!(again.decision.state.learning.as_ref().unwrap().evidence[&a].windows, 1);
 }
 
@@ -193,22 +205,24 @@ fn identical_windows_count_apart_by_their_index() {
     let t = targets();
     let placement = PlacementId::parse("p").unwrap();
     let policy = Policy { period_ms: 60_000, ..Policy::default() };
-    let empty = WindowStats::default();
     let state = ControlState::default();
     let v1 = Plan {
         sample_rate: 0.014,
-        ..policy.run(mk(&placement, &t, None, None, &empty, &state, 0, true)).plan.unwrap()
+        ..policy.run(mk(&placement, &t, None, &Evidence::default(), &state, 0, true)).plan.unwrap()
     };
     // Two windows with the very same counts (a steady census of a small placement).
     let w = window(&v1, REQUESTS, &truth(&v1, 1.0), None);
     let a = CampaignId::parse("A").unwrap();
     let counted = |s: &ControlState| s.learning.as_ref().map_or(0, |l| l.evidence.get(&a).map_or(0, |e| e.windows));
-    let first = policy.run(mk(&placement, &t, Some(&v1), Some(&w), &w, &state, 120_000, false)).decision.state;
+    let first =
+        policy.run(mk(&placement, &t, Some(&v1), &seen(&policy, &w, 120_000), &state, 120_000, false)).decision.state;
     assert_eq!(counted(&first), 1);
     // Another round in the same period: the same window.
-    let again = policy.run(mk(&placement, &t, Some(&v1), Some(&w), &w, &first, 150_000, false)).decision.state;
+    let again =
+        policy.run(mk(&placement, &t, Some(&v1), &seen(&policy, &w, 150_000), &first, 150_000, false)).decision.state;
     assert_eq!(counted(&again), 1);
     // The next period: a new window, though its counts are the same.
-    let next = policy.run(mk(&placement, &t, Some(&v1), Some(&w), &w, &again, 180_000, false)).decision.state;
+    let next =
+        policy.run(mk(&placement, &t, Some(&v1), &seen(&policy, &w, 180_000), &again, 180_000, false)).decision.state;
     assert_eq!(counted(&next), 2);
 }

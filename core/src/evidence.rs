@@ -1,0 +1,152 @@
+//! Which windows a round looks at: complete ones, and for impressions, complete ones.
+//!
+//! A window's allocation events arrive within seconds of its end (the edge's batching, a
+//! retry), so it counts as complete [`Policy::lateness_ms`] after its end. Impressions
+//! come later: the app reports the ad once it has shown it, seconds to a minute after
+//! the decision, and the report is dated to its allocation. Read at the allocations'
+//! lateness, the newest window still lacks its late impressions, and every share
+//! measured on impressions is a few percent low. The status would publish intervals that
+//! miss the truth, and feedback would learn the shortfall as a bias to correct. So a
+//! placement that measures anything on impressions is looked at up to
+//! [`Policy::impression_lateness_ms`] after its windows end: one window further back
+//! when that is later than the allocations' lateness.
+//!
+//! This is the one place that decides it: the origin's rounds, preview, history and
+//! status, and the simulator, all read [`Policy::windows_to_read`] and keep what
+//! [`Policy::evidence`] selects.
+
+use crate::{DeliveryBasis, Policy, WindowStats};
+
+/// The windows a round looks at.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Evidence {
+    /// The index of the newest of them; `None` before the first window ended.
+    pub last_index: Option<u64>,
+    /// `recent_windows` windows, newest first (missing ones empty).
+    pub windows: Vec<WindowStats>,
+    /// Those windows merged.
+    pub recent: WindowStats,
+}
+
+impl Evidence {
+    /// The newest window, if anything was counted in it.
+    pub fn last(&self) -> Option<&WindowStats> {
+        self.windows.first().filter(|w| w.requests.n > 0 || !w.campaigns.is_empty())
+    }
+}
+
+impl Policy {
+    /// The windows complete for impressions at `now_ms` lag the complete ones by this
+    /// many: 0 or 1 (the impression lateness is at most a period past the lateness).
+    fn impression_lag(&self, now_ms: u64) -> u64 {
+        let later = Policy { lateness_ms: self.impression_lateness_ms.max(self.lateness_ms), ..*self };
+        match (self.last_window(now_ms), later.last_window(now_ms)) {
+            (Some(a), Some(i)) => (a - i).min(1),
+            (Some(_), None) => 1,
+            _ => 0,
+        }
+    }
+
+    /// The indices to read at `now_ms` for `recent_windows` windows, newest first: from
+    /// the last complete window back, with one more for a placement whose impressions
+    /// still arrive. Empty before the first window ended.
+    pub fn windows_to_read(&self, now_ms: u64, recent_windows: u64) -> Vec<u64> {
+        let Some(last) = self.last_window(now_ms) else { return Vec::new() };
+        let n = recent_windows + self.impression_lag(now_ms);
+        (0..n).filter_map(|i| last.checked_sub(i)).collect()
+    }
+
+    /// From the windows read as [`windows_to_read`](Self::windows_to_read) said (same
+    /// order), what the round looks at: the newest `recent_windows` of them, or, when any
+    /// campaign is measured on impressions, the newest complete for impressions.
+    pub fn evidence(&self, now_ms: u64, recent_windows: u64, read: Vec<WindowStats>) -> Evidence {
+        let Some(last) = self.last_window(now_ms) else { return Evidence::default() };
+        let mut all = WindowStats::default();
+        read.iter().for_each(|w| all.merge(w));
+        let on_impressions = all.campaigns.keys().any(|c| DeliveryBasis::of(&all, c) == DeliveryBasis::Impressions);
+        let skip = if on_impressions { self.impression_lag(now_ms) } else { 0 };
+        let Some(last_index) = last.checked_sub(skip) else { return Evidence::default() };
+        let windows: Vec<WindowStats> =
+            read.into_iter().skip(skip as usize).take(recent_windows.max(1) as usize).collect();
+        let mut recent = WindowStats::default();
+        windows.iter().for_each(|w| recent.merge(w));
+        Evidence { last_index: Some(last_index), windows, recent }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::tests::allocation;
+    use crate::{CampaignId, EventKind};
+
+    const MIN: u64 = 60_000;
+
+    fn policy() -> Policy {
+        Policy { period_ms: MIN, lateness_ms: 10_000, impression_lateness_ms: 60_000, ..Policy::default() }
+    }
+
+    /// Window `i`: 100 requests, A allocated in 40; `shown` of them reported.
+    fn window(i: u64, shown: usize) -> WindowStats {
+        let mut s = WindowStats::default();
+        for r in 0..100 {
+            let ad = (r < 40).then_some("A");
+            s.fold(&allocation(&format!("w{i}-{r}"), ad, &["A"], 1.0));
+            if r < shown {
+                let mut e = allocation(&format!("w{i}-{r}"), Some("A"), &[], 1.0);
+                e.kind = EventKind::Impression;
+                s.fold(&e);
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn allocations_read_the_last_complete_window() {
+        let p = policy();
+        // 10 s into window 5 (window 4 just complete).
+        let now = 5 * MIN + 10_000;
+        assert_eq!(p.windows_to_read(now, 3), [4, 3, 2, 1]);
+        let read = vec![window(4, 0), window(3, 0), window(2, 0), window(1, 0)];
+        let e = p.evidence(now, 3, read.clone());
+        assert_eq!(e.last_index, Some(4));
+        assert_eq!(e.windows, read[..3]);
+        assert_eq!(e.recent.requests.n, 300);
+        assert_eq!(e.last(), Some(&read[0]));
+    }
+
+    #[test]
+    fn impressions_read_the_last_window_complete_for_them() {
+        let p = policy();
+        let now = 5 * MIN + 10_000;
+        // Window 4 has only part of its impressions yet; 3 and back have them all.
+        let read = vec![window(4, 30), window(3, 36), window(2, 36), window(1, 36)];
+        let e = p.evidence(now, 3, read.clone());
+        assert_eq!(e.last_index, Some(3));
+        assert_eq!(e.windows, read[1..]);
+        let a = CampaignId::parse("A").unwrap();
+        assert_eq!(e.recent.campaigns[&a].impressions.n, 3 * 36);
+        // A minute after window 4 ended, its impressions are complete: no lag.
+        let later = 6 * MIN;
+        assert_eq!(p.windows_to_read(later, 3), [4, 3, 2]);
+        assert_eq!(p.evidence(later, 3, read[..3].to_vec()).last_index, Some(4));
+    }
+
+    #[test]
+    fn the_impression_lag_is_at_most_one_window_and_never_before_the_first() {
+        // An impression lateness of an hour still waits one window only.
+        let p = Policy { impression_lateness_ms: 3_600_000, ..policy() };
+        assert_eq!(p.windows_to_read(5 * MIN + 10_000, 2), [4, 3, 2]);
+        // Shorter than the lateness: the lateness.
+        let p = Policy { impression_lateness_ms: 0, ..policy() };
+        assert_eq!(p.windows_to_read(5 * MIN + 10_000, 2), [4, 3]);
+        // Window 0 just complete, nothing complete for impressions yet.
+        let p = policy();
+        let now = MIN + 10_000;
+        assert_eq!(p.windows_to_read(now, 2), [0]);
+        assert_eq!(p.evidence(now, 2, vec![window(0, 36)]), Evidence::default());
+        assert_eq!(p.evidence(now, 2, vec![window(0, 0)]).last_index, Some(0));
+        assert!(p.windows_to_read(5_000, 2).is_empty());
+        assert_eq!(p.evidence(5_000, 2, vec![]), Evidence::default());
+    }
+}
