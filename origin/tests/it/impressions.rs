@@ -135,3 +135,120 @@ async fn stray_impressions_move_no_other_campaign() {
     assert!((now[0].2 - 0.36).abs() < 1e-9, "{now:?}");
     assert_eq!(now[1], plain[1]);
 }
+
+/// 100 requests in the last complete window at rate 1 (A 40, B 30, none 30), the first
+/// 30 from an app that says it reports no impressions; the other apps report every A.
+fn quiet_and_loud(t: u64) -> Vec<allot_core::Event> {
+    (0..100)
+        .map(|i| {
+            let ad = match i % 10 {
+                0..4 => Some("A"),
+                4..7 => Some("B"),
+                _ => None,
+            };
+            let mut e = event(EventKind::Allocation, &format!("q{i}"), "home_feed", t, ad, &["A", "B"], 1, 1.0);
+            e.unreported = i < 30;
+            e
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn requests_of_apps_that_report_no_impressions_leave_the_base_of_shown_shares() {
+    let redis = RedisServer::start();
+    let app = origin(&redis, 1.0).await;
+    let t = (now_ms() / HOUR_MS - 1) * HOUR_MS + 1000;
+    post(&app, quiet_and_loud(t)).await;
+    let imp = |r: String| event(EventKind::Impression, &r, "home_feed", t, Some("A"), &[], 1, 1.0);
+    // Every A of the reporting apps (28 of them) is shown and reported.
+    post(&app, (30..100).filter(|i| i % 10 < 4).map(|i| imp(format!("q{i}"))).collect()).await;
+    settled(&redis, 28).await;
+    let s = total_counts(&redis, "home_feed");
+    assert_eq!((s.unreported.n, s.campaigns[&id("A")].unreported.n), (30, 12));
+    // A is measured on impressions at its true shown share, 28 of 70, not 28 of 100.
+    let now = estimates(&app).await;
+    assert_eq!(now[0].1, "impressions");
+    assert!((now[0].2 - 0.4).abs() < 1e-9, "{now:?}");
+    assert_eq!(now[1], ("B".into(), "allocations".into(), 0.3));
+
+    // Hostile: what only a key holder could send. An impression claiming to come from an
+    // app that reports none, or a flag that is not a boolean, refuses the body whole.
+    let mut bad = imp("q31".into());
+    bad.unreported = true;
+    let body = batch(vec![bad]);
+    assert!(body.contains("\"unreported\":true"));
+    let r = app.post_signed(&body).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "invalid_events");
+    let odd = batch(vec![quiet_and_loud(t).remove(0)]).replace("\"unreported\":true", "\"unreported\":\"yes\"");
+    assert_eq!(app.post_signed(&odd).await.status(), 400);
+    assert_eq!(total_counts(&redis, "home_feed"), s, "nothing of either body was counted");
+}
+
+#[tokio::test]
+async fn a_placement_on_impressions_is_read_one_window_later_than_one_on_allocations() {
+    // Four-second windows: complete 1 s after their end, complete for impressions at
+    // most a period later (5 s), so the status of a placement on impressions always
+    // shows the window before the last complete one.
+    let redis = RedisServer::start();
+    let period = 4_000u64;
+    let app = TestApp::start(config(
+        &redis,
+        "",
+        &[("ALLOT_CONTROL_ENABLED", "false"), ("ALLOT_CONTROL_PERIOD_MS", &period.to_string())],
+    ))
+    .await;
+    let spec = json!({"campaigns": [{"id": "A", "rate": 0.4}, {"id": "B", "rate": 0.3}]});
+    assert_eq!(app.put_targets("home_feed", &spec, MANAGER_TOKEN).await.status(), 201);
+    record_published(&mut redis.conn(), &plan("home_feed", 1, 1.0, &["A", "B"]));
+    let cfg = app.app().config.control.clone();
+    assert_eq!((cfg.lateness(), cfg.impression_lateness()), (1_000, 5_000));
+    // Allocations (and, once, impressions) in every window of the next 40 s.
+    let status = async || app.get_json("/v1/placements/home_feed/status", VIEWER_TOKEN).await.1;
+    let start = now_ms();
+    let (mut on_allocations, mut on_impressions) = (0, 0);
+    while now_ms() < start + 40_000 {
+        let t = now_ms();
+        let mut events = quiet_and_loud(t);
+        events.iter_mut().for_each(|e| {
+            e.request_id = allot_core::RequestId::parse(format!("{t}-{}", e.request_id)).unwrap();
+            e.unreported = false;
+        });
+        let shown: Vec<_> = events
+            .iter()
+            .filter(|e| e.ad_id.is_some())
+            .map(|e| {
+                let mut i = e.clone();
+                i.kind = EventKind::Impression;
+                i.eligible.clear();
+                i
+            })
+            .collect();
+        post(&app, events).await;
+        // Impressions from 12 s on: the placement moves to them.
+        if t > start + 12_000 {
+            post(&app, shown).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let before = cfg.last_complete_window(now_ms());
+        let v = status().await;
+        if cfg.last_complete_window(now_ms()) != before || v["window"]["requests"].as_f64() == Some(0.0) {
+            continue; // A window ended during the read, or none is counted yet.
+        }
+        let index = v["window"]["index"].as_u64().unwrap();
+        let basis = v["campaigns"][0]["basis"].as_str().unwrap();
+        // Before any impression: on allocations, the last complete window. Once two
+        // windows with impressions are complete: on impressions, the one before.
+        if t < start + 11_000 {
+            assert_eq!((basis, index), ("allocations", before), "{v}");
+            on_allocations += 1;
+        } else if t > start + 22_000 {
+            assert_eq!((basis, index), ("impressions", before - 1), "{v}");
+            on_impressions += 1;
+        }
+    }
+    assert!(
+        on_allocations >= 5 && on_impressions >= 5,
+        "{on_allocations} reads on allocations, {on_impressions} on impressions"
+    );
+}
