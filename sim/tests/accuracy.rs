@@ -32,6 +32,18 @@ fn a_campaign_infeasible_at_night_is_flagged_and_the_others_met() {
     assert!(s.within.value >= 0.9, "{s:#?}");
 }
 
+/// Ads that fail to show (by platform), an app that reports no impressions and an
+/// unexplained shortfall: the published intervals still cover the truth, so neither
+/// the silent app nor the late reports read as ads that did not render.
+#[test]
+fn render_failures_silent_apps_and_late_reports_are_measured_right() {
+    let s = simulate("bias", 40, 0.3, 2);
+    assert!(s.within.value >= 0.95, "{s:#?}");
+    assert!(s.p95_error.value <= 0.006, "{s:#?}");
+    assert!((0.9..=0.99).contains(&s.coverage.value), "{s:#?}");
+    assert_eq!(s.false_flags, 0, "{s:#?}");
+}
+
 #[test]
 fn faults_cost_little_and_heal() {
     let s = simulate("faults", 120, 0.3, 1);
