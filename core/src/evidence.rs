@@ -15,7 +15,9 @@
 //! status, and the simulator, all read [`Policy::windows_to_read`] and keep what
 //! [`Policy::evidence`] selects.
 
-use crate::{DeliveryBasis, Policy, WindowStats};
+use crate::controller::patterns_of;
+use crate::solver::Patterns;
+use crate::{DeliveryBasis, Policy, Targets, WindowStats};
 
 /// The windows a round looks at.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -33,6 +35,52 @@ impl Evidence {
     pub fn last(&self) -> Option<&WindowStats> {
         self.windows.first().filter(|w| w.requests.n > 0 || !w.campaigns.is_empty())
     }
+}
+
+/// How many standard errors apart a pattern's frequency must be, between a window and
+/// the newer windows merged, for the traffic mix to count as shifted between them. A
+/// round tests every pattern of every window it reads, so the bar is high: a false
+/// shift costs precision (the mix is then known from fewer windows), a missed small one
+/// costs little, and a real shift (a platform's share doubling) is dozens of errors.
+pub const MIX_SHIFT_SIGMAS: f64 = 5.0;
+
+impl Evidence {
+    /// The newest windows whose traffic mix agrees, merged: what the controller models
+    /// the next window's traffic on. Going back from the newest, a window joins while
+    /// the frequency of every eligibility pattern of `targets` in it is within
+    /// [`MIX_SHIFT_SIGMAS`] of the windows already merged; the first that is not (the
+    /// mix shifted there for good, or a burst began or ended) ends the merge. Merging
+    /// across a lasting shift would plan the windows after it on a mix that is mostly
+    /// the old one for as many rounds as windows are merged, and feedback would take the
+    /// gap for a bias.
+    pub fn mix(&self, targets: &Targets) -> WindowStats {
+        let mut merged = WindowStats::default();
+        for w in &self.windows {
+            if merged.requests.n > 0 && w.requests.n > 0 && mix_shifted(targets, &merged, w) {
+                break;
+            }
+            merged.merge(w);
+        }
+        merged
+    }
+}
+
+/// Whether some eligibility pattern's frequency differs between `a` and `b` by more
+/// than [`MIX_SHIFT_SIGMAS`] standard errors (two-proportion test on their effective
+/// sample sizes, which account for the sample rate changing within a window).
+fn mix_shifted(targets: &Targets, a: &WindowStats, b: &WindowStats) -> bool {
+    let (na, nb) = (a.effective_samples(), b.effective_samples());
+    if na < 1.0 || nb < 1.0 {
+        return false;
+    }
+    let (pa, pb) = (patterns_of(targets, a), patterns_of(targets, b));
+    let freq = |p: &Patterns, mask: u64| p.masks.iter().position(|&m| m == mask).map_or(0.0, |i| p.freqs[i]);
+    pa.masks.iter().chain(&pb.masks).any(|&mask| {
+        let (fa, fb) = (freq(&pa, mask), freq(&pb, mask));
+        let pooled = (fa * na + fb * nb) / (na + nb);
+        let se = (pooled * (1.0 - pooled) * (1.0 / na + 1.0 / nb)).sqrt();
+        se > 0.0 && (fa - fb).abs() > MIX_SHIFT_SIGMAS * se
+    })
 }
 
 impl Policy {
@@ -148,5 +196,56 @@ mod tests {
         assert_eq!(p.evidence(now, 2, vec![window(0, 0)]).last_index, Some(0));
         assert!(p.windows_to_read(5_000, 2).is_empty());
         assert_eq!(p.evidence(5_000, 2, vec![]), Evidence::default());
+    }
+
+    /// 1000 requests at rate 0.5, `ios` of them from iOS, the rest from web.
+    fn mixed(tag: &str, ios: usize) -> WindowStats {
+        let mut s = WindowStats::default();
+        for r in 0..1000 {
+            let mut e = allocation(&format!("{tag}-{r}"), None, &[], 0.5);
+            e.platform = Some(if r < ios { "ios" } else { "web" }.into());
+            s.fold(&e);
+        }
+        s
+    }
+
+    fn evidence_of(windows: Vec<WindowStats>) -> Evidence {
+        let mut recent = WindowStats::default();
+        windows.iter().for_each(|w| recent.merge(w));
+        Evidence { last_index: Some(9), windows, recent }
+    }
+
+    #[test]
+    fn the_mix_is_taken_from_the_windows_since_it_last_shifted() {
+        let targets = crate::Targets::parse(
+            serde_json::from_value(serde_json::json!({"campaigns": [
+                {"id": "A", "rate": 0.1, "eligibility": {"platforms": ["ios"]}},
+                {"id": "B", "rate": 0.2},
+            ]}))
+            .unwrap(),
+        )
+        .unwrap();
+        // Noise: 30 % iOS give or take a few requests. Everything is merged.
+        let steady = evidence_of(vec![mixed("a", 310), mixed("b", 290), mixed("c", 300), mixed("d", 305)]);
+        assert_eq!(steady.mix(&targets), steady.recent);
+        // iOS doubled two windows ago: only those two describe the traffic to come.
+        let shifted = evidence_of(vec![mixed("a", 600), mixed("b", 590), mixed("c", 300), mixed("d", 305)]);
+        let mix = shifted.mix(&targets);
+        assert_eq!(mix.requests.n, 2000);
+        assert_eq!(mix.profiles["ios:DE"], 2.0 * 1190.0);
+        // A pattern nobody matched before (a rule now names web) is a shift as well.
+        let web = crate::Targets::parse(
+            serde_json::from_value(serde_json::json!({"campaigns": [
+                {"id": "A", "rate": 0.1, "eligibility": {"platforms": ["web"]}},
+            ]}))
+            .unwrap(),
+        )
+        .unwrap();
+        let only_ios = evidence_of(vec![mixed("a", 500), mixed("b", 1000)]);
+        assert_eq!(only_ios.mix(&web).requests.n, 1000);
+        // Nothing counted yet, or an empty window in between: nothing to compare.
+        assert_eq!(Evidence::default().mix(&targets), WindowStats::default());
+        let gap = evidence_of(vec![mixed("a", 300), WindowStats::default(), mixed("c", 300)]);
+        assert_eq!(gap.mix(&targets).requests.n, 2000);
     }
 }

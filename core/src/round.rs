@@ -63,7 +63,8 @@ impl Policy {
     }
 
     pub fn run(&self, r: Round<'_>) -> Outcome {
-        let (recent, last) = (&r.evidence.recent, r.evidence.last());
+        // The traffic mix since it last shifted; the sample rate wants all the volume.
+        let (recent, last) = (&r.evidence.mix(r.targets), r.evidence.last());
         let mut decision = self.controller.decide(ControlInput {
             targets: r.targets,
             recent,
@@ -73,7 +74,7 @@ impl Policy {
             state: r.state,
         });
         let current_rate = r.previous.map_or(1.0, |p| p.sample_rate);
-        let rate = self.planner.rate_for(r.targets, last, recent, current_rate);
+        let rate = self.planner.rate_for(r.targets, last, &r.evidence.recent, current_rate);
         // The weights in force are still right: a republish (for its age or a new
         // rate) carries them unchanged, so feedback keeps learning under them.
         let same = r

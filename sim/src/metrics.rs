@@ -57,6 +57,9 @@ pub struct Summary {
     pub samples_vs_minimum: f64,
     /// Windows to re-converge after a change: p50, p95, max, and how many changes.
     pub reconverge: Option<(f64, f64, usize, usize)>,
+    /// The same for changes made while a fault lasted (a colo that gets no plan cannot
+    /// follow one until it recovers): reported apart, next to the fault's own figures.
+    pub reconverge_in_faults: Option<(f64, f64, usize, usize)>,
     pub faults: Vec<FaultFigures>,
     /// Placement-windows the truth says are infeasible, and the share of them flagged.
     pub infeasible_windows: usize,
@@ -179,7 +182,8 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
         coverage,
         joint_coverage: joint,
         samples_vs_minimum: if needed > 0.0 { sampled as f64 / needed } else { 0.0 },
-        reconverge: reconvergence(built, runs),
+        reconverge: reconvergence(built, runs, false),
+        reconverge_in_faults: reconvergence(built, runs, true),
         faults: sc.faults.iter().map(|f| fault(sc, runs, f)).collect(),
         infeasible_windows: infeasible.len(),
         infeasible_flagged: if infeasible.is_empty() { 1.0 } else { flagged as f64 / infeasible.len() as f64 },
@@ -201,11 +205,15 @@ fn within(w: &WindowRecord) -> bool {
 }
 
 /// Windows after the one a change happened in until the first window within the
-/// margin (0: the first full window after the change already is).
-fn reconvergence(built: &[Scenario], runs: &[Run]) -> Option<(f64, f64, usize, usize)> {
+/// margin (0: the first full window after the change already is), for the changes made
+/// during a fault or for the others.
+fn reconvergence(built: &[Scenario], runs: &[Run], in_faults: bool) -> Option<(f64, f64, usize, usize)> {
     let mut waits = Vec::new();
     for (run, sc) in runs.iter().zip(built) {
         for ch in &sc.changes {
+            if sc.faults.iter().any(|f| (f.from_s..f.until_s).contains(&ch.at_s)) != in_faults {
+                continue;
+            }
             let first = ch.at_s / sc.period_s + 1;
             let after = run.windows.iter().filter(|w| w.placement == ch.placement && w.index >= first);
             let wait = after.take_while(|w| !within(w)).count();

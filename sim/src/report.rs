@@ -73,6 +73,9 @@ pub fn render(sc: &Scenario, s: &Summary) -> String {
     if let Some((p50, p95, max, n)) = s.reconverge {
         row("windows to re-converge (p50 / p95 / max)", format!("{p50} / {p95} / {max} over {n} changes"));
     }
+    if let Some((p50, p95, max, n)) = s.reconverge_in_faults {
+        row("… after changes made during a fault (p50 / p95 / max)", format!("{p50} / {p95} / {max} over {n} changes"));
+    }
     for f in &s.faults {
         row(
             &format!("fault: {}", f.what),
