@@ -20,6 +20,7 @@ mod hostile;
 mod impressions;
 mod ingest;
 mod learning;
+mod mix;
 mod ops;
 mod publish;
 mod retry;
