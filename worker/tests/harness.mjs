@@ -46,10 +46,13 @@ export async function startWorker(bindings = {}, { cf = { country: "FR", colo: "
  * `fetch`, with a GET retried (twice, briefly) when the connection itself fails: on a
  * loaded machine the local runtime now and then drops a kept-alive connection as the
  * client reuses it. A GET is what an app would simply send again; other methods are
- * never retried, and an HTTP answer of any status is returned as it is.
+ * retried only when the caller says `retryOnDrop` (a request refused before its body
+ * was read: the runtime may close the connection while the client is still sending,
+ * as HTTP servers do after an early 413), and an HTTP answer of any status is returned
+ * as it is.
  */
 async function fetchRetryingGets(url, init) {
-  const retryable = (init?.method ?? "GET") === "GET";
+  const retryable = (init?.method ?? "GET") === "GET" || init?.retryOnDrop === true;
   for (let attempt = 0; ; attempt++) {
     try {
       return await fetch(url, init);

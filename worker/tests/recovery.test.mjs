@@ -134,10 +134,11 @@ describe("hostile requests", () => {
       ["/v1/ad?placement=%FF%FE&platform=%C0%80", {}],
       ["/v1/ad?placement=home_feed&country=%00%00", {}],
       ["/v1/ad?placement=home_feed&placement=home_feed&&&=&%", {}],
-      ["/v1/impression", { method: "POST", body: "[".repeat(100_000) }],
-      ["/v1/impression", { method: "POST", body: JSON.stringify({ request_id: long, placement: "home_feed", ad_id: "A", impression_token: long }) }],
+      // Refused before the body is read: see `retryOnDrop` in the harness.
+      ["/v1/impression", { method: "POST", body: "[".repeat(100_000), retryOnDrop: true }],
+      ["/v1/impression", { method: "POST", body: JSON.stringify({ request_id: long, placement: "home_feed", ad_id: "A", impression_token: long }), retryOnDrop: true }],
       ["/internal/plans/home_feed", { method: "PUT", body: "{}", headers: { "x-allot-signature": `t=99999999999999999999,v1=${"0".repeat(64)}` } }],
-      ["/internal/plans/%2e%2e", { method: "PUT", body: long }],
+      ["/internal/plans/%2e%2e", { method: "PUT", body: long, retryOnDrop: true }],
     ];
     for (const [path, init] of cases) {
       const res = await worker.get(path, init);
