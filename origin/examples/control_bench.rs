@@ -129,8 +129,8 @@ async fn read(o: &OriginProcess) -> Reading {
     }
 }
 
-/// Whether `o` holds a shard with placements, once its first pass over them (the
-/// takeover) has ended.
+/// Whether `o` holds a shard with placements, once its first pass over them has ended
+/// (a takeover pass, or a full one for an origin that found its shards free).
 async fn has_placements(o: &OriginProcess, placements: usize) -> bool {
     let held: Vec<u64> = o
         .control()
@@ -141,7 +141,11 @@ async fn has_placements(o: &OriginProcess, placements: usize) -> bool {
         .filter_map(|h| h["shard"].as_u64())
         .collect();
     let mine = (0..placements).any(|i| held.contains(&u64::from(shard_of(&format!("bench{i:05}"), 64))));
-    while mine && o.metric("allot_control_pass_placements_sum{kind=\"takeover\"}").await == 0.0 {
+    let first_pass_done = async || {
+        o.metric("allot_control_pass_placements_sum{kind=\"takeover\"}").await > 0.0
+            || o.metric("allot_control_pass_duration_seconds_count{kind=\"full\"}").await > 0.0
+    };
+    while mine && !first_pass_done().await {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     mine
