@@ -9,7 +9,7 @@ use allot_origin::store::PlanRecord;
 use allot_testkit::events::{allocation, under, xadd};
 use allot_testkit::origin::{MANAGER_TOKEN, TestApp, config};
 use allot_testkit::poll::eventually;
-use allot_testkit::redis::RedisServer;
+use allot_testkit::redis::{RedisServer, total_counts};
 use serde_json::json;
 
 /// Two-second windows, complete 100 ms after their end: a round reads a window well
@@ -23,13 +23,15 @@ fn stored_record(redis: &RedisServer) -> Option<PlanRecord> {
 }
 
 /// 400 requests under `plan` in the window now under way, `ios` of them from iOS (the
-/// others from web); then waits for that window to end and for the first round after
-/// it, and returns the iOS share the plan in force was made on.
-async fn window(app: &TestApp, redis: &RedisServer, plan: &Plan, ios: usize, tag: &str) -> f64 {
+/// others from web), the `nth` window written; then waits for that window to end and be
+/// counted (the aggregator may lag on a loaded machine), asks for two rounds (the
+/// second surely started after it was counted), and returns the iOS share the plan in
+/// force was made on.
+async fn window(app: &TestApp, redis: &RedisServer, plan: &Plan, ios: usize, nth: u64) -> f64 {
     let index = allot_origin::now_ms() / PERIOD;
     let events: Vec<Event> = (0..400)
         .map(|i| {
-            let mut e = under(plan, allocation(&format!("{tag}-{index}-{i}"), "home_feed", None, &[], 1.0));
+            let mut e = under(plan, allocation(&format!("w{nth}-{index}-{i}"), "home_feed", None, &[], 1.0));
             e.platform = Some(if i < ios { "ios" } else { "web" }.into());
             e.event_time_ms = index * PERIOD + PERIOD / 2;
             e
@@ -37,11 +39,18 @@ async fn window(app: &TestApp, redis: &RedisServer, plan: &Plan, ios: usize, tag
         .collect();
     xadd(&mut redis.conn(), &EventBatch { events }, allot_origin::now_ms());
     let complete = (index + 1) * PERIOD + 100;
-    tokio::time::sleep(std::time::Duration::from_millis(complete - allot_origin::now_ms() + 10)).await;
-    let rounds = app.metric("allot_control_rounds_total").await;
-    eventually(5, "a round", || async { (app.metric("allot_control_rounds_total").await > rounds).then_some(()) })
-        .await;
-    assert!(allot_origin::now_ms() < complete + PERIOD, "the test fell a window behind");
+    tokio::time::sleep(std::time::Duration::from_millis(complete.saturating_sub(allot_origin::now_ms()) + 10)).await;
+    eventually(10, "the window counted", || async {
+        (total_counts(redis, "home_feed").requests.n == 400 * nth).then_some(())
+    })
+    .await;
+    for _ in 0..2 {
+        let rounds = app.metric("allot_control_rounds_total").await;
+        app.app().store.mark_dirty(&PlacementId::parse("home_feed").unwrap()).await.unwrap();
+        app.app().control_wake.notify_one();
+        eventually(5, "a round", || async { (app.metric("allot_control_rounds_total").await > rounds).then_some(()) })
+            .await;
+    }
     let record = stored_record(redis).expect("a plan");
     record.decision.expect("a decision").campaigns[0].eligible_share
 }
@@ -60,19 +69,19 @@ async fn a_lasting_shift_is_planned_for_at_once_and_a_strange_window_is_forgotte
 
     // Four windows at 30 % iOS: the plan is made on 30 %.
     for w in 0..4 {
-        let share = window(&app, &redis, &v1, 120, &format!("steady{w}")).await;
+        let share = window(&app, &redis, &v1, 120, w + 1).await;
         assert!((0.29..=0.31).contains(&share), "a plan on 30 % iOS: {share}");
     }
     // One window of iOS only (a burst, or a key holder's made-up traffic): the next
     // plan is made on it alone, not on the recent windows merged (about half iOS).
-    let share = window(&app, &redis, &v1, 400, "burst").await;
+    let share = window(&app, &redis, &v1, 400, 5).await;
     assert!(share > 0.99, "a plan on the burst: {share}");
     // Back to 30 %: the burst window no longer counts.
-    let share = window(&app, &redis, &v1, 120, "after").await;
+    let share = window(&app, &redis, &v1, 120, 6).await;
     assert!((0.29..=0.31).contains(&share), "a plan on the traffic after the burst: {share}");
     // iOS at 60 % for good: planned for after its first window, and it stays.
     for w in 0..2 {
-        let share = window(&app, &redis, &v1, 240, &format!("shift{w}")).await;
+        let share = window(&app, &redis, &v1, 240, 7 + w).await;
         assert!((0.59..=0.61).contains(&share), "a plan on the new mix: {share}");
     }
 }
