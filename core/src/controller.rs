@@ -12,8 +12,8 @@
 //! 3. **Feedback** for whatever the model still misses (bias, effects outside the
 //!    model): measured shares are compared with what the model predicts for the
 //!    weights actually in force; only the unexplained part feeds a bounded
-//!    multiplicative correction `g_c`, once the evidence merged over the windows
-//!    decided under those weights says so ([`feedback`]). So a plan made before the
+//!    multiplicative correction `g_c`, once the evidence merged over recent windows,
+//!    each predicted for the plans it was decided under, says so ([`feedback`]). So a plan made before the
 //!    traffic mix was known does not look like a bias, noise alone rarely moves `g_c`,
 //!    a persistent bias is found within a few windows, and nothing can run away.
 //!
@@ -66,8 +66,8 @@ pub struct Controller {
     pub evidence_decay: f64,
     /// Corrections stay within `[1/max, max]`.
     pub max_correction: f64,
-    /// Feedback only learns from windows decided at least this much under the
-    /// previous plan.
+    /// Feedback only learns from windows decided at least this much under plans it
+    /// remembers (the last few sets of weights).
     pub min_version_share: f64,
     /// Feedback and render ratios need at least this many sampled requests.
     pub min_samples: f64,

@@ -6,13 +6,19 @@
 //! the unexplained factor, and the correction that makes the next plan deliver the
 //! target is `g = u` (the model is asked for `r·g`).
 //!
-//! **Evidence accumulates** over the windows decided under the *same weights* —
-//! whatever their version: a plan republished only because of its age, or for a new
-//! sample rate, carries the weights of the one before and does not start learning
-//! over. Each window adds its requests `X`, `X·m`, `X·p` and `X²·Var(m)` (the ratio
-//! estimator's variance, [`estimate::effective_samples`]) to sums that older windows
-//! fade out of by [`Controller::evidence_decay`], so the merged gap's band shrinks with
-//! evidence (≈ ⅓ of one window's after a handful) while a drift is still followed.
+//! **Evidence accumulates across plans.** Each window is predicted for the plans it
+//! was actually decided under: the weights and rules of every version in its requests
+//! (the last few are remembered), applied to the window's own traffic mix, and mixed
+//! in proportion to the requests each decided. So `u` does not depend on the weights:
+//! a window under new weights, or split between two plans while the edges pick up the
+//! new one, is as good evidence as any, and learning does not restart when the weights
+//! are re-solved. Each window adds its requests `X`, `X·m`, `X·p` and `X²·Var(m)` (the
+//! ratio estimator's variance, [`estimate::effective_samples`]) to sums that older
+//! windows fade out of by [`Controller::evidence_decay`], so the merged gap's band
+//! shrinks with evidence (≈ ⅓ of one window's after a handful) while a drift is still
+//! followed. The exception is a campaign measured on impressions: its render ratio is
+//! measured over all its traffic, and new weights move its ads between apps that show
+//! them more or less often, so its evidence starts over with new weights.
 //!
 //! **A sequential test decides.** The current correction `g` predicts the merged
 //! measured share `P/g`. Only when the merged share is further from it than
@@ -35,19 +41,108 @@ use serde::{Deserialize, Serialize};
 
 use super::{ControlInput, ControlState, Controller, patterns_for};
 use crate::estimate::{self, DeliveryBasis};
-use crate::{CampaignId, Plan, WindowStats, solver};
+use crate::{CampaignId, Eligibility, Plan, WindowStats, solver};
 
-/// What feedback has learnt under the weights in force.
+/// What feedback has learnt, and the plans it learnt under.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Learning {
-    /// The first plan version that carried these weights.
-    pub since_version: u64,
-    /// Fingerprint of the weights (and eligibility rules) of that plan.
-    pub weights: u64,
+    /// The weights of the last few plans, oldest first; the last is the one in force.
+    #[serde(default)]
+    pub plans: Vec<PlanWeights>,
     /// The last window counted: its index + 1 where the caller knows it, else a
     /// fingerprint of its counts.
     pub last_window: u64,
     pub evidence: BTreeMap<CampaignId, Evidence>,
+}
+
+/// How many sets of weights are remembered: a window is decided under at most two or
+/// three plans (the edges take a new one up over a minute or two).
+const PLANS_KEPT: usize = 4;
+
+/// What decides delivery in a plan, from the first version that carried it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PlanWeights {
+    pub since_version: u64,
+    /// The last version seen carrying them: versions in between belong to these weights.
+    pub until_version: u64,
+    /// [`weights_fingerprint`] of those plans.
+    pub fingerprint: u64,
+    pub no_ad_weight: f64,
+    pub campaigns: Vec<(CampaignId, f64, Eligibility)>,
+}
+
+impl PlanWeights {
+    fn of(plan: &Plan) -> Self {
+        Self {
+            since_version: plan.version,
+            until_version: plan.version,
+            fingerprint: weights_fingerprint(plan),
+            no_ad_weight: plan.no_ad_weight,
+            campaigns: plan.campaigns.iter().map(|c| (c.id.clone(), c.weight, c.eligibility.clone())).collect(),
+        }
+    }
+
+    /// The shares these weights deliver for the traffic mix of `mix`, by campaign.
+    fn delivered(&self, mix: &WindowStats) -> Vec<f64> {
+        let patterns = patterns_for(self.campaigns.iter().map(|(_, _, e)| e), mix);
+        let weights: Vec<f64> = self.campaigns.iter().map(|(_, w, _)| *w).collect();
+        let mut out = vec![0.0; weights.len()];
+        solver::delivered(&weights, self.no_ad_weight, &patterns, &mut out);
+        out
+    }
+}
+
+impl Learning {
+    /// The first version with the weights in force.
+    pub fn since_version(&self) -> Option<u64> {
+        self.plans.last().map(|p| p.since_version)
+    }
+
+    /// Takes note of the plan in force. Returns whether its weights are new.
+    fn follow(&mut self, plan: &Plan) -> bool {
+        let key = weights_fingerprint(plan);
+        match self.plans.last_mut() {
+            Some(p) if p.fingerprint == key && p.since_version <= plan.version => {
+                p.until_version = p.until_version.max(plan.version);
+                false
+            }
+            _ => {
+                // A plan older than what is remembered (another origin's state):
+                // nothing remembered can be trusted.
+                if self.plans.iter().any(|p| p.until_version >= plan.version) {
+                    *self = Self::default();
+                }
+                self.plans.push(PlanWeights::of(plan));
+                let excess = self.plans.len().saturating_sub(PLANS_KEPT);
+                self.plans.drain(..excess);
+                true
+            }
+        }
+    }
+
+    /// What the model predicts `w` delivered, by campaign: each version's weights on
+    /// `mix`, in proportion to the requests it decided. `None` when less than
+    /// `min_known` of them were decided under a remembered plan.
+    fn predict(&self, w: &WindowStats, mix: &WindowStats, min_known: f64) -> Option<BTreeMap<CampaignId, f64>> {
+        let total: f64 = w.versions.values().sum();
+        let mut by_plan = vec![0.0; self.plans.len()];
+        for (&v, &n) in &w.versions {
+            if let Some(k) = self.plans.iter().position(|p| (p.since_version..=p.until_version).contains(&v)) {
+                by_plan[k] += n;
+            }
+        }
+        let known: f64 = by_plan.iter().sum();
+        if total <= 0.0 || known / total < min_known {
+            return None;
+        }
+        let mut out: BTreeMap<CampaignId, f64> = BTreeMap::new();
+        for (plan, n) in self.plans.iter().zip(by_plan).filter(|(_, n)| *n > 0.0) {
+            for ((id, ..), d) in plan.campaigns.iter().zip(plan.delivered(mix)) {
+                *out.entry(id.clone()).or_default() += d * n / known;
+            }
+        }
+        Some(out)
+    }
 }
 
 /// One campaign's merged evidence (faded sums over windows).
@@ -118,13 +213,6 @@ fn window_fingerprint(w: &WindowStats) -> u64 {
     fnv(words)
 }
 
-/// The share of `w`'s requests decided under versions `since..=until`.
-fn share_of_versions(w: &WindowStats, since: u64, until: u64) -> f64 {
-    let total: f64 = w.versions.values().sum();
-    let under: f64 = w.versions.range(since..=until).map(|(_, v)| v).sum();
-    if total > 0.0 { under / total } else { 0.0 }
-}
-
 impl Controller {
     /// The next corrections and learning state.
     pub(super) fn feedback(
@@ -142,12 +230,15 @@ impl Controller {
             }
         }
         let Some(prev) = input.previous else { return state };
-        let key = weights_fingerprint(prev);
-        // New weights: learning starts over under them (the corrections stay).
-        let mut learning = match &input.state.learning {
-            Some(l) if l.weights == key && l.since_version <= prev.version => l.clone(),
-            _ => Learning { since_version: prev.version, weights: key, ..Learning::default() },
-        };
+        let mut learning = input.state.learning.clone().unwrap_or_default();
+        if learning.follow(prev) {
+            // New weights: a render ratio measured under the old ones no longer holds.
+            for (c, b) in input.targets.campaigns.iter().zip(basis) {
+                if *b == DeliveryBasis::Impressions {
+                    learning.evidence.remove(&c.id);
+                }
+            }
+        }
         learning.evidence.retain(|id, _| input.targets.campaign(id).is_some());
         let Some(last) = input.last else {
             state.learning = Some(learning);
@@ -155,32 +246,31 @@ impl Controller {
         };
         // The window's index where known (+1, so 0 stays "none"); else its content.
         let seen = input.last_index.map_or_else(|| window_fingerprint(last), |i| i.wrapping_add(1));
-        if learning.last_window == seen
-            || last.effective_samples() < self.min_samples
-            || share_of_versions(last, learning.since_version, prev.version) < self.min_version_share
-        {
-            state.learning = Some(learning);
-            return state;
-        }
+        // Predicted on the window's own traffic mix where it has one.
+        let mix = if last.profiles.is_empty() { input.recent } else { last };
+        let predicted = match learning.predict(last, mix, self.min_version_share) {
+            Some(p) if learning.last_window != seen && last.effective_samples() >= self.min_samples => p,
+            _ => {
+                state.learning = Some(learning);
+                return state;
+            }
+        };
         learning.last_window = seen;
-        // What the model says the weights in force should have delivered.
-        let prev_patterns = patterns_for(prev.campaigns.iter().map(|c| &c.eligibility), input.recent);
-        let prev_weights: Vec<f64> = prev.campaigns.iter().map(|c| c.weight).collect();
-        let mut predicted = vec![0.0; prev_weights.len()];
-        solver::delivered(&prev_weights, prev.no_ad_weight, &prev_patterns, &mut predicted);
         let z = input.targets.confidence.z();
         let threshold = z.max(self.feedback_sigmas);
         let x = last.requests.ht;
         for (i, c) in input.targets.campaigns.iter().enumerate() {
             let r = c.rate.get();
-            // Feedback cannot help a campaign that lacks the traffic, or one the
-            // previous plan did not contain.
-            let Some(j) = prev.campaigns.iter().position(|p| p.id == c.id) else { continue };
+            // Feedback cannot help a campaign that lacks the traffic, or one the plan
+            // in force does not contain.
+            if !prev.campaigns.iter().any(|p| p.id == c.id) {
+                continue;
+            }
             if r <= 0.0 || r >= mass[i] * render[i] {
                 learning.evidence.remove(&c.id);
                 continue;
             }
-            let p = predicted[j] * render[i];
+            let p = predicted.get(&c.id).copied().unwrap_or(0.0) * render[i];
             if p <= 0.0 {
                 continue;
             }

@@ -83,7 +83,7 @@ async fn the_state_is_kept_every_round_and_a_republish_keeps_the_weights() {
     // … with the very weights of v1, under which learning goes on.
     assert_eq!(record.plan.no_ad_weight, v1.no_ad_weight);
     assert_eq!(record.plan.campaigns[0].weight, v1.campaigns[0].weight);
-    assert_eq!(state.learning.as_ref().unwrap().since_version, 1);
+    assert_eq!(state.learning.as_ref().unwrap().since_version(), Some(1));
     // Rounds that published nothing kept what they learnt: the state stored with the
     // plan is behind the state of the latest round.
     let with_plan = record.decision.as_ref().map_or(0, |d| windows_counted(&d.state));
@@ -179,7 +179,7 @@ async fn re_saved_targets_and_forged_events_do_not_bend_feedback() {
     assert!(windows_counted(&state) <= 1, "{state:?}");
     assert!(state.corrections.is_empty(), "a 4 pp gap in one window is noise: {state:?}");
     if let (Some(a), Some(b)) = (&state.learning, &counted.learning)
-        && a.since_version == b.since_version
+        && a.since_version() == b.since_version()
     {
         assert_eq!(a.last_window, b.last_window, "the window counted is still the last one counted");
     }
