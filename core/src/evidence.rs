@@ -30,13 +30,6 @@ pub struct Evidence {
     pub recent: WindowStats,
 }
 
-impl Evidence {
-    /// The newest window, if anything was counted in it.
-    pub fn last(&self) -> Option<&WindowStats> {
-        self.windows.first().filter(|w| w.requests.n > 0 || !w.campaigns.is_empty())
-    }
-}
-
 /// How many standard errors apart a pattern's frequency must be, between a window and
 /// the newer windows merged, for the traffic mix to count as shifted between them. A
 /// round tests every pattern of every window it reads, so the bar is high: a false
@@ -45,6 +38,11 @@ impl Evidence {
 pub const MIX_SHIFT_SIGMAS: f64 = 5.0;
 
 impl Evidence {
+    /// The newest window, if anything was counted in it.
+    pub fn last(&self) -> Option<&WindowStats> {
+        self.windows.first().filter(|w| w.requests.n > 0 || !w.campaigns.is_empty())
+    }
+
     /// The newest windows whose traffic mix agrees, merged: what the controller models
     /// the next window's traffic on. Going back from the newest, a window joins while
     /// the frequency of every eligibility pattern of `targets` in it is within

@@ -50,9 +50,14 @@ pub struct Summary {
     pub p95_relative_small: Option<Figure>,
     /// Windows where every feasible campaign was within the margin.
     pub within: Figure,
-    /// Published intervals that contain the realized share, per campaign and jointly.
+    /// Published intervals that contain the realized share, per campaign and jointly,
+    /// in sampled windows.
     pub coverage: Figure,
     pub joint_coverage: Figure,
+    /// In windows at census (every request sampled) the estimate is the realized share
+    /// itself, so their intervals cover it trivially: scored apart (covered share, cells),
+    /// not pooled into the coverage above, which they would lift over the level.
+    pub census_coverage: Option<(f64, usize)>,
     /// Sampled requests over the binomial minimum on the traffic seen.
     pub samples_vs_minimum: f64,
     /// Windows to re-converge after a change: p50, p95, max, and how many changes.
@@ -84,6 +89,7 @@ struct Scored {
     relative_small: Vec<f64>,
     within: bool,
     covered: Vec<bool>,
+    census: bool,
 }
 
 fn score(w: &WindowRecord) -> Option<Scored> {
@@ -102,6 +108,7 @@ fn score(w: &WindowRecord) -> Option<Scored> {
             .map(|c| (c.realized - c.target).abs() / c.target)
             .collect(),
         covered: feasible.iter().filter_map(|c| c.published.map(|p| p.contains(c.realized))).collect(),
+        census: w.sampled >= w.requests,
         errors,
     })
 }
@@ -147,8 +154,11 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
     let p50 = fig(&|w| quantile(w.iter().flat_map(|s| s.errors.iter().copied()).collect(), 0.5));
     let p95 = fig(&|w| quantile(w.iter().flat_map(|s| s.errors.iter().copied()).collect(), 0.95));
     let within = fig(&|w| share(w.iter().map(|s| s.within)));
-    let coverage = fig(&|w| share(w.iter().flat_map(|s| s.covered.iter().copied())));
-    let joint = fig(&|w| share(w.iter().filter(|s| !s.covered.is_empty()).map(|s| s.covered.iter().all(|c| *c))));
+    let coverage = fig(&|w| sampled_coverage(w));
+    let joint =
+        fig(&|w| share(w.iter().filter(|s| !s.census && !s.covered.is_empty()).map(|s| s.covered.iter().all(|c| *c))));
+    let census: Vec<bool> = all.iter().filter(|s| s.census).flat_map(|s| s.covered.iter().copied()).collect();
+    let census_coverage = (!census.is_empty()).then(|| (share(census.iter().copied()), census.len()));
     let has_small = all.iter().any(|s| !s.relative_small.is_empty());
     let rel =
         has_small.then(|| fig(&|w| quantile(w.iter().flat_map(|s| s.relative_small.iter().copied()).collect(), 0.95)));
@@ -181,6 +191,7 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
         within,
         coverage,
         joint_coverage: joint,
+        census_coverage,
         samples_vs_minimum: if needed > 0.0 { sampled as f64 / needed } else { 0.0 },
         reconverge: reconvergence(built, runs, false),
         reconverge_in_faults: reconvergence(built, runs, true),
@@ -247,6 +258,11 @@ fn fault(sc: &Scenario, runs: &[Run], f: &crate::scenario::Fault) -> FaultFigure
     FaultFigures { what: f.what.clone(), peak_error, peak_rate, recovery_windows: recovery }
 }
 
+/// Coverage per campaign over the sampled windows (census ones are scored apart).
+fn sampled_coverage(windows: &[&Scored]) -> f64 {
+    share(windows.iter().filter(|s| !s.census).flat_map(|s| s.covered.iter().copied()))
+}
+
 fn share(it: impl Iterator<Item = bool>) -> f64 {
     let (mut yes, mut n) = (0usize, 0usize);
     for b in it {
@@ -307,5 +323,40 @@ mod tests {
         let f = bootstrap(&series, &mut rng, &|w| w.iter().map(|x| **x).sum::<f64>() / w.len() as f64);
         assert!((f.value - 0.3).abs() < 0.02, "{f:?}");
         assert!(f.low < f.value && f.value < f.high && f.high - f.low > 0.05, "{f:?}");
+    }
+
+    #[test]
+    fn census_windows_are_scored_apart() {
+        use crate::world::{CampaignWindow, WindowRecord};
+        let record = |sampled: u64, covered: bool| WindowRecord {
+            placement: 0,
+            index: 0,
+            requests: 1_000,
+            sampled,
+            campaigns: vec![CampaignWindow {
+                id: allot_core::CampaignId::parse("A").unwrap(),
+                target: 0.3,
+                realized: 0.3,
+                feasible: true,
+                published: Some(allot_core::ShareEstimate {
+                    share: 0.3,
+                    low: if covered { 0.29 } else { 0.31 },
+                    high: 0.32,
+                    samples: 30,
+                }),
+                flagged: false,
+            }],
+            needed: 100.0,
+            max_rate: 1.0,
+            unattainable: false,
+            margin: 0.01,
+            short: 0.0,
+        };
+        let sampled = score(&record(100, false)).unwrap();
+        let census = score(&record(1_000, true)).unwrap();
+        assert!(!sampled.census && census.census);
+        // Nine census windows and one sampled miss: the coverage is the sampled one's.
+        let windows: Vec<&Scored> = std::iter::once(&sampled).chain(std::iter::repeat_n(&census, 9)).collect();
+        assert_eq!(sampled_coverage(&windows), 0.0);
     }
 }

@@ -69,6 +69,9 @@ pub fn render(sc: &Scenario, s: &Summary) -> String {
     row("windows within ±margin", pct(s.within));
     row("interval coverage, per campaign", pct(s.coverage));
     row("interval coverage, all campaigns at once", pct(s.joint_coverage));
+    if let Some((covered, cells)) = s.census_coverage {
+        row("interval coverage at census (scored apart)", format!("{:.1} % of {cells}", covered * 100.0));
+    }
     row("samples ÷ binomial minimum", format!("{:.2}", s.samples_vs_minimum));
     if let Some((p50, p95, max, n)) = s.reconverge {
         row("windows to re-converge (p50 / p95 / max)", format!("{p50} / {p95} / {max} over {n} changes"));

@@ -15,12 +15,16 @@ const HOUR_MS: u64 = 3_600_000;
 
 /// An origin with targets for home_feed and, its control loop being off, plan 1 of
 /// home_feed at `rate` recorded as published (ingest counts only published plans).
+/// Hour-long windows: the "last complete window" cannot roll over mid-test.
 async fn origin(redis: &RedisServer, rate: f64) -> TestApp {
-    // Hour-long windows: the "last complete window" cannot roll over mid-test.
+    origin_with_period(redis, rate, HOUR_MS).await
+}
+
+async fn origin_with_period(redis: &RedisServer, rate: f64, period_ms: u64) -> TestApp {
     let app = TestApp::start(config(
         redis,
         "",
-        &[("ALLOT_CONTROL_ENABLED", "false"), ("ALLOT_CONTROL_PERIOD_MS", &HOUR_MS.to_string())],
+        &[("ALLOT_CONTROL_ENABLED", "false"), ("ALLOT_CONTROL_PERIOD_MS", &period_ms.to_string())],
     ))
     .await;
     let spec = json!({"campaigns": [{"id": "A", "rate": 0.4}, {"id": "B", "rate": 0.3}]});
@@ -191,16 +195,7 @@ async fn a_placement_on_impressions_is_read_one_window_later_than_one_on_allocat
     // most a period later (5 s), so the status of a placement on impressions always
     // shows the window before the last complete one.
     let redis = RedisServer::start();
-    let period = 4_000u64;
-    let app = TestApp::start(config(
-        &redis,
-        "",
-        &[("ALLOT_CONTROL_ENABLED", "false"), ("ALLOT_CONTROL_PERIOD_MS", &period.to_string())],
-    ))
-    .await;
-    let spec = json!({"campaigns": [{"id": "A", "rate": 0.4}, {"id": "B", "rate": 0.3}]});
-    assert_eq!(app.put_targets("home_feed", &spec, MANAGER_TOKEN).await.status(), 201);
-    record_published(&mut redis.conn(), &plan("home_feed", 1, 1.0, &["A", "B"]));
+    let app = origin_with_period(&redis, 1.0, 4_000).await;
     let cfg = app.app().config.control.clone();
     assert_eq!((cfg.lateness(), cfg.impression_lateness()), (1_000, 5_000));
     // Allocations (and, once, impressions) in every window of the next 40 s.
