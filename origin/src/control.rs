@@ -266,7 +266,8 @@ async fn prepare(app: &App, p: &PlacementId, now_ms: u64, fence: &Fence) -> Resu
     let targets = Targets::parse(spec)
         .map_err(|e| StoreError::Corrupt { what: format!("targets of {p}"), message: e.to_string() })?;
     let changed = previous.is_none_or(|r| r.targets_rev != rev);
-    let outcome = crate::inputs::policy(cfg).run(inputs.round(p, &targets, changed, now_ms, cfg));
+    let outcome =
+        off_the_async_workers(|| crate::inputs::policy(cfg).run(inputs.round(p, &targets, changed, now_ms, cfg)));
     if !crate::inputs::keep_state(app, p, &outcome.decision.state, fence).await? {
         return Ok(None);
     }
@@ -302,6 +303,20 @@ async fn prepare(app: &App, p: &PlacementId, now_ms: u64, fence: &Fence) -> Resu
     }))
 }
 
+/// Runs the controller's CPU-bound work (solving and planning: up to ~10 ms for 64
+/// campaigns over many profiles) where it does not hold an async worker. A pass over
+/// thousands of placements is seconds of CPU; on the workers that also serve ingest it
+/// would delay every event posted meanwhile. On a multi-threaded runtime the worker's
+/// queue moves to another thread while this one computes; a single-threaded runtime (a
+/// test's) has nowhere to move it and computes in place.
+fn off_the_async_workers<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Records `plan` as issued (see `Store::issue_plan`); `false` when a newer lease holder
 /// has written the placement.
 async fn issue(app: &App, p: &PlacementId, plan: &Plan, fence: &Fence) -> Result<bool, StoreError> {
@@ -330,6 +345,35 @@ async fn allocate(app: &App, p: &PlacementId, fence: &Fence, floor: u64) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn the_controllers_work_leaves_the_only_worker_to_other_tasks() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        // A round on the runtime's one worker spawns another task (as a request would
+        // arrive), then computes: that task can only run if the worker's queue moved to
+        // another thread while the computation holds this one.
+        let round = tokio::spawn(async {
+            let served = Arc::new(AtomicBool::new(false));
+            let flag = served.clone();
+            let other = tokio::spawn(async move { flag.store(true, Ordering::SeqCst) });
+            let waited = off_the_async_workers(|| {
+                let start = std::time::Instant::now();
+                while !served.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(2) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                start.elapsed()
+            });
+            other.await.unwrap();
+            (served.load(Ordering::SeqCst), waited)
+        });
+        let (served, waited) = round.await.unwrap();
+        assert!(served && waited < Duration::from_secs(2), "the other task waited {waited:?} for the computation");
+    }
+
+    #[tokio::test]
+    async fn a_single_threaded_runtime_computes_in_place() {
+        assert_eq!(off_the_async_workers(|| 7), 7);
+    }
 
     #[test]
     fn full_rounds_follow_window_ends_by_the_lateness() {
