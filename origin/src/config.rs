@@ -62,6 +62,8 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// The S3 archive (and where reports run). Absent: no archiver runs.
     #[serde(default)]
     pub archive: Option<allot_archive::ArchiveConfig>,
@@ -416,6 +418,25 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self { level: "info".into(), format: LogFormat::Json }
+    }
+}
+
+/// What `/metrics` exports ([`crate::gauges`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// The most placement × campaign pairs given per-campaign delivery gauges on this
+    /// origin (0: none). Every pair costs six series, so 10,000 placements of 64
+    /// campaigns would be millions, more than a Prometheus should take or `/metrics`
+    /// can render in time. Placements are admitted in the order their rounds first run
+    /// here, and keep their series while they exist here; the others get the
+    /// placement-level gauges only, which every placement has.
+    pub campaign_series: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { campaign_series: 20_000 }
     }
 }
 

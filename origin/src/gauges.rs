@@ -7,11 +7,19 @@
 //! deleted placement's or campaign's series are removed, so an alert never fires on a
 //! value nobody updates any more. Plan age is exported as the publish time
 //! (`…_published_timestamp_seconds`); rules compute the age with `time()`.
+//!
+//! Per-campaign series cost six per placement × campaign pair, which at 10,000
+//! placements of 64 campaigns is millions: more than a Prometheus should be fed, and
+//! more than `/metrics` renders in time. So they are bounded by
+//! `metrics.campaign_series` pairs ([`Admission`]), while every placement keeps a few
+//! placement-level gauges that summarise its campaigns (how many are off target or
+//! infeasible, how far the worst is off): alerting covers every placement, and the
+//! per-campaign series, where they exist, say which campaign it is.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use prometheus::{GaugeVec, Opts, Registry};
+use prometheus::{GaugeVec, IntGauge, Opts, Registry};
 
 use crate::status::CampaignStatus;
 
@@ -39,7 +47,11 @@ pub struct DeliveryGauges {
     sample_rate: GaugeVec,
     unattainable: GaugeVec,
     published: GaugeVec,
-    series: Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>,
+    off_target: GaugeVec,
+    infeasible: GaugeVec,
+    worst_gap: GaugeVec,
+    omitted: IntGauge,
+    admission: Arc<Mutex<Admission>>,
 }
 
 fn vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
@@ -51,8 +63,30 @@ fn vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
 const CAMPAIGN: &[&str] = &["placement", "campaign"];
 const PLACEMENT: &[&str] = &["placement"];
 
+/// Whether a campaign's target can be met (as the status API says it).
+fn is_feasible(c: &CampaignStatus) -> bool {
+    c.feasibility.get("status").and_then(|s| s.as_str()) != Some("infeasible")
+}
+
+/// How far the target lies outside the measured share's interval: 0 inside it.
+///
+/// Not the distance to the point estimate: that one is noise at low traffic, and reads
+/// as the whole target after a window without any; this one is 0 unless the campaign is
+/// off target (what `AllotCampaignOffTarget` checks), then how far beyond the noise.
+fn gap(c: &CampaignStatus) -> f64 {
+    (c.estimate.low - c.target).max(c.target - c.estimate.high).max(0.0)
+}
+
 impl DeliveryGauges {
-    pub fn register(r: &Registry) -> Self {
+    /// Registers the gauges in `r`; at most `campaign_series` placement × campaign pairs
+    /// get per-campaign series (`metrics.campaign_series`).
+    pub fn register(r: &Registry, campaign_series: usize) -> Self {
+        let omitted = IntGauge::new(
+            "allot_campaign_series_omitted_placements",
+            "Placements whose rounds run here without per-campaign series (over metrics.campaign_series).",
+        )
+        .expect("valid metric name");
+        r.register(Box::new(omitted.clone())).expect("registered once");
         Self {
             target: vec(r, "allot_campaign_target_share", "The campaign's target share.", CAMPAIGN),
             estimate: vec(
@@ -93,36 +127,70 @@ impl DeliveryGauges {
                 "When the plan in force was published (Unix seconds).",
                 PLACEMENT,
             ),
-            series: Arc::default(),
+            off_target: vec(
+                r,
+                "allot_placement_campaigns_off_target",
+                "Campaigns whose target is feasible but outside the measured share's interval.",
+                PLACEMENT,
+            ),
+            infeasible: vec(
+                r,
+                "allot_placement_campaigns_infeasible",
+                "Campaigns whose target cannot be met on the recent traffic.",
+                PLACEMENT,
+            ),
+            worst_gap: vec(
+                r,
+                "allot_placement_worst_gap",
+                "The largest distance from a feasible campaign's target to its measured share's interval (0 if none is off).",
+                PLACEMENT,
+            ),
+            omitted,
+            admission: Arc::new(Mutex::new(Admission::new(campaign_series))),
         }
+    }
+
+    fn admission(&self) -> std::sync::MutexGuard<'_, Admission> {
+        self.admission.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Sets `placement`'s gauges from a round's reading.
     pub fn observe(&self, placement: &str, reading: &PlacementReading<'_>) {
-        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let mut admission = self.admission();
         let now: BTreeSet<String> = reading.campaigns.iter().map(|c| c.id.clone()).collect();
-        if let Some(before) = series.get(placement) {
-            for gone in before.difference(&now) {
-                self.remove_campaign(placement, gone);
+        if let Some(gone) = admission.record(placement, now) {
+            for c in gone {
+                self.remove_campaign(placement, &c);
+            }
+            for c in reading.campaigns {
+                self.set_campaign(placement, c);
             }
         }
-        for c in reading.campaigns {
-            let labels = [placement, c.id.as_str()];
-            self.target.with_label_values(&labels).set(c.target);
-            self.estimate.with_label_values(&labels).set(c.estimate.share);
-            self.low.with_label_values(&labels).set(c.estimate.low);
-            self.high.with_label_values(&labels).set(c.estimate.high);
-            let feasible = c.feasibility.get("status").and_then(|s| s.as_str()) != Some("infeasible");
-            self.feasible.with_label_values(&labels).set(f64::from(u8::from(feasible)));
-            let joint = !feasible && c.feasibility.get("joint").and_then(|j| j.as_bool()) == Some(true);
-            self.joint.with_label_values(&labels).set(f64::from(u8::from(joint)));
-        }
+        self.omitted.set(i64::try_from(admission.omitted()).unwrap_or(i64::MAX));
+        let feasible = || reading.campaigns.iter().filter(|c| is_feasible(c));
+        let off = feasible().filter(|c| gap(c) > 0.0).count();
+        let infeasible = reading.campaigns.len() - feasible().count();
+        let worst = feasible().map(gap).fold(0.0, f64::max);
         let labels = [placement];
+        self.off_target.with_label_values(&labels).set(off as f64);
+        self.infeasible.with_label_values(&labels).set(infeasible as f64);
+        self.worst_gap.with_label_values(&labels).set(worst);
         if let (Some(rate), Some(at)) = (reading.sample_rate, reading.published_at_ms) {
             self.plan_in_force(placement, rate, at);
         }
         self.unattainable.with_label_values(&labels).set(f64::from(u8::from(reading.attainable == Some(false))));
-        series.insert(placement.to_string(), now);
+    }
+
+    fn set_campaign(&self, placement: &str, c: &CampaignStatus) {
+        let labels = [placement, c.id.as_str()];
+        self.target.with_label_values(&labels).set(c.target);
+        self.estimate.with_label_values(&labels).set(c.estimate.share);
+        self.low.with_label_values(&labels).set(c.estimate.low);
+        self.high.with_label_values(&labels).set(c.estimate.high);
+        let feasible = is_feasible(c);
+        self.feasible.with_label_values(&labels).set(f64::from(u8::from(feasible)));
+        let joint = !feasible && c.feasibility.get("joint").and_then(|j| j.as_bool()) == Some(true);
+        self.joint.with_label_values(&labels).set(f64::from(u8::from(joint)));
     }
 
     /// A plan of `placement` was published and stored: its rate and time.
@@ -131,22 +199,29 @@ impl DeliveryGauges {
         self.published.with_label_values(&[placement]).set(published_at_ms as f64 / 1000.0);
     }
 
-    /// Removes a placement's series (deleted).
+    /// Removes a placement's series (deleted, or its rounds run elsewhere now), which
+    /// frees its room for per-campaign series.
     pub fn forget(&self, placement: &str) {
-        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(campaigns) = series.remove(placement) {
-            for c in &campaigns {
-                self.remove_campaign(placement, c);
-            }
-            for g in [&self.sample_rate, &self.unattainable, &self.published] {
-                let _ = g.remove_label_values(&[placement]);
-            }
+        let mut admission = self.admission();
+        for c in admission.forget(placement) {
+            self.remove_campaign(placement, &c);
+        }
+        self.omitted.set(i64::try_from(admission.omitted()).unwrap_or(i64::MAX));
+        for g in [
+            &self.sample_rate,
+            &self.unattainable,
+            &self.published,
+            &self.off_target,
+            &self.infeasible,
+            &self.worst_gap,
+        ] {
+            let _ = g.remove_label_values(&[placement]);
         }
     }
 
     /// Removes every series (this replica no longer runs the rounds).
     pub fn clear(&self) {
-        let placements: Vec<String> = self.series.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        let placements = self.admission().placements();
         for p in placements {
             self.forget(&p);
         }
@@ -158,3 +233,92 @@ impl DeliveryGauges {
         }
     }
 }
+
+/// Which placements get per-campaign series, within a limit on placement × campaign
+/// pairs.
+///
+/// Placements queue in the order they are first observed; the first in the queue is
+/// admitted when its campaigns fit in the room left, so the limit fills in that order
+/// and stops at the first placement that does not fit, rather than letting small late
+/// placements overtake (which would make who has series depend on sizes as much as on
+/// age). An admitted placement keeps its series while it exists, even when campaigns
+/// added to it take the pairs past the limit (each placement has at most
+/// `MAX_CAMPAIGNS`): series that come and go with the room would break graphs and
+/// reset alerts' `for`. Forgetting a placement frees its room for the queue.
+#[derive(Debug)]
+struct Admission {
+    limit: usize,
+    placements: HashMap<String, Seen>,
+    /// The placements without per-campaign series, by their place in the queue.
+    waiting: BTreeMap<u64, String>,
+    /// The next place in the queue.
+    next: u64,
+    /// Pairs of admitted placements.
+    pairs: usize,
+}
+
+#[derive(Debug)]
+struct Seen {
+    order: u64,
+    admitted: bool,
+    campaigns: BTreeSet<String>,
+}
+
+impl Admission {
+    fn new(limit: usize) -> Self {
+        Self { limit, placements: HashMap::new(), waiting: BTreeMap::new(), next: 0, pairs: 0 }
+    }
+
+    /// Records `placement`'s campaigns as a round saw them. `Some(gone)`: it has
+    /// per-campaign series, and those of the `gone` campaigns are to be removed;
+    /// `None`: it has none.
+    fn record(&mut self, placement: &str, campaigns: BTreeSet<String>) -> Option<Vec<String>> {
+        let next = &mut self.next;
+        let seen = self.placements.entry(placement.to_string()).or_insert_with(|| {
+            *next += 1;
+            Seen { order: *next, admitted: false, campaigns: BTreeSet::new() }
+        });
+        if seen.admitted {
+            let gone = seen.campaigns.difference(&campaigns).cloned().collect();
+            self.pairs = self.pairs - seen.campaigns.len() + campaigns.len();
+            seen.campaigns = campaigns;
+            return Some(gone);
+        }
+        let first = self.waiting.first_key_value().is_none_or(|(order, _)| *order == seen.order);
+        let fits = self.limit > 0 && self.pairs + campaigns.len() <= self.limit;
+        seen.campaigns = campaigns;
+        if first && fits {
+            seen.admitted = true;
+            self.pairs += seen.campaigns.len();
+            self.waiting.remove(&seen.order);
+            Some(Vec::new())
+        } else {
+            self.waiting.insert(seen.order, placement.to_string());
+            None
+        }
+    }
+
+    /// Forgets `placement`; returns the campaigns whose series it had.
+    fn forget(&mut self, placement: &str) -> BTreeSet<String> {
+        let Some(seen) = self.placements.remove(placement) else { return BTreeSet::new() };
+        if seen.admitted {
+            self.pairs -= seen.campaigns.len();
+            seen.campaigns
+        } else {
+            self.waiting.remove(&seen.order);
+            BTreeSet::new()
+        }
+    }
+
+    /// Placements without per-campaign series.
+    fn omitted(&self) -> usize {
+        self.waiting.len()
+    }
+
+    fn placements(&self) -> Vec<String> {
+        self.placements.keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

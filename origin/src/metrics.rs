@@ -12,6 +12,7 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::config::MetricsConfig;
 use crate::gauges::DeliveryGauges;
 
 /// The origin's metrics.
@@ -36,6 +37,8 @@ pub struct Metrics {
     pub publish_failures: IntCounter,
     pub plan_log_failures: IntCounter,
     pub audit_feed_failures: IntCounter,
+    /// Delivery gauges: per placement for every placement, per campaign for as many
+    /// pairs as `metrics.campaign_series` allows.
     pub delivery: DeliveryGauges,
     /// The control shards: held, members, rebalances, refused entries, passes.
     pub shards: crate::shards::ShardMetrics,
@@ -85,7 +88,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The metrics with the default settings.
     pub fn new() -> Self {
+        Self::with_config(&MetricsConfig::default())
+    }
+
+    /// The metrics as `config` bounds them.
+    pub fn with_config(config: &MetricsConfig) -> Self {
         let r = Registry::new();
         let ingest_latency = Histogram::with_opts(
             HistogramOpts::new("allot_ingest_duration_seconds", "Time to verify and store an event body.")
@@ -170,7 +179,7 @@ impl Metrics {
                 "allot_audit_feed_failures_total",
                 "Admin changes stored (with the placement's own audit entry) but missing from the global audit feed.",
             ),
-            delivery: DeliveryGauges::register(&r),
+            delivery: DeliveryGauges::register(&r, config.campaign_series),
             shards: crate::shards::ShardMetrics::register(&r),
             http_requests: counter_vec(
                 &r,
@@ -250,6 +259,7 @@ mod tests {
     fn without_an_archiver_there_are_no_archive_series() {
         let text = Metrics::new().render();
         assert!(text.contains("allot_control_leader 0\n"), "{text}");
+        assert!(text.contains("allot_campaign_series_omitted_placements 0\n"), "{text}");
         assert!(!text.contains("allot_archive_"), "{text}");
     }
 }

@@ -192,7 +192,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Some(cfg) => Some(allot_archive::Archiver::new(cfg.clone()).await?),
         None => None,
     };
-    let metrics = Metrics::new();
+    let metrics = Metrics::with_config(&config.metrics);
     if let Some(archiver) = &archiver {
         metrics.register_archive(&archiver.metrics());
     }

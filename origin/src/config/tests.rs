@@ -125,6 +125,7 @@ fn defaults_fill_the_rest() {
     assert_eq!(c.control.period_ms, 60_000);
     assert_eq!(c.ingest.max_skew_secs, 60);
     assert_eq!(c.publish.kind, PublishKind::None);
+    assert_eq!(c.metrics.campaign_series, 20_000);
 }
 
 #[test]
@@ -142,6 +143,7 @@ fn environment_overrides_the_file() {
             ("ALLOT_PUBLISH_CLOUDFLARE_NAMESPACE_ID", "ns"),
             ("ALLOT_PUBLISH_CLOUDFLARE_API_TOKEN", "tok"),
             ("ALLOT_ADMIN_TOKENS", &format!("alice:viewer:{}", "a".repeat(64))),
+            ("ALLOT_METRICS_CAMPAIGN_SERIES", "0"),
             ("UNRELATED", "x"),
         ]),
     )
@@ -155,6 +157,7 @@ fn environment_overrides_the_file() {
     assert_eq!(cf.account_id, "123", "a numeric-looking id stays a string");
     assert_eq!(cf.base_url, "https://api.cloudflare.com/client/v4");
     assert_eq!(c.admin.tokens[0].name, "alice");
+    assert_eq!(c.metrics.campaign_series, 0);
 }
 
 /// The test hook is configurable only in builds that have it (the tests' build does).

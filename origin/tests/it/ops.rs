@@ -1,5 +1,6 @@
-//! Operations: the delivery gauges agree with the status API, request metrics cannot be
-//! grown by junk paths, and the alert rules and the dashboard name only metrics the
+//! Operations: the delivery gauges agree with the status API, per-campaign series stop at
+//! `metrics.campaign_series` while every placement keeps its own gauges, request metrics
+//! cannot be grown by junk paths, and the alert rules and the dashboard name only metrics the
 //! origin exports (and pass `promtool`).
 
 use std::collections::BTreeSet;
@@ -89,6 +90,69 @@ async fn delivery_gauges_agree_with_the_status_api() {
         series(&metrics_text(&app).await, "allot_campaign_target_share", &[]).is_none().then_some(())
     })
     .await;
+}
+
+/// With room for two placement × campaign pairs, the first placement (two campaigns)
+/// gets per-campaign series and the second only placement-level ones, until the first is
+/// deleted and frees the room.
+#[tokio::test]
+async fn per_campaign_series_stop_at_the_limit_and_placement_gauges_cover_the_rest() {
+    let redis = RedisServer::start();
+    let env = [
+        ("ALLOT_CONTROL_PERIOD_MS", "60000"),
+        ("ALLOT_CONTROL_LATENESS_MS", "0"),
+        ("ALLOT_METRICS_CAMPAIGN_SERIES", "2"),
+    ];
+    let app = TestApp::start(config(&redis, "", &env)).await;
+    last_window_traffic(&redis).await;
+    // C cannot be served: all traffic is iOS.
+    let spec = json!({
+        "campaigns": [{"id": "A", "rate": 0.5}, {"id": "C", "rate": 0.1, "eligibility": {"platforms": ["android"]}}],
+    });
+    assert_eq!(app.put_targets("home_feed", &spec, MANAGER_TOKEN).await.status(), 201);
+    let home = [("placement", "home_feed")];
+    eventually(5, "home_feed's gauges", || async {
+        series(&metrics_text(&app).await, "allot_campaign_target_share", &home).map(|_| ())
+    })
+    .await;
+    let search = [("placement", "search")];
+    let one = json!({"campaigns": [{"id": "S", "rate": 0.2}]});
+    assert_eq!(app.put_targets("search", &one, MANAGER_TOKEN).await.status(), 201);
+    let text = eventually(5, "search's gauges", || async {
+        let text = metrics_text(&app).await;
+        series(&text, "allot_placement_campaigns_off_target", &search).map(|_| text)
+    })
+    .await;
+    for name in ["allot_campaign_target_share", "allot_campaign_estimated_share", "allot_campaign_feasible"] {
+        assert!(series(&text, name, &home).is_some(), "{name}\n{text}");
+        assert_eq!(series(&text, name, &search), None, "{name}\n{text}");
+    }
+    for name in
+        ["allot_placement_campaigns_off_target", "allot_placement_campaigns_infeasible", "allot_placement_worst_gap"]
+    {
+        assert!(series(&text, name, &home).is_some() && series(&text, name, &search).is_some(), "{name}\n{text}");
+    }
+    // The placement-level count agrees with the per-campaign gauges.
+    assert_eq!(series(&text, "allot_campaign_feasible", &[("placement", "home_feed"), ("campaign", "C")]), Some(0.0));
+    assert_eq!(series(&text, "allot_placement_campaigns_infeasible", &home), Some(1.0));
+    assert_eq!(series(&text, "allot_campaign_series_omitted_placements", &[]), Some(1.0));
+
+    // Deleted, home_feed frees its room; search takes it at its next round.
+    let r = app.http.delete(app.url("/v1/placements/home_feed")).bearer_auth(MANAGER_TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    eventually(5, "home_feed forgotten", || async {
+        series(&metrics_text(&app).await, "allot_placement_campaigns_off_target", &home).is_none().then_some(())
+    })
+    .await;
+    let one = json!({"campaigns": [{"id": "S", "rate": 0.25}]});
+    assert_eq!(app.put_targets("search", &one, MANAGER_TOKEN).await.status(), 200);
+    let text = eventually(5, "search's per-campaign series", || async {
+        let text = metrics_text(&app).await;
+        (series(&text, "allot_campaign_target_share", &search) == Some(0.25)).then_some(text)
+    })
+    .await;
+    assert_eq!(series(&text, "allot_campaign_series_omitted_placements", &[]), Some(0.0));
+    assert_eq!(series(&text, "allot_campaign_target_share", &home), None);
 }
 
 #[tokio::test]

@@ -1,0 +1,190 @@
+use std::collections::BTreeMap;
+
+use allot_core::estimate::DeliveryBasis;
+use prometheus::Registry;
+use serde_json::json;
+
+use super::*;
+use crate::status::Estimate;
+
+/// Campaign `id` with `target`, measured at `share` in `[low, high]`.
+fn campaign(id: &str, target: f64, (low, share, high): (f64, f64, f64), feasible: bool) -> CampaignStatus {
+    CampaignStatus {
+        id: id.into(),
+        target,
+        weight: None,
+        predicted_share: None,
+        eligible_share: None,
+        estimate: Estimate { share, low, high, level: 0.95 },
+        basis: DeliveryBasis::Allocations,
+        samples: 100,
+        feasibility: if feasible {
+            json!({"status": "feasible"})
+        } else {
+            json!({"status": "infeasible", "joint": false})
+        },
+    }
+}
+
+/// Campaigns `ids`, each on target.
+fn on_target(ids: &[&str]) -> Vec<CampaignStatus> {
+    ids.iter().map(|id| campaign(id, 0.1, (0.05, 0.1, 0.15), true)).collect()
+}
+
+fn reading(campaigns: &[CampaignStatus]) -> PlacementReading<'_> {
+    PlacementReading { campaigns, sample_rate: Some(0.5), published_at_ms: Some(1_000), attainable: Some(true) }
+}
+
+fn observe(g: &DeliveryGauges, placement: &str, ids: &[&str]) {
+    g.observe(placement, &reading(&on_target(ids)));
+}
+
+/// The series of `name`, by `placement/campaign` (or `placement`, or ``).
+fn series(r: &Registry, name: &str) -> BTreeMap<String, f64> {
+    let Some(family) = r.gather().into_iter().find(|f| f.name() == name) else { return BTreeMap::new() };
+    family
+        .get_metric()
+        .iter()
+        .map(|m| {
+            let label = |name: &str| m.get_label().iter().find(|l| l.name() == name).map(|l| l.value().to_string());
+            let key = [label("placement"), label("campaign")].into_iter().flatten().collect::<Vec<_>>().join("/");
+            (key, m.get_gauge().get_value())
+        })
+        .collect()
+}
+
+fn keys(r: &Registry, name: &str) -> Vec<String> {
+    series(r, name).into_keys().collect()
+}
+
+fn omitted(r: &Registry) -> f64 {
+    series(r, "allot_campaign_series_omitted_placements")[""]
+}
+
+fn gauges(limit: usize) -> (Registry, DeliveryGauges) {
+    let r = Registry::new();
+    let g = DeliveryGauges::register(&r, limit);
+    (r, g)
+}
+
+#[test]
+fn placements_past_the_limit_get_placement_level_gauges_only() {
+    let (r, g) = gauges(3);
+    observe(&g, "p1", &["A", "B"]);
+    // 2 + 2 pairs would pass 3.
+    observe(&g, "p2", &["A", "B"]);
+    // p3 would fit, but p2 came first: the limit fills in the order placements appear.
+    observe(&g, "p3", &["A"]);
+    for name in ["allot_campaign_target_share", "allot_campaign_estimated_share_high", "allot_campaign_feasible"] {
+        assert_eq!(keys(&r, name), ["p1/A", "p1/B"], "{name}");
+    }
+    for name in
+        ["allot_placement_campaigns_off_target", "allot_placement_campaigns_infeasible", "allot_placement_worst_gap"]
+    {
+        assert_eq!(keys(&r, name), ["p1", "p2", "p3"], "{name}");
+    }
+    assert_eq!(keys(&r, "allot_placement_sample_rate"), ["p1", "p2", "p3"]);
+    assert_eq!(omitted(&r), 2.0);
+    // Observed again, nothing moves.
+    observe(&g, "p3", &["A"]);
+    observe(&g, "p2", &["A", "B"]);
+    assert_eq!(keys(&r, "allot_campaign_target_share"), ["p1/A", "p1/B"]);
+    assert_eq!(omitted(&r), 2.0);
+}
+
+#[test]
+fn forgetting_a_placement_frees_its_room() {
+    let (r, g) = gauges(3);
+    observe(&g, "p1", &["A", "B"]);
+    observe(&g, "p2", &["A", "B"]);
+    observe(&g, "p3", &["A"]);
+    g.forget("p1");
+    assert!(keys(&r, "allot_campaign_target_share").is_empty());
+    assert_eq!(keys(&r, "allot_placement_campaigns_off_target"), ["p2", "p3"]);
+    assert_eq!(keys(&r, "allot_placement_sample_rate"), ["p2", "p3"]);
+    // The room goes to the first in line, at its next round.
+    observe(&g, "p3", &["A"]);
+    assert!(keys(&r, "allot_campaign_target_share").is_empty());
+    observe(&g, "p2", &["A", "B"]);
+    observe(&g, "p3", &["A"]);
+    assert_eq!(keys(&r, "allot_campaign_target_share"), ["p2/A", "p2/B", "p3/A"]);
+    assert_eq!(omitted(&r), 0.0);
+    // A waiting placement forgotten leaves the count too.
+    observe(&g, "p4", &["A"]);
+    assert_eq!(omitted(&r), 1.0);
+    g.forget("p4");
+    assert_eq!(omitted(&r), 0.0);
+    assert_eq!(keys(&r, "allot_placement_worst_gap"), ["p2", "p3"]);
+}
+
+#[test]
+fn an_admitted_placement_keeps_its_series_when_its_campaigns_change() {
+    let (r, g) = gauges(2);
+    observe(&g, "p1", &["A", "B"]);
+    observe(&g, "p2", &["C"]);
+    // Past the limit with a campaign more: p1 keeps its series, none are added elsewhere.
+    observe(&g, "p1", &["A", "B", "D"]);
+    assert_eq!(keys(&r, "allot_campaign_target_share"), ["p1/A", "p1/B", "p1/D"]);
+    // A campaign gone: its series go.
+    observe(&g, "p1", &["A", "D"]);
+    assert_eq!(keys(&r, "allot_campaign_estimated_share"), ["p1/A", "p1/D"]);
+    assert_eq!(keys(&r, "allot_campaign_jointly_infeasible"), ["p1/A", "p1/D"]);
+    // Still no room for p2 (2 + 1 > 2) until p1 shrinks.
+    observe(&g, "p2", &["C"]);
+    assert_eq!(omitted(&r), 1.0);
+    observe(&g, "p1", &["A"]);
+    observe(&g, "p2", &["C"]);
+    assert_eq!(keys(&r, "allot_campaign_target_share"), ["p1/A", "p2/C"]);
+    assert_eq!(omitted(&r), 0.0);
+}
+
+#[test]
+fn a_limit_of_zero_keeps_only_placement_level_gauges() {
+    let (r, g) = gauges(0);
+    observe(&g, "p1", &["A"]);
+    assert!(keys(&r, "allot_campaign_target_share").is_empty());
+    assert_eq!(keys(&r, "allot_placement_campaigns_off_target"), ["p1"]);
+    assert_eq!(omitted(&r), 1.0);
+}
+
+#[test]
+fn placement_level_gauges_summarise_the_campaigns() {
+    let (r, g) = gauges(0);
+    let campaigns = [
+        // Feasible and below its interval by 0.05; feasible and above by 0.02.
+        campaign("A", 0.5, (0.40, 0.42, 0.45), true),
+        campaign("B", 0.1, (0.12, 0.15, 0.18), true),
+        // On target.
+        campaign("C", 0.3, (0.28, 0.30, 0.32), true),
+        // Infeasible, far off: counted as infeasible, not as off target.
+        campaign("D", 0.2, (0.0, 0.0, 0.01), false),
+    ];
+    g.observe("p", &reading(&campaigns));
+    assert_eq!(series(&r, "allot_placement_campaigns_off_target")["p"], 2.0);
+    assert_eq!(series(&r, "allot_placement_campaigns_infeasible")["p"], 1.0);
+    assert!((series(&r, "allot_placement_worst_gap")["p"] - 0.05).abs() < 1e-12);
+    // Back on target.
+    g.observe("p", &reading(&on_target(&["A", "B"])));
+    assert_eq!(series(&r, "allot_placement_campaigns_off_target")["p"], 0.0);
+    assert_eq!(series(&r, "allot_placement_campaigns_infeasible")["p"], 0.0);
+    assert_eq!(series(&r, "allot_placement_worst_gap")["p"], 0.0);
+}
+
+#[test]
+fn clear_removes_every_series() {
+    let (r, g) = gauges(1);
+    observe(&g, "p1", &["A"]);
+    observe(&g, "p2", &["A"]);
+    g.clear();
+    let left: Vec<String> = r
+        .gather()
+        .iter()
+        .filter(|f| !f.get_metric().is_empty() && f.name() != "allot_campaign_series_omitted_placements")
+        .map(|f| f.name().to_string())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(omitted(&r), 0.0);
+    // And the room is free again.
+    observe(&g, "p2", &["A"]);
+    assert_eq!(keys(&r, "allot_campaign_target_share"), ["p2/A"]);
+}
