@@ -172,12 +172,14 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
     let sampled: u64 = attainable.iter().map(|w| w.sampled).sum();
     let needed: f64 = attainable.iter().map(|w| w.needed).sum();
     // Flags are scored where the truth is clear at the window's resolution: short by
-    // more than half the margin, or feasible.
+    // more than half the margin, or feasible; and in windows a round has read.
     let infeasible: Vec<&&WindowRecord> =
-        steady.iter().filter(|w| !w.unattainable && w.short > w.margin / 2.0).collect();
+        steady.iter().filter(|w| w.decided && !w.unattainable && w.short > w.margin / 2.0).collect();
     let flagged = infeasible.iter().filter(|w| w.campaigns.iter().any(|c| c.flagged)).count();
-    let false_flags =
-        steady.iter().filter(|w| !w.unattainable && w.short == 0.0 && w.campaigns.iter().any(|c| c.flagged)).count();
+    let false_flags = steady
+        .iter()
+        .filter(|w| w.decided && !w.unattainable && w.short == 0.0 && w.campaigns.iter().any(|c| c.flagged))
+        .count();
     let unattainable: Vec<&&WindowRecord> = steady.iter().filter(|w| w.unattainable).collect();
     let at_census = unattainable.iter().filter(|w| w.max_rate >= 1.0).count();
     let hours = runs.len() as f64 * sc.duration_s as f64 / 3600.0;
@@ -351,6 +353,7 @@ mod tests {
             unattainable: false,
             margin: 0.01,
             short: 0.0,
+            decided: true,
         };
         let sampled = score(&record(100, false)).unwrap();
         let census = score(&record(1_000, true)).unwrap();

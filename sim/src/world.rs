@@ -89,6 +89,9 @@ pub struct WindowRecord {
     /// How far the targets together are from feasible on this window's true traffic
     /// (0: feasible).
     pub short: f64,
+    /// A round read this window before the run ended: its flags are that round's. The
+    /// last window of a run has none, and is not scored on flags.
+    pub decided: bool,
 }
 
 /// A run's record.
@@ -333,6 +336,7 @@ fn record(
         unattainable: (requests as f64) < needed,
         margin: targets.confidence.margin,
         short,
+        decided: false,
     }
 }
 
@@ -369,6 +373,7 @@ fn annotate(
     st: &PlacementState,
 ) {
     let Some(rec) = records.iter_mut().rev().find(|r| r.placement == p && r.index == index) else { return };
+    rec.decided = true;
     let stats = windows.read(id, &[index]).pop().unwrap_or_default();
     let z = st.targets.confidence.z();
     for c in &mut rec.campaigns {
