@@ -114,11 +114,16 @@ impl DeliveryGauges {
                 "The share measured in the last complete window.",
                 CAMPAIGN,
             ),
-            low: vec(r, "allot_campaign_estimated_share_low", "Lower end of the measured share's interval.", CAMPAIGN),
+            low: vec(
+                r,
+                "allot_campaign_estimated_share_low",
+                "Lower end of the interval for the share realized in the last complete window.",
+                CAMPAIGN,
+            ),
             high: vec(
                 r,
                 "allot_campaign_estimated_share_high",
-                "Upper end of the measured share's interval.",
+                "Upper end of the interval for the share realized in the last complete window.",
                 CAMPAIGN,
             ),
             feasible: vec(
