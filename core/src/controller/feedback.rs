@@ -246,10 +246,12 @@ impl Controller {
         };
         // The window's index where known (+1, so 0 stays "none"); else its content.
         let seen = input.last_index.map_or_else(|| window_fingerprint(last), |i| i.wrapping_add(1));
-        // Predicted on the window's own traffic mix where it has one.
+        // Predicted on the window's own traffic mix where it has one; only for a window
+        // not yet counted and with enough samples (the prediction solves per plan).
         let mix = if last.profiles.is_empty() { input.recent } else { last };
-        let predicted = match learning.predict(last, mix, self.min_version_share) {
-            Some(p) if learning.last_window != seen && last.effective_samples() >= self.min_samples => p,
+        let fresh = learning.last_window != seen && last.effective_samples() >= self.min_samples;
+        let predicted = match fresh.then(|| learning.predict(last, mix, self.min_version_share)).flatten() {
+            Some(p) => p,
             _ => {
                 state.learning = Some(learning);
                 return state;
