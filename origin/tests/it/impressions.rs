@@ -232,12 +232,14 @@ async fn a_placement_on_impressions_is_read_one_window_later_than_one_on_allocat
         }
         let index = v["window"]["index"].as_u64().unwrap();
         let basis = v["campaigns"][0]["basis"].as_str().unwrap();
-        // Before any impression: on allocations, the last complete window. Once two
-        // windows with impressions are complete: on impressions, the one before.
+        // Before any impression: on allocations, the last complete window. Once the
+        // window before it lies wholly after the first impression: on impressions, that
+        // window. It starts at most 13 s before the read (the last complete window ends
+        // 1 s or more before it, and each is 4 s), so from 26 s on it began after 12 s.
         if t < start + 11_000 {
             assert_eq!((basis, index), ("allocations", before), "{v}");
             on_allocations += 1;
-        } else if t > start + 22_000 {
+        } else if t > start + 26_000 {
             assert_eq!((basis, index), ("impressions", before - 1), "{v}");
             on_impressions += 1;
         }
