@@ -2,11 +2,13 @@
 --
 -- est_delivered is the Horvitz-Thompson estimate (sum of 1/sample_rate) of the
 -- campaign's deliveries; share is est_delivered over the placement's estimated requests,
--- with a 95 % Wilson interval on the ratio estimator's effective sample size
--- r(1-r)/V, V = ((1-r)^2 S_y + r^2 (S_x - S_y)) / X^2 with S = sum w^2 over the
--- delivered events (y) and the requests (x), falling back to Kish's (sum w)^2 / sum w^2
--- at a share of 0 or 1: the same estimate and interval the origin's status API reports
--- (allot-core estimate::share).
+-- with a 95 % Wilson interval for the share realized over all the day's requests, on
+-- the ratio estimator's effective sample size r(1-r)/V, V = ((1-r)^2 S_y + r^2 (S_x -
+-- S_y)) / X^2 with S = sum w(w-1) over the delivered events (y) and the requests (x):
+-- a sampled request stands for w requests, itself among them, so only w-1 are unseen
+-- (at census the interval is the share itself). At a share of 0 or 1 it falls back to
+-- Kish's size X^2 / S_x. The same estimate and interval the origin's status API
+-- reports (allot-core estimate::share).
 -- Delivery is measured per campaign with the origin's rule (allot-core
 -- DeliveryBasis::of): on impressions when the placement's apps report them for at least
 -- half of the ads allocated that day (each campaign counting at most its own
@@ -115,9 +117,7 @@ delivered AS (
          CASE WHEN b.basis = 'impressions' THEN COALESCE(c.impressions_sq, 0.0)
               ELSE COALESCE(c.allocations_sq, 0.0) END AS delivered_sq,
          CASE WHEN b.basis = 'impressions' THEN r.reporting_sq ELSE r.requests_sq END AS base_sq,
-         CASE WHEN b.basis = 'impressions' THEN r.reporting ELSE r.requests END AS base,
-         CASE WHEN b.basis = 'impressions' THEN r.reporting * r.reporting / r.reporting_sq
-              ELSE r.requests * r.requests / r.requests_sq END AS kish
+         CASE WHEN b.basis = 'impressions' THEN r.reporting ELSE r.requests END AS base
   FROM keyed k
   JOIN requests r ON r.placement = k.placement AND r.dt = k.dt
   LEFT JOIN campaigns c ON c.placement = k.placement AND c.dt = k.dt AND c.campaign = k.campaign
@@ -127,32 +127,40 @@ delivered AS (
 ratios AS (
   SELECT d.*,
          LEAST(d.delivered / d.base, 1.0) AS share,
-         LEAST(d.delivered_sq, d.base_sq) AS s_y
+         GREATEST(d.base_sq - d.base, 0.0) AS s_x,
+         LEAST(GREATEST(d.delivered_sq - d.delivered, 0.0), GREATEST(d.base_sq - d.base, 0.0)) AS s_y
   FROM delivered d
 ),
 variances AS (
   SELECT r.*,
-         ((1 - r.share) * (1 - r.share) * r.s_y + r.share * r.share * (r.base_sq - r.s_y))
+         ((1 - r.share) * (1 - r.share) * r.s_y + r.share * r.share * (r.s_x - r.s_y))
            / (r.base * r.base) AS v
   FROM ratios r
 ),
+-- n_eff is NULL where the day was seen whole (census): the interval is the share.
 shares AS (
   SELECT v.placement, v.dt, v.campaign, v.basis, v.impressions, v.requests, v.base, v.delivered, v.samples,
          v.target, v.share,
-         CASE WHEN v.v > 0 AND v.share > 0 AND v.share < 1 THEN v.share * (1 - v.share) / v.v
-              ELSE v.kish END AS n_eff,
+         CASE WHEN v.share > 0 AND v.share < 1 AND v.v > 0 THEN v.share * (1 - v.share) / v.v
+              WHEN v.share > 0 AND v.share < 1 THEN NULL
+              WHEN v.s_x > 0 THEN v.base * v.base / v.s_x
+              ELSE NULL END AS n_eff,
          CAST(1.959964 AS DOUBLE) AS z
   FROM variances v
 ),
 wilson AS (
   SELECT s.placement, s.dt, s.campaign, s.basis, s.impressions, s.requests, s.base, s.delivered, s.samples, s.share,
          s.target,
-         GREATEST((s.share + s.z * s.z / (2 * s.n_eff)) / (1 + s.z * s.z / s.n_eff)
-           - s.z / (1 + s.z * s.z / s.n_eff)
-             * SQRT(s.share * (1 - s.share) / s.n_eff + s.z * s.z / (4 * s.n_eff * s.n_eff)), 0.0) AS low,
-         LEAST((s.share + s.z * s.z / (2 * s.n_eff)) / (1 + s.z * s.z / s.n_eff)
-           + s.z / (1 + s.z * s.z / s.n_eff)
-             * SQRT(s.share * (1 - s.share) / s.n_eff + s.z * s.z / (4 * s.n_eff * s.n_eff)), 1.0) AS high
+         CASE WHEN s.n_eff IS NULL THEN s.share
+              ELSE GREATEST((s.share + s.z * s.z / (2 * s.n_eff)) / (1 + s.z * s.z / s.n_eff)
+                - s.z / (1 + s.z * s.z / s.n_eff)
+                  * SQRT(s.share * (1 - s.share) / s.n_eff + s.z * s.z / (4 * s.n_eff * s.n_eff)), 0.0)
+         END AS low,
+         CASE WHEN s.n_eff IS NULL THEN s.share
+              ELSE LEAST((s.share + s.z * s.z / (2 * s.n_eff)) / (1 + s.z * s.z / s.n_eff)
+                + s.z / (1 + s.z * s.z / s.n_eff)
+                  * SQRT(s.share * (1 - s.share) / s.n_eff + s.z * s.z / (4 * s.n_eff * s.n_eff)), 1.0)
+         END AS high
   FROM shares s
 )
 SELECT placement,

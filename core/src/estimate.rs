@@ -74,13 +74,52 @@ pub fn wilson(p: f64, n: f64, z: f64) -> (f64, f64) {
     (low, high)
 }
 
-/// The delivered share of `campaign` in `stats`, at normal quantile `z`.
+/// The delivered share of `campaign` in `stats`, at normal quantile `z`, with an
+/// interval for the share *realized* over the window's requests: what the manager's
+/// margin is about. A sampled request stands for `w = 1/rate` requests, itself among
+/// them, so only the `w − 1` unseen ones are uncertain (the finite-population
+/// correction): at a low rate the interval is the binomial one, at a high rate it is
+/// narrower, and at census it is the realized share itself.
 pub fn share(stats: &WindowStats, campaign: &CampaignId, basis: DeliveryBasis, z: f64) -> ShareEstimate {
     let (tally, _) = delivered(stats, campaign, basis);
     let (base, _) = base(stats, basis);
     let share = if base.ht > 0.0 { (tally.ht / base.ht).min(1.0) } else { 0.0 };
-    let (low, high) = wilson(share, effective_samples(stats, campaign, basis), z);
+    let (low, high) = wilson(share, realized_samples(stats, campaign, basis), z);
     ShareEstimate { share, low, high, samples: tally.n }
+}
+
+/// Like [`effective_samples`], but for the share realized over the window's requests
+/// rather than the share its plan delivers in expectation: `Σw²` becomes `Σw(w − 1)`
+/// (`Σw²` minus the Horvitz–Thompson total). Infinite at census.
+fn realized_samples(stats: &WindowStats, campaign: &CampaignId, basis: DeliveryBasis) -> f64 {
+    let (requests, s_x) = base(stats, basis);
+    let (tally, s_y) = delivered(stats, campaign, basis);
+    if requests.ht <= 0.0 || s_x <= 0.0 {
+        // Nothing sampled, or a window stored without its sums.
+        return effective_samples(stats, campaign, basis);
+    }
+    let unseen_x = (s_x - requests.ht).max(0.0);
+    let r = (tally.ht / requests.ht).clamp(0.0, 1.0);
+    let known_y = tally.n == 0 || s_y > 0.0;
+    let v =
+        ratio_variance(requests.ht, r, unseen_x, (s_y - tally.ht).max(0.0)).filter(|_| r > 0.0 && r < 1.0 && known_y);
+    match v {
+        Some(v) if v > 0.0 => r * (1.0 - r) / v,
+        // A share of 0 or 1, or a window without the numerator's sum: Kish's size,
+        // corrected the same way.
+        None if unseen_x > 0.0 => requests.ht * requests.ht / unseen_x,
+        _ => f64::INFINITY,
+    }
+}
+
+/// `[(1 − R)²·S_y + R²·(S_x − S_y)] / X²`: the linearized variance of a ratio `R` of
+/// totals with squared-weight sums `S_x` (base) and `S_y` (numerator).
+fn ratio_variance(x: f64, r: f64, s_x: f64, s_y: f64) -> Option<f64> {
+    if x <= 0.0 {
+        return None;
+    }
+    let s_y = s_y.min(s_x);
+    Some(((1.0 - r).powi(2) * s_y + r * r * (s_x - s_y)) / (x * x))
 }
 
 /// The campaign's delivered tally on `basis`, with its `Σw²`.
@@ -117,9 +156,7 @@ pub fn share_variance(stats: &WindowStats, campaign: &CampaignId, basis: Deliver
     if tally.n > 0 && s_y <= 0.0 {
         return None;
     }
-    let r = (tally.ht / x).clamp(0.0, 1.0);
-    let s_y = s_y.min(s_x);
-    Some(((1.0 - r).powi(2) * s_y + r * r * (s_x - s_y)) / (x * x))
+    ratio_variance(x, (tally.ht / x).clamp(0.0, 1.0), s_x, s_y)
 }
 
 /// The number of equally weighted samples as precise as the window's estimate of the
@@ -258,37 +295,44 @@ mod tests {
         assert_eq!(share(&s, &a, DeliveryBasis::Allocations, 1.96).share, 0.5);
     }
 
-    /// A window whose first half ran at rate 1 % with A at 50 % and whose second half
-    /// ran at 10 % with A at 5 % (a new plan brought both): the 95 % interval covers
-    /// the true share 95 ± 1 % of the time. The Kish size alone covers ~90 %.
-    #[test]
-    fn intervals_keep_their_coverage_across_a_rate_change() {
+    /// Windows of `segments` (requests, rate, A's share in them) drawn `trials` times:
+    /// how often the published interval covers the share A realized over all the
+    /// window's requests, and how often the Kish-size interval without the
+    /// finite-population correction does.
+    fn coverage_of_realized(segments: &[(u64, f64, f64)], trials: u32) -> (f64, f64) {
         use rand::rngs::SmallRng;
         use rand::{Rng, SeedableRng};
         let a = CampaignId::parse("A").unwrap();
-        let segments: [(u64, f64, f64); 2] = [(20_000, 0.01, 0.5), (20_000, 0.1, 0.05)];
         let total: f64 = segments.iter().map(|s| s.0 as f64).sum();
-        let truth = segments.iter().map(|&(n, _, s)| n as f64 * s).sum::<f64>() / total;
         let z = 1.959_964;
         let mut rng = SmallRng::seed_from_u64(0x5eed);
-        let trials = 10_000;
+        let mut normal = move |rng: &mut SmallRng| {
+            let (u1, u2): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random::<f64>());
+            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        };
         let (mut covered, mut kish_covered) = (0u32, 0u32);
         for _ in 0..trials {
             let mut s = WindowStats::default();
             let counts = s.campaigns.entry(a.clone()).or_default();
-            let (mut ht, mut n_all, mut sq) = (0.0, 0u64, 0.0);
-            for &(n, rate, share) in &segments {
+            let (mut ht, mut n_all, mut sq, mut realized) = (0.0, 0u64, 0.0, 0.0);
+            for &(n, rate, share) in segments {
                 // Bernoulli sampling by geometric skips: one draw per sampled request.
                 let (mut at, mut sampled, mut hits) = (0u64, 0u64, 0u64);
                 loop {
                     let u: f64 = 1.0 - rng.random::<f64>();
-                    at += (u.ln() / (1.0 - rate).ln()).floor() as u64 + 1;
+                    at += if rate >= 1.0 { 1 } else { (u.ln() / (1.0 - rate).ln()).floor() as u64 + 1 };
                     if at > n {
                         break;
                     }
                     sampled += 1;
                     hits += u64::from(rng.random::<f64>() < share);
                 }
+                // The requests not sampled got A too, unseen (normal approximation).
+                let unseen = (n - sampled) as f64;
+                let unseen_hits = (unseen * share + normal(&mut rng) * (unseen * share * (1.0 - share)).sqrt())
+                    .round()
+                    .clamp(0.0, unseen);
+                realized += hits as f64 + unseen_hits;
                 let w = 1.0 / rate;
                 ht += sampled as f64 * w;
                 sq += sampled as f64 * w * w;
@@ -297,6 +341,7 @@ mod tests {
                 counts.allocations.n += hits;
                 counts.allocations_sq += hits as f64 * w * w;
             }
+            let truth = realized / total;
             s.requests = crate::stats::Tally { ht, n: n_all };
             s.requests_sq = sq;
             covered += u32::from(share(&s, &a, DeliveryBasis::Allocations, z).contains(truth));
@@ -304,11 +349,37 @@ mod tests {
             let (lo, hi) = wilson(p, s.effective_samples(), z);
             kish_covered += u32::from(lo <= truth && truth <= hi);
         }
-        let coverage = f64::from(covered) / f64::from(trials);
-        let kish = f64::from(kish_covered) / f64::from(trials);
+        (f64::from(covered) / f64::from(trials), f64::from(kish_covered) / f64::from(trials))
+    }
+
+    /// A window whose first half ran at rate 1 % with A at 50 % and whose second half
+    /// ran at 10 % with A at 5 % (a new plan brought both): the 95 % interval covers
+    /// the realized share 95 ± 1 % of the time. The Kish size alone covers ~90 %.
+    #[test]
+    fn intervals_keep_their_coverage_across_a_rate_change() {
+        let (coverage, kish) = coverage_of_realized(&[(20_000, 0.01, 0.5), (20_000, 0.1, 0.05)], 10_000);
         eprintln!("coverage {coverage}, kish {kish}");
         assert!((coverage - 0.95).abs() <= 0.01, "coverage {coverage}");
         assert!(kish < 0.93, "the Kish size alone covers {kish}: the test does not exercise the difference");
+    }
+
+    /// At a high rate most of the window is seen: the interval for the realized share
+    /// is narrower than the binomial one, and still covers it 95 ± 1 % of the time
+    /// (the binomial interval would cover it ~99 %). At census it is the share itself.
+    #[test]
+    fn intervals_cover_the_realized_share_at_high_rates() {
+        let (coverage, binomial) = coverage_of_realized(&[(4_000, 0.5, 0.3)], 10_000);
+        eprintln!("coverage {coverage}, without the correction {binomial}");
+        assert!((coverage - 0.95).abs() <= 0.01, "coverage {coverage}");
+        assert!(binomial > 0.98, "{binomial}");
+        let (census, _) = coverage_of_realized(&[(1_000, 1.0, 0.3)], 100);
+        assert_eq!(census, 1.0);
+        let mut s = WindowStats::default();
+        for i in 0..100 {
+            s.fold(&allocation(&format!("r{i}"), (i % 4 == 0).then_some("A"), &["A"], 1.0));
+        }
+        let e = share(&s, &CampaignId::parse("A").unwrap(), DeliveryBasis::Allocations, 1.96);
+        assert_eq!((e.low, e.share, e.high), (0.25, 0.25, 0.25));
     }
 
     #[test]

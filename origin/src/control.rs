@@ -280,6 +280,7 @@ async fn prepare(app: &App, p: &PlacementId, now_ms: u64, fence: &Fence) -> Resu
             sample_rate: previous.map(|r| r.plan.sample_rate),
             published_at_ms: previous.map(|r| r.published_at_ms),
             attainable: inputs.attainable(&targets),
+            margin: targets.confidence.margin,
         },
     );
     crate::history::record(app, p, &inputs, campaigns).await;

@@ -13,8 +13,12 @@
 //! more than `/metrics` renders in time. So they are bounded by
 //! `metrics.campaign_series` pairs ([`Admission`]), while every placement keeps a few
 //! placement-level gauges that summarise its campaigns (how many are off target or
-//! infeasible, how far the worst is off): alerting covers every placement, and the
-//! per-campaign series, where they exist, say which campaign it is.
+//! infeasible, how far the worst is off, the margin they are judged by): alerting covers
+//! every placement, and the per-campaign series, where they exist, say which campaign it
+//! is.
+//!
+//! "Off target" is judged against the manager's margin, not the target alone: see
+//! [`gap`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -33,6 +37,9 @@ pub struct PlacementReading<'a> {
     /// `Some(false)` when the last window's traffic cannot give the confidence even at
     /// census; `None` before any traffic.
     pub attainable: Option<bool>,
+    /// The manager's margin (`confidence.margin`): the placement promises realized
+    /// shares within ±`margin` of their targets, so it is how far a campaign may be off.
+    pub margin: f64,
 }
 
 /// The gauges, and which series exist (to remove them).
@@ -47,6 +54,7 @@ pub struct DeliveryGauges {
     sample_rate: GaugeVec,
     unattainable: GaugeVec,
     published: GaugeVec,
+    margin: GaugeVec,
     off_target: GaugeVec,
     infeasible: GaugeVec,
     worst_gap: GaugeVec,
@@ -68,13 +76,24 @@ fn is_feasible(c: &CampaignStatus) -> bool {
     c.feasibility.get("status").and_then(|s| s.as_str()) != Some("infeasible")
 }
 
-/// How far the target lies outside the measured share's interval: 0 inside it.
+/// How far the measured share's interval lies from `[target − margin, target + margin]`:
+/// 0 when they overlap. A campaign is off target when this is above 0, that is when
+/// `high < target − margin` or `low > target + margin` (what `AllotCampaignOffTarget`
+/// checks).
 ///
-/// Not the distance to the point estimate: that one is noise at low traffic, and reads
+/// The interval is one for the share realized among the window's requests: it narrows as
+/// the sample rate rises, and at census (every request sampled) it is the realized share
+/// itself, of zero width. A realized share differs from the target by a little from the
+/// randomness of allocation alone, so "the target outside the interval" would call every
+/// small placement sampled at census off target. What a placement promises is realized
+/// shares within the manager's margin; an interval wholly beyond target ± margin says
+/// that promise is broken, at the manager's confidence.
+///
+/// Not the distance from the point estimate: that one is noise at low traffic, and reads
 /// as the whole target after a window without any; this one is 0 unless the campaign is
-/// off target (what `AllotCampaignOffTarget` checks), then how far beyond the noise.
-fn gap(c: &CampaignStatus) -> f64 {
-    (c.estimate.low - c.target).max(c.target - c.estimate.high).max(0.0)
+/// off target, then how far beyond the noise and the margin.
+fn gap(c: &CampaignStatus, margin: f64) -> f64 {
+    (c.estimate.low - (c.target + margin)).max((c.target - margin) - c.estimate.high).max(0.0)
 }
 
 impl DeliveryGauges {
@@ -95,11 +114,16 @@ impl DeliveryGauges {
                 "The share measured in the last complete window.",
                 CAMPAIGN,
             ),
-            low: vec(r, "allot_campaign_estimated_share_low", "Lower end of the measured share's interval.", CAMPAIGN),
+            low: vec(
+                r,
+                "allot_campaign_estimated_share_low",
+                "Lower end of the interval for the share realized in the last complete window.",
+                CAMPAIGN,
+            ),
             high: vec(
                 r,
                 "allot_campaign_estimated_share_high",
-                "Upper end of the measured share's interval.",
+                "Upper end of the interval for the share realized in the last complete window.",
                 CAMPAIGN,
             ),
             feasible: vec(
@@ -127,10 +151,16 @@ impl DeliveryGauges {
                 "When the plan in force was published (Unix seconds).",
                 PLACEMENT,
             ),
+            margin: vec(
+                r,
+                "allot_placement_margin",
+                "The manager's margin: realized shares are promised within target ± margin.",
+                PLACEMENT,
+            ),
             off_target: vec(
                 r,
                 "allot_placement_campaigns_off_target",
-                "Campaigns whose target is feasible but outside the measured share's interval.",
+                "Campaigns whose target is feasible but whose measured share's interval lies entirely outside target ± margin.",
                 PLACEMENT,
             ),
             infeasible: vec(
@@ -142,7 +172,7 @@ impl DeliveryGauges {
             worst_gap: vec(
                 r,
                 "allot_placement_worst_gap",
-                "The largest distance from a feasible campaign's target to its measured share's interval (0 if none is off).",
+                "The largest distance from a feasible campaign's measured share's interval to target ± margin (0 if none is off).",
                 PLACEMENT,
             ),
             omitted,
@@ -168,10 +198,12 @@ impl DeliveryGauges {
         }
         self.omitted.set(i64::try_from(admission.omitted()).unwrap_or(i64::MAX));
         let feasible = || reading.campaigns.iter().filter(|c| is_feasible(c));
-        let off = feasible().filter(|c| gap(c) > 0.0).count();
+        let off_by = |c: &CampaignStatus| gap(c, reading.margin);
+        let off = feasible().filter(|c| off_by(c) > 0.0).count();
         let infeasible = reading.campaigns.len() - feasible().count();
-        let worst = feasible().map(gap).fold(0.0, f64::max);
+        let worst = feasible().map(off_by).fold(0.0, f64::max);
         let labels = [placement];
+        self.margin.with_label_values(&labels).set(reading.margin);
         self.off_target.with_label_values(&labels).set(off as f64);
         self.infeasible.with_label_values(&labels).set(infeasible as f64);
         self.worst_gap.with_label_values(&labels).set(worst);
@@ -211,6 +243,7 @@ impl DeliveryGauges {
             &self.sample_rate,
             &self.unattainable,
             &self.published,
+            &self.margin,
             &self.off_target,
             &self.infeasible,
             &self.worst_gap,

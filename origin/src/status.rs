@@ -18,7 +18,9 @@ use crate::auth::Viewer;
 use crate::error::ApiError;
 use crate::startup::App;
 
-/// A measured share with its interval.
+/// A measured share with its interval: an interval for the share realized among the
+/// window's requests (it narrows as the sample rate rises, and at census it is the
+/// share itself), which is what the manager's margin is about.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Estimate {
     pub share: f64,

@@ -37,7 +37,7 @@ pub fn edge_key() -> EdgeKey {
     EdgeKey::new(EDGE_SECRET).expect("the simulator's secret is long enough")
 }
 
-/// What really happened, counted on every request (not only the sampled ones).
+/// What really happened in one window, counted on every request (not only the sampled ones).
 #[derive(Debug, Clone, Default)]
 pub struct Truth {
     pub requests: u64,
@@ -51,6 +51,43 @@ impl Truth {
         if n > 0 {
             *self.delivered.entry(id.clone()).or_default() += n;
         }
+    }
+}
+
+/// A placement's truth per window of the *edge's* clock. A request belongs to the window
+/// its event names, the colo's time, because that is the window the origin counts it
+/// in: a window's realized share is the share of the requests the origin attributes to
+/// it. Counted by true time instead, a colo's skew moves the requests of the last or
+/// first half second of each window to its neighbour, decided under another plan, and
+/// the realized share differs from the origin's count by more than sampling.
+#[derive(Debug, Default)]
+pub struct Truths {
+    period_ms: u64,
+    windows: BTreeMap<u64, Truth>,
+}
+
+impl Truths {
+    pub fn new(period_ms: u64) -> Self {
+        Self { period_ms: period_ms.max(1), windows: BTreeMap::new() }
+    }
+
+    /// The truth of the window holding edge time `at_ms`.
+    fn at(&mut self, at_ms: u64) -> &mut Truth {
+        self.windows.entry(at_ms / self.period_ms).or_default()
+    }
+
+    /// The truth of window `index`, taken out.
+    pub fn take(&mut self, index: u64) -> Truth {
+        self.windows.remove(&index).unwrap_or_default()
+    }
+
+    /// Second `t` at a colo with clock `skew_ms`, as `(first edge ms, share of the
+    /// second)` per window it spans: one part, or two when a window ends within it.
+    fn second(&self, t: u64, skew_ms: i64) -> [(u64, f64); 2] {
+        let start = (t * 1000).saturating_add_signed(skew_ms);
+        let end = (start / self.period_ms + 1) * self.period_ms;
+        let late = (start + 1000).saturating_sub(end).min(1000) as f64 / 1000.0;
+        [(start, 1.0 - late), (end, late)]
     }
 }
 
@@ -171,9 +208,10 @@ impl Colo {
         rates: &[f64],
         how: Serving<'_>,
         ids: &mut [RequestIds],
-        truth: &mut Truth,
+        truths: &mut Truths,
     ) {
         let slot = &self.slots[placement];
+        let second = truths.second(t, self.skew_ms);
         let rate = slot.plan.plan().sample_rate;
         let mut sampled = Vec::new();
         for (k, &m) in rates.iter().enumerate() {
@@ -189,6 +227,8 @@ impl Colo {
                         sampled.push((k, drawn.id));
                     } else {
                         let (delivered, _) = decide(slot, k, how, rng);
+                        let at = second[0].0 + rng.random_range(0..1000);
+                        let truth = truths.at(at);
                         truth.requests += 1;
                         if let Some(c) = delivered {
                             truth.deliver(&slot.plan.plan().campaigns[c].id, 1);
@@ -197,27 +237,31 @@ impl Colo {
                 }
                 continue;
             }
-            // By counts: the unsampled requests per outcome, then the sampled ones.
+            // By counts: the unsampled requests per outcome (in each window the second
+            // spans), then the sampled ones.
             let (_, q, _) = &slot.odds[k];
-            let unsampled = m * (1.0 - rate);
-            let mut delivered_mass = 0.0;
-            for (c, &qc) in q.iter().enumerate() {
-                if qc <= 0.0 {
-                    continue;
+            for (at, part) in second.into_iter().filter(|(_, part)| *part > 0.0) {
+                let unsampled = m * (1.0 - rate) * part;
+                let truth = truths.at(at);
+                let mut delivered_mass = 0.0;
+                for (c, &qc) in q.iter().enumerate() {
+                    if qc <= 0.0 {
+                        continue;
+                    }
+                    let d = qc * (1.0 - slot.shortfall[c]) * if how.on_impressions { slot.shown[c][k] } else { 1.0 };
+                    delivered_mass += d;
+                    let n = poisson(rng, unsampled * d);
+                    truth.requests += n;
+                    truth.deliver(&slot.plan.plan().campaigns[c].id, n);
                 }
-                let d = qc * (1.0 - slot.shortfall[c]) * if how.on_impressions { slot.shown[c][k] } else { 1.0 };
-                delivered_mass += d;
-                let n = poisson(rng, unsampled * d);
-                truth.requests += n;
-                truth.deliver(&slot.plan.plan().campaigns[c].id, n);
+                truth.requests += poisson(rng, unsampled * (1.0 - delivered_mass).max(0.0));
             }
-            truth.requests += poisson(rng, unsampled * (1.0 - delivered_mass).max(0.0));
             for _ in 0..poisson(rng, m * rate) {
                 sampled.push((k, sampled_id(&self.key, rng, &mut ids[k], k, rate)));
             }
         }
         for (k, id) in sampled {
-            self.serve_sampled(rng, placement, t, k, id, how, truth);
+            self.serve_sampled(rng, placement, t, k, id, how, truths);
         }
     }
 
@@ -231,11 +275,13 @@ impl Colo {
         k: usize,
         id: u128,
         how: Serving<'_>,
-        truth: &mut Truth,
+        truths: &mut Truths,
     ) {
         let slot = &self.slots[placement];
         let (delivered, choice) = decide(slot, k, how, rng);
         let p = slot.plan.plan();
+        let now_ms = (t * 1000 + rng.random_range(0..1000)).saturating_add_signed(self.skew_ms);
+        let truth = truths.at(now_ms);
         truth.requests += 1;
         truth.sampled += 1;
         if let Some(c) = delivered {
@@ -243,7 +289,6 @@ impl Colo {
         }
         let mut buf = [0; 36];
         let request_id = RequestId::parse(format_uuid(id, &mut buf)).expect("request ids are UUIDs");
-        let now_ms = (t * 1000 + rng.random_range(0..1000)).saturating_add_signed(self.skew_ms);
         let profile = &how.profiles[k];
         // An app that reports no impressions says so (`impressions=none`), as the SDK does.
         let unreported = !profile.reports_impressions;
@@ -301,4 +346,24 @@ fn decide(slot: &Slot, k: usize, how: Serving<'_>, rng: &mut SmallRng) -> (Optio
     }
     let delivered = choice.ad.filter(|&c| !how.on_impressions || uniform(rng) < slot.shown[c][k]);
     (delivered, choice)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_is_split_where_the_colos_clock_ends_a_window() {
+        let truths = Truths::new(60_000);
+        // No skew: the seconds of a 60 s window stay in it.
+        assert_eq!(truths.second(59, 0), [(59_000, 1.0), (60_000, 0.0)]);
+        // 300 ms ahead: the last 300 ms of true second 59 are the next window's.
+        let [(a, x), (b, y)] = truths.second(59, 300);
+        assert_eq!((a, b), (59_300, 60_000));
+        assert!((x - 0.7).abs() < 1e-12 && (y - 0.3).abs() < 1e-12);
+        // 300 ms behind: the first 700 ms of true second 60 are still the window before.
+        let [(a, x), (b, y)] = truths.second(60, -300);
+        assert_eq!((a, b), (59_700, 60_000));
+        assert!((x - 0.3).abs() < 1e-12 && (y - 0.7).abs() < 1e-12);
+    }
 }

@@ -7,7 +7,8 @@
 //! lost, some sent twice, held while the origin is down), the bodies due at the
 //! aggregator applied, and — `lateness` after each window ends, as the origin
 //! schedules its full rounds — a round for every placement. A published plan reaches each colo
-//! after its own propagation delay. Truth is counted on every request, by true time.
+//! after its own propagation delay. Truth is counted on every request, in the window of
+//! the colo's clock that the request's event names (see [`Truths`]).
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use allot_core::{CampaignId, DeliveryBasis, EventBatch, Feasibility, Plan, Share
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::colo::{Colo, Serving, Truth, attrs};
+use crate::colo::{Colo, Serving, Truth, Truths, attrs};
 use crate::feasible::infeasible_set;
 use crate::origin::{ControlConfig, ControlLoop, Inbox, Windows};
 use crate::requests::RequestIds;
@@ -110,7 +111,7 @@ struct PlacementState {
     targets: Targets,
     rev: u64,
     control: ControlLoop,
-    truth: Truth,
+    truth: Truths,
     /// Expected requests per profile over the current window (for the truth's feasibility).
     mass: Vec<f64>,
 }
@@ -140,7 +141,7 @@ pub fn run(sc: &Scenario, settings: Settings) -> Run {
             targets: s.targets.clone(),
             rev: 1,
             control: ControlLoop::new(s.id.clone(), config),
-            truth: Truth::default(),
+            truth: Truths::new(config.period_ms),
             mass: vec![0.0; sc.profiles.len()],
         })
         .collect();
@@ -229,6 +230,11 @@ pub fn run(sc: &Scenario, settings: Settings) -> Run {
             }
         }
     }
+    // Every window's truth is complete now, including requests a colo's clock put in
+    // the window after true time had left it.
+    for rec in &mut out.windows {
+        settle(rec, states[rec.placement].truth.take(rec.index));
+    }
     out.duplicates_refused = inbox.duplicates_refused;
     out.invalid_plans = states.iter().map(|s| s.control.invalid_plans).sum();
     out
@@ -282,7 +288,8 @@ fn send(colo: &mut Colo, c: usize, t: u64, sc: &Scenario, inbox: &mut Inbox, out
     }
 }
 
-/// The truth of window `index` of placement `p`, and a fresh count for the next.
+/// Window `index` of placement `p` as its true traffic and targets were (what the
+/// requests delivered is [`settle`]d once the run is over), and a fresh count for the next.
 fn record(
     st: &mut PlacementState,
     p: usize,
@@ -291,7 +298,6 @@ fn record(
     sc: &Scenario,
     max_rate: f64,
 ) -> WindowRecord {
-    let truth = std::mem::take(&mut st.truth);
     let mass = std::mem::replace(&mut st.mass, vec![0.0; sc.profiles.len()]);
     let total: f64 = mass.iter().sum();
     let supply: Vec<f64> = mass.iter().map(|m| if total > 0.0 { m / total } else { 0.0 }).collect();
@@ -310,14 +316,12 @@ fn record(
         let a = attrs(&sc.profiles[k]);
         rules[j].matches(a.platform, a.country)
     });
-    let requests = truth.requests;
     let targets = &st.targets;
-    let needed = allot_core::SampleRatePlanner::required_samples(targets);
     WindowRecord {
         placement: p,
         index,
-        requests,
-        sampled: truth.sampled,
+        requests: 0,
+        sampled: 0,
         campaigns: targets
             .campaigns
             .iter()
@@ -325,19 +329,31 @@ fn record(
             .map(|(j, c)| CampaignWindow {
                 id: c.id.clone(),
                 target: c.rate.get(),
-                realized: truth.delivered.get(&c.id).copied().unwrap_or(0) as f64 / requests.max(1) as f64,
+                realized: 0.0,
                 feasible: !bad.contains(&j),
                 published: None,
                 flagged: false,
             })
             .collect(),
-        needed: needed.min(requests as f64),
+        needed: allot_core::SampleRatePlanner::required_samples(targets),
         max_rate,
-        unattainable: (requests as f64) < needed,
+        unattainable: false,
         margin: targets.confidence.margin,
         short,
         decided: false,
     }
+}
+
+/// What the requests of `rec`'s window delivered: the realized shares, and whether
+/// they were too few for the confidence (`rec.needed` holds what it needs until then).
+fn settle(rec: &mut WindowRecord, truth: Truth) {
+    rec.requests = truth.requests;
+    rec.sampled = truth.sampled;
+    for c in &mut rec.campaigns {
+        c.realized = truth.delivered.get(&c.id).copied().unwrap_or(0) as f64 / truth.requests.max(1) as f64;
+    }
+    rec.unattainable = (truth.requests as f64) < rec.needed;
+    rec.needed = rec.needed.min(truth.requests as f64);
 }
 
 /// The share of a campaign's allocations that count as delivered (what apps show).

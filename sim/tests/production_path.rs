@@ -3,7 +3,7 @@
 //! fast way of serving (by counts) is the same world as serving request by request.
 
 use allot_core::{EventBatch, EventKind, Plan, RequestId};
-use allot_sim::colo::{Colo, Serving, Truth, edge_key};
+use allot_sim::colo::{Colo, Serving, Truth, Truths, edge_key};
 use allot_sim::metrics::{self, Summary};
 use allot_sim::origin::{ControlConfig, ControlLoop, Windows};
 use allot_sim::requests::RequestIds;
@@ -37,7 +37,8 @@ fn serve(per_request: bool, rate: f64, seconds: u64) -> (Truth, Vec<allot_core::
     let mut colo = Colo::new("C00".into(), 0, std::slice::from_ref(&plan), &sc.placements, &sc.profiles);
     let mut rng = SmallRng::seed_from_u64(5);
     let mut ids: Vec<RequestIds> = sc.profiles.iter().map(|_| RequestIds::new(0.02)).collect();
-    let mut truth = Truth::default();
+    // One window longer than the run: every request in one truth.
+    let mut truths = Truths::new(u64::MAX / 2);
     let mut rates = Vec::new();
     sc.placements[0].traffic.rates(&sc.profiles, 0, &mut rates);
     let rates: Vec<f64> = rates.iter().map(|r| r * 0.2).collect();
@@ -49,9 +50,9 @@ fn serve(per_request: bool, rate: f64, seconds: u64) -> (Truth, Vec<allot_core::
         impression_delay: (1.0, 2.0),
     };
     for t in 0..seconds {
-        colo.serve(&mut rng, 0, t, &rates, how, &mut ids, &mut truth);
+        colo.serve(&mut rng, 0, t, &rates, how, &mut ids, &mut truths);
     }
-    (truth, std::mem::take(&mut colo.outbox), plan)
+    (truths.take(0), std::mem::take(&mut colo.outbox), plan)
 }
 
 #[test]

@@ -31,8 +31,22 @@ fn on_target(ids: &[&str]) -> Vec<CampaignStatus> {
     ids.iter().map(|id| campaign(id, 0.1, (0.05, 0.1, 0.15), true)).collect()
 }
 
+/// The margin of [`reading`]'s placement.
+const MARGIN: f64 = 0.01;
+
 fn reading(campaigns: &[CampaignStatus]) -> PlacementReading<'_> {
-    PlacementReading { campaigns, sample_rate: Some(0.5), published_at_ms: Some(1_000), attainable: Some(true) }
+    PlacementReading {
+        campaigns,
+        sample_rate: Some(0.5),
+        published_at_ms: Some(1_000),
+        attainable: Some(true),
+        margin: MARGIN,
+    }
+}
+
+/// `placement`'s off-target count and worst gap.
+fn off_target(r: &Registry, placement: &str) -> (f64, f64) {
+    (series(r, "allot_placement_campaigns_off_target")[placement], series(r, "allot_placement_worst_gap")[placement])
 }
 
 fn observe(g: &DeliveryGauges, placement: &str, ids: &[&str]) {
@@ -78,9 +92,12 @@ fn placements_past_the_limit_get_placement_level_gauges_only() {
     for name in ["allot_campaign_target_share", "allot_campaign_estimated_share_high", "allot_campaign_feasible"] {
         assert_eq!(keys(&r, name), ["p1/A", "p1/B"], "{name}");
     }
-    for name in
-        ["allot_placement_campaigns_off_target", "allot_placement_campaigns_infeasible", "allot_placement_worst_gap"]
-    {
+    for name in [
+        "allot_placement_campaigns_off_target",
+        "allot_placement_campaigns_infeasible",
+        "allot_placement_worst_gap",
+        "allot_placement_margin",
+    ] {
         assert_eq!(keys(&r, name), ["p1", "p2", "p3"], "{name}");
     }
     assert_eq!(keys(&r, "allot_placement_sample_rate"), ["p1", "p2", "p3"]);
@@ -115,6 +132,7 @@ fn forgetting_a_placement_frees_its_room() {
     g.forget("p4");
     assert_eq!(omitted(&r), 0.0);
     assert_eq!(keys(&r, "allot_placement_worst_gap"), ["p2", "p3"]);
+    assert_eq!(keys(&r, "allot_placement_margin"), ["p2", "p3"]);
 }
 
 #[test]
@@ -151,7 +169,8 @@ fn a_limit_of_zero_keeps_only_placement_level_gauges() {
 fn placement_level_gauges_summarise_the_campaigns() {
     let (r, g) = gauges(0);
     let campaigns = [
-        // Feasible and below its interval by 0.05; feasible and above by 0.02.
+        // Feasible, the interval below target − margin by 0.04; feasible, above
+        // target + margin by 0.01.
         campaign("A", 0.5, (0.40, 0.42, 0.45), true),
         campaign("B", 0.1, (0.12, 0.15, 0.18), true),
         // On target.
@@ -162,7 +181,8 @@ fn placement_level_gauges_summarise_the_campaigns() {
     g.observe("p", &reading(&campaigns));
     assert_eq!(series(&r, "allot_placement_campaigns_off_target")["p"], 2.0);
     assert_eq!(series(&r, "allot_placement_campaigns_infeasible")["p"], 1.0);
-    assert!((series(&r, "allot_placement_worst_gap")["p"] - 0.05).abs() < 1e-12);
+    assert!((series(&r, "allot_placement_worst_gap")["p"] - 0.04).abs() < 1e-12);
+    assert_eq!(series(&r, "allot_placement_margin")["p"], MARGIN);
     // Back on target.
     g.observe("p", &reading(&on_target(&["A", "B"])));
     assert_eq!(series(&r, "allot_placement_campaigns_off_target")["p"], 0.0);
@@ -187,4 +207,45 @@ fn clear_removes_every_series() {
     // And the room is free again.
     observe(&g, "p2", &["A"]);
     assert_eq!(keys(&r, "allot_campaign_target_share"), ["p2/A"]);
+}
+
+/// The interval is one for the realized share, so missing the target is no fault: only
+/// an interval wholly beyond target ± margin breaks the promise.
+#[test]
+fn off_target_means_the_interval_beyond_the_margin() {
+    let (r, g) = gauges(0);
+    let campaigns = [
+        // The target below the interval, and above one, each within the margin.
+        campaign("A", 0.5, (0.505, 0.506, 0.508), true),
+        campaign("B", 0.3, (0.292, 0.294, 0.296), true),
+        // At census: zero width, the realized share, 0.008 off and within the margin.
+        campaign("C", 0.1, (0.108, 0.108, 0.108), true),
+        // At census, 0.005 beyond target + margin.
+        campaign("D", 0.1, (0.115, 0.115, 0.115), true),
+        // Sampled, the interval 0.02 below target − margin.
+        campaign("E", 0.3, (0.25, 0.26, 0.27), true),
+    ];
+    g.observe("p", &reading(&campaigns));
+    let (off, worst) = off_target(&r, "p");
+    assert_eq!(off, 2.0);
+    assert!((worst - 0.02).abs() < 1e-12, "{worst}");
+    // The same intervals under a wider margin: all within it.
+    g.observe("p", &PlacementReading { margin: 0.05, ..reading(&campaigns) });
+    assert_eq!(off_target(&r, "p"), (0.0, 0.0));
+    assert_eq!(series(&r, "allot_placement_margin")["p"], 0.05);
+}
+
+#[test]
+fn a_zero_width_interval_within_the_margin_is_not_off_target() {
+    let (r, g) = gauges(0);
+    // Values exact in binary, so the edges are hit exactly: on either edge of
+    // [0.375, 0.625] is within it, just past it is not.
+    let census = |id: &str, share: f64| campaign(id, 0.5, (share, share, share), true);
+    let margin = 0.125;
+    let within = [census("A", 0.5), census("B", 0.625), census("C", 0.375)];
+    g.observe("p", &PlacementReading { margin, ..reading(&within) });
+    assert_eq!(off_target(&r, "p"), (0.0, 0.0));
+    let past = [census("A", 0.625 + 1.0 / 1024.0), census("B", 0.375)];
+    g.observe("p", &PlacementReading { margin, ..reading(&past) });
+    assert_eq!(off_target(&r, "p"), (1.0, 1.0 / 1024.0));
 }
