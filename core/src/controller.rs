@@ -35,19 +35,54 @@ use crate::estimate::DeliveryBasis;
 use crate::solver::{self, Patterns, SolveOptions};
 use crate::stats::parse_profile_key;
 use crate::{
-    CampaignId, Eligibility, PLAN_FORMAT, PlacementId, Plan, PlanCampaign, RequestAttrs, Targets, WindowStats,
+    CampaignId, Eligibility, MAX_CAMPAIGNS, PLAN_FORMAT, PlacementId, Plan, PlanCampaign, RequestAttrs, Targets,
+    WindowStats,
 };
 
 /// The controller's memory between rounds (stored by the shell next to the plan).
+///
+/// Deserialized only with values the controller could have written (corrections finite
+/// and > 0, for at most [`MAX_CAMPAIGNS`] campaigns; [`Learning`]'s own checks): a
+/// stored state that fails is refused whole, and the shell starts afresh.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "StoredState")]
 pub struct ControlState {
     /// Feedback corrections `g_c` (absent = 1).
-    #[serde(default)]
     pub corrections: BTreeMap<CampaignId, f64>,
     /// What feedback has learnt under the weights in force (absent in states stored
     /// before it existed: learning starts over).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub learning: Option<Learning>,
+}
+
+/// A [`ControlState`] as stored, before its values are checked.
+#[derive(Deserialize)]
+struct StoredState {
+    #[serde(default)]
+    corrections: BTreeMap<CampaignId, f64>,
+    #[serde(default)]
+    learning: Option<Learning>,
+}
+
+impl TryFrom<StoredState> for ControlState {
+    type Error = String;
+
+    fn try_from(s: StoredState) -> Result<Self, String> {
+        if s.corrections.len() > MAX_CAMPAIGNS {
+            return Err(format!("corrections for {} campaigns, at most {MAX_CAMPAIGNS}", s.corrections.len()));
+        }
+        if let Some((id, g)) = s.corrections.iter().find(|(_, g)| !(g.is_finite() && **g > 0.0)) {
+            return Err(format!("correction {g} of {id}"));
+        }
+        Ok(Self { corrections: s.corrections, learning: s.learning })
+    }
+}
+
+/// A decision's copy of the state (in the stored plan record) is a record, not the
+/// controller's memory: one that no longer parses reads as a fresh state rather than
+/// making the plan in force unreadable.
+fn state_or_fresh<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ControlState, D::Error> {
+    Ok(serde_json::from_value(serde_json::Value::deserialize(d)?).unwrap_or_default())
 }
 
 /// Tuning. The defaults are what the simulator validates (`docs/accuracy.md`).
@@ -154,6 +189,7 @@ impl CampaignDecision {
 pub struct Decision {
     pub no_ad_weight: f64,
     pub campaigns: Vec<CampaignDecision>,
+    #[serde(deserialize_with = "state_or_fresh")]
     pub state: ControlState,
     pub solver_iterations: usize,
 }

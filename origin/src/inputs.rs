@@ -15,7 +15,8 @@
 //! **State every round.** The controller's state (corrections and what feedback has
 //! learnt under the weights in force) is stored after every round, published or not
 //! ([`keep_state`]), fenced by the lease epoch like the plan writes; a round that
-//! changes nothing still keeps what it learnt.
+//! changes nothing still keeps what it learnt. A stored state core refuses is discarded
+//! with a log line, and the round's own state replaces it.
 //!
 //! The control loop, the preview (a dry run of new targets) and the window history all
 //! start from these, so a preview answers what the next round would do, and the history
@@ -54,7 +55,7 @@ impl Inputs {
         Ok(Self {
             evidence: evidence(app, p, now_ms, app.config.control.recent_windows).await?,
             previous: app.store.plan_record(p).await?,
-            state: app.store.control_state(p).await?,
+            state: state(app, p).await?,
         })
     }
 
@@ -98,6 +99,20 @@ impl Inputs {
             now_ms,
             republish_after_ms: cfg.republish_after_secs.saturating_mul(1000),
         }
+    }
+}
+
+/// The controller's state of `p`; a stored one that core refuses (not a state at all, or
+/// values the controller could not have written: a bug, an older version, a hand edit)
+/// is logged and discarded, and learning starts afresh. Failing the read instead would
+/// skip every round of the placement until someone repaired the key by hand.
+async fn state(app: &App, p: &PlacementId) -> Result<ControlState, StoreError> {
+    match app.store.control_state(p).await {
+        Err(StoreError::Corrupt { message, .. }) => {
+            tracing::error!(placement = %p, error = %message, "stored control state discarded; learning starts afresh");
+            Ok(ControlState::default())
+        }
+        other => other,
     }
 }
 

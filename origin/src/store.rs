@@ -340,12 +340,16 @@ impl Store {
         s.map(|s| serde_json::from_str(&s).map_err(|e| corrupt(format!("plan of {p}"), e))).transpose()
     }
 
+    /// The controller's state of `p` (fresh when there is none); `Corrupt` for a value
+    /// that is not a state core accepts, whatever its bytes or its Redis type.
     pub async fn control_state(&self, p: &PlacementId) -> Result<ControlState, StoreError> {
         let mut c = self.conn();
-        let s: Option<String> = c.get(PlacementKeys::new(p).state()).await?;
-        Ok(s.map(|s| serde_json::from_str(&s).map_err(|e| corrupt(format!("state of {p}"), e)))
-            .transpose()?
-            .unwrap_or_default())
+        let what = || format!("state of {p}");
+        let s: Option<Vec<u8>> = match c.get(PlacementKeys::new(p).state()).await {
+            Err(e) if e.code() == Some("WRONGTYPE") => return Err(corrupt(what(), e)),
+            other => other?,
+        };
+        Ok(s.map(|s| serde_json::from_slice(&s).map_err(|e| corrupt(what(), e))).transpose()?.unwrap_or_default())
     }
 
     /// The next plan version for `p` under lease `epoch`, above `floor` (the stored

@@ -34,6 +34,16 @@
 //! target change within the window, a new lease holder's first round); its index (or,
 //! where the caller does not know it, a fingerprint of its counts) is remembered, so
 //! it is not added again.
+//!
+//! **A stored state is parsed, not trusted.** The state comes back from Redis, where a
+//! bug, an older version or anyone with write access may have left anything. A
+//! [`Learning`] deserializes only with values the controller could have written:
+//! finite, non-negative numbers, merged shares within `[0, 1]`, at most [`PLANS_KEPT`]
+//! remembered plans in version order, at most [`MAX_CAMPAIGNS`] campaigns; anything
+//! else is refused, and the shell starts learning afresh. What a parse cannot see is
+//! checked against the plan in force as a round follows it: with remembered versions
+//! newer than it, or its fingerprint on other weights, nothing remembered is trusted.
+//! Corrections are kept within the controller's `[1/max, max]`.
 
 use std::collections::BTreeMap;
 
@@ -41,13 +51,13 @@ use serde::{Deserialize, Serialize};
 
 use super::{ControlInput, ControlState, Controller, patterns_for};
 use crate::estimate::{self, DeliveryBasis};
-use crate::{CampaignId, Eligibility, Plan, WindowStats, solver};
+use crate::{CampaignId, Eligibility, MAX_CAMPAIGNS, Plan, WindowStats, solver};
 
 /// What feedback has learnt, and the plans it learnt under.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "StoredLearning")]
 pub struct Learning {
     /// The weights of the last few plans, oldest first; the last is the one in force.
-    #[serde(default)]
     pub plans: Vec<PlanWeights>,
     /// The last window counted: its index + 1 where the caller knows it, else a
     /// fingerprint of its counts.
@@ -57,7 +67,39 @@ pub struct Learning {
 
 /// How many sets of weights are remembered: a window is decided under at most two or
 /// three plans (the edges take a new one up over a minute or two).
-const PLANS_KEPT: usize = 4;
+pub const PLANS_KEPT: usize = 4;
+
+/// A [`Learning`] as stored, before its values are checked.
+#[derive(Deserialize)]
+struct StoredLearning {
+    #[serde(default)]
+    plans: Vec<PlanWeights>,
+    last_window: u64,
+    evidence: BTreeMap<CampaignId, Evidence>,
+}
+
+impl TryFrom<StoredLearning> for Learning {
+    type Error = String;
+
+    fn try_from(s: StoredLearning) -> Result<Self, String> {
+        if s.plans.len() > PLANS_KEPT {
+            return Err(format!("{} plans remembered, at most {PLANS_KEPT} are kept", s.plans.len()));
+        }
+        for (i, p) in s.plans.iter().enumerate() {
+            p.check().map_err(|e| format!("plans[{i}]: {e}"))?;
+        }
+        if s.plans.windows(2).any(|w| w[0].until_version >= w[1].since_version) {
+            return Err("remembered plans out of version order".into());
+        }
+        if s.evidence.len() > MAX_CAMPAIGNS {
+            return Err(format!("evidence for {} campaigns, at most {MAX_CAMPAIGNS}", s.evidence.len()));
+        }
+        for (id, e) in &s.evidence {
+            e.check().map_err(|m| format!("evidence of {id}: {m}"))?;
+        }
+        Ok(Self { plans: s.plans, last_window: s.last_window, evidence: s.evidence })
+    }
+}
 
 /// What decides delivery in a plan, from the first version that carried it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -82,6 +124,35 @@ impl PlanWeights {
         }
     }
 
+    /// What [`PlanWeights::of`] could have made: versions in order, at most
+    /// [`MAX_CAMPAIGNS`] campaigns, finite weights ≥ 0 (as [`Plan::check`] asks).
+    fn check(&self) -> Result<(), String> {
+        if self.since_version > self.until_version {
+            return Err(format!("versions {}..={}", self.since_version, self.until_version));
+        }
+        if self.campaigns.len() > MAX_CAMPAIGNS {
+            return Err(format!("{} campaigns", self.campaigns.len()));
+        }
+        let mut weights = std::iter::once(self.no_ad_weight).chain(self.campaigns.iter().map(|(_, w, _)| *w));
+        match weights.find(|w| !(w.is_finite() && *w >= 0.0)) {
+            Some(w) => Err(format!("weight {w}")),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether these are `plan`'s weights and rules (a weight read back from JSON may
+    /// differ in its last bit).
+    fn same_as(&self, plan: &Plan) -> bool {
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs());
+        close(self.no_ad_weight, plan.no_ad_weight)
+            && self.campaigns.len() == plan.campaigns.len()
+            && self
+                .campaigns
+                .iter()
+                .zip(&plan.campaigns)
+                .all(|((id, w, e), c)| *id == c.id && close(*w, c.weight) && *e == c.eligibility)
+    }
+
     /// The shares these weights deliver for the traffic mix of `mix`, by campaign.
     fn delivered(&self, mix: &WindowStats) -> Vec<f64> {
         let patterns = patterns_for(self.campaigns.iter().map(|(_, _, e)| e), mix);
@@ -101,6 +172,12 @@ impl Learning {
     /// Takes note of the plan in force. Returns whether its weights are new.
     fn follow(&mut self, plan: &Plan) -> bool {
         let key = weights_fingerprint(plan);
+        // Versions the plan in force has not reached, or its fingerprint on other
+        // weights: not this placement's history (another origin's state, a forgery).
+        let newer = self.plans.iter().any(|p| p.until_version > plan.version);
+        if newer || self.plans.last().is_some_and(|p| p.fingerprint == key && !p.same_as(plan)) {
+            *self = Self::default();
+        }
         match self.plans.last_mut() {
             Some(p) if p.fingerprint == key && p.since_version <= plan.version => {
                 p.until_version = p.until_version.max(plan.version);
@@ -165,7 +242,21 @@ impl Evidence {
         self.measured = self.measured * decay + x * m;
         self.predicted = self.predicted * decay + x * p;
         self.variance = self.variance * decay * decay + x * x * var;
-        self.windows += 1;
+        self.windows = self.windows.saturating_add(1);
+    }
+
+    /// What [`Evidence::add`] could have made: finite sums ≥ 0, merged shares (measured
+    /// and predicted, each at most 1) within `[0, 1]`, a standard error of at most 1.
+    fn check(&self) -> Result<(), String> {
+        let sums = [self.requests, self.measured, self.predicted, self.variance];
+        if let Some(x) = sums.into_iter().find(|x| !(x.is_finite() && *x >= 0.0)) {
+            return Err(format!("sum {x}"));
+        }
+        let most = self.requests * (1.0 + 1e-9);
+        if self.measured > most || self.predicted > most || self.variance.sqrt() > most {
+            return Err(format!("shares beyond 1 of {} requests", self.requests));
+        }
+        Ok(())
     }
 
     /// Merged measured share, predicted share and the standard error of the former.
@@ -223,10 +314,10 @@ impl Controller {
         render: &[f64],
     ) -> ControlState {
         let mut state = ControlState::default();
-        // Keep corrections of campaigns that still exist.
+        // Keep corrections of campaigns that still exist, within this controller's bounds.
         for c in &input.targets.campaigns {
             if let Some(g) = input.state.corrections.get(&c.id) {
-                state.corrections.insert(c.id.clone(), *g);
+                state.corrections.insert(c.id.clone(), g.clamp(1.0 / self.max_correction, self.max_correction));
             }
         }
         let Some(prev) = input.previous else { return state };

@@ -13,16 +13,16 @@ use allot_testkit::poll::eventually;
 use allot_testkit::redis::{RedisServer, total_counts};
 use serde_json::json;
 
-fn keys() -> PlacementKeys {
+pub(crate) fn keys() -> PlacementKeys {
     PlacementKeys::new(&PlacementId::parse("home_feed").unwrap())
 }
 
-fn stored_state(redis: &RedisServer) -> Option<ControlState> {
+pub(crate) fn stored_state(redis: &RedisServer) -> Option<ControlState> {
     let json: Option<String> = redis::cmd("GET").arg(keys().state()).query(&mut redis.conn()).unwrap();
     json.map(|j| serde_json::from_str(&j).expect("the stored state parses"))
 }
 
-fn stored_record(redis: &RedisServer) -> Option<PlanRecord> {
+pub(crate) fn stored_record(redis: &RedisServer) -> Option<PlanRecord> {
     let json: Option<String> = redis::cmd("GET").arg(keys().plan()).query(&mut redis.conn()).unwrap();
     json.map(|j| serde_json::from_str(&j).expect("the stored plan parses"))
 }
@@ -38,7 +38,7 @@ fn windows_counted(state: &ControlState) -> u32 {
 }
 
 /// `n` requests decided under `plan` in window `index`, `share_a` of them given A.
-fn traffic(plan: &Plan, index: u64, period: u64, n: usize, share_a: f64, tag: &str) -> Vec<Event> {
+pub(crate) fn traffic(plan: &Plan, index: u64, period: u64, n: usize, share_a: f64, tag: &str) -> Vec<Event> {
     (0..n)
         .map(|i| {
             let ad = ((i as f64) < n as f64 * share_a).then_some("A");
@@ -101,7 +101,7 @@ pub(crate) async fn early_in_a_minute() {
 }
 
 /// A round of `home_feed` now (what a target change asks for).
-async fn ask_for_a_round(app: &TestApp) {
+pub(crate) async fn ask_for_a_round(app: &TestApp) {
     app.app().store.mark_dirty(&PlacementId::parse("home_feed").unwrap()).await.unwrap();
     app.app().control_wake.notify_one();
 }
@@ -114,7 +114,7 @@ pub(crate) async fn start_on_minutes(redis: &RedisServer) -> TestApp {
 }
 
 /// [`start_on_minutes`], `home_feed`'s targets saved, and its first plan.
-async fn start_with_a_plan(redis: &RedisServer) -> (TestApp, Plan) {
+pub(crate) async fn start_with_a_plan(redis: &RedisServer) -> (TestApp, Plan) {
     let app = start_on_minutes(redis).await;
     assert_eq!(app.put_targets("home_feed", &spec(), MANAGER_TOKEN).await.status(), 201);
     eventually(5, "first plan", || async { stored_record(redis).filter(|r| r.plan.version == 1).map(|_| ()) }).await;

@@ -15,6 +15,7 @@ mod control;
 mod crash;
 mod feasibility;
 mod fencing;
+mod forged_state;
 mod history;
 mod hostile;
 mod impressions;

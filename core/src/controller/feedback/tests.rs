@@ -106,6 +106,9 @@ fn run(windows: usize, bias: f64, start: ControlState, mut noise: Option<SmallRn
             false,
         ));
         state = o.decision.state;
+        // Whatever the controller stores, it reads back.
+        let stored = serde_json::to_string(&state).unwrap();
+        serde_json::from_str::<ControlState>(&stored).unwrap_or_else(|e| panic!("window {k}: {e}: {stored}"));
         if let Some(p) = o.plan {
             plan = p;
         }
@@ -266,4 +269,138 @@ fn windows_split_between_plans_with_new_weights_still_teach() {
     let g = state.corrections.get(&a).copied().unwrap_or(1.0);
     assert!((g - 1.0 / 0.96).abs() < 0.01, "correction {g}, A's shares {shares:?}");
     assert!((shares[7] - 0.3).abs() < 0.003, "A's shares {shares:?}");
+}
+
+/// A state that learnt four windows 4 % short, the plan in force, and the next window.
+fn learnt() -> (ControlState, Plan, WindowStats) {
+    let trace = run(4, 0.96, ControlState::default(), None);
+    let plan = trace[3].2.clone();
+    let t = targets();
+    let placement = PlacementId::parse("p").unwrap();
+    let policy = Policy::default();
+    let w = window(&plan, REQUESTS + 1000.0, &truth(&plan, 0.96), None);
+    let o = policy.run(mk(
+        &placement,
+        &t,
+        Some(&plan),
+        &seen(&policy, &w, 300_000),
+        &ControlState::default(),
+        300_000,
+        false,
+    ));
+    let w2 = window(&plan, REQUESTS + 2000.0, &truth(&plan, 0.96), None);
+    (o.decision.state, plan, w2)
+}
+
+#[test]
+fn a_stored_state_with_values_the_controller_cannot_write_is_refused() {
+    let (state, ..) = learnt();
+    let honest = serde_json::to_value(&state).unwrap();
+    assert!(serde_json::from_value::<ControlState>(honest.clone()).is_ok(), "{honest}");
+    assert!(
+        !honest["learning"]["plans"].as_array().unwrap().is_empty() && honest["learning"]["evidence"]["A"].is_object()
+    );
+    let forged = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = honest.clone();
+        f(&mut v);
+        serde_json::from_value::<ControlState>(v)
+    };
+    type Edit<'a> = &'a dyn Fn(&mut serde_json::Value);
+    let refused: [(&str, Edit<'_>); 11] = [
+        ("zero correction", &|v| v["corrections"]["A"] = json!(0.0)),
+        ("negative correction", &|v| v["corrections"]["A"] = json!(-1.0)),
+        ("NaN correction (null)", &|v| v["corrections"]["A"] = json!(null)),
+        ("corrections for 65 campaigns", &|v| {
+            v["corrections"] = (0..65).map(|i| (format!("c{i}"), json!(1.0))).collect::<serde_json::Map<_, _>>().into()
+        }),
+        ("5 plans", &|v| {
+            let p = v["learning"]["plans"][0].clone();
+            let versions = |i: u64| {
+                let mut p = p.clone();
+                (p["since_version"], p["until_version"]) = (json!(i), json!(i));
+                p
+            };
+            v["learning"]["plans"] = (0..5).map(versions).collect();
+        }),
+        ("versions backwards", &|v| v["learning"]["plans"][0]["since_version"] = json!(u64::MAX)),
+        ("plans out of order", &|v| {
+            let p = v["learning"]["plans"][0].clone();
+            v["learning"]["plans"] = json!([p.clone(), p]);
+        }),
+        ("negative weight", &|v| v["learning"]["plans"][0]["campaigns"][0][1] = json!(-0.5)),
+        ("measured share above 1", &|v| {
+            let r = v["learning"]["evidence"]["A"]["requests"].as_f64().unwrap();
+            v["learning"]["evidence"]["A"]["measured"] = json!(r * 1.01);
+        }),
+        ("negative variance", &|v| v["learning"]["evidence"]["A"]["variance"] = json!(-1.0)),
+        ("evidence for 65 campaigns", &|v| {
+            let e = v["learning"]["evidence"]["A"].clone();
+            v["learning"]["evidence"] =
+                (0..65).map(|i| (format!("c{i}"), e.clone())).collect::<serde_json::Map<_, _>>().into();
+        }),
+    ];
+    for (what, f) in refused {
+        assert!(forged(f).is_err(), "{what} was accepted");
+    }
+    for garbage in ["", "null", "[1, 2, 3]", "{\"corrections\": {\"A\": 1e999}}", "{\"learning\": {\"plans\": ["] {
+        assert!(serde_json::from_str::<ControlState>(garbage).is_err(), "{garbage:?} was accepted");
+    }
+    // A decision's copy of the state is a record: a refused one reads as fresh, and the
+    // decision (the plan record holding it) still reads.
+    let (state, plan, _) = learnt();
+    let mut decision = Policy::default()
+        .run(mk(&PlacementId::parse("p").unwrap(), &targets(), Some(&plan), &Evidence::default(), &state, 0, false))
+        .decision;
+    decision.state.corrections.insert(CampaignId::parse("A").unwrap(), -1.0);
+    let read: crate::Decision = serde_json::from_str(&serde_json::to_string(&decision).unwrap()).unwrap();
+    assert_eq!(read.state, ControlState::default());
+    assert_eq!(read.campaigns, decision.campaigns);
+}
+
+#[test]
+fn what_the_plan_in_force_contradicts_is_not_trusted() {
+    let (state, plan, w) = learnt();
+    let t = targets();
+    let placement = PlacementId::parse("p").unwrap();
+    let policy = Policy::default();
+    let a = CampaignId::parse("A").unwrap();
+    let next = |s: &ControlState| {
+        policy.run(mk(&placement, &t, Some(&plan), &seen(&policy, &w, 360_000), s, 360_000, false)).decision.state
+    };
+    let honest = next(&state);
+    assert!(honest.learning.as_ref().unwrap().evidence[&a].windows >= 2, "{honest:?}");
+    let fresh = |s: &ControlState, what: &str| {
+        let l = s.learning.as_ref().unwrap();
+        assert_eq!(l.plans, vec![super::PlanWeights::of(&plan)], "{what}");
+        assert!(l.evidence.values().all(|e| e.windows == 1), "{what}: {l:?}");
+    };
+    // The plan in force's fingerprint on other weights (A's made 1.5 times larger).
+    let mut other = state.clone();
+    let remembered = other.learning.as_mut().unwrap().plans.last_mut().unwrap();
+    assert_eq!(remembered.fingerprint, super::weights_fingerprint(&plan));
+    remembered.campaigns[0].1 *= 1.5;
+    fresh(&next(&other), "other weights");
+    // Versions the plan in force has not reached.
+    let mut ahead = state.clone();
+    ahead.learning.as_mut().unwrap().plans.last_mut().unwrap().until_version = plan.version + 1;
+    fresh(&next(&ahead), "versions ahead");
+    // A weight read back from JSON a bit off is the same weight.
+    let mut rounded = state.clone();
+    rounded.learning.as_mut().unwrap().plans.last_mut().unwrap().campaigns[0].1 *= 1.0 + f64::EPSILON;
+    assert_eq!(next(&rounded).learning.unwrap().evidence[&a].windows, honest.learning.unwrap().evidence[&a].windows);
+}
+
+#[test]
+fn corrections_stay_within_bounds_and_window_counts_saturate() {
+    let (mut state, plan, w) = learnt();
+    let t = targets();
+    let placement = PlacementId::parse("p").unwrap();
+    let policy = Policy::default();
+    let (a, b) = (CampaignId::parse("A").unwrap(), CampaignId::parse("B").unwrap());
+    state.corrections = [(a.clone(), 1e300), (b.clone(), 1e-300)].into_iter().collect();
+    state.learning.as_mut().unwrap().evidence.values_mut().for_each(|e| e.windows = u32::MAX);
+    let o = policy.run(mk(&placement, &t, Some(&plan), &seen(&policy, &w, 360_000), &state, 360_000, false));
+    let g = |id: &CampaignId| o.decision.state.corrections.get(id).copied().unwrap_or(1.0);
+    assert!((0.5..=2.0).contains(&g(&a)) && (0.5..=2.0).contains(&g(&b)), "{:?}", o.decision.state);
+    assert!(o.decision.state.learning.unwrap().evidence.values().all(|e| e.windows == u32::MAX));
 }
