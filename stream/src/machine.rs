@@ -16,6 +16,8 @@
 //!    last id read, until a read comes back empty; deliver them as one batch. They are
 //!    what an earlier run left (its buffer, or the flush it could not finish) or entries
 //!    whose read reply was lost; no one else takes them while this consumer is alive.
+//!    After a failed read of new entries this check comes at once: its reply may have
+//!    been lost with entries in it.
 //! 3. Then, if claims are on: list the group's consumers, and for each other consumer
 //!    silent for `claim_idle` with every pending entry idle as long, `XCLAIM` all its
 //!    entries (with that minimum idle time, which is atomic and resets the idle time, so
@@ -474,8 +476,17 @@ impl Consumer {
             Sent::Ack(_) => self.ack_failed = true,
             // A claim is looked at again at the next check.
             Sent::ListConsumers | Sent::ListPending | Sent::Claim | Sent::Forget => self.phase = Phase::Read,
+            // The reply may have been lost after Redis delivered entries to this
+            // consumer (a killed connection, a timeout): they now sit in its pending
+            // list, where only a read of its own pending entries finds them. That read
+            // comes first once the hand is empty, not at the next interval, or those
+            // entries would wait until a restart, counted too late for their window.
+            Sent::ReadNew => {
+                self.next_check = now;
+                self.read_since_check = true;
+            }
             // Anything else is retried as it was.
-            Sent::CreateGroup | Sent::ReadPending | Sent::ReadNew => {}
+            Sent::CreateGroup | Sent::ReadPending => {}
         }
     }
 }

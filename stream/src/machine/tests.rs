@@ -216,15 +216,20 @@ fn failures_back_off_with_jitter_and_a_success_resets() {
     let mut c = reading(config(), t0);
     let mut now = t0;
     // Ceilings 100, 200, 400 ms; the wait is between half the ceiling and the ceiling.
-    for (unit, wait) in [(0.0, 50 * MS), (1.0, 200 * MS), (0.5, 300 * MS)] {
-        assert_eq!(c.poll(now), Some(read_new(500 * MS)));
+    // A failed read of new entries is followed by a read of own pending ones (see
+    // `a_lost_read_reply_is_recovered_at_once`), retried as it was.
+    let own = Command::ReadPending { after: "0".into(), count: 100 };
+    for (i, (unit, wait)) in [(0.0, 50 * MS), (1.0, 200 * MS), (0.5, 300 * MS)].into_iter().enumerate() {
+        assert_eq!(c.poll(now), Some(if i == 0 { read_new(500 * MS) } else { own.clone() }));
         assert_eq!(c.handle(now, Err(Failure::Other), unit), None);
         assert_eq!(c.poll(now), Some(Command::Wait { until: now + wait }));
         assert_eq!(c.poll(now + wait - MS), Some(Command::Wait { until: now + wait }));
         now += wait;
     }
-    assert_eq!(c.poll(now), Some(read_new(500 * MS)));
+    assert_eq!(c.poll(now), Some(own));
     c.handle(now, Ok(entries(&[])), 0.0);
+    assert_eq!(c.poll(now), Some(Command::ListConsumers));
+    c.handle(now, Ok(Reply::Consumers(vec![])), 0.0);
     assert_eq!(c.poll(now), Some(read_new(500 * MS)));
     c.handle(now, Err(Failure::Other), 0.0);
     assert_eq!(c.poll(now), Some(Command::Wait { until: now + 50 * MS }), "back to the shortest wait");
@@ -275,7 +280,8 @@ fn a_fresh_ack_goes_out_during_a_backoff_and_a_failed_one_waits() {
     assert_eq!(c.poll(until), Some(Command::Ack { ids: ids(&["1-0"]) }));
     c.handle(until, Ok(Reply::Acked), 0.0);
     assert!(!c.acking());
-    assert_eq!(c.poll(until), Some(read_new(500 * MS)));
+    // The failed read may have lost entries: own pending ones are read first.
+    assert_eq!(c.poll(until), Some(Command::ReadPending { after: "0".into(), count: 100 }));
 }
 
 #[test]
@@ -340,4 +346,43 @@ fn a_failed_forget_is_left_to_the_next_check() {
     c.handle(t0, Err(Failure::Other), 0.0);
     let later = t0 + SEC;
     assert_eq!(c.poll(later), Some(read_new(500 * MS)));
+}
+
+#[test]
+fn a_lost_read_reply_is_recovered_at_once() {
+    // Redis delivered 1-0 and 2-0 to this consumer, and the reply was lost with the
+    // connection: they are pending, and the next read of own pending entries finds them
+    // well before the interval (10 s) is up.
+    let t0 = Instant::now();
+    let mut c = reading(config(), t0);
+    assert_eq!(c.poll(t0), Some(read_new(500 * MS)));
+    assert_eq!(c.handle(t0, Err(Failure::Other), 0.0), None);
+    let t1 = t0 + 50 * MS;
+    assert_eq!(c.poll(t1), Some(Command::ReadPending { after: "0".into(), count: 100 }));
+    assert_eq!(c.handle(t1, Ok(entries(&["1-0", "2-0"])), 0.0), None);
+    assert_eq!(c.poll(t1), Some(Command::ReadPending { after: "2-0".into(), count: 100 }));
+    let batch = c.handle(t1, Ok(entries(&[])), 0.0).expect("the lost entries");
+    assert_eq!((&batch.source, batch.ids()), (&Source::Pending, ids(&["1-0", "2-0"])));
+    assert_eq!(c.poll(t1), None, "nothing is read while the recovery batch is held");
+    c.done(batch.ids());
+    assert_eq!(c.poll(t1), Some(Command::Ack { ids: ids(&["1-0", "2-0"]) }));
+}
+
+#[test]
+fn a_lost_read_reply_waits_for_a_held_batch() {
+    // Holding new entries (a buffer not yet flushed), the consumer's pending list holds
+    // them too: its own pending entries are read only once they are done.
+    let t0 = Instant::now();
+    let mut c = reading(config(), t0);
+    assert_eq!(c.poll(t0), Some(read_new(500 * MS)));
+    assert!(c.handle(t0, Ok(entries(&["1-0"])), 0.0).is_some());
+    assert_eq!(c.poll(t0), Some(read_new(500 * MS)));
+    assert_eq!(c.handle(t0, Err(Failure::Other), 0.0), None);
+    let t1 = t0 + 50 * MS;
+    assert_eq!(c.poll(t1), Some(read_new(500 * MS)));
+    assert!(c.handle(t1, Ok(entries(&[])), 0.0).is_some_and(|b| b.entries.is_empty()));
+    c.done(ids(&["1-0"]));
+    assert_eq!(c.poll(t1), Some(Command::Ack { ids: ids(&["1-0"]) }));
+    assert_eq!(c.handle(t1, Ok(Reply::Acked), 0.0), None);
+    assert_eq!(c.poll(t1), Some(Command::ReadPending { after: "0".into(), count: 100 }));
 }
