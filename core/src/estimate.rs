@@ -306,7 +306,7 @@ mod tests {
         let total: f64 = segments.iter().map(|s| s.0 as f64).sum();
         let z = 1.959_964;
         let mut rng = SmallRng::seed_from_u64(0x5eed);
-        let mut normal = move |rng: &mut SmallRng| {
+        let normal = move |rng: &mut SmallRng| {
             let (u1, u2): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random::<f64>());
             (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
         };
