@@ -110,6 +110,7 @@ async fn state(app: &App, p: &PlacementId) -> Result<ControlState, StoreError> {
     match app.store.control_state(p).await {
         Err(StoreError::Corrupt { message, .. }) => {
             tracing::error!(placement = %p, error = %message, "stored control state discarded; learning starts afresh");
+            app.metrics.control_state_discarded.inc();
             Ok(ControlState::default())
         }
         other => other,

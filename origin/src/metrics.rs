@@ -30,6 +30,7 @@ pub struct Metrics {
     pub aggregate_entries: IntCounterVec,
     pub aggregate_claimed: IntCounter,
     pub control_rounds: IntCounter,
+    pub control_state_discarded: IntCounter,
     pub control_leader: IntGauge,
     pub control_epoch: IntGauge,
     pub control_fenced: IntCounterVec,
@@ -149,6 +150,11 @@ impl Metrics {
             ),
             aggregate_claimed: counter(&r, "allot_aggregate_claimed_total", "Entries claimed from idle consumers."),
             control_rounds: counter(&r, "allot_control_rounds_total", "Control rounds run by this instance."),
+            control_state_discarded: counter(
+                &r,
+                "allot_control_state_discarded_total",
+                "Stored control states refused as corrupt or forged and replaced by a fresh one.",
+            ),
             control_leader,
             control_epoch: gauge(
                 &r,

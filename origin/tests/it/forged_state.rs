@@ -140,6 +140,7 @@ async fn bytes_that_are_not_a_state_are_discarded_and_rounds_go_on() {
         let state = stored_state(&redis).expect("the round stored its state");
         assert!(state.corrections.is_empty(), "{what}: {state:?}");
         assert_eq!(log.discarded(), discarded + 1, "{what}: the discarded state is logged once");
+        assert_eq!(app.app().metrics.control_state_discarded.get(), i as u64 + 1, "{what}: and counted");
     }
 }
 
