@@ -263,7 +263,9 @@ pub fn judge(ran: &[Ran], ledger: &Ledger, counts: &BTreeMap<u64, u64>, archive:
     ran.iter()
         .map(|r| {
             let w = r.windows.clone();
-            let acknowledged = ledger.acknowledged(w.clone());
+            // Counts are by the window the edge stamped, which for a request answered
+            // across a window's end only the archive knows.
+            let acknowledged = ledger.acknowledged_as_stamped(w.clone(), |id| by_id.get(id).map(|a| a.window));
             let counted: u64 = counts.range(w.clone()).map(|(_, n)| n).sum();
             let in_phase: Vec<&Archived> = archive.iter().filter(|a| w.contains(&a.window)).collect();
             let archived_rows = in_phase.iter().map(|a| a.rows).sum();
@@ -276,7 +278,7 @@ pub fn judge(ran: &[Ran], ledger: &Ledger, counts: &BTreeMap<u64, u64>, archive:
                 archived_ids,
                 count_lost: acknowledged.saturating_sub(counted),
                 count_duplicated: counted.saturating_sub(acknowledged),
-                archive_lost: acknowledged - archived_ids,
+                archive_lost: ledger.acknowledged(w.clone()) - archived_ids,
                 archive_duplicated: in_phase.iter().map(|a| a.rows - 1).sum::<u64>(),
                 recovery: r.recovery,
                 errors: ledger.errors_in(w),

@@ -34,8 +34,9 @@ pub struct Ledger {
     /// Why they were not: an HTTP status, or what the client saw instead of an answer.
     pub error_reasons: BTreeMap<String, u64>,
     /// Requests answered in another window than the one they were sent in (the guard
-    /// was too short): their window is uncertain by one.
-    pub straddling: u64,
+    /// was too short), by the window they were sent in: the edge may have stamped their
+    /// event in either, and only the archive tells which ([`Ledger::acknowledged_as_stamped`]).
+    pub straddled: Vec<(u64, String)>,
     /// Plan versions seen by each lane, in order (a lane sends one request at a time).
     pub versions: Vec<Vec<u64>>,
 }
@@ -48,6 +49,26 @@ impl Ledger {
 
     pub fn acknowledged(&self, windows: std::ops::RangeInclusive<u64>) -> u64 {
         self.answered.range(windows).map(|(_, ids)| ids.len() as u64).sum()
+    }
+
+    /// Like [`Ledger::acknowledged`], but each request answered in another window than it
+    /// was sent in counts in the window its archived event names (`stamped`, by request
+    /// id), which is the window the origin counted it in. Without that, a slow answer at
+    /// the end of a phase shows as an event lost there and counted twice in the next.
+    pub fn acknowledged_as_stamped(
+        &self,
+        windows: std::ops::RangeInclusive<u64>,
+        stamped: impl Fn(&str) -> Option<u64>,
+    ) -> u64 {
+        let moved_out = self
+            .straddled
+            .iter()
+            .filter(|(w, id)| windows.contains(w) && stamped(id).is_some_and(|s| !windows.contains(&s)));
+        let moved_in = self
+            .straddled
+            .iter()
+            .filter(|(w, id)| !windows.contains(w) && stamped(id).is_some_and(|s| windows.contains(&s)));
+        (self.acknowledged(windows.clone()) + moved_in.count() as u64).saturating_sub(moved_out.count() as u64)
     }
 
     /// Requests the edge answered with an error status (or an unreadable body).
@@ -164,8 +185,10 @@ impl Load {
                     let mut l = ledger.lock().unwrap_or_else(|e| e.into_inner());
                     match answer {
                         Ok(v) => {
+                            if answered_in != window {
+                                l.straddled.push((window, id.clone()));
+                            }
                             l.answered.entry(window).or_default().push(id);
-                            l.straddling += u64::from(answered_in != window);
                             if let Some(version) = v["plan_version"].as_u64() {
                                 l.versions[lane].push(version);
                             }
@@ -280,4 +303,25 @@ fn has_parquet(dir: &Path) -> bool {
         let path = e.path();
         if path.is_dir() { has_parquet(&path) } else { path.extension().is_some_and(|x| x == "parquet") }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_answered_across_a_windows_end_counts_where_its_event_was_stamped() {
+        let mut l = Ledger::default();
+        l.answered.insert(1, vec!["a".into(), "b".into(), "late".into(), "early".into()]);
+        l.answered.insert(2, vec!["c".into()]);
+        // Both sent in window 1 and answered in 2: the edge stamped "late" in 2 and
+        // "early" still in 1.
+        l.straddled = vec![(1, "late".into()), (1, "early".into())];
+        let stamped = |id: &str| Some(if id == "late" { 2 } else { 1 });
+        assert_eq!(l.acknowledged_as_stamped(1..=1, stamped), 3);
+        assert_eq!(l.acknowledged_as_stamped(2..=2, stamped), 2);
+        assert_eq!(l.acknowledged_as_stamped(1..=2, stamped), 5, "nothing moves within the range");
+        // Not archived: the window it was sent in stands (the archive check fails anyway).
+        assert_eq!(l.acknowledged_as_stamped(1..=1, |_| None), 4);
+    }
 }

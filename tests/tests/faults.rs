@@ -181,7 +181,13 @@ async fn run(v: &Variant) {
     let history = ledger::history_versions(&stack.redis_url, PLACEMENT).unwrap();
     let report = format!(
         "{} variant, {} requests/s, period {} ms, {} events owed, edge {edge}, {} straddling, client errors {:?}, plan history {:?}\n\n{table}",
-        v.name, v.rps, v.period_ms, owed, ledger.straddling, ledger.error_reasons, history
+        v.name,
+        v.rps,
+        v.period_ms,
+        owed,
+        ledger.straddled.len(),
+        ledger.error_reasons,
+        history
     );
     println!("{report}");
     let _ = std::fs::write(format!("{}/faults-{}.md", env!("CARGO_TARGET_TMPDIR"), v.name), &report);
