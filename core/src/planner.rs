@@ -9,6 +9,14 @@
 //! within `[minimum, minimum·(1 + band)]`, so ordinary traffic noise does not republish
 //! the plan every window, and the rate never falls below what the confidence needs.
 //!
+//! **Census near the edge of attainable.** A rate of [`CENSUS_FROM`] or more becomes 1
+//! (and stays 1 while the rate needed is above that less the band). Such a placement has
+//! about as few requests as its confidence needs: sampling saves it a few hundred events
+//! a window, while a window of slightly less traffic than the last one would then fall
+//! short of the confidence with some requests unsampled, where at census it is at least
+//! exact. In the simulator's `scale` scenario every unattainable window not at census was
+//! one planned at 0.9–0.95.
+//!
 //! **Few samples.** A window with `k ≥ 1` sampled requests plans from its HT estimate
 //! `k·w̄`, which after a burst (traffic fell, the rate stayed low) asks for a high rate at
 //! once. A window with *no* sample says nothing by itself: low traffic and an event
@@ -25,6 +33,9 @@ use crate::{Targets, WindowStats};
 /// Below this many sampled requests (in the recent windows together), a window with
 /// none is taken as low traffic rather than as missing events.
 pub const FEW_SAMPLES: u64 = 30;
+
+/// Planned rates from here up are census (see the module doc).
+pub const CENSUS_FROM: f64 = 0.8;
 
 /// An upper confidence bound (≈ 97.5 %) on a window's requests from its `k` sampled
 /// requests: `(k + 2√k + 3)·w̄` with `w̄` the mean weight (`Σw/k`), a Poisson bound that
@@ -90,10 +101,14 @@ impl SampleRatePlanner {
         }
         let raw = Self::required_samples(targets) / requests_per_window;
         let at = |factor: f64| (raw * factor).clamp(min_rate, 1.0);
-        if current >= at(1.0) && current <= at(1.0 + self.band) {
+        if current >= 1.0 && at(1.0 + self.band) >= CENSUS_FROM {
+            return 1.0;
+        }
+        if current < 1.0 && current >= at(1.0) && current <= at(1.0 + self.band) {
             return current;
         }
-        at(1.0 + self.band / 2.0)
+        let rate = at(1.0 + self.band / 2.0);
+        if rate >= CENSUS_FROM { 1.0 } else { rate }
     }
 }
 
@@ -173,6 +188,24 @@ mod tests {
         assert!(two > 900.0 && two < 1000.0, "{two}");
         let many = requests_upper_bound(&window(1_000_000, 0.5)).unwrap();
         assert!(many > 2_000_000.0 && many < 2_000_000.0 * 1.003, "{many}");
+    }
+
+    #[test]
+    fn rates_near_one_are_census_and_census_holds_within_the_band() {
+        let p = SampleRatePlanner::default();
+        let n = SampleRatePlanner::required_samples(&targets());
+        // Traffic for a rate of 0.9: census instead.
+        assert_eq!(p.rate(&targets(), n * 1.04 / 0.9, 0.5), 1.0);
+        // Traffic for 0.75: sampled.
+        let r = p.rate(&targets(), n * 1.04 / 0.75, 1.0);
+        assert!((r - 0.75).abs() < 1e-9, "{r}");
+        // At census, traffic that a fresh plan would sample at 0.79 keeps census (the
+        // top of the band is still above 0.8) ...
+        let held = n * 1.08 / 0.82;
+        assert!(p.rate(&targets(), held, 0.5) < CENSUS_FROM);
+        assert_eq!(p.rate(&targets(), held, 1.0), 1.0);
+        // ... and traffic for 0.5 leaves it.
+        assert!((p.rate(&targets(), n * 1.04 / 0.5, 1.0) - 0.5).abs() < 1e-9);
     }
 
     #[test]
