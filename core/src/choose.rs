@@ -6,7 +6,7 @@
 //! mask intersection and one pass over the eligible campaigns' weights: O(#campaigns),
 //! no allocation, no JSON work; writing the response is a few `push_str`s.
 
-use crate::{CampaignId, Eligibility, Event, EventKind, Plan, PlanError, RequestId};
+use crate::{CampaignId, Eligibility, Event, EventKind, Plan, PlanError, RequestId, Spread};
 
 /// The request attributes eligibility looks at. Borrowed: the shell parses them from
 /// the query string and the edge's geolocation without allocating.
@@ -149,6 +149,15 @@ impl CompiledPlan {
     pub fn choose(&self, attrs: RequestAttrs<'_>, u: f64) -> Choice {
         let eligible = self.eligible(attrs);
         Choice { eligible, ad: pick(&self.plan, eligible, u) }
+    }
+
+    /// Picks as [`CompiledPlan::choose`] does, with `u` the next number of the request's
+    /// pattern in `spread`: the edge's way, so that each campaign's count follows its
+    /// weight to a few requests instead of the binomial spread (see [`crate::spread`]).
+    /// `fresh` gives 64 random bits when a pattern starts its stream.
+    pub fn choose_spread(&self, attrs: RequestAttrs<'_>, spread: &mut Spread, fresh: impl FnOnce() -> u64) -> Choice {
+        let eligible = self.eligible(attrs);
+        Choice { eligible, ad: pick(&self.plan, eligible, spread.next(eligible, fresh)) }
     }
 
     /// The campaign ids of an eligibility pattern, in plan order.
