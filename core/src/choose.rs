@@ -151,13 +151,13 @@ impl CompiledPlan {
         Choice { eligible, ad: pick(&self.plan, eligible, u) }
     }
 
-    /// Picks as [`CompiledPlan::choose`] does, with `u` the next number of the request's
-    /// pattern in `spread`: the edge's way, so that each campaign's count follows its
-    /// weight to a few requests instead of the binomial spread (see [`crate::spread`]).
-    /// `fresh` gives 64 random bits when a pattern starts its stream.
+    /// Picks with the same odds as [`CompiledPlan::choose`], but spread: each campaign's
+    /// deliveries follow its odds to a request or two instead of the binomial spread
+    /// (see [`crate::spread`]). The edge's way; `spread` is the placement's at this
+    /// isolate, `fresh` gives 64 random bits once, for its starting credits.
     pub fn choose_spread(&self, attrs: RequestAttrs<'_>, spread: &mut Spread, fresh: impl FnOnce() -> u64) -> Choice {
         let eligible = self.eligible(attrs);
-        Choice { eligible, ad: pick(&self.plan, eligible, spread.next(eligible, fresh)) }
+        Choice { eligible, ad: spread.pick(&self.plan, eligible, fresh) }
     }
 
     /// The campaign ids of an eligibility pattern, in plan order.
@@ -274,13 +274,13 @@ pub fn pick(plan: &Plan, eligible: u64, u: f64) -> Option<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use serde_json::json;
 
     use super::*;
     use crate::{Eligibility, PlacementId, PlanCampaign};
 
-    fn plan(campaigns: &[(&str, f64, &[&str], &[&str])], no_ad: f64) -> Plan {
+    pub(crate) fn plan(campaigns: &[(&str, f64, &[&str], &[&str])], no_ad: f64) -> Plan {
         Plan {
             format: 1,
             placement: PlacementId::parse("p").unwrap(),

@@ -1,49 +1,50 @@
-//! Spreading an edge's picks evenly: one low-discrepancy sequence per eligibility
-//! pattern, in place of independent random numbers.
+//! Spreading an edge's picks evenly: each campaign's count follows its weights to a
+//! request or two, instead of the binomial spread of independent random picks.
 //!
 //! **Why.** With an independent uniform per request, the weighted pick gives a campaign
 //! of share `s` a binomial count over `n` requests: its realized share is off by
-//! `√(s(1−s)/n)` whatever the weights are. For small targets on modest traffic that is
-//! the whole error: a 0.5 % campaign on 20,000 requests a window is off by ±14 % of its
-//! target one time in three, with weights that are exactly right. The manager judges the
-//! realized share, so this noise is as real as a controller's.
+//! `√(s(1−s)/n)` however right the weights are. For small targets on modest traffic that
+//! is most of the error: a 0.5 % campaign on 20,000 requests a window is off by ±14 % of
+//! its target one time in three. The manager judges the realized share, so this noise is
+//! as real as a controller's.
 //!
-//! **How.** The pick maps `u ∈ [0, 1)` onto the eligible campaigns' cumulative weights,
-//! and those intervals are fixed for a plan and an eligibility pattern. Feeding the
-//! picks of one pattern the additive (Weyl) sequence `uₖ = frac(u₀ + k/φ)` — the golden
-//! ratio's, the most evenly spread of them (three-distance theorem) — puts into every
-//! interval, over any run of consecutive requests, its length times the run within a
-//! few requests. So each stream's counts follow the weights to a few requests instead
-//! of `√n`; the sum over an edge's streams (isolates × patterns) has at most the
-//! binomial variance, and far less when each stream sees many requests per window.
-//! The sequence is kept in fixed point (`u64`, wrapping), so it never drifts.
+//! **How.** Each campaign (and "no ad") keeps a *credit*: what it is owed. A request adds
+//! to every eligible outcome its probability under the plan (its weight over the eligible
+//! total, as [`crate::choose::pick`] would use), then goes to the eligible outcome owed
+//! the most, which pays one back. This is the largest-deficit rule of the chairman
+//! assignment problem (Tijdeman) and of nginx's smooth weighted round robin, with
+//! eligibility: the credits always sum to their start, and a campaign's deliveries stay
+//! within a request or two of the sum of its probabilities over the requests that came,
+//! whatever mix of eligibility patterns they had. The sum over an edge's isolates (one
+//! [`Spread`] each) then has a small fraction of the binomial spread.
 //!
 //! Nothing else changes: whether a request is sampled is decided on its id, independent
-//! of the sequence, so the origin's estimates stay unbiased for the realized shares. A
-//! new plan changes the intervals but not the property (it holds from any point of the
-//! sequence), so streams carry over plan versions.
+//! of the choice, so the origin's estimates stay unbiased for the realized shares and
+//! its intervals keep their meaning. A new plan keeps each campaign's credit (matched by
+//! id), so a window that straddles plans is delivered as their requests owed.
 //!
-//! **Hostile input.** A client chooses its attributes, so it chooses its pattern, but
-//! the patterns are the plan's (platform × country rules), and the streams are capped at
-//! [`MAX_STREAMS`]; past it a pattern gets an independent uniform, the plain random
-//! pick. Each stream starts at a random point per isolate and interleaves many clients'
-//! requests, so an app cannot tell which ad its next request gets; and every request
-//! consumes a step, so no sequence of requests takes more than its share of any
-//! campaign.
+//! **Hostile input.** A client chooses its attributes, hence which outcomes its requests
+//! credit; credits are clamped to `±CREDIT_BOUND`, so no sequence of requests drives one
+//! without bound, and every request is served from what it credited (an eligible
+//! outcome). The start is random per isolate, and requests of many clients interleave,
+//! so an app cannot tell which ad its next request gets. Memory is one number per
+//! campaign of the plan.
 
-/// At most this many patterns keep a stream (per [`Spread`]): memory is bounded by the
-/// spread, not by what clients send.
-pub const MAX_STREAMS: usize = 256;
+use crate::{CampaignId, Plan};
 
-/// `2⁶⁴/φ`, odd: the step of the golden-ratio sequence in 64-bit fixed point.
-const STEP: u64 = 0x9E37_79B9_7F4A_7C15;
+/// How far a credit may stray from zero. Honest traffic keeps credits within about ±1
+/// (see the tests); the clamp only bounds what an adversarial sequence could do.
+const CREDIT_BOUND: f64 = 8.0;
 
-/// The picks' sequences of one placement at one edge isolate, one per eligibility
-/// pattern. The shell owns it; `fresh` supplies the random start of a new stream.
+/// The credits of one placement's outcomes at one isolate. The shell owns it and passes
+/// it to [`crate::CompiledPlan::choose_spread`] with every request of the placement.
 #[derive(Debug, Clone, Default)]
 pub struct Spread {
-    /// `(pattern, state)`, sorted by pattern.
-    streams: Vec<(u64, u64)>,
+    /// The plan the credits are indexed by: its version and campaign ids.
+    version: Option<u64>,
+    ids: Vec<CampaignId>,
+    /// Per campaign of the plan, then "no ad" last.
+    credit: Vec<f64>,
 }
 
 impl Spread {
@@ -51,150 +52,84 @@ impl Spread {
         Self::default()
     }
 
-    /// The next number in `[0, 1)` for a request of eligibility `pattern`. `fresh` gives
-    /// 64 random bits; it is called when the pattern starts a stream, or for every
-    /// request of a pattern beyond [`MAX_STREAMS`].
-    pub fn next(&mut self, pattern: u64, fresh: impl FnOnce() -> u64) -> f64 {
-        match self.streams.binary_search_by_key(&pattern, |s| s.0) {
-            Ok(i) => {
-                let state = &mut self.streams[i].1;
-                *state = state.wrapping_add(STEP);
-                unit(*state)
-            }
-            Err(i) if self.streams.len() < MAX_STREAMS => {
-                let start = fresh();
-                self.streams.insert(i, (pattern, start));
-                unit(start)
-            }
-            Err(_) => unit(fresh()),
+    /// The outcome for a request with eligibility `eligible` under `plan`: a campaign's
+    /// index, or `None` for no ad. `fresh` gives 64 random bits for the starting credits;
+    /// it is called once, when the first plan is adopted.
+    pub fn pick(&mut self, plan: &Plan, eligible: u64, fresh: impl FnOnce() -> u64) -> Option<usize> {
+        self.adopt(plan, fresh);
+        let weight = |i: usize| plan.campaigns.get(i).map_or(0.0, |c| c.weight.max(0.0));
+        let none = plan.campaigns.len();
+        let mut total = plan.no_ad_weight.max(0.0);
+        let mut bits = eligible;
+        while bits != 0 {
+            total += weight(bits.trailing_zeros() as usize);
+            bits &= bits - 1;
         }
-    }
-
-    /// Patterns holding a stream.
-    pub fn streams(&self) -> usize {
-        self.streams.len()
-    }
-}
-
-/// The top 53 bits as a number in `[0, 1)`.
-fn unit(bits: u64) -> f64 {
-    (bits >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-}
-
-#[cfg(test)]
-mod tests {
-    use rand::rngs::SmallRng;
-    use rand::{Rng, SeedableRng};
-
-    use super::*;
-
-    /// Counts of each of the intervals cut at `cuts` over `n` numbers of one stream.
-    fn counts(spread: &mut Spread, pattern: u64, start: u64, cuts: &[f64], n: usize) -> Vec<usize> {
-        let mut out = vec![0; cuts.len() + 1];
-        for _ in 0..n {
-            let u = spread.next(pattern, || start);
-            out[cuts.iter().filter(|c| u >= **c).count()] += 1;
+        if total.is_nan() || total <= 0.0 {
+            return None;
         }
-        out
-    }
-
-    #[test]
-    fn every_interval_gets_its_length_within_a_few_over_any_run() {
-        let mut rng = SmallRng::seed_from_u64(7);
-        // Shares as a plan gives them: a 0.5 % campaign, a few larger ones, no ad.
-        let shares = [0.005, 0.02, 0.2, 0.3, 0.25, 0.225];
-        let cuts: Vec<f64> = shares
-            .iter()
-            .scan(0.0, |acc, s| {
-                *acc += s;
-                Some(*acc)
-            })
-            .take(shares.len() - 1)
-            .collect();
-        let mut worst: f64 = 0.0;
-        for _ in 0..50 {
-            let mut spread = Spread::new();
-            let start = rng.random::<u64>();
-            // Runs of every length up to 100,000, from wherever the last one stopped.
-            for n in [1, 7, 60, 999, 20_000, 100_000] {
-                let got = counts(&mut spread, 1, start, &cuts, n);
-                for (c, s) in got.iter().zip(shares) {
-                    worst = worst.max((*c as f64 - s * n as f64).abs());
+        let mut best = (plan.no_ad_weight > 0.0).then_some(none);
+        if best.is_some() {
+            self.credit[none] += plan.no_ad_weight / total;
+        }
+        let mut bits = eligible;
+        while bits != 0 {
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let w = weight(i);
+            if w > 0.0 && i < none {
+                self.credit[i] += w / total;
+                if best.is_none_or(|b| self.credit[i] > self.credit[b]) {
+                    best = Some(i);
                 }
             }
         }
-        // A binomial count of the 0.5 % campaign over 100,000 requests is off by 22 (one
-        // standard deviation); the sequence's is never off by more than 3.
-        assert!(worst <= 3.0, "worst count error {worst}");
+        let b = best?;
+        self.credit[b] -= 1.0;
+        self.credit[b] = self.credit[b].clamp(-CREDIT_BOUND, CREDIT_BOUND);
+        (b < none).then_some(b)
     }
 
-    #[test]
-    fn over_random_starts_a_stream_is_unbiased_and_no_noisier_than_a_random_pick() {
-        let mut rng = SmallRng::seed_from_u64(11);
-        let (share, n, runs) = (0.05, 30, 20_000);
-        let (mut sum, mut sum_sq) = (0.0, 0.0);
-        for _ in 0..runs {
-            let mut spread = Spread::new();
-            let start = rng.random::<u64>();
-            let hits = counts(&mut spread, 9, start, &[share], n)[0] as f64;
-            sum += hits;
-            sum_sq += hits * hits;
+    /// Indexes the credits by `plan`'s campaigns: kept by id across versions, a new
+    /// campaign starting at zero; the first plan's credits start at random.
+    fn adopt(&mut self, plan: &Plan, fresh: impl FnOnce() -> u64) {
+        if self.version == Some(plan.version) && self.ids.len() == plan.campaigns.len() {
+            return;
         }
-        let mean = sum / runs as f64;
-        let var = sum_sq / runs as f64 - mean * mean;
-        let expected = share * n as f64;
-        assert!((mean - expected).abs() < 0.02, "mean {mean} against {expected}");
-        assert!(var < share * (1.0 - share) * n as f64, "variance {var} against the binomial's");
-    }
-
-    #[test]
-    fn patterns_have_their_own_streams() {
-        let mut spread = Spread::new();
-        let a: Vec<f64> = (0..4).map(|_| spread.next(0b01, || 0)).collect();
-        // Another pattern in between does not move the first one's sequence.
-        let b = spread.next(0b10, || 1 << 63);
-        let a_next = spread.next(0b01, || unreachable!("the stream exists"));
-        assert_eq!(a[0], 0.0);
-        assert_eq!(b, 0.5);
-        assert_eq!(a_next, unit(STEP.wrapping_mul(4)));
-        assert_eq!(spread.streams(), 2);
-    }
-
-    #[test]
-    fn a_flood_of_patterns_is_capped_and_falls_back_to_random_numbers() {
-        let mut spread = Spread::new();
-        let mut fresh_calls = 0;
-        for pattern in 0..10_000u64 {
-            spread.next(pattern, || {
-                fresh_calls += 1;
-                pattern.wrapping_mul(STEP)
-            });
-        }
-        assert_eq!(spread.streams(), MAX_STREAMS);
-        assert_eq!(fresh_calls, 10_000);
-        // A pattern past the cap gets a fresh number every time; one within keeps its stream.
-        let mut calls = 0;
-        spread.next(9_999, || {
-            calls += 1;
-            0
-        });
-        spread.next(0, || {
-            calls += 1;
-            0
-        });
-        assert_eq!(calls, 1);
-    }
-
-    #[test]
-    fn numbers_stay_in_the_unit_interval() {
-        let mut spread = Spread::new();
-        for start in [0, 1, u64::MAX, STEP.wrapping_neg()] {
-            let mut s = Spread::new();
-            for _ in 0..1000 {
-                let u = s.next(3, || start);
-                assert!((0.0..1.0).contains(&u), "{u}");
+        let n = plan.campaigns.len();
+        let mut credit = vec![0.0; n + 1];
+        if self.version.is_none() {
+            // A start anywhere in a campaign's usual range, `[q − 1, q)` for odds `q`:
+            // an even start (or zero) would let a campaign of small odds win the first
+            // picks of a fresh isolate as often as a large one.
+            let total = plan.no_ad_weight.max(0.0) + plan.campaigns.iter().map(|c| c.weight.max(0.0)).sum::<f64>();
+            let odds = |i: usize| {
+                let w = plan.campaigns.get(i).map_or(plan.no_ad_weight, |c| c.weight).max(0.0);
+                if total > 0.0 { w / total } else { 0.0 }
+            };
+            let mut bits = fresh();
+            for (i, c) in credit.iter_mut().enumerate() {
+                // splitmix64: one random word gives every starting credit.
+                bits = bits.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = bits;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                *c = odds(i) - ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64;
             }
-            assert!((0.0..1.0).contains(&spread.next(start, || start)));
+        } else {
+            for (i, c) in plan.campaigns.iter().enumerate() {
+                if let Some(j) = self.ids.iter().position(|id| id == &c.id) {
+                    credit[i] = self.credit[j];
+                }
+            }
+            credit[n] = self.credit.last().copied().unwrap_or(0.0);
         }
+        self.version = Some(plan.version);
+        self.ids = plan.campaigns.iter().map(|c| c.id.clone()).collect();
+        self.credit = credit;
     }
 }
+
+#[cfg(test)]
+#[path = "spread_tests.rs"]
+mod tests;
