@@ -5,23 +5,23 @@
 //! during a change colos disagree. Its clock is off by a fixed skew, and events carry
 //! that clock, as the worker stamps them.
 //!
-//! Decisions are core's, as in the worker: `CompiledPlan::choose` on the request's
-//! attributes, `EdgeKey::sample` on the request id at the plan's rate,
+//! Decisions are core's, as in the worker: `CompiledPlan::choose_spread` on the request's
+//! attributes with the colo's `Spread` for the placement (one isolate per colo),
+//! `EdgeKey::sample` on the request id at the plan's rate,
 //! `CompiledPlan::allocation_event`, and the impression token's grant for an impression.
-//! Two ways to serve a second of a profile's requests, which the tests show agree:
+//! Every request is decided; two ways to decide whether it is sampled, which the tests
+//! show agree:
 //! - **per request**: each request gets a UUIDv4 (or a recent one, when its app
 //!   retries) and goes through the sampler — the exact production path;
 //! - **by counts**, for hundreds of thousands of requests per second: the sampler is a
-//!   uniform hash of a random id, so the sampled requests of a profile are a Poisson
-//!   count at `rate × requests`; each gets an id drawn until core's sampler takes it,
-//!   and is decided one by one (choice, events); the unsampled ones are only counted,
-//!   per outcome, from [`pick_probabilities`], the exact odds of core's pick.
+//!   uniform hash of a random id, so a request is sampled with the plan's rate, and only
+//!   a sampled one gets an id, drawn until core's sampler takes it.
 
 use std::collections::BTreeMap;
 
 use allot_core::choose::pick_probabilities;
 use allot_core::token::{self, Issue, Subject};
-use allot_core::{CampaignId, CompiledPlan, EdgeKey, Event, Plan, RequestAttrs, RequestId};
+use allot_core::{CampaignId, Choice, CompiledPlan, EdgeKey, Event, Plan, RequestAttrs, RequestId, Spread};
 use rand::Rng;
 use rand::rngs::SmallRng;
 
@@ -43,6 +43,12 @@ pub struct Truth {
     pub requests: u64,
     /// Delivered ads per campaign (allocations, or ads shown where apps report them).
     pub delivered: BTreeMap<CampaignId, u64>,
+    /// Expected deliveries per campaign under the plans that decided the requests: the
+    /// deliveries without the randomness of the pick, to tell the controller's error
+    /// from the pick's.
+    pub expected: BTreeMap<CampaignId, f64>,
+    /// The requests `expected` is over (by counts, the Poisson mean rather than the draw).
+    pub expected_requests: f64,
     pub sampled: u64,
 }
 
@@ -50,6 +56,21 @@ impl Truth {
     fn deliver(&mut self, id: &CampaignId, n: u64) {
         if n > 0 {
             *self.delivered.entry(id.clone()).or_default() += n;
+        }
+    }
+
+    fn expect(&mut self, id: &CampaignId, mass: f64) {
+        if mass > 0.0 {
+            *self.expected.entry(id.clone()).or_default() += mass;
+        }
+    }
+
+    /// `n` requests of profile `k` decided under `slot`: their expected deliveries.
+    fn expect_requests(&mut self, slot: &Slot, k: usize, n: u64, on_impressions: bool) {
+        self.expected_requests += n as f64;
+        for (c, &q) in slot.odds[k].1.iter().enumerate() {
+            let d = q * (1.0 - slot.shortfall[c]) * if on_impressions { slot.shown[c][k] } else { 1.0 };
+            self.expect(&slot.plan.plan().campaigns[c].id, n as f64 * d);
         }
     }
 }
@@ -81,13 +102,9 @@ impl Truths {
         self.windows.remove(&index).unwrap_or_default()
     }
 
-    /// Second `t` at a colo with clock `skew_ms`, as `(first edge ms, share of the
-    /// second)` per window it spans: one part, or two when a window ends within it.
-    fn second(&self, t: u64, skew_ms: i64) -> [(u64, f64); 2] {
-        let start = (t * 1000).saturating_add_signed(skew_ms);
-        let end = (start / self.period_ms + 1) * self.period_ms;
-        let late = (start + 1000).saturating_sub(end).min(1000) as f64 / 1000.0;
-        [(start, 1.0 - late), (end, late)]
+    /// The window index of edge time `at_ms`.
+    fn index(&self, at_ms: u64) -> u64 {
+        at_ms / self.period_ms
     }
 }
 
@@ -103,6 +120,8 @@ struct Slot {
     shown: Vec<Vec<f64>>,
     /// Plans published but not yet seen here: `(visible from, plan)`.
     pending: Vec<(u64, Plan)>,
+    /// The colo's picks' credits for the placement, kept across plans as the worker does.
+    spread: Spread,
 }
 
 impl Slot {
@@ -125,7 +144,7 @@ impl Slot {
             .collect();
         let shown =
             p.campaigns.iter().map(|c| profiles.iter().map(|pr| spec.shown(&c.id, pr.platform)).collect()).collect();
-        Self { plan, odds, shortfall, shown, pending: Vec::new() }
+        Self { plan, odds, shortfall, shown, pending: Vec::new(), spread: Spread::new() }
     }
 }
 
@@ -193,12 +212,13 @@ impl Colo {
         });
         if let Some(plan) = newest {
             let pending = std::mem::take(&mut slot.pending);
-            *slot = Slot { pending, ..Slot::new(plan, spec, profiles) };
+            let spread = std::mem::take(&mut slot.spread);
+            *slot = Slot { pending, spread, ..Slot::new(plan, spec, profiles) };
         }
     }
 
     /// Serves one second `t` of placement `placement`: `rates[k]` requests per second of
-    /// profile `k` arrive here (in expectation).
+    /// profile `k` arrive here (in expectation), each at a random moment of the second.
     #[allow(clippy::too_many_arguments)]
     pub fn serve(
         &mut self,
@@ -210,83 +230,68 @@ impl Colo {
         ids: &mut [RequestIds],
         truths: &mut Truths,
     ) {
-        let slot = &self.slots[placement];
-        let second = truths.second(t, self.skew_ms);
+        let (key, slot) = (&self.key, &mut self.slots[placement]);
         let rate = slot.plan.plan().sample_rate;
         let mut sampled = Vec::new();
         for (k, &m) in rates.iter().enumerate() {
             if m <= 0.0 {
                 continue;
             }
-            if how.per_request {
-                for _ in 0..poisson(rng, m) {
+            // Requests per window the second spans (at most two), for the expected shares.
+            let mut landed: [(u64, u64); 2] = [(u64::MAX, 0); 2];
+            for _ in 0..poisson(rng, m) {
+                let at = (t * 1000 + rng.random_range(0..1000)).saturating_add_signed(self.skew_ms);
+                let id = if how.per_request {
                     let drawn = ids[k].draw(rng, |_| k);
                     let mut buf = [0; 36];
-                    let id = format_uuid(drawn.id, &mut buf);
-                    if self.key.sample().sampled(id, rate) {
-                        sampled.push((k, drawn.id));
-                    } else {
-                        let (delivered, _) = decide(slot, k, how, rng);
-                        let at = second[0].0 + rng.random_range(0..1000);
-                        let truth = truths.at(at);
-                        truth.requests += 1;
-                        if let Some(c) = delivered {
-                            truth.deliver(&slot.plan.plan().campaigns[c].id, 1);
-                        }
-                    }
+                    key.sample().sampled(format_uuid(drawn.id, &mut buf), rate).then_some(drawn.id)
+                } else {
+                    (uniform(rng) < rate).then(|| sampled_id(key, rng, &mut ids[k], k, rate))
+                };
+                let (delivered, choice) = decide(slot, k, how, rng);
+                let index = truths.index(at);
+                match landed.iter_mut().find(|(i, _)| *i == index || *i == u64::MAX) {
+                    Some(l) => *l = (index, l.1 + 1),
+                    None => unreachable!("a second spans at most two windows"),
                 }
-                continue;
-            }
-            // By counts: the unsampled requests per outcome (in each window the second
-            // spans), then the sampled ones.
-            let (_, q, _) = &slot.odds[k];
-            for (at, part) in second.into_iter().filter(|(_, part)| *part > 0.0) {
-                let unsampled = m * (1.0 - rate) * part;
+                if let Some(id) = id {
+                    sampled.push(Sampled { k, id, at, delivered, choice });
+                    continue;
+                }
                 let truth = truths.at(at);
-                let mut delivered_mass = 0.0;
-                for (c, &qc) in q.iter().enumerate() {
-                    if qc <= 0.0 {
-                        continue;
-                    }
-                    let d = qc * (1.0 - slot.shortfall[c]) * if how.on_impressions { slot.shown[c][k] } else { 1.0 };
-                    delivered_mass += d;
-                    let n = poisson(rng, unsampled * d);
-                    truth.requests += n;
-                    truth.deliver(&slot.plan.plan().campaigns[c].id, n);
+                truth.requests += 1;
+                if let Some(c) = delivered {
+                    truth.deliver(&slot.plan.plan().campaigns[c].id, 1);
                 }
-                truth.requests += poisson(rng, unsampled * (1.0 - delivered_mass).max(0.0));
             }
-            for _ in 0..poisson(rng, m * rate) {
-                sampled.push((k, sampled_id(&self.key, rng, &mut ids[k], k, rate)));
+            for (index, n) in landed.into_iter().filter(|(_, n)| *n > 0) {
+                truths.at(index * truths.period_ms).expect_requests(slot, k, n, how.on_impressions);
             }
         }
-        for (k, id) in sampled {
-            self.serve_sampled(rng, placement, t, k, id, how, truths);
+        for s in sampled {
+            self.serve_sampled(rng, placement, s, how, truths);
         }
     }
 
-    /// A sampled request: decided, counted, and its events queued.
-    #[allow(clippy::too_many_arguments)]
+    /// A sampled request: counted, and its events queued.
     fn serve_sampled(
         &mut self,
         rng: &mut SmallRng,
         placement: usize,
-        t: u64,
-        k: usize,
-        id: u128,
+        s: Sampled,
         how: Serving<'_>,
         truths: &mut Truths,
     ) {
+        let Sampled { k, id, at: now_ms, delivered, choice } = s;
         let slot = &self.slots[placement];
-        let (delivered, choice) = decide(slot, k, how, rng);
         let p = slot.plan.plan();
-        let now_ms = (t * 1000 + rng.random_range(0..1000)).saturating_add_signed(self.skew_ms);
         let truth = truths.at(now_ms);
         truth.requests += 1;
         truth.sampled += 1;
         if let Some(c) = delivered {
             truth.deliver(&p.campaigns[c].id, 1);
         }
+        let t = now_ms.saturating_add_signed(-self.skew_ms) / 1000;
         let mut buf = [0; 36];
         let request_id = RequestId::parse(format_uuid(id, &mut buf)).expect("request ids are UUIDs");
         let profile = &how.profiles[k];
@@ -334,11 +339,22 @@ fn sampled_id(key: &EdgeKey, rng: &mut SmallRng, ids: &mut RequestIds, k: usize,
     }
 }
 
-/// Chooses for a request of profile `k`: `(campaign that delivered, the choice)`.
-/// The choice is what the edge decided (and reports); delivery may still fail
-/// (shortfall: reported as no ad; not shown: reported only by the missing impression).
-fn decide(slot: &Slot, k: usize, how: Serving<'_>, rng: &mut SmallRng) -> (Option<usize>, allot_core::Choice) {
-    let mut choice = slot.plan.choose(attrs(&how.profiles[k]), uniform(rng));
+/// A sampled request, decided, waiting for its events.
+struct Sampled {
+    k: usize,
+    id: u128,
+    /// Edge time (ms).
+    at: u64,
+    delivered: Option<usize>,
+    choice: Choice,
+}
+
+/// Chooses for a request of profile `k`, as the worker does (the colo's spread):
+/// `(campaign that delivered, the choice)`. The choice is what the edge decided (and
+/// reports); delivery may still fail (shortfall: reported as no ad; not shown: reported
+/// only by the missing impression).
+fn decide(slot: &mut Slot, k: usize, how: Serving<'_>, rng: &mut SmallRng) -> (Option<usize>, Choice) {
+    let mut choice = slot.plan.choose_spread(attrs(&how.profiles[k]), &mut slot.spread, || rng.random());
     if let Some(c) = choice.ad
         && uniform(rng) < slot.shortfall[c]
     {
@@ -346,24 +362,4 @@ fn decide(slot: &Slot, k: usize, how: Serving<'_>, rng: &mut SmallRng) -> (Optio
     }
     let delivered = choice.ad.filter(|&c| !how.on_impressions || uniform(rng) < slot.shown[c][k]);
     (delivered, choice)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_second_is_split_where_the_colos_clock_ends_a_window() {
-        let truths = Truths::new(60_000);
-        // No skew: the seconds of a 60 s window stay in it.
-        assert_eq!(truths.second(59, 0), [(59_000, 1.0), (60_000, 0.0)]);
-        // 300 ms ahead: the last 300 ms of true second 59 are the next window's.
-        let [(a, x), (b, y)] = truths.second(59, 300);
-        assert_eq!((a, b), (59_300, 60_000));
-        assert!((x - 0.7).abs() < 1e-12 && (y - 0.3).abs() < 1e-12);
-        // 300 ms behind: the first 700 ms of true second 60 are still the window before.
-        let [(a, x), (b, y)] = truths.second(60, -300);
-        assert_eq!((a, b), (59_700, 60_000));
-        assert!((x - 0.3).abs() < 1e-12 && (y - 0.7).abs() < 1e-12);
-    }
 }

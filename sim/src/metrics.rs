@@ -48,6 +48,9 @@ pub struct Summary {
     pub max_error: f64,
     /// p95 of |error| / target, for targets under 5 % (if any).
     pub p95_relative_small: Option<Figure>,
+    /// The same on the expected shares under the plans in force: what is left without
+    /// the randomness of the edge's weighted pick.
+    pub p95_relative_small_expected: Option<Figure>,
     /// Windows where every feasible campaign was within the margin.
     pub within: Figure,
     /// Published intervals that contain the realized share, per campaign and jointly,
@@ -87,6 +90,8 @@ pub struct Summary {
 struct Scored {
     errors: Vec<f64>,
     relative_small: Vec<f64>,
+    /// The same for the expected shares: the controller's part, without the pick's.
+    expected_small: Vec<f64>,
     within: bool,
     covered: Vec<bool>,
     census: bool,
@@ -106,6 +111,11 @@ fn score(w: &WindowRecord) -> Option<Scored> {
             .iter()
             .filter(|c| c.target < 0.05 && c.target > 0.0)
             .map(|c| (c.realized - c.target).abs() / c.target)
+            .collect(),
+        expected_small: feasible
+            .iter()
+            .filter(|c| c.target < 0.05 && c.target > 0.0)
+            .map(|c| (c.expected - c.target).abs() / c.target)
             .collect(),
         covered: feasible.iter().filter_map(|c| c.published.map(|p| p.contains(c.realized))).collect(),
         census: w.sampled >= w.requests,
@@ -162,6 +172,8 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
     let has_small = all.iter().any(|s| !s.relative_small.is_empty());
     let rel =
         has_small.then(|| fig(&|w| quantile(w.iter().flat_map(|s| s.relative_small.iter().copied()).collect(), 0.95)));
+    let rel_expected =
+        has_small.then(|| fig(&|w| quantile(w.iter().flat_map(|s| s.expected_small.iter().copied()).collect(), 0.95)));
 
     let steady: Vec<&WindowRecord> = runs
         .iter()
@@ -190,6 +202,7 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
         p95_error: p95,
         max_error: all.iter().flat_map(|s| s.errors.iter().copied()).fold(0.0, f64::max),
         p95_relative_small: rel,
+        p95_relative_small_expected: rel_expected,
         within,
         coverage,
         joint_coverage: joint,
@@ -339,6 +352,7 @@ mod tests {
                 id: allot_core::CampaignId::parse("A").unwrap(),
                 target: 0.3,
                 realized: 0.3,
+                expected: 0.3,
                 feasible: true,
                 published: Some(allot_core::ShareEstimate {
                     share: 0.3,

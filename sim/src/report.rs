@@ -66,6 +66,9 @@ pub fn render(sc: &Scenario, s: &Summary) -> String {
     if let Some(r) = s.p95_relative_small {
         row("error p95, targets < 5 % (of target)", pct(r));
     }
+    if let Some(r) = s.p95_relative_small_expected {
+        row("… of the expected share under the plans (without the pick's randomness)", pct(r));
+    }
     row("windows within ±margin", pct(s.within));
     row("interval coverage, per campaign", pct(s.coverage));
     row("interval coverage, all campaigns at once", pct(s.joint_coverage));

@@ -64,6 +64,9 @@ pub struct CampaignWindow {
     pub target: f64,
     /// Its true delivered share.
     pub realized: f64,
+    /// Its expected share under the plans the colos decided with: `realized` without
+    /// the pick's randomness.
+    pub expected: f64,
     /// Whether the truth says its target could be met (alone and with the others).
     pub feasible: bool,
     /// What the origin published for this window once it was complete (status API).
@@ -330,6 +333,7 @@ fn record(
                 id: c.id.clone(),
                 target: c.rate.get(),
                 realized: 0.0,
+                expected: 0.0,
                 feasible: !bad.contains(&j),
                 published: None,
                 flagged: false,
@@ -351,6 +355,7 @@ fn settle(rec: &mut WindowRecord, truth: Truth) {
     rec.sampled = truth.sampled;
     for c in &mut rec.campaigns {
         c.realized = truth.delivered.get(&c.id).copied().unwrap_or(0) as f64 / truth.requests.max(1) as f64;
+        c.expected = truth.expected.get(&c.id).copied().unwrap_or(0.0) / truth.expected_requests.max(1.0);
     }
     rec.unattainable = (truth.requests as f64) < rec.needed;
     rec.needed = rec.needed.min(truth.requests as f64);

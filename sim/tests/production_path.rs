@@ -32,13 +32,25 @@ fn first_plan(sc: &allot_sim::scenario::Scenario, rate: f64) -> Plan {
 
 /// Serves `seconds` of 2,000 requests/s at one colo, by counts or request by request.
 fn serve(per_request: bool, rate: f64, seconds: u64) -> (Truth, Vec<allot_core::Event>, Plan) {
+    // One window longer than the run: every request in one truth.
+    let (mut truths, events, plan) = serve_at(per_request, rate, 0..seconds, 0, u64::MAX / 2);
+    (truths.take(0), events, plan)
+}
+
+/// Serves seconds `range` at a colo `skew_ms` off true time, into windows of `period_ms`.
+fn serve_at(
+    per_request: bool,
+    rate: f64,
+    range: std::ops::Range<u64>,
+    skew_ms: i64,
+    period_ms: u64,
+) -> (Truths, Vec<allot_core::Event>, Plan) {
     let sc = scenarios::build("steady", Knobs::default(), 1).expect("known scenario");
     let plan = first_plan(&sc, rate);
-    let mut colo = Colo::new("C00".into(), 0, std::slice::from_ref(&plan), &sc.placements, &sc.profiles);
+    let mut colo = Colo::new("C00".into(), skew_ms, std::slice::from_ref(&plan), &sc.placements, &sc.profiles);
     let mut rng = SmallRng::seed_from_u64(5);
     let mut ids: Vec<RequestIds> = sc.profiles.iter().map(|_| RequestIds::new(0.02)).collect();
-    // One window longer than the run: every request in one truth.
-    let mut truths = Truths::new(u64::MAX / 2);
+    let mut truths = Truths::new(period_ms);
     let mut rates = Vec::new();
     sc.placements[0].traffic.rates(&sc.profiles, 0, &mut rates);
     let rates: Vec<f64> = rates.iter().map(|r| r * 0.2).collect();
@@ -49,10 +61,41 @@ fn serve(per_request: bool, rate: f64, seconds: u64) -> (Truth, Vec<allot_core::
         per_request,
         impression_delay: (1.0, 2.0),
     };
-    for t in 0..seconds {
+    for t in range {
         colo.serve(&mut rng, 0, t, &rates, how, &mut ids, &mut truths);
     }
-    (truths.take(0), std::mem::take(&mut colo.outbox), plan)
+    (truths, std::mem::take(&mut colo.outbox), plan)
+}
+
+/// The colo decides as the worker does, with a spread pick: each campaign's deliveries
+/// follow the odds of the plan to a request or two, where independent picks would be
+/// off by the binomial spread.
+#[test]
+fn a_colos_deliveries_follow_the_odds_of_its_plan() {
+    for per_request in [true, false] {
+        let (truth, _, plan) = serve(per_request, 0.05, 60);
+        for c in &plan.campaigns {
+            let delivered = truth.delivered.get(&c.id).copied().unwrap_or(0) as f64;
+            let expected = truth.expected[&c.id] * truth.requests as f64 / truth.expected_requests;
+            // 120,000 requests: a binomial count of a 20 % campaign is off by 139 (σ).
+            assert!((delivered - expected).abs() <= 3.0, "{per_request} {}: {delivered} vs {expected}", c.id);
+        }
+    }
+}
+
+/// A request belongs to the window its event names: the colo's clock's.
+#[test]
+fn a_request_counts_in_the_window_of_the_colos_clock() {
+    // 300 ms ahead: the last 300 ms of true second 59 are the next window's.
+    let (mut ahead, events, _) = serve_at(false, 0.05, 59..60, 300, 60_000);
+    let (first, second) = (ahead.take(0).requests as f64, ahead.take(1).requests as f64);
+    let share = second / (first + second);
+    assert!((share - 0.3).abs() < 0.05, "{first} then {second}");
+    assert!(events.iter().all(|e| (59_300..60_300).contains(&e.event_time_ms)), "events carry the colo's clock");
+    // 300 ms behind: the first 300 ms of true second 60 are still the window before.
+    let (mut behind, _, _) = serve_at(false, 0.05, 60..61, -300, 60_000);
+    let (first, second) = (behind.take(0).requests as f64, behind.take(1).requests as f64);
+    assert!((first / (first + second) - 0.3).abs() < 0.05, "{first} then {second}");
 }
 
 #[test]
