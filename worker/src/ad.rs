@@ -1,9 +1,10 @@
 //! `GET /v1/ad`: the hot path.
 //!
 //! One crossing brings the URL in, the query is read in Wasm, the plan comes from the
-//! isolate cache, core chooses and writes the pre-serialised body, and one crossing
-//! builds the response. The edge's geolocation is read only when the query has no
-//! country, and the colo only for sampled requests.
+//! isolate cache, core chooses (with the placement's spread, so that each campaign's
+//! count follows its weight to a few requests: [`plans::choose`]) and writes the
+//! pre-serialised body, and one crossing builds the response. The edge's geolocation is
+//! read only when the query has no country, and the colo only for sampled requests.
 //!
 //! Sampling is keyed ([`allot_core::SampleKey`] under `EDGE_KEY`), so the request id an
 //! app chooses does not let it choose whether it is sampled. Every ad comes with its
@@ -90,7 +91,7 @@ fn answer(
     now_ms: f64,
 ) -> Result<web_sys::Response, ApiError> {
     let attrs = ad.attrs();
-    let choice = plan.choose(attrs, rng::unit());
+    let choice = plans::choose(plan, attrs);
     let p = plan.plan();
     let key = config.edge_key();
     let token = match (key, choice.ad.and_then(|i| p.campaigns.get(i))) {

@@ -15,16 +15,26 @@
 //! Unknown placements are remembered too (for the same TTL), so a flood of requests
 //! for a missing placement does not become a flood of KV reads; how many such
 //! entries are kept is bounded.
+//!
+//! Each entry also holds the placement's [`Spread`] (core's memory of the picks, used by
+//! [`choose`]), so that a campaign's count follows its weight to a few requests rather
+//! than with the binomial spread of independent random picks (`allot_core::spread`).
+//! In the entry it is bounded exactly as the cache is: one per cached placement, each
+//! of a size core bounds whatever clients send. The entry keeps its spread when its
+//! plan changes, because the spread is made to carry over plan versions (a new version
+//! needs no new start); it is lost only with the isolate, and the next one starts
+//! afresh from random bits.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use allot_core::{CompiledPlan, PlacementId, Plan, Succession};
+use allot_core::{Choice, CompiledPlan, PlacementId, Plan, RequestAttrs, Spread, Succession};
 use worker::Env;
 
 use crate::config::{Config, PLANS_BINDING};
 use crate::error::ApiError;
+use crate::rng;
 
 /// How many placements without a usable plan are remembered.
 const MAX_NEGATIVE: usize = 1024;
@@ -44,6 +54,8 @@ enum State {
 #[derive(Debug)]
 struct Entry {
     state: State,
+    /// The placement's picks, across the plans `state` has held.
+    spread: Spread,
     checked_at_ms: f64,
     refresh_started_ms: Option<f64>,
 }
@@ -168,10 +180,23 @@ fn settle(placement: &str, loaded: Loaded, now_ms: f64) -> State {
                 cache.retain(|_, e| matches!(e.state, State::Ready(_)));
             }
         }
-        cache.insert(
-            placement.to_owned(),
-            Entry { state: state.clone(), checked_at_ms: now_ms, refresh_started_ms: None },
-        );
+        match cache.get_mut(placement) {
+            // Updated in place, so the spread carries over to the new state.
+            Some(entry) => {
+                entry.state = state.clone();
+                entry.checked_at_ms = now_ms;
+                entry.refresh_started_ms = None;
+            }
+            None => {
+                let entry = Entry {
+                    state: state.clone(),
+                    spread: Spread::new(),
+                    checked_at_ms: now_ms,
+                    refresh_started_ms: None,
+                };
+                cache.insert(placement.to_owned(), entry);
+            }
+        }
         state
     })
 }
@@ -209,6 +234,20 @@ pub async fn get(
         Some(result) => result,
         None => load(env, config, placement, now_ms).await,
     }
+}
+
+/// Chooses the ad for a request served by `plan` (just taken from the cache by
+/// [`lookup`] or [`load`]) with its placement's spread
+/// ([`CompiledPlan::choose_spread`]). The entry is looked up again rather than handed
+/// out with the plan: a hash of the placement costs less than a shared cell per
+/// entry, and the spread never leaves the cache.
+pub fn choose(plan: &CompiledPlan, attrs: RequestAttrs<'_>) -> Choice {
+    CACHE.with(|cache| match cache.borrow_mut().get_mut(plan.plan().placement.as_str()) {
+        Some(entry) => plan.choose_spread(attrs, &mut entry.spread, rng::bits64),
+        // Not expected: a plan is served from its entry, and an entry with a plan is
+        // never evicted. The plain random pick is still a correct one.
+        None => plan.choose(attrs, rng::unit()),
+    })
 }
 
 /// Puts a freshly pushed plan into this isolate's cache, so it is served at once.

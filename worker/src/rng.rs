@@ -1,9 +1,10 @@
 //! Randomness for choosing and for request ids, without a call into JS per request.
 //!
 //! Each isolate seeds a small PRNG once from the platform's CSPRNG
-//! (`crypto.getRandomValues`, through getrandom) and draws from it in Wasm. Neither
-//! use needs cryptographic strength: choices need uniformity, and request ids need
-//! uniqueness (apps may supply their own anyway).
+//! (`crypto.getRandomValues`, through getrandom) and draws from it in Wasm. No use
+//! needs cryptographic strength: the spread's random starts ([`bits64`]) and the
+//! outbox's jitter need uniformity, and request ids need uniqueness (apps may
+//! supply their own anyway).
 
 use std::cell::RefCell;
 
@@ -35,6 +36,13 @@ fn with<T>(f: impl FnOnce(&mut SmallRng) -> T) -> T {
 /// A uniform number in `[0, 1)`.
 pub fn unit() -> f64 {
     with(|r| r.random::<f64>())
+}
+
+/// 64 random bits, for [`allot_core::Spread`]'s random starts (the `fresh` of
+/// [`allot_core::CompiledPlan::choose_spread`]): where one isolate's picks start must
+/// not be predictable, nor the same in every isolate.
+pub fn bits64() -> u64 {
+    with(|r| r.random::<u64>())
 }
 
 /// 128 random bits, for a fresh request id.
