@@ -6,7 +6,7 @@ use allot_core::solver::{self, Patterns, SolveOptions};
 use allot_core::token::{self, EdgeKey, Issue, Subject};
 use allot_core::{
     CampaignId, CompiledPlan, ControlInput, ControlState, Controller, Eligibility, PlacementId, Plan, PlanCampaign,
-    RequestAttrs, RequestId, Targets, TargetsSpec, WindowStats,
+    RequestAttrs, RequestId, Spread, Targets, TargetsSpec, WindowStats,
 };
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use rand::rngs::SmallRng;
@@ -51,11 +51,12 @@ fn choose(c: &mut Criterion) {
         let compiled = CompiledPlan::new(plan(n, &mut rng)).unwrap();
         let countries: Vec<String> = (0..100).map(country).collect();
         let mut i = 0usize;
+        let mut spread = Spread::new();
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
                 i = i.wrapping_add(1);
                 let attrs = RequestAttrs { platform: Some(PLATFORMS[i % 10]), country: Some(&countries[i % 100]) };
-                std::hint::black_box(compiled.choose(attrs, rng.random::<f64>()))
+                std::hint::black_box(compiled.choose_spread(attrs, &mut spread, || 7))
             })
         });
     }
@@ -68,11 +69,13 @@ fn choose(c: &mut Criterion) {
     c.bench_function("sample/keyed", |b| {
         b.iter(|| std::hint::black_box(key.sample().sampled(std::hint::black_box(id), 0.01)))
     });
+    let mut spread = Spread::new();
     c.bench_function("choose+sample+respond/8", |b| {
         let mut out = String::with_capacity(256);
         b.iter(|| {
             out.clear();
-            let choice = compiled.choose(RequestAttrs { platform: Some("ios"), country: Some("AB") }, rng.random());
+            let choice =
+                compiled.choose_spread(RequestAttrs { platform: Some("ios"), country: Some("AB") }, &mut spread, || 7);
             let s = key.sample().sampled(id, compiled.plan().sample_rate);
             compiled.write_response(&mut out, id, choice.ad, None);
             std::hint::black_box((s, out.len()))
@@ -84,9 +87,11 @@ fn choose(c: &mut Criterion) {
     let p = compiled.plan();
     c.bench_function("choose+sample+token+respond/8", |b| {
         let mut out = String::with_capacity(256);
+        let mut spread = Spread::new();
         b.iter(|| {
             out.clear();
-            let choice = compiled.choose(RequestAttrs { platform: Some("ios"), country: Some("AB") }, rng.random());
+            let choice =
+                compiled.choose_spread(RequestAttrs { platform: Some("ios"), country: Some("AB") }, &mut spread, || 7);
             let s = key.sample().sampled(id, p.sample_rate);
             let ad = &p.campaigns[choice.ad.unwrap_or(0)].id;
             let subject = Subject { request_id: &request_id, placement: &p.placement, ad };

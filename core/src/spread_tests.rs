@@ -109,8 +109,8 @@ fn over_random_starts_the_deliveries_are_unbiased() {
     let mut rng = SmallRng::seed_from_u64(13);
     let plan = placement(1);
     let (runs, n) = (4_000, 50);
-    let mut delivered = vec![0.0; 6];
-    let mut owed = vec![0.0; 6];
+    let mut delivered = [0.0; 6];
+    let mut owed = [0.0; 6];
     for _ in 0..runs {
         let mut spread = Spread::new();
         let (tally, _) = serve(&plan, &mut spread, &mut rng, &[1.0; 6], n);
