@@ -45,7 +45,7 @@ use crate::{
 /// and > 0, for at most [`MAX_CAMPAIGNS`] campaigns; [`Learning`]'s own checks): a
 /// stored state that fails is refused whole, and the shell starts afresh.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "StoredState")]
+#[serde(try_from = "serde_json::Map<String, serde_json::Value>")]
 pub struct ControlState {
     /// Feedback corrections `g_c` (absent = 1).
     pub corrections: BTreeMap<CampaignId, f64>,
@@ -62,6 +62,17 @@ struct StoredState {
     corrections: BTreeMap<CampaignId, f64>,
     #[serde(default)]
     learning: Option<Learning>,
+}
+
+/// Only an object is a state: serde would also take a struct from an array (`[]`, its
+/// fields by position, all defaulted), which the controller never writes.
+impl TryFrom<serde_json::Map<String, serde_json::Value>> for ControlState {
+    type Error = String;
+
+    fn try_from(m: serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
+        let s: StoredState = serde_json::from_value(serde_json::Value::Object(m)).map_err(|e| e.to_string())?;
+        Self::try_from(s)
+    }
 }
 
 impl TryFrom<StoredState> for ControlState {

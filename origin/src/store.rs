@@ -52,11 +52,26 @@ pub enum Cas {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlanRecord {
     pub plan: Plan,
-    /// `None` for the empty plan published when a placement is deleted.
+    /// `None` for the empty plan published when a placement is deleted, and for a
+    /// stored decision that no longer parses (logged): the decision is a record of how
+    /// the plan was made, and one that a bug or a hand edit broke (a NaN is stored as
+    /// `null`) must not make the plan in force unreadable, which would fail every round
+    /// of the placement and its status.
+    #[serde(default, deserialize_with = "decision_or_none")]
     pub decision: Option<Decision>,
     /// The targets revision the plan was made from.
     pub targets_rev: u64,
     pub published_at_ms: u64,
+}
+
+fn decision_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Decision>, D::Error> {
+    let value = <serde_json::Value as serde::Deserialize>::deserialize(d)?;
+    if value.is_null() {
+        return Ok(None);
+    }
+    Ok(serde_json::from_value(value)
+        .inspect_err(|e| tracing::warn!(error = %e, "stored decision unreadable; the plan in force is read without it"))
+        .ok())
 }
 
 /// A stored value that does not decode: a bug or a hand edit, reported as 500.

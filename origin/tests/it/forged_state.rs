@@ -13,7 +13,7 @@ use allot_core::controller::feedback::{PLANS_KEPT, PlanWeights};
 use allot_core::controller::{Evidence, Learning};
 use allot_core::{CampaignId, ControlState, Plan};
 use allot_testkit::events::{newest_published, xadd};
-use allot_testkit::origin::{MANAGER_TOKEN, TestApp};
+use allot_testkit::origin::{MANAGER_TOKEN, TestApp, VIEWER_TOKEN};
 use allot_testkit::poll::eventually;
 use allot_testkit::redis::{RedisServer, total_counts};
 use serde_json::json;
@@ -121,10 +121,11 @@ async fn bytes_that_are_not_a_state_are_discarded_and_rounds_go_on() {
     let redis = RedisServer::start();
     let (app, _) = start_with_a_plan(&redis).await;
 
-    let forgeries: [(&str, Option<&[u8]>); 7] = [
+    let forgeries: [(&str, Option<&[u8]>); 8] = [
         ("bytes that are not UTF-8", Some(b"\xff\xfe\x00 not a state")),
         ("truncated JSON", Some(br#"{"corrections": {"A": 1.5}, "learning": {"plans": [{"since_version": 1,"#)),
         ("JSON that is not a state", Some(b"[1, 2, 3]")),
+        ("an empty array (serde would fill a struct from it)", Some(b"[]")),
         ("a correction that was NaN (null in JSON)", Some(br#"{"corrections": {"A": null}}"#)),
         ("a correction beyond f64", Some(br#"{"corrections": {"A": 1e999}}"#)),
         ("an empty string", Some(b"")),
@@ -142,6 +143,29 @@ async fn bytes_that_are_not_a_state_are_discarded_and_rounds_go_on() {
         assert_eq!(log.discarded(), discarded + 1, "{what}: the discarded state is logged once");
         assert_eq!(app.app().metrics.control_state_discarded.get(), i as u64 + 1, "{what}: and counted");
     }
+}
+
+/// The stored plan record holds the decision that made the plan; a NaN a bug let into
+/// it is `null` in JSON. The plan in force must still read: rounds go on, the status
+/// answers.
+#[tokio::test]
+async fn a_stored_decision_that_does_not_parse_leaves_the_plan_in_force_readable() {
+    early_in_a_minute().await;
+    let redis = RedisServer::start();
+    let (app, _) = start_with_a_plan(&redis).await;
+    let mut c = redis.conn();
+    let raw: String = redis::cmd("GET").arg(keys().plan()).query(&mut c).unwrap();
+    let mut record: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    record["decision"]["campaigns"][0]["target"] = serde_json::Value::Null;
+    let _: () = redis::cmd("SET").arg(keys().plan()).arg(record.to_string()).query(&mut c).unwrap();
+
+    let broken = stored_record(&redis).expect("the record still reads");
+    assert!(broken.decision.is_none(), "the broken decision reads as none");
+    let (status, body) = app.get_json("/v1/placements/home_feed/status", VIEWER_TOKEN).await;
+    assert_eq!(status, 200, "{body}");
+    let plan = new_targets(&app, &redis, 0.25, "a broken decision").await;
+    assert!((weight_of_a(&plan) - 0.25).abs() < 1e-6, "{plan:?}");
+    assert!(stored_record(&redis).and_then(|r| r.decision).is_some(), "the next round stores a whole decision");
 }
 
 #[tokio::test]

@@ -3,24 +3,18 @@
 //! of strange traffic (a burst, or events a key holder made up) stops counting as soon
 //! as the traffic is back to what it was.
 
-use allot_core::contract::keys::PlacementKeys;
 use allot_core::{Event, EventBatch, PlacementId, Plan};
-use allot_origin::store::PlanRecord;
 use allot_testkit::events::{allocation, under, xadd};
 use allot_testkit::origin::{MANAGER_TOKEN, TestApp, config};
 use allot_testkit::poll::eventually;
 use allot_testkit::redis::{RedisServer, total_counts};
 use serde_json::json;
 
+use crate::learning::stored_record;
+
 /// Two-second windows, complete 100 ms after their end: a round reads a window well
 /// before the next one ends.
 const PERIOD: u64 = 2_000;
-
-fn stored_record(redis: &RedisServer) -> Option<PlanRecord> {
-    let key = PlacementKeys::new(&PlacementId::parse("home_feed").unwrap()).plan();
-    let json: Option<String> = redis::cmd("GET").arg(key).query(&mut redis.conn()).unwrap();
-    json.map(|j| serde_json::from_str(&j).expect("the stored plan parses"))
-}
 
 /// 400 requests under `plan` in the window now under way, `ios` of them from iOS (the
 /// others from web), the `nth` window written; then waits for that window to end and be

@@ -342,9 +342,19 @@ fn a_stored_state_with_values_the_controller_cannot_write_is_refused() {
     for (what, f) in refused {
         assert!(forged(f).is_err(), "{what} was accepted");
     }
-    for garbage in ["", "null", "[1, 2, 3]", "{\"corrections\": {\"A\": 1e999}}", "{\"learning\": {\"plans\": ["] {
+    // An array is not a state, not even an empty one (serde would fill a struct from it).
+    for garbage in [
+        "",
+        "null",
+        "[]",
+        "[{}, null]",
+        "[1, 2, 3]",
+        "{\"corrections\": {\"A\": 1e999}}",
+        "{\"learning\": {\"plans\": [",
+    ] {
         assert!(serde_json::from_str::<ControlState>(garbage).is_err(), "{garbage:?} was accepted");
     }
+    assert_eq!(serde_json::from_str::<ControlState>("{}").unwrap(), ControlState::default());
     // A decision's copy of the state is a record: a refused one reads as fresh, and the
     // decision (the plan record holding it) still reads.
     let (state, plan, _) = learnt();
