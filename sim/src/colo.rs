@@ -164,6 +164,8 @@ pub struct Colo {
     pub outbox: Vec<Event>,
     later: BTreeMap<u64, Vec<Event>>,
     key: EdgeKey,
+    /// Scratch: a second's arrivals, `(µs into the second, profile)`.
+    arrivals: Vec<(u32, usize)>,
 }
 
 /// How the colo serves a second.
@@ -180,7 +182,7 @@ pub struct Serving<'a> {
 impl Colo {
     pub fn new(name: String, skew_ms: i64, first: &[Plan], specs: &[PlacementSpec], profiles: &[Profile]) -> Self {
         let slots = first.iter().zip(specs).map(|(plan, spec)| Slot::new(plan.clone(), spec, profiles)).collect();
-        Self { name, skew_ms, slots, outbox: Vec::new(), later: BTreeMap::new(), key: edge_key() }
+        Self { name, skew_ms, slots, outbox: Vec::new(), later: BTreeMap::new(), key: edge_key(), arrivals: Vec::new() }
     }
 
     pub fn plan(&self, placement: usize) -> &Plan {
@@ -230,44 +232,54 @@ impl Colo {
         ids: &mut [RequestIds],
         truths: &mut Truths,
     ) {
+        // The second's requests in the order they arrive (µs), profiles interleaved, as
+        // the worker sees them: the spread's credits are shared by every pattern, so the
+        // order decides which pattern's requests repay what another's owed.
+        let mut arrivals = std::mem::take(&mut self.arrivals);
+        arrivals.clear();
+        for (k, &m) in rates.iter().enumerate() {
+            for _ in 0..poisson(rng, m) {
+                arrivals.push((rng.random_range(0..1_000_000u32), k));
+            }
+        }
+        arrivals.sort_unstable();
         let (key, slot) = (&self.key, &mut self.slots[placement]);
         let rate = slot.plan.plan().sample_rate;
         let mut sampled = Vec::new();
-        for (k, &m) in rates.iter().enumerate() {
-            if m <= 0.0 {
+        // Per profile, its requests per window the second spans (at most two), for the
+        // expected shares.
+        let mut landed = vec![[(u64::MAX, 0u64); 2]; rates.len()];
+        for &(micros, k) in &arrivals {
+            let at = (t * 1000 + u64::from(micros) / 1000).saturating_add_signed(self.skew_ms);
+            let id = if how.per_request {
+                let drawn = ids[k].draw(rng, |_| k);
+                let mut buf = [0; 36];
+                key.sample().sampled(format_uuid(drawn.id, &mut buf), rate).then_some(drawn.id)
+            } else {
+                (uniform(rng) < rate).then(|| sampled_id(key, rng, &mut ids[k], k, rate))
+            };
+            let (delivered, choice) = decide(slot, k, how, rng);
+            let index = truths.index(at);
+            match landed[k].iter_mut().find(|(i, _)| *i == index || *i == u64::MAX) {
+                Some(l) => *l = (index, l.1 + 1),
+                None => unreachable!("a second spans at most two windows"),
+            }
+            if let Some(id) = id {
+                sampled.push(Sampled { k, id, at, delivered, choice });
                 continue;
             }
-            // Requests per window the second spans (at most two), for the expected shares.
-            let mut landed: [(u64, u64); 2] = [(u64::MAX, 0); 2];
-            for _ in 0..poisson(rng, m) {
-                let at = (t * 1000 + rng.random_range(0..1000)).saturating_add_signed(self.skew_ms);
-                let id = if how.per_request {
-                    let drawn = ids[k].draw(rng, |_| k);
-                    let mut buf = [0; 36];
-                    key.sample().sampled(format_uuid(drawn.id, &mut buf), rate).then_some(drawn.id)
-                } else {
-                    (uniform(rng) < rate).then(|| sampled_id(key, rng, &mut ids[k], k, rate))
-                };
-                let (delivered, choice) = decide(slot, k, how, rng);
-                let index = truths.index(at);
-                match landed.iter_mut().find(|(i, _)| *i == index || *i == u64::MAX) {
-                    Some(l) => *l = (index, l.1 + 1),
-                    None => unreachable!("a second spans at most two windows"),
-                }
-                if let Some(id) = id {
-                    sampled.push(Sampled { k, id, at, delivered, choice });
-                    continue;
-                }
-                let truth = truths.at(at);
-                truth.requests += 1;
-                if let Some(c) = delivered {
-                    truth.deliver(&slot.plan.plan().campaigns[c].id, 1);
-                }
+            let truth = truths.at(at);
+            truth.requests += 1;
+            if let Some(c) = delivered {
+                truth.deliver(&slot.plan.plan().campaigns[c].id, 1);
             }
-            for (index, n) in landed.into_iter().filter(|(_, n)| *n > 0) {
+        }
+        for (k, windows) in landed.iter().enumerate() {
+            for &(index, n) in windows.iter().filter(|(_, n)| *n > 0) {
                 truths.at(index * truths.period_ms).expect_requests(slot, k, n, how.on_impressions);
             }
         }
+        self.arrivals = arrivals;
         for s in sampled {
             self.serve_sampled(rng, placement, s, how, truths);
         }
