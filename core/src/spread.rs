@@ -25,10 +25,16 @@
 //!
 //! **Hostile input.** A client chooses its attributes, hence which outcomes its requests
 //! credit; credits are clamped to `±CREDIT_BOUND`, so no sequence of requests drives one
-//! without bound, and every request is served from what it credited (an eligible
-//! outcome). The start is random per isolate, and requests of many clients interleave,
-//! so an app cannot tell which ad its next request gets. Memory is one number per
-//! campaign of the plan.
+//! without bound, and every request is served an outcome it is eligible for. No client
+//! changes any outcome's total: that follows the odds of all the requests. What a client
+//! can do is take, with requests of a pattern where a campaign has high odds, more of
+//! that campaign's picks than independent picks would give those requests, leaving fewer
+//! for the others. With independent picks the same client gets the same in the end: its
+//! requests raise the campaign's realized share, and the controller lowers the
+//! campaign's weight for everyone to hold the target; the spread makes the transfer
+//! direct. Only telling such traffic apart (bot filtering) stops either. The start is
+//! random per isolate and the requests of many clients interleave, so an app cannot
+//! tell which ad its next request gets. Memory is one number per campaign of the plan.
 
 use crate::{CampaignId, Plan};
 
