@@ -27,6 +27,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::accounting::{Second, Summary};
+use crate::edge_host::EdgeHost;
 use crate::ledger::archived_rows;
 use crate::stack::{Options as StackOptions, Stack};
 use crate::traffic::{Mix, Observed, Traffic};
@@ -50,6 +51,8 @@ pub struct Options {
     /// Redis fsyncs every write (`appendfsync always`) instead of once a second, so a
     /// Redis restart loses nothing it acknowledged.
     pub redis_fsync_always: bool,
+    /// Who serves the edge worker.
+    pub edge_host: EdgeHost,
 }
 
 impl Default for Options {
@@ -62,6 +65,7 @@ impl Default for Options {
             judge: Duration::from_secs(120),
             copies: 1,
             redis_fsync_always: false,
+            edge_host: EdgeHost::default(),
         }
     }
 }
@@ -159,6 +163,7 @@ impl FullPath {
         let stack = Stack::start(StackOptions {
             period_ms: options.period_ms,
             redis_aof: options.redis_fsync_always,
+            edge_host: options.edge_host,
             ..StackOptions::default()
         })
         .await?;

@@ -10,6 +10,7 @@
 
 pub mod accounting;
 pub mod delay;
+pub mod edge_host;
 pub mod faults;
 pub mod fullpath;
 pub mod ledger;

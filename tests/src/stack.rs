@@ -7,7 +7,7 @@
 //! key, exactly as a self-hosted deployment runs.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::time::Duration;
 
 use allot_archive::partition::Day;
@@ -18,6 +18,7 @@ use allot_testkit::redis::RedisServer;
 use allot_testkit::s3::S3Server;
 
 use crate::delay::DelayProxy;
+use crate::edge_host::{self, EdgeHost};
 use anyhow::{Context, bail};
 
 /// The edge's secret (keyed sampling, impression tokens): only the edge holds it.
@@ -49,6 +50,8 @@ pub struct Options {
     pub edge_batch_max: Option<usize>,
     /// The edge's `EVENT_OUTBOX_MAX_BYTES` (its default when `None`).
     pub edge_outbox_max_bytes: Option<usize>,
+    /// Who serves the edge worker.
+    pub edge_host: EdgeHost,
 }
 
 impl Default for Options {
@@ -64,6 +67,7 @@ impl Default for Options {
             origin_toml: String::new(),
             edge_batch_max: None,
             edge_outbox_max_bytes: None,
+            edge_host: EdgeHost::default(),
         }
     }
 }
@@ -111,28 +115,31 @@ impl Stack {
         };
         let edge_origin = proxy.as_ref().map_or(origin_url.clone(), |p| format!("http://{}", p.addr));
 
-        let mut edge_cmd = Command::new("node");
-        edge_cmd
-            .arg(process::repo_root().join("tests/edge.mjs"))
-            .env("ORIGIN_URL", &edge_origin)
-            .env("INGEST_KEY", INGEST_KEY)
-            .env("PUSH_KEYS", PUSH_KEY)
-            .env("EDGE_KEY", EDGE_KEY)
-            .env("ALLOT_EDGE_STATE", dir.path().join("kv"))
-            .stdout(Stdio::piped());
+        let mut env = vec![
+            ("ORIGIN_URL", edge_origin.clone()),
+            ("INGEST_KEY", INGEST_KEY.to_string()),
+            ("PUSH_KEYS", PUSH_KEY.to_string()),
+            ("EDGE_KEY", EDGE_KEY.to_string()),
+            ("PLAN_TTL_SECS", "2".to_string()),
+            ("EVENT_BATCH_AGE_MS", "200".to_string()),
+        ];
         if let Some(ms) = options.edge_event_timeout_ms {
-            edge_cmd.env("EVENT_TIMEOUT_MS", ms.to_string());
+            env.push(("EVENT_TIMEOUT_MS", ms.to_string()));
         }
         if let Some(n) = options.edge_batch_max {
-            edge_cmd.env("EVENT_BATCH_MAX", n.to_string());
+            env.push(("EVENT_BATCH_MAX", n.to_string()));
         }
         if let Some(n) = options.edge_outbox_max_bytes {
-            edge_cmd.env("EVENT_OUTBOX_MAX_BYTES", n.to_string());
+            env.push(("EVENT_OUTBOX_MAX_BYTES", n.to_string()));
         }
+        let (mut edge_cmd, url) = edge_host::command(options.edge_host, &env, dir.path())?;
         let mut edge = Proc::spawn("edge worker", &mut edge_cmd)?;
-        let edge_url = edge.watch_stdout(Duration::from_secs(60), |line| {
-            line.strip_prefix("listening ").map(|rest| rest.trim().to_string())
-        })?;
+        let edge_url = match url {
+            Some(url) => url,
+            None => edge.watch_stdout(Duration::from_secs(60), |line| {
+                line.strip_prefix("listening ").map(|rest| rest.trim().to_string())
+            })?,
+        };
         wait_http(&format!("{edge_url}/healthz"), 30).await;
 
         let mut origins = Vec::new();
@@ -240,7 +247,11 @@ impl Stack {
     /// The stack's processes by name, with their ids: the edge's Node script and its
     /// `workerd`, each origin replica that runs, Redis and the S3 server.
     pub fn processes(&self) -> Vec<(String, u32)> {
-        let mut out = vec![("edge (node)".to_string(), self.edge.id())];
+        let host = match self.options.edge_host {
+            EdgeHost::Miniflare => "edge (node)",
+            EdgeHost::Workerd => "edge (workerd)",
+        };
+        let mut out = vec![(host.to_string(), self.edge.id())];
         out.extend(process::descendants(self.edge.id()).into_iter().map(|(pid, comm)| (format!("edge ({comm})"), pid)));
         for (i, replica) in self.origins.iter().enumerate() {
             if let Some(p) = &replica.process {

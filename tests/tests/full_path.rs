@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use allot_e2e::edge_host::EdgeHost;
 use allot_e2e::fullpath::{Fault, FaultKind, FullPath, Options, StepReport};
 use allot_e2e::render;
 use allot_e2e::traffic::{Mix, Traffic};
@@ -27,6 +28,7 @@ fn short() -> Options {
         judge: Duration::from_secs(8),
         copies: 1,
         redis_fsync_always: true,
+        ..Options::default()
     }
 }
 
@@ -82,6 +84,25 @@ async fn the_whole_path_holds_its_rate_and_its_targets() {
     assert!(drained.archived_events > 0);
     assert_eq!(drained.archived_events, e["sent"].as_u64().unwrap(), "archived vs acknowledged: {e}");
     assert!(drained.archived_plans >= 2 && drained.plans_published >= 2.0, "{drained:?}");
+    run.stack.stop();
+}
+
+/// The same path with the worker in plain `workerd serve` (a memory KV), the way load
+/// runs host it: plans pushed, events acknowledged and archived as through Miniflare.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_path_on_plain_workerd() {
+    let _serial = SERIAL.lock().await;
+    let mut run = FullPath::start(Options { edge_host: EdgeHost::Workerd, ..short() }).await.unwrap();
+    let step = run.step(RATE, Duration::from_secs(10), None).await.unwrap();
+    println!("{}\n{}", render::steps(std::slice::from_ref(&step)), render::cpu(std::slice::from_ref(&step)));
+    assert_on_schedule(&step, 10.0);
+    let cpu = &step.usage.cpu_seconds;
+    assert!(cpu.get("edge (workerd)").is_some_and(|s| *s > 0.0) && !cpu.contains_key("edge (node)"), "{cpu:?}");
+    let drained = run.drain(Duration::from_secs(60)).await.unwrap();
+    let e = &drained.edge;
+    assert!(e["sent"].as_u64().unwrap() > 100, "{e}");
+    assert_eq!(e["queued"], e["sent"], "{e}");
+    assert_eq!(drained.archived_events, e["sent"].as_u64().unwrap(), "archived vs acknowledged: {e}");
     run.stack.stop();
 }
 

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use allot_e2e::edge_host::EdgeHost;
 use allot_e2e::fullpath::{FullPath, Options};
 use allot_e2e::render;
 use allot_testkit::events::now_ms;
@@ -47,6 +48,10 @@ struct Args {
     /// … for this many seconds (0: no quiet stretch): how the sample rate follows traffic down.
     #[arg(long, default_value_t = 60)]
     quiet_seconds: u64,
+    /// Who serves the edge worker: Miniflare (as the demo and the tests) or plain workerd
+    /// with a memory KV (without Miniflare's cost per request).
+    #[arg(long, value_enum, default_value_t = EdgeHost::Miniflare)]
+    edge: EdgeHost,
     /// Also write the whole report as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -63,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         judge: Duration::from_secs(a.judge),
         copies: a.copies,
         redis_fsync_always: false,
+        edge_host: a.edge,
     };
     eprintln!("starting redis-server (AOF), s3s-fs, the origin and the edge worker …");
     let mut run = FullPath::start(options).await?;
