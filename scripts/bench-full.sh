@@ -9,6 +9,7 @@
 #   scripts/bench-full.sh                                   # 10,000 requests/s for 5 minutes
 #   RATE=4000,6000,8000,10000 DURATION=60 scripts/bench-full.sh   # a step per rate
 #   DURATION=30 scripts/bench-full.sh --copies 2 --json /tmp/full.json
+#   scripts/bench-full.sh --edge workerd                    # the edge in plain workerd, not Miniflare
 #
 # Environment: RATE (requests/s, a comma-separated list runs a step per rate, default
 # 10000), DURATION (measured seconds per step, default 300), WARMUP (seconds before
