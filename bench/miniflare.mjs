@@ -1,21 +1,19 @@
 // The bench worker (bench/workerd.capnp's allotWorker) served the way the end-to-end
-// stack and the demo serve it (tests/edge.mjs): through Miniflare, with Miniflare's KV
-// (seeded with bench/plan.json under plan:bench) and its entry worker in front. Sampled
-// events are acknowledged by an outbound handler, as bench/sink.js does. Prints
-// "listening <url>" and "workerd <pid>" once ready; runs until SIGTERM.
+// stack and the demo serve it (tests/edge.mjs): through Miniflare, loaded with the same
+// options (worker/miniflare-options.mjs), with Miniflare's KV (seeded with
+// bench/plan.json under plan:bench) and its entry worker in front. Sampled events are
+// acknowledged by an outbound handler, as bench/sink.js does. Prints "listening <url>"
+// once ready (scripts/bench-worker.sh finds its workerd among its descendants); runs
+// until SIGTERM.
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { Miniflare } from "miniflare";
+import { workerOptions } from "../worker/miniflare-options.mjs";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
 const mf = new Miniflare({
-  modules: true,
-  scriptPath: `${ROOT}worker/build/index.js`,
-  modulesRoot: ROOT,
-  modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
-  compatibilityDate: "2026-04-20",
-  kvNamespaces: ["PLANS"],
+  ...workerOptions(),
   bindings: {
     PLAN_TTL_SECS: "10",
     ORIGIN_URL: "http://origin.invalid",

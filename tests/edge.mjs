@@ -1,25 +1,20 @@
-// Serves the built edge worker (worker/build) in real workerd through Miniflare, with a
-// real local KV namespace persisted under $ALLOT_EDGE_STATE (in memory when unset).
-// Used by the end-to-end tests and the demo. Prints "listening <url>" once ready and
-// runs until SIGTERM/SIGINT or until its stdin closes (so it never outlives its parent).
+// Serves the built edge worker (worker/build, loaded as worker/miniflare-options.mjs
+// says) in real workerd through Miniflare, with a real local KV namespace persisted
+// under $ALLOT_EDGE_STATE (in memory when unset). Used by the end-to-end tests and the
+// demo. Prints "listening <url>" once ready and runs until SIGTERM/SIGINT or until its
+// stdin closes (so it never outlives its parent).
 //
 // Environment: ORIGIN_URL, INGEST_KEY, PUSH_KEYS, EDGE_KEY, CORS_ORIGINS, PORT (0 = any),
 // PLAN_TTL_SECS (default 2), EVENT_BATCH_AGE_MS (default 200), EVENT_TIMEOUT_MS,
 // EVENT_BATCH_MAX and EVENT_OUTBOX_MAX_BYTES (the worker's defaults when unset),
 // ALLOT_EDGE_STATE.
-import { fileURLToPath } from "node:url";
 import { Miniflare } from "miniflare";
+import { workerOptions } from "../worker/miniflare-options.mjs";
 
-const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const env = process.env;
 
 const mf = new Miniflare({
-  modules: true,
-  scriptPath: `${ROOT}worker/build/index.js`,
-  modulesRoot: ROOT,
-  modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
-  compatibilityDate: "2026-04-20",
-  kvNamespaces: ["PLANS"],
+  ...workerOptions(),
   kvPersist: env.ALLOT_EDGE_STATE || false,
   bindings: {
     ORIGIN_URL: env.ORIGIN_URL ?? "http://127.0.0.1:8080",

@@ -76,7 +76,9 @@ impl Spread {
         self.adopt(plan);
         let none = plan.campaigns.len();
         let weight = |i: usize| if i < none { plan.campaigns[i].weight.max(0.0) } else { plan.no_ad_weight.max(0.0) };
-        let outcomes = || (0..none).filter(move |i| eligible >> i & 1 == 1).chain([none]);
+        // The eligible campaigns are the set bits below `none`, lowest first: plan order,
+        // on which ties between equal credits and the rounding of the total depend.
+        let outcomes = || Ones(eligible).take_while(move |&i| i < none).chain([none]);
         let total: f64 = outcomes().map(weight).sum();
         if total.is_nan() || total <= 0.0 {
             return None;
@@ -145,6 +147,23 @@ fn step(
     let b = best?;
     credit[b] = (credit[b] - 1.0).clamp(-CREDIT_BOUND, CREDIT_BOUND);
     Some(b)
+}
+
+/// The indices of a mask's set bits, lowest first. A request walks only its eligible
+/// campaigns, as [`pick`] does: a pattern usually holds a few of a plan's campaigns.
+struct Ones(u64);
+
+impl Iterator for Ones {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        if self.0 == 0 {
+            return None;
+        }
+        let i = self.0.trailing_zeros() as usize;
+        self.0 &= self.0 - 1;
+        Some(i)
+    }
 }
 
 /// The top 53 bits as a number in `[0, 1)`.

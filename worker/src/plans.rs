@@ -260,3 +260,55 @@ pub fn install(plan: CompiledPlan, now_ms: f64) {
 pub fn cached() -> usize {
     CACHE.with(|cache| cache.borrow().values().filter(|e| matches!(e.state, State::Ready(_))).count())
 }
+
+#[cfg(test)]
+mod tests {
+    use allot_core::PlacementId;
+    use serde_json::json;
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    /// "A" for iOS only (weight 2), "B" anywhere (weight 1), no ad (weight 1).
+    fn plan(placement: &str) -> CompiledPlan {
+        let campaign = |id: &str, weight: u32, platforms: &[&str]| {
+            let eligibility = json!({"platforms": platforms, "countries": []});
+            json!({"id": id, "weight": weight, "creative": {}, "eligibility": eligibility})
+        };
+        let plan = json!({
+            "format": 1, "placement": placement, "version": 1, "issued_at_ms": 0, "sample_rate": 1, "no_ad_weight": 1,
+            "campaigns": [campaign("A", 2, &["ios"]), campaign("B", 1, &[])],
+        });
+        compile(plan.to_string().as_bytes(), &PlacementId::parse(placement).expect("placement")).expect("plan")
+    }
+
+    /// A plan whose placement has no cache entry cannot use a spread, and gets the plain
+    /// random pick instead: still a request's eligibility, still the plan's odds, and no
+    /// entry made on the side (only a KV read or a push makes one, within the bounds).
+    #[test]
+    fn a_plan_without_its_entry_gets_the_plain_pick_at_the_plans_odds() {
+        let plan = plan("fallback");
+        let web = RequestAttrs { platform: Some("web"), country: None };
+        let ios = RequestAttrs { platform: Some("ios"), country: None };
+        let n = 4_000;
+        // Per outcome: A, B, no ad.
+        let (mut on_ios, mut on_web) = ([0usize; 3], [0usize; 3]);
+        for _ in 0..n {
+            let c = choose(&plan, ios);
+            assert_eq!(c.eligible, 0b11);
+            on_ios[c.ad.unwrap_or(2)] += 1;
+            let c = choose(&plan, web);
+            assert_eq!(c.eligible, 0b10);
+            on_web[c.ad.unwrap_or(2)] += 1;
+        }
+        assert_eq!(on_web[0], 0, "an iOS-only campaign was picked for the web");
+        // Odds ½ ¼ ¼ on iOS, 0 ½ ½ on the web; 200 is over six standard deviations.
+        for (counts, odds) in [(on_ios, [0.5, 0.25, 0.25]), (on_web, [0.0, 0.5, 0.5])] {
+            for (count, p) in counts.iter().zip(odds) {
+                let want = p * n as f64;
+                assert!((*count as f64 - want).abs() <= 200.0, "{counts:?} over {n} requests, odds {odds:?}");
+            }
+        }
+        assert!(CACHE.with(|cache| !cache.borrow().contains_key("fallback")), "the fallback made a cache entry");
+    }
+}
