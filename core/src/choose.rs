@@ -6,6 +6,7 @@
 //! mask intersection and one pass over the eligible campaigns' weights: O(#campaigns),
 //! no allocation, no JSON work; writing the response is a few `push_str`s.
 
+use crate::bits::Ones;
 use crate::{CampaignId, Eligibility, Event, EventKind, Plan, PlanError, RequestId, Spread};
 
 /// The request attributes eligibility looks at. Borrowed: the shell parses them from
@@ -223,16 +224,13 @@ pub fn pick_probabilities(plan: &Plan, eligible: u64, out: &mut Vec<f64>) -> f64
     out.clear();
     out.resize(plan.campaigns.len(), 0.0);
     let mut total = plan.no_ad_weight.max(0.0);
-    let mut bits = eligible;
-    while bits != 0 {
-        let i = bits.trailing_zeros() as usize;
+    for i in Ones(eligible) {
         if let Some(c) = plan.campaigns.get(i)
             && c.weight > 0.0
         {
             out[i] = c.weight;
             total += c.weight;
         }
-        bits &= bits - 1;
     }
     if total <= 0.0 {
         out.iter_mut().for_each(|p| *p = 0.0);
@@ -244,21 +242,13 @@ pub fn pick_probabilities(plan: &Plan, eligible: u64, out: &mut Vec<f64>) -> f64
 
 /// The weighted pick shared by [`CompiledPlan::choose`] and the simulator.
 pub fn pick(plan: &Plan, eligible: u64, u: f64) -> Option<usize> {
-    let mut total = plan.no_ad_weight;
-    let mut bits = eligible;
-    while bits != 0 {
-        let i = bits.trailing_zeros() as usize;
-        total += plan.campaigns.get(i).map_or(0.0, |c| c.weight);
-        bits &= bits - 1;
-    }
+    let total = Ones(eligible).fold(plan.no_ad_weight, |t, i| t + plan.campaigns.get(i).map_or(0.0, |c| c.weight));
     let mut x = u * total - plan.no_ad_weight;
     if x < 0.0 {
         return None;
     }
-    let mut bits = eligible;
     let mut last = None;
-    while bits != 0 {
-        let i = bits.trailing_zeros() as usize;
+    for i in Ones(eligible) {
         let w = plan.campaigns.get(i).map_or(0.0, |c| c.weight);
         if w > 0.0 {
             x -= w;
@@ -267,7 +257,6 @@ pub fn pick(plan: &Plan, eligible: u64, u: f64) -> Option<usize> {
                 return last;
             }
         }
-        bits &= bits - 1;
     }
     // Rounding can leave `x` a hair above zero when `u` is just below 1.
     last

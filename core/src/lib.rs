@@ -14,6 +14,7 @@
 //! it, so the math lives in exactly one place and runs identically in both.
 
 pub mod admit;
+mod bits;
 pub mod choose;
 pub mod contract;
 pub mod controller;

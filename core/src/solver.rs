@@ -17,6 +17,8 @@
 //!
 //! Patterns are bit masks over campaign indices; the inner loop walks set bits.
 
+use crate::bits::Ones;
+
 /// Pattern frequencies over campaign indices.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Patterns {
@@ -59,16 +61,8 @@ impl Patterns {
 }
 
 #[inline]
-fn for_each_bit(mask: u64, limit: usize, mut f: impl FnMut(usize)) {
-    let mut bits = mask;
-    while bits != 0 {
-        let i = bits.trailing_zeros() as usize;
-        if i >= limit {
-            break;
-        }
-        f(i);
-        bits &= bits - 1;
-    }
+fn for_each_bit(mask: u64, limit: usize, f: impl FnMut(usize)) {
+    Ones(mask).take_while(|&i| i < limit).for_each(f);
 }
 
 /// Delivered shares under weights `w` (campaigns) and `w0` ("no ad"); returns `d_0`.

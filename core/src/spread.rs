@@ -39,6 +39,7 @@
 //! requests of many clients interleave, so an app cannot tell which ad its next request
 //! gets.
 
+use crate::bits::Ones;
 use crate::choose::pick;
 use crate::{CampaignId, Plan};
 
@@ -147,23 +148,6 @@ fn step(
     let b = best?;
     credit[b] = (credit[b] - 1.0).clamp(-CREDIT_BOUND, CREDIT_BOUND);
     Some(b)
-}
-
-/// The indices of a mask's set bits, lowest first. A request walks only its eligible
-/// campaigns, as [`pick`] does: a pattern usually holds a few of a plan's campaigns.
-struct Ones(u64);
-
-impl Iterator for Ones {
-    type Item = usize;
-
-    fn next(&mut self) -> Option<usize> {
-        if self.0 == 0 {
-            return None;
-        }
-        let i = self.0.trailing_zeros() as usize;
-        self.0 &= self.0 - 1;
-        Some(i)
-    }
 }
 
 /// The top 53 bits as a number in `[0, 1)`.
