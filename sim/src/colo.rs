@@ -6,7 +6,10 @@
 //! that clock, as the worker stamps them.
 //!
 //! Decisions are core's, as in the worker: `CompiledPlan::choose_spread` on the request's
-//! attributes with the colo's `Spread` for the placement (one isolate per colo),
+//! attributes with the `Spread` of the isolate that takes the request. A colo runs
+//! [`Serving::isolates`] isolates, and each request goes to one of them at random: the
+//! more isolates share a placement's traffic, the fewer requests each one's credits
+//! see, and the closer the spread comes to independent picks.
 //! `EdgeKey::sample` on the request id at the plan's rate,
 //! `CompiledPlan::allocation_event`, and the impression token's grant for an impression.
 //! Every request is decided; two ways to decide whether it is sampled, which the tests
@@ -120,12 +123,13 @@ struct Slot {
     shown: Vec<Vec<f64>>,
     /// Plans published but not yet seen here: `(visible from, plan)`.
     pending: Vec<(u64, Plan)>,
-    /// The colo's picks' credits for the placement, kept across plans as the worker does.
-    spread: Spread,
+    /// Each isolate's picks' credits for the placement, kept across plans as the worker
+    /// does.
+    spreads: Vec<Spread>,
 }
 
 impl Slot {
-    fn new(plan: Plan, spec: &PlacementSpec, profiles: &[Profile]) -> Self {
+    fn new(plan: Plan, spec: &PlacementSpec, profiles: &[Profile], isolates: usize) -> Self {
         let plan = CompiledPlan::new(plan).unwrap_or_else(|e| panic!("published plans are valid: {e}"));
         let p = plan.plan();
         let odds = profiles
@@ -144,7 +148,8 @@ impl Slot {
             .collect();
         let shown =
             p.campaigns.iter().map(|c| profiles.iter().map(|pr| spec.shown(&c.id, pr.platform)).collect()).collect();
-        Self { plan, odds, shortfall, shown, pending: Vec::new(), spread: Spread::new() }
+        let spreads = (0..isolates.max(1)).map(|_| Spread::new()).collect();
+        Self { plan, odds, shortfall, shown, pending: Vec::new(), spreads }
     }
 }
 
@@ -166,6 +171,8 @@ pub struct Colo {
     key: EdgeKey,
     /// Scratch: a second's arrivals, `(µs into the second, profile)`.
     arrivals: Vec<(u32, usize)>,
+    /// Scratch: per profile, its requests per window the second spans (at most two).
+    landed: Vec<[(u64, u64); 2]>,
 }
 
 /// How the colo serves a second.
@@ -180,9 +187,27 @@ pub struct Serving<'a> {
 }
 
 impl Colo {
-    pub fn new(name: String, skew_ms: i64, first: &[Plan], specs: &[PlacementSpec], profiles: &[Profile]) -> Self {
-        let slots = first.iter().zip(specs).map(|(plan, spec)| Slot::new(plan.clone(), spec, profiles)).collect();
-        Self { name, skew_ms, slots, outbox: Vec::new(), later: BTreeMap::new(), key: edge_key(), arrivals: Vec::new() }
+    /// A colo with `isolates` isolates, serving `first` (one plan per placement).
+    pub fn new(
+        name: String,
+        skew_ms: i64,
+        first: &[Plan],
+        specs: &[PlacementSpec],
+        profiles: &[Profile],
+        isolates: usize,
+    ) -> Self {
+        let slots =
+            first.iter().zip(specs).map(|(plan, spec)| Slot::new(plan.clone(), spec, profiles, isolates)).collect();
+        Self {
+            name,
+            skew_ms,
+            slots,
+            outbox: Vec::new(),
+            later: BTreeMap::new(),
+            key: edge_key(),
+            arrivals: Vec::new(),
+            landed: Vec::new(),
+        }
     }
 
     pub fn plan(&self, placement: usize) -> &Plan {
@@ -214,8 +239,8 @@ impl Colo {
         });
         if let Some(plan) = newest {
             let pending = std::mem::take(&mut slot.pending);
-            let spread = std::mem::take(&mut slot.spread);
-            *slot = Slot { pending, spread, ..Slot::new(plan, spec, profiles) };
+            let spreads = std::mem::take(&mut slot.spreads);
+            *slot = Slot { pending, spreads, ..Slot::new(plan, spec, profiles, 0) };
         }
     }
 
@@ -233,8 +258,7 @@ impl Colo {
         truths: &mut Truths,
     ) {
         // The second's requests in the order they arrive (µs), profiles interleaved, as
-        // the worker sees them: the spread's credits are shared by every pattern, so the
-        // order decides which pattern's requests repay what another's owed.
+        // the worker sees them.
         let mut arrivals = std::mem::take(&mut self.arrivals);
         arrivals.clear();
         for (k, &m) in rates.iter().enumerate() {
@@ -246,9 +270,9 @@ impl Colo {
         let (key, slot) = (&self.key, &mut self.slots[placement]);
         let rate = slot.plan.plan().sample_rate;
         let mut sampled = Vec::new();
-        // Per profile, its requests per window the second spans (at most two), for the
-        // expected shares.
-        let mut landed = vec![[(u64::MAX, 0u64); 2]; rates.len()];
+        let mut landed = std::mem::take(&mut self.landed);
+        landed.clear();
+        landed.resize(rates.len(), [(u64::MAX, 0); 2]);
         for &(micros, k) in &arrivals {
             let at = (t * 1000 + u64::from(micros) / 1000).saturating_add_signed(self.skew_ms);
             let id = if how.per_request {
@@ -280,6 +304,7 @@ impl Colo {
             }
         }
         self.arrivals = arrivals;
+        self.landed = landed;
         for s in sampled {
             self.serve_sampled(rng, placement, s, how, truths);
         }
@@ -366,7 +391,9 @@ struct Sampled {
 /// reports); delivery may still fail (shortfall: reported as no ad; not shown: reported
 /// only by the missing impression).
 fn decide(slot: &mut Slot, k: usize, how: Serving<'_>, rng: &mut SmallRng) -> (Option<usize>, Choice) {
-    let mut choice = slot.plan.choose_spread(attrs(&how.profiles[k]), &mut slot.spread, || rng.random());
+    // One isolate draws nothing, so its runs are those of the model without isolates.
+    let isolate = if slot.spreads.len() > 1 { rng.random_range(0..slot.spreads.len()) } else { 0 };
+    let mut choice = slot.plan.choose_spread(attrs(&how.profiles[k]), &mut slot.spreads[isolate], || rng.random());
     if let Some(c) = choice.ad
         && uniform(rng) < slot.shortfall[c]
     {

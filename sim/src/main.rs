@@ -50,6 +50,10 @@ struct Args {
     /// Sample every request.
     #[arg(long)]
     census: bool,
+    /// Isolates per colo, each with its own spread of the picks, sharing the colo's
+    /// requests at random (Cloudflare runs many per colo).
+    #[arg(long, default_value_t = 1)]
+    isolates: usize,
     /// Runs in parallel (default: one per core). The figures do not depend on it.
     #[arg(long)]
     jobs: Option<usize>,
@@ -65,12 +69,13 @@ fn main() -> anyhow::Result<()> {
         census: args.census,
         lateness_s: args.lateness,
         impression_lateness_s: args.impression_lateness,
+        isolates: args.isolates.max(1),
         ..Settings::default()
     };
     let threads = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let seeds: Vec<u64> = (args.first_seed..args.first_seed + args.seeds).collect();
     println!(
-        "seeds {}–{}, traffic × {}, period {} s, rounds {} s after a window ends (impressions: {} s){}{}\n",
+        "seeds {}–{}, traffic × {}, period {} s, rounds {} s after a window ends (impressions: {} s){}{}{}\n",
         seeds[0],
         seeds[seeds.len() - 1],
         args.traffic,
@@ -79,6 +84,7 @@ fn main() -> anyhow::Result<()> {
         args.impression_lateness,
         if args.per_request { ", every request through the sampler" } else { "" },
         if args.census { ", census" } else { "" },
+        if args.isolates > 1 { format!(", {} isolates per colo", args.isolates) } else { String::new() },
     );
     for key in keys {
         let started = Instant::now();

@@ -95,12 +95,38 @@ pub fn render(sc: &Scenario, s: &Summary) -> String {
     }
     if s.infeasible_windows > 0 || s.false_flags > 0 {
         row(
-            "infeasible windows flagged",
+            "infeasible windows flagged (short by more than the margin)",
             format!(
                 "{:.1} % of {} ({} feasible flagged)",
                 s.infeasible_flagged * 100.0,
                 s.infeasible_windows,
                 s.false_flags
+            ),
+        );
+    }
+    if s.marginal_windows > 0 {
+        row(
+            "… short by ½–1 margin (met within the margin at the best shares)",
+            format!("{:.1} % of {} flagged", s.marginal_flagged * 100.0, s.marginal_windows),
+        );
+    }
+    for u in &s.unflagged {
+        let campaigns: Vec<String> = u
+            .estimated
+            .iter()
+            .map(|(id, target, estimated, eligible)| {
+                format!("{id} {:.1} % of {:.2} % ({:.2} % true)", target * 100.0, estimated * 100.0, eligible * 100.0)
+            })
+            .collect();
+        row(
+            "unflagged window short by > ½ margin",
+            format!(
+                "run {} of the seeds, placement {}, window {}: short {:.2} pp; target of estimated eligible share: {}",
+                u.run + 1,
+                u.placement,
+                u.index,
+                u.short * 100.0,
+                campaigns.join(", ")
             ),
         );
     }

@@ -40,6 +40,9 @@ pub struct Settings {
     pub recent_windows: u64,
     pub min_rate: f64,
     pub republish_after_s: u64,
+    /// Isolates per colo, each with its own spread of the picks (the worker's plan
+    /// cache is per isolate), sharing the colo's requests at random.
+    pub isolates: usize,
 }
 
 impl Default for Settings {
@@ -53,6 +56,7 @@ impl Default for Settings {
             recent_windows: 5,
             min_rate: 1e-4,
             republish_after_s: 600,
+            isolates: 1,
         }
     }
 }
@@ -73,6 +77,11 @@ pub struct CampaignWindow {
     pub published: Option<ShareEstimate>,
     /// Whether the decision made after this window flagged it infeasible.
     pub flagged: bool,
+    /// The share of traffic that decision estimated the campaign may have (its
+    /// eligible share): what the flag was decided on.
+    pub eligible_estimated: f64,
+    /// The campaign's eligible share of this window's true traffic.
+    pub eligible: f64,
 }
 
 /// One placement in one control window (true time).
@@ -156,7 +165,7 @@ pub fn run(sc: &Scenario, settings: Settings) -> Run {
     let mut colos: Vec<Colo> = (0..sc.edges.colos.len())
         .map(|i| {
             let skew = (sc.edges.clock_skew_ms * standard_normal(&mut rng)) as i64;
-            Colo::new(format!("C{i:02}"), skew, &first, &specs, &sc.profiles)
+            Colo::new(format!("C{i:02}"), skew, &first, &specs, &sc.profiles, settings.isolates)
         })
         .collect();
     let mut ids: Vec<Vec<RequestIds>> =
@@ -337,6 +346,14 @@ fn record(
                 feasible: !bad.contains(&j),
                 published: None,
                 flagged: false,
+                eligible_estimated: 0.0,
+                eligible: (0..supply.len())
+                    .filter(|&k| {
+                        let a = attrs(&sc.profiles[k]);
+                        rules[j].matches(a.platform, a.country)
+                    })
+                    .map(|k| supply[k])
+                    .sum(),
             })
             .collect(),
         needed: allot_core::SampleRatePlanner::required_samples(targets),
@@ -400,8 +417,8 @@ fn annotate(
     for c in &mut rec.campaigns {
         let basis = DeliveryBasis::of(&stats, &c.id);
         c.published = (stats.requests.n > 0).then(|| allot_core::estimate::share(&stats, &c.id, basis, z));
-        c.flagged = st.control.last_decision.as_ref().is_some_and(|d| {
-            d.campaigns.iter().any(|x| x.id == c.id && matches!(x.feasibility, Feasibility::Infeasible { .. }))
-        });
+        let decided = st.control.last_decision.as_ref().and_then(|d| d.campaigns.iter().find(|x| x.id == c.id));
+        c.flagged = decided.is_some_and(|x| matches!(x.feasibility, Feasibility::Infeasible { .. }));
+        c.eligible_estimated = decided.map_or(0.0, |x| x.eligible_share);
     }
 }

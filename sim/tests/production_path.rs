@@ -33,7 +33,17 @@ fn first_plan(sc: &allot_sim::scenario::Scenario, rate: f64) -> Plan {
 /// Serves `seconds` of 2,000 requests/s at one colo, by counts or request by request.
 fn serve(per_request: bool, rate: f64, seconds: u64) -> (Truth, Vec<allot_core::Event>, Plan) {
     // One window longer than the run: every request in one truth.
-    let (mut truths, events, plan) = serve_at(per_request, rate, 0..seconds, 0, u64::MAX / 2);
+    serve_isolated(per_request, rate, seconds, 1)
+}
+
+/// The same, at a colo of `isolates` isolates.
+fn serve_isolated(
+    per_request: bool,
+    rate: f64,
+    seconds: u64,
+    isolates: usize,
+) -> (Truth, Vec<allot_core::Event>, Plan) {
+    let (mut truths, events, plan) = serve_at(per_request, rate, 0..seconds, 0, u64::MAX / 2, isolates);
     (truths.take(0), events, plan)
 }
 
@@ -44,10 +54,12 @@ fn serve_at(
     range: std::ops::Range<u64>,
     skew_ms: i64,
     period_ms: u64,
+    isolates: usize,
 ) -> (Truths, Vec<allot_core::Event>, Plan) {
     let sc = scenarios::build("steady", Knobs::default(), 1).expect("known scenario");
     let plan = first_plan(&sc, rate);
-    let mut colo = Colo::new("C00".into(), skew_ms, std::slice::from_ref(&plan), &sc.placements, &sc.profiles);
+    let mut colo =
+        Colo::new("C00".into(), skew_ms, std::slice::from_ref(&plan), &sc.placements, &sc.profiles, isolates);
     let mut rng = SmallRng::seed_from_u64(5);
     let mut ids: Vec<RequestIds> = sc.profiles.iter().map(|_| RequestIds::new(0.02)).collect();
     let mut truths = Truths::new(period_ms);
@@ -83,17 +95,29 @@ fn a_colos_deliveries_follow_the_odds_of_its_plan() {
     }
 }
 
+/// Isolates keep their own credits: each one's deliveries follow the odds, so the
+/// colo's stay within a few requests per isolate, still far inside the binomial spread.
+#[test]
+fn each_isolate_of_a_colo_follows_the_odds() {
+    let (truth, _, plan) = serve_isolated(false, 0.05, 60, 8);
+    for c in &plan.campaigns {
+        let delivered = truth.delivered.get(&c.id).copied().unwrap_or(0) as f64;
+        let expected = truth.expected[&c.id] * truth.requests as f64 / truth.expected_requests;
+        assert!((delivered - expected).abs() <= 3.0 * 8.0, "{}: {delivered} vs {expected}", c.id);
+    }
+}
+
 /// A request belongs to the window its event names: the colo's clock's.
 #[test]
 fn a_request_counts_in_the_window_of_the_colos_clock() {
     // 300 ms ahead: the last 300 ms of true second 59 are the next window's.
-    let (mut ahead, events, _) = serve_at(false, 0.05, 59..60, 300, 60_000);
+    let (mut ahead, events, _) = serve_at(false, 0.05, 59..60, 300, 60_000, 1);
     let (first, second) = (ahead.take(0).requests as f64, ahead.take(1).requests as f64);
     let share = second / (first + second);
     assert!((share - 0.3).abs() < 0.05, "{first} then {second}");
     assert!(events.iter().all(|e| (59_300..60_300).contains(&e.event_time_ms)), "events carry the colo's clock");
     // 300 ms behind: the first 300 ms of true second 60 are still the window before.
-    let (mut behind, _, _) = serve_at(false, 0.05, 60..61, -300, 60_000);
+    let (mut behind, _, _) = serve_at(false, 0.05, 60..61, -300, 60_000, 1);
     let (first, second) = (behind.take(0).requests as f64, behind.take(1).requests as f64);
     assert!((first / (first + second) - 0.3).abs() < 0.05, "{first} then {second}");
 }
