@@ -33,6 +33,36 @@ pub struct Outcome {
     pub decision: Decision,
     /// The plan to publish (version + 1), or `None` when the one in force is still right.
     pub plan: Option<Plan>,
+    /// Why `plan` is published (the first reason that applies, in this order).
+    pub why: Option<Publish>,
+}
+
+/// Why a round publishes a plan. Every publish is a KV write and a new version the edge
+/// must take up, so operators and the simulator count them by reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Publish {
+    /// No plan was published before.
+    First,
+    /// The manager changed the targets.
+    Targets,
+    /// The solved weights moved by more than [`REPUBLISH_THRESHOLD`].
+    Weights,
+    /// Only the sample rate changed.
+    Rate,
+    /// Nothing changed, but the plan in force is older than the republish age.
+    Age,
+}
+
+impl Publish {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Publish::First => "first",
+            Publish::Targets => "targets",
+            Publish::Weights => "weights",
+            Publish::Rate => "rate",
+            Publish::Age => "age",
+        }
+    }
 }
 
 /// Tuning for rounds.
@@ -83,22 +113,22 @@ impl Policy {
         if let Some(prev) = same {
             decision.adopt_weights(prev, recent);
         }
-        let publish = match r.previous {
-            None => true,
-            Some(prev) => {
-                same.is_none()
-                    || rate != prev.sample_rate
-                    || r.now_ms.saturating_sub(prev.issued_at_ms) >= r.republish_after_ms
-            }
+        let why = match r.previous {
+            None => Some(Publish::First),
+            Some(_) if r.targets_changed => Some(Publish::Targets),
+            Some(_) if same.is_none() => Some(Publish::Weights),
+            Some(prev) if rate != prev.sample_rate => Some(Publish::Rate),
+            Some(prev) if r.now_ms.saturating_sub(prev.issued_at_ms) >= r.republish_after_ms => Some(Publish::Age),
+            Some(_) => None,
         };
-        let plan = publish.then(|| {
+        let plan = why.map(|_| {
             let version = r.previous.map_or(1, |p| p.version + 1);
             match same {
                 Some(prev) => Plan { version, issued_at_ms: r.now_ms, sample_rate: rate, ..prev.clone() },
                 None => decision.to_plan(r.targets, r.placement.clone(), version, rate, r.now_ms),
             }
         });
-        Outcome { decision, plan }
+        Outcome { decision, plan, why }
     }
 }
 
@@ -129,11 +159,20 @@ mod tests {
             republish_after_ms: 600_000,
         };
         let policy = Policy::default();
-        let first = policy.run(round(None, false, 1_000)).plan.expect("first round publishes");
-        assert_eq!((first.version, first.sample_rate), (1, 1.0));
-        assert!(policy.run(round(Some(&first), false, 2_000)).plan.is_none());
-        assert_eq!(policy.run(round(Some(&first), true, 2_000)).plan.map(|p| p.version), Some(2));
-        let aged = policy.run(round(Some(&first), false, 601_000)).plan.expect("republished when old");
+        let run = |r| {
+            let o = policy.run(r);
+            assert_eq!(o.plan.is_some(), o.why.is_some(), "a plan is published for a reason");
+            o
+        };
+        let o = run(round(None, false, 1_000));
+        let first = o.plan.expect("first round publishes");
+        assert_eq!((first.version, first.sample_rate, o.why), (1, 1.0, Some(Publish::First)));
+        assert!(run(round(Some(&first), false, 2_000)).plan.is_none());
+        let o = run(round(Some(&first), true, 2_000));
+        assert_eq!((o.plan.map(|p| p.version), o.why), (Some(2), Some(Publish::Targets)));
+        let o = run(round(Some(&first), false, 601_000));
+        assert_eq!(o.why, Some(Publish::Age));
+        let aged = o.plan.expect("republished when old");
         // Only its version and issue time are new: the edge does exactly what it did.
         assert_eq!((aged.version, aged.issued_at_ms), (2, 601_000));
         assert_eq!(Plan { version: 1, issued_at_ms: 1_000, ..aged.clone() }, first);

@@ -100,6 +100,8 @@ struct Pending {
     placement: PlacementId,
     record: PlanRecord,
     withdrawing: Option<u64>,
+    /// Why it is published (logged): `core::Publish`, or a withdrawal.
+    why: &'static str,
 }
 
 /// One round over `placements`: decide, allocate versions, check, publish, store; each
@@ -167,7 +169,7 @@ async fn store(app: &App, x: &Pending, epoch: u64) {
                     x.record.published_at_ms,
                 );
             }
-            tracing::info!(%placement, version, sample_rate = x.record.plan.sample_rate, "plan published")
+            tracing::info!(%placement, version, sample_rate = x.record.plan.sample_rate, why = x.why, "plan published")
         }
         Ok(Fenced::Epoch) => {
             app.metrics.control_fenced.with_label_values(&["save"]).inc();
@@ -247,6 +249,7 @@ async fn prepare(app: &App, p: &PlacementId, now_ms: u64, fence: &Fence) -> Resu
                     placement: p.clone(),
                     record: PlanRecord { plan, decision: None, targets_rev: rev, published_at_ms: now_ms },
                     withdrawing: Some(stamp.unwrap_or_default()),
+                    why: "withdrawn",
                 }))
             }
             _ => {
@@ -284,7 +287,7 @@ async fn prepare(app: &App, p: &PlacementId, now_ms: u64, fence: &Fence) -> Resu
         },
     );
     crate::history::record(app, p, &inputs, campaigns).await;
-    let Some(mut plan) = outcome.plan else { return Ok(None) };
+    let (Some(mut plan), Some(why)) = (outcome.plan, outcome.why) else { return Ok(None) };
     if let Err(e) = plan.check() {
         // Never issued, never published: the plan in force stays.
         tracing::error!(placement = %p, error = %e, "the controller made an invalid plan; not published");
@@ -301,6 +304,7 @@ async fn prepare(app: &App, p: &PlacementId, now_ms: u64, fence: &Fence) -> Resu
         placement: p.clone(),
         record: PlanRecord { plan, decision: Some(outcome.decision), targets_rev: rev, published_at_ms: now_ms },
         withdrawing: None,
+        why: why.as_str(),
     }))
 }
 

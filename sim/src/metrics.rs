@@ -13,7 +13,7 @@
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use allot_core::CampaignId;
+use allot_core::{CampaignId, Publish};
 
 use crate::scenario::Scenario;
 use crate::world::{Run, WindowRecord};
@@ -89,6 +89,8 @@ pub struct Summary {
     pub unattainable_windows: usize,
     pub unattainable_at_census: f64,
     pub plans_per_hour: f64,
+    /// The same by why they were published (all placements).
+    pub plans_per_hour_by: Vec<(Publish, f64)>,
     /// Plans refused as invalid (the placement keeps its old plan).
     pub invalid_plans: u64,
     /// Sampled requests per second and placement in steady windows.
@@ -281,6 +283,11 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
         },
         invalid_plans: runs.iter().map(|r| r.invalid_plans).sum(),
         plans_per_hour: runs.iter().map(|r| r.plans_published).sum::<u64>() as f64 / hours.max(1e-9),
+        plans_per_hour_by: {
+            let mut by = std::collections::BTreeMap::<Publish, u64>::new();
+            runs.iter().flat_map(|r| &r.published).for_each(|(w, n)| *by.entry(*w).or_default() += n);
+            by.into_iter().map(|(w, n)| (w, n as f64 / hours.max(1e-9))).collect()
+        },
         sampled_per_s: sampled as f64 / (attainable.len() as f64 * sc.period_s as f64).max(1.0),
     }
 }

@@ -20,8 +20,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use allot_core::{
-    CampaignId, ControlState, Decision, EventBatch, EventError, Feasibility, PlacementId, Plan, Policy, Round, Targets,
-    WindowStats,
+    CampaignId, ControlState, Decision, EventBatch, EventError, Feasibility, PlacementId, Plan, Policy, Publish, Round,
+    Targets, WindowStats,
 };
 
 /// Per-window counts as the origin stores them: one hash of fields per placement and
@@ -137,6 +137,8 @@ pub struct ControlLoop {
     pub last_index: Option<u64>,
     /// Plans the controller made that fail `Plan::check` (the origin refuses them).
     pub invalid_plans: u64,
+    /// Plans published, by why.
+    pub published: BTreeMap<Publish, u64>,
 }
 
 /// How the control loop is configured (the origin's `[control]` section).
@@ -173,6 +175,7 @@ impl ControlLoop {
             last_decision: None,
             last_index: None,
             invalid_plans: 0,
+            published: BTreeMap::new(),
         }
     }
 
@@ -208,6 +211,9 @@ impl ControlLoop {
                 eprintln!("invalid plan {e}: {plan:?}\nrecent {:?}\ndecision {:?}", evidence.recent, outcome.decision);
             }
             return None;
+        }
+        if let Some(why) = outcome.why {
+            *self.published.entry(why).or_default() += 1;
         }
         self.record = Some(Record { plan: plan.clone(), decision: outcome.decision, targets_rev });
         Some(plan)

@@ -136,7 +136,10 @@ pub fn render(sc: &Scenario, s: &Summary) -> String {
             format!("{:.1} % of {}", s.unattainable_at_census * 100.0, s.unattainable_windows),
         );
     }
-    row("plans per hour", format!("{:.1}", s.plans_per_hour / sc.placements.len() as f64));
+    let per_placement = sc.placements.len().max(1) as f64;
+    let by: Vec<String> =
+        s.plans_per_hour_by.iter().map(|(why, n)| format!("{} {:.1}", why.as_str(), n / per_placement)).collect();
+    row("plans per hour", format!("{:.1} ({})", s.plans_per_hour / per_placement, by.join(", ")));
     row("sampled requests/s per placement", format!("{:.1}", s.sampled_per_s));
     let missed = misses(s, level);
     out += if missed.is_empty() {

@@ -10,10 +10,11 @@
 //! after its own propagation delay. Truth is counted on every request, in the window of
 //! the colo's clock that the request's event names (see [`Truths`]).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use allot_core::event::MAX_BATCH;
-use allot_core::{CampaignId, DeliveryBasis, EventBatch, Feasibility, Plan, ShareEstimate, Targets};
+use allot_core::{CampaignId, DeliveryBasis, EventBatch, Feasibility, Plan, Publish, ShareEstimate, Targets};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -117,6 +118,8 @@ pub struct Run {
     pub duplicates_refused: u64,
     /// Plans the controller made that the origin would refuse (`Plan::check`).
     pub invalid_plans: u64,
+    /// Plans published, by why.
+    pub published: BTreeMap<Publish, u64>,
 }
 
 struct PlacementState {
@@ -249,6 +252,9 @@ pub fn run(sc: &Scenario, settings: Settings) -> Run {
     }
     out.duplicates_refused = inbox.duplicates_refused;
     out.invalid_plans = states.iter().map(|s| s.control.invalid_plans).sum();
+    for (why, n) in states.iter().flat_map(|s| &s.control.published) {
+        *out.published.entry(*why).or_default() += n;
+    }
     out
 }
 
