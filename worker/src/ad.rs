@@ -32,8 +32,12 @@ pub(crate) fn edge_country(req: &web_sys::Request) -> Option<String> {
     (country != "XX" && RequestAttrs::parse(None, Some(&country)).is_ok()).then(|| country.to_ascii_uppercase())
 }
 
+/// The colo serving the request, read as a plain property: the typed getter throws when
+/// `cf` has no colo (plain workerd, `wrangler dev`), and a thrown exception costs about
+/// two whole requests (≈ 100 µs) on every sampled one.
 pub(crate) fn edge_colo(req: &web_sys::Request) -> Option<String> {
-    let colo = req.cf()?.colo().ok()?;
+    let cf = req.cf()?;
+    let colo = js_sys::Reflect::get(&cf, &wasm_bindgen::JsValue::from_str("colo")).ok()?.as_string()?;
     (!colo.is_empty() && colo.len() <= 16 && colo.bytes().all(|b| b.is_ascii_alphanumeric())).then_some(colo)
 }
 
@@ -112,7 +116,7 @@ fn answer(
         // Events waiting for an origin that was down leave with any request.
         forward::kick(ctx, config, now_ms as u64);
     }
-    Ok(respond::ok_json(&body)?)
+    Ok(respond::ok_json(body)?)
 }
 
 /// The warm path: answers without awaiting anything when the placement's plan is in
