@@ -20,13 +20,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 OUT="$ROOT/worker/build"
 BINDGEN="$OUT/bindgen"
 
-# `wasm` is the profile in the root Cargo.toml (fat LTO, one codegen unit, `panic =
-# "abort"`, stripped; `opt-level = "s"` there), built here at `opt-level = 3`: the Rust
-# work of a warm request (the token's HMAC, the query, the body) costs ≈ 0.7 µs less
-# than at "s", for ≈ 27 KB more gzipped Wasm, well inside the budget
-# (docs/performance.md, "Closing the gap"). The variable makes wasm-bindgen's macros use
-# js-sys' futures, as worker-build does.
-(cd "$ROOT/worker" && WASM_BINDGEN_USE_JS_SYS=1 cargo build --lib --profile wasm --config 'profile.wasm.opt-level=3' \
+# `wasm` is the profile in the root Cargo.toml (opt-level 3, fat LTO, one codegen unit,
+# `panic = "abort"`, stripped). The variable makes wasm-bindgen's macros use js-sys'
+# futures, as worker-build does.
+(cd "$ROOT/worker" && WASM_BINDGEN_USE_JS_SYS=1 cargo build --lib --profile wasm \
   --target wasm32-unknown-unknown >&2)
 
 rm -rf "$OUT"
