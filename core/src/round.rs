@@ -170,6 +170,15 @@ mod tests {
         assert!(run(round(Some(&first), false, 2_000)).plan.is_none());
         let o = run(round(Some(&first), true, 2_000));
         assert_eq!((o.plan.map(|p| p.version), o.why), (Some(2), Some(Publish::Targets)));
+        // Other weights in force: the decision's are published; another rate alone: the
+        // weights in force go out again at the new rate.
+        let mut skewed = first.clone();
+        skewed.no_ad_weight = first.no_ad_weight + 1.0;
+        assert_eq!(run(round(Some(&skewed), false, 2_000)).why, Some(Publish::Weights));
+        let halved = Plan { sample_rate: 0.5, ..first.clone() };
+        let o = run(round(Some(&halved), false, 2_000));
+        assert_eq!(o.why, Some(Publish::Rate));
+        assert_eq!(o.plan.map(|p| (p.sample_rate, p.campaigns)), Some((1.0, first.campaigns.clone())));
         let o = run(round(Some(&first), false, 601_000));
         assert_eq!(o.why, Some(Publish::Age));
         let aged = o.plan.expect("republished when old");

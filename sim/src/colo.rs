@@ -7,9 +7,10 @@
 //!
 //! Decisions are core's, as in the worker: `CompiledPlan::choose_spread` on the request's
 //! attributes with the `Spread` of the isolate that takes the request. A colo runs
-//! [`Serving::isolates`] isolates, and each request goes to one of them at random: the
-//! more isolates share a placement's traffic, the fewer requests each one's credits
-//! see, and the closer the spread comes to independent picks.
+//! as many isolates as [`crate::world::Settings::isolates`] says, and each request goes
+//! to one of them at random: the more isolates share a placement's traffic, the fewer
+//! requests each one's credits see, and the closer the spread comes to independent
+//! picks.
 //! `EdgeKey::sample` on the request id at the plan's rate,
 //! `CompiledPlan::allocation_event`, and the impression token's grant for an impression.
 //! Every request is decided; two ways to decide whether it is sampled, which the tests
@@ -212,6 +213,11 @@ impl Colo {
 
     pub fn plan(&self, placement: usize) -> &Plan {
         self.slots[placement].plan.plan()
+    }
+
+    /// Per isolate, how many eligibility patterns its credits follow for `placement`.
+    pub fn streams(&self, placement: usize) -> Vec<usize> {
+        self.slots[placement].spreads.iter().map(Spread::streams).collect()
     }
 
     /// A plan published for `placement`, visible here from `at_s`.

@@ -75,10 +75,14 @@ pub struct Summary {
     /// targets cannot be met even within it), and the share of them flagged.
     pub infeasible_windows: usize,
     pub infeasible_flagged: f64,
-    /// Placement-windows short by more than half the margin but not more than it: met
-    /// within the margin at the best achievable shares, so flagging them is a bonus.
+    /// Placement-windows short by more than half the margin but not more than it, and
+    /// the share of them flagged (reported, not in the bar).
     pub marginal_windows: usize,
     pub marginal_flagged: f64,
+    /// In windows short by at most the margin, the infeasible campaigns' realized share
+    /// within the margin of target: the share of them, and how many. Their targets can
+    /// still be met within the margin, flagged or not, and this checks that they were.
+    pub near_miss_within: Option<(f64, usize)>,
     /// The first few windows short by more than half the margin left unflagged, to
     /// look into.
     pub unflagged: Vec<Unflagged>,
@@ -223,6 +227,14 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
     let share_flagged = |ws: &[&&WindowRecord]| {
         if ws.is_empty() { 1.0 } else { ws.iter().filter(|w| flagged_any(w)).count() as f64 / ws.len() as f64 }
     };
+    let near: Vec<bool> = steady
+        .iter()
+        .filter(|w| scored(w) && w.short > 0.0 && w.short <= w.margin && w.requests > 0)
+        .flat_map(|w| {
+            w.campaigns.iter().filter(|c| !c.feasible).map(|c| (c.realized - c.target).abs() <= w.margin + 1e-12)
+        })
+        .collect();
+    let near_miss_within = (!near.is_empty()).then(|| (share(near.iter().copied()), near.len()));
     let unflagged = runs
         .iter()
         .zip(built)
@@ -273,6 +285,7 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
         infeasible_flagged: share_flagged(&infeasible),
         marginal_windows: marginal.len(),
         marginal_flagged: share_flagged(&marginal),
+        near_miss_within,
         unflagged,
         false_flags,
         unattainable_windows: unattainable.len(),

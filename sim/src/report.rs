@@ -42,6 +42,14 @@ pub fn misses(s: &Summary, level: f64) -> Vec<String> {
     if s.infeasible_flagged < 1.0 {
         out.push(format!("{:.1} % of infeasible windows flagged", s.infeasible_flagged * 100.0));
     }
+    if let Some((within, _)) = s.near_miss_within
+        && within < 0.95
+    {
+        out.push(format!(
+            "{:.1} % of campaigns infeasible by at most the margin delivered within it < 95 %",
+            within * 100.0
+        ));
+    }
     if s.unattainable_at_census < 1.0 {
         out.push(format!("{:.1} % of unattainable windows sampled at census", s.unattainable_at_census * 100.0));
     }
@@ -106,8 +114,14 @@ pub fn render(sc: &Scenario, s: &Summary) -> String {
     }
     if s.marginal_windows > 0 {
         row(
-            "… short by ½–1 margin (met within the margin at the best shares)",
+            "… short by ½–1 margin, flagged",
             format!("{:.1} % of {} flagged", s.marginal_flagged * 100.0, s.marginal_windows),
+        );
+    }
+    if let Some((within, n)) = s.near_miss_within {
+        row(
+            "… campaigns infeasible by at most the margin, delivered within it",
+            format!("{:.1} % of {}", within * 100.0, n),
         );
     }
     for u in &s.unflagged {

@@ -29,6 +29,7 @@ fn a_campaign_infeasible_at_night_is_flagged_and_the_others_met() {
     let s = simulate("diurnal", 60, 0.3, 1);
     assert!(s.infeasible_windows > 20, "{s:#?}");
     assert_eq!(s.infeasible_flagged, 1.0, "{s:#?}");
+    assert!(s.near_miss_within.is_none_or(|(within, _)| within >= 0.95), "{s:#?}");
     assert!(s.within.value >= 0.9, "{s:#?}");
 }
 

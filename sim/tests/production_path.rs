@@ -33,17 +33,7 @@ fn first_plan(sc: &allot_sim::scenario::Scenario, rate: f64) -> Plan {
 /// Serves `seconds` of 2,000 requests/s at one colo, by counts or request by request.
 fn serve(per_request: bool, rate: f64, seconds: u64) -> (Truth, Vec<allot_core::Event>, Plan) {
     // One window longer than the run: every request in one truth.
-    serve_isolated(per_request, rate, seconds, 1)
-}
-
-/// The same, at a colo of `isolates` isolates.
-fn serve_isolated(
-    per_request: bool,
-    rate: f64,
-    seconds: u64,
-    isolates: usize,
-) -> (Truth, Vec<allot_core::Event>, Plan) {
-    let (mut truths, events, plan) = serve_at(per_request, rate, 0..seconds, 0, u64::MAX / 2, isolates);
+    let (mut truths, events, plan, _) = serve_at(per_request, rate, 0..seconds, 0, u64::MAX / 2, 1);
     (truths.take(0), events, plan)
 }
 
@@ -55,7 +45,7 @@ fn serve_at(
     skew_ms: i64,
     period_ms: u64,
     isolates: usize,
-) -> (Truths, Vec<allot_core::Event>, Plan) {
+) -> (Truths, Vec<allot_core::Event>, Plan, Vec<usize>) {
     let sc = scenarios::build("steady", Knobs::default(), 1).expect("known scenario");
     let plan = first_plan(&sc, rate);
     let mut colo =
@@ -76,7 +66,7 @@ fn serve_at(
     for t in range {
         colo.serve(&mut rng, 0, t, &rates, how, &mut ids, &mut truths);
     }
-    (truths, std::mem::take(&mut colo.outbox), plan)
+    (truths, std::mem::take(&mut colo.outbox), plan, colo.streams(0))
 }
 
 /// The colo decides as the worker does, with a spread pick: each campaign's deliveries
@@ -99,7 +89,11 @@ fn a_colos_deliveries_follow_the_odds_of_its_plan() {
 /// colo's stay within a few requests per isolate, still far inside the binomial spread.
 #[test]
 fn each_isolate_of_a_colo_follows_the_odds() {
-    let (truth, _, plan) = serve_isolated(false, 0.05, 60, 8);
+    let (mut truths, _, plan, streams) = serve_at(false, 0.05, 0..60, 0, u64::MAX / 2, 8);
+    let truth = truths.take(0);
+    // Every isolate took requests of every pattern (15,000 requests each): 8 sets of
+    // credits, each following the same patterns.
+    assert!(streams.len() == 8 && streams.iter().all(|&n| n >= 2 && n == streams[0]), "{streams:?}");
     for c in &plan.campaigns {
         let delivered = truth.delivered.get(&c.id).copied().unwrap_or(0) as f64;
         let expected = truth.expected[&c.id] * truth.requests as f64 / truth.expected_requests;
@@ -111,13 +105,13 @@ fn each_isolate_of_a_colo_follows_the_odds() {
 #[test]
 fn a_request_counts_in_the_window_of_the_colos_clock() {
     // 300 ms ahead: the last 300 ms of true second 59 are the next window's.
-    let (mut ahead, events, _) = serve_at(false, 0.05, 59..60, 300, 60_000, 1);
+    let (mut ahead, events, _, _) = serve_at(false, 0.05, 59..60, 300, 60_000, 1);
     let (first, second) = (ahead.take(0).requests as f64, ahead.take(1).requests as f64);
     let share = second / (first + second);
     assert!((share - 0.3).abs() < 0.05, "{first} then {second}");
     assert!(events.iter().all(|e| (59_300..60_300).contains(&e.event_time_ms)), "events carry the colo's clock");
     // 300 ms behind: the first 300 ms of true second 60 are still the window before.
-    let (mut behind, _, _) = serve_at(false, 0.05, 60..61, -300, 60_000, 1);
+    let (mut behind, _, _, _) = serve_at(false, 0.05, 60..61, -300, 60_000, 1);
     let (first, second) = (behind.take(0).requests as f64, behind.take(1).requests as f64);
     assert!((first / (first + second) - 0.3).abs() < 0.05, "{first} then {second}");
 }
