@@ -295,7 +295,7 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
             at_census as f64 / unattainable.len() as f64
         },
         invalid_plans: runs.iter().map(|r| r.invalid_plans).sum(),
-        plans_per_hour: runs.iter().map(|r| r.plans_published).sum::<u64>() as f64 / hours.max(1e-9),
+        plans_per_hour: runs.iter().flat_map(|r| r.published.values()).sum::<u64>() as f64 / hours.max(1e-9),
         plans_per_hour_by: {
             let mut by = std::collections::BTreeMap::<Publish, u64>::new();
             runs.iter().flat_map(|r| &r.published).for_each(|(w, n)| *by.entry(*w).or_default() += n);

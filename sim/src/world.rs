@@ -112,7 +112,6 @@ pub struct WindowRecord {
 #[derive(Debug, Default)]
 pub struct Run {
     pub windows: Vec<WindowRecord>,
-    pub plans_published: u64,
     pub events_sent: u64,
     pub events_lost: u64,
     pub duplicates_refused: u64,
@@ -174,7 +173,7 @@ pub fn run(sc: &Scenario, settings: Settings) -> Run {
     let mut ids: Vec<Vec<RequestIds>> =
         specs.iter().map(|_| sc.profiles.iter().map(|_| RequestIds::new(sc.reuse)).collect()).collect();
     let mut inbox = Inbox::default();
-    let mut out = Run { plans_published: first.len() as u64, ..Run::default() };
+    let mut out = Run::default();
     let mut rates = Vec::new();
     let on_impressions = sc.counts_impressions();
     let down = |t: u64| sc.delivery.origin_outage.is_some_and(|(a, b)| (a..b).contains(&t));
@@ -189,7 +188,6 @@ pub fn run(sc: &Scenario, settings: Settings) -> Run {
                     && let Some(plan) = st.control.round(&st.targets, st.rev, &windows, t * 1000)
                 {
                     publish(&mut colos, ch.placement, t, plan, sc, &mut rng);
-                    out.plans_published += 1;
                 }
             }
         }
@@ -237,7 +235,6 @@ pub fn run(sc: &Scenario, settings: Settings) -> Run {
             for (p, st) in states.iter_mut().enumerate() {
                 if let Some(plan) = st.control.round(&st.targets, st.rev, &windows, (t + 1) * 1000) {
                     publish(&mut colos, p, t + 1, plan, sc, &mut rng);
-                    out.plans_published += 1;
                 }
                 if let Some(index) = st.control.last_index {
                     annotate(&mut out.windows, p, index, &windows, &specs[p].id, st);
@@ -330,10 +327,11 @@ fn record(
             c.rate.get() / shown.max(1e-9)
         })
         .collect();
-    let (bad, short) = infeasible_set(&supply, &demand, |k, j| {
+    let eligible = |k: usize, j: usize| {
         let a = attrs(&sc.profiles[k]);
         rules[j].matches(a.platform, a.country)
-    });
+    };
+    let (bad, short) = infeasible_set(&supply, &demand, eligible);
     let targets = &st.targets;
     WindowRecord {
         placement: p,
@@ -353,13 +351,7 @@ fn record(
                 published: None,
                 flagged: false,
                 eligible_estimated: 0.0,
-                eligible: (0..supply.len())
-                    .filter(|&k| {
-                        let a = attrs(&sc.profiles[k]);
-                        rules[j].matches(a.platform, a.country)
-                    })
-                    .map(|k| supply[k])
-                    .sum(),
+                eligible: (0..supply.len()).filter(|&k| eligible(k, j)).map(|k| supply[k]).sum(),
             })
             .collect(),
         needed: allot_core::SampleRatePlanner::required_samples(targets),
