@@ -50,7 +50,7 @@ pub use membership::{Change, Member, Membership, MembershipConfig, OpOutcome, Sh
 pub use plan::{PLAN_FORMAT, Plan, PlanCampaign, PlanError, Succession};
 pub use planner::SampleRatePlanner;
 pub use retry::{Backoff, RetryPolicy};
-pub use round::{Outcome, Policy, Publish, Round};
+pub use round::{Outcome, Policy, Publish, Published, Round};
 pub use sample::SampleKey;
 pub use signature::{SignatureError, Verifier};
 pub use spread::Spread;

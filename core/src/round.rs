@@ -31,10 +31,16 @@ pub struct Round<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
     pub decision: Decision,
-    /// The plan to publish (version + 1), or `None` when the one in force is still right.
-    pub plan: Option<Plan>,
-    /// Why `plan` is published (the first reason that applies, in this order).
-    pub why: Option<Publish>,
+    /// The plan to publish, or `None` when the one in force is still right.
+    pub publish: Option<Published>,
+}
+
+/// A plan a round publishes (version + 1), and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published {
+    pub plan: Plan,
+    /// The first reason that applies, in [`Publish`]'s order.
+    pub why: Publish,
 }
 
 /// Why a round publishes a plan. Every publish is a KV write and a new version the edge
@@ -121,14 +127,15 @@ impl Policy {
             Some(prev) if r.now_ms.saturating_sub(prev.issued_at_ms) >= r.republish_after_ms => Some(Publish::Age),
             Some(_) => None,
         };
-        let plan = why.map(|_| {
+        let publish = why.map(|why| {
             let version = r.previous.map_or(1, |p| p.version + 1);
-            match same {
+            let plan = match same {
                 Some(prev) => Plan { version, issued_at_ms: r.now_ms, sample_rate: rate, ..prev.clone() },
                 None => decision.to_plan(r.targets, r.placement.clone(), version, rate, r.now_ms),
-            }
+            };
+            Published { plan, why }
         });
-        Outcome { decision, plan, why }
+        Outcome { decision, publish }
     }
 }
 
@@ -159,29 +166,23 @@ mod tests {
             republish_after_ms: 600_000,
         };
         let policy = Policy::default();
-        let run = |r| {
-            let o = policy.run(r);
-            assert_eq!(o.plan.is_some(), o.why.is_some(), "a plan is published for a reason");
-            o
-        };
-        let o = run(round(None, false, 1_000));
-        let first = o.plan.expect("first round publishes");
-        assert_eq!((first.version, first.sample_rate, o.why), (1, 1.0, Some(Publish::First)));
-        assert!(run(round(Some(&first), false, 2_000)).plan.is_none());
-        let o = run(round(Some(&first), true, 2_000));
-        assert_eq!((o.plan.map(|p| p.version), o.why), (Some(2), Some(Publish::Targets)));
+        let run = |r| policy.run(r).publish;
+        let Published { plan: first, why } = run(round(None, false, 1_000)).expect("first round publishes");
+        assert_eq!((first.version, first.sample_rate, why), (1, 1.0, Publish::First));
+        assert!(run(round(Some(&first), false, 2_000)).is_none());
+        let o = run(round(Some(&first), true, 2_000)).unwrap();
+        assert_eq!((o.plan.version, o.why), (2, Publish::Targets));
         // Other weights in force: the decision's are published; another rate alone: the
         // weights in force go out again at the new rate.
         let mut skewed = first.clone();
         skewed.no_ad_weight = first.no_ad_weight + 1.0;
-        assert_eq!(run(round(Some(&skewed), false, 2_000)).why, Some(Publish::Weights));
+        assert_eq!(run(round(Some(&skewed), false, 2_000)).map(|o| o.why), Some(Publish::Weights));
         let halved = Plan { sample_rate: 0.5, ..first.clone() };
-        let o = run(round(Some(&halved), false, 2_000));
-        assert_eq!(o.why, Some(Publish::Rate));
-        assert_eq!(o.plan.map(|p| (p.sample_rate, p.campaigns)), Some((1.0, first.campaigns.clone())));
-        let o = run(round(Some(&first), false, 601_000));
-        assert_eq!(o.why, Some(Publish::Age));
-        let aged = o.plan.expect("republished when old");
+        let o = run(round(Some(&halved), false, 2_000)).unwrap();
+        assert_eq!(o.why, Publish::Rate);
+        assert_eq!((o.plan.sample_rate, o.plan.campaigns), (1.0, first.campaigns.clone()));
+        let Published { plan: aged, why } = run(round(Some(&first), false, 601_000)).expect("republished when old");
+        assert_eq!(why, Publish::Age);
         // Only its version and issue time are new: the edge does exactly what it did.
         assert_eq!((aged.version, aged.issued_at_ms), (2, 601_000));
         assert_eq!(Plan { version: 1, issued_at_ms: 1_000, ..aged.clone() }, first);

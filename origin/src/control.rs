@@ -34,7 +34,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use allot_core::{Fence, PlacementId, Plan, Publish, Targets, WindowStats};
+use allot_core::{Fence, PlacementId, Plan, Published, Targets, WindowStats};
 use redis::AsyncCommands;
 use redis::streams::StreamMaxlen;
 use tokio_util::sync::CancellationToken;
@@ -287,7 +287,7 @@ async fn prepare(app: &App, p: &PlacementId, now_ms: u64, fence: &Fence) -> Resu
         },
     );
     crate::history::record(app, p, &inputs, campaigns).await;
-    let Some(mut plan) = outcome.plan else { return Ok(None) };
+    let Some(Published { mut plan, why }) = outcome.publish else { return Ok(None) };
     if let Err(e) = plan.check() {
         // Never issued, never published: the plan in force stays.
         tracing::error!(placement = %p, error = %e, "the controller made an invalid plan; not published");
@@ -304,7 +304,7 @@ async fn prepare(app: &App, p: &PlacementId, now_ms: u64, fence: &Fence) -> Resu
         placement: p.clone(),
         record: PlanRecord { plan, decision: Some(outcome.decision), targets_rev: rev, published_at_ms: now_ms },
         withdrawing: None,
-        why: outcome.why.map_or("unknown", Publish::as_str),
+        why: why.as_str(),
     }))
 }
 

@@ -108,7 +108,7 @@ pub async fn preview(
         feasible: campaigns.iter().all(|c| c.feasible),
         campaigns,
         required_samples: required,
-        sample_rate: outcome.plan.map_or(1.0, |p| p.sample_rate),
+        sample_rate: outcome.publish.map_or(1.0, |p| p.plan.sample_rate),
         attainable: inputs.attainable(&targets),
     }))
 }

@@ -20,8 +20,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use allot_core::{
-    CampaignId, ControlState, Decision, EventBatch, EventError, Feasibility, PlacementId, Plan, Policy, Publish, Round,
-    Targets, WindowStats,
+    CampaignId, ControlState, Decision, EventBatch, EventError, Feasibility, PlacementId, Plan, Policy, Publish,
+    Published, Round, Targets, WindowStats,
 };
 
 /// Per-window counts as the origin stores them: one hash of fields per placement and
@@ -203,7 +203,7 @@ impl ControlLoop {
         self.last_decision = Some(outcome.decision.clone());
         // As the origin: the state is kept after every round, published or not.
         self.state = outcome.decision.state.clone();
-        let plan = outcome.plan?;
+        let Published { plan, why } = outcome.publish?;
         if let Err(e) = plan.check() {
             // As the origin: never published, the plan in force stays.
             self.invalid_plans += 1;
@@ -212,9 +212,7 @@ impl ControlLoop {
             }
             return None;
         }
-        if let Some(why) = outcome.why {
-            *self.published.entry(why).or_default() += 1;
-        }
+        *self.published.entry(why).or_default() += 1;
         self.record = Some(Record { plan: plan.clone(), decision: outcome.decision, targets_rev });
         Some(plan)
     }

@@ -88,7 +88,7 @@ fn run(windows: usize, bias: f64, start: ControlState, mut noise: Option<SmallRn
     let a = CampaignId::parse("A").unwrap();
     let first = policy.run(mk(&placement, &t, None, &Evidence::default(), &start, 0, true));
     // The traffic is known: start at the rate it needs.
-    let mut plan = Plan { sample_rate: 0.014, ..first.plan.unwrap() };
+    let mut plan = Plan { sample_rate: 0.014, ..first.publish.unwrap().plan };
     let mut state = ControlState { learning: None, ..start };
     let mut out = Vec::new();
     for k in 0..windows {
@@ -109,7 +109,7 @@ fn run(windows: usize, bias: f64, start: ControlState, mut noise: Option<SmallRn
         // Whatever the controller stores, it reads back.
         let stored = serde_json::to_string(&state).unwrap();
         serde_json::from_str::<ControlState>(&stored).unwrap_or_else(|e| panic!("window {k}: {e}: {stored}"));
-        if let Some(p) = o.plan {
+        if let Some(p) = o.publish.map(|p| p.plan) {
             plan = p;
         }
     }
@@ -174,10 +174,11 @@ fn windows_under_a_republished_plan_with_the_same_weights_count_together() {
     let state = ControlState::default();
     let v1 = Plan {
         sample_rate: 0.014,
-        ..policy.run(mk(&placement, &t, None, &Evidence::default(), &state, 0, true)).plan.unwrap()
+        ..policy.run(mk(&placement, &t, None, &Evidence::default(), &state, 0, true)).publish.unwrap().plan
     };
     // Republished for its age: version 2, same weights.
-    let v2 = policy.run(mk(&placement, &t, Some(&v1), &Evidence::default(), &state, 600_000, false)).plan.unwrap();
+    let v2 =
+        policy.run(mk(&placement, &t, Some(&v1), &Evidence::default(), &state, 600_000, false)).publish.unwrap().plan;
     assert_eq!(v2.version, 2);
     assert_eq!(super::weights_fingerprint(&v1), super::weights_fingerprint(&v2));
     // A window decided half under each, 1.2 pp short. A state that only knows v2
@@ -212,7 +213,7 @@ fn identical_windows_count_apart_by_their_index() {
     let state = ControlState::default();
     let v1 = Plan {
         sample_rate: 0.014,
-        ..policy.run(mk(&placement, &t, None, &Evidence::default(), &state, 0, true)).plan.unwrap()
+        ..policy.run(mk(&placement, &t, None, &Evidence::default(), &state, 0, true)).publish.unwrap().plan
     };
     // Two windows with the very same counts (a steady census of a small placement).
     let w = window(&v1, REQUESTS, &truth(&v1, 1.0), None);
@@ -248,7 +249,7 @@ fn windows_split_between_plans_with_new_weights_still_teach() {
     let mut state = ControlState::default();
     let mut before = Plan {
         sample_rate: 0.014,
-        ..policy.run(mk(&placement, &t0, None, &Evidence::default(), &state, 0, true)).plan.unwrap()
+        ..policy.run(mk(&placement, &t0, None, &Evidence::default(), &state, 0, true)).publish.unwrap().plan
     };
     let mut plan = before.clone();
     let mut shares = Vec::new();
@@ -262,7 +263,7 @@ fn windows_split_between_plans_with_new_weights_still_teach() {
         let t = nudged(k + 1);
         let o = policy.run(mk(&placement, &t, Some(&plan), &seen(&policy, &w, now), &state, now, true));
         state = o.decision.state;
-        let next = o.plan.expect("new targets, new weights");
+        let next = o.publish.expect("new targets, new weights").plan;
         assert_ne!(super::weights_fingerprint(&next), super::weights_fingerprint(&plan));
         before = std::mem::replace(&mut plan, next);
     }
