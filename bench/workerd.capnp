@@ -23,12 +23,15 @@ const config :Workerd.Config = (
 # wasm-bindgen glue, and the Wasm), with the bindings wrangler.toml and its secrets give
 # it: with EDGE_KEY every ad carries an impression token and 1 % of requests are
 # sampled, as in production.
+# wrangler.toml's, which scripts/bench-worker.sh checks this against.
+const compatibilityDate :Text = "2026-04-20";
+
 const allotWorker :Workerd.Worker = (
   modules = [
     (name = "index.js", esModule = embed "../worker/build/index.js"),
     (name = "index_bg.wasm", wasm = embed "../worker/build/index_bg.wasm"),
   ],
-  compatibilityDate = "2026-04-20",
+  compatibilityDate = .compatibilityDate,
   bindings = [
     (name = "PLANS", kvNamespace = "plans-kv"),
     (name = "PLAN_TTL_SECS", text = "10"),
@@ -43,7 +46,7 @@ const allotWorker :Workerd.Worker = (
 # What the edge is compared with: a worker that returns a fixed JSON body.
 const minimalWorker :Workerd.Worker = (
   modules = [(name = "minimal.js", esModule = embed "minimal.js")],
-  compatibilityDate = "2026-04-20",
+  compatibilityDate = .compatibilityDate,
 );
 
 # KV namespace backed by memory, seeded with bench/plan.json under plan:bench.
@@ -52,10 +55,10 @@ const kvWorker :Workerd.Worker = (
     (name = "kv.js", esModule = embed "kv.js"),
     (name = "plan.json", text = embed "plan.json"),
   ],
-  compatibilityDate = "2026-04-20",
+  compatibilityDate = .compatibilityDate,
 );
 
 const sinkWorker :Workerd.Worker = (
   modules = [(name = "sink.js", esModule = embed "sink.js")],
-  compatibilityDate = "2026-04-20",
+  compatibilityDate = .compatibilityDate,
 );

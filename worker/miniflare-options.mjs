@@ -4,9 +4,11 @@
 // from. One home, so that the end-to-end stack and the demo (tests/edge.mjs) and the
 // bench (bench/miniflare.mjs) measure and test the same worker; each adds its own
 // bindings, KV persistence, outbound handler and address.
+import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
+const COMPATIBILITY_DATE = /^compatibility_date = "([^"]+)"$/m.exec(readFileSync(`${ROOT}wrangler.toml`, "utf8"))[1];
 
 /**
  * The worker's part of a Miniflare configuration, a fresh object per call: spread it
@@ -18,7 +20,7 @@ export function workerOptions() {
     scriptPath: `${ROOT}worker/build/index.js`,
     modulesRoot: ROOT,
     modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
-    compatibilityDate: "2026-04-20",
+    compatibilityDate: COMPATIBILITY_DATE,
     kvNamespaces: ["PLANS"],
   };
 }

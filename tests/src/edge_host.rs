@@ -77,15 +77,25 @@ const edge :Workerd.Worker = (
     (name = "index.js", esModule = embed "index.js"),
     (name = "index_bg.wasm", wasm = embed "index_bg.wasm"),
   ],
-  compatibilityDate = "2026-04-20",
+  compatibilityDate = "{date}",
   bindings = [{}],
   globalOutbound = "net",
 );
 const kv :Workerd.Worker = (
   modules = [(name = "kv.js", esModule = embed "kv.js"), (name = "plan.json", text = embed "plan.json")],
-  compatibilityDate = "2026-04-20",
+  compatibilityDate = "{date}",
 );
 "#,
-        bindings.join(", ")
+        bindings.join(", "),
+        date = compatibility_date()
     )
+}
+
+/// The date the worker is deployed with (`wrangler.toml`), so the tests run it under
+/// the runtime's behaviour of that date.
+fn compatibility_date() -> &'static str {
+    include_str!("../../wrangler.toml")
+        .lines()
+        .find_map(|l| l.strip_prefix("compatibility_date = \"")?.strip_suffix('"'))
+        .expect("wrangler.toml names a compatibility_date")
 }

@@ -3,10 +3,9 @@
 // the origin's /v1/events that checks every signature itself with node:crypto.
 import { createHmac, timingSafeEqual } from "node:crypto";
 import { createServer } from "node:http";
-import { fileURLToPath } from "node:url";
 import { Miniflare } from "miniflare";
+import { workerOptions } from "../miniflare-options.mjs";
 
-const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 export const KEY = "test-ingest-key-0123456789abcdef";
 export const PUSH_KEY = "test-push-key-0123456789abcdef";
 /** The edges' secret: keyed sampling and impression tokens. */
@@ -19,11 +18,7 @@ const MAX_SKEW_SECS = 300;
  */
 export async function startWorker(bindings = {}, { cf = { country: "FR", colo: "CDG" } } = {}) {
   const mf = new Miniflare({
-    modules: true,
-    scriptPath: `${ROOT}/worker/build/index.js`,
-    modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
-    compatibilityDate: "2026-04-20",
-    kvNamespaces: ["PLANS"],
+    ...workerOptions(),
     bindings: { PLAN_TTL_SECS: "1", INGEST_KEY: KEY, PUSH_KEYS: PUSH_KEY, EDGE_KEY, EVENT_BATCH_AGE_MS: "100", ...bindings },
     cf,
     host: "127.0.0.1",
