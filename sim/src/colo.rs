@@ -22,6 +22,7 @@
 //!   a sampled one gets an id, drawn until core's sampler takes it.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 
 use allot_core::choose::pick_probabilities;
 use allot_core::token::{self, Issue, Subject};
@@ -53,6 +54,8 @@ pub struct Truth {
     pub expected: BTreeMap<CampaignId, f64>,
     /// The requests `expected` is over (by counts, the Poisson mean rather than the draw).
     pub expected_requests: f64,
+    /// The same requests per profile: the traffic the window's targets are held to.
+    pub profiles: Vec<f64>,
     pub sampled: u64,
 }
 
@@ -72,6 +75,10 @@ impl Truth {
     /// `n` requests of profile `k` decided under `slot`: their expected deliveries.
     fn expect_requests(&mut self, slot: &Slot, k: usize, n: u64, on_impressions: bool) {
         self.expected_requests += n as f64;
+        if self.profiles.len() <= k {
+            self.profiles.resize(k + 1, 0.0);
+        }
+        self.profiles[k] += n as f64;
         for (c, &q) in slot.odds[k].1.iter().enumerate() {
             let d = q * (1.0 - slot.shortfall[c]) * if on_impressions { slot.shown[c][k] } else { 1.0 };
             self.expect(&slot.plan.plan().campaigns[c].id, n as f64 * d);
@@ -99,6 +106,11 @@ impl Truths {
     /// The truth of the window holding edge time `at_ms`.
     fn at(&mut self, at_ms: u64) -> &mut Truth {
         self.windows.entry(at_ms / self.period_ms).or_default()
+    }
+
+    /// The truth of window `index` so far.
+    pub fn get(&self, index: u64) -> Option<&Truth> {
+        self.windows.get(&index)
     }
 
     /// The truth of window `index`, taken out.
@@ -130,7 +142,8 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(plan: Plan, spec: &PlacementSpec, profiles: &[Profile], isolates: usize) -> Self {
+    /// A slot serving `plan`, with the isolates' `spreads` (kept across plans).
+    fn new(plan: Plan, spec: &PlacementSpec, profiles: &[Profile], spreads: Vec<Spread>) -> Self {
         let plan = CompiledPlan::new(plan).unwrap_or_else(|e| panic!("published plans are valid: {e}"));
         let p = plan.plan();
         let odds = profiles
@@ -149,7 +162,6 @@ impl Slot {
             .collect();
         let shown =
             p.campaigns.iter().map(|c| profiles.iter().map(|pr| spec.shown(&c.id, pr.platform)).collect()).collect();
-        let spreads = (0..isolates.max(1)).map(|_| Spread::new()).collect();
         Self { plan, odds, shortfall, shown, pending: Vec::new(), spreads }
     }
 }
@@ -195,10 +207,11 @@ impl Colo {
         first: &[Plan],
         specs: &[PlacementSpec],
         profiles: &[Profile],
-        isolates: usize,
+        isolates: NonZeroUsize,
     ) -> Self {
+        let spreads = || (0..isolates.get()).map(|_| Spread::new()).collect();
         let slots =
-            first.iter().zip(specs).map(|(plan, spec)| Slot::new(plan.clone(), spec, profiles, isolates)).collect();
+            first.iter().zip(specs).map(|(plan, spec)| Slot::new(plan.clone(), spec, profiles, spreads())).collect();
         Self {
             name,
             skew_ms,
@@ -245,8 +258,7 @@ impl Colo {
         });
         if let Some(plan) = newest {
             let pending = std::mem::take(&mut slot.pending);
-            let spreads = std::mem::take(&mut slot.spreads);
-            *slot = Slot { pending, spreads, ..Slot::new(plan, spec, profiles, 0) };
+            *slot = Slot { pending, ..Slot::new(plan, spec, profiles, std::mem::take(&mut slot.spreads)) };
         }
     }
 

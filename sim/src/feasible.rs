@@ -4,8 +4,9 @@
 //! campaign. So the targets are feasible exactly when a flow from the profiles (each
 //! carrying its share of traffic) through the eligibility edges to the campaigns
 //! (each asking its target) saturates every campaign — Hall's condition, checked by a
-//! maximum flow. This is computed from the simulator's known traffic, independently of
-//! the controller, so the controller's "infeasible" flags can be scored against it.
+//! maximum flow. This is computed from every request of the window (not the sample), by
+//! profile, independently of the controller, so the controller's "infeasible" flags,
+//! and the delivery of what it flags, can be scored against it.
 
 use std::collections::VecDeque;
 

@@ -1,5 +1,6 @@
 //! `allot-sim`: see `--help`.
 
+use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -52,8 +53,8 @@ struct Args {
     census: bool,
     /// Isolates per colo, each with its own spread of the picks, sharing the colo's
     /// requests at random (Cloudflare runs many per colo).
-    #[arg(long, default_value_t = 1)]
-    isolates: usize,
+    #[arg(long, default_value = "1")]
+    isolates: NonZeroUsize,
     /// Runs in parallel (default: one per core). The figures do not depend on it.
     #[arg(long)]
     jobs: Option<usize>,
@@ -69,7 +70,7 @@ fn main() -> anyhow::Result<()> {
         census: args.census,
         lateness_s: args.lateness,
         impression_lateness_s: args.impression_lateness,
-        isolates: args.isolates.max(1),
+        isolates: args.isolates,
         ..Settings::default()
     };
     let threads = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -84,7 +85,7 @@ fn main() -> anyhow::Result<()> {
         args.impression_lateness,
         if args.per_request { ", every request through the sampler" } else { "" },
         if args.census { ", census" } else { "" },
-        if args.isolates > 1 { format!(", {} isolates per colo", args.isolates) } else { String::new() },
+        if args.isolates.get() > 1 { format!(", {} isolates per colo", args.isolates) } else { String::new() },
     );
     for key in keys {
         let started = Instant::now();

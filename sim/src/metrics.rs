@@ -104,8 +104,8 @@ pub struct Summary {
 /// An infeasible window the controller did not flag.
 #[derive(Debug, Clone)]
 pub struct Unflagged {
-    /// Position of the run among the seeds (0: the first seed).
-    pub run: usize,
+    /// The seed of the run it is in.
+    pub seed: u64,
     pub placement: usize,
     pub index: u64,
     /// How far the true traffic fell short of the targets (share).
@@ -238,14 +238,13 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
     let unflagged = runs
         .iter()
         .zip(built)
-        .enumerate()
-        .flat_map(|(run, (r, sc))| {
+        .flat_map(|(r, sc)| {
             r.windows
                 .iter()
                 .filter(move |w| w.index >= warmup && !disturbed(sc, w.index))
                 .filter(|w| scored(w) && w.short > w.margin / 2.0 && !flagged_any(w))
                 .map(move |w| Unflagged {
-                    run,
+                    seed: r.seed,
                     placement: w.placement,
                     index: w.index,
                     short: w.short,

@@ -135,8 +135,8 @@ pub fn render(sc: &Scenario, s: &Summary) -> String {
         row(
             "unflagged window short by > ½ margin",
             format!(
-                "run {} of the seeds, placement {}, window {}: short {:.2} pp; target of estimated eligible share: {}",
-                u.run + 1,
+                "seed {}, placement {}, window {}: short {:.2} pp; target of estimated eligible share: {}",
+                u.seed,
                 u.placement,
                 u.index,
                 u.short * 100.0,

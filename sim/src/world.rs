@@ -11,6 +11,7 @@
 //! the colo's clock that the request's event names (see [`Truths`]).
 
 use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use allot_core::event::MAX_BATCH;
@@ -43,7 +44,7 @@ pub struct Settings {
     pub republish_after_s: u64,
     /// Isolates per colo, each with its own spread of the picks (the worker's plan
     /// cache is per isolate), sharing the colo's requests at random.
-    pub isolates: usize,
+    pub isolates: NonZeroUsize,
 }
 
 impl Default for Settings {
@@ -57,7 +58,7 @@ impl Default for Settings {
             recent_windows: 5,
             min_rate: 1e-4,
             republish_after_s: 600,
-            isolates: 1,
+            isolates: NonZeroUsize::MIN,
         }
     }
 }
@@ -111,6 +112,8 @@ pub struct WindowRecord {
 /// A run's record.
 #[derive(Debug, Default)]
 pub struct Run {
+    /// The seed it ran with.
+    pub seed: u64,
     pub windows: Vec<WindowRecord>,
     pub events_sent: u64,
     pub events_lost: u64,
@@ -126,7 +129,8 @@ struct PlacementState {
     rev: u64,
     control: ControlLoop,
     truth: Truths,
-    /// Expected requests per profile over the current window (for the truth's feasibility).
+    /// Expected requests per profile over the current window: the truth's feasibility
+    /// when no request came.
     mass: Vec<f64>,
 }
 
@@ -173,7 +177,7 @@ pub fn run(sc: &Scenario, settings: Settings) -> Run {
     let mut ids: Vec<Vec<RequestIds>> =
         specs.iter().map(|_| sc.profiles.iter().map(|_| RequestIds::new(sc.reuse)).collect()).collect();
     let mut inbox = Inbox::default();
-    let mut out = Run::default();
+    let mut out = Run { seed: settings.seed, ..Run::default() };
     let mut rates = Vec::new();
     let on_impressions = sc.counts_impressions();
     let down = |t: u64| sc.delivery.origin_outage.is_some_and(|(a, b)| (a..b).contains(&t));
@@ -313,7 +317,12 @@ fn record(
     sc: &Scenario,
     max_rate: f64,
 ) -> WindowRecord {
+    // The requests that came, per profile: what the targets can be met on. A colo whose
+    // clock is behind may still add a few for its last second or two, in proportion.
+    let mut came = st.truth.get(index).map(|t| t.profiles.clone()).unwrap_or_default();
+    came.resize(sc.profiles.len(), 0.0);
     let mass = std::mem::replace(&mut st.mass, vec![0.0; sc.profiles.len()]);
+    let mass = if came.iter().sum::<f64>() > 0.0 { came } else { mass };
     let total: f64 = mass.iter().sum();
     let supply: Vec<f64> = mass.iter().map(|m| if total > 0.0 { m / total } else { 0.0 }).collect();
     let rules: Vec<_> = st.targets.campaigns.iter().map(|c| &c.eligibility).collect();

@@ -2,6 +2,8 @@
 //! core's choice, the edge's events, the aggregator's fold into window counts. And its
 //! fast way of serving (by counts) is the same world as serving request by request.
 
+use std::num::NonZeroUsize;
+
 use allot_core::{EventBatch, EventKind, Plan, RequestId};
 use allot_sim::colo::{Colo, Serving, Truth, Truths, edge_key};
 use allot_sim::metrics::{self, Summary};
@@ -48,8 +50,14 @@ fn serve_at(
 ) -> (Truths, Vec<allot_core::Event>, Plan, Vec<usize>) {
     let sc = scenarios::build("steady", Knobs::default(), 1).expect("known scenario");
     let plan = first_plan(&sc, rate);
-    let mut colo =
-        Colo::new("C00".into(), skew_ms, std::slice::from_ref(&plan), &sc.placements, &sc.profiles, isolates);
+    let mut colo = Colo::new(
+        "C00".into(),
+        skew_ms,
+        std::slice::from_ref(&plan),
+        &sc.placements,
+        &sc.profiles,
+        NonZeroUsize::new(isolates).expect("an isolate"),
+    );
     let mut rng = SmallRng::seed_from_u64(5);
     let mut ids: Vec<RequestIds> = sc.profiles.iter().map(|_| RequestIds::new(0.02)).collect();
     let mut truths = Truths::new(period_ms);
