@@ -93,6 +93,18 @@ fn a_colos_deliveries_follow_the_odds_of_its_plan() {
     }
 }
 
+/// The targets of a window are held to the requests that came, so each is counted in
+/// its profile once, sampled or not.
+#[test]
+fn every_request_is_counted_in_its_profile() {
+    for per_request in [true, false] {
+        let (truth, events, _) = serve(per_request, 0.05, 60);
+        assert_eq!(truth.profiles.iter().sum::<f64>(), truth.requests as f64, "{per_request}");
+        assert!(truth.sampled > 0 && truth.sampled as usize <= events.len(), "{per_request}");
+        assert!(truth.profiles.iter().filter(|&&n| n > 0.0).count() > 1, "{per_request}: {:?}", truth.profiles);
+    }
+}
+
 /// Isolates keep their own credits: each one's deliveries follow the odds, so the
 /// colo's stay within a few requests per isolate, still far inside the binomial spread.
 #[test]
