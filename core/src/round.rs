@@ -60,6 +60,9 @@ pub enum Publish {
 }
 
 impl Publish {
+    /// Every reason, in order.
+    pub const ALL: [Publish; 5] = [Publish::First, Publish::Targets, Publish::Weights, Publish::Rate, Publish::Age];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Publish::First => "first",
@@ -145,6 +148,13 @@ mod tests {
 
     use super::*;
     use crate::TargetsSpec;
+
+    #[test]
+    fn every_reason_is_listed_once_with_its_own_name() {
+        let names: std::collections::BTreeSet<&str> = Publish::ALL.iter().map(|p| p.as_str()).collect();
+        assert_eq!(names.len(), Publish::ALL.len());
+        assert!(Publish::ALL.is_sorted(), "in the order rounds check them");
+    }
 
     #[test]
     fn publishes_first_then_only_on_change() {

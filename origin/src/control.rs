@@ -100,7 +100,7 @@ struct Pending {
     placement: PlacementId,
     record: PlanRecord,
     withdrawing: Option<u64>,
-    /// Why it is published (logged): `core::Publish`, or a withdrawal.
+    /// Why it is published (logged and counted): `core::Publish`, or a withdrawal.
     why: &'static str,
 }
 
@@ -143,7 +143,7 @@ pub async fn round(app: &App, publisher: &Publisher, lease: &LeaseView, placemen
             tracing::warn!(placement = %x.placement, version = x.record.plan.version, error = %e, "publish failed");
             continue;
         }
-        app.metrics.plans_published.inc();
+        app.metrics.plans_published.with_label_values(&[x.why]).inc();
         log_plan(app, &x.record).await;
         store(app, &x, fence.epoch).await;
     }

@@ -7,6 +7,7 @@
 //! is one exposition.
 
 use allot_archive::ArchiverMetrics;
+use allot_core::Publish;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -34,7 +35,9 @@ pub struct Metrics {
     pub control_leader: IntGauge,
     pub control_epoch: IntGauge,
     pub control_fenced: IntCounterVec,
-    pub plans_published: IntCounter,
+    /// Plans published, by why: each is a write to the edges' plan store, and the
+    /// reason (`core::Publish`, or `withdrawn`) tells what drives those writes.
+    pub plans_published: IntCounterVec,
     pub publish_failures: IntCounter,
     pub plan_log_failures: IntCounter,
     pub audit_feed_failures: IntCounter,
@@ -173,7 +176,19 @@ impl Metrics {
                 }
                 c
             },
-            plans_published: counter(&r, "allot_plans_published_total", "Plans published."),
+            plans_published: {
+                let c = counter_vec(
+                    &r,
+                    "allot_plans_published_total",
+                    "Plans published, by why: first, targets, weights, rate, age, withdrawn.",
+                    &["why"],
+                );
+                // Every reason is a series from the start, so a rate of 0 is visible.
+                for why in Publish::ALL.map(Publish::as_str).into_iter().chain(["withdrawn"]) {
+                    c.with_label_values(&[why]);
+                }
+                c
+            },
             publish_failures: counter(&r, "allot_publish_failures_total", "Plans that failed to publish."),
             plan_log_failures: counter(
                 &r,
@@ -251,10 +266,11 @@ mod tests {
         let metrics = Metrics::new();
         let archive = ArchiverMetrics::new();
         metrics.register_archive(&archive);
-        metrics.plans_published.inc();
+        metrics.plans_published.with_label_values(&["weights"]).inc();
         archive.events.rows_written.inc_by(12);
         let text = metrics.render();
-        assert!(text.contains("allot_plans_published_total 1\n"), "{text}");
+        assert!(text.contains("allot_plans_published_total{why=\"weights\"} 1\n"), "{text}");
+        assert!(text.contains("allot_plans_published_total{why=\"withdrawn\"} 0\n"), "{text}");
         assert!(text.contains("allot_archive_rows_total{dataset=\"events\"} 12\n"), "{text}");
         assert!(text.contains("allot_archive_rows_total{dataset=\"plans\"} 0\n"), "{text}");
         assert_eq!(text.matches("# TYPE allot_archive_rows_total counter\n").count(), 1, "{text}");

@@ -182,6 +182,13 @@ impl OriginApi {
         metric(&self.http, &self.url("/metrics"), name_and_labels).await
     }
 
+    /// The sum of every series of metric `name` from `/metrics` (0 if it has none); see
+    /// [`parse_metric_sum`].
+    pub async fn metric_sum(&self, name: &str) -> f64 {
+        let text = self.http.get(self.url("/metrics")).send().await.expect("GET metrics").text().await;
+        parse_metric_sum(&text.expect("metrics text"), name).unwrap_or(0.0)
+    }
+
     /// The control shards this origin acts on, as `/readyz` shows them (its `control`
     /// object); `None` while it is not ready or runs no control loop.
     pub async fn control(&self) -> Option<Value> {
@@ -227,6 +234,19 @@ pub async fn metric(http: &reqwest::Client, url: &str, name_and_labels: &str) ->
 /// A metric's value in a Prometheus text page, if the page has it and it is a number.
 pub fn parse_metric(text: &str, name_and_labels: &str) -> Option<f64> {
     find_metric(text, name_and_labels)?.trim().parse().ok()
+}
+
+/// The sum of every series of metric `name` in a Prometheus text page, whatever its
+/// labels; `None` if the page has none. A counter split by a label (plans by why) is
+/// summed to compare its total with a count that knows no labels.
+pub fn parse_metric_sum(text: &str, name: &str) -> Option<f64> {
+    let values = text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        // `name{…} v` or `name v`; not a longer name that starts with `name`.
+        let value = if rest.starts_with('{') { rest.rsplit_once("} ")?.1 } else { rest.strip_prefix(' ')? };
+        value.trim().parse::<f64>().ok()
+    });
+    values.reduce(|a, b| a + b)
 }
 
 fn find_metric<'a>(text: &'a str, name_and_labels: &str) -> Option<&'a str> {
@@ -360,5 +380,19 @@ mod in_process {
         fn deref(&self) -> &OriginApi {
             &self.api
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sum_counts_every_labelled_series_of_one_name_only() {
+        let text = "# TYPE allot_x_total counter\nallot_x_total{why=\"first\"} 1\nallot_x_total{why=\"age\"} 2\n\
+                    allot_x_total_more 40\nallot_x_totals 50\n";
+        assert_eq!(parse_metric_sum(text, "allot_x_total"), Some(3.0));
+        assert_eq!(parse_metric_sum("allot_y 4\n", "allot_y"), Some(4.0));
+        assert_eq!(parse_metric_sum(text, "allot_y"), None);
     }
 }

@@ -336,7 +336,7 @@ impl FullPath {
             edge,
             archived_events,
             archived_plans: archived_rows(&bucket, "plans")?,
-            plans_published: stack.api.metric("allot_plans_published_total").await,
+            plans_published: stack.api.metric_sum("allot_plans_published_total").await,
         })
     }
 

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use allot_testkit::origin::parse_metric;
+use allot_testkit::origin::{parse_metric, parse_metric_sum};
 use allot_testkit::process::{cpu_seconds, load_average};
 use serde::Serialize;
 use serde_json::Value;
@@ -25,8 +25,8 @@ pub struct Snapshot {
     /// CPU seconds by process id, with the process's name.
     cpu: BTreeMap<u32, (String, f64)>,
     redis: Option<RedisInfo>,
-    /// `allot_ingest_events_total`, `allot_plans_published_total` (`None`: the origin did
-    /// not answer).
+    /// `allot_ingest_events_total`, `allot_plans_published_total` summed over `why`
+    /// (`None`: the origin did not answer).
     origin_events: Option<f64>,
     origin_plans: Option<f64>,
     /// The edge's `/healthz` event counters.
@@ -59,7 +59,7 @@ impl Snapshot {
             cpu,
             redis,
             origin_events: metric("allot_ingest_events_total"),
-            origin_plans: metric("allot_plans_published_total"),
+            origin_plans: metrics.as_ref().and_then(|t| parse_metric_sum(t, "allot_plans_published_total")),
             edge: stack.edge_events().await.ok(),
             load_average: load_average(),
         }

@@ -230,7 +230,8 @@ async fn worker_push_is_signed_with_every_push_key_and_never_the_ingest_key() {
         let ingest = Verifier::new(vec![INGEST_KEY.as_bytes().to_vec()], 60).unwrap();
         assert!(ingest.verify(&w.signatures[0], body.as_bytes(), now).is_err());
     }
-    assert_eq!(app.metric("allot_plans_published_total").await, 1.0);
+    assert_eq!(app.metric("allot_plans_published_total{why=\"first\"}").await, 1.0);
+    assert_eq!(app.metric_sum("allot_plans_published_total").await, 1.0);
 
     // The edge already holds a newer version: 409 is not a failure.
     worker.lock().unwrap().held = 50;
@@ -242,5 +243,8 @@ async fn worker_push_is_signed_with_every_push_key_and_never_the_ingest_key() {
     })
     .await;
     assert_eq!(app.metric("allot_publish_failures_total").await, 0.0);
+    // The new targets are why the second plan went out.
+    assert_eq!(app.metric("allot_plans_published_total{why=\"targets\"}").await, 1.0);
+    assert_eq!(app.metric_sum("allot_plans_published_total").await, 2.0);
     assert!(worker.lock().unwrap().problems.is_empty());
 }
