@@ -119,6 +119,14 @@ pub struct Controller {
     pub min_samples: f64,
     /// Targets missed by more than this (absolute share) are reported infeasible.
     pub feasibility_tolerance: f64,
+    /// A campaign asking for less than its estimated eligible traffic, but by fewer
+    /// than this many standard errors of that estimate, is given all of it (when no
+    /// other campaign loses by it). The estimate cannot tell it from one asking for
+    /// more, and a weight fitted to the estimate delivers a fixed fraction of a pool
+    /// that may be smaller than thought (or shrinking, at dusk): that falls short by
+    /// the estimate's error, while the whole pool, whatever its size at the edge, is
+    /// never further from the target than the pool itself. 0 turns it off.
+    pub pool_sigmas: f64,
     pub solve: SolveOptions,
 }
 
@@ -132,6 +140,7 @@ impl Default for Controller {
             min_version_share: 0.9,
             min_samples: 200.0,
             feasibility_tolerance: 1e-4,
+            pool_sigmas: 2.0,
             solve: SolveOptions::default(),
         }
     }
@@ -238,7 +247,7 @@ impl Controller {
         if sum > 1.0 {
             alloc_targets.iter_mut().for_each(|t| *t /= sum);
         }
-        let sol = solver::solve(&alloc_targets, &patterns, self.solve);
+        let sol = self.solve(&alloc_targets, &patterns, &mass, input.recent.requests.n);
         let short: Vec<bool> = targets
             .campaigns
             .iter()
@@ -282,6 +291,33 @@ impl Controller {
             })
             .collect();
         Decision { no_ad_weight: sol.no_ad_weight, campaigns, state, solver_iterations: sol.iterations }
+    }
+}
+
+impl Controller {
+    /// The solver's answer for `asked`, with the campaigns within
+    /// [`pool_sigmas`](Self::pool_sigmas) of their eligible traffic `mass` given all of
+    /// it, when every other campaign still gets what it got without that (`samples`:
+    /// sampled requests behind `mass`).
+    fn solve(&self, asked: &[f64], patterns: &Patterns, mass: &[f64], samples: u64) -> solver::Solution {
+        let sol = solver::solve(asked, patterns, self.solve);
+        let n = samples as f64;
+        let near = |i: usize| {
+            let (t, m) = (asked[i], mass[i]);
+            let se = (m * (1.0 - m) / n).sqrt();
+            n > 0.0 && m > 0.0 && t < m * (1.0 - self.solve.cap_margin) && m - t < self.pool_sigmas * se
+        };
+        let pinned: Vec<usize> = (0..asked.len()).filter(|&i| near(i)).collect();
+        if pinned.is_empty() {
+            return sol;
+        }
+        let mut whole = asked.to_vec();
+        pinned.iter().for_each(|&i| whole[i] = mass[i]);
+        let alt = solver::solve(&whole, patterns, self.solve);
+        let others_kept = (0..asked.len())
+            .filter(|i| !pinned.contains(i))
+            .all(|i| alt.delivered[i] >= sol.delivered[i] - 10.0 * self.solve.tolerance.max(1e-9));
+        if alt.converged && others_kept { alt } else { sol }
     }
 }
 
