@@ -120,8 +120,9 @@ pub struct Controller {
     /// Targets missed by more than this (absolute share) are reported infeasible.
     pub feasibility_tolerance: f64,
     /// A campaign asking for less than its estimated eligible traffic, but by fewer
-    /// than this many standard errors of that estimate, is given all of it (when no
-    /// other campaign loses by it). The estimate cannot tell it from one asking for
+    /// than this many standard errors of that estimate and by less than half the
+    /// manager's margin (so the pool never over-delivers by more, however few the
+    /// samples), is given all of it (when no other campaign loses by it). The estimate cannot tell it from one asking for
     /// more, and a weight fitted to the estimate delivers a fixed fraction of a pool
     /// that may be smaller than thought (or shrinking, at dusk): that falls short by
     /// the estimate's error, while the whole pool, whatever its size at the edge, is
@@ -247,7 +248,8 @@ impl Controller {
         if sum > 1.0 {
             alloc_targets.iter_mut().for_each(|t| *t /= sum);
         }
-        let sol = self.solve(&alloc_targets, &patterns, &mass, input.recent.requests.n);
+        let near = targets.confidence.margin / 2.0;
+        let sol = self.solve(&alloc_targets, &patterns, &mass, input.recent.requests.n, near);
         let short: Vec<bool> = targets
             .campaigns
             .iter()
@@ -298,14 +300,15 @@ impl Controller {
     /// The solver's answer for `asked`, with the campaigns within
     /// [`pool_sigmas`](Self::pool_sigmas) of their eligible traffic `mass` given all of
     /// it, when every other campaign still gets what it got without that (`samples`:
-    /// sampled requests behind `mass`).
-    fn solve(&self, asked: &[f64], patterns: &Patterns, mass: &[f64], samples: u64) -> solver::Solution {
+    /// sampled requests behind `mass`; `within`: half the manager's margin, the most
+    /// the whole pool may exceed a target by).
+    fn solve(&self, asked: &[f64], patterns: &Patterns, mass: &[f64], samples: u64, within: f64) -> solver::Solution {
         let sol = solver::solve(asked, patterns, self.solve);
         let n = samples as f64;
         let near = |i: usize| {
             let (t, m) = (asked[i], mass[i]);
             let se = (m * (1.0 - m) / n).sqrt();
-            n > 0.0 && m > 0.0 && t < m * (1.0 - self.solve.cap_margin) && m - t < self.pool_sigmas * se
+            n > 0.0 && m > 0.0 && t < m * (1.0 - self.solve.cap_margin) && m - t < (self.pool_sigmas * se).min(within)
         };
         let pinned: Vec<usize> = (0..asked.len()).filter(|&i| near(i)).collect();
         if pinned.is_empty() {

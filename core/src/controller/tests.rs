@@ -307,6 +307,21 @@ fn a_target_within_the_estimates_error_of_its_pool_gets_the_whole_pool() {
 }
 
 #[test]
+fn a_pool_never_over_delivers_by_more_than_half_the_margin() {
+    // 300 sampled requests: the pool's standard error is 2.7 pp, but B's pool is 0.7 pp
+    // above its target, more than half the ±1 pp margin: fitted, not given the pool.
+    let t = targets(json!({"campaigns": [{"id": "B", "rate": 0.3, "eligibility": {"countries": ["DE"]}}]}));
+    let w = window(&[(None, Some("DE"), 92), (None, Some("US"), 208)]);
+    assert!((decide(&t, &w).campaigns[0].predicted_share - 0.3).abs() < 1e-6);
+    // Within half of a ±2 pp margin, the same pool is B's.
+    let wide = targets(json!({
+        "campaigns": [{"id": "B", "rate": 0.3, "eligibility": {"countries": ["DE"]}}],
+        "confidence": {"margin": 0.02, "level": 0.95},
+    }));
+    assert!(decide(&wide, &w).campaigns[0].predicted_share > 0.306);
+}
+
+#[test]
 fn a_pool_another_campaign_needs_is_not_taken_whole() {
     // A needs DE traffic too (it is eligible nowhere else): B taking all of DE would
     // starve it, so B is fitted to its target.
