@@ -322,6 +322,17 @@ fn a_pool_never_over_delivers_by_more_than_half_the_margin() {
 }
 
 #[test]
+fn without_samples_no_pool_is_taken_whole() {
+    // No traffic seen yet (the origin's first round, or Redis lost its windows): every
+    // request counts as eligible for everything, and a target of 99.5 % is fitted to
+    // itself rather than given "all" of a pool nobody has measured.
+    let t = targets(json!({"campaigns": [{"id": "A", "rate": 0.995}]}));
+    let d = decide(&t, &WindowStats::default());
+    assert!((d.campaigns[0].predicted_share - 0.995).abs() < 1e-6, "{:?}", d.campaigns[0]);
+    assert_eq!(d.campaigns[0].feasibility, Feasibility::Feasible);
+}
+
+#[test]
 fn a_pool_another_campaign_needs_is_not_taken_whole() {
     // A needs DE traffic too (it is eligible nowhere else): B taking all of DE would
     // starve it, so B is fitted to its target.

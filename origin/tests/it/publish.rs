@@ -248,3 +248,28 @@ async fn worker_push_is_signed_with_every_push_key_and_never_the_ingest_key() {
     assert_eq!(app.metric_sum("allot_plans_published_total").await, 2.0);
     assert!(worker.lock().unwrap().problems.is_empty());
 }
+
+/// The edge refuses every push (503): each failure is counted as one, and nothing is
+/// counted as published, under any reason, since no KV write took place.
+#[tokio::test]
+async fn a_refused_push_is_a_failure_and_never_a_publish() {
+    let pushes = Arc::new(Mutex::new(0usize));
+    let refuse = |State(n): State<Arc<Mutex<usize>>>| async move {
+        *n.lock().unwrap() += 1;
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let base = serve(Router::new().route("/internal/plans/{placement}", put(refuse)).with_state(pushes.clone())).await;
+    let redis = RedisServer::start();
+    let extra = format!("[publish]\nkind = \"worker\"\n[publish.worker]\nurl = \"{base}/\"\nkeys = [\"{PUSH_KEY}\"]\n");
+    let app = TestApp::start(config(&redis, &extra, &[("ALLOT_CONTROL_PERIOD_MS", "60000")])).await;
+
+    let spec = json!({"campaigns": [{"id": "A", "rate": 0.5}]});
+    assert_eq!(app.put_targets("home_feed", &spec, MANAGER_TOKEN).await.status(), 201);
+    eventually(10, "a failed publish", || async {
+        (app.metric("allot_publish_failures_total").await >= 1.0).then_some(())
+    })
+    .await;
+    assert!(*pushes.lock().unwrap() >= 1);
+    assert_eq!(app.metric_sum("allot_plans_published_total").await, 0.0);
+    assert_eq!(app.metric("allot_plans_published_total{why=\"first\"}").await, 0.0);
+}
