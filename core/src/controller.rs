@@ -121,8 +121,9 @@ pub struct Controller {
     pub feasibility_tolerance: f64,
     /// A campaign asking for less than its estimated eligible traffic, but by fewer
     /// than this many standard errors of that estimate and by less than half the
-    /// manager's margin (so the pool never over-delivers by more, however few the
-    /// samples), is given all of it (when no other campaign loses by it). The estimate cannot tell it from one asking for
+    /// manager's margin (on the measured scale: so the *estimated* pool never exceeds
+    /// the target by more, however few the samples), is given all of it (when no other
+    /// campaign loses by it). The estimate cannot tell it from one asking for
     /// more, and a weight fitted to the estimate delivers a fixed fraction of a pool
     /// that may be smaller than thought (or shrinking, at dusk): that falls short by
     /// the estimate's error, while the whole pool, whatever its size at the edge, is
@@ -248,8 +249,15 @@ impl Controller {
         if sum > 1.0 {
             alloc_targets.iter_mut().for_each(|t| *t /= sum);
         }
-        let near = targets.confidence.margin / 2.0;
-        let sol = self.solve(&alloc_targets, &patterns, &mass, input.recent.requests.n, near);
+        // Half the margin on the scale shares are measured on (`predicted_share`
+        // below): a pool above an allocation target by `x` over-delivers by `x·ρ/g`.
+        let within: Vec<f64> = targets
+            .campaigns
+            .iter()
+            .zip(&render)
+            .map(|(c, rho)| targets.confidence.margin / 2.0 * corr(&c.id) / rho)
+            .collect();
+        let sol = self.solve(&alloc_targets, &patterns, &mass, input.recent.effective_samples(), &within);
         let short: Vec<bool> = targets
             .campaigns
             .iter()
@@ -299,16 +307,18 @@ impl Controller {
 impl Controller {
     /// The solver's answer for `asked`, with the campaigns within
     /// [`pool_sigmas`](Self::pool_sigmas) of their eligible traffic `mass` given all of
-    /// it, when every other campaign still gets what it got without that (`samples`:
-    /// sampled requests behind `mass`; `within`: half the manager's margin, the most
-    /// the whole pool may exceed a target by).
-    fn solve(&self, asked: &[f64], patterns: &Patterns, mass: &[f64], samples: u64, within: f64) -> solver::Solution {
+    /// it, when every other campaign still gets what it got without that (`n`: the
+    /// effective sampled requests behind `mass`; `within[i]`: the most campaign `i`'s
+    /// estimated pool may exceed its target by, on the allocation scale).
+    fn solve(&self, asked: &[f64], patterns: &Patterns, mass: &[f64], n: f64, within: &[f64]) -> solver::Solution {
         let sol = solver::solve(asked, patterns, self.solve);
-        let n = samples as f64;
         let near = |i: usize| {
             let (t, m) = (asked[i], mass[i]);
             let se = (m * (1.0 - m) / n).sqrt();
-            n > 0.0 && m > 0.0 && t < m * (1.0 - self.solve.cap_margin) && m - t < (self.pool_sigmas * se).min(within)
+            n > 0.0
+                && m > 0.0
+                && t < m * (1.0 - self.solve.cap_margin)
+                && m - t < (self.pool_sigmas * se).min(within[i])
         };
         let pinned: Vec<usize> = (0..asked.len()).filter(|&i| near(i)).collect();
         if pinned.is_empty() {

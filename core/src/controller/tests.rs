@@ -322,13 +322,39 @@ fn a_pool_never_over_delivers_by_more_than_half_the_margin() {
 }
 
 #[test]
+fn the_half_margin_bound_is_on_the_measured_share() {
+    // Feedback halved B's allocation (g = 0.5): a pool 0.4 pp above its allocation
+    // target would deliver 0.8 pp over the measured target, past half the ±1 pp margin.
+    let t = targets(json!({"campaigns": [{"id": "B", "rate": 0.15, "eligibility": {"countries": ["DE"]}}]}));
+    let w = window(&[(None, Some("DE"), 790), (None, Some("US"), 9_210)]);
+    let state =
+        ControlState { corrections: [(CampaignId::parse("B").unwrap(), 0.5)].into_iter().collect(), learning: None };
+    let input = ControlInput { targets: &t, recent: &w, last: None, last_index: None, previous: None, state: &state };
+    let b = Controller::default().decide(input).campaigns.remove(0);
+    assert_eq!(b.correction, 0.5);
+    assert!((b.predicted_share - 0.15).abs() < 1e-6, "{b:?}");
+}
+
+#[test]
+fn a_pool_an_over_asking_campaign_holds_is_not_split() {
+    // C asks for more than all of DE and is given nearly all of it; B, near the same
+    // pool, would take half of it from C if pinned too.
+    let t = targets(json!({"campaigns": [
+        {"id": "B", "rate": 0.3, "eligibility": {"countries": ["DE"]}},
+        {"id": "C", "rate": 0.4, "eligibility": {"countries": ["DE"]}},
+    ]}));
+    let d = decide(&t, &window(&[(None, Some("DE"), 3_020), (None, Some("US"), 6_980)]));
+    assert!(d.campaigns[1].predicted_share > 0.3, "{:?}", d.campaigns[1]);
+}
+
+#[test]
 fn without_samples_no_pool_is_taken_whole() {
     // No traffic seen yet (the origin's first round, or Redis lost its windows): every
-    // request counts as eligible for everything, and a target of 99.5 % is fitted to
+    // request counts as eligible for everything, and a target of 99.7 % is fitted to
     // itself rather than given "all" of a pool nobody has measured.
-    let t = targets(json!({"campaigns": [{"id": "A", "rate": 0.995}]}));
+    let t = targets(json!({"campaigns": [{"id": "A", "rate": 0.997}]}));
     let d = decide(&t, &WindowStats::default());
-    assert!((d.campaigns[0].predicted_share - 0.995).abs() < 1e-6, "{:?}", d.campaigns[0]);
+    assert!((d.campaigns[0].predicted_share - 0.997).abs() < 1e-6, "{:?}", d.campaigns[0]);
     assert_eq!(d.campaigns[0].feasibility, Feasibility::Feasible);
 }
 
