@@ -19,13 +19,14 @@ const config :Workerd.Config = (
   ],
 );
 
+# Every worker here runs at the date the edge is deployed with, wrangler.toml's
+# compatibility_date (scripts/bench-worker.sh refuses to run when they differ).
+const compatibilityDate :Text = "2026-04-20";
+
 # The edge worker as scripts/build-worker.sh builds it (its entry module bundled with the
 # wasm-bindgen glue, and the Wasm), with the bindings wrangler.toml and its secrets give
 # it: with EDGE_KEY every ad carries an impression token and 1 % of requests are
 # sampled, as in production.
-# wrangler.toml's, which scripts/bench-worker.sh checks this against.
-const compatibilityDate :Text = "2026-04-20";
-
 const allotWorker :Workerd.Worker = (
   modules = [
     (name = "index.js", esModule = embed "../worker/build/index.js"),

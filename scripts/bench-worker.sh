@@ -16,12 +16,12 @@ cd "$ROOT"
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-10s}"
 
-bash scripts/build-worker.sh
-DATE="$(sed -n 's/^compatibility_date = "\(.*\)"$/\1/p' wrangler.toml)"
+DATE="$(sed -n '0,/^compatibility_date = "\(.*\)"$/s//\1/p' wrangler.toml)"
 grep -q "^const compatibilityDate :Text = \"$DATE\";" bench/workerd.capnp || {
   echo "bench/workerd.capnp must run the worker at wrangler.toml's compatibility date ($DATE)" >&2
   exit 1
 }
+bash scripts/build-worker.sh
 bash scripts/tools.sh wrk
 
 free_port() { node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'; }
