@@ -101,6 +101,14 @@ fn every_request_is_counted_in_its_profile() {
         let (truth, events, _) = serve(per_request, 0.05, 60);
         assert_eq!(truth.profiles.iter().sum::<f64>(), truth.requests as f64, "{per_request}");
         assert!(truth.sampled > 0 && truth.sampled as usize <= events.len(), "{per_request}");
+        // Each profile's count is its own: within 5 σ of its Poisson mean over the minute.
+        let sc = scenarios::build("steady", Knobs::default(), 1).expect("known scenario");
+        let mut rates = Vec::new();
+        sc.placements[0].traffic.rates(&sc.profiles, 0, &mut rates);
+        for (k, (&n, r)) in truth.profiles.iter().zip(&rates).enumerate() {
+            let mean = r * 0.2 * 60.0;
+            assert!((n - mean).abs() <= 5.0 * mean.sqrt() + 1.0, "{per_request}: profile {k}: {n} vs {mean}");
+        }
         assert!(truth.profiles.iter().filter(|&&n| n > 0.0).count() > 1, "{per_request}: {:?}", truth.profiles);
     }
 }
