@@ -226,9 +226,11 @@ async fn the_alerts_and_the_dashboard_name_only_exported_metrics() {
     // A forged body, for the rejection counter.
     let forged = app.http.post(app.url("/v1/events")).body("{}").send().await.unwrap();
     assert_eq!(forged.status(), 401);
+    // The campaign gauges are set by the round, the plan-in-force ones once its plan is
+    // published and stored, a moment later: wait for both.
     let exported = eventually(10, "the delivery gauges", || async {
         let text = metrics_text(&app).await;
-        text.contains("allot_campaign_target_share{").then_some(text)
+        (text.contains("allot_campaign_target_share{") && text.contains("allot_placement_sample_rate{")).then_some(text)
     })
     .await;
     let exported: BTreeSet<String> = exported
