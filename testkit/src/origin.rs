@@ -185,8 +185,12 @@ impl OriginApi {
     /// The sum of every series of metric `name` from `/metrics` (0 if it has none); see
     /// [`parse_metric_sum`].
     pub async fn metric_sum(&self, name: &str) -> f64 {
-        let text = self.http.get(self.url("/metrics")).send().await.expect("GET metrics").text().await;
-        parse_metric_sum(&text.expect("metrics text"), name).unwrap_or(0.0)
+        parse_metric_sum(&self.metrics_text().await, name).unwrap_or(0.0)
+    }
+
+    /// The whole `/metrics` page, for tests that read several series of one moment.
+    pub async fn metrics_text(&self) -> String {
+        self.http.get(self.url("/metrics")).send().await.expect("GET metrics").text().await.expect("metrics text")
     }
 
     /// The control shards this origin acts on, as `/readyz` shows them (its `control`

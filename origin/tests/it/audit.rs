@@ -72,6 +72,6 @@ async fn every_change_is_archived_to_the_audit_table_as_the_api_lists_it() {
         })
         .collect();
     assert_eq!(archived, listed, "the archive holds each change once, as the API lists it");
-    let text = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = app.metrics_text().await;
     assert!(text.contains("allot_archive_malformed_entries_total{dataset=\"audit\"} 1"), "{text}");
 }

@@ -140,7 +140,7 @@ async fn health_readiness_metrics_and_openapi() {
     let mut app = TestApp::start(config(&redis, "", &[])).await;
     assert_eq!(app.http.get(app.url("/healthz")).send().await.unwrap().status(), 200);
     assert_eq!(app.http.get(app.url("/readyz")).send().await.unwrap().status(), 200);
-    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = app.metrics_text().await;
     assert!(metrics.contains("allot_ingest_accepted_total"), "{metrics}");
     let doc: serde_json::Value = app.http.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
     for path in ["/v1/events", "/v1/placements/{id}", "/v1/placements/{id}/status", "/v1/audit", "/v1/placements"] {

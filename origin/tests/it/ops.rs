@@ -24,10 +24,6 @@ fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     })
 }
 
-async fn metrics_text(app: &TestApp) -> String {
-    app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap()
-}
-
 /// 200 iOS requests in the last complete window of a one-minute period.
 async fn last_window_traffic(redis: &RedisServer) {
     let period = 60_000;
@@ -60,7 +56,7 @@ async fn delivery_gauges_agree_with_the_status_api() {
     });
     assert_eq!(app.put_targets("home_feed", &spec, MANAGER_TOKEN).await.status(), 201);
     let text = eventually(5, "gauges", || async {
-        let text = metrics_text(&app).await;
+        let text = app.metrics_text().await;
         series(&text, "allot_campaign_estimated_share", &[("campaign", "A")]).map(|_| text)
     })
     .await;
@@ -87,7 +83,7 @@ async fn delivery_gauges_agree_with_the_status_api() {
     let r = app.http.delete(app.url("/v1/placements/home_feed")).bearer_auth(MANAGER_TOKEN).send().await.unwrap();
     assert_eq!(r.status(), 204);
     eventually(5, "series removed", || async {
-        series(&metrics_text(&app).await, "allot_campaign_target_share", &[]).is_none().then_some(())
+        series(&app.metrics_text().await, "allot_campaign_target_share", &[]).is_none().then_some(())
     })
     .await;
 }
@@ -112,14 +108,14 @@ async fn per_campaign_series_stop_at_the_limit_and_placement_gauges_cover_the_re
     assert_eq!(app.put_targets("home_feed", &spec, MANAGER_TOKEN).await.status(), 201);
     let home = [("placement", "home_feed")];
     eventually(5, "home_feed's gauges", || async {
-        series(&metrics_text(&app).await, "allot_campaign_target_share", &home).map(|_| ())
+        series(&app.metrics_text().await, "allot_campaign_target_share", &home).map(|_| ())
     })
     .await;
     let search = [("placement", "search")];
     let one = json!({"campaigns": [{"id": "S", "rate": 0.2}]});
     assert_eq!(app.put_targets("search", &one, MANAGER_TOKEN).await.status(), 201);
     let text = eventually(5, "search's gauges", || async {
-        let text = metrics_text(&app).await;
+        let text = app.metrics_text().await;
         series(&text, "allot_placement_campaigns_off_target", &search).map(|_| text)
     })
     .await;
@@ -141,13 +137,13 @@ async fn per_campaign_series_stop_at_the_limit_and_placement_gauges_cover_the_re
     let r = app.http.delete(app.url("/v1/placements/home_feed")).bearer_auth(MANAGER_TOKEN).send().await.unwrap();
     assert_eq!(r.status(), 204);
     eventually(5, "home_feed forgotten", || async {
-        series(&metrics_text(&app).await, "allot_placement_campaigns_off_target", &home).is_none().then_some(())
+        series(&app.metrics_text().await, "allot_placement_campaigns_off_target", &home).is_none().then_some(())
     })
     .await;
     let one = json!({"campaigns": [{"id": "S", "rate": 0.25}]});
     assert_eq!(app.put_targets("search", &one, MANAGER_TOKEN).await.status(), 200);
     let text = eventually(5, "search's per-campaign series", || async {
-        let text = metrics_text(&app).await;
+        let text = app.metrics_text().await;
         (series(&text, "allot_campaign_target_share", &search) == Some(0.25)).then_some(text)
     })
     .await;
@@ -163,7 +159,7 @@ async fn request_metrics_count_routes_not_paths() {
         app.http.get(app.url(path)).bearer_auth(VIEWER_TOKEN).send().await.unwrap();
     }
     app.http.request(reqwest::Method::from_bytes(b"BREW").unwrap(), app.url("/healthz")).send().await.unwrap();
-    let text = metrics_text(&app).await;
+    let text = app.metrics_text().await;
     let routes: BTreeSet<&str> = text
         .lines()
         .filter(|l| l.starts_with("allot_http_requests_total{"))
@@ -229,7 +225,7 @@ async fn the_alerts_and_the_dashboard_name_only_exported_metrics() {
     // The campaign gauges are set by the round, the plan-in-force ones once its plan is
     // published and stored, a moment later: wait for both.
     let exported = eventually(10, "the delivery gauges", || async {
-        let text = metrics_text(&app).await;
+        let text = app.metrics_text().await;
         (text.contains("allot_campaign_target_share{") && text.contains("allot_placement_sample_rate{")).then_some(text)
     })
     .await;

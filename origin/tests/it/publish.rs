@@ -273,7 +273,7 @@ async fn a_refused_push_is_a_failure_and_never_a_publish() {
     .await;
     assert!(*pushes.lock().unwrap() >= 1);
     // Every reason is a series, at 0: a missing metric would not pass for a zero.
-    let text = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = app.metrics_text().await;
     assert_eq!(parse_metric(&text, "allot_plans_published_total{why=\"first\"}"), Some(0.0));
     assert_eq!(parse_metric_sum(&text, "allot_plans_published_total"), Some(0.0));
 }
