@@ -43,6 +43,23 @@ impl Evidence {
         self.windows.first().filter(|w| w.requests.n > 0 || !w.campaigns.is_empty())
     }
 
+    /// The share of a window's requests still to come when its round reads it, as the
+    /// windows before the newest show it: of their requests, those counted late
+    /// ([`WindowStats::late`]). The newest is left out because its stragglers are
+    /// still on their way. A window read at its watermark is complete only if every
+    /// batch of it arrived by then; a retried or delayed batch arrives after, and at
+    /// census the interval would otherwise claim an exactness the count lacks.
+    pub fn stragglers(&self) -> f64 {
+        let (late, all) = self.windows.iter().skip(1).fold((0.0, 0.0), |(l, a), w| (l + w.late.ht, a + w.requests.ht));
+        if all > 0.0 { (late / all).clamp(0.0, 1.0) } else { 0.0 }
+    }
+
+    /// The newest window as the status and history publish it: its counts, allowing
+    /// for its [`stragglers`](Self::stragglers) (`WindowStats::with_stragglers`).
+    pub fn last_reading(&self) -> WindowStats {
+        self.windows.first().map(|w| w.with_stragglers(self.stragglers())).unwrap_or_default()
+    }
+
     /// The newest windows whose traffic mix agrees, merged: what the controller models
     /// the next window's traffic on. Going back from the newest, a window joins while
     /// the frequency of every eligibility pattern of `targets` in it is within
@@ -245,5 +262,29 @@ mod tests {
         assert_eq!(Evidence::default().mix(&targets), WindowStats::default());
         let gap = evidence_of(vec![mixed("a", 300), WindowStats::default(), mixed("c", 300)]);
         assert_eq!(gap.mix(&targets).requests.n, 2000);
+    }
+
+    /// `window(i, 0)` with `late` of its 100 requests counted after its round.
+    fn with_late(i: u64, late: usize) -> WindowStats {
+        let mut s = window(i, 0);
+        let mut l = WindowStats::default();
+        (0..late).for_each(|r| l.fold(&allocation(&format!("late{i}-{r}"), None, &[], 1.0)));
+        s.late = l.requests;
+        s
+    }
+
+    #[test]
+    fn stragglers_are_learnt_from_the_windows_before_the_newest() {
+        // The newest window's own late requests are not all in yet: it is left out.
+        let e = evidence_of(vec![with_late(4, 90), with_late(3, 2), with_late(2, 0), with_late(1, 4)]);
+        assert!((e.stragglers() - 6.0 / 300.0).abs() < 1e-12);
+        let reading = e.last_reading();
+        assert_eq!(reading.requests.n, 100);
+        assert!((reading.requests.ht - 100.0 / (1.0 - 0.02)).abs() < 1e-9);
+        // None late, one window, or nothing at all: nothing to allow for.
+        let on_time = evidence_of(vec![window(4, 0), window(3, 0)]);
+        assert_eq!((on_time.stragglers(), on_time.last_reading()), (0.0, window(4, 0)));
+        assert_eq!(evidence_of(vec![with_late(4, 50)]).stragglers(), 0.0);
+        assert_eq!(Evidence::default().last_reading(), WindowStats::default());
     }
 }

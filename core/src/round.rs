@@ -101,6 +101,15 @@ impl Policy {
             .and_then(|i| i.checked_sub(1))
     }
 
+    /// Whether requests of window `index` counted at `now_ms` came too late for the
+    /// round that reads it (the window was complete by then): the aggregator marks them
+    /// ([`WindowStats::mark_late`]), so the windows after tell how complete a window is
+    /// when read. A placement measured on impressions reads a window later still, so
+    /// for it this overstates what its round missed, never understates it.
+    pub fn is_late(&self, index: u64, now_ms: u64) -> bool {
+        self.last_window(now_ms).is_some_and(|last| index <= last)
+    }
+
     pub fn run(&self, r: Round<'_>) -> Outcome {
         // The traffic mix since it last shifted; the sample rate wants all the volume.
         let (recent, last) = (&r.evidence.mix(r.targets), r.evidence.last());
@@ -205,5 +214,16 @@ mod tests {
         assert_eq!(p.last_window(130_000), Some(1));
         assert_eq!(p.last_window(5_000), None);
         assert_eq!(Policy::default().last_window(130_000), None);
+    }
+
+    #[test]
+    fn a_window_is_late_once_its_round_could_read_it() {
+        let p = Policy { period_ms: 60_000, lateness_ms: 10_000, ..Policy::default() };
+        // Window 1 ends at 120 s and is read at 130 s.
+        assert!(!p.is_late(1, 129_999));
+        assert!(p.is_late(1, 130_000));
+        assert!(p.is_late(0, 130_000));
+        assert!(!p.is_late(2, 130_000), "a window not yet complete");
+        assert!(!Policy::default().is_late(0, u64::MAX), "no period, no rounds by window");
     }
 }

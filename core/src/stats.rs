@@ -10,7 +10,8 @@
 //! `req.ht`, `req.sq`, `req.n` (all requests), `a.{id}.ht`/`a.{id}.n`/`a.{id}.sq`
 //! (allocations), `i.{id}.ht`/`i.{id}.n`/`i.{id}.sq` (impressions),
 //! `p.{platform}:{country}` (requests per attribute profile; either part may be empty),
-//! `v.{version}` (plan versions seen), `u.ht`/`u.n`/`u.sq` and `u.{id}.ht`/`u.{id}.n`
+//! `v.{version}` (plan versions seen), `l.ht`/`l.n` (requests counted only after the
+//! round had read the window: [`WindowStats::late`]), `u.ht`/`u.n`/`u.sq` and `u.{id}.ht`/`u.{id}.n`
 //! (requests, and each campaign's allocations, from apps that report no impressions:
 //! [`Event::unreported`]; a window stored before they existed reads as all apps
 //! reporting). The `.sq` fields (`Σw²` of a campaign's events)
@@ -26,6 +27,11 @@
 use std::collections::BTreeMap;
 
 use crate::{CampaignId, Event, EventKind};
+
+/// The largest share of a window's requests [`WindowStats::with_stragglers`] allows for.
+/// Stragglers are counted from what the edges send, so a key holder could send events
+/// late on purpose; allowing for at most half keeps every count at most doubled.
+pub const MAX_STRAGGLERS: f64 = 0.5;
 
 /// A Horvitz–Thompson count and the number of samples behind it.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -89,6 +95,10 @@ pub struct WindowStats {
     pub profiles: BTreeMap<String, f64>,
     /// Estimated requests per plan version they were decided under.
     pub versions: BTreeMap<u64, f64>,
+    /// The requests among them counted after the window's round had read it
+    /// ([`Policy::is_late`](crate::Policy::is_late)): how incomplete a window is when
+    /// it is read, learnt once its stragglers are in ([`crate::Evidence::stragglers`]).
+    pub late: Tally,
 }
 
 /// A malformed stored field.
@@ -199,6 +209,42 @@ impl WindowStats {
         self.campaigns.get_mut(id).expect("inserted above")
     }
 
+    /// Marks every request counted in this delta as late: the aggregator applies it
+    /// after the window's round read the window.
+    pub fn mark_late(&mut self) {
+        self.late = self.requests;
+    }
+
+    /// The counts as if a share `missing` (below 1) of the window's requests were still
+    /// to come, each counted request standing for `1/(1 − missing)` of them: shares are
+    /// unchanged, and the unseen requests widen the realized-share interval as unsampled
+    /// ones do (`estimate::share`). At census the interval is then no longer the share
+    /// itself, which it is only if every request was counted.
+    pub fn with_stragglers(&self, missing: f64) -> Self {
+        let missing = if missing.is_finite() { missing.clamp(0.0, MAX_STRAGGLERS) } else { 0.0 };
+        if missing == 0.0 {
+            return self.clone();
+        }
+        let k = 1.0 / (1.0 - missing);
+        let tally = |t: Tally| Tally { ht: t.ht * k, n: t.n };
+        let mut s = self.clone();
+        s.requests = tally(s.requests);
+        s.requests_sq *= k * k;
+        s.unreported = tally(s.unreported);
+        s.unreported_sq *= k * k;
+        s.late = tally(s.late);
+        for c in s.campaigns.values_mut() {
+            c.allocations = tally(c.allocations);
+            c.impressions = tally(c.impressions);
+            c.unreported = tally(c.unreported);
+            c.allocations_sq *= k * k;
+            c.impressions_sq *= k * k;
+        }
+        s.profiles.values_mut().for_each(|v| *v *= k);
+        s.versions.values_mut().for_each(|v| *v *= k);
+        s
+    }
+
     pub fn of_event(e: &Event) -> Self {
         let mut s = Self::default();
         s.fold(e);
@@ -210,6 +256,7 @@ impl WindowStats {
         self.requests_sq += o.requests_sq;
         self.unreported.merge(&o.unreported);
         self.unreported_sq += o.unreported_sq;
+        self.late.merge(&o.late);
         for (id, c) in &o.campaigns {
             let mine = self.campaigns.entry(id.clone()).or_default();
             mine.allocations.merge(&c.allocations);
@@ -264,6 +311,8 @@ impl WindowStats {
         push("u.ht".into(), self.unreported.ht);
         push("u.n".into(), self.unreported.n as f64);
         push("u.sq".into(), self.unreported_sq);
+        push("l.ht".into(), self.late.ht);
+        push("l.n".into(), self.late.n as f64);
         for (id, c) in &self.campaigns {
             push(format!("a.{id}.ht"), c.allocations.ht);
             push(format!("a.{id}.n"), c.allocations.n as f64);
@@ -297,6 +346,8 @@ impl WindowStats {
                 "u.ht" => s.unreported.ht = v,
                 "u.n" => s.unreported.n = n(),
                 "u.sq" => s.unreported_sq = v,
+                "l.ht" => s.late.ht = v,
+                "l.n" => s.late.n = n(),
                 _ => {
                     let (head, rest) = k.split_once('.').ok_or_else(err)?;
                     match head {
@@ -332,137 +383,5 @@ impl WindowStats {
 }
 
 #[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-
-    use super::*;
-    use crate::event::tests::allocation;
-
-    fn impression(id: &str, ad: &str, rate: f64) -> Event {
-        let mut e = allocation(id, Some(ad), &[], rate);
-        e.kind = EventKind::Impression;
-        e
-    }
-
-    #[test]
-    fn folds_horvitz_thompson_counts() {
-        let mut s = WindowStats::default();
-        s.fold(&allocation("r1", Some("A"), &["B", "A"], 0.5));
-        s.fold(&allocation("r2", None, &[], 0.25));
-        s.fold(&impression("r1", "A", 0.5));
-        assert_eq!(s.requests, Tally { ht: 6.0, n: 2 });
-        assert_eq!(s.requests_sq, 4.0 + 16.0);
-        let a = &s.campaigns[&CampaignId::parse("A").unwrap()];
-        assert_eq!(a.allocations, Tally { ht: 2.0, n: 1 });
-        assert_eq!(a.impressions, Tally { ht: 2.0, n: 1 });
-        assert_eq!(s.profiles["ios:DE"], 6.0);
-        assert_eq!(parse_profile_key("ios:DE"), (Some("ios"), Some("DE")));
-        assert_eq!(parse_profile_key(":"), (None, None));
-        assert_eq!(parse_profile_key(&profile_key(None, Some("FR"))), (None, Some("FR")));
-        assert_eq!(s.impression_coverage(), 1.0);
-        assert!((s.effective_samples() - 36.0 / 20.0).abs() < 1e-12);
-        assert_eq!(s.reporting(), (s.requests, s.requests_sq));
-    }
-
-    /// An app that said it reports no impressions stays a request and an allocation,
-    /// but leaves the base of shown shares and of the coverage.
-    #[test]
-    fn unreported_requests_leave_the_base_of_shown_shares() {
-        let a = CampaignId::parse("A").unwrap();
-        let mut s = WindowStats::default();
-        s.fold(&allocation("r1", Some("A"), &["A"], 0.5));
-        s.fold(&impression("r1", "A", 0.5));
-        let mut quiet = allocation("r2", Some("A"), &["A"], 0.25);
-        quiet.unreported = true;
-        s.fold(&quiet);
-        assert_eq!(s.requests, Tally { ht: 6.0, n: 2 });
-        assert_eq!(s.campaigns[&a].allocations, Tally { ht: 6.0, n: 2 });
-        assert_eq!(s.reporting(), (Tally { ht: 2.0, n: 1 }, 4.0));
-        assert_eq!(s.campaigns[&a].reporting_allocations(), Tally { ht: 2.0, n: 1 });
-        // Every reporting allocation came back: full coverage, not a third.
-        assert_eq!(s.impression_coverage(), 1.0);
-    }
-
-    #[test]
-    fn fields_round_trip() {
-        let mut s = WindowStats::default();
-        s.fold(&allocation("r1", Some("A"), &["A", "B"], 0.5));
-        s.fold(&impression("r1", "A", 0.5));
-        s.fold(&allocation("r2", None, &[], 1.0));
-        let mut quiet = allocation("r3", Some("A"), &["A"], 0.25);
-        quiet.unreported = true;
-        s.fold(&quiet);
-        let back = WindowStats::from_fields(s.to_fields()).unwrap();
-        assert_eq!(back, s);
-        assert_eq!(back.unreported, Tally { ht: 4.0, n: 1 });
-        assert_eq!(back.campaigns[&CampaignId::parse("A").unwrap()].unreported, Tally { ht: 4.0, n: 1 });
-        assert!(WindowStats::from_fields([("u.A.sq", 1.0)]).is_err());
-        assert_eq!(back.campaigns[&CampaignId::parse("A").unwrap()].allocations_sq, 4.0 + 16.0);
-        // A window stored before the squared sums existed still reads, with them at 0.
-        let old: Vec<(String, f64)> = s
-            .to_fields()
-            .into_iter()
-            .filter(|(k, _)| (k == "req.sq" || !k.ends_with(".sq")) && !k.starts_with("u."))
-            .collect();
-        let back = WindowStats::from_fields(old).unwrap();
-        assert_eq!(back.campaigns[&CampaignId::parse("A").unwrap()].allocations_sq, 0.0);
-        assert_eq!(back.requests, s.requests);
-        // … and, without the unreported fields, as a window where every app reports.
-        assert_eq!(back.reporting(), (s.requests, s.requests_sq));
-        assert!(WindowStats::from_fields([("x.y", 1.0)]).is_err());
-        assert!(WindowStats::from_fields([("a.A.zz", 1.0)]).is_err());
-    }
-
-    #[test]
-    fn folds_by_window_of_event_time() {
-        let at = |id: &str, ad: Option<&str>, ms: u64| {
-            let mut e = allocation(id, ad, &["A"], 0.5);
-            e.event_time_ms = ms;
-            e
-        };
-        let events = [at("r1", Some("A"), 59_999), at("r2", None, 60_000), at("r3", Some("A"), 125_000)];
-        let windows = WindowStats::fold_windows(&events, 60_000);
-        assert_eq!(windows.keys().copied().collect::<Vec<_>>(), [0, 1, 2]);
-        assert_eq!(windows[&0], WindowStats::of_event(&events[0]));
-        assert_eq!(windows[&1], WindowStats::of_event(&events[1]));
-        assert_eq!(windows[&2].requests, Tally { ht: 2.0, n: 1 });
-        // A zero period is treated as 1 ms rather than dividing by zero.
-        assert_eq!(WindowStats::fold_windows(&events, 0).len(), 3);
-        assert!(WindowStats::fold_windows(&[], 60_000).is_empty());
-    }
-
-    fn arb_event() -> impl Strategy<Value = Event> {
-        (0u8..4, prop::sample::select(vec![0.125, 0.25, 0.5, 1.0]), 0u8..3, 1u64..4).prop_map(
-            |(ad, rate, kind, version)| {
-                let ids = ["A", "B", "C"];
-                let ad = (ad < 3).then(|| ids[ad as usize]);
-                let mut e = allocation("r", ad, &ids, rate);
-                e.plan_version = version;
-                match kind {
-                    1 if ad.is_some() => e.kind = EventKind::Impression,
-                    2 => e.unreported = true,
-                    _ => {}
-                }
-                e
-            },
-        )
-    }
-
-    proptest! {
-        /// Merging per-event stats in any grouping equals folding all events.
-        #[test]
-        fn merge_is_associative(events in prop::collection::vec(arb_event(), 0..40), split in 0usize..40) {
-            let split = split.min(events.len());
-            let mut all = WindowStats::default();
-            events.iter().for_each(|e| all.fold(e));
-            let mut left = WindowStats::default();
-            events[..split].iter().for_each(|e| left.fold(e));
-            let mut right = WindowStats::default();
-            events[split..].iter().for_each(|e| right.merge(&WindowStats::of_event(e)));
-            let mut merged = right.clone();
-            merged.merge(&left);
-            // Rates are powers of two, so the sums are exact.
-            prop_assert_eq!(merged, all);
-        }
-    }
-}
+#[path = "stats_tests.rs"]
+mod tests;

@@ -215,14 +215,24 @@ pub async fn run(app: Arc<App>, conn: RedisConn, cancel: CancellationToken) {
 }
 
 impl Aggregator {
-    /// The script call applying `list` (entries of placement `p`) once. Allocations are
-    /// folded into one delta per window; each impression keeps its own delta, applied
-    /// only if it is the first of its request.
-    fn apply_command(&self, p: &str, list: &[(String, EventBatch)]) -> redis::Cmd {
+    /// The script call applying `list` (entries of placement `p`) once, and how many of
+    /// its allocations come too late for their window's round. Allocations are folded
+    /// into one delta per window, marked late when the window's round may already have
+    /// read it (`Policy::is_late`: the next rounds learn from them how complete a window
+    /// is when read); each impression keeps its own delta, applied only if it is the
+    /// first of its request.
+    fn apply_command(&self, p: &str, list: &[(String, EventBatch)]) -> (redis::Cmd, u64) {
         let period = self.app.config.control.period_ms;
         let (impressions, allocations): (Vec<&Event>, Vec<&Event>) =
             list.iter().flat_map(|(_, batch)| &batch.events).partition(|e| e.kind == EventKind::Impression);
         let mut windows = WindowStats::fold_windows(allocations, period);
+        let (policy, now) = (crate::inputs::policy(&self.app.config.control), crate::now_ms());
+        let mut late = 0;
+        for (index, delta) in windows.iter_mut().filter(|(index, _)| policy.is_late(**index, now)) {
+            delta.mark_late();
+            late += delta.late.n;
+            tracing::debug!(placement = p, window = index, requests = delta.late.n, "late allocations");
+        }
         for e in &impressions {
             windows.entry(WindowStats::window_index(e.event_time_ms, period)).or_default();
         }
@@ -260,7 +270,7 @@ impl Aggregator {
                 cmd.arg(f).arg(v);
             }
         }
-        cmd
+        (cmd, late)
     }
 
     /// Applies the batch, retrying until it is applied or `cancel` cuts a wait short.
@@ -308,12 +318,13 @@ impl Aggregator {
         }
         #[cfg(feature = "failpoints")]
         let had_work = !pending.is_empty();
-        let (mut applied, mut duplicates) = (0u64, 0u64);
+        let (mut applied, mut duplicates, mut late) = (0u64, 0u64, 0u64);
         while !pending.is_empty() {
             // One script call per placement group, sent concurrently: pipelined on one
             // node, spread over the right nodes on a cluster.
-            let calls = pending.iter().map(|(p, list)| {
-                let cmd = self.apply_command(p, list);
+            let (cmds, lates): (Vec<redis::Cmd>, Vec<u64>) =
+                pending.iter().map(|(p, list)| self.apply_command(p, list)).unzip();
+            let calls = cmds.into_iter().map(|cmd| {
                 let mut conn = conn.clone();
                 async move { cmd.query_async::<Vec<usize>>(&mut conn).await }
             });
@@ -327,9 +338,10 @@ impl Aggregator {
                 other => other?,
             };
             let mut retry = Vec::new();
-            for ((p, list), seen) in pending.into_iter().zip(replies) {
+            for (((p, list), seen), group_late) in pending.into_iter().zip(replies).zip(lates) {
                 if seen.is_empty() {
                     applied += list.len() as u64;
+                    late += group_late;
                     continue;
                 }
                 // Some entries were applied before (redelivery): retry without them.
@@ -345,6 +357,7 @@ impl Aggregator {
         let m = &self.app.metrics.aggregate_entries;
         m.with_label_values(&["applied"]).inc_by(applied);
         m.with_label_values(&["duplicate"]).inc_by(duplicates);
+        self.app.metrics.aggregate_late_events.inc_by(late);
         self.app.metrics.aggregate_entries.with_label_values(&["invalid"]).inc_by(invalid);
         #[cfg(feature = "failpoints")]
         if self.app.config.aggregate.failpoint == Some(Failpoint::ExitAfterApply) && had_work {

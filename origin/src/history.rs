@@ -52,7 +52,7 @@ pub async fn record(app: &App, p: &PlacementId, inputs: &Inputs, campaigns: Vec<
     let period = app.config.control.period_ms;
     let record = WindowRecord {
         id: String::new(),
-        window: WindowSummary::of(inputs.last_index(), period, window),
+        window: WindowSummary::of(inputs.last_index(), period, window, inputs.evidence.stragglers()),
         plan_version: inputs.previous.as_ref().map(|r| r.plan.version),
         sample_rate: inputs.previous.as_ref().map(|r| r.plan.sample_rate),
         campaigns,

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub edge_dropped: IntCounter,
     pub aggregate_entries: IntCounterVec,
     pub aggregate_claimed: IntCounter,
+    pub aggregate_late_events: IntCounter,
     pub control_rounds: IntCounter,
     pub control_state_discarded: IntCounter,
     pub control_leader: IntGauge,
@@ -152,6 +153,11 @@ impl Metrics {
                 &["result"],
             ),
             aggregate_claimed: counter(&r, "allot_aggregate_claimed_total", "Entries claimed from idle consumers."),
+            aggregate_late_events: counter(
+                &r,
+                "allot_aggregate_late_events_total",
+                "Sampled allocations applied after their window's round could read it (stragglers).",
+            ),
             control_rounds: counter(&r, "allot_control_rounds_total", "Control rounds run by this instance."),
             control_state_discarded: counter(
                 &r,

@@ -103,7 +103,7 @@ pub async fn preview(
     let required = SampleRatePlanner::required_samples(&targets);
     Ok(Json(Preview {
         placement: id.to_string(),
-        window: WindowSummary::of(inputs.last_index(), cfg.period_ms, &last),
+        window: WindowSummary::of(inputs.last_index(), cfg.period_ms, &last, inputs.evidence.stragglers()),
         recent_windows: cfg.recent_windows,
         feasible: campaigns.iter().all(|c| c.feasible),
         campaigns,

@@ -64,6 +64,11 @@ pub struct WindowSummary {
     /// Sampled requests.
     pub samples: u64,
     pub effective_samples: f64,
+    /// The share of the window's requests the windows before it say were still to come
+    /// when it was read (counted late there): the campaigns' intervals allow for them.
+    /// 0 in records kept before it was measured.
+    #[serde(default)]
+    pub stragglers: f64,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -121,8 +126,9 @@ impl Health {
 }
 
 impl WindowSummary {
-    pub fn of(index: u64, period_ms: u64, w: &WindowStats) -> Self {
+    pub fn of(index: u64, period_ms: u64, w: &WindowStats, stragglers: f64) -> Self {
         Self {
+            stragglers,
             index,
             start_ms: index * period_ms,
             length_ms: period_ms,
@@ -188,11 +194,14 @@ pub async fn get_status(
 
     let period = app.config.control.period_ms;
     // The window a round would look at now: the last complete one, for impressions too.
-    let evidence = crate::inputs::evidence(&app, &id, crate::now_ms(), 1).await?;
+    // The windows before it tell how many of its requests may still be on their way.
+    let recent = app.config.control.recent_windows;
+    let evidence = crate::inputs::evidence(&app, &id, crate::now_ms(), recent).await?;
     let last_index = evidence.last_index.unwrap_or(0);
+    let (stragglers, reading) = (evidence.stragglers(), evidence.last_reading());
     let last = evidence.windows.into_iter().next().unwrap_or_default();
     let decision = plan.as_ref().and_then(|p| p.decision.as_ref());
-    let campaigns = campaigns(&targets, &last, decision);
+    let campaigns = campaigns(&targets, &reading, decision);
     let attainable = crate::inputs::attainable(&last, &targets);
     let health = Health::of(&campaigns, targets.confidence.margin, attainable);
     Ok(Json(PlacementStatus {
@@ -203,7 +212,7 @@ pub async fn get_status(
         last_publish_ms: plan.as_ref().map(|p| p.published_at_ms),
         plan_targets_etag: plan.as_ref().map(|p| crate::store::etag(p.targets_rev)),
         targets_etag: record.etag(),
-        window: WindowSummary::of(last_index, period, &last),
+        window: WindowSummary::of(last_index, period, &last, stragglers),
         attainable,
         health,
         campaigns,

@@ -3,9 +3,10 @@
 //!
 //! [`Windows`] is what `origin/src/aggregate.rs` and the store do with an event body:
 //! parse it as a stream entry is parsed (`EventBatch::parse`), fold it into one delta
-//! per window with `WindowStats::fold_windows`, and add the delta to the window's hash
-//! field by field (`to_fields`, the apply script's `HINCRBYFLOAT`s); a round reads
-//! windows back with `WindowStats::from_fields`, as the store does.
+//! per window with `WindowStats::fold_windows`, mark the deltas of windows whose round
+//! has already read them as late (`Policy::is_late`), and add each delta to the
+//! window's hash field by field (`to_fields`, the apply script's `HINCRBYFLOAT`s); a
+//! round reads windows back with `WindowStats::from_fields`, as the store does.
 //!
 //! [`ControlLoop`] is what `origin/src/control.rs` does per placement and round: the
 //! last `recent_windows` complete windows merged, the last one (if it saw anything),
@@ -28,25 +29,29 @@ use allot_core::{
 /// window index.
 #[derive(Debug)]
 pub struct Windows {
-    period_ms: u64,
+    /// The window length and lateness, for telling late deltas.
+    policy: Policy,
     hashes: BTreeMap<(PlacementId, u64), HashMap<String, f64>>,
 }
 
 impl Windows {
-    pub fn new(period_ms: u64) -> Self {
-        Self { period_ms, hashes: BTreeMap::new() }
+    pub fn new(period_ms: u64, lateness_ms: u64) -> Self {
+        Self { policy: Policy { period_ms, lateness_ms, ..Policy::default() }, hashes: BTreeMap::new() }
     }
 
-    /// Applies one event body, as the aggregator applies a stream entry. Returns the
-    /// number of events it carried.
-    pub fn apply(&mut self, body: &[u8]) -> Result<usize, EventError> {
+    /// Applies one event body at `now_ms`, as the aggregator applies a stream entry.
+    /// Returns the number of events it carried.
+    pub fn apply(&mut self, body: &[u8], now_ms: u64) -> Result<usize, EventError> {
         let batch = EventBatch::parse(body)?;
         let mut placements: Vec<&PlacementId> = batch.events.iter().map(|e| &e.placement).collect();
         placements.sort();
         placements.dedup();
         for placement in placements {
             let events = batch.events.iter().filter(|e| &e.placement == placement);
-            for (index, delta) in WindowStats::fold_windows(events, self.period_ms) {
+            for (index, mut delta) in WindowStats::fold_windows(events, self.policy.period_ms) {
+                if self.policy.is_late(index, now_ms) {
+                    delta.mark_late();
+                }
                 let hash = self.hashes.entry((placement.clone(), index)).or_default();
                 for (field, value) in delta.to_fields() {
                     *hash.entry(field).or_default() += value;
@@ -89,9 +94,9 @@ impl Inbox {
         self.due.entry(at_s).or_default().push(body);
     }
 
-    /// Applies every body due by `t` to `windows`, each body once. Returns the events
-    /// applied.
-    pub fn deliver(&mut self, t: u64, windows: &mut Windows) -> u64 {
+    /// Applies every body due by `t` to `windows` at `now_ms`, each body once. Returns
+    /// the events applied.
+    pub fn deliver(&mut self, t: u64, now_ms: u64, windows: &mut Windows) -> u64 {
         let due: Vec<u64> = self.due.range(..=t).map(|(k, _)| *k).collect();
         let mut applied = 0;
         for k in due {
@@ -100,7 +105,7 @@ impl Inbox {
                     self.duplicates_refused += 1;
                     continue;
                 }
-                applied += windows.apply(body.as_bytes()).expect("the edge's events are valid") as u64;
+                applied += windows.apply(body.as_bytes(), now_ms).expect("the edge's events are valid") as u64;
             }
         }
         applied
@@ -135,6 +140,8 @@ pub struct ControlLoop {
     /// The window the last round looked at as its newest (for a placement measured on
     /// impressions, the newest complete for them).
     pub last_index: Option<u64>,
+    /// That window as the status publishes it (`Evidence::last_reading`).
+    pub last_reading: WindowStats,
     /// Plans the controller made that fail `Plan::check` (the origin refuses them).
     pub invalid_plans: u64,
     /// Plans published, by why.
@@ -174,6 +181,7 @@ impl ControlLoop {
             state: ControlState::default(),
             last_decision: None,
             last_index: None,
+            last_reading: WindowStats::default(),
             invalid_plans: 0,
             published: BTreeMap::new(),
         }
@@ -189,6 +197,7 @@ impl ControlLoop {
         let read = windows.read(&self.placement, &self.policy.windows_to_read(now_ms, recent_windows));
         let evidence = self.policy.evidence(now_ms, recent_windows, read);
         self.last_index = evidence.last_index;
+        self.last_reading = evidence.last_reading();
         let round = Round {
             placement: &self.placement,
             targets,

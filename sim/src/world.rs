@@ -152,7 +152,7 @@ pub fn run(sc: &Scenario, settings: Settings) -> Run {
     for s in &mut specs {
         s.traffic.draw_noise(&mut rng, sc.duration_s);
     }
-    let mut windows = Windows::new(config.period_ms);
+    let mut windows = Windows::new(config.period_ms, config.lateness_ms);
     let mut states: Vec<PlacementState> = specs
         .iter()
         .map(|s| PlacementState {
@@ -223,7 +223,8 @@ pub fn run(sc: &Scenario, settings: Settings) -> Run {
             send(colo, c, t, sc, &mut inbox, &mut out, &mut rng);
         }
         let lag = sc.delivery.aggregator_lag.filter(|(a, b, _)| (*a..*b).contains(&t)).map_or(0, |(_, _, l)| l);
-        inbox.deliver(t.saturating_sub(lag), &mut windows);
+        // Applied during second t, before the round at its end.
+        inbox.deliver(t.saturating_sub(lag), (t + 1) * 1000 - 1, &mut windows);
 
         if (t + 1) % period == 0 {
             let index = (t + 1) / period - 1;
@@ -241,7 +242,7 @@ pub fn run(sc: &Scenario, settings: Settings) -> Run {
                     publish(&mut colos, p, t + 1, plan, sc, &mut rng);
                 }
                 if let Some(index) = st.control.last_index {
-                    annotate(&mut out.windows, p, index, &windows, &specs[p].id, st);
+                    annotate(&mut out.windows, p, index, st);
                 }
             }
         }
@@ -409,21 +410,14 @@ fn show_ratio(
 
 /// What the origin publishes about window `index` once its round ran: each campaign's
 /// estimate and interval (as the status API shows it), and the decision's flags.
-fn annotate(
-    records: &mut [WindowRecord],
-    p: usize,
-    index: u64,
-    windows: &Windows,
-    id: &allot_core::PlacementId,
-    st: &PlacementState,
-) {
+fn annotate(records: &mut [WindowRecord], p: usize, index: u64, st: &PlacementState) {
     let Some(rec) = records.iter_mut().rev().find(|r| r.placement == p && r.index == index) else { return };
     rec.decided = true;
-    let stats = windows.read(id, &[index]).pop().unwrap_or_default();
+    let stats = &st.control.last_reading;
     let z = st.targets.confidence.z();
     for c in &mut rec.campaigns {
-        let basis = DeliveryBasis::of(&stats, &c.id);
-        c.published = (stats.requests.n > 0).then(|| allot_core::estimate::share(&stats, &c.id, basis, z));
+        let basis = DeliveryBasis::of(stats, &c.id);
+        c.published = (stats.requests.n > 0).then(|| allot_core::estimate::share(stats, &c.id, basis, z));
         let decided = st.control.last_decision.as_ref().and_then(|d| d.campaigns.iter().find(|x| x.id == c.id));
         c.flagged = decided.is_some_and(|x| matches!(x.feasibility, Feasibility::Infeasible { .. }));
         c.eligible_estimated = decided.map_or(0.0, |x| x.eligible_share);

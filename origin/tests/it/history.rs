@@ -26,6 +26,12 @@ fn window_traffic(index: u64, period_ms: u64, tag: &str) -> Vec<Event> {
         .collect()
 }
 
+/// The history record of window `index`, if there is one yet.
+async fn recorded(app: &TestApp, index: u64) -> Option<Value> {
+    let (_, page) = history(app, "?limit=1000").await;
+    page["windows"].as_array()?.iter().find(|w| w["window"]["index"] == index).cloned()
+}
+
 async fn history(app: &TestApp, query: &str) -> (u16, Value) {
     app.get_json(&format!("/v1/placements/home_feed/history{query}"), VIEWER_TOKEN).await
 }
@@ -166,4 +172,58 @@ async fn a_preview_shows_infeasible_and_unattainable_targets_and_writes_nothing(
     assert_eq!(r.status(), 422);
     let body: Value = r.json().await.unwrap();
     assert!(body["error"]["field"].as_str().unwrap().contains("rate"), "{body}");
+}
+
+/// A batch held up past its window's round (a retry, an outage) is counted late, and
+/// the windows after say so: their records allow for stragglers, so a census window's
+/// interval is no longer the share itself. Nothing is lost: the late events count in
+/// their own window.
+#[tokio::test]
+async fn events_after_their_round_are_counted_late_and_widen_the_next_intervals() {
+    let redis = RedisServer::start();
+    let period = 1000;
+    let app = TestApp::start(config(&redis, "", &[("ALLOT_CONTROL_PERIOD_MS", "1000")])).await;
+    let spec = json!({"campaigns": [{"id": "A", "rate": 0.5}, {"id": "B", "rate": 0.3}]});
+    assert_eq!(app.put_targets("home_feed", &spec, MANAGER_TOKEN).await.status(), 201);
+    let mut conn = redis.conn();
+    let sleep_until =
+        |ms: u64| tokio::time::sleep(std::time::Duration::from_millis(ms.saturating_sub(allot_origin::now_ms())));
+
+    // Window `a` on time; then, once its round has read it, 20 more of its requests.
+    let a = allot_origin::now_ms() / period;
+    xadd(&mut conn, &allot_core::EventBatch { events: window_traffic(a, period, "on-time") }, allot_origin::now_ms());
+    let ra = eventually(10, "window a recorded", || recorded(&app, a)).await;
+    let late: Vec<Event> = window_traffic(a, period, "late").into_iter().take(20).collect();
+    xadd(&mut conn, &allot_core::EventBatch { events: late }, allot_origin::now_ms());
+    eventually(10, "the late ones counted", || async {
+        (app.metric("allot_aggregate_late_events_total").await == 20.0).then_some(())
+    })
+    .await;
+    // Window `b`, on time.
+    let b = allot_origin::now_ms() / period + 1;
+    sleep_until(b * period + 10).await;
+    xadd(&mut conn, &allot_core::EventBatch { events: window_traffic(b, period, "next") }, allot_origin::now_ms());
+    eventually(10, "counted", || async { (total_counts(&redis, "home_feed").requests.n == 420).then_some(()) }).await;
+
+    let rb = eventually(10, "window b recorded", || recorded(&app, b)).await;
+    let interval = |r: &Value| {
+        let e = &r["campaigns"][0]["estimate"];
+        (e["low"].as_f64().unwrap(), e["share"].as_f64().unwrap(), e["high"].as_f64().unwrap())
+    };
+    // Recorded before its stragglers came: read as complete.
+    assert_eq!(ra["window"]["samples"], 200, "{ra}");
+    assert_eq!(ra["window"]["stragglers"], 0.0, "{ra}");
+    let (low, share, high) = interval(&ra);
+    assert!(low == share && share == high, "{ra}");
+    // Window b: 20 of a's 220 requests came late, so b's interval allows for as many.
+    let stragglers = rb["window"]["stragglers"].as_f64().unwrap();
+    assert!((stragglers - 20.0 / 220.0).abs() < 1e-9, "{rb}");
+    let (low, share, high) = interval(&rb);
+    assert!((share - 0.5).abs() < 1e-9 && low < 0.48 && high > 0.52 && high - low < 0.2, "{rb}");
+    // The late requests are in their own window's counts, not lost and not moved.
+    let key = allot_core::contract::keys::PlacementKeys::of_raw("home_feed").window(a);
+    let fields: std::collections::HashMap<String, f64> = redis::cmd("HGETALL").arg(key).query(&mut conn).unwrap();
+    let counts = allot_core::WindowStats::from_fields(fields).unwrap();
+    assert_eq!((counts.requests.n, counts.late.n), (220, 20));
+    assert_eq!(total_counts(&redis, "home_feed").late.n, 20, "only a's");
 }
