@@ -22,7 +22,9 @@
 //! is read when first needed and then only for a version newer than the newest it
 //! knows, at most once per interval. So a flood of made-up placements or versions costs
 //! at most one registry read and one history read per registered placement per
-//! interval, and the memory held is bounded by the registry.
+//! interval, and the memory held is bounded by the registry: each placement keeps its
+//! newest versions only, as many as its plan history holds (a placement publishes
+//! tens of versions an hour, and an origin runs for months).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -160,15 +162,24 @@ struct History {
 #[derive(Debug, Clone)]
 pub struct Catalogue {
     refresh_ms: u64,
+    /// Versions kept per placement: the newest, as many as the plan history holds.
+    keep: usize,
     registry_read_ms: Option<u64>,
     registry: BTreeSet<PlacementId>,
     histories: HashMap<PlacementId, History>,
 }
 
 impl Catalogue {
-    /// A catalogue that reads each source at most once per `refresh_ms`.
-    pub fn new(refresh_ms: u64) -> Self {
-        Self { refresh_ms, registry_read_ms: None, registry: BTreeSet::new(), histories: HashMap::new() }
+    /// A catalogue that reads each source at most once per `refresh_ms` and keeps the
+    /// newest `keep` versions of each placement (at least one).
+    pub fn new(refresh_ms: u64, keep: usize) -> Self {
+        Self {
+            refresh_ms,
+            keep: keep.max(1),
+            registry_read_ms: None,
+            registry: BTreeSet::new(),
+            histories: HashMap::new(),
+        }
     }
 
     fn due(&self, read_ms: Option<u64>, now_ms: u64) -> bool {
@@ -265,6 +276,16 @@ impl Catalogue {
             let campaigns = plan.campaigns.iter().map(|c| c.id.clone()).collect();
             history.versions.insert(plan.version, Published { sample_rate: plan.sample_rate, campaigns });
         }
+        // Older versions than the history holds: their events are refused as the
+        // history would refuse them after a restart.
+        while history.versions.len() > self.keep {
+            history.versions.pop_first();
+        }
+    }
+
+    /// How many versions are known, over every placement (what the catalogue holds).
+    pub fn versions_known(&self) -> usize {
+        self.histories.values().map(|h| h.versions.len()).sum()
     }
 
     /// Whether `event` matches what was published.

@@ -72,7 +72,7 @@ fn limits_refuse_bad_rates_and_times_and_admit_the_rest() {
 
 #[test]
 fn the_catalogue_admits_only_what_was_published() {
-    let mut c = Catalogue::new(1000);
+    let mut c = Catalogue::new(1000, 100);
     let ev = |v, ad: Option<&str>, eligible: &[&str], rate| {
         let mut e = at(allocation("r", ad, eligible, rate), NOW);
         e.plan_version = v;
@@ -107,7 +107,7 @@ fn the_catalogue_admits_only_what_was_published() {
 
 #[test]
 fn reads_are_throttled_so_made_up_versions_and_placements_cost_little() {
-    let mut c = Catalogue::new(1000);
+    let mut c = Catalogue::new(1000, 100);
     let with = |p: &str, v: u64| {
         let mut e = at(allocation("r", None, &[], 0.5), NOW);
         e.placement = PlacementId::parse(p).unwrap();
@@ -149,4 +149,29 @@ fn reads_are_throttled_so_made_up_versions_and_placements_cost_little() {
     assert_eq!(c.judge(&limits().admit(with("home_feed", 1), NOW).unwrap()), Err(DropReason::UnknownPlacement));
     c.learn_plans(&home(), &[plan("home_feed", 3, 0.5, &["A"])]);
     assert!(c.histories.is_empty(), "plans of unregistered placements are not kept");
+}
+
+/// A placement publishes tens of versions an hour for months: the catalogue keeps the
+/// newest, as many as the plan history holds, and refuses events of older ones.
+#[test]
+fn the_catalogue_keeps_the_newest_versions_only() {
+    let mut c = Catalogue::new(1000, 3);
+    c.learn_registry([home()]);
+    for v in 1..=50 {
+        c.learn_plans(&home(), &[plan("home_feed", v, 0.5, &["A"])]);
+        assert!(c.versions_known() <= 3);
+    }
+    assert_eq!(c.versions_known(), 3);
+    let named = |v: u64| {
+        let mut e = at(allocation("r", Some("A"), &["A"], 0.5), NOW);
+        e.plan_version = v;
+        limits().admit(e, NOW).unwrap()
+    };
+    assert_eq!(c.judge(&named(50)), Ok(()));
+    assert_eq!(c.judge(&named(48)), Ok(()));
+    assert_eq!(c.judge(&named(47)), Err(DropReason::UnknownVersion));
+    // A history read that returns old versions again does not bring them back.
+    c.learn_plans(&home(), &[plan("home_feed", 10, 0.5, &["A"])]);
+    assert_eq!(c.judge(&named(10)), Err(DropReason::UnknownVersion));
+    assert_eq!(c.versions_known(), 3);
 }

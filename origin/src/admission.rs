@@ -55,7 +55,7 @@ impl Admission {
     pub fn new(config: &Config) -> Result<Self, allot_core::admit::LimitsError> {
         Ok(Self {
             limits: config.event_limits()?,
-            catalogue: Mutex::new(Catalogue::new(config.ingest.catalogue_refresh_ms)),
+            catalogue: Mutex::new(Catalogue::new(config.ingest.catalogue_refresh_ms, config.control.history_len)),
             refreshing: tokio::sync::Mutex::new(()),
             history_len: config.control.history_len,
         })
