@@ -66,8 +66,9 @@ fn choose(c: &mut Criterion) {
     let compiled = CompiledPlan::new(plan(8, &mut rng)).unwrap();
     let key = EdgeKey::new(b"bench-edge-secret-0123456789").unwrap();
     let id = "6f9619ff8b86d011b42d00c04fc964ff";
+    let fresh = 0x9e37_79b9_7f4a_7c15u64;
     c.bench_function("sample/keyed", |b| {
-        b.iter(|| std::hint::black_box(key.sample().sampled(std::hint::black_box(id), 0.01)))
+        b.iter(|| std::hint::black_box(key.sample().decide(std::hint::black_box(fresh), 0.01)))
     });
     let mut spread = Spread::new();
     c.bench_function("choose+sample+respond/8", |b| {
@@ -76,7 +77,7 @@ fn choose(c: &mut Criterion) {
             out.clear();
             let choice =
                 compiled.choose_spread(RequestAttrs { platform: Some("ios"), country: Some("AB") }, &mut spread, || 7);
-            let s = key.sample().sampled(id, compiled.plan().sample_rate);
+            let s = key.sample().decide(fresh, compiled.plan().sample_rate);
             compiled.write_response(&mut out, id, choice.ad, None);
             std::hint::black_box((s, out.len()))
         })
@@ -92,10 +93,15 @@ fn choose(c: &mut Criterion) {
             out.clear();
             let choice =
                 compiled.choose_spread(RequestAttrs { platform: Some("ios"), country: Some("AB") }, &mut spread, || 7);
-            let s = key.sample().sampled(id, p.sample_rate);
+            let s = key.sample().decide(fresh, p.sample_rate);
             let ad = &p.campaigns[choice.ad.unwrap_or(0)].id;
             let subject = Subject { request_id: &request_id, placement: &p.placement, ad };
-            let issue = Issue { plan_version: p.version, sample_rate: p.sample_rate, issued_at_ms: 1_764_000_000_000 };
+            let issue = Issue {
+                plan_version: p.version,
+                sample_rate: p.sample_rate,
+                issued_at_ms: 1_764_000_000_000,
+                sampled: s,
+            };
             let t = token::issue(&key, subject, issue);
             compiled.write_response(&mut out, id, choice.ad, Some(&t));
             std::hint::black_box((s, out.len()))

@@ -1,18 +1,24 @@
-//! Consistent, keyed sampling.
+//! Keyed sampling, drawn per decision.
 //!
-//! A request is sampled at rate `r` iff `point(key, request_id) < r`, where `point` is
-//! SipHash-2-4 of the id under a key only edges hold, mapped to `[0, 1)`. Hence:
-//! - every event of one request (its allocation, its impression) is sampled or none is,
-//!   wherever and whenever it is decided under the same key; an impression names the
-//!   key its allocation was decided under in its [token](crate::token), so a key
-//!   rotation in between changes nothing;
-//! - sampling is monotone: sampled at `r` ⇒ sampled at every `r' ≥ r`, so raising the
-//!   rate only adds requests;
-//! - clients cannot steer it. Apps choose their request ids (so they can correlate
-//!   answers with their own logs); with an unkeyed hash an app could search offline for
-//!   ids that are always sampled (each counting as `1/r` requests under attributes it
-//!   also picks) or never sampled (leaving the sample). Without the key every id is a
-//!   coin flip of bias `r` to the app, whatever it chooses.
+//! A decision is sampled at rate `r` iff `point(key, fresh) < r`, where `fresh` is 64
+//! bits the edge draws for that request alone and `point` is SipHash-2-4 under a key
+//! only edges hold, mapped to `[0, 1)` ([`SampleKey::decide`]). Hence:
+//! - every request is its own coin of bias `r`, whatever the app sends. Apps choose
+//!   their request ids (to correlate answers with their own logs), so a coin drawn from
+//!   the id would be the same for every request that repeats it: an app repeating one
+//!   id `N` times would be counted `N/r` times or not at all, and could learn which
+//!   (an edge's counters move when a request is sampled), then repeat only the ids
+//!   that are counted, or only those that are not. A fresh draw per decision leaves
+//!   nothing to learn: what one request drew says nothing about the next;
+//! - the impression of a request is sampled exactly when its allocation was: the
+//!   decision travels in the request's [token](crate::token), under its MAC, so
+//!   neither a new plan, a new rate nor a key rotation in between changes it;
+//! - sampling is monotone in the rate for one draw, so raising the rate only adds
+//!   requests.
+//!
+//! Tokens of format 1, issued by edges that drew the coin from the request id
+//! (`point(key, request_id)`, [`SampleKey::sampled`]), are still honoured for the few
+//! minutes they live, with that rule.
 //!
 //! Why SipHash-2-4: it is a pseudo-random function designed for short inputs under a
 //! 128-bit key (the security claim a request id needs: outputs indistinguishable from
@@ -56,14 +62,27 @@ impl SampleKey {
         Self(SipHasher24::new_with_key(key))
     }
 
-    /// The request's position in `[0, 1)`.
-    pub fn point(&self, request_id: &str) -> f64 {
-        let h = self.0.hash(request_id.as_bytes());
+    /// The position of `bytes` in `[0, 1)`.
+    fn position(&self, bytes: &[u8]) -> f64 {
+        let h = self.0.hash(bytes);
         // The top 53 bits make an exactly representable f64 in [0, 1).
         (h >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
-    /// Is this request sampled at `rate`?
+    /// Whether a decision is sampled at `rate`, from `fresh`: 64 bits the edge draws
+    /// for this request alone. Keyed, so that even an app that could predict the
+    /// edge's generator cannot tell which draws fall below the rate.
+    pub fn decide(&self, fresh: u64, rate: f64) -> bool {
+        self.position(&fresh.to_le_bytes()) < rate
+    }
+
+    /// A request id's position in `[0, 1)`: the coin of tokens of format 1.
+    pub fn point(&self, request_id: &str) -> f64 {
+        self.position(request_id.as_bytes())
+    }
+
+    /// Whether a request was sampled at `rate` by an edge that drew the coin from its
+    /// id (tokens of format 1 only: see the module's docs for why no longer).
     pub fn sampled(&self, request_id: &str, rate: f64) -> bool {
         self.point(request_id) < rate
     }
@@ -103,6 +122,22 @@ mod tests {
     fn rate_bounds() {
         assert!(key().sampled("x", 1.0));
         assert!(!key().sampled("x", 0.0));
+    }
+
+    #[test]
+    fn each_draw_is_its_own_coin() {
+        let k = key();
+        let n = 100_000u64;
+        // Draws as an edge makes them (any 64 bits it does not let apps choose).
+        let fresh = |i: u64| i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let hits = (0..n).filter(|i| k.decide(fresh(*i), 0.1)).count();
+        // Binomial(100000, 0.1): σ ≈ 95; 4σ.
+        assert!((hits as i64 - 10_000).abs() < 380, "{hits}");
+        assert!((0..1000).all(|i| k.decide(fresh(i), 1.0)) && !(0..1000).any(|i| k.decide(fresh(i), 0.0)));
+        // Under another key, other draws are sampled.
+        let other = SampleKey::derive(b"another-edge-secret-0123");
+        let both = (0..10_000).filter(|i| k.decide(fresh(*i), 0.1) && other.decide(fresh(*i), 0.1)).count();
+        assert!(both < 200, "{both}");
     }
 
     #[test]

@@ -1,27 +1,35 @@
 //! Impression tokens: the edge's proof that it served an ad.
 //!
 //! `/v1/ad` hands out, with every ad, a token that binds the request id, placement, ad,
-//! plan version, sample rate and issue time under a MAC only edges can compute.
+//! plan version, sample rate, issue time and whether the allocation was sampled under a
+//! MAC only edges can compute.
 //! `/v1/impression` counts a report only with a token that verifies for exactly the
 //! request, placement and ad it names, and was issued at most [`MAX_AGE_MS`] ago. So an
 //! app can report only ads it was actually given, at most once per request
 //! (the origin marks the request), and never for a campaign it made up. The token
 //! carries what the impression needs to be sampled exactly when its allocation was —
-//! the allocation's plan version and rate, and which edge key decided it — so neither
-//! a new plan nor a key rotation in between changes the decision.
+//! the allocation's sampling decision (drawn per request: [`crate::sample`]), plan
+//! version and rate — so neither a new plan nor a key rotation in between changes it.
 //!
-//! Layout (then base64url without padding, 60 characters):
+//! Layout (then base64url without padding, 62 characters):
 //!
 //! | bytes  | field                                            |
 //! |--------|--------------------------------------------------|
-//! | 0      | format, `1`                                      |
+//! | 0      | format, `2`                                      |
 //! | 1..5   | key id: the first 4 bytes of `HMAC(secret, "allot/key-id/v1")` |
 //! | 5..13  | issue time, unix ms, u64 big-endian              |
 //! | 13..21 | plan version, u64 big-endian                     |
 //! | 21..29 | sample rate, IEEE-754 bits, big-endian           |
-//! | 29..45 | MAC: HMAC-SHA256 under the token sub-key, first 16 bytes |
+//! | 29     | `1` if the allocation was sampled, else `0`      |
+//! | 30..46 | MAC: HMAC-SHA256 under the token sub-key, first 16 bytes |
 //!
-//! The MAC covers `"allot/impression/v1"`, bytes 0..29, then the request id, placement
+//! Format 1 (60 characters) is the same without byte 29; its impression is sampled
+//! when the request id's keyed point is below the rate ([`SampleKey::sampled`]), as
+//! the edges that issued it decided. It is still verified, so the impressions of ads
+//! served just before an edge upgrade are not lost.
+//!
+//! The MAC covers `"allot/impression/v1"`, the header (every byte before the MAC), then
+//! the request id, placement
 //! and ad id, each prefixed by its length (u16 big-endian), so no field can be moved
 //! into another. 128 bits of MAC leave forgery at 2⁻¹²⁸ per try. The token sub-key is
 //! `HMAC(secret, "allot/token/v1")`: one edge secret serves sampling and tokens without
@@ -45,12 +53,15 @@ pub const MAX_SKEW_MS: u64 = 60 * 1000;
 /// The shortest edge secret accepted.
 pub const MIN_SECRET_LEN: usize = 16;
 
-const FORMAT: u8 = 1;
-const HEADER: usize = 29;
+const FORMAT: u8 = 2;
+const HEADER: usize = 30;
 const TAG: usize = 16;
 const LEN: usize = HEADER + TAG;
 /// base64url of [`LEN`] bytes.
-pub const TOKEN_CHARS: usize = 60;
+pub const TOKEN_CHARS: usize = 62;
+/// Format 1: no sampling byte.
+const V1_HEADER: usize = 29;
+const V1_CHARS: usize = 60;
 
 /// One edge secret and the sub-keys derived from it.
 #[derive(Clone)]
@@ -114,21 +125,20 @@ pub struct Subject<'a> {
     pub ad: &'a CampaignId,
 }
 
-/// What an allocation was decided under.
+/// What an allocation was decided under, and whether it was sampled: the impression
+/// is sent exactly then.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Issue {
     pub plan_version: u64,
     pub sample_rate: f64,
     pub issued_at_ms: u64,
+    pub sampled: bool,
 }
 
 /// A verified token.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Grant {
     pub issue: Issue,
-    /// Whether the allocation was sampled, under the key that issued the token: the
-    /// impression is sent exactly then.
-    pub sampled: bool,
     /// The token's MAC: unique per token, what an edge remembers to refuse a replay.
     pub tag: [u8; TAG],
 }
@@ -176,6 +186,7 @@ pub fn issue(key: &EdgeKey, subject: Subject<'_>, issue: Issue) -> String {
     bytes[5..13].copy_from_slice(&issue.issued_at_ms.to_be_bytes());
     bytes[13..21].copy_from_slice(&issue.plan_version.to_be_bytes());
     bytes[21..29].copy_from_slice(&issue.sample_rate.to_bits().to_be_bytes());
+    bytes[29] = u8::from(issue.sampled);
     let tag = key.mac(&bytes[..HEADER], subject).finalize().into_bytes();
     bytes[HEADER..].copy_from_slice(&tag[..TAG]);
     URL_SAFE_NO_PAD.encode(bytes)
@@ -184,20 +195,30 @@ pub fn issue(key: &EdgeKey, subject: Subject<'_>, issue: Issue) -> String {
 /// Checks `token` for `subject` at `now_ms` against the active keys (the current one
 /// and any still accepted during a rotation).
 pub fn verify(keys: &[EdgeKey], token: &str, subject: Subject<'_>, now_ms: u64) -> Result<Grant, TokenError> {
-    if token.len() != TOKEN_CHARS {
-        return Err(TokenError::Malformed);
-    }
+    let (format, header) = match token.len() {
+        TOKEN_CHARS => (FORMAT, HEADER),
+        V1_CHARS => (1, V1_HEADER),
+        _ => return Err(TokenError::Malformed),
+    };
     let mut bytes = [0u8; LEN];
     match URL_SAFE_NO_PAD.decode_slice(token, &mut bytes) {
-        Ok(LEN) if bytes[0] == FORMAT => {}
+        Ok(n) if n == header + TAG && bytes[0] == format => {}
         _ => return Err(TokenError::Malformed),
     }
     let key = keys.iter().find(|k| k.id == bytes[1..5]).ok_or(TokenError::Invalid)?;
-    let mac = key.mac(&bytes[..HEADER], subject);
+    let mac = key.mac(&bytes[..header], subject);
     // Constant time: the comparison leaks nothing about the expected tag.
-    mac.verify_truncated_left(&bytes[HEADER..]).map_err(|_| TokenError::Invalid)?;
+    mac.verify_truncated_left(&bytes[header..header + TAG]).map_err(|_| TokenError::Invalid)?;
     let u64_at = |i: usize| u64::from_be_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
-    let issue = Issue { issued_at_ms: u64_at(5), plan_version: u64_at(13), sample_rate: f64::from_bits(u64_at(21)) };
+    let sample_rate = f64::from_bits(u64_at(21));
+    let sampled = match (format, bytes[29]) {
+        (1, _) => key.sample().sampled(subject.request_id.as_str(), sample_rate),
+        (_, 0) => false,
+        (_, 1) => true,
+        // Only an edge could have made it; refuse rather than guess.
+        _ => return Err(TokenError::Malformed),
+    };
+    let issue = Issue { issued_at_ms: u64_at(5), plan_version: u64_at(13), sample_rate, sampled };
     if !(issue.sample_rate > 0.0 && issue.sample_rate <= 1.0) {
         // Only an edge could have made it; refuse rather than weigh by nonsense.
         return Err(TokenError::Malformed);
@@ -207,9 +228,8 @@ pub fn verify(keys: &[EdgeKey], token: &str, subject: Subject<'_>, now_ms: u64) 
         return Err(TokenError::Expired);
     }
     let mut tag = [0u8; TAG];
-    tag.copy_from_slice(&bytes[HEADER..]);
-    let sampled = key.sample().sampled(subject.request_id.as_str(), issue.sample_rate);
-    Ok(Grant { issue, sampled, tag })
+    tag.copy_from_slice(&bytes[header..header + TAG]);
+    Ok(Grant { issue, tag })
 }
 
 /// An edge's memory of the tokens it has accepted, so a replay to the same edge is

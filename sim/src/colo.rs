@@ -293,12 +293,13 @@ impl Colo {
         landed.resize(rates.len(), [(u64::MAX, 0); 2]);
         for &(micros, k) in &arrivals {
             let at = (t * 1000 + u64::from(micros) / 1000).saturating_add_signed(self.skew_ms);
+            // The edge's coin for this request: core's keyed draw, or the same odds in one
+            // uniform (ids are then drawn only for the sampled requests).
             let id = if how.per_request {
                 let drawn = ids[k].draw(rng, |_| k);
-                let mut buf = [0; 36];
-                key.sample().sampled(format_uuid(drawn.id, &mut buf), rate).then_some(drawn.id)
+                key.sample().decide(rng.random(), rate).then_some(drawn.id)
             } else {
-                (uniform(rng) < rate).then(|| sampled_id(key, rng, &mut ids[k], k, rate))
+                (uniform(rng) < rate).then(|| ids[k].draw(rng, |_| k).id)
             };
             let (delivered, choice) = decide(slot, k, how, rng);
             let index = truths.index(at);
@@ -359,7 +360,7 @@ impl Colo {
         // it and sends the grant's impression (sampled exactly when its allocation was).
         let (Some(c), true, true) = (delivered, how.on_impressions, profile.reports_impressions) else { return };
         let subject = Subject { request_id: &request_id, placement: &p.placement, ad: &p.campaigns[c].id };
-        let issue = Issue { plan_version: p.version, sample_rate: p.sample_rate, issued_at_ms: now_ms };
+        let issue = Issue { plan_version: p.version, sample_rate: p.sample_rate, issued_at_ms: now_ms, sampled: true };
         let t_token = token::issue(&self.key, subject, issue);
         let delay = crate::traffic::log_normal(rng, how.impression_delay.0, how.impression_delay.1);
         let at_ms = now_ms + (delay * 1000.0) as u64;
@@ -377,19 +378,6 @@ impl Colo {
             if let Some(events) = self.later.remove(&k) {
                 self.outbox.extend(events);
             }
-        }
-    }
-}
-
-/// The id of a sampled request of profile `k`: ids drawn as apps send them until core's
-/// sampler takes one at `rate` (about `1/rate` draws), so every event's id is one the
-/// edge would really have sampled.
-fn sampled_id(key: &EdgeKey, rng: &mut SmallRng, ids: &mut RequestIds, k: usize, rate: f64) -> u128 {
-    let mut buf = [0; 36];
-    loop {
-        let drawn = ids.draw(rng, |_| k);
-        if key.sample().sampled(format_uuid(drawn.id, &mut buf), rate) {
-            return drawn.id;
         }
     }
 }

@@ -98,17 +98,20 @@ fn answer(
     let choice = plans::choose(plan, attrs);
     let p = plan.plan();
     let key = config.edge_key();
+    // A coin of its own for every request, whatever id the app sent (`allot_core::sample`).
+    let sampled = key.is_some_and(|k| k.sample().decide(rng::bits64(), p.sample_rate));
     let token = match (key, choice.ad.and_then(|i| p.campaigns.get(i))) {
         (Some(key), Some(c)) if !ad.unreported => {
             let subject = Subject { request_id: &ad.request_id, placement: &p.placement, ad: &c.id };
-            let issue = Issue { plan_version: p.version, sample_rate: p.sample_rate, issued_at_ms: now_ms as u64 };
+            let issue =
+                Issue { plan_version: p.version, sample_rate: p.sample_rate, issued_at_ms: now_ms as u64, sampled };
             Some(token::issue(key, subject, issue))
         }
         _ => None,
     };
     let mut body = String::with_capacity(256);
     plan.write_response(&mut body, ad.request_id.as_str(), choice.ad, token.as_deref());
-    if key.is_some_and(|k| k.sample().sampled(ad.request_id.as_str(), p.sample_rate)) {
+    if sampled {
         let event =
             plan.allocation_event(ad.request_id.clone(), choice, attrs, now_ms as u64, edge_colo(req), ad.unreported);
         forward::enqueue(ctx, config, event);

@@ -62,7 +62,7 @@ pub async fn serve(req: &web_sys::Request, env: &Env, ctx: &Context) -> Result<w
     if !SEEN.with(|s| s.borrow_mut().first_use(&grant, now_ms)) {
         return Err(ApiError::conflict("duplicate_impression", "this impression was already reported"));
     }
-    if grant.sampled {
+    if grant.issue.sampled {
         let event = grant.impression_event(subject, crate::ad::edge_country(req), crate::ad::edge_colo(req));
         forward::enqueue(ctx, &config, event);
     }

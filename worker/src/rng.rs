@@ -2,9 +2,10 @@
 //!
 //! Each isolate seeds a small PRNG once from the platform's CSPRNG
 //! (`crypto.getRandomValues`, through getrandom) and draws from it in Wasm. No use
-//! needs cryptographic strength: the spread's random starts ([`bits64`]) and the
-//! outbox's jitter need uniformity, and request ids need uniqueness (apps may
-//! supply their own anyway).
+//! needs cryptographic strength: the spread's random starts and the sampling draws
+//! ([`bits64`]; a draw is hashed under the edge key before it is compared with the
+//! rate) and the outbox's jitter need uniformity, and request ids need uniqueness
+//! (apps may supply their own anyway).
 
 use std::cell::RefCell;
 

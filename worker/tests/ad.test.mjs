@@ -25,7 +25,7 @@ async function tally(n, query) {
     const keys = ["ad", "placement", "plan_version", "request_id"];
     if (body.ad !== null) keys.push("impression_token");
     assert.deepEqual(Object.keys(body).sort(), keys.sort());
-    if (body.ad !== null) assert.match(body.impression_token, /^[A-Za-z0-9_-]{60}$/);
+    if (body.ad !== null) assert.match(body.impression_token, /^[A-Za-z0-9_-]{62}$/);
     assert.equal(body.placement, "home_feed");
     assert.equal(body.plan_version, 1);
     assert.match(body.request_id, /^[0-9a-f]{32}$/);

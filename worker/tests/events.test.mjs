@@ -1,7 +1,7 @@
 // Sampled events over real HTTP: the worker signs batches and sends them to the origin;
-// the receiver checks every signature with node:crypto. The sampled set is predicted
-// request by request from the keyed sampling hash (computed here independently), and
-// its size is checked against the plan's rate.
+// the receiver checks every signature with node:crypto. Every request is its own coin:
+// the sampled count is checked against the plan's rate, also for an id repeated by an
+// app, and every sampled event the edge counted reaches the origin once.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import {
@@ -10,7 +10,6 @@ import {
   plan,
   postImpression,
   reportOf,
-  samplePoint,
   startReceiver,
   startWorker,
 } from "./harness.mjs";
@@ -33,8 +32,25 @@ async function health() {
   return (await worker.get("/healthz")).json();
 }
 
+/** The edge's counters once its outbox is empty. */
+async function drained() {
+  return eventually(
+    async () => {
+      const h = await health();
+      return h.events.waiting === 0 && h;
+    },
+    30_000,
+    "the outbox to empty",
+  );
+}
+
+/** Binomial(n, p) is within `k` standard deviations of its mean. */
+function plausible(count, n, p, k) {
+  return Math.abs(count - n * p) < k * Math.sqrt(n * p * (1 - p));
+}
+
 describe("sampled events", () => {
-  test("allocations reach the origin signed, at the plan's rate, for exactly the sampled ids", async () => {
+  test("allocations reach the origin signed, at the plan's rate, each sampled request once", async () => {
     const n = 6_000;
     const ids = Array.from({ length: n }, (_, i) => `alloc-${i}`);
     const answers = await parallel(n, 16, async (i) => {
@@ -42,18 +58,15 @@ describe("sampled events", () => {
       assert.equal(res.status, 200);
       return res.json();
     });
-    const expected = new Set(ids.filter((id) => samplePoint(id) < RATE));
-    // Binomial(n, rate): the sampled count is within 3σ of n·rate.
-    const sigma = Math.sqrt(n * RATE * (1 - RATE));
-    assert.ok(Math.abs(expected.size - n * RATE) < 3 * sigma, `${expected.size} sampled of ${n}`);
-
-    await eventually(() => origin.events.length >= expected.size, 15_000, "sampled events");
+    const h0 = await drained();
     await new Promise((r) => setTimeout(r, 300)); // nothing more may arrive
     assert.equal(origin.badSignatures, 0);
     const got = origin.events.filter((e) => e.kind === "allocation");
-    assert.equal(got.length, expected.size);
-    assert.deepEqual(new Set(got.map((e) => e.request_id)), expected);
-    assert.ok(Math.abs(got.length - n * RATE) < 3 * sigma, `${got.length} events for ${n} requests`);
+    // Binomial(n, rate): the sampled count is within 3σ of n·rate.
+    assert.ok(plausible(got.length, n, RATE, 3), `${got.length} events for ${n} requests`);
+    assert.equal(got.length, h0.events.queued, "every event the edge sampled, and no other");
+    assert.equal(new Set(got.map((e) => e.request_id)).size, got.length, "each request once");
+    assert.ok(got.every((e) => e.request_id.startsWith("alloc-")));
     assert.ok(origin.batches < got.length, `batched: ${origin.batches} requests for ${got.length} events`);
 
     const byId = new Map(answers.map((a) => [a.request_id, a]));
@@ -68,18 +81,34 @@ describe("sampled events", () => {
       assert.ok(Math.abs(e.event_time_ms - Date.now()) < 60_000);
     }
     const h = await health();
-    assert.equal(h.events.sent, expected.size);
+    assert.equal(h.events.sent, got.length);
     assert.equal(h.events.failed, 0);
+  });
+
+  test("an app repeating one request id gets a coin per request, not one for the id", async () => {
+    // Were the coin drawn from the id, the 500 requests would be sampled all or none:
+    // 500 events (each weighing 1/rate) or an invisible app.
+    const start = await drained();
+    const before = origin.events.length;
+    await parallel(500, 8, async () => {
+      const res = await worker.get("/v1/ad?placement=home_feed&platform=web&request_id=same-id");
+      assert.equal(res.status, 200);
+    });
+    const h = await drained();
+    const got = origin.events.slice(before).filter((e) => e.request_id === "same-id");
+    assert.equal(got.length, h.events.queued - start.events.queued);
+    assert.ok(plausible(got.length, 500, RATE, 5), `${got.length} of 500 repeats sampled`);
   });
 
   test("events carry the edge's country and colo when the query has no country", async () => {
     const before = origin.events.length;
-    const ids = Array.from({ length: 300 }, (_, i) => `edge-${i}`).filter((id) => samplePoint(id) < RATE);
-    for (const id of ids) {
-      const res = await worker.get(`/v1/ad?placement=home_feed&platform=web&request_id=${id}`);
+    for (let i = 0; i < 300; i++) {
+      const res = await worker.get(`/v1/ad?placement=home_feed&platform=web&request_id=edge-${i}`);
       assert.equal(res.status, 200);
     }
-    await eventually(() => origin.events.length - before >= ids.length, 10_000, "edge events");
+    await drained();
+    await new Promise((r) => setTimeout(r, 300));
+    assert.ok(origin.events.length > before, "some of the 300 sampled");
     for (const e of origin.events.slice(before)) {
       assert.equal(e.country, "FR");
       assert.equal(e.colo, "CDG");
@@ -120,15 +149,13 @@ describe("sampled events", () => {
       assert.equal(res.status, 200);
       const a = await res.json();
       assert.equal(a.ad.id, "A");
-      assert.match(a.impression_token, /^[A-Za-z0-9_-]{60}$/);
+      assert.match(a.impression_token, /^[A-Za-z0-9_-]{62}$/);
       return a;
     });
-    const expected = new Set(ids.filter((id) => samplePoint(id) < RATE));
-    await eventually(
-      () => origin.events.filter((e) => e.placement === "imp_p").length >= expected.size,
-      10_000,
-      "allocations",
-    );
+    await drained();
+    await new Promise((r) => setTimeout(r, 300));
+    const expected = new Set(origin.events.filter((e) => e.placement === "imp_p").map((e) => e.request_id));
+    assert.ok(plausible(expected.size, ids.length, RATE, 5), `${expected.size} allocations sampled`);
     await worker.putPlan({ ...only(1), version: 8, sample_rate: 0.5 });
     await eventually(async () => (await (await worker.get("/v1/ad?placement=imp_p")).json()).plan_version === 8, 5_000, "v8");
     const before = origin.events.length;
@@ -168,8 +195,6 @@ describe("sampled events", () => {
     latencies.sort((a, b) => a - b);
     const p99 = latencies[Math.floor(latencies.length * 0.99)];
     assert.ok(p99 < 250, `p99 ${p99.toFixed(1)} ms while the origin stalls`);
-    const sampled = ids.filter((id) => samplePoint(id) < RATE);
-    assert.ok(sampled.length > 0);
     // Timed out, so sent again (the same bytes): kept waiting, never counted lost.
     await eventually(
       async () => (await health()).events.retried_batches > start.events.retried_batches,
@@ -189,7 +214,10 @@ describe("sampled events", () => {
     assert.equal(h.events.expired, 0);
     await new Promise((r) => setTimeout(r, 2_500)); // the answers the worker gave up on
     const got = origin.events.filter((e) => e.request_id.startsWith("slow-")).map((e) => e.request_id);
-    assert.deepEqual(got.toSorted(), sampled.toSorted(), "every sampled event stored once");
+    const sampled = h.events.queued - start.events.queued;
+    assert.ok(sampled > 0);
+    assert.equal(got.length, sampled, "every sampled event stored");
+    assert.equal(new Set(got).size, got.length, "once");
     assert.ok(origin.duplicates > 0, "the retries of stored bodies were recognised");
   });
 
@@ -197,11 +225,12 @@ describe("sampled events", () => {
     origin.mode = "fail";
     const start = await health();
     const startSent = origin.sent.length;
-    const ids = Array.from({ length: 400 }, (_, i) => `fail-${i}`).filter((id) => samplePoint(id) < RATE);
-    for (const id of ids) {
-      const res = await worker.get(`/v1/ad?placement=home_feed&request_id=${id}`);
+    for (let i = 0; i < 400; i++) {
+      const res = await worker.get(`/v1/ad?placement=home_feed&request_id=fail-${i}`);
       assert.equal(res.status, 200);
     }
+    const sampled = (await health()).events.queued - start.events.queued;
+    assert.ok(sampled > 0);
     // Backoff from 0.5 s: three tries of the first batch within a few seconds.
     await eventually(
       async () => {
@@ -222,17 +251,18 @@ describe("sampled events", () => {
     const during = await health();
     assert.equal(during.events.failed, start.events.failed, "a 5xx loses nothing");
     assert.equal(during.events.sent, start.events.sent);
-    assert.ok(during.events.waiting >= ids.length);
+    assert.ok(during.events.waiting >= sampled);
     origin.mode = "ok";
     await eventually(
       async () => {
         const h = await health();
-        return h.events.sent - start.events.sent === ids.length && h.events.waiting === 0;
+        return h.events.sent - start.events.sent === sampled && h.events.waiting === 0;
       },
       40_000,
       "delivery once the origin is back",
     );
     const got = origin.events.filter((e) => e.request_id.startsWith("fail-")).map((e) => e.request_id);
-    assert.deepEqual(got.toSorted(), ids.toSorted(), "every event once");
+    assert.equal(got.length, sampled, "every event");
+    assert.equal(new Set(got).size, got.length, "once");
   });
 });

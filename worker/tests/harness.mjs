@@ -199,57 +199,20 @@ export function unkeyedSamplePoint(requestId) {
   return Number(h >> 11n) / 2 ** 53;
 }
 
-/** SipHash-2-4 of `bytes` under a 16-byte key, transcribed from the paper. */
-function sipHash24(key, bytes) {
-  const rotl = (x, b) => ((x << BigInt(b)) | (x >> BigInt(64 - b))) & M64;
-  const k0 = key.readBigUInt64LE(0);
-  const k1 = key.readBigUInt64LE(8);
-  let v0 = k0 ^ 0x736f6d6570736575n;
-  let v1 = k1 ^ 0x646f72616e646f6dn;
-  let v2 = k0 ^ 0x6c7967656e657261n;
-  let v3 = k1 ^ 0x7465646279746573n;
-  const round = () => {
-    v0 = (v0 + v1) & M64; v1 = rotl(v1, 13); v1 ^= v0; v0 = rotl(v0, 32);
-    v2 = (v2 + v3) & M64; v3 = rotl(v3, 16); v3 ^= v2;
-    v0 = (v0 + v3) & M64; v3 = rotl(v3, 21); v3 ^= v0;
-    v2 = (v2 + v1) & M64; v1 = rotl(v1, 17); v1 ^= v2; v2 = rotl(v2, 32);
-  };
-  const end = bytes.length - (bytes.length % 8);
-  for (let i = 0; i < end; i += 8) {
-    const m = bytes.readBigUInt64LE(i);
-    v3 ^= m; round(); round(); v0 ^= m;
-  }
-  let last = BigInt(bytes.length & 0xff) << 56n;
-  for (let i = end; i < bytes.length; i++) last |= BigInt(bytes[i]) << BigInt(8 * (i - end));
-  v3 ^= last; round(); round(); v0 ^= last;
-  v2 ^= 0xffn;
-  for (let i = 0; i < 4; i++) round();
-  return (v0 ^ v1 ^ v2 ^ v3) & M64;
-}
-
 const derive = (secret, label) => createHmac("sha256", secret).update(label).digest();
-
-/**
- * The keyed sampling point of a request id under an edge secret, computed
- * independently of core from the documented scheme (SipHash-2-4 under the first 16
- * bytes of HMAC-SHA256(secret, "allot/sample/v1"), top 53 bits).
- */
-export function samplePoint(requestId, secret = EDGE_KEY) {
-  const key = derive(secret, "allot/sample/v1").subarray(0, 16);
-  return Number(sipHash24(key, Buffer.from(requestId, "utf8")) >> 11n) / 2 ** 53;
-}
 
 /**
  * An impression token as an edge holding `secret` issues it, from the documented
  * layout: lets tests make expired tokens and forgeries.
  */
-export function issueToken({ requestId, placement, ad, version, rate, issuedAtMs, secret = EDGE_KEY }) {
-  const header = Buffer.alloc(29);
-  header[0] = 1;
+export function issueToken({ requestId, placement, ad, version, rate, issuedAtMs, sampled = true, secret = EDGE_KEY }) {
+  const header = Buffer.alloc(30);
+  header[0] = 2;
   derive(secret, "allot/key-id/v1").copy(header, 1, 0, 4);
   header.writeBigUInt64BE(BigInt(issuedAtMs), 5);
   header.writeBigUInt64BE(BigInt(version), 13);
   header.writeDoubleBE(rate, 21);
+  header[29] = sampled ? 1 : 0;
   const mac = createHmac("sha256", derive(secret, "allot/token/v1")).update("allot/impression/v1").update(header);
   for (const f of [requestId, placement, ad]) {
     const b = Buffer.from(f, "utf8");

@@ -63,7 +63,7 @@ async function ad(p, { platform, country } = {}) {
     const eligible = eligibleIds(p, platform, country ?? "FR");
     assert.ok(eligible.includes(body.ad.id), `${q}: ${body.ad.id} is not eligible (${eligible})`);
     assert.deepEqual(body.ad.creative, p.campaigns.find((c) => c.id === body.ad.id).creative);
-    assert.match(body.impression_token, /^[A-Za-z0-9_-]{60}$/);
+    assert.match(body.impression_token, /^[A-Za-z0-9_-]{62}$/);
   } else {
     assert.equal(body.impression_token, undefined);
   }

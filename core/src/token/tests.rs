@@ -30,7 +30,7 @@ impl Ids {
 }
 
 fn at(ms: u64) -> Issue {
-    Issue { plan_version: 7, sample_rate: 0.25, issued_at_ms: ms }
+    Issue { plan_version: 7, sample_rate: 0.25, issued_at_ms: ms, sampled: true }
 }
 
 /// Computed independently (Python `hmac`/`hashlib`/`base64` from the layout in the
@@ -39,11 +39,13 @@ fn at(ms: u64) -> Issue {
 fn fixed_vector() {
     let ids = Ids::new("req-1", "home_feed", "A");
     let token = issue(&key(), ids.subject(), at(T0));
-    assert_eq!(token, "AesmAQQAAAGatpfoAAAAAAAAAAAHP9AAAAAAAADgL8s7Y-ah_mbQ4fsvsbBQ");
+    assert_eq!(token, "AusmAQQAAAGatpfoAAAAAAAAAAAHP9AAAAAAAAABQNeMicQRFndNsjsM1NkRaQ");
     assert_eq!(token.len(), TOKEN_CHARS);
+    let unsampled = issue(&key(), ids.subject(), Issue { sampled: false, ..at(T0) });
+    assert_eq!(unsampled, "AusmAQQAAAGatpfoAAAAAAAAAAAHP9AAAAAAAAAA3VPmKB3MumStVFj_rkz5ow");
+    assert!(!verify(&[key()], &unsampled, ids.subject(), T0).unwrap().issue.sampled);
     let grant = verify(&[key()], &token, ids.subject(), T0 + 1000).unwrap();
     assert_eq!(grant.issue, at(T0));
-    assert_eq!(grant.sampled, key().sample().sampled("req-1", 0.25));
     let e = grant.impression_event(ids.subject(), Some("DE".into()), None);
     assert_eq!((e.kind, e.plan_version, e.sample_rate, e.event_time_ms), (crate::EventKind::Impression, 7, 0.25, T0));
     assert_eq!(e.ad_id.as_ref(), Some(&ids.ad));
@@ -83,6 +85,23 @@ fn refuses_what_it_did_not_issue() {
     }
 }
 
+/// A token of format 1 (issued by an edge that drew the coin from the request id)
+/// still verifies, sampled by that rule.
+#[test]
+fn format_1_tokens_keep_their_rule() {
+    let ids = Ids::new("req-1", "home_feed", "A");
+    let v1 = "AesmAQQAAAGatpfoAAAAAAAAAAAHP9AAAAAAAADgL8s7Y-ah_mbQ4fsvsbBQ";
+    let grant = verify(&[key()], v1, ids.subject(), T0).unwrap();
+    let sampled = key().sample().sampled("req-1", 0.25);
+    assert_eq!(grant.issue, Issue { sampled, ..at(T0) });
+    // A format-2 token with a sampling byte other than 0 or 1 is not one an edge made.
+    let mut bytes = URL_SAFE_NO_PAD.decode(issue(&key(), ids.subject(), at(T0))).unwrap();
+    bytes[29] = 2;
+    let tag = key().mac(&bytes[..HEADER], ids.subject()).finalize().into_bytes();
+    bytes[HEADER..].copy_from_slice(&tag[..TAG]);
+    assert_eq!(verify(&[key()], &URL_SAFE_NO_PAD.encode(bytes), ids.subject(), T0), Err(TokenError::Malformed));
+}
+
 #[test]
 fn expires() {
     let ids = Ids::new("req-1", "home_feed", "A");
@@ -96,16 +115,14 @@ fn expires() {
 #[test]
 fn rotation_keeps_the_issuing_keys_sampling() {
     let (old, new) = (key(), EdgeKey::new(b"the-next-edge-secret-0123").unwrap());
-    // Ids sampled under the old key and not the new one: the impression follows the key
-    // its allocation was decided under.
-    let id = (0..10_000)
-        .map(|i| format!("r{i}"))
-        .find(|id| old.sample().sampled(id, 0.25) && !new.sample().sampled(id, 0.25))
-        .unwrap();
-    let ids = Ids::new(&id, "home_feed", "A");
+    // The impression follows the decision its allocation's edge made under the old key.
+    let ids = Ids::new("r1", "home_feed", "A");
+    for sampled in [true, false] {
+        let token = issue(&old, ids.subject(), Issue { sampled, ..at(T0) });
+        let grant = verify(&[new.clone(), old.clone()], &token, ids.subject(), T0).unwrap();
+        assert_eq!(grant.issue.sampled, sampled);
+    }
     let token = issue(&old, ids.subject(), at(T0));
-    let grant = verify(&[new.clone(), old.clone()], &token, ids.subject(), T0).unwrap();
-    assert!(grant.sampled);
     assert_eq!(verify(&[new], &token, ids.subject(), T0), Err(TokenError::Invalid));
 }
 
@@ -144,14 +161,14 @@ proptest! {
         rate in 1e-6f64..=1.0,
         t in 0u64..=u64::MAX / 2,
         age in 0u64..=MAX_AGE_MS,
+        sampled in any::<bool>(),
     ) {
         let ids = Ids::new(&r, "p", "c");
-        let issue_at = Issue { plan_version: version, sample_rate: rate, issued_at_ms: t };
+        let issue_at = Issue { plan_version: version, sample_rate: rate, issued_at_ms: t, sampled };
         let token = issue(&key(), ids.subject(), issue_at);
         prop_assert_eq!(token.len(), TOKEN_CHARS);
         let grant = verify(&[key()], &token, ids.subject(), t + age).unwrap();
         prop_assert_eq!(grant.issue, issue_at);
-        prop_assert_eq!(grant.sampled, key().sample().sampled(&r, rate));
     }
 
     #[test]
