@@ -22,9 +22,11 @@
 //! is read when first needed and then only for a version newer than the newest it
 //! knows, at most once per interval. So a flood of made-up placements or versions costs
 //! at most one registry read and one history read per registered placement per
-//! interval, and the memory held is bounded by the registry: each placement keeps its
-//! newest versions only, as many as its plan history holds (a placement publishes
-//! tens of versions an hour, and an origin runs for months).
+//! interval, and the memory held is bounded by the registry: each placement keeps as
+//! many versions as its plan history holds (a placement publishes tens of versions an
+//! hour, and an origin runs for months), evicting the one events named least recently.
+//! A version edges still serve is named all the time, so it stays, however many were
+//! published since (a publisher that failed for an hour issued versions no edge got).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -149,6 +151,8 @@ impl Admitted {
 struct Published {
     sample_rate: f64,
     campaigns: BTreeSet<CampaignId>,
+    /// When an event last named it (or it was learnt), on the catalogue's own count.
+    used: u64,
 }
 
 /// A registered placement's known versions, and when its history was last read.
@@ -162,20 +166,23 @@ struct History {
 #[derive(Debug, Clone)]
 pub struct Catalogue {
     refresh_ms: u64,
-    /// Versions kept per placement: the newest, as many as the plan history holds.
+    /// Versions kept per placement, as many as the plan history holds.
     keep: usize,
+    /// Counts learnt versions and judged events: the order of use, for eviction.
+    tick: u64,
     registry_read_ms: Option<u64>,
     registry: BTreeSet<PlacementId>,
     histories: HashMap<PlacementId, History>,
 }
 
 impl Catalogue {
-    /// A catalogue that reads each source at most once per `refresh_ms` and keeps the
-    /// newest `keep` versions of each placement (at least one).
+    /// A catalogue that reads each source at most once per `refresh_ms` and keeps
+    /// `keep` versions of each placement (at least one), the most recently used.
     pub fn new(refresh_ms: u64, keep: usize) -> Self {
         Self {
             refresh_ms,
             keep: keep.max(1),
+            tick: 0,
             registry_read_ms: None,
             registry: BTreeSet::new(),
             histories: HashMap::new(),
@@ -273,13 +280,19 @@ impl Catalogue {
         // A withdrawn plan (a deleted placement's tombstone) is never served, so no
         // genuine event names its version.
         for plan in plans.into_iter().filter(|p| &p.placement == placement && !p.withdrawn) {
+            if history.versions.contains_key(&plan.version) {
+                continue;
+            }
+            self.tick += 1;
             let campaigns = plan.campaigns.iter().map(|c| c.id.clone()).collect();
-            history.versions.insert(plan.version, Published { sample_rate: plan.sample_rate, campaigns });
+            let published = Published { sample_rate: plan.sample_rate, campaigns, used: self.tick };
+            history.versions.insert(plan.version, published);
         }
-        // Older versions than the history holds: their events are refused as the
-        // history would refuse them after a restart.
         while history.versions.len() > self.keep {
-            history.versions.pop_first();
+            let Some(stalest) = history.versions.iter().min_by_key(|(v, p)| (p.used, **v)).map(|(v, _)| *v) else {
+                break;
+            };
+            history.versions.remove(&stalest);
         }
     }
 
@@ -289,16 +302,19 @@ impl Catalogue {
     }
 
     /// Whether `event` matches what was published.
-    pub fn judge(&self, event: &Admitted) -> Result<(), DropReason> {
+    /// A version an event names counts as used, whatever the verdict on the rest.
+    pub fn judge(&mut self, event: &Admitted) -> Result<(), DropReason> {
         let e = event.event();
         if !self.registry.contains(&e.placement) {
             return Err(DropReason::UnknownPlacement);
         }
+        self.tick += 1;
         let published = self
             .histories
-            .get(&e.placement)
-            .and_then(|h| h.versions.get(&e.plan_version))
+            .get_mut(&e.placement)
+            .and_then(|h| h.versions.get_mut(&e.plan_version))
             .ok_or(DropReason::UnknownVersion)?;
+        published.used = self.tick;
         let named = e.ad_id.iter().chain(&e.eligible);
         if !named.into_iter().all(|c| published.campaigns.contains(c)) {
             return Err(DropReason::UnknownCampaign);

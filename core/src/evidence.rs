@@ -17,6 +17,7 @@
 
 use crate::controller::patterns_of;
 use crate::solver::Patterns;
+use crate::stats::MAX_STRAGGLERS;
 use crate::{DeliveryBasis, Policy, Targets, WindowStats};
 
 /// The windows a round looks at.
@@ -43,15 +44,19 @@ impl Evidence {
         self.windows.first().filter(|w| w.requests.n > 0 || !w.campaigns.is_empty())
     }
 
-    /// The share of a window's requests still to come when its round reads it, as the
-    /// windows before the newest show it: of their requests, those counted late
-    /// ([`WindowStats::late`]). The newest is left out because its stragglers are
-    /// still on their way. A window read at its watermark is complete only if every
-    /// batch of it arrived by then; a retried or delayed batch arrives after, and at
-    /// census the interval would otherwise claim an exactness the count lacks.
+    /// The share of the newest window's requests still to come, as the windows before
+    /// it show it: of their requests, those counted late ([`WindowStats::late`]), less
+    /// the newest's own late ones already in (read a while after its watermark, by the
+    /// status or for impressions, it has some), at most [`MAX_STRAGGLERS`]. The newest
+    /// cannot tell by itself: its stragglers are still on their way. A window read at
+    /// its watermark is complete only if every batch of it arrived by then; a retried
+    /// or delayed batch arrives after, and at census the interval would otherwise claim
+    /// an exactness the count lacks.
     pub fn stragglers(&self) -> f64 {
+        let share = |late: f64, all: f64| if all > 0.0 { late / all } else { 0.0 };
         let (late, all) = self.windows.iter().skip(1).fold((0.0, 0.0), |(l, a), w| (l + w.late.ht, a + w.requests.ht));
-        if all > 0.0 { (late / all).clamp(0.0, 1.0) } else { 0.0 }
+        let arrived = self.windows.first().map_or(0.0, |w| share(w.late.ht, w.requests.ht));
+        (share(late, all) - arrived).clamp(0.0, MAX_STRAGGLERS)
     }
 
     /// The newest window as the status and history publish it: its counts, allowing
@@ -276,11 +281,19 @@ mod tests {
     #[test]
     fn stragglers_are_learnt_from_the_windows_before_the_newest() {
         // The newest window's own late requests are not all in yet: it is left out.
-        let e = evidence_of(vec![with_late(4, 90), with_late(3, 2), with_late(2, 0), with_late(1, 4)]);
+        let e = evidence_of(vec![with_late(4, 0), with_late(3, 2), with_late(2, 0), with_late(1, 4)]);
         assert!((e.stragglers() - 6.0 / 300.0).abs() < 1e-12);
         let reading = e.last_reading();
         assert_eq!(reading.requests.n, 100);
         assert!((reading.requests.ht - 100.0 / (1.0 - 0.02)).abs() < 1e-9);
+        // Read later, the newest has some of its stragglers: only the rest is allowed for.
+        let later = evidence_of(vec![with_late(4, 1), with_late(3, 2), with_late(2, 0), with_late(1, 4)]);
+        assert!((later.stragglers() - (0.02 - 0.01)).abs() < 1e-12);
+        let all_in = evidence_of(vec![with_late(4, 5), with_late(3, 2), with_late(2, 0), with_late(1, 4)]);
+        assert_eq!(all_in.stragglers(), 0.0);
+        // What is published is what the intervals use: at most the cap.
+        let flood = evidence_of(vec![with_late(4, 0), with_late(3, 100), with_late(2, 100)]);
+        assert_eq!(flood.stragglers(), MAX_STRAGGLERS);
         // None late, one window, or nothing at all: nothing to allow for.
         let on_time = evidence_of(vec![window(4, 0), window(3, 0)]);
         assert_eq!((on_time.stragglers(), on_time.last_reading()), (0.0, window(4, 0)));

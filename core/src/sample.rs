@@ -113,6 +113,17 @@ mod tests {
         }
         let derived = SampleKey::derive(b"test-edge-key-0123456789abcdef");
         assert_eq!(derived.point("a"), (DERIVED_A >> 11) as f64 / (1u64 << 53) as f64);
+        // A decision's draw: the 8 bytes little-endian, by the same transcription.
+        let draws: [(u64, u64); 4] = [
+            (0, 0x8d9c_42c1_ab88_bf87),
+            (1, 0xc5bb_0487_86e1_a8ab),
+            (0x0123_4567_89ab_cdef, 0xe021_e2dc_52ac_43ed),
+            (u64::MAX, 0x4b1c_9a3b_517e_6e47),
+        ];
+        for (fresh, h) in draws {
+            let point = (h >> 11) as f64 / (1u64 << 53) as f64;
+            assert!(!k.decide(fresh, point) && k.decide(fresh, point + 1e-12), "{fresh:#x}");
+        }
     }
 
     /// SipHash-2-4 of "a" under the sub-key derived from `test-edge-key-0123456789abcdef`.

@@ -91,7 +91,7 @@ impl Admission {
             tokio::time::sleep(Duration::from_millis(at.saturating_sub(now))).await;
             self.refresh(store, &admitted).await?;
         }
-        let catalogue = self.catalogue();
+        let mut catalogue = self.catalogue();
         for a in admitted {
             match catalogue.judge(&a) {
                 Ok(()) => judged.accepted.push(a.into_event()),

@@ -1,13 +1,12 @@
 //! Request ids as the edge sees them.
 //!
-//! Sampling is a hash of the request id, so the simulator samples real-looking ids
-//! rather than drawing a coin per request: apps send UUIDv4s, in the canonical
-//! lower-case `8-4-4-4-12` form, and a share of requests reuse the id of a recent one
-//! (an app retrying). A retry is sampled exactly when the original was, which makes
-//! the sample slightly clustered; the estimates must hold anyway.
+//! Apps send UUIDv4s, in the canonical lower-case `8-4-4-4-12` form, and a share of
+//! requests reuse the id of a recent one (an app retrying). The edge draws each
+//! request's sampling coin on its own (`SampleKey::decide`), so a retry is sampled
+//! independently of the original; its impression still counts once per id.
 //!
-//! Ids are kept as their 128 bits and formatted into a stack buffer, so the hot loop
-//! hashes the same text the edge would without allocating per request.
+//! Ids are kept as their 128 bits and formatted into a stack buffer only for the
+//! sampled requests' events.
 
 use rand::Rng;
 use rand::rngs::SmallRng;

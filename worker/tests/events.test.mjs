@@ -62,8 +62,9 @@ describe("sampled events", () => {
     await new Promise((r) => setTimeout(r, 300)); // nothing more may arrive
     assert.equal(origin.badSignatures, 0);
     const got = origin.events.filter((e) => e.kind === "allocation");
-    // Binomial(n, rate): the sampled count is within 3σ of n·rate.
-    assert.ok(plausible(got.length, n, RATE, 3), `${got.length} events for ${n} requests`);
+    // Binomial(n, rate): the sampled count is within 5σ of n·rate (a false failure
+    // once in 1.7 million runs).
+    assert.ok(plausible(got.length, n, RATE, 5), `${got.length} events for ${n} requests`);
     assert.equal(got.length, h0.events.queued, "every event the edge sampled, and no other");
     assert.equal(new Set(got.map((e) => e.request_id)).size, got.length, "each request once");
     assert.ok(got.every((e) => e.request_id.startsWith("alloc-")));

@@ -158,8 +158,8 @@ describe("sampling clients cannot steer", () => {
     );
     await new Promise((r) => setTimeout(r, 400));
     const got = origin.events.slice(before).filter((e) => e.placement === "low");
-    // Binomial(2000, 0.01): 20 ± 4.4; 5σ, and nowhere near all 2,000.
-    assert.ok(got.length <= 43, `${got.length} events from ${chosen.length} chosen ids`);
+    // Binomial(2000, 0.01): 20 ± 4.4; 5σ above, and some (none: e⁻²⁰), not all 2,000.
+    assert.ok(got.length > 0 && got.length <= 43, `${got.length} events from ${chosen.length} chosen ids`);
     assert.ok(got.every((e) => chosen.includes(e.request_id)));
   });
 });
