@@ -180,36 +180,7 @@ async fn a_preview_shows_infeasible_and_unattainable_targets_and_writes_nothing(
 /// their own window.
 #[tokio::test]
 async fn events_after_their_round_are_counted_late_and_widen_the_next_intervals() {
-    let redis = RedisServer::start();
-    let period = 1000;
-    let app = TestApp::start(config(&redis, "", &[("ALLOT_CONTROL_PERIOD_MS", "1000")])).await;
-    let spec = json!({"campaigns": [{"id": "A", "rate": 0.5}, {"id": "B", "rate": 0.3}]});
-    assert_eq!(app.put_targets("home_feed", &spec, MANAGER_TOKEN).await.status(), 201);
-    let mut conn = redis.conn();
-    let sleep_until =
-        |ms: u64| tokio::time::sleep(std::time::Duration::from_millis(ms.saturating_sub(allot_origin::now_ms())));
-
-    // Window `a` on time; then, once its round has read it, 20 more of its requests.
-    let a = allot_origin::now_ms() / period;
-    xadd(&mut conn, &allot_core::EventBatch { events: window_traffic(a, period, "on-time") }, allot_origin::now_ms());
-    let ra = eventually(10, "window a recorded", || recorded(&app, a)).await;
-    let late: Vec<Event> = window_traffic(a, period, "late").into_iter().take(20).collect();
-    xadd(&mut conn, &allot_core::EventBatch { events: late }, allot_origin::now_ms());
-    eventually(10, "the late ones counted", || async {
-        (app.metric("allot_aggregate_late_events_total").await == 20.0).then_some(())
-    })
-    .await;
-    // Window `b`, on time.
-    let b = allot_origin::now_ms() / period + 1;
-    sleep_until(b * period + 10).await;
-    xadd(&mut conn, &allot_core::EventBatch { events: window_traffic(b, period, "next") }, allot_origin::now_ms());
-    eventually(10, "counted", || async { (total_counts(&redis, "home_feed").requests.n == 420).then_some(()) }).await;
-
-    let rb = eventually(10, "window b recorded", || recorded(&app, b)).await;
-    let interval = |r: &Value| {
-        let e = &r["campaigns"][0]["estimate"];
-        (e["low"].as_f64().unwrap(), e["share"].as_f64().unwrap(), e["high"].as_f64().unwrap())
-    };
+    let (redis, a, ra, rb) = late_then_next(20).await;
     // Recorded before its stragglers came: read as complete.
     assert_eq!(ra["window"]["samples"], 200, "{ra}");
     assert_eq!(ra["window"]["stragglers"], 0.0, "{ra}");
@@ -222,8 +193,57 @@ async fn events_after_their_round_are_counted_late_and_widen_the_next_intervals(
     assert!((share - 0.5).abs() < 1e-9 && low < 0.48 && high > 0.52 && high - low < 0.2, "{rb}");
     // The late requests are in their own window's counts, not lost and not moved.
     let key = allot_core::contract::keys::PlacementKeys::of_raw("home_feed").window(a);
-    let fields: std::collections::HashMap<String, f64> = redis::cmd("HGETALL").arg(key).query(&mut conn).unwrap();
+    let fields: std::collections::HashMap<String, f64> =
+        redis::cmd("HGETALL").arg(key).query(&mut redis.conn()).unwrap();
     let counts = allot_core::WindowStats::from_fields(fields).unwrap();
     assert_eq!((counts.requests.n, counts.late.n), (220, 20));
     assert_eq!(total_counts(&redis, "home_feed").late.n, 20, "only a's");
+}
+
+/// Hostile: a key holder sending a window's events late on purpose, ten times as many
+/// as came on time, widens the next intervals at most as far as a share of half the
+/// requests still to come would, and moves no share.
+#[tokio::test]
+async fn a_flood_of_late_events_widens_intervals_only_up_to_the_cap() {
+    let (_redis, _, _, rb) = late_then_next(2_000).await;
+    assert_eq!(rb["window"]["stragglers"], allot_core::stats::MAX_STRAGGLERS, "{rb}");
+    let (low, share, high) = interval(&rb);
+    assert!((share - 0.5).abs() < 1e-9 && low > 0.43 && high < 0.57, "{rb}");
+}
+
+/// The record's first campaign's (A's) interval.
+fn interval(r: &Value) -> (f64, f64, f64) {
+    let e = &r["campaigns"][0]["estimate"];
+    (e["low"].as_f64().unwrap(), e["share"].as_f64().unwrap(), e["high"].as_f64().unwrap())
+}
+
+/// Window `a` on time (200 requests); once its round has read it, `late` more of its
+/// requests; then window `b` on time. The Redis server, `a`, and both windows' records.
+async fn late_then_next(late: usize) -> (RedisServer, u64, Value, Value) {
+    let redis = RedisServer::start();
+    let period = 1000;
+    let app = TestApp::start(config(&redis, "", &[("ALLOT_CONTROL_PERIOD_MS", "1000")])).await;
+    let spec = json!({"campaigns": [{"id": "A", "rate": 0.5}, {"id": "B", "rate": 0.3}]});
+    assert_eq!(app.put_targets("home_feed", &spec, MANAGER_TOKEN).await.status(), 201);
+    let mut conn = redis.conn();
+    let a = allot_origin::now_ms() / period;
+    xadd(&mut conn, &allot_core::EventBatch { events: window_traffic(a, period, "on-time") }, allot_origin::now_ms());
+    let ra = eventually(10, "window a recorded", || recorded(&app, a)).await;
+    for (i, chunk) in (0..late).collect::<Vec<_>>().chunks(200).enumerate() {
+        let events = window_traffic(a, period, &format!("late{i}")).into_iter().take(chunk.len()).collect();
+        xadd(&mut conn, &allot_core::EventBatch { events }, allot_origin::now_ms());
+    }
+    eventually(10, "the late ones counted", || async {
+        (app.metric("allot_aggregate_late_events_total").await == late as f64).then_some(())
+    })
+    .await;
+    let b = allot_origin::now_ms() / period + 1;
+    let wait = (b * period + 10).saturating_sub(allot_origin::now_ms());
+    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+    xadd(&mut conn, &allot_core::EventBatch { events: window_traffic(b, period, "next") }, allot_origin::now_ms());
+    let all = 400 + late as u64;
+    eventually(10, "counted", || async { (total_counts(&redis, "home_feed").requests.n == all).then_some(()) }).await;
+    let rb = eventually(10, "window b recorded", || recorded(&app, b)).await;
+    drop(app);
+    (redis, a, ra, rb)
 }
