@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use allot_core::{CampaignId, Publish};
 
 use crate::scenario::Scenario;
-use crate::world::{Run, WindowRecord};
+use crate::world::{CampaignWindow, Run, WindowRecord};
 
 pub const BLOCK: usize = 10;
 pub const REPLICATES: usize = 400;
@@ -86,6 +86,9 @@ pub struct Summary {
     /// The first few windows short by more than half the margin left unflagged, to
     /// look into.
     pub unflagged: Vec<Unflagged>,
+    /// The largest errors outside the margin, to look into: feasible campaigns of
+    /// scored windows and the infeasible ones of windows short by at most the margin.
+    pub outside: Vec<Outside>,
     /// Feasible placement-windows flagged infeasible.
     pub false_flags: usize,
     /// Placement-windows whose traffic could not give the confidence at census, and the
@@ -113,6 +116,18 @@ pub struct Unflagged {
     /// Per campaign: its target, the eligible share the controller estimated, and the
     /// true one.
     pub estimated: Vec<(CampaignId, f64, f64, f64)>,
+}
+
+/// A campaign's window outside the margin.
+#[derive(Debug, Clone)]
+pub struct Outside {
+    pub seed: u64,
+    pub placement: usize,
+    pub index: u64,
+    pub campaign: CampaignWindow,
+    /// Sampled and all requests of the window.
+    pub sampled: u64,
+    pub requests: u64,
 }
 
 /// One window's figures, for the bootstrap.
@@ -257,6 +272,32 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
         })
         .take(10)
         .collect();
+    let mut outside: Vec<Outside> = runs
+        .iter()
+        .zip(built)
+        .flat_map(|(r, sc)| {
+            r.windows
+                .iter()
+                .filter(move |w| w.index >= warmup && !disturbed(sc, w.index) && w.requests > 0 && !w.unattainable)
+                .flat_map(move |w| {
+                    let near = w.decided && w.short > 0.0 && w.short <= w.margin;
+                    w.campaigns
+                        .iter()
+                        .filter(move |c| (c.feasible || near) && (c.realized - c.target).abs() > w.margin + 1e-12)
+                        .map(move |c| Outside {
+                            seed: r.seed,
+                            placement: w.placement,
+                            index: w.index,
+                            campaign: c.clone(),
+                            sampled: w.sampled,
+                            requests: w.requests,
+                        })
+                })
+        })
+        .collect();
+    let error = |o: &Outside| (o.campaign.realized - o.campaign.target).abs();
+    outside.sort_by(|a, b| error(b).total_cmp(&error(a)));
+    outside.truncate(5);
     let false_flags = steady
         .iter()
         .filter(|w| w.decided && !w.unattainable && w.short == 0.0 && w.campaigns.iter().any(|c| c.flagged))
@@ -286,6 +327,7 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
         marginal_flagged: share_flagged(&marginal),
         near_miss_within,
         unflagged,
+        outside,
         false_flags,
         unattainable_windows: unattainable.len(),
         unattainable_at_census: if unattainable.is_empty() {

@@ -124,6 +124,27 @@ pub fn render(sc: &Scenario, s: &Summary) -> String {
             format!("{:.1} % of {}", within * 100.0, n),
         );
     }
+    for o in &s.outside {
+        let c = &o.campaign;
+        row(
+            "outside the margin",
+            format!(
+                "seed {}, placement {}, window {}, {} ({}): target {:.2} %, realized {:.2} %, expected {:.2} %, eligible {:.2} % (estimated {:.2} %), {} of {} requests sampled",
+                o.seed,
+                o.placement,
+                o.index,
+                c.id,
+                if c.feasible { "feasible" } else { "near miss" },
+                c.target * 100.0,
+                c.realized * 100.0,
+                c.expected * 100.0,
+                c.eligible * 100.0,
+                c.eligible_estimated * 100.0,
+                o.sampled,
+                o.requests
+            ),
+        );
+    }
     for u in &s.unflagged {
         let campaigns: Vec<String> = u
             .estimated
