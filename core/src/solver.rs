@@ -137,10 +137,11 @@ pub fn solve(targets: &[f64], patterns: &Patterns, opts: SolveOptions) -> Soluti
     let mass = patterns.eligible_mass(n);
     let mut t: Vec<f64> = targets.iter().map(|&r| if r.is_finite() { r.max(0.0) } else { 0.0 }).collect();
     let capped: Vec<bool> = t.iter().zip(&mass).map(|(&r, &m)| m > 0.0 && r >= m * (1.0 - opts.cap_margin)).collect();
+    let fitted = fitted(patterns, &capped);
     let mut iterations = 0;
     let mut attempts = 0;
     loop {
-        let mut sol = fit(&t, patterns, &capped, &mass, opts);
+        let mut sol = fit(&t, patterns, &capped, &fitted, &mass, opts);
         iterations += sol.iterations;
         sol.iterations = iterations;
         attempts += 1;
@@ -148,7 +149,7 @@ pub fn solve(targets: &[f64], patterns: &Patterns, opts: SolveOptions) -> Soluti
             return sol;
         }
         let short: Vec<bool> =
-            (0..n).map(|i| !capped[i] && mass[i] > 0.0 && sol.delivered[i] < t[i] * (1.0 - 1e-6)).collect();
+            (0..n).map(|i| fitted[i] && mass[i] > 0.0 && sol.delivered[i] < t[i] * (1.0 - 1e-6)).collect();
         let set = hall_set(patterns, &short, &capped);
         let demand: f64 = set.iter().map(|&i| t[i]).sum();
         let supply = patterns_touching(patterns, &set);
@@ -162,6 +163,27 @@ pub fn solve(targets: &[f64], patterns: &Patterns, opts: SolveOptions) -> Soluti
             t[i] *= scale;
         }
     }
+}
+
+/// The campaigns the fit adjusts: not pinned, and with some eligible traffic no pinned
+/// campaign is eligible for. One eligible only where a pinned campaign is can get
+/// nothing there (the pinned one wants all of it), so fitting it would only make its
+/// weight run away and end the fit before the others converged; it keeps its target as
+/// weight and is reported short.
+fn fitted(patterns: &Patterns, capped: &[bool]) -> Vec<bool> {
+    let pinned: u64 = capped.iter().enumerate().filter(|(i, c)| **c && *i < 64).fold(0, |m, (i, _)| m | (1u64 << i));
+    (0..capped.len())
+        .map(|i| {
+            let bit = if i < 64 { 1u64 << i } else { 0 };
+            !capped[i]
+                && (pinned == 0
+                    || patterns
+                        .masks
+                        .iter()
+                        .zip(&patterns.freqs)
+                        .any(|(m, f)| m & bit != 0 && m & pinned == 0 && *f > 0.0))
+        })
+        .collect()
 }
 
 /// The traffic eligible for at least one campaign of `set`.
@@ -198,7 +220,7 @@ pub fn hall_set(patterns: &Patterns, short: &[bool], capped: &[bool]) -> Vec<usi
 
 /// One fit by iterative proportional scaling; stops early, unconverged, when the
 /// weights diverge (jointly infeasible targets).
-fn fit(t: &[f64], patterns: &Patterns, capped: &[bool], mass: &[f64], opts: SolveOptions) -> Solution {
+fn fit(t: &[f64], patterns: &Patterns, capped: &[bool], fitted: &[bool], mass: &[f64], opts: SolveOptions) -> Solution {
     let n = t.len();
     let w0 = (1.0 - t.iter().sum::<f64>()).max(0.0);
     let pin = 1.0 / opts.cap_margin.max(1e-12);
@@ -215,17 +237,18 @@ fn fit(t: &[f64], patterns: &Patterns, capped: &[bool], mass: &[f64], opts: Solv
             w[i] = pin * free.max(f64::MIN_POSITIVE);
         }
         delivered(&w, w0, patterns, &mut d);
-        let err = (0..n).filter(|&i| !capped[i] && mass[i] > 0.0).map(|i| (t[i] - d[i]).abs()).fold(0.0, f64::max);
+        let err = (0..n).filter(|&i| fitted[i] && mass[i] > 0.0).map(|i| (t[i] - d[i]).abs()).fold(0.0, f64::max);
         if err <= opts.tolerance {
             converged = true;
             break;
         }
-        let runaway = w0 > 0.0 && w.iter().any(|&x| x > w0 * DIVERGED);
+        // Only fitted weights can run away: a pinned one follows everyone else's.
+        let runaway = w0 > 0.0 && (0..n).filter(|&i| fitted[i]).any(|i| w[i] > w0 * DIVERGED);
         if iterations == opts.max_iterations || runaway {
             break;
         }
         iterations += 1;
-        for i in (0..n).filter(|&i| !capped[i]) {
+        for i in (0..n).filter(|&i| fitted[i]) {
             if t[i] > 0.0 && d[i] > 0.0 {
                 w[i] *= t[i] / d[i];
             }
@@ -294,6 +317,19 @@ mod tests {
         assert!((s.eligible_mass[0] - 0.3).abs() < 1e-12);
         assert!(s.delivered[0] > 0.299 && s.delivered[0] < 0.3);
         assert!((s.delivered[1] - 0.3).abs() < 1e-6);
+    }
+
+    /// B is eligible only where A is, and A asks for more than all of that traffic: B
+    /// can get nothing, but its hopeless fit must not stop C and D from converging.
+    #[test]
+    fn a_campaign_squeezed_by_an_over_asking_one_leaves_the_others_met() {
+        // P1 15 % (A, B, C), P2 35 % (C, D), P3 50 % (D).
+        let p = patterns(&[(0b0111, 0.15), (0b1100, 0.35), (0b1000, 0.5)], 4);
+        let s = solve(&[0.2, 0.01, 0.3, 0.4], &p, SolveOptions::default());
+        assert!(s.converged, "{s:?}");
+        assert!(s.delivered[0] > 0.1498, "A gets its whole pool: {s:?}");
+        assert!(s.delivered[1] < 1e-3, "{s:?}");
+        assert!((s.delivered[2] - 0.3).abs() < 1e-6 && (s.delivered[3] - 0.4).abs() < 1e-6, "{s:?}");
     }
 
     #[test]
