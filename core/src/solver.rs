@@ -124,7 +124,10 @@ pub struct Solution {
 /// weights are renormalised instead.) A campaign that asks for more than its eligible
 /// traffic is not fitted at all: its weight is pinned at `1/cap_margin` times everyone
 /// else's, so it wins nearly all of its traffic while the others converge normally
-/// instead of crawling along the boundary of the feasible region.
+/// instead of crawling along the boundary of the feasible region. A campaign eligible
+/// only where pinned ones are can get nothing and is not fitted either (it keeps its
+/// target as weight): fitting it made its weight run away, which ended the fit before
+/// the others had converged.
 ///
 /// Targets that are feasible one by one but not together (Hall's condition fails: a
 /// set `S` asks for more than the traffic eligible for any of its members) make the
