@@ -32,17 +32,24 @@ async fn recorded(app: &TestApp, index: u64) -> Option<Value> {
     page["windows"].as_array()?.iter().find(|w| w["window"]["index"] == index).cloned()
 }
 
+/// A Redis server and an origin on it with one-second windows, `home_feed` targeting A
+/// 50 % and B 30 %.
+async fn one_second_windows() -> (RedisServer, TestApp) {
+    let redis = RedisServer::start();
+    let app = TestApp::start(config(&redis, "", &[("ALLOT_CONTROL_PERIOD_MS", "1000")])).await;
+    let spec = json!({"campaigns": [{"id": "A", "rate": 0.5}, {"id": "B", "rate": 0.3}]});
+    assert_eq!(app.put_targets("home_feed", &spec, MANAGER_TOKEN).await.status(), 201);
+    (redis, app)
+}
+
 async fn history(app: &TestApp, query: &str) -> (u16, Value) {
     app.get_json(&format!("/v1/placements/home_feed/history{query}"), VIEWER_TOKEN).await
 }
 
 #[tokio::test]
 async fn each_window_is_recorded_once_with_its_estimates_and_pages_newest_first() {
-    let redis = RedisServer::start();
+    let (redis, app) = one_second_windows().await;
     let period = 1000;
-    let app = TestApp::start(config(&redis, "", &[("ALLOT_CONTROL_PERIOD_MS", "1000")])).await;
-    let spec = json!({"campaigns": [{"id": "A", "rate": 0.5}, {"id": "B", "rate": 0.3}]});
-    assert_eq!(app.put_targets("home_feed", &spec, MANAGER_TOKEN).await.status(), 201);
 
     // Traffic in three consecutive windows, each written before its window closes.
     let mut conn = redis.conn();
@@ -220,11 +227,8 @@ fn interval(r: &Value) -> (f64, f64, f64) {
 /// Window `a` on time (200 requests); once its round has read it, `late` more of its
 /// requests; then window `b` on time. The Redis server, `a`, and both windows' records.
 async fn late_then_next(late: usize) -> (RedisServer, u64, Value, Value) {
-    let redis = RedisServer::start();
+    let (redis, app) = one_second_windows().await;
     let period = 1000;
-    let app = TestApp::start(config(&redis, "", &[("ALLOT_CONTROL_PERIOD_MS", "1000")])).await;
-    let spec = json!({"campaigns": [{"id": "A", "rate": 0.5}, {"id": "B", "rate": 0.3}]});
-    assert_eq!(app.put_targets("home_feed", &spec, MANAGER_TOKEN).await.status(), 201);
     let mut conn = redis.conn();
     let a = allot_origin::now_ms() / period;
     xadd(&mut conn, &allot_core::EventBatch { events: window_traffic(a, period, "on-time") }, allot_origin::now_ms());
