@@ -220,11 +220,15 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
     let rel_expected =
         has_small.then(|| fig(&|w| quantile(w.iter().flat_map(|s| s.expected_small.iter().copied()).collect(), 0.95)));
 
-    let steady: Vec<&WindowRecord> = runs
+    // Steady windows, each with the seed of its run (for the lists to look into).
+    let seeded: Vec<(u64, &WindowRecord)> = runs
         .iter()
         .zip(built)
-        .flat_map(|(r, sc)| r.windows.iter().filter(move |w| w.index >= warmup && !disturbed(sc, w.index)))
+        .flat_map(|(r, sc)| {
+            r.windows.iter().filter(move |w| w.index >= warmup && !disturbed(sc, w.index)).map(move |w| (r.seed, w))
+        })
         .collect();
+    let steady: Vec<&WindowRecord> = seeded.iter().map(|(_, w)| *w).collect();
     let attainable: Vec<&&WindowRecord> = steady.iter().filter(|w| !w.unattainable).collect();
     let sampled: u64 = attainable.iter().map(|w| w.sampled).sum();
     let needed: f64 = attainable.iter().map(|w| w.needed).sum();
@@ -250,48 +254,33 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
         })
         .collect();
     let near_miss_within = (!near.is_empty()).then(|| (share(near.iter().copied()), near.len()));
-    let unflagged = runs
+    let unflagged = seeded
         .iter()
-        .zip(built)
-        .flat_map(|(r, sc)| {
-            r.windows
-                .iter()
-                .filter(move |w| w.index >= warmup && !disturbed(sc, w.index))
-                .filter(|w| scored(w) && w.short > w.margin / 2.0 && !flagged_any(w))
-                .map(move |w| Unflagged {
-                    seed: r.seed,
-                    placement: w.placement,
-                    index: w.index,
-                    short: w.short,
-                    estimated: w
-                        .campaigns
-                        .iter()
-                        .map(|c| (c.id.clone(), c.target, c.eligible_estimated, c.eligible))
-                        .collect(),
-                })
+        .filter(|(_, w)| scored(w) && w.short > w.margin / 2.0 && !flagged_any(w))
+        .map(|&(seed, w)| Unflagged {
+            seed,
+            placement: w.placement,
+            index: w.index,
+            short: w.short,
+            estimated: w.campaigns.iter().map(|c| (c.id.clone(), c.target, c.eligible_estimated, c.eligible)).collect(),
         })
         .take(10)
         .collect();
-    let mut outside: Vec<Outside> = runs
+    let mut outside: Vec<Outside> = seeded
         .iter()
-        .zip(built)
-        .flat_map(|(r, sc)| {
-            r.windows
+        .filter(|(_, w)| w.requests > 0 && !w.unattainable)
+        .flat_map(|&(seed, w)| {
+            let near = w.decided && w.short > 0.0 && w.short <= w.margin;
+            w.campaigns
                 .iter()
-                .filter(move |w| w.index >= warmup && !disturbed(sc, w.index) && w.requests > 0 && !w.unattainable)
-                .flat_map(move |w| {
-                    let near = w.decided && w.short > 0.0 && w.short <= w.margin;
-                    w.campaigns
-                        .iter()
-                        .filter(move |c| (c.feasible || near) && (c.realized - c.target).abs() > w.margin + 1e-12)
-                        .map(move |c| Outside {
-                            seed: r.seed,
-                            placement: w.placement,
-                            index: w.index,
-                            campaign: c.clone(),
-                            sampled: w.sampled,
-                            requests: w.requests,
-                        })
+                .filter(move |c| (c.feasible || near) && (c.realized - c.target).abs() > w.margin + 1e-12)
+                .map(move |c| Outside {
+                    seed,
+                    placement: w.placement,
+                    index: w.index,
+                    campaign: c.clone(),
+                    sampled: w.sampled,
+                    requests: w.requests,
                 })
         })
         .collect();
