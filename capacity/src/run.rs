@@ -154,13 +154,15 @@ pub async fn measure(opts: Options) -> anyhow::Result<RunCosts> {
     probe::wait_drained(&mut conn, Duration::from_secs(120))?;
     for shape in [Shape::Single, Shape::Batch, Shape::Mixed] {
         let before = probe::command_counts(&mut conn)?;
+        let late0 = ctx.data.metric("allot_aggregate_late_events_total").await;
         let sent = ctx.drive(shape, opts.phase_windows).await?;
         probe::wait_drained(&mut conn, Duration::from_secs(120))?;
         let by_command = probe::delta(&before, &probe::command_counts(&mut conn)?)?;
         let total = by_command.values().sum();
+        let late_events = (ctx.data.metric("allot_aggregate_late_events_total").await - late0).max(0.0) as u64;
         out.commands.insert(
             shape.name().into(),
-            CommandPhase { bodies: sent.bodies, entries: sent.entries, events: sent.events, by_command, total },
+            CommandPhase { bodies: sent.bodies, entries: sent.entries, events: sent.events, late_events, by_command, total },
         );
         match shape {
             Shape::Single => out.wire.single_body_bytes_per_event = sent.bytes as f64 / sent.events as f64,
@@ -323,6 +325,13 @@ impl Ctx {
         let mut sent = Sent::default();
         let o = self.opts.clone();
         for _ in 0..windows {
+            // Aligned to the windows the origin counts in, so every body has the whole
+            // window plus the lateness to be applied: a late delta costs extra commands
+            // and would blur the comparison between shapes.
+            let into = allot_testkit::events::now_ms() % o.period_ms;
+            if into > 0 {
+                tokio::time::sleep(Duration::from_millis(o.period_ms - into)).await;
+            }
             let start = Instant::now();
             let now_ms = allot_testkit::events::now_ms();
             let mut per_placement = Vec::with_capacity(o.placements);

@@ -146,6 +146,11 @@ pub struct IngestConfig {
     pub max_signature_age_secs: u64,
     #[serde(default = "default_body")]
     pub max_body_bytes: usize,
+    /// Body bytes held in memory at once, over every request: a body that does not fit
+    /// is answered `503 overloaded` with `Retry-After` before it is read
+    /// ([`crate::shed`]). At least `max_body_bytes`.
+    #[serde(default = "default_buffered")]
+    pub max_buffered_bytes: usize,
     /// How often, at most, the ingest re-reads the placement registry and each
     /// placement's plan history to learn a newly published plan: the bound on the Redis
     /// reads a flood of made-up placements or versions can cause, and the longest a
@@ -165,6 +170,9 @@ fn default_catalogue_refresh() -> u64 {
 }
 fn default_body() -> usize {
     1 << 20
+}
+fn default_buffered() -> usize {
+    64 << 20
 }
 
 /// Test hooks for crash-recovery tests. They exist only in builds with the
@@ -490,6 +498,9 @@ impl Config {
         }
         if self.ingest.max_body_bytes == 0 {
             return Err(invalid("ingest.max_body_bytes", "must be positive"));
+        }
+        if self.ingest.max_buffered_bytes < self.ingest.max_body_bytes {
+            return Err(invalid("ingest.max_buffered_bytes", "must be at least max_body_bytes"));
         }
         if !(10..=10_000).contains(&self.ingest.catalogue_refresh_ms) {
             return Err(invalid("ingest.catalogue_refresh_ms", "must be 10 to 10000"));

@@ -69,6 +69,10 @@ pub enum ApiError {
     /// The request was not answered within the server's request timeout.
     #[error("the request was not answered within {after_ms} ms")]
     Timeout { after_ms: u64 },
+    /// Shed: the ingest holds as many bodies as its memory budget allows; the same
+    /// request may be sent again after `Retry-After`.
+    #[error("too many bodies in flight; retry after {retry_after_secs} s")]
+    Overloaded { retry_after_secs: u64 },
     /// The process is up but cannot serve yet (a readiness probe's answer).
     #[error("{0}")]
     NotReady(std::borrow::Cow<'static, str>),
@@ -110,6 +114,7 @@ impl ApiError {
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             Self::Timeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+            Self::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -172,8 +177,14 @@ impl IntoResponse for ApiError {
         };
         let body = ErrorBody { error: ErrorDetail { code: code.to_string(), message: self.to_string(), field } };
         let mut response = (status, Json(body)).into_response();
-        if let Self::Unauthorized(_) = self {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        match self {
+            Self::Unauthorized(_) => {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::Overloaded { retry_after_secs } => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            _ => {}
         }
         response
     }

@@ -86,7 +86,7 @@ struct Outcome {
         (status = 400, description = "Malformed events"),
         (status = 401, description = "Missing, malformed, forged, tampered or stale signature"),
         (status = 413, description = "Body too large"),
-        (status = 503, description = "Redis unavailable"),
+        (status = 503, description = "Redis unavailable, or `overloaded`: the ingest holds its budget of body bytes; send the same body again after `Retry-After`"),
     )
 )]
 pub async fn post_events(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
@@ -141,6 +141,7 @@ async fn ingest(app: &App, headers: &HeaderMap, body: Body) -> Result<Outcome, A
         .and_then(SignatureHeader::parse)
         .and_then(|h| app.verifier.check_time(&h, crate::now_ms() / 1000).map(|()| h))
         .map_err(|e| refused(app, e))?;
+    let _room = app.bodies.reserve(declared).inspect_err(|_| app.metrics.ingest_shed.inc())?;
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| ApiError::body_read(&e, limit))?;
     let t = app.verifier.verify_parsed(&sig, &bytes).map_err(|e| refused(app, e))?;
 

@@ -37,6 +37,7 @@ pub mod publish;
 pub mod redis_check;
 pub mod serve;
 pub mod shards;
+pub mod shed;
 pub mod startup;
 pub mod status;
 pub mod store;

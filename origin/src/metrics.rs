@@ -27,6 +27,8 @@ pub struct Metrics {
     pub signature_failures: IntCounterVec,
     pub ingest_dropped: IntCounterVec,
     pub ingest_duplicates: IntCounter,
+    /// Bodies answered `503 overloaded` before being read ([`crate::shed`]).
+    pub ingest_shed: IntCounter,
     pub edge_dropped: IntCounter,
     pub aggregate_entries: IntCounterVec,
     pub aggregate_claimed: IntCounter,
@@ -140,6 +142,11 @@ impl Metrics {
                 &r,
                 "allot_ingest_duplicate_bodies_total",
                 "Bodies received again (an edge's retry, or a replay): answered 202, stored once.",
+            ),
+            ingest_shed: counter(
+                &r,
+                "allot_ingest_shed_bodies_total",
+                "Bodies answered 503 overloaded, unread, because the ingest held its budget of body bytes.",
             ),
             edge_dropped: counter(
                 &r,

@@ -35,6 +35,8 @@ pub struct App {
     pub verifier: Verifier,
     /// Which signed events are counted (limits, the catalogue of published plans).
     pub admission: crate::admission::Admission,
+    /// The ingest's budget of body bytes in memory ([`crate::shed`]).
+    pub bodies: crate::shed::BodyBudget,
     pub metrics: Metrics,
     pub auth: Auth,
     /// Wakes the control loop (targets changed).
@@ -202,6 +204,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         store: Store::new(shared),
         verifier,
         admission,
+        bodies: crate::shed::BodyBudget::new(config.ingest.max_buffered_bytes, config.ingest.max_body_bytes),
         metrics,
         control_wake: Notify::new(),
         instance: instance_id(),

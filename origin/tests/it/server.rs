@@ -77,3 +77,70 @@ async fn an_evicting_redis_is_refused_and_weak_persistence_is_allowed() {
     assert_eq!(reqwest::get(warned.url("/readyz")).await.unwrap().status(), 200);
     warned.shutdown().await;
 }
+
+#[tokio::test]
+async fn bodies_beyond_the_memory_budget_are_shed_unread_and_stored_once_sent_again() {
+    use allot_testkit::events::{allocation, batch, now_ms, plan, record_published};
+    let redis = RedisServer::start();
+    let env = [
+        ("ALLOT_CONTROL_ENABLED", "false"),
+        ("ALLOT_INGEST_MAX_BODY_BYTES", "65536"),
+        ("ALLOT_INGEST_MAX_BUFFERED_BYTES", "131072"),
+    ];
+    let app = TestApp::start(config(&redis, "", &env)).await;
+    record_published(&mut redis.conn(), &plan("home_feed", 1, 1.0, &["A"]));
+
+    // Two clients without the key announce the largest bodies with a well-formed, fresh
+    // signature header, and stall: their bodies hold the whole budget.
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 65536\r\n\
+         X-Allot-Signature: t={},v1={}\r\n\r\n{{\"events\":[",
+        now_ms() / 1000,
+        "0".repeat(64)
+    );
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(app.addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        stalled.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // An edge's batch is shed unread, in the one error format, told when to come back.
+    let body = batch(vec![allocation("shed-1", "home_feed", Some("A"), &["A"], 1.0)]);
+    let sig = allot_core::signature::sign(allot_testkit::origin::INGEST_KEY.as_bytes(), now_ms() / 1000, body.as_bytes());
+    let send = || {
+        reqwest::Client::new()
+            .post(app.url("/v1/events"))
+            .header(allot_core::signature::HEADER, sig.clone())
+            .body(body.clone())
+            .send()
+    };
+    let r = send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let answer: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "overloaded", "{answer}");
+    assert_eq!(app.metric("allot_ingest_shed_bodies_total").await, 1.0);
+    let len = |c: &mut redis::Connection| -> usize {
+        redis::cmd("XLEN").arg(allot_core::contract::stream::EVENTS).query(c).unwrap()
+    };
+    assert_eq!(len(&mut redis.conn()), 0, "nothing of a shed body is stored");
+
+    // The stalled clients go; the edge sends the same signed bytes again: stored, once.
+    drop(stalled);
+    let mut stored = None;
+    for _ in 0..50 {
+        let r = send().await.unwrap();
+        if r.status() == 202 {
+            stored = Some(r.json::<serde_json::Value>().await.unwrap());
+            break;
+        }
+        assert_eq!(r.status(), 503, "only shed while the budget is held");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stored, Some(serde_json::json!({"accepted": 1, "dropped": 0})));
+    let again: serde_json::Value = send().await.unwrap().json().await.unwrap();
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(len(&mut redis.conn()), 1);
+}
