@@ -27,6 +27,9 @@
 //! hour, and an origin runs for months), evicting the one events named least recently.
 //! A version edges still serve is named all the time, so it stays, however many were
 //! published since (a publisher that failed for an hour issued versions no edge got).
+//! Only accepted events count as naming a version, and the newest two (what edges serve,
+//! also during a hand-over) are never evicted, so events refused for their content
+//! cannot push the version in use out.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -156,6 +159,9 @@ struct Published {
 }
 
 /// A registered placement's known versions, and when its history was last read.
+/// The newest versions of a placement that are never evicted ([`Catalogue::learn_plans`]).
+const PROTECTED: usize = 2;
+
 #[derive(Debug, Clone, Default)]
 struct History {
     read_ms: Option<u64>,
@@ -288,10 +294,13 @@ impl Catalogue {
             let published = Published { sample_rate: plan.sample_rate, campaigns, used: self.tick };
             history.versions.insert(plan.version, published);
         }
+        // The newest two are what edges serve now, or during a hand-over: never evicted,
+        // whatever events name the others.
+        let protected = PROTECTED.min(self.keep);
         while history.versions.len() > self.keep {
-            let Some(stalest) = history.versions.iter().min_by_key(|(v, p)| (p.used, **v)).map(|(v, _)| *v) else {
-                break;
-            };
+            let candidates = history.versions.len() - protected;
+            let stalest = history.versions.iter().take(candidates).min_by_key(|(v, p)| (p.used, **v)).map(|(v, _)| *v);
+            let Some(stalest) = stalest else { break };
             history.versions.remove(&stalest);
         }
     }
@@ -301,8 +310,10 @@ impl Catalogue {
         self.histories.values().map(|h| h.versions.len()).sum()
     }
 
-    /// Whether `event` matches what was published.
-    /// A version an event names counts as used, whatever the verdict on the rest.
+    /// Whether `event` matches what was published. A version counts as used only by
+    /// an event it accepts: events refused for their campaigns or rate (anyone holding
+    /// the ingest key can send them, and they cost nothing) must not keep old versions
+    /// in and push out the one edges serve.
     pub fn judge(&mut self, event: &Admitted) -> Result<(), DropReason> {
         let e = event.event();
         if !self.registry.contains(&e.placement) {
@@ -314,7 +325,6 @@ impl Catalogue {
             .get_mut(&e.placement)
             .and_then(|h| h.versions.get_mut(&e.plan_version))
             .ok_or(DropReason::UnknownVersion)?;
-        published.used = self.tick;
         let named = e.ad_id.iter().chain(&e.eligible);
         if !named.into_iter().all(|c| published.campaigns.contains(c)) {
             return Err(DropReason::UnknownCampaign);
@@ -325,6 +335,7 @@ impl Catalogue {
         if e.sample_rate.to_bits() != published.sample_rate.to_bits() {
             return Err(DropReason::RateMismatch);
         }
+        published.used = self.tick;
         Ok(())
     }
 }

@@ -180,3 +180,27 @@ fn the_catalogue_keeps_the_versions_in_use() {
     assert_eq!(c.versions_known(), 3);
     assert_eq!(c.judge(&named(1)), Ok(()));
 }
+
+#[test]
+fn refused_events_cannot_push_out_the_version_edges_serve() {
+    let mut c = Catalogue::new(1000, 3);
+    c.learn_registry([home()]);
+    let named = |v: u64, rate: f64| {
+        let mut e = at(allocation("r", Some("A"), &["A"], rate), NOW);
+        e.plan_version = v;
+        limits().admit(e, NOW).unwrap()
+    };
+    c.learn_plans(&home(), &(1..=3).map(|v| plan("home_feed", v, 0.5, &["A"])).collect::<Vec<_>>());
+    // Edges serve version 3; a key holder names 1 and 2 with a rate they never had.
+    assert_eq!(c.judge(&named(3, 0.5)), Ok(()));
+    assert_eq!(c.judge(&named(1, 0.25)), Err(DropReason::RateMismatch));
+    assert_eq!(c.judge(&named(2, 0.25)), Err(DropReason::RateMismatch));
+    c.learn_plans(&home(), &[plan("home_feed", 4, 0.5, &["A"])]);
+    assert_eq!(c.judge(&named(3, 0.5)), Ok(()), "the version in use stays");
+    assert_eq!(c.judge(&named(1, 0.5)), Err(DropReason::UnknownVersion));
+    // Even accepted events naming old versions cannot evict the newest two.
+    assert_eq!(c.judge(&named(2, 0.5)), Ok(()));
+    c.learn_plans(&home(), &[plan("home_feed", 5, 0.5, &["A"])]);
+    assert_eq!(c.judge(&named(4, 0.5)), Ok(()));
+    assert_eq!(c.judge(&named(5, 0.5)), Ok(()));
+}

@@ -151,6 +151,12 @@ pub struct IngestConfig {
     /// ([`crate::shed`]). At least `max_body_bytes`.
     #[serde(default = "default_buffered")]
     pub max_buffered_bytes: usize,
+    /// A body must arrive whole within this of its reservation, or it is answered
+    /// `503 timeout` and its room in the budget freed: a stalled body holds the budget
+    /// this long, not the whole request timeout. An edge's body of 1 MiB takes well
+    /// under a second.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout_ms: u64,
     /// How often, at most, the ingest re-reads the placement registry and each
     /// placement's plan history to learn a newly published plan: the bound on the Redis
     /// reads a flood of made-up placements or versions can cause, and the longest a
@@ -173,6 +179,9 @@ fn default_body() -> usize {
 }
 fn default_buffered() -> usize {
     64 << 20
+}
+fn default_body_read_timeout() -> u64 {
+    5_000
 }
 
 /// Test hooks for crash-recovery tests. They exist only in builds with the
@@ -501,6 +510,9 @@ impl Config {
         }
         if self.ingest.max_buffered_bytes < self.ingest.max_body_bytes {
             return Err(invalid("ingest.max_buffered_bytes", "must be at least max_body_bytes"));
+        }
+        if self.ingest.body_read_timeout_ms == 0 {
+            return Err(invalid("ingest.body_read_timeout_ms", "must be positive"));
         }
         if !(10..=10_000).contains(&self.ingest.catalogue_refresh_ms) {
             return Err(invalid("ingest.catalogue_refresh_ms", "must be 10 to 10000"));

@@ -60,6 +60,9 @@ return 1
 /// The script, hashed once; the first call on a connection loads it.
 static STORE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(STORE_SCRIPT));
 
+/// The largest drop count one body may report (an isolate's drops since its last batch).
+const MAX_EDGE_DROPPED: u64 = 1 << 32;
+
 /// The memory key of a verified body.
 fn replay_key(t: u64, body: &[u8]) -> String {
     let mut h = Sha256::new();
@@ -142,15 +145,22 @@ async fn ingest(app: &App, headers: &HeaderMap, body: Body) -> Result<Outcome, A
         .and_then(|h| app.verifier.check_time(&h, crate::now_ms() / 1000).map(|()| h))
         .map_err(|e| refused(app, e))?;
     let _room = app.bodies.reserve(declared).inspect_err(|_| app.metrics.ingest_shed.inc())?;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| ApiError::body_read(&e, limit))?;
+    let deadline = app.config.ingest.body_read_timeout_ms;
+    let bytes = tokio::time::timeout(std::time::Duration::from_millis(deadline), axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| ApiError::Timeout { after_ms: deadline })?
+        .map_err(|e| ApiError::body_read(&e, limit))?;
     let t = app.verifier.verify_parsed(&sig, &bytes).map_err(|e| refused(app, e))?;
 
     let batch = EventBatch::parse(&bytes).map_err(|e| ApiError::bad_request("invalid_events", e.to_string()))?;
     let received = crate::now_ms();
     let judged = app.admission.judge(&app.store, batch.events, received).await?;
     let (accepted, dropped) = (judged.accepted.len(), judged.dropped_total());
-    let edge_dropped =
-        headers.get(allot_core::event::DROPPED_HEADER).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    // Outside the signature's bytes: capped, so a made-up count cannot wrap the counter.
+    let edge_dropped = headers
+        .get(allot_core::event::DROPPED_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .map(|n| n.min(MAX_EDGE_DROPPED));
     // Drops are counted once per stored body (not again for its duplicates).
     let count_drops = || {
         app.metrics.edge_dropped.inc_by(edge_dropped.unwrap_or(0));

@@ -111,6 +111,20 @@ async fn refuses_bad_signatures_and_bodies() {
         json!({"accepted": 1, "dropped": 0, "duplicate": true})
     );
 
+    // A made-up drop report (outside the signature) moves the metric by a capped count.
+    let reported = batch(vec![allocation("r2", "home_feed", Some("A"), &["A"], 1.0)]);
+    let r = app
+        .http
+        .post(&url)
+        .header(signature::HEADER, signature::sign(INGEST_KEY.as_bytes(), now, reported.as_bytes()))
+        .header(allot_core::event::DROPPED_HEADER, u64::MAX.to_string())
+        .body(reported)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(app.metric("allot_edge_dropped_events_total").await, (1u64 << 32) as f64);
+
     // Schema errors (validly signed) are 400; oversized bodies 413.
     for bad in ["not json", r#"{"events":[]}"#, &body.replace("allocation", "click")] {
         let r = app.post_signed(bad).await;
@@ -131,7 +145,7 @@ async fn refuses_bad_signatures_and_bodies() {
     }
     let mut c = redis.conn();
     let len: usize = redis::cmd("XLEN").arg(stream::EVENTS).query(&mut c).unwrap();
-    assert_eq!(len, 1, "only the genuine body was stored");
+    assert_eq!(len, 2, "only the genuine bodies were stored");
 }
 
 #[tokio::test]

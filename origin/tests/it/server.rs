@@ -86,6 +86,7 @@ async fn bodies_beyond_the_memory_budget_are_shed_unread_and_stored_once_sent_ag
         ("ALLOT_CONTROL_ENABLED", "false"),
         ("ALLOT_INGEST_MAX_BODY_BYTES", "65536"),
         ("ALLOT_INGEST_MAX_BUFFERED_BYTES", "131072"),
+        ("ALLOT_INGEST_BODY_READ_TIMEOUT_MS", "1500"),
     ];
     let app = TestApp::start(config(&redis, "", &env)).await;
     record_published(&mut redis.conn(), &plan("home_feed", 1, 1.0, &["A"]));
@@ -127,8 +128,14 @@ async fn bodies_beyond_the_memory_budget_are_shed_unread_and_stored_once_sent_ag
     };
     assert_eq!(len(&mut redis.conn()), 0, "nothing of a shed body is stored");
 
-    // The stalled clients go; the edge sends the same signed bytes again: stored, once.
-    drop(stalled);
+    // The stalled bodies are cut off at the body deadline, freeing the budget (the
+    // request timeout, 30 s, would have held it far longer).
+    for s in &mut stalled {
+        let answer = read_until_closed(s, Duration::from_secs(5)).await.expect("cut off at the body deadline");
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains(r#""code":"timeout""#), "{answer}");
+    }
+    // The edge sends the same signed bytes again: stored, once.
     let mut stored = None;
     for _ in 0..50 {
         let r = send().await.unwrap();
