@@ -15,25 +15,33 @@
 //!
 //! | bytes  | field                                            |
 //! |--------|--------------------------------------------------|
-//! | 0      | format, `2`                                      |
+//! | 0      | format, `3`                                      |
 //! | 1..5   | key id: the first 4 bytes of `HMAC(secret, "allot/key-id/v1")` |
 //! | 5..13  | issue time, unix ms, u64 big-endian              |
 //! | 13..21 | plan version, u64 big-endian                     |
 //! | 21..29 | sample rate, IEEE-754 bits, big-endian           |
-//! | 29     | `1` if the allocation was sampled, else `0`      |
-//! | 30..46 | MAC: HMAC-SHA256 under the token sub-key, first 16 bytes |
+//! | 29     | the sampling decision, masked: `s XOR (M[16] AND 1)` |
+//! | 30..46 | MAC: `M[0..16]`                                  |
 //!
-//! Format 1 (60 characters) is the same without byte 29; its impression is sampled
-//! when the request id's keyed point is below the rate ([`SampleKey::sampled`]), as
-//! the edges that issued it decided. It is still verified, so the impressions of ads
-//! served just before an edge upgrade are not lost.
+//! `M` is HMAC-SHA256 under the token sub-key over `"allot/impression/v1"`, the header
+//! with byte 29 set to `s` (`1` if the allocation was sampled, else `0`), then the
+//! request id, placement and ad id, each prefixed by its length (u16 big-endian), so no
+//! field can be moved into another. 128 bits of MAC leave forgery at 2⁻¹²⁸ per try. The
+//! token sub-key is `HMAC(secret, "allot/token/v1")`: one edge secret serves sampling
+//! and tokens without either key ever being used for the other purpose.
 //!
-//! The MAC covers `"allot/impression/v1"`, the header (every byte before the MAC), then
-//! the request id, placement
-//! and ad id, each prefixed by its length (u16 big-endian), so no field can be moved
-//! into another. 128 bits of MAC leave forgery at 2⁻¹²⁸ per try. The token sub-key is
-//! `HMAC(secret, "allot/token/v1")`: one edge secret serves sampling and tokens without
-//! either key ever being used for the other purpose.
+//! **Why the decision is masked.** The app holds the token before it shows the ad. Were
+//! `s` readable, an app could show only the ads whose impressions are counted (sampled)
+//! and use the space of the others: every counted ad would read as shown. The mask is
+//! the MAC's 17th byte, which never leaves the edge and which nothing the app sees
+//! predicts, so byte 29 is a fair coin to the app. The edge verifying a token tries
+//! `s = 0` and `s = 1`: only the true one gives the MAC, and byte 29 must then be
+//! `s` masked by that MAC.
+//!
+//! Format 2 (byte 0 `2`) carried `s` in clear; format 1 (60 characters) had no byte 29,
+//! its impression sampled when the request id's keyed point is below the rate
+//! ([`SampleKey::sampled`]). Both are still verified, so the impressions of ads served
+//! just before an edge upgrade are not lost.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -53,8 +61,12 @@ pub const MAX_SKEW_MS: u64 = 60 * 1000;
 /// The shortest edge secret accepted.
 pub const MIN_SECRET_LEN: usize = 16;
 
-const FORMAT: u8 = 2;
+const FORMAT: u8 = 3;
+/// Format 2: the sampling decision in clear.
+const V2_FORMAT: u8 = 2;
 const HEADER: usize = 30;
+/// Byte of the header carrying the (masked) sampling decision.
+const DECISION: usize = 29;
 const TAG: usize = 16;
 const LEN: usize = HEADER + TAG;
 /// base64url of [`LEN`] bytes.
@@ -186,37 +198,71 @@ pub fn issue(key: &EdgeKey, subject: Subject<'_>, issue: Issue) -> String {
     bytes[5..13].copy_from_slice(&issue.issued_at_ms.to_be_bytes());
     bytes[13..21].copy_from_slice(&issue.plan_version.to_be_bytes());
     bytes[21..29].copy_from_slice(&issue.sample_rate.to_bits().to_be_bytes());
-    bytes[29] = u8::from(issue.sampled);
-    let tag = key.mac(&bytes[..HEADER], subject).finalize().into_bytes();
-    bytes[HEADER..].copy_from_slice(&tag[..TAG]);
+    bytes[DECISION] = u8::from(issue.sampled);
+    let mac = key.mac(&bytes[..HEADER], subject).finalize().into_bytes();
+    bytes[DECISION] ^= mask(&mac);
+    bytes[HEADER..].copy_from_slice(&mac[..TAG]);
     URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The bit hiding the sampling decision: from the part of the MAC no token carries.
+fn mask(mac: &[u8]) -> u8 {
+    mac[TAG] & 1
+}
+
+/// The sampling decision of a format-3 token whose MAC is checked against the header
+/// with the decision set to 0, then 1: the one that gives the MAC, if byte 29 is it
+/// masked. Both tries compare in constant time.
+fn unmask(key: &EdgeKey, bytes: &[u8; LEN], subject: Subject<'_>) -> Result<bool, TokenError> {
+    let mut header = [0u8; HEADER];
+    header.copy_from_slice(&bytes[..HEADER]);
+    for sampled in [false, true] {
+        header[DECISION] = u8::from(sampled);
+        let mac = key.mac(&header, subject);
+        if mac.clone().verify_truncated_left(&bytes[HEADER..]).is_ok() {
+            let m = mac.finalize().into_bytes();
+            return if bytes[DECISION] == u8::from(sampled) ^ mask(&m) { Ok(sampled) } else { Err(TokenError::Invalid) };
+        }
+    }
+    Err(TokenError::Invalid)
 }
 
 /// Checks `token` for `subject` at `now_ms` against the active keys (the current one
 /// and any still accepted during a rotation).
 pub fn verify(keys: &[EdgeKey], token: &str, subject: Subject<'_>, now_ms: u64) -> Result<Grant, TokenError> {
-    let (format, header) = match token.len() {
-        TOKEN_CHARS => (FORMAT, HEADER),
-        V1_CHARS => (1, V1_HEADER),
+    let header = match token.len() {
+        TOKEN_CHARS => HEADER,
+        V1_CHARS => V1_HEADER,
         _ => return Err(TokenError::Malformed),
     };
     let mut bytes = [0u8; LEN];
-    match URL_SAFE_NO_PAD.decode_slice(token, &mut bytes) {
-        Ok(n) if n == header + TAG && bytes[0] == format => {}
+    let format = match URL_SAFE_NO_PAD.decode_slice(token, &mut bytes) {
+        Ok(n) if n == header + TAG => match (header, bytes[0]) {
+            (V1_HEADER, 1) | (HEADER, V2_FORMAT | FORMAT) => bytes[0],
+            _ => return Err(TokenError::Malformed),
+        },
         _ => return Err(TokenError::Malformed),
-    }
+    };
     let key = keys.iter().find(|k| k.id == bytes[1..5]).ok_or(TokenError::Invalid)?;
-    let mac = key.mac(&bytes[..header], subject);
-    // Constant time: the comparison leaks nothing about the expected tag.
-    mac.verify_truncated_left(&bytes[header..header + TAG]).map_err(|_| TokenError::Invalid)?;
     let u64_at = |i: usize| u64::from_be_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
     let sample_rate = f64::from_bits(u64_at(21));
-    let sampled = match (format, bytes[29]) {
-        (1, _) => key.sample().sampled(subject.request_id.as_str(), sample_rate),
-        (_, 0) => false,
-        (_, 1) => true,
-        // Only an edge could have made it; refuse rather than guess.
-        _ => return Err(TokenError::Malformed),
+    let sampled = if format == FORMAT {
+        // A decision byte other than 0 or 1 is not an edge's.
+        if bytes[DECISION] > 1 {
+            return Err(TokenError::Malformed);
+        }
+        unmask(key, &bytes, subject)?
+    } else {
+        // Constant time: the comparison leaks nothing about the expected tag.
+        let mac = key.mac(&bytes[..header], subject);
+        mac.verify_truncated_left(&bytes[header..header + TAG]).map_err(|_| TokenError::Invalid)?;
+        match (format, bytes[DECISION]) {
+            (1, _) => key.sample().sampled(subject.request_id.as_str(), sample_rate),
+            (_, 0) => false,
+            (_, 1) => true,
+            // Only an edge could have made it; refuse rather than guess.
+            _ => return Err(TokenError::Malformed),
+        }
     };
     let issue = Issue { issued_at_ms: u64_at(5), plan_version: u64_at(13), sample_rate, sampled };
     if !(issue.sample_rate > 0.0 && issue.sample_rate <= 1.0) {

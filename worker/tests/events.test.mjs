@@ -12,6 +12,7 @@ import {
   reportOf,
   startReceiver,
   startWorker,
+  tokenDecisionByte,
 } from "./harness.mjs";
 
 const RATE = 0.1;
@@ -157,6 +158,10 @@ describe("sampled events", () => {
     await new Promise((r) => setTimeout(r, 300));
     const expected = new Set(origin.events.filter((e) => e.placement === "imp_p").map((e) => e.request_id));
     assert.ok(plausible(expected.size, ids.length, RATE, 5), `${expected.size} allocations sampled`);
+    // The app holds the token before it shows the ad: the decision byte it can read
+    // must not tell it which ads are counted (in clear, all 1,000 would agree).
+    const agree = answers.filter((a) => (tokenDecisionByte(a.impression_token) === 1) === expected.has(a.request_id));
+    assert.ok(plausible(agree.length, answers.length, 0.5, 5), `the token's byte told ${agree.length} of 1000 decisions`);
     await worker.putPlan({ ...only(1), version: 8, sample_rate: 0.5 });
     await eventually(async () => (await (await worker.get("/v1/ad?placement=imp_p")).json()).plan_version === 8, 5_000, "v8");
     const before = origin.events.length;

@@ -207,7 +207,7 @@ const derive = (secret, label) => createHmac("sha256", secret).update(label).dig
  */
 export function issueToken({ requestId, placement, ad, version, rate, issuedAtMs, sampled = true, secret = EDGE_KEY }) {
   const header = Buffer.alloc(30);
-  header[0] = 2;
+  header[0] = 3;
   derive(secret, "allot/key-id/v1").copy(header, 1, 0, 4);
   header.writeBigUInt64BE(BigInt(issuedAtMs), 5);
   header.writeBigUInt64BE(BigInt(version), 13);
@@ -220,7 +220,15 @@ export function issueToken({ requestId, placement, ad, version, rate, issuedAtMs
     len.writeUInt16BE(b.length);
     mac.update(len).update(b);
   }
-  return Buffer.concat([header, mac.digest().subarray(0, 16)]).toString("base64url");
+  const digest = mac.digest();
+  // The decision is masked by a bit of the MAC no token carries.
+  header[29] ^= digest[16] & 1;
+  return Buffer.concat([header, digest.subarray(0, 16)]).toString("base64url");
+}
+
+/** The sampling byte of an impression token as an app can read it. */
+export function tokenDecisionByte(token) {
+  return Buffer.from(token, "base64url")[29];
 }
 
 /** POSTs an impression report. */

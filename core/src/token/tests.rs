@@ -34,15 +34,16 @@ fn at(ms: u64) -> Issue {
 }
 
 /// Computed independently (Python `hmac`/`hashlib`/`base64` from the layout in the
-/// module's docs). If it changes, tokens issued by edges of another build fail.
+/// module's docs). If it changes, tokens issued by edges of another build fail. Here
+/// the sampled token shows 0 in byte 29 and the unsampled one 1: the mask is 1 for both.
 #[test]
 fn fixed_vector() {
     let ids = Ids::new("req-1", "home_feed", "A");
     let token = issue(&key(), ids.subject(), at(T0));
-    assert_eq!(token, "AusmAQQAAAGatpfoAAAAAAAAAAAHP9AAAAAAAAABQNeMicQRFndNsjsM1NkRaQ");
+    assert_eq!(token, "A-smAQQAAAGatpfoAAAAAAAAAAAHP9AAAAAAAAAAtV4XHnwpVy0mtqopP8fMKA");
     assert_eq!(token.len(), TOKEN_CHARS);
     let unsampled = issue(&key(), ids.subject(), Issue { sampled: false, ..at(T0) });
-    assert_eq!(unsampled, "AusmAQQAAAGatpfoAAAAAAAAAAAHP9AAAAAAAAAA3VPmKB3MumStVFj_rkz5ow");
+    assert_eq!(unsampled, "A-smAQQAAAGatpfoAAAAAAAAAAAHP9AAAAAAAAABwk5hpICMIWThXNnalQR-gA");
     assert!(!verify(&[key()], &unsampled, ids.subject(), T0).unwrap().issue.sampled);
     let grant = verify(&[key()], &token, ids.subject(), T0 + 1000).unwrap();
     assert_eq!(grant.issue, at(T0));
@@ -51,6 +52,25 @@ fn fixed_vector() {
     assert_eq!(e.ad_id.as_ref(), Some(&ids.ad));
     let body = crate::EventBatch { events: vec![e] }.to_json();
     assert!(crate::EventBatch::parse(body.as_bytes()).is_ok());
+}
+
+/// The decision byte an app can read is a coin, whatever the decision: over 4,000
+/// tokens of sampled allocations, as many show 0 as 1 (within 5σ), and so do
+/// unsampled ones. In clear (format 2) every sampled token showed 1.
+#[test]
+fn the_decision_an_app_can_read_is_a_coin() {
+    for sampled in [true, false] {
+        let ones: usize = (0..4_000)
+            .filter(|i| {
+                let ids = Ids::new(&format!("r{i}"), "home_feed", "A");
+                let token = issue(&key(), ids.subject(), Issue { sampled, ..at(T0) });
+                let bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
+                assert_eq!(verify(&[key()], &token, ids.subject(), T0).unwrap().issue.sampled, sampled);
+                bytes[DECISION] == 1
+            })
+            .count();
+        assert!(ones.abs_diff(2_000) < 160, "{ones} of 4000 show 1 (sampled: {sampled})");
+    }
 }
 
 #[test]
@@ -85,20 +105,35 @@ fn refuses_what_it_did_not_issue() {
     }
 }
 
-/// A token of format 1 (issued by an edge that drew the coin from the request id)
-/// still verifies, sampled by that rule.
+/// Tokens of earlier formats still verify, each with its own rule: format 1 (issued
+/// by an edge that drew the coin from the request id) by that rule, format 2 with the
+/// decision in clear (vectors from the same Python).
 #[test]
-fn format_1_tokens_keep_their_rule() {
+fn earlier_formats_keep_their_rule() {
     let ids = Ids::new("req-1", "home_feed", "A");
     let v1 = "AesmAQQAAAGatpfoAAAAAAAAAAAHP9AAAAAAAADgL8s7Y-ah_mbQ4fsvsbBQ";
     let grant = verify(&[key()], v1, ids.subject(), T0).unwrap();
     let sampled = key().sample().sampled("req-1", 0.25);
     assert_eq!(grant.issue, Issue { sampled, ..at(T0) });
-    // A format-2 token with a sampling byte other than 0 or 1 is not one an edge made.
+    for (v2, sampled) in [
+        ("AusmAQQAAAGatpfoAAAAAAAAAAAHP9AAAAAAAAABQNeMicQRFndNsjsM1NkRaQ", true),
+        ("AusmAQQAAAGatpfoAAAAAAAAAAAHP9AAAAAAAAAA3VPmKB3MumStVFj_rkz5ow", false),
+    ] {
+        assert_eq!(verify(&[key()], v2, ids.subject(), T0).unwrap().issue, Issue { sampled, ..at(T0) });
+    }
+    // A decision byte other than 0 or 1, under a valid MAC, is not one an edge made.
+    for format in [V2_FORMAT, FORMAT] {
+        let mut bytes = URL_SAFE_NO_PAD.decode(issue(&key(), ids.subject(), at(T0))).unwrap();
+        bytes[0] = format;
+        bytes[DECISION] = 2;
+        let tag = key().mac(&bytes[..HEADER], ids.subject()).finalize().into_bytes();
+        bytes[HEADER..].copy_from_slice(&tag[..TAG]);
+        let token = URL_SAFE_NO_PAD.encode(bytes);
+        assert_eq!(verify(&[key()], &token, ids.subject(), T0), Err(TokenError::Malformed), "format {format}");
+    }
+    // Another format byte is not a token.
     let mut bytes = URL_SAFE_NO_PAD.decode(issue(&key(), ids.subject(), at(T0))).unwrap();
-    bytes[29] = 2;
-    let tag = key().mac(&bytes[..HEADER], ids.subject()).finalize().into_bytes();
-    bytes[HEADER..].copy_from_slice(&tag[..TAG]);
+    bytes[0] = 4;
     assert_eq!(verify(&[key()], &URL_SAFE_NO_PAD.encode(bytes), ids.subject(), T0), Err(TokenError::Malformed));
 }
 
