@@ -185,3 +185,33 @@ async fn a_flood_of_made_up_versions_and_placements_costs_few_redis_reads() {
     assert_eq!(dropped(&app, "unknown_version").await, 40.0);
     assert_eq!(dropped(&app, "unknown_placement").await, 2000.0);
 }
+
+/// The origin keeps `history_len` versions per placement. Events refused for their rate
+/// (anyone with the ingest key can send them) must not keep old versions in and push out
+/// the one edges serve when a new version is learnt.
+#[tokio::test]
+async fn refused_events_cannot_push_out_the_version_edges_serve() {
+    let redis = RedisServer::start();
+    let env = [("ALLOT_CONTROL_ENABLED", "false"), ("ALLOT_CONTROL_HISTORY_LEN", "3")];
+    let app = TestApp::start(config(&redis, "", &env)).await;
+    let v = |n: u64| plan("home_feed", n, 0.5, &["A"]);
+    for n in 1..=3 {
+        record_published(&mut redis.conn(), &v(n));
+    }
+    let ev = |id: &str, n: u64, rate: f64| {
+        let mut e = under(&v(n), allocation(id, "home_feed", Some("A"), &["A"], rate));
+        e.sample_rate = rate;
+        e
+    };
+    let post = async |events: Vec<Event>| app.post_signed(&batch(events)).await.json::<Value>().await.unwrap();
+
+    // Edges serve version 3; a key holder names 1 and 2 with a rate they never had.
+    assert_eq!(post(vec![ev("honest-1", 3, 0.5)]).await, json!({"accepted": 1, "dropped": 0}));
+    assert_eq!(post(vec![ev("k1", 1, 0.25), ev("k2", 2, 0.25)]).await, json!({"accepted": 0, "dropped": 2}));
+    // Version 4 is published; its first event has the origin learn it.
+    record_published(&mut redis.conn(), &v(4));
+    assert_eq!(post(vec![ev("honest-2", 4, 0.5)]).await, json!({"accepted": 1, "dropped": 0}));
+    // Colos that have not got version 4 yet still serve 3: still counted.
+    assert_eq!(post(vec![ev("honest-3", 3, 0.5)]).await, json!({"accepted": 1, "dropped": 0}));
+    assert_eq!(dropped(&app, "unknown_version").await, 0.0);
+}
