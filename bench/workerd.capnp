@@ -39,6 +39,7 @@ const allotWorker :Workerd.Worker = (
     (name = "ORIGIN_URL", text = "http://origin.invalid"),
     (name = "INGEST_KEY", text = "bench-ingest-key-0123456789"),
     (name = "EDGE_KEY", text = "bench-edge-key-0123456789abcdef"),
+    (name = "HEALTH_KEY", text = "bench-health-key-0123456789abcdef"),
   ],
   # Sampled events go to the sink, which acknowledges them like the origin would.
   globalOutbound = "origin-sink",

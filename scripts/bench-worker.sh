@@ -116,4 +116,4 @@ echo "(cpu: workerd CPU time per request; rps ratio = allot / minimal)"
 
 wasm=worker/build/index_bg.wasm
 echo "wasm: $(stat -c %s "$wasm") bytes raw, $(gzip -9 -c "$wasm" | wc -c) bytes gzipped"
-echo "events at the sink: $(curl -s "http://127.0.0.1:$ALLOT_PORT/healthz")"
+echo "events at the sink: $(curl -s -H 'authorization: Bearer bench-health-key-0123456789abcdef' "http://127.0.0.1:$ALLOT_PORT/healthz")"

@@ -7,7 +7,8 @@
 #
 # Environment: PORT, ORIGIN_URL (where sampled events go), INGEST_KEY and PUSH_KEYS (the
 # secrets shared with the origin), EDGE_KEY (the edges' own secret: sampling and
-# impression tokens) — development keys by default, in production `wrangler secret put` —
+# impression tokens), HEALTH_KEY (shows /healthz's event counters) — development keys by
+# default, in production `wrangler secret put` —
 # and CORS_ORIGINS (browser origins allowed on the public routes).
 set -euo pipefail
 
@@ -37,6 +38,7 @@ case "${1:-serve}" in
       --var "PUSH_KEYS:${PUSH_KEYS:-dev-push-key-not-for-production}" \
       ${CORS_ORIGINS:+--var "CORS_ORIGINS:$CORS_ORIGINS"} \
       --var "EDGE_KEY:${EDGE_KEY:-dev-edge-key-not-for-production}" \
+      --var "HEALTH_KEY:${HEALTH_KEY:-dev-health-key-not-for-production}" \
       ${ORIGIN_URL:+--var "ORIGIN_URL:$ORIGIN_URL"}
     ;;
   *) echo "usage: $0 [serve | seed PLAN.json...]" >&2; exit 2 ;;

@@ -23,6 +23,8 @@ use anyhow::{Context, bail};
 
 /// The edge's secret (keyed sampling, impression tokens): only the edge holds it.
 pub const EDGE_KEY: &str = "allot-test-edge-key-0123456789";
+/// Shows the edge's `/healthz` event counters ([`Stack::edge_events`]).
+pub const HEALTH_KEY: &str = "allot-test-health-key-0123456789";
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -120,6 +122,7 @@ impl Stack {
             ("INGEST_KEY", INGEST_KEY.to_string()),
             ("PUSH_KEYS", PUSH_KEY.to_string()),
             ("EDGE_KEY", EDGE_KEY.to_string()),
+            ("HEALTH_KEY", HEALTH_KEY.to_string()),
             ("PLAN_TTL_SECS", "2".to_string()),
             ("EVENT_BATCH_AGE_MS", "200".to_string()),
         ];
@@ -272,9 +275,11 @@ impl Stack {
         self.origins[0].port
     }
 
-    /// The edge worker's `/healthz` event counters.
+    /// The edge worker's `/healthz` event counters (shown with the health key).
     pub async fn edge_events(&self) -> anyhow::Result<Value> {
-        let h: Value = self.client.get(format!("{}/healthz", self.edge_url)).send().await?.json().await?;
+        let url = format!("{}/healthz", self.edge_url);
+        let h: Value = self.client.get(url).bearer_auth(HEALTH_KEY).send().await?.json().await?;
+        anyhow::ensure!(h["events"].is_object(), "no event counters in {h}");
         Ok(h["events"].clone())
     }
 

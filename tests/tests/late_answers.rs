@@ -17,8 +17,7 @@ const TIMEOUT_MS: u64 = 500;
 const HOLD: Duration = Duration::from_millis(1_500);
 
 async fn edge_events(stack: &Stack) -> Value {
-    let h: Value = stack.client.get(format!("{}/healthz", stack.edge_url)).send().await.unwrap().json().await.unwrap();
-    h["events"].clone()
+    stack.edge_events().await.unwrap()
 }
 
 fn stream_len(stack: &Stack) -> u64 {

@@ -10,7 +10,7 @@ use allot_testkit::origin::MANAGER_TOKEN;
 use allot_testkit::poll::eventually;
 use allot_testkit::redis::stream_batches;
 use allot_testkit::scenario;
-use serde_json::{Value, json};
+use serde_json::json;
 
 async fn ad(stack: &Stack, placement: &str, i: u32) -> reqwest::StatusCode {
     let url = format!("{}/v1/ad?placement={placement}&platform=ios&request_id=req-{placement}-{i:08}", stack.edge_url);
@@ -22,9 +22,7 @@ fn events_of(stack: &Stack, placement: &str) -> usize {
 }
 
 async fn edge_queued(stack: &Stack) -> u64 {
-    let health: Value =
-        stack.client.get(format!("{}/healthz", stack.edge_url)).send().await.unwrap().json().await.unwrap();
-    health["events"]["queued"].as_u64().unwrap()
+    stack.edge_events().await.unwrap()["queued"].as_u64().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,6 +56,9 @@ pub struct Config {
     /// keep it under the origin's `ingest.max_skew_secs`, beyond which the origin
     /// refuses the signature as stale.
     pub outbox_max_age_ms: u64,
+    /// The `HEALTH_KEY` secret (at least 16 bytes): `/healthz` shows the outbox's
+    /// counters only to a request bearing it ([`crate::health`]).
+    pub health_key: Option<Vec<u8>>,
     /// `TEST_TRAPS` set: the deliberate trap route of the recovery tests exists
     /// ([`crate::trap`]). Only test configurations set it.
     pub test_traps: bool,
@@ -127,6 +130,13 @@ impl Config {
                 1_024..=64 * 1024 * 1024,
             ) as usize,
             outbox_max_age_ms: number(env, "EVENT_MAX_AGE_SECS", crate::outbox::MAX_AGE_MS / 1000, 10..=3_600) * 1000,
+            health_key: text(env, "HEALTH_KEY").map(String::into_bytes).filter(|k| {
+                let long = k.len() >= 16;
+                if !long {
+                    worker::console_error!("HEALTH_KEY is shorter than 16 bytes; /healthz shows no counters");
+                }
+                long
+            }),
             test_traps: text(env, "TEST_TRAPS").is_some(),
         }
     }

@@ -5,7 +5,8 @@
 //!   an ad from the placement's plan.
 //! - `POST /v1/impression` ([`impression`]): the app reports an ad shown.
 //! - `PUT /internal/plans/{placement}` ([`push`]): the origin publishes a plan.
-//! - `GET /healthz`: liveness, with this isolate's cache and event counters.
+//! - `GET /healthz`: liveness and this isolate's plan cache; its event counters only
+//!   with the `HEALTH_KEY` ([`health`]).
 //! - `OPTIONS` on the public routes: CORS preflights from browser apps ([`cors`]).
 //! - `GET /internal/trap`: only with the `TEST_TRAPS` binding, a deliberate panic for
 //!   the recovery tests ([`trap`]).
@@ -35,6 +36,7 @@ mod config;
 mod cors;
 mod error;
 mod forward;
+mod health;
 mod impression;
 mod outbox;
 mod plans;
@@ -63,7 +65,7 @@ fn route_now(
         ("/healthz", "GET") => {
             // Any request may carry the outbox's retries; a health probe too.
             forward::kick(ctx, &Config::get(env), js_sys::Date::now() as u64);
-            health().map(Some)
+            health::answer(req, &Config::get(env)).map(Some)
         }
         (path @ ("/v1/ad" | "/v1/impression"), "OPTIONS") => preflight(req, path, env).map(Some),
         (trap::PATH, "GET") => match trap::requested(env, target.query) {
@@ -112,7 +114,7 @@ async fn route(
             _ => Err(ApiError::method_not_allowed("POST")),
         },
         "/healthz" => match method {
-            "GET" => health(),
+            "GET" => health::answer(req, &Config::get(env)),
             _ => Err(ApiError::method_not_allowed("GET")),
         },
         trap::PATH if method == "GET" && trap::requested(env, target.query).is_some() => trap::later(env).await,
@@ -124,15 +126,6 @@ async fn route(
             _ => Err(ApiError::not_found("not_found", format!("no route for {path}"))),
         },
     }
-}
-
-fn health() -> Result<web_sys::Response, ApiError> {
-    let body = serde_json::json!({
-        "status": "ok",
-        "plans_cached": plans::cached(),
-        "events": forward::counters(),
-    });
-    Ok(respond::json_with(200, &body.to_string(), None)?)
 }
 
 /// The response, or the error rendered as one, with its CORS header; a rejected

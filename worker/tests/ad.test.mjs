@@ -2,7 +2,7 @@
 // the eligible campaigns, and bad input gets JSON errors.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { chiSquare, parallel, plan, postImpression, reportOf, startWorker } from "./harness.mjs";
+import { HEALTH_KEY, chiSquare, parallel, plan, postImpression, reportOf, startWorker } from "./harness.mjs";
 
 // χ² critical values at p = 0.001.
 const CHI2_001 = { 1: 10.83, 2: 13.82, 3: 16.27 };
@@ -141,11 +141,18 @@ describe("bad input", () => {
     }
   });
 
-  test("healthz answers", async () => {
+  test("healthz answers; its event counters only to the health key", async () => {
     const res = await worker.get("/healthz");
     assert.equal(res.status, 200);
     const body = await res.json();
     assert.equal(body.status, "ok");
     assert.ok(body.plans_cached >= 1);
+    assert.equal(typeof body.events.queued, "number");
+    // An app reading the counters around its own request would learn whether it was
+    // sampled: without the key, or with another, there are none.
+    for (const authorization of ["", "Bearer wrong-key-0123456789abcdef", `Bearer ${HEALTH_KEY}x`, HEALTH_KEY]) {
+      const anyone = await (await worker.get("/healthz", { headers: { authorization } })).json();
+      assert.deepEqual(Object.keys(anyone).sort(), ["plans_cached", "status"], authorization);
+    }
   });
 });

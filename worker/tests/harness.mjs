@@ -10,6 +10,8 @@ export const KEY = "test-ingest-key-0123456789abcdef";
 export const PUSH_KEY = "test-push-key-0123456789abcdef";
 /** The edges' secret: keyed sampling and impression tokens. */
 export const EDGE_KEY = "test-edge-key-0123456789abcdef";
+/** Shows `/healthz`'s event counters to the tests (`worker.get` sends it there). */
+export const HEALTH_KEY = "test-health-key-0123456789abcdef";
 const MAX_SKEW_SECS = 300;
 
 /**
@@ -19,7 +21,7 @@ const MAX_SKEW_SECS = 300;
 export async function startWorker(bindings = {}, { cf = { country: "FR", colo: "CDG" } } = {}) {
   const mf = new Miniflare({
     ...workerOptions(),
-    bindings: { PLAN_TTL_SECS: "1", INGEST_KEY: KEY, PUSH_KEYS: PUSH_KEY, EDGE_KEY, EVENT_BATCH_AGE_MS: "100", ...bindings },
+    bindings: { PLAN_TTL_SECS: "1", INGEST_KEY: KEY, PUSH_KEYS: PUSH_KEY, EDGE_KEY, HEALTH_KEY, EVENT_BATCH_AGE_MS: "100", ...bindings },
     cf,
     host: "127.0.0.1",
     port: 0,
@@ -32,9 +34,15 @@ export async function startWorker(bindings = {}, { cf = { country: "FR", colo: "
     async putPlan(plan) {
       await kv.put(`plan:${plan.placement}`, typeof plan === "string" ? plan : JSON.stringify(plan));
     },
-    get: (path, init) => fetchRetryingGets(new URL(path, url), init),
+    get: (path, init) => fetchRetryingGets(new URL(path, url), asOperator(path, init)),
     close: () => mf.dispose(),
   };
+}
+
+/** `/healthz` as the operators read it: with the health key, unless the test sets one. */
+function asOperator(path, init) {
+  if (!path.startsWith("/healthz") || init?.headers?.authorization !== undefined) return init;
+  return { ...init, headers: { ...init?.headers, authorization: `Bearer ${HEALTH_KEY}` } };
 }
 
 /**
