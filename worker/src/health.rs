@@ -8,6 +8,8 @@
 //! compared in constant time; without the key, or without a `HEALTH_KEY` configured,
 //! the answer is `{"status", "plans_cached"}`.
 
+use subtle::ConstantTimeEq;
+
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::{forward, plans, respond};
@@ -20,9 +22,9 @@ fn authorised(req: &web_sys::Request, config: &Config) -> bool {
     equal(given.as_bytes(), key)
 }
 
-/// Constant time in the length of `a`: no early exit on the first differing byte.
+/// Constant time (`subtle`): no early exit on the first differing byte.
 fn equal(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.ct_eq(b).into()
 }
 
 pub fn answer(req: &web_sys::Request, config: &Config) -> Result<web_sys::Response, ApiError> {
