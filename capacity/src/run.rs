@@ -162,7 +162,14 @@ pub async fn measure(opts: Options) -> anyhow::Result<RunCosts> {
         let late_events = (ctx.data.metric("allot_aggregate_late_events_total").await - late0).max(0.0) as u64;
         out.commands.insert(
             shape.name().into(),
-            CommandPhase { bodies: sent.bodies, entries: sent.entries, events: sent.events, late_events, by_command, total },
+            CommandPhase {
+                bodies: sent.bodies,
+                entries: sent.entries,
+                events: sent.events,
+                late_events,
+                by_command,
+                total,
+            },
         );
         match shape {
             Shape::Single => out.wire.single_body_bytes_per_event = sent.bytes as f64 / sent.events as f64,

@@ -221,7 +221,11 @@ fn unmask(key: &EdgeKey, bytes: &[u8; LEN], subject: Subject<'_>) -> Result<bool
         let mac = key.mac(&header, subject);
         if mac.clone().verify_truncated_left(&bytes[HEADER..]).is_ok() {
             let m = mac.finalize().into_bytes();
-            return if bytes[DECISION] == u8::from(sampled) ^ mask(&m) { Ok(sampled) } else { Err(TokenError::Invalid) };
+            return if bytes[DECISION] == u8::from(sampled) ^ mask(&m) {
+                Ok(sampled)
+            } else {
+                Err(TokenError::Invalid)
+            };
         }
     }
     Err(TokenError::Invalid)

@@ -15,7 +15,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
+mod control;
 pub mod env;
+mod ingest;
+
+pub use control::{ControlConfig, MAX_SHARDS};
+pub use ingest::IngestConfig;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -131,59 +136,6 @@ impl Default for RedisConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IngestConfig {
-    /// One or two shared HMAC keys (two while rotating), at least 16 bytes each. The
-    /// first one also signs plan pushes to the worker.
-    pub keys: Vec<SecretString>,
-    #[serde(default = "default_skew")]
-    pub max_skew_secs: u64,
-    /// How old a signature may be: the edge resends a batch's signed bytes until it is
-    /// acknowledged, for up to its `EVENT_MAX_AGE_SECS` (270 s), so this must exceed
-    /// that, or an outage longer than it loses the batches it held. At least the skew.
-    #[serde(default = "default_signature_age")]
-    pub max_signature_age_secs: u64,
-    #[serde(default = "default_body")]
-    pub max_body_bytes: usize,
-    /// Body bytes held in memory at once, over every request: a body that does not fit
-    /// is answered `503 overloaded` with `Retry-After` before it is read
-    /// ([`crate::shed`]). At least `max_body_bytes`.
-    #[serde(default = "default_buffered")]
-    pub max_buffered_bytes: usize,
-    /// A body must arrive whole within this of its reservation, or it is answered
-    /// `503 timeout` and its room in the budget freed: a stalled body holds the budget
-    /// this long, not the whole request timeout. An edge's body of 1 MiB takes well
-    /// under a second.
-    #[serde(default = "default_body_read_timeout")]
-    pub body_read_timeout_ms: u64,
-    /// How often, at most, the ingest re-reads the placement registry and each
-    /// placement's plan history to learn a newly published plan: the bound on the Redis
-    /// reads a flood of made-up placements or versions can cause, and the longest a
-    /// batch naming a version published a moment ago waits for it.
-    #[serde(default = "default_catalogue_refresh")]
-    pub catalogue_refresh_ms: u64,
-}
-
-fn default_skew() -> u64 {
-    60
-}
-fn default_signature_age() -> u64 {
-    300
-}
-fn default_catalogue_refresh() -> u64 {
-    250
-}
-fn default_body() -> usize {
-    1 << 20
-}
-fn default_buffered() -> usize {
-    64 << 20
-}
-fn default_body_read_timeout() -> u64 {
-    5_000
-}
-
 /// Test hooks for crash-recovery tests. They exist only in builds with the
 /// `failpoints` feature, so a production binary cannot be configured to crash.
 #[cfg(feature = "failpoints")]
@@ -225,90 +177,6 @@ impl Default for AggregateConfig {
             #[cfg(feature = "failpoints")]
             failpoint: None,
         }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ControlConfig {
-    pub enabled: bool,
-    /// The control period, which is also the window length.
-    pub period_ms: u64,
-    /// Complete windows merged into "recent" (traffic mix, render ratios).
-    pub recent_windows: u64,
-    pub min_sample_rate: f64,
-    /// An unchanged plan is republished after this long, so a KV entry never expires.
-    pub republish_after_secs: u64,
-    /// How long after a window ends its events are still arriving (the edge outbox's
-    /// batching, a send timeout and a retry): rounds treat a window as complete only
-    /// this long after its end, at most a quarter period ([`Self::lateness`]).
-    pub lateness_ms: u64,
-    /// How long after a window ends its impressions are still arriving (apps report an
-    /// ad once shown, dated to its decision): a placement measured on impressions is
-    /// looked at through windows this old ([`Self::impression_lateness`],
-    /// `allot_core::evidence`).
-    pub impression_lateness_ms: u64,
-    /// The control lease's time to live; the holder renews it several times per lease.
-    pub lease_ms: u64,
-    /// Control shards: placements are spread over them by a hash of their id, and the
-    /// origins share them out, each shard under its own lease. Every origin of one
-    /// Redis must use the same count.
-    pub shards: u32,
-    /// Plans kept in each placement's history.
-    pub history_len: usize,
-    /// Complete windows kept in each placement's window history (`GET …/history`).
-    pub history_windows: usize,
-    #[cfg(feature = "failpoints")]
-    pub failpoint: Option<Failpoint>,
-}
-
-impl Default for ControlConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            period_ms: 60_000,
-            recent_windows: 5,
-            min_sample_rate: 1e-4,
-            republish_after_secs: 600,
-            lateness_ms: 10_000,
-            impression_lateness_ms: 60_000,
-            lease_ms: 10_000,
-            shards: 64,
-            history_len: 100,
-            history_windows: 1440,
-            #[cfg(feature = "failpoints")]
-            failpoint: None,
-        }
-    }
-}
-
-/// The most control shards: each is one key in every sync.
-pub const MAX_SHARDS: u32 = 1024;
-
-impl ControlConfig {
-    /// The lateness rounds wait for: `lateness_ms`, at most a quarter period, so a
-    /// round still acts early in the period it plans for.
-    pub fn lateness(&self) -> u64 {
-        self.lateness_ms.min(self.period_ms / 4)
-    }
-
-    /// The impressions' lateness: `impression_lateness_ms`, at least the lateness and at
-    /// most a period past it, so a placement on impressions is looked at one window
-    /// further back at most.
-    pub fn impression_lateness(&self) -> u64 {
-        self.impression_lateness_ms.clamp(self.lateness(), self.lateness() + self.period_ms)
-    }
-
-    /// The index of the newest window complete at `now_ms`: one that ended at least
-    /// [`Self::lateness`] ago.
-    pub fn last_complete_window(&self, now_ms: u64) -> u64 {
-        allot_core::WindowStats::window_index(now_ms.saturating_sub(self.lateness()), self.period_ms).saturating_sub(1)
-    }
-
-    /// How long a window's counts are kept: the windows the controller and the status
-    /// page read, plus slack for late events.
-    pub fn window_ttl_secs(&self) -> u64 {
-        (self.period_ms * (self.recent_windows + 3) / 1000).max(60)
     }
 }
 

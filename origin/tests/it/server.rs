@@ -109,7 +109,8 @@ async fn bodies_beyond_the_memory_budget_are_shed_unread_and_stored_once_sent_ag
 
     // An edge's batch is shed unread, in the one error format, told when to come back.
     let body = batch(vec![allocation("shed-1", "home_feed", Some("A"), &["A"], 1.0)]);
-    let sig = allot_core::signature::sign(allot_testkit::origin::INGEST_KEY.as_bytes(), now_ms() / 1000, body.as_bytes());
+    let sig =
+        allot_core::signature::sign(allot_testkit::origin::INGEST_KEY.as_bytes(), now_ms() / 1000, body.as_bytes());
     let send = || {
         reqwest::Client::new()
             .post(app.url("/v1/events"))
