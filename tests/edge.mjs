@@ -4,7 +4,7 @@
 // demo. Prints "listening <url>" once ready and runs until SIGTERM/SIGINT or until its
 // stdin closes (so it never outlives its parent).
 //
-// Environment: ORIGIN_URL, INGEST_KEY, PUSH_KEYS, EDGE_KEY, CORS_ORIGINS, PORT (0 = any),
+// Environment: ORIGIN_URL, INGEST_KEY, PUSH_KEYS, EDGE_KEY, HEALTH_KEY, CORS_ORIGINS, PORT (0 = any),
 // PLAN_TTL_SECS (default 2), EVENT_BATCH_AGE_MS (default 200), EVENT_TIMEOUT_MS,
 // EVENT_BATCH_MAX and EVENT_OUTBOX_MAX_BYTES (the worker's defaults when unset),
 // ALLOT_EDGE_STATE.
@@ -22,6 +22,7 @@ const mf = new Miniflare({
     PUSH_KEYS: env.PUSH_KEYS ?? "dev-push-key-not-for-production",
     CORS_ORIGINS: env.CORS_ORIGINS ?? "",
     EDGE_KEY: env.EDGE_KEY ?? "dev-edge-key-not-for-production",
+    HEALTH_KEY: env.HEALTH_KEY ?? "dev-health-key-not-for-production",
     PLAN_TTL_SECS: env.PLAN_TTL_SECS ?? "2",
     EVENT_BATCH_AGE_MS: env.EVENT_BATCH_AGE_MS ?? "200",
     ...(env.EVENT_TIMEOUT_MS ? { EVENT_TIMEOUT_MS: env.EVENT_TIMEOUT_MS } : {}),
