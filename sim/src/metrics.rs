@@ -95,6 +95,8 @@ pub struct Summary {
     /// share of them sampled at rate 1.
     pub unattainable_windows: usize,
     pub unattainable_at_census: f64,
+    /// The first few unattainable windows sampled below census, to look into.
+    pub below_census: Vec<BelowCensus>,
     pub plans_per_hour: f64,
     /// The same by why they were published (all placements).
     pub plans_per_hour_by: Vec<(Publish, f64)>,
@@ -116,6 +118,18 @@ pub struct Unflagged {
     /// Per campaign: its target, the eligible share the controller estimated, and the
     /// true one.
     pub estimated: Vec<(CampaignId, f64, f64, f64)>,
+}
+
+/// An unattainable window sampled below census: its requests, those of the window before
+/// it (what its rate was planned on), and the highest rate in force.
+#[derive(Debug, Clone)]
+pub struct BelowCensus {
+    pub seed: u64,
+    pub placement: usize,
+    pub index: u64,
+    pub requests: u64,
+    pub requests_before: Option<u64>,
+    pub max_rate: f64,
 }
 
 /// A campaign's window outside the margin.
@@ -293,6 +307,21 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
         .count();
     let unattainable: Vec<&&WindowRecord> = steady.iter().filter(|w| w.unattainable).collect();
     let at_census = unattainable.iter().filter(|w| w.max_rate >= 1.0).count();
+    let requests: std::collections::HashMap<(u64, usize, u64), u64> =
+        seeded.iter().map(|(seed, w)| ((*seed, w.placement, w.index), w.requests)).collect();
+    let below_census = seeded
+        .iter()
+        .filter(|(_, w)| w.unattainable && w.max_rate < 1.0)
+        .map(|&(seed, w)| BelowCensus {
+            seed,
+            placement: w.placement,
+            index: w.index,
+            requests: w.requests,
+            requests_before: w.index.checked_sub(1).and_then(|i| requests.get(&(seed, w.placement, i)).copied()),
+            max_rate: w.max_rate,
+        })
+        .take(5)
+        .collect();
     let hours = runs.len() as f64 * sc.duration_s as f64 / 3600.0;
     Summary {
         seeds: runs.len(),
@@ -324,6 +353,7 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
         } else {
             at_census as f64 / unattainable.len() as f64
         },
+        below_census,
         invalid_plans: runs.iter().map(|r| r.invalid_plans).sum(),
         plans_per_hour: runs.iter().flat_map(|r| r.published.values()).sum::<u64>() as f64 / hours.max(1e-9),
         plans_per_hour_by: {

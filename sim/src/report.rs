@@ -124,6 +124,20 @@ pub fn render(sc: &Scenario, s: &Summary) -> String {
             format!("{:.1} % of {}", within * 100.0, n),
         );
     }
+    for b in &s.below_census {
+        row(
+            "unattainable, below census",
+            format!(
+                "seed {}, placement {}, window {}: {} requests ({} the window before), highest rate {:.3}",
+                b.seed,
+                b.placement,
+                b.index,
+                b.requests,
+                b.requests_before.map_or("none".into(), |n| n.to_string()),
+                b.max_rate
+            ),
+        );
+    }
     for o in &s.outside {
         let c = &o.campaign;
         row(
