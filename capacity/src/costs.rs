@@ -25,8 +25,8 @@ pub struct CommandPhase {
     pub entries: u64,
     pub events: u64,
     /// Requests the aggregator applied after their window's round (each late delta
-    /// costs two more commands); the harness posts at window starts so this stays 0
-    /// on a machine that keeps up.
+    /// costs two more commands); the harness posts at window starts, so this stays 0
+    /// for the batched shapes on a machine that keeps up.
     pub late_events: u64,
     /// Every command Redis ran (inside Lua scripts too), by name.
     pub by_command: CommandCounts,

@@ -31,9 +31,12 @@ async fn a_short_run_measures_sane_unit_costs() {
     let per_event = |shape: &str| costs.commands[shape].per_event();
     assert!(per_event("batch") < per_event("single") / 3.0, "{:#?}", costs.commands);
     // Mixed bodies append an entry per placement they carry; late deltas would add
-    // commands of their own, so the run must have had none for the comparison to hold.
+    // commands of their own, so the two phases compared must have had none (a few
+    // dozen bodies each, posted at a window's start). The single phase posts thousands
+    // of bodies a window, and a loaded machine applies some late: they only add to its
+    // cost, which the first check bounds from below.
     assert!(per_event("mixed") > per_event("batch"), "{:#?}", costs.commands);
-    for shape in ["single", "batch", "mixed"] {
+    for shape in ["batch", "mixed"] {
         assert_eq!(costs.commands[shape].late_events, 0, "{shape}: {:#?}", costs.commands);
     }
     assert_eq!(costs.commands["single"].entries, costs.commands["single"].events);
