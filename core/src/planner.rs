@@ -170,26 +170,23 @@ mod tests {
         assert_eq!(p.rate_for(&targets(), None, &recent, 0.008), 0.008);
         // None while the recent windows saw almost nothing too: traffic is small.
         assert_eq!(p.rate_for(&targets(), None, &window(3, 0.008), 0.008), 1.0);
-        let loose = Targets::parse(
-            serde_json::from_value::<TargetsSpec>(json!({
-                "campaigns": [{"id": "A", "rate": 0.5}],
-                "confidence": {"margin": 0.05, "level": 0.9}
-            }))
-            .unwrap(),
-        )
-        .unwrap();
+        // One campaign at ½, at a 90 % level and the given margin.
+        let half = |margin: f64| {
+            Targets::parse(
+                serde_json::from_value::<TargetsSpec>(json!({
+                    "campaigns": [{"id": "A", "rate": 0.5}],
+                    "confidence": {"margin": margin, "level": 0.9}
+                }))
+                .unwrap(),
+            )
+            .unwrap()
+        };
+        let loose = half(0.05);
         // 271 samples needed, at most ~375 requests a window (3 / 0.008): a rate of
         // 0.75 at least, so census.
         assert_eq!(p.rate_for(&loose, None, &WindowStats::default(), 0.008), 1.0);
         // A tenth of that need: the bound's own rate, 0.075.
-        let tenth = Targets::parse(
-            serde_json::from_value::<TargetsSpec>(json!({
-                "campaigns": [{"id": "A", "rate": 0.5}],
-                "confidence": {"margin": 0.16, "level": 0.9}
-            }))
-            .unwrap(),
-        )
-        .unwrap();
+        let tenth = half(0.16);
         let r = p.rate_for(&tenth, None, &WindowStats::default(), 0.008);
         assert!(r > 0.05 && r < 0.1, "{r}");
         // A new placement (rate 1) or a census stays put.
