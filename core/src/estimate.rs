@@ -99,10 +99,16 @@ fn realized_samples(stats: &WindowStats, campaign: &CampaignId, basis: DeliveryB
         return effective_samples(stats, campaign, basis);
     }
     let unseen_x = (s_x - requests.ht).max(0.0);
+    let unseen_y = (s_y - tally.ht).max(0.0);
+    // The numerator's unseen part is within the base's, unless some of it is still to
+    // come on its own (`WindowStats::with_impressions_to_come`): that part is the
+    // numerator's alone, as if its events were a further sample of the delivered ones.
+    let own_y = (unseen_y - unseen_x).max(0.0);
     let r = (tally.ht / requests.ht).clamp(0.0, 1.0);
     let known_y = tally.n == 0 || s_y > 0.0;
-    let v =
-        ratio_variance(requests.ht, r, unseen_x, (s_y - tally.ht).max(0.0)).filter(|_| r > 0.0 && r < 1.0 && known_y);
+    let v = ratio_variance(requests.ht, r, unseen_x, unseen_y)
+        .map(|v| v + own_y / (requests.ht * requests.ht))
+        .filter(|_| r > 0.0 && r < 1.0 && known_y);
     match v {
         Some(v) if v > 0.0 => r * (1.0 - r) / v,
         // A share of 0 or 1, or a window without the numerator's sum: Kish's size,

@@ -18,7 +18,7 @@
 use crate::controller::patterns_of;
 use crate::solver::Patterns;
 use crate::stats::MAX_STRAGGLERS;
-use crate::{DeliveryBasis, Policy, Targets, WindowStats};
+use crate::{CampaignId, DeliveryBasis, Policy, Targets, WindowStats};
 
 /// The windows a round looks at.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -53,16 +53,40 @@ impl Evidence {
     /// or delayed batch arrives after, and at census the interval would otherwise claim
     /// an exactness the count lacks.
     pub fn stragglers(&self) -> f64 {
-        let share = |late: f64, all: f64| if all > 0.0 { late / all } else { 0.0 };
-        let (late, all) = self.windows.iter().skip(1).fold((0.0, 0.0), |(l, a), w| (l + w.late.ht, a + w.requests.ht));
-        let arrived = self.windows.first().map_or(0.0, |w| share(w.late.ht, w.requests.ht));
-        (share(late, all) - arrived).clamp(0.0, MAX_STRAGGLERS)
+        self.still_to_come(|w| (w.late.ht, w.requests.ht))
+    }
+
+    /// The same for the newest window's impressions of `campaign`: of its impressions
+    /// in the windows before, those counted after their window was read for impressions
+    /// ([`CampaignCounts::late_impressions`](crate::stats::CampaignCounts::late_impressions)).
+    /// An app reports an impression once it has shown the ad, and a slow network or a
+    /// backgrounded app reports it later than the impression lateness; a share measured
+    /// on impressions would otherwise read low, and its census interval claim an
+    /// exactness the count lacks.
+    pub fn impressions_to_come(&self, campaign: &CampaignId) -> f64 {
+        self.still_to_come(|w| {
+            let c = w.campaigns.get(campaign).copied().unwrap_or_default();
+            (c.late_impressions.ht, c.impressions.ht)
+        })
+    }
+
+    /// The share `late / all` over the windows before the newest, less the newest's
+    /// own, within `[0, MAX_STRAGGLERS]`.
+    fn still_to_come(&self, counts: impl Fn(&WindowStats) -> (f64, f64)) -> f64 {
+        let share = |(late, all): (f64, f64)| if all > 0.0 { late / all } else { 0.0 };
+        let older = self.windows.iter().skip(1).map(&counts).fold((0.0, 0.0), |(l, a), (wl, wa)| (l + wl, a + wa));
+        let arrived = self.windows.first().map_or(0.0, |w| share(counts(w)));
+        (share(older) - arrived).clamp(0.0, MAX_STRAGGLERS)
     }
 
     /// The newest window as the status and history publish it: its counts, allowing
-    /// for its [`stragglers`](Self::stragglers) (`WindowStats::with_stragglers`).
+    /// for its [`stragglers`](Self::stragglers) (`WindowStats::with_stragglers`) and its
+    /// [`impressions_to_come`](Self::impressions_to_come).
     pub fn last_reading(&self) -> WindowStats {
-        self.windows.first().map(|w| w.with_stragglers(self.stragglers())).unwrap_or_default()
+        self.windows
+            .first()
+            .map(|w| w.with_stragglers(self.stragglers()).with_impressions_to_come(|c| self.impressions_to_come(c)))
+            .unwrap_or_default()
     }
 
     /// The newest windows whose traffic mix agrees, merged: what the controller models
@@ -115,6 +139,20 @@ impl Policy {
         }
     }
 
+    /// The newest window a round at `now_ms` reads for impressions, if any.
+    fn last_impression_window(&self, now_ms: u64) -> Option<u64> {
+        self.last_window(now_ms)?.checked_sub(self.impression_lag(now_ms))
+    }
+
+    /// Whether impressions of window `index` counted at `now_ms` came too late for the
+    /// round that reads it for impressions: the aggregator marks them
+    /// ([`WindowStats::mark_impressions_late`]), so the windows after tell how many
+    /// impressions a window still lacks when it is read
+    /// ([`Evidence::impressions_to_come`]).
+    pub fn is_late_for_impressions(&self, index: u64, now_ms: u64) -> bool {
+        self.last_impression_window(now_ms).is_some_and(|last| index <= last)
+    }
+
     /// The indices to read at `now_ms` for `recent_windows` windows, newest first: from
     /// the last complete window back, with one more for a placement whose impressions
     /// still arrive. Empty before the first window ended.
@@ -145,8 +183,8 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::EventKind;
     use crate::event::tests::allocation;
-    use crate::{CampaignId, EventKind};
 
     const MIN: u64 = 60_000;
 
@@ -198,6 +236,59 @@ mod tests {
         let later = 6 * MIN;
         assert_eq!(p.windows_to_read(later, 3), [4, 3, 2]);
         assert_eq!(p.evidence(later, 3, read[..3].to_vec()).last_index, Some(4));
+    }
+
+    #[test]
+    fn impressions_are_late_once_their_window_was_read_for_them() {
+        let p = policy();
+        // 10 s into window 5: window 4 is read for allocations, 3 for impressions.
+        let now = 5 * MIN + 10_000;
+        assert!(p.is_late(4, now) && !p.is_late_for_impressions(4, now));
+        assert!(p.is_late_for_impressions(3, now) && p.is_late_for_impressions(0, now));
+        // A minute after window 4 ended, it is read for impressions too.
+        assert!(!p.is_late_for_impressions(4, 6 * MIN - 1) && p.is_late_for_impressions(4, 6 * MIN));
+        assert!(!p.is_late_for_impressions(5, 6 * MIN));
+        assert!(!p.is_late_for_impressions(0, MIN + 10_000), "nothing is read for impressions yet");
+        assert!(!Policy::default().is_late_for_impressions(0, u64::MAX), "no period, no rounds by window");
+    }
+
+    /// `window(i, shown)` with `late` of its impressions counted after it was read.
+    fn with_late_impressions(i: u64, shown: usize, late: usize) -> WindowStats {
+        let mut s = window(i, shown - late);
+        let mut l = WindowStats::default();
+        for r in 0..late {
+            let mut e = allocation(&format!("late{i}-{r}"), Some("A"), &[], 1.0);
+            e.kind = EventKind::Impression;
+            l.fold(&e);
+        }
+        l.mark_impressions_late();
+        s.merge(&l);
+        s
+    }
+
+    #[test]
+    fn impressions_to_come_are_learnt_from_the_windows_before_the_newest() {
+        let a = CampaignId::parse("A").unwrap();
+        // Of the 80 impressions of windows 3 and 2, 4 came late; 4 has none of its own yet.
+        let e = evidence_of(vec![window(4, 38), with_late_impressions(3, 40, 3), with_late_impressions(2, 40, 1)]);
+        assert!((e.impressions_to_come(&a) - 4.0 / 80.0).abs() < 1e-12);
+        assert_eq!(e.stragglers(), 0.0, "allocations all came on time");
+        let reading = e.last_reading();
+        let shown = reading.campaigns[&a].impressions;
+        assert_eq!(shown.n, 38);
+        assert!((shown.ht - 38.0 / (1.0 - 0.05)).abs() < 1e-9);
+        assert_eq!(reading.requests, e.windows[0].requests, "the base is complete");
+        let share = crate::estimate::share(&reading, &a, crate::DeliveryBasis::Impressions, 1.96);
+        assert!((share.share - 0.40).abs() < 1e-9 && share.low < share.share && share.high > share.share, "{share:?}");
+        // Read later, the newest has some of its late impressions: only the rest.
+        let later = evidence_of(vec![with_late_impressions(4, 40, 1), with_late_impressions(3, 40, 3), window(2, 40)]);
+        assert!((later.impressions_to_come(&a) - (3.0 / 80.0 - 1.0 / 40.0)).abs() < 1e-12);
+        // On time, or a flood sent late on purpose: nothing, or at most the cap.
+        assert_eq!(evidence_of(vec![window(4, 40), window(3, 40)]).last_reading(), window(4, 40));
+        let flood = evidence_of(vec![window(4, 40), with_late_impressions(3, 40, 40)]);
+        assert_eq!(flood.impressions_to_come(&a), MAX_STRAGGLERS);
+        // Another campaign's impressions came on time: its share is not touched.
+        assert_eq!(flood.impressions_to_come(&CampaignId::parse("B").unwrap()), 0.0);
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //! (allocations), `i.{id}.ht`/`i.{id}.n`/`i.{id}.sq` (impressions),
 //! `p.{platform}:{country}` (requests per attribute profile; either part may be empty),
 //! `v.{version}` (plan versions seen), `l.ht`/`l.n` (requests counted only after the
-//! round had read the window: [`WindowStats::late`]), `u.ht`/`u.n`/`u.sq` and `u.{id}.ht`/`u.{id}.n`
+//! round had read the window: [`WindowStats::late`]), `li.{id}.ht`/`li.{id}.n` (a campaign's
+//! impressions counted only after the window was read for impressions:
+//! [`CampaignCounts::late_impressions`]), `u.ht`/`u.n`/`u.sq` and `u.{id}.ht`/`u.{id}.n`
 //! (requests, and each campaign's allocations, from apps that report no impressions:
 //! [`Event::unreported`]; a window stored before they existed reads as all apps
 //! reporting). The `.sq` fields (`Σw²` of a campaign's events)
@@ -65,6 +67,12 @@ pub struct CampaignCounts {
     pub impressions_sq: f64,
     /// The allocations among them from apps that report no impressions.
     pub unreported: Tally,
+    /// The impressions among them counted after the window was read for impressions
+    /// ([`Policy::is_late_for_impressions`](crate::Policy::is_late_for_impressions)):
+    /// how many of the campaign's impressions a window lacks when it is read, learnt
+    /// once they are in ([`crate::Evidence::impressions_to_come`]). Per campaign, since
+    /// an app may hold back one campaign's impressions and not another's.
+    pub late_impressions: Tally,
 }
 
 impl CampaignCounts {
@@ -215,6 +223,29 @@ impl WindowStats {
         self.late = self.requests;
     }
 
+    /// Marks every impression counted in this delta as late: the aggregator applies it
+    /// after the window was read for impressions.
+    pub fn mark_impressions_late(&mut self) {
+        self.campaigns.values_mut().for_each(|c| c.late_impressions = c.impressions);
+    }
+
+    /// The counts as if a share `missing(c)` (below 1) of each campaign's impressions
+    /// were still to come, each counted one standing for `1/(1 − missing)` of them: the
+    /// campaign's share measured on impressions rises by that factor (its base is
+    /// complete), and the unseen impressions widen its interval as unsampled ones do.
+    /// Allocations are untouched: their stragglers are [`with_stragglers`](Self::with_stragglers)'.
+    pub fn with_impressions_to_come(&self, missing: impl Fn(&CampaignId) -> f64) -> Self {
+        let mut s = self.clone();
+        for (id, c) in s.campaigns.iter_mut() {
+            let missing = missing(id);
+            let missing = if missing.is_finite() { missing.clamp(0.0, MAX_STRAGGLERS) } else { 0.0 };
+            let k = 1.0 / (1.0 - missing);
+            c.impressions.ht *= k;
+            c.impressions_sq *= k * k;
+        }
+        s
+    }
+
     /// The counts as if a share `missing` (below 1) of the window's requests were still
     /// to come, each counted request standing for `1/(1 − missing)` of them: shares are
     /// unchanged, and the unseen requests widen the realized-share interval as unsampled
@@ -262,6 +293,7 @@ impl WindowStats {
             mine.allocations.merge(&c.allocations);
             mine.impressions.merge(&c.impressions);
             mine.unreported.merge(&c.unreported);
+            mine.late_impressions.merge(&c.late_impressions);
             mine.allocations_sq += c.allocations_sq;
             mine.impressions_sq += c.impressions_sq;
         }
@@ -322,6 +354,8 @@ impl WindowStats {
             push(format!("i.{id}.sq"), c.impressions_sq);
             push(format!("u.{id}.ht"), c.unreported.ht);
             push(format!("u.{id}.n"), c.unreported.n as f64);
+            push(format!("li.{id}.ht"), c.late_impressions.ht);
+            push(format!("li.{id}.n"), c.late_impressions.n as f64);
         }
         for (k, v) in &self.profiles {
             push(format!("p.{k}"), *v);
@@ -357,14 +391,15 @@ impl WindowStats {
                         "v" => {
                             s.versions.insert(rest.parse().map_err(|_| err())?, v);
                         }
-                        "a" | "i" | "u" => {
+                        "a" | "i" | "u" | "li" => {
                             let (id, what) = rest.rsplit_once('.').ok_or_else(err)?;
                             let id = CampaignId::parse(id).map_err(|_| err())?;
                             let c = s.campaigns.entry(id).or_default();
                             let (tally, sq) = match head {
                                 "a" => (&mut c.allocations, Some(&mut c.allocations_sq)),
                                 "i" => (&mut c.impressions, Some(&mut c.impressions_sq)),
-                                _ => (&mut c.unreported, None),
+                                "u" => (&mut c.unreported, None),
+                                _ => (&mut c.late_impressions, None),
                             };
                             match (what, sq) {
                                 ("ht", _) => tally.ht = v,

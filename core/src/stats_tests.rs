@@ -82,6 +82,17 @@ fn fields_round_trip() {
     merged.merge(&late);
     assert_eq!(WindowStats::from_fields(merged.to_fields()).unwrap(), merged);
     assert_eq!((merged.late, s.late), (Tally { ht: 2.0, n: 1 }, Tally::default()));
+    // So are late impressions.
+    let mut shown = allocation("r1", Some("A"), &[], 0.5);
+    shown.kind = EventKind::Impression;
+    let mut late = WindowStats::of_event(&shown);
+    late.mark_impressions_late();
+    let a = CampaignId::parse("A").unwrap();
+    assert_eq!((late.campaigns[&a].late_impressions, late.late), (Tally { ht: 2.0, n: 1 }, Tally::default()));
+    merged.merge(&late);
+    assert_eq!(WindowStats::from_fields(merged.to_fields()).unwrap(), merged);
+    assert_eq!(merged.campaigns[&a].late_impressions, Tally { ht: 2.0, n: 1 });
+    assert!(WindowStats::from_fields([("li.A.sq", 1.0)]).is_err());
     assert!(WindowStats::from_fields([("x.y", 1.0)]).is_err());
     assert!(WindowStats::from_fields([("a.A.zz", 1.0)]).is_err());
 }
@@ -156,4 +167,24 @@ fn stragglers_scale_every_count_and_no_share() {
     assert_eq!(s.with_stragglers(-1.0), s);
     assert_eq!(s.with_stragglers(0.99), s.with_stragglers(MAX_STRAGGLERS));
     assert_eq!(s.with_stragglers(0.99).requests.ht, 6.0);
+}
+
+#[test]
+fn impressions_to_come_scale_the_impressions_alone() {
+    let a = CampaignId::parse("A").unwrap();
+    let mut s = WindowStats::default();
+    s.fold(&allocation("r1", Some("A"), &["A"], 0.5));
+    s.fold(&allocation("r2", None, &["A"], 1.0));
+    let mut shown = allocation("r1", Some("A"), &[], 0.5);
+    shown.kind = EventKind::Impression;
+    s.fold(&shown);
+    let more = s.with_impressions_to_come(|_| 0.2);
+    assert_eq!(more.campaigns[&a].impressions, Tally { ht: 2.0 / 0.8, n: 1 });
+    assert!((more.campaigns[&a].impressions_sq - 4.0 / 0.64).abs() < 1e-12);
+    assert_eq!((more.requests, more.campaigns[&a].allocations), (s.requests, s.campaigns[&a].allocations));
+    assert_eq!(s.with_impressions_to_come(|_| 0.0), s);
+    assert_eq!(s.with_impressions_to_come(|_| f64::NAN), s);
+    assert_eq!(s.with_impressions_to_come(|_| 0.99), s.with_impressions_to_come(|_| MAX_STRAGGLERS));
+    // Only the campaign named.
+    assert_eq!(s.with_impressions_to_come(|c| if c.as_str() == "B" { 0.2 } else { 0.0 }), s);
 }

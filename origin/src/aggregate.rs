@@ -220,7 +220,8 @@ impl Aggregator {
     /// into one delta per window, marked late when the window's round may already have
     /// read it (`Policy::is_late`: the next rounds learn from them how complete a window
     /// is when read); each impression keeps its own delta, applied only if it is the
-    /// first of its request.
+    /// first of its request, and is marked late when its window was read for
+    /// impressions already (`Policy::is_late_for_impressions`).
     fn apply_command(&self, p: &str, list: &[(String, EventBatch)]) -> (redis::Cmd, u64) {
         let period = self.app.config.control.period_ms;
         let (impressions, allocations): (Vec<&Event>, Vec<&Event>) =
@@ -263,7 +264,11 @@ impl Aggregator {
         for e in &impressions {
             let index = WindowStats::window_index(e.event_time_ms, period);
             let position = windows.keys().position(|i| *i == index).expect("every impression's window is listed");
-            let fields = WindowStats::of_event(e).to_fields();
+            let mut delta = WindowStats::of_event(e);
+            if policy.is_late_for_impressions(index, now) {
+                delta.mark_impressions_late();
+            }
+            let fields = delta.to_fields();
             let marker = impression_marker_expires_at_ms(expiry(index)).max(crate::now_ms() + 1000);
             cmd.arg(position + 1).arg(marker).arg(fields.len());
             for (f, v) in fields {

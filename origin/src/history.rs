@@ -48,11 +48,13 @@ pub struct WindowRecord {
 /// `status::campaigns`), once; a failure is logged, never fatal to the round.
 pub async fn record(app: &App, p: &PlacementId, inputs: &Inputs, campaigns: Vec<CampaignStatus>) {
     // Windows nobody was served in are not recorded: idle placements cost nothing.
-    let Some(window) = inputs.evidence.windows.first().filter(|w| w.requests.n > 0) else { return };
+    if inputs.evidence.windows.first().is_none_or(|w| w.requests.n == 0) {
+        return;
+    }
     let period = app.config.control.period_ms;
     let record = WindowRecord {
         id: String::new(),
-        window: WindowSummary::of(inputs.last_index(), period, window, inputs.evidence.stragglers()),
+        window: WindowSummary::of(period, &inputs.evidence),
         plan_version: inputs.previous.as_ref().map(|r| r.plan.version),
         sample_rate: inputs.previous.as_ref().map(|r| r.plan.sample_rate),
         campaigns,

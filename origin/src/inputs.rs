@@ -69,11 +69,6 @@ impl Inputs {
         self.evidence.last_index.unwrap_or(0)
     }
 
-    /// The last window looked at, empty if nothing was counted.
-    pub fn last_window(&self) -> WindowStats {
-        self.evidence.windows.first().cloned().unwrap_or_default()
-    }
-
     /// Whether the last window's traffic can give `targets`' confidence at all, sampling
     /// every request; `None` when nothing was measured.
     pub fn attainable(&self, targets: &Targets) -> Option<bool> {

@@ -99,11 +99,10 @@ pub async fn preview(
             shared_with: c.shared_with.iter().map(|x| x.to_string()).collect(),
         })
         .collect();
-    let last = inputs.last_window();
     let required = SampleRatePlanner::required_samples(&targets);
     Ok(Json(Preview {
         placement: id.to_string(),
-        window: WindowSummary::of(inputs.last_index(), cfg.period_ms, &last, inputs.evidence.stragglers()),
+        window: WindowSummary::of(cfg.period_ms, &inputs.evidence),
         recent_windows: cfg.recent_windows,
         feasible: campaigns.iter().all(|c| c.feasible),
         campaigns,

@@ -5,10 +5,11 @@
 //! share and its confidence interval from core's `estimate::share` on the last complete
 //! window, at the placement's own confidence level.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use allot_core::estimate::{self, DeliveryBasis};
-use allot_core::{Decision, Feasibility, Targets, WindowStats};
+use allot_core::{Decision, Evidence, Feasibility, Targets, WindowStats};
 use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
@@ -69,6 +70,13 @@ pub struct WindowSummary {
     /// 0 in records kept before it was measured.
     #[serde(default)]
     pub stragglers: f64,
+    /// The same for each campaign's impressions, where it is not 0: the share of them
+    /// the windows before say were still to come when the window was read for
+    /// impressions (an app reported them later), which the campaign's interval allows
+    /// for when its share is measured on impressions. Empty in records kept before it
+    /// was measured.
+    #[serde(default)]
+    pub impressions_to_come: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -126,9 +134,19 @@ impl Health {
 }
 
 impl WindowSummary {
-    pub fn of(index: u64, period_ms: u64, w: &WindowStats, stragglers: f64) -> Self {
+    /// The newest window `evidence` looks at, with what it still lacks.
+    pub fn of(period_ms: u64, evidence: &Evidence) -> Self {
+        let index = evidence.last_index.unwrap_or(0);
+        let empty = WindowStats::default();
+        let w = evidence.windows.first().unwrap_or(&empty);
         Self {
-            stragglers,
+            stragglers: evidence.stragglers(),
+            impressions_to_come: w
+                .campaigns
+                .keys()
+                .map(|c| (c.to_string(), evidence.impressions_to_come(c)))
+                .filter(|(_, missing)| *missing > 0.0)
+                .collect(),
             index,
             start_ms: index * period_ms,
             length_ms: period_ms,
@@ -197,8 +215,7 @@ pub async fn get_status(
     // The windows before it tell how many of its requests may still be on their way.
     let recent = app.config.control.recent_windows;
     let evidence = crate::inputs::evidence(&app, &id, crate::now_ms(), recent).await?;
-    let last_index = evidence.last_index.unwrap_or(0);
-    let (stragglers, reading) = (evidence.stragglers(), evidence.last_reading());
+    let (window, reading) = (WindowSummary::of(period, &evidence), evidence.last_reading());
     let last = evidence.windows.into_iter().next().unwrap_or_default();
     let decision = plan.as_ref().and_then(|p| p.decision.as_ref());
     let campaigns = campaigns(&targets, &reading, decision);
@@ -212,7 +229,7 @@ pub async fn get_status(
         last_publish_ms: plan.as_ref().map(|p| p.published_at_ms),
         plan_targets_etag: plan.as_ref().map(|p| crate::store::etag(p.targets_rev)),
         targets_etag: record.etag(),
-        window: WindowSummary::of(last_index, period, &last, stragglers),
+        window,
         attainable,
         health,
         campaigns,

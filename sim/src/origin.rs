@@ -29,14 +29,15 @@ use allot_core::{
 /// window index.
 #[derive(Debug)]
 pub struct Windows {
-    /// The window length and lateness, for telling late deltas.
+    /// The window length and latenesses, for telling late deltas.
     policy: Policy,
     hashes: BTreeMap<(PlacementId, u64), HashMap<String, f64>>,
 }
 
 impl Windows {
-    pub fn new(period_ms: u64, lateness_ms: u64) -> Self {
-        Self { policy: Policy { period_ms, lateness_ms, ..Policy::default() }, hashes: BTreeMap::new() }
+    pub fn new(period_ms: u64, lateness_ms: u64, impression_lateness_ms: u64) -> Self {
+        let policy = Policy { period_ms, lateness_ms, impression_lateness_ms, ..Policy::default() };
+        Self { policy, hashes: BTreeMap::new() }
     }
 
     /// Applies one event body at `now_ms`, as the aggregator applies a stream entry.
@@ -51,6 +52,9 @@ impl Windows {
             for (index, mut delta) in WindowStats::fold_windows(events, self.policy.period_ms) {
                 if self.policy.is_late(index, now_ms) {
                     delta.mark_late();
+                }
+                if self.policy.is_late_for_impressions(index, now_ms) {
+                    delta.mark_impressions_late();
                 }
                 let hash = self.hashes.entry((placement.clone(), index)).or_default();
                 for (field, value) in delta.to_fields() {

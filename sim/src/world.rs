@@ -152,7 +152,7 @@ pub fn run(sc: &Scenario, settings: Settings) -> Run {
     for s in &mut specs {
         s.traffic.draw_noise(&mut rng, sc.duration_s);
     }
-    let mut windows = Windows::new(config.period_ms, config.lateness_ms);
+    let mut windows = Windows::new(config.period_ms, config.lateness_ms, config.impression_lateness_ms);
     let mut states: Vec<PlacementState> = specs
         .iter()
         .map(|s| PlacementState {

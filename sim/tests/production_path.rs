@@ -26,7 +26,7 @@ fn first_plan(sc: &allot_sim::scenario::Scenario, rate: f64) -> Plan {
         census: false,
     };
     let mut plan = ControlLoop::new(p.id.clone(), config)
-        .round(&p.targets, 1, &Windows::new(60_000, 10_000), 0)
+        .round(&p.targets, 1, &Windows::new(60_000, 10_000, 60_000), 0)
         .expect("the first round publishes");
     plan.sample_rate = rate;
     plan
@@ -159,7 +159,7 @@ fn every_event_is_a_sampled_request_at_the_plans_rate() {
         assert!((n - 120_000.0).abs() < 5.0 * 120_000f64.sqrt(), "{per_request}: {n}");
         assert!((truth.sampled as f64 - 0.05 * n).abs() < 5.0 * (0.05 * n).sqrt(), "{per_request}: {truth:?}");
         // The events go through the wire format and the aggregator's fold.
-        let mut windows = Windows::new(60_000, 10_000);
+        let mut windows = Windows::new(60_000, 10_000, 60_000);
         let body = EventBatch { events: events[..1000].to_vec() }.to_json();
         assert_eq!(windows.apply(body.as_bytes(), 0).unwrap(), 1000);
         let stats = windows.read(&plan.placement, &[0]).pop().unwrap();
