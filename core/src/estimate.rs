@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::stats::MAX_STRAGGLERS;
 use crate::{CampaignId, WindowStats};
 
 /// What counts as a campaign's delivery.
@@ -88,6 +89,56 @@ pub fn share(stats: &WindowStats, campaign: &CampaignId, basis: DeliveryBasis, z
     ShareEstimate { share, low, high, samples: tally.n }
 }
 
+/// What the status publishes for `campaign` from a window's reading
+/// ([`Evidence::last_reading`](crate::Evidence::last_reading)): its basis, and its share
+/// with an interval at `z`; for a share measured on impressions, the interval allows for
+/// the share `impressions_to_come` of the campaign's impressions still to come
+/// ([`Evidence::impressions_to_come`](crate::Evidence::impressions_to_come)).
+pub fn published(
+    reading: &WindowStats,
+    campaign: &CampaignId,
+    impressions_to_come: f64,
+    z: f64,
+) -> (DeliveryBasis, ShareEstimate) {
+    let basis = DeliveryBasis::of(reading, campaign);
+    let e = share(reading, campaign, basis, z);
+    match basis {
+        DeliveryBasis::Impressions => {
+            (basis, allow_for_impressions_to_come(e, reading, campaign, impressions_to_come, z))
+        }
+        DeliveryBasis::Allocations => (basis, e),
+    }
+}
+
+/// `e`, a share measured on impressions, with its high end raised for a share `missing`
+/// of the campaign's impressions still to come. The final share is the counted one
+/// times up to `k = 1/(1 − missing)`, and which of them come is a further sample of the
+/// campaign's impressions (variance `k(k − 1)·Σw²/X²`). The share stays as counted and
+/// the low end stays: the allowance is an estimate from earlier windows that an app can
+/// sway by holding back its reports, so it may widen an interval but never move a share
+/// or narrow an interval. Nor does it reach past the campaign's share of allocations
+/// among reporting apps (no campaign shows more ads than it was given), unless the
+/// interval already did.
+fn allow_for_impressions_to_come(
+    e: ShareEstimate,
+    stats: &WindowStats,
+    campaign: &CampaignId,
+    missing: f64,
+    z: f64,
+) -> ShareEstimate {
+    let missing = if missing.is_finite() { missing.clamp(0.0, MAX_STRAGGLERS) } else { 0.0 };
+    let (reporting, _) = stats.reporting();
+    if missing == 0.0 || reporting.ht <= 0.0 {
+        return e;
+    }
+    let c = stats.campaigns.get(campaign).copied().unwrap_or_default();
+    let k = 1.0 / (1.0 - missing);
+    let spread = z * (k * (k - 1.0) * c.impressions_sq).sqrt() / reporting.ht;
+    let ceiling = (c.reporting_allocations().ht / reporting.ht).min(1.0);
+    let high = (e.high * k + spread).min(ceiling).max(e.high);
+    ShareEstimate { high, ..e }
+}
+
 /// Like [`effective_samples`], but for the share realized over the window's requests
 /// rather than the share its plan delivers in expectation: `Σw²` becomes `Σw(w − 1)`
 /// (`Σw²` minus the Horvitz–Thompson total). Infinite at census.
@@ -99,16 +150,10 @@ fn realized_samples(stats: &WindowStats, campaign: &CampaignId, basis: DeliveryB
         return effective_samples(stats, campaign, basis);
     }
     let unseen_x = (s_x - requests.ht).max(0.0);
-    let unseen_y = (s_y - tally.ht).max(0.0);
-    // The numerator's unseen part is within the base's, unless some of it is still to
-    // come on its own (`WindowStats::with_impressions_to_come`): that part is the
-    // numerator's alone, as if its events were a further sample of the delivered ones.
-    let own_y = (unseen_y - unseen_x).max(0.0);
     let r = (tally.ht / requests.ht).clamp(0.0, 1.0);
     let known_y = tally.n == 0 || s_y > 0.0;
-    let v = ratio_variance(requests.ht, r, unseen_x, unseen_y)
-        .map(|v| v + own_y / (requests.ht * requests.ht))
-        .filter(|_| r > 0.0 && r < 1.0 && known_y);
+    let v =
+        ratio_variance(requests.ht, r, unseen_x, (s_y - tally.ht).max(0.0)).filter(|_| r > 0.0 && r < 1.0 && known_y);
     match v {
         Some(v) if v > 0.0 => r * (1.0 - r) / v,
         // A share of 0 or 1, or a window without the numerator's sum: Kish's size,
@@ -189,6 +234,57 @@ pub fn required_samples(s: f64, margin: f64, z: f64) -> f64 {
 mod tests {
     use super::*;
     use crate::event::tests::allocation;
+
+    /// 100 sampled requests at `rate`, `allocated` of them to A and `shown` of those
+    /// reported as impressions.
+    fn shown_window(rate: f64, allocated: usize, shown: usize) -> WindowStats {
+        let mut s = WindowStats::default();
+        for r in 0..100 {
+            s.fold(&allocation(&format!("r{r}"), (r < allocated).then_some("A"), &["A"], rate));
+            if r < shown {
+                let mut e = allocation(&format!("r{r}"), Some("A"), &[], rate);
+                e.kind = crate::EventKind::Impression;
+                s.fold(&e);
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn impressions_to_come_raise_the_high_end_only_and_never_past_the_allocations() {
+        let a = CampaignId::parse("A").unwrap();
+        for (rate, allocated, shown) in [(1.0, 50, 40), (1.0, 40, 40), (0.1, 95, 90), (0.1, 60, 30), (0.5, 30, 21)] {
+            let w = shown_window(rate, allocated, shown);
+            let plain = share(&w, &a, DeliveryBasis::Impressions, 1.96);
+            let (basis, none) = published(&w, &a, 0.0, 1.96);
+            assert_eq!((basis, none), (DeliveryBasis::Impressions, plain));
+            for junk in [f64::NAN, -1.0, f64::NEG_INFINITY] {
+                assert_eq!(published(&w, &a, junk, 1.96).1, plain);
+            }
+            let ceiling = allocated as f64 / 100.0;
+            for missing in [0.01, 0.1, 0.5, 0.99] {
+                let (_, e) = published(&w, &a, missing, 1.96);
+                let case =
+                    format!("rate {rate}, {allocated} given, {shown} shown, {missing} to come: {plain:?} → {e:?}");
+                // The share and the low end stay; the high end only rises, and not
+                // past the allocations unless it was past them already.
+                assert_eq!((e.share, e.low, e.samples), (plain.share, plain.low, plain.samples), "{case}");
+                assert!(e.high >= plain.high && e.high <= ceiling.max(plain.high), "{case}");
+                assert_eq!(published(&w, &a, missing.min(MAX_STRAGGLERS), 1.96).1, published(&w, &a, missing, 1.96).1);
+            }
+        }
+        // At census with ads left to show, the interval opens towards them.
+        let w = shown_window(1.0, 50, 40);
+        let (_, e) = published(&w, &a, 0.1, 1.96);
+        assert!(e.low == 0.4 && e.high > 0.45 && e.high <= 0.5, "{e:?}");
+        // Every ad shown: nothing can still come.
+        let w = shown_window(1.0, 40, 40);
+        assert_eq!(published(&w, &a, 0.1, 1.96).1, share(&w, &a, DeliveryBasis::Impressions, 1.96));
+        // A campaign measured on allocations is not touched.
+        let w = shown_window(1.0, 50, 5);
+        let (basis, e) = published(&w, &a, 0.5, 1.96);
+        assert_eq!((basis, e), (DeliveryBasis::Allocations, share(&w, &a, DeliveryBasis::Allocations, 1.96)));
+    }
 
     #[test]
     fn wilson_matches_reference_values() {

@@ -229,23 +229,6 @@ impl WindowStats {
         self.campaigns.values_mut().for_each(|c| c.late_impressions = c.impressions);
     }
 
-    /// The counts as if a share `missing(c)` (below 1) of each campaign's impressions
-    /// were still to come, each counted one standing for `1/(1 − missing)` of them: the
-    /// campaign's share measured on impressions rises by that factor (its base is
-    /// complete), and the unseen impressions widen its interval as unsampled ones do.
-    /// Allocations are untouched: their stragglers are [`with_stragglers`](Self::with_stragglers)'.
-    pub fn with_impressions_to_come(&self, missing: impl Fn(&CampaignId) -> f64) -> Self {
-        let mut s = self.clone();
-        for (id, c) in s.campaigns.iter_mut() {
-            let missing = missing(id);
-            let missing = if missing.is_finite() { missing.clamp(0.0, MAX_STRAGGLERS) } else { 0.0 };
-            let k = 1.0 / (1.0 - missing);
-            c.impressions.ht *= k;
-            c.impressions_sq *= k * k;
-        }
-        s
-    }
-
     /// The counts as if a share `missing` (below 1) of the window's requests were still
     /// to come, each counted request standing for `1/(1 − missing)` of them: shares are
     /// unchanged, and the unseen requests widen the realized-share interval as unsampled
@@ -268,6 +251,7 @@ impl WindowStats {
             c.allocations = tally(c.allocations);
             c.impressions = tally(c.impressions);
             c.unreported = tally(c.unreported);
+            c.late_impressions = tally(c.late_impressions);
             c.allocations_sq *= k * k;
             c.impressions_sq *= k * k;
         }

@@ -168,23 +168,3 @@ fn stragglers_scale_every_count_and_no_share() {
     assert_eq!(s.with_stragglers(0.99), s.with_stragglers(MAX_STRAGGLERS));
     assert_eq!(s.with_stragglers(0.99).requests.ht, 6.0);
 }
-
-#[test]
-fn impressions_to_come_scale_the_impressions_alone() {
-    let a = CampaignId::parse("A").unwrap();
-    let mut s = WindowStats::default();
-    s.fold(&allocation("r1", Some("A"), &["A"], 0.5));
-    s.fold(&allocation("r2", None, &["A"], 1.0));
-    let mut shown = allocation("r1", Some("A"), &[], 0.5);
-    shown.kind = EventKind::Impression;
-    s.fold(&shown);
-    let more = s.with_impressions_to_come(|_| 0.2);
-    assert_eq!(more.campaigns[&a].impressions, Tally { ht: 2.0 / 0.8, n: 1 });
-    assert!((more.campaigns[&a].impressions_sq - 4.0 / 0.64).abs() < 1e-12);
-    assert_eq!((more.requests, more.campaigns[&a].allocations), (s.requests, s.campaigns[&a].allocations));
-    assert_eq!(s.with_impressions_to_come(|_| 0.0), s);
-    assert_eq!(s.with_impressions_to_come(|_| f64::NAN), s);
-    assert_eq!(s.with_impressions_to_come(|_| 0.99), s.with_impressions_to_come(|_| MAX_STRAGGLERS));
-    // Only the campaign named.
-    assert_eq!(s.with_impressions_to_come(|c| if c.as_str() == "B" { 0.2 } else { 0.0 }), s);
-}

@@ -274,7 +274,7 @@ async fn prepare(app: &App, p: &PlacementId, now_ms: u64, fence: &Fence) -> Resu
     if !crate::inputs::keep_state(app, p, &outcome.decision.state, fence).await? {
         return Ok(None);
     }
-    let campaigns = crate::status::campaigns(&targets, &inputs.evidence.last_reading(), Some(&outcome.decision));
+    let campaigns = crate::status::campaigns(&targets, &inputs.evidence, Some(&outcome.decision));
     app.metrics.delivery.observe(
         p.as_str(),
         &PlacementReading {

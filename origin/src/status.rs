@@ -70,11 +70,11 @@ pub struct WindowSummary {
     /// 0 in records kept before it was measured.
     #[serde(default)]
     pub stragglers: f64,
-    /// The same for each campaign's impressions, where it is not 0: the share of them
-    /// the windows before say were still to come when the window was read for
-    /// impressions (an app reported them later), which the campaign's interval allows
-    /// for when its share is measured on impressions. Empty in records kept before it
-    /// was measured.
+    /// The same for the impressions of each campaign measured on them, where it is not
+    /// 0: the share the windows before say were still to come when the window was read
+    /// for impressions (an app reported them later). The campaign's interval reaches up
+    /// to allow for them; its share is as counted. Empty in records kept before it was
+    /// measured.
     #[serde(default)]
     pub impressions_to_come: BTreeMap<String, f64>,
 }
@@ -144,6 +144,7 @@ impl WindowSummary {
             impressions_to_come: w
                 .campaigns
                 .keys()
+                .filter(|c| DeliveryBasis::of(w, c) == DeliveryBasis::Impressions)
                 .map(|c| (c.to_string(), evidence.impressions_to_come(c)))
                 .filter(|(_, missing)| *missing > 0.0)
                 .collect(),
@@ -159,15 +160,15 @@ impl WindowSummary {
 
 /// Each campaign's target, measured share (with its interval, at the placement's
 /// confidence level) in `window`, and what `decision` made of it.
-pub fn campaigns(targets: &Targets, window: &WindowStats, decision: Option<&Decision>) -> Vec<CampaignStatus> {
+pub fn campaigns(targets: &Targets, evidence: &Evidence, decision: Option<&Decision>) -> Vec<CampaignStatus> {
     let z = targets.confidence.z();
+    let reading = evidence.last_reading();
     targets
         .campaigns
         .iter()
         .map(|c| {
             let d = decision.and_then(|d| d.campaigns.iter().find(|x| x.id == c.id));
-            let basis = DeliveryBasis::of(window, &c.id);
-            let e = estimate::share(window, &c.id, basis, z);
+            let (basis, e) = estimate::published(&reading, &c.id, evidence.impressions_to_come(&c.id), z);
             CampaignStatus {
                 id: c.id.to_string(),
                 target: c.rate.get(),
@@ -215,10 +216,10 @@ pub async fn get_status(
     // The windows before it tell how many of its requests may still be on their way.
     let recent = app.config.control.recent_windows;
     let evidence = crate::inputs::evidence(&app, &id, crate::now_ms(), recent).await?;
-    let (window, reading) = (WindowSummary::of(period, &evidence), evidence.last_reading());
-    let last = evidence.windows.into_iter().next().unwrap_or_default();
+    let window = WindowSummary::of(period, &evidence);
     let decision = plan.as_ref().and_then(|p| p.decision.as_ref());
-    let campaigns = campaigns(&targets, &reading, decision);
+    let campaigns = campaigns(&targets, &evidence, decision);
+    let last = evidence.windows.into_iter().next().unwrap_or_default();
     let attainable = crate::inputs::attainable(&last, &targets);
     let health = Health::of(&campaigns, targets.confidence.margin, attainable);
     Ok(Json(PlacementStatus {

@@ -21,8 +21,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use allot_core::{
-    CampaignId, ControlState, Decision, EventBatch, EventError, Feasibility, PlacementId, Plan, Policy, Publish,
-    Published, Round, Targets, WindowStats,
+    CampaignId, ControlState, Decision, EventBatch, EventError, Evidence, Feasibility, PlacementId, Plan, Policy,
+    Publish, Published, Round, Targets, WindowStats,
 };
 
 /// Per-window counts as the origin stores them: one hash of fields per placement and
@@ -144,8 +144,9 @@ pub struct ControlLoop {
     /// The window the last round looked at as its newest (for a placement measured on
     /// impressions, the newest complete for them).
     pub last_index: Option<u64>,
-    /// That window as the status publishes it (`Evidence::last_reading`).
-    pub last_reading: WindowStats,
+    /// What the round looked at, which the status publishes from
+    /// (`Evidence::last_reading`, `estimate::published`).
+    pub last_evidence: Evidence,
     /// Plans the controller made that fail `Plan::check` (the origin refuses them).
     pub invalid_plans: u64,
     /// Plans published, by why.
@@ -185,7 +186,7 @@ impl ControlLoop {
             state: ControlState::default(),
             last_decision: None,
             last_index: None,
-            last_reading: WindowStats::default(),
+            last_evidence: Evidence::default(),
             invalid_plans: 0,
             published: BTreeMap::new(),
         }
@@ -201,7 +202,7 @@ impl ControlLoop {
         let read = windows.read(&self.placement, &self.policy.windows_to_read(now_ms, recent_windows));
         let evidence = self.policy.evidence(now_ms, recent_windows, read);
         self.last_index = evidence.last_index;
-        self.last_reading = evidence.last_reading();
+        self.last_evidence = evidence.clone();
         let round = Round {
             placement: &self.placement,
             targets,

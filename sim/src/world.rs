@@ -15,7 +15,7 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use allot_core::event::MAX_BATCH;
-use allot_core::{CampaignId, DeliveryBasis, EventBatch, Feasibility, Plan, Publish, ShareEstimate, Targets};
+use allot_core::{CampaignId, EventBatch, Feasibility, Plan, Publish, ShareEstimate, Targets};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -413,11 +413,12 @@ fn show_ratio(
 fn annotate(records: &mut [WindowRecord], p: usize, index: u64, st: &PlacementState) {
     let Some(rec) = records.iter_mut().rev().find(|r| r.placement == p && r.index == index) else { return };
     rec.decided = true;
-    let stats = &st.control.last_reading;
+    let evidence = &st.control.last_evidence;
+    let stats = evidence.last_reading();
     let z = st.targets.confidence.z();
     for c in &mut rec.campaigns {
-        let basis = DeliveryBasis::of(stats, &c.id);
-        c.published = (stats.requests.n > 0).then(|| allot_core::estimate::share(stats, &c.id, basis, z));
+        let to_come = evidence.impressions_to_come(&c.id);
+        c.published = (stats.requests.n > 0).then(|| allot_core::estimate::published(&stats, &c.id, to_come, z).1);
         let decided = st.control.last_decision.as_ref().and_then(|d| d.campaigns.iter().find(|x| x.id == c.id));
         c.flagged = decided.is_some_and(|x| matches!(x.feasibility, Feasibility::Infeasible { .. }));
         c.eligible_estimated = decided.map_or(0.0, |x| x.eligible_share);
