@@ -110,15 +110,18 @@ pub fn published(
     }
 }
 
-/// `e`, a share measured on impressions, with its high end raised for a share `missing`
-/// of the campaign's impressions still to come. The final share is the counted one
-/// times up to `k = 1/(1 − missing)`, and which of them come is a further sample of the
-/// campaign's impressions (variance `k(k − 1)·Σw²/X²`). The share stays as counted and
-/// the low end stays: the allowance is an estimate from earlier windows that an app can
-/// sway by holding back its reports, so it may widen an interval but never move a share
-/// or narrow an interval. Nor does it reach past the campaign's share of allocations
-/// among reporting apps (no campaign shows more ads than it was given), unless the
-/// interval already did.
+/// `e`, a share measured on impressions, allowing for a share `missing` of the
+/// campaign's impressions still to come: each counted impression stands for
+/// `k = 1/(1 − missing)` of them, so the share and its interval's half-widths grow by
+/// `k`, and which of them come is a further sample of the campaign's impressions, whose
+/// spread (`k(k − 1)·Σw²/X²`) adds in quadrature. The interval only widens; and no
+/// campaign shows more ads than it was given, so the share and the high end stop at its
+/// share of allocations among reporting apps (or where they already were).
+///
+/// The allowance is learnt from earlier windows, so an app that delayed its reports
+/// there and sends them on time here raises its campaign's published share by at most
+/// its own part of the campaign's impressions, as withholding them always could lower
+/// it; the controller never sees it.
 fn allow_for_impressions_to_come(
     e: ShareEstimate,
     stats: &WindowStats,
@@ -132,11 +135,19 @@ fn allow_for_impressions_to_come(
         return e;
     }
     let c = stats.campaigns.get(campaign).copied().unwrap_or_default();
+    let given = c.reporting_allocations().ht / reporting.ht;
+    if given <= e.share {
+        // Every ad given was counted shown: none can still come.
+        return e;
+    }
     let k = 1.0 / (1.0 - missing);
     let spread = z * (k * (k - 1.0) * c.impressions_sq).sqrt() / reporting.ht;
-    let ceiling = (c.reporting_allocations().ht / reporting.ht).min(1.0);
-    let high = (e.high * k + spread).min(ceiling).max(e.high);
-    ShareEstimate { high, ..e }
+    let ceiling = given.min(1.0);
+    let share = (e.share * k).min(ceiling);
+    let half = |h: f64| (h * h * k * k + spread * spread).sqrt();
+    let low = (share - half(e.share - e.low)).max(0.0).min(e.low.max(share));
+    let high = (share + half(e.high - e.share)).min(ceiling.max(e.high)).max(share);
+    ShareEstimate { share, low, high, ..e }
 }
 
 /// Like [`effective_samples`], but for the share realized over the window's requests
@@ -251,7 +262,7 @@ mod tests {
     }
 
     #[test]
-    fn impressions_to_come_raise_the_high_end_only_and_never_past_the_allocations() {
+    fn impressions_to_come_scale_the_share_and_widen_its_interval_up_to_the_allocations() {
         let a = CampaignId::parse("A").unwrap();
         for (rate, allocated, shown) in [(1.0, 50, 40), (1.0, 40, 40), (0.1, 95, 90), (0.1, 60, 30), (0.5, 30, 21)] {
             let w = shown_window(rate, allocated, shown);
@@ -266,17 +277,19 @@ mod tests {
                 let (_, e) = published(&w, &a, missing, 1.96);
                 let case =
                     format!("rate {rate}, {allocated} given, {shown} shown, {missing} to come: {plain:?} → {e:?}");
-                // The share and the low end stay; the high end only rises, and not
-                // past the allocations unless it was past them already.
-                assert_eq!((e.share, e.low, e.samples), (plain.share, plain.low, plain.samples), "{case}");
-                assert!(e.high >= plain.high && e.high <= ceiling.max(plain.high), "{case}");
-                assert_eq!(published(&w, &a, missing.min(MAX_STRAGGLERS), 1.96).1, published(&w, &a, missing, 1.96).1);
+                let k = 1.0 / (1.0 - missing.min(MAX_STRAGGLERS));
+                assert!((e.share - (plain.share * k).min(ceiling)).abs() < 1e-12, "{case}");
+                assert!(e.low <= e.share && e.share <= e.high && e.samples == plain.samples, "{case}");
+                // Never narrower, unless the allocations bound it; never past them.
+                assert!(e.high - e.low >= plain.high - plain.low || e.high >= ceiling - 1e-12, "{case}");
+                assert!(e.high <= ceiling.max(plain.high) + 1e-12, "{case}");
+                assert_eq!(published(&w, &a, missing.min(MAX_STRAGGLERS), 1.96).1, e);
             }
         }
-        // At census with ads left to show, the interval opens towards them.
+        // At census with ads left to show: a tenth of 40 impressions to come.
         let w = shown_window(1.0, 50, 40);
         let (_, e) = published(&w, &a, 0.1, 1.96);
-        assert!(e.low == 0.4 && e.high > 0.45 && e.high <= 0.5, "{e:?}");
+        assert!((e.share - 0.4 / 0.9).abs() < 1e-12 && e.low < 0.42 && e.high > 0.47 && e.high <= 0.5, "{e:?}");
         // Every ad shown: nothing can still come.
         let w = shown_window(1.0, 40, 40);
         assert_eq!(published(&w, &a, 0.1, 1.96).1, share(&w, &a, DeliveryBasis::Impressions, 1.96));

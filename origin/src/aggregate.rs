@@ -32,7 +32,7 @@ use allot_core::contract::stream;
 use allot_core::retry::RetryPolicy;
 use allot_core::token;
 use allot_core::{Event, EventBatch, EventKind, WindowStats};
-use allot_stream::{Batch, ConsumerConfig, Entry, Retry, Source, Stopped, StreamConsumer};
+use allot_stream::{Batch, ConsumerConfig, Entry, EntryId, Retry, Source, Stopped, StreamConsumer};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AggregateConfig;
@@ -220,21 +220,27 @@ impl Aggregator {
     /// into one delta per window, marked late when the window's round may already have
     /// read it (`Policy::is_late`: the next rounds learn from them how complete a window
     /// is when read); each impression keeps its own delta, applied only if it is the
-    /// first of its request, and is marked late when its window was read for
-    /// impressions already (`Policy::is_late_for_impressions`).
+    /// first of its request, and is marked late when the ingest received it after its
+    /// window was read for impressions (`Policy::is_late_for_impressions`). By when it
+    /// was received, not applied: the allowance it feeds moves published shares, and an
+    /// aggregator catching up after an outage must not make on-time reports look late.
     fn apply_command(&self, p: &str, list: &[(String, EventBatch)]) -> (redis::Cmd, u64) {
         let period = self.app.config.control.period_ms;
-        let (impressions, allocations): (Vec<&Event>, Vec<&Event>) =
-            list.iter().flat_map(|(_, batch)| &batch.events).partition(|e| e.kind == EventKind::Impression);
-        let mut windows = WindowStats::fold_windows(allocations, period);
         let (policy, now) = (crate::inputs::policy(&self.app.config.control), crate::now_ms());
+        // When the ingest stored an entry: its id's time.
+        let received = |id: &str| id.parse::<EntryId>().map_or(now, |id| id.ms);
+        let (impressions, allocations): (Vec<(&Event, u64)>, Vec<(&Event, u64)>) = list
+            .iter()
+            .flat_map(|(id, batch)| batch.events.iter().map(move |e| (e, received(id))))
+            .partition(|(e, _)| e.kind == EventKind::Impression);
+        let mut windows = WindowStats::fold_windows(allocations.into_iter().map(|(e, _)| e), period);
         let mut late = 0;
         for (index, delta) in windows.iter_mut().filter(|(index, _)| policy.is_late(**index, now)) {
             delta.mark_late();
             late += delta.late.n;
             tracing::debug!(placement = p, window = index, requests = delta.late.n, "late allocations");
         }
-        for e in &impressions {
+        for (e, _) in &impressions {
             windows.entry(WindowStats::window_index(e.event_time_ms, period)).or_default();
         }
         let k = PlacementKeys::of_raw(p);
@@ -246,7 +252,7 @@ impl Aggregator {
         for index in windows.keys() {
             cmd.arg(k.window(*index));
         }
-        for e in &impressions {
+        for (e, _) in &impressions {
             cmd.arg(k.impression(e.request_id.as_str()));
         }
         let window_ttl = self.app.config.control.window_ttl_secs();
@@ -261,11 +267,11 @@ impl Aggregator {
                 cmd.arg(f).arg(v);
             }
         }
-        for e in &impressions {
+        for (e, received) in &impressions {
             let index = WindowStats::window_index(e.event_time_ms, period);
             let position = windows.keys().position(|i| *i == index).expect("every impression's window is listed");
             let mut delta = WindowStats::of_event(e);
-            if policy.is_late_for_impressions(index, now) {
+            if policy.is_late_for_impressions(index, *received) {
                 delta.mark_impressions_late();
             }
             let fields = delta.to_fields();

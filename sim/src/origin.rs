@@ -40,9 +40,10 @@ impl Windows {
         Self { policy, hashes: BTreeMap::new() }
     }
 
-    /// Applies one event body at `now_ms`, as the aggregator applies a stream entry.
-    /// Returns the number of events it carried.
-    pub fn apply(&mut self, body: &[u8], now_ms: u64) -> Result<usize, EventError> {
+    /// Applies one event body received at `received_ms` at `now_ms`, as the aggregator
+    /// applies a stream entry (allocations are late by when they are applied,
+    /// impressions by when they were received). Returns the number of events it carried.
+    pub fn apply(&mut self, body: &[u8], received_ms: u64, now_ms: u64) -> Result<usize, EventError> {
         let batch = EventBatch::parse(body)?;
         let mut placements: Vec<&PlacementId> = batch.events.iter().map(|e| &e.placement).collect();
         placements.sort();
@@ -53,7 +54,7 @@ impl Windows {
                 if self.policy.is_late(index, now_ms) {
                     delta.mark_late();
                 }
-                if self.policy.is_late_for_impressions(index, now_ms) {
+                if self.policy.is_late_for_impressions(index, received_ms) {
                     delta.mark_impressions_late();
                 }
                 let hash = self.hashes.entry((placement.clone(), index)).or_default();
@@ -109,7 +110,9 @@ impl Inbox {
                     self.duplicates_refused += 1;
                     continue;
                 }
-                applied += windows.apply(body.as_bytes(), now_ms).expect("the edge's events are valid") as u64;
+                let received_ms = (k + 1) * 1000 - 1;
+                applied +=
+                    windows.apply(body.as_bytes(), received_ms, now_ms).expect("the edge's events are valid") as u64;
             }
         }
         applied

@@ -161,7 +161,7 @@ fn every_event_is_a_sampled_request_at_the_plans_rate() {
         // The events go through the wire format and the aggregator's fold.
         let mut windows = Windows::new(60_000, 10_000, 60_000);
         let body = EventBatch { events: events[..1000].to_vec() }.to_json();
-        assert_eq!(windows.apply(body.as_bytes(), 0).unwrap(), 1000);
+        assert_eq!(windows.apply(body.as_bytes(), 0, 0).unwrap(), 1000);
         let stats = windows.read(&plan.placement, &[0]).pop().unwrap();
         assert_eq!(stats.requests.n, 1000);
         assert!((stats.requests.ht - 1000.0 / 0.05).abs() < 1e-6);
