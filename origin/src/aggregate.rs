@@ -214,6 +214,9 @@ pub async fn run(app: Arc<App>, conn: RedisConn, cancel: CancellationToken) {
     tracing::info!("aggregator stopped");
 }
 
+/// An event and when the ingest received it.
+type Received<'a> = (&'a Event, u64);
+
 impl Aggregator {
     /// The script call applying `list` (entries of placement `p`) once, and how many of
     /// its allocations come too late for their window's round. Allocations are folded
@@ -229,7 +232,7 @@ impl Aggregator {
         let (policy, now) = (crate::inputs::policy(&self.app.config.control), crate::now_ms());
         // When the ingest stored an entry: its id's time.
         let received = |id: &str| id.parse::<EntryId>().map_or(now, |id| id.ms);
-        let (impressions, allocations): (Vec<(&Event, u64)>, Vec<(&Event, u64)>) = list
+        let (impressions, allocations): (Vec<Received>, Vec<Received>) = list
             .iter()
             .flat_map(|(id, batch)| batch.events.iter().map(move |e| (e, received(id))))
             .partition(|(e, _)| e.kind == EventKind::Impression);
