@@ -118,10 +118,10 @@ pub fn published(
 /// campaign shows more ads than it was given, so the share and the high end stop at its
 /// share of allocations among reporting apps (or where they already were).
 ///
-/// The allowance is learnt from earlier windows, so an app that delayed its reports
-/// there and sends them on time here raises its campaign's published share by at most
-/// its own part of the campaign's impressions, as withholding them always could lower
-/// it; the controller never sees it.
+/// The allowance is learnt from earlier windows, so an app carrying a fraction `f` of
+/// the campaign's impressions there, and delaying them all, makes the share read
+/// `1/(1 − f)` times the counted one (at most double, `missing` being capped at ½, and
+/// never past the allocations); the controller never sees it.
 fn allow_for_impressions_to_come(
     e: ShareEstimate,
     stats: &WindowStats,

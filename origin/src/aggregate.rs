@@ -217,6 +217,26 @@ pub async fn run(app: Arc<App>, conn: RedisConn, cancel: CancellationToken) {
 /// An event and when the ingest received it.
 type Received<'a> = (&'a Event, u64);
 
+/// A stream entry's events, its id, and when the ingest received it.
+struct Stored {
+    id: String,
+    received_ms: u64,
+    batch: EventBatch,
+}
+
+impl Stored {
+    /// The receive time is the earlier of the origin's stamp on the entry and the
+    /// entry id's time (Redis's clock): both come after the real receipt, so neither
+    /// clock running ahead can make an on-time report look late. An entry with neither
+    /// readable counts as received when it is applied.
+    fn of(entry: &Entry, batch: EventBatch) -> Self {
+        let by_redis = entry.id.parse::<EntryId>().map(|id| id.ms).ok();
+        let by_origin = entry.get::<u64>(stream::RECEIVED_MS);
+        let received_ms = by_redis.into_iter().chain(by_origin).min().unwrap_or(u64::MAX);
+        Self { id: entry.id.clone(), received_ms, batch }
+    }
+}
+
 impl Aggregator {
     /// The script call applying `list` (entries of placement `p`) once, and how many of
     /// its allocations come too late for their window's round. Allocations are folded
@@ -227,14 +247,12 @@ impl Aggregator {
     /// window was read for impressions (`Policy::is_late_for_impressions`). By when it
     /// was received, not applied: the allowance it feeds moves published shares, and an
     /// aggregator catching up after an outage must not make on-time reports look late.
-    fn apply_command(&self, p: &str, list: &[(String, EventBatch)]) -> (redis::Cmd, u64) {
+    fn apply_command(&self, p: &str, list: &[Stored]) -> (redis::Cmd, u64) {
         let period = self.app.config.control.period_ms;
         let (policy, now) = (crate::inputs::policy(&self.app.config.control), crate::now_ms());
-        // When the ingest stored an entry: its id's time.
-        let received = |id: &str| id.parse::<EntryId>().map_or(now, |id| id.ms);
         let (impressions, allocations): (Vec<Received>, Vec<Received>) = list
             .iter()
-            .flat_map(|(id, batch)| batch.events.iter().map(move |e| (e, received(id))))
+            .flat_map(|s| s.batch.events.iter().map(move |e| (e, s.received_ms.min(now))))
             .partition(|(e, _)| e.kind == EventKind::Impression);
         let mut windows = WindowStats::fold_windows(allocations.into_iter().map(|(e, _)| e), period);
         let mut late = 0;
@@ -249,8 +267,8 @@ impl Aggregator {
         let k = PlacementKeys::of_raw(p);
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&self.sha).arg(list.len() + windows.len() + impressions.len());
-        for (id, _) in list {
-            cmd.arg(k.applied(id));
+        for s in list {
+            cmd.arg(k.applied(&s.id));
         }
         for index in windows.keys() {
             cmd.arg(k.window(*index));
@@ -305,7 +323,7 @@ impl Aggregator {
     /// undecodable ones are counted and skipped. The caller acknowledges them all.
     async fn process(&mut self, conn: &mut RedisConn, entries: &[Entry]) -> redis::RedisResult<()> {
         let mut invalid = 0;
-        let mut groups: BTreeMap<String, Vec<(String, EventBatch)>> = BTreeMap::new();
+        let mut groups: BTreeMap<String, Vec<Stored>> = BTreeMap::new();
         for entry in entries.iter().filter(|e| !e.is_trimmed()) {
             let (Some(p), Some(body)) = (entry.get::<String>(stream::PLACEMENT), entry.get::<Vec<u8>>(stream::BATCH))
             else {
@@ -314,14 +332,14 @@ impl Aggregator {
                 continue;
             };
             match EventBatch::parse(&body) {
-                Ok(b) => groups.entry(p).or_default().push((entry.id.clone(), b)),
+                Ok(batch) => groups.entry(p).or_default().push(Stored::of(entry, batch)),
                 Err(e) => {
                     invalid += 1;
                     tracing::warn!(id = %entry.id, error = %e, "stream entry with invalid events; skipped");
                 }
             }
         }
-        let mut pending: Vec<(String, Vec<(String, EventBatch)>)> = Vec::new();
+        let mut pending: Vec<(String, Vec<Stored>)> = Vec::new();
         for (p, mut list) in groups {
             while list.len() > MAX_GROUP {
                 let rest = list.split_off(MAX_GROUP);
