@@ -55,9 +55,11 @@ async fn delivery_gauges_agree_with_the_status_api() {
         "confidence": {"margin": 0.01, "level": 0.95}
     });
     assert_eq!(app.put_targets("home_feed", &spec, MANAGER_TOKEN).await.status(), 201);
+    // A round sets the placement's unattainable gauge last: a scrape that has it has the
+    // whole round's gauges, never a half-set campaign.
     let text = eventually(5, "gauges", || async {
         let text = app.metrics_text().await;
-        series(&text, "allot_campaign_estimated_share", &[("campaign", "A")]).map(|_| text)
+        series(&text, "allot_placement_unattainable", &[("placement", "home_feed")]).map(|_| text)
     })
     .await;
     let (_, status) = app.get_json("/v1/placements/home_feed/status", VIEWER_TOKEN).await;
