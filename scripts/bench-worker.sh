@@ -5,10 +5,14 @@
 # summary is the median of the rounds. Prints rps, p99, the ratio and the Wasm size.
 # With MINIFLARE=1 each round also measures the same worker served through Miniflare
 # (bench/miniflare.mjs), as the end-to-end stack and the demo serve it, so the cost of
-# that hosting is told from the worker's own.
+# that hosting is told from the worker's own. With OPEN_LOOP_RATES (e.g. 5000,10000)
+# both workers are then also measured at those constant arrival rates, open-loop
+# (`allot-edge-latency`): wrk's p99 is each worker's at its own saturation, mostly
+# queueing, while at one rate both keep up with it is the worker's own latency.
 #
 #   scripts/bench-worker.sh            (ROUNDS=3 DURATION=10s by default)
 #   MINIFLARE=1 scripts/bench-worker.sh
+#   OPEN_LOOP_RATES=5000,10000 scripts/bench-worker.sh
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,6 +27,10 @@ grep -q "^const compatibilityDate :Text = \"$DATE\";" bench/workerd.capnp || {
 }
 bash scripts/build-worker.sh
 bash scripts/tools.sh wrk
+if [[ -n "${OPEN_LOOP_RATES:-}" ]]; then
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+  cargo build --release -q -p allot-e2e --bin allot-edge-latency
+fi
 
 free_port() { node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'; }
 ALLOT_PORT="$(free_port)"
@@ -117,3 +125,10 @@ echo "(cpu: workerd CPU time per request; rps ratio = allot / minimal)"
 wasm=worker/build/index_bg.wasm
 echo "wasm: $(stat -c %s "$wasm") bytes raw, $(gzip -9 -c "$wasm" | wc -c) bytes gzipped"
 echo "events at the sink: $(curl -s -H 'authorization: Bearer bench-health-key-0123456789abcdef' "http://127.0.0.1:$ALLOT_PORT/healthz")"
+
+if [[ -n "${OPEN_LOOP_RATES:-}" ]]; then
+  echo
+  echo "open-loop, ${OPEN_LOOP_RATES} requests/s, $ROUNDS rounds of $DURATION per worker and rate:"
+  "$CARGO_TARGET_DIR/release/allot-edge-latency" --rates "$OPEN_LOOP_RATES" --rounds "$ROUNDS" \
+    --seconds "${DURATION%s}" --edge "allot=http://127.0.0.1:$ALLOT_PORT" --edge "minimal=http://127.0.0.1:$MINIMAL_PORT"
+fi

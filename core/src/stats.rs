@@ -351,6 +351,13 @@ impl WindowStats {
     }
 
     /// Rebuilds the counters from hash fields.
+    ///
+    /// A field of a kind this build does not know is skipped, not refused: windows are
+    /// shared by every replica, and a newer one may write fields an older one has never
+    /// heard of. Refusing them would stop the rounds and status reads of every replica
+    /// not yet upgraded (and of a rollback) until the window expires; skipping them reads
+    /// the window as this build would have written it. A known kind that does not parse
+    /// (a campaign id or plan version that is not one) is corruption, and an error.
     pub fn from_fields<K: AsRef<str>>(fields: impl IntoIterator<Item = (K, f64)>) -> Result<Self, StatsError> {
         let mut s = Self::default();
         for (k, v) in fields {
@@ -366,35 +373,35 @@ impl WindowStats {
                 "u.sq" => s.unreported_sq = v,
                 "l.ht" => s.late.ht = v,
                 "l.n" => s.late.n = n(),
-                _ => {
-                    let (head, rest) = k.split_once('.').ok_or_else(err)?;
-                    match head {
-                        "p" => {
-                            s.profiles.insert(rest.to_string(), v);
-                        }
-                        "v" => {
-                            s.versions.insert(rest.parse().map_err(|_| err())?, v);
-                        }
-                        "a" | "i" | "u" | "li" => {
-                            let (id, what) = rest.rsplit_once('.').ok_or_else(err)?;
-                            let id = CampaignId::parse(id).map_err(|_| err())?;
-                            let c = s.campaigns.entry(id).or_default();
-                            let (tally, sq) = match head {
-                                "a" => (&mut c.allocations, Some(&mut c.allocations_sq)),
-                                "i" => (&mut c.impressions, Some(&mut c.impressions_sq)),
-                                "u" => (&mut c.unreported, None),
-                                _ => (&mut c.late_impressions, None),
-                            };
-                            match (what, sq) {
-                                ("ht", _) => tally.ht = v,
-                                ("n", _) => tally.n = n(),
-                                ("sq", Some(sq)) => *sq = v,
-                                _ => return Err(err()),
-                            }
-                        }
-                        _ => return Err(err()),
+                _ => match k.split_once('.') {
+                    Some(("p", profile)) => {
+                        s.profiles.insert(profile.to_string(), v);
                     }
-                }
+                    Some(("v", version)) => {
+                        s.versions.insert(version.parse().map_err(|_| err())?, v);
+                    }
+                    Some((head @ ("a" | "i" | "u" | "li"), rest)) => {
+                        let Some((id, what)) = rest.rsplit_once('.') else { continue };
+                        let has_sq = matches!(head, "a" | "i");
+                        if !(what == "ht" || what == "n" || (what == "sq" && has_sq)) {
+                            continue;
+                        }
+                        let id = CampaignId::parse(id).map_err(|_| err())?;
+                        let c = s.campaigns.entry(id).or_default();
+                        let (tally, sq) = match head {
+                            "a" => (&mut c.allocations, &mut c.allocations_sq),
+                            "i" => (&mut c.impressions, &mut c.impressions_sq),
+                            "u" => (&mut c.unreported, &mut 0.0),
+                            _ => (&mut c.late_impressions, &mut 0.0),
+                        };
+                        match what {
+                            "ht" => tally.ht = v,
+                            "n" => tally.n = n(),
+                            _ => *sq = v,
+                        }
+                    }
+                    _ => {}
+                },
             }
         }
         Ok(s)

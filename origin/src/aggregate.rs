@@ -224,6 +224,15 @@ struct Stored {
     batch: EventBatch,
 }
 
+/// What a group of entries brought too late for their window's round: sampled
+/// allocations, and impression reports (a request's repeated reports included: the
+/// script keeps only the first, but the count is of what was received late).
+#[derive(Debug, Default, Clone, Copy)]
+struct Late {
+    allocations: u64,
+    impressions: u64,
+}
+
 impl Stored {
     /// The receive time is the earlier of the origin's stamp on the entry and the
     /// entry id's time (Redis's clock): both come after the real receipt, so neither
@@ -239,7 +248,7 @@ impl Stored {
 
 impl Aggregator {
     /// The script call applying `list` (entries of placement `p`) once, and how many of
-    /// its allocations come too late for their window's round. Allocations are folded
+    /// its allocations and impression reports come too late for their window's round. Allocations are folded
     /// into one delta per window, marked late when the window's round may already have
     /// read it (`Policy::is_late`: the next rounds learn from them how complete a window
     /// is when read); each impression keeps its own delta, applied only if it is the
@@ -247,7 +256,7 @@ impl Aggregator {
     /// window was read for impressions (`Policy::is_late_for_impressions`). By when it
     /// was received, not applied: the allowance it feeds moves published shares, and an
     /// aggregator catching up after an outage must not make on-time reports look late.
-    fn apply_command(&self, p: &str, list: &[Stored]) -> (redis::Cmd, u64) {
+    fn apply_command(&self, p: &str, list: &[Stored]) -> (redis::Cmd, Late) {
         let period = self.app.config.control.period_ms;
         let (policy, now) = (crate::inputs::policy(&self.app.config.control), crate::now_ms());
         let (impressions, allocations): (Vec<Received>, Vec<Received>) = list
@@ -255,10 +264,10 @@ impl Aggregator {
             .flat_map(|s| s.batch.events.iter().map(move |e| (e, s.received_ms.min(now))))
             .partition(|(e, _)| e.kind == EventKind::Impression);
         let mut windows = WindowStats::fold_windows(allocations.into_iter().map(|(e, _)| e), period);
-        let mut late = 0;
+        let mut late = Late::default();
         for (index, delta) in windows.iter_mut().filter(|(index, _)| policy.is_late(**index, now)) {
             delta.mark_late();
-            late += delta.late.n;
+            late.allocations += delta.late.n;
             tracing::debug!(placement = p, window = index, requests = delta.late.n, "late allocations");
         }
         for (e, _) in &impressions {
@@ -294,6 +303,7 @@ impl Aggregator {
             let mut delta = WindowStats::of_event(e);
             if policy.is_late_for_impressions(index, *received) {
                 delta.mark_impressions_late();
+                late.impressions += 1;
             }
             let fields = delta.to_fields();
             let marker = impression_marker_expires_at_ms(expiry(index)).max(crate::now_ms() + 1000);
@@ -350,11 +360,11 @@ impl Aggregator {
         }
         #[cfg(feature = "failpoints")]
         let had_work = !pending.is_empty();
-        let (mut applied, mut duplicates, mut late) = (0u64, 0u64, 0u64);
+        let (mut applied, mut duplicates, mut late) = (0u64, 0u64, Late::default());
         while !pending.is_empty() {
             // One script call per placement group, sent concurrently: pipelined on one
             // node, spread over the right nodes on a cluster.
-            let (cmds, lates): (Vec<redis::Cmd>, Vec<u64>) =
+            let (cmds, lates): (Vec<redis::Cmd>, Vec<Late>) =
                 pending.iter().map(|(p, list)| self.apply_command(p, list)).unzip();
             let calls = cmds.into_iter().map(|cmd| {
                 let mut conn = conn.clone();
@@ -373,7 +383,8 @@ impl Aggregator {
             for (((p, list), seen), group_late) in pending.into_iter().zip(replies).zip(lates) {
                 if seen.is_empty() {
                     applied += list.len() as u64;
-                    late += group_late;
+                    late.allocations += group_late.allocations;
+                    late.impressions += group_late.impressions;
                     continue;
                 }
                 // Some entries were applied before (redelivery): retry without them.
@@ -389,7 +400,8 @@ impl Aggregator {
         let m = &self.app.metrics.aggregate_entries;
         m.with_label_values(&["applied"]).inc_by(applied);
         m.with_label_values(&["duplicate"]).inc_by(duplicates);
-        self.app.metrics.aggregate_late_events.inc_by(late);
+        self.app.metrics.aggregate_late_events.inc_by(late.allocations);
+        self.app.metrics.aggregate_late_impressions.inc_by(late.impressions);
         self.app.metrics.aggregate_entries.with_label_values(&["invalid"]).inc_by(invalid);
         #[cfg(feature = "failpoints")]
         if self.app.config.aggregate.failpoint == Some(Failpoint::ExitAfterApply) && had_work {

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub aggregate_entries: IntCounterVec,
     pub aggregate_claimed: IntCounter,
     pub aggregate_late_events: IntCounter,
+    pub aggregate_late_impressions: IntCounter,
     pub control_rounds: IntCounter,
     pub control_state_discarded: IntCounter,
     pub control_leader: IntGauge,
@@ -164,6 +165,11 @@ impl Metrics {
                 &r,
                 "allot_aggregate_late_events_total",
                 "Sampled allocations applied after their window's round could read it (stragglers).",
+            ),
+            aggregate_late_impressions: counter(
+                &r,
+                "allot_aggregate_late_impressions_total",
+                "Impression reports received after their window was read for impressions (counted late, allowed for in the next windows).",
             ),
             control_rounds: counter(&r, "allot_control_rounds_total", "Control rounds run by this instance."),
             control_state_discarded: counter(

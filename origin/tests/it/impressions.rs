@@ -294,6 +294,29 @@ async fn window_counts(redis: &RedisServer, index: u64, ready: impl Fn(&WindowSt
     .await
 }
 
+/// Two four-second windows through `app`: in the first A shows 50 ads, of which 5 are
+/// held back unless `hold` is false; in the second A shows 40. Returns once the first
+/// was read for impressions: its index and the held-back reports.
+async fn two_windows(app: &TestApp, hold: bool) -> (u64, Vec<allot_core::Event>) {
+    let a = now_ms() / 4_000 + 1;
+    until(a * 4_000 + 50).await;
+    let [allocations, shown, held] = four_second_window(a, 50, 5);
+    post(app, allocations).await;
+    post(app, shown).await;
+    let held = if hold {
+        held
+    } else {
+        post(app, held).await;
+        Vec::new()
+    };
+    until((a + 1) * 4_000 + 50).await;
+    let [allocations, shown, _] = four_second_window(a + 1, 40, 0);
+    post(app, allocations).await;
+    post(app, shown).await;
+    until((a + 1) * 4_000 + 5_100).await;
+    (a, held)
+}
+
 /// Campaign `i`'s basis must be impressions; its estimate (low, share, high).
 fn on_impressions(v: &Value, i: usize) -> (f64, f64, f64) {
     let c = &v["campaigns"][i];
@@ -312,20 +335,13 @@ async fn impressions_reported_after_their_window_was_read_are_counted_late_and_a
     let redis = RedisServer::start();
     let app = origin_with_period(&redis, 1.0, 4_000).await;
     assert_eq!(app.app().config.control.impression_lateness(), 5_000);
-    let a = now_ms() / 4_000 + 1;
-    until(a * 4_000 + 50).await;
-    let [allocations, shown, late] = four_second_window(a, 50, 5);
-    post(&app, allocations).await;
-    post(&app, shown).await;
-    until((a + 1) * 4_000 + 50).await;
-    let [allocations, shown, _] = four_second_window(a + 1, 40, 0);
-    post(&app, allocations).await;
-    post(&app, shown).await;
     // Window a has been read for impressions: A's five others come now.
-    until((a + 1) * 4_000 + 5_100).await;
+    let (a, late) = two_windows(&app, true).await;
     post(&app, late).await;
     let counts = window_counts(&redis, a, |c| c.campaigns[&id("A")].impressions.n == 50).await;
     assert_eq!(counts.campaigns[&id("A")].late_impressions.n, 5, "only those received after the read");
+    let late_metric = || async { app.metric("allot_aggregate_late_impressions_total").await };
+    eventually(5, "the late reports counted", || async { (late_metric().await == 5.0).then_some(()) }).await;
     assert_eq!(counts.campaigns[&id("B")].late_impressions.n, 0);
     assert_eq!(counts.late.n, 0, "the allocations came on time");
     // Window a + 1, read for impressions: A showed 40 of its 50 ads, and a tenth of its
@@ -348,18 +364,8 @@ async fn impressions_reported_after_their_window_was_read_are_counted_late_and_a
 async fn impressions_applied_late_after_an_aggregator_outage_were_still_on_time() {
     let redis = RedisServer::start();
     let ingest_only = origin_with(&redis, 1.0, 4_000, &[("ALLOT_AGGREGATE_ENABLED", "false")]).await;
-    let a = now_ms() / 4_000 + 1;
-    until(a * 4_000 + 50).await;
-    let [allocations, shown, late] = four_second_window(a, 50, 5);
-    for events in [allocations, shown, late] {
-        post(&ingest_only, events).await;
-    }
-    until((a + 1) * 4_000 + 50).await;
-    let [allocations, shown, _] = four_second_window(a + 1, 40, 0);
-    post(&ingest_only, allocations).await;
-    post(&ingest_only, shown).await;
     // The aggregator comes back once window a was read for impressions.
-    until((a + 1) * 4_000 + 5_100).await;
+    let (a, _) = two_windows(&ingest_only, false).await;
     drop(ingest_only);
     let app =
         TestApp::start(config(&redis, "", &[("ALLOT_CONTROL_ENABLED", "false"), ("ALLOT_CONTROL_PERIOD_MS", "4000")]))
@@ -371,6 +377,7 @@ async fn impressions_applied_late_after_an_aggregator_outage_were_still_on_time(
     let (_, v) = app.get_json("/v1/placements/home_feed/status", VIEWER_TOKEN).await;
     assert_eq!(v["window"]["index"], a + 1, "{v}");
     assert_eq!(v["window"]["impressions_to_come"], json!({}), "{v}");
+    assert_eq!(app.metric("allot_aggregate_late_impressions_total").await, 0.0, "counted seconds ago");
     let (_, share, _) = on_impressions(&v, 0);
     assert!((share - 0.4).abs() < 1e-9, "{v}");
 }
