@@ -28,6 +28,10 @@ grep -q "^const compatibilityDate :Text = \"$DATE\";" bench/workerd.capnp || {
 bash scripts/build-worker.sh
 bash scripts/tools.sh wrk
 if [[ -n "${OPEN_LOOP_RATES:-}" ]]; then
+  [[ "$DURATION" =~ ^[0-9]+s$ && "$OPEN_LOOP_RATES" =~ ^[0-9]+(,[0-9]+)*$ ]] || {
+    echo "bench: with OPEN_LOOP_RATES, DURATION must be whole seconds (10s) and the rates like 5000,10000" >&2
+    exit 1
+  }
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
   cargo build --release -q -p allot-e2e --bin allot-edge-latency
 fi

@@ -350,7 +350,13 @@ impl WindowStats {
         out
     }
 
-    /// Rebuilds the counters from hash fields.
+    /// Rebuilds the counters from hash fields ([`Self::read_fields`], the skipped
+    /// names dropped).
+    pub fn from_fields<K: AsRef<str>>(fields: impl IntoIterator<Item = (K, f64)>) -> Result<Self, StatsError> {
+        Self::read_fields(fields).map(|(s, _)| s)
+    }
+
+    /// Rebuilds the counters from hash fields, and names the fields it skipped.
     ///
     /// A field of a kind this build does not know is skipped, not refused: windows are
     /// shared by every replica, and a newer one may write fields an older one has never
@@ -358,8 +364,15 @@ impl WindowStats {
     /// not yet upgraded (and of a rollback) until the window expires; skipping them reads
     /// the window as this build would have written it. A known kind that does not parse
     /// (a campaign id or plan version that is not one) is corruption, and an error.
-    pub fn from_fields<K: AsRef<str>>(fields: impl IntoIterator<Item = (K, f64)>) -> Result<Self, StatsError> {
+    ///
+    /// So a field added later must not look like a known one to an older reader: no `p.`
+    /// or `v.` prefix (read as a profile or a plan version), no
+    /// `{a,i,u,li}.{id}.{ht,n,sq}` shape, none of the fixed names.
+    pub fn read_fields<K: AsRef<str>>(
+        fields: impl IntoIterator<Item = (K, f64)>,
+    ) -> Result<(Self, Vec<String>), StatsError> {
         let mut s = Self::default();
+        let mut skipped = Vec::new();
         for (k, v) in fields {
             let k = k.as_ref();
             let err = || StatsError(k.to_string());
@@ -381,11 +394,12 @@ impl WindowStats {
                         s.versions.insert(version.parse().map_err(|_| err())?, v);
                     }
                     Some((head @ ("a" | "i" | "u" | "li"), rest)) => {
-                        let Some((id, what)) = rest.rsplit_once('.') else { continue };
                         let has_sq = matches!(head, "a" | "i");
-                        if !(what == "ht" || what == "n" || (what == "sq" && has_sq)) {
+                        let known = |what: &str| what == "ht" || what == "n" || (what == "sq" && has_sq);
+                        let Some((id, what)) = rest.rsplit_once('.').filter(|(_, what)| known(what)) else {
+                            skipped.push(k.to_string());
                             continue;
-                        }
+                        };
                         let id = CampaignId::parse(id).map_err(|_| err())?;
                         let c = s.campaigns.entry(id).or_default();
                         let (tally, sq) = match head {
@@ -400,11 +414,11 @@ impl WindowStats {
                             _ => *sq = v,
                         }
                     }
-                    _ => {}
+                    _ => skipped.push(k.to_string()),
                 },
             }
         }
-        Ok(s)
+        Ok((s, skipped))
     }
 }
 

@@ -45,12 +45,13 @@ use crate::startup::App;
 /// then window hashes, then one marker per impression. ARGV: marker count, the markers'
 /// expiry (unix ms), window count, then per window its expiry (unix ms), a field count
 /// and field/value pairs (allocations), then per impression the (1-based) window it
-/// counts in, its marker's expiry (unix ms), a field count and field/value pairs. If any entry
-/// marker already exists nothing is written and the (1-based) indices of those entries
-/// are returned, so the caller can drop them and retry with a delta of the rest; an
-/// empty reply means "applied". An impression adds its fields only if it is the first of
-/// its request (`SET NX` on its marker): a second impression of a request — a retry, a
-/// replay at another edge, a second beacon — is not counted.
+/// counts in, its marker's expiry (unix ms), `1` if it came late for its window (`0` if
+/// not), a field count and field/value pairs. If any entry marker already exists nothing
+/// is written and the (1-based) indices of those entries are returned, so the caller can
+/// drop them and retry with a delta of the rest; `{0, late}` means "applied", `late`
+/// being how many late impressions were counted. An impression adds its fields only if
+/// it is the first of its request (`SET NX` on its marker): a second impression of a
+/// request — a retry, a replay at another edge, a second beacon — is not counted.
 ///
 /// Expiries are absolute ([`window_expires_at_ms`]): a window expires at a fixed time
 /// after its end, however late it is written, and the markers expire with the latest of
@@ -76,11 +77,14 @@ for k = n + 1, n + w do
   end
   redis.call('PEXPIREAT', KEYS[k], at[k])
 end
+local late = 0
 for k = n + w + 1, #KEYS do
   local pos = n + tonumber(ARGV[a]); a = a + 1
   local exp = ARGV[a]; a = a + 1
+  local is_late = tonumber(ARGV[a]); a = a + 1
   local m = tonumber(ARGV[a]); a = a + 1
   if redis.call('SET', KEYS[k], '1', 'NX', 'PXAT', exp) then
+    late = late + is_late
     for j = 1, m do
       redis.call('HINCRBYFLOAT', KEYS[pos], ARGV[a + 2 * j - 2], ARGV[a + 2 * j - 1])
     end
@@ -88,7 +92,7 @@ for k = n + w + 1, #KEYS do
   end
   a = a + 2 * m
 end
-return seen
+return {0, late}
 ";
 
 /// When window `index` expires (unix ms): `ttl_secs` after its end. Fixed per window, so
@@ -224,15 +228,6 @@ struct Stored {
     batch: EventBatch,
 }
 
-/// What a group of entries brought too late for their window's round: sampled
-/// allocations, and impression reports (a request's repeated reports included: the
-/// script keeps only the first, but the count is of what was received late).
-#[derive(Debug, Default, Clone, Copy)]
-struct Late {
-    allocations: u64,
-    impressions: u64,
-}
-
 impl Stored {
     /// The receive time is the earlier of the origin's stamp on the entry and the
     /// entry id's time (Redis's clock): both come after the real receipt, so neither
@@ -248,7 +243,8 @@ impl Stored {
 
 impl Aggregator {
     /// The script call applying `list` (entries of placement `p`) once, and how many of
-    /// its allocations and impression reports come too late for their window's round. Allocations are folded
+    /// its allocations come too late for their window's round (the script counts the
+    /// late impressions it applies: only the first of each request is). Allocations are folded
     /// into one delta per window, marked late when the window's round may already have
     /// read it (`Policy::is_late`: the next rounds learn from them how complete a window
     /// is when read); each impression keeps its own delta, applied only if it is the
@@ -256,7 +252,7 @@ impl Aggregator {
     /// window was read for impressions (`Policy::is_late_for_impressions`). By when it
     /// was received, not applied: the allowance it feeds moves published shares, and an
     /// aggregator catching up after an outage must not make on-time reports look late.
-    fn apply_command(&self, p: &str, list: &[Stored]) -> (redis::Cmd, Late) {
+    fn apply_command(&self, p: &str, list: &[Stored]) -> (redis::Cmd, u64) {
         let period = self.app.config.control.period_ms;
         let (policy, now) = (crate::inputs::policy(&self.app.config.control), crate::now_ms());
         let (impressions, allocations): (Vec<Received>, Vec<Received>) = list
@@ -264,10 +260,10 @@ impl Aggregator {
             .flat_map(|s| s.batch.events.iter().map(move |e| (e, s.received_ms.min(now))))
             .partition(|(e, _)| e.kind == EventKind::Impression);
         let mut windows = WindowStats::fold_windows(allocations.into_iter().map(|(e, _)| e), period);
-        let mut late = Late::default();
+        let mut late = 0;
         for (index, delta) in windows.iter_mut().filter(|(index, _)| policy.is_late(**index, now)) {
             delta.mark_late();
-            late.allocations += delta.late.n;
+            late += delta.late.n;
             tracing::debug!(placement = p, window = index, requests = delta.late.n, "late allocations");
         }
         for (e, _) in &impressions {
@@ -301,13 +297,13 @@ impl Aggregator {
             let index = WindowStats::window_index(e.event_time_ms, period);
             let position = windows.keys().position(|i| *i == index).expect("every impression's window is listed");
             let mut delta = WindowStats::of_event(e);
-            if policy.is_late_for_impressions(index, *received) {
+            let is_late = policy.is_late_for_impressions(index, *received);
+            if is_late {
                 delta.mark_impressions_late();
-                late.impressions += 1;
             }
             let fields = delta.to_fields();
             let marker = impression_marker_expires_at_ms(expiry(index)).max(crate::now_ms() + 1000);
-            cmd.arg(position + 1).arg(marker).arg(fields.len());
+            cmd.arg(position + 1).arg(marker).arg(u8::from(is_late)).arg(fields.len());
             for (f, v) in fields {
                 cmd.arg(f).arg(v);
             }
@@ -360,39 +356,56 @@ impl Aggregator {
         }
         #[cfg(feature = "failpoints")]
         let had_work = !pending.is_empty();
-        let (mut applied, mut duplicates, mut late) = (0u64, 0u64, Late::default());
+        let (mut applied, mut duplicates, mut late, mut late_impressions) = (0u64, 0u64, 0u64, 0u64);
+        let mut failed = None;
         while !pending.is_empty() {
             // One script call per placement group, sent concurrently: pipelined on one
-            // node, spread over the right nodes on a cluster.
-            let (cmds, lates): (Vec<redis::Cmd>, Vec<Late>) =
+            // node, spread over the right nodes on a cluster. Each group's reply is
+            // counted on its own, so a group that fails does not lose the counts of
+            // those applied beside it (they read as duplicates when the batch is retried).
+            let (cmds, lates): (Vec<redis::Cmd>, Vec<u64>) =
                 pending.iter().map(|(p, list)| self.apply_command(p, list)).unzip();
             let calls = cmds.into_iter().map(|cmd| {
                 let mut conn = conn.clone();
-                async move { cmd.query_async::<Vec<usize>>(&mut conn).await }
+                async move { cmd.query_async::<Vec<u64>>(&mut conn).await }
             });
-            let replies: Vec<Vec<usize>> = match futures_util::future::try_join_all(calls).await {
-                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                    // Redis restarted and lost its script cache: load it and redo (the
-                    // markers make the retry safe).
-                    self.sha = redis::cmd("SCRIPT").arg("LOAD").arg(APPLY_SCRIPT).query_async(&mut *conn).await?;
-                    continue;
+            let replies = futures_util::future::join_all(calls).await;
+            let (mut retry, mut reload) = (Vec::new(), false);
+            for (((p, list), reply), group_late) in pending.into_iter().zip(replies).zip(lates) {
+                match reply {
+                    Ok(reply) if reply.first() == Some(&0) => {
+                        applied += list.len() as u64;
+                        late += group_late;
+                        late_impressions += reply.get(1).copied().unwrap_or(0);
+                    }
+                    Ok(seen) => {
+                        // Some entries were applied before (redelivery): retry without them.
+                        duplicates += seen.len() as u64;
+                        let seen = |i: usize| seen.contains(&(i as u64 + 1));
+                        let rest: Vec<_> =
+                            list.into_iter().enumerate().filter(|(i, _)| !seen(*i)).map(|(_, x)| x).collect();
+                        if !rest.is_empty() {
+                            retry.push((p, rest));
+                        }
+                    }
+                    Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                        // Redis restarted and lost its script cache: load it and redo (the
+                        // markers make the retry safe).
+                        reload = true;
+                        retry.push((p, list));
+                    }
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
                 }
-                other => other?,
-            };
-            let mut retry = Vec::new();
-            for (((p, list), seen), group_late) in pending.into_iter().zip(replies).zip(lates) {
-                if seen.is_empty() {
-                    applied += list.len() as u64;
-                    late.allocations += group_late.allocations;
-                    late.impressions += group_late.impressions;
-                    continue;
-                }
-                // Some entries were applied before (redelivery): retry without them.
-                duplicates += seen.len() as u64;
-                let rest: Vec<_> =
-                    list.into_iter().enumerate().filter(|(i, _)| !seen.contains(&(i + 1))).map(|(_, x)| x).collect();
-                if !rest.is_empty() {
-                    retry.push((p, rest));
+            }
+            if reload {
+                match redis::cmd("SCRIPT").arg("LOAD").arg(APPLY_SCRIPT).query_async(&mut *conn).await {
+                    Ok(sha) => self.sha = sha,
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                        break;
+                    }
                 }
             }
             pending = retry;
@@ -400,9 +413,13 @@ impl Aggregator {
         let m = &self.app.metrics.aggregate_entries;
         m.with_label_values(&["applied"]).inc_by(applied);
         m.with_label_values(&["duplicate"]).inc_by(duplicates);
-        self.app.metrics.aggregate_late_events.inc_by(late.allocations);
-        self.app.metrics.aggregate_late_impressions.inc_by(late.impressions);
-        self.app.metrics.aggregate_entries.with_label_values(&["invalid"]).inc_by(invalid);
+        self.app.metrics.aggregate_late_events.inc_by(late);
+        self.app.metrics.aggregate_late_impressions.inc_by(late_impressions);
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        // Once per batch: a failed one is decoded again when retried.
+        m.with_label_values(&["invalid"]).inc_by(invalid);
         #[cfg(feature = "failpoints")]
         if self.app.config.aggregate.failpoint == Some(Failpoint::ExitAfterApply) && had_work {
             tracing::error!("failpoint exit_after_apply: exiting before XACK");

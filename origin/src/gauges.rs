@@ -210,7 +210,8 @@ impl DeliveryGauges {
         if let (Some(rate), Some(at)) = (reading.sample_rate, reading.published_at_ms) {
             self.plan_in_force(placement, rate, at);
         }
-        // Last, so that a scrape which has it has every gauge of the round before it.
+        // Last, so that a scrape begun once it is there has every gauge of the round
+        // that set it (one scrape reads the series in no particular order).
         self.unattainable.with_label_values(&labels).set(f64::from(u8::from(reading.attainable == Some(false))));
     }
 

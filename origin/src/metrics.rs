@@ -169,7 +169,7 @@ impl Metrics {
             aggregate_late_impressions: counter(
                 &r,
                 "allot_aggregate_late_impressions_total",
-                "Impression reports received after their window was read for impressions (counted late, allowed for in the next windows).",
+                "Sampled impressions counted after their window was read for them (received late; allowed for in the next windows).",
             ),
             control_rounds: counter(&r, "allot_control_rounds_total", "Control rounds run by this instance."),
             control_state_discarded: counter(

@@ -461,8 +461,33 @@ impl Store {
         let mut c = self.conn();
         let raw: Vec<HashMap<String, f64>> = pipe.query_async(&mut c).await?;
         raw.into_iter()
-            .map(|fields| WindowStats::from_fields(fields).map_err(|e| corrupt(format!("window of {p}"), e)))
+            .map(|fields| {
+                let (stats, skipped) =
+                    WindowStats::read_fields(fields).map_err(|e| corrupt(format!("window of {p}"), e))?;
+                if !skipped.is_empty() {
+                    skipped_fields(p, &skipped);
+                }
+                Ok(stats)
+            })
             .collect()
+    }
+}
+
+/// Window fields this build does not know were skipped: a newer replica wrote them (a
+/// rolling upgrade, or a rollback). Said once per process as a warning, then at debug
+/// level: every read of such a window skips them again.
+fn skipped_fields(p: &PlacementId, skipped: &[String]) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let first: Vec<&str> = skipped.iter().take(5).map(String::as_str).collect();
+    if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::debug!(placement = %p, fields = skipped.len(), ?first, "window fields of unknown kinds skipped");
+    } else {
+        tracing::warn!(
+            placement = %p,
+            fields = skipped.len(),
+            ?first,
+            "window fields of kinds this version does not know were skipped (written by a newer replica?)"
+        );
     }
 }
 

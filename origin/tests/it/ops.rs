@@ -24,9 +24,14 @@ fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     })
 }
 
-/// 200 iOS requests in the last complete window of a one-minute period.
+/// 200 iOS requests in the last complete window of a one-minute period, with at least
+/// 15 s before the next window ends (so the test reads one window throughout).
 async fn last_window_traffic(redis: &RedisServer) {
     let period = 60_000;
+    let into = allot_origin::now_ms() % period;
+    if into > period - 15_000 {
+        tokio::time::sleep(std::time::Duration::from_millis(period - into + 500)).await;
+    }
     let index = allot_origin::now_ms() / period - 1;
     let events = (0..200)
         .map(|i| {
@@ -55,13 +60,13 @@ async fn delivery_gauges_agree_with_the_status_api() {
         "confidence": {"margin": 0.01, "level": 0.95}
     });
     assert_eq!(app.put_targets("home_feed", &spec, MANAGER_TOKEN).await.status(), 201);
-    // A round sets the placement's unattainable gauge last: a scrape that has it has the
-    // whole round's gauges, never a half-set campaign.
-    let text = eventually(5, "gauges", || async {
-        let text = app.metrics_text().await;
-        series(&text, "allot_placement_unattainable", &[("placement", "home_feed")]).map(|_| text)
+    // A round sets the placement's unattainable gauge last: a scrape begun once it is
+    // there has the whole round's gauges, never a half-set campaign.
+    eventually(5, "gauges", || async {
+        series(&app.metrics_text().await, "allot_placement_unattainable", &[("placement", "home_feed")])
     })
     .await;
+    let text = app.metrics_text().await;
     let (_, status) = app.get_json("/v1/placements/home_feed/status", VIEWER_TOKEN).await;
     let a = &status["campaigns"][0];
     let gauge = |name: &str, campaign: &str| series(&text, name, &[("placement", "home_feed"), ("campaign", campaign)]);

@@ -4,8 +4,16 @@
 //!
 //! wrk's closed loop measures each worker at its own saturation, where its p99 is mostly
 //! queueing behind 32 connections and says more about throughput than about latency; at
-//! one arrival rate both can keep up with, the p99 is each worker's own. Rounds alternate
-//! between the edges so that background load hits both alike; the summary is the median.
+//! one arrival rate both keep up with, the two p99s compare the workers at equal load.
+//! Rounds alternate between the edges, and which goes first, so that background load hits
+//! both alike; the summary is the median.
+//!
+//! Every figure includes the generator's own delays, the same for both edges: tokio's
+//! timer wakes it once a millisecond, so requests leave in bursts of `rate / 1000`, and
+//! the latency of each runs from its scheduled time. A run is marked when the edge did not
+//! keep up (errors, or fewer answers than scheduled) or the generator fell behind its
+//! schedule (send lag p99 over 5 ms); the generator's CPU per request is printed, since
+//! it shares the machine with the edges.
 
 use std::time::Duration;
 
@@ -55,19 +63,32 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// This process's CPU time so far (user + system), seconds.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The command name (which may hold spaces) ends with `)`; utime and stime are the
+    // 12th and 13th fields after it, in clock ticks (Linux's USER_HZ, 100).
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: f64 = after.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<f64>().ok()).sum();
+    ticks / 100.0
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let mix = Mix::product(&[("ios", 1.0)], &[("DE", 1.0)]);
     println!(
-        "| rate (requests/s) | edge | round | answered/s | p50 (ms) | p99 (ms) | p99.9 (ms) | errors | send lag p99 (ms) |"
+        "| rate (requests/s) | edge | round | answered/s | p50 (ms) | p99 (ms) | p99.9 (ms) | errors | send lag p99 (ms) | generator CPU/req | |"
     );
-    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
     let mut medians = Vec::new();
     for &rate in &a.rates {
         let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); a.edges.len()];
         for round in 1..=a.rounds {
-            for (i, (name, url)) in a.edges.iter().enumerate() {
+            let mut order: Vec<usize> = (0..a.edges.len()).collect();
+            order.rotate_left((round - 1) % a.edges.len());
+            for i in order {
+                let (name, url) = &a.edges[i];
                 let traffic = Traffic {
                     edge_url: url.clone(),
                     placements: vec![(a.placement.clone(), mix.clone())],
@@ -76,11 +97,18 @@ async fn main() -> anyhow::Result<()> {
                     period_ms: 60_000,
                     timeout: Duration::from_secs(10),
                 };
+                let cpu = cpu_seconds();
                 let observed = traffic.start(Duration::from_secs(a.seconds)).join().await?;
+                let cpu_us = (cpu_seconds() - cpu) * 1e6 / observed.accounting.scheduled.max(1) as f64;
                 let s = observed.accounting.summary(a.seconds as f64);
                 let f = [s.latency_ms_p50, s.latency_ms_p99, s.latency_ms_p999, s.errors as f64, s.send_lag_ms_p99];
+                let mark = match () {
+                    _ if s.errors > 0 || s.answered < s.scheduled => "edge did not keep up",
+                    _ if s.send_lag_ms_p99 > 5.0 => "generator behind",
+                    _ => "",
+                };
                 println!(
-                    "| {rate:.0} | {name} | {round} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.2} |",
+                    "| {rate:.0} | {name} | {round} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {cpu_us:.1} µs | {mark} |",
                     s.answered_per_sec, f[0], f[1], f[2], s.errors, f[4]
                 );
                 runs[i].push(f);
@@ -89,7 +117,7 @@ async fn main() -> anyhow::Result<()> {
         for (i, (name, _)) in a.edges.iter().enumerate() {
             let m: Vec<f64> = (0..5).map(|k| median(runs[i].iter().map(|f| f[k]).collect())).collect();
             medians.push(format!(
-                "| {rate:.0} | {name} | median | | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} |",
+                "| {rate:.0} | {name} | median | | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} | | |",
                 m[0], m[1], m[2], m[3], m[4]
             ));
         }

@@ -1,0 +1,53 @@
+use super::*;
+
+#[test]
+fn quantiles_and_bootstrap() {
+    assert_eq!(quantile(vec![3.0, 1.0, 2.0, 4.0], 0.5), 2.0);
+    assert_eq!(quantile(vec![3.0, 1.0, 2.0, 4.0], 0.95), 4.0);
+    // 30 % ones in runs of 10: the interval is wide and covers 0.3.
+    let series: Vec<Vec<f64>> =
+        (0..20).map(|s| (0..50).map(|i| f64::from(u8::from((i / 10 + s) % 10 < 3))).collect()).collect();
+    let mut rng = SmallRng::seed_from_u64(1);
+    let f = bootstrap(&series, &mut rng, &|w| w.iter().map(|x| **x).sum::<f64>() / w.len() as f64);
+    assert!((f.value - 0.3).abs() < 0.02, "{f:?}");
+    assert!(f.low < f.value && f.value < f.high && f.high - f.low > 0.05, "{f:?}");
+}
+
+#[test]
+fn census_windows_are_scored_apart() {
+    use crate::world::{CampaignWindow, WindowRecord};
+    let record = |sampled: u64, covered: bool| WindowRecord {
+        placement: 0,
+        index: 0,
+        requests: 1_000,
+        sampled,
+        campaigns: vec![CampaignWindow {
+            id: allot_core::CampaignId::parse("A").unwrap(),
+            target: 0.3,
+            realized: 0.3,
+            expected: 0.3,
+            feasible: true,
+            published: Some(allot_core::ShareEstimate {
+                share: 0.3,
+                low: if covered { 0.29 } else { 0.31 },
+                high: 0.32,
+                samples: 30,
+            }),
+            flagged: false,
+            eligible_estimated: 0.0,
+            eligible: 0.3,
+        }],
+        needed: 100.0,
+        max_rate: 1.0,
+        unattainable: false,
+        margin: 0.01,
+        short: 0.0,
+        decided: true,
+    };
+    let sampled = score(&record(100, false)).unwrap();
+    let census = score(&record(1_000, true)).unwrap();
+    assert!(!sampled.census && census.census);
+    // Nine census windows and one sampled miss: the coverage is the sampled one's.
+    let windows: Vec<&Scored> = std::iter::once(&sampled).chain(std::iter::repeat_n(&census, 9)).collect();
+    assert_eq!(sampled_coverage(&windows), 0.0);
+}
