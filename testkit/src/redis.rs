@@ -146,7 +146,10 @@ impl RedisCluster {
             .iter()
             .map(|p| {
                 let mut cmd = Command::new("redis-server");
+                // The cluster bus gets a free port of its own: by default it is the port
+                // + 10,000, which another test may hold, or which may not exist at all.
                 cmd.args(["--port", &p.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+                    .args(["--cluster-port", &free_port().to_string()])
                     .args(["--appenddirname", &format!("aof-{p}"), "--maxmemory-policy", "noeviction"])
                     .args(["--cluster-enabled", "yes", "--cluster-config-file", &format!("nodes-{p}.conf")])
                     .current_dir(dir.path())
