@@ -12,7 +12,7 @@
 #
 #   scripts/bench-worker.sh            (ROUNDS=3 DURATION=10s by default)
 #   MINIFLARE=1 scripts/bench-worker.sh
-#   OPEN_LOOP_RATES=5000,10000 scripts/bench-worker.sh
+#   OPEN_LOOP_RATES=5000,10000 scripts/bench-worker.sh   (OPEN_LOOP_CONCURRENCY: 256)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -134,5 +134,5 @@ if [[ -n "${OPEN_LOOP_RATES:-}" ]]; then
   echo
   echo "open-loop, ${OPEN_LOOP_RATES} requests/s, $ROUNDS rounds of $DURATION per worker and rate:"
   "$CARGO_TARGET_DIR/release/allot-edge-latency" --rates "$OPEN_LOOP_RATES" --rounds "$ROUNDS" \
-    --seconds "${DURATION%s}" --edge "allot=http://127.0.0.1:$ALLOT_PORT" --edge "minimal=http://127.0.0.1:$MINIMAL_PORT"
+    --seconds "${DURATION%s}" --concurrency "${OPEN_LOOP_CONCURRENCY:-256}" --edge "allot=http://127.0.0.1:$ALLOT_PORT" --edge "minimal=http://127.0.0.1:$MINIMAL_PORT"
 fi
