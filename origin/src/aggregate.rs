@@ -378,6 +378,11 @@ impl Aggregator {
                         late += group_late;
                         late_impressions += reply.get(1).copied().unwrap_or(0);
                     }
+                    Ok(seen) if seen.is_empty() => {
+                        // Not a reply of this script: retrying the group as "seen" would
+                        // loop on it without end.
+                        failed.get_or_insert(redis::RedisError::from((redis::ErrorKind::Parse, "empty apply reply")));
+                    }
                     Ok(seen) => {
                         // Some entries were applied before (redelivery): retry without them.
                         duplicates += seen.len() as u64;
