@@ -110,7 +110,15 @@ describe("a Wasm trap", () => {
     const got = origin.events.slice(before).map((e) => e.request_id);
     assert.deepEqual(got.toSorted(), ids.toSorted(), "every event after the trap, once");
     assert.equal(origin.badSignatures, badBefore);
-    const h = await health();
+    // The origin has the last batch before the worker has its answer and counts it sent.
+    const h = await eventually(
+      async () => {
+        const h = await health();
+        return h.events.waiting === 0 && h.events.sent >= ids.length && h;
+      },
+      10_000,
+      "the worker to count the batches it sent",
+    );
     assert.equal(h.events.sent, ids.length);
     assert.equal(h.events.failed + h.events.dropped + h.events.expired, 0);
   });
