@@ -342,8 +342,10 @@ async fn impressions_reported_after_their_window_was_read_are_counted_late_and_a
     post(&app, late).await;
     let counts = window_counts(&redis, a, |c| c.campaigns[&id("A")].impressions.n == 50).await;
     assert_eq!(counts.campaigns[&id("A")].late_impressions.n, 5, "only those received after the read");
-    let late_metric = || async { app.metric("allot_aggregate_late_impressions_total").await };
-    eventually(5, "the late reports counted", || async { (late_metric().await == 5.0).then_some(()) }).await;
+    eventually(5, "the late reports counted", || async {
+        (app.metric("allot_aggregate_late_impressions_total").await == 5.0).then_some(())
+    })
+    .await;
     assert_eq!(counts.campaigns[&id("B")].late_impressions.n, 0);
     assert_eq!(counts.late.n, 0, "the allocations came on time");
     // Window a + 1, read for impressions: A showed 40 of its 50 ads, and a tenth of its

@@ -66,12 +66,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// This process's CPU time so far (user + system), seconds.
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The command name (which may hold spaces) ends with `)`; utime and stime are the
-    // 12th and 13th fields after it, in clock ticks (Linux's USER_HZ, 100).
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let ticks: f64 = after.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<f64>().ok()).sum();
-    ticks / 100.0
+    allot_testkit::process::cpu_seconds(std::process::id()).unwrap_or(0.0)
 }
 
 #[tokio::main]
