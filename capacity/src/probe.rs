@@ -1,6 +1,5 @@
 //! What the measurement reads from the processes: Redis's command counters, its memory
-//! per key and in total, whether the stream's consumer groups have drained, and a
-//! process's CPU time.
+//! per key and in total, and whether the stream's consumer groups have drained.
 //!
 //! Every reading fails loudly when it cannot be trusted: a group that did not drain,
 //! a counter that went backwards (a Redis restart), a key class that appears nowhere.
@@ -159,29 +158,6 @@ pub fn memory_by_class(conn: &mut redis::Connection) -> anyhow::Result<BTreeMap<
         }
         cursor = next;
     }
-}
-
-/// User + system CPU seconds of process `pid` (`/proc/<pid>/stat`, in clock ticks of
-/// `ticks_per_sec`).
-pub fn cpu_seconds(pid: u32, ticks_per_sec: f64) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("/proc/{pid}/stat"))?;
-    // The command name may hold spaces; the fields after its closing parenthesis don't.
-    let after = stat.rsplit_once(')').map(|x| x.1).context("a /proc stat line")?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).context("utime/stime");
-    Ok((ticks(11)? + ticks(12)?) / ticks_per_sec)
-}
-
-/// The kernel's clock ticks per second (`getconf CLK_TCK`, 100 when it cannot say).
-pub fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 #[cfg(test)]

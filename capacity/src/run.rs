@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use allot_core::{EventBatch, Plan};
 use allot_testkit::origin::{MANAGER_TOKEN, OriginConfig, OriginProcess};
-use allot_testkit::process::http_client;
+use allot_testkit::process::{cpu_seconds, http_client};
 use allot_testkit::redis::RedisServer;
 use allot_testkit::s3::S3Server;
 use anyhow::{Context, bail, ensure};
@@ -189,13 +189,13 @@ pub async fn measure(opts: Options) -> anyhow::Result<RunCosts> {
         allot_testkit::poll::until(Duration::from_secs(30), leader).await.is_some(),
         "the control replica did not take the lease again"
     );
-    let ticks = probe::clock_ticks();
     let pid = ctx.control.child.id();
-    let (cpu0, rounds0) = (probe::cpu_seconds(pid, ticks)?, ctx.control.metric("allot_control_rounds_total").await);
+    let cpu_seconds = |pid| cpu_seconds(pid).context("the control replica's CPU time");
+    let (cpu0, rounds0) = (cpu_seconds(pid)?, ctx.control.metric("allot_control_rounds_total").await);
     let writes0 = ctx.kv.writes().len();
     ctx.drive(Shape::Mixed, opts.control_windows).await?;
     probe::wait_drained(&mut conn, Duration::from_secs(120))?;
-    let (cpu1, rounds1) = (probe::cpu_seconds(pid, ticks)?, ctx.control.metric("allot_control_rounds_total").await);
+    let (cpu1, rounds1) = (cpu_seconds(pid)?, ctx.control.metric("allot_control_rounds_total").await);
     let placement_rounds = ((rounds1 - rounds0).max(0.0) as u64) * opts.placements as u64;
     out.control.placement_rounds = placement_rounds;
     out.control.cpu_seconds = cpu1 - cpu0;

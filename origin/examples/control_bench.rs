@@ -93,16 +93,6 @@ fn seed(redis: &RedisServer, placements: usize, campaigns: usize) {
     }
 }
 
-/// User + system CPU seconds of a process.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 =
-        f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
 fn redis_cpu(redis: &RedisServer) -> f64 {
     let info: String = redis::cmd("INFO").arg("cpu").query(&mut redis.conn()).unwrap();
     let get = |k: &str| -> f64 {
@@ -125,7 +115,7 @@ async fn read(o: &OriginProcess) -> Reading {
         passes: m("allot_control_pass_duration_seconds_count").await,
         seconds: m("allot_control_pass_duration_seconds_sum").await,
         placements: m("allot_control_pass_placements_sum").await,
-        cpu: cpu_secs(o.child.id()),
+        cpu: allot_testkit::process::cpu_seconds(o.child.id()).unwrap_or(0.0),
     }
 }
 
