@@ -16,9 +16,17 @@
 //! ratio estimator's variance, [`estimate::effective_samples`]) to sums that older
 //! windows fade out of by [`Controller::evidence_decay`], so the merged gap's band
 //! shrinks with evidence (≈ ⅓ of one window's after a handful) while a drift is still
-//! followed. The exception is a campaign measured on impressions: its render ratio is
-//! measured over all its traffic, and new weights move its ads between apps that show
-//! them more or less often, so its evidence starts over with new weights.
+//! followed.
+//!
+//! **Shares are compared in the model's units: allocations.** A campaign measured on
+//! impressions is compared on its allocations among the apps that report them, as a
+//! share of those apps' requests ([`allocated_share`]). Its render ratio, which the
+//! plan divides its target by, is measured apart, over the recent windows; new weights
+//! move its ads between apps that show them more or less often, so a gap on impressions
+//! would mix the render ratio's lag into the bias, and its evidence would have to start
+//! over with every new weights. At 10,000 requests/s the weights are re-solved nearly
+//! every window: evidence that starts over is one window, whose doubled band cannot undo
+//! a wrong step of `g` for twenty windows and more.
 //!
 //! **A sequential test decides.** The current correction `g` predicts the merged
 //! measured share `P/g`. Only when the merged share is further from it than
@@ -304,6 +312,18 @@ fn window_fingerprint(w: &WindowStats) -> u64 {
     fnv(words)
 }
 
+/// What `w` measured of `campaign`'s share of allocations, the model's units: of all
+/// requests, or for a campaign measured on impressions, of the requests of apps that
+/// report them (its impressions are counted against those). `None` when there are none.
+fn allocated_share(w: &WindowStats, campaign: &CampaignId, basis: DeliveryBasis) -> Option<f64> {
+    let c = w.campaigns.get(campaign).copied().unwrap_or_default();
+    let (allocated, base) = match basis {
+        DeliveryBasis::Allocations => (c.allocations, w.requests),
+        DeliveryBasis::Impressions => (c.reporting_allocations(), w.reporting().0),
+    };
+    (base.ht > 0.0).then(|| (allocated.ht / base.ht).min(1.0))
+}
+
 impl Controller {
     /// The next corrections and learning state.
     pub(super) fn feedback(
@@ -322,14 +342,7 @@ impl Controller {
         }
         let Some(prev) = input.previous else { return state };
         let mut learning = input.state.learning.clone().unwrap_or_default();
-        if learning.follow(prev) {
-            // New weights: a render ratio measured under the old ones no longer holds.
-            for (c, b) in input.targets.campaigns.iter().zip(basis) {
-                if *b == DeliveryBasis::Impressions {
-                    learning.evidence.remove(&c.id);
-                }
-            }
-        }
+        learning.follow(prev);
         learning.evidence.retain(|id, _| input.targets.campaign(id).is_some());
         let Some(last) = input.last else {
             state.learning = Some(learning);
@@ -363,11 +376,8 @@ impl Controller {
                 learning.evidence.remove(&c.id);
                 continue;
             }
-            let p = predicted.get(&c.id).copied().unwrap_or(0.0) * render[i];
-            if p <= 0.0 {
-                continue;
-            }
-            let m = estimate::share(last, &c.id, basis[i], z).share;
+            let p = predicted.get(&c.id).copied().unwrap_or(0.0);
+            let Some(m) = allocated_share(last, &c.id, basis[i]).filter(|_| p > 0.0) else { continue };
             // The spread of m around p: at p, on the window's effective size for this
             // campaign (which accounts for a rate change within the window).
             let n_eff = estimate::effective_samples(last, &c.id, basis[i]).max(1.0);

@@ -204,6 +204,64 @@ fn feedback_does_not_blame_the_model_for_an_uninformed_plan() {
     assert!((d.campaigns[0].predicted_share - 0.2).abs() < 1e-6);
 }
 
+/// A window of 10,000 requests at rate 1 under plan `version`, in which A was
+/// allocated `allocated` of them and shown `shown` of those.
+fn impression_window(version: u64, allocated: f64, shown: f64) -> WindowStats {
+    let mut w = WindowStats {
+        requests: crate::stats::Tally { ht: 10_000.0, n: 10_000 },
+        requests_sq: 10_000.0,
+        ..WindowStats::default()
+    };
+    w.versions.insert(version, 10_000.0);
+    let a = w.campaigns.entry(CampaignId::parse("A").unwrap()).or_default();
+    let n = (allocated * 10_000.0).round();
+    a.allocations = crate::stats::Tally { ht: n, n: n as u64 };
+    a.allocations_sq = n;
+    let k = (n * shown).round();
+    a.impressions = crate::stats::Tally { ht: k, n: k as u64 };
+    a.impressions_sq = k;
+    w
+}
+
+/// A round for A at 40 % measured on impressions, with 80 % of its ads shown in the
+/// recent windows: the plan in force is `version`, made from `state`.
+fn impression_round(version: u64, last: &WindowStats, state: &ControlState) -> Decision {
+    let t = targets(json!({"campaigns": [{"id": "A", "rate": 0.4}]}));
+    let recent = impression_window(1, 0.5, 0.8);
+    let input =
+        |last, previous, state| ControlInput { targets: &t, recent: &recent, last, last_index: None, previous, state };
+    let made = Controller::default().decide(input(None, None, state));
+    let prev = made.to_plan(&t, PlacementId::parse("p").unwrap(), version, 1.0, 0);
+    Controller::default().decide(input(Some(last), Some(&prev), state))
+}
+
+#[test]
+fn feedback_on_impressions_is_not_fooled_by_a_render_ratio_that_moved() {
+    let a = CampaignId::parse("A").unwrap();
+    // The plan allocates 0.4 / 0.8 = 0.5 to A. A window delivers exactly that, but shows
+    // only 70 % of it: the render ratio moved (its ads went to apps that show fewer),
+    // which the recent windows' ratio follows; nothing is left for feedback.
+    let d = impression_round(3, &impression_window(3, 0.5, 0.7), &ControlState::default());
+    assert_eq!(d.campaigns[0].basis, DeliveryBasis::Impressions);
+    assert!(d.state.corrections.is_empty(), "{:?}", d.state.corrections);
+    assert_eq!(d.state.learning.as_ref().unwrap().evidence[&a].windows, 1);
+}
+
+#[test]
+fn feedback_on_impressions_keeps_its_evidence_across_new_weights() {
+    let a = CampaignId::parse("A").unwrap();
+    // 5 pp fewer allocations than the plan's 0.5 (ten standard errors): corrected at once.
+    let first = impression_round(3, &impression_window(3, 0.45, 0.8), &ControlState::default());
+    let g = first.state.corrections[&a];
+    assert!((g - 0.5 / 0.45).abs() < 1e-9, "{g}");
+    // The corrected plan has new weights; under them A gets what the model, corrected,
+    // expects. The evidence of the window before is still there, and g holds.
+    let second = impression_round(4, &impression_window(4, 0.5, 0.8), &first.state);
+    assert!(second.campaigns[0].weight > 0.5, "{:?}", second.campaigns[0]);
+    assert_eq!(second.state.learning.as_ref().unwrap().evidence[&a].windows, 2);
+    assert_eq!(second.state.corrections.get(&a), Some(&g));
+}
+
 #[test]
 fn feedback_ignores_noise_and_mixed_windows() {
     // Within the window's interval (±0.98 pp at n = 10,000): no change.
