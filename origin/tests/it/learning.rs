@@ -2,12 +2,13 @@
 //! with a published plan), a plan republished for its age or a new rate carries the
 //! weights in force so learning goes on under them, a round seeing a window it already
 //! counted does not count it again — whether a manager re-saves the targets over and
-//! over or Redis fails under the loop and the lease is taken again.
+//! over or Redis fails under the loop and the lease is taken again. Apps that hold
+//! back their impression reports move the render ratio they report on, not feedback.
 
 use allot_core::contract::keys::PlacementKeys;
-use allot_core::{ControlState, Event, PlacementId, Plan};
+use allot_core::{ControlState, Event, EventKind, PlacementId, Plan};
 use allot_origin::store::PlanRecord;
-use allot_testkit::events::{allocation, batch, under, xadd};
+use allot_testkit::events::{allocation, batch, event, under, xadd};
 use allot_testkit::origin::{MANAGER_TOKEN, TestApp, config};
 use allot_testkit::poll::eventually;
 use allot_testkit::redis::{RedisServer, total_counts};
@@ -223,4 +224,66 @@ async fn redis_failing_under_the_loop_loses_no_state_and_counts_no_window_twice(
     assert!(after.corrections.is_empty(), "{after:?}");
     let record = stored_record(&redis).expect("the plan survived");
     assert!(record.plan.version >= version_before);
+}
+
+/// Window `index` of 400 requests under `plan`, A given exactly the share the plan
+/// predicts, and `shown` of A's ads reported as impressions.
+fn window_with_impressions(plan: &Plan, index: u64, period: u64, shown: f64, tag: &str) -> Vec<Event> {
+    let a = &plan.campaigns[0];
+    let predicted = a.weight / (a.weight + plan.no_ad_weight);
+    let mut events = traffic(plan, index, period, 400, predicted, tag);
+    let given: Vec<Event> = events.iter().filter(|e| e.ad_id.is_some()).cloned().collect();
+    let reported = (given.len() as f64 * shown).round() as usize;
+    events.extend(given.iter().take(reported).map(|e| {
+        let t = e.event_time_ms;
+        under(plan, event(EventKind::Impression, e.request_id.as_str(), "home_feed", t, Some("A"), &[], 0, 1.0))
+    }));
+    events
+}
+
+/// Hostile: the apps report 80 % of A's ads as shown for two windows, then hold back
+/// all but a fifth of the reports in the window the round learns from. A got exactly
+/// what the plan gave it, so there is nothing for feedback to correct: the withheld
+/// reports lower A's render ratio (which the plan answers, and the status shows), but
+/// no correction. Feedback compares allocations, which come from the edges; compared
+/// on impressions, the gap (A's impressions at a fifth against the 60 % the recent
+/// windows' ratio predicts) would have doubled A's correction.
+#[tokio::test]
+async fn impressions_held_back_lower_the_render_ratio_but_bend_no_correction() {
+    early_in_a_minute().await;
+    let redis = RedisServer::start();
+    let period = 60_000;
+    let env = [
+        ("ALLOT_CONTROL_PERIOD_MS", "60000"),
+        ("ALLOT_CONTROL_LATENESS_MS", "0"),
+        ("ALLOT_CONTROL_IMPRESSION_LATENESS_MS", "0"),
+    ];
+    let app = TestApp::start(config(&redis, "", &env)).await;
+    assert_eq!(app.put_targets("home_feed", &spec(), MANAGER_TOKEN).await.status(), 201);
+    eventually(5, "first plan", || async { stored_record(&redis).filter(|r| r.plan.version == 1).map(|_| ()) }).await;
+    let v1 = first_plan(&redis);
+
+    let last = allot_origin::now_ms() / period - 1;
+    for index in last - 2..=last {
+        let shown = if index == last { 0.2 } else { 0.8 };
+        let events = window_with_impressions(&v1, index, period, shown, &format!("w{index}"));
+        xadd(&mut redis.conn(), &allot_core::EventBatch { events }, allot_origin::now_ms());
+    }
+    let total = 3 * 400;
+    eventually(10, "counted", || async { (total_counts(&redis, "home_feed").requests.n == total).then_some(()) }).await;
+    ask_for_a_round(&app).await;
+    let state = eventually(10, "the window learnt", || async {
+        stored_state(&redis).filter(|s| s.learning.as_ref().is_some_and(|l| l.last_window == last + 1))
+    })
+    .await;
+    assert_eq!(windows_counted(&state), 1, "{state:?}");
+    assert!(state.corrections.is_empty(), "reports held back are not a bias of the plan: {state:?}");
+    // The plan made in that round: on impressions, A's ratio over the three windows
+    // ((2 · 0.8 + 0.2) / 3) is what the held-back reports moved.
+    let record =
+        eventually(5, "a new plan", || async { stored_record(&redis).filter(|r| r.plan.version > v1.version) }).await;
+    let a = &record.decision.as_ref().expect("the plan's decision").campaigns[0];
+    assert_eq!(a.basis, allot_core::DeliveryBasis::Impressions, "{a:?}");
+    assert!((a.render_ratio - 0.6).abs() < 1e-9, "{a:?}");
+    assert_eq!(a.correction, 1.0, "{a:?}");
 }
