@@ -21,6 +21,8 @@ fn last_window_event(i: usize, ad: Option<&str>, platform: &str, period_ms: u64)
 
 #[tokio::test]
 async fn a_target_change_gets_a_plan_at_once_and_status_reports_it() {
+    // The events sit in the minute before; the status must read that same window.
+    crate::learning::early_in_a_minute().await;
     let redis = RedisServer::start();
     // A long period: only the change itself can trigger the round in time.
     let app =
