@@ -26,7 +26,10 @@
 //! would mix the render ratio's lag into the bias, and its evidence would have to start
 //! over with every new weights. At 10,000 requests/s the weights are re-solved nearly
 //! every window: evidence that starts over is one window, whose doubled band cannot undo
-//! a wrong step of `g` for twenty windows and more.
+//! a wrong step of `g` for twenty windows and more. What is left depending on the
+//! weights is the reporting apps' own mix (the prediction is made over all the traffic),
+//! so new weights that move more than [`REPORTING_MIX_SHIFT`] of the traffic (a target
+//! change, a large re-solve) still start such a campaign's evidence over.
 //!
 //! **A sequential test decides.** The current correction `g` predicts the merged
 //! measured share `P/g`. Only when the merged share is further from it than
@@ -72,6 +75,14 @@ pub struct Learning {
     pub last_window: u64,
     pub evidence: BTreeMap<CampaignId, Evidence>,
 }
+
+/// New weights that move more than this share of the traffic ([`PlanWeights::moved_from`])
+/// start over the evidence of campaigns measured on impressions. Their share is measured
+/// among the apps that report impressions and predicted over all the traffic; where
+/// those apps' mix differs from the rest's, the ratio between the two depends on the
+/// weights. The weights' window-to-window jitter moves a percent or two, which the
+/// evidence's fading follows; a target change or a large re-solve moves more.
+const REPORTING_MIX_SHIFT: f64 = 0.05;
 
 /// How many sets of weights are remembered: a window is decided under at most two or
 /// three plans (the edges take a new one up over a minute or two).
@@ -161,6 +172,25 @@ impl PlanWeights {
                 .all(|((id, w, e), c)| *id == c.id && close(*w, c.weight) && *e == c.eligibility)
     }
 
+    /// How much of the traffic these weights give to other campaigns than `before`
+    /// did: half the distance between the two sets of weights, each as shares of its
+    /// total ("no ad" included), within `[0, 1]`; 1 when the rules differ.
+    fn moved_from(&self, before: &PlanWeights) -> f64 {
+        let same_rules = self.campaigns.len() == before.campaigns.len()
+            && self.campaigns.iter().zip(&before.campaigns).all(|((a, _, e), (b, _, f))| a == b && e == f);
+        let total = |p: &PlanWeights| p.no_ad_weight + p.campaigns.iter().map(|(_, w, _)| w).sum::<f64>();
+        let (t, u) = (total(self), total(before));
+        if !same_rules || t <= 0.0 || u <= 0.0 {
+            return 1.0;
+        }
+        let shares = self.campaigns.iter().zip(&before.campaigns).map(|((_, w, _), (_, v, _))| (w / t, v / u));
+        let apart: f64 = std::iter::once((self.no_ad_weight / t, before.no_ad_weight / u))
+            .chain(shares)
+            .map(|(a, b)| (a - b).abs())
+            .sum();
+        (apart / 2.0).min(1.0)
+    }
+
     /// The shares these weights deliver for the traffic mix of `mix`, by campaign.
     fn delivered(&self, mix: &WindowStats) -> Vec<f64> {
         let patterns = patterns_for(self.campaigns.iter().map(|(_, _, e)| e), mix);
@@ -177,8 +207,9 @@ impl Learning {
         self.plans.last().map(|p| p.since_version)
     }
 
-    /// Takes note of the plan in force. Returns whether its weights are new.
-    fn follow(&mut self, plan: &Plan) -> bool {
+    /// Takes note of the plan in force. Returns how much of the traffic its weights
+    /// move from the ones before ([`PlanWeights::moved_from`]): 0 for the same weights.
+    fn follow(&mut self, plan: &Plan) -> f64 {
         let key = weights_fingerprint(plan);
         // Versions the plan in force has not reached, or its fingerprint on other
         // weights: not this placement's history (another origin's state, a forgery).
@@ -189,7 +220,7 @@ impl Learning {
         match self.plans.last_mut() {
             Some(p) if p.fingerprint == key && p.since_version <= plan.version => {
                 p.until_version = p.until_version.max(plan.version);
-                false
+                0.0
             }
             _ => {
                 // A plan older than what is remembered (another origin's state):
@@ -197,10 +228,12 @@ impl Learning {
                 if self.plans.iter().any(|p| p.until_version >= plan.version) {
                     *self = Self::default();
                 }
-                self.plans.push(PlanWeights::of(plan));
+                let new = PlanWeights::of(plan);
+                let moved = self.plans.last().map_or(1.0, |before| new.moved_from(before));
+                self.plans.push(new);
                 let excess = self.plans.len().saturating_sub(PLANS_KEPT);
                 self.plans.drain(..excess);
-                true
+                moved
             }
         }
     }
@@ -342,7 +375,15 @@ impl Controller {
         }
         let Some(prev) = input.previous else { return state };
         let mut learning = input.state.learning.clone().unwrap_or_default();
-        learning.follow(prev);
+        if learning.follow(prev) > REPORTING_MIX_SHIFT {
+            // New weights that move much of the traffic: among the reporting apps, a
+            // campaign's share may move otherwise than the whole traffic's.
+            for (c, b) in input.targets.campaigns.iter().zip(basis) {
+                if *b == DeliveryBasis::Impressions {
+                    learning.evidence.remove(&c.id);
+                }
+            }
+        }
         learning.evidence.retain(|id, _| input.targets.campaign(id).is_some());
         let Some(last) = input.last else {
             state.learning = Some(learning);
