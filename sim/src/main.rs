@@ -10,13 +10,6 @@ use allot_sim::world::{self, Run, Settings};
 use allot_sim::{metrics, report};
 use clap::Parser;
 
-/// The simulator sends its sampled events through the production wire format (the
-/// edge's JSON batches, parsed as the origin parses them), and most of its time went to
-/// the system allocator's small allocations and frees; mimalloc's thread-local free
-/// lists halve that.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Runs allot's control loop in simulated worlds — traffic that swings and shifts, many
 /// colos that see plans late, events that arrive late, twice or never, managers who
 /// change targets — over many seeds, and prints per scenario how close the realized
