@@ -110,13 +110,23 @@ pub(crate) async fn ask_for_a_round(app: &TestApp) {
 /// An origin on a 60 s period with no lateness: a test's events sit in the window that
 /// just ended, and its rounds must count it at once.
 pub(crate) async fn start_on_minutes(redis: &RedisServer) -> TestApp {
-    let env = [("ALLOT_CONTROL_PERIOD_MS", "60000"), ("ALLOT_CONTROL_LATENESS_MS", "0")];
+    start_on_minutes_with(redis, &[]).await
+}
+
+/// [`start_on_minutes`] with more settings.
+async fn start_on_minutes_with(redis: &RedisServer, more: &[(&str, &str)]) -> TestApp {
+    let mut env = vec![("ALLOT_CONTROL_PERIOD_MS", "60000"), ("ALLOT_CONTROL_LATENESS_MS", "0")];
+    env.extend_from_slice(more);
     TestApp::start(config(redis, "", &env)).await
 }
 
 /// [`start_on_minutes`], `home_feed`'s targets saved, and its first plan.
 pub(crate) async fn start_with_a_plan(redis: &RedisServer) -> (TestApp, Plan) {
-    let app = start_on_minutes(redis).await;
+    plan_on(redis, start_on_minutes(redis).await).await
+}
+
+/// `home_feed`'s targets saved through `app`, and its first plan.
+async fn plan_on(redis: &RedisServer, app: TestApp) -> (TestApp, Plan) {
     assert_eq!(app.put_targets("home_feed", &spec(), MANAGER_TOKEN).await.status(), 201);
     eventually(5, "first plan", || async { stored_record(redis).filter(|r| r.plan.version == 1).map(|_| ()) }).await;
     let v1 = first_plan(redis);
@@ -253,15 +263,8 @@ async fn impressions_held_back_lower_the_render_ratio_but_bend_no_correction() {
     early_in_a_minute().await;
     let redis = RedisServer::start();
     let period = 60_000;
-    let env = [
-        ("ALLOT_CONTROL_PERIOD_MS", "60000"),
-        ("ALLOT_CONTROL_LATENESS_MS", "0"),
-        ("ALLOT_CONTROL_IMPRESSION_LATENESS_MS", "0"),
-    ];
-    let app = TestApp::start(config(&redis, "", &env)).await;
-    assert_eq!(app.put_targets("home_feed", &spec(), MANAGER_TOKEN).await.status(), 201);
-    eventually(5, "first plan", || async { stored_record(&redis).filter(|r| r.plan.version == 1).map(|_| ()) }).await;
-    let v1 = first_plan(&redis);
+    let app = start_on_minutes_with(&redis, &[("ALLOT_CONTROL_IMPRESSION_LATENESS_MS", "0")]).await;
+    let (app, v1) = plan_on(&redis, app).await;
 
     let last = allot_origin::now_ms() / period - 1;
     for index in last - 2..=last {
