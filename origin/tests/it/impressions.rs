@@ -336,7 +336,7 @@ fn on_impressions(v: &Value, i: usize) -> (f64, f64, f64) {
 /// an app in the background): the aggregator counts them in their own window, marked
 /// late, and the next window's status allows for as many of that campaign's impressions
 /// still to come, never past the ads it was given. The other campaign's impressions all
-/// came on time: its share and interval are as counted.
+/// came on time: its share is as counted.
 #[tokio::test]
 async fn impressions_reported_after_their_window_was_read_are_counted_late_and_allowed_for() {
     let redis = RedisServer::start();
@@ -363,8 +363,10 @@ async fn impressions_reported_after_their_window_was_read_are_counted_late_and_a
     assert_eq!(v["window"]["impressions_to_come"], json!({"A": 0.1}), "{v}");
     let (low, share, high) = on_impressions(&v, 0);
     assert!((share - 0.4 / 0.9).abs() < 1e-9 && low < 0.42 && high > 0.47 && high <= 0.5, "{v}");
+    // B's are as counted; its interval is only as wide as the allowance for requests
+    // still to come, one in as many as window a held (the rule of succession).
     let (low, share, high) = on_impressions(&v, 1);
-    assert!(low == share && (share - 0.3).abs() < 1e-9 && share == high, "{v}");
+    assert!((share - 0.3).abs() < 1e-9 && low < share && share < high && high - low < 0.025, "{v}");
 }
 
 /// Fault: the aggregator is down while a window's impressions come in, and applies them
