@@ -69,3 +69,19 @@ pub fn eventually_blocking<O: Outcome>(secs: u64, what: &str, f: impl FnMut() ->
     until_blocking(Duration::from_secs(secs), f)
         .unwrap_or_else(|| panic!("timed out after {secs} s waiting for {what}"))
 }
+
+/// Waits, if needed, until the wall clock is between `earliest` and `latest` into a
+/// period of `period` (all in ms), so a test's events land in the window it reads.
+/// Windows follow the wall clock, and a test that starts near a boundary would see its
+/// events split over two windows, or the window it reads not yet complete.
+pub async fn into_period(period: u64, earliest: u64, latest: u64) {
+    let into = crate::events::now_ms() % period;
+    let wait = if into < earliest {
+        earliest - into
+    } else if into > latest {
+        period - into + earliest
+    } else {
+        0
+    };
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+}

@@ -136,12 +136,8 @@ async fn rounds_act_on_a_window_only_once_its_late_events_are_in() {
     let spec = json!({"campaigns": [{"id": "A", "rate": 0.5}], "confidence": {"margin": 0.1, "level": 0.9}});
     assert_eq!(app.put_targets("home_feed", &spec, MANAGER_TOKEN).await.status(), 201);
     let mut conn = redis.conn();
-    let now = allot_origin::now_ms();
-    let mut index = now / period;
-    if now % period > period / 2 {
-        index += 1;
-        tokio::time::sleep(std::time::Duration::from_millis((index * period).saturating_sub(now) + 50)).await;
-    }
+    allot_testkit::poll::into_period(period, 50, period / 2).await;
+    let index = allot_origin::now_ms() / period;
     xadd(&mut conn, &EventBatch { events: requests("DE", 200, index, period, 1.0, "on-time") }, allot_origin::now_ms());
     // The window ends; 0.5 s later its last batch arrives (a retried send).
     let end = (index + 1) * period;

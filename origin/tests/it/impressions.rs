@@ -7,7 +7,7 @@ use allot_core::{CampaignId, EventKind, WindowStats};
 use allot_origin::aggregate::impression_marker_ttl_secs;
 use allot_testkit::events::{batch, event, now_ms, plan, record_published};
 use allot_testkit::origin::{MANAGER_TOKEN, TestApp, VIEWER_TOKEN, config};
-use allot_testkit::poll::eventually;
+use allot_testkit::poll::{eventually, into_period};
 use allot_testkit::redis::{RedisServer, total_counts};
 use serde_json::{Value, json};
 
@@ -20,10 +20,7 @@ const HOUR_MS: u64 = 3_600_000;
 async fn origin(redis: &RedisServer, rate: f64) -> TestApp {
     // In an hour's first minutes the last hour is not yet complete for impressions, and
     // the status reads the one before.
-    let into = now_ms() % HOUR_MS;
-    if into < 120_000 {
-        tokio::time::sleep(std::time::Duration::from_millis(120_000 - into)).await;
-    }
+    into_period(HOUR_MS, 120_000, HOUR_MS).await;
     origin_with_period(redis, rate, HOUR_MS).await
 }
 

@@ -95,10 +95,7 @@ async fn the_state_is_kept_every_round_and_a_republish_keeps_the_weights() {
 /// Waits, if needed, so that the test runs in the first 40 s of a minute (its windows
 /// are a minute long).
 pub(crate) async fn early_in_a_minute() {
-    let into = allot_origin::now_ms() % 60_000;
-    if into > 40_000 {
-        tokio::time::sleep(std::time::Duration::from_millis(60_000 - into + 100)).await;
-    }
+    allot_testkit::poll::into_period(60_000, 100, 40_000).await;
 }
 
 /// A round of `home_feed` now (what a target change asks for).

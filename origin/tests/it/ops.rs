@@ -28,10 +28,7 @@ fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 /// 15 s before the next window ends (so the test reads one window throughout).
 async fn last_window_traffic(redis: &RedisServer) {
     let period = 60_000;
-    let into = allot_origin::now_ms() % period;
-    if into > period - 15_000 {
-        tokio::time::sleep(std::time::Duration::from_millis(period - into + 500)).await;
-    }
+    allot_testkit::poll::into_period(period, 500, period - 15_000).await;
     let index = allot_origin::now_ms() / period - 1;
     let events = (0..200)
         .map(|i| {
