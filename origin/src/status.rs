@@ -66,8 +66,10 @@ pub struct WindowSummary {
     pub samples: u64,
     pub effective_samples: f64,
     /// The share of the window's requests the windows before it say were still to come
-    /// when it was read (counted late there): the campaigns' intervals allow for them.
-    /// 0 in records kept before it was measured.
+    /// when it was read (counted late there, plus the rule of succession's one late
+    /// request in as many as they held: `Evidence::stragglers`), less the window's own
+    /// late ones already in: the campaigns' intervals allow for them. 0 in records kept
+    /// before it was measured.
     #[serde(default)]
     pub stragglers: f64,
     /// The same for the impressions of each campaign measured on them, where it is not

@@ -60,8 +60,9 @@ pub struct Summary {
     pub coverage: Figure,
     pub joint_coverage: Figure,
     /// In windows at census (every request sampled) the estimate is the realized share
-    /// itself, so their intervals cover it trivially: scored apart (covered share, cells),
-    /// not pooled into the coverage above, which they would lift over the level.
+    /// itself but for the events still to come, so their intervals test completeness
+    /// rather than the sample: scored apart (covered share, cells), not pooled into the
+    /// coverage above.
     pub census_coverage: Option<(f64, usize)>,
     /// Sampled requests over the binomial minimum on the traffic seen.
     pub samples_vs_minimum: f64,
