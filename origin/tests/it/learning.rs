@@ -284,6 +284,6 @@ async fn impressions_held_back_lower_the_render_ratio_but_bend_no_correction() {
         eventually(5, "a new plan", || async { stored_record(&redis).filter(|r| r.plan.version > v1.version) }).await;
     let a = &record.decision.as_ref().expect("the plan's decision").campaigns[0];
     assert_eq!(a.basis, allot_core::DeliveryBasis::Impressions, "{a:?}");
-    assert!((a.render_ratio - 0.6).abs() < 0.01, "{a:?}");
+    assert!((a.render_ratio - 0.6).abs() < 1e-9, "{a:?}");
     assert_eq!(a.correction, 1.0, "{a:?}");
 }
