@@ -15,11 +15,10 @@ const HOUR_MS: u64 = 3_600_000;
 
 /// An origin with targets for home_feed and, its control loop being off, plan 1 of
 /// home_feed at `rate` recorded as published (ingest counts only published plans).
-/// Hour-long windows: the "last complete window" cannot roll over mid-test; not in an
-/// hour's first two minutes, when the last hour is not yet complete for impressions.
+/// Hour-long windows: the "last complete window" cannot roll over mid-test. Not in an
+/// hour's first two minutes: the last hour is not yet complete for impressions then,
+/// and the status would read the one before.
 async fn origin(redis: &RedisServer, rate: f64) -> TestApp {
-    // In an hour's first minutes the last hour is not yet complete for impressions, and
-    // the status reads the one before.
     into_period(HOUR_MS, 120_000, HOUR_MS).await;
     origin_with_period(redis, rate, HOUR_MS).await
 }
