@@ -35,7 +35,11 @@ async fn answers_held_past_the_edge_timeout_leave_one_stream_entry_per_batch() {
     let stack = Stack::start(options).await.unwrap();
     stack.put_placement("home_feed", &scenario::home_feed()).await.unwrap();
     eventually(20, "the edge's plan", async || stack.edge_plan_version("home_feed").await.unwrap()).await;
-    let rate = stack.status("home_feed").await.unwrap()["sample_rate"].as_f64().unwrap();
+    // The origin pushes a plan to the edge before it records it, so the edge may hold
+    // it a moment before the status shows it.
+    let rate =
+        eventually(20, "the recorded plan", async || stack.status("home_feed").await.unwrap()["sample_rate"].as_f64())
+            .await;
     assert!(rate > 0.5, "the first plan samples most requests: {rate}");
 
     stack.proxy().unwrap().hold_answers(HOLD);
