@@ -156,6 +156,13 @@ async fn shares_converge_to_targets_and_the_origin_knows_it() {
 /// The origin's count once the edge has flushed and the aggregator caught up: two reads
 /// half a second apart agree.
 async fn settled_count(stack: &Stack, placement: &str) -> u64 {
+    // Every event the edge sampled has left it (a batch it is retrying would be
+    // counted later), then the count has stopped moving.
+    poll::eventually(30, "an idle outbox", async || {
+        let e = stack.edge_events().await.unwrap();
+        (e["waiting"] == 0 && e["sent"] == e["queued"]).then_some(())
+    })
+    .await;
     let mut last = counted(stack, placement);
     poll::until(Duration::from_secs(20), async || {
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -172,6 +172,10 @@ async fn a_put_racing_a_withdrawal_stays_controlled() {
     let controller = TestApp::start(config(&redis, "", &[("ALLOT_CONTROL_PERIOD_MS", "300")])).await;
     eventually(5, "a plan with ads again", || async { (history(&redis).first() == Some(&5)).then_some(()) }).await;
     assert_eq!(controller.app().store.placements().await.unwrap(), std::slice::from_ref(&p), "registered again");
-    let stored = controller.app().store.plan_record(&p).await.unwrap().unwrap();
+    // The plan's history is written before it is published, its record after.
+    let stored = eventually(5, "version 5 or later recorded", || async {
+        controller.app().store.plan_record(&p).await.unwrap().filter(|r| r.plan.version >= 5)
+    })
+    .await;
     assert!(!stored.plan.withdrawn && stored.plan.campaigns.len() == 1, "{:?}", stored.plan);
 }

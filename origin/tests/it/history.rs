@@ -131,6 +131,8 @@ async fn hostile_history_queries_get_json_errors() {
 
 #[tokio::test]
 async fn a_preview_shows_infeasible_and_unattainable_targets_and_writes_nothing() {
+    // The last complete window must stay the one the test fills until the preview.
+    crate::learning::early_in_a_minute().await;
     let redis = RedisServer::start();
     let period = 60_000;
     let app =
@@ -146,7 +148,12 @@ async fn a_preview_shows_infeasible_and_unattainable_targets_and_writes_nothing(
         allot_origin::now_ms(),
     );
     eventually(10, "counted", || async { (total_counts(&redis, "home_feed").requests.n == 200).then_some(()) }).await;
-    let plan_before = app.get_json("/v1/placements/home_feed/status", VIEWER_TOKEN).await.1["plan_version"].clone();
+    // The round the PUT asked for has published its plan.
+    let plan_before = eventually(10, "the first plan", || async {
+        let v = app.get_json("/v1/placements/home_feed/status", VIEWER_TOKEN).await.1["plan_version"].clone();
+        (!v.is_null()).then_some(v)
+    })
+    .await;
 
     // C is only for Android; all the traffic is iOS. The margin is far finer than 200
     // requests a window can measure.

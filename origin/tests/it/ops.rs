@@ -58,9 +58,12 @@ async fn delivery_gauges_agree_with_the_status_api() {
     });
     assert_eq!(app.put_targets("home_feed", &spec, MANAGER_TOKEN).await.status(), 201);
     // A round sets the placement's unattainable gauge last: a scrape begun once it is
-    // there has the whole round's gauges, never a half-set campaign.
+    // there has the whole round's gauges, never a half-set campaign. The sample rate's
+    // comes with the plan, which a first round records after publishing it.
     eventually(5, "gauges", || async {
-        series(&app.metrics_text().await, "allot_placement_unattainable", &[("placement", "home_feed")])
+        let text = app.metrics_text().await;
+        let unattainable = series(&text, "allot_placement_unattainable", &[("placement", "home_feed")]);
+        unattainable.and(series(&text, "allot_placement_sample_rate", &[("placement", "home_feed")]))
     })
     .await;
     let text = app.metrics_text().await;

@@ -232,7 +232,11 @@ async fn worker_push_is_signed_with_every_push_key_and_never_the_ingest_key() {
         let ingest = Verifier::new(vec![INGEST_KEY.as_bytes().to_vec()], 60).unwrap();
         assert!(ingest.verify(&w.signatures[0], body.as_bytes(), now).is_err());
     }
-    assert_eq!(app.metric("allot_plans_published_total{why=\"first\"}").await, 1.0);
+    // Counted once the worker's answer is back, a moment after the worker has the plan.
+    eventually(5, "the publish counted", || async {
+        (app.metric("allot_plans_published_total{why=\"first\"}").await == 1.0).then_some(())
+    })
+    .await;
     assert_eq!(app.metric_sum("allot_plans_published_total").await, 1.0);
 
     // The edge already holds a newer version: 409 is not a failure.
