@@ -240,7 +240,7 @@ impl Controller {
             })
             .collect();
 
-        let state = self.feedback(&input, &basis, &mass, &render);
+        let state = self.feedback(&input, &mass, &render);
         let corr = |id: &CampaignId| state.corrections.get(id).copied().unwrap_or(1.0);
 
         let mut alloc_targets: Vec<f64> =

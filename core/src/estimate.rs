@@ -1,6 +1,8 @@
 //! Realized shares with confidence intervals.
 //!
-//! A campaign's share is `HT(delivered) / HT(requests)`. Sampling is of requests
+//! A campaign's share is `HT(delivered) / HT(requests)`; on impressions, its render
+//! ratio among the apps that report them times its share of all allocations
+//! ([`Reading`]). Sampling is of requests
 //! (consistent hashing), so within a window the sampled requests are a Bernoulli sample
 //! of the placement's traffic and the share behaves like a binomial proportion. The
 //! interval is Wilson's score interval, which stays inside `[0, 1]` and behaves near 0
@@ -9,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::stats::MAX_STRAGGLERS;
+use crate::stats::{MAX_STRAGGLERS, Tally};
 use crate::{CampaignId, WindowStats};
 
 /// What counts as a campaign's delivery.
@@ -81,12 +83,14 @@ pub fn wilson(p: f64, n: f64, z: f64) -> (f64, f64) {
 /// them, so only the `w − 1` unseen ones are uncertain (the finite-population
 /// correction): at a low rate the interval is the binomial one, at a high rate it is
 /// narrower, and at census it is the realized share itself.
+///
+/// On impressions the share is the campaign's render ratio among the apps that report
+/// them times its share of all allocations ([`Reading`]).
 pub fn share(stats: &WindowStats, campaign: &CampaignId, basis: DeliveryBasis, z: f64) -> ShareEstimate {
-    let (tally, _) = delivered(stats, campaign, basis);
-    let (base, _) = base(stats, basis);
-    let share = if base.ht > 0.0 { (tally.ht / base.ht).min(1.0) } else { 0.0 };
-    let (low, high) = wilson(share, realized_samples(stats, campaign, basis), z);
-    ShareEstimate { share, low, high, samples: tally.n }
+    let reading = Reading::of(stats, campaign, basis);
+    let share = reading.share();
+    let (low, high) = wilson(share, reading.samples(true), z);
+    ShareEstimate { share, low, high, samples: delivered_samples(stats, campaign, basis) }
 }
 
 /// What the status publishes for `campaign` from a window's reading
@@ -114,9 +118,10 @@ pub fn published(
 /// campaign's impressions still to come: each counted impression stands for
 /// `k = 1/(1 − missing)` of them, so the share and its interval's half-widths grow by
 /// `k`, and which of them come is a further sample of the campaign's impressions, whose
-/// spread (`k(k − 1)·Σw²/X²`) adds in quadrature. The interval only widens; and no
-/// campaign shows more ads than it was given, so the share and the high end stop at its
-/// share of allocations among reporting apps (or where they already were).
+/// spread (`k(k − 1)·Σw²` over the render ratio's base, scaled to the share) adds in
+/// quadrature. The interval only widens; and no campaign shows more ads than it was
+/// given, so the share and the high end stop at its share of allocations (or where
+/// they already were).
 ///
 /// The allowance is learnt from earlier windows, so an app carrying a fraction `f` of
 /// the campaign's impressions there, and delaying them all, makes the share read
@@ -130,47 +135,161 @@ fn allow_for_impressions_to_come(
     z: f64,
 ) -> ShareEstimate {
     let missing = if missing.is_finite() { missing.clamp(0.0, MAX_STRAGGLERS) } else { 0.0 };
-    let (reporting, _) = stats.reporting();
-    if missing == 0.0 || reporting.ht <= 0.0 {
+    let c = stats.campaigns.get(campaign).copied().unwrap_or_default();
+    let reporting = c.reporting_allocations().ht;
+    if missing == 0.0 || reporting <= 0.0 || stats.requests.ht <= 0.0 {
         return e;
     }
-    let c = stats.campaigns.get(campaign).copied().unwrap_or_default();
-    let given = c.reporting_allocations().ht / reporting.ht;
+    let given = (c.allocations.ht / stats.requests.ht).min(1.0);
     if given <= e.share {
         // Every ad given was counted shown: none can still come.
         return e;
     }
     let k = 1.0 / (1.0 - missing);
-    let spread = z * (k * (k - 1.0) * c.impressions_sq).sqrt() / reporting.ht;
-    let ceiling = given.min(1.0);
-    let share = (e.share * k).min(ceiling);
+    let spread = z * given * (k * (k - 1.0) * c.impressions_sq).sqrt() / reporting;
+    let share = (e.share * k).min(given);
     let half = |h: f64| (h * h * k * k + spread * spread).sqrt();
     let low = (share - half(e.share - e.low)).max(0.0).min(e.low.max(share));
-    let high = (share + half(e.high - e.share)).min(ceiling.max(e.high)).max(share);
+    let high = (share + half(e.high - e.share)).min(given.max(e.high)).max(share);
     ShareEstimate { share, low, high, ..e }
 }
 
-/// Like [`effective_samples`], but for the share realized over the window's requests
-/// rather than the share its plan delivers in expectation: `Σw²` becomes `Σw(w − 1)`
-/// (`Σw²` minus the Horvitz–Thompson total). Infinite at census.
-fn realized_samples(stats: &WindowStats, campaign: &CampaignId, basis: DeliveryBasis) -> f64 {
-    let (requests, s_x) = base(stats, basis);
-    let (tally, s_y) = delivered(stats, campaign, basis);
-    if requests.ht <= 0.0 || s_x <= 0.0 {
-        // Nothing sampled, or a window stored without its sums.
-        return effective_samples(stats, campaign, basis);
+/// A campaign's share as the window reads it: its share of all allocations and, on
+/// impressions, the render ratio it is scaled by.
+///
+/// **Why impressions are scaled, not divided by the reporting apps' requests.** Only
+/// apps that report impressions can show one; the others' impressions are unknown. The
+/// share of the reporting apps' requests would stand for the placement only if those
+/// apps were a fair sample of its traffic, and they seldom are: reporting depends on
+/// the app, so on its platform and countries, and so on which campaigns it is eligible
+/// for. An iOS-only campaign on a placement whose iOS apps report and whose web apps
+/// do not would read about as many times too high as iOS is over-represented among the
+/// reporting apps. Its render ratio (impressions over its allocations to the reporting
+/// apps) does not depend on that mix, and its allocations are counted on every app, so
+/// their product stands for the placement as long as each campaign's ads render alike
+/// in the apps that report and in those that do not.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    allocated: Ratio,
+    /// On impressions: impressions over allocations to the reporting apps.
+    render: Option<Ratio>,
+}
+
+impl Reading {
+    fn of(stats: &WindowStats, campaign: &CampaignId, basis: DeliveryBasis) -> Self {
+        let c = stats.campaigns.get(campaign).copied().unwrap_or_default();
+        let allocated = Ratio { x: stats.requests, s_x: stats.requests_sq, y: c.allocations, s_y: c.allocations_sq };
+        let render = (basis == DeliveryBasis::Impressions).then(|| {
+            let reporting = c.reporting_allocations();
+            // `Σw²` of the reporting apps' allocations, not counted apart: the two kinds
+            // of apps are sampled at the same rates, so in proportion.
+            let s_x = if c.allocations.ht > 0.0 { c.allocations_sq * reporting.ht / c.allocations.ht } else { 0.0 };
+            Ratio { x: reporting, s_x, y: c.impressions, s_y: c.impressions_sq }
+        });
+        Self { allocated, render }
     }
-    let unseen_x = (s_x - requests.ht).max(0.0);
-    let r = (tally.ht / requests.ht).clamp(0.0, 1.0);
-    let known_y = tally.n == 0 || s_y > 0.0;
-    let v =
-        ratio_variance(requests.ht, r, unseen_x, (s_y - tally.ht).max(0.0)).filter(|_| r > 0.0 && r < 1.0 && known_y);
-    match v {
-        Some(v) if v > 0.0 => r * (1.0 - r) / v,
-        // A share of 0 or 1, or a window without the numerator's sum: Kish's size,
-        // corrected the same way.
-        None if unseen_x > 0.0 => requests.ht * requests.ht / unseen_x,
-        _ => f64::INFINITY,
+
+    fn share(&self) -> f64 {
+        self.allocated.value() * self.render.map_or(1.0, |r| r.value())
+    }
+
+    /// The share's linearized variance. On impressions, `s = (I/RA)·(A/N)`: a sampled
+    /// request of weight `w` adds `w²·s²·(i/I − r/RA + a/A − 1/N)²`, where `i`, `r`,
+    /// `a` say whether it was shown, allocated to a reporting app, allocated. Taken
+    /// whole, so the two ratios' covariance (a reporting app's allocation raises one
+    /// and lowers the other) is in it: the render ratio's part mostly cancels where
+    /// most of the campaign's apps report.
+    fn variance(&self, realized: bool) -> Option<f64> {
+        let Some(render) = self.render else { return self.allocated.variance(realized) };
+        let (all, base) = (self.allocated, render);
+        if !all.has_sums() || !base.has_sums() || base.y_sq_missing() {
+            return None;
+        }
+        let (s_n, s_a) = all.sums(realized);
+        let (s_ra, s_i) = base.sums(realized);
+        // Nested sets: impressions ⊂ reporting allocations ⊂ allocations ⊂ requests.
+        let s_i = s_i.min(s_ra);
+        let s_ra = s_ra.min(s_a);
+        let s_a = s_a.min(s_n);
+        let (n, a, ra, i) = (all.x.ht, all.y.ht, base.x.ht, base.y.ht.min(base.x.ht));
+        if a <= 0.0 || ra <= 0.0 {
+            return Some(0.0);
+        }
+        let share = self.share();
+        let inv = |x: f64| if x > 0.0 { 1.0 / x } else { 0.0 };
+        let requests = -1.0 / n;
+        let allocated = requests + 1.0 / a;
+        let reporting = allocated - 1.0 / ra;
+        let shown = reporting + inv(i);
+        let v = (s_n - s_a) * requests * requests
+            + (s_a - s_ra) * allocated * allocated
+            + (s_ra - s_i) * reporting * reporting
+            + s_i * shown * shown;
+        Some(share * share * v)
+    }
+
+    /// The number of equally weighted samples as precise as the reading: `s(1 − s)/V`;
+    /// where that does not apply (a share of 0 or 1, a window stored without its sums),
+    /// the Kish size of the smaller part. `realized`: for the share realized over the
+    /// window's requests, infinite at census.
+    fn samples(&self, realized: bool) -> f64 {
+        if realized && !self.allocated.has_sums() {
+            return self.samples(false);
+        }
+        let s = self.share();
+        match self.variance(realized) {
+            Some(v) if v > 0.0 && s > 0.0 && s < 1.0 => s * (1.0 - s) / v,
+            _ => self.allocated.kish(realized).min(self.render.map_or(f64::INFINITY, |r| r.kish(realized))),
+        }
+    }
+}
+
+/// `Y/X`, a ratio of Horvitz–Thompson totals, with their squared-weight sums.
+#[derive(Debug, Clone, Copy)]
+struct Ratio {
+    x: Tally,
+    s_x: f64,
+    y: Tally,
+    s_y: f64,
+}
+
+impl Ratio {
+    fn value(&self) -> f64 {
+        if self.x.ht > 0.0 { (self.y.ht / self.x.ht).clamp(0.0, 1.0) } else { 0.0 }
+    }
+
+    fn has_sums(&self) -> bool {
+        self.x.ht > 0.0 && self.s_x > 0.0
+    }
+
+    /// A numerator counted without its `Σw²` (a window stored before it was).
+    fn y_sq_missing(&self) -> bool {
+        self.y.n > 0 && self.s_y <= 0.0
+    }
+
+    /// `Σw²` of the base and of the numerator; `realized`: less the HT totals (each
+    /// sampled event is one of the `w` it stands for, so `Σw(w − 1)` is what is unseen).
+    fn sums(&self, realized: bool) -> (f64, f64) {
+        if realized { ((self.s_x - self.x.ht).max(0.0), (self.s_y - self.y.ht).max(0.0)) } else { (self.s_x, self.s_y) }
+    }
+
+    /// `None` when the window does not tell: nothing sampled, or stored without `S_y`.
+    fn variance(&self, realized: bool) -> Option<f64> {
+        if !self.has_sums() || self.y_sq_missing() {
+            return None;
+        }
+        let (s_x, s_y) = self.sums(realized);
+        ratio_variance(self.x.ht, self.value(), s_x, s_y)
+    }
+
+    /// Kish's effective size of the base, `X²/S_x`: 0 without sums; realized, infinite
+    /// when nothing is unseen.
+    fn kish(&self, realized: bool) -> f64 {
+        match self.sums(realized).0 {
+            s if s > 0.0 => self.x.ht * self.x.ht / s,
+            _ if realized && self.has_sums() => f64::INFINITY,
+            _ => 0.0,
+        }
     }
 }
 
@@ -184,55 +303,29 @@ fn ratio_variance(x: f64, r: f64, s_x: f64, s_y: f64) -> Option<f64> {
     Some(((1.0 - r).powi(2) * s_y + r * r * (s_x - s_y)) / (x * x))
 }
 
-/// The campaign's delivered tally on `basis`, with its `Σw²`.
-fn delivered(stats: &WindowStats, campaign: &CampaignId, basis: DeliveryBasis) -> (crate::stats::Tally, f64) {
+/// Sampled events behind the share's numerator: impressions or allocations.
+fn delivered_samples(stats: &WindowStats, campaign: &CampaignId, basis: DeliveryBasis) -> u64 {
     let c = stats.campaigns.get(campaign).copied().unwrap_or_default();
     match basis {
-        DeliveryBasis::Allocations => (c.allocations, c.allocations_sq),
-        DeliveryBasis::Impressions => (c.impressions, c.impressions_sq),
+        DeliveryBasis::Allocations => c.allocations.n,
+        DeliveryBasis::Impressions => c.impressions.n,
     }
 }
 
-/// The requests a share is of, and their `Σw²`: all of them for allocations; for
-/// impressions, those from apps that report them ([`WindowStats::reporting`]), since
-/// the others can never show up in the numerator.
-fn base(stats: &WindowStats, basis: DeliveryBasis) -> (crate::stats::Tally, f64) {
-    match basis {
-        DeliveryBasis::Allocations => (stats.requests, stats.requests_sq),
-        DeliveryBasis::Impressions => stats.reporting(),
-    }
-}
-
-/// The variance of the campaign's share estimate `R̂ = Y/X` (Horvitz–Thompson ratio,
-/// linearized): `Σ w²(y − R̂)² / X² = [(1 − R̂)²·S_y + R̂²·(S_x − S_y)] / X²`, where
-/// `S_y = Σ w²` over the delivered events and `S_x = Σ w²` over the requests of the
-/// share's base (all of them, or those of reporting apps for impressions). `None`
-/// when the window does not tell: nothing sampled, or stored without `S_y`.
+/// The variance of the campaign's share estimate, linearized (for a ratio `R̂ = Y/X`:
+/// `Σ w²(y − R̂)² / X² = [(1 − R̂)²·S_y + R̂²·(S_x − S_y)] / X²`, where `S_y = Σ w²`
+/// over the delivered events and `S_x = Σ w²` over the requests; on impressions, the
+/// product's, [`Reading`]). `None` when the window does not tell: nothing sampled, or
+/// stored without `S_y`.
 pub fn share_variance(stats: &WindowStats, campaign: &CampaignId, basis: DeliveryBasis) -> Option<f64> {
-    let (requests, s_x) = base(stats, basis);
-    let x = requests.ht;
-    if x <= 0.0 || s_x <= 0.0 {
-        return None;
-    }
-    let (tally, s_y) = delivered(stats, campaign, basis);
-    if tally.n > 0 && s_y <= 0.0 {
-        return None;
-    }
-    ratio_variance(x, (tally.ht / x).clamp(0.0, 1.0), s_x, s_y)
+    Reading::of(stats, campaign, basis).variance(false)
 }
 
 /// The number of equally weighted samples as precise as the window's estimate of the
 /// campaign's share: `R̂(1 − R̂)/V` from [`share_variance`]; the Kish size
 /// `(Σw)²/Σw²` where that does not apply (a share of 0 or 1, an old window).
 pub fn effective_samples(stats: &WindowStats, campaign: &CampaignId, basis: DeliveryBasis) -> f64 {
-    let (requests, s_x) = base(stats, basis);
-    let kish = if s_x > 0.0 { requests.ht * requests.ht / s_x } else { 0.0 };
-    let (tally, _) = delivered(stats, campaign, basis);
-    let r = if requests.ht > 0.0 { tally.ht / requests.ht } else { 0.0 };
-    match share_variance(stats, campaign, basis) {
-        Some(v) if v > 0.0 && r > 0.0 && r < 1.0 => r * (1.0 - r) / v,
-        _ => kish,
-    }
+    Reading::of(stats, campaign, basis).samples(false)
 }
 
 /// The samples a window needs for a ±`margin` interval at `z` around share `s`: the

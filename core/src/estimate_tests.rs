@@ -137,9 +137,9 @@ fn the_basis_is_per_campaign_and_needs_evidence() {
 }
 
 /// 30 % of requests come from an app that reports no impressions; every ad the
-/// others were given is shown. Measured on impressions, A's share is its share of
-/// the reporting traffic (its true shown share), not 30 % low, and the placement
-/// still counts as fully covered.
+/// others were given is shown. Measured on impressions, A's share is its render ratio
+/// among the reporting apps (1) times its share of all allocations: its true shown
+/// share, not 30 % low, and the placement still counts as fully covered.
 #[test]
 fn apps_that_report_nothing_leave_the_base_of_shown_shares() {
     let a = CampaignId::parse("A").unwrap();
@@ -158,10 +158,48 @@ fn apps_that_report_nothing_leave_the_base_of_shown_shares() {
     let e = share(&s, &a, DeliveryBasis::Impressions, 1.96);
     assert!((e.share - 0.5).abs() < 1e-12, "{e:?}");
     assert!(e.contains(0.5) && e.high - e.low < 0.09, "{e:?}");
-    // The interval is as wide as 700 requests give, not 1,000.
+    // The allocations are counted on every app, and of the reporting apps' every ad
+    // was shown: the interval is as wide as the allocations' alone, 1,000 samples.
     let n = effective_samples(&s, &a, DeliveryBasis::Impressions);
-    assert!((n - 700.0).abs() < 1.0, "{n}");
+    assert!((n - 1_000.0).abs() < 1.0, "{n}");
     assert_eq!(share(&s, &a, DeliveryBasis::Allocations, 1.96).share, 0.5);
+}
+
+/// Which apps report depends on the platform: iOS is 30 % of the traffic and all its
+/// apps report; of the web's 70 %, apps with 60 % of the traffic report none. A (iOS
+/// only) is given half of iOS, 15 % of all requests, and 80 % of its ads show: its
+/// shown share is 12 %. Among the reporting apps (three quarters of them iOS) it has
+/// 30 %; read there it would be 2.5 times too high.
+#[test]
+fn a_campaign_is_not_read_higher_for_being_where_the_reporting_apps_are() {
+    let a = CampaignId::parse("A").unwrap();
+    let window = |rate: f64| {
+        let mut s = WindowStats::default();
+        for i in 0..1_000 {
+            let ios = i < 300;
+            let ad = (ios && i % 2 == 0).then_some("A");
+            let mut e = allocation(&format!("r{i}"), ad, if ios { &["A"] } else { &[] }, rate);
+            e.platform = Some(if ios { "ios" } else { "web" }.into());
+            e.unreported = !ios && i < 900;
+            s.fold(&e);
+            if ad.is_some() && i % 10 < 8 {
+                let mut shown = impression(&format!("r{i}"), "A");
+                shown.sample_rate = rate;
+                s.fold(&shown);
+            }
+        }
+        s
+    };
+    let census = window(1.0);
+    assert_eq!(DeliveryBasis::of(&census, &a), DeliveryBasis::Impressions);
+    let e = share(&census, &a, DeliveryBasis::Impressions, 1.96);
+    assert!((e.share - 0.12).abs() < 1e-12, "{e:?}");
+    assert_eq!((e.low, e.high), (e.share, e.share), "at census the reading is exact: {e:?}");
+    // The same events sampled at a tenth: the interval holds the shown share, about as
+    // wide as 1,000 samples give (±2 pp at 12 %).
+    let e = share(&window(0.1), &a, DeliveryBasis::Impressions, 1.96);
+    assert!((e.share - 0.12).abs() < 1e-12 && e.contains(0.12), "{e:?}");
+    assert!(e.high - e.low > 0.03 && e.high - e.low < 0.06, "{e:?}");
 }
 
 /// Windows of `segments` (requests, rate, A's share in them) drawn `trials` times:

@@ -19,7 +19,8 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "allot-sim", version)]
 struct Args {
-    /// Scenarios (comma-separated): steady, diurnal, scale, edge, faults, changes, bias.
+    /// Scenarios (comma-separated): steady, diurnal, scale, edge, faults, changes, bias,
+    /// reporting.
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
     /// Seeds per scenario (1..=N).

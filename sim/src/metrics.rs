@@ -86,12 +86,14 @@ pub struct Summary {
     pub near_miss_within: Option<(f64, usize)>,
     /// The first few windows short by more than half the margin left unflagged, to
     /// look into.
-    pub unflagged: Vec<Unflagged>,
+    pub unflagged: Vec<Misflagged>,
     /// The largest errors outside the margin, to look into: feasible campaigns of
     /// scored windows and the infeasible ones of windows short by at most the margin.
     pub outside: Vec<Outside>,
     /// Feasible placement-windows flagged infeasible.
     pub false_flags: usize,
+    /// The first few of them, to look into.
+    pub false_flagged: Vec<Misflagged>,
     /// Placement-windows whose traffic could not give the confidence at census, and the
     /// share of them sampled at rate 1.
     pub unattainable_windows: usize,
@@ -107,9 +109,9 @@ pub struct Summary {
     pub sampled_per_s: f64,
 }
 
-/// An infeasible window the controller did not flag.
+/// A window flagged wrongly: infeasible and not flagged, or feasible and flagged.
 #[derive(Debug, Clone)]
-pub struct Unflagged {
+pub struct Misflagged {
     /// The seed of the run it is in.
     pub seed: u64,
     pub placement: usize,
@@ -119,6 +121,21 @@ pub struct Unflagged {
     /// Per campaign: its target, the eligible share the controller estimated, and the
     /// true one.
     pub estimated: Vec<(CampaignId, f64, f64, f64)>,
+    /// The campaigns the controller flagged infeasible.
+    pub flagged: Vec<CampaignId>,
+}
+
+impl Misflagged {
+    fn of(seed: u64, w: &WindowRecord) -> Self {
+        Self {
+            seed,
+            placement: w.placement,
+            index: w.index,
+            short: w.short,
+            estimated: w.campaigns.iter().map(|c| (c.id.clone(), c.target, c.eligible_estimated, c.eligible)).collect(),
+            flagged: w.campaigns.iter().filter(|c| c.flagged).map(|c| c.id.clone()).collect(),
+        }
+    }
 }
 
 /// An unattainable window sampled below census: its requests, those of the window before
@@ -272,13 +289,7 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
     let unflagged = seeded
         .iter()
         .filter(|(_, w)| scored(w) && w.short > w.margin / 2.0 && !flagged_any(w))
-        .map(|&(seed, w)| Unflagged {
-            seed,
-            placement: w.placement,
-            index: w.index,
-            short: w.short,
-            estimated: w.campaigns.iter().map(|c| (c.id.clone(), c.target, c.eligible_estimated, c.eligible)).collect(),
-        })
+        .map(|&(seed, w)| Misflagged::of(seed, w))
         .take(10)
         .collect();
     let mut outside: Vec<Outside> = seeded
@@ -302,10 +313,10 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
     let error = |o: &Outside| (o.campaign.realized - o.campaign.target).abs();
     outside.sort_by(|a, b| error(b).total_cmp(&error(a)));
     outside.truncate(5);
-    let false_flags = steady
-        .iter()
-        .filter(|w| w.decided && !w.unattainable && w.short == 0.0 && w.campaigns.iter().any(|c| c.flagged))
-        .count();
+    let falsely_flagged: Vec<&(u64, &WindowRecord)> =
+        seeded.iter().filter(|(_, w)| scored(w) && w.short == 0.0 && flagged_any(w)).collect();
+    let false_flags = falsely_flagged.len();
+    let false_flagged = falsely_flagged.iter().map(|&&(seed, w)| Misflagged::of(seed, w)).take(5).collect();
     let unattainable: Vec<&&WindowRecord> = steady.iter().filter(|w| w.unattainable).collect();
     let at_census = unattainable.iter().filter(|w| w.max_rate >= 1.0).count();
     let requests: std::collections::HashMap<(u64, usize, u64), u64> =
@@ -348,6 +359,7 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
         unflagged,
         outside,
         false_flags,
+        false_flagged,
         unattainable_windows: unattainable.len(),
         unattainable_at_census: if unattainable.is_empty() {
             1.0

@@ -1,6 +1,6 @@
 //! The tables `docs/accuracy.md` shows, and the bar they are held to.
 
-use crate::metrics::{Figure, Summary};
+use crate::metrics::{Figure, Misflagged, Summary};
 use crate::scenario::Scenario;
 
 fn pp(f: Figure) -> String {
@@ -160,24 +160,11 @@ pub fn render(sc: &Scenario, s: &Summary) -> String {
         );
     }
     for u in &s.unflagged {
-        let campaigns: Vec<String> = u
-            .estimated
-            .iter()
-            .map(|(id, target, estimated, eligible)| {
-                format!("{id} {:.1} % of {:.2} % ({:.2} % true)", target * 100.0, estimated * 100.0, eligible * 100.0)
-            })
-            .collect();
-        row(
-            "unflagged window short by > ½ margin",
-            format!(
-                "seed {}, placement {}, window {}: short {:.2} pp; target of estimated eligible share: {}",
-                u.seed,
-                u.placement,
-                u.index,
-                u.short * 100.0,
-                campaigns.join(", ")
-            ),
-        );
+        row("unflagged window short by > ½ margin", misflagged(u));
+    }
+    for f in &s.false_flagged {
+        let flagged: Vec<&str> = f.flagged.iter().map(|c| c.as_str()).collect();
+        row("feasible window flagged", format!("{}; flagged: {}", misflagged(f), flagged.join(", ")));
     }
     if s.unattainable_windows > 0 {
         row(
@@ -198,4 +185,24 @@ pub fn render(sc: &Scenario, s: &Summary) -> String {
     }
     .as_str();
     out
+}
+
+/// A wrongly flagged window: where it is, how short the truth says it was, and per
+/// campaign its target of the eligible share the controller estimated (and the true one).
+fn misflagged(m: &Misflagged) -> String {
+    let campaigns: Vec<String> = m
+        .estimated
+        .iter()
+        .map(|(id, target, estimated, eligible)| {
+            format!("{id} {:.1} % of {:.2} % ({:.2} % true)", target * 100.0, estimated * 100.0, eligible * 100.0)
+        })
+        .collect();
+    format!(
+        "seed {}, placement {}, window {}: short {:.2} pp; target of estimated eligible share: {}",
+        m.seed,
+        m.placement,
+        m.index,
+        m.short * 100.0,
+        campaigns.join(", ")
+    )
 }

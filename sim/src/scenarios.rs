@@ -30,7 +30,7 @@ impl Default for Knobs {
     }
 }
 
-pub const KEYS: [&str; 7] = ["steady", "diurnal", "scale", "edge", "faults", "changes", "bias"];
+pub const KEYS: [&str; 8] = ["steady", "diurnal", "scale", "edge", "faults", "changes", "bias", "reporting"];
 
 pub fn build(key: &str, knobs: Knobs, seed: u64) -> Option<Scenario> {
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x5ce0_a110);
@@ -42,6 +42,7 @@ pub fn build(key: &str, knobs: Knobs, seed: u64) -> Option<Scenario> {
         "faults" => faults(),
         "changes" => changes(&mut rng),
         "bias" => bias(),
+        "reporting" => reporting(),
         _ => return None,
     };
     Some(apply(sc, knobs))
@@ -258,6 +259,39 @@ fn bias() -> Scenario {
     p.traffic = Traffic::new(p.traffic.arrivals, weights, vec![]);
     p.render_failure = vec![(None, "web", 0.4), (None, "ios", 0.05)];
     p.shortfall = vec![(campaign("C"), 0.012 / 0.25)];
+    sc
+}
+
+/// `bias`'s render failures (web 40 %, iOS 5 %), with apps that report impressions or
+/// not by platform: 60 % of web traffic reports none, 25 % of Android's, 15 % of iOS's
+/// (29 % in all). The reporting apps' mix is not the traffic's: 36 % of their requests
+/// are iOS against 30 % of all, 11 % web against 20 %. So A (iOS only) is eligible on
+/// more of them than of the rest, and the ads of the apps that report render more often
+/// than those of the apps that do not.
+fn reporting() -> Scenario {
+    let mut profiles = Vec::new();
+    let mut weights = Vec::new();
+    for (platform, share) in PLATFORMS {
+        let silent = match platform {
+            "web" => 0.6,
+            "android" => 0.25,
+            _ => 0.15,
+        };
+        let (p, w) = mix(&[(platform, share)], &COUNTRIES, &[(true, 1.0 - silent), (false, silent)]);
+        profiles.extend(p);
+        weights.extend(w);
+    }
+    let mut sc = base(
+        "reporting",
+        "reporting: apps that report impressions by platform (none on 60 % of web, 25 % of Android, 15 % of iOS traffic), ads fail to show on web 40 % / iOS 5 %",
+        120,
+        noisy(10_000.0),
+        vec![],
+    );
+    sc.profiles = profiles;
+    let p = &mut sc.placements[0];
+    p.traffic = Traffic::new(p.traffic.arrivals, weights, vec![]);
+    p.render_failure = vec![(None, "web", 0.4), (None, "ios", 0.05)];
     sc
 }
 

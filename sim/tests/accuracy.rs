@@ -45,6 +45,19 @@ fn render_failures_silent_apps_and_late_reports_are_measured_right() {
     assert_eq!(s.false_flags, 0, "{s:#?}");
 }
 
+/// Apps that report impressions or not by platform (most web apps not, most iOS apps
+/// do): A (iOS only) is read as shown on all the traffic, not as over-represented among
+/// the reporting apps (it was 3.5 pp under target then). What is left is a known gap
+/// (`docs/accuracy.md`, `reporting`): the silent apps' ads render less often than the
+/// reporting apps', which nothing the reporting apps send shows, so B and C run 1–2 pp
+/// short.
+#[test]
+fn which_apps_report_reads_no_campaign_off_their_mix() {
+    let s = simulate("reporting", 40, 0.3, 2);
+    assert!(s.outside.iter().all(|o| o.campaign.id.as_str() != "A"), "{s:#?}");
+    assert!(s.max_error <= 0.025, "{s:#?}");
+}
+
 #[test]
 fn faults_cost_little_and_heal() {
     let s = simulate("faults", 120, 0.3, 1);

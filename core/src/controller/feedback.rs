@@ -18,18 +18,19 @@
 //! shrinks with evidence (≈ ⅓ of one window's after a handful) while a drift is still
 //! followed.
 //!
-//! **Shares are compared in the model's units: allocations.** A campaign measured on
-//! impressions is compared on its allocations among the apps that report them, as a
-//! share of those apps' requests ([`allocated_share`]). Its render ratio, which the
-//! plan divides its target by, is measured apart, over the recent windows; new weights
-//! move its ads between apps that show them more or less often, so a gap on impressions
-//! would mix the render ratio's lag into the bias, and its evidence would have to start
-//! over with every new weights. At 10,000 requests/s the weights are re-solved nearly
-//! every window: evidence that starts over is one window, whose doubled band cannot undo
-//! a wrong step of `g` for twenty windows and more. What is left depending on the
-//! weights is the reporting apps' own mix (the prediction is made over all the traffic),
-//! so new weights that move more than [`REPORTING_MIX_SHIFT`] of the traffic (a target
-//! change, a large re-solve) still start such a campaign's evidence over.
+//! **Shares are compared in the model's units: allocations of all the traffic.** A
+//! campaign measured on impressions is compared on its allocations too
+//! ([`allocated_share`]), on every app, as the model predicts them. Its render ratio,
+//! which the plan divides its target by, is measured apart, over the recent windows;
+//! new weights move its ads between apps that show them more or less often, so a gap on
+//! impressions would mix the render ratio's lag into the bias, and its evidence would
+//! have to start over with every new weights. At 10,000 requests/s the weights are
+//! re-solved nearly every window: evidence that starts over is one window, whose
+//! doubled band cannot undo a wrong step of `g` for twenty windows and more. Nor is it
+//! compared among the apps that report impressions: their mix is not the traffic's
+//! (reporting depends on the app, so on its platform and countries), and a campaign
+//! eligible on fewer or more of them than the rest would read a gap that is only that
+//! mix, and be driven off target by it.
 //!
 //! **A sequential test decides.** The current correction `g` predicts the merged
 //! measured share `P/g`. Only when the merged share is further from it than
@@ -75,14 +76,6 @@ pub struct Learning {
     pub last_window: u64,
     pub evidence: BTreeMap<CampaignId, Evidence>,
 }
-
-/// New weights that move more than this share of the traffic ([`PlanWeights::moved_from`])
-/// start over the evidence of campaigns measured on impressions. Their share is measured
-/// among the apps that report impressions and predicted over all the traffic; where
-/// those apps' mix differs from the rest's, the ratio between the two depends on the
-/// weights. The weights' window-to-window jitter moves a percent or two, which the
-/// evidence's fading follows; a target change or a large re-solve moves more.
-const REPORTING_MIX_SHIFT: f64 = 0.05;
 
 /// How many sets of weights are remembered: a window is decided under at most two or
 /// three plans (the edges take a new one up over a minute or two).
@@ -172,25 +165,6 @@ impl PlanWeights {
                 .all(|((id, w, e), c)| *id == c.id && close(*w, c.weight) && *e == c.eligibility)
     }
 
-    /// How much of the traffic these weights give to other campaigns than `before`
-    /// did: half the distance between the two sets of weights, each as shares of its
-    /// total ("no ad" included), within `[0, 1]`; 1 when the rules differ.
-    fn moved_from(&self, before: &PlanWeights) -> f64 {
-        let same_rules = self.campaigns.len() == before.campaigns.len()
-            && self.campaigns.iter().zip(&before.campaigns).all(|((a, _, e), (b, _, f))| a == b && e == f);
-        let total = |p: &PlanWeights| p.no_ad_weight + p.campaigns.iter().map(|(_, w, _)| w).sum::<f64>();
-        let (t, u) = (total(self), total(before));
-        if !same_rules || t <= 0.0 || u <= 0.0 {
-            return 1.0;
-        }
-        let shares = self.campaigns.iter().zip(&before.campaigns).map(|((_, w, _), (_, v, _))| (w / t, v / u));
-        let apart: f64 = std::iter::once((self.no_ad_weight / t, before.no_ad_weight / u))
-            .chain(shares)
-            .map(|(a, b)| (a - b).abs())
-            .sum();
-        (apart / 2.0).min(1.0)
-    }
-
     /// The shares these weights deliver for the traffic mix of `mix`, by campaign.
     fn delivered(&self, mix: &WindowStats) -> Vec<f64> {
         let patterns = patterns_for(self.campaigns.iter().map(|(_, _, e)| e), mix);
@@ -207,9 +181,8 @@ impl Learning {
         self.plans.last().map(|p| p.since_version)
     }
 
-    /// Takes note of the plan in force. Returns how much of the traffic its weights
-    /// move from the ones before ([`PlanWeights::moved_from`]): 0 for the same weights.
-    fn follow(&mut self, plan: &Plan) -> f64 {
+    /// Takes note of the plan in force.
+    fn follow(&mut self, plan: &Plan) {
         let key = weights_fingerprint(plan);
         // Versions the plan in force has not reached, or its fingerprint on other
         // weights: not this placement's history (another origin's state, a forgery).
@@ -220,7 +193,6 @@ impl Learning {
         match self.plans.last_mut() {
             Some(p) if p.fingerprint == key && p.since_version <= plan.version => {
                 p.until_version = p.until_version.max(plan.version);
-                0.0
             }
             _ => {
                 // A plan older than what is remembered (another origin's state):
@@ -228,12 +200,9 @@ impl Learning {
                 if self.plans.iter().any(|p| p.until_version >= plan.version) {
                     *self = Self::default();
                 }
-                let new = PlanWeights::of(plan);
-                let moved = self.plans.last().map_or(1.0, |before| new.moved_from(before));
-                self.plans.push(new);
+                self.plans.push(PlanWeights::of(plan));
                 let excess = self.plans.len().saturating_sub(PLANS_KEPT);
                 self.plans.drain(..excess);
-                moved
             }
         }
     }
@@ -346,26 +315,15 @@ fn window_fingerprint(w: &WindowStats) -> u64 {
 }
 
 /// What `w` measured of `campaign`'s share of allocations, the model's units: of all
-/// requests, or for a campaign measured on impressions, of the requests of apps that
-/// report them (its impressions are counted against those). `None` when there are none.
-fn allocated_share(w: &WindowStats, campaign: &CampaignId, basis: DeliveryBasis) -> Option<f64> {
+/// requests, whatever the campaign is measured on. `None` when there are none.
+fn allocated_share(w: &WindowStats, campaign: &CampaignId) -> Option<f64> {
     let c = w.campaigns.get(campaign).copied().unwrap_or_default();
-    let (allocated, base) = match basis {
-        DeliveryBasis::Allocations => (c.allocations, w.requests),
-        DeliveryBasis::Impressions => (c.reporting_allocations(), w.reporting().0),
-    };
-    (base.ht > 0.0).then(|| (allocated.ht / base.ht).min(1.0))
+    (w.requests.ht > 0.0).then(|| (c.allocations.ht / w.requests.ht).min(1.0))
 }
 
 impl Controller {
     /// The next corrections and learning state.
-    pub(super) fn feedback(
-        &self,
-        input: &ControlInput<'_>,
-        basis: &[DeliveryBasis],
-        mass: &[f64],
-        render: &[f64],
-    ) -> ControlState {
+    pub(super) fn feedback(&self, input: &ControlInput<'_>, mass: &[f64], render: &[f64]) -> ControlState {
         let mut state = ControlState::default();
         // Keep corrections of campaigns that still exist, within this controller's bounds.
         for c in &input.targets.campaigns {
@@ -375,15 +333,7 @@ impl Controller {
         }
         let Some(prev) = input.previous else { return state };
         let mut learning = input.state.learning.clone().unwrap_or_default();
-        if learning.follow(prev) > REPORTING_MIX_SHIFT {
-            // New weights that move much of the traffic: among the reporting apps, a
-            // campaign's share may move otherwise than the whole traffic's.
-            for (c, b) in input.targets.campaigns.iter().zip(basis) {
-                if *b == DeliveryBasis::Impressions {
-                    learning.evidence.remove(&c.id);
-                }
-            }
-        }
+        learning.follow(prev);
         learning.evidence.retain(|id, _| input.targets.campaign(id).is_some());
         let Some(last) = input.last else {
             state.learning = Some(learning);
@@ -418,10 +368,10 @@ impl Controller {
                 continue;
             }
             let p = predicted.get(&c.id).copied().unwrap_or(0.0);
-            let Some(m) = allocated_share(last, &c.id, basis[i]).filter(|_| p > 0.0) else { continue };
+            let Some(m) = allocated_share(last, &c.id).filter(|_| p > 0.0) else { continue };
             // The spread of m around p: at p, on the window's effective size for this
             // campaign (which accounts for a rate change within the window).
-            let n_eff = estimate::effective_samples(last, &c.id, basis[i]).max(1.0);
+            let n_eff = estimate::effective_samples(last, &c.id, DeliveryBasis::Allocations).max(1.0);
             let var = p * (1.0 - p) / n_eff;
             let ev = learning.evidence.entry(c.id.clone()).or_default();
             ev.add(self.evidence_decay, x, m, p, var);

@@ -246,9 +246,10 @@ fn feedback_on_impressions_is_not_fooled_by_a_render_ratio_that_moved() {
     assert!(d.state.corrections.is_empty(), "{:?}", d.state.corrections);
     assert_eq!(d.state.learning.as_ref().unwrap().evidence[&a].windows, 1);
 
-    // 3,000 more requests from apps that report no impressions, A given 900 of them: A
-    // is measured among the reporting apps, where it got the plan's 0.5, not over all
-    // requests (0.45, ten standard errors short).
+    // 3,000 more requests from apps that report no impressions, A given 900 of them
+    // where the plan gives it half: its allocations are compared over all requests
+    // (0.45, ten standard errors short), since those apps' requests are traffic like any
+    // other, and A's share of them is short all the same.
     let mut w = impression_window(3, 0.5, 0.8);
     w.requests = crate::stats::Tally { ht: 13_000.0, n: 13_000 };
     w.requests_sq = 13_000.0;
@@ -259,8 +260,35 @@ fn feedback_on_impressions_is_not_fooled_by_a_render_ratio_that_moved() {
     c.allocations_sq = 5_900.0;
     c.unreported = crate::stats::Tally { ht: 900.0, n: 900 };
     let d = impression_round(3, &w, &ControlState::default());
+    let g = d.state.corrections[&a];
+    assert!((g - 0.5 * 13_000.0 / 5_900.0).abs() < 1e-9, "{g}");
+}
+
+#[test]
+fn feedback_on_impressions_is_not_fooled_by_which_apps_report() {
+    // A (iOS only) at 15 %: iOS is 30 % of the traffic and all its apps report
+    // impressions; of the web's 70 %, apps with 60 % of the traffic report none. The
+    // plan gives A half of iOS, 15 % of all; the window delivers exactly that and shows
+    // all of it. Among the reporting apps (40 % of the traffic, three quarters of it
+    // iOS) A has 37.5 %: compared there, it would read 2.5 times what the plan gives.
+    let t = targets(json!({"campaigns": [{"id": "A", "rate": 0.15, "eligibility": {"platforms": ["ios"]}}]}));
+    let mut w = window(&[(Some("ios"), None, 3_000), (Some("web"), None, 7_000)]);
+    (w.unreported, w.unreported_sq) = (crate::stats::Tally { ht: 6_000.0, n: 6_000 }, 6_000.0);
+    let plan = decide(&t, &w).to_plan(&t, PlacementId::parse("p").unwrap(), 1, 1.0, 0);
+    let c = w.campaigns.entry(CampaignId::parse("A").unwrap()).or_default();
+    (c.allocations, c.allocations_sq) = (crate::stats::Tally { ht: 1_500.0, n: 1_500 }, 1_500.0);
+    (c.impressions, c.impressions_sq) = (crate::stats::Tally { ht: 1_500.0, n: 1_500 }, 1_500.0);
+    let d = Controller::default().decide(ControlInput {
+        targets: &t,
+        recent: &w,
+        last: Some(&w),
+        last_index: None,
+        previous: Some(&plan),
+        state: &ControlState::default(),
+    });
+    assert_eq!(d.campaigns[0].basis, DeliveryBasis::Impressions);
     assert!(d.state.corrections.is_empty(), "{:?}", d.state.corrections);
-    assert_eq!(d.state.learning.as_ref().unwrap().evidence[&a].windows, 1);
+    assert!((d.campaigns[0].weight - plan.campaigns[0].weight).abs() < 1e-9 * plan.campaigns[0].weight);
 }
 
 /// A window in which A got `measured` of the requests where the plan gave it 0.5, far
@@ -279,17 +307,15 @@ fn after_a_correction(measured: f64) -> (f64, Decision) {
 }
 
 #[test]
-fn feedback_on_impressions_keeps_its_evidence_across_small_moves_of_the_weights() {
+fn feedback_on_impressions_keeps_its_evidence_across_new_weights() {
     let a = CampaignId::parse("A").unwrap();
     // 3.5 pp short (seven standard errors): the corrected plan gives A 3.8 % more of
-    // the traffic. The window before still counts.
-    let (_, second) = after_a_correction(0.465);
-    assert_eq!(second.state.learning.as_ref().unwrap().evidence[&a].windows, 2);
-    // 5 pp short: the new weights move 5.6 % of the traffic, enough to change the
-    // reporting apps' share of A otherwise than the whole traffic's. Evidence starts
-    // over; the correction made stays.
-    let (_, second) = after_a_correction(0.45);
-    assert_eq!(second.state.learning.as_ref().unwrap().evidence[&a].windows, 1);
+    // the traffic; 5 pp short, 5.6 % more. Either way the window before still counts,
+    // since A is compared on all the traffic, as the model predicts it.
+    for measured in [0.465, 0.45] {
+        let (_, second) = after_a_correction(measured);
+        assert_eq!(second.state.learning.as_ref().unwrap().evidence[&a].windows, 2, "{measured}");
+    }
 }
 
 #[test]

@@ -194,6 +194,35 @@ async fn requests_of_apps_that_report_no_impressions_leave_the_base_of_shown_sha
     assert_eq!(total_counts(&redis, "home_feed"), s, "nothing of either body was counted");
 }
 
+/// Hostile: which apps say they report no impressions is the apps' to choose, and it
+/// follows their platform. 100 requests: 50 iOS, A given 30 of them and 24 shown and
+/// reported; 50 web, 40 of them from apps that report none, A given none. Among the
+/// reporting apps' 60 requests A has 24 impressions (0.4); on the whole traffic its
+/// shown share is its 30 % of the allocations times its render ratio, 0.8: 0.24.
+#[tokio::test]
+async fn silent_apps_on_one_platform_move_no_share_on_impressions() {
+    let redis = RedisServer::start();
+    let app = origin(&redis, 1.0).await;
+    let t = (now_ms() / HOUR_MS - 1) * HOUR_MS + 1000;
+    let requests = (0..100)
+        .map(|i| {
+            let ios = i < 50;
+            let ad = (ios && i < 30).then_some("A");
+            let mut e = event(EventKind::Allocation, &format!("s{i}"), "home_feed", t, ad, &["A", "B"], 1, 1.0);
+            e.platform = Some(if ios { "ios" } else { "web" }.into());
+            e.unreported = i >= 60;
+            e
+        })
+        .collect();
+    post(&app, requests).await;
+    let imp = |i: u32| event(EventKind::Impression, &format!("s{i}"), "home_feed", t, Some("A"), &[], 1, 1.0);
+    post(&app, (0..24).map(imp).collect()).await;
+    settled(&redis, 24).await;
+    let now = estimates(&app).await;
+    assert_eq!(now[0].1, "impressions");
+    assert!((now[0].2 - 0.24).abs() < 1e-9, "{now:?}");
+}
+
 #[tokio::test]
 async fn a_placement_on_impressions_is_read_one_window_later_than_one_on_allocations() {
     // Four-second windows: complete 1 s after their end, complete for impressions at

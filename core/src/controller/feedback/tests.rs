@@ -415,25 +415,3 @@ fn corrections_stay_within_bounds_and_window_counts_saturate() {
     assert!((0.5..=2.0).contains(&g(&a)) && (0.5..=2.0).contains(&g(&b)), "{:?}", o.decision.state);
     assert!(o.decision.state.learning.unwrap().evidence.values().all(|e| e.windows == u32::MAX));
 }
-
-#[test]
-fn how_much_traffic_new_weights_move() {
-    use crate::Eligibility;
-    let weights = |no_ad: f64, ws: &[(&str, f64)]| super::PlanWeights {
-        no_ad_weight: no_ad,
-        campaigns: ws.iter().map(|&(id, w)| (CampaignId::parse(id).unwrap(), w, Eligibility::default())).collect(),
-        ..Default::default()
-    };
-    let before = weights(0.5, &[("A", 0.3), ("B", 0.2)]);
-    assert_eq!(weights(1.0, &[("A", 0.6), ("B", 0.4)]).moved_from(&before), 0.0, "the same shares");
-    // A takes 0.1 of the traffic from "no ad".
-    let moved = weights(0.4, &[("A", 0.4), ("B", 0.2)]).moved_from(&before);
-    assert!((moved - 0.1).abs() < 1e-12, "{moved}");
-    // Other campaigns, or other rules: everything moved.
-    assert_eq!(weights(0.5, &[("A", 0.3), ("C", 0.2)]).moved_from(&before), 1.0);
-    assert_eq!(weights(0.5, &[("A", 0.3)]).moved_from(&before), 1.0);
-    let mut ruled = before.clone();
-    ruled.campaigns[0].2 = serde_json::from_value(json!({"platforms": ["ios"]})).unwrap();
-    assert_eq!(ruled.moved_from(&before), 1.0);
-    assert_eq!(weights(0.0, &[("A", 0.0), ("B", 0.0)]).moved_from(&before), 1.0, "no weights at all");
-}
