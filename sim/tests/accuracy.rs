@@ -47,7 +47,7 @@ fn render_failures_silent_apps_and_late_reports_are_measured_right() {
 
 /// Apps that report impressions or not by platform (most web apps not, most iOS apps
 /// do): A (iOS only) is read as shown on all the traffic, not as over-represented among
-/// the reporting apps (it was 3.5 pp under target then). What is left is a known gap
+/// the reporting apps (it ran about 4 pp under target then). What is left is a known gap
 /// (`docs/accuracy.md`, `reporting`): the silent apps' ads render less often than the
 /// reporting apps', which nothing the reporting apps send shows, so B and C run 1–2 pp
 /// short.
