@@ -1,23 +1,28 @@
 -- Delivery against target per placement, campaign and day.
 --
--- est_delivered is the Horvitz-Thompson estimate (sum of 1/sample_rate) of the
--- campaign's deliveries; share is est_delivered over the placement's estimated requests,
--- with a 95 % Wilson interval for the share realized over all the day's requests, on
--- the ratio estimator's effective sample size r(1-r)/V, V = ((1-r)^2 S_y + r^2 (S_x -
--- S_y)) / X^2 with S = sum w(w-1) over the delivered events (y) and the requests (x):
--- a sampled request stands for w requests, itself among them, so only w-1 are unseen
--- (at census the interval is the share itself). At a share of 0 or 1 it falls back to
--- Kish's size X^2 / S_x. The same estimate and interval the origin's status API
--- reports (allot-core estimate::share).
+-- Counts are Horvitz-Thompson estimates (sums of 1/sample_rate). On allocations, share
+-- is the campaign's allocations over the placement's estimated requests, with a 95 %
+-- Wilson interval for the share realized over all the day's requests, on the ratio
+-- estimator's effective sample size r(1-r)/V, V = ((1-r)^2 S_y + r^2 (S_x - S_y)) / X^2
+-- with S = sum w(w-1) over the delivered events (y) and the requests (x): a sampled
+-- request stands for w requests, itself among them, so only w-1 are unseen (at census
+-- the interval is the share itself). At a share of 0 or 1 it falls back to Kish's size
+-- X^2 / S_x. On impressions, share is the campaign's render ratio among the apps that
+-- report them (impressions over its allocations to those apps, RA) times its share of
+-- all allocations, (I/RA)(A/N), with the linearized variance of that product (per
+-- sampled request w^2 s^2 (i/I - r/RA + a/A - 1/N)^2, the same w(w-1) sums, RA's taken
+-- in proportion to A's) plus rho(1-rho) U (1 + U/RA) / N^2 for the U = A - RA ads of
+-- silent apps, whose fate no event tells. The same estimate and interval the origin's
+-- status API reports (allot-core estimate::share).
 -- Delivery is measured per campaign with the origin's rule (allot-core
 -- DeliveryBasis::of): on impressions when the placement's apps report them for at least
 -- half of the ads allocated that day (each campaign counting at most its own
--- allocations) and the campaign itself has at least 20 sampled impressions and 20
--- sampled allocations, otherwise on allocations (basis). A share on impressions is of
--- the requests of apps that report them (est_base; allocations marked unreported come
--- from apps that said they report none, and count neither there nor in the coverage);
--- a share on allocations is of all requests. est_delivered_low/high scale the interval
--- to counts of that base.
+-- allocations), the campaign itself has at least 20 sampled impressions and 20 sampled
+-- allocations to reporting apps, and at least half of its allocations went to reporting
+-- apps; otherwise on allocations (basis). Allocations marked unreported come from apps
+-- that said they report none: they count in every share's base, not in the render
+-- ratio or the coverage. est_base is the placement's requests, est_delivered the share
+-- times them, est_delivered_low/high the interval scaled alike.
 --
 -- target is the campaign's target rate as the day's traffic saw it: every sampled
 -- request is joined to the plan it was served under (table plans, one row per plan
@@ -32,9 +37,7 @@
 WITH requests AS (
   SELECT placement, dt,
          SUM(weight) AS requests,
-         SUM(weight * weight) AS requests_sq,
-         SUM(CASE WHEN COALESCE(unreported, FALSE) THEN 0.0 ELSE weight END) AS reporting,
-         SUM(CASE WHEN COALESCE(unreported, FALSE) THEN 0.0 ELSE weight * weight END) AS reporting_sq
+         SUM(weight * weight) AS requests_sq
   FROM events
   WHERE kind = 'allocation' AND dt BETWEEN '{{from}}' AND '{{to}}'
   GROUP BY placement, dt
@@ -48,6 +51,8 @@ campaigns AS (
          SUM(CASE WHEN kind = 'allocation' THEN weight * weight ELSE 0.0 END) AS allocations_sq,
          SUM(CASE WHEN kind = 'impression' THEN weight * weight ELSE 0.0 END) AS impressions_sq,
          SUM(CASE WHEN kind = 'allocation' THEN 1 ELSE 0 END) AS allocation_samples,
+         SUM(CASE WHEN kind = 'allocation' AND NOT COALESCE(unreported, FALSE) THEN 1 ELSE 0 END)
+           AS reporting_allocation_samples,
          SUM(CASE WHEN kind = 'impression' THEN 1 ELSE 0 END) AS impression_samples
   FROM events
   WHERE ad_id IS NOT NULL AND dt BETWEEN '{{from}}' AND '{{to}}'
@@ -63,7 +68,8 @@ coverage AS (
 ),
 basis AS (
   SELECT c.placement, c.dt, c.campaign,
-         CASE WHEN v.coverage >= 0.5 AND c.impression_samples >= 20 AND c.allocation_samples >= 20
+         CASE WHEN v.coverage >= 0.5 AND c.impression_samples >= 20 AND c.reporting_allocation_samples >= 20
+                   AND c.reporting_allocations >= 0.5 * c.allocations
               THEN 'impressions' ELSE 'allocations' END AS basis
   FROM campaigns c
   JOIN coverage v ON v.placement = c.placement AND v.dt = c.dt
@@ -110,41 +116,71 @@ delivered AS (
   SELECT k.placement, k.dt, k.campaign, t.target, r.requests,
          COALESCE(b.basis, 'allocations') AS basis,
          COALESCE(c.impressions, 0.0) AS impressions,
-         CASE WHEN b.basis = 'impressions' THEN COALESCE(c.impressions, 0.0)
-              ELSE COALESCE(c.allocations, 0.0) END AS delivered,
          CASE WHEN b.basis = 'impressions' THEN COALESCE(c.impression_samples, 0)
               ELSE COALESCE(c.allocation_samples, 0) END AS samples,
-         CASE WHEN b.basis = 'impressions' THEN COALESCE(c.impressions_sq, 0.0)
-              ELSE COALESCE(c.allocations_sq, 0.0) END AS delivered_sq,
-         CASE WHEN b.basis = 'impressions' THEN r.reporting_sq ELSE r.requests_sq END AS base_sq,
-         CASE WHEN b.basis = 'impressions' THEN r.reporting ELSE r.requests END AS base
+         r.requests_sq,
+         COALESCE(c.allocations, 0.0) AS allocations,
+         COALESCE(c.allocations_sq, 0.0) AS allocations_sq,
+         COALESCE(c.reporting_allocations, 0.0) AS reporting_allocations,
+         CASE WHEN COALESCE(c.allocations, 0.0) > 0
+              THEN c.allocations_sq * c.reporting_allocations / c.allocations ELSE 0.0 END AS reporting_sq,
+         COALESCE(c.impressions_sq, 0.0) AS impressions_sq
   FROM keyed k
   JOIN requests r ON r.placement = k.placement AND r.dt = k.dt
   LEFT JOIN campaigns c ON c.placement = k.placement AND c.dt = k.dt AND c.campaign = k.campaign
   LEFT JOIN basis b ON b.placement = k.placement AND b.dt = k.dt AND b.campaign = k.campaign
   LEFT JOIN targets t ON t.placement = k.placement AND t.dt = k.dt AND t.campaign = k.campaign
 ),
-ratios AS (
+-- The unseen part of each sum (w(w-1)), nested: impressions within reporting
+-- allocations within allocations within requests.
+unseen AS (
   SELECT d.*,
-         LEAST(d.delivered / d.base, 1.0) AS share,
-         GREATEST(d.base_sq - d.base, 0.0) AS s_x,
-         LEAST(GREATEST(d.delivered_sq - d.delivered, 0.0), GREATEST(d.base_sq - d.base, 0.0)) AS s_y
+         LEAST(d.allocations / d.requests, 1.0) AS allocated,
+         CASE WHEN d.basis <> 'impressions' THEN 1.0
+              WHEN d.reporting_allocations > 0 THEN LEAST(d.impressions / d.reporting_allocations, 1.0)
+              ELSE 0.0 END AS rho,
+         GREATEST(d.requests_sq - d.requests, 0.0) AS t_n,
+         LEAST(GREATEST(d.allocations_sq - d.allocations, 0.0), GREATEST(d.requests_sq - d.requests, 0.0)) AS t_a
   FROM delivered d
 ),
+nested AS (
+  SELECT u.*,
+         LEAST(GREATEST(u.reporting_sq - u.reporting_allocations, 0.0), u.t_a) AS t_ra,
+         u.allocated * u.rho AS share
+  FROM unseen u
+),
 variances AS (
-  SELECT r.*,
-         ((1 - r.share) * (1 - r.share) * r.s_y + r.share * r.share * (r.s_x - r.s_y))
-           / (r.base * r.base) AS v
-  FROM ratios r
+  SELECT n.*,
+         CASE WHEN n.basis = 'impressions' AND n.allocations > 0 AND n.reporting_allocations > 0 THEN
+           n.share * n.share * (
+             (n.t_n - n.t_a) / (n.requests * n.requests)
+             + (n.t_a - n.t_ra) * POWER(1.0 / n.allocations - 1.0 / n.requests, 2)
+             + (n.t_ra - LEAST(GREATEST(n.impressions_sq - n.impressions, 0.0), n.t_ra))
+               * POWER(1.0 / n.allocations - 1.0 / n.requests - 1.0 / n.reporting_allocations, 2)
+             + LEAST(GREATEST(n.impressions_sq - n.impressions, 0.0), n.t_ra)
+               * POWER(CASE WHEN n.impressions > 0 THEN 1.0 / LEAST(n.impressions, n.reporting_allocations) ELSE 0.0 END
+                       + 1.0 / n.allocations - 1.0 / n.requests - 1.0 / n.reporting_allocations, 2))
+           + n.rho * (1 - n.rho) * (n.allocations - n.reporting_allocations)
+             * (1 + (n.allocations - n.reporting_allocations) / n.reporting_allocations) / (n.requests * n.requests)
+         WHEN n.basis = 'impressions' THEN 0.0
+         ELSE ((1 - n.share) * (1 - n.share) * n.t_a + n.share * n.share * (n.t_n - n.t_a))
+           / (n.requests * n.requests) END AS v,
+         -- Kish's size of each part that has unseen requests (NULL: none unseen).
+         CASE WHEN n.t_n > 0 THEN n.requests * n.requests / n.t_n END AS kish_n,
+         CASE WHEN n.basis = 'impressions' AND n.reporting_allocations > 0
+                   AND n.reporting_sq - n.reporting_allocations > 0
+              THEN n.reporting_allocations * n.reporting_allocations / (n.reporting_sq - n.reporting_allocations)
+         END AS kish_ra
+  FROM nested n
 ),
 -- n_eff is NULL where the day was seen whole (census): the interval is the share.
 shares AS (
-  SELECT v.placement, v.dt, v.campaign, v.basis, v.impressions, v.requests, v.base, v.delivered, v.samples,
-         v.target, v.share,
+  SELECT v.placement, v.dt, v.campaign, v.basis, v.impressions, v.requests, v.requests AS base,
+         v.share * v.requests AS delivered, v.samples, v.target, v.share,
          CASE WHEN v.share > 0 AND v.share < 1 AND v.v > 0 THEN v.share * (1 - v.share) / v.v
               WHEN v.share > 0 AND v.share < 1 THEN NULL
-              WHEN v.s_x > 0 THEN v.base * v.base / v.s_x
-              ELSE NULL END AS n_eff,
+              WHEN v.kish_n IS NOT NULL AND v.kish_ra IS NOT NULL THEN LEAST(v.kish_n, v.kish_ra)
+              ELSE COALESCE(v.kish_n, v.kish_ra) END AS n_eff,
          CAST(1.959964 AS DOUBLE) AS z
   FROM variances v
 ),

@@ -38,10 +38,20 @@ impl DeliveryBasis {
     /// campaign itself (sampled impressions and allocations) give enough evidence, else
     /// allocations. Impressions of other campaigns, and of campaigns that were never
     /// allocated, decide nothing for it.
+    ///
+    /// The campaign's render ratio stands for all its ads ([`share`]), so at least
+    /// [`MIN_COVERAGE`] of them must have gone to apps that report impressions: else a
+    /// few reporting requests (one app's, say) would set the shown share of every ad.
     pub fn of(stats: &WindowStats, campaign: &CampaignId) -> Self {
         let Some(c) = stats.campaigns.get(campaign) else { return Self::Allocations };
-        let enough = c.impressions.n >= MIN_IMPRESSION_SAMPLES && c.allocations.n >= MIN_IMPRESSION_SAMPLES;
-        if enough && stats.impression_coverage() >= MIN_COVERAGE { Self::Impressions } else { Self::Allocations }
+        let reporting = c.reporting_allocations();
+        let enough = c.impressions.n >= MIN_IMPRESSION_SAMPLES && reporting.n >= MIN_IMPRESSION_SAMPLES;
+        let reported = reporting.ht >= MIN_COVERAGE * c.allocations.ht;
+        if enough && reported && stats.impression_coverage() >= MIN_COVERAGE {
+            Self::Impressions
+        } else {
+            Self::Allocations
+        }
     }
 }
 
@@ -198,7 +208,8 @@ impl Reading {
     /// `a` say whether it was shown, allocated to a reporting app, allocated. Taken
     /// whole, so the two ratios' covariance (a reporting app's allocation raises one
     /// and lowers the other) is in it: the render ratio's part mostly cancels where
-    /// most of the campaign's apps report.
+    /// most of the campaign's apps report. Plus `ρ(1 − ρ)·U·(1 + U/RA)/N²` for the `U`
+    /// allocations to silent apps, whose ads' fate no event tells, even at census.
     fn variance(&self, realized: bool) -> Option<f64> {
         let Some(render) = self.render else { return self.allocated.variance(realized) };
         let (all, base) = (self.allocated, render);
@@ -208,9 +219,9 @@ impl Reading {
         let (s_n, s_a) = all.sums(realized);
         let (s_ra, s_i) = base.sums(realized);
         // Nested sets: impressions ⊂ reporting allocations ⊂ allocations ⊂ requests.
-        let s_i = s_i.min(s_ra);
-        let s_ra = s_ra.min(s_a);
         let s_a = s_a.min(s_n);
+        let s_ra = s_ra.min(s_a);
+        let s_i = s_i.min(s_ra);
         let (n, a, ra, i) = (all.x.ht, all.y.ht, base.x.ht, base.y.ht.min(base.x.ht));
         if a <= 0.0 || ra <= 0.0 {
             return Some(0.0);
@@ -221,16 +232,21 @@ impl Reading {
         let allocated = requests + 1.0 / a;
         let reporting = allocated - 1.0 / ra;
         let shown = reporting + inv(i);
-        let v = (s_n - s_a) * requests * requests
+        let sampled = (s_n - s_a) * requests * requests
             + (s_a - s_ra) * allocated * allocated
             + (s_ra - s_i) * reporting * reporting
             + s_i * shown * shown;
-        Some(share * share * v)
+        // Whether the silent apps' ads showed is never seen, sampled or not: each is a
+        // coin of the render ratio, and the ratio itself is learnt from `RA` of them.
+        let rho = render.value();
+        let silent = (a - ra).max(0.0);
+        let unseen = rho * (1.0 - rho) * silent * (1.0 + silent / ra) / (n * n);
+        Some(share * share * sampled + unseen)
     }
 
     /// The number of equally weighted samples as precise as the reading: `s(1 − s)/V`;
     /// where that does not apply (a share of 0 or 1, a window stored without its sums),
-    /// the Kish size of the smaller part. `realized`: for the share realized over the
+    /// the Kish size of the smaller part that has its sums. `realized`: for the share realized over the
     /// window's requests, infinite at census.
     fn samples(&self, realized: bool) -> f64 {
         if realized && !self.allocated.has_sums() {
@@ -239,7 +255,10 @@ impl Reading {
         let s = self.share();
         match self.variance(realized) {
             Some(v) if v > 0.0 && s > 0.0 && s < 1.0 => s * (1.0 - s) / v,
-            _ => self.allocated.kish(realized).min(self.render.map_or(f64::INFINITY, |r| r.kish(realized))),
+            _ => {
+                let render = self.render.filter(|r| r.has_sums()).map_or(f64::INFINITY, |r| r.kish(realized));
+                self.allocated.kish(realized).min(render)
+            }
         }
     }
 }

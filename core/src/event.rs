@@ -64,7 +64,7 @@ pub struct Event {
     #[serde(default)]
     pub colo: Option<String>,
     /// The app said it reports no impressions (`impressions=none` on `/v1/ad`), so the
-    /// request counts for allocations but stays out of the base of shown shares: an
+    /// request counts for allocations but stays out of the base of render ratios: an
     /// app that never reports would otherwise look like ads that never render.
     /// Allocations only; absent on the wire when false, so older edges read as
     /// reporting apps.

@@ -196,8 +196,7 @@ impl WindowStats {
         }
     }
 
-    /// The requests from apps that report impressions, and their `Σw²`: the base of
-    /// shares measured on impressions.
+    /// The requests from apps that report impressions, and their `Σw²`.
     pub fn reporting(&self) -> (Tally, f64) {
         (minus(self.requests, self.unreported), (self.requests_sq - self.unreported_sq).max(0.0))
     }

@@ -11,7 +11,7 @@
 //! impression token ([`allot_core::token`]), without which `/v1/impression` counts
 //! nothing — except to an app that said it reports none (`impressions=none`): it gets
 //! no token, and its sampled allocations are marked so the origin keeps them out of the
-//! base of shown shares ([`allot_core::Event::unreported`]).
+//! base of render ratios ([`allot_core::Event::unreported`]).
 
 use std::borrow::Cow;
 use std::rc::Rc;
