@@ -2,7 +2,8 @@
 //! to run the system for real, defined once.
 //!
 //! - [`process`]: child processes killed on drop, free ports, where binaries and tools are.
-//! - [`poll`]: waiting for an outcome, the one polling loop.
+//! - [`poll`]: waiting for an outcome (the one polling loop), or for a phase of the
+//!   period (`into_period`).
 //! - [`redis`], [`s3`], [`moto`]: throwaway servers on free ports.
 //! - [`origin`]: the origin's test configuration, its binary, its HTTP API, and (feature
 //!   `in-process`) the origin as a library.
