@@ -165,6 +165,38 @@ fn apps_that_report_nothing_leave_the_base_of_shown_shares() {
     assert_eq!(share(&s, &a, DeliveryBasis::Allocations, 1.96).share, 0.5);
 }
 
+/// One of the requests [`requests`] makes.
+struct Request {
+    platform: Option<&'static str>,
+    /// A was eligible for it.
+    eligible: bool,
+    /// A was given it.
+    given: bool,
+    /// Its app reports no impressions.
+    silent: bool,
+    /// A's ad was shown and reported.
+    shown: bool,
+}
+
+/// 1,000 requests sampled at `rate`, request `i` as `request(i)` says.
+fn requests(rate: f64, request: impl Fn(u32) -> Request) -> WindowStats {
+    let mut s = WindowStats::default();
+    for i in 0..1_000 {
+        let r = request(i);
+        let eligible: &[&str] = if r.eligible { &["A"] } else { &[] };
+        let mut e = allocation(&format!("r{i}"), r.given.then_some("A"), eligible, rate);
+        e.platform = r.platform.map(str::to_string);
+        e.unreported = r.silent;
+        s.fold(&e);
+        if r.given && r.shown {
+            let mut shown = impression(&format!("r{i}"), "A");
+            shown.sample_rate = rate;
+            s.fold(&shown);
+        }
+    }
+    s
+}
+
 /// At census a campaign's shown share is still uncertain where some of its ads went to
 /// apps that report none: 1,000 requests, A given 500, 150 of them to silent apps, 280
 /// of the other 350 shown. The share reads 0.5 · 0.8 = 0.4, with an interval of about
@@ -172,18 +204,13 @@ fn apps_that_report_nothing_leave_the_base_of_shown_shares() {
 #[test]
 fn the_silent_apps_ads_keep_a_census_reading_uncertain() {
     let a = CampaignId::parse("A").unwrap();
-    let mut s = WindowStats::default();
-    for i in 0..1_000 {
-        let ad = (i < 500).then_some("A");
-        let mut e = allocation(&format!("r{i}"), ad, &["A"], 1.0);
-        e.unreported = i < 150 || (500..800).contains(&i);
-        s.fold(&e);
-        if (150..430).contains(&i) {
-            let mut shown = impression(&format!("r{i}"), "A");
-            shown.sample_rate = 1.0;
-            s.fold(&shown);
-        }
-    }
+    let s = requests(1.0, |i| Request {
+        platform: None,
+        eligible: true,
+        given: i < 500,
+        silent: i < 150 || (500..800).contains(&i),
+        shown: (150..430).contains(&i),
+    });
     assert_eq!(DeliveryBasis::of(&s, &a), DeliveryBasis::Impressions);
     let e = share(&s, &a, DeliveryBasis::Impressions, 1.96);
     assert!((e.share - 0.4).abs() < 1e-12, "{e:?}");
@@ -197,20 +224,10 @@ fn the_silent_apps_ads_keep_a_census_reading_uncertain() {
 #[test]
 fn a_campaign_mostly_on_silent_apps_is_measured_on_allocations() {
     let a = CampaignId::parse("A").unwrap();
-    let mut s = WindowStats::default();
-    for i in 0..1_000 {
-        let ad = (i < 500).then_some("A");
-        let mut e = allocation(&format!("r{i}"), ad, &["A"], 1.0);
-        // 60 of A's 500 ads to reporting apps, every one shown; other campaigns'
-        // coverage is not in question.
-        e.unreported = i >= 60;
-        s.fold(&e);
-        if i < 60 {
-            let mut shown = impression(&format!("r{i}"), "A");
-            shown.sample_rate = 1.0;
-            s.fold(&shown);
-        }
-    }
+    // 60 of A's 500 ads to reporting apps, every one shown; other campaigns' coverage
+    // is not in question.
+    let s =
+        requests(1.0, |i| Request { platform: None, eligible: true, given: i < 500, silent: i >= 60, shown: i < 60 });
     assert_eq!(s.impression_coverage(), 1.0);
     assert_eq!(DeliveryBasis::of(&s, &a), DeliveryBasis::Allocations);
 }
@@ -224,21 +241,16 @@ fn a_campaign_mostly_on_silent_apps_is_measured_on_allocations() {
 fn a_campaign_is_not_read_higher_for_being_where_the_reporting_apps_are() {
     let a = CampaignId::parse("A").unwrap();
     let window = |rate: f64| {
-        let mut s = WindowStats::default();
-        for i in 0..1_000 {
+        requests(rate, |i| {
             let ios = i < 300;
-            let ad = (ios && i % 2 == 0).then_some("A");
-            let mut e = allocation(&format!("r{i}"), ad, if ios { &["A"] } else { &[] }, rate);
-            e.platform = Some(if ios { "ios" } else { "web" }.into());
-            e.unreported = !ios && i < 900;
-            s.fold(&e);
-            if ad.is_some() && i % 10 < 8 {
-                let mut shown = impression(&format!("r{i}"), "A");
-                shown.sample_rate = rate;
-                s.fold(&shown);
+            Request {
+                platform: Some(if ios { "ios" } else { "web" }),
+                eligible: ios,
+                given: ios && i % 2 == 0,
+                silent: !ios && i < 900,
+                shown: i % 10 < 8,
             }
-        }
-        s
+        })
     };
     let census = window(1.0);
     assert_eq!(DeliveryBasis::of(&census, &a), DeliveryBasis::Impressions);

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 use crate::scenario::{Change, Delivery, Edges, Fault, PlacementSpec, Scenario, campaign, mix, placement, targets};
-use crate::traffic::{Arrivals, MixEffect, Traffic, zipf};
+use crate::traffic::{Arrivals, MixEffect, Profile, Traffic, zipf};
 
 /// What can be changed from the command line.
 #[derive(Debug, Clone, Copy)]
@@ -246,19 +246,23 @@ fn changes(rng: &mut SmallRng) -> Scenario {
 /// Apps that fail to show ads (web 40 %, iOS 5 %), 30 % of traffic from an app that
 /// reports no impressions, and an unmodelled 1.2 pp shortfall on C.
 fn bias() -> Scenario {
-    let (profiles, weights) = mix(&PLATFORMS, &COUNTRIES, &[(true, 0.7), (false, 0.3)]);
-    let mut sc = base(
+    let mut sc = failing_renders(
         "bias",
         "bias: ads fail to show on web 40 % / iOS 5 %, 30 % of traffic reports no impressions, C loses 1.2 pp unexplained",
-        120,
-        noisy(10_000.0),
-        vec![],
+        mix(&PLATFORMS, &COUNTRIES, &[(true, 0.7), (false, 0.3)]),
     );
+    sc.placements[0].shortfall = vec![(campaign("C"), 0.012 / 0.25)];
+    sc
+}
+
+/// The skewed placement over `mix` (profiles with whether their apps report
+/// impressions, and their weights), its ads failing to show on web 40 % and iOS 5 %.
+fn failing_renders(key: &'static str, title: &str, (profiles, weights): (Vec<Profile>, Vec<f64>)) -> Scenario {
+    let mut sc = base(key, title, 120, noisy(10_000.0), vec![]);
     sc.profiles = profiles;
     let p = &mut sc.placements[0];
     p.traffic = Traffic::new(p.traffic.arrivals, weights, vec![]);
     p.render_failure = vec![(None, "web", 0.4), (None, "ios", 0.05)];
-    p.shortfall = vec![(campaign("C"), 0.012 / 0.25)];
     sc
 }
 
@@ -281,18 +285,11 @@ fn reporting() -> Scenario {
         profiles.extend(p);
         weights.extend(w);
     }
-    let mut sc = base(
+    failing_renders(
         "reporting",
         "reporting: apps that report impressions by platform (none on 60 % of web, 25 % of Android, 15 % of iOS traffic), ads fail to show on web 40 % / iOS 5 %",
-        120,
-        noisy(10_000.0),
-        vec![],
-    );
-    sc.profiles = profiles;
-    let p = &mut sc.placements[0];
-    p.traffic = Traffic::new(p.traffic.arrivals, weights, vec![]);
-    p.render_failure = vec![(None, "web", 0.4), (None, "ios", 0.05)];
-    sc
+        (profiles, weights),
+    )
 }
 
 /// 200 placements with Zipf traffic (20,000 down to 1 request/s), 8–64 campaigns with

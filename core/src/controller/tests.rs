@@ -32,12 +32,17 @@ fn window(profiles: &[(Option<&str>, Option<&str>, u32)]) -> WindowStats {
 }
 
 fn decide(t: &Targets, recent: &WindowStats) -> Decision {
+    decide_after(t, recent, None, None)
+}
+
+/// A round with no state learnt yet, after window `last` under plan `previous`.
+fn decide_after(t: &Targets, recent: &WindowStats, last: Option<&WindowStats>, previous: Option<&Plan>) -> Decision {
     Controller::default().decide(ControlInput {
         targets: t,
         recent,
-        last: None,
+        last,
         last_index: None,
-        previous: None,
+        previous,
         state: &ControlState::default(),
     })
 }
@@ -161,16 +166,7 @@ fn feedback_round(measured_a: f64, version: u64) -> ControlState {
     last.campaigns.entry(CampaignId::parse("A").unwrap()).or_default().allocations =
         crate::stats::Tally { ht: measured_a * n as f64, n: (measured_a * n as f64) as u64 };
     let prev = Plan { version: 3, ..decide(&t, &recent).to_plan(&t, PlacementId::parse("p").unwrap(), 3, 1.0, 0) };
-    Controller::default()
-        .decide(ControlInput {
-            targets: &t,
-            recent: &recent,
-            last: Some(&last),
-            last_index: None,
-            previous: Some(&prev),
-            state: &ControlState::default(),
-        })
-        .state
+    decide_after(&t, &recent, Some(&last), Some(&prev)).state
 }
 
 #[test]
@@ -192,14 +188,7 @@ fn feedback_does_not_blame_the_model_for_an_uninformed_plan() {
     let a = CampaignId::parse("A").unwrap();
     // Exactly what that plan delivers: 0.3 · 0.2 / (0.2 + 0.8) = 0.06.
     last.campaigns.entry(a.clone()).or_default().allocations = crate::stats::Tally { ht: 60.0, n: 60 };
-    let d = Controller::default().decide(ControlInput {
-        targets: &t,
-        recent: &recent,
-        last: Some(&last),
-        last_index: None,
-        previous: Some(&uninformed),
-        state: &ControlState::default(),
-    });
+    let d = decide_after(&t, &recent, Some(&last), Some(&uninformed));
     assert!(d.state.corrections.is_empty(), "{:?}", d.state);
     assert!((d.campaigns[0].predicted_share - 0.2).abs() < 1e-6);
 }
@@ -278,14 +267,7 @@ fn feedback_on_impressions_is_not_fooled_by_which_apps_report() {
     let c = w.campaigns.entry(CampaignId::parse("A").unwrap()).or_default();
     (c.allocations, c.allocations_sq) = (crate::stats::Tally { ht: 1_500.0, n: 1_500 }, 1_500.0);
     (c.impressions, c.impressions_sq) = (crate::stats::Tally { ht: 1_500.0, n: 1_500 }, 1_500.0);
-    let d = Controller::default().decide(ControlInput {
-        targets: &t,
-        recent: &w,
-        last: Some(&w),
-        last_index: None,
-        previous: Some(&plan),
-        state: &ControlState::default(),
-    });
+    let d = decide_after(&t, &w, Some(&w), Some(&plan));
     assert_eq!(d.campaigns[0].basis, DeliveryBasis::Impressions);
     assert!(d.state.corrections.is_empty(), "{:?}", d.state.corrections);
     assert!((d.campaigns[0].weight - plan.campaigns[0].weight).abs() < 1e-9 * plan.campaigns[0].weight);
