@@ -7,12 +7,20 @@
 -- with S = sum w(w-1) over the delivered events (y) and the requests (x): a sampled
 -- request stands for w requests, itself among them, so only w-1 are unseen (at census
 -- the interval is the share itself). At a share of 0 or 1 it falls back to Kish's size
--- X^2 / S_x. On impressions, share is the campaign's render ratio among the apps that
--- report them (impressions over its allocations to those apps, RA) times its share of
--- all allocations, (I/RA)(A/N), with the linearized variance of that product (per
--- sampled request w^2 s^2 (i/I - r/RA + a/A - 1/N)^2, the same w(w-1) sums, RA's taken
--- in proportion to A's) plus rho(1-rho) U (1 + U/RA) / N^2 for the U = A - RA ads of
--- silent apps, whose fate no event tells. The same estimate and interval the origin's
+-- X^2 / S_x. On impressions, share is the campaign's share of all allocations on each
+-- part of its traffic times that part's render ratio (impressions over allocations to
+-- the apps that report them, RA), sum_g (A_g/N) rho_g. A platform is a part of its own
+-- when at least 20 of its sampled allocations went to reporting apps and they are at
+-- least a quarter of its allocations; the other platforms are one part together, with
+-- its own ratio where it passes the same test and the campaign's ratio over all its
+-- reporting apps where it does not (allot-core reading.rs). The interval rests on the
+-- linearized variance of that sum, with every covariance in it (per sampled request of
+-- part g, w^2 z^2 with z = a rho_g/N - s/N + r c_R + i c_I, c_R and c_I the share's
+-- derivatives in the ratios' bases and numerators; the same w(w-1) sums), plus, for the
+-- U_g ads of silent apps, whose fate no event tells, rho(1-rho) U_g / N^2 each and
+-- rho(1-rho) U^2 / (RA N^2) for the ratio learnt from RA of them. Impressions without a
+-- platform (reported with tokens issued before tokens carried it) count on the empty
+-- platform, as the origin counts them. The same estimate and interval the origin's
 -- status API reports (allot-core estimate::share).
 -- Delivery is measured per campaign with the origin's rule (allot-core
 -- DeliveryBasis::of): on impressions when the placement's apps report them for at least
@@ -57,6 +65,45 @@ campaigns AS (
   FROM events
   WHERE ad_id IS NOT NULL AND dt BETWEEN '{{from}}' AND '{{to}}'
   GROUP BY placement, dt, ad_id
+),
+-- Each campaign's counts per platform, and the parts its share is read by. The sum of
+-- w^2 over reporting allocations is taken in proportion to the allocations' (ra_sq),
+-- as the origin does: it does not count it apart.
+platforms AS (
+  SELECT placement, dt, ad_id AS campaign, COALESCE(platform, '') AS platform,
+         SUM(CASE WHEN kind = 'allocation' THEN weight ELSE 0.0 END) AS a,
+         SUM(CASE WHEN kind = 'allocation' THEN weight * weight ELSE 0.0 END) AS a_sq,
+         SUM(CASE WHEN kind = 'allocation' AND NOT COALESCE(unreported, FALSE) THEN weight ELSE 0.0 END) AS ra,
+         SUM(CASE WHEN kind = 'allocation' AND NOT COALESCE(unreported, FALSE) THEN 1 ELSE 0 END) AS ra_n,
+         SUM(CASE WHEN kind = 'impression' THEN weight ELSE 0.0 END) AS i,
+         SUM(CASE WHEN kind = 'impression' THEN weight * weight ELSE 0.0 END) AS i_sq
+  FROM events
+  WHERE ad_id IS NOT NULL AND dt BETWEEN '{{from}}' AND '{{to}}'
+  GROUP BY placement, dt, ad_id, COALESCE(platform, '')
+),
+platform_parts AS (
+  SELECT p.*,
+         CASE WHEN p.a > 0 THEN p.a_sq * p.ra / p.a ELSE 0.0 END AS ra_sq,
+         CASE WHEN p.ra_n >= 20 AND p.ra >= 0.25 * p.a AND p.ra > 0 THEN 'p:' || p.platform ELSE 'rest' END AS part
+  FROM platforms p
+),
+reporting_sums AS (
+  SELECT placement, dt, campaign, SUM(ra_sq) AS reporting_sq
+  FROM platform_parts
+  GROUP BY placement, dt, campaign
+),
+parts AS (
+  SELECT placement, dt, campaign, part,
+         SUM(a) AS a, SUM(a_sq) AS a_sq, SUM(ra) AS ra, SUM(ra_n) AS ra_n, SUM(ra_sq) AS ra_sq,
+         SUM(i) AS i, SUM(i_sq) AS i_sq
+  FROM platform_parts
+  GROUP BY placement, dt, campaign, part
+),
+owned AS (
+  SELECT p.*,
+         part <> 'rest' OR (p.ra_n >= 20 AND p.ra >= 0.25 * p.a AND p.ra > 0) AS own
+  FROM parts p
+  WHERE p.a > 0
 ),
 coverage AS (
   SELECT placement, dt,
@@ -122,12 +169,12 @@ delivered AS (
          COALESCE(c.allocations, 0.0) AS allocations,
          COALESCE(c.allocations_sq, 0.0) AS allocations_sq,
          COALESCE(c.reporting_allocations, 0.0) AS reporting_allocations,
-         CASE WHEN COALESCE(c.allocations, 0.0) > 0
-              THEN c.allocations_sq * c.reporting_allocations / c.allocations ELSE 0.0 END AS reporting_sq,
+         COALESCE(q.reporting_sq, 0.0) AS reporting_sq,
          COALESCE(c.impressions_sq, 0.0) AS impressions_sq
   FROM keyed k
   JOIN requests r ON r.placement = k.placement AND r.dt = k.dt
   LEFT JOIN campaigns c ON c.placement = k.placement AND c.dt = k.dt AND c.campaign = k.campaign
+  LEFT JOIN reporting_sums q ON q.placement = k.placement AND q.dt = k.dt AND q.campaign = k.campaign
   LEFT JOIN basis b ON b.placement = k.placement AND b.dt = k.dt AND b.campaign = k.campaign
   LEFT JOIN targets t ON t.placement = k.placement AND t.dt = k.dt AND t.campaign = k.campaign
 ),
@@ -136,32 +183,69 @@ delivered AS (
 unseen AS (
   SELECT d.*,
          LEAST(d.allocations / d.requests, 1.0) AS allocated,
-         CASE WHEN d.basis <> 'impressions' THEN 1.0
-              WHEN d.reporting_allocations > 0 THEN LEAST(d.impressions / d.reporting_allocations, 1.0)
-              ELSE 0.0 END AS rho,
+         CASE WHEN d.reporting_allocations > 0 THEN LEAST(d.impressions / d.reporting_allocations, 1.0)
+              ELSE 0.0 END AS rho_w,
          GREATEST(d.requests_sq - d.requests, 0.0) AS t_n,
          LEAST(GREATEST(d.allocations_sq - d.allocations, 0.0), GREATEST(d.requests_sq - d.requests, 0.0)) AS t_a
   FROM delivered d
 ),
+-- On impressions, each part's render ratio (its own, or the campaign's) and its share.
+part_ratios AS (
+  SELECT o.*, u.requests, u.rho_w,
+         CASE WHEN o.own THEN LEAST(o.i / o.ra, 1.0) ELSE u.rho_w END AS rho
+  FROM owned o
+  JOIN unseen u ON u.placement = o.placement AND u.dt = o.dt AND u.campaign = o.campaign
+  WHERE u.basis = 'impressions'
+),
+readings AS (
+  SELECT placement, dt, campaign,
+         SUM(a / requests * rho) AS shown,
+         SUM(CASE WHEN own THEN 0.0 ELSE a END) / MAX(requests) AS pooled,
+         SUM(CASE WHEN own THEN 0.0 ELSE GREATEST(a - ra, 0.0) END) AS pooled_silent
+  FROM part_ratios
+  GROUP BY placement, dt, campaign
+),
 nested AS (
   SELECT u.*,
          LEAST(GREATEST(u.reporting_sq - u.reporting_allocations, 0.0), u.t_a) AS t_ra,
-         u.allocated * u.rho AS share
+         CASE WHEN u.basis = 'impressions' THEN LEAST(GREATEST(COALESCE(r.shown, 0.0), 0.0), 1.0)
+              ELSE u.allocated END AS share,
+         COALESCE(r.pooled, 0.0) AS pooled,
+         COALESCE(r.pooled_silent, 0.0) AS pooled_silent
   FROM unseen u
+  LEFT JOIN readings r ON r.placement = u.placement AND r.dt = u.dt AND r.campaign = u.campaign
+),
+-- Per part: z for a sampled request allocated (silent), to a reporting app, shown.
+part_coefficients AS (
+  SELECT p.placement, p.dt, p.campaign, p.rho, p.own,
+         GREATEST(p.a - p.ra, 0.0) AS u,
+         p.ra,
+         p.rho / p.requests - n.share / p.requests AS given,
+         -(CASE WHEN p.own THEN p.rho * p.a / (p.requests * p.ra) ELSE 0.0 END)
+           - n.rho_w * n.pooled / n.reporting_allocations AS c_r,
+         (CASE WHEN p.own THEN p.a / (p.requests * p.ra) ELSE 0.0 END) + n.pooled / n.reporting_allocations AS c_i,
+         GREATEST(p.a_sq - p.a, 0.0) AS t_a,
+         LEAST(GREATEST(p.ra_sq - p.ra, 0.0), GREATEST(p.a_sq - p.a, 0.0)) AS t_ra,
+         LEAST(GREATEST(p.i_sq - p.i, 0.0), GREATEST(p.ra_sq - p.ra, 0.0), GREATEST(p.a_sq - p.a, 0.0)) AS t_i
+  FROM part_ratios p
+  JOIN nested n ON n.placement = p.placement AND n.dt = p.dt AND n.campaign = p.campaign
+),
+part_sums AS (
+  SELECT placement, dt, campaign,
+         SUM((t_a - t_ra) * given * given + (t_ra - t_i) * POWER(given + c_r, 2)
+             + t_i * POWER(given + c_r + c_i, 2)) AS sampled,
+         SUM(t_a) AS allocated_sq,
+         SUM(rho * (1 - rho) * u + CASE WHEN own THEN rho * (1 - rho) * u * u / ra ELSE 0.0 END) AS silent
+  FROM part_coefficients
+  GROUP BY placement, dt, campaign
 ),
 variances AS (
   SELECT n.*,
          CASE WHEN n.basis = 'impressions' AND n.allocations > 0 AND n.reporting_allocations > 0 THEN
-           n.share * n.share * (
-             (n.t_n - n.t_a) / (n.requests * n.requests)
-             + (n.t_a - n.t_ra) * POWER(1.0 / n.allocations - 1.0 / n.requests, 2)
-             + (n.t_ra - LEAST(GREATEST(n.impressions_sq - n.impressions, 0.0), n.t_ra))
-               * POWER(1.0 / n.allocations - 1.0 / n.requests - 1.0 / n.reporting_allocations, 2)
-             + LEAST(GREATEST(n.impressions_sq - n.impressions, 0.0), n.t_ra)
-               * POWER(CASE WHEN n.impressions > 0 THEN 1.0 / LEAST(n.impressions, n.reporting_allocations) ELSE 0.0 END
-                       + 1.0 / n.allocations - 1.0 / n.requests - 1.0 / n.reporting_allocations, 2))
-           + n.rho * (1 - n.rho) * (n.allocations - n.reporting_allocations)
-             * (1 + (n.allocations - n.reporting_allocations) / n.reporting_allocations) / (n.requests * n.requests)
+           ps.sampled
+           + GREATEST(n.t_n - ps.allocated_sq, 0.0) * POWER(n.share / n.requests, 2)
+           + (ps.silent + n.rho_w * (1 - n.rho_w) * n.pooled_silent * n.pooled_silent / n.reporting_allocations)
+             / (n.requests * n.requests)
          WHEN n.basis = 'impressions' THEN 0.0
          ELSE ((1 - n.share) * (1 - n.share) * n.t_a + n.share * n.share * (n.t_n - n.t_a))
            / (n.requests * n.requests) END AS v,
@@ -172,6 +256,7 @@ variances AS (
               THEN n.reporting_allocations * n.reporting_allocations / (n.reporting_sq - n.reporting_allocations)
          END AS kish_ra
   FROM nested n
+  LEFT JOIN part_sums ps ON ps.placement = n.placement AND ps.dt = n.dt AND ps.campaign = n.campaign
 ),
 -- n_eff is NULL where the day was seen whole (census): the interval is the share.
 shares AS (

@@ -29,16 +29,72 @@ pub enum AttrError {
 impl<'a> RequestAttrs<'a> {
     /// Checks raw attributes. Case does not matter (`iOS` is `ios`, `de` is `DE`).
     pub fn parse(platform: Option<&'a str>, country: Option<&'a str>) -> Result<Self, AttrError> {
-        let platform_ok = |p: &str| {
-            (1..=32).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        };
-        if platform.is_some_and(|p| !platform_ok(p)) {
+        if platform.is_some_and(|p| Platform::normalise(p).is_none()) {
             return Err(AttrError::Platform);
         }
         if country.is_some_and(|c| country_index(c).is_none()) {
             return Err(AttrError::Country);
         }
         Ok(Self { platform, country })
+    }
+
+    /// The request's platform as its events carry it (lower case): the one
+    /// normalisation behind the allocation event and the impression token, so an
+    /// impression names the platform its allocation was counted in.
+    pub fn event_platform(&self) -> Option<Platform> {
+        self.platform.and_then(Platform::normalise)
+    }
+}
+
+/// The longest platform a request may name.
+pub const MAX_PLATFORM: usize = 32;
+
+/// A platform as events carry it: 1–[`MAX_PLATFORM`] characters of `[a-z0-9_-]`
+/// ([`crate::targets::is_platform`]). Held inline rather than in a `String`, so the
+/// edge's hot path and a verified impression token hold it without allocating.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Platform {
+    len: u8,
+    bytes: [u8; MAX_PLATFORM],
+}
+
+impl Platform {
+    /// A request's platform in any case (`iOS` is `ios`); `None` unless it is 1–32
+    /// letters, digits, `_` or `-`.
+    pub fn normalise(raw: &str) -> Option<Self> {
+        if !(1..=MAX_PLATFORM).contains(&raw.len()) {
+            return None;
+        }
+        let mut bytes = [0; MAX_PLATFORM];
+        for (to, from) in bytes.iter_mut().zip(raw.bytes()) {
+            *to = from.to_ascii_lowercase();
+        }
+        let platform = Self { len: raw.len() as u8, bytes };
+        crate::targets::is_platform(platform.as_str()).then_some(platform)
+    }
+
+    /// A platform already normalised (what an edge wrote): upper case is refused, as
+    /// anything else [`crate::targets::is_platform`] refuses.
+    pub fn from_normalised(bytes: &[u8]) -> Option<Self> {
+        let platform = Self::normalise(std::str::from_utf8(bytes).ok()?)?;
+        (platform.as_str().as_bytes() == bytes).then_some(platform)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever held (`normalise`), so this never falls back.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -168,7 +224,8 @@ impl CompiledPlan {
 
     /// The allocation event of a decided request: what the edge sends when the request
     /// is sampled. Attributes are normalised the way events carry them (platform lower
-    /// case, country upper case). `unreported`: the app said it reports no impressions
+    /// case by [`RequestAttrs::event_platform`], country upper case). `unreported`: the
+    /// app said it reports no impressions
     /// ([`Event::unreported`]).
     pub fn allocation_event(
         &self,
@@ -189,7 +246,7 @@ impl CompiledPlan {
             plan_version: p.version,
             sample_rate: p.sample_rate,
             eligible: self.pattern_ids(choice.eligible).cloned().collect(),
-            platform: attrs.platform.map(str::to_ascii_lowercase),
+            platform: attrs.event_platform().map(|p| p.as_str().to_owned()),
             country: attrs.country.map(str::to_ascii_uppercase),
             colo,
             unreported,
@@ -398,6 +455,17 @@ pub(crate) mod tests {
         assert_eq!(RequestAttrs::parse(Some("a b"), None), Err(AttrError::Platform));
         assert_eq!(RequestAttrs::parse(None, Some("DEU")), Err(AttrError::Country));
         assert_eq!(RequestAttrs::parse(None, Some("1A")), Err(AttrError::Country));
+        // The platform events carry: lower case, 1–32 of `[a-z0-9_-]`.
+        let attrs = RequestAttrs::parse(Some("Android_TV-2"), None).unwrap();
+        assert_eq!(attrs.event_platform().map(|p| p.to_string()).as_deref(), Some("android_tv-2"));
+        assert_eq!(Platform::normalise(&"X".repeat(32)).unwrap().as_str(), "x".repeat(32));
+        for bad in ["", "a b", "é", "ios\0", &"x".repeat(33)] {
+            assert_eq!(Platform::normalise(bad), None, "{bad:?}");
+            assert_eq!(RequestAttrs::parse(Some(bad), None), Err(AttrError::Platform), "{bad:?}");
+        }
+        assert_eq!(Platform::from_normalised(b"ios"), Platform::normalise("IOS"));
+        assert_eq!(Platform::from_normalised(b"iOS"), None, "written normalised or not at all");
+        assert_eq!(Platform::from_normalised(&[0xff, b'a']), None);
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub mod feedback;
 pub use feedback::{Evidence, Learning};
 
 use crate::choose::EligibilityIndex;
-use crate::estimate::DeliveryBasis;
+use crate::estimate::{self, DeliveryBasis};
 use crate::solver::{self, Patterns, SolveOptions};
 use crate::stats::parse_profile_key;
 use crate::{
@@ -231,10 +231,11 @@ impl Controller {
             .campaigns
             .iter()
             .zip(&basis)
-            .map(|(c, b)| match (b, input.recent.campaigns.get(&c.id).map(|k| (k, k.reporting_allocations()))) {
-                // Of the ads given to apps that report impressions, the share shown.
-                (DeliveryBasis::Impressions, Some((k, base))) if base.n as f64 >= self.min_samples / 10.0 => {
-                    (k.impressions.ht / base.ht).clamp(0.05, 1.0)
+            .map(|(c, b)| match (b, input.recent.campaigns.get(&c.id).map(|k| k.reporting_allocations())) {
+                // Of the ads given, the share shown: each platform's by the share its
+                // reporting apps showed (`estimate::render_ratio`).
+                (DeliveryBasis::Impressions, Some(base)) if base.n as f64 >= self.min_samples / 10.0 => {
+                    estimate::render_ratio(input.recent, &c.id).unwrap_or(1.0).clamp(0.05, 1.0)
                 }
                 _ => 1.0,
             })

@@ -11,7 +11,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::stats::{MAX_STRAGGLERS, Tally};
+use crate::reading::Reading;
+use crate::stats::MAX_STRAGGLERS;
 use crate::{CampaignId, WindowStats};
 
 /// What counts as a campaign's delivery.
@@ -164,164 +165,6 @@ fn allow_for_impressions_to_come(
     ShareEstimate { share, low, high, ..e }
 }
 
-/// A campaign's share as the window reads it: its share of all allocations and, on
-/// impressions, the render ratio it is scaled by.
-///
-/// **Why impressions are scaled, not divided by the reporting apps' requests.** Only
-/// apps that report impressions can show one; the others' impressions are unknown. The
-/// share of the reporting apps' requests would stand for the placement only if those
-/// apps were a fair sample of its traffic, and they seldom are: reporting depends on
-/// the app, so on its platform and countries, and so on which campaigns it is eligible
-/// for. An iOS-only campaign on a placement whose iOS apps report and whose web apps
-/// do not would read about as many times too high as iOS is over-represented among the
-/// reporting apps. Its render ratio (impressions over its allocations to the reporting
-/// apps) does not depend on that mix, and its allocations are counted on every app, so
-/// their product stands for the placement as long as each campaign's ads render alike
-/// in the apps that report and in those that do not.
-#[derive(Debug, Clone, Copy)]
-struct Reading {
-    allocated: Ratio,
-    /// On impressions: impressions over allocations to the reporting apps.
-    render: Option<Ratio>,
-}
-
-impl Reading {
-    fn of(stats: &WindowStats, campaign: &CampaignId, basis: DeliveryBasis) -> Self {
-        let c = stats.campaigns.get(campaign).copied().unwrap_or_default();
-        let allocated = Ratio { x: stats.requests, s_x: stats.requests_sq, y: c.allocations, s_y: c.allocations_sq };
-        let render = (basis == DeliveryBasis::Impressions).then(|| {
-            let reporting = c.reporting_allocations();
-            // `Σw²` of the reporting apps' allocations, not counted apart: the two kinds
-            // of apps are sampled at the same rates, so in proportion.
-            let s_x = if c.allocations.ht > 0.0 { c.allocations_sq * reporting.ht / c.allocations.ht } else { 0.0 };
-            Ratio { x: reporting, s_x, y: c.impressions, s_y: c.impressions_sq }
-        });
-        Self { allocated, render }
-    }
-
-    fn share(&self) -> f64 {
-        self.allocated.value() * self.render.map_or(1.0, |r| r.value())
-    }
-
-    /// The share's linearized variance. On impressions, `s = (I/RA)·(A/N)`: a sampled
-    /// request of weight `w` adds `w²·s²·(i/I − r/RA + a/A − 1/N)²`, where `i`, `r`,
-    /// `a` say whether it was shown, allocated to a reporting app, allocated. Taken
-    /// whole, so the two ratios' covariance (a reporting app's allocation raises one
-    /// and lowers the other) is in it: the render ratio's part mostly cancels where
-    /// most of the campaign's apps report. Plus `ρ(1 − ρ)·U·(1 + U/RA)/N²` for the `U`
-    /// allocations to silent apps, whose ads' fate no event tells, even at census.
-    fn variance(&self, realized: bool) -> Option<f64> {
-        let Some(render) = self.render else { return self.allocated.variance(realized) };
-        let (all, base) = (self.allocated, render);
-        if !all.has_sums() || !base.has_sums() || base.y_sq_missing() {
-            return None;
-        }
-        let (s_n, s_a) = all.sums(realized);
-        let (s_ra, s_i) = base.sums(realized);
-        // Nested sets: impressions ⊂ reporting allocations ⊂ allocations ⊂ requests.
-        let s_a = s_a.min(s_n);
-        let s_ra = s_ra.min(s_a);
-        let s_i = s_i.min(s_ra);
-        let (n, a, ra, i) = (all.x.ht, all.y.ht, base.x.ht, base.y.ht.min(base.x.ht));
-        if a <= 0.0 || ra <= 0.0 {
-            return Some(0.0);
-        }
-        let share = self.share();
-        let inv = |x: f64| if x > 0.0 { 1.0 / x } else { 0.0 };
-        let requests = -1.0 / n;
-        let allocated = requests + 1.0 / a;
-        let reporting = allocated - 1.0 / ra;
-        let shown = reporting + inv(i);
-        let sampled = (s_n - s_a) * requests * requests
-            + (s_a - s_ra) * allocated * allocated
-            + (s_ra - s_i) * reporting * reporting
-            + s_i * shown * shown;
-        // Whether the silent apps' ads showed is never seen, sampled or not: each is a
-        // coin of the render ratio, and the ratio itself is learnt from `RA` of them.
-        let rho = render.value();
-        let silent = (a - ra).max(0.0);
-        let unseen = rho * (1.0 - rho) * silent * (1.0 + silent / ra) / (n * n);
-        Some(share * share * sampled + unseen)
-    }
-
-    /// The number of equally weighted samples as precise as the reading: `s(1 − s)/V`;
-    /// where that does not apply (a share of 0 or 1, a window stored without its sums),
-    /// the Kish size of the smaller part that has its sums. `realized`: for the share realized over the
-    /// window's requests, infinite at census.
-    fn samples(&self, realized: bool) -> f64 {
-        if realized && !self.allocated.has_sums() {
-            return self.samples(false);
-        }
-        let s = self.share();
-        match self.variance(realized) {
-            Some(v) if v > 0.0 && s > 0.0 && s < 1.0 => s * (1.0 - s) / v,
-            _ => {
-                let render = self.render.filter(|r| r.has_sums()).map_or(f64::INFINITY, |r| r.kish(realized));
-                self.allocated.kish(realized).min(render)
-            }
-        }
-    }
-}
-
-/// `Y/X`, a ratio of Horvitz–Thompson totals, with their squared-weight sums.
-#[derive(Debug, Clone, Copy)]
-struct Ratio {
-    x: Tally,
-    s_x: f64,
-    y: Tally,
-    s_y: f64,
-}
-
-impl Ratio {
-    fn value(&self) -> f64 {
-        if self.x.ht > 0.0 { (self.y.ht / self.x.ht).clamp(0.0, 1.0) } else { 0.0 }
-    }
-
-    fn has_sums(&self) -> bool {
-        self.x.ht > 0.0 && self.s_x > 0.0
-    }
-
-    /// A numerator counted without its `Σw²` (a window stored before it was).
-    fn y_sq_missing(&self) -> bool {
-        self.y.n > 0 && self.s_y <= 0.0
-    }
-
-    /// `Σw²` of the base and of the numerator; `realized`: less the HT totals (each
-    /// sampled event is one of the `w` it stands for, so `Σw(w − 1)` is what is unseen).
-    fn sums(&self, realized: bool) -> (f64, f64) {
-        if realized { ((self.s_x - self.x.ht).max(0.0), (self.s_y - self.y.ht).max(0.0)) } else { (self.s_x, self.s_y) }
-    }
-
-    /// `None` when the window does not tell: nothing sampled, or stored without `S_y`.
-    fn variance(&self, realized: bool) -> Option<f64> {
-        if !self.has_sums() || self.y_sq_missing() {
-            return None;
-        }
-        let (s_x, s_y) = self.sums(realized);
-        ratio_variance(self.x.ht, self.value(), s_x, s_y)
-    }
-
-    /// Kish's effective size of the base, `X²/S_x`: 0 without sums; realized, infinite
-    /// when nothing is unseen.
-    fn kish(&self, realized: bool) -> f64 {
-        match self.sums(realized).0 {
-            s if s > 0.0 => self.x.ht * self.x.ht / s,
-            _ if realized && self.has_sums() => f64::INFINITY,
-            _ => 0.0,
-        }
-    }
-}
-
-/// `[(1 − R)²·S_y + R²·(S_x − S_y)] / X²`: the linearized variance of a ratio `R` of
-/// totals with squared-weight sums `S_x` (base) and `S_y` (numerator).
-fn ratio_variance(x: f64, r: f64, s_x: f64, s_y: f64) -> Option<f64> {
-    if x <= 0.0 {
-        return None;
-    }
-    let s_y = s_y.min(s_x);
-    Some(((1.0 - r).powi(2) * s_y + r * r * (s_x - s_y)) / (x * x))
-}
-
 /// Sampled events behind the share's numerator: impressions or allocations.
 fn delivered_samples(stats: &WindowStats, campaign: &CampaignId, basis: DeliveryBasis) -> u64 {
     let c = stats.campaigns.get(campaign).copied().unwrap_or_default();
@@ -345,6 +188,14 @@ pub fn share_variance(stats: &WindowStats, campaign: &CampaignId, basis: Deliver
 /// `(Σw)²/Σw²` where that does not apply (a share of 0 or 1, an old window).
 pub fn effective_samples(stats: &WindowStats, campaign: &CampaignId, basis: DeliveryBasis) -> f64 {
     Reading::of(stats, campaign, basis).samples(false)
+}
+
+/// The share of `campaign`'s allocated ads that were shown, as [`share`] reads it on
+/// impressions: each platform's allocations scaled by that platform's render ratio
+/// ([`Reading`]). What the controller divides a target by to ask for allocations.
+/// `None` where the campaign was not allocated.
+pub fn render_ratio(stats: &WindowStats, campaign: &CampaignId) -> Option<f64> {
+    Reading::of(stats, campaign, DeliveryBasis::Impressions).render_ratio()
 }
 
 /// The samples a window needs for a ±`margin` interval at `z` around share `s`: the

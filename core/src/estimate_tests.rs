@@ -191,6 +191,7 @@ fn requests(rate: f64, request: impl Fn(u32) -> Request) -> WindowStats {
         if r.given && r.shown {
             let mut shown = impression(&format!("r{i}"), "A");
             shown.sample_rate = rate;
+            shown.platform = r.platform.map(str::to_string);
             s.fold(&shown);
         }
     }

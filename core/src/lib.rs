@@ -27,6 +27,7 @@ pub mod membership;
 pub mod plan;
 pub mod planner;
 pub mod quantile;
+mod reading;
 pub mod retry;
 pub mod round;
 pub mod sample;
@@ -39,7 +40,7 @@ pub mod targets;
 pub mod token;
 
 pub use admit::{Admitted, Catalogue, DropReason, Limits};
-pub use choose::{Choice, CompiledPlan, RequestAttrs};
+pub use choose::{Choice, CompiledPlan, Platform, RequestAttrs};
 pub use controller::{ControlInput, ControlState, Controller, Decision, Feasibility};
 pub use estimate::{DeliveryBasis, ShareEstimate};
 pub use event::{Event, EventBatch, EventError, EventKind};

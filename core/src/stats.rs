@@ -16,7 +16,11 @@
 //! [`CampaignCounts::late_impressions`]), `u.ht`/`u.n`/`u.sq` and `u.{id}.ht`/`u.{id}.n`
 //! (requests, and each campaign's allocations, from apps that report no impressions:
 //! [`Event::unreported`]; a window stored before they existed reads as all apps
-//! reporting). The `.sq` fields (`Σw²` of a campaign's events)
+//! reporting), `pa.{id}.{platform}.ht`/`.n`/`.sq`, `pu.{id}.{platform}.ht`/`.n` and
+//! `pi.{id}.{platform}.ht`/`.sq` (a campaign's allocations, those to apps that report
+//! no impressions, and its impressions, on one platform, empty for none:
+//! [`PlatformCounts`]; the last two only where there are some). The
+//! `.sq` fields (`Σw²` of a campaign's events)
 //! give a share's variance when the rate changed within a window
 //! ([`crate::estimate::share_variance`]); windows written before they existed read
 //! with `sq = 0`, and their variance falls back to the effective sample size.
@@ -83,6 +87,50 @@ impl CampaignCounts {
     }
 }
 
+/// One campaign's counts on one platform: what its render ratio per platform rests on
+/// ([`crate::estimate`]). Apps that report no impressions are mostly of some platforms,
+/// and ads render differently on each, so a render ratio learnt over all the reporting
+/// apps would stand for the silent apps' ads only if their platforms were mixed alike.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+///
+/// Kept to what the render ratio needs, as [`CampaignCounts`] is: a placement whose apps
+/// all report, or report none, writes only the allocations' three fields per platform.
+pub struct PlatformCounts {
+    pub allocations: Tally,
+    pub allocations_sq: f64,
+    /// The allocations among them to apps that report no impressions.
+    pub unreported: Tally,
+    /// Impressions (HT) and their `Σw²`.
+    pub impressions: f64,
+    pub impressions_sq: f64,
+}
+
+impl PlatformCounts {
+    /// The allocations whose app would have reported the impression.
+    pub fn reporting(&self) -> Tally {
+        minus(self.allocations, self.unreported)
+    }
+
+    fn merge(&mut self, o: &PlatformCounts) {
+        self.allocations.merge(&o.allocations);
+        self.allocations_sq += o.allocations_sq;
+        self.unreported.merge(&o.unreported);
+        self.impressions += o.impressions;
+        self.impressions_sq += o.impressions_sq;
+    }
+
+    fn scaled(self, k: f64) -> Self {
+        let tally = |t: Tally| Tally { ht: t.ht * k, n: t.n };
+        Self {
+            allocations: tally(self.allocations),
+            allocations_sq: self.allocations_sq * k * k,
+            unreported: tally(self.unreported),
+            impressions: self.impressions * k,
+            impressions_sq: self.impressions_sq * k * k,
+        }
+    }
+}
+
 fn minus(all: Tally, part: Tally) -> Tally {
     Tally { ht: (all.ht - part.ht).max(0.0), n: all.n.saturating_sub(part.n) }
 }
@@ -99,6 +147,10 @@ pub struct WindowStats {
     pub unreported: Tally,
     pub unreported_sq: f64,
     pub campaigns: BTreeMap<CampaignId, CampaignCounts>,
+    /// Each campaign's counts per platform (the platform as events carry it, empty for
+    /// none). A window stored before they were counted has none; one stored across
+    /// that change has them for part of its events (the rest is read as one platform).
+    pub platforms: BTreeMap<(CampaignId, String), PlatformCounts>,
     /// Estimated requests per attribute profile, keyed `platform:country`.
     pub profiles: BTreeMap<String, f64>,
     /// Estimated requests per plan version they were decided under.
@@ -157,10 +209,22 @@ impl WindowStats {
                 if e.unreported {
                     self.record_unreported(w, e.ad_id.as_ref());
                 }
+                if let Some(ad) = &e.ad_id {
+                    let p = self.platform_mut(ad, e.platform.as_deref());
+                    p.allocations.add(w);
+                    p.allocations_sq += w * w;
+                    if e.unreported {
+                        p.unreported.add(w);
+                    }
+                }
             }
             EventKind::Impression => {
                 if let Some(ad) = &e.ad_id {
-                    self.record_impression(e.weight(), ad);
+                    let w = e.weight();
+                    self.record_impression(w, ad);
+                    let p = self.platform_mut(ad, e.platform.as_deref());
+                    p.impressions += w;
+                    p.impressions_sq += w * w;
                 }
             }
         }
@@ -216,6 +280,10 @@ impl WindowStats {
         self.campaigns.get_mut(id).expect("inserted above")
     }
 
+    fn platform_mut(&mut self, id: &CampaignId, platform: Option<&str>) -> &mut PlatformCounts {
+        self.platforms.entry((id.clone(), platform.unwrap_or("").to_string())).or_default()
+    }
+
     /// Marks every request counted in this delta as late: the aggregator applies it
     /// after the window's round read the window.
     pub fn mark_late(&mut self) {
@@ -254,6 +322,7 @@ impl WindowStats {
             c.allocations_sq *= k * k;
             c.impressions_sq *= k * k;
         }
+        s.platforms.values_mut().for_each(|p| *p = p.scaled(k));
         s.profiles.values_mut().for_each(|v| *v *= k);
         s.versions.values_mut().for_each(|v| *v *= k);
         s
@@ -279,6 +348,9 @@ impl WindowStats {
             mine.late_impressions.merge(&c.late_impressions);
             mine.allocations_sq += c.allocations_sq;
             mine.impressions_sq += c.impressions_sq;
+        }
+        for (k, p) in &o.platforms {
+            self.platforms.entry(k.clone()).or_default().merge(p);
         }
         for (k, v) in &o.profiles {
             *self.profiles.entry(k.clone()).or_default() += v;
@@ -311,115 +383,9 @@ impl WindowStats {
         let total: f64 = self.versions.values().sum();
         if total > 0.0 { self.versions.get(&version).copied().unwrap_or(0.0) / total } else { 0.0 }
     }
-
-    /// The counters as flat hash fields (non-zero ones only).
-    pub fn to_fields(&self) -> Vec<(String, f64)> {
-        let mut out = Vec::new();
-        let mut push = |k: String, v: f64| {
-            if v != 0.0 {
-                out.push((k, v));
-            }
-        };
-        push("req.ht".into(), self.requests.ht);
-        push("req.n".into(), self.requests.n as f64);
-        push("req.sq".into(), self.requests_sq);
-        push("u.ht".into(), self.unreported.ht);
-        push("u.n".into(), self.unreported.n as f64);
-        push("u.sq".into(), self.unreported_sq);
-        push("l.ht".into(), self.late.ht);
-        push("l.n".into(), self.late.n as f64);
-        for (id, c) in &self.campaigns {
-            push(format!("a.{id}.ht"), c.allocations.ht);
-            push(format!("a.{id}.n"), c.allocations.n as f64);
-            push(format!("i.{id}.ht"), c.impressions.ht);
-            push(format!("i.{id}.n"), c.impressions.n as f64);
-            push(format!("a.{id}.sq"), c.allocations_sq);
-            push(format!("i.{id}.sq"), c.impressions_sq);
-            push(format!("u.{id}.ht"), c.unreported.ht);
-            push(format!("u.{id}.n"), c.unreported.n as f64);
-            push(format!("li.{id}.ht"), c.late_impressions.ht);
-            push(format!("li.{id}.n"), c.late_impressions.n as f64);
-        }
-        for (k, v) in &self.profiles {
-            push(format!("p.{k}"), *v);
-        }
-        for (k, v) in &self.versions {
-            push(format!("v.{k}"), *v);
-        }
-        out
-    }
-
-    /// Rebuilds the counters from hash fields ([`Self::read_fields`], the skipped
-    /// names dropped).
-    pub fn from_fields<K: AsRef<str>>(fields: impl IntoIterator<Item = (K, f64)>) -> Result<Self, StatsError> {
-        Self::read_fields(fields).map(|(s, _)| s)
-    }
-
-    /// Rebuilds the counters from hash fields, and names the fields it skipped.
-    ///
-    /// A field of a kind this build does not know is skipped, not refused: windows are
-    /// shared by every replica, and a newer one may write fields an older one has never
-    /// heard of. Refusing them would stop the rounds and status reads of every replica
-    /// not yet upgraded (and of a rollback) until the window expires; skipping them reads
-    /// the window as this build would have written it. A known kind that does not parse
-    /// (a campaign id or plan version that is not one) is corruption, and an error.
-    ///
-    /// So a field added later must not look like a known one to an older reader: no `p.`
-    /// or `v.` prefix (read as a profile or a plan version), no
-    /// `{a,i,u,li}.{id}.{ht,n,sq}` shape, none of the fixed names.
-    pub fn read_fields<K: AsRef<str>>(
-        fields: impl IntoIterator<Item = (K, f64)>,
-    ) -> Result<(Self, Vec<String>), StatsError> {
-        let mut s = Self::default();
-        let mut skipped = Vec::new();
-        for (k, v) in fields {
-            let k = k.as_ref();
-            let err = || StatsError(k.to_string());
-            let n = || v.round().max(0.0) as u64;
-            match k {
-                "req.ht" => s.requests.ht = v,
-                "req.n" => s.requests.n = n(),
-                "req.sq" => s.requests_sq = v,
-                "u.ht" => s.unreported.ht = v,
-                "u.n" => s.unreported.n = n(),
-                "u.sq" => s.unreported_sq = v,
-                "l.ht" => s.late.ht = v,
-                "l.n" => s.late.n = n(),
-                _ => match k.split_once('.') {
-                    Some(("p", profile)) => {
-                        s.profiles.insert(profile.to_string(), v);
-                    }
-                    Some(("v", version)) => {
-                        s.versions.insert(version.parse().map_err(|_| err())?, v);
-                    }
-                    Some((head @ ("a" | "i" | "u" | "li"), rest)) => {
-                        let has_sq = matches!(head, "a" | "i");
-                        let known = |what: &str| what == "ht" || what == "n" || (what == "sq" && has_sq);
-                        let Some((id, what)) = rest.rsplit_once('.').filter(|(_, what)| known(what)) else {
-                            skipped.push(k.to_string());
-                            continue;
-                        };
-                        let id = CampaignId::parse(id).map_err(|_| err())?;
-                        let c = s.campaigns.entry(id).or_default();
-                        let (tally, sq) = match head {
-                            "a" => (&mut c.allocations, &mut c.allocations_sq),
-                            "i" => (&mut c.impressions, &mut c.impressions_sq),
-                            "u" => (&mut c.unreported, &mut 0.0),
-                            _ => (&mut c.late_impressions, &mut 0.0),
-                        };
-                        match what {
-                            "ht" => tally.ht = v,
-                            "n" => tally.n = n(),
-                            _ => *sq = v,
-                        }
-                    }
-                    _ => skipped.push(k.to_string()),
-                },
-            }
-        }
-        Ok((s, skipped))
-    }
 }
+
+mod fields;
 
 #[cfg(test)]
 #[path = "stats_tests.rs"]

@@ -67,6 +67,7 @@ fn fields_round_trip() {
         .to_fields()
         .into_iter()
         .filter(|(k, _)| (k == "req.sq" || !k.ends_with(".sq")) && !k.starts_with("u."))
+        .filter(|(k, _)| !["pa.", "pu.", "pi."].iter().any(|p| k.starts_with(p)))
         .collect();
     let back = WindowStats::from_fields(old).unwrap();
     assert_eq!(back.campaigns[&CampaignId::parse("A").unwrap()].allocations_sq, 0.0);
@@ -101,16 +102,53 @@ fn fields_of_unknown_kinds_are_skipped_and_corrupt_known_ones_refused() {
     s.fold(&allocation("r1", Some("A"), &["A"], 0.5));
     s.fold(&impression("r1", "A", 0.5));
     let mut fields = s.to_fields();
-    for unknown in ["x.y", "zz", "li.A.sq", "u.A.sq", "a.A.zz", "a.B.zz", "i.noid", "q.A.ht"] {
+    let unknown = ["x.y", "zz", "li.A.sq", "u.A.sq", "a.A.zz", "a.B.zz", "i.noid", "q.A.ht", "pu.A.web.sq", "pi.A.ht"];
+    for unknown in unknown {
         fields.push((unknown.to_string(), 7.0));
     }
     let (read, mut skipped) = WindowStats::read_fields(fields).unwrap();
     assert_eq!(read, s, "no campaign B, nothing moved");
     skipped.sort();
-    assert_eq!(skipped, ["a.A.zz", "a.B.zz", "i.noid", "li.A.sq", "q.A.ht", "u.A.sq", "x.y", "zz"]);
-    for corrupt in ["a.not an id!.ht", "v.x", "li..n"] {
+    assert_eq!(
+        skipped,
+        ["a.A.zz", "a.B.zz", "i.noid", "li.A.sq", "pi.A.ht", "pu.A.web.sq", "q.A.ht", "u.A.sq", "x.y", "zz"]
+    );
+    for corrupt in ["a.not an id!.ht", "v.x", "li..n", "pa.not an id!.web.n"] {
         assert!(WindowStats::from_fields([(corrupt, 1.0)]).is_err(), "{corrupt}");
     }
+}
+
+/// Each campaign's allocations, reporting allocations and impressions are also counted
+/// per platform (none is a platform of its own), and stored and read back as such.
+#[test]
+fn counts_each_campaign_per_platform() {
+    let on = |mut e: Event, platform: Option<&str>| {
+        e.platform = platform.map(str::to_string);
+        e
+    };
+    let mut s = WindowStats::default();
+    s.fold(&on(allocation("r1", Some("A"), &["A"], 0.5), Some("web")));
+    s.fold(&on(impression("r1", "A", 0.5), Some("web")));
+    let mut quiet = on(allocation("r2", Some("A"), &["A"], 0.25), Some("web"));
+    quiet.unreported = true;
+    s.fold(&quiet);
+    s.fold(&on(allocation("r3", Some("A"), &["A"], 1.0), None));
+    s.fold(&on(allocation("r4", None, &["A"], 1.0), Some("ios")));
+    let a = CampaignId::parse("A").unwrap();
+    let web = s.platforms[&(a.clone(), "web".to_string())];
+    let expected = PlatformCounts {
+        allocations: Tally { ht: 6.0, n: 2 },
+        allocations_sq: 20.0,
+        unreported: Tally { ht: 4.0, n: 1 },
+        impressions: 2.0,
+        impressions_sq: 4.0,
+    };
+    assert_eq!(web, expected);
+    assert_eq!(web.reporting(), Tally { ht: 2.0, n: 1 });
+    assert_eq!(s.platforms[&(a.clone(), String::new())].reporting(), Tally { ht: 1.0, n: 1 });
+    assert_eq!(s.platforms.len(), 2, "no ad, no platform counts: {:?}", s.platforms);
+    assert_eq!(WindowStats::from_fields(s.to_fields()).unwrap(), s);
+    assert_eq!(s.with_stragglers(0.5).platforms[&(a.clone(), "web".to_string())].allocations_sq, 80.0);
 }
 
 #[test]
@@ -138,6 +176,7 @@ fn arb_event() -> impl Strategy<Value = Event> {
             let ad = (ad < 3).then(|| ids[ad as usize]);
             let mut e = allocation("r", ad, &ids, rate);
             e.plan_version = version;
+            e.platform = [None, Some("web".to_string())][usize::from(version % 2 == 0)].clone();
             match kind {
                 1 if ad.is_some() => e.kind = EventKind::Impression,
                 2 => e.unreported = true,

@@ -361,7 +361,7 @@ impl Colo {
         let (Some(c), true, true) = (delivered, how.on_impressions, profile.reports_impressions) else { return };
         let subject = Subject { request_id: &request_id, placement: &p.placement, ad: &p.campaigns[c].id };
         let issue = Issue { plan_version: p.version, sample_rate: p.sample_rate, issued_at_ms: now_ms, sampled: true };
-        let t_token = token::issue(&self.key, subject, issue);
+        let t_token = token::issue_for_platform(&self.key, subject, issue, attrs(profile).event_platform());
         let delay = crate::traffic::log_normal(rng, how.impression_delay.0, how.impression_delay.1);
         let at_ms = now_ms + (delay * 1000.0) as u64;
         let Ok(grant) = token::verify(std::slice::from_ref(&self.key), &t_token, subject, at_ms) else {

@@ -11,7 +11,10 @@
 //! impression token ([`allot_core::token`]), without which `/v1/impression` counts
 //! nothing — except to an app that said it reports none (`impressions=none`): it gets
 //! no token, and its sampled allocations are marked so the origin keeps them out of the
-//! base of render ratios ([`allot_core::Event::unreported`]).
+//! base of render ratios ([`allot_core::Event::unreported`]). The token carries the
+//! request's platform as the allocation event does (one normalisation:
+//! [`RequestAttrs::event_platform`]), so the impression counts in its allocation's
+//! platform.
 
 use std::borrow::Cow;
 use std::rc::Rc;
@@ -105,7 +108,7 @@ fn answer(
             let subject = Subject { request_id: &ad.request_id, placement: &p.placement, ad: &c.id };
             let issue =
                 Issue { plan_version: p.version, sample_rate: p.sample_rate, issued_at_ms: now_ms as u64, sampled };
-            Some(token::issue(key, subject, issue))
+            Some(token::issue_for_platform(key, subject, issue, attrs.event_platform()))
         }
         _ => None,
     };

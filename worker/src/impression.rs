@@ -3,9 +3,10 @@
 //! Delivery is measured on impressions where apps report them, so a report counts only
 //! with the impression token its ad came with (`/v1/ad`): it names exactly the request,
 //! placement and ad, was issued by an edge at most `token::MAX_AGE_MS` ago, and carries
-//! the plan version and rate the allocation was decided under. The impression is then
-//! sampled exactly when its allocation was (under the key that decided it) and sent, in
-//! the same signed batches, as an event of the allocation's version and rate. A token
+//! the plan version and rate the allocation was decided under, and the request's
+//! platform. The impression is then sampled exactly when its allocation was (under the
+//! key that decided it) and sent, in the same signed batches, as an event of the
+//! allocation's version, rate and platform: the app sends nothing but the token. A token
 //! this isolate has already accepted is refused at once, and so is a report for a
 //! placement the edge no longer serves; the origin counts at most one
 //! impression per request whichever edge a replay reaches.

@@ -211,16 +211,23 @@ const derive = (secret, label) => createHmac("sha256", secret).update(label).dig
 
 /**
  * An impression token as an edge holding `secret` issues it, from the documented
- * layout: lets tests make expired tokens and forgeries.
+ * layout: lets tests make expired tokens and forgeries. `platform` is the request's as
+ * events carry it (lower case), or null; `format: 3` makes the token an edge of the
+ * previous format issued (no platform).
  */
-export function issueToken({ requestId, placement, ad, version, rate, issuedAtMs, sampled = true, secret = EDGE_KEY }) {
-  const header = Buffer.alloc(30);
-  header[0] = 3;
+export function issueToken({ requestId, placement, ad, version, rate, issuedAtMs, sampled = true, platform = null, format = 4, secret = EDGE_KEY }) {
+  const name = Buffer.from(platform ?? "", "utf8");
+  const header = Buffer.alloc(format === 3 ? 30 : 31 + name.length);
+  header[0] = format;
   derive(secret, "allot/key-id/v1").copy(header, 1, 0, 4);
   header.writeBigUInt64BE(BigInt(issuedAtMs), 5);
   header.writeBigUInt64BE(BigInt(version), 13);
   header.writeDoubleBE(rate, 21);
   header[29] = sampled ? 1 : 0;
+  if (format !== 3) {
+    header[30] = name.length;
+    name.copy(header, 31);
+  }
   const mac = createHmac("sha256", derive(secret, "allot/token/v1")).update("allot/impression/v1").update(header);
   for (const f of [requestId, placement, ad]) {
     const b = Buffer.from(f, "utf8");
@@ -232,6 +239,33 @@ export function issueToken({ requestId, placement, ad, version, rate, issuedAtMs
   // The decision is masked by a bit of the MAC no token carries.
   header[29] ^= digest[16] & 1;
   return Buffer.concat([header, digest.subarray(0, 16)]).toString("base64url");
+}
+
+/**
+ * What an edge's token for a request of `platform` (or none) looks like: base64url of
+ * 47 bytes and the platform's.
+ */
+export function tokenPattern(platform) {
+  const chars = Math.ceil(((47 + (platform?.length ?? 0)) * 4) / 3);
+  return new RegExp(`^[A-Za-z0-9_-]{${chars}}$`);
+}
+
+/** The platform an impression token carries, as an app can read it (null: none). */
+export function tokenPlatform(token) {
+  const bytes = Buffer.from(token, "base64url");
+  return bytes[30] === 0 ? null : bytes.subarray(31, 31 + bytes[30]).toString("utf8");
+}
+
+/**
+ * `token` with its platform replaced by `platform` (null: none), its MAC kept: what an
+ * app would send to count its impressions under another platform.
+ */
+export function withPlatform(token, platform) {
+  const bytes = Buffer.from(token, "base64url");
+  const name = Buffer.from(platform ?? "", "utf8");
+  const head = Buffer.from(bytes.subarray(0, 31));
+  head[30] = name.length;
+  return Buffer.concat([head, name, bytes.subarray(31 + bytes[30])]).toString("base64url");
 }
 
 /** The sampling byte of an impression token as an app can read it. */

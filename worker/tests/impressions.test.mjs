@@ -13,7 +13,10 @@ import {
   reportOf,
   startReceiver,
   startWorker,
+  tokenPattern,
+  tokenPlatform,
   unkeyedSamplePoint,
+  withPlatform,
 } from "./harness.mjs";
 
 const RATE = 0.01;
@@ -34,8 +37,8 @@ after(async () => {
   await origin?.close();
 });
 
-async function ad(placement, requestId) {
-  const res = await worker.get(`/v1/ad?placement=${placement}&request_id=${requestId}`);
+async function ad(placement, requestId, query = "") {
+  const res = await worker.get(`/v1/ad?placement=${placement}&request_id=${requestId}${query}`);
   assert.equal(res.status, 200);
   return res.json();
 }
@@ -85,7 +88,7 @@ describe("impression tokens", () => {
       [{ ...good, impression_token: issueToken({ requestId: "tok-hostile", placement: "all", ad: "A", version: 9, rate: 1, issuedAtMs: now - 6 * 60_000 }) }, 403, "expired_token"],
       [{ ...good, impression_token: issueToken({ requestId: "tok-hostile", placement: "all", ad: "A", version: 9, rate: 1, issuedAtMs: now + 10 * 60_000 }) }, 403, "expired_token"],
       // Garbage of the right length, and no token at all.
-      [{ ...good, impression_token: "=".repeat(62) }, 400, "bad_token"],
+      [{ ...good, impression_token: "=".repeat(63) }, 400, "bad_token"],
       [{ request_id: "tok-hostile", placement: "all", ad_id: "A" }, 400, "bad_impression"],
     ];
     for (const [body, status, code] of cases) await refused(body, status, code);
@@ -97,6 +100,60 @@ describe("impression tokens", () => {
     await eventually(() => impressionsOf("tok-made").length === 1, 10_000, "the impression of an edge-made token");
     await new Promise((r) => setTimeout(r, 400));
     assert.equal(impressionsOf("tok-hostile").length, 0, "no refused report became an event");
+  });
+});
+
+describe("the platform of an impression", () => {
+  test("an impression counts in the platform its ad was requested for, from the token alone", async () => {
+    const answer = await ad("all", "plat-ios", "&platform=iOS");
+    // The token carries the platform as the allocation event does: lower case.
+    assert.match(answer.impression_token, tokenPattern("ios"));
+    assert.equal(tokenPlatform(answer.impression_token), "ios");
+    const res = await postImpression(worker, reportOf(answer));
+    assert.equal(res.status, 204);
+    await eventually(() => impressionsOf("plat-ios").length === 1, 10_000, "the impression event");
+    assert.equal(impressionsOf("plat-ios")[0].platform, "ios");
+    const allocation = origin.events.find((e) => e.kind === "allocation" && e.request_id === "plat-ios");
+    assert.equal(allocation.platform, "ios");
+    // A request that named no platform: an impression without one.
+    const plain = await ad("all", "plat-none");
+    assert.match(plain.impression_token, tokenPattern(null));
+    assert.equal((await postImpression(worker, reportOf(plain))).status, 204);
+    await eventually(() => impressionsOf("plat-none").length === 1, 10_000, "the plain impression");
+    assert.equal(impressionsOf("plat-none")[0].platform ?? null, null);
+    // An ad served by an edge of the previous format (no platform in its token) still counts.
+    const v3 = issueToken({ requestId: "plat-v3", placement: "all", ad: "A", version: 9, rate: 1, issuedAtMs: Date.now(), format: 3 });
+    assert.equal(v3.length, 62);
+    const old = await postImpression(worker, { request_id: "plat-v3", placement: "all", ad_id: "A", impression_token: v3 });
+    assert.equal(old.status, 204);
+    await eventually(() => impressionsOf("plat-v3").length === 1, 10_000, "the format-3 impression");
+    assert.equal(impressionsOf("plat-v3")[0].platform ?? null, null);
+  });
+
+  test("a token whose platform was changed is refused and sends nothing", async () => {
+    const answer = await ad("all", "plat-moved", "&platform=iOS");
+    const good = reportOf(answer);
+    const cases = [
+      // Another platform, of the same length or not, or none: the MAC covers it.
+      [withPlatform(good.impression_token, "web"), 403, "invalid_token"],
+      [withPlatform(good.impression_token, "android"), 403, "invalid_token"],
+      [withPlatform(good.impression_token, null), 403, "invalid_token"],
+      // Not as an edge writes it (upper case): not a token.
+      [withPlatform(good.impression_token, "IOS"), 400, "bad_token"],
+    ];
+    for (const [token, status, code] of cases) {
+      assert.notEqual(token, good.impression_token);
+      await refused({ ...good, impression_token: token }, status, code);
+    }
+    // A token made by a forger's key for the platform it wants is refused too.
+    const forged = issueToken({ requestId: "plat-moved", placement: "all", ad: "A", version: 9, rate: 1, issuedAtMs: Date.now(), platform: "web", secret: "not-the-edge-key-0123456789" });
+    await refused({ ...good, impression_token: forged }, 403, "invalid_token");
+    await new Promise((r) => setTimeout(r, 400));
+    assert.equal(impressionsOf("plat-moved").length, 0, "no altered report became an event");
+    // The unaltered token still counts, once, in its own platform.
+    assert.equal((await postImpression(worker, good)).status, 204);
+    await eventually(() => impressionsOf("plat-moved").length === 1, 10_000, "the genuine impression");
+    assert.equal(impressionsOf("plat-moved")[0].platform, "ios");
   });
 });
 

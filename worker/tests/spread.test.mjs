@@ -12,7 +12,7 @@
 // can cost one request of the margin, no more.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { PUSH_KEY, parallel, plan, sign, startWorker } from "./harness.mjs";
+import { PUSH_KEY, parallel, plan, sign, startWorker, tokenPattern } from "./harness.mjs";
 
 /** How far from n·share an outcome's count may be. */
 const BOUND = 4;
@@ -63,7 +63,7 @@ async function ad(p, { platform, country } = {}) {
     const eligible = eligibleIds(p, platform, country ?? "FR");
     assert.ok(eligible.includes(body.ad.id), `${q}: ${body.ad.id} is not eligible (${eligible})`);
     assert.deepEqual(body.ad.creative, p.campaigns.find((c) => c.id === body.ad.id).creative);
-    assert.match(body.impression_token, /^[A-Za-z0-9_-]{62}$/);
+    assert.match(body.impression_token, tokenPattern(platform));
   } else {
     assert.equal(body.impression_token, undefined);
   }

@@ -97,6 +97,32 @@ fn infeasible_target_reports_its_maximum() {
     assert!((d.campaigns[1].predicted_share - 0.3).abs() < 1e-6);
 }
 
+/// A's ads fail more on the web, where most apps report none: each platform's
+/// allocations count at that platform's render ratio. 1,000 allocations on iOS (all
+/// reporting, 900 shown) and 1,000 on the web (400 to reporting apps, 240 shown): 75 %
+/// of A's ads show, not the 81 % of the reporting apps' ads, and A is asked for
+/// 0.3 / 0.75 = 0.4 of the traffic.
+#[test]
+fn render_failures_are_compensated_per_platform() {
+    let t = targets(json!({"campaigns": [{"id": "A", "rate": 0.3}]}));
+    let mut w = window(&[(None, None, 1)]);
+    w.requests.ht = 5_000.0;
+    w.requests.n = 5_000;
+    w.requests_sq = 5_000.0;
+    let a = CampaignId::parse("A").unwrap();
+    let count = |n: u64| crate::stats::Tally { ht: n as f64, n };
+    let counts = w.campaigns.entry(a.clone()).or_default();
+    (counts.allocations, counts.unreported, counts.impressions) = (count(2_000), count(600), count(1_140));
+    for (platform, given, silent, shown) in [("ios", 1_000, 0, 900), ("web", 1_000, 600, 240)] {
+        let p = w.platforms.entry((a.clone(), platform.to_string())).or_default();
+        (p.allocations, p.unreported, p.impressions) = (count(given), count(silent), shown as f64);
+    }
+    let d = decide(&t, &w);
+    assert_eq!(d.campaigns[0].basis, DeliveryBasis::Impressions);
+    assert!((d.campaigns[0].render_ratio - 0.75).abs() < 1e-12, "{:?}", d.campaigns[0]);
+    assert!((d.campaigns[0].weight / (d.campaigns[0].weight + d.no_ad_weight) - 0.4).abs() < 1e-6, "{d:?}");
+}
+
 #[test]
 fn render_failures_are_compensated() {
     let t = targets(json!({"campaigns": [{"id": "A", "rate": 0.4}, {"id": "B", "rate": 0.3}]}));

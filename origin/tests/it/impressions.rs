@@ -98,12 +98,12 @@ async fn estimates(app: &TestApp) -> Vec<(String, String, f64)> {
         .collect()
 }
 
-/// Waits until the 100 allocations and at least `imps` impressions are counted.
-async fn settled(redis: &RedisServer, imps: u64) {
+/// Waits until `requests` allocations and at least `imps` impressions are counted.
+async fn settled(redis: &RedisServer, requests: u64, imps: u64) {
     eventually(10, "aggregation", || async {
         let s = total_counts(redis, "home_feed");
         let n: u64 = s.campaigns.values().map(|c| c.impressions.n).sum();
-        (s.requests.n == 100 && n >= imps).then_some(())
+        (s.requests.n == requests && n >= imps).then_some(())
     })
     .await
 }
@@ -124,21 +124,21 @@ async fn stray_impressions_move_no_other_campaign() {
     };
     post(&app, (0..100).map(alloc).collect()).await;
     let imp = |r: String, ad: &str| event(EventKind::Impression, &r, "home_feed", t, Some(ad), &[], 1, 1.0);
-    settled(&redis, 0).await;
+    settled(&redis, 100, 0).await;
     let plain = estimates(&app).await;
     assert_eq!(plain, [("A".into(), "allocations".into(), 0.4), ("B".into(), "allocations".into(), 0.3)],);
 
     // A stray impression for a campaign that does not exist (dropped at ingest: not in
     // the plan), and one for B from a request never allocated: no estimate moves.
     post(&app, vec![imp("stray-1".into(), "Z"), imp("stray-2".into(), "B")]).await;
-    settled(&redis, 1).await;
+    settled(&redis, 100, 1).await;
     assert_eq!(app.metric("allot_ingest_dropped_events_total{reason=\"unknown_campaign\"}").await, 1.0);
     assert_eq!(estimates(&app).await, plain);
 
     // A's apps report impressions for 36 of its 40 ads (90 %): A is measured on
     // impressions; B, with no impressions of its own, keeps its estimate.
     post(&app, (0..100).filter(|i| i % 10 < 4).take(36).map(|i| imp(format!("q{i}"), "A")).collect()).await;
-    settled(&redis, 37).await;
+    settled(&redis, 100, 37).await;
     let now = estimates(&app).await;
     assert_eq!(now[0].1, "impressions");
     assert!((now[0].2 - 0.36).abs() < 1e-9, "{now:?}");
@@ -171,7 +171,7 @@ async fn requests_of_apps_that_report_no_impressions_leave_the_base_of_shown_sha
     let imp = |r: String| event(EventKind::Impression, &r, "home_feed", t, Some("A"), &[], 1, 1.0);
     // Every A of the reporting apps (28 of them) is shown and reported.
     post(&app, (30..100).filter(|i| i % 10 < 4).map(|i| imp(format!("q{i}"))).collect()).await;
-    settled(&redis, 28).await;
+    settled(&redis, 100, 28).await;
     let s = total_counts(&redis, "home_feed");
     assert_eq!((s.unreported.n, s.campaigns[&id("A")].unreported.n), (30, 12));
     // A is measured on impressions at its true shown share, 28 of 70, not 28 of 100.
@@ -217,10 +217,51 @@ async fn silent_apps_on_one_platform_move_no_share_on_impressions() {
     post(&app, requests).await;
     let imp = |i: u32| event(EventKind::Impression, &format!("s{i}"), "home_feed", t, Some("A"), &[], 1, 1.0);
     post(&app, (0..24).map(imp).collect()).await;
-    settled(&redis, 24).await;
+    settled(&redis, 100, 24).await;
     let now = estimates(&app).await;
     assert_eq!(now[0].1, "impressions");
     assert!((now[0].2 - 0.24).abs() < 1e-9, "{now:?}");
+}
+
+/// Ads render worse on the web, where most apps report none, so each platform's silent
+/// ads are read by that platform's render ratio; an app on a platform of its own,
+/// reporting every ad it was given as shown, gets none of its own. 200 requests: iOS,
+/// A given 40 and 36 shown (0.9); web, A given 60, 30 of them to reporting apps and 18
+/// shown (0.6); "mine", A given 10, all "shown"; 90 more without A. A's shown share is
+/// (40·0.9 + 60·0.6 + 10·ρ)/200 with ρ = 64/80 the campaign's ratio over all its
+/// reporting apps: 0.40. One ratio for all of them read 0.44; "mine" read by its own,
+/// 0.41.
+#[tokio::test]
+async fn each_platform_reads_its_silent_ads_and_a_thin_one_sways_nothing() {
+    let redis = RedisServer::start();
+    let app = origin(&redis, 1.0).await;
+    let t = (now_ms() / HOUR_MS - 1) * HOUR_MS + 1000;
+    let (mut requests, mut shown) = (Vec::new(), Vec::new());
+    for i in 0..200u32 {
+        let (platform, given, silent, renders) = match i {
+            0..60 => ("ios", i < 40, false, i < 36),
+            60..160 => ("web", i < 120, i >= 90, i < 78),
+            160..170 => ("mine", true, false, true),
+            _ => ("ios", false, false, false),
+        };
+        let id = format!("p{i}");
+        let mut e = event(EventKind::Allocation, &id, "home_feed", t, given.then_some("A"), &["A", "B"], 1, 1.0);
+        e.platform = Some(platform.into());
+        e.unreported = silent;
+        requests.push(e);
+        if given && !silent && renders {
+            let mut imp = event(EventKind::Impression, &id, "home_feed", t, Some("A"), &[], 1, 1.0);
+            imp.platform = Some(platform.into());
+            shown.push(imp);
+        }
+    }
+    assert_eq!(shown.len(), 64);
+    post(&app, requests).await;
+    post(&app, shown).await;
+    settled(&redis, 200, 64).await;
+    let now = estimates(&app).await;
+    assert_eq!(now[0].1, "impressions");
+    assert!((now[0].2 - 0.40).abs() < 1e-9, "{now:?}");
 }
 
 #[tokio::test]

@@ -26,8 +26,12 @@ const Z: f64 = 1.959964;
 const DAY0_MS: u64 = 1_795_478_400_000;
 
 /// Two placements (home_feed reports impressions, search does not) over three days and
-/// two hours a day, with the sample rate and plan version changing within hours. A fifth
-/// of home_feed's requests come from an app that says it reports no impressions.
+/// two hours a day, with the sample rate and plan version changing within hours. Requests
+/// come from four platforms whose ads render differently (web 60 %, iOS 95 %, Android
+/// 85 %, TV 70 %) and whose apps report impressions differently (on home_feed, none from
+/// apps with 40 % of the web's requests and, but on the second day, 80 % of TV's): web
+/// and iOS are read by their own render ratios, Android and TV, thinly reported,
+/// together, by the campaign's ratio on the first day and by their own on the second.
 fn dataset() -> Vec<ArchivedEvent> {
     let mut out = Vec::new();
     let mut seed = 7u64;
@@ -50,11 +54,19 @@ fn dataset() -> Vec<ArchivedEvent> {
                         _ => (None, &["A", "B"]),
                     };
                     let id = format!("{placement}-{day}-{hour}-{i}");
+                    let (platform, silent, renders) = match i % 8 {
+                        0 | 1 | 4 | 5 => ("web", (i / 4) % 5 < 2, 0.6),
+                        2 | 6 => ("ios", false, 0.95),
+                        3 => ("android", false, 0.85),
+                        _ => ("tv", day != 1 && (i / 8) % 5 < 4, 0.7),
+                    };
                     let mut alloc = event(EventKind::Allocation, &id, placement, t, ad, eligible, version, rate);
-                    alloc.unreported = impressions && i % 5 == 2;
+                    alloc.platform = Some(platform.to_string());
+                    alloc.unreported = impressions && silent;
                     out.push(ArchivedEvent { event: alloc.clone(), received_ms: t + 40 });
-                    if impressions && !alloc.unreported && ad.is_some() && next() < 0.8 {
-                        let imp = event(EventKind::Impression, &id, placement, t + 900, ad, &[], version, rate);
+                    if impressions && !alloc.unreported && ad.is_some() && next() < renders {
+                        let mut imp = event(EventKind::Impression, &id, placement, t + 900, ad, &[], version, rate);
+                        imp.platform = Some(platform.to_string());
                         out.push(ArchivedEvent { event: imp, received_ms: t + 950 });
                     }
                 }

@@ -1,0 +1,151 @@
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::estimate::{effective_samples, share};
+use crate::event::tests::allocation;
+use crate::{CampaignId, DeliveryBasis, Event, EventKind, WindowStats};
+
+/// One sampled request for A on `platform`: allocated to A or not, from a silent app or
+/// not, and its impression if it was shown.
+fn fold(s: &mut WindowStats, i: u32, rate: f64, platform: &str, given: bool, silent: bool, shown: bool) {
+    let mut e = allocation(&format!("r{i}"), given.then_some("A"), &["A"], rate);
+    e.platform = Some(platform.to_string());
+    e.unreported = silent;
+    s.fold(&e);
+    if given && shown && !silent {
+        let mut imp = Event { kind: EventKind::Impression, eligible: Vec::new(), ..e };
+        imp.platform = Some(platform.to_string());
+        s.fold(&imp);
+    }
+}
+
+fn a() -> CampaignId {
+    CampaignId::parse("A").unwrap()
+}
+
+/// The web's silent apps (60 % of its traffic) are where ads fail most: iOS is 300 of
+/// 1,000 requests, all its apps report, 90 % of A's ads show there; on the web, 60 %
+/// show, and the apps of 420 of its 700 requests report none. A is given every other
+/// request. Its shown share, if each platform's silent apps render as its reporting ones
+/// do, is (150·0.9 + 350·0.6)/1,000 = 34.5 %. One render ratio over all the reporting
+/// apps (three in five of its reporting ads on iOS) reads 37.8 %: 3.3 pp high.
+fn two_platforms(rate: f64) -> WindowStats {
+    let mut s = WindowStats::default();
+    for i in 0..1_000 {
+        let ios = i < 300;
+        let shown = if ios { i % 20 != 0 } else { i % 10 < 6 };
+        fold(&mut s, i, rate, if ios { "ios" } else { "web" }, i % 2 == 0, !ios && i < 720, shown);
+    }
+    s
+}
+
+#[test]
+fn each_platform_scales_its_own_ads() {
+    let census = two_platforms(1.0);
+    assert_eq!(DeliveryBasis::of(&census, &a()), DeliveryBasis::Impressions);
+    let e = share(&census, &a(), DeliveryBasis::Impressions, 1.96);
+    assert!((e.share - 0.345).abs() < 1e-12, "{e:?}");
+    // Only the web's silent ads are uncertain: ρ(1 − ρ)·U·(1 + U/RA) with ρ = 0.6,
+    // U = 210, RA = 140, over 1,000².
+    let half = 1.96 * (0.24f64 * 210.0 * 2.5).sqrt() / 1_000.0;
+    assert!(((e.high - e.low) / 2.0 - half).abs() < 0.001, "{e:?}, ±{half}");
+    // A window stored before platforms were counted reads as it did: one ratio.
+    let mut unsplit = census.clone();
+    unsplit.platforms.clear();
+    let pooled = share(&unsplit, &a(), DeliveryBasis::Impressions, 1.96).share;
+    assert!((pooled - 0.5 * 219.0 / 290.0).abs() < 1e-12, "{pooled}");
+    // Sampled at a fifth, the same reading.
+    let e = share(&two_platforms(0.2), &a(), DeliveryBasis::Impressions, 1.96);
+    assert!((e.share - 0.345).abs() < 1e-12 && e.contains(0.345), "{e:?}");
+}
+
+/// A platform with too few reporting allocations, or too small a part of its
+/// allocations reporting, gets no ratio of its own: else one app there, reporting every
+/// ad shown, would set the shown share of all the platform's silent ads. Here an app on
+/// a platform of its own (15 requests, all given A, all "shown") and one on the web,
+/// whose other apps are silent (30 reporting of 330 given A), both take the campaign's
+/// ratio over all its reporting apps.
+#[test]
+fn a_thinly_reported_platform_takes_the_campaigns_ratio() {
+    let mut s = WindowStats::default();
+    // iOS: 600 requests, all reporting, A given 400, 300 shown.
+    for i in 0..600 {
+        fold(&mut s, i, 1.0, "ios", i < 400, false, i < 300);
+    }
+    for i in 600..615 {
+        fold(&mut s, i, 1.0, "mine", true, false, true);
+    }
+    for i in 615..945 {
+        fold(&mut s, i, 1.0, "web", true, i >= 645, true);
+    }
+    let n = 945.0;
+    assert_eq!(DeliveryBasis::of(&s, &a()), DeliveryBasis::Impressions);
+    let whole = (300.0 + 15.0 + 30.0) / (400.0 + 15.0 + 30.0);
+    let expected = (400.0 * 0.75 + 345.0 * whole) / n;
+    let e = share(&s, &a(), DeliveryBasis::Impressions, 1.96);
+    assert!((e.share - expected).abs() < 1e-12, "{} against {expected}", e.share);
+    // With their own ratios (1 each) the two apps would have read 345 ads shown.
+    assert!(e.share < (300.0 + 345.0) / n - 0.05, "{e:?}");
+}
+
+/// Windows of 4,000 requests on two platforms, each platform's silent apps rendering as
+/// its reporting ones do, sampled at `rate`: how often the published interval covers
+/// the share A was really shown over all the window's requests (silent apps' included),
+/// and how often one ratio over all the reporting apps' would.
+fn coverage(rate: f64, trials: u32) -> (f64, f64) {
+    let mut rng = SmallRng::seed_from_u64(0x5eed);
+    let (mut covered, mut pooled) = (0, 0);
+    for _ in 0..trials {
+        let mut s = WindowStats::default();
+        let mut shown_all = 0u32;
+        for i in 0..4_000 {
+            let web = rng.random::<f64>() < 0.6;
+            let silent = rng.random::<f64>() < if web { 0.6 } else { 0.1 };
+            let given = rng.random::<f64>() < 0.4;
+            let shown = given && rng.random::<f64>() < if web { 0.6 } else { 0.95 };
+            shown_all += u32::from(shown);
+            if rate >= 1.0 || rng.random::<f64>() < rate {
+                fold(&mut s, i, rate, if web { "web" } else { "ios" }, given, silent, shown);
+            }
+        }
+        let truth = f64::from(shown_all) / 4_000.0;
+        covered += u32::from(share(&s, &a(), DeliveryBasis::Impressions, 1.96).contains(truth));
+        s.platforms.clear();
+        pooled += u32::from(share(&s, &a(), DeliveryBasis::Impressions, 1.96).contains(truth));
+    }
+    (f64::from(covered) / f64::from(trials), f64::from(pooled) / f64::from(trials))
+}
+
+/// The interval of a share read per platform covers the shown share at its level:
+/// sampled, where both the sample and the silent apps' ads are uncertain, and at census,
+/// where only the latter are.
+#[test]
+fn intervals_per_platform_cover_the_shown_share() {
+    for rate in [0.2, 1.0] {
+        let (c, pooled) = coverage(rate, 1_000);
+        eprintln!("rate {rate}: coverage {c}, with one ratio {pooled}");
+        assert!((c - 0.95).abs() <= 0.02, "rate {rate}: coverage {c}");
+        assert!(pooled < 0.75, "one ratio covers {pooled}: the test does not tell them apart");
+    }
+}
+
+/// Where every platform renders alike, reading per platform changes nothing: the same
+/// share, and about the same precision, as one ratio.
+#[test]
+fn platforms_that_render_alike_read_as_one() {
+    let mut s = WindowStats::default();
+    for i in 0..2_000 {
+        let web = i % 2 == 0;
+        fold(&mut s, i, 0.5, if web { "web" } else { "ios" }, i % 4 < 2, web && i % 3 == 0, i % 5 != 0);
+    }
+    let mut unsplit = s.clone();
+    unsplit.platforms.clear();
+    let (split, pooled) =
+        (share(&s, &a(), DeliveryBasis::Impressions, 1.96), share(&unsplit, &a(), DeliveryBasis::Impressions, 1.96));
+    assert!((split.share - pooled.share).abs() < 0.005, "{split:?} {pooled:?}");
+    let (n_split, n_pooled) = (
+        effective_samples(&s, &a(), DeliveryBasis::Impressions),
+        effective_samples(&unsplit, &a(), DeliveryBasis::Impressions),
+    );
+    assert!((n_split / n_pooled - 1.0).abs() < 0.1, "{n_split} {n_pooled}");
+}
