@@ -149,3 +149,34 @@ fn platforms_that_render_alike_read_as_one() {
     );
     assert!((n_split / n_pooled - 1.0).abs() < 0.1, "{n_split} {n_pooled}");
 }
+
+/// A window written partly by replicas that do not count platforms (during a rolling
+/// upgrade): what was counted without a platform is one part, read with the thin
+/// platforms by its own ratio if it has enough, and the rest per platform. Here what
+/// lost its platform is one platform's counts, so the reading is the same as with
+/// every platform counted; a window with none counted reads by one ratio.
+#[test]
+fn a_window_counted_partly_without_platforms_reads_that_part_by_one_ratio() {
+    let full = two_platforms(1.0);
+    let mut unsplit = full.clone();
+    unsplit.platforms.clear();
+    let pooled = share(&unsplit, &a(), DeliveryBasis::Impressions, 1.96).share;
+    // The web's counts were written by a replica that knew no platforms.
+    let mut partly = full.clone();
+    partly.platforms.retain(|(_, p), _| p != "web");
+    let e = share(&partly, &a(), DeliveryBasis::Impressions, 1.96);
+    // iOS by its own ratio (0.9); the web's 350 allocations by the web's, 84/140, now
+    // read as what was counted without a platform: the same share as per platform.
+    assert!((e.share - 0.345).abs() < 1e-12, "{e:?}");
+    // iOS's counts lost instead: iOS (with its impressions) read without a platform,
+    // the web by its own ratio: again the same.
+    let mut other = full.clone();
+    other.platforms.retain(|(_, p), _| p != "ios");
+    assert!((share(&other, &a(), DeliveryBasis::Impressions, 1.96).share - 0.345).abs() < 1e-12);
+    assert!((pooled - 0.345).abs() > 0.03, "{pooled}: the window does not tell one ratio from two");
+    // Every interval is a proper one.
+    for s in [&full, &partly, &other, &unsplit] {
+        let e = share(s, &a(), DeliveryBasis::Impressions, 1.96);
+        assert!(e.low < e.share && e.share < e.high && e.high - e.low < 0.1, "{e:?}");
+    }
+}

@@ -46,16 +46,16 @@ fn render_failures_silent_apps_and_late_reports_are_measured_right() {
 }
 
 /// Apps that report impressions or not by platform (most web apps not, most iOS apps
-/// do): A (iOS only) is read as shown on all the traffic, not as over-represented among
-/// the reporting apps (it ran about 4 pp under target then). What is left is a known gap
-/// (`docs/accuracy.md`, `reporting`): the silent apps' ads render less often than the
-/// reporting apps', which nothing the reporting apps send shows, so B and C run 1–2 pp
-/// short.
+/// do), and ads that fail more on the web: A (iOS only) is read as shown on all the
+/// traffic, not as over-represented among the reporting apps (it ran about 4 pp under
+/// target then), and B (every platform) by each platform's render ratio, not by one
+/// over mostly iOS and Android apps (it ran 1.7–1.8 pp under then).
 #[test]
 fn which_apps_report_reads_no_campaign_off_their_mix() {
     let s = simulate("reporting", 40, 0.3, 2);
-    assert!(s.outside.iter().all(|o| o.campaign.id.as_str() != "A"), "{s:#?}");
-    assert!(s.max_error <= 0.025, "{s:#?}");
+    assert!(s.outside.is_empty(), "{s:#?}");
+    assert!(s.max_error <= 0.01 && s.p95_error.value <= 0.005, "{s:#?}");
+    assert!((0.9..=0.99).contains(&s.coverage.value), "{s:#?}");
 }
 
 #[test]
