@@ -17,10 +17,12 @@
 -- linearized variance of that sum, with every covariance in it (per sampled request of
 -- part g, w^2 z^2 with z = a rho_g/N - s/N + r c_R + i c_I, c_R and c_I the share's
 -- derivatives in the ratios' bases and numerators; the same w(w-1) sums), plus, for the
--- U_g ads of silent apps, whose fate no event tells, rho(1-rho) U_g / N^2 each and
--- rho(1-rho) U^2 / (RA N^2) for the ratio learnt from RA of them. Impressions without a
--- platform (reported with tokens issued before tokens carried it) count on the empty
--- platform, as the origin counts them. The same estimate and interval the origin's
+-- U_g ads of silent apps, whose fate no event tells, rho(1-rho) U_g / N^2 each and, for
+-- the error of each part's ratio learnt from its RA_h reporting ads,
+-- c_h^2 rho_h(1-rho_h) / (RA_h N^2), c_h the silent ads it scales. Impressions without
+-- a platform (reported with tokens issued before tokens carried it) count on the empty
+-- platform, as the origin counts them; where that platform cannot hold them, the
+-- campaign is read by one ratio. The same estimate and interval the origin's
 -- status API reports (allot-core estimate::share).
 -- Delivery is measured per campaign with the origin's rule (allot-core
 -- DeliveryBasis::of): on impressions when the placement's apps report them for at least
@@ -66,31 +68,50 @@ campaigns AS (
   WHERE ad_id IS NOT NULL AND dt BETWEEN '{{from}}' AND '{{to}}'
   GROUP BY placement, dt, ad_id
 ),
--- Each campaign's counts per platform, and the parts its share is read by. The sum of
--- w^2 over reporting allocations is taken in proportion to the allocations' (ra_sq),
--- as the origin does: it does not count it apart.
+-- Each campaign's counts per platform, and the parts its share is read by. A
+-- platform's sums of w^2 and its sample count are taken in proportion to the
+-- campaign's (per unit of HT count), as the origin does: it counts only HT sums per
+-- platform. Impressions on no platform beyond what that platform's reporting
+-- allocations hold (reported with tokens issued before tokens carried the platform)
+-- make the campaign read by one ratio ('whole').
 platforms AS (
   SELECT placement, dt, ad_id AS campaign, COALESCE(platform, '') AS platform,
          SUM(CASE WHEN kind = 'allocation' THEN weight ELSE 0.0 END) AS a,
-         SUM(CASE WHEN kind = 'allocation' THEN weight * weight ELSE 0.0 END) AS a_sq,
-         SUM(CASE WHEN kind = 'allocation' AND NOT COALESCE(unreported, FALSE) THEN weight ELSE 0.0 END) AS ra,
-         SUM(CASE WHEN kind = 'allocation' AND NOT COALESCE(unreported, FALSE) THEN 1 ELSE 0 END) AS ra_n,
-         SUM(CASE WHEN kind = 'impression' THEN weight ELSE 0.0 END) AS i,
-         SUM(CASE WHEN kind = 'impression' THEN weight * weight ELSE 0.0 END) AS i_sq
+         SUM(CASE WHEN kind = 'allocation' AND COALESCE(unreported, FALSE) THEN weight ELSE 0.0 END) AS u,
+         SUM(CASE WHEN kind = 'impression' THEN weight ELSE 0.0 END) AS i
   FROM events
   WHERE ad_id IS NOT NULL AND dt BETWEEN '{{from}}' AND '{{to}}'
   GROUP BY placement, dt, ad_id, COALESCE(platform, '')
 ),
+per_unit AS (
+  SELECT placement, dt, campaign,
+         CASE WHEN allocations > 0 THEN allocations_sq / allocations ELSE 0.0 END AS allocation_sq,
+         CASE WHEN allocations > 0 THEN allocation_samples / allocations ELSE 0.0 END AS allocation_samples,
+         CASE WHEN impressions > 0 THEN impressions_sq / impressions ELSE 0.0 END AS impression_sq
+  FROM campaigns
+),
+platform_counts AS (
+  SELECT p.placement, p.dt, p.campaign, p.platform, p.a, p.i,
+         GREATEST(p.a - p.u, 0.0) AS ra,
+         GREATEST(p.a - p.u, 0.0) * q.allocation_samples AS ra_n,
+         p.a * q.allocation_sq AS a_sq,
+         GREATEST(p.a - p.u, 0.0) * q.allocation_sq AS ra_sq,
+         p.i * q.impression_sq AS i_sq
+  FROM platforms p
+  JOIN per_unit q ON q.placement = p.placement AND q.dt = p.dt AND q.campaign = p.campaign
+),
+orphans AS (
+  SELECT placement, dt, campaign, MAX(CASE WHEN platform = '' AND i > ra * (1 + 1e-9) THEN 1 ELSE 0 END) AS orphaned
+  FROM platform_counts
+  GROUP BY placement, dt, campaign
+),
 platform_parts AS (
   SELECT p.*,
-         CASE WHEN p.a > 0 THEN p.a_sq * p.ra / p.a ELSE 0.0 END AS ra_sq,
-         CASE WHEN p.ra_n >= 20 AND p.ra >= 0.25 * p.a AND p.ra > 0 THEN 'p:' || p.platform ELSE 'rest' END AS part
-  FROM platforms p
-),
-reporting_sums AS (
-  SELECT placement, dt, campaign, SUM(ra_sq) AS reporting_sq
-  FROM platform_parts
-  GROUP BY placement, dt, campaign
+         CASE WHEN o.orphaned = 1 THEN 'whole'
+              WHEN p.ra > 0 AND p.ra_n >= 20 - 1e-6 AND p.ra >= (0.25 - 1e-9) * p.a THEN 'p:' || p.platform
+              ELSE 'rest' END AS part
+  FROM platform_counts p
+  JOIN orphans o ON o.placement = p.placement AND o.dt = p.dt AND o.campaign = p.campaign
 ),
 parts AS (
   SELECT placement, dt, campaign, part,
@@ -101,7 +122,7 @@ parts AS (
 ),
 owned AS (
   SELECT p.*,
-         part <> 'rest' OR (p.ra_n >= 20 AND p.ra >= 0.25 * p.a AND p.ra > 0) AS own
+         p.part <> 'rest' OR (p.ra > 0 AND p.ra_n >= 20 - 1e-6 AND p.ra >= (0.25 - 1e-9) * p.a) AS own
   FROM parts p
   WHERE p.a > 0
 ),
@@ -169,12 +190,12 @@ delivered AS (
          COALESCE(c.allocations, 0.0) AS allocations,
          COALESCE(c.allocations_sq, 0.0) AS allocations_sq,
          COALESCE(c.reporting_allocations, 0.0) AS reporting_allocations,
-         COALESCE(q.reporting_sq, 0.0) AS reporting_sq,
+         CASE WHEN COALESCE(c.allocations, 0.0) > 0
+              THEN c.reporting_allocations * (c.allocations_sq / c.allocations) ELSE 0.0 END AS reporting_sq,
          COALESCE(c.impressions_sq, 0.0) AS impressions_sq
   FROM keyed k
   JOIN requests r ON r.placement = k.placement AND r.dt = k.dt
   LEFT JOIN campaigns c ON c.placement = k.placement AND c.dt = k.dt AND c.campaign = k.campaign
-  LEFT JOIN reporting_sums q ON q.placement = k.placement AND q.dt = k.dt AND q.campaign = k.campaign
   LEFT JOIN basis b ON b.placement = k.placement AND b.dt = k.dt AND b.campaign = k.campaign
   LEFT JOIN targets t ON t.placement = k.placement AND t.dt = k.dt AND t.campaign = k.campaign
 ),
@@ -207,7 +228,6 @@ readings AS (
 ),
 nested AS (
   SELECT u.*,
-         LEAST(GREATEST(u.reporting_sq - u.reporting_allocations, 0.0), u.t_a) AS t_ra,
          CASE WHEN u.basis = 'impressions' THEN LEAST(GREATEST(COALESCE(r.shown, 0.0), 0.0), 1.0)
               ELSE u.allocated END AS share,
          COALESCE(r.pooled, 0.0) AS pooled,
@@ -220,6 +240,11 @@ part_coefficients AS (
   SELECT p.placement, p.dt, p.campaign, p.rho, p.own,
          GREATEST(p.a - p.ra, 0.0) AS u,
          p.ra,
+         CASE WHEN p.ra > 0 THEN LEAST(p.i / p.ra, 1.0) ELSE 0.0 END AS own_rho,
+         -- The silent ads the part's own ratio scales: its own (if it has one), and
+         -- those the campaign's ratio scales, in proportion to its reporting ads.
+         (CASE WHEN p.own THEN GREATEST(p.a - p.ra, 0.0) ELSE 0.0 END)
+           + n.pooled_silent * p.ra / n.reporting_allocations AS carried,
          p.rho / p.requests - n.share / p.requests AS given,
          -(CASE WHEN p.own THEN p.rho * p.a / (p.requests * p.ra) ELSE 0.0 END)
            - n.rho_w * n.pooled / n.reporting_allocations AS c_r,
@@ -235,7 +260,8 @@ part_sums AS (
          SUM((t_a - t_ra) * given * given + (t_ra - t_i) * POWER(given + c_r, 2)
              + t_i * POWER(given + c_r + c_i, 2)) AS sampled,
          SUM(t_a) AS allocated_sq,
-         SUM(rho * (1 - rho) * u + CASE WHEN own THEN rho * (1 - rho) * u * u / ra ELSE 0.0 END) AS silent
+         SUM(rho * (1 - rho) * u
+             + CASE WHEN ra > 0 THEN carried * carried * own_rho * (1 - own_rho) / ra ELSE 0.0 END) AS silent
   FROM part_coefficients
   GROUP BY placement, dt, campaign
 ),
@@ -244,8 +270,7 @@ variances AS (
          CASE WHEN n.basis = 'impressions' AND n.allocations > 0 AND n.reporting_allocations > 0 THEN
            ps.sampled
            + GREATEST(n.t_n - ps.allocated_sq, 0.0) * POWER(n.share / n.requests, 2)
-           + (ps.silent + n.rho_w * (1 - n.rho_w) * n.pooled_silent * n.pooled_silent / n.reporting_allocations)
-             / (n.requests * n.requests)
+           + ps.silent / (n.requests * n.requests)
          WHEN n.basis = 'impressions' THEN 0.0
          ELSE ((1 - n.share) * (1 - n.share) * n.t_a + n.share * n.share * (n.t_n - n.t_a))
            / (n.requests * n.requests) END AS v,

@@ -112,10 +112,10 @@ impl Edge {
         let choice = plan.choose(attrs, self.rng.random());
         let id = self.request_id();
         let event = plan.allocation_event(id, choice, attrs, now_ms, Some(COLO.into()), false);
+        // As the edge sends it: of its allocation's platform, from the token.
         let impression = (event.ad_id.is_some() && self.rng.random::<f64>() < RENDER_RATIO).then(|| Event {
             kind: EventKind::Impression,
             eligible: Vec::new(),
-            platform: None,
             ..event.clone()
         });
         out.push(event);

@@ -1,8 +1,8 @@
 //! Realized shares with confidence intervals.
 //!
-//! A campaign's share is `HT(delivered) / HT(requests)`; on impressions, its render
-//! ratio among the apps that report them times its share of all allocations
-//! ([`Reading`]). Sampling is of requests
+//! A campaign's share is `HT(delivered) / HT(requests)`; on impressions, on each
+//! platform its render ratio among the apps that report them times its share of all
+//! allocations there ([`Reading`]). Sampling is of requests
 //! (consistent hashing), so within a window the sampled requests are a Bernoulli sample
 //! of the placement's traffic and the share behaves like a binomial proportion. The
 //! interval is Wilson's score interval, which stays inside `[0, 1]` and behaves near 0
@@ -95,8 +95,9 @@ pub fn wilson(p: f64, n: f64, z: f64) -> (f64, f64) {
 /// correction): at a low rate the interval is the binomial one, at a high rate it is
 /// narrower, and at census it is the realized share itself.
 ///
-/// On impressions the share is the campaign's render ratio among the apps that report
-/// them times its share of all allocations ([`Reading`]).
+/// On impressions the share is, summed over platforms, the campaign's render ratio
+/// among the apps that report them times its share of all allocations there
+/// ([`Reading`]).
 pub fn share(stats: &WindowStats, campaign: &CampaignId, basis: DeliveryBasis, z: f64) -> ShareEstimate {
     let reading = Reading::of(stats, campaign, basis);
     let share = reading.share();
@@ -129,8 +130,8 @@ pub fn published(
 /// campaign's impressions still to come: each counted impression stands for
 /// `k = 1/(1 − missing)` of them, so the share and its interval's half-widths grow by
 /// `k`, and which of them come is a further sample of the campaign's impressions, whose
-/// spread (`k(k − 1)·Σw²` over the render ratio's base, scaled to the share) adds in
-/// quadrature. The interval only widens; and no campaign shows more ads than it was
+/// spread (`k(k − 1)·Σ c²w²` over the impressions, `c` how much one moves the share
+/// through its platform's render ratio) adds in quadrature. The interval only widens; and no campaign shows more ads than it was
 /// given, so the share and the high end stop at its share of allocations (or where
 /// they already were).
 ///
@@ -157,7 +158,7 @@ fn allow_for_impressions_to_come(
         return e;
     }
     let k = 1.0 / (1.0 - missing);
-    let spread = z * given * (k * (k - 1.0) * c.impressions_sq).sqrt() / reporting;
+    let spread = z * (k * (k - 1.0) * Reading::of(stats, campaign, DeliveryBasis::Impressions).shown_spread()).sqrt();
     let share = (e.share * k).min(given);
     let half = |h: f64| (h * h * k * k + spread * spread).sqrt();
     let low = (share - half(e.share - e.low)).max(0.0).min(e.low.max(share));
@@ -176,8 +177,8 @@ fn delivered_samples(stats: &WindowStats, campaign: &CampaignId, basis: Delivery
 
 /// The variance of the campaign's share estimate, linearized (for a ratio `R̂ = Y/X`:
 /// `Σ w²(y − R̂)² / X² = [(1 − R̂)²·S_y + R̂²·(S_x − S_y)] / X²`, where `S_y = Σ w²`
-/// over the delivered events and `S_x = Σ w²` over the requests; on impressions, the
-/// product's, [`Reading`]). `None` when the window does not tell: nothing sampled, or
+/// over the delivered events and `S_x = Σ w²` over the requests; on impressions, that
+/// of the sum over platforms, [`Reading`]). `None` when the window does not tell: nothing sampled, or
 /// stored without `S_y`.
 pub fn share_variance(stats: &WindowStats, campaign: &CampaignId, basis: DeliveryBasis) -> Option<f64> {
     Reading::of(stats, campaign, basis).variance(false)

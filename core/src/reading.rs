@@ -25,7 +25,7 @@
 //! ratio over all its reporting apps.
 
 use crate::estimate::MIN_IMPRESSION_SAMPLES;
-use crate::stats::{PlatformCounts, Tally};
+use crate::stats::Tally;
 use crate::{CampaignId, DeliveryBasis, WindowStats};
 
 /// A platform has its own render ratio only if at least this share of the campaign's
@@ -35,12 +35,15 @@ use crate::{CampaignId, DeliveryBasis, WindowStats};
 /// platform's share of allocations, so by at most four times its own allocations.
 pub const MIN_PLATFORM_REPORTING: f64 = 0.25;
 
-/// A campaign's counts on part of its traffic: HT totals and their `Σw²`.
+/// A campaign's counts on part of its traffic: HT totals, their `Σw²` and the samples
+/// behind the reporting allocations (a platform's in proportion to the campaign's:
+/// [`crate::stats::PlatformCounts`]).
 #[derive(Debug, Clone, Copy, Default)]
 struct Part {
     a: f64,
     s_a: f64,
-    ra: Tally,
+    ra: f64,
+    ra_n: f64,
     s_ra: f64,
     i: f64,
     s_i: f64,
@@ -48,34 +51,49 @@ struct Part {
     own: bool,
 }
 
-impl Part {
-    fn of(p: &PlatformCounts) -> Self {
-        Self::new(p.allocations.ht, p.allocations_sq, p.reporting(), p.impressions, p.impressions_sq)
-    }
+/// What a platform's HT sums are scaled by to give its `Σw²` and samples: the
+/// campaign's own, per HT unit.
+struct PerUnit {
+    allocation_sq: f64,
+    allocation_samples: f64,
+    impression_sq: f64,
+}
 
-    /// The `Σw²` of the reporting allocations is taken in proportion to the
-    /// allocations': the two kinds of apps are sampled at the same rates.
-    fn new(a: f64, s_a: f64, ra: Tally, i: f64, s_i: f64) -> Self {
-        let s_ra = if a > 0.0 { s_a * ra.ht / a } else { 0.0 };
-        Self { a, s_a, ra, s_ra, i, s_i, own: true }
+impl Part {
+    fn of(a: f64, ra: f64, i: f64, per: &PerUnit) -> Self {
+        Self {
+            a,
+            s_a: a * per.allocation_sq,
+            ra,
+            ra_n: ra * per.allocation_samples,
+            s_ra: ra * per.allocation_sq,
+            i,
+            s_i: i * per.impression_sq,
+            own: true,
+        }
     }
 
     fn add(&mut self, o: &Part) {
         self.a += o.a;
         self.s_a += o.s_a;
-        self.ra.ht += o.ra.ht;
-        self.ra.n += o.ra.n;
+        self.ra += o.ra;
+        self.ra_n += o.ra_n;
         self.s_ra += o.s_ra;
         self.i += o.i;
         self.s_i += o.s_i;
     }
 
     fn ratio(&self) -> f64 {
-        if self.ra.ht > 0.0 { (self.i / self.ra.ht).clamp(0.0, 1.0) } else { 0.0 }
+        if self.ra > 0.0 { (self.i / self.ra).clamp(0.0, 1.0) } else { 0.0 }
     }
 
+    /// Enough reporting allocations for a ratio of its own. The margins keep a count
+    /// exactly at a threshold on the same side whatever order it was summed in (the
+    /// archive's report sums it in another).
     fn stands_alone(&self) -> bool {
-        self.ra.n >= MIN_IMPRESSION_SAMPLES && self.ra.ht >= MIN_PLATFORM_REPORTING * self.a && self.ra.ht > 0.0
+        self.ra > 0.0
+            && self.ra_n >= MIN_IMPRESSION_SAMPLES as f64 - 1e-6
+            && self.ra >= (MIN_PLATFORM_REPORTING - 1e-9) * self.a
     }
 
     /// The unseen `Σw(w − 1)` (realized) or the `Σw²` of allocations, reporting
@@ -83,7 +101,7 @@ impl Part {
     fn sums(&self, realized: bool) -> (f64, f64, f64) {
         let t = |s: f64, x: f64| if realized { (s - x).max(0.0) } else { s };
         let t_a = t(self.s_a, self.a);
-        let t_ra = t(self.s_ra, self.ra.ht).min(t_a);
+        let t_ra = t(self.s_ra, self.ra).min(t_a);
         (t_a, t_ra, t(self.s_i, self.i).min(t_ra))
     }
 }
@@ -94,8 +112,7 @@ pub(crate) struct Reading {
     /// All requests: HT total and `Σw²`.
     n: Tally,
     s_n: f64,
-    /// The campaign's allocations, with the `Σw²` of those to reporting apps taken in
-    /// proportion where they were not counted apart; its render ratio over all of them.
+    /// The campaign's counts; its render ratio over all its reporting apps.
     whole: Part,
     /// On impressions: the parts it is read by, each its own render ratio or the whole's.
     parts: Option<Vec<Part>>,
@@ -105,47 +122,59 @@ impl Reading {
     pub(crate) fn of(stats: &WindowStats, campaign: &CampaignId, basis: DeliveryBasis) -> Self {
         let c = stats.campaigns.get(campaign).copied().unwrap_or_default();
         let (n, s_n) = (stats.requests, stats.requests_sq);
-        let by_platform: Vec<Part> = stats
-            .platforms
-            .range((campaign.clone(), String::new())..)
-            .take_while(|((id, _), _)| id == campaign)
-            .map(|(_, p)| Part::of(p))
-            .collect();
-        let counted = by_platform.iter().fold(Part::default(), |mut t, p| {
+        let reporting = c.reporting_allocations();
+        let per_unit = |sum: f64, total: f64| if total > 0.0 { sum / total } else { 0.0 };
+        let per = PerUnit {
+            allocation_sq: per_unit(c.allocations_sq, c.allocations.ht),
+            allocation_samples: per_unit(c.allocations.n as f64, c.allocations.ht),
+            impression_sq: per_unit(c.impressions_sq, c.impressions.ht),
+        };
+        let whole = Part {
+            ra_n: reporting.n as f64,
+            s_a: c.allocations_sq,
+            s_i: c.impressions_sq,
+            ..Part::of(c.allocations.ht, reporting.ht, c.impressions.ht, &per)
+        };
+        let parts = (basis == DeliveryBasis::Impressions).then(|| Self::parts(stats, campaign, &whole, &per));
+        Self { n, s_n, whole, parts }
+    }
+
+    /// The platforms with enough reporting allocations, each a part; the others, and
+    /// what was counted on no platform, one part more.
+    fn parts(stats: &WindowStats, campaign: &CampaignId, whole: &Part, per: &PerUnit) -> Vec<Part> {
+        let platforms =
+            stats.platforms.range((campaign.clone(), String::new())..).take_while(|((id, _), _)| id == campaign);
+        let mut counted = Part::default();
+        let (mut parts, mut thin) = (Vec::new(), Vec::new());
+        for ((_, platform), p) in platforms {
+            let part = Part::of(p.allocations, p.reporting(), p.impressions, per);
+            // Impressions counted on no platform that its reporting allocations cannot
+            // hold are those of tokens issued before tokens carried the platform (or of
+            // edges that did not send it): their allocations are counted on their
+            // platforms, so only one ratio reads them right.
+            if platform.is_empty() && part.i > part.ra * (1.0 + 1e-9) {
+                return vec![*whole];
+            }
+            counted.add(&part);
+            if part.stands_alone() {
+                parts.push(part);
+            } else {
+                thin.push(part);
+            }
+        }
+        // What the window counted on no platform (events folded by a replica that did
+        // not count platforms); rounding leaves dust where every event was counted.
+        let left = |all: f64, part: f64| Some(all - part).filter(|x| *x > 1e-9 * all).unwrap_or(0.0);
+        let uncounted = Part::of(left(whole.a, counted.a), left(whole.ra, counted.ra), left(whole.i, counted.i), per);
+        let mut rest = thin.iter().fold(uncounted, |mut t, p| {
             t.add(p);
             t
         });
-        // What the window counted without a platform (events folded before platforms
-        // were): the `Σw²` of its reporting allocations in proportion to its allocations.
-        let reporting = c.reporting_allocations();
-        // Rounding leaves dust where every event was counted per platform.
-        let a = Some(c.allocations.ht - counted.a).filter(|a| *a > 1e-9 * c.allocations.ht).unwrap_or(0.0);
-        let s_a = (c.allocations_sq - counted.s_a).max(0.0);
-        let ra = Tally { ht: (reporting.ht - counted.ra.ht).max(0.0), n: reporting.n.saturating_sub(counted.ra.n) };
-        let uncounted =
-            Part::new(a, s_a, ra, (c.impressions.ht - counted.i).max(0.0), (c.impressions_sq - counted.s_i).max(0.0));
-        let whole = Part {
-            a: c.allocations.ht,
-            s_a: c.allocations_sq,
-            ra: reporting,
-            s_ra: counted.s_ra + uncounted.s_ra,
-            i: c.impressions.ht,
-            s_i: c.impressions_sq,
-            own: true,
-        };
-        let parts = (basis == DeliveryBasis::Impressions).then(|| {
-            let (mut parts, thin): (Vec<Part>, Vec<Part>) = by_platform.into_iter().partition(Part::stands_alone);
-            let mut rest = thin.iter().fold(uncounted, |mut t, p| {
-                t.add(p);
-                t
-            });
-            if rest.a > 0.0 {
-                rest.own = rest.stands_alone();
-                parts.push(rest);
-            }
-            parts
-        });
-        Self { n, s_n, whole, parts }
+        if rest.a > 0.0 {
+            rest.own = rest.stands_alone();
+            parts.push(rest);
+        }
+        parts
     }
 
     fn part_ratio(&self, p: &Part) -> f64 {
@@ -183,8 +212,10 @@ impl Reading {
     /// `A_g/(N·RA)` summed over the parts the ratio scales). Taken whole, so every
     /// covariance is in it: a reporting app's allocation raises `A` and lowers `ρ`.
     /// Plus, for the `U_g` allocations to silent apps, whose ads' fate no event tells
-    /// even at census: `ρ(1 − ρ)·U_g/N²` each, and `ρ(1 − ρ)·U²/(RA·N²)` for the ratio
-    /// learnt from `RA` of them, `U` summed over the parts that share it.
+    /// even at census: `ρ(1 − ρ)·U_g/N²` each, and for the error of each part's ratio,
+    /// learnt from its `RA_h` reporting allocations, `c_h²·ρ_h(1 − ρ_h)/(RA_h·N²)`, with
+    /// `c_h` the silent ads it scales: its own part's if it has its own ratio, plus the
+    /// pooled parts' `U` in proportion `RA_h/RA` (the campaign's ratio is made of all).
     pub(crate) fn variance(&self, realized: bool) -> Option<f64> {
         let (n, whole) = (self.n.ht, &self.whole);
         let unseen_n = if realized { (self.s_n - n).max(0.0) } else { self.s_n };
@@ -197,41 +228,59 @@ impl Reading {
             let t_a = if realized { (whole.s_a - whole.a).max(0.0) } else { whole.s_a }.min(unseen_n);
             return Some(((1.0 - r).powi(2) * t_a + r * r * (unseen_n - t_a)) / (n * n));
         };
-        let s_ra_whole = whole.s_ra;
-        if !allocated_sums || whole.ra.ht <= 0.0 || s_ra_whole <= 0.0 || (whole.i > 0.0 && whole.s_i <= 0.0) {
+        if !allocated_sums || whole.ra <= 0.0 || whole.s_ra <= 0.0 || (whole.i > 0.0 && whole.s_i <= 0.0) {
             return None;
         }
         if whole.a <= 0.0 {
             return Some(0.0);
         }
         let s = self.share();
-        let inv = |x: f64| if x > 0.0 { 1.0 / x } else { 0.0 };
-        // The whole's ratio scales the parts that have none of their own.
-        let pooled: f64 = parts.iter().filter(|p| !p.own).map(|p| p.a).sum::<f64>() / n;
-        let (rho_w, pooled_silent) =
-            (whole.ratio(), parts.iter().filter(|p| !p.own).map(|p| (p.a - p.ra.ht).max(0.0)).sum::<f64>());
-        let mut sampled = 0.0;
-        let mut allocated_sq = 0.0;
-        let mut silent = rho_w * (1.0 - rho_w) * pooled_silent * pooled_silent * inv(whole.ra.ht);
-        for p in parts {
-            let rho = self.part_ratio(p);
-            let (own_i, own_r) =
-                if p.own { (p.a / n * inv(p.ra.ht), rho * p.a / n * inv(p.ra.ht)) } else { (0.0, 0.0) };
-            let c_i = own_i + pooled * inv(whole.ra.ht);
-            let c_r = -own_r - rho_w * pooled * inv(whole.ra.ht);
-            let given = rho / n - s / n;
+        let (sampled, allocated_sq) = parts.iter().fold((0.0, 0.0), |(sum, t), p| {
+            let (c_i, c_r) = self.coefficients(p);
+            let given = self.part_ratio(p) / n - s / n;
             let (t_a, t_ra, t_i) = p.sums(realized);
-            sampled +=
+            let z =
                 (t_a - t_ra) * given * given + (t_ra - t_i) * (given + c_r).powi(2) + t_i * (given + c_r + c_i).powi(2);
-            allocated_sq += t_a;
-            let u = (p.a - p.ra.ht).max(0.0);
-            silent += rho * (1.0 - rho) * u;
-            if p.own {
-                silent += rho * (1.0 - rho) * u * u * inv(p.ra.ht);
-            }
-        }
+            (sum + z, t + t_a)
+        });
         let requests = (unseen_n - allocated_sq).max(0.0) * (s / n).powi(2);
-        Some(sampled + requests + silent / (n * n))
+        // The silent apps' ads: each a coin of its part's ratio; and the error of each
+        // part's own ratio, carried by the silent ads it scales (its own part's if it
+        // has its own ratio, and, in proportion to its reporting allocations, those the
+        // campaign's ratio scales).
+        let silent = |p: &Part| (p.a - p.ra).max(0.0);
+        let pooled_silent: f64 = parts.iter().filter(|p| !p.own).map(silent).sum();
+        let coins: f64 = parts.iter().map(|p| self.part_ratio(p) * (1.0 - self.part_ratio(p)) * silent(p)).sum();
+        let ratios: f64 = parts
+            .iter()
+            .filter(|p| p.ra > 0.0)
+            .map(|p| {
+                let carried = if p.own { silent(p) } else { 0.0 } + pooled_silent * p.ra / whole.ra;
+                carried * carried * p.ratio() * (1.0 - p.ratio()) / p.ra
+            })
+            .sum();
+        Some(sampled + requests + (coins + ratios) / (n * n))
+    }
+
+    /// How much one shown ad (`c_I`) and one allocation to a reporting app (`c_R`) of
+    /// part `p` move the share: through its own ratio, if it has one, and through the
+    /// campaign's, if any part is read by it.
+    fn coefficients(&self, p: &Part) -> (f64, f64) {
+        let (n, whole) = (self.n.ht, &self.whole);
+        let inv = |x: f64| if x > 0.0 { 1.0 / x } else { 0.0 };
+        let pooled = self.parts.iter().flatten().filter(|p| !p.own).map(|p| p.a).sum::<f64>() / n;
+        let (own_i, own_r) = if p.own { (p.a / n * inv(p.ra), p.ratio() * p.a / n * inv(p.ra)) } else { (0.0, 0.0) };
+        (own_i + pooled * inv(whole.ra), -own_r - whole.ratio() * pooled * inv(whole.ra))
+    }
+
+    /// `Σ c_I²·Σw²` over the shown ads: how uncertain the share is per unit of
+    /// uncertainty in which of its impressions were counted
+    /// ([`crate::estimate::published`] allows for those still to come with it).
+    pub(crate) fn shown_spread(&self) -> f64 {
+        if self.n.ht <= 0.0 {
+            return 0.0;
+        }
+        self.parts.iter().flatten().map(|p| self.coefficients(p).0.powi(2) * p.s_i).sum()
     }
 
     /// The number of equally weighted samples as precise as the reading: `s(1 − s)/V`;
@@ -255,7 +304,7 @@ impl Reading {
                 let requests = kish(self.n.ht, self.s_n, allocated_sums);
                 let w = &self.whole;
                 let render = match &self.parts {
-                    Some(_) if w.ra.ht > 0.0 && w.s_ra > 0.0 => kish(w.ra.ht, w.s_ra, true),
+                    Some(_) if w.ra > 0.0 && w.s_ra > 0.0 => kish(w.ra, w.s_ra, true),
                     _ => f64::INFINITY,
                 };
                 requests.min(render)

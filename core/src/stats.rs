@@ -16,9 +16,9 @@
 //! [`CampaignCounts::late_impressions`]), `u.ht`/`u.n`/`u.sq` and `u.{id}.ht`/`u.{id}.n`
 //! (requests, and each campaign's allocations, from apps that report no impressions:
 //! [`Event::unreported`]; a window stored before they existed reads as all apps
-//! reporting), `pa.{id}.{platform}.ht`/`.n`/`.sq`, `pu.{id}.{platform}.ht`/`.n` and
-//! `pi.{id}.{platform}.ht`/`.sq` (a campaign's allocations, those to apps that report
-//! no impressions, and its impressions, on one platform, empty for none:
+//! reporting), `pa.{id}.{platform}.ht`, `pu.{id}.{platform}.ht` and
+//! `pi.{id}.{platform}.ht` (a campaign's allocations, those to apps that report no
+//! impressions, and its impressions, on one platform, empty for none:
 //! [`PlatformCounts`]; the last two only where there are some). The
 //! `.sq` fields (`Σw²` of a campaign's events)
 //! give a share's variance when the rate changed within a window
@@ -88,46 +88,37 @@ impl CampaignCounts {
 }
 
 /// One campaign's counts on one platform: what its render ratio per platform rests on
-/// ([`crate::estimate`]). Apps that report no impressions are mostly of some platforms,
-/// and ads render differently on each, so a render ratio learnt over all the reporting
-/// apps would stand for the silent apps' ads only if their platforms were mixed alike.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// ([`crate::estimate::render_ratio`]). Apps that report no impressions are mostly of
+/// some platforms, and ads render differently on each, so a render ratio learnt over all
+/// the reporting apps would stand for the silent apps' ads only if their platforms were
+/// mixed alike.
 ///
-/// Kept to what the render ratio needs, as [`CampaignCounts`] is: a placement whose apps
-/// all report, or report none, writes only the allocations' three fields per platform.
+/// Only HT sums, one field per kind of event: a platform's sample counts and `Σw²` are
+/// taken in proportion to the campaign's (platforms are sampled at the same rates), so
+/// counting per platform costs one hash increment per event, and a platform an app
+/// makes up one to three fields per campaign.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct PlatformCounts {
-    pub allocations: Tally,
-    pub allocations_sq: f64,
+    pub allocations: f64,
     /// The allocations among them to apps that report no impressions.
-    pub unreported: Tally,
-    /// Impressions (HT) and their `Σw²`.
+    pub unreported: f64,
     pub impressions: f64,
-    pub impressions_sq: f64,
 }
 
 impl PlatformCounts {
     /// The allocations whose app would have reported the impression.
-    pub fn reporting(&self) -> Tally {
-        minus(self.allocations, self.unreported)
+    pub fn reporting(&self) -> f64 {
+        (self.allocations - self.unreported).max(0.0)
     }
 
     fn merge(&mut self, o: &PlatformCounts) {
-        self.allocations.merge(&o.allocations);
-        self.allocations_sq += o.allocations_sq;
-        self.unreported.merge(&o.unreported);
+        self.allocations += o.allocations;
+        self.unreported += o.unreported;
         self.impressions += o.impressions;
-        self.impressions_sq += o.impressions_sq;
     }
 
     fn scaled(self, k: f64) -> Self {
-        let tally = |t: Tally| Tally { ht: t.ht * k, n: t.n };
-        Self {
-            allocations: tally(self.allocations),
-            allocations_sq: self.allocations_sq * k * k,
-            unreported: tally(self.unreported),
-            impressions: self.impressions * k,
-            impressions_sq: self.impressions_sq * k * k,
-        }
+        Self { allocations: self.allocations * k, unreported: self.unreported * k, impressions: self.impressions * k }
     }
 }
 
@@ -211,10 +202,9 @@ impl WindowStats {
                 }
                 if let Some(ad) = &e.ad_id {
                     let p = self.platform_mut(ad, e.platform.as_deref());
-                    p.allocations.add(w);
-                    p.allocations_sq += w * w;
+                    p.allocations += w;
                     if e.unreported {
-                        p.unreported.add(w);
+                        p.unreported += w;
                     }
                 }
             }
@@ -222,9 +212,7 @@ impl WindowStats {
                 if let Some(ad) = &e.ad_id {
                     let w = e.weight();
                     self.record_impression(w, ad);
-                    let p = self.platform_mut(ad, e.platform.as_deref());
-                    p.impressions += w;
-                    p.impressions_sq += w * w;
+                    self.platform_mut(ad, e.platform.as_deref()).impressions += w;
                 }
             }
         }

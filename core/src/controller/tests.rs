@@ -115,7 +115,7 @@ fn render_failures_are_compensated_per_platform() {
     (counts.allocations, counts.unreported, counts.impressions) = (count(2_000), count(600), count(1_140));
     for (platform, given, silent, shown) in [("ios", 1_000, 0, 900), ("web", 1_000, 600, 240)] {
         let p = w.platforms.entry((a.clone(), platform.to_string())).or_default();
-        (p.allocations, p.unreported, p.impressions) = (count(given), count(silent), shown as f64);
+        (p.allocations, p.unreported, p.impressions) = (given as f64, silent as f64, shown as f64);
     }
     let d = decide(&t, &w);
     assert_eq!(d.campaigns[0].basis, DeliveryBasis::Impressions);

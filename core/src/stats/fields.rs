@@ -33,13 +33,9 @@ impl WindowStats {
             push(format!("li.{id}.n"), c.late_impressions.n as f64);
         }
         for ((id, platform), p) in &self.platforms {
-            push(format!("pa.{id}.{platform}.ht"), p.allocations.ht);
-            push(format!("pa.{id}.{platform}.n"), p.allocations.n as f64);
-            push(format!("pa.{id}.{platform}.sq"), p.allocations_sq);
-            push(format!("pu.{id}.{platform}.ht"), p.unreported.ht);
-            push(format!("pu.{id}.{platform}.n"), p.unreported.n as f64);
+            push(format!("pa.{id}.{platform}.ht"), p.allocations);
+            push(format!("pu.{id}.{platform}.ht"), p.unreported);
             push(format!("pi.{id}.{platform}.ht"), p.impressions);
-            push(format!("pi.{id}.{platform}.sq"), p.impressions_sq);
         }
         for (k, v) in &self.profiles {
             push(format!("p.{k}"), *v);
@@ -67,7 +63,7 @@ impl WindowStats {
     ///
     /// So a field added later must not look like a known one to an older reader: no `p.`
     /// or `v.` prefix (read as a profile or a plan version), no
-    /// `{a,i,u,li}.{id}.{ht,n,sq}` or `{pa,pu,pi}.{id}.{platform}.{ht,n,sq}` shape, none of the fixed names.
+    /// `{a,i,u,li}.{id}.{ht,n,sq}` or `{pa,pu,pi}.{id}.{platform}.ht` shape, none of the fixed names.
     pub fn read_fields<K: AsRef<str>>(
         fields: impl IntoIterator<Item = (K, f64)>,
     ) -> Result<(Self, Vec<String>), StatsError> {
@@ -116,24 +112,17 @@ impl WindowStats {
                     }
                     Some((head @ ("pa" | "pu" | "pi"), rest)) => {
                         let parts = rest.rsplit_once('.').and_then(|(r, what)| Some((r.rsplit_once('.')?, what)));
-                        let known = |what: &str| {
-                            what == "ht" || (what == "n" && head != "pi") || (what == "sq" && head != "pu")
-                        };
-                        let Some(((id, platform), what)) = parts.filter(|(_, what)| known(what)) else {
+                        let Some(((id, platform), _)) = parts.filter(|(_, what)| *what == "ht") else {
                             skipped.push(k.to_string());
                             continue;
                         };
                         let id = CampaignId::parse(id).map_err(|_| err())?;
                         let p = s.platforms.entry((id, platform.to_string())).or_default();
-                        match (head, what) {
-                            ("pa", "ht") => p.allocations.ht = v,
-                            ("pa", "n") => p.allocations.n = n(),
-                            ("pa", _) => p.allocations_sq = v,
-                            ("pu", "ht") => p.unreported.ht = v,
-                            ("pu", _) => p.unreported.n = n(),
-                            ("pi", "ht") => p.impressions = v,
-                            _ => p.impressions_sq = v,
-                        }
+                        *match head {
+                            "pa" => &mut p.allocations,
+                            "pu" => &mut p.unreported,
+                            _ => &mut p.impressions,
+                        } = v;
                     }
                     _ => skipped.push(k.to_string()),
                 },

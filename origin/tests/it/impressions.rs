@@ -264,6 +264,55 @@ async fn each_platform_reads_its_silent_ads_and_a_thin_one_sways_nothing() {
     assert!((now[0].2 - 0.40).abs() < 1e-9, "{now:?}");
 }
 
+/// During a rolling upgrade an older aggregator replica applies some of a window's
+/// events without counting platforms: those counts are one part, read by their own
+/// ratio when they have enough, next to the platforms counted. The test above's window
+/// with the web's events applied as an older replica writes them: iOS by its ratio
+/// (0.9), the web's 60 ads and "mine"'s 10 together by theirs, (18 + 10)/40: A reads
+/// (36 + 70·0.7)/200 = 0.425, between the reading per platform (0.40) and one ratio
+/// (0.44), and the status answers.
+#[tokio::test]
+async fn a_window_counted_partly_by_an_older_replica_reads_its_part_together() {
+    let redis = RedisServer::start();
+    let app = origin(&redis, 1.0).await;
+    let t = (now_ms() / HOUR_MS - 1) * HOUR_MS + 1000;
+    let (mut counted, mut older) = (Vec::new(), WindowStats::default());
+    for i in 0..200u32 {
+        let (platform, given, silent, renders) = match i {
+            0..60 => ("ios", i < 40, false, i < 36),
+            60..160 => ("web", i < 120, i >= 90, i < 78),
+            160..170 => ("mine", true, false, true),
+            _ => ("ios", false, false, false),
+        };
+        let id = format!("o{i}");
+        let mut e = event(EventKind::Allocation, &id, "home_feed", t, given.then_some("A"), &["A", "B"], 1, 1.0);
+        e.platform = Some(platform.into());
+        e.unreported = silent;
+        let mut imp = event(EventKind::Impression, &id, "home_feed", t, Some("A"), &[], 1, 1.0);
+        imp.platform = Some(platform.into());
+        let shown = (given && !silent && renders).then_some(imp);
+        if platform == "web" {
+            older.fold(&e);
+            shown.iter().for_each(|i| older.fold(i));
+        } else {
+            counted.push(e);
+            counted.extend(shown);
+        }
+    }
+    post(&app, counted).await;
+    let key = PlacementKeys::of_raw("home_feed").window(t / HOUR_MS);
+    let mut c = redis.conn();
+    for (field, v) in
+        older.to_fields().into_iter().filter(|(f, _)| !["pa.", "pu.", "pi."].iter().any(|p| f.starts_with(p)))
+    {
+        let _: f64 = redis::cmd("HINCRBYFLOAT").arg(&key).arg(field).arg(v).query(&mut c).unwrap();
+    }
+    settled(&redis, 200, 64).await;
+    let now = estimates(&app).await;
+    assert_eq!(now[0].1, "impressions");
+    assert!((now[0].2 - 0.425).abs() < 1e-9, "{now:?}");
+}
+
 #[tokio::test]
 async fn a_placement_on_impressions_is_read_one_window_later_than_one_on_allocations() {
     // Four-second windows: complete 1 s after their end, complete for impressions at
