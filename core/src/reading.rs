@@ -20,8 +20,8 @@
 //! spread alike over platforms, and they seldom are: web SDKs report less often, and
 //! ads fail more often on the web. So each platform where the campaign has enough
 //! reporting allocations ([`Part::stands_alone`]) is a part with its own ratio, and the
-//! rest of its traffic (thin platforms, events counted before platforms were) is one
-//! more part: scaled by its own ratio where it has enough, else by the campaign's
+//! rest of its traffic (thin platforms, events counted by a replica that did not
+//! count platforms) is one more part: scaled by its own ratio where it has enough, else by the campaign's
 //! ratio over all its reporting apps.
 
 use crate::estimate::MIN_IMPRESSION_SAMPLES;
@@ -32,7 +32,9 @@ use crate::{CampaignId, DeliveryBasis, WindowStats};
 /// allocations there went to apps that report impressions (and at least
 /// [`MIN_IMPRESSION_SAMPLES`] were sampled): an app holding a part `f` of a platform's
 /// reporting allocations moves the campaign's share by at most `f` times the
-/// platform's share of allocations, so by at most four times its own allocations.
+/// platform's share of allocations, so by at most four times its own allocations, while
+/// the platform keeps its ratio. (It can also move the platform across the threshold,
+/// which reads it by the campaign's ratio instead: `docs/security.md`.)
 pub const MIN_PLATFORM_REPORTING: f64 = 0.25;
 
 /// A campaign's counts on part of its traffic: HT totals, their `Σw²` and the samples
