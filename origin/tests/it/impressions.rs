@@ -223,20 +223,12 @@ async fn silent_apps_on_one_platform_move_no_share_on_impressions() {
     assert!((now[0].2 - 0.24).abs() < 1e-9, "{now:?}");
 }
 
-/// Ads render worse on the web, where most apps report none, so each platform's silent
-/// ads are read by that platform's render ratio; an app on a platform of its own,
-/// reporting every ad it was given as shown, gets none of its own. 200 requests: iOS,
-/// A given 40 and 36 shown (0.9); web, A given 60, 30 of them to reporting apps and 18
-/// shown (0.6); "mine", A given 10, all "shown"; 90 more without A. A's shown share is
-/// (40·0.9 + 60·0.6 + 10·ρ)/200 with ρ = 64/80 the campaign's ratio over all its
-/// reporting apps: 0.40. One ratio for all of them read 0.44; "mine" read by its own,
-/// 0.41.
-#[tokio::test]
-async fn each_platform_reads_its_silent_ads_and_a_thin_one_sways_nothing() {
-    let redis = RedisServer::start();
-    let app = origin(&redis, 1.0).await;
-    let t = (now_ms() / HOUR_MS - 1) * HOUR_MS + 1000;
-    let (mut requests, mut shown) = (Vec::new(), Vec::new());
+/// A window of 200 requests at time `t` on three platforms, each event carrying its
+/// platform as the edge sends it: iOS, A given 40 and 36 shown (0.9); web, A given 60,
+/// 30 of them to reporting apps and 18 shown (0.6); "mine", A given 10, all "shown";
+/// 90 more without A. Each allocation is followed by its impression, if any.
+fn three_platforms(t: u64) -> Vec<allot_core::Event> {
+    let mut events = Vec::new();
     for i in 0..200u32 {
         let (platform, given, silent, renders) = match i {
             0..60 => ("ios", i < 40, false, i < 36),
@@ -248,14 +240,29 @@ async fn each_platform_reads_its_silent_ads_and_a_thin_one_sways_nothing() {
         let mut e = event(EventKind::Allocation, &id, "home_feed", t, given.then_some("A"), &["A", "B"], 1, 1.0);
         e.platform = Some(platform.into());
         e.unreported = silent;
-        requests.push(e);
+        events.push(e);
         if given && !silent && renders {
             let mut imp = event(EventKind::Impression, &id, "home_feed", t, Some("A"), &[], 1, 1.0);
             imp.platform = Some(platform.into());
-            shown.push(imp);
+            events.push(imp);
         }
     }
-    assert_eq!(shown.len(), 64);
+    assert_eq!(events.iter().filter(|e| e.kind == EventKind::Impression).count(), 64);
+    events
+}
+
+/// Ads render worse on the web, where most apps report none, so each platform's silent
+/// ads are read by that platform's render ratio; an app on a platform of its own,
+/// reporting every ad it was given as shown, gets none of its own. In
+/// [`three_platforms`]' window A's shown share is (40·0.9 + 60·0.6 + 10·ρ)/200 with
+/// ρ = 64/80 the campaign's ratio over all its reporting apps: 0.40. One ratio for all
+/// of them read 0.44; "mine" read by its own, 0.41.
+#[tokio::test]
+async fn each_platform_reads_its_silent_ads_and_a_thin_one_sways_nothing() {
+    let redis = RedisServer::start();
+    let app = origin(&redis, 1.0).await;
+    let t = (now_ms() / HOUR_MS - 1) * HOUR_MS + 1000;
+    let (requests, shown) = three_platforms(t).into_iter().partition(|e| e.kind == EventKind::Allocation);
     post(&app, requests).await;
     post(&app, shown).await;
     settled(&redis, 200, 64).await;
@@ -266,39 +273,20 @@ async fn each_platform_reads_its_silent_ads_and_a_thin_one_sways_nothing() {
 
 /// During a rolling upgrade an older aggregator replica applies some of a window's
 /// events without counting platforms: those counts are one part, read by their own
-/// ratio when they have enough, next to the platforms counted. The test above's window
-/// with the web's events applied as an older replica writes them: iOS by its ratio
-/// (0.9), the web's 60 ads and "mine"'s 10 together by theirs, (18 + 10)/40: A reads
-/// (36 + 70·0.7)/200 = 0.425, between the reading per platform (0.40) and one ratio
-/// (0.44), and the status answers.
+/// ratio when they have enough, next to the platforms counted. [`three_platforms`]'
+/// window with the web's events applied as an older replica writes them: iOS by its
+/// ratio (0.9), the web's 60 ads and "mine"'s 10 together by theirs, (18 + 10)/40: A
+/// reads (36 + 70·0.7)/200 = 0.425, between the reading per platform (0.40) and one
+/// ratio (0.44), and the status answers.
 #[tokio::test]
 async fn a_window_counted_partly_by_an_older_replica_reads_its_part_together() {
     let redis = RedisServer::start();
     let app = origin(&redis, 1.0).await;
     let t = (now_ms() / HOUR_MS - 1) * HOUR_MS + 1000;
-    let (mut counted, mut older) = (Vec::new(), WindowStats::default());
-    for i in 0..200u32 {
-        let (platform, given, silent, renders) = match i {
-            0..60 => ("ios", i < 40, false, i < 36),
-            60..160 => ("web", i < 120, i >= 90, i < 78),
-            160..170 => ("mine", true, false, true),
-            _ => ("ios", false, false, false),
-        };
-        let id = format!("o{i}");
-        let mut e = event(EventKind::Allocation, &id, "home_feed", t, given.then_some("A"), &["A", "B"], 1, 1.0);
-        e.platform = Some(platform.into());
-        e.unreported = silent;
-        let mut imp = event(EventKind::Impression, &id, "home_feed", t, Some("A"), &[], 1, 1.0);
-        imp.platform = Some(platform.into());
-        let shown = (given && !silent && renders).then_some(imp);
-        if platform == "web" {
-            older.fold(&e);
-            shown.iter().for_each(|i| older.fold(i));
-        } else {
-            counted.push(e);
-            counted.extend(shown);
-        }
-    }
+    let (web, counted): (Vec<_>, Vec<_>) =
+        three_platforms(t).into_iter().partition(|e| e.platform.as_deref() == Some("web"));
+    let mut older = WindowStats::default();
+    web.iter().for_each(|e| older.fold(e));
     post(&app, counted).await;
     let key = PlacementKeys::of_raw("home_feed").window(t / HOUR_MS);
     let mut c = redis.conn();
