@@ -158,5 +158,34 @@ fn solve(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, choose, solve);
+/// A share on impressions over a window where apps made up 10,000 platforms, each with
+/// enough reporting allocations for a ratio of its own: the status and every round read
+/// it, so its cost must grow with the platforms, not with their square.
+fn read(c: &mut Criterion) {
+    use allot_core::estimate::{self, DeliveryBasis};
+    use allot_core::stats::{PlatformCounts, Tally};
+    let id = CampaignId::parse("a").unwrap();
+    let mut stats = WindowStats { requests: Tally { ht: 1e6, n: 1_000_000 }, requests_sq: 1e6, ..Default::default() };
+    let platforms = 10_000;
+    for p in 0..platforms {
+        let counts = PlatformCounts { allocations: 40.0, unreported: 10.0, impressions: 20.0 + (p % 10) as f64 };
+        stats.platforms.insert((id.clone(), format!("made-up-{p}")), counts);
+    }
+    let sum = |f: fn(&PlatformCounts) -> f64| stats.platforms.values().map(f).sum::<f64>();
+    let (a, u, i) = (sum(|p| p.allocations), sum(|p| p.unreported), sum(|p| p.impressions));
+    let counts = allot_core::stats::CampaignCounts {
+        allocations: Tally { ht: a, n: a as u64 },
+        allocations_sq: a,
+        unreported: Tally { ht: u, n: u as u64 },
+        impressions: Tally { ht: i, n: i as u64 },
+        impressions_sq: i,
+        ..Default::default()
+    };
+    stats.campaigns.insert(id.clone(), counts);
+    c.bench_function("share on impressions/10,000 platforms", |b| {
+        b.iter(|| std::hint::black_box(estimate::share(&stats, &id, DeliveryBasis::Impressions, 1.96)))
+    });
+}
+
+criterion_group!(benches, choose, solve, read);
 criterion_main!(benches);

@@ -118,6 +118,10 @@ pub(crate) struct Reading {
     whole: Part,
     /// On impressions: the parts it is read by, each its own render ratio or the whole's.
     parts: Option<Vec<Part>>,
+    /// The allocations of the parts read by the campaign's ratio, over `N`: computed
+    /// once, since every part's coefficients need it (a window may hold as many
+    /// platforms as apps made up, so nothing per part may walk the parts).
+    pooled: f64,
 }
 
 impl Reading {
@@ -138,7 +142,9 @@ impl Reading {
             ..Part::of(c.allocations.ht, reporting.ht, c.impressions.ht, &per)
         };
         let parts = (basis == DeliveryBasis::Impressions).then(|| Self::parts(stats, campaign, &whole, &per));
-        Self { n, s_n, whole, parts }
+        let pooled_a: f64 = parts.iter().flatten().filter(|p| !p.own).map(|p| p.a).sum();
+        let pooled = if n.ht > 0.0 { pooled_a / n.ht } else { 0.0 };
+        Self { n, s_n, whole, parts, pooled }
     }
 
     /// The platforms with enough reporting allocations, each a part; the others, and
@@ -270,7 +276,7 @@ impl Reading {
     fn coefficients(&self, p: &Part) -> (f64, f64) {
         let (n, whole) = (self.n.ht, &self.whole);
         let inv = |x: f64| if x > 0.0 { 1.0 / x } else { 0.0 };
-        let pooled = self.parts.iter().flatten().filter(|p| !p.own).map(|p| p.a).sum::<f64>() / n;
+        let pooled = self.pooled;
         let (own_i, own_r) = if p.own { (p.a / n * inv(p.ra), p.ratio() * p.a / n * inv(p.ra)) } else { (0.0, 0.0) };
         (own_i + pooled * inv(whole.ra), -own_r - whole.ratio() * pooled * inv(whole.ra))
     }
