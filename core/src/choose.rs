@@ -122,6 +122,8 @@ fn country_index(c: &str) -> Option<usize> {
 pub struct EligibilityIndex {
     /// Campaigns eligible for every platform (an empty platform list).
     any_platform: u64,
+    /// Each platform some rule names (lower case, as rules are normalised), sorted, with
+    /// the campaigns naming it: a lookup is a binary search whatever the rules' size.
     platforms: Vec<(String, u64)>,
     /// Campaigns eligible for every country.
     any_country: u64,
@@ -134,16 +136,14 @@ impl EligibilityIndex {
     pub fn new<'a>(rules: impl IntoIterator<Item = &'a Eligibility>) -> Self {
         let mut index =
             Self { any_platform: 0, platforms: Vec::new(), any_country: 0, countries: Box::new([0; 26 * 26]) };
+        let mut platforms = std::collections::BTreeMap::<String, u64>::new();
         for (i, e) in rules.into_iter().take(crate::MAX_CAMPAIGNS).enumerate() {
             let bit = 1u64 << i;
             if e.platforms.is_empty() {
                 index.any_platform |= bit;
             }
             for p in &e.platforms {
-                match index.platforms.iter_mut().find(|(name, _)| name.eq_ignore_ascii_case(p)) {
-                    Some((_, mask)) => *mask |= bit,
-                    None => index.platforms.push((p.clone(), bit)),
-                }
+                *platforms.entry(p.to_ascii_lowercase()).or_default() |= bit;
             }
             if e.countries.is_empty() {
                 index.any_country |= bit;
@@ -154,6 +154,7 @@ impl EligibilityIndex {
                 }
             }
         }
+        index.platforms = platforms.into_iter().collect();
         index
     }
 
@@ -161,7 +162,9 @@ impl EligibilityIndex {
     pub fn eligible(&self, attrs: RequestAttrs<'_>) -> u64 {
         let platform = self.any_platform
             | attrs.platform.map_or(0, |p| {
-                self.platforms.iter().find(|(name, _)| name.eq_ignore_ascii_case(p)).map_or(0, |(_, m)| *m)
+                self.platforms
+                    .binary_search_by(|(name, _)| name.bytes().cmp(p.bytes().map(|b| b.to_ascii_lowercase())))
+                    .map_or(0, |i| self.platforms[i].1)
             });
         let country = self.any_country | attrs.country.and_then(country_index).map_or(0, |i| self.countries[i]);
         platform & country
@@ -365,6 +368,48 @@ pub(crate) mod tests {
         assert_eq!(p.eligible(attrs(None, Some("FR"))), 0b110);
         let ids: Vec<_> = p.pattern_ids(0b101).map(|c| c.as_str()).collect();
         assert_eq!(ids, ["A", "C"]);
+    }
+
+    /// The index answers as the rules do, for rules of every size up to the limit,
+    /// names that share prefixes, and requests in any case or naming no rule's platform.
+    #[test]
+    fn the_index_answers_as_the_rules_do() {
+        let names: Vec<String> = ["a", "ab", "abc", "b", "ios", "ios_2", "web", "web-x", "z9"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain((0..crate::targets::MAX_RULE_PLATFORMS).map(|i| format!("p{i:02}")))
+            .collect();
+        let rules: Vec<Eligibility> = (0..12)
+            .map(|c| Eligibility {
+                platforms: names
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| (i * 7 + c * 3) % (c + 2) == 0)
+                    .map(|(_, n)| n.clone())
+                    .take(crate::targets::MAX_RULE_PLATFORMS)
+                    .collect(),
+                countries: if c % 3 == 0 { vec!["DE".into()] } else { vec![] },
+            })
+            .collect();
+        let index = EligibilityIndex::new(&rules);
+        let asked = names
+            .iter()
+            .map(|n| n.to_ascii_uppercase())
+            .chain(names.iter().cloned())
+            .chain(["", "ios_", "p64", "zz"].map(String::from));
+        for platform in asked {
+            for country in [None, Some("DE"), Some("fr")] {
+                let platform = Some(platform.as_str()).filter(|p| !p.is_empty());
+                let want = rules.iter().enumerate().filter(|(_, r)| {
+                    r.matches(
+                        platform.map(str::to_ascii_lowercase).as_deref(),
+                        country.map(str::to_ascii_uppercase).as_deref(),
+                    )
+                });
+                let want = want.fold(0u64, |m, (i, _)| m | 1 << i);
+                assert_eq!(index.eligible(RequestAttrs { platform, country }), want, "{platform:?} {country:?}");
+            }
+        }
     }
 
     #[test]

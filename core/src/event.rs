@@ -54,7 +54,7 @@ pub struct Event {
     pub sample_rate: f64,
     /// The request's eligibility pattern (allocations; empty for impressions, which
     /// do not know it).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "at_most::<_, _, MAX_CAMPAIGNS>")]
     pub eligible: Vec<CampaignId>,
     #[serde(default)]
     pub platform: Option<String>,
@@ -76,7 +76,38 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventBatch {
+    #[serde(deserialize_with = "at_most::<_, _, MAX_BATCH>")]
     pub events: Vec<Event>,
+}
+
+/// A JSON array of which at most `N + 1` items are kept, the rest read past without
+/// being built: enough for [`EventBatch::parse`] to refuse a list that is too long by its
+/// length, without first building every item a body of a megabyte can name (a quarter
+/// of a million `"a"`s in an `eligible` list would otherwise be as many ids).
+fn at_most<'de, D, T, const N: usize>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Bounded<T, const N: usize>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>, const N: usize> serde::de::Visitor<'de> for Bounded<T, N> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a list of at most {N} items")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(N + 1));
+            while out.len() <= N {
+                match seq.next_element()? {
+                    Some(item) => out.push(item),
+                    None => return Ok(out),
+                }
+            }
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Bounded::<T, N>(std::marker::PhantomData))
 }
 
 /// Why an event body was rejected.
@@ -84,7 +115,8 @@ pub struct EventBatch {
 pub enum EventError {
     #[error("invalid event body: {0}")]
     Json(String),
-    #[error("a body carries 1 to {MAX_BATCH} events (got {0})")]
+    /// How many were read: none, or one past the limit (the rest are not counted).
+    #[error("a body carries 1 to {MAX_BATCH} events (got {})", if *.0 > MAX_BATCH { "more" } else { "none" })]
     BatchSize(usize),
     #[error("events[{index}].{field}: {message}")]
     Invalid { index: usize, field: &'static str, message: String },
@@ -212,6 +244,32 @@ pub(crate) mod tests {
             assert!(err.contains(expect), "{err} should mention {expect}");
         }
         assert_eq!(EventBatch::parse(br#"{"events":[]}"#), Err(EventError::BatchSize(0)));
+        assert_eq!(
+            EventBatch::parse(br#"{"events":[]}"#).unwrap_err().to_string(),
+            "a body carries 1 to 1000 events (got none)"
+        );
+    }
+
+    /// A list longer than its limit is refused by its length, and only the limit and one
+    /// more of its items are built: a body of a megabyte cannot make the parser build a
+    /// quarter of a million ids or a thousand events more than it may carry.
+    #[test]
+    fn lists_past_their_limit_are_refused_having_built_one_item_more() {
+        let good = serde_json::to_value(allocation("r1", Some("A"), &["A"], 0.5)).unwrap();
+        let mut long = good.clone();
+        long["eligible"] = json!(vec!["A"; 250_000]);
+        let body = json!({ "events": [long] }).to_string();
+        let err = EventBatch::parse(body.as_bytes()).unwrap_err();
+        assert_eq!(err, EventError::Invalid { index: 0, field: "eligible", message: "too many campaigns".into() });
+        let body = json!({ "events": vec![good.clone(); 5_000] }).to_string();
+        let err = EventBatch::parse(body.as_bytes()).unwrap_err();
+        assert_eq!(err, EventError::BatchSize(MAX_BATCH + 1));
+        assert_eq!(err.to_string(), "a body carries 1 to 1000 events (got more)");
+        // What follows an over-long list is still read: a body that does not parse says so.
+        let body = format!("{{\"events\":[{}],\"bogus\":1}}", vec![good.to_string(); 1_001].join(","));
+        assert!(matches!(EventBatch::parse(body.as_bytes()), Err(EventError::Json(_))));
+        let body = json!({ "events": vec![good; MAX_BATCH] }).to_string();
+        assert_eq!(EventBatch::parse(body.as_bytes()).unwrap().events.len(), MAX_BATCH);
         assert!(matches!(EventBatch::parse(b"nope"), Err(EventError::Json(_))));
     }
 

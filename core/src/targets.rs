@@ -71,8 +71,15 @@ impl Eligibility {
     }
 
     /// Normalises and checks the lists: platforms are lower-case tokens, countries are
-    /// ISO 3166-1 alpha-2 codes (upper-cased), no duplicates.
+    /// ISO 3166-1 alpha-2 codes (upper-cased), no duplicates, at most
+    /// [`MAX_RULE_PLATFORMS`] platforms (countries are bounded by their codes).
     pub fn parse(mut self, field: &str) -> Result<Self, ValidationError> {
+        if self.platforms.len() > MAX_RULE_PLATFORMS {
+            return Err(ValidationError::new(
+                format!("{field}.platforms"),
+                format!("at most {MAX_RULE_PLATFORMS} platforms per campaign (got {})", self.platforms.len()),
+            ));
+        }
         for p in &mut self.platforms {
             *p = p.to_ascii_lowercase();
         }
@@ -97,6 +104,12 @@ mod schema {
     #[schema(pattern = "^[A-Za-z]{2}$")]
     pub struct Country(#[allow(dead_code)] String);
 }
+
+/// The most platforms one campaign's rule may name. Every plan is compiled at every
+/// edge and indexed on every round, so a rule's size is work multiplied many times; a
+/// real rule names a handful of platforms, and the bound keeps a document of a
+/// megabyte from naming a hundred thousand.
+pub const MAX_RULE_PLATFORMS: usize = 64;
 
 /// A platform token as it appears in requests: `ios`, `android`, `web`, …
 pub fn is_platform(s: &str) -> bool {
@@ -328,6 +341,17 @@ mod tests {
         for (doc, field) in cases {
             assert_eq!(field_of(doc.clone()), field, "{doc}");
         }
+    }
+
+    #[test]
+    fn rejects_a_rule_of_more_than_64_platforms() {
+        let platforms: Vec<String> = (0..65).map(|i| format!("p{i}")).collect();
+        let doc = json!({"campaigns": [{"id": "A", "rate": 0.1, "eligibility": {"platforms": platforms}}]});
+        let err = parse(doc).unwrap_err();
+        assert_eq!(err.field, "campaigns[0].eligibility.platforms");
+        assert!(err.message.contains("at most 64 platforms"), "{}", err.message);
+        let doc = json!({"campaigns": [{"id": "A", "rate": 0.1, "eligibility": {"platforms": platforms[..64]}}]});
+        assert_eq!(parse(doc).unwrap().campaigns[0].eligibility.platforms.len(), 64);
     }
 
     #[test]

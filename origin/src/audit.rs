@@ -168,7 +168,10 @@ pub async fn get_audit(
     let mut out = Vec::new();
     let mut c = app.store.conn();
     loop {
-        let reply: redis::streams::StreamRangeReply = c.xrevrange_count(&stream, &end, "-", 500).await?;
+        // No more entries than the page still needs: an entry holds whole target
+        // documents, so a page of one must not read 500 of them.
+        let want = (limit - out.len()).min(500);
+        let reply: redis::streams::StreamRangeReply = c.xrevrange_count(&stream, &end, "-", want).await?;
         let n = reply.ids.len();
         for e in &reply.ids {
             let text: HashMap<&str, String> =
@@ -202,7 +205,7 @@ pub async fn get_audit(
             }
         }
         match reply.ids.last() {
-            Some(last) if n == 500 => end = format!("({}", last.id),
+            Some(last) if n == want => end = format!("({}", last.id),
             _ => return Ok(Json(AuditPage { entries: out, next: None })),
         }
     }

@@ -313,7 +313,7 @@ async fn prepare(app: &App, p: &PlacementId, now_ms: u64, fence: &Fence) -> Resu
 /// would delay every event posted meanwhile. On a multi-threaded runtime the worker's
 /// queue moves to another thread while this one computes; a single-threaded runtime (a
 /// test's) has nowhere to move it and computes in place.
-fn off_the_async_workers<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn off_the_async_workers<T>(f: impl FnOnce() -> T) -> T {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),

@@ -6,6 +6,8 @@
 //! when it runs in the origin, registers its metrics in the same registry, so `/metrics`
 //! is one exposition.
 
+use std::sync::Arc;
+
 use allot_archive::ArchiverMetrics;
 use allot_core::Publish;
 use prometheus::{
@@ -20,6 +22,8 @@ use crate::gauges::DeliveryGauges;
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// One exposition at a time ([`Self::render_in_turn`]).
+    rendering: Arc<tokio::sync::Semaphore>,
     pub ingest_accepted: IntCounter,
     pub ingest_events: IntCounter,
     pub ingest_rejected: IntCounterVec,
@@ -254,6 +258,7 @@ impl Metrics {
                 &["group"],
             ),
             ingest_latency,
+            rendering: Arc::new(tokio::sync::Semaphore::new(1)),
             registry: {
                 build_info(&r);
                 #[cfg(target_os = "linux")]
@@ -267,6 +272,16 @@ impl Metrics {
     /// Adds the archiver's metrics to this origin's registry.
     pub fn register_archive(&self, archive: &ArchiverMetrics) {
         archive.register(&self.registry).expect("the archive's metric names are its own");
+    }
+
+    /// [`Self::render`] for `GET /metrics`: one at a time, off the async workers. At the
+    /// scale `metrics.campaign_series` allows, one exposition is megabytes and a good
+    /// part of a second of CPU for a request of a few bytes; however many ask at once,
+    /// they wait their turn (asynchronously) rather than take every core from ingest.
+    pub async fn render_in_turn(&self) -> String {
+        // The semaphore is never closed, so acquiring it cannot fail.
+        let _turn = self.rendering.acquire().await;
+        crate::control::off_the_async_workers(|| self.render())
     }
 
     /// The Prometheus text exposition of everything registered.
@@ -294,6 +309,23 @@ mod tests {
         assert!(text.contains("allot_archive_rows_total{dataset=\"plans\"} 0\n"), "{text}");
         assert_eq!(text.matches("# TYPE allot_archive_rows_total counter\n").count(), 1, "{text}");
         assert_eq!(text.matches("# TYPE allot_plans_published_total counter\n").count(), 1, "{text}");
+    }
+
+    /// However many ask at once, each gets the whole exposition, in turn.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn expositions_asked_at_once_are_rendered_in_turn_and_whole() {
+        let metrics = Arc::new(Metrics::new());
+        metrics.plans_published.with_label_values(&["weights"]).inc();
+        let asks = (0..8).map(|_| {
+            let m = metrics.clone();
+            tokio::spawn(async move { m.render_in_turn().await })
+        });
+        for text in futures_util::future::join_all(asks).await {
+            let text = text.unwrap();
+            assert!(text.contains("allot_plans_published_total{why=\"weights\"} 1\n"), "{text}");
+            assert!(text.contains("# TYPE allot_plans_published_total counter\n"), "{text}");
+        }
+        assert_eq!(metrics.rendering.available_permits(), 1, "every turn was given back");
     }
 
     #[test]

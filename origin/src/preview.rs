@@ -79,7 +79,10 @@ pub async fn preview(
     let cfg = &app.config.control;
     let now = crate::now_ms();
     let inputs = Inputs::read(&app, &id, now).await?;
-    let outcome = policy(cfg).run(inputs.round(&id, &targets, true, now, cfg));
+    // A round's solving is CPU work, and a preview is asked for by people: off the
+    // async workers, as the control loop's own rounds, so it never holds up ingest.
+    let outcome =
+        crate::control::off_the_async_workers(|| policy(cfg).run(inputs.round(&id, &targets, true, now, cfg)));
     let campaigns: Vec<PreviewCampaign> = outcome
         .decision
         .campaigns

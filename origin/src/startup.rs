@@ -161,7 +161,7 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Result<axum::Json<serde_json
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses(
     (status = 200, description = "Prometheus text format", content_type = "text/plain; version=0.0.4")))]
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
-    ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], app.metrics.render()).into_response()
+    ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], app.metrics.render_in_turn().await).into_response()
 }
 
 fn instance_id() -> String {

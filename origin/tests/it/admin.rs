@@ -97,14 +97,22 @@ async fn tokens_roles_etags_validation_and_audit() {
         (json!({"campaigns": [{"id": "A", "rate": 0.1}, {"id": "A", "rate": 0.1}]}), "campaigns[1].id"),
         (json!({"campaigns": [], "confidence": {"margin": 0, "level": 0.95}}), "confidence.margin"),
         (json!({"campaigns": [{"id": "A", "rate": "high"}]}), "body"),
+        // A rule naming more platforms than any real one: every edge compiles it and every
+        // round indexes it, so it is refused before anything is saved or previewed.
+        (
+            json!({"campaigns": [{"id": "A", "rate": 0.1, "eligibility": {"platforms": (0..65).map(|i| format!("p{i}")).collect::<Vec<_>>()}}]}),
+            "campaigns[0].eligibility.platforms",
+        ),
     ];
     for (doc, field) in cases {
-        let r = app.put_targets("home_feed", &doc, MANAGER_TOKEN).await;
-        assert_eq!(r.status(), 422, "{doc}");
-        let v: Value = r.json().await.unwrap();
-        assert_eq!(v["error"]["field"], field, "{v}");
-        assert_eq!(v["error"]["code"], "validation_failed");
-        assert!(v["error"]["message"].as_str().unwrap().starts_with(field), "{v}");
+        let preview = app.http.post(app.url("/v1/placements/home_feed/preview")).bearer_auth(VIEWER_TOKEN).json(&doc);
+        for r in [app.put_targets("home_feed", &doc, MANAGER_TOKEN).await, preview.send().await.unwrap()] {
+            assert_eq!(r.status(), 422, "{doc}");
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["error"]["field"], field, "{v}");
+            assert_eq!(v["error"]["code"], "validation_failed");
+            assert!(v["error"]["message"].as_str().unwrap().starts_with(field), "{v}");
+        }
     }
     let r = app.put_targets("bad id!", &spec(), MANAGER_TOKEN).await;
     assert_eq!(error_of(r).await, (422, "validation_failed".into(), "id".into()));
