@@ -144,12 +144,12 @@ async fn ingest(app: &App, headers: &HeaderMap, body: Body) -> Result<Outcome, A
         .and_then(SignatureHeader::parse)
         .and_then(|h| app.verifier.check_time(&h, crate::now_ms() / 1000).map(|()| h))
         .map_err(|e| refused(app, e))?;
-    let _room = app.bodies.reserve(declared).inspect_err(|_| app.metrics.ingest_shed.inc())?;
-    let deadline = app.config.ingest.body_read_timeout_ms;
-    let bytes = tokio::time::timeout(std::time::Duration::from_millis(deadline), axum::body::to_bytes(body, limit))
-        .await
-        .map_err(|_| ApiError::Timeout { after_ms: deadline })?
-        .map_err(|e| ApiError::body_read(&e, limit))?;
+    let deadline = std::time::Duration::from_millis(app.config.ingest.body_read_timeout_ms);
+    let (bytes, _room) = app.bodies.read(body, declared, limit, deadline).await.inspect_err(|e| {
+        if matches!(e, ApiError::Overloaded { .. }) {
+            app.metrics.ingest_shed.inc();
+        }
+    })?;
     let t = app.verifier.verify_parsed(&sig, &bytes).map_err(|e| refused(app, e))?;
 
     let batch = EventBatch::parse(&bytes).map_err(|e| ApiError::bad_request("invalid_events", e.to_string()))?;

@@ -3,14 +3,21 @@
 //! Every `POST /v1/events` buffers its body whole (its signature covers every byte), so
 //! without a budget the origin's memory is `http.max_connections × max_body_bytes`:
 //! 10 GB at the defaults, enough for a client to exhaust it with slow 1 MiB bodies. A
-//! body reserves its declared length (or the largest body allowed when it declares
-//! none) *before* it is read; when the budget is spent it is answered `503 overloaded`
-//! with `Retry-After` at once, without reading a byte. The edge keeps the batch and sends
-//! the same signed bytes again after its backoff, so shedding delays events but loses
-//! none, and the body stored later is stored once.
+//! body holds room for the bytes it has *sent* ([`BodyBudget::read`]), taken as they
+//! arrive; when the budget is spent it is answered `503 overloaded` with `Retry-After`.
+//! A body whose declared length does not fit in what is free is answered so at once,
+//! without reading a byte. The edge keeps the batch and sends the same signed bytes
+//! again after its backoff, so shedding delays events but loses none, and the body
+//! stored later is stored once.
 //!
-//! A semaphore rather than a `tower` load-shed layer: the reservation depends on the
-//! request's declared length, which a concurrency limit cannot express.
+//! Room is charged for bytes received, not for the length a request declares: anyone
+//! can open a connection and declare a megabyte under a well-formed signature header
+//! (its MAC is checked only once the body is in), and sixty-four such connections
+//! sending nothing would otherwise hold the whole budget for the body deadline and
+//! shed every edge's batch. Charged by what arrives, they hold what they sent.
+//!
+//! A semaphore rather than a `tower` load-shed layer: the room depends on the body's
+//! bytes, which a concurrency limit cannot express.
 
 use std::sync::Arc;
 
@@ -36,12 +43,46 @@ impl BodyBudget {
         Self { permits: Arc::new(Semaphore::new(units)), units, max_body_bytes }
     }
 
-    /// Reserves room for a body declaring `declared` bytes (none: the largest allowed),
-    /// held until the permit is dropped; `Overloaded` when the budget is spent.
-    pub fn reserve(&self, declared: Option<usize>) -> Result<OwnedSemaphorePermit, ApiError> {
-        let bytes = declared.unwrap_or(self.max_body_bytes).min(self.max_body_bytes);
-        let units = u32::try_from(bytes.div_ceil(UNIT).max(1)).unwrap_or(u32::MAX);
-        self.permits.clone().try_acquire_many_owned(units).map_err(|_| ApiError::Overloaded { retry_after_secs: 1 })
+    /// Reads `body` (at most `limit` bytes, by `deadline`), holding room for its bytes
+    /// as they arrive; the room is held until the permit is dropped. `Overloaded` as
+    /// soon as the budget cannot hold what arrived (or, before a byte is read, the
+    /// `declared` length); `PayloadTooLarge` past `limit`; `Timeout` past `deadline`.
+    pub async fn read(
+        &self,
+        body: axum::body::Body,
+        declared: Option<usize>,
+        limit: usize,
+        deadline: std::time::Duration,
+    ) -> Result<(axum::body::Bytes, OwnedSemaphorePermit), ApiError> {
+        use http_body_util::BodyExt;
+        let overloaded = || ApiError::Overloaded { retry_after_secs: 1 };
+        if declared.is_some_and(|n| n.min(self.max_body_bytes).div_ceil(UNIT) > self.permits.available_permits()) {
+            return Err(overloaded());
+        }
+        let mut held = self.permits.clone().try_acquire_owned().map_err(|_| overloaded())?;
+        let mut buf = Vec::new();
+        let mut body = body;
+        let read = async {
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| ApiError::body_read(&e, limit))?;
+                let Ok(data) = frame.into_data() else { continue };
+                if buf.len() + data.len() > limit {
+                    return Err(ApiError::PayloadTooLarge { limit });
+                }
+                buf.extend_from_slice(&data);
+                let units = buf.len().div_ceil(UNIT).max(1);
+                if let Some(more) = units.checked_sub(held.num_permits()).filter(|n| *n > 0) {
+                    let more = u32::try_from(more).map_err(|_| overloaded())?;
+                    held.merge(self.permits.clone().try_acquire_many_owned(more).map_err(|_| overloaded())?);
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(deadline, read).await {
+            Ok(Ok(())) => Ok((buf.into(), held)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ApiError::Timeout { after_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX) }),
+        }
     }
 
     /// Bytes of bodies reserved now, in whole KiB.
@@ -52,30 +93,82 @@ impl BodyBudget {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use axum::body::Body;
+
     use super::*;
 
-    #[test]
-    fn bodies_reserve_their_declared_length_and_give_it_back() {
+    const LONG: Duration = Duration::from_secs(5);
+
+    fn chunks(sizes: &[usize]) -> Body {
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> = sizes.iter().map(|n| Ok(vec![b'x'; *n])).collect();
+        Body::from_stream(futures_util::stream::iter(chunks))
+    }
+
+    /// A body that sends `sent` bytes and then nothing more.
+    fn stalled(sent: usize) -> Body {
+        let first = futures_util::stream::iter([Ok::<_, std::io::Error>(vec![b'x'; sent])]);
+        Body::from_stream(futures_util::StreamExt::chain(first, futures_util::stream::pending()))
+    }
+
+    #[tokio::test]
+    async fn bodies_hold_room_for_what_they_sent_and_give_it_back() {
         let budget = BodyBudget::new(100 * UNIT, 60 * UNIT);
-        let a = budget.reserve(Some(50 * UNIT)).expect("room for the first");
-        assert!(matches!(budget.reserve(Some(51 * UNIT)), Err(ApiError::Overloaded { .. })));
-        let b = budget.reserve(Some(50 * UNIT)).expect("exactly the rest");
-        assert!(budget.reserve(Some(1)).is_err(), "a one-byte body still takes a unit");
+        let (bytes, a) = budget.read(chunks(&[UNIT, 30 * UNIT, 19 * UNIT]), None, 60 * UNIT, LONG).await.unwrap();
+        assert_eq!(bytes.len(), 50 * UNIT);
+        assert_eq!(budget.in_use(), 50 * UNIT);
+        let too_much = budget.read(chunks(&[40 * UNIT, 11 * UNIT]), None, 60 * UNIT, LONG).await;
+        assert!(matches!(too_much, Err(ApiError::Overloaded { .. })), "{too_much:?}");
+        assert_eq!(budget.in_use(), 50 * UNIT, "a shed body gives back what it held");
+        let (_, b) = budget.read(chunks(&[50 * UNIT]), None, 60 * UNIT, LONG).await.expect("exactly the rest");
+        let one_byte = budget.read(chunks(&[1]), None, 60 * UNIT, LONG).await;
+        assert!(one_byte.is_err(), "a one-byte body still takes a unit");
         drop(a);
-        assert!(budget.reserve(Some(10 * UNIT)).is_ok());
+        assert!(budget.read(chunks(&[10 * UNIT]), Some(10 * UNIT), 60 * UNIT, LONG).await.is_ok());
         drop(b);
         assert_eq!(budget.in_use(), 0);
     }
 
-    #[test]
-    fn a_body_without_a_length_reserves_the_largest_allowed() {
+    #[tokio::test]
+    async fn a_declared_length_that_does_not_fit_is_shed_unread() {
         let budget = BodyBudget::new(100 * UNIT, 60 * UNIT);
-        let _chunked = budget.reserve(None).expect("room");
-        assert_eq!(budget.in_use(), 60 * UNIT);
-        assert!(budget.reserve(Some(41 * UNIT)).is_err());
-        // A declared length above the limit is refused before (413); here it is capped.
+        let (_, _held) = budget.read(chunks(&[50 * UNIT]), None, 60 * UNIT, LONG).await.unwrap();
+        let r = budget.read(chunks(&[]), Some(51 * UNIT), 60 * UNIT, LONG).await;
+        assert!(matches!(r, Err(ApiError::Overloaded { .. })), "{r:?}");
+        assert!(budget.read(chunks(&[10]), Some(50 * UNIT), 60 * UNIT, LONG).await.is_ok(), "it fits");
+    }
+
+    /// What a client declares costs it nothing it did not send: connections declaring
+    /// the largest bodies and sending a byte hold a unit each, not the budget.
+    #[tokio::test]
+    async fn stalled_bodies_hold_only_what_they_sent_until_the_deadline() {
+        const SHORT: Duration = Duration::from_millis(300);
         let budget = BodyBudget::new(100 * UNIT, 60 * UNIT);
-        let _big = budget.reserve(Some(usize::MAX)).expect("capped at the largest body");
-        assert_eq!(budget.in_use(), 60 * UNIT);
+        let stalls: Vec<_> = (0..4)
+            .map(|_| {
+                tokio::spawn({
+                    let budget = budget.clone();
+                    async move { budget.read(stalled(1), Some(60 * UNIT), 60 * UNIT, SHORT).await.map(|_| ()) }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(budget.in_use(), 4 * UNIT);
+        let (_, edge) = budget.read(chunks(&[60 * UNIT]), Some(60 * UNIT), 60 * UNIT, LONG).await.expect("room");
+        drop(edge);
+        for stall in stalls {
+            let r = stall.await.unwrap();
+            assert!(matches!(r, Err(ApiError::Timeout { after_ms: 300 })), "{r:?}");
+        }
+        assert_eq!(budget.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_limit_is_refused_as_it_arrives() {
+        let budget = BodyBudget::new(100 * UNIT, 60 * UNIT);
+        let r = budget.read(chunks(&[30 * UNIT, 30 * UNIT, 1]), None, 60 * UNIT, LONG).await;
+        assert!(matches!(r, Err(ApiError::PayloadTooLarge { .. })), "{r:?}");
+        assert_eq!(budget.in_use(), 0);
     }
 }

@@ -79,7 +79,7 @@ async fn an_evicting_redis_is_refused_and_weak_persistence_is_allowed() {
 }
 
 #[tokio::test]
-async fn bodies_beyond_the_memory_budget_are_shed_unread_and_stored_once_sent_again() {
+async fn bodies_are_charged_what_they_send_shed_past_the_budget_and_stored_once_sent_again() {
     use allot_testkit::events::{allocation, batch, now_ms, plan, record_published};
     let redis = RedisServer::start();
     let env = [
@@ -91,18 +91,42 @@ async fn bodies_beyond_the_memory_budget_are_shed_unread_and_stored_once_sent_ag
     let app = TestApp::start(config(&redis, "", &env)).await;
     record_published(&mut redis.conn(), &plan("home_feed", 1, 1.0, &["A"]));
 
-    // Two clients without the key announce the largest bodies with a well-formed, fresh
-    // signature header, and stall: their bodies hold the whole budget.
+    // Clients without the key announce the largest bodies with a well-formed, fresh
+    // signature header. Announcing costs them nothing: room is held for what arrives.
     let head = format!(
         "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 65536\r\n\
          X-Allot-Signature: t={},v1={}\r\n\r\n{{\"events\":[",
         now_ms() / 1000,
         "0".repeat(64)
     );
+    let body_sent = "{\"events\":[".len();
+    let sign = |body: &str| {
+        allot_core::signature::sign(allot_testkit::origin::INGEST_KEY.as_bytes(), now_ms() / 1000, body.as_bytes())
+    };
+    let post = |body: String| {
+        let sig = sign(&body);
+        reqwest::Client::new().post(app.url("/v1/events")).header(allot_core::signature::HEADER, sig).body(body).send()
+    };
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        let mut s = TcpStream::connect(app.addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        idle.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first = batch(vec![allocation("held-1", "home_feed", Some("A"), &["A"], 1.0)]);
+    let r = post(first).await.unwrap();
+    assert_eq!(r.status(), 202, "eight announced megabytes sending nothing shed nothing");
+    assert_eq!(app.metric("allot_ingest_shed_bodies_total").await, 0.0);
+    drop(idle);
+
+    // Two clients send all but the last byte of the largest bodies, and stall: their
+    // bytes hold the whole budget.
     let mut stalled = Vec::new();
     for _ in 0..2 {
         let mut s = TcpStream::connect(app.addr).await.unwrap();
         s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(" ".repeat(65536 - body_sent - 1).as_bytes()).await.unwrap();
         stalled.push(s);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -127,7 +151,7 @@ async fn bodies_beyond_the_memory_budget_are_shed_unread_and_stored_once_sent_ag
     let len = |c: &mut redis::Connection| -> usize {
         redis::cmd("XLEN").arg(allot_core::contract::stream::EVENTS).query(c).unwrap()
     };
-    assert_eq!(len(&mut redis.conn()), 0, "nothing of a shed body is stored");
+    assert_eq!(len(&mut redis.conn()), 1, "nothing of a shed body is stored (one body was before)");
 
     // The stalled bodies are cut off at the body deadline, freeing the budget (the
     // request timeout, 30 s, would have held it far longer).
@@ -150,5 +174,5 @@ async fn bodies_beyond_the_memory_budget_are_shed_unread_and_stored_once_sent_ag
     assert_eq!(stored, Some(serde_json::json!({"accepted": 1, "dropped": 0})));
     let again: serde_json::Value = send().await.unwrap().json().await.unwrap();
     assert_eq!(again["duplicate"], true, "{again}");
-    assert_eq!(len(&mut redis.conn()), 1);
+    assert_eq!(len(&mut redis.conn()), 2);
 }
