@@ -12,6 +12,10 @@
 //! - a withdrawn plan (a deleted placement) is kept, and answered as unknown;
 //! - while one request refreshes a placement, the others keep serving the old plan.
 //!
+//! A plan read from KV is only parsed until the cache knows it will serve it: nearly
+//! every refresh finds the version it holds, and compiling that plan again (masks,
+//! every creative written out) would be thrown away at once.
+//!
 //! Unknown placements are remembered too (for the same TTL), so a flood of requests
 //! for a missing placement does not become a flood of KV reads; how many such
 //! entries are kept is bounded.
@@ -103,9 +107,37 @@ fn to_result(placement: &str, state: State) -> Result<Rc<CompiledPlan>, ApiError
     }
 }
 
+/// A plan of the placement, offered to the cache.
+enum Offered {
+    /// Pushed: compiled already, because the push checked it whole before storing it.
+    Compiled(CompiledPlan),
+    /// Read from KV: parsed, and compiled only if it is to be served ([`settle`]).
+    Parsed(Plan),
+}
+
+impl Offered {
+    fn plan(&self) -> &Plan {
+        match self {
+            Offered::Compiled(plan) => plan.plan(),
+            Offered::Parsed(plan) => plan,
+        }
+    }
+
+    fn compile(self) -> Result<CompiledPlan, String> {
+        match self {
+            Offered::Compiled(plan) => Ok(plan),
+            Offered::Parsed(plan) => {
+                #[cfg(test)]
+                tests::COMPILED.with(|n| n.set(n.get() + 1));
+                CompiledPlan::new(plan).map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
 /// What reading KV produced.
 enum Loaded {
-    Plan(CompiledPlan),
+    Plan(Offered),
     Absent,
     Failed(String),
 }
@@ -121,29 +153,48 @@ async fn read(env: &Env, config: &Config, placement: &PlacementId) -> Loaded {
         Ok(None) => return Loaded::Absent,
         Err(e) => return Loaded::Failed(format!("KV get {key}: {e}")),
     };
-    match compile(&bytes, placement) {
-        Ok(plan) => Loaded::Plan(plan),
+    match parse(&bytes, placement) {
+        Ok(plan) => Loaded::Plan(Offered::Parsed(plan)),
         Err(e) => Loaded::Failed(format!("KV value {key} is not a usable plan: {e}")),
     }
 }
 
-/// Parses and compiles a plan, which must belong to `placement`.
-pub fn compile(bytes: &[u8], placement: &PlacementId) -> Result<CompiledPlan, String> {
+/// Parses a plan, which must belong to `placement`.
+fn parse(bytes: &[u8], placement: &PlacementId) -> Result<Plan, String> {
     let plan = Plan::parse(bytes).map_err(|e| e.to_string())?;
     if &plan.placement != placement {
         return Err(format!("it is the plan of placement {:?}", plan.placement.as_str()));
     }
-    CompiledPlan::new(plan).map_err(|e| e.to_string())
+    Ok(plan)
 }
 
-/// Folds a KV read into the cache and returns the state to serve.
+/// Parses and compiles a plan, which must belong to `placement`.
+pub fn compile(bytes: &[u8], placement: &PlacementId) -> Result<CompiledPlan, String> {
+    CompiledPlan::new(parse(bytes, placement)?).map_err(|e| e.to_string())
+}
+
+/// The state serving `offered`, compiled now; `None` (logged) if it cannot be.
+fn served(placement: &str, offered: Offered) -> Option<State> {
+    let version = offered.plan().version;
+    offered
+        .compile()
+        .inspect_err(|e| worker::console_error!("plan {placement} v{version} cannot be served: {e}"))
+        .ok()
+        .map(|plan| State::Ready(Rc::new(plan)))
+}
+
+/// Folds a KV read into the cache and returns the state to serve. A plan is compiled
+/// only when it will be served: a newer version, or the first usable plan. Anything
+/// else leaves the cached plan in place (the cached version again, the same plan or a
+/// rival, or an older one) and is only compared, parsed; for an unchanged placement
+/// that is every refresh.
 fn settle(placement: &str, loaded: Loaded, now_ms: f64) -> State {
     CACHE.with(|cache| {
         let mut cache = cache.borrow_mut();
         let previous = cache.get(placement).map(|e| e.state.clone());
         let state = match (loaded, previous) {
             (Loaded::Plan(new), Some(State::Ready(old))) => match old.plan().succession(new.plan()) {
-                Succession::Newer => State::Ready(Rc::new(new)),
+                Succession::Newer => served(placement, new).unwrap_or(State::Ready(old)),
                 Succession::Same => State::Ready(old),
                 Succession::Older => {
                     worker::console_warn!(
@@ -163,7 +214,7 @@ fn settle(placement: &str, loaded: Loaded, now_ms: f64) -> State {
                     State::Ready(old)
                 }
             },
-            (Loaded::Plan(new), _) => State::Ready(Rc::new(new)),
+            (Loaded::Plan(new), _) => served(placement, new).unwrap_or(State::Broken),
             (Loaded::Absent, _) => State::Absent,
             (Loaded::Failed(why), Some(State::Ready(old))) => {
                 worker::console_error!("{why}; serving the last good plan (v{})", old.plan().version);
@@ -253,7 +304,7 @@ pub fn choose(plan: &CompiledPlan, attrs: RequestAttrs<'_>) -> Choice {
 /// Puts a freshly pushed plan into this isolate's cache, so it is served at once.
 pub fn install(plan: CompiledPlan, now_ms: f64) {
     let name = plan.plan().placement.as_str().to_owned();
-    settle(&name, Loaded::Plan(plan), now_ms);
+    settle(&name, Loaded::Plan(Offered::Compiled(plan)), now_ms);
 }
 
 /// How many placements have a plan cached.
@@ -263,11 +314,18 @@ pub fn cached() -> usize {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
     use allot_core::PlacementId;
     use serde_json::json;
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+
+    thread_local! {
+        /// How many plans read from KV were compiled.
+        pub(super) static COMPILED: Cell<usize> = const { Cell::new(0) };
+    }
 
     /// "A" for iOS only (weight 2), "B" anywhere (weight 1), no ad (weight 1).
     fn plan(placement: &str) -> CompiledPlan {
@@ -310,5 +368,38 @@ mod tests {
             }
         }
         assert!(CACHE.with(|cache| !cache.borrow().contains_key("fallback")), "the fallback made a cache entry");
+    }
+
+    /// A KV read's plan is compiled only to be served: a refresh that finds the cached
+    /// version (the same plan, or a rival under it) and one that finds an older version
+    /// compile nothing and keep the cached plan itself; a newer version is compiled once.
+    #[test]
+    fn a_refresh_compiles_only_a_plan_it_will_serve() {
+        let placement = PlacementId::parse("refreshed").expect("placement");
+        let read = |version: u64, no_ad_weight: f64| {
+            let plan = json!({
+                "format": 1, "placement": "refreshed", "version": version, "issued_at_ms": 0, "sample_rate": 1,
+                "no_ad_weight": no_ad_weight, "campaigns": [],
+            });
+            Loaded::Plan(Offered::Parsed(parse(plan.to_string().as_bytes(), &placement).expect("plan")))
+        };
+        let compiled = || COMPILED.with(Cell::get);
+        let ready = |state: State| match state {
+            State::Ready(plan) => plan,
+            other => panic!("not a plan: {other:?}"),
+        };
+        let before = compiled();
+        let held = ready(settle("refreshed", read(3, 1.0), 0.0));
+        assert_eq!(compiled(), before + 1, "the first plan is compiled");
+        for (i, (version, no_ad_weight)) in [(3, 1.0), (3, 1.0), (3, 2.0), (2, 1.0)].into_iter().enumerate() {
+            let kept = ready(settle("refreshed", read(version, no_ad_weight), 1.0 + i as f64));
+            assert!(Rc::ptr_eq(&kept, &held), "v{version} ({no_ad_weight}) replaced the cached plan");
+            assert_eq!(compiled(), before + 1, "v{version} ({no_ad_weight}) was compiled");
+        }
+        let newer = ready(settle("refreshed", read(4, 1.0), 10.0));
+        assert_eq!(newer.plan().version, 4);
+        assert_eq!(compiled(), before + 2, "a newer plan is compiled once");
+        assert!(Rc::ptr_eq(&ready(settle("refreshed", read(4, 1.0), 11.0)), &newer));
+        assert_eq!(compiled(), before + 2);
     }
 }

@@ -4,7 +4,10 @@
 //! A push is signed like events (`X-Allot-Signature` over the body) but with its own
 //! keys, `PUSH_KEYS`: a leaked ingest key can send events, never change what the edge
 //! serves. During a rotation the origin signs with every active key and the edge
-//! accepts any of its keys, so the keys can change on either side first.
+//! accepts any of its keys, so the keys can change on either side first. The header
+//! is parsed and its timestamp checked before the body is read, and the body is read
+//! only up to [`MAX_BODY`] (`body`): a request that cannot be a fresh push costs no
+//! body, and one that can costs at most a plan's worth.
 //!
 //! The plan is checked by core before anything is written, and the edge holds three
 //! rules whatever the network does to pushes:
@@ -23,7 +26,8 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 
-use allot_core::{PlacementId, Plan, Succession, signature};
+use allot_core::signature::{self, SignatureHeader};
+use allot_core::{PlacementId, Plan, Succession};
 use sha2::{Digest, Sha256};
 use worker::Env;
 
@@ -84,10 +88,20 @@ pub async fn serve(req: &web_sys::Request, raw_placement: &str, env: &Env) -> Re
         .ok()
         .flatten()
         .ok_or_else(|| ApiError::unauthorized(format!("the {} header is required", signature::HEADER)))?;
+    let refused = |e: signature::SignatureError| ApiError::unauthorized(e.to_string());
+    // The header alone first: a malformed or stale one is refused before any of the
+    // body is read, and the body is bounded however it is sent.
+    let header = SignatureHeader::parse(&header)
+        .and_then(|h| verifier.check_time(&h, (js_sys::Date::now() / 1000.0) as u64).map(|()| h))
+        .map_err(refused)?;
     let bytes = body::read(req, MAX_BODY).await?;
     let now_ms = js_sys::Date::now();
     let now_secs = (now_ms / 1000.0) as u64;
-    let t = verifier.verify(&header, &bytes, now_secs).map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    // The time again: a body sent slowly does not stretch the signature's freshness.
+    let t = verifier
+        .check_time(&header, now_secs)
+        .and_then(|()| verifier.verify_parsed(&header, &bytes))
+        .map_err(refused)?;
     let seen = fingerprint(t, &bytes);
     if replayed(&seen, now_secs) {
         return Err(ApiError::conflict("replayed", "this signed push was already received"));

@@ -66,6 +66,37 @@ async function fetchRetryingGets(url, init) {
   }
 }
 
+/**
+ * A chunked request body (no Content-Length): `head`, then spaces up to `total` bytes
+ * (JSON allows them after a value), made only as the runtime takes them, `chunk` bytes
+ * at a time. With `stallAfter`, the sender stops after that many bytes and waits, as
+ * a slow or hostile client does, until `end()` closes the body there. `taken()` is how
+ * many bytes the runtime pulled. Send it with `{ body, duplex: "half" }`.
+ */
+export function chunkedBody(head, total, { chunk = 16 * 1024, stallAfter = Infinity } = {}) {
+  const start = Buffer.from(head, "utf8");
+  let taken = 0;
+  let end;
+  const ended = new Promise((resolve) => {
+    end = resolve;
+  });
+  const body = new ReadableStream({
+    async pull(controller) {
+      if (taken >= stallAfter) await ended;
+      if (taken >= Math.min(total, stallAfter)) {
+        controller.close();
+        return;
+      }
+      const n = Math.min(chunk, total - taken, stallAfter - taken);
+      const bytes = Buffer.alloc(n, " ");
+      if (taken < start.length) start.copy(bytes, 0, taken, Math.min(start.length, taken + n));
+      taken += n;
+      controller.enqueue(new Uint8Array(bytes));
+    },
+  });
+  return { body, taken: () => taken, end: () => end() };
+}
+
 /** `X-Allot-Signature` for `body` at unix time `t`, computed independently of core. */
 export function sign(body, t = Math.floor(Date.now() / 1000), key = KEY) {
   const mac = createHmac("sha256", key).update(`${t}.${body}`).digest("hex");

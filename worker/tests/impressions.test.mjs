@@ -1,10 +1,12 @@
 // What a hostile app can send to the edge: impressions without a valid token (forged,
 // altered, for another ad or request, expired, replayed) are refused with JSON errors
-// and send nothing; request ids chosen to game the sampling hash no longer do.
+// and send nothing; request ids chosen to game the sampling hash no longer do; a body
+// without a length is read only up to the limit.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import {
   EDGE_KEY,
+  chunkedBody,
   eventually,
   issueToken,
   parallel,
@@ -20,6 +22,8 @@ import {
 } from "./harness.mjs";
 
 const RATE = 0.01;
+/** `MAX_BODY` of `worker/src/impression.rs`. */
+const LIMIT = 4 * 1024;
 let worker;
 let origin;
 
@@ -218,5 +222,60 @@ describe("sampling clients cannot steer", () => {
     // Binomial(2000, 0.01): 20 ± 4.4; 5σ above, and some (none: e⁻²⁰), not all 2,000.
     assert.ok(got.length > 0 && got.length <= 43, `${got.length} events from ${chosen.length} chosen ids`);
     assert.ok(got.every((e) => chosen.includes(e.request_id)));
+  });
+});
+
+describe("bodies without a length", () => {
+  /** POSTs a chunked body (no Content-Length); `signal` bounds a wait for the answer. */
+  const post = (body, signal = undefined) =>
+    worker.get("/v1/impression", { method: "POST", headers: { "content-type": "application/json" }, body, duplex: "half", signal });
+  const queued = async () => (await (await worker.get("/healthz")).json()).events.queued;
+
+  async function tooLarge(res) {
+    assert.equal(res.status, 413);
+    assert.match(res.headers.get("content-type"), /application\/json/);
+    const body = await res.json();
+    assert.deepEqual(Object.keys(body), ["error"]);
+    assert.equal(body.error.code, "body_too_large");
+    assert.equal(body.error.message, `the body may be at most ${LIMIT} bytes`);
+  }
+
+  test("a chunked report over the limit is refused once the limit is passed, and counts nothing", { timeout: 60_000 }, async () => {
+    const answer = await ad("all", "chunk-over");
+    const report = JSON.stringify(reportOf(answer));
+    const before = await queued();
+    // A genuine report followed by 100 MB of spaces, sent 1 KiB at a time and stalled
+    // after 8 KiB: an edge that read the whole body before judging its size would wait
+    // for the rest, and hold it all, before answering.
+    const stalled = chunkedBody(report, 100 * 1024 * 1024, { chunk: 1024, stallAfter: 2 * LIMIT });
+    await tooLarge(await post(stalled.body, AbortSignal.timeout(15_000)));
+    stalled.end();
+    // The same 100 MB as fast as the runtime takes it: refused as well, and the runtime
+    // stops taking it long before the end. Whether the 413 is read or the runtime
+    // closes the connection under the sender first (as servers do after an early
+    // answer) is the client's race; nothing is counted either way.
+    const flood = chunkedBody(report, 100 * 1024 * 1024);
+    const answered = await post(flood.body).catch((e) => e);
+    if (answered instanceof Response) await tooLarge(answered);
+    else assert.match(String(answered.cause?.code ?? answered.cause ?? answered), /ECONNRESET|EPIPE|UND_ERR_SOCKET|other side closed/);
+    assert.ok(flood.taken() < 16 * 1024 * 1024, `the runtime took ${flood.taken()} bytes of 100 MB`);
+    // Over the limit by one byte, the whole body sent: refused too.
+    await tooLarge(await post(chunkedBody(report, LIMIT + 1, { chunk: 512 }).body));
+    await new Promise((r) => setTimeout(r, 400));
+    assert.equal(impressionsOf("chunk-over").length, 0, "a refused body became an event");
+    assert.equal(await queued(), before, "a refused body was queued");
+    // Its token was not used up: the report itself, chunked, counts once.
+    assert.equal((await post(chunkedBody(report, report.length, { chunk: 64 }).body)).status, 204);
+    await eventually(() => impressionsOf("chunk-over").length === 1, 10_000, "the genuine impression");
+    assert.equal(await queued(), before + 1);
+  });
+
+  test("a chunked report within the limit is read whole, up to the limit exactly", async () => {
+    for (const [id, size, chunk] of [["chunk-small", 0, 7], ["chunk-limit", LIMIT, 1000]]) {
+      const report = JSON.stringify(reportOf(await ad("all", id)));
+      const res = await post(chunkedBody(report, Math.max(size, report.length), { chunk }).body);
+      assert.equal(res.status, 204, id);
+      await eventually(() => impressionsOf(id).length === 1, 10_000, `the impression of ${id}`);
+    }
   });
 });

@@ -2,7 +2,7 @@
 // endpoint authenticates, validates and refuses to go back in versions.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { KEY, PUSH_KEY, plan, sign, startWorker } from "./harness.mjs";
+import { KEY, PUSH_KEY, chunkedBody, plan, sign, startWorker } from "./harness.mjs";
 
 const TTL_MS = 1_000; // PLAN_TTL_SECS=1 in the harness
 let worker;
@@ -156,6 +156,63 @@ describe("plan push", () => {
   test("oversized bodies are refused with 413", async () => {
     const body = "x".repeat(1024 * 1024 + 1);
     await expectError(await put("push_p", body), 413, "body_too_large");
+  });
+
+  describe("bodies without a length", () => {
+    /** `MAX_BODY` of `worker/src/push.rs`. */
+    const LIMIT = 1024 * 1024;
+    const putChunked = (placement, body, signature, signal = undefined) =>
+      worker.get(`/internal/plans/${placement}`, {
+        method: "PUT",
+        headers: { "content-type": "application/json", "x-allot-signature": signature },
+        body,
+        duplex: "half",
+        signal,
+      });
+    /** A header that passes every check but the MAC, which needs the body: what anyone can send. */
+    const fresh = () => `t=${Math.floor(Date.now() / 1000)},v1=${"0".repeat(64)}`;
+
+    test("a chunked push over the limit is refused once the limit is passed, and writes nothing", { timeout: 60_000 }, async () => {
+      const held = JSON.stringify(plan({ placement: "chunk_p", version: 1 }));
+      assert.equal((await put("chunk_p", held)).status, 204);
+      const next = JSON.stringify(plan({ placement: "chunk_p", version: 2 }));
+      // 100 MB behind the plan, stalled after the limit and a chunk: an edge that read the
+      // whole body before judging its size would wait for the rest before answering.
+      const stalled = chunkedBody(next, 100 * 1024 * 1024, { chunk: 64 * 1024, stallAfter: LIMIT + 64 * 1024 });
+      await expectError(await putChunked("chunk_p", stalled.body, fresh(), AbortSignal.timeout(15_000)), 413, "body_too_large");
+      stalled.end();
+      // As fast as the runtime takes it: refused (or the connection closed under the
+      // sender, as after any early answer) long before the end.
+      const flood = chunkedBody(next, 100 * 1024 * 1024);
+      const answered = await putChunked("chunk_p", flood.body, fresh()).catch((e) => e);
+      if (answered instanceof Response) await expectError(answered, 413, "body_too_large");
+      else assert.match(String(answered.cause?.code ?? answered.cause ?? answered), /ECONNRESET|EPIPE|UND_ERR_SOCKET|other side closed/);
+      assert.ok(flood.taken() < 32 * 1024 * 1024, `the runtime took ${flood.taken()} bytes of 100 MB`);
+      // Signed for real and one byte over: refused too.
+      const over = next.padEnd(LIMIT + 1);
+      await expectError(await putChunked("chunk_p", chunkedBody(over, over.length).body, pushSign(over)), 413, "body_too_large");
+      assert.equal(await worker.kv.get("plan:chunk_p"), held, "nothing was written");
+      assert.equal(await version("chunk_p"), 1);
+    });
+
+    test("a stale signature is refused before the body is read", { timeout: 60_000 }, async () => {
+      const body = JSON.stringify(plan({ placement: "chunk_p", version: 3 }));
+      const stalled = chunkedBody(body, 100 * 1024 * 1024, { stallAfter: 1024 });
+      const stale = pushSign(body, Math.floor(Date.now() / 1000) - 3600);
+      await expectError(await putChunked("chunk_p", stalled.body, stale, AbortSignal.timeout(15_000)), 401, "bad_signature");
+      stalled.end();
+      assert.equal(await version("chunk_p"), 1);
+    });
+
+    test("a chunked push within the limit is read whole, up to the limit exactly", async () => {
+      const small = JSON.stringify(plan({ placement: "chunk_p", version: 4 }));
+      assert.equal((await putChunked("chunk_p", chunkedBody(small, small.length, { chunk: 100 }).body, pushSign(small))).status, 204);
+      assert.equal(await version("chunk_p"), 4);
+      const full = JSON.stringify(plan({ placement: "chunk_p", version: 5 })).padEnd(LIMIT);
+      assert.equal((await putChunked("chunk_p", chunkedBody(full, full.length).body, pushSign(full))).status, 204);
+      assert.equal(await worker.kv.get("plan:chunk_p"), full);
+      assert.equal(await version("chunk_p"), 5);
+    });
   });
 
   test("a withdrawn placement is answered like an unknown one, and stays withdrawn", async () => {
