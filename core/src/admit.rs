@@ -18,18 +18,31 @@
 //! The [`Catalogue`] is the origin's in-process copy of the published plans. It is a
 //! state machine without I/O: it says what to read ([`Catalogue::wants_registry`],
 //! [`Catalogue::wants_plans`]) and is told what was read; the origin's shell does the
-//! reads. The registry is read at most once per refresh interval; a placement's history
-//! is read when first needed and then only for a version newer than the newest it
-//! knows, at most once per interval. So a flood of made-up placements or versions costs
-//! at most one registry read and one history read per registered placement per
-//! interval, and the memory held is bounded by the registry: each placement keeps as
-//! many versions as its plan history holds (a placement publishes tens of versions an
-//! hour, and an origin runs for months), evicting the one events named least recently.
-//! A version edges still serve is named all the time, so it stays, however many were
-//! published since (a publisher that failed for an hour issued versions no edge got).
-//! Only accepted events count as naming a version, and the newest two (what edges serve,
-//! also during a hand-over) are never evicted, so events refused for their content
-//! cannot push the version in use out.
+//! reads. The registry is read at most once per refresh interval. A placement's history
+//! is read whole when an event first names it; after that it is *refreshed* only for a
+//! version newer than the newest it held, at most once per interval, reading the newest
+//! entry alone, then older ones in growing pages only while they are new: plans are
+//! appended at the head, so a head already seen means nothing was issued since.
+//!
+//! A plan is recorded in its history before it is published, so before any edge can
+//! name its version: a read begun after a body arrived holds every version the body
+//! can genuinely name, and a newer one still unknown then was never issued (a body
+//! waits for a read only when the last one began before it arrived). One body may cause
+//! at most [`REFRESHES_PER_BODY`] refreshes that teach nothing; its other newer versions
+//! are then unknown without a read. A refresh that learns a plan issued since is not
+//! counted: those are bounded by what the control loop issues, not by what bodies name,
+//! so a body naming the new versions of many placements after a round is counted whole.
+//!
+//! So a flood of made-up placements or versions costs at most one registry read per
+//! interval and, per body, a few reads of one entry each (a history is read whole once,
+//! when first needed), and the memory held is bounded by the registry: each placement
+//! keeps as many versions as its plan history holds (a placement publishes tens of
+//! versions an hour, and an origin runs for months), evicting the one events named
+//! least recently. A version edges still serve is named all the time, so it stays,
+//! however many were published since (a publisher that failed for an hour issued
+//! versions no edge got). Only accepted events count as naming a version, and the
+//! newest two (what edges serve, also during a hand-over) are never evicted, so events
+//! refused for their content cannot push the version in use out.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -158,14 +171,81 @@ struct Published {
     used: u64,
 }
 
-/// A registered placement's known versions, and when its history was last read.
 /// The newest versions of a placement that are never evicted ([`Catalogue::learn_plans`]).
 const PROTECTED: usize = 2;
 
+/// How many history refreshes one body may cause that teach the catalogue no plan: a
+/// genuine body names only versions already issued, so its refreshes learn them; a body
+/// that has named this many versions its placements' histories do not hold has its
+/// other newer versions judged unknown without a read.
+pub const REFRESHES_PER_BODY: usize = 8;
+
+/// A registered placement's known versions, and what its reads have seen.
 #[derive(Debug, Clone, Default)]
 struct History {
+    /// When the last read began (`None`: never, or it failed): the throttle.
     read_ms: Option<u64>,
+    /// The number of the last read learnt whole (0: none yet).
+    learnt: u64,
+    /// The newest version the history held at that read, withdrawn ones included.
+    newest: Option<u64>,
     versions: BTreeMap<u64, Published>,
+}
+
+/// What one body has had read for it: the reads that began after it arrived hold
+/// every version it can genuinely name, and what it may still cause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyReads {
+    /// The number of reads begun before the body arrived.
+    since: u64,
+    /// Refreshes it may still cause that teach nothing ([`REFRESHES_PER_BODY`]).
+    refreshes_left: usize,
+}
+
+/// A read of one placement's plan history the catalogue asks for: entries
+/// `first..=last`, newest first (`LRANGE plans first last`). Handed back with what was
+/// read to [`Catalogue::learn_plans`], which says what to read next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlansRead {
+    placement: PlacementId,
+    first: usize,
+    last: usize,
+    /// The newest version seen at the last whole read: a refresh reads on while its
+    /// entries are newer. `None`: every entry is new.
+    floor: Option<u64>,
+    /// The newest version this read has met so far.
+    newest: Option<u64>,
+    /// The read's number, in the order reads began.
+    seq: u64,
+    /// A refresh charged to the body (a first read is not), refunded if it teaches.
+    charged: bool,
+}
+
+impl PlansRead {
+    pub fn placement(&self) -> &PlacementId {
+        &self.placement
+    }
+
+    /// The first entry to read, counted from the newest.
+    pub fn first(&self) -> usize {
+        self.first
+    }
+
+    /// The last entry to read (inclusive).
+    pub fn last(&self) -> usize {
+        self.last
+    }
+}
+
+/// What an event needs before it can be judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// It can be judged now.
+    Nothing,
+    /// A read of its placement's history now: the whole of it, or a refresh.
+    Read { whole: bool },
+    /// A read its placement's throttle allows at this time.
+    Wait(u64),
 }
 
 /// The origin's copy of what it published; see the module documentation.
@@ -176,7 +256,11 @@ pub struct Catalogue {
     keep: usize,
     /// Counts learnt versions and judged events: the order of use, for eviction.
     tick: u64,
+    /// Counts the history reads begun.
+    reads: u64,
     registry_read_ms: Option<u64>,
+    /// Whether a registry read was ever learnt (until then, nothing can be judged).
+    registry_learnt: bool,
     registry: BTreeSet<PlacementId>,
     histories: HashMap<PlacementId, History>,
 }
@@ -189,7 +273,9 @@ impl Catalogue {
             refresh_ms,
             keep: keep.max(1),
             tick: 0,
+            reads: 0,
             registry_read_ms: None,
+            registry_learnt: false,
             registry: BTreeSet::new(),
             histories: HashMap::new(),
         }
@@ -215,51 +301,105 @@ impl Catalogue {
     /// registered are forgotten.
     pub fn learn_registry(&mut self, placements: impl IntoIterator<Item = PlacementId>) {
         self.registry = placements.into_iter().collect();
+        self.registry_learnt = true;
         self.histories.retain(|p, _| self.registry.contains(p));
     }
 
-    /// The registered placements whose plan history should be read before judging
-    /// `events`: never read, or an event names a version newer than any known and the
-    /// last read is old enough. The returned reads count as made.
-    pub fn wants_plans<'a>(&mut self, events: impl IntoIterator<Item = &'a Event>, now_ms: u64) -> Vec<PlacementId> {
-        let mut wanted = Vec::new();
+    /// A body that arrived now: the reads that begin from now on hold every version
+    /// its events can genuinely name.
+    pub fn body(&self) -> BodyReads {
+        BodyReads { since: self.reads, refreshes_left: REFRESHES_PER_BODY }
+    }
+
+    fn need(&self, e: &Event, body: &BodyReads, now_ms: u64) -> Need {
+        if !self.registry.contains(&e.placement) {
+            return Need::Nothing;
+        }
+        let Some(h) = self.histories.get(&e.placement) else { return Need::Read { whole: true } };
+        let whole = h.learnt == 0;
+        // A version known, or not newer than the history held: a read cannot help (an
+        // evicted, withdrawn or never issued version).
+        if h.versions.contains_key(&e.plan_version) || (!whole && h.newest.is_some_and(|n| e.plan_version <= n)) {
+            return Need::Nothing;
+        }
+        // Learnt from a read begun after the body arrived (the version was never
+        // issued), or the body has caused all the refreshes it may.
+        if h.learnt > body.since || (!whole && body.refreshes_left == 0) {
+            return Need::Nothing;
+        }
+        match h.read_ms {
+            // Throttled, or being read by another caller.
+            Some(t) if !self.due(Some(t), now_ms) => Need::Wait(t.saturating_add(self.refresh_ms)),
+            _ => Need::Read { whole },
+        }
+    }
+
+    /// Whether `events` can be judged now without any read, nor waiting for one: the
+    /// registry was learnt and is not due, and no event's placement needs its history
+    /// read or is being read. Such a body need not wait for another caller's reads.
+    pub fn ready<'a>(&self, events: impl IntoIterator<Item = &'a Event>, body: &BodyReads, now_ms: u64) -> bool {
+        self.registry_learnt
+            && !self.due(self.registry_read_ms, now_ms)
+            && events.into_iter().all(|e| self.need(e, body, now_ms) == Need::Nothing)
+    }
+
+    /// The history reads to make before judging `events` for `body`: the whole history
+    /// of a registered placement never read, and a refresh of one for a version newer
+    /// than it held, last read an interval ago and not since the body arrived, while the
+    /// body may still cause one. The returned reads count as begun; ask again once they
+    /// are learnt (a refresh that taught something gives the body another).
+    pub fn wants_plans<'a>(
+        &mut self,
+        events: impl IntoIterator<Item = &'a Event>,
+        body: &mut BodyReads,
+        now_ms: u64,
+    ) -> Vec<PlansRead> {
+        let mut wanted: Vec<PlansRead> = Vec::new();
+        let mut asked = BTreeSet::new();
         for e in events {
-            if !self.registry.contains(&e.placement) || wanted.contains(&e.placement) {
+            if asked.contains(&e.placement) {
                 continue;
             }
-            let history = self.histories.get(&e.placement);
-            let stale = match history {
-                None => true,
-                Some(h) => {
-                    h.read_ms.is_none()
-                        || (h.versions.last_key_value().is_none_or(|(v, _)| e.plan_version > *v)
-                            && self.due(h.read_ms, now_ms))
-                }
-            };
-            if stale {
-                wanted.push(e.placement.clone());
+            let Need::Read { whole } = self.need(e, body, now_ms) else { continue };
+            asked.insert(e.placement.clone());
+            if !whole {
+                body.refreshes_left -= 1;
             }
-        }
-        for p in &wanted {
-            self.histories.entry(p.clone()).or_default().read_ms = Some(now_ms);
+            self.reads += 1;
+            let h = self.histories.entry(e.placement.clone()).or_default();
+            h.read_ms = Some(now_ms);
+            wanted.push(PlansRead {
+                placement: e.placement.clone(),
+                first: 0,
+                // A refresh starts at the newest entry: one, if nothing was issued since.
+                last: if whole { self.keep - 1 } else { 0 },
+                floor: if whole { None } else { h.newest },
+                newest: None,
+                seq: self.reads,
+                charged: !whole,
+            });
         }
         wanted
     }
 
-    /// When a history read now refused by the throttle becomes due, for an event of a
-    /// registered placement naming a version newer than any known. A plan published a
-    /// moment ago is then learnt by waiting instead of dropping its first events. An
+    /// When a read for `body` now refused by the throttle becomes due (`now_ms` for a
+    /// read due now), for an event of a registered placement naming a version newer
+    /// than it held, not read since the body arrived. A plan issued just after the last
+    /// read is then learnt by waiting instead of dropping its first events. An
     /// unregistered placement never waits: it gets its first plan only after it joined
     /// the registry.
-    pub fn next_read_ms<'a>(&self, events: impl IntoIterator<Item = &'a Event>, now_ms: u64) -> Option<u64> {
+    pub fn next_read_ms<'a>(
+        &self,
+        events: impl IntoIterator<Item = &'a Event>,
+        body: &BodyReads,
+        now_ms: u64,
+    ) -> Option<u64> {
         events
             .into_iter()
-            .filter(|e| self.registry.contains(&e.placement))
-            .filter_map(|e| {
-                let h = self.histories.get(&e.placement)?;
-                let newer = h.versions.last_key_value().is_none_or(|(v, _)| e.plan_version > *v);
-                let due = h.read_ms.map(|t| t.saturating_add(self.refresh_ms)).filter(|t| *t > now_ms);
-                if newer { due } else { None }
+            .filter_map(|e| match self.need(e, body, now_ms) {
+                Need::Nothing => None,
+                Need::Read { .. } => Some(now_ms),
+                Need::Wait(at) => Some(at),
             })
             .min()
     }
@@ -270,22 +410,49 @@ impl Catalogue {
         self.registry_read_ms = None;
     }
 
-    /// Forgets that `placement`'s history was read (the read failed).
+    /// Forgets that `placement`'s history was read (the read failed, or was not made):
+    /// the next caller reads it again, from the same entry, whatever pages of it were
+    /// learnt.
     pub fn plans_read_failed(&mut self, placement: &PlacementId) {
         if let Some(h) = self.histories.get_mut(placement) {
             h.read_ms = None;
         }
     }
 
-    /// Adds the plans read from `placement`'s history (a registered placement only).
-    pub fn learn_plans<'a>(&mut self, placement: &PlacementId, plans: impl IntoIterator<Item = &'a Plan>) {
+    /// Adds the plans `read` returned (a registered placement's only), newest first,
+    /// and says what to read next: the next page, twice as long, while every entry of
+    /// this one was new, or `None` once the read is whole. A refresh that found a plan
+    /// issued since gives `body` back the refresh it cost.
+    pub fn learn_plans(&mut self, read: &PlansRead, plans: &[Plan], body: &mut BodyReads) -> Option<PlansRead> {
+        let placement = &read.placement;
         if !self.registry.contains(placement) {
-            return;
+            return None;
         }
+        let mine: Vec<&Plan> = plans.iter().filter(|p| &p.placement == placement).collect();
+        let is_new = |v: u64| read.floor.is_none_or(|f| v > f);
+        if read.charged && read.first == 0 && mine.first().is_some_and(|p| is_new(p.version)) {
+            body.refreshes_left += 1;
+        }
+        let newest = read.newest.max(mine.iter().map(|p| p.version).max());
+        self.insert(placement, &mine);
+        let full = plans.len() == read.last - read.first + 1;
+        if full && read.last + 1 < self.keep && mine.last().is_some_and(|p| is_new(p.version)) {
+            let first = read.last + 1;
+            let last = first.saturating_mul(2).min(self.keep) - 1;
+            return Some(PlansRead { first, last, newest, ..read.clone() });
+        }
+        // Whole: from now on, a version it did not hold was never issued.
+        let h = self.histories.entry(placement.clone()).or_default();
+        h.learnt = h.learnt.max(read.seq);
+        h.newest = h.newest.max(newest);
+        None
+    }
+
+    fn insert(&mut self, placement: &PlacementId, plans: &[&Plan]) {
         let history = self.histories.entry(placement.clone()).or_default();
         // A withdrawn plan (a deleted placement's tombstone) is never served, so no
         // genuine event names its version.
-        for plan in plans.into_iter().filter(|p| &p.placement == placement && !p.withdrawn) {
+        for plan in plans.iter().filter(|p| !p.withdrawn) {
             if history.versions.contains_key(&plan.version) {
                 continue;
             }

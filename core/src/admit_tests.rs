@@ -38,6 +38,63 @@ fn home() -> PlacementId {
     PlacementId::parse("home_feed").unwrap()
 }
 
+/// An event of no ad on `placement` under `version` at rate 0.5.
+fn with(placement: &str, version: u64) -> Event {
+    let mut e = at(allocation("r", None, &[], 0.5), NOW);
+    e.placement = PlacementId::parse(placement).unwrap();
+    e.plan_version = version;
+    e
+}
+
+/// `c` has read `plans` as `p`'s whole history, outside any body's reads.
+fn learn(c: &mut Catalogue, p: &PlacementId, plans: &[Plan]) {
+    c.reads += 1;
+    let read = PlansRead {
+        placement: p.clone(),
+        first: 0,
+        last: c.keep - 1,
+        floor: None,
+        newest: None,
+        seq: c.reads,
+        charged: false,
+    };
+    let mut body = c.body();
+    assert_eq!(c.learn_plans(&read, plans, &mut body), None);
+}
+
+/// Makes `read` against `list` (a history as Redis holds it, newest first), page after
+/// page as the catalogue asks: the pages read.
+fn serve(c: &mut Catalogue, read: &PlansRead, list: &[Plan], body: &mut BodyReads) -> Vec<(usize, usize)> {
+    let mut pages = Vec::new();
+    let mut page = Some(read.clone());
+    while let Some(r) = page {
+        pages.push((r.first(), r.last()));
+        let plans: Vec<Plan> = list.iter().skip(r.first()).take(r.last() + 1 - r.first()).cloned().collect();
+        page = c.learn_plans(&r, &plans, body);
+    }
+    pages
+}
+
+/// Makes every read `c` wants for `events` until it wants none: the pages read.
+fn serve_all(
+    c: &mut Catalogue,
+    events: &[Event],
+    lists: &HashMap<PlacementId, Vec<Plan>>,
+    body: &mut BodyReads,
+    now_ms: u64,
+) -> Vec<(usize, usize)> {
+    let mut pages = Vec::new();
+    loop {
+        let reads = c.wants_plans(events, body, now_ms);
+        if reads.is_empty() {
+            return pages;
+        }
+        for r in &reads {
+            pages.extend(serve(c, r, &lists[r.placement()], body));
+        }
+    }
+}
+
 #[test]
 fn limits_refuse_bad_rates_and_times_and_admit_the_rest() {
     let l = limits();
@@ -81,8 +138,11 @@ fn the_catalogue_admits_only_what_was_published() {
     let genuine = ev(3, Some("A"), &["A", "B"], 0.25);
     assert!(c.wants_registry(NOW));
     c.learn_registry([home()]);
-    assert_eq!(c.wants_plans([genuine.event()], NOW), vec![home()]);
-    c.learn_plans(&home(), &[plan("home_feed", 3, 0.25, &["A", "B"]), plan("home_feed", 2, 0.5, &["A"])]);
+    let mut body = c.body();
+    let reads = c.wants_plans([genuine.event()], &mut body, NOW);
+    assert_eq!(reads.iter().map(PlansRead::placement).collect::<Vec<_>>(), [&home()]);
+    let history = [plan("home_feed", 3, 0.25, &["A", "B"]), plan("home_feed", 2, 0.5, &["A"])];
+    assert_eq!(c.learn_plans(&reads[0], &history, &mut body), None);
 
     assert_eq!(c.judge(&genuine), Ok(()));
     assert_eq!(c.judge(&ev(2, Some("A"), &["A"], 0.5)), Ok(()), "an older version still counts");
@@ -101,53 +161,59 @@ fn the_catalogue_admits_only_what_was_published() {
     assert_eq!(c.judge(&limits().admit(impression, NOW).unwrap()), Ok(()));
 
     // A deleted placement's tombstone is never served: no event may name its version.
-    c.learn_plans(&home(), &[Plan::withdrawn(home(), 4, NOW, 0.25)]);
+    learn(&mut c, &home(), &[Plan::withdrawn(home(), 4, NOW, 0.25)]);
     assert_eq!(c.judge(&ev(4, None, &[], 0.25)), Err(DropReason::UnknownVersion));
 }
 
 #[test]
 fn reads_are_throttled_so_made_up_versions_and_placements_cost_little() {
     let mut c = Catalogue::new(1000, 100);
-    let with = |p: &str, v: u64| {
-        let mut e = at(allocation("r", None, &[], 0.5), NOW);
-        e.placement = PlacementId::parse(p).unwrap();
-        e.plan_version = v;
-        e
-    };
     assert!(c.wants_registry(NOW));
     c.learn_registry([home()]);
-    assert_eq!(c.wants_plans([&with("home_feed", 1)], NOW).len(), 1);
-    c.learn_plans(&home(), &[plan("home_feed", 1, 0.5, &["A"])]);
+    let mut lists = HashMap::from([(home(), vec![plan("home_feed", 1, 0.5, &["A"])])]);
+    let mut first = c.body();
+    assert_eq!(serve_all(&mut c, &[with("home_feed", 1)], &lists, &mut first, NOW), [(0, 99)], "read whole");
 
     // Known versions, older versions and unregistered placements never cause a read.
     let flood: Vec<Event> =
         (0..1000).map(|i| with("home_feed", i % 2)).chain((0..1000).map(|i| with(&format!("p{i}"), 1))).collect();
-    assert!(c.wants_plans(&flood, NOW + 10).is_empty());
+    let mut body = c.body();
+    assert!(c.wants_plans(&flood, &mut body, NOW + 10).is_empty());
+    assert!(c.ready(&flood, &body, NOW + 10), "judged at once");
     assert!(!c.wants_registry(NOW + 10), "the registry was read moments ago");
     // Made-up newer versions: one read per interval, however many there are.
     let made_up: Vec<Event> = (2..1002).map(|v| with("home_feed", v)).collect();
-    assert!(c.wants_plans(&made_up, NOW + 10).is_empty(), "read moments ago");
-    assert_eq!(c.next_read_ms(&made_up, NOW + 10), Some(NOW + 1000), "when waiting would help");
-    assert_eq!(c.next_read_ms(&flood[..1000], NOW + 10), None, "known and older versions never wait");
-    assert_eq!(c.next_read_ms(&flood[1000..], NOW + 10), None, "unregistered placements never wait");
-    assert_eq!(c.wants_plans(&made_up, NOW + 1000), vec![home()]);
-    assert!(c.wants_plans(&made_up, NOW + 1001).is_empty());
-    // A version published since the last read is learnt at the next read.
-    c.learn_plans(&home(), &[plan("home_feed", 2, 0.25, &["A"])]);
+    assert!(c.wants_plans(&made_up, &mut body, NOW + 10).is_empty(), "read moments ago");
+    assert!(!c.ready(&made_up, &body, NOW + 10));
+    assert_eq!(c.next_read_ms(&made_up, &body, NOW + 10), Some(NOW + 1000), "when waiting would help");
+    assert_eq!(c.next_read_ms(&flood[..1000], &body, NOW + 10), None, "known and older versions never wait");
+    assert_eq!(c.next_read_ms(&flood[1000..], &body, NOW + 10), None, "unregistered placements never wait");
+    assert_eq!(serve_all(&mut c, &made_up, &lists, &mut body, NOW + 1000), [(0, 0)], "the newest entry alone");
+    // Read since the body arrived: its versions still unknown were never issued.
+    assert_eq!(c.next_read_ms(&made_up, &body, NOW + 1000), None);
+    assert!(c.wants_plans(&made_up, &mut body, NOW + 5000).is_empty());
+    // A body that arrived after that read began waits for the next.
+    let mut later = c.body();
+    assert!(c.wants_plans(&made_up, &mut later, NOW + 1001).is_empty());
+    assert_eq!(c.next_read_ms(&made_up, &later, NOW + 1001), Some(NOW + 2000));
+    // A version issued since the last read is learnt at the next, from its new entries.
+    lists.get_mut(&home()).unwrap().insert(0, plan("home_feed", 2, 0.25, &["A"]));
     let mut v2 = with("home_feed", 2);
     v2.sample_rate = 0.25;
+    assert_eq!(serve_all(&mut c, &[v2.clone()], &lists, &mut later, NOW + 2000), [(0, 0), (1, 1)]);
     assert_eq!(c.judge(&limits().admit(v2, NOW).unwrap()), Ok(()));
     assert!(c.wants_registry(NOW + 1000), "once per interval");
     assert!(!c.wants_registry(NOW + 1999));
     // A failed read is retried by the next caller.
+    assert_eq!(c.wants_plans([&with("home_feed", 7)], &mut c.body(), NOW + 3000).len(), 1);
     c.plans_read_failed(&home());
-    assert_eq!(c.wants_plans([&with("home_feed", 7)], NOW + 1002), vec![home()]);
+    assert_eq!(c.wants_plans([&with("home_feed", 7)], &mut c.body(), NOW + 3001).len(), 1);
     c.registry_read_failed();
     assert!(c.wants_registry(NOW + 1002));
     // A placement that leaves the registry (deleted) is forgotten.
     c.learn_registry([]);
     assert_eq!(c.judge(&limits().admit(with("home_feed", 1), NOW).unwrap()), Err(DropReason::UnknownPlacement));
-    c.learn_plans(&home(), &[plan("home_feed", 3, 0.5, &["A"])]);
+    learn(&mut c, &home(), &[plan("home_feed", 3, 0.5, &["A"])]);
     assert!(c.histories.is_empty(), "plans of unregistered placements are not kept");
 }
 
@@ -163,11 +229,11 @@ fn the_catalogue_keeps_the_versions_in_use() {
         e.plan_version = v;
         limits().admit(e, NOW).unwrap()
     };
-    c.learn_plans(&home(), &[plan("home_feed", 1, 0.5, &["A"])]);
+    learn(&mut c, &home(), &[plan("home_feed", 1, 0.5, &["A"])]);
     for v in 2..=50 {
         // Edges still serve version 1 (the newer ones never reached them).
         assert_eq!(c.judge(&named(1)), Ok(()), "v{v}");
-        c.learn_plans(&home(), &[plan("home_feed", v, 0.5, &["A"])]);
+        learn(&mut c, &home(), &[plan("home_feed", v, 0.5, &["A"])]);
         assert!(c.versions_known() <= 3);
     }
     assert_eq!(c.versions_known(), 3);
@@ -176,7 +242,7 @@ fn the_catalogue_keeps_the_versions_in_use() {
     assert_eq!(c.judge(&named(49)), Ok(()));
     assert_eq!(c.judge(&named(48)), Err(DropReason::UnknownVersion));
     // A history read that returns the old versions again changes nothing it knows.
-    c.learn_plans(&home(), &[plan("home_feed", 50, 0.5, &["A"]), plan("home_feed", 1, 0.5, &["A"])]);
+    learn(&mut c, &home(), &[plan("home_feed", 50, 0.5, &["A"]), plan("home_feed", 1, 0.5, &["A"])]);
     assert_eq!(c.versions_known(), 3);
     assert_eq!(c.judge(&named(1)), Ok(()));
 }
@@ -190,17 +256,142 @@ fn refused_events_cannot_push_out_the_version_edges_serve() {
         e.plan_version = v;
         limits().admit(e, NOW).unwrap()
     };
-    c.learn_plans(&home(), &(1..=3).map(|v| plan("home_feed", v, 0.5, &["A"])).collect::<Vec<_>>());
+    learn(&mut c, &home(), &(1..=3).map(|v| plan("home_feed", v, 0.5, &["A"])).collect::<Vec<_>>());
     // Edges serve version 3; a key holder names 1 and 2 with a rate they never had.
     assert_eq!(c.judge(&named(3, 0.5)), Ok(()));
     assert_eq!(c.judge(&named(1, 0.25)), Err(DropReason::RateMismatch));
     assert_eq!(c.judge(&named(2, 0.25)), Err(DropReason::RateMismatch));
-    c.learn_plans(&home(), &[plan("home_feed", 4, 0.5, &["A"])]);
+    learn(&mut c, &home(), &[plan("home_feed", 4, 0.5, &["A"])]);
     assert_eq!(c.judge(&named(3, 0.5)), Ok(()), "the version in use stays");
     assert_eq!(c.judge(&named(1, 0.5)), Err(DropReason::UnknownVersion));
     // Even accepted events naming old versions cannot evict the newest two.
     assert_eq!(c.judge(&named(2, 0.5)), Ok(()));
-    c.learn_plans(&home(), &[plan("home_feed", 5, 0.5, &["A"])]);
+    learn(&mut c, &home(), &[plan("home_feed", 5, 0.5, &["A"])]);
     assert_eq!(c.judge(&named(4, 0.5)), Ok(()));
     assert_eq!(c.judge(&named(5, 0.5)), Ok(()));
+}
+
+/// Newest first, as the control loop leaves a history: `versions` of `placement`.
+fn history(placement: &str, versions: impl DoubleEndedIterator<Item = u64>) -> Vec<Plan> {
+    versions.rev().map(|v| plan(placement, v, 0.5, &["A"])).collect()
+}
+
+#[test]
+fn a_refresh_reads_the_newest_entry_and_then_only_the_new_ones() {
+    let mut c = Catalogue::new(1000, 100);
+    c.learn_registry([home()]);
+    let mut lists = HashMap::from([(home(), history("home_feed", 1..=100))]);
+    let mut body = c.body();
+    assert_eq!(serve_all(&mut c, &[with("home_feed", 100)], &lists, &mut body, NOW), [(0, 99)], "first: whole");
+    // Nothing issued since: the head alone, however long the history.
+    let made_up = [with("home_feed", u64::MAX)];
+    let mut body = c.body();
+    assert_eq!(serve_all(&mut c, &made_up, &lists, &mut body, NOW + 1000), [(0, 0)]);
+    // Five issued since: the head, then pages of one, two and four entries, up to one
+    // it held; every new version learnt.
+    let list = lists.get_mut(&home()).unwrap();
+    *list = history("home_feed", 6..=105);
+    let mut body = c.body();
+    let pages = serve_all(&mut c, &[with("home_feed", 103)], &lists, &mut body, NOW + 2000);
+    assert_eq!(pages, [(0, 0), (1, 1), (2, 3), (4, 7)]);
+    for v in 101..=105 {
+        assert_eq!(c.judge(&limits().admit(with("home_feed", v), NOW).unwrap()), Ok(()), "v{v}");
+    }
+    assert_eq!(c.versions_known(), 100, "as many as the history holds");
+}
+
+/// A body naming a made-up version of each of 1,000 placements with 100 plans each:
+/// eight reads of one entry, then the rest are unknown without a read, and the next
+/// body reads eight others; the genuine events of both are judged as before.
+#[test]
+fn one_body_causes_at_most_eight_refreshes_that_teach_nothing() {
+    let mut c = Catalogue::new(1000, 100);
+    assert!(c.wants_registry(NOW));
+    let names: Vec<String> = (0..1000).map(|i| format!("p{i}")).collect();
+    let lists: HashMap<PlacementId, Vec<Plan>> =
+        names.iter().map(|n| (PlacementId::parse(n.as_str()).unwrap(), history(n, 1..=100))).collect();
+    c.learn_registry(lists.keys().cloned());
+    for (p, list) in &lists {
+        learn(&mut c, p, list);
+    }
+    let mut events = vec![with("p0", 100), with("p999", 50)];
+    events.extend(names.iter().map(|n| with(n, u64::MAX)));
+    for n in 0..2 {
+        let mut body = c.body();
+        let pages = serve_all(&mut c, &events, &lists, &mut body, NOW);
+        assert_eq!(pages, [(0, 0); REFRESHES_PER_BODY], "body {n}");
+        assert_eq!(c.next_read_ms(&events, &body, NOW), None, "nothing to wait for");
+        assert!(c.ready(&events, &body, NOW), "judged at once");
+        let judged: Vec<_> = events.iter().map(|e| c.judge(&limits().admit(e.clone(), NOW).unwrap())).collect();
+        assert_eq!(judged[..2], [Ok(()), Ok(())]);
+        assert!(judged[2..].iter().all(|j| *j == Err(DropReason::UnknownVersion)));
+    }
+    let read = c.histories.values().filter(|h| h.read_ms.is_some()).count();
+    assert_eq!(read, 2 * REFRESHES_PER_BODY, "the second body read other placements");
+}
+
+/// A round issues a version of many placements at once, and an edge's body names them
+/// all: every refresh learns its placement's new plan, so none counts against the body.
+#[test]
+fn refreshes_that_learn_a_plan_issued_since_do_not_count() {
+    let mut c = Catalogue::new(1000, 100);
+    let names: Vec<String> = (0..50).map(|i| format!("p{i}")).collect();
+    let mut lists: HashMap<PlacementId, Vec<Plan>> =
+        names.iter().map(|n| (PlacementId::parse(n.as_str()).unwrap(), history(n, 1..=10))).collect();
+    c.learn_registry(lists.keys().cloned());
+    for (p, list) in &lists {
+        learn(&mut c, p, list);
+    }
+    for (p, list) in &mut lists {
+        *list = history(p.as_str(), 1..=11);
+    }
+    let events: Vec<Event> = names.iter().map(|n| with(n, 11)).collect();
+    let mut body = c.body();
+    let pages = serve_all(&mut c, &events, &lists, &mut body, NOW);
+    assert_eq!(pages.len(), 2 * 50, "the head and the entry under it, for each");
+    assert_eq!(body.refreshes_left, REFRESHES_PER_BODY);
+    assert!(events.iter().all(|e| c.judge(&limits().admit(e.clone(), NOW).unwrap()).is_ok()));
+}
+
+/// A refresh that fails after its first page has learnt that page; the next one starts
+/// again from the head, so the versions under it are still learnt.
+#[test]
+fn a_read_that_fails_part_way_is_made_again_from_the_head() {
+    let mut c = Catalogue::new(1000, 100);
+    c.learn_registry([home()]);
+    learn(&mut c, &home(), &history("home_feed", 1..=3));
+    let list = history("home_feed", 1..=6);
+    let v4 = [with("home_feed", 4)];
+    let mut body = c.body();
+    let reads = c.wants_plans(&v4, &mut body, NOW);
+    let next = c.learn_plans(&reads[0], &list[..1], &mut body).expect("the page under the head");
+    assert_eq!((next.first(), next.last()), (1, 1));
+    c.plans_read_failed(&home());
+    assert_eq!(c.judge(&limits().admit(with("home_feed", 6), NOW).unwrap()), Ok(()), "the head was learnt");
+    assert_eq!(c.judge(&limits().admit(v4[0].clone(), NOW).unwrap()), Err(DropReason::UnknownVersion));
+    let lists = HashMap::from([(home(), list)]);
+    let mut retry = c.body();
+    assert_eq!(serve_all(&mut c, &v4, &lists, &mut retry, NOW + 1), [(0, 0), (1, 1), (2, 3)]);
+    for v in 4..=5 {
+        assert_eq!(c.judge(&limits().admit(with("home_feed", v), NOW).unwrap()), Ok(()), "v{v}");
+    }
+}
+
+/// A body with nothing to read does not wait for another caller's reads; one whose
+/// placement is being read, or whose registry is due, does.
+#[test]
+fn only_a_body_that_needs_a_read_waits_for_one() {
+    let mut c = Catalogue::new(1000, 100);
+    let known = [with("home_feed", 1)];
+    assert!(!c.ready(&known, &c.body(), NOW), "nothing is known before the registry is read");
+    assert!(c.wants_registry(NOW));
+    assert!(!c.ready(&known, &c.body(), NOW), "nor while it is being read");
+    c.learn_registry([home()]);
+    let mut first = c.body();
+    let reads = c.wants_plans(&known, &mut first, NOW);
+    assert!(!c.ready(&known, &c.body(), NOW + 1), "a first read is being made");
+    assert_eq!(c.learn_plans(&reads[0], &[plan("home_feed", 1, 0.5, &["A"])], &mut first), None);
+    assert!(c.ready(&known, &c.body(), NOW + 1));
+    assert!(!c.ready(&[with("home_feed", 2)], &c.body(), NOW + 1), "a newer version waits for a read");
+    assert!(!c.ready(&known, &c.body(), NOW + 1000), "the registry is due");
 }

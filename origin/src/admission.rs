@@ -4,12 +4,16 @@
 //! The catalogue is what this replica knows of the published plans: the placement
 //! registry (`allot:registry`: a placement joins it when its targets are first set
 //! and leaves it once its deletion has been published) and each registered placement's
-//! plan history (its `plans` list, which the control loop appends to after every
+//! plan history (its `plans` list, which the control loop appends to before every
 //! publish). The catalogue decides what to read and when (at most once per
-//! `ingest.catalogue_refresh_ms` per source); this shell reads it, one caller at a time.
-//! A batch naming a version newer than any known waits for the next allowed reads (at
-//! most [`MAX_WAITS`] intervals), so a plan published a moment ago is learnt instead of
-//! its first events being dropped.
+//! `ingest.catalogue_refresh_ms` per source, and per body at most
+//! [`REFRESHES_PER_BODY`](allot_core::admit::REFRESHES_PER_BODY) refreshes that teach
+//! nothing); this shell reads it, one caller at a time. A body that needs no read, and
+//! none that is being made, is judged at once, without waiting for another caller's
+//! reads. A body naming a version newer than any known, whose placement was last read
+//! before the body arrived and within the interval, waits for the next allowed read (at
+//! most [`MAX_WAITS`] intervals), so a plan issued just after a read is learnt instead
+//! of its first events being dropped.
 //!
 //! A failed read fails the request (503, the edge retries the same body) and is
 //! forgotten, so the next request reads again instead of judging against nothing.
@@ -18,7 +22,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use allot_core::{Admitted, Catalogue, DropReason, Event, Limits, PlacementId};
+use allot_core::admit::{BodyReads, PlansRead};
+use allot_core::{Admitted, Catalogue, DropReason, Event, Limits};
 
 use crate::config::Config;
 use crate::store::{Store, StoreError};
@@ -44,11 +49,10 @@ pub struct Admission {
     limits: Limits,
     catalogue: Mutex<Catalogue>,
     refreshing: tokio::sync::Mutex<()>,
-    history_len: usize,
 }
 
 /// How many times a body naming a version newer than any known waits for the next
-/// read: a plan published a moment ago is learnt within this many refresh intervals.
+/// read: a plan issued just after a read is learnt within this many refresh intervals.
 const MAX_WAITS: usize = 4;
 
 impl Admission {
@@ -57,7 +61,6 @@ impl Admission {
             limits: config.event_limits()?,
             catalogue: Mutex::new(Catalogue::new(config.ingest.catalogue_refresh_ms, config.control.history_len)),
             refreshing: tokio::sync::Mutex::new(()),
-            history_len: config.control.history_len,
         })
     }
 
@@ -76,20 +79,18 @@ impl Admission {
                 Err(reason) => *judged.dropped.entry(reason).or_default() += 1,
             }
         }
-        self.refresh(store, &admitted).await?;
-        // A version newer than any known may have been published a moment ago (its plan
-        // reaches the edge before the control loop appends it to the history): wait for
-        // the next allowed reads, a bounded number of times, before dropping.
+        let mut body = self.catalogue().body();
+        self.refresh(store, &admitted, &mut body).await?;
+        // A version newer than any known may have been issued just after its
+        // placement's last read: wait for the next allowed read, a bounded number of
+        // times, before dropping.
         for _ in 0..MAX_WAITS {
             let now = crate::now_ms();
-            let Some(at) = self.catalogue().next_read_ms(admitted.iter().map(Admitted::event), now) else {
+            let Some(at) = self.catalogue().next_read_ms(admitted.iter().map(Admitted::event), &body, now) else {
                 break;
             };
-            if admitted.iter().all(|a| self.catalogue().judge(a).is_ok()) {
-                break;
-            }
             tokio::time::sleep(Duration::from_millis(at.saturating_sub(now))).await;
-            self.refresh(store, &admitted).await?;
+            self.refresh(store, &admitted, &mut body).await?;
         }
         let mut catalogue = self.catalogue();
         for a in admitted {
@@ -102,12 +103,16 @@ impl Admission {
     }
 
     /// Reads what the catalogue asks for before judging `admitted`.
-    /// One caller at a time: a caller that finds a read due waits for an earlier
-    /// caller's read to be learnt instead of judging against what it replaces.
-    async fn refresh(&self, store: &Store, admitted: &[Admitted]) -> Result<(), StoreError> {
+    /// One caller at a time: a caller that finds a read due, or one being made, waits
+    /// for an earlier caller's read to be learnt instead of judging against what it
+    /// replaces; a caller that needs none does not wait.
+    async fn refresh(&self, store: &Store, admitted: &[Admitted], body: &mut BodyReads) -> Result<(), StoreError> {
+        let events = || admitted.iter().map(Admitted::event);
+        if self.catalogue().ready(events(), body, crate::now_ms()) {
+            return Ok(());
+        }
         let _one_at_a_time = self.refreshing.lock().await;
         let now_ms = crate::now_ms();
-        let events = || admitted.iter().map(Admitted::event);
         if self.catalogue().wants_registry(now_ms) {
             match store.placements().await {
                 Ok(placements) => self.catalogue().learn_registry(placements),
@@ -117,18 +122,32 @@ impl Admission {
                 }
             }
         }
-        let wanted: Vec<PlacementId> = self.catalogue().wants_plans(events(), now_ms);
-        for (i, p) in wanted.iter().enumerate() {
-            match store.plan_history(p, self.history_len).await {
-                Ok(plans) => self.catalogue().learn_plans(p, &plans),
-                Err(e) => {
+        // Asked again until nothing is wanted: a refresh that taught something gives
+        // the body another. Each placement is read at most once for a body (a read
+        // learnt after it arrived settles its versions), so this ends.
+        loop {
+            let wanted = self.catalogue().wants_plans(events(), body, now_ms);
+            if wanted.is_empty() {
+                return Ok(());
+            }
+            for (i, read) in wanted.iter().enumerate() {
+                if let Err(e) = self.read_plans(store, read, body).await {
                     let mut catalogue = self.catalogue();
                     for unread in &wanted[i..] {
-                        catalogue.plans_read_failed(unread);
+                        catalogue.plans_read_failed(unread.placement());
                     }
                     return Err(e);
                 }
             }
+        }
+    }
+
+    /// Makes `read`, page after page, as long as the catalogue asks for the next.
+    async fn read_plans(&self, store: &Store, read: &PlansRead, body: &mut BodyReads) -> Result<(), StoreError> {
+        let mut page = Some(read.clone());
+        while let Some(read) = page {
+            let plans = store.plan_history(read.placement(), read.first(), read.last()).await?;
+            page = self.catalogue().learn_plans(&read, &plans, body);
         }
         Ok(())
     }

@@ -444,10 +444,10 @@ impl Store {
         Ok(if saved == 1 { Fenced::Done(()) } else { Fenced::Epoch })
     }
 
-    /// Plans issued for publishing, newest first.
-    pub async fn plan_history(&self, p: &PlacementId, limit: usize) -> Result<Vec<Plan>, StoreError> {
+    /// Plans issued for publishing, newest first: entries `first..=last` of the list.
+    pub async fn plan_history(&self, p: &PlacementId, first: usize, last: usize) -> Result<Vec<Plan>, StoreError> {
         let mut c = self.conn();
-        let raw: Vec<String> = c.lrange(PlacementKeys::new(p).plans(), 0, limit.max(1) as isize - 1).await?;
+        let raw: Vec<String> = c.lrange(PlacementKeys::new(p).plans(), first as isize, last as isize).await?;
         raw.iter().map(|s| Plan::parse(s.as_bytes()).map_err(|e| corrupt(format!("plan history of {p}"), e))).collect()
     }
 

@@ -1,16 +1,19 @@
 //! What a holder of a valid ingest key can send, against a real Redis: events with
 //! extreme rates and times, or naming placements, campaigns, versions and rates the
 //! origin never published, next to genuine ones in the same bodies. The bad events are
-//! dropped and counted by reason; the genuine counts in the windows are exact.
+//! dropped and counted by reason; the genuine counts in the windows are exact; what
+//! they make the origin read of Redis stays small.
 
 use std::time::Duration;
 
-use allot_core::contract::keys;
-use allot_core::{CampaignId, Event, PlacementId};
+use allot_core::admit::REFRESHES_PER_BODY;
+use allot_core::contract::keys::{self, PlacementKeys};
+use allot_core::contract::stream;
+use allot_core::{CampaignId, Event, PlacementId, Plan, signature};
 use allot_testkit::events::{allocation, batch, plan, record_published, under};
-use allot_testkit::origin::{TestApp, config};
+use allot_testkit::origin::{INGEST_KEY, TestApp, config};
 use allot_testkit::poll::eventually;
-use allot_testkit::redis::{RedisServer, total_counts};
+use allot_testkit::redis::{RedisServer, stream_batches, total_counts};
 use serde_json::{Value, json};
 
 const DAY_MS: u64 = 86_400_000;
@@ -214,4 +217,178 @@ async fn refused_events_cannot_push_out_the_version_edges_serve() {
     // Colos that have not got version 4 yet still serve 3: still counted.
     assert_eq!(post(vec![ev("honest-3", 3, 0.5)]).await, json!({"accepted": 1, "dropped": 0}));
     assert_eq!(dropped(&app, "unknown_version").await, 0.0);
+}
+
+/// Registers `placement` with the plans of `versions` as its history (the last one
+/// newest), in one round trip; the plans, oldest first.
+fn publish_history(redis: &RedisServer, placement: &str, versions: impl IntoIterator<Item = u64>) -> Vec<Plan> {
+    let plans: Vec<Plan> = versions.into_iter().map(|v| plan(placement, v, 0.5, &["A", "B", "C"])).collect();
+    let key = PlacementKeys::of_raw(placement).plans();
+    let mut pipe = redis::pipe();
+    pipe.cmd("HINCRBY").arg(keys::REGISTRY).arg(placement).arg(1).ignore();
+    for p in &plans {
+        pipe.cmd("LPUSH").arg(&key).arg(p.to_json()).ignore();
+    }
+    pipe.query::<()>(&mut redis.conn()).unwrap();
+    plans
+}
+
+/// `INFO stats`: the bytes Redis has sent to its clients.
+fn output_bytes(redis: &RedisServer) -> u64 {
+    let info: String = redis::cmd("INFO").arg("stats").query(&mut redis.conn()).unwrap();
+    info.lines().find_map(|l| l.strip_prefix("total_net_output_bytes:")).map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// An allocation decided under `plan`, as an edge serving it sends it.
+fn genuine(id: &str, plan: &Plan) -> Event {
+    under(plan, allocation(id, plan.placement.as_str(), Some("A"), &["A", "B"], 0.5))
+}
+
+/// One body naming every one of 300 placements, each with 100 plans in its history,
+/// under a version newer than any issued: the history reads it causes are a few, each
+/// of the newest entry alone, however many placements it names and however long their
+/// histories; the genuine events of that body and the next are counted, the made-up
+/// ones not at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_versions_of_many_placements_with_long_histories_cost_a_few_short_reads() {
+    const PLACEMENTS: usize = 300;
+    const HISTORY: u64 = 100;
+    let redis = RedisServer::start();
+    let env = [("ALLOT_CONTROL_ENABLED", "false"), ("ALLOT_INGEST_MAX_BODY_BYTES", "1048576")];
+    let app = TestApp::start(config(&redis, "", &env)).await;
+    let names: Vec<String> = (0..PLACEMENTS).map(|i| format!("shelf{i:03}")).collect();
+    let histories: Vec<Vec<Plan>> = names.iter().map(|n| publish_history(&redis, n, 1..=HISTORY)).collect();
+    let newest = |i: usize| &histories[i][HISTORY as usize - 1];
+    let history_bytes: usize = histories[0].iter().map(|p| p.to_json().len()).sum();
+    let post = async |events: Vec<Event>| app.post_signed(&batch(events)).await.json::<Value>().await.unwrap();
+
+    // Each history is read whole once, when an event first names its placement.
+    let warm: Vec<Event> = (0..PLACEMENTS).map(|i| genuine(&format!("w{i}"), newest(i))).collect();
+    assert_eq!(post(warm).await, json!({"accepted": PLACEMENTS, "dropped": 0}));
+
+    // Genuine events under the newest and an older version around one made-up
+    // version of every placement.
+    let mut body: Vec<Event> = (0..10).map(|i| genuine(&format!("g{i}"), newest(i))).collect();
+    body.extend((0..PLACEMENTS).map(|i| {
+        let mut e = genuine(&format!("m{i}"), newest(i));
+        e.plan_version = u64::MAX;
+        e
+    }));
+    body.extend((0..10).map(|i| genuine(&format!("o{i}"), &histories[i][49])));
+    // The bytes counted between the two `INFO stats` are the reads, not `INFO`'s own.
+    let (lrange, bytes) = (calls(&redis, "lrange"), output_bytes(&redis));
+    let started = std::time::Instant::now();
+    assert_eq!(post(body).await, json!({"accepted": 20, "dropped": PLACEMENTS}));
+    let elapsed = started.elapsed();
+    let bytes = output_bytes(&redis) - bytes;
+    let lrange = calls(&redis, "lrange") - lrange;
+    println!(
+        "{PLACEMENTS} made-up versions over {HISTORY}-plan histories ({history_bytes} bytes each) in {elapsed:?}: \
+         {lrange} LRANGE, {bytes} bytes from Redis"
+    );
+    assert!(lrange <= REFRESHES_PER_BODY as u64, "{lrange} history reads for one body");
+    assert!(bytes < history_bytes as u64, "{bytes} bytes read for one body, more than one history");
+    assert_eq!(dropped(&app, "unknown_version").await, PLACEMENTS as f64);
+
+    // Versions issued since for 20 placements, more than a body may refresh for
+    // nothing: the next body naming them is counted whole.
+    let issued: Vec<Plan> = names[..20]
+        .iter()
+        .map(|n| {
+            let p = plan(n, HISTORY + 1, 0.5, &["A", "B", "C"]);
+            record_published(&mut redis.conn(), &p);
+            p
+        })
+        .collect();
+    let mut next: Vec<Event> = issued.iter().enumerate().map(|(i, p)| genuine(&format!("n{i}"), p)).collect();
+    next.extend((20..40).map(|i| genuine(&format!("k{i}"), newest(i))));
+    assert_eq!(post(next).await, json!({"accepted": 40, "dropped": 0}));
+    assert_eq!(dropped(&app, "unknown_version").await, PLACEMENTS as f64);
+    assert_eq!(app.metric("allot_ingest_events_total").await, (PLACEMENTS + 20 + 40) as f64);
+
+    // Counted: the genuine events, nothing under the made-up version.
+    for (i, n) in [(0, 4), (9, 4), (10, 2), (19, 2), (25, 2), (299, 1)] {
+        eventually(10, "the genuine events counted", || async { total_counts(&redis, &names[i]).requests.n == n })
+            .await;
+        let stored = stream_batches(&redis, &names[i]);
+        assert!(stored.iter().flat_map(|b| &b.events).all(|e| e.plan_version <= HISTORY + 1), "{}", names[i]);
+    }
+}
+
+/// Signs `body` once, as the edge does, and sends it as often as asked: the status
+/// and the answer of each send.
+struct SignedBody {
+    sig: String,
+    body: String,
+}
+
+impl SignedBody {
+    fn new(events: Vec<Event>) -> Self {
+        let body = batch(events);
+        let sig = signature::sign(INGEST_KEY.as_bytes(), allot_origin::now_ms() / 1000, body.as_bytes());
+        Self { sig, body }
+    }
+
+    async fn send(&self, app: &TestApp) -> (u16, Value) {
+        let r = app.http.post(app.url("/v1/events")).header(signature::HEADER, &self.sig).body(self.body.clone());
+        let r = r.send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+fn stream_len(redis: &RedisServer) -> u64 {
+    redis::cmd("XLEN").arg(stream::EVENTS).query(&mut redis.conn()).unwrap()
+}
+
+/// A history read that fails in the middle of a body, at its first entry (a Redis
+/// error) or on a later page (an entry that does not parse), fails the body; the edge
+/// sends it again and it is stored once, every genuine event counted, none lost to
+/// what the failed read left half-learnt.
+#[tokio::test]
+async fn a_history_read_failing_part_way_through_a_body_loses_nothing_and_counts_nothing_twice() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(config(&redis, "", &[("ALLOT_CONTROL_ENABLED", "false")])).await;
+    let names = ["left", "middle", "right"];
+    let old: Vec<Vec<Plan>> = names.iter().map(|n| publish_history(&redis, n, 1..=3)).collect();
+    let warm = SignedBody::new(old.iter().zip(names).map(|(h, n)| genuine(&format!("w-{n}"), &h[2])).collect());
+    assert_eq!(warm.send(&app).await, (202, json!({"accepted": 3, "dropped": 0})));
+
+    // New versions: `left` 4, `middle` 4 to 6, `right` 4. `right`'s history cannot be
+    // read (a Redis error), and the entry under `middle`'s head does not parse.
+    let left = publish_history(&redis, "left", [4]);
+    let middle = publish_history(&redis, "middle", 4..=6);
+    let right = publish_history(&redis, "right", [4]);
+    let (middle_key, right_key) = (PlacementKeys::of_raw("middle").plans(), PlacementKeys::of_raw("right").plans());
+    let right_history: Vec<String> =
+        redis::cmd("LRANGE").arg(&right_key).arg(0).arg(-1).query(&mut redis.conn()).unwrap();
+    redis::cmd("SET").arg(&right_key).arg("not a list").exec(&mut redis.conn()).unwrap();
+    redis::cmd("LSET").arg(&middle_key).arg(1).arg("{not a plan").exec(&mut redis.conn()).unwrap();
+
+    // `middle`'s event names the version two pages under its head.
+    let body = SignedBody::new(vec![
+        genuine("a", &left[0]),
+        genuine("b", &right[0]),
+        genuine("c", &middle[0]),
+        genuine("d", &old[0][2]),
+    ]);
+    let stored = stream_len(&redis);
+    let (status, _) = body.send(&app).await;
+    assert_eq!(status, 503, "Redis failed: the edge sends the body again");
+    assert_eq!(stream_len(&redis), stored, "nothing stored");
+
+    redis::cmd("DEL").arg(&right_key).exec(&mut redis.conn()).unwrap();
+    redis::cmd("RPUSH").arg(&right_key).arg(&right_history).exec(&mut redis.conn()).unwrap();
+    let (status, _) = body.send(&app).await;
+    assert_eq!(status, 500, "a stored plan does not parse");
+    assert_eq!(stream_len(&redis), stored, "nothing stored");
+
+    redis::cmd("LSET").arg(&middle_key).arg(1).arg(middle[1].to_json()).exec(&mut redis.conn()).unwrap();
+    assert_eq!(body.send(&app).await, (202, json!({"accepted": 4, "dropped": 0})));
+    assert_eq!(body.send(&app).await, (202, json!({"accepted": 4, "dropped": 0, "duplicate": true})));
+    for (n, count) in [("left", 3), ("middle", 2), ("right", 2)] {
+        eventually(10, "the genuine events counted once", || async { total_counts(&redis, n).requests.n == count })
+            .await;
+    }
+    assert_eq!(dropped(&app, "unknown_version").await, 0.0);
+    assert_eq!(app.metric("allot_ingest_events_total").await, 7.0);
 }
