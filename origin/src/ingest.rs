@@ -145,7 +145,7 @@ async fn ingest(app: &App, headers: &HeaderMap, body: Body) -> Result<Outcome, A
         .and_then(|h| app.verifier.check_time(&h, crate::now_ms() / 1000).map(|()| h))
         .map_err(|e| refused(app, e))?;
     let deadline = std::time::Duration::from_millis(app.config.ingest.body_read_timeout_ms);
-    let (bytes, _room) = app.bodies.read(body, declared, limit, deadline).await.inspect_err(|e| {
+    let (bytes, _room) = app.bodies.read(body, declared, deadline).await.inspect_err(|e| {
         if matches!(e, ApiError::Overloaded { .. }) {
             app.metrics.ingest_shed.inc();
         }

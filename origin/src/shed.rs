@@ -43,25 +43,25 @@ impl BodyBudget {
         Self { permits: Arc::new(Semaphore::new(units)), units, max_body_bytes }
     }
 
-    /// Reads `body` (at most `limit` bytes, by `deadline`), holding room for its bytes
-    /// as they arrive; the room is held until the permit is dropped. `Overloaded` as
-    /// soon as the budget cannot hold what arrived (or, before a byte is read, the
-    /// `declared` length); `PayloadTooLarge` past `limit`; `Timeout` past `deadline`.
+    /// Reads `body` (at most `max_body_bytes`, by `deadline`), holding room for its
+    /// bytes as they arrive; the room is held until the permit is dropped. `Overloaded`
+    /// as soon as the budget cannot hold what arrived (or, before a byte is read, the
+    /// `declared` length); `PayloadTooLarge` past the largest body; `Timeout` past
+    /// `deadline`.
     pub async fn read(
         &self,
-        body: axum::body::Body,
+        mut body: axum::body::Body,
         declared: Option<usize>,
-        limit: usize,
         deadline: std::time::Duration,
     ) -> Result<(axum::body::Bytes, OwnedSemaphorePermit), ApiError> {
         use http_body_util::BodyExt;
+        let limit = self.max_body_bytes;
         let overloaded = || ApiError::Overloaded { retry_after_secs: 1 };
-        if declared.is_some_and(|n| n.min(self.max_body_bytes).div_ceil(UNIT) > self.permits.available_permits()) {
+        if declared.is_some_and(|n| n.min(limit).div_ceil(UNIT) > self.permits.available_permits()) {
             return Err(overloaded());
         }
         let mut held = self.permits.clone().try_acquire_owned().map_err(|_| overloaded())?;
         let mut buf = Vec::new();
-        let mut body = body;
         let read = async {
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|e| ApiError::body_read(&e, limit))?;
@@ -115,17 +115,17 @@ mod tests {
     #[tokio::test]
     async fn bodies_hold_room_for_what_they_sent_and_give_it_back() {
         let budget = BodyBudget::new(100 * UNIT, 60 * UNIT);
-        let (bytes, a) = budget.read(chunks(&[UNIT, 30 * UNIT, 19 * UNIT]), None, 60 * UNIT, LONG).await.unwrap();
+        let (bytes, a) = budget.read(chunks(&[UNIT, 30 * UNIT, 19 * UNIT]), None, LONG).await.unwrap();
         assert_eq!(bytes.len(), 50 * UNIT);
         assert_eq!(budget.in_use(), 50 * UNIT);
-        let too_much = budget.read(chunks(&[40 * UNIT, 11 * UNIT]), None, 60 * UNIT, LONG).await;
+        let too_much = budget.read(chunks(&[40 * UNIT, 11 * UNIT]), None, LONG).await;
         assert!(matches!(too_much, Err(ApiError::Overloaded { .. })), "{too_much:?}");
         assert_eq!(budget.in_use(), 50 * UNIT, "a shed body gives back what it held");
-        let (_, b) = budget.read(chunks(&[50 * UNIT]), None, 60 * UNIT, LONG).await.expect("exactly the rest");
-        let one_byte = budget.read(chunks(&[1]), None, 60 * UNIT, LONG).await;
+        let (_, b) = budget.read(chunks(&[50 * UNIT]), None, LONG).await.expect("exactly the rest");
+        let one_byte = budget.read(chunks(&[1]), None, LONG).await;
         assert!(one_byte.is_err(), "a one-byte body still takes a unit");
         drop(a);
-        assert!(budget.read(chunks(&[10 * UNIT]), Some(10 * UNIT), 60 * UNIT, LONG).await.is_ok());
+        assert!(budget.read(chunks(&[10 * UNIT]), Some(10 * UNIT), LONG).await.is_ok());
         drop(b);
         assert_eq!(budget.in_use(), 0);
     }
@@ -133,10 +133,10 @@ mod tests {
     #[tokio::test]
     async fn a_declared_length_that_does_not_fit_is_shed_unread() {
         let budget = BodyBudget::new(100 * UNIT, 60 * UNIT);
-        let (_, _held) = budget.read(chunks(&[50 * UNIT]), None, 60 * UNIT, LONG).await.unwrap();
-        let r = budget.read(chunks(&[]), Some(51 * UNIT), 60 * UNIT, LONG).await;
+        let (_, _held) = budget.read(chunks(&[50 * UNIT]), None, LONG).await.unwrap();
+        let r = budget.read(chunks(&[]), Some(51 * UNIT), LONG).await;
         assert!(matches!(r, Err(ApiError::Overloaded { .. })), "{r:?}");
-        assert!(budget.read(chunks(&[10]), Some(50 * UNIT), 60 * UNIT, LONG).await.is_ok(), "it fits");
+        assert!(budget.read(chunks(&[10]), Some(50 * UNIT), LONG).await.is_ok(), "it fits");
     }
 
     /// What a client declares costs it nothing it did not send: connections declaring
@@ -149,13 +149,13 @@ mod tests {
             .map(|_| {
                 tokio::spawn({
                     let budget = budget.clone();
-                    async move { budget.read(stalled(1), Some(60 * UNIT), 60 * UNIT, SHORT).await.map(|_| ()) }
+                    async move { budget.read(stalled(1), Some(60 * UNIT), SHORT).await.map(|_| ()) }
                 })
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(budget.in_use(), 4 * UNIT);
-        let (_, edge) = budget.read(chunks(&[60 * UNIT]), Some(60 * UNIT), 60 * UNIT, LONG).await.expect("room");
+        let (_, edge) = budget.read(chunks(&[60 * UNIT]), Some(60 * UNIT), LONG).await.expect("room");
         drop(edge);
         for stall in stalls {
             let r = stall.await.unwrap();
@@ -167,7 +167,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_past_the_limit_is_refused_as_it_arrives() {
         let budget = BodyBudget::new(100 * UNIT, 60 * UNIT);
-        let r = budget.read(chunks(&[30 * UNIT, 30 * UNIT, 1]), None, 60 * UNIT, LONG).await;
+        let r = budget.read(chunks(&[30 * UNIT, 30 * UNIT, 1]), None, LONG).await;
         assert!(matches!(r, Err(ApiError::PayloadTooLarge { .. })), "{r:?}");
         assert_eq!(budget.in_use(), 0);
     }
