@@ -14,6 +14,12 @@ use crate::{CampaignId, Eligibility, MAX_CAMPAIGNS, PlacementId};
 /// The plan wire format this code reads and writes.
 pub const PLAN_FORMAT: u32 = 1;
 
+/// The largest plan, as JSON, an edge takes (a push past it is refused unread). Every
+/// plan of a document [`crate::Targets::parse`] accepts fits: its campaigns, rules and
+/// creatives are each bounded ([`MAX_CAMPAIGNS`], [`crate::targets::MAX_RULE_PLATFORMS`],
+/// the country codes, [`crate::targets::MAX_CREATIVE_BYTES`]).
+pub const MAX_PLAN_BYTES: usize = 1024 * 1024;
+
 /// One campaign as the edge sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -187,6 +193,48 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// Every bound of a targets document at its limit at once: 64 campaigns of the
+    /// longest ids, each with the largest creative, 64 of the longest platforms and
+    /// every country code.
+    #[test]
+    fn the_plan_of_the_largest_valid_document_fits_what_an_edge_takes() {
+        use crate::targets::{MAX_CREATIVE_BYTES, MAX_RULE_PLATFORMS};
+        let countries: Vec<String> =
+            (b'A'..=b'Z').flat_map(|a| (b'A'..=b'Z').map(move |b| String::from_utf8(vec![a, b]).unwrap())).collect();
+        let campaigns: Vec<_> = (0..MAX_CAMPAIGNS)
+            .map(|i| {
+                let platforms: Vec<String> = (0..MAX_RULE_PLATFORMS).map(|p| format!("{i:02}{p:030}")).collect();
+                let title = "x".repeat(MAX_CREATIVE_BYTES - r#"{"t":""}"#.len());
+                json!({"id": format!("{i:064}"), "rate": 0.01, "creative": {"t": title},
+                       "eligibility": {"platforms": platforms, "countries": countries}})
+            })
+            .collect();
+        let targets = crate::Targets::parse(serde_json::from_value(json!({ "campaigns": campaigns })).unwrap())
+            .expect("every bound at its limit is valid");
+        let plan = Plan {
+            format: PLAN_FORMAT,
+            placement: PlacementId::parse("p".repeat(64)).unwrap(),
+            version: u64::MAX,
+            issued_at_ms: u64::MAX,
+            sample_rate: 2.2250738585072014e-308,
+            no_ad_weight: 2.2250738585072014e-308,
+            campaigns: targets
+                .campaigns
+                .iter()
+                .map(|c| PlanCampaign {
+                    id: c.id.clone(),
+                    weight: 2.2250738585072014e-308,
+                    creative: c.creative.clone(),
+                    eligibility: c.eligibility.clone(),
+                })
+                .collect(),
+            withdrawn: false,
+        };
+        let size = plan.to_json().len();
+        assert!(size <= MAX_PLAN_BYTES, "the largest plan is {size} bytes");
+        assert!(size > MAX_PLAN_BYTES / 2, "the bound is not loose by more than half: {size} bytes");
+    }
 
     pub(crate) fn sample() -> Plan {
         Plan {

@@ -111,6 +111,30 @@ mod schema {
 /// megabyte from naming a hundred thousand.
 pub const MAX_RULE_PLATFORMS: usize = 64;
 
+/// The largest creative a campaign may carry, as compact JSON. The creative travels in
+/// every plan the origin publishes (and every audit entry of its placement) and in
+/// every response that serves the ad: it is what the app needs to render the ad (an
+/// image's address, a title), never the image. With it, the plan of any valid document
+/// stays under [`crate::plan::MAX_PLAN_BYTES`], the most an edge takes.
+pub const MAX_CREATIVE_BYTES: usize = 8 * 1024;
+
+/// The length of `creative` as compact JSON, counted without building the string.
+fn creative_size(creative: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` to a writer that never fails cannot fail.
+    serde_json::to_writer(&mut count, creative).map_or(usize::MAX, |()| count.0)
+}
+
 /// A platform token as it appears in requests: `ios`, `android`, `web`, …
 pub fn is_platform(s: &str) -> bool {
     !s.is_empty()
@@ -248,6 +272,13 @@ impl Targets {
             if !c.creative.is_object() {
                 return Err(ValidationError::new(field("creative"), "must be a JSON object"));
             }
+            let size = creative_size(&c.creative);
+            if size > MAX_CREATIVE_BYTES {
+                return Err(ValidationError::new(
+                    field("creative"),
+                    format!("must be at most {MAX_CREATIVE_BYTES} bytes as compact JSON (got {size})"),
+                ));
+            }
             let eligibility = c.eligibility.parse(&field("eligibility"))?;
             sum += rate.get();
             campaigns.push(CampaignTarget { id, rate, creative: c.creative, eligibility });
@@ -352,6 +383,16 @@ mod tests {
         assert!(err.message.contains("at most 64 platforms"), "{}", err.message);
         let doc = json!({"campaigns": [{"id": "A", "rate": 0.1, "eligibility": {"platforms": platforms[..64]}}]});
         assert_eq!(parse(doc).unwrap().campaigns[0].eligibility.platforms.len(), 64);
+    }
+
+    #[test]
+    fn rejects_a_creative_past_its_limit_and_names_its_size() {
+        let creative = |len: usize| json!({"title": "x".repeat(len - r#"{"title":""}"#.len())});
+        let at = |len: usize| json!({"campaigns": [{"id": "A", "rate": 0.1}, {"id": "B", "rate": 0.1, "creative": creative(len)}]});
+        assert!(parse(at(MAX_CREATIVE_BYTES)).is_ok());
+        let err = parse(at(MAX_CREATIVE_BYTES + 1)).unwrap_err();
+        assert_eq!(err.field, "campaigns[1].creative");
+        assert!(err.message.contains(&format!("(got {})", MAX_CREATIVE_BYTES + 1)), "{}", err.message);
     }
 
     #[test]

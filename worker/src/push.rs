@@ -6,7 +6,7 @@
 //! serves. During a rotation the origin signs with every active key and the edge
 //! accepts any of its keys, so the keys can change on either side first. The header
 //! is parsed and its timestamp checked before the body is read, and the body is read
-//! only up to [`MAX_BODY`] (`body`): a request that cannot be a fresh push costs no
+//! only up to [`MAX_PLAN_BYTES`] (`body`): a request that cannot be a fresh push costs no
 //! body, and one that can costs at most a plan's worth.
 //!
 //! The plan is checked by core before anything is written, and the edge holds three
@@ -26,6 +26,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 
+use allot_core::plan::MAX_PLAN_BYTES;
 use allot_core::signature::{self, SignatureHeader};
 use allot_core::{PlacementId, Plan, Succession};
 use sha2::{Digest, Sha256};
@@ -35,8 +36,6 @@ use crate::config::{Config, PLANS_BINDING, PUSH_MAX_SKEW_SECS};
 use crate::error::ApiError;
 use crate::{body, plans, query, respond};
 
-/// KV values may be far larger, but no sane plan is.
-const MAX_BODY: usize = 1024 * 1024;
 /// Accepted pushes remembered per isolate; the oldest go first.
 const MAX_REMEMBERED: usize = 256;
 
@@ -94,7 +93,7 @@ pub async fn serve(req: &web_sys::Request, raw_placement: &str, env: &Env) -> Re
     let header = SignatureHeader::parse(&header)
         .and_then(|h| verifier.check_time(&h, (js_sys::Date::now() / 1000.0) as u64).map(|()| h))
         .map_err(refused)?;
-    let bytes = body::read(req, MAX_BODY).await?;
+    let bytes = body::read(req, MAX_PLAN_BYTES).await?;
     let now_ms = js_sys::Date::now();
     let now_secs = (now_ms / 1000.0) as u64;
     // The time again: a body sent slowly does not stretch the signature's freshness.

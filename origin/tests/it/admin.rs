@@ -103,6 +103,12 @@ async fn tokens_roles_etags_validation_and_audit() {
             json!({"campaigns": [{"id": "A", "rate": 0.1, "eligibility": {"platforms": (0..65).map(|i| format!("p{i}")).collect::<Vec<_>>()}}]}),
             "campaigns[0].eligibility.platforms",
         ),
+        // A creative past 8 KiB: it would ride in every plan, audit entry and served
+        // response, and the largest document's plan would no longer fit an edge.
+        (
+            json!({"campaigns": [{"id": "A", "rate": 0.1, "creative": {"img": "x".repeat(8 * 1024)}}]}),
+            "campaigns[0].creative",
+        ),
     ];
     for (doc, field) in cases {
         let preview = app.http.post(app.url("/v1/placements/home_feed/preview")).bearer_auth(VIEWER_TOKEN).json(&doc);
