@@ -272,22 +272,26 @@ pub async fn list_placements(
     let limit = crate::error::page_limit(q.limit, 100, 1000)?;
     let ids = app.store.placements().await?;
     let ids: Vec<PlacementId> = ids.into_iter().filter(|id| q.after.as_ref().is_none_or(|a| id > a)).collect();
-    let mut placements = Vec::new();
+    let mut placements: Vec<PlacementSummary> = Vec::new();
     let mut next = None;
-    for id in &ids {
-        if placements.len() == limit {
-            next = placements.last().map(|p: &PlacementSummary| p.id.clone());
-            break;
-        }
-        if let Some(r) = app.store.targets(id).await?
-            && let Some(spec) = &r.spec
-        {
+    // Read a page's worth at a time, one more than it needs to know whether more follow.
+    // Placements without targets are skipped, so a page may take a few reads.
+    let mut rest = ids.as_slice();
+    while !rest.is_empty() && next.is_none() {
+        let (chunk, after) = rest.split_at(rest.len().min(limit + 1 - placements.len()));
+        rest = after;
+        for (id, summary) in chunk.iter().zip(app.store.summaries(chunk).await?) {
+            let Some(summary) = summary else { continue };
+            if placements.len() == limit {
+                next = placements.last().map(|p| p.id.clone());
+                break;
+            }
             placements.push(PlacementSummary {
                 id: id.to_string(),
-                etag: r.etag(),
-                campaigns: spec.campaigns.len(),
-                updated_at_ms: r.updated_at_ms,
-                updated_by: r.updated_by.clone(),
+                etag: crate::store::etag(summary.rev),
+                campaigns: summary.campaigns,
+                updated_at_ms: summary.updated_at_ms,
+                updated_by: summary.updated_by,
             });
         }
     }

@@ -7,46 +7,16 @@
 
 use std::collections::HashMap;
 
-use allot_core::{ControlState, Decision, PlacementId, Plan, TargetsSpec, WindowStats};
+use allot_core::{ControlState, Decision, PlacementId, Plan, WindowStats};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
 use crate::conn::RedisConn;
+
+mod targets;
+
 use allot_core::contract::keys::{self, PlacementKeys};
-use allot_core::contract::{Action, AuditRecord};
-
-/// A placement's stored targets.
-#[derive(Debug, Clone)]
-pub struct TargetsRecord {
-    /// `None` once deleted (the revision survives, so old ETags stay stale).
-    pub spec: Option<TargetsSpec>,
-    pub rev: u64,
-    pub updated_at_ms: u64,
-    pub updated_by: String,
-}
-
-impl TargetsRecord {
-    pub fn etag(&self) -> String {
-        etag(self.rev)
-    }
-}
-
-/// The `ETag` of a revision.
-pub fn etag(rev: u64) -> String {
-    format!("\"{rev}\"")
-}
-
-/// The outcome of a conditional write.
-#[derive(Debug, Clone)]
-pub enum Cas {
-    /// Written, with this audit entry (which holds the new revision and the previous
-    /// spec).
-    Written(AuditRecord),
-    /// The precondition failed; the current revision.
-    Conflict { rev: u64 },
-    /// Nothing to delete.
-    Missing,
-}
+pub use targets::{AUDIT_PER_PLACEMENT, Cas, TargetsRecord, TargetsSummary, etag};
 
 /// The plan in force for a placement, with the decision that made it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,29 +65,6 @@ impl From<StoreError> for crate::error::ApiError {
 fn corrupt(what: impl Into<String>, message: impl ToString) -> StoreError {
     StoreError::Corrupt { what: what.into(), message: message.to_string() }
 }
-
-/// The conditional write of a placement's targets, and its audit entry in the same
-/// script: a change is never stored without its record, nor recorded without being
-/// stored. Both keys carry the placement's hash tag.
-const CAS_SCRIPT: &str = r"
-local cur = redis.call('HGET', KEYS[1], 'rev') or '0'
-local old = redis.call('HGET', KEYS[1], 'spec') or ''
-if ARGV[1] ~= '' and (old == '' or ARGV[1] ~= cur) then return {0, cur, old} end
-if ARGV[2] == '' then
-  if old == '' then return {2, cur, old} end
-  redis.call('HDEL', KEYS[1], 'spec')
-else
-  redis.call('HSET', KEYS[1], 'spec', ARGV[2])
-end
-local rev = redis.call('HINCRBY', KEYS[1], 'rev', 1)
-redis.call('HSET', KEYS[1], 'updated_at_ms', ARGV[3], 'updated_by', ARGV[4])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'who', ARGV[4], 'at', ARGV[3], 'action', ARGV[5],
-  'placement', ARGV[7], 'before', old, 'after', ARGV[2], 'rev', rev)
-return {1, tostring(rev), old}
-";
-
-/// How many audit entries each placement keeps (approximately).
-pub const AUDIT_PER_PLACEMENT: usize = 10_000;
 
 /// Allocates the next plan version for a lease epoch. An epoch older than one that
 /// already allocated or saved here is refused (-1): its holder lost the lease. The
@@ -204,7 +151,7 @@ impl Store {
     pub fn new(conn: RedisConn) -> Self {
         Self {
             conn,
-            cas: redis::Script::new(CAS_SCRIPT),
+            cas: redis::Script::new(targets::CAS_SCRIPT),
             allocate: redis::Script::new(ALLOCATE_SCRIPT),
             issue: redis::Script::new(ISSUE_SCRIPT),
             save: redis::Script::new(SAVE_SCRIPT),
@@ -221,71 +168,6 @@ impl Store {
     pub async fn ping(&self) -> Result<(), redis::RedisError> {
         let mut c = self.conn();
         redis::cmd("PING").query_async::<String>(&mut c).await.map(|_| ())
-    }
-
-    pub async fn targets(&self, p: &PlacementId) -> Result<Option<TargetsRecord>, StoreError> {
-        let mut c = self.conn();
-        let h: HashMap<String, String> = c.hgetall(PlacementKeys::new(p).targets()).await?;
-        if h.is_empty() {
-            return Ok(None);
-        }
-        let spec = match h.get("spec") {
-            Some(s) => Some(serde_json::from_str(s).map_err(|e| corrupt(format!("targets of {p}"), e))?),
-            None => None,
-        };
-        let num = |k: &str| h.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
-        Ok(Some(TargetsRecord {
-            spec,
-            rev: num("rev"),
-            updated_at_ms: num("updated_at_ms"),
-            updated_by: h.get("updated_by").cloned().unwrap_or_default(),
-        }))
-    }
-
-    /// Writes (`spec = Some`) or deletes targets if the revision is still `if_match`
-    /// (or unconditionally when `None`), with the placement's audit entry.
-    pub async fn write_targets(
-        &self,
-        p: &PlacementId,
-        if_match: Option<u64>,
-        spec: Option<&TargetsSpec>,
-        who: &str,
-        now_ms: u64,
-    ) -> Result<Cas, StoreError> {
-        let json = match spec {
-            Some(s) => serde_json::to_string(s).map_err(|e| corrupt("targets", e))?,
-            None => String::new(),
-        };
-        let action = if spec.is_some() { Action::Put } else { Action::Delete };
-        let k = PlacementKeys::new(p);
-        let mut c = self.conn();
-        let (status, rev, before): (i64, String, String) = self
-            .cas
-            .key(k.targets())
-            .key(k.audit())
-            .arg(if_match.map(|r| r.to_string()).unwrap_or_default())
-            .arg(&json)
-            .arg(now_ms)
-            .arg(who)
-            .arg(action.as_str())
-            .arg(AUDIT_PER_PLACEMENT)
-            .arg(p.as_str())
-            .invoke_async(&mut c)
-            .await?;
-        let rev = rev.parse().map_err(|e| corrupt("targets revision", e))?;
-        Ok(match status {
-            1 => Cas::Written(AuditRecord {
-                who: who.to_string(),
-                at_ms: now_ms,
-                action,
-                placement: p.clone(),
-                before,
-                after: json,
-                rev,
-            }),
-            0 => Cas::Conflict { rev },
-            _ => Cas::Missing,
-        })
     }
 
     /// Asks the control loop for a round of `p` now (rather than at the next full round).
@@ -488,17 +370,5 @@ fn skipped_fields(p: &PlacementId, skipped: &[String]) {
             ?first,
             "window fields of kinds this version does not know were skipped (written by a newer replica?)"
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use allot_core::contract::audit;
-
-    #[test]
-    fn the_targets_script_writes_every_audit_field() {
-        for field in audit::FIELDS {
-            assert!(super::CAS_SCRIPT.contains(&format!("'{field}'")), "the script does not write {field:?}");
-        }
     }
 }

@@ -93,6 +93,25 @@ impl RedisServer {
     pub fn conn(&self) -> redis::Connection {
         self.try_conn().expect("connect to the test redis-server")
     }
+
+    /// `INFO commandstats`: how many times `command` (lower case) has run: what a
+    /// request made the origin ask of Redis.
+    pub fn calls(&self, command: &str) -> u64 {
+        let info: String = redis::cmd("INFO").arg("commandstats").query(&mut self.conn()).expect("INFO commandstats");
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().expect("a count of calls"))
+    }
+
+    /// `INFO stats`: the bytes Redis has sent to its clients (this call's own reply
+    /// included, a few kilobytes).
+    pub fn output_bytes(&self) -> u64 {
+        let info: String = redis::cmd("INFO").arg("stats").query(&mut self.conn()).expect("INFO stats");
+        let bytes = info.lines().find_map(|l| l.strip_prefix("total_net_output_bytes:"));
+        bytes.map_or(0, |n| n.trim().parse().expect("a count of bytes"))
+    }
 }
 
 /// A placement's window counts over every window in Redis, merged: what the aggregator

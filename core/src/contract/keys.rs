@@ -64,7 +64,8 @@ impl PlacementKeys {
         Self { prefix: format!("allot:{{{placement}}}:") }
     }
 
-    /// Targets: a hash with `spec` (JSON), `rev`, `updated_at_ms`, `updated_by`.
+    /// Targets: a hash with `spec` (JSON), `campaigns` (how many `spec` lists, so a
+    /// list of placements never reads a document), `rev`, `updated_at_ms`, `updated_by`.
     pub fn targets(&self) -> String {
         format!("{}targets", self.prefix)
     }

@@ -22,16 +22,6 @@ async fn dropped(app: &TestApp, reason: &str) -> f64 {
     app.metric(&format!("allot_ingest_dropped_events_total{{reason=\"{reason}\"}}")).await
 }
 
-/// `INFO commandstats`: how many times `command` ran.
-fn calls(redis: &RedisServer, command: &str) -> u64 {
-    let info: String = redis::cmd("INFO").arg("commandstats").query(&mut redis.conn()).unwrap();
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
-}
-
 #[tokio::test]
 async fn extreme_rates_and_times_are_dropped_one_by_one_and_genuine_counts_stay_exact() {
     let redis = RedisServer::start();
@@ -157,7 +147,7 @@ async fn a_flood_of_made_up_versions_and_placements_costs_few_redis_reads() {
     let warm = app.post_signed(&batch(vec![under(&v1, allocation("w", "home_feed", None, &[], 0.5))])).await;
     assert_eq!(warm.json::<Value>().await.unwrap(), json!({"accepted": 1, "dropped": 0}));
 
-    let (lrange, smembers) = (calls(&redis, "lrange"), calls(&redis, "smembers"));
+    let (lrange, smembers) = (redis.calls("lrange"), redis.calls("smembers"));
     let started = std::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for lane in 0..8u64 {
@@ -180,7 +170,7 @@ async fn a_flood_of_made_up_versions_and_placements_costs_few_redis_reads() {
     }
     let elapsed = started.elapsed();
     let intervals = elapsed.as_millis() as u64 / 250 + 2;
-    let (lrange, smembers) = (calls(&redis, "lrange") - lrange, calls(&redis, "smembers") - smembers);
+    let (lrange, smembers) = (redis.calls("lrange") - lrange, redis.calls("smembers") - smembers);
     println!("40 bodies, 2040 made-up events in {elapsed:?}: {lrange} LRANGE, {smembers} SMEMBERS");
     assert!(lrange <= intervals, "{lrange} history reads in {elapsed:?}");
     assert!(smembers <= intervals, "{smembers} registry reads in {elapsed:?}");
@@ -233,12 +223,6 @@ fn publish_history(redis: &RedisServer, placement: &str, versions: impl IntoIter
     plans
 }
 
-/// `INFO stats`: the bytes Redis has sent to its clients.
-fn output_bytes(redis: &RedisServer) -> u64 {
-    let info: String = redis::cmd("INFO").arg("stats").query(&mut redis.conn()).unwrap();
-    info.lines().find_map(|l| l.strip_prefix("total_net_output_bytes:")).map_or(0, |n| n.trim().parse().unwrap())
-}
-
 /// An allocation decided under `plan`, as an edge serving it sends it.
 fn genuine(id: &str, plan: &Plan) -> Event {
     under(plan, allocation(id, plan.placement.as_str(), Some("A"), &["A", "B"], 0.5))
@@ -276,12 +260,12 @@ async fn made_up_versions_of_many_placements_with_long_histories_cost_a_few_shor
     }));
     body.extend((0..10).map(|i| genuine(&format!("o{i}"), &histories[i][49])));
     // The bytes counted between the two `INFO stats` are the reads, not `INFO`'s own.
-    let (lrange, bytes) = (calls(&redis, "lrange"), output_bytes(&redis));
+    let (lrange, bytes) = (redis.calls("lrange"), redis.output_bytes());
     let started = std::time::Instant::now();
     assert_eq!(post(body).await, json!({"accepted": 20, "dropped": PLACEMENTS}));
     let elapsed = started.elapsed();
-    let bytes = output_bytes(&redis) - bytes;
-    let lrange = calls(&redis, "lrange") - lrange;
+    let bytes = redis.output_bytes() - bytes;
+    let lrange = redis.calls("lrange") - lrange;
     println!(
         "{PLACEMENTS} made-up versions over {HISTORY}-plan histories ({history_bytes} bytes each) in {elapsed:?}: \
          {lrange} LRANGE, {bytes} bytes from Redis"
