@@ -158,6 +158,43 @@ fn solve(c: &mut Criterion) {
     });
 }
 
+/// A round over a window where apps sent 102,400 profiles: 64 campaigns whose rules
+/// each name 64 platforms of their own (4,096 patterns), seen from 25 countries. Apps
+/// choose their platform token, so the profiles a round maps are theirs to multiply;
+/// the cost must grow with them, not with profiles × patterns.
+fn many_profiles(c: &mut Criterion) {
+    let campaigns: Vec<_> = (0..64)
+        .map(|i| {
+            let platforms: Vec<String> = (0..64).map(|k| format!("p{i}-{k}")).collect();
+            json!({"id": format!("c{i}"), "rate": 0.01, "eligibility": {"platforms": platforms}})
+        })
+        .collect();
+    let targets =
+        Targets::parse(serde_json::from_value::<TargetsSpec>(json!({ "campaigns": campaigns })).unwrap()).unwrap();
+    let mut stats = WindowStats::default();
+    for i in 0..64 {
+        for k in 0..64 {
+            for c in 0..25 {
+                stats.profiles.insert(format!("p{i}-{k}:{}", country(c)), 1.0 + ((i + k + c) % 5) as f64);
+            }
+        }
+    }
+    assert_eq!(stats.profiles.len(), 102_400);
+    let state = ControlState::default();
+    c.bench_function("controller/64 campaigns, 102,400 profiles", |b| {
+        b.iter(|| {
+            std::hint::black_box(Controller::default().decide(ControlInput {
+                targets: &targets,
+                recent: &stats,
+                last: None,
+                last_index: None,
+                previous: None,
+                state: &state,
+            }))
+        })
+    });
+}
+
 /// A share on impressions over a window where apps made up 10,000 platforms, each with
 /// enough reporting allocations for a ratio of its own: the status and every round read
 /// it, so its cost must grow with the platforms, not with their square.
@@ -187,5 +224,5 @@ fn read(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, choose, solve, read);
+criterion_group!(benches, choose, solve, many_profiles, read);
 criterion_main!(benches);

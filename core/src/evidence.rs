@@ -131,7 +131,8 @@ fn mix_shifted(targets: &Targets, a: &WindowStats, b: &WindowStats) -> bool {
         return false;
     }
     let (pa, pb) = (patterns_of(targets, a), patterns_of(targets, b));
-    let freq = |p: &Patterns, mask: u64| p.masks.iter().position(|&m| m == mask).map_or(0.0, |i| p.freqs[i]);
+    // `Patterns` keeps its masks sorted: a search, not a scan, per mask.
+    let freq = |p: &Patterns, mask: u64| p.masks.binary_search(&mask).map_or(0.0, |i| p.freqs[i]);
     pa.masks.iter().chain(&pb.masks).any(|&mask| {
         let (fa, fb) = (freq(&pa, mask), freq(&pb, mask));
         let pooled = (fa * na + fb * nb) / (na + nb);
