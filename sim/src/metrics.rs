@@ -64,6 +64,11 @@ pub struct Summary {
     /// rather than the sample: scored apart (covered share, cells), not pooled into the
     /// coverage above.
     pub census_coverage: Option<(f64, usize)>,
+    /// Census windows read before all their events were in (a body still on its way):
+    /// their share of the census windows, and the coverage of their intervals. Windows
+    /// read whole are covered by construction, so the census coverage above is set by
+    /// these.
+    pub census_incomplete: Option<(f64, f64)>,
     /// Sampled requests over the binomial minimum on the traffic seen.
     pub samples_vs_minimum: f64,
     /// Windows to re-converge after a change: p50, p95, max, and how many changes.
@@ -172,6 +177,8 @@ struct Scored {
     within: bool,
     covered: Vec<bool>,
     census: bool,
+    /// At census, and read by its round with events still to come.
+    incomplete: bool,
 }
 
 fn score(w: &WindowRecord) -> Option<Scored> {
@@ -196,6 +203,7 @@ fn score(w: &WindowRecord) -> Option<Scored> {
             .collect(),
         covered: feasible.iter().filter_map(|c| c.published.map(|p| p.contains(c.realized))).collect(),
         census: w.sampled >= w.requests,
+        incomplete: w.sampled >= w.requests && w.decided && w.counted < w.sampled,
         errors,
     })
 }
@@ -246,6 +254,12 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
         fig(&|w| share(w.iter().filter(|s| !s.census && !s.covered.is_empty()).map(|s| s.covered.iter().all(|c| *c))));
     let census: Vec<bool> = all.iter().filter(|s| s.census).flat_map(|s| s.covered.iter().copied()).collect();
     let census_coverage = (!census.is_empty()).then(|| (share(census.iter().copied()), census.len()));
+    let census_windows: Vec<&&Scored> = all.iter().filter(|s| s.census && !s.covered.is_empty()).collect();
+    let census_incomplete = (!census_windows.is_empty()).then(|| {
+        let late: Vec<bool> =
+            census_windows.iter().filter(|s| s.incomplete).flat_map(|s| s.covered.iter().copied()).collect();
+        (share(census_windows.iter().map(|s| s.incomplete)), share(late.into_iter()))
+    });
     let has_small = all.iter().any(|s| !s.relative_small.is_empty());
     let rel =
         has_small.then(|| fig(&|w| quantile(w.iter().flat_map(|s| s.relative_small.iter().copied()).collect(), 0.95)));
@@ -347,6 +361,7 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
         coverage,
         joint_coverage: joint,
         census_coverage,
+        census_incomplete,
         samples_vs_minimum: if needed > 0.0 { sampled as f64 / needed } else { 0.0 },
         reconverge: reconvergence(built, runs, false),
         reconverge_in_faults: reconvergence(built, runs, true),

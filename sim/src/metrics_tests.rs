@@ -16,7 +16,7 @@ fn quantiles_and_bootstrap() {
 #[test]
 fn census_windows_are_scored_apart() {
     use crate::world::{CampaignWindow, WindowRecord};
-    let record = |sampled: u64, covered: bool| WindowRecord {
+    let record = |sampled: u64, covered: bool, counted: u64| WindowRecord {
         placement: 0,
         index: 0,
         requests: 1_000,
@@ -43,10 +43,15 @@ fn census_windows_are_scored_apart() {
         margin: 0.01,
         short: 0.0,
         decided: true,
+        counted,
     };
-    let sampled = score(&record(100, false)).unwrap();
-    let census = score(&record(1_000, true)).unwrap();
+    let sampled = score(&record(100, false, 90)).unwrap();
+    let census = score(&record(1_000, true, 1_000)).unwrap();
     assert!(!sampled.census && census.census);
+    // Read with ten of its events still on their way: incomplete; a sampled window is
+    // never counted as such (its interval is the sample's).
+    assert!(!census.incomplete && !sampled.incomplete);
+    assert!(score(&record(1_000, false, 990)).unwrap().incomplete);
     // Nine census windows and one sampled miss: the coverage is the sampled one's.
     let windows: Vec<&Scored> = std::iter::once(&sampled).chain(std::iter::repeat_n(&census, 9)).collect();
     assert_eq!(sampled_coverage(&windows), 0.0);

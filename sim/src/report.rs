@@ -83,6 +83,10 @@ pub fn render(sc: &Scenario, s: &Summary) -> String {
     if let Some((covered, cells)) = s.census_coverage {
         row("interval coverage at census (scored apart)", format!("{:.1} % of {cells}", covered * 100.0));
     }
+    if let Some((windows, covered)) = s.census_incomplete {
+        let covered = if windows > 0.0 { format!(", covered {:.1} %", covered * 100.0) } else { String::new() };
+        row("… census windows read with events still to come", format!("{:.1} % of them{covered}", windows * 100.0));
+    }
     row("samples ÷ binomial minimum", format!("{:.2}", s.samples_vs_minimum));
     if let Some((p50, p95, max, n)) = s.reconverge {
         row("windows to re-converge (p50 / p95 / max)", format!("{p50} / {p95} / {max} over {n} changes"));

@@ -107,6 +107,9 @@ pub struct WindowRecord {
     /// A round read this window before the run ended: its flags are that round's. The
     /// last window of a run has none, and is not scored on flags.
     pub decided: bool,
+    /// The window's sampled requests the origin had counted when that round read it:
+    /// fewer than [`Self::sampled`] when some came after (late bodies).
+    pub counted: u64,
 }
 
 /// A run's record.
@@ -370,6 +373,7 @@ fn record(
         margin: targets.confidence.margin,
         short,
         decided: false,
+        counted: 0,
     }
 }
 
@@ -414,6 +418,7 @@ fn annotate(records: &mut [WindowRecord], p: usize, index: u64, st: &PlacementSt
     let Some(rec) = records.iter_mut().rev().find(|r| r.placement == p && r.index == index) else { return };
     rec.decided = true;
     let evidence = &st.control.last_evidence;
+    rec.counted = evidence.last().map_or(0, |w| w.requests.n);
     let stats = evidence.last_reading();
     let z = st.targets.confidence.z();
     for c in &mut rec.campaigns {
