@@ -158,30 +158,35 @@ fn solve(c: &mut Criterion) {
     });
 }
 
-/// A round over a window where apps sent 102,400 profiles: 64 campaigns whose rules
-/// each name 64 platforms of their own (4,096 patterns), seen from 25 countries. Apps
-/// choose their platform token, so the profiles a round maps are theirs to multiply;
-/// the cost must grow with them, not with profiles × patterns.
+/// A round over a window of 64,512 profiles in thousands of patterns: 64 campaigns,
+/// each pair of them sharing a platform of its own (63 platforms per rule), and each
+/// campaign shown in about two thirds of 32 countries. Apps choose their platform token, so the
+/// profiles a round maps are theirs to multiply; the cost must grow with them, not
+/// with profiles × patterns.
 fn many_profiles(c: &mut Criterion) {
-    let campaigns: Vec<_> = (0..64)
+    let n = 64;
+    let pairs: Vec<(usize, usize)> = (0..n).flat_map(|a| (a + 1..n).map(move |b| (a, b))).collect();
+    let shown = |i: usize, k: usize| ((i * 37 + k * 11) ^ (i * k)) % 3 != 0;
+    let campaigns: Vec<_> = (0..n)
         .map(|i| {
-            let platforms: Vec<String> = (0..64).map(|k| format!("p{i}-{k}")).collect();
-            json!({"id": format!("c{i}"), "rate": 0.01, "eligibility": {"platforms": platforms}})
+            let platforms: Vec<String> =
+                pairs.iter().filter(|(a, b)| *a == i || *b == i).map(|(a, b)| format!("q{a}-{b}")).collect();
+            let countries: Vec<String> = (0..32).filter(|&k| shown(i, k)).map(country).collect();
+            json!({"id": format!("c{i}"), "rate": 0.01, "eligibility": {"platforms": platforms, "countries": countries}})
         })
         .collect();
     let targets =
         Targets::parse(serde_json::from_value::<TargetsSpec>(json!({ "campaigns": campaigns })).unwrap()).unwrap();
     let mut stats = WindowStats::default();
-    for i in 0..64 {
-        for k in 0..64 {
-            for c in 0..25 {
-                stats.profiles.insert(format!("p{i}-{k}:{}", country(c)), 1.0 + ((i + k + c) % 5) as f64);
-            }
+    for (a, b) in &pairs {
+        for k in 0..32 {
+            stats.profiles.insert(format!("q{a}-{b}:{}", country(k)), 1.0 + ((a + b + k) % 5) as f64);
         }
     }
-    assert_eq!(stats.profiles.len(), 102_400);
+    let patterns = allot_core::controller::patterns_of(&targets, &stats).masks.len();
+    eprintln!("controller: 64 campaigns, {} profiles in {patterns} patterns", stats.profiles.len());
     let state = ControlState::default();
-    c.bench_function("controller/64 campaigns, 102,400 profiles", |b| {
+    c.bench_function("controller/64 campaigns, 64,512 profiles", |b| {
         b.iter(|| {
             std::hint::black_box(Controller::default().decide(ControlInput {
                 targets: &targets,
