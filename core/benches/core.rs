@@ -166,7 +166,7 @@ fn solve(c: &mut Criterion) {
 fn many_profiles(c: &mut Criterion) {
     let n = 64;
     let pairs: Vec<(usize, usize)> = (0..n).flat_map(|a| (a + 1..n).map(move |b| (a, b))).collect();
-    let shown = |i: usize, k: usize| ((i * 37 + k * 11) ^ (i * k)) % 3 != 0;
+    let shown = |i: usize, k: usize| !((i * 37 + k * 11) ^ (i * k)).is_multiple_of(3);
     let campaigns: Vec<_> = (0..n)
         .map(|i| {
             let platforms: Vec<String> =
