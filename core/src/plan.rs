@@ -15,7 +15,7 @@ use crate::{CampaignId, Eligibility, MAX_CAMPAIGNS, PlacementId};
 pub const PLAN_FORMAT: u32 = 1;
 
 /// The largest plan, as JSON, an edge takes (a push past it is refused unread). Every
-/// plan of a document [`crate::Targets::parse`] accepts fits: its campaigns, rules and
+/// plan of a document [`crate::Targets::admit`] accepts fits: its campaigns, rules and
 /// creatives are each bounded ([`MAX_CAMPAIGNS`], [`crate::targets::MAX_RULE_PLATFORMS`],
 /// the country codes, [`crate::targets::MAX_CREATIVE_BYTES`]).
 pub const MAX_PLAN_BYTES: usize = 1024 * 1024;
@@ -210,7 +210,7 @@ mod tests {
                        "eligibility": {"platforms": platforms, "countries": countries}})
             })
             .collect();
-        let targets = crate::Targets::parse(serde_json::from_value(json!({ "campaigns": campaigns })).unwrap())
+        let targets = crate::Targets::admit(serde_json::from_value(json!({ "campaigns": campaigns })).unwrap())
             .expect("every bound at its limit is valid");
         let plan = Plan {
             format: PLAN_FORMAT,

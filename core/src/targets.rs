@@ -71,15 +71,8 @@ impl Eligibility {
     }
 
     /// Normalises and checks the lists: platforms are lower-case tokens, countries are
-    /// ISO 3166-1 alpha-2 codes (upper-cased), no duplicates, at most
-    /// [`MAX_RULE_PLATFORMS`] platforms (countries are bounded by their codes).
+    /// ISO 3166-1 alpha-2 codes (upper-cased), no duplicates.
     pub fn parse(mut self, field: &str) -> Result<Self, ValidationError> {
-        if self.platforms.len() > MAX_RULE_PLATFORMS {
-            return Err(ValidationError::new(
-                format!("{field}.platforms"),
-                format!("at most {MAX_RULE_PLATFORMS} platforms per campaign (got {})", self.platforms.len()),
-            ));
-        }
         for p in &mut self.platforms {
             *p = p.to_ascii_lowercase();
         }
@@ -252,6 +245,35 @@ pub struct Targets {
 const SUM_SLACK: f64 = 1e-9;
 
 impl Targets {
+    /// A document as the admin API takes it anew: [`parse`](Self::parse)d, and within
+    /// the bounds that keep what it costs in proportion (at most
+    /// [`MAX_RULE_PLATFORMS`] platforms per rule, creatives of at most
+    /// [`MAX_CREATIVE_BYTES`]). A stored document is only parsed: one an earlier
+    /// version accepted past a bound later added must not stop its placement's rounds.
+    pub fn admit(spec: TargetsSpec) -> Result<Self, ValidationError> {
+        let targets = Self::parse(spec)?;
+        for (i, c) in targets.campaigns.iter().enumerate() {
+            let field = |name: &str| format!("campaigns[{i}].{name}");
+            let platforms = c.eligibility.platforms.len();
+            if platforms > MAX_RULE_PLATFORMS {
+                return Err(ValidationError::new(
+                    field("eligibility.platforms"),
+                    format!("at most {MAX_RULE_PLATFORMS} platforms per campaign (got {platforms})"),
+                ));
+            }
+            let size = creative_size(&c.creative);
+            if size > MAX_CREATIVE_BYTES {
+                return Err(ValidationError::new(
+                    field("creative"),
+                    format!("must be at most {MAX_CREATIVE_BYTES} bytes as compact JSON (got {size})"),
+                ));
+            }
+        }
+        Ok(targets)
+    }
+
+    /// A document's structure and values: ids, rates and their sum, eligibility lists,
+    /// confidence. What every stored document is read with.
     pub fn parse(spec: TargetsSpec) -> Result<Self, ValidationError> {
         if spec.campaigns.len() > MAX_CAMPAIGNS {
             return Err(ValidationError::new(
@@ -271,13 +293,6 @@ impl Targets {
             let rate = Rate::new(c.rate).map_err(|m| ValidationError::new(field("rate"), m))?;
             if !c.creative.is_object() {
                 return Err(ValidationError::new(field("creative"), "must be a JSON object"));
-            }
-            let size = creative_size(&c.creative);
-            if size > MAX_CREATIVE_BYTES {
-                return Err(ValidationError::new(
-                    field("creative"),
-                    format!("must be at most {MAX_CREATIVE_BYTES} bytes as compact JSON (got {size})"),
-                ));
             }
             let eligibility = c.eligibility.parse(&field("eligibility"))?;
             sum += rate.get();
@@ -324,7 +339,7 @@ mod tests {
     use super::*;
 
     fn parse(doc: serde_json::Value) -> Result<Targets, ValidationError> {
-        Targets::parse(serde_json::from_value(doc).expect("spec shape"))
+        Targets::admit(serde_json::from_value(doc).expect("spec shape"))
     }
 
     fn field_of(doc: serde_json::Value) -> String {
@@ -383,6 +398,17 @@ mod tests {
         assert!(err.message.contains("at most 64 platforms"), "{}", err.message);
         let doc = json!({"campaigns": [{"id": "A", "rate": 0.1, "eligibility": {"platforms": platforms[..64]}}]});
         assert_eq!(parse(doc).unwrap().campaigns[0].eligibility.platforms.len(), 64);
+    }
+
+    /// Bounds added later apply to what is admitted, not to what was stored before them.
+    #[test]
+    fn a_stored_document_past_the_bounds_still_parses() {
+        let platforms: Vec<String> = (0..65).map(|i| format!("p{i}")).collect();
+        let doc = json!({"campaigns": [{"id": "A", "rate": 0.1, "creative": {"t": "x".repeat(MAX_CREATIVE_BYTES)},
+                                        "eligibility": {"platforms": platforms}}]});
+        let spec: TargetsSpec = serde_json::from_value(doc).unwrap();
+        assert!(Targets::admit(spec.clone()).is_err());
+        assert_eq!(Targets::parse(spec).unwrap().campaigns[0].eligibility.platforms.len(), 65);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The admin API for placements: targets in, with ETags, roles and an audit trail.
 //!
-//! `PUT` validates with core's `Targets::parse` (a `422` names the offending field),
+//! `PUT` validates with core's `Targets::admit` (a `422` names the offending field),
 //! registers the placement, writes conditionally (`If-Match` → `412` on a stale ETag)
 //! with the change's audit entry in the same script, registers it again (see
 //! [`crate::store::Store::unregister`]), and wakes the control loop so the new targets
@@ -129,7 +129,7 @@ fn parse_spec(body: &[u8]) -> Result<Targets, ApiError> {
         serde_json::error::Category::Data => ApiError::validation("body", e.to_string()),
         _ => ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}")),
     })?;
-    Targets::parse(spec).map_err(|e| ApiError::validation(e.field, e.message))
+    Targets::admit(spec).map_err(|e| ApiError::validation(e.field, e.message))
 }
 
 #[utoipa::path(

@@ -210,3 +210,31 @@ async fn two_origins_one_controller_per_placement_and_failover() {
 fn home_feed_keys() -> keys::PlacementKeys {
     keys::PlacementKeys::of_raw("home_feed")
 }
+
+/// A document an earlier version stored past bounds added since (a rule of 65
+/// platforms, a creative past 8 KiB) is still read: its placement gets plans and a
+/// status, and only a new write of it is held to the bounds.
+#[tokio::test]
+async fn a_document_stored_before_its_bounds_keeps_its_placement_controlled() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(config(&redis, "", &[])).await;
+    let platforms: Vec<String> = (0..65).map(|i| format!("p{i}")).collect();
+    let spec = json!({"campaigns": [
+        {"id": "A", "rate": 0.3, "creative": {"t": "x".repeat(9 * 1024)}, "eligibility": {"platforms": platforms}},
+        {"id": "B", "rate": 0.2}
+    ]});
+    redis::pipe()
+        .hset_multiple(home_feed_keys().targets(), &[("spec", spec.to_string().as_str()), ("rev", "1")])
+        .hincr(keys::REGISTRY, "home_feed", 1)
+        .sadd(keys::DIRTY, "home_feed")
+        .query::<()>(&mut redis.conn())
+        .unwrap();
+    let status = eventually(10, "a plan for the stored document", || async {
+        let (code, v) = app.get_json("/v1/placements/home_feed/status", VIEWER_TOKEN).await;
+        (code == 200 && v["plan_version"].as_u64().is_some()).then_some(v)
+    })
+    .await;
+    assert_eq!(status["campaigns"].as_array().unwrap().len(), 2, "{status}");
+    let r = app.put_targets("home_feed", &spec, MANAGER_TOKEN).await;
+    assert_eq!(r.status(), 422, "written anew, the document is held to the bounds");
+}
