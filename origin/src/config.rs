@@ -317,11 +317,16 @@ pub struct MetricsConfig {
     /// here, and keep their series while they exist here; the others get the
     /// placement-level gauges only, which every placement has.
     pub campaign_series: usize,
+    /// `/metrics` answers only requests with an admin token (any role). Its series name
+    /// every placement and campaign with their shares and rates: on a listener the
+    /// public reaches, that is the business in plain text. Off by default, for a
+    /// scraper on a private network; Prometheus sends a token with `authorization`.
+    pub require_token: bool,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { campaign_series: 20_000 }
+        Self { campaign_series: 20_000, require_token: false }
     }
 }
 

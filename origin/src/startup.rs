@@ -12,7 +12,7 @@ use std::sync::Arc;
 use allot_core::Verifier;
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::sync::Notify;
@@ -157,11 +157,17 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Result<axum::Json<serde_json
     }))
 }
 
-/// One registry: the origin's metrics and, when it runs here, the archiver's.
+/// One registry: the origin's metrics and, when it runs here, the archiver's. With
+/// `metrics.require_token`, only for a caller with an admin token, checked before any
+/// rendering.
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses(
-    (status = 200, description = "Prometheus text format", content_type = "text/plain; version=0.0.4")))]
-pub async fn metrics(State(app): State<Arc<App>>) -> Response {
-    ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], app.metrics.render_in_turn().await).into_response()
+    (status = 200, description = "Prometheus text format", content_type = "text/plain; version=0.0.4"),
+    (status = 401, description = "`metrics.require_token` is set and the request has no valid admin token")))]
+pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if app.config.metrics.require_token {
+        app.auth.check(&headers, crate::config::Role::Viewer)?;
+    }
+    Ok(([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], app.metrics.render_in_turn().await).into_response())
 }
 
 fn instance_id() -> String {

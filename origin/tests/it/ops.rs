@@ -1,6 +1,6 @@
 //! Operations: the delivery gauges agree with the status API, per-campaign series stop at
 //! `metrics.campaign_series` while every placement keeps its own gauges, request metrics
-//! cannot be grown by junk paths, and the alert rules and the dashboard name only metrics the
+//! cannot be grown by junk paths, `/metrics` can be kept to admin tokens, and the alert rules and the dashboard name only metrics the
 //! origin exports (and pass `promtool`).
 
 use std::collections::BTreeSet;
@@ -256,4 +256,27 @@ async fn the_alerts_and_the_dashboard_name_only_exported_metrics() {
     named.extend(names_in(&std::fs::read_to_string(repo().join("ops/prometheus/alerts.yml")).unwrap()));
     let missing: Vec<&String> = named.iter().filter(|n| !exported.contains(*n)).collect();
     assert!(missing.is_empty(), "named in the rules or the dashboard but not exported: {missing:?}");
+}
+
+/// With `metrics.require_token`, `/metrics` (every placement's and campaign's shares by
+/// name) answers only a request with an admin token; without one, or with one it does
+/// not know, the JSON `401` every admin route gives, before anything is rendered.
+#[tokio::test]
+async fn metrics_can_be_kept_to_admin_tokens() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(config(&redis, "", &[("ALLOT_METRICS_REQUIRE_TOKEN", "true")])).await;
+    let get = |token: Option<&str>| {
+        let r = app.http.get(app.url("/metrics"));
+        let r = if let Some(t) = token { r.bearer_auth(t) } else { r };
+        r.send()
+    };
+    for token in [None, Some("not-a-token")] {
+        let r = get(token).await.unwrap();
+        assert_eq!(r.status(), 401, "{token:?}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "unauthorized", "{v}");
+    }
+    let r = get(Some(VIEWER_TOKEN)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("allot_http_requests_total"));
 }
