@@ -143,19 +143,7 @@ fn solve(c: &mut Criterion) {
             stats.profiles.insert(format!("{platform}:{}", country(k)), 1.0 + ((i * 100 + k) % 7) as f64);
         }
     }
-    let state = ControlState::default();
-    c.bench_function("controller/64 campaigns, 1000 profiles", |b| {
-        b.iter(|| {
-            std::hint::black_box(Controller::default().decide(ControlInput {
-                targets: &targets,
-                recent: &stats,
-                last: None,
-                last_index: None,
-                previous: None,
-                state: &state,
-            }))
-        })
-    });
+    bench_round(c, "controller/64 campaigns, 1000 profiles", &targets, &stats);
 }
 
 /// A round over a window of 64,512 profiles in thousands of patterns: 64 campaigns,
@@ -185,12 +173,18 @@ fn many_profiles(c: &mut Criterion) {
     }
     let patterns = allot_core::controller::patterns_of(&targets, &stats).masks.len();
     eprintln!("controller: 64 campaigns, {} profiles in {patterns} patterns", stats.profiles.len());
+    bench_round(c, "controller/64 campaigns, 64,512 profiles", &targets, &stats);
+}
+
+/// One whole controller round over `stats` (profiles → patterns → solve → decision),
+/// from a fresh state.
+fn bench_round(c: &mut Criterion, name: &str, targets: &Targets, stats: &WindowStats) {
     let state = ControlState::default();
-    c.bench_function("controller/64 campaigns, 64,512 profiles", |b| {
+    c.bench_function(name, |b| {
         b.iter(|| {
             std::hint::black_box(Controller::default().decide(ControlInput {
-                targets: &targets,
-                recent: &stats,
+                targets,
+                recent: stats,
                 last: None,
                 last_index: None,
                 previous: None,
