@@ -34,6 +34,7 @@ use crate::choose::EligibilityIndex;
 use crate::estimate::{self, DeliveryBasis};
 use crate::solver::{self, Patterns, SolveOptions};
 use crate::stats::parse_profile_key;
+use crate::stragglers::Stragglers;
 use crate::{
     CampaignId, Eligibility, MAX_CAMPAIGNS, PLAN_FORMAT, PlacementId, Plan, PlanCampaign, RequestAttrs, Targets,
     WindowStats,
@@ -53,6 +54,10 @@ pub struct ControlState {
     /// before it existed: learning starts over).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub learning: Option<Learning>,
+    /// How many of a window's requests come after its round, learnt over many windows
+    /// (absent in states stored before it existed: learnt afresh).
+    #[serde(default, skip_serializing_if = "Stragglers::is_empty")]
+    pub stragglers: Stragglers,
 }
 
 /// A [`ControlState`] as stored, before its values are checked.
@@ -62,6 +67,8 @@ struct StoredState {
     corrections: BTreeMap<CampaignId, f64>,
     #[serde(default)]
     learning: Option<Learning>,
+    #[serde(default)]
+    stragglers: Stragglers,
 }
 
 /// Only an object is a state: serde would also take a struct from an array (`[]`, its
@@ -85,7 +92,8 @@ impl TryFrom<StoredState> for ControlState {
         if let Some((id, g)) = s.corrections.iter().find(|(_, g)| !(g.is_finite() && **g > 0.0)) {
             return Err(format!("correction {g} of {id}"));
         }
-        Ok(Self { corrections: s.corrections, learning: s.learning })
+        s.stragglers.check()?;
+        Ok(Self { corrections: s.corrections, learning: s.learning, stragglers: s.stragglers })
     }
 }
 

@@ -18,6 +18,7 @@
 use crate::controller::patterns_of;
 use crate::solver::Patterns;
 use crate::stats::MAX_STRAGGLERS;
+use crate::stragglers::Stragglers;
 use crate::{CampaignId, DeliveryBasis, Policy, Targets, WindowStats};
 
 /// The windows a round looks at.
@@ -38,58 +39,43 @@ pub struct Evidence {
 /// costs little, and a real shift (a platform's share doubling) is dozens of errors.
 pub const MIX_SHIFT_SIGMAS: f64 = 5.0;
 
-/// The pseudo-count, in requests, that [`Evidence::stragglers`] adds to the late and to
-/// the on-time requests of the windows before the newest.
-pub const STRAGGLERS_PRIOR: f64 = 1.0;
-
 impl Evidence {
     /// The newest window, if anything was counted in it.
     pub fn last(&self) -> Option<&WindowStats> {
         self.windows.first().filter(|w| w.requests.n > 0 || !w.campaigns.is_empty())
     }
 
-    /// The share of the newest window's requests still to come, as the windows before
-    /// it show it: of their requests, those counted late ([`WindowStats::late`]), less
-    /// the newest's own late ones already in (read a while after its watermark, by the
-    /// status or for impressions, it has some), at most [`MAX_STRAGGLERS`]. The newest
-    /// cannot tell by itself: its stragglers are still on their way. A window read at
-    /// its watermark is complete only if every batch of it arrived by then; a retried
-    /// or delayed batch arrives after, and at census the interval would otherwise claim
-    /// an exactness the count lacks.
-    ///
-    /// The windows before count one late request more than they had, and one on-time
-    /// request more (Laplace's rule of succession, [`STRAGGLERS_PRIOR`]): where they hold
-    /// a few hundred requests and none came late, a late one in the newest is still
-    /// likely enough to allow for. The allowance only widens the interval (it scales
-    /// every count alike), so it costs a small placement's interval a little width and
-    /// a large one's nothing.
-    pub fn stragglers(&self) -> f64 {
-        self.still_to_come(STRAGGLERS_PRIOR, |w| (w.late.ht, w.requests.ht))
+    /// The share of the newest window's requests still to come, at confidence `level`,
+    /// as `learnt` (the placement's rounds, over many windows) and the windows before it
+    /// show it: [`Stragglers::allowance`]. The newest cannot tell by itself: its
+    /// stragglers are still on their way. A window read at its watermark is complete
+    /// only if every batch of it arrived by then; a retried or delayed batch arrives
+    /// after, and at census the interval would otherwise claim an exactness the count
+    /// lacks.
+    pub fn stragglers(&self, learnt: &Stragglers, level: f64) -> f64 {
+        learnt.allowance(self, level)
     }
 
-    /// The same for the newest window's impressions of `campaign`: of its impressions
-    /// in the windows before, those counted after their window was read for impressions
-    /// ([`CampaignCounts::late_impressions`](crate::stats::CampaignCounts::late_impressions)).
-    /// An app reports an impression once it has shown the ad, and a slow network or a
-    /// backgrounded app reports it later than the impression lateness; a share measured
-    /// on impressions would otherwise read low, and its census interval claim an
-    /// exactness the count lacks.
+    /// The share of the newest window's impressions of `campaign` still to come: of its
+    /// impressions in the windows before, those counted after their window was read for
+    /// impressions
+    /// ([`CampaignCounts::late_impressions`](crate::stats::CampaignCounts::late_impressions)),
+    /// less the newest's own already in, within `[0, MAX_STRAGGLERS]`. An app reports
+    /// an impression once it has shown the ad, and a slow network or a backgrounded app
+    /// reports it later than the impression lateness; a share measured on impressions
+    /// would otherwise read low, and its census interval claim an exactness the count
+    /// lacks. Unlike requests, impressions come late a few at a time from every app, so
+    /// an average over the windows before is their measure. No prior: the published
+    /// share itself is scaled up by what is still to come, so a pseudo-count would lift
+    /// a small campaign's share, not widen it. Without windows before the newest (a
+    /// placement's first), nothing is known and nothing is allowed for.
     pub fn impressions_to_come(&self, campaign: &CampaignId) -> f64 {
-        // No prior here: the published share itself is scaled up by what is still to
-        // come, so a pseudo-count would lift a small campaign's share, not widen it.
-        self.still_to_come(0.0, |w| {
+        let counts = |w: &WindowStats| {
             let c = w.campaigns.get(campaign).copied().unwrap_or_default();
             (c.late_impressions.ht, c.impressions.ht)
-        })
-    }
-
-    /// The share `(late + prior) / (all + 2·prior)` over the windows before the newest,
-    /// less the newest's own, within `[0, MAX_STRAGGLERS]`. Without windows before it
-    /// (the first window of a placement), nothing is known and nothing is allowed for.
-    fn still_to_come(&self, prior: f64, counts: impl Fn(&WindowStats) -> (f64, f64)) -> f64 {
+        };
         let share = |(late, all): (f64, f64)| if all > 0.0 { late / all } else { 0.0 };
-        let older = self.windows.iter().skip(1).map(&counts).fold((0.0, 0.0), |(l, a), (wl, wa)| (l + wl, a + wa));
-        let older = if older.1 > 0.0 { (older.0 + prior, older.1 + 2.0 * prior) } else { older };
+        let older = self.windows.iter().skip(1).map(counts).fold((0.0, 0.0), |(l, a), (wl, wa)| (l + wl, a + wa));
         let arrived = self.windows.first().map_or(0.0, |w| share(counts(w)));
         (share(older) - arrived).clamp(0.0, MAX_STRAGGLERS)
     }
@@ -98,8 +84,8 @@ impl Evidence {
     /// for its [`stragglers`](Self::stragglers) (`WindowStats::with_stragglers`). Its
     /// [`impressions_to_come`](Self::impressions_to_come) are allowed for in the
     /// intervals (`estimate::published`), not in the counts.
-    pub fn last_reading(&self) -> WindowStats {
-        self.windows.first().map(|w| w.with_stragglers(self.stragglers())).unwrap_or_default()
+    pub fn last_reading(&self, learnt: &Stragglers, level: f64) -> WindowStats {
+        self.windows.first().map(|w| w.with_stragglers(self.stragglers(learnt, level))).unwrap_or_default()
     }
 
     /// The newest windows whose traffic mix agrees, merged: what the controller models
@@ -286,11 +272,11 @@ mod tests {
         // Of the 80 impressions of windows 3 and 2, 4 came late; 4 has none of its own yet.
         let e = evidence_of(vec![window(4, 38), with_late_impressions(3, 40, 3), with_late_impressions(2, 40, 1)]);
         assert!((e.impressions_to_come(&a) - 4.0 / 80.0).abs() < 1e-12);
-        assert!((e.stragglers() - 1.0 / 202.0).abs() < 1e-12, "allocations all came on time: the prior only");
         // The counts are kept as they are; the published share allows for the rest, up
         // to A's allocations.
-        assert_eq!(e.last_reading().campaigns[&a].impressions.n, 38);
-        let (basis, share) = crate::estimate::published(&e.last_reading(), &a, e.impressions_to_come(&a), 1.96);
+        let reading = e.last_reading(&Stragglers::default(), 0.95);
+        assert_eq!(reading.campaigns[&a].impressions.n, 38);
+        let (basis, share) = crate::estimate::published(&reading, &a, e.impressions_to_come(&a), 1.96);
         assert_eq!(basis, crate::DeliveryBasis::Impressions);
         assert!((share.share - 0.40).abs() < 1e-9 && share.low < 0.39 && share.high <= 0.40, "{share:?}");
         // Read later, the newest has some of its late impressions: only the rest.
@@ -371,50 +357,5 @@ mod tests {
         assert_eq!(Evidence::default().mix(&targets), WindowStats::default());
         let gap = evidence_of(vec![mixed("a", 300), WindowStats::default(), mixed("c", 300)]);
         assert_eq!(gap.mix(&targets).requests.n, 2000);
-    }
-
-    /// `window(i, 0)` with `late` of its 100 requests counted after its round.
-    fn with_late(i: u64, late: usize) -> WindowStats {
-        let mut s = window(i, 0);
-        let mut l = WindowStats::default();
-        (0..late).for_each(|r| l.fold(&allocation(&format!("late{i}-{r}"), None, &[], 1.0)));
-        s.late = l.requests;
-        s
-    }
-
-    #[test]
-    fn stragglers_are_learnt_from_the_windows_before_the_newest() {
-        // The newest window's own late requests are not all in yet: it is left out.
-        let e = evidence_of(vec![with_late(4, 0), with_late(3, 2), with_late(2, 0), with_late(1, 4)]);
-        // 6 of their 300 requests came late, and the prior adds one late and one on time.
-        let learnt = 7.0 / 302.0;
-        assert!((e.stragglers() - learnt).abs() < 1e-12);
-        let reading = e.last_reading();
-        assert_eq!(reading.requests.n, 100);
-        assert!((reading.requests.ht - 100.0 / (1.0 - learnt)).abs() < 1e-9);
-        // Read later, the newest has some of its stragglers: only the rest is allowed for.
-        let later = evidence_of(vec![with_late(4, 1), with_late(3, 2), with_late(2, 0), with_late(1, 4)]);
-        assert!((later.stragglers() - (learnt - 0.01)).abs() < 1e-12);
-        let all_in = evidence_of(vec![with_late(4, 5), with_late(3, 2), with_late(2, 0), with_late(1, 4)]);
-        assert_eq!(all_in.stragglers(), 0.0);
-        // What is published is what the intervals use: at most the cap.
-        let flood = evidence_of(vec![with_late(4, 0), with_late(3, 100), with_late(2, 100)]);
-        assert_eq!(flood.stragglers(), MAX_STRAGGLERS);
-        // None late of a hundred: one in a hundred and two is still allowed for, and
-        // the share stays what was counted; of a million, next to nothing.
-        let on_time = evidence_of(vec![window(4, 0), window(3, 0)]);
-        assert!((on_time.stragglers() - 1.0 / 102.0).abs() < 1e-12);
-        let (counted, read) = (window(4, 0), on_time.last_reading());
-        let a = CampaignId::parse("A").unwrap();
-        let share = |w: &WindowStats| crate::estimate::share(w, &a, crate::DeliveryBasis::Allocations, 1.96);
-        let (exact, allowed) = (share(&counted), share(&read));
-        assert_eq!((exact.low, exact.share, exact.high), (0.4, 0.4, 0.4), "a census count claims exactness");
-        assert!((allowed.share - 0.4).abs() < 1e-12 && allowed.low < 0.395 && allowed.high > 0.405, "{allowed:?}");
-        let mut large = window(3, 0);
-        large.requests.ht = 1e6;
-        assert!(evidence_of(vec![window(4, 0), large]).stragglers() < 2e-6);
-        // One window, or nothing at all: nothing to allow for.
-        assert_eq!(evidence_of(vec![with_late(4, 50)]).stragglers(), 0.0);
-        assert_eq!(Evidence::default().last_reading(), WindowStats::default());
     }
 }

@@ -36,6 +36,7 @@ pub mod signature;
 pub mod solver;
 pub mod spread;
 pub mod stats;
+pub mod stragglers;
 pub mod targets;
 pub mod token;
 

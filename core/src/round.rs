@@ -121,6 +121,8 @@ impl Policy {
             previous: r.previous,
             state: r.state,
         });
+        // Kept every round, as the controller's own state is.
+        decision.state.stragglers = r.state.stragglers.learnt(r.evidence);
         let current_rate = r.previous.map_or(1.0, |p| p.sample_rate);
         let rate = self.planner.rate_for(r.targets, last, &r.evidence.recent, current_rate);
         // The weights in force are still right: a republish (for its age or a new

@@ -44,9 +44,10 @@ pub struct WindowRecord {
     pub campaigns: Vec<CampaignStatus>,
 }
 
-/// Records the last complete window in `inputs`, with `campaigns` (its reading, see
+/// Records the last complete window in `inputs`, with the share of its requests still
+/// to come that the round allowed for and `campaigns` (its reading, see
 /// `status::campaigns`), once; a failure is logged, never fatal to the round.
-pub async fn record(app: &App, p: &PlacementId, inputs: &Inputs, campaigns: Vec<CampaignStatus>) {
+pub async fn record(app: &App, p: &PlacementId, inputs: &Inputs, stragglers: f64, campaigns: Vec<CampaignStatus>) {
     // Windows nobody was served in are not recorded: idle placements cost nothing.
     if inputs.evidence.windows.first().is_none_or(|w| w.requests.n == 0) {
         return;
@@ -54,7 +55,7 @@ pub async fn record(app: &App, p: &PlacementId, inputs: &Inputs, campaigns: Vec<
     let period = app.config.control.period_ms;
     let record = WindowRecord {
         id: String::new(),
-        window: WindowSummary::of(period, &inputs.evidence),
+        window: WindowSummary::of(period, &inputs.evidence, stragglers),
         plan_version: inputs.previous.as_ref().map(|r| r.plan.version),
         sample_rate: inputs.previous.as_ref().map(|r| r.plan.sample_rate),
         campaigns,

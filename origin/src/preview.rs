@@ -105,7 +105,11 @@ pub async fn preview(
     let required = SampleRatePlanner::required_samples(&targets);
     Ok(Json(Preview {
         placement: id.to_string(),
-        window: WindowSummary::of(cfg.period_ms, &inputs.evidence),
+        window: WindowSummary::of(
+            cfg.period_ms,
+            &inputs.evidence,
+            inputs.evidence.stragglers(&inputs.state.stragglers, targets.confidence.level),
+        ),
         recent_windows: cfg.recent_windows,
         feasible: campaigns.iter().all(|c| c.feasible),
         campaigns,

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use allot_core::estimate::{self, DeliveryBasis};
+use allot_core::stragglers::Stragglers;
 use allot_core::{Decision, Evidence, Feasibility, Targets, WindowStats};
 use axum::Json;
 use axum::extract::State;
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::admin::PlacementPath;
 use crate::auth::Viewer;
 use crate::error::ApiError;
+use crate::inputs::Inputs;
 use crate::startup::App;
 
 /// A measured share with its interval: an interval for the share realized among the
@@ -65,11 +67,11 @@ pub struct WindowSummary {
     /// Sampled requests.
     pub samples: u64,
     pub effective_samples: f64,
-    /// The share of the window's requests the windows before it say were still to come
-    /// when it was read (counted late there, plus the rule of succession's one late
-    /// request in as many as they held: `Evidence::stragglers`), less the window's own
-    /// late ones already in: the campaigns' intervals allow for them. 0 in records kept
-    /// before it was measured.
+    /// The share of the window's requests allowed for as still to come when it was
+    /// read, at the placement's confidence level: the rounds learn over many windows how
+    /// often one lacks a late body and how large (`Stragglers::allowance`), less the
+    /// window's own late ones already in. The campaigns' intervals allow for them. 0 in
+    /// records kept before it was measured.
     #[serde(default)]
     pub stragglers: f64,
     /// The same for the impressions of each campaign measured on them, where it is not
@@ -136,13 +138,14 @@ impl Health {
 }
 
 impl WindowSummary {
-    /// The newest window `evidence` looks at, with what it still lacks.
-    pub fn of(period_ms: u64, evidence: &Evidence) -> Self {
+    /// The newest window `evidence` looks at, with what it still lacks: `stragglers`,
+    /// the share of its requests allowed for ([`Evidence::stragglers`]).
+    pub fn of(period_ms: u64, evidence: &Evidence, stragglers: f64) -> Self {
         let index = evidence.last_index.unwrap_or(0);
         let empty = WindowStats::default();
         let w = evidence.windows.first().unwrap_or(&empty);
         Self {
-            stragglers: evidence.stragglers(),
+            stragglers,
             impressions_to_come: w
                 .campaigns
                 .keys()
@@ -161,10 +164,16 @@ impl WindowSummary {
 }
 
 /// Each campaign's target, measured share (with its interval, at the placement's
-/// confidence level) in `window`, and what `decision` made of it.
-pub fn campaigns(targets: &Targets, evidence: &Evidence, decision: Option<&Decision>) -> Vec<CampaignStatus> {
+/// confidence level, allowing for the requests still to come as `learnt` says) in the
+/// newest window of `evidence`, and what `decision` made of it.
+pub fn campaigns(
+    targets: &Targets,
+    evidence: &Evidence,
+    learnt: &Stragglers,
+    decision: Option<&Decision>,
+) -> Vec<CampaignStatus> {
     let z = targets.confidence.z();
-    let reading = evidence.last_reading();
+    let reading = evidence.last_reading(learnt, targets.confidence.level);
     targets
         .campaigns
         .iter()
@@ -211,16 +220,15 @@ pub async fn get_status(
     let Some(record) = record else { return Err(ApiError::NotFound(format!("placement {id}"))) };
     let spec = record.spec.clone().ok_or_else(|| ApiError::NotFound(format!("placement {id}")))?;
     let targets = Targets::parse(spec).map_err(|e| ApiError::Internal(format!("stored targets of {id}: {e}")))?;
-    let plan = app.store.plan_record(&id).await?;
 
     let period = app.config.control.period_ms;
     // The window a round would look at now: the last complete one, for impressions too.
-    // The windows before it tell how many of its requests may still be on their way.
-    let recent = app.config.control.recent_windows;
-    let evidence = crate::inputs::evidence(&app, &id, crate::now_ms(), recent).await?;
-    let window = WindowSummary::of(period, &evidence);
+    // The rounds' state tells how many of its requests may still be on their way.
+    let Inputs { evidence, previous: plan, state } = Inputs::read(&app, &id, crate::now_ms()).await?;
+    let stragglers = evidence.stragglers(&state.stragglers, targets.confidence.level);
+    let window = WindowSummary::of(period, &evidence, stragglers);
     let decision = plan.as_ref().and_then(|p| p.decision.as_ref());
-    let campaigns = campaigns(&targets, &evidence, decision);
+    let campaigns = campaigns(&targets, &evidence, &state.stragglers, decision);
     let last = evidence.windows.into_iter().next().unwrap_or_default();
     let attainable = crate::inputs::attainable(&last, &targets);
     let health = Health::of(&campaigns, targets.confidence.margin, attainable);

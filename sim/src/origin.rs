@@ -234,6 +234,11 @@ impl ControlLoop {
         Some(plan)
     }
 
+    /// The controller's state after the last round (kept every round, as the origin does).
+    pub fn state(&self) -> &ControlState {
+        &self.state
+    }
+
     /// The decision stored with the plan in force.
     pub fn decision_in_force(&self) -> Option<&Decision> {
         self.record.as_ref().map(|r| &r.decision)

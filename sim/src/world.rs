@@ -419,7 +419,7 @@ fn annotate(records: &mut [WindowRecord], p: usize, index: u64, st: &PlacementSt
     rec.decided = true;
     let evidence = &st.control.last_evidence;
     rec.counted = evidence.last().map_or(0, |w| w.requests.n);
-    let stats = evidence.last_reading();
+    let stats = evidence.last_reading(&st.control.state().stragglers, st.targets.confidence.level);
     let z = st.targets.confidence.z();
     for c in &mut rec.campaigns {
         let to_come = evidence.impressions_to_come(&c.id);

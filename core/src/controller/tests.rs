@@ -449,8 +449,10 @@ fn the_half_margin_bound_is_on_the_measured_share() {
     // target would deliver 0.8 pp over the measured target, past half the ±1 pp margin.
     let t = targets(json!({"campaigns": [{"id": "B", "rate": 0.15, "eligibility": {"countries": ["DE"]}}]}));
     let w = window(&[(None, Some("DE"), 790), (None, Some("US"), 9_210)]);
-    let state =
-        ControlState { corrections: [(CampaignId::parse("B").unwrap(), 0.5)].into_iter().collect(), learning: None };
+    let state = ControlState {
+        corrections: [(CampaignId::parse("B").unwrap(), 0.5)].into_iter().collect(),
+        ..ControlState::default()
+    };
     let input = ControlInput { targets: &t, recent: &w, last: None, last_index: None, previous: None, state: &state };
     let b = Controller::default().decide(input).campaigns.remove(0);
     assert_eq!(b.correction, 0.5);

@@ -121,7 +121,7 @@ async fn bytes_that_are_not_a_state_are_discarded_and_rounds_go_on() {
     let redis = RedisServer::start();
     let (app, _) = start_with_a_plan(&redis).await;
 
-    let forgeries: [(&str, Option<&[u8]>); 8] = [
+    let forgeries: [(&str, Option<&[u8]>); 10] = [
         ("bytes that are not UTF-8", Some(b"\xff\xfe\x00 not a state")),
         ("truncated JSON", Some(br#"{"corrections": {"A": 1.5}, "learning": {"plans": [{"since_version": 1,"#)),
         ("JSON that is not a state", Some(b"[1, 2, 3]")),
@@ -129,17 +129,25 @@ async fn bytes_that_are_not_a_state_are_discarded_and_rounds_go_on() {
         ("a correction that was NaN (null in JSON)", Some(br#"{"corrections": {"A": null}}"#)),
         ("a correction beyond f64", Some(br#"{"corrections": {"A": 1e999}}"#)),
         ("an empty string", Some(b"")),
+        (
+            "more late windows than windows",
+            Some(br#"{"stragglers": {"windows": 1, "windows_sq": 1, "late_windows": 5, "late": 1, "requests": 9, "last_window": 3}}"#),
+        ),
+        (
+            "negative late requests",
+            Some(br#"{"stragglers": {"windows": 9, "windows_sq": 9, "late_windows": 1, "late": -1, "requests": 9, "last_window": 3}}"#),
+        ),
         ("a key of another type", None),
     ];
     for (i, (what, bytes)) in forgeries.into_iter().enumerate() {
         let discarded = log.discarded();
         forge(&redis, bytes);
-        let rate = 0.4 - 0.05 * i as f64;
+        let rate = 0.45 - 0.04 * i as f64;
         let plan = new_targets(&app, &redis, rate, what).await;
         // Nothing of the forged state reached the plan: A's weight is its target.
         assert!((weight_of_a(&plan) - rate).abs() < 1e-6, "{what}: {plan:?}");
         let state = stored_state(&redis).expect("the round stored its state");
-        assert!(state.corrections.is_empty(), "{what}: {state:?}");
+        assert!(state.corrections.is_empty() && state.stragglers.check().is_ok(), "{what}: {state:?}");
         assert_eq!(log.discarded(), discarded + 1, "{what}: the discarded state is logged once");
         assert_eq!(app.app().metrics.control_state_discarded.get(), i as u64 + 1, "{what}: and counted");
     }
@@ -212,7 +220,7 @@ type Forgery = (&'static str, ControlState, bool);
 fn forged(base: &Learning, f: impl FnOnce(&mut Learning)) -> ControlState {
     let mut l = Learning { last_window: 0, ..base.clone() };
     f(&mut l);
-    ControlState { corrections: BTreeMap::new(), learning: Some(l) }
+    ControlState { corrections: BTreeMap::new(), learning: Some(l), ..ControlState::default() }
 }
 
 /// The remembered weights of the plan in force.
@@ -296,7 +304,7 @@ async fn forged_learning_never_bends_the_plan_and_learning_starts_afresh() {
 
         // The window is at A's target: whatever the forged state said, no correction,
         // and the plan keeps the target's weights.
-        assert!(state.corrections.is_empty(), "{what}: {state:?}");
+        assert!(state.corrections.is_empty() && state.stragglers.check().is_ok(), "{what}: {state:?}");
         assert!((weight_of_a(&plan) - 0.5).abs() < 1e-6, "{what}: {plan:?}");
         // What is remembered is the placement's own history, within bounds.
         let learning = state.learning.as_ref().expect("learning is kept");

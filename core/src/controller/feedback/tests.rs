@@ -135,7 +135,7 @@ fn a_correction_decays_once_its_cause_is_gone() {
     // A correction for a bias that is no longer there: A is over-delivered by 4 %.
     let start = ControlState {
         corrections: [(CampaignId::parse("A").unwrap(), 1.0 / 0.96)].into_iter().collect(),
-        learning: None,
+        ..ControlState::default()
     };
     let trace = run(8, 1.0, start, None);
     assert!(trace[0].0 > 0.31, "{:?}", trace[0]);
