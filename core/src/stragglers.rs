@@ -129,8 +129,9 @@ impl Stragglers {
         }
         let alpha = 1.0 - level;
         let p = (s.late_windows + PRIOR) / (s.windows + 2.0 * PRIOR);
-        let evidence = if s.windows_sq > 0.0 { s.windows * s.windows / s.windows_sq } else { s.windows };
-        let p = (p + (1.0 - p) / (evidence + 2.0 * PRIOR)).min(1.0);
+        // Leaning high by the estimate's variance over itself (the module doc).
+        let worth = if s.windows_sq > 0.0 { s.windows * s.windows / s.windows_sq } else { s.windows };
+        let p = (p + (1.0 - p) / (worth + 2.0 * PRIOR)).min(1.0);
         // The share a late body lacks; before any came, one request of the newest.
         let body = if s.requests > 0.0 { s.late / s.requests } else { 1.0 / newest.requests.ht.max(1.0) };
         if !(alpha > 0.0 && p > alpha) {
