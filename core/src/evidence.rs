@@ -18,7 +18,6 @@
 use crate::controller::patterns_of;
 use crate::solver::Patterns;
 use crate::stats::MAX_STRAGGLERS;
-use crate::stragglers::Stragglers;
 use crate::{CampaignId, DeliveryBasis, Policy, Targets, WindowStats};
 
 /// The windows a round looks at.
@@ -43,17 +42,6 @@ impl Evidence {
     /// The newest window, if anything was counted in it.
     pub fn last(&self) -> Option<&WindowStats> {
         self.windows.first().filter(|w| w.requests.n > 0 || !w.campaigns.is_empty())
-    }
-
-    /// The share of the newest window's requests still to come, at confidence `level`,
-    /// as `learnt` (the placement's rounds, over many windows) and the windows before it
-    /// show it: [`Stragglers::allowance`]. The newest cannot tell by itself: its
-    /// stragglers are still on their way. A window read at its watermark is complete
-    /// only if every batch of it arrived by then; a retried or delayed batch arrives
-    /// after, and at census the interval would otherwise claim an exactness the count
-    /// lacks.
-    pub fn stragglers(&self, learnt: &Stragglers, level: f64) -> f64 {
-        learnt.allowance(self, level)
     }
 
     /// The share of the newest window's impressions of `campaign` still to come: of its
@@ -81,11 +69,13 @@ impl Evidence {
     }
 
     /// The newest window as the status and history publish it: its counts, allowing
-    /// for its [`stragglers`](Self::stragglers) (`WindowStats::with_stragglers`). Its
+    /// for the share `stragglers` of its requests still to come
+    /// ([`Stragglers::allowance`](crate::stragglers::Stragglers::allowance): the newest cannot tell by
+    /// itself, its own are still on their way; `WindowStats::with_stragglers`). Its
     /// [`impressions_to_come`](Self::impressions_to_come) are allowed for in the
     /// intervals (`estimate::published`), not in the counts.
-    pub fn last_reading(&self, learnt: &Stragglers, level: f64) -> WindowStats {
-        self.windows.first().map(|w| w.with_stragglers(self.stragglers(learnt, level))).unwrap_or_default()
+    pub fn last_reading(&self, stragglers: f64) -> WindowStats {
+        self.windows.first().map(|w| w.with_stragglers(stragglers)).unwrap_or_default()
     }
 
     /// The newest windows whose traffic mix agrees, merged: what the controller models
@@ -274,7 +264,7 @@ mod tests {
         assert!((e.impressions_to_come(&a) - 4.0 / 80.0).abs() < 1e-12);
         // The counts are kept as they are; the published share allows for the rest, up
         // to A's allocations.
-        let reading = e.last_reading(&Stragglers::default(), 0.95);
+        let reading = e.last_reading(0.0);
         assert_eq!(reading.campaigns[&a].impressions.n, 38);
         let (basis, share) = crate::estimate::published(&reading, &a, e.impressions_to_come(&a), 1.96);
         assert_eq!(basis, crate::DeliveryBasis::Impressions);

@@ -148,7 +148,7 @@ pub struct WindowStats {
     pub versions: BTreeMap<u64, f64>,
     /// The requests among them counted after the window's round had read it
     /// ([`Policy::is_late`](crate::Policy::is_late)): how incomplete a window is when
-    /// it is read, learnt once its stragglers are in ([`crate::Evidence::stragglers`]).
+    /// it is read, learnt once its stragglers are in ([`crate::stragglers::Stragglers`]).
     pub late: Tally,
 }
 

@@ -274,8 +274,8 @@ async fn prepare(app: &App, p: &PlacementId, now_ms: u64, fence: &Fence) -> Resu
     if !crate::inputs::keep_state(app, p, &outcome.decision.state, fence).await? {
         return Ok(None);
     }
-    let learnt = &outcome.decision.state.stragglers;
-    let campaigns = crate::status::campaigns(&targets, &inputs.evidence, learnt, Some(&outcome.decision));
+    let stragglers = outcome.decision.state.stragglers.allowance(&inputs.evidence, targets.confidence.level);
+    let campaigns = crate::status::campaigns(&targets, &inputs.evidence, stragglers, Some(&outcome.decision));
     app.metrics.delivery.observe(
         p.as_str(),
         &PlacementReading {
@@ -286,7 +286,6 @@ async fn prepare(app: &App, p: &PlacementId, now_ms: u64, fence: &Fence) -> Resu
             margin: targets.confidence.margin,
         },
     );
-    let stragglers = inputs.evidence.stragglers(learnt, targets.confidence.level);
     crate::history::record(app, p, &inputs, stragglers, campaigns).await;
     let Some(Published { mut plan, why }) = outcome.publish else { return Ok(None) };
     if let Err(e) = plan.check() {

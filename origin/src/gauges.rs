@@ -83,7 +83,7 @@ fn is_feasible(c: &CampaignStatus) -> bool {
 ///
 /// The interval is one for the share realized among the window's requests: it narrows as
 /// the sample rate rises, and at census (every request sampled) it is the realized share
-/// itself, but for the allowance for requests still to come (`Evidence::stragglers`):
+/// itself, but for the allowance for requests still to come (`Stragglers::allowance`):
 /// nearly zero width. A realized share differs from the target by a little from the
 /// randomness of allocation alone, so "the target outside the interval" would call every
 /// small placement sampled at census off target. What a placement promises is realized

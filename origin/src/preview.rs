@@ -108,7 +108,7 @@ pub async fn preview(
         window: WindowSummary::of(
             cfg.period_ms,
             &inputs.evidence,
-            inputs.evidence.stragglers(&inputs.state.stragglers, targets.confidence.level),
+            inputs.state.stragglers.allowance(&inputs.evidence, targets.confidence.level),
         ),
         recent_windows: cfg.recent_windows,
         feasible: campaigns.iter().all(|c| c.feasible),

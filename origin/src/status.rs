@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use allot_core::estimate::{self, DeliveryBasis};
-use allot_core::stragglers::Stragglers;
 use allot_core::{Decision, Evidence, Feasibility, Targets, WindowStats};
 use axum::Json;
 use axum::extract::State;
@@ -139,7 +138,8 @@ impl Health {
 
 impl WindowSummary {
     /// The newest window `evidence` looks at, with what it still lacks: `stragglers`,
-    /// the share of its requests allowed for ([`Evidence::stragglers`]).
+    /// the share of its requests allowed for
+    /// ([`allot_core::stragglers::Stragglers::allowance`]).
     pub fn of(period_ms: u64, evidence: &Evidence, stragglers: f64) -> Self {
         let index = evidence.last_index.unwrap_or(0);
         let empty = WindowStats::default();
@@ -164,16 +164,16 @@ impl WindowSummary {
 }
 
 /// Each campaign's target, measured share (with its interval, at the placement's
-/// confidence level, allowing for the requests still to come as `learnt` says) in the
-/// newest window of `evidence`, and what `decision` made of it.
+/// confidence level, allowing for the share `stragglers` of its requests still to come)
+/// in the newest window of `evidence`, and what `decision` made of it.
 pub fn campaigns(
     targets: &Targets,
     evidence: &Evidence,
-    learnt: &Stragglers,
+    stragglers: f64,
     decision: Option<&Decision>,
 ) -> Vec<CampaignStatus> {
     let z = targets.confidence.z();
-    let reading = evidence.last_reading(learnt, targets.confidence.level);
+    let reading = evidence.last_reading(stragglers);
     targets
         .campaigns
         .iter()
@@ -225,10 +225,10 @@ pub async fn get_status(
     // The window a round would look at now: the last complete one, for impressions too.
     // The rounds' state tells how many of its requests may still be on their way.
     let Inputs { evidence, previous: plan, state } = Inputs::read(&app, &id, crate::now_ms()).await?;
-    let stragglers = evidence.stragglers(&state.stragglers, targets.confidence.level);
+    let stragglers = state.stragglers.allowance(&evidence, targets.confidence.level);
     let window = WindowSummary::of(period, &evidence, stragglers);
     let decision = plan.as_ref().and_then(|p| p.decision.as_ref());
-    let campaigns = campaigns(&targets, &evidence, &state.stragglers, decision);
+    let campaigns = campaigns(&targets, &evidence, stragglers, decision);
     let last = evidence.windows.into_iter().next().unwrap_or_default();
     let attainable = crate::inputs::attainable(&last, &targets);
     let health = Health::of(&campaigns, targets.confidence.margin, attainable);

@@ -69,6 +69,11 @@ pub struct Summary {
     /// read whole are covered by construction, so the census coverage above is set by
     /// these.
     pub census_incomplete: Option<(f64, f64)>,
+    /// The census cells read with an allowance for late bodies, and those read as exact
+    /// (the rounds had learnt that late bodies are rarer than `1 − level`): coverage and
+    /// cells of each. Only the first can be held to the level: an exact interval covers
+    /// every window read whole, so at `1 −` the chance of a late body, above the level.
+    pub census_allowed: Option<((f64, usize), (f64, usize))>,
     /// Sampled requests over the binomial minimum on the traffic seen.
     pub samples_vs_minimum: f64,
     /// Windows to re-converge after a change: p50, p95, max, and how many changes.
@@ -179,6 +184,8 @@ struct Scored {
     census: bool,
     /// At census, and read by its round with events still to come.
     incomplete: bool,
+    /// At census, and read with an allowance for requests still to come.
+    allowed: bool,
 }
 
 fn score(w: &WindowRecord) -> Option<Scored> {
@@ -204,6 +211,7 @@ fn score(w: &WindowRecord) -> Option<Scored> {
         covered: feasible.iter().filter_map(|c| c.published.map(|p| p.contains(c.realized))).collect(),
         census: w.sampled >= w.requests,
         incomplete: w.sampled >= w.requests && w.decided && w.counted < w.sampled,
+        allowed: w.sampled >= w.requests && w.allowance > 0.0,
         errors,
     })
 }
@@ -259,6 +267,17 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
         let late: Vec<bool> =
             census_windows.iter().filter(|s| s.incomplete).flat_map(|s| s.covered.iter().copied()).collect();
         (share(census_windows.iter().map(|s| s.incomplete)), share(late.into_iter()))
+    });
+    let census_allowed = (!census_windows.is_empty()).then(|| {
+        let cells = |allowed: bool| {
+            let c: Vec<bool> = census_windows
+                .iter()
+                .filter(|s| s.allowed == allowed)
+                .flat_map(|s| s.covered.iter().copied())
+                .collect();
+            (share(c.iter().copied()), c.len())
+        };
+        (cells(true), cells(false))
     });
     let has_small = all.iter().any(|s| !s.relative_small.is_empty());
     let rel =
@@ -362,6 +381,7 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
         joint_coverage: joint,
         census_coverage,
         census_incomplete,
+        census_allowed,
         samples_vs_minimum: if needed > 0.0 { sampled as f64 / needed } else { 0.0 },
         reconverge: reconvergence(built, runs, false),
         reconverge_in_faults: reconvergence(built, runs, true),

@@ -16,7 +16,7 @@ fn quantiles_and_bootstrap() {
 #[test]
 fn census_windows_are_scored_apart() {
     use crate::world::{CampaignWindow, WindowRecord};
-    let record = |sampled: u64, covered: bool, counted: u64| WindowRecord {
+    let record = |sampled: u64, covered: bool, counted: u64, allowance: f64| WindowRecord {
         placement: 0,
         index: 0,
         requests: 1_000,
@@ -44,14 +44,18 @@ fn census_windows_are_scored_apart() {
         short: 0.0,
         decided: true,
         counted,
+        allowance,
     };
-    let sampled = score(&record(100, false, 90)).unwrap();
-    let census = score(&record(1_000, true, 1_000)).unwrap();
+    let sampled = score(&record(100, false, 90, 0.01)).unwrap();
+    let census = score(&record(1_000, true, 1_000, 0.0)).unwrap();
     assert!(!sampled.census && census.census);
     // Read with ten of its events still on their way: incomplete; a sampled window is
     // never counted as such (its interval is the sample's).
     assert!(!census.incomplete && !sampled.incomplete);
-    assert!(score(&record(1_000, false, 990)).unwrap().incomplete);
+    assert!(score(&record(1_000, false, 990, 0.0)).unwrap().incomplete);
+    // Read with an allowance: told apart from those read as exact; a sampled window's
+    // allowance is part of its sample's interval, never scored apart.
+    assert!(score(&record(1_000, true, 1_000, 0.01)).unwrap().allowed && !census.allowed && !sampled.allowed);
     // Nine census windows and one sampled miss: the coverage is the sampled one's.
     let windows: Vec<&Scored> = std::iter::once(&sampled).chain(std::iter::repeat_n(&census, 9)).collect();
     assert_eq!(sampled_coverage(&windows), 0.0);

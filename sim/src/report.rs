@@ -87,6 +87,13 @@ pub fn render(sc: &Scenario, s: &Summary) -> String {
         let covered = if windows > 0.0 { format!(", covered {:.1} %", covered * 100.0) } else { String::new() };
         row("… census windows read with events still to come", format!("{:.1} % of them{covered}", windows * 100.0));
     }
+    if let Some(((allowed, a), (exact, e))) = s.census_allowed {
+        let of = |covered: f64, cells: usize| {
+            if cells > 0 { format!("{:.1} % of {cells}", covered * 100.0) } else { "none".to_string() }
+        };
+        row("… read with an allowance for late bodies, covered", of(allowed, a));
+        row("… read as exact (late bodies rarer than 1 − level), covered", of(exact, e));
+    }
     row("samples ÷ binomial minimum", format!("{:.2}", s.samples_vs_minimum));
     if let Some((p50, p95, max, n)) = s.reconverge {
         row("windows to re-converge (p50 / p95 / max)", format!("{p50} / {p95} / {max} over {n} changes"));

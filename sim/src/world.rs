@@ -110,6 +110,9 @@ pub struct WindowRecord {
     /// The window's sampled requests the origin had counted when that round read it:
     /// fewer than [`Self::sampled`] when some came after (late bodies).
     pub counted: u64,
+    /// The share of its requests that round allowed for as still to come
+    /// ([`allot_core::stragglers::Stragglers::allowance`]; 0: read as exact).
+    pub allowance: f64,
 }
 
 /// A run's record.
@@ -374,6 +377,7 @@ fn record(
         short,
         decided: false,
         counted: 0,
+        allowance: 0.0,
     }
 }
 
@@ -419,7 +423,8 @@ fn annotate(records: &mut [WindowRecord], p: usize, index: u64, st: &PlacementSt
     rec.decided = true;
     let evidence = &st.control.last_evidence;
     rec.counted = evidence.last().map_or(0, |w| w.requests.n);
-    let stats = evidence.last_reading(&st.control.state().stragglers, st.targets.confidence.level);
+    rec.allowance = st.control.state().stragglers.allowance(evidence, st.targets.confidence.level);
+    let stats = evidence.last_reading(rec.allowance);
     let z = st.targets.confidence.z();
     for c in &mut rec.campaigns {
         let to_come = evidence.impressions_to_come(&c.id);
