@@ -30,16 +30,18 @@
 //! hundredths, and the coverage a late window needs, `1 − α/p`, is concave in `p`: an
 //! estimate low by some amount costs more coverage than one high by as much gives
 //! (the coverage in all is `1 − α·E[p/p̂]`, and `E[p/p̂] ≈ 1 + Var(p̂)/p²`). So `p` is
-//! the faded share of late windows raised by its variance over itself, `(1 − p)/n` for
-//! `n` windows' worth of evidence: the second-order term of that expansion, and
-//! nothing more. A pseudo-count on top of it (Jeffreys' ½, as first built) leaned `p`
-//! high twice: in a model world where bodies come late at a fixed rate (the tests)
-//! that covered 96.0 % where the term alone covers 95.4 %. The term also keeps a
-//! placement's first windows, none of them late, allowing for a body: it is `1/n`
-//! while nothing was late, above `α` until about twenty windows say otherwise.
-//! Shares of a percent or less are covered above the level whatever `p` is: a body of
-//! a few dozen requests moves them by whole requests, less often far than the normal
-//! model says (`docs/accuracy.md`, Census windows).
+//! raised by its estimate's variance over itself, `(1 − p)/n` for `n` windows' worth
+//! of evidence (the second-order term of that expansion), and it is counted with
+//! Jeffreys' pseudo-count ([`PRIOR`]) besides. In a world where bodies come late at a
+//! fixed rate the two lean twice (one window in twelve lacking a small body: 96.0 %
+//! covered with both, 95.4 % with the term alone). They are kept both because the
+//! rate is not fixed: with the term alone a window is read as exact as soon as a
+//! single window of the last thirty was late, and in the simulator's `scale` the
+//! census windows read so were covered 88.3 % (980 cells; 96.1 % in all); with both,
+//! no window is read as exact for about twenty windows after a late one (100 % of 288
+//! cells; 96.7 % in all). What is left above the level is the normal model's: a body
+//! of a few dozen requests moves a share of a percent or less by whole requests, less
+//! often far than the model says (`docs/accuracy.md`, Census windows).
 
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +52,12 @@ use crate::{Evidence, WindowStats};
 /// About how many windows the counts remember: each window learnt weighs the ones
 /// before by `1 − 1/MEMORY_WINDOWS`.
 pub const MEMORY_WINDOWS: f64 = 30.0;
+
+/// Jeffreys' pseudo-count, added to the windows that had late requests and to those
+/// that had none: a placement's first windows, none of them late, still allow for a
+/// late body until enough of them say it is rarer than `α`, and so do the windows
+/// after a late one (the module doc).
+pub const PRIOR: f64 = 0.5;
 
 /// The windows a placement's rounds have learnt from, faded, and what their late
 /// requests were (all sums of HT counts).
@@ -127,10 +135,10 @@ impl Stragglers {
             return 0.0;
         }
         let alpha = 1.0 - level;
-        let p = (s.late_windows / s.windows).min(1.0);
+        let p = (s.late_windows + PRIOR) / (s.windows + 2.0 * PRIOR);
         // Leaning high by the estimate's variance over itself (the module doc).
         let worth = if s.windows_sq > 0.0 { s.windows * s.windows / s.windows_sq } else { s.windows };
-        let p = (p + (1.0 - p) / worth.max(1.0)).min(1.0);
+        let p = (p + (1.0 - p) / (worth + 2.0 * PRIOR)).min(1.0);
         // The share a late body lacks; before any came, one request of the newest.
         let body = if s.requests > 0.0 { s.late / s.requests } else { 1.0 / newest.requests.ht.max(1.0) };
         if !(alpha > 0.0 && p > alpha) {
@@ -220,8 +228,8 @@ mod tests {
         assert_eq!(learnt(60.0, 1.0, 0.01).allowance(&newest, 0.95), 0.0);
         // One window in ten lacks 1 %: those must be covered about half the time (a
         // little more: the chance leans high by its estimate's variance).
-        let p = 3.0 / 30.0;
-        let p = p + (1.0 - p) / 30.0;
+        let p = 3.5 / 31.0;
+        let p = p + (1.0 - p) / 31.0;
         let r = 1.0 - 0.05 / p;
         let expected = 0.01 * (two_sided_z(r) / two_sided_z(0.95)).powi(2);
         assert!((learnt(30.0, 3.0, 0.01).allowance(&newest, 0.95) - expected).abs() < 1e-12);
@@ -238,11 +246,17 @@ mod tests {
         assert_eq!(Stragglers::default().allowance(&newest, 0.95), 0.0);
         assert_eq!(learnt(30.0, 30.0, 0.01).allowance(&Evidence::default(), 0.95), 0.0);
         // A placement's first windows, none late: part of one request is still allowed
-        // for, until enough of them say late bodies are rarer than α.
+        // for, until enough of them say late bodies are rarer than α; after a late one,
+        // its body (about twenty windows).
         let first = Stragglers { windows: 3.0, last_window: 100, ..Stragglers::default() };
         assert!(first.allowance(&newest, 0.95) > 0.0 && first.allowance(&newest, 0.95) < 1.0 / 1000.0);
         let many = Stragglers { windows: 40.0, last_window: 100, ..Stragglers::default() };
         assert_eq!(many.allowance(&newest, 0.95), 0.0);
+        // Thirty windows' memory, one of them late: allowed for until it has faded to
+        // about half (some twenty windows on), exact after.
+        let faded = |late_windows: f64| Stragglers { windows_sq: 15.25, ..learnt(30.0, late_windows, 0.01) };
+        assert!(faded(1.0).allowance(&newest, 0.95) > 0.0 && faded(0.6).allowance(&newest, 0.95) > 0.0);
+        assert_eq!(faded(0.5).allowance(&newest, 0.95), 0.0);
     }
 
     #[test]
@@ -307,7 +321,9 @@ mod tests {
         // a body of 20 (the simulator's small placements).
         for (seed, late, body, requests, share) in [(12, 0.3, 100, 5000, 0.3), (13, 1.0 / 12.0, 20, 3000, 0.3)] {
             let (mixture, average) = coverage(seed, late, body, requests, share);
-            assert!((0.94..=0.96).contains(&mixture), "{late}: coverage {mixture}");
+            // A little above the level where bodies are rare: the pseudo-count and the
+            // lean both raise `p` (the module doc).
+            assert!((0.94..=0.965).contains(&mixture), "{late}: coverage {mixture}");
             assert!(late < 0.3 || average < 0.93, "{late}: the average missing share covers {average}");
         }
     }
