@@ -74,6 +74,10 @@ pub struct Summary {
     /// cells of each. Only the first can be held to the level: an exact interval covers
     /// every window read whole, so at `1 −` the chance of a late body, above the level.
     pub census_allowed: Option<((f64, usize), (f64, usize))>,
+    /// The census cells of targets under 5 %, and of the others: coverage and cells of
+    /// each (a late body moves a small share by whole requests, which the normal model
+    /// behind the allowance does not know).
+    pub census_by_target: Option<((f64, usize), (f64, usize))>,
     /// Sampled requests over the binomial minimum on the traffic seen.
     pub samples_vs_minimum: f64,
     /// Windows to re-converge after a change: p50, p95, max, and how many changes.
@@ -181,6 +185,8 @@ struct Scored {
     expected_small: Vec<f64>,
     within: bool,
     covered: Vec<bool>,
+    /// For each of `covered`: whether the campaign's target is under 5 %.
+    small: Vec<bool>,
     census: bool,
     /// At census, and read by its round with events still to come.
     incomplete: bool,
@@ -209,6 +215,7 @@ fn score(w: &WindowRecord) -> Option<Scored> {
             .map(|c| (c.expected - c.target).abs() / c.target)
             .collect(),
         covered: feasible.iter().filter_map(|c| c.published.map(|p| p.contains(c.realized))).collect(),
+        small: feasible.iter().filter_map(|c| c.published.map(|_| c.target < 0.05)).collect(),
         census: w.sampled >= w.requests,
         incomplete: w.sampled >= w.requests && w.decided && w.counted < w.sampled,
         allowed: w.sampled >= w.requests && w.allowance > 0.0,
@@ -274,6 +281,16 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
                 .iter()
                 .filter(|s| s.allowed == allowed)
                 .flat_map(|s| s.covered.iter().copied())
+                .collect();
+            (share(c.iter().copied()), c.len())
+        };
+        (cells(true), cells(false))
+    });
+    let census_by_target = (!census_windows.is_empty()).then(|| {
+        let cells = |small: bool| {
+            let c: Vec<bool> = census_windows
+                .iter()
+                .flat_map(|s| s.covered.iter().zip(&s.small).filter(|(_, x)| **x == small).map(|(c, _)| *c))
                 .collect();
             (share(c.iter().copied()), c.len())
         };
@@ -382,6 +399,7 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
         census_coverage,
         census_incomplete,
         census_allowed,
+        census_by_target,
         samples_vs_minimum: if needed > 0.0 { sampled as f64 / needed } else { 0.0 },
         reconverge: reconvergence(built, runs, false),
         reconverge_in_faults: reconvergence(built, runs, true),

@@ -56,6 +56,8 @@ fn census_windows_are_scored_apart() {
     // Read with an allowance: told apart from those read as exact; a sampled window's
     // allowance is part of its sample's interval, never scored apart.
     assert!(score(&record(1_000, true, 1_000, 0.01)).unwrap().allowed && !census.allowed && !sampled.allowed);
+    // Each covered cell says whether its target is small (A's 30 % is not).
+    assert_eq!((census.covered.len(), census.small.clone()), (1, vec![false]));
     // Nine census windows and one sampled miss: the coverage is the sampled one's.
     let windows: Vec<&Scored> = std::iter::once(&sampled).chain(std::iter::repeat_n(&census, 9)).collect();
     assert_eq!(sampled_coverage(&windows), 0.0);

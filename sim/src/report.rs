@@ -81,18 +81,19 @@ pub fn render(sc: &Scenario, s: &Summary) -> String {
     row("interval coverage, per campaign", pct(s.coverage));
     row("interval coverage, all campaigns at once", pct(s.joint_coverage));
     if let Some((covered, cells)) = s.census_coverage {
-        row("interval coverage at census (scored apart)", format!("{:.1} % of {cells}", covered * 100.0));
+        row("interval coverage at census (scored apart)", of_cells(covered, cells));
     }
     if let Some((windows, covered)) = s.census_incomplete {
         let covered = if windows > 0.0 { format!(", covered {:.1} %", covered * 100.0) } else { String::new() };
         row("… census windows read with events still to come", format!("{:.1} % of them{covered}", windows * 100.0));
     }
     if let Some(((allowed, a), (exact, e))) = s.census_allowed {
-        let of = |covered: f64, cells: usize| {
-            if cells > 0 { format!("{:.1} % of {cells}", covered * 100.0) } else { "none".to_string() }
-        };
-        row("… read with an allowance for late bodies, covered", of(allowed, a));
-        row("… read as exact (late bodies rarer than 1 − level), covered", of(exact, e));
+        row("… read with an allowance for late bodies, covered", of_cells(allowed, a));
+        row("… read as exact (late bodies rarer than 1 − level), covered", of_cells(exact, e));
+    }
+    if let Some(((small, a), (large, b))) = s.census_by_target {
+        row("… targets under 5 %, covered", of_cells(small, a));
+        row("… targets of 5 % and more, covered", of_cells(large, b));
     }
     row("samples ÷ binomial minimum", format!("{:.2}", s.samples_vs_minimum));
     if let Some((p50, p95, max, n)) = s.reconverge {
@@ -216,4 +217,9 @@ fn misflagged(m: &Misflagged) -> String {
         m.short * 100.0,
         campaigns.join(", ")
     )
+}
+
+/// A share of cells, as "96.7 % of 30385" ("none" where there are none).
+fn of_cells(covered: f64, cells: usize) -> String {
+    if cells > 0 { format!("{:.1} % of {cells}", covered * 100.0) } else { "none".to_string() }
 }
