@@ -121,7 +121,7 @@ async fn bytes_that_are_not_a_state_are_discarded_and_rounds_go_on() {
     let redis = RedisServer::start();
     let (app, _) = start_with_a_plan(&redis).await;
 
-    let forgeries: [(&str, Option<&[u8]>); 10] = [
+    let forgeries: [(&str, Option<&[u8]>); 12] = [
         ("bytes that are not UTF-8", Some(b"\xff\xfe\x00 not a state")),
         ("truncated JSON", Some(br#"{"corrections": {"A": 1.5}, "learning": {"plans": [{"since_version": 1,"#)),
         ("JSON that is not a state", Some(b"[1, 2, 3]")),
@@ -136,6 +136,14 @@ async fn bytes_that_are_not_a_state_are_discarded_and_rounds_go_on() {
         (
             "negative late requests",
             Some(br#"{"stragglers": {"windows": 9, "windows_sq": 9, "late_windows": 1, "late": -1, "requests": 9, "last_window": 3}}"#),
+        ),
+        (
+            "late bodies' sizes of a histogram too short",
+            Some(br#"{"stragglers": {"windows": 9, "windows_sq": 9, "late_windows": 1, "late": 1, "requests": 9, "last_window": 3, "bodies": [1, 2]}}"#),
+        ),
+        (
+            "more late bodies than windows",
+            Some(br#"{"stragglers": {"windows": 1, "windows_sq": 1, "late_windows": 1, "late": 1, "requests": 9, "last_window": 3, "bodies": [0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,9]}}"#),
         ),
         ("a key of another type", None),
     ];
