@@ -383,7 +383,7 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(seed);
         let a = CampaignId::parse("A").unwrap();
         let binomial = |rng: &mut SmallRng, n: u64| (0..n).filter(|_| rng.random::<f64>() < share).count() as u64;
-        let mut size = |rng: &mut SmallRng| {
+        let size = |rng: &mut SmallRng| {
             let normal =
                 (-2.0 * (1.0 - rng.random::<f64>()).ln()).sqrt() * (std::f64::consts::TAU * rng.random::<f64>()).cos();
             ((body as f64 * (spread * normal - spread * spread / 2.0).exp()).round() as u64).clamp(1, requests / 2)
