@@ -267,8 +267,8 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
     let coverage = fig(&|w| sampled_coverage(w));
     let joint =
         fig(&|w| share(w.iter().filter(|s| !s.census && !s.covered.is_empty()).map(|s| s.covered.iter().all(|c| *c))));
-    let census: Vec<bool> = all.iter().filter(|s| s.census).flat_map(|s| s.covered.iter().copied()).collect();
-    let census_coverage = (!census.is_empty()).then(|| (share(census.iter().copied()), census.len()));
+    let census_coverage =
+        Some(cells(all.iter().filter(|s| s.census).flat_map(|s| s.covered.iter().copied()))).filter(|(_, n)| *n > 0);
     let census_windows: Vec<&&Scored> = all.iter().filter(|s| s.census && !s.covered.is_empty()).collect();
     let census_incomplete = (!census_windows.is_empty()).then(|| {
         let late: Vec<bool> =
@@ -276,25 +276,20 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
         (share(census_windows.iter().map(|s| s.incomplete)), share(late.into_iter()))
     });
     let census_allowed = (!census_windows.is_empty()).then(|| {
-        let cells = |allowed: bool| {
-            let c: Vec<bool> = census_windows
-                .iter()
-                .filter(|s| s.allowed == allowed)
-                .flat_map(|s| s.covered.iter().copied())
-                .collect();
-            (share(c.iter().copied()), c.len())
+        let read = |allowed: bool| {
+            cells(census_windows.iter().filter(|s| s.allowed == allowed).flat_map(|s| s.covered.iter().copied()))
         };
-        (cells(true), cells(false))
+        (read(true), read(false))
     });
     let census_by_target = (!census_windows.is_empty()).then(|| {
-        let cells = |small: bool| {
-            let c: Vec<bool> = census_windows
-                .iter()
-                .flat_map(|s| s.covered.iter().zip(&s.small).filter(|(_, x)| **x == small).map(|(c, _)| *c))
-                .collect();
-            (share(c.iter().copied()), c.len())
+        let of = |small: bool| {
+            cells(
+                census_windows
+                    .iter()
+                    .flat_map(|s| s.covered.iter().zip(&s.small).filter(move |(_, x)| **x == small).map(|(c, _)| *c)),
+            )
         };
-        (cells(true), cells(false))
+        (of(true), of(false))
     });
     let has_small = all.iter().any(|s| !s.relative_small.is_empty());
     let rel =
@@ -484,12 +479,17 @@ fn sampled_coverage(windows: &[&Scored]) -> f64 {
 }
 
 fn share(it: impl Iterator<Item = bool>) -> f64 {
+    cells(it).0
+}
+
+/// The share of `it` that is true, and how many there were (NaN of none).
+fn cells(it: impl Iterator<Item = bool>) -> (f64, usize) {
     let (mut yes, mut n) = (0usize, 0usize);
     for b in it {
         yes += usize::from(b);
         n += 1;
     }
-    if n == 0 { f64::NAN } else { yes as f64 / n as f64 }
+    (if n == 0 { f64::NAN } else { yes as f64 / n as f64 }, n)
 }
 
 /// The `q` quantile (nearest rank) of `v`.
