@@ -18,23 +18,30 @@
 //! **Why a render ratio per platform.** The silent apps' ads are taken to render as the
 //! reporting apps' do. Over the whole campaign that holds only if both kinds of apps are
 //! spread alike over platforms, and they seldom are: web SDKs report less often, and
-//! ads fail more often on the web. So each platform where the campaign has enough
-//! reporting allocations ([`Part::stands_alone`]) is a part with its own ratio, and the
-//! rest of its traffic (thin platforms, events counted by a replica that did not
-//! count platforms) is one more part: scaled by its own ratio where it has enough, else by the campaign's
-//! ratio over all its reporting apps.
+//! ads fail more often on the web. So each platform is a part (and what was counted on
+//! no platform, events folded by a replica that did not count platforms, one more),
+//! read by its own ratio as far as its reporting allocations allow ([`Part::weigh`]),
+//! and by the campaign's ratio over all its reporting apps for the rest.
+//!
+//! **Why a weight, not a threshold.** A part's own ratio weighs `λ = min(1, c/¼, n/20)`,
+//! `c` being the share of its allocations that went to reporting apps and `n` their
+//! samples; the campaign's ratio weighs `1 − λ`. Below a quarter, `λ·A_g` is four times
+//! the part's reporting allocations, so one reported (or withheld) impression moves the
+//! share by at most four ads, as it does above. And the reading is continuous in every
+//! count: an app cannot tip a platform from one ratio to the other with a few requests
+//! (the threshold this replaced let requests saying `impressions=none` do that, moving
+//! the share by the platform's whole difference between the two ratios).
 
 use crate::estimate::MIN_IMPRESSION_SAMPLES;
 use crate::stats::Tally;
 use crate::{CampaignId, DeliveryBasis, WindowStats};
 
-/// A platform has its own render ratio only if at least this share of the campaign's
-/// allocations there went to apps that report impressions (and at least
-/// [`MIN_IMPRESSION_SAMPLES`] were sampled): an app holding a part `f` of a platform's
-/// reporting allocations moves the campaign's share by at most `f` times the
-/// platform's share of allocations, so by at most four times its own allocations, while
-/// the platform keeps its ratio. (It can also move the platform across the threshold,
-/// which reads it by the campaign's ratio instead: `docs/security.md`.)
+/// A part's own render ratio weighs fully once at least this share of its allocations
+/// went to apps that report impressions (and at least [`MIN_IMPRESSION_SAMPLES`] were
+/// sampled), and in proportion below ([`Part::weigh`]): an app holding a part `f` of a
+/// platform's reporting allocations moves that platform's ratio by at most `f`, and the
+/// campaign's share by at most `f·λ` times the platform's share of allocations, so by at
+/// most four times its own reporting allocations.
 pub const MIN_PLATFORM_REPORTING: f64 = 0.25;
 
 /// A campaign's counts on part of its traffic: HT totals, their `Σw²` and the samples
@@ -49,8 +56,10 @@ struct Part {
     s_ra: f64,
     i: f64,
     s_i: f64,
-    /// Scaled by its own render ratio; else by the campaign's over all its apps.
-    own: bool,
+    /// How much its own render ratio weighs against the campaign's ([`Part::weigh`]).
+    own: f64,
+    /// `own` is under 1 for want of coverage, and so moves with the part's allocations.
+    by_coverage: bool,
 }
 
 /// What a platform's HT sums are scaled by to give its `Σw²` and samples: the
@@ -71,7 +80,8 @@ impl Part {
             s_ra: ra * per.allocation_sq,
             i,
             s_i: i * per.impression_sq,
-            own: true,
+            own: 1.0,
+            by_coverage: false,
         }
     }
 
@@ -89,13 +99,16 @@ impl Part {
         if self.ra > 0.0 { (self.i / self.ra).clamp(0.0, 1.0) } else { 0.0 }
     }
 
-    /// Enough reporting allocations for a ratio of its own. The margins keep a count
-    /// exactly at a threshold on the same side whatever order it was summed in (the
-    /// archive's report sums it in another).
-    fn stands_alone(&self) -> bool {
-        self.ra > 0.0
-            && self.ra_n >= MIN_IMPRESSION_SAMPLES as f64 - 1e-6
-            && self.ra >= (MIN_PLATFORM_REPORTING - 1e-9) * self.a
+    /// Weighs its own ratio by its reporting allocations: `λ = min(1, c/¼, n/20)`. Below
+    /// a quarter's coverage `λ·A` is `4·RA`, so a silent allocation more reads at the
+    /// campaign's ratio and a reported impression counts four; below 20 samples, the
+    /// ratio of a few reports is trusted as far as they go.
+    fn weigh(mut self) -> Self {
+        let coverage = if self.a > 0.0 { self.ra / (MIN_PLATFORM_REPORTING * self.a) } else { 1.0 };
+        let samples = self.ra_n / MIN_IMPRESSION_SAMPLES as f64;
+        self.own = if self.ra > 0.0 { coverage.min(samples).clamp(0.0, 1.0) } else { 0.0 };
+        self.by_coverage = self.own < 1.0 && coverage <= samples;
+        self
     }
 
     /// The unseen `Σw(w − 1)` (realized) or the `Σw²` of allocations, reporting
@@ -116,11 +129,12 @@ pub(crate) struct Reading {
     s_n: f64,
     /// The campaign's counts; its render ratio over all its reporting apps.
     whole: Part,
-    /// On impressions: the parts it is read by, each its own render ratio or the whole's.
+    /// On impressions: the parts it is read by, each by its own render ratio and the
+    /// whole's, weighed.
     parts: Option<Vec<Part>>,
-    /// The allocations of the parts read by the campaign's ratio, over `N`: computed
-    /// once, since every part's coefficients need it (a window may hold as many
-    /// platforms as apps made up, so nothing per part may walk the parts).
+    /// `Σ (1 − λ_g)·A_g / N`: how much of the share the campaign's ratio scales,
+    /// computed once, since every part's coefficients need it (a window may hold as
+    /// many platforms as apps made up, so nothing per part may walk the parts).
     pooled: f64,
 }
 
@@ -142,18 +156,18 @@ impl Reading {
             ..Part::of(c.allocations.ht, reporting.ht, c.impressions.ht, &per)
         };
         let parts = (basis == DeliveryBasis::Impressions).then(|| Self::parts(stats, campaign, &whole, &per));
-        let pooled_a: f64 = parts.iter().flatten().filter(|p| !p.own).map(|p| p.a).sum();
+        let pooled_a: f64 = parts.iter().flatten().map(|p| (1.0 - p.own) * p.a).sum();
         let pooled = if n.ht > 0.0 { pooled_a / n.ht } else { 0.0 };
         Self { n, s_n, whole, parts, pooled }
     }
 
-    /// The platforms with enough reporting allocations, each a part; the others, and
-    /// what was counted on no platform, one part more.
+    /// Each platform a part, and what was counted on no platform one part more, each
+    /// weighed by its reporting allocations.
     fn parts(stats: &WindowStats, campaign: &CampaignId, whole: &Part, per: &PerUnit) -> Vec<Part> {
         let platforms =
             stats.platforms.range((campaign.clone(), String::new())..).take_while(|((id, _), _)| id == campaign);
         let mut counted = Part::default();
-        let (mut parts, mut thin) = (Vec::new(), Vec::new());
+        let mut parts = Vec::new();
         for ((_, platform), p) in platforms {
             let part = Part::of(p.allocations, p.reporting(), p.impressions, per);
             // Impressions counted on no platform that its reporting allocations cannot
@@ -164,29 +178,21 @@ impl Reading {
                 return vec![*whole];
             }
             counted.add(&part);
-            if part.stands_alone() {
-                parts.push(part);
-            } else {
-                thin.push(part);
-            }
+            parts.push(part.weigh());
         }
         // What the window counted on no platform (events folded by a replica that did
         // not count platforms); rounding leaves dust where every event was counted.
         let left = |all: f64, part: f64| Some(all - part).filter(|x| *x > 1e-9 * all).unwrap_or(0.0);
         let uncounted = Part::of(left(whole.a, counted.a), left(whole.ra, counted.ra), left(whole.i, counted.i), per);
-        let mut rest = thin.iter().fold(uncounted, |mut t, p| {
-            t.add(p);
-            t
-        });
-        if rest.a > 0.0 {
-            rest.own = rest.stands_alone();
-            parts.push(rest);
+        if uncounted.a > 0.0 {
+            parts.push(uncounted.weigh());
         }
         parts
     }
 
+    /// The part's render ratio: its own and the campaign's, weighed.
     fn part_ratio(&self, p: &Part) -> f64 {
-        if p.own { p.ratio() } else { self.whole.ratio() }
+        p.own * p.ratio() + (1.0 - p.own) * self.whole.ratio()
     }
 
     fn allocated(&self) -> f64 {
@@ -216,14 +222,14 @@ impl Reading {
     /// request of weight 1 moves the share. For a request of part `g`:
     /// `z = a·ρ_g/N − s/N + r·c_R + i·c_I`, where `a`, `r`, `i` say whether it was
     /// allocated the campaign, to a reporting app, and shown, and `c_R`, `c_I` are the
-    /// share's derivatives in the render ratio's base and numerator (`−ρ·A_g/(N·RA)`,
-    /// `A_g/(N·RA)` summed over the parts the ratio scales). Taken whole, so every
+    /// share's derivatives in the campaign's render ratio's base and numerator
+    /// (`−ρ·P/RA`, `P/RA`, `P` being [`Self::pooled`]). Taken whole, so every
     /// covariance is in it: a reporting app's allocation raises `A` and lowers `ρ`.
     /// Plus, for the `U_g` allocations to silent apps, whose ads' fate no event tells
     /// even at census: `ρ(1 − ρ)·U_g/N²` each, and for the error of each part's ratio,
     /// learnt from its `RA_h` reporting allocations, `c_h²·ρ_h(1 − ρ_h)/(RA_h·N²)`, with
-    /// `c_h` the silent ads it scales: its own part's if it has its own ratio, plus the
-    /// pooled parts' `U` in proportion `RA_h/RA` (the campaign's ratio is made of all).
+    /// `c_h` the silent ads it scales: `λ_h·U_h` of its own part, plus `Σ (1 − λ_g)·U_g`
+    /// in proportion `RA_h/RA` (the campaign's ratio is made of all).
     pub(crate) fn variance(&self, realized: bool) -> Option<f64> {
         let (n, whole) = (self.n.ht, &self.whole);
         let unseen_n = if realized { (self.s_n - n).max(0.0) } else { self.s_n };
@@ -245,7 +251,7 @@ impl Reading {
         let s = self.share();
         let (sampled, allocated_sq) = parts.iter().fold((0.0, 0.0), |(sum, t), p| {
             let (c_i, c_r) = self.coefficients(p);
-            let given = self.part_ratio(p) / n - s / n;
+            let given = self.allocation_ratio(p) / n - s / n;
             let (t_a, t_ra, t_i) = p.sums(realized);
             let z =
                 (t_a - t_ra) * given * given + (t_ra - t_i) * (given + c_r).powi(2) + t_i * (given + c_r + c_i).powi(2);
@@ -253,31 +259,40 @@ impl Reading {
         });
         let requests = (unseen_n - allocated_sq).max(0.0) * (s / n).powi(2);
         // The silent apps' ads: each a coin of its part's ratio; and the error of each
-        // part's own ratio, carried by the silent ads it scales (its own part's if it
-        // has its own ratio, and, in proportion to its reporting allocations, those the
-        // campaign's ratio scales).
+        // part's own ratio, carried by the silent ads it scales (its own part's as far
+        // as its ratio weighs, and, in proportion to its reporting allocations, those
+        // the campaign's ratio scales).
         let silent = |p: &Part| (p.a - p.ra).max(0.0);
-        let pooled_silent: f64 = parts.iter().filter(|p| !p.own).map(silent).sum();
+        let pooled_silent: f64 = parts.iter().map(|p| (1.0 - p.own) * silent(p)).sum();
         let coins: f64 = parts.iter().map(|p| self.part_ratio(p) * (1.0 - self.part_ratio(p)) * silent(p)).sum();
         let ratios: f64 = parts
             .iter()
             .filter(|p| p.ra > 0.0)
             .map(|p| {
-                let carried = if p.own { silent(p) } else { 0.0 } + pooled_silent * p.ra / whole.ra;
+                let carried = p.own * silent(p) + pooled_silent * p.ra / whole.ra;
                 carried * carried * p.ratio() * (1.0 - p.ratio()) / p.ra
             })
             .sum();
         Some(sampled + requests + (coins + ratios) / (n * n))
     }
 
+    /// What one allocation of part `p` reads as: its ratio; where its weight is set by
+    /// its coverage, the campaign's (`λ·A_g = 4·RA_g` does not move with `A_g`).
+    fn allocation_ratio(&self, p: &Part) -> f64 {
+        if p.by_coverage { self.whole.ratio() } else { self.part_ratio(p) }
+    }
+
     /// How much one shown ad (`c_I`) and one allocation to a reporting app (`c_R`) of
-    /// part `p` move the share: through its own ratio, if it has one, and through the
-    /// campaign's, if any part is read by it.
+    /// part `p` move the share: through its own ratio as far as it weighs, and through
+    /// the campaign's. Where the weight is short of 1 it grows with the part's
+    /// reporting allocations, so a reporting allocation lowers the own ratio's part by
+    /// the campaign's ratio, not its own: `λ·A_g·(ρ_g − ρ)` is `k·A_g·(I_g − ρ·RA_g)`.
     fn coefficients(&self, p: &Part) -> (f64, f64) {
         let (n, whole) = (self.n.ht, &self.whole);
         let inv = |x: f64| if x > 0.0 { 1.0 / x } else { 0.0 };
         let pooled = self.pooled;
-        let (own_i, own_r) = if p.own { (p.a / n * inv(p.ra), p.ratio() * p.a / n * inv(p.ra)) } else { (0.0, 0.0) };
+        let own_i = p.own * p.a / n * inv(p.ra);
+        let own_r = own_i * if p.own < 1.0 { whole.ratio() } else { p.ratio() };
         (own_i + pooled * inv(whole.ra), -own_r - whole.ratio() * pooled * inv(whole.ra))
     }
 

@@ -253,12 +253,13 @@ fn three_platforms(t: u64) -> Vec<allot_core::Event> {
 
 /// Ads render worse on the web, where most apps report none, so each platform's silent
 /// ads are read by that platform's render ratio; an app on a platform of its own,
-/// reporting every ad it was given as shown, gets none of its own. In
-/// [`three_platforms`]' window A's shown share is (40·0.9 + 60·0.6 + 10·ρ)/200 with
-/// ρ = 64/80 the campaign's ratio over all its reporting apps: 0.40. One ratio for all
-/// of them read 0.44; "mine" read by its own, 0.41.
+/// reporting every ad it was given as shown, has its ratio weigh as far as its 10
+/// samples go (half of the 20 that make a ratio count fully). In [`three_platforms`]'
+/// window A's shown share is (40·0.9 + 60·0.6 + 10·(½·1 + ½·ρ))/200 with ρ = 64/80 the
+/// campaign's ratio over all its reporting apps: 0.405. One ratio for all of them read
+/// 0.44; "mine" read by its own, 0.41.
 #[tokio::test]
-async fn each_platform_reads_its_silent_ads_and_a_thin_one_sways_nothing() {
+async fn each_platform_reads_its_silent_ads_and_a_thin_one_sways_little() {
     let redis = RedisServer::start();
     let app = origin(&redis, 1.0).await;
     let t = (now_ms() / HOUR_MS - 1) * HOUR_MS + 1000;
@@ -268,18 +269,17 @@ async fn each_platform_reads_its_silent_ads_and_a_thin_one_sways_nothing() {
     settled(&redis, 200, 64).await;
     let now = estimates(&app).await;
     assert_eq!(now[0].1, "impressions");
-    assert!((now[0].2 - 0.40).abs() < 1e-9, "{now:?}");
+    assert!((now[0].2 - 0.405).abs() < 1e-9, "{now:?}");
 }
 
 /// During a rolling upgrade an older aggregator replica applies some of a window's
 /// events without counting platforms: those counts are one part, read by their own
-/// ratio when they have enough, next to the platforms counted. [`three_platforms`]'
-/// window with the web's events applied as an older replica writes them: iOS by its
-/// ratio (0.9), the web's 60 ads and "mine"'s 10 together by theirs, (18 + 10)/40: A
-/// reads (36 + 70·0.7)/200 = 0.425, between the reading per platform (0.40) and one
-/// ratio (0.44), and the status answers.
+/// ratio as far as they have enough, next to the platforms counted. [`three_platforms`]'
+/// window with the web's events applied as an older replica writes them: the web's 60
+/// ads, counted on no platform, by their own ratio (0.6), the platforms counted as
+/// before: A reads 0.405, as with every platform counted, and the status answers.
 #[tokio::test]
-async fn a_window_counted_partly_by_an_older_replica_reads_its_part_together() {
+async fn a_window_counted_partly_by_an_older_replica_reads_that_part_by_its_ratio() {
     let redis = RedisServer::start();
     let app = origin(&redis, 1.0).await;
     let t = (now_ms() / HOUR_MS - 1) * HOUR_MS + 1000;
@@ -298,7 +298,65 @@ async fn a_window_counted_partly_by_an_older_replica_reads_its_part_together() {
     settled(&redis, 200, 64).await;
     let now = estimates(&app).await;
     assert_eq!(now[0].1, "impressions");
-    assert!((now[0].2 - 0.425).abs() < 1e-9, "{now:?}");
+    assert!((now[0].2 - 0.405).abs() < 1e-9, "{now:?}");
+}
+
+/// `count` requests at time `t` on `platform`, all given A, from `from` on; `reporting`
+/// of them from apps that report, of which `shown` were shown.
+fn given_a(t: u64, platform: &str, from: u32, count: u32, reporting: u32, shown: u32) -> Vec<allot_core::Event> {
+    let mut events = Vec::new();
+    for i in from..from + count {
+        let id = format!("h{i}");
+        let mut e = event(EventKind::Allocation, &id, "home_feed", t, Some("A"), &["A", "B"], 1, 1.0);
+        e.platform = Some(platform.into());
+        e.unreported = i - from >= reporting;
+        if i - from < shown {
+            let mut imp = event(EventKind::Impression, &id, "home_feed", t, Some("A"), &[], 1, 1.0);
+            imp.platform = Some(platform.into());
+            events.push(imp);
+        }
+        events.push(e);
+    }
+    events
+}
+
+/// Hostile: an app sends requests that say `impressions=none` on the web, where ads
+/// render at half the rate they do on iOS, to have the web's silent ads read by the
+/// campaign's ratio. iOS: A given 200, all reporting, 180 shown; web: A given 100, 50
+/// reporting, 25 shown; 100 requests without A. With 100 silent web requests more, the
+/// web's reporting apps hold exactly a quarter of its allocations: A reads
+/// (180 + 200·0.5)/500 = 0.56. Twenty more weigh the web's own ratio 50/(¼·220) and the
+/// campaign's, 205/250, the rest: (180 + 220·0.529)/520 = 0.570. The threshold this
+/// replaced read the web by the campaign's ratio there, 0.693: twenty requests moving
+/// A by 13 pp. Now they move it by less than their own twenty ads.
+#[tokio::test]
+async fn silent_requests_tip_no_platform_to_the_campaigns_ratio() {
+    let redis = RedisServer::start();
+    let app = origin(&redis, 1.0).await;
+    let t = (now_ms() / HOUR_MS - 1) * HOUR_MS + 1000;
+    let mut events = given_a(t, "ios", 0, 200, 200, 180);
+    events.extend(given_a(t, "web", 1_000, 100, 50, 25));
+    events.extend(given_a(t, "web", 2_000, 100, 0, 0));
+    for i in 0..100 {
+        let mut e = event(EventKind::Allocation, &format!("n{i}"), "home_feed", t, None, &["A", "B"], 1, 1.0);
+        e.platform = Some("ios".into());
+        events.push(e);
+    }
+    let (requests, shown): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| e.kind == EventKind::Allocation);
+    // Bodies of at most 64 KiB.
+    for part in requests.chunks(100).chain(shown.chunks(100)) {
+        post(&app, part.to_vec()).await;
+    }
+    settled(&redis, 500, 205).await;
+    let before = estimates(&app).await;
+    assert_eq!(before[0].1, "impressions");
+    assert!((before[0].2 - 0.56).abs() < 1e-9, "{before:?}");
+    post(&app, given_a(t, "web", 3_000, 20, 0, 0)).await;
+    settled(&redis, 520, 205).await;
+    let after = estimates(&app).await;
+    let web = (50.0 / (0.25 * 220.0)) * 0.5 + (1.0 - 50.0 / (0.25 * 220.0)) * (205.0 / 250.0);
+    assert!((after[0].2 - (180.0 + 220.0 * web) / 520.0).abs() < 1e-9, "{after:?}");
+    assert!((after[0].2 - before[0].2).abs() < 20.0 / 520.0, "{before:?} → {after:?}");
 }
 
 #[tokio::test]

@@ -30,8 +30,9 @@ const DAY0_MS: u64 = 1_795_478_400_000;
 /// come from four platforms whose ads render differently (web 60 %, iOS 95 %, Android
 /// 85 %, TV 70 %) and whose apps report impressions differently (on home_feed, none from
 /// apps with 40 % of the web's requests and, but on the second day, 80 % of TV's): web
-/// and iOS are read by their own render ratios, Android and TV, thinly reported,
-/// together, by the campaign's ratio on the first day and by their own on the second.
+/// and iOS are read by their own render ratios; Android and TV, with few reporting
+/// allocations (and TV few reporting apps but on the second day), lean on the
+/// campaign's ratio as far as they are thin.
 /// B's impressions of the first day's first hour carry no platform (tokens issued
 /// before tokens carried it), so B is read by one ratio that day.
 fn dataset() -> Vec<ArchivedEvent> {
