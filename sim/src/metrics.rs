@@ -184,14 +184,28 @@ struct Scored {
     /// The same for the expected shares: the controller's part, without the pick's.
     expected_small: Vec<f64>,
     within: bool,
-    covered: Vec<bool>,
-    /// For each of `covered`: whether the campaign's target is under 5 %.
-    small: Vec<bool>,
+    /// One per feasible campaign with a published interval.
+    cells: Vec<Cell>,
     census: bool,
     /// At census, and read by its round with events still to come.
     incomplete: bool,
     /// At census, and read with an allowance for requests still to come.
     allowed: bool,
+}
+
+/// A campaign's published interval in one window.
+#[derive(Debug, Clone, Copy)]
+struct Cell {
+    /// It covers the realized share.
+    covered: bool,
+    /// The campaign's target is under 5 %.
+    small: bool,
+}
+
+impl Scored {
+    fn covered(&self) -> impl Iterator<Item = bool> + '_ {
+        self.cells.iter().map(|c| c.covered)
+    }
 }
 
 fn score(w: &WindowRecord) -> Option<Scored> {
@@ -214,8 +228,10 @@ fn score(w: &WindowRecord) -> Option<Scored> {
             .filter(|c| c.target < 0.05 && c.target > 0.0)
             .map(|c| (c.expected - c.target).abs() / c.target)
             .collect(),
-        covered: feasible.iter().filter_map(|c| c.published.map(|p| p.contains(c.realized))).collect(),
-        small: feasible.iter().filter_map(|c| c.published.map(|_| c.target < 0.05)).collect(),
+        cells: feasible
+            .iter()
+            .filter_map(|c| c.published.map(|p| Cell { covered: p.contains(c.realized), small: c.target < 0.05 }))
+            .collect(),
         census: w.sampled >= w.requests,
         incomplete: w.sampled >= w.requests && w.decided && w.counted < w.sampled,
         allowed: w.sampled >= w.requests && w.allowance > 0.0,
@@ -265,28 +281,23 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
     let p95 = fig(&|w| quantile(w.iter().flat_map(|s| s.errors.iter().copied()).collect(), 0.95));
     let within = fig(&|w| share(w.iter().map(|s| s.within)));
     let coverage = fig(&|w| sampled_coverage(w));
-    let joint =
-        fig(&|w| share(w.iter().filter(|s| !s.census && !s.covered.is_empty()).map(|s| s.covered.iter().all(|c| *c))));
+    let joint = fig(&|w| share(w.iter().filter(|s| !s.census && !s.cells.is_empty()).map(|s| s.covered().all(|c| c))));
     let census_coverage =
-        Some(cells(all.iter().filter(|s| s.census).flat_map(|s| s.covered.iter().copied()))).filter(|(_, n)| *n > 0);
-    let census_windows: Vec<&&Scored> = all.iter().filter(|s| s.census && !s.covered.is_empty()).collect();
+        Some(cells(all.iter().filter(|s| s.census).flat_map(|s| s.covered()))).filter(|(_, n)| *n > 0);
+    let census_windows: Vec<&&Scored> = all.iter().filter(|s| s.census && !s.cells.is_empty()).collect();
     let census_incomplete = (!census_windows.is_empty()).then(|| {
-        let late: Vec<bool> =
-            census_windows.iter().filter(|s| s.incomplete).flat_map(|s| s.covered.iter().copied()).collect();
+        let late: Vec<bool> = census_windows.iter().filter(|s| s.incomplete).flat_map(|s| s.covered()).collect();
         (share(census_windows.iter().map(|s| s.incomplete)), share(late.into_iter()))
     });
     let census_allowed = (!census_windows.is_empty()).then(|| {
-        let read = |allowed: bool| {
-            cells(census_windows.iter().filter(|s| s.allowed == allowed).flat_map(|s| s.covered.iter().copied()))
-        };
+        let read =
+            |allowed: bool| cells(census_windows.iter().filter(|s| s.allowed == allowed).flat_map(|s| s.covered()));
         (read(true), read(false))
     });
     let census_by_target = (!census_windows.is_empty()).then(|| {
         let of = |small: bool| {
             cells(
-                census_windows
-                    .iter()
-                    .flat_map(|s| s.covered.iter().zip(&s.small).filter(move |(_, x)| **x == small).map(|(c, _)| *c)),
+                census_windows.iter().flat_map(|s| s.cells.iter().filter(move |c| c.small == small).map(|c| c.covered)),
             )
         };
         (of(true), of(false))
@@ -475,7 +486,7 @@ fn fault(sc: &Scenario, runs: &[Run], f: &crate::scenario::Fault) -> FaultFigure
 
 /// Coverage per campaign over the sampled windows (census ones are scored apart).
 fn sampled_coverage(windows: &[&Scored]) -> f64 {
-    share(windows.iter().filter(|s| !s.census).flat_map(|s| s.covered.iter().copied()))
+    share(windows.iter().filter(|s| !s.census).flat_map(|s| s.covered()))
 }
 
 fn share(it: impl Iterator<Item = bool>) -> f64 {
