@@ -223,5 +223,31 @@ fn read(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, choose, solve, many_profiles, read);
+/// The allowance for late bodies, solved over a histogram of their sizes spread over
+/// twelve buckets (the costliest shape: the bisection walks every bucket 50 times). Every
+/// round computes it once per placement, and every status request once.
+fn allowance(c: &mut Criterion) {
+    use allot_core::Evidence;
+    use allot_core::stats::Tally;
+    use allot_core::stragglers::{BODY_BUCKETS, Stragglers};
+    let mut bodies = [0.0; BODY_BUCKETS];
+    (6..18).for_each(|k| bodies[k] = 0.25 + k as f64 / 10.0);
+    let late_windows: f64 = bodies.iter().sum();
+    let s = Stragglers {
+        windows: 30.0,
+        windows_sq: 16.0,
+        late_windows,
+        late: 40.0,
+        requests: 30_000.0,
+        last_window: 100,
+        bodies,
+    };
+    let window = WindowStats { requests: Tally { ht: 3_000.0, n: 3_000 }, requests_sq: 3_000.0, ..Default::default() };
+    let evidence = Evidence { last_index: Some(100), windows: vec![window.clone()], recent: window };
+    c.bench_function("stragglers/allowance, 12 sizes", |b| {
+        b.iter(|| std::hint::black_box(s.allowance(std::hint::black_box(&evidence), 0.95)))
+    });
+}
+
+criterion_group!(benches, choose, solve, many_profiles, read, allowance);
 criterion_main!(benches);
