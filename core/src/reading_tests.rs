@@ -234,8 +234,8 @@ fn platforms_that_render_alike_read_as_one() {
 }
 
 /// A window written partly by replicas that do not count platforms (during a rolling
-/// upgrade): what was counted without a platform is one part, read with the thin
-/// platforms by its own ratio if it has enough, and the rest per platform. Here what
+/// upgrade): what was counted without a platform is one part, read by its own ratio as
+/// far as it has reporting allocations, and the rest per platform. Here what
 /// lost its platform is one platform's counts, so the reading is the same as with
 /// every platform counted; a window with none counted reads by one ratio.
 #[test]
