@@ -220,11 +220,13 @@ impl Reading {
     /// The share's linearized variance: `Σ w²·z²` over the sampled requests (`w(w − 1)`
     /// for the share realized over the window's requests), `z` being how much one
     /// request of weight 1 moves the share. For a request of part `g`:
-    /// `z = a·ρ_g/N − s/N + r·c_R + i·c_I`, where `a`, `r`, `i` say whether it was
-    /// allocated the campaign, to a reporting app, and shown, and `c_R`, `c_I` are the
-    /// share's derivatives in the campaign's render ratio's base and numerator
-    /// (`−ρ·P/RA`, `P/RA`, `P` being [`Self::pooled`]). Taken whole, so every
-    /// covariance is in it: a reporting app's allocation raises `A` and lowers `ρ`.
+    /// `z = a·ρ_a/N − s/N + r·c_R + i·c_I`, where `a`, `r`, `i` say whether it was
+    /// allocated the campaign, to a reporting app, and shown, `ρ_a` is what one of the
+    /// part's allocations reads as ([`Self::allocation_ratio`]), and `c_R`, `c_I` are
+    /// the share's derivatives in the ratios' bases and numerators: the part's own, as
+    /// far as it weighs, and the campaign's (`−ρ·P/RA`, `P/RA`, `P` being
+    /// [`Self::pooled`]; [`Self::coefficients`]). Taken whole, so every covariance is
+    /// in it: a reporting app's allocation raises `A` and lowers `ρ`.
     /// Plus, for the `U_g` allocations to silent apps, whose ads' fate no event tells
     /// even at census: `ρ(1 − ρ)·U_g/N²` each, and for the error of each part's ratio,
     /// learnt from its `RA_h` reporting allocations, `c_h²·ρ_h(1 − ρ_h)/(RA_h·N²)`, with
