@@ -9,17 +9,17 @@
 -- the interval is the share itself). At a share of 0 or 1 it falls back to Kish's size
 -- X^2 / S_x. On impressions, share is the campaign's share of all allocations on each
 -- part of its traffic times that part's render ratio (impressions over allocations to
--- the apps that report them, RA), sum_g (A_g/N) rho_g. A platform is a part of its own
--- when at least 20 of its sampled allocations went to reporting apps and they are at
--- least a quarter of its allocations; the other platforms are one part together, with
--- its own ratio where it passes the same test and the campaign's ratio over all its
--- reporting apps where it does not (allot-core reading.rs). The interval rests on the
--- linearized variance of that sum, with every covariance in it (per sampled request of
--- part g, w^2 z^2 with z = a rho_g/N - s/N + r c_R + i c_I, c_R and c_I the share's
--- derivatives in the ratios' bases and numerators; the same w(w-1) sums), plus, for the
--- U_g ads of silent apps, whose fate no event tells, rho(1-rho) U_g / N^2 each and, for
--- the error of each part's ratio learnt from its RA_h reporting ads,
--- c_h^2 rho_h(1-rho_h) / (RA_h N^2), c_h the silent ads it scales. Impressions without
+-- the apps that report them, RA), sum_g (A_g/N) rho_g. Each platform is a part; its
+-- ratio is its own weighed by lam = min(1, RA_g/(A_g/4), n_g/20), n_g its sampled
+-- reporting allocations, and the campaign's ratio over all its reporting apps by
+-- 1 - lam (allot-core reading.rs). The interval rests on the linearized variance of
+-- that sum, with every covariance in it (per sampled request of part g, w^2 z^2 with
+-- z = a rho_a/N - s/N + r c_R + i c_I, rho_a what one allocation of the part reads as,
+-- c_R and c_I the share's derivatives in the ratios' bases and numerators; the same
+-- w(w-1) sums), plus, for the U_g ads of silent apps, whose fate no event tells,
+-- rho(1-rho) U_g / N^2 each and, for the error of each part's ratio learnt from its
+-- RA_h reporting ads, c_h^2 rho_h(1-rho_h) / (RA_h N^2), c_h the silent ads it scales
+-- (lam_h U_h, and the campaign ratio's share of sum (1 - lam_g) U_g). Impressions without
 -- a platform (reported with tokens issued before tokens carried it) count on the empty
 -- platform, as the origin counts them; where that platform cannot hold them, the
 -- campaign is read by one ratio. The same estimate and interval the origin's
@@ -107,9 +107,7 @@ orphans AS (
 ),
 platform_parts AS (
   SELECT p.*,
-         CASE WHEN o.orphaned = 1 THEN 'whole'
-              WHEN p.ra > 0 AND p.ra_n >= 20 - 1e-6 AND p.ra >= (0.25 - 1e-9) * p.a THEN 'p:' || p.platform
-              ELSE 'rest' END AS part
+         CASE WHEN o.orphaned = 1 THEN 'whole' ELSE 'p:' || p.platform END AS part
   FROM platform_counts p
   JOIN orphans o ON o.placement = p.placement AND o.dt = p.dt AND o.campaign = p.campaign
 ),
@@ -120,11 +118,24 @@ parts AS (
   FROM platform_parts
   GROUP BY placement, dt, campaign, part
 ),
-owned AS (
+-- How much each part's own ratio weighs (lam), and whether its coverage sets that
+-- weight (then lam * A_g = 4 RA_g does not move with A_g). One ratio for the campaign
+-- ('whole') is its own.
+weights AS (
   SELECT p.*,
-         p.part <> 'rest' OR (p.ra > 0 AND p.ra_n >= 20 - 1e-6 AND p.ra >= (0.25 - 1e-9) * p.a) AS own
+         p.ra / (0.25 * p.a) AS by_coverage_of,
+         p.ra_n / 20.0 AS by_samples_of
   FROM parts p
   WHERE p.a > 0
+),
+owned AS (
+  SELECT w.*,
+         CASE WHEN w.part = 'whole' THEN 1.0
+              WHEN w.ra > 0 THEN LEAST(1.0, GREATEST(0.0, LEAST(w.by_coverage_of, w.by_samples_of)))
+              ELSE 0.0 END AS lam,
+         w.part <> 'whole' AND w.ra > 0 AND w.by_coverage_of < 1.0 AND w.by_coverage_of <= w.by_samples_of
+           AS by_coverage
+  FROM weights w
 ),
 coverage AS (
   SELECT placement, dt,
@@ -210,10 +221,11 @@ unseen AS (
          LEAST(GREATEST(d.allocations_sq - d.allocations, 0.0), GREATEST(d.requests_sq - d.requests, 0.0)) AS t_a
   FROM delivered d
 ),
--- On impressions, each part's render ratio (its own, or the campaign's) and its share.
+-- On impressions, each part's render ratio (its own and the campaign's, weighed).
 part_ratios AS (
   SELECT o.*, u.requests, u.rho_w,
-         CASE WHEN o.own THEN LEAST(o.i / o.ra, 1.0) ELSE u.rho_w END AS rho
+         CASE WHEN o.ra > 0 THEN LEAST(o.i / o.ra, 1.0) ELSE 0.0 END AS own_rho,
+         o.lam * (CASE WHEN o.ra > 0 THEN LEAST(o.i / o.ra, 1.0) ELSE 0.0 END) + (1 - o.lam) * u.rho_w AS rho
   FROM owned o
   JOIN unseen u ON u.placement = o.placement AND u.dt = o.dt AND u.campaign = o.campaign
   WHERE u.basis = 'impressions'
@@ -221,8 +233,8 @@ part_ratios AS (
 readings AS (
   SELECT placement, dt, campaign,
          SUM(a / requests * rho) AS shown,
-         SUM(CASE WHEN own THEN 0.0 ELSE a END) / MAX(requests) AS pooled,
-         SUM(CASE WHEN own THEN 0.0 ELSE GREATEST(a - ra, 0.0) END) AS pooled_silent
+         SUM((1 - lam) * a) / MAX(requests) AS pooled,
+         SUM((1 - lam) * GREATEST(a - ra, 0.0)) AS pooled_silent
   FROM part_ratios
   GROUP BY placement, dt, campaign
 ),
@@ -237,18 +249,19 @@ nested AS (
 ),
 -- Per part: z for a sampled request allocated (silent), to a reporting app, shown.
 part_coefficients AS (
-  SELECT p.placement, p.dt, p.campaign, p.rho, p.own,
+  SELECT p.placement, p.dt, p.campaign, p.rho, p.own_rho,
          GREATEST(p.a - p.ra, 0.0) AS u,
          p.ra,
-         CASE WHEN p.ra > 0 THEN LEAST(p.i / p.ra, 1.0) ELSE 0.0 END AS own_rho,
-         -- The silent ads the part's own ratio scales: its own (if it has one), and
-         -- those the campaign's ratio scales, in proportion to its reporting ads.
-         (CASE WHEN p.own THEN GREATEST(p.a - p.ra, 0.0) ELSE 0.0 END)
-           + n.pooled_silent * p.ra / n.reporting_allocations AS carried,
-         p.rho / p.requests - n.share / p.requests AS given,
-         -(CASE WHEN p.own THEN p.rho * p.a / (p.requests * p.ra) ELSE 0.0 END)
+         -- The silent ads the part's own ratio scales: its own as far as that ratio
+         -- weighs, and those the campaign's ratio scales, in proportion to its
+         -- reporting ads.
+         p.lam * GREATEST(p.a - p.ra, 0.0) + n.pooled_silent * p.ra / n.reporting_allocations AS carried,
+         (CASE WHEN p.by_coverage THEN n.rho_w ELSE p.rho END) / p.requests - n.share / p.requests AS given,
+         -(CASE WHEN p.ra > 0 THEN p.lam * p.a / (p.requests * p.ra) ELSE 0.0 END)
+           * (CASE WHEN p.lam < 1 THEN n.rho_w ELSE p.own_rho END)
            - n.rho_w * n.pooled / n.reporting_allocations AS c_r,
-         (CASE WHEN p.own THEN p.a / (p.requests * p.ra) ELSE 0.0 END) + n.pooled / n.reporting_allocations AS c_i,
+         (CASE WHEN p.ra > 0 THEN p.lam * p.a / (p.requests * p.ra) ELSE 0.0 END)
+           + n.pooled / n.reporting_allocations AS c_i,
          GREATEST(p.a_sq - p.a, 0.0) AS t_a,
          LEAST(GREATEST(p.ra_sq - p.ra, 0.0), GREATEST(p.a_sq - p.a, 0.0)) AS t_ra,
          LEAST(GREATEST(p.i_sq - p.i, 0.0), GREATEST(p.ra_sq - p.ra, 0.0), GREATEST(p.a_sq - p.a, 0.0)) AS t_i
