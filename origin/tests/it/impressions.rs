@@ -43,6 +43,20 @@ async fn post(app: &TestApp, events: Vec<allot_core::Event>) {
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
 }
 
+/// A second into the last complete hour: the window the status reads.
+fn last_hour() -> u64 {
+    (now_ms() / HOUR_MS - 1) * HOUR_MS + 1000
+}
+
+/// A window's events as the edges send them: allocations before impressions, in
+/// bodies of at most 100 events (64 KiB).
+async fn post_window(app: &TestApp, events: Vec<allot_core::Event>) {
+    let (requests, shown): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| e.kind == EventKind::Allocation);
+    for part in requests.chunks(100).chain(shown.chunks(100)) {
+        post(app, part.to_vec()).await;
+    }
+}
+
 fn id(s: &str) -> CampaignId {
     CampaignId::parse(s).unwrap()
 }
@@ -113,7 +127,7 @@ async fn stray_impressions_move_no_other_campaign() {
     let redis = RedisServer::start();
     let app = origin(&redis, 1.0).await;
     // 100 requests in the last complete window at rate 1: A 40, B 30, none 30.
-    let t = (now_ms() / HOUR_MS - 1) * HOUR_MS + 1000;
+    let t = last_hour();
     let alloc = |i: usize| {
         let ad = match i % 10 {
             0..4 => Some("A"),
@@ -166,7 +180,7 @@ fn quiet_and_loud(t: u64) -> Vec<allot_core::Event> {
 async fn requests_of_apps_that_report_no_impressions_leave_the_base_of_shown_shares() {
     let redis = RedisServer::start();
     let app = origin(&redis, 1.0).await;
-    let t = (now_ms() / HOUR_MS - 1) * HOUR_MS + 1000;
+    let t = last_hour();
     post(&app, quiet_and_loud(t)).await;
     let imp = |r: String| event(EventKind::Impression, &r, "home_feed", t, Some("A"), &[], 1, 1.0);
     // Every A of the reporting apps (28 of them) is shown and reported.
@@ -203,7 +217,7 @@ async fn requests_of_apps_that_report_no_impressions_leave_the_base_of_shown_sha
 async fn silent_apps_on_one_platform_move_no_share_on_impressions() {
     let redis = RedisServer::start();
     let app = origin(&redis, 1.0).await;
-    let t = (now_ms() / HOUR_MS - 1) * HOUR_MS + 1000;
+    let t = last_hour();
     let requests = (0..100)
         .map(|i| {
             let ios = i < 50;
@@ -262,10 +276,8 @@ fn three_platforms(t: u64) -> Vec<allot_core::Event> {
 async fn each_platform_reads_its_silent_ads_and_a_thin_one_sways_little() {
     let redis = RedisServer::start();
     let app = origin(&redis, 1.0).await;
-    let t = (now_ms() / HOUR_MS - 1) * HOUR_MS + 1000;
-    let (requests, shown) = three_platforms(t).into_iter().partition(|e| e.kind == EventKind::Allocation);
-    post(&app, requests).await;
-    post(&app, shown).await;
+    let t = last_hour();
+    post_window(&app, three_platforms(t)).await;
     settled(&redis, 200, 64).await;
     let now = estimates(&app).await;
     assert_eq!(now[0].1, "impressions");
@@ -282,7 +294,7 @@ async fn each_platform_reads_its_silent_ads_and_a_thin_one_sways_little() {
 async fn a_window_counted_partly_by_an_older_replica_reads_that_part_by_its_ratio() {
     let redis = RedisServer::start();
     let app = origin(&redis, 1.0).await;
-    let t = (now_ms() / HOUR_MS - 1) * HOUR_MS + 1000;
+    let t = last_hour();
     let (web, counted): (Vec<_>, Vec<_>) =
         three_platforms(t).into_iter().partition(|e| e.platform.as_deref() == Some("web"));
     let mut older = WindowStats::default();
@@ -333,7 +345,7 @@ fn given_a(t: u64, platform: &str, from: u32, count: u32, reporting: u32, shown:
 async fn silent_requests_tip_no_platform_to_the_campaigns_ratio() {
     let redis = RedisServer::start();
     let app = origin(&redis, 1.0).await;
-    let t = (now_ms() / HOUR_MS - 1) * HOUR_MS + 1000;
+    let t = last_hour();
     let mut events = given_a(t, "ios", 0, 200, 200, 180);
     events.extend(given_a(t, "web", 1_000, 100, 50, 25));
     events.extend(given_a(t, "web", 2_000, 100, 0, 0));
@@ -342,11 +354,7 @@ async fn silent_requests_tip_no_platform_to_the_campaigns_ratio() {
         e.platform = Some("ios".into());
         events.push(e);
     }
-    let (requests, shown): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| e.kind == EventKind::Allocation);
-    // Bodies of at most 64 KiB.
-    for part in requests.chunks(100).chain(shown.chunks(100)) {
-        post(&app, part.to_vec()).await;
-    }
+    post_window(&app, events).await;
     settled(&redis, 500, 205).await;
     let before = estimates(&app).await;
     assert_eq!(before[0].1, "impressions");
