@@ -187,6 +187,7 @@ fn bench_round(c: &mut Criterion, name: &str, targets: &Targets, stats: &WindowS
                 recent: stats,
                 last: None,
                 last_index: None,
+                last_window_ms: None,
                 previous: None,
                 state: &state,
             }))

@@ -28,7 +28,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub mod feedback;
+pub mod lag;
 pub use feedback::{Evidence, Learning};
+pub use lag::Lag;
 
 use crate::choose::EligibilityIndex;
 use crate::estimate::{self, DeliveryBasis};
@@ -125,6 +127,15 @@ pub struct Controller {
     pub min_version_share: f64,
     /// Feedback and render ratios need at least this many sampled requests.
     pub min_samples: f64,
+    /// A plan replaced this long before a window began, still deciding requests in it,
+    /// is taken to be stuck at the edge, and the rest made up for it ([`lag`]).
+    /// Longer than a plan takes to reach every colo (KV propagation and cache TTLs).
+    pub lag_after_ms: u64,
+    /// At most this share of the traffic is made up for: the rest then moves a campaign
+    /// by at most `φ/(1 − φ)` (a third) of how far the old plans are from the targets,
+    /// whatever events name them. A stuck colo is one colo; the largest carries about a
+    /// tenth of the traffic.
+    pub max_lag_share: f64,
     /// Targets missed by more than this (absolute share) are reported infeasible.
     pub feasibility_tolerance: f64,
     /// A campaign asking for less than its estimated eligible traffic, but by fewer
@@ -149,6 +160,8 @@ impl Default for Controller {
             max_correction: 2.0,
             min_version_share: 0.9,
             min_samples: 200.0,
+            lag_after_ms: 60_000,
+            max_lag_share: 0.25,
             feasibility_tolerance: 1e-4,
             pool_sigmas: 2.0,
             solve: SolveOptions::default(),
@@ -167,6 +180,9 @@ pub struct ControlInput<'a> {
     /// Its index, when the caller knows it: a window is counted by feedback once,
     /// however many rounds see it. Without it, its content identifies it.
     pub last_index: Option<u64>,
+    /// Its start and end (unix milliseconds), when the caller knows them: plans stuck
+    /// at the edge are made up for ([`lag`]). Without them, they are not.
+    pub last_window_ms: Option<(u64, u64)>,
     /// The plan in force (published last round).
     pub previous: Option<&'a Plan>,
     pub state: &'a ControlState,
@@ -222,6 +238,10 @@ pub struct Decision {
     #[serde(deserialize_with = "state_or_fresh")]
     pub state: ControlState,
     pub solver_iterations: usize,
+    /// What plans stuck at the edge are forecast to decide in the next window, which
+    /// the weights make up for ([`lag`]).
+    #[serde(default, skip_serializing_if = "Lag::is_none")]
+    pub lag: Lag,
 }
 
 impl Controller {
@@ -251,9 +271,17 @@ impl Controller {
 
         let state = self.feedback(&input, &mass, &render);
         let corr = |id: &CampaignId| state.corrections.get(id).copied().unwrap_or(1.0);
+        let lag = match (&state.learning, input.last, input.last_window_ms) {
+            (Some(learning), Some(last), Some(span)) => self.lag(learning, last, input.recent, span),
+            _ => Lag::default(),
+        };
 
-        let mut alloc_targets: Vec<f64> =
-            targets.campaigns.iter().zip(&render).map(|(c, rho)| c.rate.get() * corr(&c.id) / rho).collect();
+        let mut alloc_targets: Vec<f64> = targets
+            .campaigns
+            .iter()
+            .zip(&render)
+            .map(|(c, rho)| lag.make_up(&c.id, c.rate.get() * corr(&c.id) / rho))
+            .collect();
         let sum: f64 = alloc_targets.iter().sum();
         if sum > 1.0 {
             alloc_targets.iter_mut().for_each(|t| *t /= sum);
@@ -267,11 +295,18 @@ impl Controller {
             .map(|(c, rho)| targets.confidence.margin / 2.0 * corr(&c.id) / rho)
             .collect();
         let sol = self.solve(&alloc_targets, &patterns, &mass, input.recent.effective_samples(), &within);
-        let short: Vec<bool> = targets
+        // What all the traffic gets, the lagging part with it, on the measured scale.
+        let predicted: Vec<f64> = targets
             .campaigns
             .iter()
             .enumerate()
-            .map(|(i, c)| sol.delivered[i] * render[i] / corr(&c.id) < c.rate.get() - self.feasibility_tolerance)
+            .map(|(i, c)| lag.blend(&c.id, sol.delivered[i]) * render[i] / corr(&c.id))
+            .collect();
+        let short: Vec<bool> = targets
+            .campaigns
+            .iter()
+            .zip(&predicted)
+            .map(|(c, p)| *p < c.rate.get() - self.feasibility_tolerance)
             .collect();
         // Short though feasible alone: the solver could not meet it together with others.
         let alone: Vec<bool> =
@@ -283,7 +318,7 @@ impl Controller {
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let predicted = sol.delivered[i] * render[i] / corr(&c.id);
+                let predicted = predicted[i];
                 let r = c.rate.get();
                 let feasibility = if short[i] {
                     Feasibility::Infeasible { max_share: predicted.min(mass[i] * render[i]) }
@@ -309,7 +344,7 @@ impl Controller {
                 }
             })
             .collect();
-        Decision { no_ad_weight: sol.no_ad_weight, campaigns, state, solver_iterations: sol.iterations }
+        Decision { no_ad_weight: sol.no_ad_weight, campaigns, state, solver_iterations: sol.iterations, lag }
     }
 }
 
@@ -405,7 +440,7 @@ impl Decision {
         for (d, (p, share)) in self.campaigns.iter_mut().zip(plan.campaigns.iter().zip(delivered)) {
             if d.id == p.id {
                 d.weight = p.weight;
-                d.predicted_share = share * d.render_ratio / d.correction;
+                d.predicted_share = self.lag.blend(&d.id, share) * d.render_ratio / d.correction;
             }
         }
     }

@@ -118,6 +118,10 @@ impl Policy {
             recent,
             last,
             last_index: last.and(r.evidence.last_index),
+            last_window_ms: last.and(r.evidence.last_index).filter(|_| self.period_ms > 0).map(|i| {
+                let start = i.saturating_mul(self.period_ms);
+                (start, start.saturating_add(self.period_ms))
+            }),
             previous: r.previous,
             state: r.state,
         });

@@ -40,6 +40,9 @@ pub struct PlacementReading<'a> {
     /// The manager's margin (`confidence.margin`): the placement promises realized
     /// shares within ±`margin` of their targets, so it is how far a campaign may be off.
     pub margin: f64,
+    /// The share of the next window forecast to be decided by plans stuck at the edge,
+    /// which the plan made now makes up for (`allot_core::Lag`).
+    pub lagging_share: f64,
 }
 
 /// The gauges, and which series exist (to remove them).
@@ -58,6 +61,7 @@ pub struct DeliveryGauges {
     off_target: GaugeVec,
     infeasible: GaugeVec,
     worst_gap: GaugeVec,
+    lagging: GaugeVec,
     omitted: IntGauge,
     admission: Arc<Mutex<Admission>>,
 }
@@ -176,6 +180,12 @@ impl DeliveryGauges {
                 "The largest distance from a feasible campaign's measured share's interval to target ± margin (0 if none is off).",
                 PLACEMENT,
             ),
+            lagging: vec(
+                r,
+                "allot_placement_lagging_share",
+                "Share of the next window forecast to be decided by plans replaced over control.lag_after_ms ago (a colo stuck on an old plan), made up for by the rest.",
+                PLACEMENT,
+            ),
             omitted,
             admission: Arc::new(Mutex::new(Admission::new(campaign_series))),
         }
@@ -208,6 +218,7 @@ impl DeliveryGauges {
         self.off_target.with_label_values(&labels).set(off as f64);
         self.infeasible.with_label_values(&labels).set(infeasible as f64);
         self.worst_gap.with_label_values(&labels).set(worst);
+        self.lagging.with_label_values(&labels).set(reading.lagging_share);
         if let (Some(rate), Some(at)) = (reading.sample_rate, reading.published_at_ms) {
             self.plan_in_force(placement, rate, at);
         }
@@ -250,6 +261,7 @@ impl DeliveryGauges {
             &self.off_target,
             &self.infeasible,
             &self.worst_gap,
+            &self.lagging,
         ] {
             let _ = g.remove_label_values(&[placement]);
         }

@@ -33,7 +33,7 @@ use crate::store::{Fenced, PlanRecord, StoreError};
 /// The policy every round runs: the default controller and the configured planner.
 pub fn policy(cfg: &ControlConfig) -> Policy {
     Policy {
-        controller: Controller::default(),
+        controller: Controller { lag_after_ms: cfg.lag_after_ms, ..Controller::default() },
         planner: SampleRatePlanner { min_rate: cfg.min_sample_rate, ..SampleRatePlanner::default() },
         period_ms: cfg.period_ms,
         lateness_ms: cfg.lateness(),

@@ -46,6 +46,10 @@ struct Args {
     /// origin's `control.impression_lateness_ms`; at most a period past the lateness).
     #[arg(long, default_value_t = 60)]
     impression_lateness: u64,
+    /// Seconds after a plan is replaced before the requests it still decides are taken
+    /// for a stuck colo and made up for (the origin's `control.lag_after_ms`).
+    #[arg(long, default_value_t = 60)]
+    lag_after: u64,
     /// Decide every request through the sampler on its id (exact, slow).
     #[arg(long)]
     per_request: bool,
@@ -71,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         census: args.census,
         lateness_s: args.lateness,
         impression_lateness_s: args.impression_lateness,
+        lag_after_s: args.lag_after,
         isolates: args.isolates,
         ..Settings::default()
     };

@@ -170,6 +170,8 @@ pub struct ControlConfig {
     pub impression_lateness_ms: u64,
     /// Sample every request (a census), whatever the planner says.
     pub census: bool,
+    /// When a replaced plan still deciding means a stuck colo (`control.lag_after_ms`).
+    pub lag_after_ms: u64,
 }
 
 impl ControlLoop {
@@ -181,6 +183,7 @@ impl ControlLoop {
             ..Policy::default()
         };
         policy.planner.min_rate = if config.census { 1.0 } else { config.min_sample_rate };
+        policy.controller.lag_after_ms = config.lag_after_ms;
         Self {
             placement,
             policy,

@@ -39,6 +39,9 @@ pub struct Settings {
     /// … and complete for impressions (`control.impression_lateness_ms`, 60 s by
     /// default, between the lateness and a period past it).
     pub impression_lateness_s: u64,
+    /// Seconds after a plan is replaced before its requests mean a stuck colo
+    /// (`control.lag_after_ms`, 60 s by default).
+    pub lag_after_s: u64,
     pub recent_windows: u64,
     pub min_rate: f64,
     pub republish_after_s: u64,
@@ -55,6 +58,7 @@ impl Default for Settings {
             census: false,
             lateness_s: 10,
             impression_lateness_s: 60,
+            lag_after_s: 60,
             recent_windows: 5,
             min_rate: 1e-4,
             republish_after_s: 600,
@@ -153,6 +157,7 @@ pub fn run(sc: &Scenario, settings: Settings) -> Run {
         lateness_ms: lateness * 1000,
         impression_lateness_ms: settings.impression_lateness_s.clamp(lateness, lateness + period) * 1000,
         census: settings.census,
+        lag_after_ms: settings.lag_after_s.saturating_mul(1000),
     };
     let mut specs = sc.placements.clone();
     for s in &mut specs {

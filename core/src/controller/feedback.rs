@@ -50,8 +50,8 @@
 //! **A stored state is parsed, not trusted.** The state comes back from Redis, where a
 //! bug, an older version or anyone with write access may have left anything. A
 //! [`Learning`] deserializes only with values the controller could have written:
-//! finite, non-negative numbers, merged shares within `[0, 1]`, at most [`PLANS_KEPT`]
-//! remembered plans in version order, at most [`MAX_CAMPAIGNS`] campaigns; anything
+//! finite, non-negative numbers, merged shares within `[0, 1]`, at most [`MAX_PLANS`]
+//! remembered plans in version order (replaced in order, the last one not), at most [`MAX_CAMPAIGNS`] campaigns; anything
 //! else is refused, and the shell starts learning afresh. What a parse cannot see is
 //! checked against the plan in force as a round follows it: with remembered versions
 //! newer than it, or its fingerprint on other weights, nothing remembered is trusted.
@@ -77,9 +77,16 @@ pub struct Learning {
     pub evidence: BTreeMap<CampaignId, Evidence>,
 }
 
-/// How many sets of weights are remembered: a window is decided under at most two or
-/// three plans (the edges take a new one up over a minute or two).
+/// How many of the newest sets of weights are remembered: a window is decided under at
+/// most two or three plans (the edges take a new one up over a minute or two).
 pub const PLANS_KEPT: usize = 4;
+
+/// Older plans are remembered too while they decide at least this share of a window (a
+/// stuck colo's: [`super::lag`]), up to [`MAX_PLANS`] in all.
+pub const LAGGING_KEPT: f64 = 0.005;
+
+/// The most sets of weights remembered.
+pub const MAX_PLANS: usize = 8;
 
 /// A [`Learning`] as stored, before its values are checked.
 #[derive(Deserialize)]
@@ -94,14 +101,19 @@ impl TryFrom<StoredLearning> for Learning {
     type Error = String;
 
     fn try_from(s: StoredLearning) -> Result<Self, String> {
-        if s.plans.len() > PLANS_KEPT {
-            return Err(format!("{} plans remembered, at most {PLANS_KEPT} are kept", s.plans.len()));
+        if s.plans.len() > MAX_PLANS {
+            return Err(format!("{} plans remembered, at most {MAX_PLANS} are kept", s.plans.len()));
         }
         for (i, p) in s.plans.iter().enumerate() {
             p.check().map_err(|e| format!("plans[{i}]: {e}"))?;
         }
         if s.plans.windows(2).any(|w| w[0].until_version >= w[1].since_version) {
             return Err("remembered plans out of version order".into());
+        }
+        // Each replaced by the next one's first publish, so in order; the last is in force.
+        let replaced: Vec<u64> = s.plans.iter().filter_map(|p| p.replaced_ms).collect();
+        if !replaced.is_sorted() || s.plans.last().is_some_and(|p| p.replaced_ms.is_some()) {
+            return Err("remembered plans replaced out of order".into());
         }
         if s.evidence.len() > MAX_CAMPAIGNS {
             return Err(format!("evidence for {} campaigns, at most {MAX_CAMPAIGNS}", s.evidence.len()));
@@ -123,6 +135,10 @@ pub struct PlanWeights {
     pub fingerprint: u64,
     pub no_ad_weight: f64,
     pub campaigns: Vec<(CampaignId, f64, Eligibility)>,
+    /// When the next weights were first published (absent for the plan in force, and
+    /// in states stored before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_ms: Option<u64>,
 }
 
 impl PlanWeights {
@@ -133,6 +149,7 @@ impl PlanWeights {
             fingerprint: weights_fingerprint(plan),
             no_ad_weight: plan.no_ad_weight,
             campaigns: plan.campaigns.iter().map(|c| (c.id.clone(), c.weight, c.eligibility.clone())).collect(),
+            replaced_ms: None,
         }
     }
 
@@ -166,7 +183,7 @@ impl PlanWeights {
     }
 
     /// The shares these weights deliver for the traffic mix of `mix`, by campaign.
-    fn delivered(&self, mix: &WindowStats) -> Vec<f64> {
+    pub(super) fn delivered(&self, mix: &WindowStats) -> Vec<f64> {
         let patterns = patterns_for(self.campaigns.iter().map(|(_, _, e)| e), mix);
         let weights: Vec<f64> = self.campaigns.iter().map(|(_, w, _)| *w).collect();
         let mut out = vec![0.0; weights.len()];
@@ -200,11 +217,33 @@ impl Learning {
                 if self.plans.iter().any(|p| p.until_version >= plan.version) {
                     *self = Self::default();
                 }
+                // Replaced in order even where an origin's clock is behind the last's.
+                let after = self.plans.iter().filter_map(|p| p.replaced_ms).max().unwrap_or(0);
+                if let Some(last) = self.plans.last_mut() {
+                    last.replaced_ms = Some(plan.issued_at_ms.max(after));
+                }
                 self.plans.push(PlanWeights::of(plan));
-                let excess = self.plans.len().saturating_sub(PLANS_KEPT);
+                let excess = self.plans.len().saturating_sub(MAX_PLANS);
                 self.plans.drain(..excess);
             }
         }
+    }
+
+    /// The requests of `w` decided under `plan`'s versions.
+    pub(super) fn decided(plan: &PlanWeights, w: &WindowStats) -> f64 {
+        w.versions.range(plan.since_version..=plan.until_version).map(|(_, n)| n).sum()
+    }
+
+    /// Forgets plans older than the newest [`PLANS_KEPT`] that decided less than
+    /// [`LAGGING_KEPT`] of `w`.
+    fn keep_deciding(&mut self, w: &WindowStats) {
+        let total: f64 = w.versions.values().sum();
+        let old = self.plans.len().saturating_sub(PLANS_KEPT);
+        let mut i = 0;
+        self.plans.retain(|p| {
+            i += 1;
+            i > old || (total > 0.0 && Self::decided(p, w) / total >= LAGGING_KEPT)
+        });
     }
 
     /// What the model predicts `w` delivered, by campaign: each version's weights on
@@ -339,6 +378,7 @@ impl Controller {
             state.learning = Some(learning);
             return state;
         };
+        learning.keep_deciding(last);
         // The window's index where known (+1, so 0 stays "none"); else its content.
         let seen = input.last_index.map_or_else(|| window_fingerprint(last), |i| i.wrapping_add(1));
         // Predicted on the window's own traffic mix where it has one; only for a window

@@ -42,6 +42,7 @@ fn decide_after(t: &Targets, recent: &WindowStats, last: Option<&WindowStats>, p
         recent,
         last,
         last_index: None,
+        last_window_ms: None,
         previous,
         state: &ControlState::default(),
     })
@@ -243,8 +244,15 @@ fn impression_window(version: u64, allocated: f64, shown: f64) -> WindowStats {
 fn impression_round(version: u64, last: &WindowStats, state: &ControlState) -> Decision {
     let t = targets(json!({"campaigns": [{"id": "A", "rate": 0.4}]}));
     let recent = impression_window(1, 0.5, 0.8);
-    let input =
-        |last, previous, state| ControlInput { targets: &t, recent: &recent, last, last_index: None, previous, state };
+    let input = |last, previous, state| ControlInput {
+        targets: &t,
+        recent: &recent,
+        last,
+        last_index: None,
+        last_window_ms: None,
+        previous,
+        state,
+    };
     let made = Controller::default().decide(input(None, None, state));
     let prev = made.to_plan(&t, PlacementId::parse("p").unwrap(), version, 1.0, 0);
     Controller::default().decide(input(Some(last), Some(&prev), state))
@@ -422,6 +430,7 @@ fn a_target_within_the_estimates_error_of_its_pool_gets_the_whole_pool() {
         recent: &w,
         last: None,
         last_index: None,
+        last_window_ms: None,
         previous: None,
         state: &ControlState::default(),
     };
@@ -453,7 +462,15 @@ fn the_half_margin_bound_is_on_the_measured_share() {
         corrections: [(CampaignId::parse("B").unwrap(), 0.5)].into_iter().collect(),
         ..ControlState::default()
     };
-    let input = ControlInput { targets: &t, recent: &w, last: None, last_index: None, previous: None, state: &state };
+    let input = ControlInput {
+        targets: &t,
+        recent: &w,
+        last: None,
+        last_index: None,
+        last_window_ms: None,
+        previous: None,
+        state: &state,
+    };
     let b = Controller::default().decide(input).campaigns.remove(0);
     assert_eq!(b.correction, 0.5);
     assert!((b.predicted_share - 0.15).abs() < 1e-6, "{b:?}");

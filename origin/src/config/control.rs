@@ -25,6 +25,10 @@ pub struct ControlConfig {
     /// looked at through windows this old ([`Self::impression_lateness`],
     /// `allot_core::evidence`).
     pub impression_lateness_ms: u64,
+    /// How long after a plan is replaced its requests mean a colo stuck on it, which the
+    /// next plans make up for (`allot_core::controller::lag`): longer than a plan takes
+    /// to reach every colo (KV's propagation and the edge cache's TTL).
+    pub lag_after_ms: u64,
     /// The control lease's time to live; the holder renews it several times per lease.
     pub lease_ms: u64,
     /// Control shards: placements are spread over them by a hash of their id, and the
@@ -49,6 +53,7 @@ impl Default for ControlConfig {
             republish_after_secs: 600,
             lateness_ms: 10_000,
             impression_lateness_ms: 60_000,
+            lag_after_ms: 60_000,
             lease_ms: 10_000,
             shards: 64,
             history_len: 100,

@@ -41,6 +41,7 @@ fn reading(campaigns: &[CampaignStatus]) -> PlacementReading<'_> {
         published_at_ms: Some(1_000),
         attainable: Some(true),
         margin: MARGIN,
+        lagging_share: 0.0,
     }
 }
 
@@ -97,6 +98,7 @@ fn placements_past_the_limit_get_placement_level_gauges_only() {
         "allot_placement_campaigns_infeasible",
         "allot_placement_worst_gap",
         "allot_placement_margin",
+        "allot_placement_lagging_share",
     ] {
         assert_eq!(keys(&r, name), ["p1", "p2", "p3"], "{name}");
     }
@@ -133,6 +135,20 @@ fn forgetting_a_placement_frees_its_room() {
     assert_eq!(omitted(&r), 0.0);
     assert_eq!(keys(&r, "allot_placement_worst_gap"), ["p2", "p3"]);
     assert_eq!(keys(&r, "allot_placement_margin"), ["p2", "p3"]);
+    assert_eq!(keys(&r, "allot_placement_lagging_share"), ["p2", "p3"]);
+}
+
+#[test]
+fn the_share_made_up_for_a_stuck_colo_is_each_placements_own() {
+    let (r, g) = gauges(10);
+    let campaigns = on_target(&["A"]);
+    g.observe("p1", &PlacementReading { lagging_share: 0.12, ..reading(&campaigns) });
+    observe(&g, "p2", &["A"]);
+    let lagging = series(&r, "allot_placement_lagging_share");
+    assert_eq!((lagging["p1"], lagging["p2"]), (0.12, 0.0));
+    // The colo caught up: the next round says so.
+    observe(&g, "p1", &["A"]);
+    assert_eq!(series(&r, "allot_placement_lagging_share")["p1"], 0.0);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use allot_core::controller::feedback::{PLANS_KEPT, PlanWeights};
+use allot_core::controller::feedback::{MAX_PLANS, PlanWeights};
 use allot_core::controller::{Evidence, Learning};
 use allot_core::{CampaignId, ControlState, Plan};
 use allot_testkit::events::{newest_published, xadd};
@@ -266,6 +266,17 @@ fn forgeries(honest: &Learning, in_force: u64) -> Vec<Forgery> {
             }),
             true,
         ),
+        ("the plan in force marked replaced", forged(h, |l| last(l).replaced_ms = Some(0)), true),
+        (
+            "a plan stuck since the epoch, giving A nothing, that decided no request",
+            forged(h, |l| {
+                let old =
+                    PlanWeights { since_version: 0, until_version: 0, replaced_ms: Some(0), ..l.plans[0].clone() };
+                let old = PlanWeights { campaigns: vec![(a(), 0.0, Default::default())], no_ad_weight: 1.0, ..old };
+                l.plans.insert(0, old);
+            }),
+            false,
+        ),
         ("two thousand remembered plans", forged(h, |l| l.plans.splice(0..0, many).for_each(drop)), true),
         ("measured shares beyond 1", evidence(h, "A", sums(1000.0, 5000.0, 500.0, 10.0, 3)), true),
         ("negative evidence", evidence(h, "A", sums(-400.0, -200.0, 200.0, -1.0, 1)), true),
@@ -316,7 +327,7 @@ async fn forged_learning_never_bends_the_plan_and_learning_starts_afresh() {
         assert!((weight_of_a(&plan) - 0.5).abs() < 1e-6, "{what}: {plan:?}");
         // What is remembered is the placement's own history, within bounds.
         let learning = state.learning.as_ref().expect("learning is kept");
-        assert!(learning.plans.len() <= PLANS_KEPT, "{what}: {} plans remembered", learning.plans.len());
+        assert!(learning.plans.len() <= MAX_PLANS, "{what}: {} plans remembered", learning.plans.len());
         for p in &learning.plans {
             assert!(p.since_version <= p.until_version && p.until_version <= plan.version, "{what}: {p:?}");
             let weights = std::iter::once(p.no_ad_weight).chain(p.campaigns.iter().map(|c| c.1));

@@ -20,6 +20,7 @@ mod history;
 mod hostile;
 mod impressions;
 mod ingest;
+mod lag;
 mod learning;
 mod mix;
 mod ops;

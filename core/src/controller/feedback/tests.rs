@@ -314,14 +314,14 @@ fn a_stored_state_with_values_the_controller_cannot_write_is_refused() {
         ("corrections for 65 campaigns", &|v| {
             v["corrections"] = (0..65).map(|i| (format!("c{i}"), json!(1.0))).collect::<serde_json::Map<_, _>>().into()
         }),
-        ("5 plans", &|v| {
+        ("9 plans", &|v| {
             let p = v["learning"]["plans"][0].clone();
             let versions = |i: u64| {
                 let mut p = p.clone();
                 (p["since_version"], p["until_version"]) = (json!(i), json!(i));
                 p
             };
-            v["learning"]["plans"] = (0..5).map(versions).collect();
+            v["learning"]["plans"] = (0..9).map(versions).collect();
         }),
         ("versions backwards", &|v| v["learning"]["plans"][0]["since_version"] = json!(u64::MAX)),
         ("plans out of order", &|v| {

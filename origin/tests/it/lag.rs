@@ -1,0 +1,99 @@
+//! A colo stuck on an old plan (its KV or isolate cache behind) goes on deciding by it,
+//! and its events name that version. The origin makes up for its requests with the rest
+//! of the traffic while it lasts, and stops once the colo has the plan in force.
+
+use allot_core::{CampaignId, EventBatch, Plan};
+use allot_testkit::events::xadd;
+use allot_testkit::origin::{MANAGER_TOKEN, TestApp, config};
+use allot_testkit::poll::eventually;
+use allot_testkit::redis::RedisServer;
+use serde_json::json;
+
+use crate::learning::{stored_record, traffic};
+
+const PERIOD: u64 = 1000;
+
+fn spec(a: f64) -> serde_json::Value {
+    json!({"campaigns": [{"id": "A", "rate": a}], "confidence": {"margin": 0.1, "level": 0.9}})
+}
+
+/// A's share of the requests `plan` decides (one campaign, eligible everywhere).
+fn share_of_a(plan: &Plan) -> f64 {
+    let a = plan.campaigns[0].weight;
+    a / (a + plan.no_ad_weight)
+}
+
+/// Sleeps into the next window.
+async fn next_window() {
+    let now = allot_origin::now_ms();
+    tokio::time::sleep(std::time::Duration::from_millis((now / PERIOD + 1) * PERIOD - now + 20)).await;
+}
+
+/// Posts the current window's requests: `stuck` decided by `old` (A given half), 320 by
+/// the plan in force (A given its share). Returns the plan in force.
+fn post_window(redis: &RedisServer, old: &Plan, stuck: usize) -> Plan {
+    let in_force = stored_record(redis).expect("a plan is stored").plan;
+    let index = allot_origin::now_ms() / PERIOD;
+    let mut events = traffic(old, index, PERIOD, stuck, 0.5, &format!("stuck{index}"));
+    events.extend(traffic(&in_force, index, PERIOD, 320, share_of_a(&in_force), &format!("fresh{index}")));
+    xadd(&mut redis.conn(), &EventBatch { events }, allot_origin::now_ms());
+    in_force
+}
+
+#[tokio::test]
+async fn a_colo_stuck_on_an_old_plan_is_made_up_for_until_it_takes_the_new_one() {
+    let redis = RedisServer::start();
+    // Census, so that each event is one request whatever plan decided it.
+    let env = [("ALLOT_CONTROL_LAG_AFTER_MS", "1000"), ("ALLOT_CONTROL_MIN_SAMPLE_RATE", "1")];
+    let app = TestApp::start(config(&redis, "", &env)).await;
+    assert_eq!(app.put_targets("home_feed", &spec(0.5), MANAGER_TOKEN).await.status(), 201);
+    let v1 = eventually(5, "v1", || async { stored_record(&redis).map(|r| r.plan) }).await;
+    assert!((share_of_a(&v1) - 0.5).abs() < 1e-9);
+    assert_eq!(app.put_targets("home_feed", &spec(0.3), MANAGER_TOKEN).await.status(), 200);
+    eventually(5, "v2 for A at 30 %", || async {
+        stored_record(&redis).filter(|r| r.plan.version > v1.version && (share_of_a(&r.plan) - 0.3).abs() < 1e-6)
+    })
+    .await;
+
+    // One colo keeps v1, which gives A half: 80 requests of every window.
+    let mut made_up = None;
+    for _ in 0..20 {
+        post_window(&redis, &v1, 80);
+        next_window().await;
+        let record = stored_record(&redis).unwrap();
+        let decision = record.decision.clone().expect("the plan's decision");
+        if decision.lag.share > 0.05 {
+            made_up = Some((record.plan, decision));
+            break;
+        }
+    }
+    let (plan, decision) = made_up.expect("the stuck colo was made up for within 20 windows");
+    let lag = &decision.lag;
+    assert!(lag.share <= 80.0 / 400.0 + 1e-9, "at most the share v1 decided: {lag:?}");
+    assert!((lag.delivered[&CampaignId::parse("A").unwrap()] - 0.5).abs() < 1e-9, "{lag:?}");
+    // The rest gives A less, so that all the traffic gets its target.
+    let own = (0.3 - lag.share * 0.5) / (1.0 - lag.share);
+    assert!((share_of_a(&plan) - own).abs() < 1e-6, "{} vs {own}", share_of_a(&plan));
+    assert!(share_of_a(&plan) < 0.29, "{plan:?}");
+    assert!((decision.campaigns[0].predicted_share - 0.3).abs() < 1e-6, "{:?}", decision.campaigns[0]);
+    assert!(decision.state.corrections.is_empty(), "nothing for feedback: {:?}", decision.state);
+    // Operators see it (a later round may have forecast a little more).
+    let gauge = "allot_placement_lagging_share{placement=\"home_feed\"}";
+    assert!(app.metric(gauge).await >= lag.share - 1e-9, "{}", app.metric(gauge).await);
+
+    // The colo takes the plan in force up: once a round sees a window without v1, the
+    // plan gives A its target again.
+    let mut recovered = None;
+    for _ in 0..10 {
+        post_window(&redis, &v1, 0);
+        next_window().await;
+        let record = stored_record(&redis).unwrap();
+        if record.decision.as_ref().is_some_and(|d| d.lag.is_none()) {
+            recovered = Some(record.plan);
+            break;
+        }
+    }
+    let plan = recovered.expect("made up for no more within 10 windows of the colo's recovery");
+    assert!((share_of_a(&plan) - 0.3).abs() < 0.01, "{plan:?}");
+    assert_eq!(app.metric(gauge).await, 0.0);
+}
