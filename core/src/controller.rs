@@ -160,7 +160,7 @@ impl Default for Controller {
             max_correction: 2.0,
             min_version_share: 0.9,
             min_samples: 200.0,
-            lag_after_ms: 60_000,
+            lag_after_ms: 90_000,
             max_lag_share: 0.25,
             feasibility_tolerance: 1e-4,
             pool_sigmas: 2.0,

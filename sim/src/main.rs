@@ -48,7 +48,7 @@ struct Args {
     impression_lateness: u64,
     /// Seconds after a plan is replaced before the requests it still decides are taken
     /// for a stuck colo and made up for (the origin's `control.lag_after_ms`).
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 90)]
     lag_after: u64,
     /// Decide every request through the sampler on its id (exact, slow).
     #[arg(long)]

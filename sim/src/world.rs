@@ -40,7 +40,7 @@ pub struct Settings {
     /// default, between the lateness and a period past it).
     pub impression_lateness_s: u64,
     /// Seconds after a plan is replaced before its requests mean a stuck colo
-    /// (`control.lag_after_ms`, 60 s by default).
+    /// (`control.lag_after_ms`, 90 s by default).
     pub lag_after_s: u64,
     pub recent_windows: u64,
     pub min_rate: f64,
@@ -58,7 +58,7 @@ impl Default for Settings {
             census: false,
             lateness_s: 10,
             impression_lateness_s: 60,
-            lag_after_s: 60,
+            lag_after_s: 90,
             recent_windows: 5,
             min_rate: 1e-4,
             republish_after_s: 600,

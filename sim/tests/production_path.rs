@@ -24,7 +24,7 @@ fn first_plan(sc: &allot_sim::scenario::Scenario, rate: f64) -> Plan {
         lateness_ms: 10_000,
         impression_lateness_ms: 60_000,
         census: false,
-        lag_after_ms: 60_000,
+        lag_after_ms: 90_000,
     };
     let mut plan = ControlLoop::new(p.id.clone(), config)
         .round(&p.targets, 1, &Windows::new(60_000, 10_000, 60_000), 0)

@@ -35,7 +35,9 @@ struct Rounds {
 
 impl Rounds {
     fn new() -> Self {
-        Self { controller: Controller::default(), plan: None, state: ControlState::default() }
+        // Stuck a minute after a plan is replaced (the default allows more).
+        let controller = Controller { lag_after_ms: MINUTE, ..Controller::default() };
+        Self { controller, plan: None, state: ControlState::default() }
     }
 
     /// A round at `now` for target `a`, after window `index` decided as `last` says.

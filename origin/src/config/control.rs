@@ -53,7 +53,7 @@ impl Default for ControlConfig {
             republish_after_secs: 600,
             lateness_ms: 10_000,
             impression_lateness_ms: 60_000,
-            lag_after_ms: 60_000,
+            lag_after_ms: 90_000,
             lease_ms: 10_000,
             shards: 64,
             history_len: 100,
