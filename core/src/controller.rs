@@ -133,8 +133,8 @@ pub struct Controller {
     pub lag_after_ms: u64,
     /// At most this share of the traffic is made up for: the rest then moves a campaign
     /// by at most `φ/(1 − φ)` (a third) of how far the old plans are from the targets,
-    /// whatever events name them. A stuck colo is one colo; the largest carries about a
-    /// tenth of the traffic.
+    /// whatever events name them. A stuck colo is one colo; the largest of `edge`'s 50
+    /// carries about 15 % of the traffic.
     pub max_lag_share: f64,
     /// Targets missed by more than this (absolute share) are reported infeasible.
     pub feasibility_tolerance: f64,
@@ -309,8 +309,17 @@ impl Controller {
             .map(|(c, p)| *p < c.rate.get() - self.feasibility_tolerance)
             .collect();
         // Short though feasible alone: the solver could not meet it together with others.
-        let alone: Vec<bool> =
-            targets.campaigns.iter().enumerate().map(|(i, c)| c.rate.get() >= mass[i] * render[i]).collect();
+        // What a stuck colo leaves for the rest to make up can be more than the pool,
+        // which is no other campaign's doing.
+        let alone: Vec<bool> = targets
+            .campaigns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                c.rate.get() >= mass[i] * render[i]
+                    || (!lag.is_none() && lag.make_up(&c.id, c.rate.get() * corr(&c.id) / render[i]) >= mass[i])
+            })
+            .collect();
         let joint_set = solver::hall_set(&patterns, &short, &alone);
 
         let campaigns = targets

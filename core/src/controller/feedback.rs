@@ -51,7 +51,7 @@
 //! bug, an older version or anyone with write access may have left anything. A
 //! [`Learning`] deserializes only with values the controller could have written:
 //! finite, non-negative numbers, merged shares within `[0, 1]`, at most [`MAX_PLANS`]
-//! remembered plans in version order (replaced in order, the last one not), at most [`MAX_CAMPAIGNS`] campaigns; anything
+//! remembered plans in version order (the last, in force, not replaced), at most [`MAX_CAMPAIGNS`] campaigns; anything
 //! else is refused, and the shell starts learning afresh. What a parse cannot see is
 //! checked against the plan in force as a round follows it: with remembered versions
 //! newer than it, or its fingerprint on other weights, nothing remembered is trusted.
@@ -110,10 +110,9 @@ impl TryFrom<StoredLearning> for Learning {
         if s.plans.windows(2).any(|w| w[0].until_version >= w[1].since_version) {
             return Err("remembered plans out of version order".into());
         }
-        // Each replaced by the next one's first publish, so in order; the last is in force.
-        let replaced: Vec<u64> = s.plans.iter().filter_map(|p| p.replaced_ms).collect();
-        if !replaced.is_sorted() || s.plans.last().is_some_and(|p| p.replaced_ms.is_some()) {
-            return Err("remembered plans replaced out of order".into());
+        // Each replaced by the next one's first publish; the last is the one in force.
+        if s.plans.last().is_some_and(|p| p.replaced_ms.is_some()) {
+            return Err("the plan in force remembered as replaced".into());
         }
         if s.evidence.len() > MAX_CAMPAIGNS {
             return Err(format!("evidence for {} campaigns, at most {MAX_CAMPAIGNS}", s.evidence.len()));
@@ -217,10 +216,10 @@ impl Learning {
                 if self.plans.iter().any(|p| p.until_version >= plan.version) {
                     *self = Self::default();
                 }
-                // Replaced in order even where an origin's clock is behind the last's.
-                let after = self.plans.iter().filter_map(|p| p.replaced_ms).max().unwrap_or(0);
+                // Each plan's own time: one origin's clock ahead, or a forged time, then
+                // bears on that plan only, never on the ones replaced after it.
                 if let Some(last) = self.plans.last_mut() {
-                    last.replaced_ms = Some(plan.issued_at_ms.max(after));
+                    last.replaced_ms = Some(plan.issued_at_ms);
                 }
                 self.plans.push(PlanWeights::of(plan));
                 let excess = self.plans.len().saturating_sub(MAX_PLANS);

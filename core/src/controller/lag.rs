@@ -85,7 +85,8 @@ impl Controller {
         let total: f64 = last.versions.values().sum();
         let in_force = learning.plans.len().saturating_sub(1);
         let mut lag = Lag::default();
-        if total <= 0.0 {
+        // Counts read back from Redis: a NaN or an infinity is no forecast.
+        if !(total.is_finite() && total > 0.0) {
             return lag;
         }
         for plan in &learning.plans[..in_force] {
@@ -94,7 +95,7 @@ impl Controller {
                 continue;
             }
             let n = Learning::decided(plan, last);
-            if n <= 0.0 {
+            if n.is_nan() || n <= 0.0 {
                 continue;
             }
             let seen = (end.max(start) - stuck_since) as f64 / period as f64;

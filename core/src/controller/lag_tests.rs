@@ -75,7 +75,7 @@ fn a_plan_stuck_at_the_edge_is_made_up_for_by_the_rest() {
     // whatever share v1 decided in it may be the ordinary tail of a publish.
     let d = r.round(0.3, 2, &window(&[(1, 20.0), (2, 80.0)]), 3 * MINUTE + 10_000);
     assert!(d.lag.is_none(), "{:?}", d.lag);
-    // Window 3 began 10 s past it: by its end v1 was seen stuck for 110 s, n = 11/6
+    // Window 3 began 50 s past it: by its end v1 was seen stuck for 110 s, n = 11/6
     // windows, so its fifth is forecast to stay with odds (n + 1)/(n + 2).
     let d = r.round(0.3, 3, &window(&[(1, 20.0), (2, 80.0)]), 4 * MINUTE + 10_000);
     let n = 11.0 / 6.0;
@@ -154,8 +154,8 @@ fn what_no_plan_remembered_decided_is_not_made_up_for_and_the_share_is_bounded()
 #[test]
 fn a_make_up_beyond_the_pool_is_reported_infeasible() {
     // v1 gave A nothing; A now asks for 80 % and 40 % of the traffic is stuck on v1 (a
-    // quarter made up for): the rest would have to give A 107 %. The plan gives it all it can, and the
-    // decision says the target will not be met.
+    // quarter made up for): the rest would have to give A 107 %. The plan gives it all
+    // it can, and the decision says the target will not be met, by no other's doing.
     let mut r = Rounds::new();
     r.round(0.0001, 0, &window(&[(1, 100.0)]), 10_000);
     r.round(0.8, 0, &window(&[(1, 100.0)]), MINUTE + 10_000);
@@ -163,21 +163,38 @@ fn a_make_up_beyond_the_pool_is_reported_infeasible() {
     assert_eq!(d.lag.share, 0.25, "{:?}", d.lag);
     assert!(matches!(d.campaigns[0].feasibility, crate::Feasibility::Infeasible { .. }), "{:?}", d.campaigns[0]);
     assert!(d.campaigns[0].predicted_share < 0.8 - 1e-3);
+    assert!(!d.campaigns[0].jointly_infeasible());
 }
 
 #[test]
-fn remembered_plans_replaced_out_of_order_are_refused() {
+fn a_forged_replacement_time_bears_on_its_own_plan_only() {
     let mut r = stuck_on_v1();
     r.round(0.31, 3, &window(&[(1, 20.0), (2, 80.0)]), 4 * MINUTE + 10_000);
     r.round(0.32, 4, &window(&[(1, 20.0), (3, 80.0)]), 5 * MINUTE + 10_000);
     let mut json = serde_json::to_value(r.state.learning.as_ref().unwrap()).unwrap();
-    assert!(serde_json::from_value::<Learning>(json.clone()).is_ok());
-    json["plans"][0]["replaced_ms"] = json!(u64::MAX);
-    let err = serde_json::from_value::<Learning>(json.clone()).unwrap_err().to_string();
-    assert!(err.contains("replaced out of order"), "{err}");
-    json["plans"][0]["replaced_ms"] = json!(0);
+    // The plan in force is not replaced: a state saying so is refused.
     let last = json["plans"].as_array().unwrap().len() - 1;
-    json["plans"][last]["replaced_ms"] = json!(1);
-    let err = serde_json::from_value::<Learning>(json).unwrap_err().to_string();
-    assert!(err.contains("replaced out of order"), "the plan in force is not replaced: {err}");
+    let mut forged = json.clone();
+    forged["plans"][last]["replaced_ms"] = json!(1);
+    let err = serde_json::from_value::<Learning>(forged).unwrap_err().to_string();
+    assert!(err.contains("plan in force remembered as replaced"), "{err}");
+    // v1 replaced at the end of time (a clock far ahead, or a forgery): v1 is never
+    // taken for stuck, and the plans replaced after it keep their own times.
+    json["plans"][0]["replaced_ms"] = json!(u64::MAX);
+    r.state.learning = Some(serde_json::from_value::<Learning>(json).unwrap());
+    let d = r.round(0.33, 5, &window(&[(1, 20.0), (4, 80.0)]), 6 * MINUTE + 10_000);
+    assert!(d.lag.is_none(), "{:?}", d.lag);
+    let plans = &d.state.learning.as_ref().unwrap().plans;
+    assert_eq!(plans[plans.len() - 2].replaced_ms, Some(5 * MINUTE + 10_000), "v4's publish: {plans:?}");
+}
+
+#[test]
+fn a_window_whose_counts_are_not_numbers_is_no_forecast() {
+    // Hostile: a version count of NaN or infinity (Redis holds what anyone wrote).
+    for bad in [f64::NAN, f64::INFINITY] {
+        let mut r = stuck_on_v1();
+        let d = r.round(0.3, 5, &window(&[(1, 20.0), (2, 80.0), (7, bad)]), 6 * MINUTE + 10_000);
+        assert!(d.lag.is_none(), "{bad}: {:?}", d.lag);
+        assert!((d.campaigns[0].weight - 0.3).abs() < 1e-9, "{bad}: {:?}", d.campaigns[0]);
+    }
 }

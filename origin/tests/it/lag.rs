@@ -71,9 +71,10 @@ async fn a_colo_stuck_on_an_old_plan_is_made_up_for_until_it_takes_the_new_one()
     let lag = &decision.lag;
     assert!(lag.share <= 80.0 / 400.0 + 1e-9, "at most the share v1 decided: {lag:?}");
     assert!((lag.delivered[&CampaignId::parse("A").unwrap()] - 0.5).abs() < 1e-9, "{lag:?}");
-    // The rest gives A less, so that all the traffic gets its target.
+    // The rest gives A less, so that all the traffic gets its target (within the 1 %
+    // by which a round keeps the weights in force rather than publish new ones).
     let own = (0.3 - lag.share * 0.5) / (1.0 - lag.share);
-    assert!((share_of_a(&plan) - own).abs() < 1e-6, "{} vs {own}", share_of_a(&plan));
+    assert!((share_of_a(&plan) - own).abs() <= 0.01 * own + 1e-6, "{} vs {own}", share_of_a(&plan));
     assert!(share_of_a(&plan) < 0.29, "{plan:?}");
     assert!((decision.campaigns[0].predicted_share - 0.3).abs() < 1e-6, "{:?}", decision.campaigns[0]);
     assert!(decision.state.corrections.is_empty(), "nothing for feedback: {:?}", decision.state);
