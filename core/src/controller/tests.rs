@@ -35,17 +35,15 @@ fn decide(t: &Targets, recent: &WindowStats) -> Decision {
     decide_after(t, recent, None, None)
 }
 
+/// A first round: no window under a plan of ours yet, nothing published.
+fn fresh_input<'a>(t: &'a Targets, recent: &'a WindowStats, state: &'a ControlState) -> ControlInput<'a> {
+    ControlInput { targets: t, recent, last: None, last_index: None, last_window_ms: None, previous: None, state }
+}
+
 /// A round with no state learnt yet, after window `last` under plan `previous`.
 fn decide_after(t: &Targets, recent: &WindowStats, last: Option<&WindowStats>, previous: Option<&Plan>) -> Decision {
-    Controller::default().decide(ControlInput {
-        targets: t,
-        recent,
-        last,
-        last_index: None,
-        last_window_ms: None,
-        previous,
-        state: &ControlState::default(),
-    })
+    let state = ControlState::default();
+    Controller::default().decide(ControlInput { last, previous, ..fresh_input(t, recent, &state) })
 }
 
 #[test]
@@ -244,15 +242,7 @@ fn impression_window(version: u64, allocated: f64, shown: f64) -> WindowStats {
 fn impression_round(version: u64, last: &WindowStats, state: &ControlState) -> Decision {
     let t = targets(json!({"campaigns": [{"id": "A", "rate": 0.4}]}));
     let recent = impression_window(1, 0.5, 0.8);
-    let input = |last, previous, state| ControlInput {
-        targets: &t,
-        recent: &recent,
-        last,
-        last_index: None,
-        last_window_ms: None,
-        previous,
-        state,
-    };
+    let input = |last, previous, state| ControlInput { last, previous, ..fresh_input(&t, &recent, state) };
     let made = Controller::default().decide(input(None, None, state));
     let prev = made.to_plan(&t, PlacementId::parse("p").unwrap(), version, 1.0, 0);
     Controller::default().decide(input(Some(last), Some(&prev), state))
@@ -425,16 +415,8 @@ fn a_target_within_the_estimates_error_of_its_pool_gets_the_whole_pool() {
     // Switched off, it is fitted even near its pool.
     let w = window(&[(None, Some("DE"), 3_020), (None, Some("US"), 6_980)]);
     let off = Controller { pool_sigmas: 0.0, ..Controller::default() };
-    let input = ControlInput {
-        targets: &t,
-        recent: &w,
-        last: None,
-        last_index: None,
-        last_window_ms: None,
-        previous: None,
-        state: &ControlState::default(),
-    };
-    assert!((off.decide(input).campaigns[1].predicted_share - 0.3).abs() < 1e-6);
+    let state = ControlState::default();
+    assert!((off.decide(fresh_input(&t, &w, &state)).campaigns[1].predicted_share - 0.3).abs() < 1e-6);
 }
 
 #[test]
@@ -462,16 +444,7 @@ fn the_half_margin_bound_is_on_the_measured_share() {
         corrections: [(CampaignId::parse("B").unwrap(), 0.5)].into_iter().collect(),
         ..ControlState::default()
     };
-    let input = ControlInput {
-        targets: &t,
-        recent: &w,
-        last: None,
-        last_index: None,
-        last_window_ms: None,
-        previous: None,
-        state: &state,
-    };
-    let b = Controller::default().decide(input).campaigns.remove(0);
+    let b = Controller::default().decide(fresh_input(&t, &w, &state)).campaigns.remove(0);
     assert_eq!(b.correction, 0.5);
     assert!((b.predicted_share - 0.15).abs() < 1e-6, "{b:?}");
 }
