@@ -113,12 +113,13 @@ impl Policy {
     pub fn run(&self, r: Round<'_>) -> Outcome {
         // The traffic mix since it last shifted; the sample rate wants all the volume.
         let (recent, last) = (&r.evidence.mix(r.targets), r.evidence.last());
+        let last_index = last.and(r.evidence.last_index);
         let mut decision = self.controller.decide(ControlInput {
             targets: r.targets,
             recent,
             last,
-            last_index: last.and(r.evidence.last_index),
-            last_window_ms: last.and(r.evidence.last_index).filter(|_| self.period_ms > 0).map(|i| {
+            last_index,
+            last_window_ms: last_index.filter(|_| self.period_ms > 0).map(|i| {
                 let start = i.saturating_mul(self.period_ms);
                 (start, start.saturating_add(self.period_ms))
             }),
