@@ -276,16 +276,15 @@ impl Controller {
             _ => Lag::default(),
         };
 
-        let mut alloc_targets: Vec<f64> = targets
+        // What the plan in force must give each campaign, stuck requests made up for.
+        let made_up: Vec<f64> = targets
             .campaigns
             .iter()
             .zip(&render)
             .map(|(c, rho)| lag.make_up(&c.id, c.rate.get() * corr(&c.id) / rho))
             .collect();
-        let sum: f64 = alloc_targets.iter().sum();
-        if sum > 1.0 {
-            alloc_targets.iter_mut().for_each(|t| *t /= sum);
-        }
+        let sum: f64 = made_up.iter().sum();
+        let alloc_targets: Vec<f64> = made_up.iter().map(|t| if sum > 1.0 { t / sum } else { *t }).collect();
         // Half the margin on the scale shares are measured on (`predicted_share`
         // below): a pool above an allocation target by `x` over-delivers by `x·ρ/g`.
         let within: Vec<f64> = targets
@@ -315,10 +314,7 @@ impl Controller {
             .campaigns
             .iter()
             .enumerate()
-            .map(|(i, c)| {
-                c.rate.get() >= mass[i] * render[i]
-                    || (!lag.is_none() && lag.make_up(&c.id, c.rate.get() * corr(&c.id) / render[i]) >= mass[i])
-            })
+            .map(|(i, c)| c.rate.get() >= mass[i] * render[i] || (!lag.is_none() && made_up[i] >= mass[i]))
             .collect();
         let joint_set = solver::hall_set(&patterns, &short, &alone);
 
