@@ -228,20 +228,23 @@ impl Learning {
         }
     }
 
-    /// The requests of `w` decided under `plan`'s versions.
-    pub(super) fn decided(plan: &PlanWeights, w: &WindowStats) -> f64 {
-        w.versions.range(plan.since_version..=plan.until_version).map(|(_, n)| n).sum()
+    /// The share of `w`'s requests decided under `plan`'s versions. Counts read back
+    /// from Redis: a NaN or an infinity among them is no share.
+    pub(super) fn share_decided(plan: &PlanWeights, w: &WindowStats) -> Option<f64> {
+        let total: f64 = w.versions.values().sum();
+        let decided: f64 = w.versions.range(plan.since_version..=plan.until_version).map(|(_, n)| n).sum();
+        let share = decided / total;
+        (total.is_finite() && total > 0.0 && share.is_finite()).then_some(share)
     }
 
     /// Forgets plans older than the newest [`PLANS_KEPT`] that decided less than
     /// [`LAGGING_KEPT`] of `w`.
     fn keep_deciding(&mut self, w: &WindowStats) {
-        let total: f64 = w.versions.values().sum();
         let old = self.plans.len().saturating_sub(PLANS_KEPT);
         let mut i = 0;
         self.plans.retain(|p| {
             i += 1;
-            i > old || (total > 0.0 && Self::decided(p, w) / total >= LAGGING_KEPT)
+            i > old || Self::share_decided(p, w).is_some_and(|s| s >= LAGGING_KEPT)
         });
     }
 

@@ -82,24 +82,16 @@ impl Controller {
     pub(super) fn lag(&self, learning: &Learning, last: &WindowStats, mix: &WindowStats, window: (u64, u64)) -> Lag {
         let (start, end) = window;
         let period = end.saturating_sub(start).max(1);
-        let total: f64 = last.versions.values().sum();
         let in_force = learning.plans.len().saturating_sub(1);
         let mut lag = Lag::default();
-        // Counts read back from Redis: a NaN or an infinity is no forecast.
-        if !(total.is_finite() && total > 0.0) {
-            return lag;
-        }
         for plan in &learning.plans[..in_force] {
             let Some(stuck_since) = plan.replaced_ms.map(|ms| ms.saturating_add(self.lag_after_ms)) else { continue };
             if stuck_since > start {
                 continue;
             }
-            let n = Learning::decided(plan, last);
-            if n.is_nan() || n <= 0.0 {
-                continue;
-            }
+            let Some(decided) = Learning::share_decided(plan, last).filter(|s| *s > 0.0) else { continue };
             let seen = (end.max(start) - stuck_since) as f64 / period as f64;
-            let share = n / total * (seen + 1.0) / (seen + 2.0);
+            let share = decided * (seen + 1.0) / (seen + 2.0);
             for ((id, ..), d) in plan.campaigns.iter().zip(plan.delivered(mix)) {
                 *lag.delivered.entry(id.clone()).or_default() += share * d;
             }
