@@ -7,6 +7,7 @@
 //! late, twice or never, and with the changes and faults of [`scenarios`].
 //! `docs/accuracy.md` is its output.
 
+pub mod changes;
 pub mod colo;
 pub mod feasible;
 pub mod metrics;

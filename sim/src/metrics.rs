@@ -15,6 +15,7 @@ use rand::{Rng, SeedableRng};
 
 use allot_core::{CampaignId, Publish};
 
+use crate::changes::{self, ChangeWait, FaultFigures};
 use crate::scenario::Scenario;
 use crate::world::{CampaignWindow, Run, WindowRecord};
 
@@ -27,17 +28,6 @@ pub struct Figure {
     pub value: f64,
     pub low: f64,
     pub high: f64,
-}
-
-/// One fault's figures (over seeds).
-#[derive(Debug, Clone)]
-pub struct FaultFigures {
-    pub what: String,
-    pub peak_error: f64,
-    pub peak_rate: f64,
-    /// Windows after the fault ended until every feasible campaign was within the
-    /// margin again (worst seed).
-    pub recovery_windows: usize,
 }
 
 /// What a scenario achieved over its seeds.
@@ -85,6 +75,8 @@ pub struct Summary {
     /// The same for changes made while a fault lasted (a colo that gets no plan cannot
     /// follow one until it recovers): reported apart, next to the fault's own figures.
     pub reconverge_in_faults: Option<(f64, f64, usize, usize)>,
+    /// The changes that took longer than the bar allows, to look into.
+    pub slow_changes: Vec<ChangeWait>,
     pub faults: Vec<FaultFigures>,
     /// Placement-windows the truth says are infeasible by more than the margin (their
     /// targets cannot be met even within it), and the share of them flagged.
@@ -258,6 +250,7 @@ fn disturbed(sc: &Scenario, index: u64) -> bool {
 /// Figures over `runs`, each run in its own scenario (`built[i]`: a seed draws its own
 /// change offsets).
 pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
+    let waits = changes::waits(built, runs);
     let sc = &built[0];
     let warmup = warmup_windows(sc);
     let mut series: Vec<Vec<Scored>> = Vec::new();
@@ -407,9 +400,10 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
         census_allowed,
         census_by_target,
         samples_vs_minimum: if needed > 0.0 { sampled as f64 / needed } else { 0.0 },
-        reconverge: reconvergence(built, runs, false),
-        reconverge_in_faults: reconvergence(built, runs, true),
-        faults: sc.faults.iter().map(|f| fault(sc, runs, f)).collect(),
+        reconverge: changes::reconvergence(&waits, false),
+        reconverge_in_faults: changes::reconvergence(&waits, true),
+        slow_changes: changes::slow(&waits),
+        faults: sc.faults.iter().map(|f| changes::fault(sc, runs, f)).collect(),
         infeasible_windows: infeasible.len(),
         infeasible_flagged: share_flagged(&infeasible),
         marginal_windows: marginal.len(),
@@ -435,53 +429,6 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
         },
         sampled_per_s: sampled as f64 / (attainable.len() as f64 * sc.period_s as f64).max(1.0),
     }
-}
-
-fn within(w: &WindowRecord) -> bool {
-    w.campaigns.iter().filter(|c| c.feasible).all(|c| (c.realized - c.target).abs() <= w.margin + 1e-12)
-}
-
-/// Windows after the one a change happened in until the first window within the
-/// margin (0: the first full window after the change already is), for the changes made
-/// during a fault or for the others.
-fn reconvergence(built: &[Scenario], runs: &[Run], in_faults: bool) -> Option<(f64, f64, usize, usize)> {
-    let mut waits = Vec::new();
-    for (run, sc) in runs.iter().zip(built) {
-        for ch in &sc.changes {
-            if sc.faults.iter().any(|f| (f.from_s..f.until_s).contains(&ch.at_s)) != in_faults {
-                continue;
-            }
-            let first = ch.at_s / sc.period_s + 1;
-            let after = run.windows.iter().filter(|w| w.placement == ch.placement && w.index >= first);
-            let wait = after.take_while(|w| !within(w)).count();
-            waits.push(wait as f64);
-        }
-    }
-    if waits.is_empty() {
-        return None;
-    }
-    let max = waits.iter().copied().fold(0.0, f64::max) as usize;
-    let n = waits.len();
-    Some((quantile(waits.clone(), 0.5), quantile(waits, 0.95), max, n))
-}
-
-fn fault(sc: &Scenario, runs: &[Run], f: &crate::scenario::Fault) -> FaultFigures {
-    let p = sc.period_s;
-    let (first, last) = (f.from_s / p, f.until_s.div_ceil(p));
-    let mut peak_error: f64 = 0.0;
-    let mut peak_rate: f64 = 0.0;
-    let mut recovery = 0;
-    for run in runs {
-        for w in run.windows.iter().filter(|w| w.index >= first && w.index <= last + 2) {
-            for c in w.campaigns.iter().filter(|c| c.feasible) {
-                peak_error = peak_error.max((c.realized - c.target).abs());
-            }
-            peak_rate = peak_rate.max(w.max_rate);
-        }
-        let wait = run.windows.iter().filter(|w| w.index >= last).take_while(|w| !within(w)).count();
-        recovery = recovery.max(wait);
-    }
-    FaultFigures { what: f.what.clone(), peak_error, peak_rate, recovery_windows: recovery }
 }
 
 /// Coverage per campaign over the sampled windows (census ones are scored apart).
