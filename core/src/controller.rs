@@ -308,13 +308,19 @@ impl Controller {
             .map(|(c, p)| *p < c.rate.get() - self.feasibility_tolerance)
             .collect();
         // Short though feasible alone: the solver could not meet it together with others.
-        // What a stuck colo leaves for the rest to make up can be more than the pool,
-        // which is no other campaign's doing.
+        // What a stuck colo leaves for the rest to make up can be more than the pool, and
+        // its requests past the cap are not made up for: neither is another campaign's
+        // doing.
         let alone: Vec<bool> = targets
             .campaigns
             .iter()
             .enumerate()
-            .map(|(i, c)| c.rate.get() >= mass[i] * render[i] || (!lag.is_none() && made_up[i] >= mass[i]))
+            .map(|(i, c)| {
+                let met_but_for_the_cap = lag.beyond > 0.0
+                    && lag.solved_for(&c.id, sol.delivered[i]) * render[i] / corr(&c.id)
+                        >= c.rate.get() - self.feasibility_tolerance;
+                c.rate.get() >= mass[i] * render[i] || (!lag.is_none() && made_up[i] >= mass[i]) || met_but_for_the_cap
+            })
             .collect();
         let joint_set = solver::hall_set(&patterns, &short, &alone);
 

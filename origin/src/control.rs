@@ -284,7 +284,7 @@ async fn prepare(app: &App, p: &PlacementId, now_ms: u64, fence: &Fence) -> Resu
             published_at_ms: previous.map(|r| r.published_at_ms),
             attainable: inputs.attainable(&targets),
             margin: targets.confidence.margin,
-            lagging_share: outcome.decision.lag.share,
+            lagging_share: outcome.decision.lag.stuck(),
         },
     );
     crate::history::record(app, p, &inputs, stragglers, campaigns).await;

@@ -183,7 +183,7 @@ impl DeliveryGauges {
             lagging: vec(
                 r,
                 "allot_placement_lagging_share",
-                "Share of the next window forecast to be decided by plans replaced over control.lag_after_ms ago (a colo stuck on an old plan), made up for by the rest.",
+                "Share of the next window forecast to be decided by plans replaced over control.lag_after_ms ago (a colo stuck on an old plan), made up for by the rest up to the cap.",
                 PLACEMENT,
             ),
             omitted,

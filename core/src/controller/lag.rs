@@ -32,7 +32,8 @@
 //! differs from the rest (another country's) is made up for as if it did not. At most
 //! [`Controller::max_lag_share`] of the traffic is made up for: beyond that the rest
 //! would amplify every error of the forecast, and events naming old versions (a key
-//! holder's) would move the weights further.
+//! holder's) would move the weights further. The part past the cap still counts in what
+//! the traffic is predicted to get, so the shortfall it leaves is reported.
 
 use std::collections::BTreeMap;
 
@@ -45,16 +46,27 @@ use crate::{CampaignId, WindowStats};
 /// What plans replaced long ago are forecast to decide in the next window.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Lag {
-    /// The forecast share of requests they decide.
+    /// The forecast share of requests they decide that the plan in force makes up for:
+    /// all of it, up to [`Controller::max_lag_share`].
     pub share: f64,
+    /// The forecast share past that, not made up for: what the traffic gets is
+    /// predicted with it, so a campaign it leaves short is reported so.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub beyond: f64,
     /// Each campaign's share of those requests (allocations, the model's units).
     pub delivered: BTreeMap<CampaignId, f64>,
 }
 
 impl Lag {
-    /// Nothing to make up for.
+    /// No plan replaced long ago is forecast to decide.
     pub fn is_none(&self) -> bool {
-        self.share <= 0.0
+        self.stuck() <= 0.0
+    }
+
+    /// The forecast share of requests decided by plans replaced long ago, made up for
+    /// or not.
+    pub fn stuck(&self) -> f64 {
+        self.share + self.beyond
     }
 
     fn of(&self, id: &CampaignId) -> f64 {
@@ -72,8 +84,18 @@ impl Lag {
 
     /// What all the traffic gets when the plan in force delivers `own`.
     pub fn blend(&self, id: &CampaignId, own: f64) -> f64 {
+        (1.0 - self.stuck()) * own + self.stuck() * self.of(id)
+    }
+
+    /// What the plan in force was solved for: as [`blend`](Self::blend), with the part
+    /// past the cap taken to decide as the plan in force does.
+    pub(super) fn solved_for(&self, id: &CampaignId, own: f64) -> f64 {
         (1.0 - self.share) * own + self.share * self.of(id)
     }
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 impl Controller {
@@ -100,7 +122,9 @@ impl Controller {
         if lag.share > 0.0 {
             lag.delivered.values_mut().for_each(|d| *d /= lag.share);
         }
-        lag.share = lag.share.min(self.max_lag_share);
+        let made_up = lag.share.min(self.max_lag_share);
+        lag.beyond = lag.share - made_up;
+        lag.share = made_up;
         lag
     }
 }

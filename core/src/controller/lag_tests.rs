@@ -42,9 +42,12 @@ impl Rounds {
 
     /// A round at `now` for target `a`, after window `index` decided as `last` says.
     fn round(&mut self, a: f64, index: u64, last: &WindowStats, now: u64) -> Decision {
-        let t = targets(a);
+        self.round_for(&targets(a), index, last, now)
+    }
+
+    fn round_for(&mut self, t: &Targets, index: u64, last: &WindowStats, now: u64) -> Decision {
         let d = self.controller.decide(ControlInput {
-            targets: &t,
+            targets: t,
             recent: last,
             last: Some(last),
             last_index: Some(index),
@@ -53,7 +56,7 @@ impl Rounds {
             state: &self.state,
         });
         let version = self.plan.as_ref().map_or(1, |p| p.version + 1);
-        self.plan = Some(d.to_plan(&t, PlacementId::parse("p").unwrap(), version, 1.0, now));
+        self.plan = Some(d.to_plan(t, PlacementId::parse("p").unwrap(), version, 1.0, now));
         self.state = d.state.clone();
         d
     }
@@ -147,8 +150,42 @@ fn what_no_plan_remembered_decided_is_not_made_up_for_and_the_share_is_bounded()
     let mut r = stuck_on_v1();
     let d = r.round(0.3, 30, &window(&[(1, 99.0), (2, 1.0)]), 31 * MINUTE + 10_000);
     assert_eq!(d.lag.share, 0.25);
-    assert!((d.campaigns[0].weight - (0.3 - 0.25 * 0.5) / 0.75).abs() < 1e-9, "{}", d.campaigns[0].weight);
+    let own = (0.3 - 0.25 * 0.5) / 0.75;
+    assert!((d.campaigns[0].weight - own).abs() < 1e-9, "{}", d.campaigns[0].weight);
     assert!((d.campaigns[0].weight - (0.3 - 0.2 / 3.0)).abs() < 1e-9);
+    // The rest is not made up for, and the prediction says what all the traffic gets:
+    // v1's half on the stuck part, far over the target.
+    let n = (31.0 * 60.0 - 130.0) / 60.0;
+    let stuck = 0.99 * (n + 1.0) / (n + 2.0);
+    assert!((d.lag.beyond - (stuck - 0.25)).abs() < 1e-12, "{:?}", d.lag);
+    let all = (1.0 - stuck) * own + stuck * 0.5;
+    assert!((d.campaigns[0].predicted_share - all).abs() < 1e-9, "{:?}", d.campaigns[0]);
+}
+
+#[test]
+fn what_the_cap_leaves_short_is_reported_and_blamed_on_no_other_campaign() {
+    // v1 gives A and B a tenth each; they now ask for 50 % and 25 %, and 40 % of the
+    // traffic stays on v1. A quarter is made up for and the rest met, but the part past
+    // the cap gives them a tenth: both are predicted short, each for itself, not for
+    // sharing a pool with the other.
+    let two = |a: f64, b: f64| {
+        let spec = json!({"campaigns": [{"id": "A", "rate": a}, {"id": "B", "rate": b}]});
+        Targets::parse(serde_json::from_value::<TargetsSpec>(spec).unwrap()).unwrap()
+    };
+    let mut r = Rounds::new();
+    r.round_for(&two(0.1, 0.1), 0, &window(&[(1, 100.0)]), 10_000);
+    r.round_for(&two(0.5, 0.25), 0, &window(&[(1, 100.0)]), MINUTE + 10_000);
+    let d = r.round_for(&two(0.5, 0.25), 30, &window(&[(1, 40.0), (2, 60.0)]), 31 * MINUTE + 10_000);
+    assert_eq!(d.lag.share, 0.25, "{:?}", d.lag);
+    assert!(d.lag.stuck() > 0.38, "{:?}", d.lag);
+    for (c, target) in d.campaigns.iter().zip([0.5, 0.25]) {
+        let own = (target - 0.25 * 0.1) / 0.75;
+        assert!((c.weight - own).abs() < 1e-9, "{c:?}");
+        let all = (1.0 - d.lag.stuck()) * own + d.lag.stuck() * 0.1;
+        assert!((c.predicted_share - all).abs() < 1e-9 && all < target - 0.02, "{c:?}");
+        assert!(matches!(c.feasibility, crate::Feasibility::Infeasible { .. }), "{c:?}");
+        assert!(!c.jointly_infeasible(), "{c:?}");
+    }
 }
 
 #[test]
