@@ -19,6 +19,7 @@ mod forged_state;
 mod history;
 mod hostile;
 mod impressions;
+mod impressions_late;
 mod ingest;
 mod lag;
 mod learning;
