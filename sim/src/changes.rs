@@ -32,11 +32,17 @@ pub struct ChangeWait {
 
 /// Every feasible campaign of `w` within its margin.
 pub fn within(w: &WindowRecord) -> bool {
-    w.campaigns.iter().filter(|c| c.feasible).all(|c| (c.realized - c.target).abs() <= w.margin + 1e-12)
+    worst_error(w) <= w.margin + 1e-12
 }
 
+/// The largest error of `w`'s feasible campaigns; NaN if any campaign's is, so that
+/// a window nothing could be scored on is never taken for one within the margin.
 fn worst_error(w: &WindowRecord) -> f64 {
-    w.campaigns.iter().filter(|c| c.feasible).map(|c| (c.realized - c.target).abs()).fold(0.0, f64::max)
+    w.campaigns
+        .iter()
+        .filter(|c| c.feasible)
+        .map(|c| (c.realized - c.target).abs())
+        .fold(0.0, |worst, e| if worst.is_nan() || e.is_nan() { f64::NAN } else { worst.max(e) })
 }
 
 /// Every change of every run (`built[i]` is run `i`'s scenario).
@@ -104,9 +110,7 @@ pub fn fault(sc: &Scenario, runs: &[Run], f: &Fault) -> FaultFigures {
     let mut recovery = 0;
     for run in runs {
         for w in run.windows.iter().filter(|w| w.index >= first && w.index <= last + 2) {
-            for c in w.campaigns.iter().filter(|c| c.feasible) {
-                peak_error = peak_error.max((c.realized - c.target).abs());
-            }
+            peak_error = peak_error.max(worst_error(w));
             peak_rate = peak_rate.max(w.max_rate);
         }
         let wait = run.windows.iter().filter(|w| w.index >= last).take_while(|w| !within(w)).count();
