@@ -228,24 +228,29 @@ impl Learning {
         }
     }
 
-    /// The share of `w`'s requests decided under `plan`'s versions. Counts read back
-    /// from Redis: a NaN or an infinity among them is no share.
-    pub(super) fn share_decided(plan: &PlanWeights, w: &WindowStats) -> Option<f64> {
+    /// The share of `w`'s requests decided under each remembered plan's versions, in
+    /// the order of `plans`. Counts read back from Redis: a NaN or an infinity among
+    /// them is no share.
+    pub(super) fn shares_decided(&self, w: &WindowStats) -> Vec<Option<f64>> {
         let total: f64 = w.versions.values().sum();
-        let decided: f64 = w.versions.range(plan.since_version..=plan.until_version).map(|(_, n)| n).sum();
-        let share = decided / total;
-        (total.is_finite() && total > 0.0 && share.is_finite()).then_some(share)
+        let counted = total.is_finite() && total > 0.0;
+        self.plans
+            .iter()
+            .map(|plan| {
+                let decided: f64 = w.versions.range(plan.since_version..=plan.until_version).map(|(_, n)| n).sum();
+                let share = decided / total;
+                (counted && share.is_finite()).then_some(share)
+            })
+            .collect()
     }
 
     /// Forgets plans older than the newest [`PLANS_KEPT`] that decided less than
     /// [`LAGGING_KEPT`] of `w`.
     fn keep_deciding(&mut self, w: &WindowStats) {
         let old = self.plans.len().saturating_sub(PLANS_KEPT);
-        let mut i = 0;
-        self.plans.retain(|p| {
-            i += 1;
-            i > old || Self::share_decided(p, w).is_some_and(|s| s >= LAGGING_KEPT)
-        });
+        let shares = self.shares_decided(w);
+        let mut kept = shares.iter().enumerate().map(|(i, s)| i >= old || s.is_some_and(|s| s >= LAGGING_KEPT));
+        self.plans.retain(|_| kept.next().unwrap_or(true));
     }
 
     /// What the model predicts `w` delivered, by campaign: each version's weights on

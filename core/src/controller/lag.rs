@@ -106,12 +106,12 @@ impl Controller {
         let period = end.saturating_sub(start).max(1);
         let in_force = learning.plans.len().saturating_sub(1);
         let mut lag = Lag::default();
-        for plan in &learning.plans[..in_force] {
+        for (plan, decided) in learning.plans[..in_force].iter().zip(learning.shares_decided(last)) {
             let Some(stuck_since) = plan.replaced_ms.map(|ms| ms.saturating_add(self.lag_after_ms)) else { continue };
             if stuck_since > start {
                 continue;
             }
-            let Some(decided) = Learning::share_decided(plan, last).filter(|s| *s > 0.0) else { continue };
+            let Some(decided) = decided.filter(|s| *s > 0.0) else { continue };
             let seen = (end.max(start) - stuck_since) as f64 / period as f64;
             let share = decided * (seen + 1.0) / (seen + 2.0);
             for ((id, ..), d) in plan.campaigns.iter().zip(plan.delivered(mix)) {
