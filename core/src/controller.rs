@@ -294,12 +294,14 @@ impl Controller {
             .map(|(c, rho)| targets.confidence.margin / 2.0 * corr(&c.id) / rho)
             .collect();
         let sol = self.solve(&alloc_targets, &patterns, &mass, input.recent.effective_samples(), &within);
-        // What all the traffic gets, the lagging part with it, on the measured scale.
+        // A share of the traffic campaign `i` gets, on the scale shares are measured on.
+        let measured = |i: usize, share: f64| share * render[i] / corr(&targets.campaigns[i].id);
+        // What all the traffic gets, the lagging part with it.
         let predicted: Vec<f64> = targets
             .campaigns
             .iter()
             .enumerate()
-            .map(|(i, c)| lag.blend(&c.id, sol.delivered[i]) * render[i] / corr(&c.id))
+            .map(|(i, c)| measured(i, lag.blend(&c.id, sol.delivered[i])))
             .collect();
         let short: Vec<bool> = targets
             .campaigns
@@ -317,7 +319,7 @@ impl Controller {
             .enumerate()
             .map(|(i, c)| {
                 let met_but_for_the_cap = lag.beyond > 0.0
-                    && lag.solved_for(&c.id, sol.delivered[i]) * render[i] / corr(&c.id)
+                    && measured(i, lag.solved_for(&c.id, sol.delivered[i]))
                         >= c.rate.get() - self.feasibility_tolerance;
                 c.rate.get() >= mass[i] * render[i] || (!lag.is_none() && made_up[i] >= mass[i]) || met_but_for_the_cap
             })
