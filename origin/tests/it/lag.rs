@@ -2,7 +2,7 @@
 //! and its events name that version. The origin makes up for its requests with the rest
 //! of the traffic while it lasts, and stops once the colo has the plan in force.
 
-use allot_core::{CampaignId, EventBatch, Plan};
+use allot_core::{CampaignId, EventBatch, Feasibility, Plan};
 use allot_testkit::events::xadd;
 use allot_testkit::origin::{MANAGER_TOKEN, TestApp, config};
 use allot_testkit::poll::eventually;
@@ -29,14 +29,17 @@ async fn next_window() {
     tokio::time::sleep(std::time::Duration::from_millis((now / PERIOD + 1) * PERIOD - now + 20)).await;
 }
 
-/// Posts the current window's requests: `stuck` decided by `old` (A given half), 320 by
-/// the plan in force (A given its share). Returns the plan in force.
+/// Posts the current window's requests: `stuck` decided by `old`, 320 by the plan in
+/// force, each plan giving A its share. Returns the plan in force.
 fn post_window(redis: &RedisServer, old: &Plan, stuck: usize) -> Plan {
     let in_force = stored_record(redis).expect("a plan is stored").plan;
     let index = allot_origin::now_ms() / PERIOD;
-    let mut events = traffic(old, index, PERIOD, stuck, 0.5, &format!("stuck{index}"));
-    events.extend(traffic(&in_force, index, PERIOD, 320, share_of_a(&in_force), &format!("fresh{index}")));
-    xadd(&mut redis.conn(), &EventBatch { events }, allot_origin::now_ms());
+    // One body from the stuck colo, one from the rest, as edges send them.
+    let stuck = traffic(old, index, PERIOD, stuck, share_of_a(old), &format!("stuck{index}"));
+    let fresh = traffic(&in_force, index, PERIOD, 320, share_of_a(&in_force), &format!("fresh{index}"));
+    for events in [stuck, fresh].into_iter().filter(|e| !e.is_empty()) {
+        xadd(&mut redis.conn(), &EventBatch { events }, allot_origin::now_ms());
+    }
     in_force
 }
 
@@ -97,4 +100,49 @@ async fn a_colo_stuck_on_an_old_plan_is_made_up_for_until_it_takes_the_new_one()
     let plan = recovered.expect("made up for no more within 10 windows of the colo's recovery");
     assert!((share_of_a(&plan) - 0.3).abs() < 0.01, "{plan:?}");
     assert_eq!(app.metric(gauge).await, 0.0);
+}
+
+/// Anyone holding the ingest key can sign events naming an old version for most of the
+/// traffic. The plan in force makes up for at most a quarter of it: A's weight does not
+/// chase the rest (made up for whole, A would need 90 % of the fresh requests), and what
+/// the rest leaves A short is reported, as A's own infeasibility, with the whole stuck
+/// share on the gauge.
+#[tokio::test]
+async fn events_naming_an_old_version_for_most_traffic_move_the_plan_no_further_than_the_cap() {
+    let redis = RedisServer::start();
+    let env = [("ALLOT_CONTROL_LAG_AFTER_MS", "1000"), ("ALLOT_CONTROL_MIN_SAMPLE_RATE", "1")];
+    let app = TestApp::start(config(&redis, "", &env)).await;
+    assert_eq!(app.put_targets("home_feed", &spec(0.1), MANAGER_TOKEN).await.status(), 201);
+    let v1 = eventually(5, "v1", || async { stored_record(&redis).map(|r| r.plan) }).await;
+    assert!((share_of_a(&v1) - 0.1).abs() < 1e-9);
+    assert_eq!(app.put_targets("home_feed", &spec(0.3), MANAGER_TOKEN).await.status(), 200);
+    eventually(5, "v2 for A at 30 %", || async {
+        stored_record(&redis).filter(|r| r.plan.version > v1.version && (share_of_a(&r.plan) - 0.3).abs() < 1e-6)
+    })
+    .await;
+
+    // Three requests in four name v1, which gives A a tenth.
+    let mut past_the_cap = None;
+    for _ in 0..20 {
+        post_window(&redis, &v1, 960);
+        next_window().await;
+        let record = stored_record(&redis).unwrap();
+        let decision = record.decision.clone().expect("the plan's decision");
+        if decision.lag.beyond > 0.0 {
+            past_the_cap = Some((record.plan, decision));
+            break;
+        }
+    }
+    let (plan, decision) = past_the_cap.expect("the old version's share passed the cap within 20 windows");
+    let lag = &decision.lag;
+    assert!((lag.share - 0.25).abs() < 1e-9, "made up for up to the cap: {lag:?}");
+    assert!(lag.stuck() <= 960.0 / 1280.0 + 1e-9, "at most the share v1 decided: {lag:?}");
+    let capped = (0.3 - 0.25 * 0.1) / 0.75;
+    assert!(share_of_a(&plan) <= capped * 1.01 + 1e-6, "{} vs at most {capped}", share_of_a(&plan));
+    let a = &decision.campaigns[0];
+    assert!(matches!(a.feasibility, Feasibility::Infeasible { .. }), "{a:?}");
+    assert!(!a.jointly_infeasible(), "no other campaign to blame: {a:?}");
+    assert!(a.predicted_share < 0.3 - 0.01, "the whole stuck share predicted: {a:?}");
+    let gauge = "allot_placement_lagging_share{placement=\"home_feed\"}";
+    assert!(app.metric(gauge).await >= lag.stuck() - 1e-9, "{} vs {lag:?}", app.metric(gauge).await);
 }
