@@ -2,7 +2,7 @@
 //! Redis streams to S3 as Parquet.
 //!
 //! The origin's ingest appends every verified event batch to the stream `allot:events`,
-//! its control loop a [`PlanSnapshot`] of every plan it publishes to `allot:plans`, and
+//! its control loop a [`PlanSnapshot`](allot_core::contract::PlanSnapshot) of every plan it publishes to `allot:plans`, and
 //! its admin API every change of targets to the audit feed `allot:audit`.
 //! The [`archiver`] is a consumer group on each (on the event stream the aggregator is
 //! the other): it buffers entries, writes one zstd Parquet object per hour partition, and

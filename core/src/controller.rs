@@ -2,7 +2,7 @@
 //!
 //! Three layers, each correcting what the previous cannot see:
 //! 1. **Model.** Pattern frequencies come from recent windows (per attribute profile,
-//!    mapped through the *current* eligibility rules); the [solver](crate::solver)
+//!    mapped through the *current* eligibility rules); the [`solver`]
 //!    finds weights that deliver the targets exactly under them.
 //! 2. **Render ratio.** Where apps report impressions, an allocated ad is not always
 //!    shown. The measured impressions/allocations ratio `ρ_c` is known per campaign, so

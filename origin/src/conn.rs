@@ -2,7 +2,7 @@
 //!
 //! Everything else talks to [`RedisConn`], so the origin runs unchanged on a single
 //! `redis-server` and on a cluster. What makes that work is the key layout
-//! ([`crate::keys`]): every command, script and pipeline touches one hash slot (one
+//! ([`allot_core::contract::keys`]): every command, script and pipeline touches one hash slot (one
 //! placement's keys, or a single global key), which is all a cluster needs.
 //!
 //! Two connections per origin: a shared multiplexed one (every request's commands are

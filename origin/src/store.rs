@@ -1,7 +1,7 @@
 //! Typed access to what the origin keeps in Redis (targets, plans, windows, registry).
 //!
 //! Handlers and loops speak in core types (`TargetsSpec`, `Plan`, `WindowStats`); the
-//! key layout lives in [`crate::keys`] and the encoding here. Writes that must not race
+//! key layout lives in [`allot_core::contract::keys`] and the encoding here. Writes that must not race
 //! (targets with `If-Match`) are Lua scripts on a single key, so they are atomic on a
 //! single node and on a cluster alike.
 

@@ -184,7 +184,7 @@ impl<C: ConnectionLike + Send + Sync, O: Observer> StreamConsumer<C, O> {
 }
 
 /// Deletes a consumer from a group only if it still has nothing pending and has been
-/// idle at least ARGV[3] ms: checked and done atomically, so a consumer that came back
+/// idle at least `ARGV[3]` ms: checked and done atomically, so a consumer that came back
 /// since it was listed keeps its pending entries (`DELCONSUMER` would drop them).
 /// KEYS: the stream; ARGV: group, consumer, min idle. Returns 1 if deleted.
 static FORGET: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {

@@ -1,7 +1,7 @@
 //! The origin as tests run it: one configuration ([`OriginConfig`]), one launcher of the
 //! real binary ([`OriginProcess`]), one client of its HTTP API ([`OriginApi`]), and,
 //! with the `in-process` feature, the origin as a library in the test's own process
-//! ([`TestApp`]), for tests that look inside it.
+//! (`TestApp`), for tests that look inside it.
 //!
 //! Every test origin shares the keys and tokens below, so a test signs events and calls
 //! the admin API without setting anything up.

@@ -9,7 +9,7 @@
 //!
 //! At the end the ledger is held against the window counts in Redis (what the
 //! aggregator applied) and the archive read back with DuckDB (what the archiver wrote),
-//! window by window ([`Truth`]).
+//! window by window ([`window_counts`], [`archived`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

@@ -1,5 +1,5 @@
 //! Sending sampled events to the origin, off the response path: the workerd shell
-//! around the [`outbox`](crate::outbox) state machine.
+//! around the [`outbox`] state machine.
 //!
 //! A request that queues an event (or finds events waiting) starts a *driver* inside
 //! its own `ctx.wait_until`, unless one runs already: the driver polls the outbox,
