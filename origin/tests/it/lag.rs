@@ -2,7 +2,7 @@
 //! and its events name that version. The origin makes up for its requests with the rest
 //! of the traffic while it lasts, and stops once the colo has the plan in force.
 
-use allot_core::{CampaignId, EventBatch, Feasibility, Plan};
+use allot_core::{CampaignId, Decision, EventBatch, Feasibility, Plan};
 use allot_testkit::events::xadd;
 use allot_testkit::origin::{MANAGER_TOKEN, TestApp, config};
 use allot_testkit::poll::eventually;
@@ -12,6 +12,8 @@ use serde_json::json;
 use crate::learning::{stored_record, traffic};
 
 const PERIOD: u64 = 1000;
+/// What operators see of it.
+const GAUGE: &str = "allot_placement_lagging_share{placement=\"home_feed\"}";
 
 fn spec(a: f64) -> serde_json::Value {
     json!({"campaigns": [{"id": "A", "rate": a}], "confidence": {"margin": 0.1, "level": 0.9}})
@@ -43,34 +45,53 @@ fn post_window(redis: &RedisServer, old: &Plan, stuck: usize) -> Plan {
     in_force
 }
 
-#[tokio::test]
-async fn a_colo_stuck_on_an_old_plan_is_made_up_for_until_it_takes_the_new_one() {
-    let redis = RedisServer::start();
-    // Census, so that each event is one request whatever plan decided it.
-    let env = [("ALLOT_CONTROL_LAG_AFTER_MS", "1000"), ("ALLOT_CONTROL_MIN_SAMPLE_RATE", "1")];
-    let app = TestApp::start(config(&redis, "", &env)).await;
-    assert_eq!(app.put_targets("home_feed", &spec(0.5), MANAGER_TOKEN).await.status(), 201);
-    let v1 = eventually(5, "v1", || async { stored_record(&redis).map(|r| r.plan) }).await;
-    assert!((share_of_a(&v1) - 0.5).abs() < 1e-9);
-    assert_eq!(app.put_targets("home_feed", &spec(0.3), MANAGER_TOKEN).await.status(), 200);
-    eventually(5, "v2 for A at 30 %", || async {
-        stored_record(&redis).filter(|r| r.plan.version > v1.version && (share_of_a(&r.plan) - 0.3).abs() < 1e-6)
-    })
-    .await;
-
-    // One colo keeps v1, which gives A half: 80 requests of every window.
-    let mut made_up = None;
-    for _ in 0..20 {
-        post_window(&redis, &v1, 80);
+/// Posts windows of `stuck` requests decided by `old` (and the rest by the plan in
+/// force), at most `windows` of them, until the stored plan's decision is `done`: that
+/// plan and its decision.
+async fn windows_until(
+    redis: &RedisServer,
+    old: &Plan,
+    stuck: usize,
+    windows: usize,
+    done: impl Fn(&Decision) -> bool,
+) -> Option<(Plan, Decision)> {
+    for _ in 0..windows {
+        post_window(redis, old, stuck);
         next_window().await;
-        let record = stored_record(&redis).unwrap();
-        let decision = record.decision.clone().expect("the plan's decision");
-        if decision.lag.share > 0.05 {
-            made_up = Some((record.plan, decision));
-            break;
+        let record = stored_record(redis).expect("a plan is stored");
+        if let Some(decision) = record.decision.filter(|d| done(d)) {
+            return Some((record.plan, decision));
         }
     }
-    let (plan, decision) = made_up.expect("the stuck colo was made up for within 20 windows");
+    None
+}
+
+/// An origin on its own Redis, at census (so that each event is one request whatever
+/// plan decided it), after A's target went from `from` to `to`; the plan for `from`, the
+/// one a colo will stay stuck on.
+async fn after_a_change(from: f64, to: f64) -> (RedisServer, TestApp, Plan) {
+    let redis = RedisServer::start();
+    let env = [("ALLOT_CONTROL_LAG_AFTER_MS", "1000"), ("ALLOT_CONTROL_MIN_SAMPLE_RATE", "1")];
+    let app = TestApp::start(config(&redis, "", &env)).await;
+    assert_eq!(app.put_targets("home_feed", &spec(from), MANAGER_TOKEN).await.status(), 201);
+    let v1 = eventually(5, "v1", || async { stored_record(&redis).map(|r| r.plan) }).await;
+    assert!((share_of_a(&v1) - from).abs() < 1e-9);
+    assert_eq!(app.put_targets("home_feed", &spec(to), MANAGER_TOKEN).await.status(), 200);
+    eventually(5, "the plan for the new target", || async {
+        stored_record(&redis).filter(|r| r.plan.version > v1.version && (share_of_a(&r.plan) - to).abs() < 1e-6)
+    })
+    .await;
+    (redis, app, v1)
+}
+
+#[tokio::test]
+async fn a_colo_stuck_on_an_old_plan_is_made_up_for_until_it_takes_the_new_one() {
+    let (redis, app, v1) = after_a_change(0.5, 0.3).await;
+
+    // One colo keeps v1, which gives A half: 80 requests of every window.
+    let (plan, decision) = windows_until(&redis, &v1, 80, 20, |d| d.lag.share > 0.05)
+        .await
+        .expect("the stuck colo was made up for within 20 windows");
     let lag = &decision.lag;
     assert!(lag.share <= 80.0 / 400.0 + 1e-9, "at most the share v1 decided: {lag:?}");
     assert!((lag.delivered[&CampaignId::parse("A").unwrap()] - 0.5).abs() < 1e-9, "{lag:?}");
@@ -82,24 +103,15 @@ async fn a_colo_stuck_on_an_old_plan_is_made_up_for_until_it_takes_the_new_one()
     assert!((decision.campaigns[0].predicted_share - 0.3).abs() < 1e-6, "{:?}", decision.campaigns[0]);
     assert!(decision.state.corrections.is_empty(), "nothing for feedback: {:?}", decision.state);
     // Operators see it (a later round may have forecast a little more).
-    let gauge = "allot_placement_lagging_share{placement=\"home_feed\"}";
-    assert!(app.metric(gauge).await >= lag.share - 1e-9, "{}", app.metric(gauge).await);
+    assert!(app.metric(GAUGE).await >= lag.share - 1e-9, "{}", app.metric(GAUGE).await);
 
     // The colo takes the plan in force up: once a round sees a window without v1, the
     // plan gives A its target again.
-    let mut recovered = None;
-    for _ in 0..10 {
-        post_window(&redis, &v1, 0);
-        next_window().await;
-        let record = stored_record(&redis).unwrap();
-        if record.decision.as_ref().is_some_and(|d| d.lag.is_none()) {
-            recovered = Some(record.plan);
-            break;
-        }
-    }
-    let plan = recovered.expect("made up for no more within 10 windows of the colo's recovery");
+    let (plan, _) = windows_until(&redis, &v1, 0, 10, |d| d.lag.is_none())
+        .await
+        .expect("made up for no more within 10 windows of the colo's recovery");
     assert!((share_of_a(&plan) - 0.3).abs() < 0.01, "{plan:?}");
-    assert_eq!(app.metric(gauge).await, 0.0);
+    assert_eq!(app.metric(GAUGE).await, 0.0);
 }
 
 /// Anyone holding the ingest key can sign events naming an old version for most of the
@@ -109,31 +121,12 @@ async fn a_colo_stuck_on_an_old_plan_is_made_up_for_until_it_takes_the_new_one()
 /// share on the gauge.
 #[tokio::test]
 async fn events_naming_an_old_version_for_most_traffic_move_the_plan_no_further_than_the_cap() {
-    let redis = RedisServer::start();
-    let env = [("ALLOT_CONTROL_LAG_AFTER_MS", "1000"), ("ALLOT_CONTROL_MIN_SAMPLE_RATE", "1")];
-    let app = TestApp::start(config(&redis, "", &env)).await;
-    assert_eq!(app.put_targets("home_feed", &spec(0.1), MANAGER_TOKEN).await.status(), 201);
-    let v1 = eventually(5, "v1", || async { stored_record(&redis).map(|r| r.plan) }).await;
-    assert!((share_of_a(&v1) - 0.1).abs() < 1e-9);
-    assert_eq!(app.put_targets("home_feed", &spec(0.3), MANAGER_TOKEN).await.status(), 200);
-    eventually(5, "v2 for A at 30 %", || async {
-        stored_record(&redis).filter(|r| r.plan.version > v1.version && (share_of_a(&r.plan) - 0.3).abs() < 1e-6)
-    })
-    .await;
+    let (redis, app, v1) = after_a_change(0.1, 0.3).await;
 
     // Three requests in four name v1, which gives A a tenth.
-    let mut past_the_cap = None;
-    for _ in 0..20 {
-        post_window(&redis, &v1, 960);
-        next_window().await;
-        let record = stored_record(&redis).unwrap();
-        let decision = record.decision.clone().expect("the plan's decision");
-        if decision.lag.beyond > 0.0 {
-            past_the_cap = Some((record.plan, decision));
-            break;
-        }
-    }
-    let (plan, decision) = past_the_cap.expect("the old version's share passed the cap within 20 windows");
+    let (plan, decision) = windows_until(&redis, &v1, 960, 20, |d| d.lag.beyond > 0.0)
+        .await
+        .expect("the old version's share passed the cap within 20 windows");
     let lag = &decision.lag;
     assert!((lag.share - 0.25).abs() < 1e-9, "made up for up to the cap: {lag:?}");
     assert!(lag.stuck() <= 960.0 / 1280.0 + 1e-9, "at most the share v1 decided: {lag:?}");
@@ -143,6 +136,5 @@ async fn events_naming_an_old_version_for_most_traffic_move_the_plan_no_further_
     assert!(matches!(a.feasibility, Feasibility::Infeasible { .. }), "{a:?}");
     assert!(!a.jointly_infeasible(), "no other campaign to blame: {a:?}");
     assert!(a.predicted_share < 0.3 - 0.01, "the whole stuck share predicted: {a:?}");
-    let gauge = "allot_placement_lagging_share{placement=\"home_feed\"}";
-    assert!(app.metric(gauge).await >= lag.stuck() - 1e-9, "{} vs {lag:?}", app.metric(gauge).await);
+    assert!(app.metric(GAUGE).await >= lag.stuck() - 1e-9, "{} vs {lag:?}", app.metric(GAUGE).await);
 }
