@@ -209,7 +209,7 @@ fn score(w: &WindowRecord) -> Option<Scored> {
     }
     let errors: Vec<f64> = feasible.iter().map(|c| (c.realized - c.target).abs()).collect();
     Some(Scored {
-        within: errors.iter().all(|e| *e <= w.margin + 1e-12),
+        within: changes::within(w),
         relative_small: feasible
             .iter()
             .filter(|c| c.target < 0.05 && c.target > 0.0)
