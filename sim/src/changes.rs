@@ -7,7 +7,7 @@
 
 use crate::metrics::quantile;
 use crate::scenario::{Fault, Scenario};
-use crate::world::{Run, WindowRecord};
+use crate::world::{CampaignWindow, Run, WindowRecord};
 
 /// Re-convergence the bar allows, in windows (p95).
 pub const BAR_WINDOWS: f64 = 2.0;
@@ -30,9 +30,17 @@ pub struct ChangeWait {
     pub errors: Vec<f64>,
 }
 
+/// What rounding may add to an error that is exactly the margin.
+const TOLERANCE: f64 = 1e-12;
+
 /// Every feasible campaign of `w` within its margin.
 pub fn within(w: &WindowRecord) -> bool {
-    worst_error(w) <= w.margin + 1e-12
+    worst_error(w) <= w.margin + TOLERANCE
+}
+
+/// `c` delivered within `margin` of its target; a campaign whose error is NaN never is.
+pub fn delivered_within(c: &CampaignWindow, margin: f64) -> bool {
+    (c.realized - c.target).abs() <= margin + TOLERANCE
 }
 
 /// The largest error of `w`'s feasible campaigns; NaN if any campaign's is, so that
@@ -126,7 +134,6 @@ mod tests {
     use super::*;
     use crate::scenario::Change;
     use crate::scenarios::{Knobs, build};
-    use crate::world::CampaignWindow;
 
     fn window(index: u64, error: f64) -> WindowRecord {
         let campaign = CampaignWindow {
@@ -183,5 +190,13 @@ mod tests {
         assert_eq!(reconvergence(&waits, true), Some((0.0, 0.0, 0, 1)));
         assert_eq!(slow(&waits), [waits[0].clone()]);
         assert_eq!(slow(&waits)[0].seed, 7);
+    }
+
+    #[test]
+    fn an_error_of_exactly_the_margin_is_within_and_a_nan_never_is() {
+        let at = |error| window(0, error);
+        assert!(within(&at(0.01)) && delivered_within(&at(0.01).campaigns[0], 0.01));
+        assert!(!within(&at(0.0101)) && !delivered_within(&at(-0.0101).campaigns[0], 0.01));
+        assert!(!within(&at(f64::NAN)) && !delivered_within(&at(f64::NAN).campaigns[0], 0.01));
     }
 }

@@ -330,9 +330,7 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
     let near: Vec<bool> = steady
         .iter()
         .filter(|w| scored(w) && w.short > 0.0 && w.short <= w.margin && w.requests > 0)
-        .flat_map(|w| {
-            w.campaigns.iter().filter(|c| !c.feasible).map(|c| (c.realized - c.target).abs() <= w.margin + 1e-12)
-        })
+        .flat_map(|w| w.campaigns.iter().filter(|c| !c.feasible).map(|c| changes::delivered_within(c, w.margin)))
         .collect();
     let near_miss_within = (!near.is_empty()).then(|| (share(near.iter().copied()), near.len()));
     let unflagged = seeded
@@ -346,17 +344,16 @@ pub fn summarize(built: &[Scenario], runs: &[Run]) -> Summary {
         .filter(|(_, w)| w.requests > 0 && !w.unattainable)
         .flat_map(|&(seed, w)| {
             let near = w.decided && w.short > 0.0 && w.short <= w.margin;
-            w.campaigns
-                .iter()
-                .filter(move |c| (c.feasible || near) && (c.realized - c.target).abs() > w.margin + 1e-12)
-                .map(move |c| Outside {
+            w.campaigns.iter().filter(move |c| (c.feasible || near) && !changes::delivered_within(c, w.margin)).map(
+                move |c| Outside {
                     seed,
                     placement: w.placement,
                     index: w.index,
                     campaign: c.clone(),
                     sampled: w.sampled,
                     requests: w.requests,
-                })
+                },
+            )
         })
         .collect();
     let error = |o: &Outside| (o.campaign.realized - o.campaign.target).abs();
