@@ -40,7 +40,8 @@
 //! versions an hour, and an origin runs for months), evicting the one events named
 //! least recently. A version edges still serve is named all the time, so it stays,
 //! however many were published since (a publisher that failed for an hour issued
-//! versions no edge got). Only accepted events count as naming a version, and the
+//! versions no edge got), and an origin started meanwhile, whose history read no longer
+//! holds it, learns it from the plan stored as in force ([`Catalogue::learn_in_force`]). Only accepted events count as naming a version, and the
 //! newest two (what edges serve, also during a hand-over) are never evicted, so events
 //! refused for their content cannot push the version in use out.
 
@@ -109,6 +110,8 @@ pub struct PlansRead {
     seq: u64,
     /// A refresh charged to the body (a first read is not), refunded if it teaches.
     charged: bool,
+    /// A read of the whole history, not a refresh: the plan in force is read with it.
+    whole: bool,
 }
 
 impl PlansRead {
@@ -124,6 +127,13 @@ impl PlansRead {
     /// The last entry to read (inclusive).
     pub fn last(&self) -> usize {
         self.last
+    }
+
+    /// A read of the whole history (the placement never read, or its last read
+    /// failed), which also reads the plan stored as in force for
+    /// [`Catalogue::learn_in_force`].
+    pub fn is_whole(&self) -> bool {
+        self.whole
     }
 }
 
@@ -267,6 +277,7 @@ impl Catalogue {
                 newest: None,
                 seq: self.reads,
                 charged: !whole,
+                whole,
             });
         }
         wanted
@@ -336,6 +347,18 @@ impl Catalogue {
         h.learnt = h.learnt.max(read.seq);
         h.newest = h.newest.max(newest);
         None
+    }
+
+    /// Learns the plan stored as in force for its placement: the last one published,
+    /// what edges serve. The history keeps only the plans issued last, and a publisher
+    /// failing long enough issues more of them than it keeps, none of which any edge
+    /// got: the version in force falls off its end. An origin that learnt it before
+    /// keeps it while events name it; one started since learns it here, with its first
+    /// whole read, or it would drop every event edges send until a publish succeeds.
+    pub fn learn_in_force(&mut self, plan: &Plan) {
+        if self.registry.contains(&plan.placement) {
+            self.insert(&plan.placement, &[plan]);
+        }
     }
 
     fn insert(&mut self, placement: &PlacementId, plans: &[&Plan]) {

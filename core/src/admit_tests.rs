@@ -57,6 +57,7 @@ fn learn(c: &mut Catalogue, p: &PlacementId, plans: &[Plan]) {
         newest: None,
         seq: c.reads,
         charged: false,
+        whole: true,
     };
     let mut body = c.body();
     assert_eq!(c.learn_plans(&read, plans, &mut body), None);
@@ -245,6 +246,46 @@ fn the_catalogue_keeps_the_versions_in_use() {
     learn(&mut c, &home(), &[plan("home_feed", 50, 0.5, &["A"]), plan("home_feed", 1, 0.5, &["A"])]);
     assert_eq!(c.versions_known(), 3);
     assert_eq!(c.judge(&named(1)), Ok(()));
+}
+
+/// A publisher failing for long issues more plans than the history keeps: the plan
+/// edges serve falls off its end, and an origin started then learns it from the plan
+/// stored as in force, read with its first whole read.
+#[test]
+fn an_origin_started_after_the_version_in_force_left_the_history_still_knows_it() {
+    let named = |v: u64| {
+        let mut e = at(allocation("r", Some("A"), &["A"], 0.5), NOW);
+        e.plan_version = v;
+        limits().admit(e, NOW).unwrap()
+    };
+    let fresh = || {
+        let mut c = Catalogue::new(1000, 3);
+        c.learn_registry([home()]);
+        let mut body = c.body();
+        let wanted = c.wants_plans([named(1).event()], &mut body, NOW);
+        assert!(wanted.len() == 1 && wanted[0].is_whole(), "{wanted:?}");
+        let trimmed: Vec<Plan> = (8..=10).rev().map(|v| plan("home_feed", v, 0.5, &["A"])).collect();
+        assert_eq!(c.learn_plans(&wanted[0], &trimmed, &mut body), None);
+        c
+    };
+    let mut without = fresh();
+    assert_eq!(without.judge(&named(1)), Err(DropReason::UnknownVersion), "what the history alone says");
+    let mut c = fresh();
+    c.learn_in_force(&plan("home_feed", 1, 0.5, &["A"]));
+    assert_eq!(c.judge(&named(1)), Ok(()));
+    assert_eq!(c.judge(&named(10)), Ok(()));
+    // Events naming it keep it, whatever is issued next.
+    for v in 11..=20 {
+        learn(&mut c, &home(), &[plan("home_feed", v, 0.5, &["A"])]);
+        assert_eq!(c.judge(&named(1)), Ok(()), "v{v}");
+    }
+    // Only a registered placement's plan is learnt.
+    c.learn_in_force(&plan("elsewhere", 1, 0.5, &["A"]));
+    assert_eq!(c.versions_known(), 3);
+    // A refresh is not a whole read.
+    let mut body = c.body();
+    let refresh = c.wants_plans([named(21).event()], &mut body, NOW + 10_000);
+    assert!(refresh.iter().all(|r| !r.is_whole()), "{refresh:?}");
 }
 
 #[test]

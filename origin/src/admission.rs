@@ -142,12 +142,17 @@ impl Admission {
         }
     }
 
-    /// Makes `read`, page after page, as long as the catalogue asks for the next.
+    /// Makes `read`, page after page, as long as the catalogue asks for the next; a
+    /// whole read also reads the plan stored as in force (it may have left the history).
     async fn read_plans(&self, store: &Store, read: &PlansRead, body: &mut BodyReads) -> Result<(), StoreError> {
+        let in_force = if read.is_whole() { store.plan_record(read.placement()).await? } else { None };
         let mut page = Some(read.clone());
         while let Some(read) = page {
             let plans = store.plan_history(read.placement(), read.first(), read.last()).await?;
             page = self.catalogue().learn_plans(&read, &plans, body);
+        }
+        if let Some(record) = in_force {
+            self.catalogue().learn_in_force(&record.plan);
         }
         Ok(())
     }

@@ -281,3 +281,55 @@ async fn a_refused_push_is_a_failure_and_never_a_publish() {
     assert_eq!(parse_metric(&text, "allot_plans_published_total{why=\"first\"}"), Some(0.0));
     assert_eq!(parse_metric_sum(&text, "allot_plans_published_total"), Some(0.0));
 }
+
+/// The publisher fails after the first plan, for long enough that the rounds issue more
+/// plans than the history keeps: the version edges serve leaves the history. An origin
+/// started then (a deploy, a replica added) still counts the events edges send under
+/// it: it learns the plan stored as in force with its first read of the history.
+#[tokio::test]
+async fn events_of_the_plan_in_force_count_on_an_origin_started_after_it_left_the_history() {
+    let pushes = Arc::new(Mutex::new(0usize));
+    let first_only = |State(n): State<Arc<Mutex<usize>>>| async move {
+        let mut n = n.lock().unwrap();
+        *n += 1;
+        if *n == 1 { StatusCode::NO_CONTENT } else { StatusCode::SERVICE_UNAVAILABLE }
+    };
+    let base =
+        serve(Router::new().route("/internal/plans/{placement}", put(first_only)).with_state(pushes.clone())).await;
+    let redis = RedisServer::start();
+    let extra = format!("[publish]\nkind = \"worker\"\n[publish.worker]\nurl = \"{base}/\"\nkeys = [\"{PUSH_KEY}\"]\n");
+    let history = [("ALLOT_CONTROL_PERIOD_MS", "60000"), ("ALLOT_CONTROL_HISTORY_LEN", "3")];
+    let app = TestApp::start(config(&redis, &extra, &history)).await;
+
+    // Version 1 is published; every plan after it fails, and each target change issues one.
+    for (i, rate) in [0.5, 0.4, 0.3, 0.2, 0.1].into_iter().enumerate() {
+        let spec = json!({"campaigns": [{"id": "A", "rate": rate}]});
+        assert!(app.put_targets("home_feed", &spec, MANAGER_TOKEN).await.status().is_success());
+        eventually(5, "the round's push", || async { (*pushes.lock().unwrap() > i).then_some(()) }).await;
+    }
+    let listed = |v: u64| {
+        let list: Vec<String> = redis::cmd("LRANGE")
+            .arg(PlacementKeys::of_raw("home_feed").plans())
+            .arg(0)
+            .arg(-1)
+            .query(&mut redis.conn())
+            .unwrap();
+        list.iter().any(|j| Plan::parse(j.as_bytes()).unwrap().version == v)
+    };
+    assert!(!listed(1) && listed(5), "version 1 has left the history");
+    let (_, status) = app.get_json("/v1/placements/home_feed/status", VIEWER_TOKEN).await;
+    assert_eq!(status["plan_version"], 1, "the plan in force is the one published");
+
+    // Edges serve version 1: a fresh origin counts its events, and so does the first.
+    let v1 = allot_testkit::events::plan("home_feed", 1, 1.0, &["A"]);
+    let event = |id: &str| {
+        allot_testkit::events::under(&v1, allot_testkit::events::allocation(id, "home_feed", Some("A"), &["A"], 1.0))
+    };
+    let fresh = TestApp::start(config(&redis, "", &[("ALLOT_CONTROL_ENABLED", "false")])).await;
+    for (origin, id) in [(&fresh, "r-fresh"), (&app, "r-first")] {
+        let answer: Value =
+            origin.post_signed(&allot_testkit::events::batch(vec![event(id)])).await.json().await.unwrap();
+        assert_eq!(answer, json!({"accepted": 1, "dropped": 0}), "{id}");
+    }
+    assert_eq!(fresh.metric("allot_ingest_dropped_events_total{reason=\"unknown_version\"}").await, 0.0);
+}
