@@ -19,6 +19,11 @@ pub const PLAN_FORMAT: u32 = 1;
 /// creatives are each bounded ([`MAX_CAMPAIGNS`], [`crate::targets::MAX_RULE_PLATFORMS`],
 /// the country codes, [`crate::targets::MAX_CREATIVE_BYTES`]).
 pub const MAX_PLAN_BYTES: usize = 1024 * 1024;
+/// The highest plan version: the largest integer a double holds exactly. Versions pass
+/// through Lua's numbers in the origin's Redis scripts and JavaScript's in the edge's
+/// tooling, and the origin publishes above whatever version an edge says it holds, so
+/// a version past it (a push-key holder's) could never be superseded exactly.
+pub const MAX_VERSION: u64 = (1 << 53) - 1;
 
 /// One campaign as the edge sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,6 +130,9 @@ impl Plan {
     /// The invariants every plan holds; [`Plan::parse`] enforces them on the way in and
     /// the controller on the way out.
     pub fn check(&self) -> Result<(), PlanError> {
+        if self.version > MAX_VERSION {
+            return Err(invalid("version", format!("at most {MAX_VERSION}")));
+        }
         if !(self.sample_rate.is_finite() && self.sample_rate > 0.0 && self.sample_rate <= 1.0) {
             return Err(invalid("sample_rate", "must be in (0, 1]"));
         }
@@ -215,7 +223,7 @@ mod tests {
         let plan = Plan {
             format: PLAN_FORMAT,
             placement: PlacementId::parse("p".repeat(64)).unwrap(),
-            version: u64::MAX,
+            version: MAX_VERSION,
             issued_at_ms: u64::MAX,
             sample_rate: 2.2250738585072014e-308,
             no_ad_weight: 2.2250738585072014e-308,
@@ -328,6 +336,12 @@ mod tests {
         }
         bad["version"] = json!("seven");
         assert!(Plan::parse(bad.to_string().as_bytes()).is_err());
+        // Past what a double holds exactly, a version could not be superseded.
+        for (version, ok) in [(MAX_VERSION, true), (MAX_VERSION + 1, false), (u64::MAX, false)] {
+            bad["version"] = json!(version);
+            let parsed = Plan::parse(bad.to_string().as_bytes());
+            assert_eq!(parsed.is_ok(), ok, "{version}: {parsed:?}");
+        }
         for junk in [&b""[..], b"null", b"{", b"[]", b"\xff\xfe"] {
             assert!(Plan::parse(junk).is_err());
         }

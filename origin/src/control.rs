@@ -34,6 +34,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use allot_core::plan::MAX_VERSION;
 use allot_core::{Fence, PlacementId, Plan, Published, Targets, WindowStats};
 use redis::AsyncCommands;
 use redis::streams::StreamMaxlen;
@@ -42,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use crate::gauges::PlacementReading;
 use crate::inputs::Inputs;
 use crate::lease::LeaseView;
-use crate::publish::Publisher;
+use crate::publish::{PublishError, Publisher};
 use crate::startup::App;
 use crate::store::{Fenced, PlanRecord, StoreError};
 use allot_core::contract::{PlanSnapshot, stream};
@@ -137,7 +138,11 @@ pub async fn round(app: &App, publisher: &Publisher, lease: &LeaseView, placemen
         }
     };
     stall(app, "save").await;
-    for (x, result) in pending.into_iter().zip(results) {
+    for (mut x, result) in pending.into_iter().zip(results) {
+        let result = match result {
+            Err(PublishError::Behind { held }) => supersede(app, publisher, &mut x, held, &fence).await,
+            other => other,
+        };
         if let Err(e) = result {
             app.metrics.publish_failures.inc();
             tracing::warn!(placement = %x.placement, version = x.record.plan.version, error = %e, "publish failed");
@@ -146,6 +151,39 @@ pub async fn round(app: &App, publisher: &Publisher, lease: &LeaseView, placemen
         app.metrics.plans_published.with_label_values(&[x.why]).inc();
         log_plan(app, &x.record).await;
         store(app, &x, fence.epoch).await;
+    }
+}
+
+/// The edge already holds version `held`, at or above the one `x` was issued under:
+/// this placement's versions fell behind the edge's (Redis restored from an older copy,
+/// a plan pushed with the push key). Left so, every later push would be refused, and
+/// the edge would go on serving a plan whose events ingest no longer knows. So versions
+/// are allocated above it from now on, and the plan is issued and pushed once more,
+/// under the next, while the lease lasts.
+async fn supersede(
+    app: &App,
+    publisher: &Publisher,
+    x: &mut Pending,
+    held: u64,
+    fence: &Fence,
+) -> Result<(), PublishError> {
+    app.metrics.publish_superseded.inc();
+    tracing::warn!(placement = %x.placement, version = x.record.plan.version, held, "the edge holds a newer version; publishing above it");
+    let behind = || PublishError::Behind { held };
+    if held >= MAX_VERSION {
+        // Only a push-key holder's push gets there: no version is left above it.
+        tracing::error!(placement = %x.placement, held, "the edge holds the highest plan version; delete its plan from KV");
+        return Err(behind());
+    }
+    let Ok(Some(version)) = allocate(app, &x.placement, fence, held).await else { return Err(behind()) };
+    x.record.plan.version = version;
+    if !matches!(issue(app, &x.placement, &x.record.plan, fence).await, Ok(true)) {
+        return Err(behind());
+    }
+    let again = publisher.publish(std::slice::from_ref(&x.record.plan));
+    match tokio::time::timeout_at(LeaseView::deadline(fence), again).await {
+        Ok(mut results) => results.pop().unwrap_or_else(|| Err(behind())),
+        Err(_) => Err(behind()),
     }
 }
 

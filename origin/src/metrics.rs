@@ -47,6 +47,9 @@ pub struct Metrics {
     /// reason (`core::Publish`, or `withdrawn`) tells what drives those writes.
     pub plans_published: IntCounterVec,
     pub publish_failures: IntCounter,
+    /// Pushes the edge refused for holding a version at or above the one pushed, each
+    /// pushed again above it.
+    pub publish_superseded: IntCounter,
     pub plan_log_failures: IntCounter,
     pub audit_feed_failures: IntCounter,
     /// Delivery gauges: per placement for every placement, per campaign for as many
@@ -213,6 +216,11 @@ impl Metrics {
                 c
             },
             publish_failures: counter(&r, "allot_publish_failures_total", "Plans that failed to publish."),
+            publish_superseded: counter(
+                &r,
+                "allot_publish_superseded_total",
+                "Pushes refused because the edge held a version at or above the one pushed; each pushed again above it.",
+            ),
             plan_log_failures: counter(
                 &r,
                 "allot_plan_log_failures_total",

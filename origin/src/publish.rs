@@ -4,9 +4,12 @@
 //! - The worker's own `PUT /internal/plans/{placement}` (local and self-hosted), signed
 //!   like events but with the push keys (every active one, so a rotation can switch
 //!   either side first), verified at the edge by the same core `Verifier`. `204` is
-//!   success; `409` means the worker already holds this version, a newer one, or a
-//!   different plan under this version: the edge keeps what it has, and the origin
-//!   logs it and moves on (the next version supersedes it).
+//!   success. `409` with the version the edge holds (`held_version`: this version, a
+//!   newer one, or a different plan under this version) means this placement's versions
+//!   fell behind the edge's (Redis restored from an older copy, a plan pushed with the
+//!   push key) and is [`PublishError::Behind`]: the control loop publishes above it.
+//!   Left alone, every later push would be refused while the edge served a version
+//!   ingest no longer knows. A `409` without it (a signed push received twice) is logged.
 //!
 //! A plan that fails to publish is not stored as current, so the next round retries it.
 
@@ -27,6 +30,8 @@ pub enum PublishError {
     Status { status: u16, body: String },
     #[error("the KV API refused the write: {0}")]
     Api(String),
+    #[error("the edge holds version {held}, at or above the one pushed")]
+    Behind { held: u64 },
 }
 
 /// Pushes plans to the worker.
@@ -58,12 +63,22 @@ impl WorkerPublisher {
             200 | 204 => Ok(()),
             409 => {
                 let body = response.text().await.unwrap_or_default();
-                tracing::warn!(placement = %plan.placement, version = plan.version, answer = %body, "the worker kept the plan it holds");
-                Ok(())
+                match held_version(&body) {
+                    Some(held) if held >= plan.version => Err(PublishError::Behind { held }),
+                    _ => {
+                        tracing::warn!(placement = %plan.placement, version = plan.version, answer = %body, "the worker kept the plan it holds");
+                        Ok(())
+                    }
+                }
             }
             status => Err(PublishError::Status { status, body: response.text().await.unwrap_or_default() }),
         }
     }
+}
+
+/// The version a worker's `409` says it holds: `{"error": {"held_version": …}}`.
+fn held_version(body: &str) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(body).ok()?.pointer("/error/held_version")?.as_u64()
 }
 
 /// The configured transport.

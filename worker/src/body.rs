@@ -24,9 +24,24 @@ fn unreadable() -> ApiError {
 }
 
 pub async fn read(req: &web_sys::Request, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let declared = declared(req, limit)?;
+    read_declared(req, declared, limit).await
+}
+
+/// The body's declared length (`None`: chunked), refused if over `limit`. Separate
+/// from reading so that a caller can refuse an oversized body before it spends
+/// anything on it, such as one of its few places for bodies in memory (`push`).
+pub fn declared(req: &web_sys::Request, limit: usize) -> Result<Option<usize>, ApiError> {
     let declared = req.headers().get("content-length").ok().flatten().and_then(|v| v.trim().parse::<usize>().ok());
     match declared {
         Some(n) if n > limit => Err(ApiError::too_large(limit)),
+        declared => Ok(declared),
+    }
+}
+
+/// The body, whose length [`declared`] returned.
+pub async fn read_declared(req: &web_sys::Request, declared: Option<usize>, limit: usize) -> Result<Vec<u8>, ApiError> {
+    match declared {
         Some(_) => whole(req, limit).await,
         None => streamed(req, limit).await,
     }

@@ -262,6 +262,15 @@ pub fn lookup(config: &Config, placement: &PlacementId, now_ms: f64) -> Option<R
     }
 }
 
+/// The plan this isolate holds for `placement`, a withdrawn one included, without
+/// touching the cache's freshness: what a push is ordered against.
+pub fn held(placement: &PlacementId) -> Option<Rc<CompiledPlan>> {
+    CACHE.with(|cache| match cache.borrow().get(placement.as_str()).map(|e| &e.state) {
+        Some(State::Ready(plan)) => Some(plan.clone()),
+        _ => None,
+    })
+}
+
 /// Reads the placement's plan from KV, folds it into the cache and returns what to serve.
 pub async fn load(
     env: &Env,

@@ -20,10 +20,27 @@
 //!   isolates do not share that memory; the version rules above are what make a
 //!   replay harmless everywhere.
 //!
-//! The pushing isolate installs the plan at once; the others pick it up within their
-//! TTL.
+//! A push refused for its version names the version held (`held_version` in the
+//! error), so the origin can publish above it. The held version is the newer of KV's
+//! and the plan this isolate serves: KV is read without a compare-and-swap, so the
+//! edge's own cache is what stops a push older than a plan it has already taken while
+//! KV lags behind. Within an isolate only one push of a placement is between its KV
+//! read and its install at a time; another one meanwhile is `503 busy`. Without that,
+//! a delayed v5 and a v6 could both read v4 and both write, v5 last: KV would hold v5
+//! while this isolate served v6, and every other isolate would go back to v5.
+//!
+//! An isolate's memory is shared by everything it serves, and a push body lives in it
+//! from its first byte to the answer, across awaits. Anyone can send a header that
+//! passes the time check, so at most [`MAX_READING`] pushes are read at once per
+//! isolate (the origin sends one at a time); more are `503 busy` with `Retry-After`,
+//! unread. Without that bound, ~120 pushes stalled just under the limit would take the
+//! isolate down, and its outbox of unsent events with it.
+//!
+//! The pushing isolate installs the plan at once (unless it meanwhile took a newer
+//! one: [`plans::install`] never goes back a version); the others pick it up within
+//! their TTL.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 
 use allot_core::plan::MAX_PLAN_BYTES;
@@ -39,12 +56,91 @@ use crate::{body, plans, query, respond};
 /// Accepted pushes remembered per isolate; the oldest go first.
 const MAX_REMEMBERED: usize = 256;
 
+/// Pushes read at once per isolate: each may hold a plan's worth of body, its stored
+/// predecessor and its compiled plan until it is answered. The origin pushes one plan
+/// at a time; two leave room for a retry of a push the origin gave up on.
+const MAX_READING: usize = 2;
+
 /// A signed request already accepted: its signed timestamp and body digest. The MAC
 /// binds exactly these two, so reshuffling the header's tags makes no new push.
 type Seen = (u64, [u8; 32]);
 
 thread_local! {
     static SEEN: RefCell<VecDeque<Seen>> = const { RefCell::new(VecDeque::new()) };
+    /// Pushes holding a [`Reading`].
+    static READING: Cell<usize> = const { Cell::new(0) };
+    /// Placements with a push holding a [`Writing`]: at most [`MAX_READING`].
+    static WRITING: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One of the [`MAX_READING`] places for a push in this isolate's memory, held from
+/// before its body is read to its answer. It is given back when dropped, so on every
+/// way out: an answer, an error returned early, and the push's future dropped unfinished.
+struct Reading(());
+
+impl Reading {
+    fn enter() -> Result<Self, ApiError> {
+        READING.with(|n| {
+            if n.get() >= MAX_READING {
+                return Err(ApiError::busy(format!("{MAX_READING} plan pushes are being read already; push again")));
+            }
+            n.set(n.get() + 1);
+            Ok(Reading(()))
+        })
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        READING.with(|n| n.set(n.get() - 1));
+    }
+}
+
+/// The one push of a placement between its KV read and its install in this isolate,
+/// so that two pushes cannot both judge the same stored plan and then both write.
+/// Given back when dropped, as [`Reading`] is.
+struct Writing(String);
+
+impl Writing {
+    fn enter(placement: &PlacementId) -> Result<Self, ApiError> {
+        let name = placement.as_str();
+        WRITING.with(|w| {
+            let mut w = w.borrow_mut();
+            if w.iter().any(|p| p == name) {
+                return Err(ApiError::busy(format!("another plan of {name:?} is being stored; push again")));
+            }
+            w.push(name.to_owned());
+            Ok(Writing(name.to_owned()))
+        })
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        WRITING.with(|w| w.borrow_mut().retain(|p| p != &self.0));
+    }
+}
+
+fn stale(offered: u64, held: u64, whose: &str) -> ApiError {
+    let message = format!("version {offered} is older than the {whose} version {held}");
+    ApiError::version_refused("stale_version", message, held)
+}
+
+fn conflicting(version: u64, whose: &str) -> ApiError {
+    let message = format!("version {version} is already {whose} with different content");
+    ApiError::version_refused("version_conflict", message, version)
+}
+
+/// Refuses `plan` if this isolate holds a newer plan of the placement (a withdrawn one
+/// included), or another plan of its version: whatever KV says, this edge does not go
+/// back.
+fn check_served(plan: &Plan) -> Result<(), ApiError> {
+    let Some(held) = plans::held(&plan.placement) else { return Ok(()) };
+    match held.plan().succession(plan) {
+        Succession::Newer | Succession::Same => Ok(()),
+        Succession::Older => Err(stale(plan.version, held.plan().version, "served")),
+        Succession::Conflict => Err(conflicting(plan.version, "served")),
+    }
 }
 
 fn fingerprint(t: u64, body: &[u8]) -> Seen {
@@ -93,7 +189,11 @@ pub async fn serve(req: &web_sys::Request, raw_placement: &str, env: &Env) -> Re
     let header = SignatureHeader::parse(&header)
         .and_then(|h| verifier.check_time(&h, (js_sys::Date::now() / 1000.0) as u64).map(|()| h))
         .map_err(refused)?;
-    let bytes = body::read(req, MAX_PLAN_BYTES).await?;
+    // A declared length over the limit is refused before it takes a place.
+    let declared = body::declared(req, MAX_PLAN_BYTES)?;
+    // Held to the answer: the body, the stored plan and the compiled one live until then.
+    let _reading = Reading::enter()?;
+    let bytes = body::read_declared(req, declared, MAX_PLAN_BYTES).await?;
     let now_ms = js_sys::Date::now();
     let now_secs = (now_ms / 1000.0) as u64;
     // The time again: a body sent slowly does not stretch the signature's freshness.
@@ -114,11 +214,15 @@ pub async fn serve(req: &web_sys::Request, raw_placement: &str, env: &Env) -> Re
         ));
     }
     let compiled = plans::compile(&bytes, &placement).map_err(|e| ApiError::bad_request("invalid_plan", e))?;
+    check_served(&plan)?;
 
+    let _writing = Writing::enter(&placement)?;
     let kv = env.kv(PLANS_BINDING).map_err(|e| ApiError::unavailable("kv_unavailable", e.to_string()))?;
     let key = Plan::kv_key(&placement);
     // No cacheTtl: the version check wants the freshest value this location can see.
     let stored = kv.get(&key).bytes().await.map_err(|e| ApiError::unavailable("kv_unavailable", e.to_string()))?;
+    // Again after the wait: a request may have taken a newer plan from KV meanwhile.
+    check_served(&plan)?;
     match stored.as_deref().map(|held| (held, Plan::parse(held))) {
         Some((held_bytes, Ok(held))) => match held.succession(&plan) {
             Succession::Newer => {}
@@ -127,18 +231,8 @@ pub async fn serve(req: &web_sys::Request, raw_placement: &str, env: &Env) -> Re
                 plans::install(compiled, now_ms);
                 return Ok(respond::no_content()?);
             }
-            Succession::Same | Succession::Conflict => {
-                return Err(ApiError::conflict(
-                    "version_conflict",
-                    format!("version {} is already held with different content", plan.version),
-                ));
-            }
-            Succession::Older => {
-                return Err(ApiError::conflict(
-                    "stale_version",
-                    format!("version {} is older than the stored version {}", plan.version, held.version),
-                ));
-            }
+            Succession::Same | Succession::Conflict => return Err(conflicting(plan.version, "held")),
+            Succession::Older => return Err(stale(plan.version, held.version, "stored")),
         },
         Some((_, Err(e))) => worker::console_warn!("replacing an unreadable {key}: {e}"),
         None => {}
@@ -149,6 +243,7 @@ pub async fn serve(req: &web_sys::Request, raw_placement: &str, env: &Env) -> Re
         .await
         .map_err(|e| ApiError::unavailable("kv_unavailable", e.to_string()))?;
     remember(seen);
+    // Keeps a newer plan if this isolate took one meanwhile: the cache never goes back.
     plans::install(compiled, now_ms);
     Ok(respond::no_content()?)
 }

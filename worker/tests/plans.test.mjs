@@ -2,7 +2,7 @@
 // endpoint authenticates, validates and refuses to go back in versions.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { KEY, PUSH_KEY, chunkedBody, plan, sign, startWorker } from "./harness.mjs";
+import { KEY, PUSH_KEY, chunkedBody, eventually, plan, sign, startWorker } from "./harness.mjs";
 
 const TTL_MS = 1_000; // PLAN_TTL_SECS=1 in the harness
 let worker;
@@ -95,9 +95,31 @@ describe("plan push", () => {
       body,
     });
 
-  async function expectError(res, status, code) {
+  /** `MAX_PLAN_BYTES` of core's `plan`. */
+  const LIMIT = 1024 * 1024;
+  const putChunked = (placement, body, signature, signal = undefined) =>
+    worker.get(`/internal/plans/${placement}`, {
+      method: "PUT",
+      headers: { "content-type": "application/json", "x-allot-signature": signature },
+      body,
+      duplex: "half",
+      signal,
+    });
+  /** A header that passes every check but the MAC, which needs the body: what anyone can send. */
+  const fresh = () => `t=${Math.floor(Date.now() / 1000)},v1=${"0".repeat(64)}`;
+
+  /**
+   * The one error format; `held_version` only on a push refused for its version, where
+   * it must name `heldVersion`.
+   */
+  async function expectError(res, status, code, heldVersion = undefined) {
     assert.equal(res.status, status);
-    assert.equal((await res.json()).error.code, code);
+    const { error } = await res.json();
+    assert.equal(error.code, code);
+    assert.equal(typeof error.message, "string");
+    if (heldVersion === undefined) assert.ok(!("held_version" in error), `${code} names a held version: ${JSON.stringify(error)}`);
+    else assert.equal(error.held_version, heldVersion);
+    return error;
   }
 
   test("a signed, valid, newer plan is stored and served at once", async () => {
@@ -132,15 +154,32 @@ describe("plan push", () => {
     const [t, v1] = signature.split(",");
     await expectError(await put("replay_p", body, `${v1},${t}`), 409, "replayed");
     const rival = JSON.stringify(plan({ placement: "replay_p", version: 3, no_ad_weight: 0.9 }));
-    await expectError(await put("replay_p", rival), 409, "version_conflict");
+    await expectError(await put("replay_p", rival), 409, "version_conflict", 3);
     assert.equal(await worker.kv.get("plan:replay_p"), body, "the first plan of version 3 stays");
   });
 
   test("an older version is refused with 409, in any order of arrival", async () => {
     const body = JSON.stringify(plan({ placement: "push_p", version: 9 }));
-    await expectError(await put("push_p", body), 409, "stale_version");
+    await expectError(await put("push_p", body), 409, "stale_version", 10);
     assert.equal(JSON.parse(await worker.kv.get("plan:push_p")).version, 10);
     assert.equal(await version("push_p"), 10);
+  });
+
+  test("a push older than the plan this isolate serves is refused, whatever KV holds", async () => {
+    const v6 = JSON.stringify(plan({ placement: "order_p", version: 6 }));
+    const v5 = JSON.stringify(plan({ placement: "order_p", version: 5 }));
+    assert.equal((await put("order_p", v6)).status, 204);
+    await expectError(await put("order_p", v5), 409, "stale_version", 6);
+    assert.equal(await worker.kv.get("plan:order_p"), v6);
+    // KV behind what this isolate serves (an older write of an overlapping push landed
+    // last, or a lagging replica): the isolate's own plan still orders the pushes.
+    const v4 = JSON.stringify(plan({ placement: "order_p", version: 4 }));
+    await worker.kv.put("plan:order_p", v4);
+    await expectError(await put("order_p", v5), 409, "stale_version", 6);
+    const rival = JSON.stringify(plan({ placement: "order_p", version: 6, no_ad_weight: 0.9 }));
+    await expectError(await put("order_p", rival), 409, "version_conflict", 6);
+    assert.equal(await worker.kv.get("plan:order_p"), v4, "nothing was written");
+    assert.equal(await version("order_p"), 6);
   });
 
   test("invalid plans and mismatched placements are refused with 400", async () => {
@@ -159,19 +198,6 @@ describe("plan push", () => {
   });
 
   describe("bodies without a length", () => {
-    /** `MAX_BODY` of `worker/src/push.rs`. */
-    const LIMIT = 1024 * 1024;
-    const putChunked = (placement, body, signature, signal = undefined) =>
-      worker.get(`/internal/plans/${placement}`, {
-        method: "PUT",
-        headers: { "content-type": "application/json", "x-allot-signature": signature },
-        body,
-        duplex: "half",
-        signal,
-      });
-    /** A header that passes every check but the MAC, which needs the body: what anyone can send. */
-    const fresh = () => `t=${Math.floor(Date.now() / 1000)},v1=${"0".repeat(64)}`;
-
     test("a chunked push over the limit is refused once the limit is passed, and writes nothing", { timeout: 60_000 }, async () => {
       const held = JSON.stringify(plan({ placement: "chunk_p", version: 1 }));
       assert.equal((await put("chunk_p", held)).status, 204);
@@ -215,6 +241,52 @@ describe("plan push", () => {
     });
   });
 
+  test("at most two pushes are read at once; the rest are 503 busy, and the places come back when they end", { timeout: 60_000 }, async () => {
+    await worker.putPlan(plan({ placement: "busy_ad_p", version: 1 }));
+    const head = JSON.stringify(plan({ placement: "busy_p", version: 1 }));
+    // A few bytes, then nothing: each stalls a body read for as long as its sender likes.
+    const stalls = Array.from({ length: 3 }, () => {
+      const abort = new AbortController();
+      const body = chunkedBody(head, LIMIT - 1, { chunk: 8, stallAfter: 8 }).body;
+      const stall = { abort, settled: false };
+      stall.answer = putChunked("busy_p", body, fresh(), abort.signal)
+        .catch((e) => e)
+        .finally(() => {
+          stall.settled = true;
+        });
+      return stall;
+    });
+    // Two hold the places; the third is turned away unread, and so is the next push.
+    const probe = JSON.stringify(plan({ placement: "busy_p", version: 2 }));
+    const busy = await eventually(async () => {
+      // Signed falsely: should it find a place after all, it is read and refused (401).
+      const res = await put("busy_p", probe, fresh());
+      return res.status === 503 ? res : (await res.body?.cancel(), false);
+    }, 10_000, "a push refused as busy");
+    assert.equal(busy.headers.get("retry-after"), "1");
+    await expectError(busy, 503, "busy");
+    const turnedAway = await Promise.race(stalls.map((s) => s.answer));
+    assert.ok(turnedAway instanceof Response, `a stalled push failed: ${turnedAway}`);
+    assert.equal(turnedAway.headers.get("retry-after"), "1");
+    await expectError(turnedAway, 503, "busy");
+    // A declared length over the limit is still refused as such, before it takes a place.
+    await expectError(await put("busy_p", "x".repeat(LIMIT + 1)), 413, "body_too_large");
+    // The ads are served meanwhile.
+    assert.equal(await version("busy_ad_p"), 1);
+    assert.equal(stalls.filter((s) => s.settled).length, 1, "only the third stalled push was answered");
+
+    // Their senders give up: the places come back, and a push is taken.
+    for (const s of stalls) s.abort.abort();
+    await eventually(async () => {
+      const res = await put("busy_p", probe, pushSign(probe));
+      if (res.status === 204) return true;
+      await expectError(res, 503, "busy");
+      return false;
+    }, 10_000, "a push accepted after the stalled ones were aborted");
+    assert.equal(await worker.kv.get("plan:busy_p"), probe);
+    assert.equal(await version("busy_p"), 2);
+  });
+
   test("a withdrawn placement is answered like an unknown one, and stays withdrawn", async () => {
     const live = JSON.stringify(plan({ placement: "gone_push_p", version: 4 }));
     assert.equal((await put("gone_push_p", live)).status, 204);
@@ -227,7 +299,7 @@ describe("plan push", () => {
     assert.equal(never.status, 404);
     assert.equal((await gone.json()).error.code, (await never.json()).error.code);
     // The withdrawn plan's version still orders it: the old plan cannot come back.
-    await expectError(await put("gone_push_p", live, pushSign(live, Math.floor(Date.now() / 1000) - 2)), 409, "stale_version");
+    await expectError(await put("gone_push_p", live, pushSign(live, Math.floor(Date.now() / 1000) - 2)), 409, "stale_version", 5);
     await worker.putPlan(JSON.parse(live));
     await sleep(TTL_MS + 200);
     assert.equal((await worker.get("/v1/ad?placement=gone_push_p")).status, 404, "an older KV value does not resurrect it");

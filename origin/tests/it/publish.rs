@@ -176,28 +176,30 @@ async fn worker_push(
     Path(placement): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> (StatusCode, String) {
     let verifier = Verifier::new(vec![PUSH_KEY.as_bytes().to_vec()], 60).unwrap();
     let mut w = w.lock().unwrap();
     let sig = headers.get(signature::HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
     w.signatures.push(sig.to_owned());
     if let Err(e) = verifier.verify(sig, &body, allot_origin::now_ms() / 1000) {
         w.problems.push(format!("signature: {e}"));
-        return StatusCode::UNAUTHORIZED;
+        return (StatusCode::UNAUTHORIZED, String::new());
     }
     let plan = match Plan::parse(&body) {
         Ok(p) if p.placement.as_str() == placement => p,
         other => {
             w.problems.push(format!("plan: {other:?}"));
-            return StatusCode::BAD_REQUEST;
+            return (StatusCode::BAD_REQUEST, String::new());
         }
     };
     if plan.version <= w.held {
-        return StatusCode::CONFLICT;
+        // As the worker answers (`docs/plan-format.md`).
+        let error = json!({"error": {"code": "stale_version", "message": "older", "held_version": w.held}});
+        return (StatusCode::CONFLICT, error.to_string());
     }
     w.held = plan.version;
     w.received.push(plan);
-    StatusCode::NO_CONTENT
+    (StatusCode::NO_CONTENT, String::new())
 }
 
 #[tokio::test]
@@ -239,20 +241,39 @@ async fn worker_push_is_signed_with_every_push_key_and_never_the_ingest_key() {
     .await;
     assert_eq!(app.metric_sum("allot_plans_published_total").await, 1.0);
 
-    // The edge already holds a newer version: 409 is not a failure.
+    // The edge already holds version 50 (Redis restored from an older copy, or a push
+    // with the push key): the origin publishes above it, at once, and from then on.
     worker.lock().unwrap().held = 50;
     let spec2 = json!({"campaigns": [{"id": "A", "rate": 0.7}]});
     assert_eq!(app.put_targets("home_feed", &spec2, MANAGER_TOKEN).await.status(), 200);
     eventually(5, "second round", || async {
         let (_, v) = app.get_json("/v1/placements/home_feed/status", VIEWER_TOKEN).await;
-        (v["plan_version"] == 2).then_some(())
+        (v["plan_version"] == 51).then_some(())
     })
     .await;
+    {
+        let w = worker.lock().unwrap();
+        let versions: Vec<u64> = w.received.iter().map(|p| p.version).collect();
+        assert_eq!(versions, [1, 51], "the edge took the plan above its own");
+        assert_eq!(w.received[1].campaigns[0].id.as_str(), "A");
+        assert!(w.problems.is_empty(), "{:?}", w.problems);
+    }
+    assert_eq!(app.metric("allot_publish_superseded_total").await, 1.0);
     assert_eq!(app.metric("allot_publish_failures_total").await, 0.0);
-    // The new targets are why the second plan went out.
+    // The new targets are why the second plan went out; ingest knows its version.
     assert_eq!(app.metric("allot_plans_published_total{why=\"targets\"}").await, 1.0);
     assert_eq!(app.metric_sum("allot_plans_published_total").await, 2.0);
-    assert!(worker.lock().unwrap().problems.is_empty());
+    let newest = allot_testkit::events::newest_published(&mut redis.conn(), "home_feed").unwrap();
+    assert_eq!(newest.version, 51);
+    // A third round allocates above it.
+    let spec3 = json!({"campaigns": [{"id": "A", "rate": 0.4}]});
+    assert_eq!(app.put_targets("home_feed", &spec3, MANAGER_TOKEN).await.status(), 200);
+    eventually(5, "third round", || async {
+        let (_, v) = app.get_json("/v1/placements/home_feed/status", VIEWER_TOKEN).await;
+        (v["plan_version"] == 52).then_some(())
+    })
+    .await;
+    assert_eq!(app.metric("allot_publish_superseded_total").await, 1.0);
 }
 
 /// The edge refuses every push (503): each failure is counted as one, and nothing is
