@@ -8,8 +8,8 @@
 //! of the same body are stored:
 //!
 //! 1. [`Limits::admit`] — the event alone against the origin's clock: its rate is finite
-//!    and within `[min_rate, 1]` and its time within the window retention behind and the
-//!    skew ahead. The result, an [`Admitted`] event, can only hold a finite weight and
+//!    and within `[min_rate, 1]` and its time within the skew ahead and, behind, within
+//!    the longest a genuine event travels (at least the window retention). The result, an [`Admitted`] event, can only hold a finite weight and
 //!    finite squared weight, so every delta folded from it is finite before any write.
 //! 2. [`Catalogue::judge`] — the event against what the origin published: its placement
 //!    is registered, the plan version it names was published for that placement, its

@@ -462,13 +462,27 @@ impl Config {
     }
 
     /// The bounds every counted event keeps: the smallest rate a plan is published
-    /// with, the window retention behind and the signature skew ahead of the clock.
+    /// with, the signature skew ahead of the clock, and behind it [`Self::max_event_age_ms`].
     pub fn event_limits(&self) -> Result<allot_core::Limits, allot_core::admit::LimitsError> {
         allot_core::Limits::new(
             self.control.min_sample_rate,
-            self.control.window_ttl_secs().saturating_mul(1000),
+            self.max_event_age_ms(),
             self.ingest.max_skew_secs.saturating_mul(1000),
         )
+    }
+
+    /// How old an event may be when it arrives: the window retention, or, when longer,
+    /// the longest a genuine event travels. An impression carries its ad's time and may
+    /// be reported as long as its token is valid (`token::MAX_AGE_MS`, plus the edges'
+    /// skew), and its body resent while its signature is (`max_signature_age_secs`): at
+    /// the defaults 660 s against a retention of 480 s. An event older than the
+    /// retention counts in no window read any more (its window is deleted as it is
+    /// written), but it is streamed and archived like the rest: an event the edge sent
+    /// in time is never dropped for the origin's short memory.
+    pub fn max_event_age_ms(&self) -> u64 {
+        let travel = (allot_core::token::MAX_AGE_MS + allot_core::token::MAX_SKEW_MS)
+            .saturating_add(self.ingest.max_signature_age_secs.saturating_mul(1000));
+        self.control.window_ttl_secs().saturating_mul(1000).max(travel)
     }
 
     /// The ingest keys as bytes, for the signature verifier and signer.

@@ -66,9 +66,9 @@ pub struct Limits {
 pub struct LimitsError;
 
 impl Limits {
-    /// `min_rate`: the smallest rate a plan is ever published with; `max_age_ms`: how
-    /// long window counts are kept (an older event lands in a window nobody reads);
-    /// `max_ahead_ms`: the clock skew allowed between edge and origin.
+    /// `min_rate`: the smallest rate a plan is ever published with; `max_age_ms`: the
+    /// oldest a genuine event can be when it arrives (at least as long as window counts
+    /// are kept); `max_ahead_ms`: the clock skew allowed between edge and origin.
     pub fn new(min_rate: f64, max_age_ms: u64, max_ahead_ms: u64) -> Result<Self, LimitsError> {
         let w = 1.0 / min_rate;
         if !(min_rate > 0.0 && min_rate <= 1.0 && (w * w).is_finite()) {

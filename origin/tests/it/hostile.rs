@@ -75,6 +75,41 @@ async fn extreme_rates_and_times_are_dropped_one_by_one_and_genuine_counts_stay_
     assert_eq!(app.metric("allot_aggregate_entries_total{result=\"applied\"}").await, 3.0);
 }
 
+/// An impression is reported while its token is valid, and its body resent while its
+/// signature is: it may arrive longer after its ad than short windows are kept (here
+/// 80 s, 10 s windows). Such an event is streamed (so archived) and counts in no window;
+/// only one older than any genuine event can be is dropped.
+#[tokio::test]
+async fn events_older_than_the_windows_but_not_than_their_travel_are_streamed() {
+    let redis = RedisServer::start();
+    let env = [("ALLOT_CONTROL_ENABLED", "false"), ("ALLOT_CONTROL_PERIOD_MS", "10000")];
+    let app = TestApp::start(config(&redis, "", &env)).await;
+    let v1 = plan("home_feed", 1, 0.5, &["A"]);
+    record_published(&mut redis.conn(), &v1);
+    let now = allot_origin::now_ms();
+    // Token lifetime and skew (360 s) plus the signature's (300 s by default): 660 s.
+    let aged = |id: &str, age_s: u64| {
+        let mut e = under(&v1, allocation(id, "home_feed", Some("A"), &["A"], 0.5));
+        e.event_time_ms = now - age_s * 1000;
+        e
+    };
+    let events = vec![aged("fresh", 0), aged("past-windows", 100), aged("late-body", 650), aged("beyond", 700)];
+    let r = app.post_signed(&batch(events)).await;
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"accepted": 3, "dropped": 1}));
+    assert_eq!(dropped(&app, "too_old").await, 1.0);
+    let streamed: Vec<String> =
+        stream_batches(&redis, "home_feed").iter().flat_map(|b| &b.events).map(|e| e.request_id.to_string()).collect();
+    assert_eq!(streamed, ["fresh", "past-windows", "late-body"]);
+    // Only the fresh one is in a window still kept.
+    let counts = eventually(10, "the fresh event counted", || async {
+        let s = total_counts(&redis, "home_feed");
+        (s.requests.n >= 1).then_some(s)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(total_counts(&redis, "home_feed").requests.n, 1, "{counts:?}");
+}
+
 #[tokio::test]
 async fn events_the_origin_never_published_are_dropped_and_counted() {
     let redis = RedisServer::start();
