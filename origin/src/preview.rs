@@ -79,8 +79,13 @@ pub async fn preview(
     let cfg = &app.config.control;
     let now = crate::now_ms();
     let inputs = Inputs::read(&app, &id, now).await?;
-    // A round's solving is CPU work, and a preview is asked for by people: off the
-    // async workers, as the control loop's own rounds, so it never holds up ingest.
+    // A round's solving is CPU work (up to ~10 ms at 64 campaigns), and a preview is
+    // asked for by people: one at a time, off the async workers, as the control loop's
+    // own rounds, so a viewer's burst of previews waits for one core and never holds up
+    // ingest. The wait is asynchronous, so the request timeout still ends it.
+    let Ok(_turn) = app.previews.acquire().await else {
+        return Err(ApiError::Internal("the preview turn is closed".into()));
+    };
     let outcome =
         crate::control::off_the_async_workers(|| policy(cfg).run(inputs.round(&id, &targets, true, now, cfg)));
     let campaigns: Vec<PreviewCampaign> = outcome

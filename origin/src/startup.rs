@@ -49,6 +49,8 @@ pub struct App {
     pub control: crate::shards::ControlState,
     /// Whether the archiver's lanes run, when the archiver runs here (for `/readyz`).
     pub archive_lanes: Option<Arc<allot_archive::LaneStates>>,
+    /// One preview solved at a time ([`crate::preview`]).
+    pub previews: tokio::sync::Semaphore,
 }
 
 /// Why the origin could not start.
@@ -217,6 +219,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         pause: Default::default(),
         control: Default::default(),
         archive_lanes: archiver.as_ref().map(|a| a.lanes()),
+        previews: tokio::sync::Semaphore::new(1),
         config,
     });
     // Blocking reads get their own connection, whose response timeout lies above the

@@ -71,6 +71,15 @@ async fn jointly_infeasible_targets_are_reported_with_the_campaigns_they_compete
     }
     let d = &preview["campaigns"][3];
     assert_eq!((d["feasible"].clone(), d["joint"].clone()), (json!(true), json!(false)), "{d}");
+    // A burst of previews is solved one at a time: each waits its turn and gets the same.
+    let burst = (0..16).map(|_| async {
+        let r = app.http.post(app.url("/v1/placements/home_feed/preview")).bearer_auth(VIEWER_TOKEN).json(&spec);
+        let r = r.send().await.unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    });
+    for (status, again) in futures_util::future::join_all(burst).await {
+        assert_eq!((status, &again["campaigns"]), (200, &preview["campaigns"]));
+    }
 
     // Saved: the status and the gauges agree.
     assert_eq!(app.put_targets("home_feed", &spec, MANAGER_TOKEN).await.status(), 201);
