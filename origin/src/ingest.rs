@@ -161,17 +161,14 @@ async fn ingest(app: &App, headers: &HeaderMap, body: Body) -> Result<Outcome, A
         .get(allot_core::event::DROPPED_HEADER)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         .map(|n| n.min(MAX_EDGE_DROPPED));
-    // Drops are counted once per stored body (not again for its duplicates).
+    // Drops are counted once per body (not again for its duplicates): a body with no
+    // event accepted is remembered too, though it adds nothing to the stream.
     let count_drops = || {
         app.metrics.edge_dropped.inc_by(edge_dropped.unwrap_or(0));
         for (reason, n) in &judged.dropped {
             app.metrics.ingest_dropped.with_label_values(&[reason.as_str()]).inc_by(*n as u64);
         }
     };
-    if accepted == 0 {
-        count_drops();
-        return Ok(Outcome { accepted, dropped, duplicate: false });
-    }
 
     let mut script = STORE.prepare_invoke();
     script
@@ -187,8 +184,12 @@ async fn ingest(app: &App, headers: &HeaderMap, body: Body) -> Result<Outcome, A
         .arg(stream::PLACEMENT)
         .arg(stream::BATCH)
         .arg(stream::RECEIVED_MS);
-    let first = judged.accepted[0].placement.clone();
-    if dropped == 0 && judged.accepted.iter().all(|e| e.placement == first) {
+    let whole = judged
+        .accepted
+        .first()
+        .map(|e| &e.placement)
+        .filter(|first| dropped == 0 && judged.accepted.iter().all(|e| &e.placement == *first));
+    if let Some(first) = whole {
         // The common case: the verified body is already the entry's batch.
         script.arg(first.as_str()).arg(&bytes[..]);
     } else {

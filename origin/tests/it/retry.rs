@@ -47,6 +47,18 @@ async fn the_same_signed_body_twice_is_stored_once() {
     assert_eq!(app.metric("allot_ingest_events_total").await, 2.0);
     let below = app.metric("allot_ingest_dropped_events_total{reason=\"rate_below_minimum\"}").await;
     assert_eq!(below, 1.0, "a body's drops are counted once, not again for its duplicate");
+
+    // So are those of a body with nothing accepted, resent by an edge that lost the answer.
+    let mut worse = under(&home, allocation("worse", "home_feed", None, &[], 0.5));
+    worse.sample_rate = 1e-160;
+    let body = batch(vec![worse]);
+    let sig = signature::sign(INGEST_KEY.as_bytes(), now_ms() / 1000, body.as_bytes());
+    assert_eq!(send(&app.http, &url, &sig, &body).await, (202, json!({"accepted": 0, "dropped": 1})));
+    let again = send(&app.http, &url, &sig, &body).await;
+    assert_eq!(again, (202, json!({"accepted": 0, "dropped": 1, "duplicate": true})));
+    let below = app.metric("allot_ingest_dropped_events_total{reason=\"rate_below_minimum\"}").await;
+    assert_eq!(below, 2.0);
+    assert_eq!(stream_len(&redis), 2, "nothing streamed");
 }
 
 /// An edge that held a batch through a four-minute outage resends its original bytes
