@@ -239,7 +239,12 @@ impl Outbox {
         let mut i = 0;
         while i < self.batches.len() {
             let b = &self.batches[i];
-            if b.in_flight_until.is_none() && now_ms >= b.sealed_ms + self.settings.max_age_ms {
+            // A send past its deadline is presumed lost (its task cancelled: the runtime
+            // ends a request's background work after 30 s), so only a live one holds
+            // the batch back; else a batch whose sends were all cut off would never
+            // expire, and resent past its signature's age be refused as `failed`.
+            let live = b.in_flight_until.is_some_and(|d| now_ms < d);
+            if !live && now_ms >= b.sealed_ms + self.settings.max_age_ms {
                 let events = self.give_up(i);
                 self.counters.expired += events as u64;
                 notes.push(Note::Lost { events, why: "older than the origin's signature window".into() });

@@ -227,6 +227,40 @@ fn a_send_never_settled_is_due_again_after_its_deadline() {
 }
 
 #[test]
+fn a_batch_whose_sends_are_all_cut_off_still_expires() {
+    let mut o = Outbox::new(Settings { batch_max: 1, ..settings() });
+    o.push(event(0), 0);
+    // Every send is handed out and never settled (its task is cancelled).
+    let mut now = 0;
+    while now < MAX_AGE_MS {
+        let (_, notes) = o.poll(now);
+        assert!(notes.is_empty());
+        now += 1_000;
+    }
+    // At its age the last send is past its deadline too: the batch expires, not resent.
+    let (sends, notes) = o.poll(MAX_AGE_MS + 6_000);
+    assert!(sends.is_empty(), "{sends:?}");
+    assert!(matches!(&notes[..], [Note::Lost { events: 1, .. }]), "{notes:?}");
+    assert_eq!((o.counters().expired, o.counters().waiting), (1, 0));
+}
+
+#[test]
+fn a_batch_with_a_send_still_out_waits_for_its_answer_past_its_age() {
+    let mut o = Outbox::new(Settings { batch_max: 1, ..settings() });
+    o.push(event(0), 0);
+    assert_eq!(o.poll(0).0.len(), 1);
+    // Sent again just before its age (the first send presumed lost): it may yet be
+    // acknowledged, so the batch waits past its age for that answer.
+    assert_eq!(o.poll(MAX_AGE_MS - 2_000).0.len(), 1);
+    let (sends, notes) = o.poll(MAX_AGE_MS + 1_000);
+    assert!(sends.is_empty() && notes.is_empty(), "{sends:?} {notes:?}");
+    // Its deadline passed unanswered: expired, not sent again.
+    let (sends, notes) = o.poll(MAX_AGE_MS + 4_000);
+    assert!(sends.is_empty(), "{sends:?}");
+    assert!(matches!(&notes[..], [Note::Lost { events: 1, .. }]), "{notes:?}");
+}
+
+#[test]
 fn losses_are_reported_once_with_the_next_batch_sealed() {
     let mut o = Outbox::new(Settings { batch_max: 5, max_bytes: 1_000, ..settings() });
     for i in 0..20 {
