@@ -34,7 +34,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use allot_core::plan::MAX_VERSION;
 use allot_core::{Fence, PlacementId, Plan, Published, Targets, WindowStats};
 use redis::AsyncCommands;
 use redis::streams::StreamMaxlen;
@@ -154,6 +153,12 @@ pub async fn round(app: &App, publisher: &Publisher, lease: &LeaseView, placemen
     }
 }
 
+/// How far above its own versions the origin follows an edge's. A Redis restored from
+/// an older copy is behind by the plans published since, thousands at most; only a
+/// push with the push key is further, and following one near the top of the versions
+/// (`plan::MAX_VERSION`) would leave the placement none to publish.
+const MAX_FOLLOW: u64 = 1_000_000;
+
 /// The edge already holds version `held`, at or above the one `x` was issued under:
 /// this placement's versions fell behind the edge's (Redis restored from an older copy,
 /// a plan pushed with the push key). Left so, every later push would be refused, and
@@ -167,14 +172,13 @@ async fn supersede(
     held: u64,
     fence: &Fence,
 ) -> Result<(), PublishError> {
-    app.metrics.publish_superseded.inc();
-    tracing::warn!(placement = %x.placement, version = x.record.plan.version, held, "the edge holds a newer version; publishing above it");
     let behind = || PublishError::Behind { held };
-    if held >= MAX_VERSION {
-        // Only a push-key holder's push gets there: no version is left above it.
-        tracing::error!(placement = %x.placement, held, "the edge holds the highest plan version; delete its plan from KV");
+    if held >= x.record.plan.version.saturating_add(MAX_FOLLOW) {
+        tracing::error!(placement = %x.placement, held, "the edge holds a version far above this placement's; not followed: delete its plan from KV");
         return Err(behind());
     }
+    app.metrics.publish_superseded.inc();
+    tracing::warn!(placement = %x.placement, version = x.record.plan.version, held, "the edge holds a newer version; publishing above it");
     let Ok(Some(version)) = allocate(app, &x.placement, fence, held).await else { return Err(behind()) };
     x.record.plan.version = version;
     if !matches!(issue(app, &x.placement, &x.record.plan, fence).await, Ok(true)) {

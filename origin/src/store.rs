@@ -69,7 +69,9 @@ fn corrupt(what: impl Into<String>, message: impl ToString) -> StoreError {
 /// Allocates the next plan version for a lease epoch. An epoch older than one that
 /// already allocated or saved here is refused (-1): its holder lost the lease. The
 /// version is above every version allocated before and above `floor` (the stored
-/// plan's), so two holders can never publish two plans under one version.
+/// plan's), so two holders can never publish two plans under one version. None is
+/// allocated above `plan::MAX_VERSION` (-2): the scripts' numbers are doubles, exact
+/// only up to it.
 const ALLOCATE_SCRIPT: &str = r"
 local seen = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
 local epoch = tonumber(ARGV[1])
@@ -77,6 +79,7 @@ if epoch < seen then return -1 end
 if epoch > seen then redis.call('HSET', KEYS[1], 'epoch', ARGV[1]) end
 local last = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 local v = math.max(last, tonumber(ARGV[2])) + 1
+if v > 9007199254740991 then return -2 end
 redis.call('HSET', KEYS[1], 'version', v)
 return v
 ";
@@ -255,7 +258,10 @@ impl Store {
         let mut c = self.conn();
         let v: i64 =
             self.allocate.key(PlacementKeys::new(p).fence()).arg(epoch).arg(floor).invoke_async(&mut c).await?;
-        Ok(u64::try_from(v).map_or(Fenced::Epoch, Fenced::Done))
+        match v {
+            -2 => Err(corrupt(format!("version of {p}"), "every version up to 2^53 - 1 is used")),
+            v => Ok(u64::try_from(v).map_or(Fenced::Epoch, Fenced::Done)),
+        }
     }
 
     /// Records `plan` in the placement's plan list before it is published, under lease

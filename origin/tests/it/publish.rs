@@ -354,3 +354,44 @@ async fn events_of_the_plan_in_force_count_on_an_origin_started_after_it_left_th
     }
     assert_eq!(fresh.metric("allot_ingest_dropped_events_total{reason=\"unknown_version\"}").await, 0.0);
 }
+
+/// An edge holding a version far above the placement's (only a push with the push key
+/// gets there) is not followed: following one near the top of the versions would leave
+/// the placement none to publish. And no version is allocated past 2^53 − 1.
+#[tokio::test]
+async fn a_version_far_above_is_not_followed_and_none_is_allocated_past_the_last() {
+    let worker = Arc::new(Mutex::new(Worker::default()));
+    let base =
+        serve(Router::new().route("/internal/plans/{placement}", put(worker_push)).with_state(worker.clone())).await;
+    let redis = RedisServer::start();
+    let extra = format!("[publish]\nkind = \"worker\"\n[publish.worker]\nurl = \"{base}/\"\nkeys = [\"{PUSH_KEY}\"]\n");
+    let app = TestApp::start(config(&redis, &extra, &[("ALLOT_CONTROL_PERIOD_MS", "60000")])).await;
+    let status_version =
+        async || app.get_json("/v1/placements/home_feed/status", VIEWER_TOKEN).await.1["plan_version"].clone();
+    let spec = |rate: f64| json!({"campaigns": [{"id": "A", "rate": rate}]});
+
+    assert_eq!(app.put_targets("home_feed", &spec(0.5), MANAGER_TOKEN).await.status(), 201);
+    eventually(5, "v1", || async { (status_version().await == 1).then_some(()) }).await;
+    worker.lock().unwrap().held = allot_core::plan::MAX_VERSION - 1;
+    assert_eq!(app.put_targets("home_feed", &spec(0.4), MANAGER_TOKEN).await.status(), 200);
+    eventually(5, "a refused push", || async {
+        (app.metric("allot_publish_failures_total").await >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(app.metric("allot_publish_superseded_total").await, 0.0, "not followed");
+    assert_eq!(status_version().await, 1);
+    assert_eq!(worker.lock().unwrap().received.len(), 1);
+
+    // The placement's own versions at the last one: it is published, and then none after.
+    let fence = PlacementKeys::of_raw("home_feed").fence();
+    let last = allot_core::plan::MAX_VERSION;
+    redis::cmd("HSET").arg(&fence).arg("version").arg(last - 1).query::<()>(&mut redis.conn()).unwrap();
+    worker.lock().unwrap().held = 0;
+    assert_eq!(app.put_targets("home_feed", &spec(0.3), MANAGER_TOKEN).await.status(), 200);
+    eventually(5, "the last version", || async { (status_version().await == last).then_some(()) }).await;
+    assert_eq!(app.put_targets("home_feed", &spec(0.2), MANAGER_TOKEN).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let version: u64 = redis::cmd("HGET").arg(&fence).arg("version").query(&mut redis.conn()).unwrap();
+    assert_eq!((version, status_version().await), (last, json!(last)));
+    assert!(worker.lock().unwrap().received.iter().all(|p| p.version <= last));
+}
