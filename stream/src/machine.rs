@@ -16,8 +16,11 @@
 //!    last id read, until a read comes back empty; deliver them as one batch. They are
 //!    what an earlier run left (its buffer, or the flush it could not finish) or entries
 //!    whose read reply was lost; no one else takes them while this consumer is alive.
-//!    After a failed read of new entries this check comes at once: its reply may have
-//!    been lost with entries in it.
+//!    After a failed read of new entries or a failed claim this check comes at once:
+//!    its reply may have been lost with entries in it. A consumer holding new entries
+//!    reads instead its own pending entries after the last one it was given, and adds
+//!    them to its hand as new: its pending list must stay what it holds, or a flush
+//!    keyed by its first and last ids, redone after a crash, would lack them.
 //! 3. Then, if claims are on: list the group's consumers, and for each other consumer
 //!    silent for `claim_idle` with every pending entry idle as long, `XCLAIM` all its
 //!    entries (with that minimum idle time, which is atomic and resets the idle time, so
@@ -195,6 +198,8 @@ enum Phase {
     Pending {
         after: String,
         found: Vec<Entry>,
+        /// Entries a lost read delivered while the hand held new ones: added to it.
+        lost: bool,
     },
     /// `queue`: the silent consumers and their pending counts, once listed; `ids`: the
     /// first one's entries, to claim; `forget`: gone consumers to delete first.
@@ -237,6 +242,8 @@ pub struct Consumer {
     /// A read of new entries since the last check: however short `check_every`, new
     /// entries are read between checks.
     read_since_check: bool,
+    /// The last entry read as new: the hand's newest while it holds new entries.
+    last_new: Option<String>,
     wake_by: Option<Instant>,
 }
 
@@ -254,6 +261,7 @@ impl Consumer {
             retry_at: None,
             next_check: now,
             read_since_check: true,
+            last_new: None,
             wake_by: None,
         }
     }
@@ -301,7 +309,7 @@ impl Consumer {
                 Phase::Read if self.held == 0 && self.read_since_check && now >= self.next_check => {
                     self.next_check = now + self.cfg.check_every;
                     self.read_since_check = false;
-                    self.phase = Phase::Pending { after: "0".into(), found: Vec::new() };
+                    self.phase = Phase::Pending { after: "0".into(), found: Vec::new(), lost: false };
                 }
                 Phase::Read => {
                     let max = self.cfg.max_block.max(MIN_BLOCK);
@@ -361,6 +369,7 @@ impl Consumer {
             (Sent::ReadPending, Reply::Entries(entries)) => self.pending_read(entries),
             (Sent::ReadNew, Reply::Entries(entries)) => {
                 self.held += entries.len();
+                self.last_new = entries.last().map(|e| e.id.clone()).or(self.last_new.take());
                 self.read_since_check = true;
                 Some(Batch { source: Source::New, entries })
             }
@@ -410,13 +419,19 @@ impl Consumer {
     }
 
     fn pending_read(&mut self, entries: Vec<Entry>) -> Option<Batch> {
-        let Phase::Pending { after, found } = &mut self.phase else { return None };
+        let Phase::Pending { after, found, lost } = &mut self.phase else { return None };
         if let Some(last) = entries.last() {
             *after = last.id.clone();
             found.extend(entries);
             return None;
         }
         let found = std::mem::take(found);
+        if *lost {
+            self.phase = Phase::Read;
+            self.held += found.len();
+            self.last_new = found.last().map(|e| e.id.clone()).or(self.last_new.take());
+            return (!found.is_empty()).then_some(Batch { source: Source::New, entries: found });
+        }
         self.phase = match self.cfg.claim_idle {
             Some(_) => Phase::Claim { queue: None, ids: None, forget: Vec::new() },
             None => Phase::Read,
@@ -475,16 +490,29 @@ impl Consumer {
         match sent {
             Sent::Ack(_) => self.ack_failed = true,
             // A claim is looked at again at the next check.
-            Sent::ListConsumers | Sent::ListPending | Sent::Claim | Sent::Forget => self.phase = Phase::Read,
+            Sent::ListConsumers | Sent::ListPending | Sent::Forget => self.phase = Phase::Read,
+            // Its reply may have been lost with the entries made this consumer's: the
+            // hand is empty, so its own pending entries are read at once.
+            Sent::Claim => {
+                self.phase = Phase::Read;
+                self.next_check = now;
+                self.read_since_check = true;
+            }
             // The reply may have been lost after Redis delivered entries to this
             // consumer (a killed connection, a timeout): they now sit in its pending
             // list, where only a read of its own pending entries finds them. That read
             // comes first once the hand is empty, not at the next interval, or those
             // entries would wait until a restart, counted too late for their window.
-            Sent::ReadNew => {
-                self.next_check = now;
-                self.read_since_check = true;
-            }
+            // Holding new entries, those after the last one given are read at once.
+            Sent::ReadNew => match (&self.last_new, self.held) {
+                (Some(after), 1..) => {
+                    self.phase = Phase::Pending { after: after.clone(), found: Vec::new(), lost: true };
+                }
+                _ => {
+                    self.next_check = now;
+                    self.read_since_check = true;
+                }
+            },
             // Anything else is retried as it was.
             Sent::CreateGroup | Sent::ReadPending => {}
         }

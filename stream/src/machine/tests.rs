@@ -280,8 +280,9 @@ fn a_fresh_ack_goes_out_during_a_backoff_and_a_failed_one_waits() {
     assert_eq!(c.poll(until), Some(Command::Ack { ids: ids(&["1-0"]) }));
     c.handle(until, Ok(Reply::Acked), 0.0);
     assert!(!c.acking());
-    // The failed read may have lost entries: own pending ones are read first.
-    assert_eq!(c.poll(until), Some(Command::ReadPending { after: "0".into(), count: 100 }));
+    // The failed read may have lost entries: own pending ones after the last one given
+    // are read first.
+    assert_eq!(c.poll(until), Some(Command::ReadPending { after: "1-0".into(), count: 100 }));
 }
 
 #[test]
@@ -369,9 +370,10 @@ fn a_lost_read_reply_is_recovered_at_once() {
 }
 
 #[test]
-fn a_lost_read_reply_waits_for_a_held_batch() {
-    // Holding new entries (a buffer not yet flushed), the consumer's pending list holds
-    // them too: its own pending entries are read only once they are done.
+fn a_lost_read_reply_while_holding_new_entries_is_added_to_the_hand() {
+    // Holding 1-0 (a buffer not yet flushed), a read whose reply is lost delivered 2-0
+    // and 3-0: they are read from the pending list after 1-0 and added to the hand as
+    // new, so the pending list is again what the hand holds.
     let t0 = Instant::now();
     let mut c = reading(config(), t0);
     assert_eq!(c.poll(t0), Some(read_new(500 * MS)));
@@ -379,10 +381,45 @@ fn a_lost_read_reply_waits_for_a_held_batch() {
     assert_eq!(c.poll(t0), Some(read_new(500 * MS)));
     assert_eq!(c.handle(t0, Err(Failure::Other), 0.0), None);
     let t1 = t0 + 50 * MS;
+    assert_eq!(c.poll(t1), Some(Command::ReadPending { after: "1-0".into(), count: 100 }));
+    assert_eq!(c.handle(t1, Ok(entries(&["2-0", "3-0"])), 0.0), None);
+    assert_eq!(c.poll(t1), Some(Command::ReadPending { after: "3-0".into(), count: 100 }));
+    let batch = c.handle(t1, Ok(entries(&[])), 0.0).expect("the lost entries");
+    assert_eq!((&batch.source, batch.ids()), (&Source::New, ids(&["2-0", "3-0"])));
+    assert_eq!(c.held(), 3);
+    // Reading on, as with any new entries; a second lost read starts after 3-0.
     assert_eq!(c.poll(t1), Some(read_new(500 * MS)));
-    assert!(c.handle(t1, Ok(entries(&[])), 0.0).is_some_and(|b| b.entries.is_empty()));
-    c.done(ids(&["1-0"]));
-    assert_eq!(c.poll(t1), Some(Command::Ack { ids: ids(&["1-0"]) }));
-    assert_eq!(c.handle(t1, Ok(Reply::Acked), 0.0), None);
+    assert_eq!(c.handle(t1, Err(Failure::Other), 0.0), None);
+    let t2 = t1 + 50 * MS;
+    assert_eq!(c.poll(t2), Some(Command::ReadPending { after: "3-0".into(), count: 100 }));
+    assert_eq!(c.handle(t2, Ok(entries(&[])), 0.0), None, "nothing was lost this time");
+    assert_eq!(c.poll(t2), Some(read_new(500 * MS)));
+    assert!(c.handle(t2, Ok(entries(&[])), 0.0).is_some_and(|b| b.entries.is_empty()));
+    c.done(ids(&["1-0", "2-0", "3-0"]));
+    assert_eq!(c.poll(t2), Some(Command::Ack { ids: ids(&["1-0", "2-0", "3-0"]) }));
+}
+
+#[test]
+fn a_lost_claim_reply_is_recovered_before_anything_new_is_read() {
+    // The claim moved 5-0 to this consumer, and the reply was lost: its own pending
+    // entries are read at once, while the hand is still empty, not after new entries.
+    let t0 = Instant::now();
+    let mut c = reading(config(), t0);
+    let t1 = t0 + 40 * SEC;
+    assert_eq!(c.poll(t1), Some(read_new(500 * MS)));
+    assert!(c.handle(t1, Ok(entries(&[])), 0.0).is_some());
     assert_eq!(c.poll(t1), Some(Command::ReadPending { after: "0".into(), count: 100 }));
+    assert_eq!(c.handle(t1, Ok(entries(&[])), 0.0), None);
+    assert_eq!(c.poll(t1), Some(Command::ListConsumers));
+    assert_eq!(c.handle(t1, Ok(Reply::Consumers(vec![consumer("dead", 1, 60 * SEC)])), 0.0), None);
+    assert!(matches!(c.poll(t1), Some(Command::ListPending { .. })));
+    assert_eq!(c.handle(t1, Ok(Reply::Pending(vec![pending("5-0", 60 * SEC)])), 0.0), None);
+    assert!(matches!(c.poll(t1), Some(Command::Claim { .. })));
+    assert_eq!(c.handle(t1, Err(Failure::Other), 0.0), None);
+    let t2 = t1 + SEC;
+    assert_eq!(c.poll(t2), Some(Command::ReadPending { after: "0".into(), count: 100 }));
+    assert_eq!(c.handle(t2, Ok(entries(&["5-0"])), 0.0), None);
+    assert_eq!(c.poll(t2), Some(Command::ReadPending { after: "5-0".into(), count: 100 }));
+    let batch = c.handle(t2, Ok(entries(&[])), 0.0).expect("the claimed entry");
+    assert_eq!((&batch.source, batch.ids()), (&Source::Pending, ids(&["5-0"])));
 }
