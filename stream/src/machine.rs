@@ -498,16 +498,12 @@ impl Consumer {
                 self.next_check = now;
                 self.read_since_check = true;
             }
-            // The reply may have been lost after Redis delivered entries to this
-            // consumer (a killed connection, a timeout): they now sit in its pending
-            // list, where only a read of its own pending entries finds them. That read
-            // comes first once the hand is empty, not at the next interval, or those
-            // entries would wait until a restart, counted too late for their window.
-            // Holding new entries, those after the last one given are read at once.
+            // Redis may have delivered entries whose reply was lost (a killed
+            // connection, a timeout): only a read of own pending entries finds them, at
+            // once (else they wait, counted too late for their window). Holding new
+            // entries, those after the last one given join the hand (module doc).
             Sent::ReadNew => match (&self.last_new, self.held) {
-                (Some(after), 1..) => {
-                    self.phase = Phase::Pending { after: after.clone(), found: Vec::new(), lost: true };
-                }
+                (Some(after), 1..) => self.phase = Phase::Pending { after: after.clone(), found: vec![], lost: true },
                 _ => {
                     self.next_check = now;
                     self.read_since_check = true;
