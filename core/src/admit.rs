@@ -9,8 +9,9 @@
 //!
 //! 1. [`Limits::admit`] — the event alone against the origin's clock: its rate is finite
 //!    and within `[min_rate, 1]` and its time within the skew ahead and, behind, within
-//!    the longest a genuine event travels (at least the window retention). The result, an [`Admitted`] event, can only hold a finite weight and
-//!    finite squared weight, so every delta folded from it is finite before any write.
+//!    the longest a genuine event travels (at least the window retention). The result,
+//!    an [`Admitted`] event, can only hold a finite weight and finite squared weight, so
+//!    every delta folded from it is finite before any write.
 //! 2. [`Catalogue::judge`] — the event against what the origin published: its placement
 //!    is registered, the plan version it names was published for that placement, its
 //!    campaigns are in that version and its rate is that version's rate.
@@ -41,9 +42,10 @@
 //! least recently. A version edges still serve is named all the time, so it stays,
 //! however many were published since (a publisher that failed for an hour issued
 //! versions no edge got), and an origin started meanwhile, whose history read no longer
-//! holds it, learns it from the plan stored as in force ([`Catalogue::learn_in_force`]). Only accepted events count as naming a version, and the
-//! newest two (what edges serve, also during a hand-over) are never evicted, so events
-//! refused for their content cannot push the version in use out.
+//! holds it, learns it from the plan stored as in force ([`Catalogue::learn_in_force`]).
+//! Only accepted events count as naming a version, and the newest two (what edges
+//! serve, also during a hand-over) are never evicted, so events refused for their
+//! content cannot push the version in use out.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
