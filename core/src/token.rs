@@ -72,6 +72,9 @@ use crate::{CampaignId, Event, EventKind, PlacementId, Platform, RequestId};
 pub const MAX_AGE_MS: u64 = 5 * 60 * 1000;
 /// Edges' clocks differ: a token issued up to this far in the future is still valid.
 pub const MAX_SKEW_MS: u64 = 60 * 1000;
+/// The longest after its issue that a token may still be presented, as the origin's
+/// clock can see it: its age limit and the edges' clock skew.
+pub const PRESENTABLE_MS: u64 = MAX_AGE_MS + MAX_SKEW_MS;
 /// The shortest edge secret accepted.
 pub const MIN_SECRET_LEN: usize = 16;
 

@@ -116,7 +116,7 @@ pub fn marker_expires_at_ms(window_expiries: impl IntoIterator<Item = u64>, now_
 /// (its age limit and the edges' clock skew) and then as long as the window it counted
 /// in is kept, so no replay or redelivery within either can count a second time.
 pub fn impression_marker_ttl_secs(window_ttl_secs: u64) -> u64 {
-    window_ttl_secs + (token::MAX_AGE_MS + token::MAX_SKEW_MS).div_ceil(1000)
+    window_ttl_secs + token::PRESENTABLE_MS.div_ceil(1000)
 }
 
 /// The shortest idle time after which an empty consumer is deleted from the group.
@@ -126,7 +126,7 @@ const FORGET_IDLE_MIN_MS: u64 = 300_000;
 /// impression counted in as a token can be presented (its age limit and the edges'
 /// clock skew), so no replay or redelivery within either can count a second time.
 pub fn impression_marker_expires_at_ms(window_expires_at_ms: u64) -> u64 {
-    window_expires_at_ms + token::MAX_AGE_MS + token::MAX_SKEW_MS
+    window_expires_at_ms + token::PRESENTABLE_MS
 }
 
 /// Entries per script call: bounds the time one script holds Redis.

@@ -480,8 +480,8 @@ impl Config {
     /// written), but it is streamed and archived like the rest: an event the edge sent
     /// in time is never dropped for the origin's short memory.
     pub fn max_event_age_ms(&self) -> u64 {
-        let travel = (allot_core::token::MAX_AGE_MS + allot_core::token::MAX_SKEW_MS)
-            .saturating_add(self.ingest.max_signature_age_secs.saturating_mul(1000));
+        let travel =
+            allot_core::token::PRESENTABLE_MS.saturating_add(self.ingest.max_signature_age_secs.saturating_mul(1000));
         self.control.window_ttl_secs().saturating_mul(1000).max(travel)
     }
 
