@@ -368,10 +368,8 @@ impl Consumer {
             }
             (Sent::ReadPending, Reply::Entries(entries)) => self.pending_read(entries),
             (Sent::ReadNew, Reply::Entries(entries)) => {
-                self.held += entries.len();
-                self.last_new = entries.last().map(|e| e.id.clone()).or(self.last_new.take());
                 self.read_since_check = true;
-                Some(Batch { source: Source::New, entries })
+                Some(self.take_new(entries))
             }
             (Sent::ListConsumers, Reply::Consumers(list)) => {
                 self.consumers_listed(list);
@@ -409,6 +407,13 @@ impl Consumer {
         }
     }
 
+    /// New entries for the hand: read with `>`, or found pending after a lost read.
+    fn take_new(&mut self, entries: Vec<Entry>) -> Batch {
+        self.held += entries.len();
+        self.last_new = entries.last().map(|e| e.id.clone()).or(self.last_new.take());
+        Batch { source: Source::New, entries }
+    }
+
     fn deliver(&mut self, source: Source, entries: Vec<Entry>) -> Option<Batch> {
         if entries.is_empty() {
             return None;
@@ -428,9 +433,7 @@ impl Consumer {
         let found = std::mem::take(found);
         if *lost {
             self.phase = Phase::Read;
-            self.held += found.len();
-            self.last_new = found.last().map(|e| e.id.clone()).or(self.last_new.take());
-            return (!found.is_empty()).then_some(Batch { source: Source::New, entries: found });
+            return (!found.is_empty()).then(|| self.take_new(found));
         }
         self.phase = match self.cfg.claim_idle {
             Some(_) => Phase::Claim { queue: None, ids: None, forget: Vec::new() },
