@@ -131,16 +131,22 @@ fn conflicting(version: u64, whose: &str) -> ApiError {
     ApiError::version_refused("version_conflict", message, version)
 }
 
+/// How `offered` follows `held` (KV's plan, or the one this isolate holds, as `whose`
+/// says): an older version, or a rival under the held version, is refused naming the
+/// version held.
+fn follows(held: &Plan, offered: &Plan, whose: &str) -> Result<Succession, ApiError> {
+    match held.succession(offered) {
+        Succession::Older => Err(stale(offered.version, held.version, whose)),
+        Succession::Conflict => Err(conflicting(offered.version, whose)),
+        next => Ok(next),
+    }
+}
+
 /// Refuses `plan` if this isolate holds a newer plan of the placement (a withdrawn one
 /// included), or another plan of its version: whatever KV says, this edge does not go
 /// back.
 fn check_served(plan: &Plan) -> Result<(), ApiError> {
-    let Some(held) = plans::held(&plan.placement) else { return Ok(()) };
-    match held.plan().succession(plan) {
-        Succession::Newer | Succession::Same => Ok(()),
-        Succession::Older => Err(stale(plan.version, held.plan().version, "served")),
-        Succession::Conflict => Err(conflicting(plan.version, "served")),
-    }
+    plans::held(&plan.placement).map_or(Ok(()), |held| follows(held.plan(), plan, "served").map(drop))
 }
 
 fn fingerprint(t: u64, body: &[u8]) -> Seen {
@@ -224,15 +230,15 @@ pub async fn serve(req: &web_sys::Request, raw_placement: &str, env: &Env) -> Re
     // Again after the wait: a request may have taken a newer plan from KV meanwhile.
     check_served(&plan)?;
     match stored.as_deref().map(|held| (held, Plan::parse(held))) {
-        Some((held_bytes, Ok(held))) => match held.succession(&plan) {
+        Some((held_bytes, Ok(held))) => match follows(&held, &plan, "stored")? {
             Succession::Newer => {}
-            Succession::Same if held_bytes == bytes.as_slice() => {
+            // The same plan again, byte for byte: a retry, changing nothing.
+            _ if held_bytes == bytes.as_slice() => {
                 remember(seen);
                 plans::install(compiled, now_ms);
                 return Ok(respond::no_content()?);
             }
-            Succession::Same | Succession::Conflict => return Err(conflicting(plan.version, "held")),
-            Succession::Older => return Err(stale(plan.version, held.version, "stored")),
+            _ => return Err(conflicting(plan.version, "stored")),
         },
         Some((_, Err(e))) => worker::console_warn!("replacing an unreadable {key}: {e}"),
         None => {}
