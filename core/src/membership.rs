@@ -62,8 +62,10 @@ pub struct Member {
 /// One shard's part of a sync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShardOp {
-    /// Take the shard if free, or renew it if held by this origin under `held`.
-    Ask { shard: u32, held: Option<u64> },
+    /// Take the shard if free, or renew it if held by this origin under `held`. With
+    /// `reissue_above`, a renewal is a new grant under an epoch above it, if the epoch
+    /// counter is below it (see [`Membership::fenced_above`]).
+    Ask { shard: u32, held: Option<u64>, reissue_above: Option<u64> },
     /// Give the shard back if it is still held by this origin under `epoch`.
     Release { shard: u32, epoch: u64 },
 }
@@ -118,6 +120,9 @@ pub struct Membership {
     me: String,
     config: MembershipConfig,
     leases: BTreeMap<u32, Lease>,
+    /// Per shard held, the highest epoch seen fencing one of its placements above the
+    /// grant: asked to be reissued above at the next renewal.
+    stale: BTreeMap<u32, u64>,
     target: BTreeSet<u32>,
     live: usize,
     cluster_shards: Option<u32>,
@@ -134,6 +139,7 @@ impl Membership {
             me: me.into(),
             config,
             leases: BTreeMap::new(),
+            stale: BTreeMap::new(),
             target: BTreeSet::new(),
             live: 0,
             cluster_shards: None,
@@ -161,7 +167,8 @@ impl Membership {
             let keep = !self.leaving && (self.target.contains(&shard) || busy.contains(&shard));
             if keep {
                 if due && lease.poll(now_ms) {
-                    ops.push(ShardOp::Ask { shard, held: Some(fence.epoch) });
+                    let reissue_above = self.stale.get(&shard).copied().filter(|&seen| seen > fence.epoch);
+                    ops.push(ShardOp::Ask { shard, held: Some(fence.epoch), reissue_above });
                 }
             } else if !busy.contains(&shard) {
                 ops.push(ShardOp::Release { shard, epoch: fence.epoch });
@@ -177,7 +184,7 @@ impl Membership {
                 }
                 let lease = self.leases.entry(shard).or_insert_with(|| Lease::new(self.config.lease));
                 if lease.current(now_ms).is_none() && lease.poll(now_ms) {
-                    ops.push(ShardOp::Ask { shard, held: None });
+                    ops.push(ShardOp::Ask { shard, held: None, reissue_above: None });
                 }
             }
         }
@@ -201,7 +208,11 @@ impl Membership {
         for (i, op) in ops.iter().enumerate() {
             let outcome = reply.as_ref().map(|r| r.outcomes[i]);
             match *op {
-                ShardOp::Ask { shard, .. } => {
+                ShardOp::Ask { shard, reissue_above, .. } => {
+                    // Asked once: a placement still fenced after it reports again.
+                    if reissue_above.is_some() && outcome.is_some() {
+                        self.stale.remove(&shard);
+                    }
                     let answer = match outcome {
                         Some(OpOutcome::Granted { epoch }) => LeaseReply::Granted { epoch },
                         Some(_) => LeaseReply::Refused,
@@ -242,6 +253,25 @@ impl Membership {
         }
         self.forget_unwanted(now_ms);
         changes
+    }
+
+    /// Reports that a write to a placement of `shard` was refused because the placement's
+    /// fence holds epoch `seen`, above this origin's grant of the shard.
+    ///
+    /// Normally that means the shard changed hands and the grant is stale, which the
+    /// next renewal finds out. But it is also what a Redis restored from an older copy
+    /// looks like: its epoch counter went back, below the epochs holders wrote into the
+    /// placements' fences before, so every new grant is refused by them until the
+    /// counter passes them, which it does only as shards change hands. So the next
+    /// renewal asks for a grant above `seen`, which Redis makes only if its counter is
+    /// below `seen` (an epoch it never issued: a restore, or a forged fence) and this
+    /// origin still holds the shard. Otherwise the renewal is an ordinary one.
+    pub fn fenced_above(&mut self, shard: u32, seen: u64, now_ms: u64) {
+        let Some(fence) = self.leases.get(&shard).and_then(|l| l.current(now_ms)) else { return };
+        if seen > fence.epoch {
+            let highest = self.stale.entry(shard).or_insert(seen);
+            *highest = (*highest).max(seen);
+        }
     }
 
     /// Starts leaving: the next sync releases every shard and leaves the membership.
@@ -329,6 +359,8 @@ impl Membership {
     fn forget_unwanted(&mut self, now_ms: u64) {
         let target = &self.target;
         self.leases.retain(|s, l| l.current(now_ms).is_some() || target.contains(s));
+        let leases = &self.leases;
+        self.stale.retain(|s, _| leases.get(s).is_some_and(|l| l.current(now_ms).is_some()));
     }
 }
 

@@ -38,8 +38,12 @@ impl Redis {
                     }
                     OpOutcome::Released
                 }
-                ShardOp::Ask { shard, held } => match self.shards.get_mut(&shard) {
+                ShardOp::Ask { shard, held, reissue_above } => match self.shards.get_mut(&shard) {
                     Some(s) if s.1 == me && Some(s.0) == held => {
+                        if let Some(seen) = reissue_above.filter(|&seen| self.counter < seen) {
+                            self.counter = seen + 1;
+                            s.0 = self.counter;
+                        }
                         s.2 = now + TTL;
                         OpOutcome::Granted { epoch: s.0 }
                     }
@@ -338,7 +342,8 @@ fn garbage_members_are_ignored_and_a_new_epoch_is_a_new_grant() {
     assert_eq!(m.live_members(), 1);
     assert_eq!(m.target().len(), 2);
     let req = m.poll(TTL / 3, &BTreeSet::new()).unwrap();
-    assert_eq!(req.ops, [ShardOp::Ask { shard: 0, held: None }, ShardOp::Ask { shard: 1, held: None }]);
+    let ask = |shard| ShardOp::Ask { shard, held: None, reissue_above: None };
+    assert_eq!(req.ops, [ask(0), ask(1)]);
     let granted = |e| SyncReply {
         now_ms: 600,
         members: vec![member("a", 2)],
@@ -346,7 +351,7 @@ fn garbage_members_are_ignored_and_a_new_epoch_is_a_new_grant() {
     };
     assert_eq!(m.on_reply(600, Some(granted(5))), [Change::Acquired { shard: 0, epoch: 5 }]);
     let req = m.poll(2 * TTL / 3, &BTreeSet::new()).unwrap();
-    assert!(req.ops.contains(&ShardOp::Ask { shard: 0, held: Some(5) }));
+    assert!(req.ops.contains(&ShardOp::Ask { shard: 0, held: Some(5), reissue_above: None }));
     // Redis found the key forged and granted it anew: the rounds must use the new epoch.
     let mut reply = granted(9);
     reply.outcomes = req.ops.iter().map(|_| OpOutcome::Granted { epoch: 9 }).collect();
@@ -359,4 +364,51 @@ fn garbage_members_are_ignored_and_a_new_epoch_is_a_new_grant() {
     let short = SyncReply { now_ms: 0, members: vec![], outcomes: vec![] };
     assert_eq!(m.on_reply(TTL + 5, Some(short)), []);
     assert_eq!(m.held(TTL + 5).len(), 2, "kept until they run out");
+}
+
+#[test]
+fn an_epoch_counter_gone_back_below_the_fences_is_moved_past_them_by_the_next_renewal() {
+    let mut w = World::default();
+    w.start("a");
+    w.run(TTL);
+    assert_eq!(w.held("a").len(), SHARDS as usize);
+    // Redis restored from an older copy: the counter is back at 3, while the placements'
+    // fences hold the epochs written before, up to 40.
+    w.redis.counter = 3;
+    let (shard, fence) = w.origins["a"].m.held(w.now)[0];
+    let (_, other) = w.origins["a"].m.held(w.now)[1];
+    let now = w.now;
+    let a = w.origins.get_mut("a").unwrap();
+    a.m.fenced_above(shard, 40, now);
+    // An ordinary fencing (a seen epoch at or below the grant's) asks for nothing.
+    a.m.fenced_above(shard + 1, 1, now);
+    w.run(TTL / 3 + TICK);
+    let epoch = |w: &World, s| w.origins["a"].m.held(w.now).into_iter().find(|(h, _)| *h == s).map(|(_, f)| f.epoch);
+    assert_eq!(epoch(&w, shard), Some(41), "granted above the fence (was {})", fence.epoch);
+    assert_eq!(w.redis.counter, 41, "the counter moved past it for every later grant");
+    assert_eq!(w.count("a", |c| *c == Change::Acquired { shard, epoch: 41 }), 1, "a new grant: a full round");
+    assert_eq!(epoch(&w, shard + 1), Some(other.epoch), "the other shard renewed as it was");
+    // Asked once: the next renewals are ordinary.
+    w.run(TTL);
+    assert_eq!(epoch(&w, shard), Some(41));
+}
+
+#[test]
+fn a_fence_the_counter_did_issue_is_not_leapfrogged() {
+    let mut m = Membership::new("a", MembershipConfig { shards: 1, lease: LeaseConfig::new(TTL) });
+    let member = vec![Member { id: "a".into(), shards: 1, since_ms: 0 }];
+    let reply = |outcomes| Some(SyncReply { now_ms: 0, members: member.clone(), outcomes });
+    m.poll(0, &BTreeSet::new()).unwrap();
+    m.on_reply(10, reply(vec![]));
+    m.poll(TTL / 3, &BTreeSet::new()).unwrap();
+    m.on_reply(TTL / 3 + 10, reply(vec![OpOutcome::Granted { epoch: 5 }]));
+    // A holder with epoch 7 wrote a placement of the shard: the grant is stale.
+    m.fenced_above(0, 7, TTL / 3 + 20);
+    let req = m.poll(2 * TTL / 3, &BTreeSet::new()).unwrap();
+    assert_eq!(req.ops, [ShardOp::Ask { shard: 0, held: Some(5), reissue_above: Some(7) }]);
+    // Redis's counter is past 7 (it issued it): the shard is someone else's. Refused, lost.
+    assert_eq!(m.on_reply(2 * TTL / 3 + 10, reply(vec![OpOutcome::Refused])), [Change::Lost { shard: 0 }]);
+    // Nothing held, nothing left to reissue.
+    let req = m.poll(TTL, &BTreeSet::new()).unwrap();
+    assert_eq!(req.ops, [ShardOp::Ask { shard: 0, held: None, reissue_above: None }]);
 }

@@ -112,13 +112,18 @@ pub struct RedisConfig {
     /// The event stream's memory guard: the stream is trimmed below what every consumer
     /// group has read and acknowledged ([`crate::trim`]), and only if it still holds more
     /// than this many entries is it cut to this length, losing unread entries (counted in
-    /// `allot_stream_trimmed_unread_entries_total`, logged at error). Size it for the
+    /// `allot_stream_trimmed_unread_entries_total{stream="events"}`, logged at error). Size it for the
     /// longest archiver outage Redis's memory can hold.
     pub stream_max_len: u64,
-    /// How often the stream is trimmed (every replica trims; trimming is idempotent).
+    /// The plan log's memory guard, as `stream_max_len` is the event stream's: the log
+    /// is trimmed below what the archiver has read, and cut to this length only beyond
+    /// it (the cut counted with `stream="plans"`). A snapshot is a few kilobytes; size it
+    /// for the longest archiver outage, at the deployment's publishes per second.
+    pub plan_log_max_len: u64,
+    /// How often the streams are trimmed (every replica trims; trimming is idempotent).
     pub trim_every_ms: u64,
     /// Entries every group has acknowledged are kept this long (for inspection with
-    /// `XRANGE`, and replays), unless the stream is over `stream_max_len`.
+    /// `XRANGE`, and replays), unless the stream is over its cap.
     pub stream_retain_secs: u64,
 }
 
@@ -130,6 +135,7 @@ impl Default for RedisConfig {
             allow_unsafe: false,
             response_timeout_ms: 2000,
             stream_max_len: 10_000_000,
+            plan_log_max_len: 100_000,
             trim_every_ms: 1000,
             stream_retain_secs: 600,
         }

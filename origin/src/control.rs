@@ -36,7 +36,6 @@ use std::time::Duration;
 
 use allot_core::{Fence, PlacementId, Plan, Published, Targets, WindowStats};
 use redis::AsyncCommands;
-use redis::streams::StreamMaxlen;
 use tokio_util::sync::CancellationToken;
 
 use crate::gauges::PlacementReading;
@@ -213,10 +212,7 @@ async fn store(app: &App, x: &Pending, epoch: u64) {
             }
             tracing::info!(%placement, version, sample_rate = x.record.plan.sample_rate, why = x.why, "plan published")
         }
-        Ok(Fenced::Epoch) => {
-            app.metrics.control_fenced.with_label_values(&["save"]).inc();
-            tracing::warn!(%placement, version, "a newer lease holder has written this placement; not stored");
-        }
+        Ok(Fenced::Epoch) => fenced(app, placement, epoch, "save").await,
         Ok(Fenced::Stale) => {
             app.metrics.control_fenced.with_label_values(&["save"]).inc();
             tracing::warn!(%placement, version, "a newer plan is stored; not stored");
@@ -246,19 +242,14 @@ async fn stall(app: &App, at: &str) {
 }
 
 /// Appends the published plan's snapshot (targets included) to the plan log, which the
-/// archiver writes to the `plans` table. A failure is counted and logged, not retried:
+/// archiver writes to the `plans` table. No `MAXLEN`: the log is trimmed by what the
+/// archiver has read ([`crate::trim`]). A failure is counted and logged, not retried:
 /// the plan is out, and the reports leave that version's traffic out of the target mean.
 async fn log_plan(app: &App, record: &PlanRecord) {
     let snapshot = PlanSnapshot::new(&record.plan, record.decision.as_ref(), record.targets_rev);
     let mut c = app.store.conn();
-    let appended: Result<String, _> = c
-        .xadd_maxlen(
-            stream::PLAN_LOG,
-            StreamMaxlen::Approx(stream::PLAN_LOG_MAX_LEN),
-            "*",
-            &stream::plan_entry(snapshot.placement.as_str(), &snapshot.to_json()),
-        )
-        .await;
+    let appended: Result<String, _> =
+        c.xadd(stream::PLAN_LOG, "*", &stream::plan_entry(snapshot.placement.as_str(), &snapshot.to_json())).await;
     if let Err(e) = appended {
         app.metrics.plan_log_failures.inc();
         tracing::error!(placement = %snapshot.placement, version = snapshot.version, error = %e, "plan log append failed");
@@ -371,7 +362,7 @@ async fn issue(app: &App, p: &PlacementId, plan: &Plan, fence: &Fence) -> Result
     match app.store.issue_plan(p, plan, app.config.control.history_len, fence.epoch).await? {
         Fenced::Done(()) => Ok(true),
         _ => {
-            app.metrics.control_fenced.with_label_values(&["allocate"]).inc();
+            fenced(app, p, fence.epoch, "allocate").await;
             Ok(false)
         }
     }
@@ -383,10 +374,25 @@ async fn allocate(app: &App, p: &PlacementId, fence: &Fence, floor: u64) -> Resu
     match app.store.allocate_version(p, fence.epoch, floor).await? {
         Fenced::Done(v) => Ok(Some(v)),
         _ => {
-            app.metrics.control_fenced.with_label_values(&["allocate"]).inc();
-            tracing::warn!(placement = %p, epoch = fence.epoch, "a newer lease holder has written this placement");
+            fenced(app, p, fence.epoch, "allocate").await;
             Ok(None)
         }
+    }
+}
+
+/// A write of `p` under lease `epoch` refused by the placement's fence (`what`:
+/// `allocate`, `save`, `state`): counted and logged. A fence above the grant goes to the
+/// shard task: normally the shard changed hands, but it may be an epoch Redis's counter
+/// never issued, after a restore from an older copy (`Membership::fenced_above`).
+pub async fn fenced(app: &App, p: &PlacementId, epoch: u64, what: &'static str) {
+    app.metrics.control_fenced.with_label_values(&[what]).inc();
+    tracing::warn!(placement = %p, epoch, what, "a newer lease holder has written this placement; not written");
+    match app.store.fence_epoch(p).await {
+        Ok(seen) if seen > epoch => {
+            app.control.fenced_above(allot_core::shard::shard_of(p.as_str(), app.config.control.shards), seen)
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(placement = %p, error = %e, "reading the placement's fence failed"),
     }
 }
 

@@ -139,8 +139,7 @@ pub async fn keep_state(app: &App, p: &PlacementId, state: &ControlState, fence:
     match app.store.save_state(p, state, fence.epoch).await? {
         Fenced::Done(()) => Ok(true),
         _ => {
-            app.metrics.control_fenced.with_label_values(&["state"]).inc();
-            tracing::warn!(placement = %p, epoch = fence.epoch, "a newer lease holder has written this placement");
+            crate::control::fenced(app, p, fence.epoch, "state").await;
             Ok(false)
         }
     }

@@ -59,11 +59,12 @@ pub struct Metrics {
     pub shards: crate::shards::ShardMetrics,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
-    /// Event stream entries every consumer group was done with, trimmed.
-    pub stream_trimmed: IntCounter,
-    /// Event stream entries cut by the memory guard before some group had read or
-    /// acknowledged them: lost to that group.
-    pub stream_trimmed_unread: IntCounter,
+    /// Stream entries every consumer group was done with, trimmed, by stream (`events`,
+    /// `plans`).
+    pub stream_trimmed: IntCounterVec,
+    /// Stream entries cut by the memory guard before some group had read or
+    /// acknowledged them: lost to that group. By stream.
+    pub stream_trimmed_unread: IntCounterVec,
     /// Entries a consumer found pending (its own, or claimed) but gone from the stream, by
     /// group: delivered, never processed, acknowledged uncounted.
     pub stream_lost: IntCounterVec,
@@ -249,15 +250,17 @@ impl Metrics {
                 r.register(Box::new(h.clone())).expect("registered once");
                 h
             },
-            stream_trimmed: counter(
+            stream_trimmed: counter_vec(
                 &r,
                 "allot_stream_trimmed_entries_total",
-                "Event stream entries trimmed once every consumer group had acknowledged them.",
+                "Stream entries trimmed once every consumer group had acknowledged them, by stream.",
+                &["stream"],
             ),
-            stream_trimmed_unread: counter(
+            stream_trimmed_unread: counter_vec(
                 &r,
                 "allot_stream_trimmed_unread_entries_total",
-                "Event stream entries cut by the length cap before every consumer group had acknowledged them (lost).",
+                "Stream entries cut by the length cap before every consumer group had acknowledged them (lost), by stream.",
+                &["stream"],
             ),
             stream_lost: counter_vec(
                 &r,

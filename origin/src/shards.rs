@@ -36,7 +36,8 @@ use crate::startup::App;
 
 /// KEYS: members, member info, the epoch counter, then one shard lease per op.
 /// ARGV: me, ttl (ms), leave (`1`/`0`), my shard count, then per op its kind (`a` ask,
-/// `r` release) and the epoch held (`0`: none).
+/// `n<seen>` ask and, if renewing while the epoch counter is below `seen`, move the
+/// counter past it and grant anew; `r` release) and the epoch held (`0`: none).
 /// Returns `{now_ms, garbage members, garbage shards, counter broken, {id, shards,
 /// since, ...}, {outcome per op}}`; an outcome is the epoch granted, 0 refused, -1
 /// released.
@@ -152,18 +153,36 @@ pub struct ControlStatus {
     pub mismatch: Option<u32>,
 }
 
-/// The last [`ControlStatus`], kept current by the shard task.
+/// What the shard task and the rounds tell each other: the last [`ControlStatus`],
+/// kept current by the task, and the fences the rounds found above their grants.
 #[derive(Debug, Default)]
-pub struct ControlState(Mutex<Option<ControlStatus>>);
+pub struct ControlState {
+    status: Mutex<Option<ControlStatus>>,
+    /// Per shard, the highest epoch a fence refused one of its rounds' writes with.
+    fenced: Mutex<BTreeMap<u32, u64>>,
+}
 
 impl ControlState {
     /// The status at `now_ms` (grants that ran out since are left out); `None` while
     /// the control loop does not run here.
     pub fn status(&self, now_wall_ms: u64) -> Option<ControlStatus> {
-        let mut s = lock(&self.0).clone()?;
+        let mut s = lock(&self.status).clone()?;
         s.held.retain(|h| h.valid_until_ms > now_wall_ms);
         s.at_ms = now_wall_ms;
         Some(s)
+    }
+
+    /// A round's write to a placement of `shard` was refused by a fence holding `seen`,
+    /// above the grant it was made under: the shard task tells its membership
+    /// ([`Membership::fenced_above`]) before the next sync.
+    pub fn fenced_above(&self, shard: u32, seen: u64) {
+        let mut fenced = lock(&self.fenced);
+        let highest = fenced.entry(shard).or_insert(seen);
+        *highest = (*highest).max(seen);
+    }
+
+    fn take_fenced(&self) -> BTreeMap<u32, u64> {
+        std::mem::take(&mut *lock(&self.fenced))
     }
 }
 
@@ -276,6 +295,14 @@ async fn run(app: Arc<App>, shared: Arc<Shared>, stop: CancellationToken) {
     let mut stopping = false;
     loop {
         report(&app, &mut acquired, m.expire(mono_ms()));
+        for (shard, seen) in app.control.take_fenced() {
+            tracing::warn!(
+                shard,
+                seen,
+                "a placement's fence is above this shard's grant; renewing above it if Redis never issued it"
+            );
+            m.fenced_above(shard, seen, mono_ms());
+        }
         if !app.pause.is_paused() || stopping {
             let busy = lock(&shared.table).busy.clone();
             if let Some(request) = m.poll(mono_ms(), &busy) {
@@ -313,7 +340,7 @@ async fn run(app: Arc<App>, shared: Arc<Shared>, stop: CancellationToken) {
     }
     app.metrics.control_leader.set(0);
     app.metrics.shards.held.set(0);
-    *lock(&app.control.0) = None;
+    *lock(&app.control.status) = None;
 }
 
 /// Runs one sync; `None` when Redis did not answer within the lease time.
@@ -325,7 +352,10 @@ async fn sync(app: &App, request: &SyncRequest) -> Option<SyncReply> {
     invocation.arg(&app.instance).arg(cfg.lease_ms).arg(if request.leave { "1" } else { "0" }).arg(cfg.shards);
     for op in &request.ops {
         match *op {
-            ShardOp::Ask { shard, held } => invocation.key(keys::shard_lease(shard)).arg("a").arg(held.unwrap_or(0)),
+            ShardOp::Ask { shard, held, reissue_above } => {
+                let kind = reissue_above.map_or_else(|| "a".to_string(), |seen| format!("n{seen}"));
+                invocation.key(keys::shard_lease(shard)).arg(kind).arg(held.unwrap_or(0))
+            }
             ShardOp::Release { shard, epoch } => invocation.key(keys::shard_lease(shard)).arg("r").arg(epoch),
         };
     }
@@ -450,5 +480,5 @@ fn publish(app: &App, shared: &Shared, m: &Membership, acquired: &BTreeMap<u32, 
             .collect(),
         mismatch: m.cluster_shards().filter(|_| m.mismatched()),
     };
-    *lock(&app.control.0) = Some(status);
+    *lock(&app.control.status) = Some(status);
 }

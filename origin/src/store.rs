@@ -252,6 +252,14 @@ impl Store {
         Ok(s.map(|s| serde_json::from_slice(&s).map_err(|e| corrupt(what(), e))).transpose()?.unwrap_or_default())
     }
 
+    /// The lease epoch `p`'s fence holds: the highest that allocated or stored for it (0
+    /// for none, or for a value that is not a number: the scripts would refuse it).
+    pub async fn fence_epoch(&self, p: &PlacementId) -> Result<u64, StoreError> {
+        let mut c = self.conn();
+        let e: Option<String> = c.hget(PlacementKeys::new(p).fence(), "epoch").await?;
+        Ok(e.and_then(|e| e.parse().ok()).unwrap_or(0))
+    }
+
     /// The next plan version for `p` under lease `epoch`, above `floor` (the stored
     /// plan's version) and every version allocated before.
     pub async fn allocate_version(&self, p: &PlacementId, epoch: u64, floor: u64) -> Result<Fenced<u64>, StoreError> {

@@ -1,7 +1,9 @@
-//! The event stream's trimmer: below what every consumer group has read and
-//! acknowledged, and by length only as a memory guard that counts what it loses.
+//! The streams' trimmer: below what every consumer group has read and acknowledged, and
+//! by length only as a memory guard that counts what it loses.
 //!
-//! The decisions are `allot_stream::trim`'s pure functions; this is the thin Redis part,
+//! Two streams are trimmed so: the event stream, and the plan log (the archiver's plans
+//! lane reads it; an S3 outage must not cost the snapshots it has not read yet). The
+//! decisions are `allot_stream::trim`'s pure functions; this is the thin Redis part,
 //! run every `redis.trim_every_ms` by every replica. Several replicas trimming at once is
 //! safe: a trim by id only removes entries every group is done with, whoever sends it,
 //! and a second cut by length finds nothing left above the cap.
@@ -34,49 +36,74 @@ pub struct Pass {
     pub held: Option<Hold>,
 }
 
-/// The consumer groups this replica expects on the event stream: nothing is trimmed by
-/// id until they exist.
-pub fn required_groups(app: &App) -> Vec<String> {
-    let mut groups = Vec::new();
+/// A stream this replica trims: what it is called in the metrics, the consumer groups
+/// this replica expects on it (nothing is trimmed by id until they exist), its cap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trimmed {
+    pub key: String,
+    /// The `stream` label of the trimming metrics.
+    pub label: &'static str,
+    pub required: Vec<String>,
+    pub cap: u64,
+}
+
+/// The streams this replica trims, each with the groups it expects there.
+pub fn trimmed(app: &App) -> [Trimmed; 2] {
+    let redis = &app.config.redis;
+    let archive = app.config.archive.as_ref();
+    let mut events = Vec::new();
     if app.config.aggregate.enabled {
-        groups.push(stream::AGGREGATOR_GROUP.to_string());
+        events.push(stream::AGGREGATOR_GROUP.to_string());
     }
-    if let Some(a) = &app.config.archive
-        && a.stream == stream::EVENTS
-    {
-        groups.push(a.group.clone());
-    }
-    groups
+    events.extend(archive.filter(|a| a.stream == stream::EVENTS).map(|a| a.group.clone()));
+    let plans = archive.filter(|a| a.plans_stream == stream::PLAN_LOG).map(|a| a.group.clone());
+    [
+        Trimmed { key: stream::EVENTS.into(), label: "events", required: events, cap: redis.stream_max_len },
+        Trimmed {
+            key: stream::PLAN_LOG.into(),
+            label: "plans",
+            required: plans.into_iter().collect(),
+            cap: redis.plan_log_max_len,
+        },
+    ]
 }
 
 /// Trims every `trim_every_ms` until `cancel`.
 pub async fn run(app: Arc<App>, mut conn: RedisConn, cancel: CancellationToken) {
     let every = Duration::from_millis(app.config.redis.trim_every_ms.max(10));
-    let required = required_groups(&app);
-    let required: Vec<&str> = required.iter().map(String::as_str).collect();
+    let streams = trimmed(&app);
+    for t in &streams {
+        // Exported at 0 from the start: the alert on losses needs a series to rise from.
+        app.metrics.stream_trimmed.with_label_values(&[t.label]);
+        app.metrics.stream_trimmed_unread.with_label_values(&[t.label]);
+    }
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(every) => {}
         }
-        let limits = Limits {
-            cap: app.config.redis.stream_max_len,
-            retain_ms: app.config.redis.stream_retain_secs.saturating_mul(1000),
-            now_ms: crate::now_ms(),
-        };
-        match pass(&mut conn, stream::EVENTS, &required, limits).await {
-            Ok(p) => {
-                app.metrics.stream_trimmed.inc_by(p.trimmed);
-                if p.lost > 0 {
-                    app.metrics.stream_trimmed_unread.inc_by(p.lost);
-                    tracing::error!(
-                        entries = p.lost,
-                        cap = app.config.redis.stream_max_len,
-                        "event stream over its cap: cut entries a consumer group had not read or acknowledged"
-                    );
+        for t in &streams {
+            let required: Vec<&str> = t.required.iter().map(String::as_str).collect();
+            let limits = Limits {
+                cap: t.cap,
+                retain_ms: app.config.redis.stream_retain_secs.saturating_mul(1000),
+                now_ms: crate::now_ms(),
+            };
+            match pass(&mut conn, &t.key, &required, limits).await {
+                Ok(p) => {
+                    app.metrics.stream_trimmed.with_label_values(&[t.label]).inc_by(p.trimmed);
+                    if p.lost > 0 {
+                        app.metrics.stream_trimmed_unread.with_label_values(&[t.label]).inc_by(p.lost);
+                        tracing::error!(
+                            stream = %t.key,
+                            entries = p.lost,
+                            cap = t.cap,
+                            "stream over its cap: cut entries a consumer group had not read or acknowledged"
+                        );
+                    }
                 }
+                Err(e) => tracing::warn!(stream = %t.key, error = %e, "trimming a stream failed; trying again later"),
             }
-            Err(e) => tracing::warn!(error = %e, "trimming the event stream failed; trying again later"),
         }
     }
 }
@@ -122,8 +149,15 @@ pub async fn pass(conn: &mut RedisConn, key: &str, required: &[&str], limits: Li
         len = conn.xlen(key).await? as u64;
     }
     if let Some(cut) = trim::over_cap(len, limits.cap) {
-        pass.lost =
+        let cut: u64 =
             redis::cmd("XTRIM").arg(key).arg("MAXLEN").arg("=").arg(cut.max_len).query_async(&mut *conn).await?;
+        // With no group on the stream and none expected, nothing reads it (the plan log
+        // of an origin without an archive): the cap is then all its trimming.
+        if pass.held == Some(Hold::NoGroups) {
+            pass.trimmed += cut;
+        } else {
+            pass.lost = cut;
+        }
     }
     Ok(pass)
 }

@@ -11,9 +11,6 @@ pub const EVENTS: &str = "allot:events";
 /// The plan log: a [`PlanSnapshot`](super::PlanSnapshot) of every published plan,
 /// appended by the control loop and read by the archiver.
 pub const PLAN_LOG: &str = "allot:plans";
-/// Approximate cap on the plan log (`XADD MAXLEN ~`): months of plans, read within a
-/// minute by the archiver.
-pub const PLAN_LOG_MAX_LEN: usize = 100_000;
 
 /// The aggregator's consumer group on [`EVENTS`].
 pub const AGGREGATOR_GROUP: &str = "aggregator";

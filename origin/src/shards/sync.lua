@@ -70,7 +70,15 @@ for j = 1, #KEYS - 3 do
     if value and holder == me and e == held then redis.call('DEL', key) end
     result = -1
   elseif value and holder == me and e == held then
-    redis.call('PEXPIRE', key, ttl); result = tonumber(e)
+    local floor = tonumber(string.match(op, '^n(%d+)$'))
+    if floor and counter and counter < floor and floor < 9007199254740991 then
+      -- A placement fence above every epoch the counter issued: it went back (a restore).
+      redis.call('SET', KEYS[3], floor)
+      counter = redis.call('INCR', KEYS[3])
+      redis.call('SET', key, counter .. ' ' .. me, 'PX', ttl); result = counter
+    else
+      redis.call('PEXPIRE', key, ttl); result = tonumber(e)
+    end
   elseif value and holder ~= me then
     result = 0
   else

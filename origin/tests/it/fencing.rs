@@ -179,3 +179,37 @@ async fn a_put_racing_a_withdrawal_stays_controlled() {
     .await;
     assert!(!stored.plan.withdrawn && stored.plan.campaigns.len() == 1, "{:?}", stored.plan);
 }
+
+#[tokio::test]
+async fn a_fence_above_every_epoch_issued_moves_the_counter_past_it_and_control_goes_on() {
+    let redis = RedisServer::start();
+    let env = [("ALLOT_CONTROL_PERIOD_MS", "60000"), ("ALLOT_CONTROL_LEASE_MS", "1500")];
+    let app = TestApp::start(config(&redis, "", &env)).await;
+    let version = || async {
+        let (_, v) = app.get_json("/v1/placements/home_feed/status", VIEWER_TOKEN).await;
+        v["plan_version"].as_u64()
+    };
+    let mut spec = json!({"campaigns": [{"id": "A", "rate": 0.5}]});
+    assert_eq!(app.put_targets("home_feed", &spec, MANAGER_TOKEN).await.status(), 201);
+    eventually(10, "the first plan", || async { (version().await == Some(1)).then_some(()) }).await;
+
+    // What a Redis restored from an older copy leaves: its epoch counter went back, below
+    // the epoch a holder still acting on a grant from before wrote into the placement's
+    // fence. (A key holder could write the same.)
+    let mut c = redis.conn();
+    let counter: u64 = redis::cmd("GET").arg(keys::LEASE_EPOCH).query(&mut c).unwrap();
+    let seen = counter + 1000;
+    let fence = keys::PlacementKeys::new(&home_feed()).fence();
+    let _: () = redis::cmd("HSET").arg(&fence).arg("epoch").arg(seen).query(&mut c).unwrap();
+
+    // The change's round is refused by the fence, and the next renewal grants the shard
+    // above it: the change is published without any shard changing hands.
+    spec["campaigns"][0]["rate"] = json!(0.4);
+    assert_eq!(app.put_targets("home_feed", &spec, MANAGER_TOKEN).await.status(), 200);
+    eventually(15, "the change published", || async { (version().await == Some(2)).then_some(()) }).await;
+    assert!(app.metric_sum("allot_control_fenced_total").await >= 1.0, "refused first");
+    let raised: u64 = redis::cmd("GET").arg(keys::LEASE_EPOCH).query(&mut c).unwrap();
+    assert!(raised > seen, "the counter moved past the fence ({raised} vs {seen})");
+    let written: u64 = redis::cmd("HGET").arg(&fence).arg("epoch").query(&mut c).unwrap();
+    assert!(written > seen && written <= raised, "written under the new grant ({written})");
+}

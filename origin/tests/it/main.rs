@@ -25,6 +25,7 @@ mod lag;
 mod learning;
 mod mix;
 mod ops;
+mod plan_log;
 mod publish;
 mod retry;
 mod server;

@@ -98,13 +98,13 @@ async fn the_stream_is_trimmed_behind_the_slowest_group_and_the_cap_counts_its_c
     counted(&redis, 20).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(xlen(&redis), 20, "the aggregator is done, the stuck group is not: nothing trimmed");
-    assert_eq!(app.metric("allot_stream_trimmed_unread_entries_total").await, 0.0);
+    assert_eq!(app.metric("allot_stream_trimmed_unread_entries_total{stream=\"events\"}").await, 0.0);
 
     // Past the memory guard: cut to it, and the cut counted as a loss.
     post(&app, 20, 20).await;
     counted(&redis, 40).await;
     eventually(10, "the cut counted", || async {
-        (app.metric("allot_stream_trimmed_unread_entries_total").await == 10.0).then_some(())
+        (app.metric("allot_stream_trimmed_unread_entries_total{stream=\"events\"}").await == 10.0).then_some(())
     })
     .await;
     assert_eq!(xlen(&redis), 30);
@@ -119,8 +119,12 @@ async fn the_stream_is_trimmed_behind_the_slowest_group_and_the_cap_counts_its_c
     assert_eq!(ids.len(), 30);
     let _: usize = redis::cmd("XACK").arg(stream::EVENTS).arg("stuck").arg(&ids).query(&mut c).unwrap();
     eventually(10, "the stream trimmed", || async { (xlen(&redis) == 0).then_some(()) }).await;
-    assert_eq!(app.metric("allot_stream_trimmed_entries_total").await, 30.0);
-    assert_eq!(app.metric("allot_stream_trimmed_unread_entries_total").await, 10.0, "no more losses");
+    assert_eq!(app.metric("allot_stream_trimmed_entries_total{stream=\"events\"}").await, 30.0);
+    assert_eq!(
+        app.metric("allot_stream_trimmed_unread_entries_total{stream=\"events\"}").await,
+        10.0,
+        "no more losses"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,7 +157,7 @@ async fn an_archiver_held_back_by_s3_loses_nothing_while_the_ingest_goes_on() {
     eventually(60, "everything archived and the stream trimmed", || async { (xlen(&redis) == 0).then_some(()) }).await;
     assert_eq!(app.metric("allot_archive_rows_total{dataset=\"events\"}").await, 100.0, "each event once");
     assert_eq!(app.metric("allot_archive_entries_total{dataset=\"events\"}").await, 100.0);
-    assert_eq!(app.metric("allot_stream_trimmed_unread_entries_total").await, 0.0);
+    assert_eq!(app.metric("allot_stream_trimmed_unread_entries_total{stream=\"events\"}").await, 0.0);
     assert_eq!(app.metric("allot_archive_lost_entries_total{dataset=\"events\"}").await, 0.0);
     assert_eq!(total_counts(&redis, "home_feed").requests.n, 100);
 }
