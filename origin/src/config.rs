@@ -117,8 +117,8 @@ pub struct RedisConfig {
     pub stream_max_len: u64,
     /// The plan log's memory guard, as `stream_max_len` is the event stream's: the log
     /// is trimmed below what the archiver has read, and cut to this length only beyond
-    /// it (the cut counted with `stream="plans"`). A snapshot is a few kilobytes; size it
-    /// for the longest archiver outage, at the deployment's publishes per second.
+    /// it (the cut counted with `stream="plans"`). Size it for the longest archiver outage,
+    /// at the deployment's publishes per second (a snapshot grows with its campaigns).
     pub plan_log_max_len: u64,
     /// How often the streams are trimmed (every replica trims; trimming is idempotent).
     pub trim_every_ms: u64,
