@@ -29,6 +29,18 @@ async fn register(app: &TestApp, n: usize) {
 // A long period: only the registrations run rounds, one publish each.
 const ONE_ROUND_EACH: [(&str, &str); 1] = [("ALLOT_CONTROL_PERIOD_MS", "600000")];
 
+/// An origin without an archive whose plan log holds at most `cap` snapshots, with
+/// `placements` registered (and as many snapshots appended).
+async fn without_archive(redis: &RedisServer, cap: u64, placements: usize) -> TestApp {
+    let toml = OriginConfig::new()
+        .redis(&redis.url())
+        .merge(&format!("[redis]\nplan_log_max_len = {cap}\ntrim_every_ms = 50\nstream_retain_secs = 0\n"))
+        .load(&ONE_ROUND_EACH);
+    let app = TestApp::start(toml).await;
+    register(&app, placements).await;
+    app
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_are_kept_until_archived_and_trimmed_once_archived() {
     let redis = RedisServer::start();
@@ -66,12 +78,7 @@ async fn past_its_cap_the_plan_log_is_cut_and_the_cut_counted() {
         .arg(&["CREATE", stream::PLAN_LOG, "stuck", "0", "MKSTREAM"])
         .query(&mut redis.conn())
         .unwrap();
-    let toml = OriginConfig::new()
-        .redis(&redis.url())
-        .merge("[redis]\nplan_log_max_len = 8\ntrim_every_ms = 50\nstream_retain_secs = 0\n")
-        .load(&ONE_ROUND_EACH);
-    let app = TestApp::start(toml).await;
-    register(&app, 12).await;
+    let app = without_archive(&redis, 8, 12).await;
     eventually(30, "the cut counted", || async {
         (app.metric("allot_stream_trimmed_unread_entries_total{stream=\"plans\"}").await == 4.0).then_some(())
     })
@@ -84,12 +91,7 @@ async fn past_its_cap_the_plan_log_is_cut_and_the_cut_counted() {
 #[tokio::test]
 async fn without_an_archive_the_plan_log_is_kept_to_its_cap_and_nothing_counts_as_lost() {
     let redis = RedisServer::start();
-    let toml = OriginConfig::new()
-        .redis(&redis.url())
-        .merge("[redis]\nplan_log_max_len = 3\ntrim_every_ms = 50\nstream_retain_secs = 0\n")
-        .load(&ONE_ROUND_EACH);
-    let app = TestApp::start(toml).await;
-    register(&app, 5).await;
+    let app = without_archive(&redis, 3, 5).await;
     eventually(30, "the log cut to its cap", || async {
         (app.metric("allot_stream_trimmed_entries_total{stream=\"plans\"}").await == 2.0).then_some(())
     })
