@@ -32,6 +32,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::lease::{Fence, Lease, LeaseConfig, LeaseReply, Transition};
 use crate::shard;
 
+/// How far above a fence's epoch a reissued grant goes ([`Membership::fenced_above`]):
+/// more grants than Redis makes between a copy and its restore.
+pub const REISSUE_MARGIN: u64 = 1 << 20;
+
+/// The highest fence epoch followed by a reissue, far below where the Lua scripts'
+/// numbers stop printing as integers (10¹⁴): the counter stays below it.
+pub const MAX_FENCE_FOLLOWED: u64 = 1 << 40;
+
 /// The shard count and the per-shard lease timing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MembershipConfig {
@@ -63,9 +71,9 @@ pub struct Member {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShardOp {
     /// Take the shard if free, or renew it if held by this origin under `held`. With
-    /// `reissue_above`, a renewal is a new grant under an epoch above it, if the epoch
-    /// counter is below it (see [`Membership::fenced_above`]).
-    Ask { shard: u32, held: Option<u64>, reissue_above: Option<u64> },
+    /// `reissue_from`, a renewal is a new grant, under an epoch above it (see
+    /// [`Membership::fenced_above`]).
+    Ask { shard: u32, held: Option<u64>, reissue_from: Option<u64> },
     /// Give the shard back if it is still held by this origin under `epoch`.
     Release { shard: u32, epoch: u64 },
 }
@@ -167,8 +175,9 @@ impl Membership {
             let keep = !self.leaving && (self.target.contains(&shard) || busy.contains(&shard));
             if keep {
                 if due && lease.poll(now_ms) {
-                    let reissue_above = self.stale.get(&shard).copied().filter(|&seen| seen > fence.epoch);
-                    ops.push(ShardOp::Ask { shard, held: Some(fence.epoch), reissue_above });
+                    let stale = self.stale.get(&shard).copied().filter(|&seen| seen > fence.epoch);
+                    let reissue_from = stale.map(|seen| seen + REISSUE_MARGIN);
+                    ops.push(ShardOp::Ask { shard, held: Some(fence.epoch), reissue_from });
                 }
             } else if !busy.contains(&shard) {
                 ops.push(ShardOp::Release { shard, epoch: fence.epoch });
@@ -184,7 +193,7 @@ impl Membership {
                 }
                 let lease = self.leases.entry(shard).or_insert_with(|| Lease::new(self.config.lease));
                 if lease.current(now_ms).is_none() && lease.poll(now_ms) {
-                    ops.push(ShardOp::Ask { shard, held: None, reissue_above: None });
+                    ops.push(ShardOp::Ask { shard, held: None, reissue_from: None });
                 }
             }
         }
@@ -208,9 +217,9 @@ impl Membership {
         for (i, op) in ops.iter().enumerate() {
             let outcome = reply.as_ref().map(|r| r.outcomes[i]);
             match *op {
-                ShardOp::Ask { shard, reissue_above, .. } => {
-                    // Asked once: a placement still fenced after it reports again.
-                    if reissue_above.is_some() && outcome.is_some() {
+                ShardOp::Ask { shard, reissue_from, .. } => {
+                    // Answered once: a placement still fenced after it reports again.
+                    if reissue_from.is_some() && outcome.is_some() {
                         self.stale.remove(&shard);
                     }
                     let answer = match outcome {
@@ -259,16 +268,19 @@ impl Membership {
     /// fence holds epoch `seen`, above this origin's grant of the shard.
     ///
     /// Normally that means the shard changed hands and the grant is stale, which the
-    /// next renewal finds out. But it is also what a Redis restored from an older copy
-    /// looks like: its epoch counter went back, below the epochs holders wrote into the
-    /// placements' fences before, so every new grant is refused by them until the
-    /// counter passes them, which it does only as shards change hands. So the next
-    /// renewal asks for a grant above `seen`, which Redis makes only if its counter is
-    /// below `seen` (an epoch it never issued: a restore, or a forged fence) and this
-    /// origin still holds the shard. Otherwise the renewal is an ordinary one.
+    /// next renewal finds out (refused). But if this origin still holds the shard under
+    /// its grant, no later grant of it exists: the fence holds an epoch from a counter
+    /// that went back (Redis restored from an older copy, the running holders having
+    /// written their epochs since) or a forged one, and it would refuse every grant of
+    /// the shard until the counter passed it, which it does only as shards change
+    /// hands. So the next renewal asks Redis, if the shard is still this origin's, to
+    /// move the counter to `seen` + [`REISSUE_MARGIN`] (epochs just above `seen` may
+    /// have been issued before the restore, to holders that still act on them) and to
+    /// grant the shard anew above it. A fence at or above [`MAX_FENCE_FOLLOWED`] is
+    /// not followed: only a forgery gets there.
     pub fn fenced_above(&mut self, shard: u32, seen: u64, now_ms: u64) {
         let Some(fence) = self.leases.get(&shard).and_then(|l| l.current(now_ms)) else { return };
-        if seen > fence.epoch {
+        if seen > fence.epoch && seen < MAX_FENCE_FOLLOWED {
             let highest = self.stale.entry(shard).or_insert(seen);
             *highest = (*highest).max(seen);
         }

@@ -38,12 +38,17 @@ impl Redis {
                     }
                     OpOutcome::Released
                 }
-                ShardOp::Ask { shard, held, reissue_above } => match self.shards.get_mut(&shard) {
+                ShardOp::Ask { shard, held, reissue_from } => match self.shards.get_mut(&shard) {
                     Some(s) if s.1 == me && Some(s.0) == held => {
-                        if let Some(seen) = reissue_above.filter(|&seen| self.counter < seen) {
-                            self.counter = seen + 1;
+                        if let Some(from) = reissue_from {
+                            self.counter = self.counter.max(from) + 1;
                             s.0 = self.counter;
                         }
+                        s.2 = now + TTL;
+                        OpOutcome::Granted { epoch: s.0 }
+                    }
+                    // Its own reissue, whose reply was lost.
+                    Some(s) if s.1 == me && reissue_from.is_some_and(|from| s.0 > from) => {
                         s.2 = now + TTL;
                         OpOutcome::Granted { epoch: s.0 }
                     }
@@ -127,7 +132,9 @@ impl World {
     }
 
     /// No shard held by two origins that are running; and what an origin believes it
-    /// holds, Redis agrees with.
+    /// holds, Redis agrees with (under that epoch, or one above it: a reissue whose
+    /// reply was lost, while the origin acts under the older one, which every fence
+    /// refuses).
     fn check(&self) {
         let mut holders: BTreeMap<u32, &str> = BTreeMap::new();
         for (id, o) in &self.origins {
@@ -139,7 +146,8 @@ impl World {
                     panic!("at {} shard {s} is held by {other} and {id}", self.now);
                 }
                 let stored = self.redis.shards.get(&s).filter(|r| r.2 > self.now);
-                assert_eq!(stored.map(|r| (r.0, r.1.as_str())), Some((fence.epoch, *id)), "shard {s} at {}", self.now);
+                assert_eq!(stored.map(|r| r.1.as_str()), Some(*id), "shard {s} at {}", self.now);
+                assert!(stored.is_some_and(|r| r.0 >= fence.epoch), "shard {s} at {}", self.now);
             }
         }
     }
@@ -342,7 +350,7 @@ fn garbage_members_are_ignored_and_a_new_epoch_is_a_new_grant() {
     assert_eq!(m.live_members(), 1);
     assert_eq!(m.target().len(), 2);
     let req = m.poll(TTL / 3, &BTreeSet::new()).unwrap();
-    let ask = |shard| ShardOp::Ask { shard, held: None, reissue_above: None };
+    let ask = |shard| ShardOp::Ask { shard, held: None, reissue_from: None };
     assert_eq!(req.ops, [ask(0), ask(1)]);
     let granted = |e| SyncReply {
         now_ms: 600,
@@ -351,7 +359,7 @@ fn garbage_members_are_ignored_and_a_new_epoch_is_a_new_grant() {
     };
     assert_eq!(m.on_reply(600, Some(granted(5))), [Change::Acquired { shard: 0, epoch: 5 }]);
     let req = m.poll(2 * TTL / 3, &BTreeSet::new()).unwrap();
-    assert!(req.ops.contains(&ShardOp::Ask { shard: 0, held: Some(5), reissue_above: None }));
+    assert!(req.ops.contains(&ShardOp::Ask { shard: 0, held: Some(5), reissue_from: None }));
     // Redis found the key forged and granted it anew: the rounds must use the new epoch.
     let mut reply = granted(9);
     reply.outcomes = req.ops.iter().map(|_| OpOutcome::Granted { epoch: 9 }).collect();
@@ -367,34 +375,70 @@ fn garbage_members_are_ignored_and_a_new_epoch_is_a_new_grant() {
 }
 
 #[test]
-fn an_epoch_counter_gone_back_below_the_fences_is_moved_past_them_by_the_next_renewal() {
+fn an_epoch_counter_gone_back_below_the_fences_is_moved_past_them_by_the_next_renewals() {
     let mut w = World::default();
     w.start("a");
     w.run(TTL);
     assert_eq!(w.held("a").len(), SHARDS as usize);
     // Redis restored from an older copy: the counter is back at 3, while the placements'
-    // fences hold the epochs written before, up to 40.
+    // fences hold the epochs the holders wrote before, 40 in one shard, 30 in another.
     w.redis.counter = 3;
-    let (shard, fence) = w.origins["a"].m.held(w.now)[0];
-    let (_, other) = w.origins["a"].m.held(w.now)[1];
+    let held = w.origins["a"].m.held(w.now);
+    let ((s1, _), (s2, _), (s3, f3)) = (held[0], held[1], held[2]);
     let now = w.now;
     let a = w.origins.get_mut("a").unwrap();
-    a.m.fenced_above(shard, 40, now);
-    // An ordinary fencing (a seen epoch at or below the grant's) asks for nothing.
-    a.m.fenced_above(shard + 1, 1, now);
+    a.m.fenced_above(s1, 40, now);
+    a.m.fenced_above(s2, 30, now);
+    // An ordinary fencing (a seen epoch at or below the grant's) asks for nothing; nor
+    // does a fence only a forgery reaches.
+    a.m.fenced_above(s3, 1, now);
+    a.m.fenced_above(s3, MAX_FENCE_FOLLOWED, now);
     w.run(TTL / 3 + TICK);
     let epoch = |w: &World, s| w.origins["a"].m.held(w.now).into_iter().find(|(h, _)| *h == s).map(|(_, f)| f.epoch);
-    assert_eq!(epoch(&w, shard), Some(41), "granted above the fence (was {})", fence.epoch);
-    assert_eq!(w.redis.counter, 41, "the counter moved past it for every later grant");
-    assert_eq!(w.count("a", |c| *c == Change::Acquired { shard, epoch: 41 }), 1, "a new grant: a full round");
-    assert_eq!(epoch(&w, shard + 1), Some(other.epoch), "the other shard renewed as it was");
-    // Asked once: the next renewals are ordinary.
+    let (e1, e2) = (epoch(&w, s1).unwrap(), epoch(&w, s2).unwrap());
+    assert!(e1 > 40 + REISSUE_MARGIN && e2 > 30 + REISSUE_MARGIN, "both above their fences: {e1} {e2}");
+    assert_ne!(e1, e2);
+    assert!(w.redis.counter >= e1.max(e2), "the counter moved past them for every later grant");
+    for (s, e) in [(s1, e1), (s2, e2)] {
+        assert_eq!(w.count("a", |c| *c == Change::Acquired { shard: s, epoch: e }), 1, "a new grant: a full round");
+    }
+    assert_eq!(epoch(&w, s3), Some(f3.epoch), "the others renewed as they were");
+    // Answered once: the next renewals are ordinary.
     w.run(TTL);
-    assert_eq!(epoch(&w, shard), Some(41));
+    assert_eq!((epoch(&w, s1), epoch(&w, s2)), (Some(e1), Some(e2)));
 }
 
 #[test]
-fn a_fence_the_counter_did_issue_is_not_leapfrogged() {
+fn a_reissue_whose_reply_was_lost_is_renewed_as_it_was_granted() {
+    let mut w = World::default();
+    w.start("a");
+    w.run(TTL);
+    let (shard, _) = w.origins["a"].m.held(w.now)[0];
+    let now = w.now;
+    w.origins.get_mut("a").unwrap().m.fenced_above(shard, 40, now);
+    // The sync carrying the reissue reaches Redis, and its answer is lost.
+    let a = w.origins.get_mut("a").unwrap();
+    let req = loop {
+        w.now += TICK;
+        if let Some(req) = a.m.poll(w.now, &BTreeSet::new()) {
+            break req;
+        }
+    };
+    assert!(req.ops.iter().any(|op| matches!(op, ShardOp::Ask { shard: s, reissue_from: Some(_), .. } if *s == shard)));
+    let _lost = w.redis.sync(w.now, "a", SHARDS, &req);
+    a.m.on_reply(w.now, None);
+    let reissued = w.redis.shards[&shard].0;
+    let counter = w.redis.counter;
+    // The next renewal asks again and is answered with the epoch granted then: no grant
+    // more.
+    w.run(TTL / 3 + TICK);
+    let held = w.origins["a"].m.held(w.now).into_iter().find(|(s, _)| *s == shard).map(|(_, f)| f.epoch);
+    assert_eq!(held, Some(reissued));
+    assert_eq!(w.redis.counter, counter);
+}
+
+#[test]
+fn a_fence_written_since_the_shard_changed_hands_is_not_followed() {
     let mut m = Membership::new("a", MembershipConfig { shards: 1, lease: LeaseConfig::new(TTL) });
     let member = vec![Member { id: "a".into(), shards: 1, since_ms: 0 }];
     let reply = |outcomes| Some(SyncReply { now_ms: 0, members: member.clone(), outcomes });
@@ -405,10 +449,10 @@ fn a_fence_the_counter_did_issue_is_not_leapfrogged() {
     // A holder with epoch 7 wrote a placement of the shard: the grant is stale.
     m.fenced_above(0, 7, TTL / 3 + 20);
     let req = m.poll(2 * TTL / 3, &BTreeSet::new()).unwrap();
-    assert_eq!(req.ops, [ShardOp::Ask { shard: 0, held: Some(5), reissue_above: Some(7) }]);
-    // Redis's counter is past 7 (it issued it): the shard is someone else's. Refused, lost.
+    assert_eq!(req.ops, [ShardOp::Ask { shard: 0, held: Some(5), reissue_from: Some(7 + REISSUE_MARGIN) }]);
+    // The shard is the other holder's: the script answers as to any renewal, refused.
     assert_eq!(m.on_reply(2 * TTL / 3 + 10, reply(vec![OpOutcome::Refused])), [Change::Lost { shard: 0 }]);
     // Nothing held, nothing left to reissue.
     let req = m.poll(TTL, &BTreeSet::new()).unwrap();
-    assert_eq!(req.ops, [ShardOp::Ask { shard: 0, held: None, reissue_above: None }]);
+    assert_eq!(req.ops, [ShardOp::Ask { shard: 0, held: None, reissue_from: None }]);
 }

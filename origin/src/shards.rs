@@ -36,8 +36,9 @@ use crate::startup::App;
 
 /// KEYS: members, member info, the epoch counter, then one shard lease per op.
 /// ARGV: me, ttl (ms), leave (`1`/`0`), my shard count, then per op its kind (`a` ask,
-/// `n<seen>` ask and, if renewing while the epoch counter is below `seen`, move the
-/// counter past it and grant anew; `r` release) and the epoch held (`0`: none).
+/// `n<from>` ask and, if renewing, move the epoch counter to at least `from` and grant
+/// anew above it, or renew an epoch above `from` this origin holds; `r` release) and
+/// the epoch held (`0`: none).
 /// Returns `{now_ms, garbage members, garbage shards, counter broken, {id, shards,
 /// since, ...}, {outcome per op}}`; an outcome is the epoch granted, 0 refused, -1
 /// released.
@@ -299,7 +300,7 @@ async fn run(app: Arc<App>, shared: Arc<Shared>, stop: CancellationToken) {
             tracing::warn!(
                 shard,
                 seen,
-                "a placement's fence is above this shard's grant; renewing above it if Redis never issued it"
+                "a placement's fence is above this shard's grant; the next renewal, if the shard is still ours, grants it above"
             );
             m.fenced_above(shard, seen, mono_ms());
         }
@@ -352,8 +353,8 @@ async fn sync(app: &App, request: &SyncRequest) -> Option<SyncReply> {
     invocation.arg(&app.instance).arg(cfg.lease_ms).arg(if request.leave { "1" } else { "0" }).arg(cfg.shards);
     for op in &request.ops {
         match *op {
-            ShardOp::Ask { shard, held, reissue_above } => {
-                let kind = reissue_above.map_or_else(|| "a".to_string(), |seen| format!("n{seen}"));
+            ShardOp::Ask { shard, held, reissue_from } => {
+                let kind = reissue_from.map_or_else(|| "a".to_string(), |from| format!("n{from}"));
                 invocation.key(keys::shard_lease(shard)).arg(kind).arg(held.unwrap_or(0))
             }
             ShardOp::Release { shard, epoch } => invocation.key(keys::shard_lease(shard)).arg("r").arg(epoch),

@@ -51,10 +51,10 @@ pub struct Trimmed {
 pub fn trimmed(app: &App) -> [Trimmed; 2] {
     let redis = &app.config.redis;
     let archive = app.config.archive.as_ref();
-    let mut events = Vec::new();
-    if app.config.aggregate.enabled {
-        events.push(stream::AGGREGATOR_GROUP.to_string());
-    }
+    // The aggregator's group always: a replica that runs no aggregator (an ingest-only
+    // role) must not trim what the aggregators elsewhere have not created their group
+    // to read yet.
+    let mut events = vec![stream::AGGREGATOR_GROUP.to_string()];
     events.extend(archive.filter(|a| a.stream == stream::EVENTS).map(|a| a.group.clone()));
     let plans = archive.filter(|a| a.plans_stream == stream::PLAN_LOG).map(|a| a.group.clone());
     [

@@ -55,6 +55,10 @@ local out = {}
 for j = 1, #KEYS - 3 do
   local key, op, held = KEYS[j + 3], ARGV[3 + 2 * j], ARGV[4 + 2 * j]
   local value, e, holder, forged = nil, nil, nil, 0
+  -- `n<from>`: renew as a new grant above `from`, below 2^46 so that the epochs stay
+  -- below 10^14, where Lua stops printing numbers as integers.
+  local from = tonumber(string.match(op, '^n(%d+)$'))
+  if from and from >= 70368744177664 then from = nil end
   local k = kind(key)
   if k == 'string' then value = redis.call('GET', key) elseif k ~= 'none' then redis.call('DEL', key); forged = 1 end
   if value then
@@ -70,15 +74,18 @@ for j = 1, #KEYS - 3 do
     if value and holder == me and e == held then redis.call('DEL', key) end
     result = -1
   elseif value and holder == me and e == held then
-    local floor = tonumber(string.match(op, '^n(%d+)$'))
-    if floor and counter and counter < floor and floor < 9007199254740991 then
-      -- A placement fence above every epoch the counter issued: it went back (a restore).
-      redis.call('SET', KEYS[3], floor)
+    if from and counter then
+      -- Held by this origin under `held`, so no later grant of it exists: the placement
+      -- fence above `held` comes from a counter that went back (a restore) or a forgery.
+      if counter < from then redis.call('SET', KEYS[3], string.format('%d', from)) end
       counter = redis.call('INCR', KEYS[3])
-      redis.call('SET', key, counter .. ' ' .. me, 'PX', ttl); result = counter
+      redis.call('SET', key, string.format('%d', counter) .. ' ' .. me, 'PX', ttl); result = counter
     else
       redis.call('PEXPIRE', key, ttl); result = tonumber(e)
     end
+  elseif value and holder == me and from and tonumber(e) > from then
+    -- This origin's own reissue, whose reply was lost: renewed under it.
+    redis.call('PEXPIRE', key, ttl); result = tonumber(e)
   elseif value and holder ~= me then
     result = 0
   else
@@ -86,7 +93,7 @@ for j = 1, #KEYS - 3 do
     local n = counter and redis.pcall('INCR', KEYS[3])
     if type(n) == 'number' then
       counter = n
-      redis.call('SET', key, n .. ' ' .. me, 'PX', ttl); result = n
+      redis.call('SET', key, string.format('%d', n) .. ' ' .. me, 'PX', ttl); result = n
     else
       broken = 1
     end

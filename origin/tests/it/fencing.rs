@@ -181,35 +181,55 @@ async fn a_put_racing_a_withdrawal_stays_controlled() {
 }
 
 #[tokio::test]
-async fn a_fence_above_every_epoch_issued_moves_the_counter_past_it_and_control_goes_on() {
+async fn fences_above_every_epoch_issued_move_the_counter_past_them_and_control_goes_on() {
     let redis = RedisServer::start();
     let env = [("ALLOT_CONTROL_PERIOD_MS", "60000"), ("ALLOT_CONTROL_LEASE_MS", "1500")];
     let app = TestApp::start(config(&redis, "", &env)).await;
-    let version = || async {
-        let (_, v) = app.get_json("/v1/placements/home_feed/status", VIEWER_TOKEN).await;
-        v["plan_version"].as_u64()
-    };
+    // Two placements in two shards.
+    let shard = |id: &str| allot_core::shard::shard_of(id, app.app().config.control.shards);
+    let other = (0..).map(|i| format!("p{i}")).find(|id| shard(id) != shard("home_feed")).unwrap();
+    let placements = ["home_feed", other.as_str()];
     let mut spec = json!({"campaigns": [{"id": "A", "rate": 0.5}]});
-    assert_eq!(app.put_targets("home_feed", &spec, MANAGER_TOKEN).await.status(), 201);
-    eventually(10, "the first plan", || async { (version().await == Some(1)).then_some(()) }).await;
+    for p in placements {
+        assert_eq!(app.put_targets(p, &spec, MANAGER_TOKEN).await.status(), 201);
+    }
+    let versions = || async {
+        let mut v = Vec::new();
+        for p in placements {
+            let (_, s) = app.get_json(&format!("/v1/placements/{p}/status"), VIEWER_TOKEN).await;
+            v.push(s["plan_version"].as_u64());
+        }
+        v
+    };
+    eventually(10, "the first plans", || async { (versions().await == [Some(1), Some(1)]).then_some(()) }).await;
 
     // What a Redis restored from an older copy leaves: its epoch counter went back, below
-    // the epoch a holder still acting on a grant from before wrote into the placement's
-    // fence. (A key holder could write the same.)
+    // the epochs holders still acting on grants from before wrote into the placements'
+    // fences since, different in each. (A key holder could write the same.)
     let mut c = redis.conn();
     let counter: u64 = redis::cmd("GET").arg(keys::LEASE_EPOCH).query(&mut c).unwrap();
-    let seen = counter + 1000;
-    let fence = keys::PlacementKeys::new(&home_feed()).fence();
-    let _: () = redis::cmd("HSET").arg(&fence).arg("epoch").arg(seen).query(&mut c).unwrap();
+    let fence = |p: &str| keys::PlacementKeys::new(&PlacementId::parse(p).unwrap()).fence();
+    let seen = [counter + 1000, counter + 500];
+    for (p, e) in placements.iter().zip(seen) {
+        let _: () = redis::cmd("HSET").arg(fence(p)).arg("epoch").arg(e).query(&mut c).unwrap();
+    }
 
-    // The change's round is refused by the fence, and the next renewal grants the shard
-    // above it: the change is published without any shard changing hands.
+    // The changes' rounds are refused by the fences, and the next renewals grant both
+    // shards above them: the changes are published without any shard changing hands.
     spec["campaigns"][0]["rate"] = json!(0.4);
-    assert_eq!(app.put_targets("home_feed", &spec, MANAGER_TOKEN).await.status(), 200);
-    eventually(15, "the change published", || async { (version().await == Some(2)).then_some(()) }).await;
-    assert!(app.metric_sum("allot_control_fenced_total").await >= 1.0, "refused first");
+    for p in placements {
+        assert_eq!(app.put_targets(p, &spec, MANAGER_TOKEN).await.status(), 200);
+    }
+    eventually(15, "the changes published", || async { (versions().await == [Some(2), Some(2)]).then_some(()) }).await;
+    assert!(app.metric_sum("allot_control_fenced_total").await >= 2.0, "refused first");
     let raised: u64 = redis::cmd("GET").arg(keys::LEASE_EPOCH).query(&mut c).unwrap();
-    assert!(raised > seen, "the counter moved past the fence ({raised} vs {seen})");
-    let written: u64 = redis::cmd("HGET").arg(&fence).arg("epoch").query(&mut c).unwrap();
-    assert!(written > seen && written <= raised, "written under the new grant ({written})");
+    for (p, e) in placements.iter().zip(seen) {
+        let written: u64 = redis::cmd("HGET").arg(fence(p)).arg("epoch").query(&mut c).unwrap();
+        assert!(written > e && written <= raised, "{p} written under a new grant ({written}, fence {e})");
+    }
+    for change in ["lost", "released"] {
+        let n = app.metric(&format!("allot_control_shard_changes_total{{change=\"{change}\"}}")).await;
+        assert_eq!(n, 0.0, "no shard {change}");
+    }
+    assert_eq!(app.metric_sum("allot_control_garbage_total").await, 0.0, "nothing taken for forged");
 }

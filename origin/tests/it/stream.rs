@@ -276,3 +276,29 @@ async fn a_claimed_entry_trimmed_before_it_was_counted_is_counted_as_lost() {
     counted(&redis, 2).await;
     assert_eq!(app.metric("allot_aggregate_claimed_total").await, 2.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_only_replica_trims_nothing_the_aggregators_have_not_read() {
+    let redis = RedisServer::start();
+    let s3 = S3Server::start();
+    record_published(&mut redis.conn(), &plan("home_feed", 1, 0.5, &["A"]));
+    let trim = "[redis]\ntrim_every_ms = 50\nstream_retain_secs = 0\n";
+    let toml = OriginConfig::new()
+        .redis(&redis.url())
+        .archive(&s3)
+        .merge(&format!("{trim}[archive]\nprefix = \"t/\"\nflush_max_age_secs = 1\n"))
+        .load(&[("ALLOT_AGGREGATE_ENABLED", "false"), ("ALLOT_CONTROL_ENABLED", "false")]);
+    let ingest = TestApp::start(toml).await;
+    post(&ingest, 0, 10).await;
+    eventually(30, "the events archived", || async {
+        (ingest.metric("allot_archive_entries_total{dataset=\"events\"}").await == 10.0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(xlen(&redis), 10, "archived, but no aggregator has read them: kept");
+
+    // An aggregator starts: it reads them from the start, and then they go.
+    let _aggregator = TestApp::start(config(&redis, trim, &[("ALLOT_CONTROL_ENABLED", "false")])).await;
+    counted(&redis, 10).await;
+    eventually(10, "the stream trimmed", || async { (xlen(&redis) == 0).then_some(()) }).await;
+}
