@@ -53,7 +53,7 @@ use crate::{CampaignId, Event, EventKind, PlacementId, Plan};
 
 mod limits;
 
-pub use limits::{Admitted, DropReason, Limits, LimitsError};
+pub use limits::{Admitted, DropReason, Limits, LimitsError, MIN_RATE_FLOOR};
 
 /// What one published plan version admits.
 #[derive(Debug, Clone, PartialEq)]

@@ -125,6 +125,8 @@ fn limits_refuse_bad_rates_and_times_and_admit_the_rest() {
     assert_eq!(t(u64::MAX), Err(DropReason::TooNew));
     assert!(Limits::new(0.0, 1, 1).is_err());
     assert!(Limits::new(1e-200, 1, 1).is_err(), "its squared weight overflows");
+    assert!(Limits::new(1e-10, 1, 1).is_err(), "a sum of squared weights could overflow");
+    assert!(Limits::new(MIN_RATE_FLOOR, 1, 1).is_ok());
     assert!(Limits::new(1.5, 1, 1).is_err());
 }
 

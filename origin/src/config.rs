@@ -412,7 +412,10 @@ impl Config {
             return Err(invalid("control.min_sample_rate", "must be in (0, 1]"));
         }
         if self.event_limits().is_err() {
-            return Err(invalid("control.min_sample_rate", "too small: its squared weight overflows"));
+            return Err(invalid(
+                "control.min_sample_rate",
+                "too small: below 1e-9 the windows' sums of squared weights could overflow",
+            ));
         }
         if self.control.lease_ms < 300 {
             return Err(invalid("control.lease_ms", "must be at least 300"));

@@ -60,9 +60,15 @@ pub struct Limits {
     max_ahead_ms: u64,
 }
 
+/// The smallest minimum sample rate: a sampled event then weighs at most a billion
+/// requests, so the windows' sums of squared weights (10¹⁸ an event) stay finite
+/// however many events they add up. Only one event's squared weight being finite
+/// would let a sum overflow to infinity in the middle of a window's script.
+pub const MIN_RATE_FLOOR: f64 = 1e-9;
+
 /// Bounds that cannot hold.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the minimum sample rate must be in (0, 1] with a finite squared weight")]
+#[error("the minimum sample rate must be in [1e-9, 1], so that sums of squared weights stay finite")]
 pub struct LimitsError;
 
 impl Limits {
@@ -70,8 +76,7 @@ impl Limits {
     /// oldest a genuine event can be when it arrives (at least as long as window counts
     /// are kept); `max_ahead_ms`: the clock skew allowed between edge and origin.
     pub fn new(min_rate: f64, max_age_ms: u64, max_ahead_ms: u64) -> Result<Self, LimitsError> {
-        let w = 1.0 / min_rate;
-        if !(min_rate > 0.0 && min_rate <= 1.0 && (w * w).is_finite()) {
+        if !(MIN_RATE_FLOOR..=1.0).contains(&min_rate) {
             return Err(LimitsError);
         }
         Ok(Self { min_rate, max_age_ms, max_ahead_ms })

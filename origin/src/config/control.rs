@@ -13,6 +13,9 @@ pub struct ControlConfig {
     pub period_ms: u64,
     /// Complete windows merged into "recent" (traffic mix, render ratios).
     pub recent_windows: u64,
+    /// The smallest sample rate a plan is published with, in `[1e-9, 1]`
+    /// (`allot_core::admit::MIN_RATE_FLOOR`: the windows' sums of squared weights must
+    /// stay finite).
     pub min_sample_rate: f64,
     /// An unchanged plan is republished after this long, so a KV entry never expires.
     pub republish_after_secs: u64,

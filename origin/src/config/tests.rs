@@ -223,7 +223,8 @@ fn rejects_bad_values_naming_them() {
             "one or two",
         ),
         (MIN.into(), env(&[("ALLOT_INGEST_CATALOGUE_REFRESH_MS", "0")]), "ingest.catalogue_refresh_ms"),
-        (format!("{MIN}\n[control]\nmin_sample_rate = 1e-200"), HashMap::new(), "squared weight"),
+        (format!("{MIN}\n[control]\nmin_sample_rate = 1e-200"), HashMap::new(), "squared weights"),
+        (format!("{MIN}\n[control]\nmin_sample_rate = 1e-10"), HashMap::new(), "squared weights"),
         (format!("{MIN}\nbogus = 1"), HashMap::new(), "bogus"),
     ];
     for (file, env, expect) in cases {
