@@ -8,9 +8,9 @@
 //! delta per window and applied by a Lua script that, atomically, checks the entries'
 //! dedupe markers, sets them, and adds the delta (`HINCRBYFLOAT`) — or, if any marker
 //! already exists, writes nothing and names those entries so the delta is rebuilt
-//! without them. An impression is counted only if it is the first of its request: the
-//! same script sets a per-request marker with `SET NX` and adds the impression's delta
-//! only when it was new. Folding a whole group into one delta keeps the Redis work per event
+//! without them. An impression is counted only if it is the first of its decision (its
+//! request id, time and ad; an app may repeat a request id): the same script sets a
+//! per-decision marker with `SET NX` and adds the impression's delta only when it was new. Folding a whole group into one delta keeps the Redis work per event
 //! small when single-event bodies arrive at high rates. Entries are acknowledged after
 //! that. A crash between apply and `XACK` therefore leaves the entries pending; whoever
 //! processes them again (this consumer after a restart, or another one that claims
@@ -50,8 +50,8 @@ use crate::startup::App;
 /// is written and the (1-based) indices of those entries are returned, so the caller can
 /// drop them and retry with a delta of the rest; `{0, late}` means "applied", `late`
 /// being how many late impressions were counted. An impression adds its fields only if
-/// it is the first of its request (`SET NX` on its marker): a second impression of a
-/// request — a retry, a replay at another edge, a second beacon — is not counted.
+/// it is the first of its decision (`SET NX` on its marker): a second impression of a
+/// decision — a retry, a replay at another edge, a second beacon — is not counted.
 ///
 /// Expiries are absolute ([`window_expires_at_ms`]): a window expires at a fixed time
 /// after its end, however late it is written, and the markers expire with the latest of
@@ -244,11 +244,11 @@ impl Stored {
 impl Aggregator {
     /// The script call applying `list` (entries of placement `p`) once, and how many of
     /// its allocations come too late for their window's round (the script counts the
-    /// late impressions it applies: only the first of each request is). Allocations are folded
+    /// late impressions it applies: only the first of each decision is). Allocations are folded
     /// into one delta per window, marked late when the window's round may already have
     /// read it (`Policy::is_late`: the next rounds learn from them how complete a window
     /// is when read); each impression keeps its own delta, applied only if it is the
-    /// first of its request, and is marked late when the ingest received it after its
+    /// first of its decision, and is marked late when the ingest received it after its
     /// window was read for impressions (`Policy::is_late_for_impressions`). By when it
     /// was received, not applied: the allowance it feeds moves published shares, and an
     /// aggregator catching up after an outage must not make on-time reports look late.
@@ -279,7 +279,8 @@ impl Aggregator {
             cmd.arg(k.window(*index));
         }
         for (e, _) in &impressions {
-            cmd.arg(k.impression(e.request_id.as_str()));
+            let ad = e.ad_id.as_ref().map_or("", |a| a.as_str());
+            cmd.arg(k.impression(e.request_id.as_str(), e.event_time_ms, ad));
         }
         let window_ttl = self.app.config.control.window_ttl_secs();
         let expiry = |index: u64| window_expires_at_ms(index, period, window_ttl);

@@ -80,10 +80,13 @@ impl PlacementKeys {
         format!("{}applied:{stream_id}", self.prefix)
     }
 
-    /// Marks that an impression of `request_id` was counted: at most one per request,
-    /// across retries, replays and redelivered stream entries.
-    pub fn impression(&self, request_id: &str) -> String {
-        format!("{}imp:{request_id}", self.prefix)
+    /// Marks that the impression of one decision was counted: at most one per decision,
+    /// across retries, replays and redelivered stream entries. A decision is its
+    /// request id, its time and its ad (all under the token's MAC): apps choose their
+    /// request ids and may repeat one, and each request under it is a decision of its
+    /// own, with its own allocation counted, so its impression counts too.
+    pub fn impression(&self, request_id: &str, event_time_ms: u64, ad: &str) -> String {
+        format!("{}imp:{event_time_ms}:{ad}:{request_id}", self.prefix)
     }
 
     /// The current plan record (plan, decision, targets revision).
@@ -131,7 +134,7 @@ mod tests {
         assert_eq!(k.targets(), "allot:{home_feed}:targets");
         assert_eq!(k.window(7), "allot:{home_feed}:w:7");
         assert_eq!(k.applied("1-0"), "allot:{home_feed}:applied:1-0");
-        assert_eq!(k.impression("r-1"), "allot:{home_feed}:imp:r-1");
+        assert_eq!(k.impression("r-1", 1700, "A"), "allot:{home_feed}:imp:1700:A:r-1");
         assert_eq!(k.plan(), "allot:{home_feed}:plan");
         assert_eq!(k.plans(), "allot:{home_feed}:plans");
         assert_eq!(k.state(), "allot:{home_feed}:state");

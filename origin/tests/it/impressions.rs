@@ -86,12 +86,37 @@ async fn one_impression_per_request_is_counted() {
 
     // The marker outlives any token and the window the impression counted in.
     let mut c = redis.conn();
-    let ttl: i64 = redis::cmd("TTL").arg(PlacementKeys::of_raw("home_feed").impression("r1")).query(&mut c).unwrap();
+    let marker = PlacementKeys::of_raw("home_feed").impression("r1", t, "A");
+    let ttl: i64 = redis::cmd("TTL").arg(marker).query(&mut c).unwrap();
     let window_ttl = app.app().config.control.window_ttl_secs();
     let window = PlacementKeys::of_raw("home_feed").window(WindowStats::window_index(t, HOUR_MS));
     let wttl: i64 = redis::cmd("TTL").arg(&window).query(&mut c).unwrap();
     assert!(ttl as u64 > impression_marker_ttl_secs(window_ttl) - 30, "marker TTL {ttl}");
     assert!(ttl > wttl + 300, "marker TTL {ttl} vs window TTL {wttl}");
+}
+
+#[tokio::test]
+async fn an_app_repeating_a_request_id_has_each_decisions_impression_counted_once() {
+    let redis = RedisServer::start();
+    let app = origin(&redis, 0.5).await;
+    let t = now_ms();
+    let at = |kind, t, ad: &str, eligible: &[&str]| event(kind, "again", "home_feed", t, Some(ad), eligible, 1, 0.5);
+    // Three requests under one id: two decisions of A, a millisecond apart, and one of B.
+    let decisions = [(t, "A"), (t + 1, "A"), (t + 1, "B")];
+    post(&app, decisions.iter().map(|&(t, ad)| at(EventKind::Allocation, t, ad, &["A", "B"])).collect()).await;
+    // Each decision's impression, and each again in another body (a retry).
+    let shown: Vec<_> = decisions.iter().map(|&(t, ad)| at(EventKind::Impression, t, ad, &[])).collect();
+    post(&app, shown.clone()).await;
+    post(&app, shown.into_iter().rev().collect()).await;
+    eventually(10, "every entry applied", || async {
+        (app.metric("allot_aggregate_entries_total{result=\"applied\"}").await >= 3.0).then_some(())
+    })
+    .await;
+    let s = total_counts(&redis, "home_feed");
+    assert_eq!(s.requests.n, 3);
+    let (a, b) = (&s.campaigns[&id("A")], &s.campaigns[&id("B")]);
+    assert_eq!((a.allocations.n, a.impressions.n), (2, 2), "both of A's decisions, once each");
+    assert_eq!((b.allocations.n, b.impressions.n), (1, 1));
 }
 
 /// The status API's estimate of each campaign: (basis, share).
