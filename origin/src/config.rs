@@ -459,6 +459,18 @@ impl Config {
             },
             _ => {}
         }
+        if let Some(a) = &self.archive {
+            // The origin writes these streams by their contract names: an archive
+            // reading another name would read nothing, and nothing would hold their trim.
+            let streams = [
+                ("archive.stream", &a.stream, allot_core::contract::stream::EVENTS),
+                ("archive.plans_stream", &a.plans_stream, allot_core::contract::stream::PLAN_LOG),
+                ("archive.audit_stream", &a.audit_stream, allot_core::contract::keys::AUDIT),
+            ];
+            if let Some((field, _, written)) = streams.into_iter().find(|(_, set, written)| set.as_str() != *written) {
+                return Err(invalid(field, format!("must be {written:?}, the stream the origin writes")));
+            }
+        }
         for t in &self.admin.tokens {
             if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(invalid("admin.tokens", format!("token {:?}: sha256 must be 64 hex digits", t.name)));

@@ -55,8 +55,9 @@ pub fn trimmed(app: &App) -> [Trimmed; 2] {
     // role) must not trim what the aggregators elsewhere have not created their group
     // to read yet.
     let mut events = vec![stream::AGGREGATOR_GROUP.to_string()];
-    events.extend(archive.filter(|a| a.stream == stream::EVENTS).map(|a| a.group.clone()));
-    let plans = archive.filter(|a| a.plans_stream == stream::PLAN_LOG).map(|a| a.group.clone());
+    // The archive reads the streams by their contract names (`Config` refuses others).
+    events.extend(archive.map(|a| a.group.clone()));
+    let plans = archive.map(|a| a.group.clone());
     [
         Trimmed { key: stream::EVENTS.into(), label: "events", required: events, cap: redis.stream_max_len },
         Trimmed {
