@@ -17,10 +17,24 @@ use anyhow::{Context, bail};
 use crate::poll::eventually_blocking;
 
 /// A loopback port that was free a moment ago. The servers under test take their port
-/// on the command line, so the port is picked here; the window in which another process
-/// could take it is a few milliseconds.
+/// on the command line, so the port is picked here, and another process could take it
+/// before the server binds it.
+///
+/// Not a port the kernel hands out for `:0`: those come from the ephemeral range
+/// (32768–60999 on Linux), the same ports outgoing connections take, and a test that
+/// makes thousands of connections (the full path's load, the benches) takes the port
+/// just freed often enough that a server fails to start. So the port is drawn at random
+/// below that range, in 20000–32767, and checked free; `:0` only if none is found.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+    use std::hash::{BuildHasher, RandomState};
+    const LOW: u16 = 20_000;
+    const SPAN: u64 = 32_768 - LOW as u64;
+    let draw = RandomState::new();
+    (0u32..200)
+        .map(|i| LOW + (draw.hash_one(i) % SPAN) as u16)
+        .find(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .or_else(|| TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).ok())
+        .expect("a free loopback port")
 }
 
 /// Blocks until a TCP port on loopback accepts connections; panics after 30 s (a server
