@@ -88,11 +88,16 @@ describe("plan cache", () => {
 
 describe("plan push", () => {
   const pushSign = (body, t = undefined, key = PUSH_KEY) => sign(body, t, key);
+  // Sent again if the connection drops before an answer (see `retryOnDrop` in the
+  // harness): the 413 test before leaves a connection the runtime closes under the
+  // sender, and the next push may be dispatched on it. A push the edge did read and
+  // answer would come back as `409 replayed`, which fails the test rather than hides.
   const put = (placement, body, signature = pushSign(body), target = worker) =>
     target.get(`/internal/plans/${placement}`, {
       method: "PUT",
       headers: { "content-type": "application/json", ...(signature ? { "x-allot-signature": signature } : {}) },
       body,
+      retryOnDrop: true,
     });
 
   /** `MAX_PLAN_BYTES` of core's `plan`. */
