@@ -202,11 +202,18 @@ async fn worker_push(
     (StatusCode::NO_CONTENT, String::new())
 }
 
-#[tokio::test]
-async fn worker_push_is_signed_with_every_push_key_and_never_the_ingest_key() {
+/// A worker's push route ([`worker_push`]) on a free port: what it received, and its
+/// base URL.
+async fn serve_worker() -> (Arc<Mutex<Worker>>, String) {
     let worker = Arc::new(Mutex::new(Worker::default()));
     let base =
         serve(Router::new().route("/internal/plans/{placement}", put(worker_push)).with_state(worker.clone())).await;
+    (worker, base)
+}
+
+#[tokio::test]
+async fn worker_push_is_signed_with_every_push_key_and_never_the_ingest_key() {
+    let (worker, base) = serve_worker().await;
     let redis = RedisServer::start();
     // Mid-rotation: the origin holds the new key and the current one.
     let extra = format!(
@@ -360,9 +367,7 @@ async fn events_of_the_plan_in_force_count_on_an_origin_started_after_it_left_th
 /// the placement none to publish. And no version is allocated past 2^53 − 1.
 #[tokio::test]
 async fn a_version_far_above_is_not_followed_and_none_is_allocated_past_the_last() {
-    let worker = Arc::new(Mutex::new(Worker::default()));
-    let base =
-        serve(Router::new().route("/internal/plans/{placement}", put(worker_push)).with_state(worker.clone())).await;
+    let (worker, base) = serve_worker().await;
     let redis = RedisServer::start();
     let extra = format!("[publish]\nkind = \"worker\"\n[publish.worker]\nurl = \"{base}/\"\nkeys = [\"{PUSH_KEY}\"]\n");
     let app = TestApp::start(config(&redis, &extra, &[("ALLOT_CONTROL_PERIOD_MS", "60000")])).await;
