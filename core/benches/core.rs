@@ -41,6 +41,7 @@ fn plan(n: usize, rng: &mut SmallRng) -> Plan {
             })
             .collect(),
         withdrawn: false,
+        platforms: None,
     }
 }
 

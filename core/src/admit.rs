@@ -14,7 +14,8 @@
 //!    every delta folded from it is finite before any write.
 //! 2. [`Catalogue::judge`] — the event against what the origin published: its placement
 //!    is registered, the plan version it names was published for that placement, its
-//!    campaigns are in that version and its rate is that version's rate.
+//!    campaigns are in that version, its rate is that version's rate and its platform
+//!    is in that version's vocabulary.
 //!
 //! The [`Catalogue`] is the origin's in-process copy of the published plans. It is a
 //! state machine without I/O: it says what to read ([`Catalogue::wants_registry`],
@@ -60,6 +61,8 @@ pub use limits::{Admitted, DropReason, Limits, LimitsError, MIN_RATE_FLOOR};
 struct Published {
     sample_rate: f64,
     campaigns: BTreeSet<CampaignId>,
+    /// [`Plan::vocabulary`]: the platforms its events may name (`None`: any).
+    platforms: Option<BTreeSet<String>>,
     /// When an event last named it (or it was learnt), on the catalogue's own count.
     used: u64,
 }
@@ -373,7 +376,8 @@ impl Catalogue {
             }
             self.tick += 1;
             let campaigns = plan.campaigns.iter().map(|c| c.id.clone()).collect();
-            let published = Published { sample_rate: plan.sample_rate, campaigns, used: self.tick };
+            let published =
+                Published { sample_rate: plan.sample_rate, campaigns, platforms: plan.vocabulary(), used: self.tick };
             history.versions.insert(plan.version, published);
         }
         // The newest two are what edges serve now, or during a hand-over: never evicted,
@@ -416,6 +420,13 @@ impl Catalogue {
         }
         if e.sample_rate.to_bits() != published.sample_rate.to_bits() {
             return Err(DropReason::RateMismatch);
+        }
+        // An edge names only the plan's platforms (`CompiledPlan::resolve`); another is
+        // a key holder's, and each made-up one would add fields to the window's hash.
+        if let (Some(known), Some(platform)) = (&published.platforms, &e.platform)
+            && !known.contains(platform)
+        {
+            return Err(DropReason::UnknownPlatform);
         }
         published.used = self.tick;
         Ok(())

@@ -31,6 +31,7 @@ fn plan(placement: &str, version: u64, rate: f64, campaigns: &[&str]) -> Plan {
             })
             .collect(),
         withdrawn: false,
+        platforms: None,
     }
 }
 
@@ -166,6 +167,30 @@ fn the_catalogue_admits_only_what_was_published() {
     // A deleted placement's tombstone is never served: no event may name its version.
     learn(&mut c, &home(), &[Plan::withdrawn(home(), 4, NOW, 0.25)]);
     assert_eq!(c.judge(&ev(4, None, &[], 0.25)), Err(DropReason::UnknownVersion));
+}
+
+/// An edge names only its plan's platforms, so a made-up one under a plan with a
+/// vocabulary is a key holder's; under a plan from before vocabularies, any goes.
+#[test]
+fn the_catalogue_admits_only_the_platforms_a_version_knows() {
+    let mut c = Catalogue::new(1000, 100);
+    c.learn_registry([home()]);
+    let mut listing = plan("home_feed", 3, 0.5, &["A"]);
+    listing.platforms = Some(vec!["web".into()]);
+    listing.campaigns[0].eligibility.platforms = vec!["tv".into()];
+    learn(&mut c, &home(), &[listing, plan("home_feed", 2, 0.5, &["A"])]);
+    let ev = |version, platform: Option<&str>| {
+        let mut e = with("home_feed", version);
+        e.platform = platform.map(str::to_owned);
+        limits().admit(e, NOW).unwrap()
+    };
+    for known in [None, Some("web"), Some("tv"), Some("other")] {
+        assert_eq!(c.judge(&ev(3, known)), Ok(()), "{known:?}");
+    }
+    for made_up in ["ios", "x0", "webx"] {
+        assert_eq!(c.judge(&ev(3, Some(made_up))), Err(DropReason::UnknownPlatform), "{made_up}");
+        assert_eq!(c.judge(&ev(2, Some(made_up))), Ok(()), "version 2 has no vocabulary");
+    }
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! no allocation, no JSON work; writing the response is a few `push_str`s.
 
 use crate::bits::Ones;
+use crate::plan::OTHER_PLATFORM;
 use crate::{CampaignId, Eligibility, Event, EventKind, Plan, PlanError, RequestId, Spread};
 
 /// The request attributes eligibility looks at. Borrowed: the shell parses them from
@@ -191,6 +192,8 @@ pub struct CompiledPlan {
     ads: Vec<String>,
     /// `","placement":"…","plan_version":N,"ad":`
     middle: String,
+    /// [`Plan::vocabulary`], sorted; `None`: any platform as named.
+    vocabulary: Option<Vec<String>>,
 }
 
 impl CompiledPlan {
@@ -203,11 +206,27 @@ impl CompiledPlan {
             .map(|c| format!("{{\"id\":{},\"creative\":{}}}", serde_json::Value::from(c.id.as_str()), c.creative))
             .collect();
         let middle = format!("\",\"placement\":\"{}\",\"plan_version\":{},\"ad\":", plan.placement, plan.version);
-        Ok(Self { plan, index, ads, middle })
+        let vocabulary = plan.vocabulary().map(|v| v.into_iter().collect());
+        Ok(Self { plan, index, ads, middle, vocabulary })
     }
 
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// The request as this plan decides and counts it: a platform outside the plan's
+    /// vocabulary becomes [`OTHER_PLATFORM`], for eligibility, the event and the
+    /// impression token alike, so the origin's profiles read back what the edge decided.
+    /// Call once per request, before anything else looks at `attrs`.
+    pub fn resolve<'a>(&self, attrs: RequestAttrs<'a>) -> RequestAttrs<'a> {
+        let (Some(vocabulary), Some(platform)) = (&self.vocabulary, attrs.event_platform()) else {
+            return attrs;
+        };
+        if vocabulary.binary_search_by(|w| w.as_str().cmp(platform.as_str())).is_ok() {
+            attrs
+        } else {
+            RequestAttrs { platform: Some(OTHER_PLATFORM), ..attrs }
+        }
     }
 
     /// The eligibility pattern of a request.

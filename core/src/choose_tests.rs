@@ -24,6 +24,7 @@ pub(crate) fn plan(campaigns: &[(&str, f64, &[&str], &[&str])], no_ad: f64) -> P
             })
             .collect(),
         withdrawn: false,
+        platforms: None,
     }
 }
 
@@ -167,6 +168,39 @@ fn allocation_events_are_valid_events() {
     assert_eq!((e.plan_version, e.event_time_ms), (3, 5));
     let body = crate::EventBatch { events: vec![e.clone()] }.to_json();
     assert_eq!(crate::EventBatch::parse(body.as_bytes()).unwrap().events, vec![e]);
+}
+
+/// A platform the plan does not know is decided, counted and tokened as `other`, so a
+/// client naming a new platform per request cannot grow what the origin keeps.
+#[test]
+fn a_platform_outside_the_vocabulary_is_decided_and_counted_as_other() {
+    let mut made = plan(&[("A", 1.0, &["ios"], &[]), ("O", 1.0, &["other"], &[]), ("B", 1.0, &[], &[])], 0.0);
+    let legacy = CompiledPlan::new(made.clone()).unwrap();
+    made.platforms = Some(vec!["web".into()]);
+    let p = CompiledPlan::new(made).unwrap();
+    let attrs = |platform| RequestAttrs::parse(platform, Some("de")).unwrap();
+    for (asked, seen) in
+        [(Some("iOS"), Some("iOS")), (Some("WEB"), Some("WEB")), (Some("other"), Some("other")), (None, None)]
+    {
+        assert_eq!(p.resolve(attrs(asked)).platform, seen, "{asked:?} is in the vocabulary");
+    }
+    for made_up in ["x0", "Xbox", "ios2", "zzz"] {
+        let resolved = p.resolve(attrs(Some(made_up)));
+        assert_eq!(resolved.platform, Some("other"), "{made_up}");
+        // Eligible as `other` is: the rule naming `other` applies, the one naming ios not.
+        assert_eq!(p.eligible(resolved), 0b110, "{made_up}");
+        let e = p.allocation_event(
+            crate::RequestId::parse("r").unwrap(),
+            p.choose(resolved, 0.1),
+            resolved,
+            5,
+            None,
+            false,
+        );
+        assert_eq!(e.platform.as_deref(), Some("other"));
+        assert_eq!(resolved.event_platform().unwrap().as_str(), "other", "the token's platform too");
+        assert_eq!(legacy.resolve(attrs(Some(made_up))).platform, Some(made_up), "no vocabulary: as named");
+    }
 }
 
 #[test]

@@ -437,6 +437,7 @@ impl Decision {
                 })
                 .collect(),
             withdrawn: false,
+            platforms: None,
         }
     }
 

@@ -121,8 +121,8 @@ impl Policy {
     /// The windows complete for impressions at `now_ms` lag the complete ones by this
     /// many: 0 or 1 (the impression lateness is at most a period past the lateness).
     fn impression_lag(&self, now_ms: u64) -> u64 {
-        let later = Policy { lateness_ms: self.impression_lateness_ms.max(self.lateness_ms), ..*self };
-        match (self.last_window(now_ms), later.last_window(now_ms)) {
+        let later = self.last_complete(now_ms, self.impression_lateness_ms.max(self.lateness_ms));
+        match (self.last_window(now_ms), later) {
             (Some(a), Some(i)) => (a - i).min(1),
             (Some(_), None) => 1,
             _ => 0,

@@ -60,10 +60,41 @@ pub struct Plan {
     /// answers a withdrawn placement exactly like an unknown one and samples nothing.
     #[serde(default, skip_serializing_if = "is_false")]
     pub withdrawn: bool,
+    /// The platforms events may name besides those the campaigns' rules name, sorted.
+    /// A request naming any other is decided and counted as [`OTHER_PLATFORM`]
+    /// ([`Plan::vocabulary`]): apps choose their platform, and without a vocabulary each
+    /// made-up one would add fields to the origin's window hashes, which every round
+    /// reads whole. Absent (a plan from before vocabularies): every platform as named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platforms: Option<Vec<String>>,
 }
+
+/// The platform a request outside its plan's vocabulary is decided and counted as.
+pub const OTHER_PLATFORM: &str = "other";
+
+/// The platforms an origin lists in its plans unless configured otherwise.
+pub const COMMON_PLATFORMS: [&str; 3] = ["android", "ios", "web"];
+
+/// The most platforms a plan lists besides its rules' ([`Plan::platforms`]).
+pub const MAX_PLAN_PLATFORMS: usize = 64;
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+/// The rule for [`Plan::platforms`], and for the list an origin is configured with:
+/// at most [`MAX_PLAN_PLATFORMS`] platforms as events carry them, sorted, each once.
+pub fn check_platforms(platforms: &[String]) -> Result<(), String> {
+    if platforms.len() > MAX_PLAN_PLATFORMS {
+        return Err(format!("at most {MAX_PLAN_PLATFORMS} platforms"));
+    }
+    if let Some(bad) = platforms.iter().find(|p| !crate::targets::is_platform(p)) {
+        return Err(format!("{bad:?} is not 1–32 lower-case letters, digits, '_' or '-'"));
+    }
+    if !platforms.is_sorted_by(|a, b| a < b) {
+        return Err("must be sorted, each platform once".into());
+    }
+    Ok(())
 }
 
 /// How an offered plan relates to the one held ([`Plan::succession`]).
@@ -108,6 +139,7 @@ impl Plan {
             no_ad_weight: 1.0,
             campaigns: vec![],
             withdrawn: true,
+            platforms: None,
         }
     }
 
@@ -166,7 +198,19 @@ impl Plan {
         if !(total.is_finite() && total > 0.0) {
             return Err(invalid("campaigns", "weights must not all be zero"));
         }
+        if let Some(platforms) = &self.platforms {
+            check_platforms(platforms).map_err(|message| invalid("platforms", message))?;
+        }
         Ok(())
+    }
+
+    /// Every platform an event under this plan may name: those the campaigns' rules
+    /// name, those [`Plan::platforms`] lists, and [`OTHER_PLATFORM`]; `None` for a plan
+    /// without a vocabulary, under which any platform is taken as named.
+    pub fn vocabulary(&self) -> Option<BTreeSet<String>> {
+        let listed = self.platforms.as_ref()?;
+        let ruled = self.campaigns.iter().flat_map(|c| &c.eligibility.platforms).map(|p| p.to_ascii_lowercase());
+        Some(listed.iter().cloned().chain(ruled).chain([OTHER_PLATFORM.to_owned()]).collect())
     }
 
     pub fn to_json(&self) -> String {
@@ -238,6 +282,7 @@ mod tests {
                 })
                 .collect(),
             withdrawn: false,
+            platforms: Some((0..MAX_PLAN_PLATFORMS).map(|p| format!("{p:032}")).collect()),
         };
         let size = plan.to_json().len();
         assert!(size <= MAX_PLAN_BYTES, "the largest plan is {size} bytes");
@@ -267,7 +312,22 @@ mod tests {
                 },
             ],
             withdrawn: false,
+            platforms: None,
         }
+    }
+
+    #[test]
+    fn the_vocabulary_is_the_listed_and_ruled_platforms_and_other() {
+        let mut plan = sample();
+        assert_eq!(plan.vocabulary(), None, "a plan without a list takes any platform");
+        let spelled = serde_json::to_value(&plan).unwrap();
+        assert!(spelled.get("platforms").is_none(), "nor spells the field");
+        plan.platforms = Some(vec!["android".into(), "web".into()]);
+        let words: Vec<String> = plan.vocabulary().unwrap().into_iter().collect();
+        assert_eq!(words, ["android", "ios", "other", "web"]);
+        assert_eq!(Plan::parse(plan.to_json().as_bytes()).unwrap(), plan);
+        plan.platforms = Some(vec![]);
+        assert_eq!(plan.vocabulary().unwrap().into_iter().collect::<Vec<_>>(), ["ios", "other"]);
     }
 
     #[test]
@@ -319,6 +379,13 @@ mod tests {
             (Box::new(|v| v["campaigns"][0]["creative"] = json!([])), "campaigns[0].creative"),
             (Box::new(|v| v["extra"] = json!(1)), "unknown field"),
             (Box::new(|v| v["placement"] = json!("a b")), "placement id"),
+            (Box::new(|v| v["platforms"] = json!(["web", "ios"])), "sorted"),
+            (Box::new(|v| v["platforms"] = json!(["ios", "ios"])), "each platform once"),
+            (Box::new(|v| v["platforms"] = json!(["iOS"])), "lower-case"),
+            (
+                Box::new(|v| v["platforms"] = json!((0..65).map(|i| format!("p{i:03}")).collect::<Vec<_>>())),
+                "at most 64",
+            ),
             (
                 Box::new(|v| {
                     v["no_ad_weight"] = json!(0);

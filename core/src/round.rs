@@ -75,7 +75,7 @@ impl Publish {
 }
 
 /// Tuning for rounds.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Policy {
     pub controller: Controller,
     pub planner: SampleRatePlanner,
@@ -88,6 +88,8 @@ pub struct Policy {
     /// How long after a window ends its impressions count as complete, for placements
     /// measured on them ([`crate::evidence`]).
     pub impression_lateness_ms: u64,
+    /// The platforms every plan lists besides its rules' ([`Plan::platforms`]).
+    pub platforms: Option<Vec<String>>,
 }
 
 /// Relative weight change below which a plan is not republished.
@@ -96,8 +98,13 @@ pub const REPUBLISH_THRESHOLD: f64 = 0.01;
 impl Policy {
     /// The index of the last window complete at `now_ms`, if the period is known.
     pub fn last_window(&self, now_ms: u64) -> Option<u64> {
+        self.last_complete(now_ms, self.lateness_ms)
+    }
+
+    /// The index of the last window complete at `now_ms` for a lateness of `lateness_ms`.
+    pub(crate) fn last_complete(&self, now_ms: u64, lateness_ms: u64) -> Option<u64> {
         (self.period_ms > 0)
-            .then(|| WindowStats::window_index(now_ms.saturating_sub(self.lateness_ms), self.period_ms))
+            .then(|| WindowStats::window_index(now_ms.saturating_sub(lateness_ms), self.period_ms))
             .and_then(|i| i.checked_sub(1))
     }
 
@@ -148,10 +155,11 @@ impl Policy {
         };
         let publish = why.map(|why| {
             let version = r.previous.map_or(1, |p| p.version + 1);
-            let plan = match same {
+            let mut plan = match same {
                 Some(prev) => Plan { version, issued_at_ms: r.now_ms, sample_rate: rate, ..prev.clone() },
                 None => decision.to_plan(r.targets, r.placement.clone(), version, rate, r.now_ms),
             };
+            plan.platforms.clone_from(&self.platforms);
             Published { plan, why }
         });
         Outcome { decision, publish }

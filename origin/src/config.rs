@@ -380,6 +380,7 @@ impl Config {
         if !(1..=MAX_SHARDS).contains(&self.control.shards) {
             return Err(invalid("control.shards", "must be 1 to 1024"));
         }
+        allot_core::plan::check_platforms(&self.control.platforms()).map_err(|e| invalid("control.platforms", e))?;
         if self.aggregate.batch == 0 {
             return Err(invalid("aggregate.batch", "must be positive"));
         }

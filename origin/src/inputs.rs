@@ -38,6 +38,7 @@ pub fn policy(cfg: &ControlConfig) -> Policy {
         period_ms: cfg.period_ms,
         lateness_ms: cfg.lateness(),
         impression_lateness_ms: cfg.impression_lateness(),
+        platforms: Some(cfg.platforms()),
     }
 }
 

@@ -87,6 +87,7 @@ pub fn bench_plan(placement: usize, now_ms: u64) -> Plan {
         no_ad_weight: 0.2,
         campaigns: vec![campaign("A"), campaign("B")],
         withdrawn: false,
+        platforms: None,
     }
 }
 

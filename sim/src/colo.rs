@@ -354,14 +354,22 @@ impl Colo {
         // An app that reports no impressions says so (`impressions=none`), as the SDK does.
         let unreported = !profile.reports_impressions;
         let colo = Some(self.name.clone());
-        let event = slot.plan.allocation_event(request_id.clone(), choice, attrs(profile), now_ms, colo, unreported);
+        let event = slot.plan.allocation_event(
+            request_id.clone(),
+            choice,
+            slot.plan.resolve(attrs(profile)),
+            now_ms,
+            colo,
+            unreported,
+        );
         self.outbox.push(event);
         // The app reports the ad it showed, later, with the ad's token; the edge verifies
         // it and sends the grant's impression (sampled exactly when its allocation was).
         let (Some(c), true, true) = (delivered, how.on_impressions, profile.reports_impressions) else { return };
         let subject = Subject { request_id: &request_id, placement: &p.placement, ad: &p.campaigns[c].id };
         let issue = Issue { plan_version: p.version, sample_rate: p.sample_rate, issued_at_ms: now_ms, sampled: true };
-        let t_token = token::issue_for_platform(&self.key, subject, issue, attrs(profile).event_platform());
+        let t_token =
+            token::issue_for_platform(&self.key, subject, issue, slot.plan.resolve(attrs(profile)).event_platform());
         let delay = crate::traffic::log_normal(rng, how.impression_delay.0, how.impression_delay.1);
         let at_ms = now_ms + (delay * 1000.0) as u64;
         let Ok(grant) = token::verify(std::slice::from_ref(&self.key), &t_token, subject, at_ms) else {
@@ -399,7 +407,8 @@ struct Sampled {
 fn decide(slot: &mut Slot, k: usize, how: Serving<'_>, rng: &mut SmallRng) -> (Option<usize>, Choice) {
     // One isolate draws nothing, so its runs are those of the model without isolates.
     let isolate = if slot.spreads.len() > 1 { rng.random_range(0..slot.spreads.len()) } else { 0 };
-    let mut choice = slot.plan.choose_spread(attrs(&how.profiles[k]), &mut slot.spreads[isolate], || rng.random());
+    let attrs = slot.plan.resolve(attrs(&how.profiles[k]));
+    let mut choice = slot.plan.choose_spread(attrs, &mut slot.spreads[isolate], || rng.random());
     if let Some(c) = choice.ad
         && uniform(rng) < slot.shortfall[c]
     {

@@ -180,6 +180,8 @@ impl ControlLoop {
             period_ms: config.period_ms,
             lateness_ms: config.lateness_ms,
             impression_lateness_ms: config.impression_lateness_ms,
+            // The origin's default list: a platform no rule names and not in it is `other`.
+            platforms: Some(allot_core::plan::COMMON_PLATFORMS.map(String::from).to_vec()),
             ..Policy::default()
         };
         policy.planner.min_rate = if config.census { 1.0 } else { config.min_sample_rate };

@@ -97,6 +97,7 @@ pub fn plan(placement: &str, version: u64, sample_rate: f64, campaigns: &[&str])
             })
             .collect(),
         withdrawn: false,
+        platforms: None,
     }
 }
 

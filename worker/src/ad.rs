@@ -14,7 +14,9 @@
 //! base of render ratios ([`allot_core::Event::unreported`]). The token carries the
 //! request's platform as the allocation event does (one normalisation:
 //! [`RequestAttrs::event_platform`]), so the impression counts in its allocation's
-//! platform.
+//! platform. A platform outside the plan's vocabulary is `other` for all three
+//! ([`CompiledPlan::resolve`]), so an app naming a new platform per request cannot grow
+//! the origin's windows.
 
 use std::borrow::Cow;
 use std::rc::Rc;
@@ -97,7 +99,7 @@ fn answer(
     ad: AdRequest<'_>,
     now_ms: f64,
 ) -> Result<web_sys::Response, ApiError> {
-    let attrs = ad.attrs();
+    let attrs = plan.resolve(ad.attrs());
     let choice = plans::choose(plan, attrs);
     let p = plan.plan();
     let key = config.edge_key();

@@ -137,7 +137,7 @@ impl Offered {
 
 /// What reading KV produced.
 enum Loaded {
-    Plan(Offered),
+    Plan(Box<Offered>),
     Absent,
     Failed(String),
 }
@@ -154,7 +154,7 @@ async fn read(env: &Env, config: &Config, placement: &PlacementId) -> Loaded {
         Err(e) => return Loaded::Failed(format!("KV get {key}: {e}")),
     };
     match parse(&bytes, placement) {
-        Ok(plan) => Loaded::Plan(Offered::Parsed(plan)),
+        Ok(plan) => Loaded::Plan(Box::new(Offered::Parsed(plan))),
         Err(e) => Loaded::Failed(format!("KV value {key} is not a usable plan: {e}")),
     }
 }
@@ -194,7 +194,7 @@ fn settle(placement: &str, loaded: Loaded, now_ms: f64) -> State {
         let previous = cache.get(placement).map(|e| e.state.clone());
         let state = match (loaded, previous) {
             (Loaded::Plan(new), Some(State::Ready(old))) => match old.plan().succession(new.plan()) {
-                Succession::Newer => served(placement, new).unwrap_or(State::Ready(old)),
+                Succession::Newer => served(placement, *new).unwrap_or(State::Ready(old)),
                 Succession::Same => State::Ready(old),
                 Succession::Older => {
                     worker::console_warn!(
@@ -214,7 +214,7 @@ fn settle(placement: &str, loaded: Loaded, now_ms: f64) -> State {
                     State::Ready(old)
                 }
             },
-            (Loaded::Plan(new), _) => served(placement, new).unwrap_or(State::Broken),
+            (Loaded::Plan(new), _) => served(placement, *new).unwrap_or(State::Broken),
             (Loaded::Absent, _) => State::Absent,
             (Loaded::Failed(why), Some(State::Ready(old))) => {
                 worker::console_error!("{why}; serving the last good plan (v{})", old.plan().version);
@@ -313,7 +313,7 @@ pub fn choose(plan: &CompiledPlan, attrs: RequestAttrs<'_>) -> Choice {
 /// Puts a freshly pushed plan into this isolate's cache, so it is served at once.
 pub fn install(plan: CompiledPlan, now_ms: f64) {
     let name = plan.plan().placement.as_str().to_owned();
-    settle(&name, Loaded::Plan(Offered::Compiled(plan)), now_ms);
+    settle(&name, Loaded::Plan(Box::new(Offered::Compiled(plan))), now_ms);
 }
 
 /// How many placements have a plan cached.
@@ -390,7 +390,7 @@ mod tests {
                 "format": 1, "placement": "refreshed", "version": version, "issued_at_ms": 0, "sample_rate": 1,
                 "no_ad_weight": no_ad_weight, "campaigns": [],
             });
-            Loaded::Plan(Offered::Parsed(parse(plan.to_string().as_bytes(), &placement).expect("plan")))
+            Loaded::Plan(Box::new(Offered::Parsed(parse(plan.to_string().as_bytes(), &placement).expect("plan"))))
         };
         let compiled = || COMPILED.with(Cell::get);
         let ready = |state: State| match state {

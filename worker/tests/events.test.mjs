@@ -141,6 +141,36 @@ describe("sampled events", () => {
     }
   });
 
+  test("a platform outside the plan's vocabulary is decided, counted and tokened as other", async () => {
+    // B is for ios and android; the plan lists web besides. An app naming a new
+    // platform per request must not add a field per platform to the origin's windows.
+    await worker.putPlan(plan({ placement: "vocab_p", version: 2, no_ad_weight: 0, platforms: ["web"] }));
+    const asked = ["iOS", "WEB", "Other", "xbox", "made-up-1", "made-up-2", "ios2"];
+    const before = origin.events.length;
+    const answers = [];
+    for (const [i, platform] of asked.entries()) {
+      const res = await worker.get(`/v1/ad?placement=vocab_p&platform=${platform}&country=US&request_id=v-${i}`);
+      assert.equal(res.status, 200);
+      answers.push(await res.json());
+    }
+    await eventually(() => origin.events.length - before >= asked.length, 10_000, "the vocabulary's events");
+    const got = new Map(origin.events.slice(before).map((e) => [e.request_id, e]));
+    const seen = ["ios", "web", "other", "other", "other", "other", "other"];
+    for (const [i, platform] of seen.entries()) {
+      const e = got.get(`v-${i}`);
+      assert.equal(e.platform, platform, asked[i]);
+      assert.deepEqual(e.eligible, platform === "ios" ? ["A", "B"] : ["A"], asked[i]);
+    }
+    // The impression names its allocation's platform: `other`, not the made-up one.
+    const shown = 3; // xbox, given A: the plan has no "no ad"
+    const reported = origin.events.length;
+    assert.equal((await postImpression(worker, reportOf(answers[shown]))).status, 204);
+    await eventually(() => origin.events.length > reported, 10_000, "the impression");
+    const impression = origin.events.slice(reported).find((e) => e.kind === "impression");
+    assert.equal(impression.request_id, `v-${shown}`);
+    assert.equal(impression.platform, "other");
+  });
+
   test("impressions are sampled exactly when their allocations were, at the allocation's version and rate", async () => {
     // Ads under version 7 at rate 0.1; the plan then changes (version 8, rate 0.5)
     // before the app reports them: the impressions still follow version 7's decision.

@@ -22,11 +22,13 @@ pub enum DropReason {
     UnknownCampaign,
     #[error("sample_rate differs from the rate of the plan version the event names")]
     RateMismatch,
+    #[error("the platform is not in the vocabulary of the plan version the event names")]
+    UnknownPlatform,
 }
 
 impl DropReason {
     /// Every reason, for registering the counter's series up front.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::RateInvalid,
         Self::RateBelowMinimum,
         Self::TooOld,
@@ -35,6 +37,7 @@ impl DropReason {
         Self::UnknownVersion,
         Self::UnknownCampaign,
         Self::RateMismatch,
+        Self::UnknownPlatform,
     ];
 
     /// The metric label.
@@ -48,6 +51,7 @@ impl DropReason {
             Self::UnknownVersion => "unknown_version",
             Self::UnknownCampaign => "unknown_campaign",
             Self::RateMismatch => "rate_mismatch",
+            Self::UnknownPlatform => "unknown_platform",
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct ControlConfig {
     pub history_len: usize,
     /// Complete windows kept in each placement's window history (`GET …/history`).
     pub history_windows: usize,
+    /// The platforms events name as they are besides the rules' ([`Self::platforms`]).
+    pub platforms: Vec<String>,
     #[cfg(feature = "failpoints")]
     pub failpoint: Option<Failpoint>,
 }
@@ -61,6 +63,7 @@ impl Default for ControlConfig {
             shards: 64,
             history_len: 100,
             history_windows: 1440,
+            platforms: allot_core::plan::COMMON_PLATFORMS.map(String::from).to_vec(),
             #[cfg(feature = "failpoints")]
             failpoint: None,
         }
@@ -88,6 +91,15 @@ impl ControlConfig {
     /// [`Self::lateness`] ago.
     pub fn last_complete_window(&self, now_ms: u64) -> u64 {
         allot_core::WindowStats::window_index(now_ms.saturating_sub(self.lateness()), self.period_ms).saturating_sub(1)
+    }
+
+    /// The configured platforms as every plan lists them (`allot_core::Plan::platforms`):
+    /// sorted, each once.
+    pub fn platforms(&self) -> Vec<String> {
+        let mut platforms = self.platforms.clone();
+        platforms.sort();
+        platforms.dedup();
+        platforms
     }
 
     /// How long a window's counts are kept: the windows the controller and the status

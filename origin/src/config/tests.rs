@@ -226,6 +226,8 @@ fn rejects_bad_values_naming_them() {
         (format!("{MIN}\n[control]\nmin_sample_rate = 1e-200"), HashMap::new(), "squared weights"),
         (format!("{MIN}\n[control]\nmin_sample_rate = 1e-10"), HashMap::new(), "squared weights"),
         (format!("{MIN}\nbogus = 1"), HashMap::new(), "bogus"),
+        (format!("{MIN}\n[control]\nplatforms = [\"iOS\"]"), HashMap::new(), "control.platforms"),
+        (MIN.into(), env(&[("ALLOT_CONTROL_PLATFORMS", "ios,a b")]), "control.platforms"),
         (format!("{MIN}\n[archive]\nbucket = \"b\"\nplans_stream = \"other\""), HashMap::new(), "archive.plans_stream"),
         (format!("{MIN}\n[archive]\nbucket = \"b\"\nstream = \"other\""), HashMap::new(), "archive.stream"),
     ];

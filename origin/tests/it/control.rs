@@ -92,6 +92,7 @@ async fn a_target_change_gets_a_plan_at_once_and_status_reports_it() {
     let record: Value = serde_json::from_str(&plan).unwrap();
     assert_eq!(record["plan"]["version"], 1);
     assert_eq!(record["plan"]["campaigns"].as_array().unwrap().len(), 3);
+    assert_eq!(record["plan"]["platforms"], json!(["android", "ios", "web"]), "the default vocabulary");
     let history: Vec<String> =
         redis::cmd("LRANGE").arg(home_feed_keys().plans()).arg(0).arg(-1).query(&mut conn).unwrap();
     assert_eq!(history.len(), 1);

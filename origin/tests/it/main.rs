@@ -26,6 +26,7 @@ mod learning;
 mod mix;
 mod ops;
 mod plan_log;
+mod platforms;
 mod publish;
 mod retry;
 mod server;
