@@ -42,7 +42,7 @@ use crate::startup::App;
 /// Returns `{now_ms, garbage members, garbage shards, counter broken, {id, shards,
 /// since, ...}, {outcome per op}}`; an outcome is the epoch granted, 0 refused, -1
 /// released.
-const SYNC: &str = include_str!("shards/sync.lua");
+pub const SYNC: &str = include_str!("shards/sync.lua");
 
 /// The shards' metrics, in the origin's one registry.
 #[derive(Debug, Clone)]

@@ -71,7 +71,9 @@ for j = 1, #KEYS - 3 do
   end
   local result = 0
   if op == 'r' then
-    if value and holder == me and e == held then redis.call('DEL', key) end
+    -- At or above `held`: a later grant to this origin is its own reissue whose reply
+    -- was lost, which it does not use; kept, it would block the shard for a lease.
+    if value and holder == me and tonumber(e) >= tonumber(held) then redis.call('DEL', key) end
     result = -1
   elseif value and holder == me and e == held then
     if from and counter then

@@ -233,3 +233,34 @@ async fn fences_above_every_epoch_issued_move_the_counter_past_them_and_control_
     }
     assert_eq!(app.metric_sum("allot_control_garbage_total").await, 0.0, "nothing taken for forged");
 }
+
+/// A release names the epoch its origin knows. When the reply to a reissue was lost,
+/// Redis holds the shard for that origin under a later epoch it never learnt, and
+/// would keep it from every origin for a lease time; the release gives it back. Only
+/// the origin's own grants go: a later one to another origin, or one below the named
+/// epoch, stays.
+#[test]
+fn a_release_gives_back_the_reissue_whose_reply_was_lost_and_nothing_else() {
+    let redis = RedisServer::start();
+    let mut c = redis.conn();
+    let lease = |shard| keys::shard_lease(shard);
+    let held = [(3, "2000000 me"), (4, "2000001 them"), (5, "999 me")];
+    redis::cmd("SET").arg(keys::LEASE_EPOCH).arg(2_000_001).exec(&mut c).unwrap();
+    for (shard, value) in held {
+        redis::cmd("SET").arg(lease(shard)).arg(value).arg("PX").arg(10_000).exec(&mut c).unwrap();
+    }
+    let script = redis::Script::new(allot_origin::shards::SYNC);
+    let mut sync = script.key(keys::MEMBERS);
+    sync.key(keys::MEMBER_INFO).key(keys::LEASE_EPOCH).arg("me").arg(10_000).arg("0").arg(64);
+    for shard in [3, 4, 5] {
+        // The origin believes it holds each under 1,000: its grant before the reissue.
+        sync.key(lease(shard)).arg("r").arg(1_000);
+    }
+    type Raw = (u64, u64, u64, u64, Vec<String>, Vec<i64>);
+    let (_, _, forged, broken, _, outcomes): Raw = sync.invoke(&mut c).unwrap();
+    assert_eq!((forged, broken, outcomes), (0, 0, vec![-1, -1, -1]));
+    let mut left = |shard| -> Option<String> { redis::cmd("GET").arg(lease(shard)).query(&mut c).unwrap() };
+    assert_eq!(left(3), None, "its own later grant is given back");
+    assert_eq!(left(4).as_deref(), Some("2000001 them"), "another origin's stays");
+    assert_eq!(left(5).as_deref(), Some("999 me"), "a grant below the one named stays");
+}
