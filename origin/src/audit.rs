@@ -135,13 +135,20 @@ pub struct AuditQuery {
     /// Only changes to this placement.
     #[param(value_type = Option<PlacementId>)]
     pub placement: Option<PlacementId>,
-    /// At most this many entries (default 100, at most 1000).
+    /// At most this many entries (default 100, at most 1000). A page also ends once
+    /// its entries' targets documents reach 4 MiB; `next` then names the rest.
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Entries older than this id (paging).
     #[param(value_type = Option<String>, pattern = "^[0-9]{1,19}-[0-9]{1,19}$")]
     pub before: Option<Cursor>,
 }
+
+/// Audit entries read from Redis in one reply.
+const READ_AT_ONCE: usize = 8;
+/// A page ends after the entry that brings its documents to this many bytes: a page
+/// of entries holding the largest documents stays a few megabytes, whatever `limit`.
+pub const PAGE_BYTES: usize = 4 << 20;
 
 fn json_or_null(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or(serde_json::Value::Null)
@@ -166,11 +173,13 @@ pub async fn get_audit(
     };
     let stream = q.placement.as_ref().map_or_else(|| keys::AUDIT.to_string(), |p| PlacementKeys::new(p).audit());
     let mut out = Vec::new();
+    let mut bytes = 0;
     let mut c = app.store.conn();
     loop {
-        // No more entries than the page still needs: an entry holds whole target
-        // documents, so a page of one must not read 500 of them.
-        let want = (limit - out.len()).min(500);
+        // No more entries than the page still needs, a few at a time: an entry holds
+        // two whole targets documents (up to about a megabyte each), and the reply
+        // shares the connection with the ingest.
+        let want = (limit - out.len()).min(READ_AT_ONCE);
         let reply: redis::streams::StreamRangeReply = c.xrevrange_count(&stream, &end, "-", want).await?;
         let n = reply.ids.len();
         for e in &reply.ids {
@@ -186,6 +195,7 @@ pub async fn get_audit(
             if q.placement.as_ref().is_some_and(|p| *p != record.placement) {
                 continue;
             }
+            bytes += record.before.len() + record.after.len();
             out.push(AuditEntry {
                 id: e.id.clone(),
                 who: record.who,
@@ -196,7 +206,7 @@ pub async fn get_audit(
                 before: json_or_null(&record.before),
                 after: json_or_null(&record.after),
             });
-            if out.len() == limit {
+            if out.len() == limit || bytes >= PAGE_BYTES {
                 // The page is full: there is a next one if anything older is left.
                 let older: redis::streams::StreamRangeReply =
                     c.xrevrange_count(&stream, format!("({}", e.id), "-", 1).await?;

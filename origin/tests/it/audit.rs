@@ -75,3 +75,39 @@ async fn every_change_is_archived_to_the_audit_table_as_the_api_lists_it() {
     let text = app.metrics_text().await;
     assert!(text.contains("allot_archive_malformed_entries_total{dataset=\"audit\"} 1"), "{text}");
 }
+
+/// A viewer asking for a thousand entries of the largest documents gets a page of a
+/// few megabytes and a cursor, not every document at once; paging still lists every
+/// change once, newest first.
+#[tokio::test]
+async fn a_page_of_large_documents_is_bounded_by_bytes_and_paging_lists_each_change_once() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(allot_testkit::origin::config(&redis, "", &[("ALLOT_CONTROL_ENABLED", "false")])).await;
+    let large = |version: usize| {
+        let creative = "x".repeat(8_000);
+        let campaigns: Vec<Value> = (0..64)
+            .map(|i| json!({"id": format!("c{i:02}"), "rate": 0.01, "creative": {"t": creative, "v": version}}))
+            .collect();
+        json!({ "campaigns": campaigns })
+    };
+    for version in 0..8 {
+        let code = app.put_targets("home_feed", &large(version), MANAGER_TOKEN).await.status();
+        assert!(code.is_success(), "{code}");
+    }
+    let (mut listed, mut before, mut pages) = (Vec::new(), None::<String>, 0);
+    loop {
+        let query = before.as_ref().map_or(String::new(), |b| format!("&before={b}"));
+        let r = app.http.get(app.url(&format!("/v1/audit?limit=1000{query}"))).bearer_auth(VIEWER_TOKEN).send().await;
+        let body = r.unwrap().text().await.unwrap();
+        assert!(body.len() < 7 << 20, "a page of {} bytes", body.len());
+        let page: Value = serde_json::from_str(&body).unwrap();
+        pages += 1;
+        listed.extend(page["entries"].as_array().unwrap().iter().map(|e| e["rev"].as_u64().unwrap()));
+        match page["next"].as_str() {
+            Some(next) => before = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(listed, (1..=8).rev().collect::<Vec<u64>>(), "each change once, newest first");
+    assert!(pages >= 2, "8 changes of about a megabyte each fit no 4 MiB page");
+}
