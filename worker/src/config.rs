@@ -45,6 +45,10 @@ pub struct Config {
     pub edge_keys: Vec<EdgeKey>,
     /// Flush the event batch at this many events (`EVENT_BATCH_MAX`, 100).
     pub batch_max: usize,
+    /// … or before its body passes this many bytes (`EVENT_BATCH_MAX_BYTES`,
+    /// [`crate::outbox::BATCH_MAX_BYTES`]): keep it under the origin's
+    /// `ingest.max_body_bytes`, which refuses a larger body whole.
+    pub batch_max_bytes: usize,
     /// … or when its oldest event is this old (`EVENT_BATCH_AGE_MS`, 1000).
     pub batch_age_ms: u64,
     /// Give up on one send after this long (`EVENT_TIMEOUT_MS`, 5000).
@@ -121,6 +125,12 @@ impl Config {
             push_keys,
             cors: Cors::parse(text(env, "CORS_ORIGINS").as_deref().unwrap_or("")),
             batch_max: number(env, "EVENT_BATCH_MAX", 100, 1..=allot_core::event::MAX_BATCH as u64) as usize,
+            batch_max_bytes: number(
+                env,
+                "EVENT_BATCH_MAX_BYTES",
+                crate::outbox::BATCH_MAX_BYTES as u64,
+                16 * 1024..=1024 * 1024,
+            ) as usize,
             batch_age_ms: number(env, "EVENT_BATCH_AGE_MS", 1000, 1..=20_000),
             send_timeout_ms: number(env, "EVENT_TIMEOUT_MS", 5000, 100..=10_000),
             outbox_max_bytes: number(

@@ -57,6 +57,7 @@ fn settings(config: &Config) -> Option<Settings> {
     Some(Settings {
         key: config.ingest_key.clone()?,
         batch_max: config.batch_max,
+        batch_max_bytes: config.batch_max_bytes,
         batch_age_ms: config.batch_age_ms,
         max_bytes: config.outbox_max_bytes,
         max_age_ms: config.outbox_max_age_ms,

@@ -3,9 +3,11 @@
 //! ([`crate::forward`]) feeds it the time, the random numbers and the sends' results,
 //! and does the sending. Tested natively with a fake clock.
 //!
-//! Events wait unsealed until [`Settings::batch_max`] of them are there or the oldest
-//! is [`Settings::batch_age_ms`] old; they are then *sealed* into a batch: serialised
-//! and signed once. A sealed batch keeps its bytes and its signature until the origin
+//! Events wait unsealed until [`Settings::batch_max`] of them are there, their body
+//! would pass [`Settings::batch_max_bytes`], or the oldest is [`Settings::batch_age_ms`]
+//! old; they are then *sealed* into a batch: serialised and signed once. The byte bound
+//! keeps every body under the origin's (`ingest.max_body_bytes`), which refuses a larger
+//! one whole (`413`): a thousand events naming many long campaign ids would pass it. A sealed batch keeps its bytes and its signature until the origin
 //! acknowledges it, however often it is sent: the origin remembers the bodies it stored
 //! (by signature time and bytes), so a batch whose answer was lost, re-sent, is stored
 //! once. Re-signing a batch would make it a new body, stored twice.
@@ -49,6 +51,8 @@ pub struct Settings {
     pub key: Vec<u8>,
     /// Seal at this many events.
     pub batch_max: usize,
+    /// … or before its body would pass this many bytes (one event alone may).
+    pub batch_max_bytes: usize,
     /// … or when the oldest unsealed event is this old.
     pub batch_age_ms: u64,
     /// Sealed batches hold at most this many bytes of bodies.
@@ -70,6 +74,9 @@ pub const MAX_BYTES: usize = 8 * 1024 * 1024;
 /// for clock skew. An origin with a shorter window refuses older batches as stale
 /// (`401`), which the outbox counts as `failed`.
 pub const MAX_AGE_MS: u64 = 270_000;
+/// A batch's body is kept under this many bytes by default (`EVENT_BATCH_MAX_BYTES`): a
+/// quarter of the origin's default `ingest.max_body_bytes`.
+pub const BATCH_MAX_BYTES: usize = 256 * 1024;
 /// A Worker invocation may hold six connections at once; the outbox takes four.
 pub const MAX_IN_FLIGHT: usize = 4;
 
@@ -144,11 +151,16 @@ struct Batch {
     in_flight_until: Option<u64>,
 }
 
+/// The bytes of a body around its events: `{"events":[` and `]}`.
+const EMPTY_BODY: usize = r#"{"events":[]}"#.len();
+
 /// The outbox.
 #[derive(Debug)]
 pub struct Outbox {
     settings: Settings,
     unsealed: Vec<Event>,
+    /// The body the unsealed events would make, in bytes.
+    unsealed_bytes: usize,
     oldest_unsealed_ms: u64,
     batches: VecDeque<Batch>,
     bytes: usize,
@@ -166,6 +178,7 @@ impl Outbox {
         Self {
             settings,
             unsealed: Vec::new(),
+            unsealed_bytes: EMPTY_BODY,
             oldest_unsealed_ms: 0,
             batches: VecDeque::new(),
             bytes: 0,
@@ -191,9 +204,15 @@ impl Outbox {
             self.unreported += 1;
             return false;
         }
+        // Its bytes in the body: the event and a comma.
+        let len = serde_json::to_string(&event).map_or(0, |json| json.len()) + 1;
+        if !self.unsealed.is_empty() && self.unsealed_bytes + len > self.settings.batch_max_bytes {
+            self.seal(now_ms);
+        }
         if self.unsealed.is_empty() {
             self.oldest_unsealed_ms = now_ms;
         }
+        self.unsealed_bytes += len;
         self.unsealed.push(event);
         self.counters.queued += 1;
         if self.unsealed.len() >= self.settings.batch_max {
@@ -204,6 +223,7 @@ impl Outbox {
 
     fn seal(&mut self, now_ms: u64) {
         let events = std::mem::take(&mut self.unsealed);
+        self.unsealed_bytes = EMPTY_BODY;
         let n = events.len();
         let body = EventBatch { events }.to_json();
         let signature = signature::sign(&self.settings.key, now_ms / 1000, body.as_bytes());

@@ -1,7 +1,7 @@
 //! The outbox under a fake clock: the time is a number the test moves, the origin's
 //! answers are the test's choice.
 
-use allot_core::{EventKind, PlacementId, RequestId};
+use allot_core::{CampaignId, EventKind, PlacementId, RequestId};
 
 use super::*;
 
@@ -14,6 +14,7 @@ fn settings() -> Settings {
     Settings {
         key: KEY.to_vec(),
         batch_max: 10,
+        batch_max_bytes: BATCH_MAX_BYTES,
         batch_age_ms: 100,
         max_bytes: MAX_BYTES,
         max_age_ms: MAX_AGE_MS,
@@ -69,6 +70,34 @@ fn a_full_batch_is_due_at_once_and_a_partial_one_after_its_age() {
     let c = o.counters();
     assert_eq!((c.queued, c.sent, c.waiting, c.waiting_bytes), (13, 13, 0, 0));
     assert_eq!(o.next_wake(1_200), None, "nothing waits");
+}
+
+/// A thousand events naming 64 long campaign ids are over a megabyte: past the
+/// origin's body limit, which refuses the whole body. Batches are sealed by bytes too.
+#[test]
+fn batches_are_sealed_before_their_body_passes_the_byte_bound_and_carry_every_event() {
+    let cap = 64 * 1024;
+    let mut o = Outbox::new(Settings { batch_max: 1_000, batch_max_bytes: cap, ..settings() });
+    let eligible: Vec<CampaignId> = (0..64).map(|c| CampaignId::parse(format!("{c:064}")).expect("id")).collect();
+    for i in 0..1_000 {
+        assert!(o.push(Event { eligible: eligible.clone(), ..event(i) }, 1_000));
+    }
+    let mut sends = Vec::new();
+    for now in 1_100..1_300 {
+        for send in o.poll(now).0 {
+            assert_eq!(o.settle(send.id, Outcome::Acked, now, 0.5), Note::Nothing);
+            sends.push(send);
+        }
+    }
+    assert!(sends.len() > 60, "{} batches for about 4.3 MB", sends.len());
+    for s in &sends {
+        assert!(s.body.len() <= cap, "a body of {} bytes", s.body.len());
+    }
+    for s in &sends[..sends.len() - 1] {
+        assert!(s.body.len() > cap - 5_000, "full but for less than an event: {}", s.body.len());
+    }
+    let want: Vec<String> = (0..1_000).map(|i| format!("r{i}")).collect();
+    assert_eq!(ids(&sends), want, "every event once, in order");
 }
 
 #[test]

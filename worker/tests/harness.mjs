@@ -117,7 +117,8 @@ function verify(header, body) {
  * "slow" (answers after `slowMs`). Every request's signature is checked, and a body
  * stored before (same signature header, same bytes) is answered without being stored
  * again, as the origin's replay memory does (`duplicates` counts them). `pause()`
- * closes the port (the edge's sends are refused) until `resume()`.
+ * closes the port (the edge's sends are refused) until `resume()`. With `maxBody` set,
+ * a larger body is refused with 413, as the origin refuses one past its limit.
  */
 export async function startReceiver() {
   // `sent`: every request's signature header and body, in arrival order.
@@ -132,6 +133,7 @@ export async function startReceiver() {
     sent: [],
     mode: "ok",
     slowMs: 3000,
+    maxBody: 0,
   };
   const stored = new Set();
   const server = createServer((req, res) => {
@@ -151,6 +153,8 @@ export async function startReceiver() {
         return answer(401);
       }
       if (state.mode === "fail") return answer(500);
+      // The origin refuses a body past its `ingest.max_body_bytes` whole.
+      if (state.maxBody && body.length > state.maxBody) return answer(413);
       const accept = () => {
         const memory = `${req.headers["x-allot-signature"]}|${body.toString("utf8")}`;
         if (stored.has(memory)) {

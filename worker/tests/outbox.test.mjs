@@ -40,6 +40,45 @@ async function drained(worker, ms) {
 }
 
 describe("the event outbox", () => {
+  test("batches stay under the byte bound, so an origin's body limit refuses none", async () => {
+    // 64 campaigns of 64-character ids, all eligible: each event is about 4.4 KB, so a
+    // thousand of them would be a body of over 4 MB, refused whole by the origin.
+    const long = (i) => `${i}`.padStart(64, "c");
+    const campaigns = Array.from({ length: 64 }, (_, i) => ({
+      id: long(i),
+      weight: 1,
+      creative: {},
+      eligibility: { platforms: [], countries: [] },
+    }));
+    const worker = await startWorker({
+      ORIGIN_URL: origin.url,
+      EVENT_BATCH_MAX: "1000",
+      EVENT_BATCH_MAX_BYTES: "16384",
+      EVENT_BATCH_AGE_MS: "2000",
+    });
+    origin.maxBody = 16_384;
+    try {
+      await worker.putPlan(plan({ placement: "wide", sample_rate: 1, campaigns }));
+      const sent = origin.sent.length;
+      const before = origin.events.length;
+      await parallel(200, 8, async (i) => {
+        const res = await worker.get(`/v1/ad?placement=wide&request_id=wide-${i}`);
+        assert.equal(res.status, 200);
+        await res.json();
+      });
+      const h = await drained(worker, 20_000);
+      assert.equal(h.events.failed + h.events.dropped + h.events.expired, 0, JSON.stringify(h.events));
+      const got = origin.events.slice(before).map((e) => e.request_id);
+      assert.equal(new Set(got).size, 200, "every event once");
+      const bodies = origin.sent.slice(sent).map((s) => Buffer.byteLength(s.body));
+      assert.ok(bodies.every((n) => n <= 16_384), `bodies of ${Math.max(...bodies)} bytes`);
+      assert.ok(bodies.length >= 50, `${bodies.length} bodies for about 900 KB`);
+    } finally {
+      origin.maxBody = 0;
+      await worker.close();
+    }
+  });
+
   test("an origin unreachable for seconds, then back: every event delivered once", async () => {
     const worker = await startWorker({ ORIGIN_URL: origin.url, EVENT_BATCH_MAX: "20", EVENT_TIMEOUT_MS: "500" });
     try {
