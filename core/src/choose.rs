@@ -214,6 +214,15 @@ impl CompiledPlan {
         &self.plan
     }
 
+    /// About how many bytes of memory the compiled plan holds: each creative twice (as
+    /// parsed JSON, about three times its text, and written out once), the country
+    /// table and the rules' platforms. An estimate, for bounding a cache of plans.
+    pub fn approx_bytes(&self) -> usize {
+        let ads: usize = self.ads.iter().map(String::len).sum();
+        let rules: usize = self.index.platforms.iter().map(|(p, _)| p.len() + 32).sum();
+        std::mem::size_of::<Self>() + 4 * ads + rules + 26 * 26 * 8 + 256 * self.plan.campaigns.len()
+    }
+
     /// The request as this plan decides and counts it: a platform outside the plan's
     /// vocabulary becomes [`OTHER_PLATFORM`], for eligibility, the event and the
     /// impression token alike, so the origin's profiles read back what the edge decided.

@@ -60,6 +60,9 @@ pub struct Config {
     /// keep it under the origin's `ingest.max_skew_secs`, beyond which the origin
     /// refuses the signature as stale.
     pub outbox_max_age_ms: u64,
+    /// The isolate's plan cache holds at most about this many bytes of plans
+    /// (`PLAN_CACHE_MAX_BYTES`, 32 MiB; [`crate::plans`]).
+    pub plan_cache_max_bytes: usize,
     /// The `HEALTH_KEY` secret (at least 16 bytes): `/healthz` shows the outbox's
     /// counters only to a request bearing it ([`crate::health`]).
     pub health_key: Option<Vec<u8>>,
@@ -140,6 +143,7 @@ impl Config {
                 1_024..=64 * 1024 * 1024,
             ) as usize,
             outbox_max_age_ms: number(env, "EVENT_MAX_AGE_SECS", crate::outbox::MAX_AGE_MS / 1000, 10..=3_600) * 1000,
+            plan_cache_max_bytes: number(env, "PLAN_CACHE_MAX_BYTES", 32 << 20, 1 << 20..=96 << 20) as usize,
             health_key: text(env, "HEALTH_KEY").map(String::into_bytes).filter(|k| {
                 let long = k.len() >= 16;
                 if !long {

@@ -31,6 +31,7 @@ pub fn answer(req: &web_sys::Request, config: &Config) -> Result<web_sys::Respon
     let mut body = serde_json::json!({ "status": "ok", "plans_cached": plans::cached() });
     if authorised(req, config) {
         body["events"] = serde_json::to_value(forward::counters()).unwrap_or_default();
+        body["plans_cached_bytes"] = plans::cached_bytes().into();
     }
     Ok(respond::json_with(200, &body.to_string(), None)?)
 }

@@ -18,7 +18,12 @@
 //!
 //! Unknown placements are remembered too (for the same TTL), so a flood of requests
 //! for a missing placement does not become a flood of KV reads; how many such
-//! entries are kept is bounded.
+//! entries are kept is bounded. So are the plans, by their estimated bytes
+//! (`PLAN_CACHE_MAX_BYTES`): past the bound the plans used longest ago are let go, and
+//! their placements read from KV again when next asked for, as a fresh isolate would.
+//! Unbounded, an isolate serving every placement of a large deployment (or a client
+//! asking for each in turn) would pass the runtime's 128 MB and be ended, its unsent
+//! events with it.
 //!
 //! Each entry also holds the placement's [`Spread`] (core's memory of the picks, used by
 //! [`choose`]), so that a campaign's count follows its weight to a few requests rather
@@ -62,10 +67,37 @@ struct Entry {
     spread: Spread,
     checked_at_ms: f64,
     refresh_started_ms: Option<f64>,
+    /// When a request last asked for it: the least recent plan goes first.
+    used_ms: f64,
+    /// The plan's estimated bytes ([`CompiledPlan::approx_bytes`]); 0 without a plan.
+    bytes: usize,
 }
 
 thread_local! {
     static CACHE: RefCell<HashMap<String, Entry>> = RefCell::new(HashMap::new());
+    /// The sum of the entries' `bytes`.
+    static PLAN_BYTES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn state_bytes(state: &State) -> usize {
+    match state {
+        State::Ready(plan) => plan.approx_bytes(),
+        State::Absent | State::Broken => 0,
+    }
+}
+
+/// Lets go of the plans used longest ago, other than `keep`'s, while the plans hold
+/// more than `budget` bytes.
+fn evict(cache: &mut HashMap<String, Entry>, keep: &str, budget: usize) {
+    while PLAN_BYTES.get() > budget {
+        let oldest = cache
+            .iter()
+            .filter(|(name, e)| e.bytes > 0 && name.as_str() != keep)
+            .min_by(|a, b| a.1.used_ms.total_cmp(&b.1.used_ms))
+            .map(|(name, _)| name.clone());
+        let Some(entry) = oldest.and_then(|name| cache.remove(&name)) else { return };
+        PLAN_BYTES.set(PLAN_BYTES.get() - entry.bytes);
+    }
 }
 
 /// What a lookup needs to do, decided without holding the cache across an await.
@@ -78,6 +110,7 @@ fn step(placement: &str, ttl_ms: f64, now_ms: f64) -> Step {
     CACHE.with(|cache| {
         let mut cache = cache.borrow_mut();
         let Some(entry) = cache.get_mut(placement) else { return Step::Load };
+        entry.used_ms = now_ms;
         if now_ms - entry.checked_at_ms < ttl_ms {
             return Step::Use(entry.state.clone());
         }
@@ -188,7 +221,7 @@ fn served(placement: &str, offered: Offered) -> Option<State> {
 /// else leaves the cached plan in place (the cached version again, the same plan or a
 /// rival, or an older one) and is only compared, parsed; for an unchanged placement
 /// that is every refresh.
-fn settle(placement: &str, loaded: Loaded, now_ms: f64) -> State {
+fn settle(placement: &str, loaded: Loaded, now_ms: f64, budget: usize) -> State {
     CACHE.with(|cache| {
         let mut cache = cache.borrow_mut();
         let previous = cache.get(placement).map(|e| e.state.clone());
@@ -231,23 +264,31 @@ fn settle(placement: &str, loaded: Loaded, now_ms: f64) -> State {
                 cache.retain(|_, e| matches!(e.state, State::Ready(_)));
             }
         }
+        let bytes = state_bytes(&state);
         match cache.get_mut(placement) {
             // Updated in place, so the spread carries over to the new state.
             Some(entry) => {
+                PLAN_BYTES.set(PLAN_BYTES.get() - entry.bytes + bytes);
                 entry.state = state.clone();
                 entry.checked_at_ms = now_ms;
                 entry.refresh_started_ms = None;
+                entry.used_ms = now_ms;
+                entry.bytes = bytes;
             }
             None => {
+                PLAN_BYTES.set(PLAN_BYTES.get() + bytes);
                 let entry = Entry {
                     state: state.clone(),
                     spread: Spread::new(),
                     checked_at_ms: now_ms,
                     refresh_started_ms: None,
+                    used_ms: now_ms,
+                    bytes,
                 };
                 cache.insert(placement.to_owned(), entry);
             }
         }
+        evict(&mut cache, placement, budget);
         state
     })
 }
@@ -280,7 +321,7 @@ pub async fn load(
 ) -> Result<Rc<CompiledPlan>, ApiError> {
     let loaded = read(env, config, placement).await;
     let name = placement.as_str();
-    to_result(name, settle(name, loaded, now_ms))
+    to_result(name, settle(name, loaded, now_ms, config.plan_cache_max_bytes))
 }
 
 /// The plan to serve for `placement`: from the cache while fresh, else from KV.
@@ -304,16 +345,21 @@ pub async fn get(
 pub fn choose(plan: &CompiledPlan, attrs: RequestAttrs<'_>) -> Choice {
     CACHE.with(|cache| match cache.borrow_mut().get_mut(plan.plan().placement.as_str()) {
         Some(entry) => plan.choose_spread(attrs, &mut entry.spread, rng::bits64),
-        // Not expected: a plan is served from its entry, and an entry with a plan is
-        // never evicted. The plain random pick is still a correct one.
+        // Rare: a plan is served from its entry, and only a bound on the cache lets an
+        // entry with a plan go. The plain random pick is still a correct one.
         None => plan.choose(attrs, rng::unit()),
     })
 }
 
 /// Puts a freshly pushed plan into this isolate's cache, so it is served at once.
-pub fn install(plan: CompiledPlan, now_ms: f64) {
+pub fn install(config: &Config, plan: CompiledPlan, now_ms: f64) {
     let name = plan.plan().placement.as_str().to_owned();
-    settle(&name, Loaded::Plan(Box::new(Offered::Compiled(plan))), now_ms);
+    settle(&name, Loaded::Plan(Box::new(Offered::Compiled(plan))), now_ms, config.plan_cache_max_bytes);
+}
+
+/// The estimated bytes of the plans cached.
+pub fn cached_bytes() -> usize {
+    PLAN_BYTES.get()
 }
 
 /// How many placements have a plan cached.
@@ -347,6 +393,35 @@ mod tests {
             "campaigns": [campaign("A", 2, &["ios"]), campaign("B", 1, &[])],
         });
         compile(plan.to_string().as_bytes(), &PlacementId::parse(placement).expect("placement")).expect("plan")
+    }
+
+    /// Past the byte bound, the plans asked for longest ago go (their placements are
+    /// read from KV again when next asked for); the one just settled always stays.
+    #[test]
+    fn past_the_byte_bound_the_plans_used_longest_ago_go() {
+        CACHE.with(|cache| cache.borrow_mut().clear());
+        PLAN_BYTES.set(0);
+        let each = plan("bounded-0").approx_bytes();
+        let budget = 3 * each + each / 2;
+        let offer = |name: &str, now_ms: f64| {
+            let loaded = Loaded::Plan(Box::new(Offered::Compiled(plan(name))));
+            assert!(matches!(settle(name, loaded, now_ms, budget), State::Ready(_)), "{name} is served");
+            assert!(PLAN_BYTES.get() <= budget, "{} bytes held", PLAN_BYTES.get());
+        };
+        for i in 0..10 {
+            offer(&format!("bounded-{i}"), 1_000.0 + f64::from(i));
+        }
+        let held = || {
+            let mut names: Vec<String> = CACHE.with(|cache| cache.borrow().keys().cloned().collect());
+            names.sort();
+            names
+        };
+        assert_eq!(held(), ["bounded-7", "bounded-8", "bounded-9"]);
+        assert_eq!(PLAN_BYTES.get(), 3 * each);
+        // Asked for since: bounded-7 stays, and bounded-8, now the least recent, goes.
+        assert!(matches!(step("bounded-7", f64::MAX, 2_000.0), Step::Use(State::Ready(_))));
+        offer("bounded-0", 2_001.0);
+        assert_eq!(held(), ["bounded-0", "bounded-7", "bounded-9"]);
     }
 
     /// A plan whose placement has no cache entry cannot use a spread, and gets the plain
@@ -398,17 +473,17 @@ mod tests {
             other => panic!("not a plan: {other:?}"),
         };
         let before = compiled();
-        let held = ready(settle("refreshed", read(3, 1.0), 0.0));
+        let held = ready(settle("refreshed", read(3, 1.0), 0.0, usize::MAX));
         assert_eq!(compiled(), before + 1, "the first plan is compiled");
         for (i, (version, no_ad_weight)) in [(3, 1.0), (3, 1.0), (3, 2.0), (2, 1.0)].into_iter().enumerate() {
-            let kept = ready(settle("refreshed", read(version, no_ad_weight), 1.0 + i as f64));
+            let kept = ready(settle("refreshed", read(version, no_ad_weight), 1.0 + i as f64, usize::MAX));
             assert!(Rc::ptr_eq(&kept, &held), "v{version} ({no_ad_weight}) replaced the cached plan");
             assert_eq!(compiled(), before + 1, "v{version} ({no_ad_weight}) was compiled");
         }
-        let newer = ready(settle("refreshed", read(4, 1.0), 10.0));
+        let newer = ready(settle("refreshed", read(4, 1.0), 10.0, usize::MAX));
         assert_eq!(newer.plan().version, 4);
         assert_eq!(compiled(), before + 2, "a newer plan is compiled once");
-        assert!(Rc::ptr_eq(&ready(settle("refreshed", read(4, 1.0), 11.0)), &newer));
+        assert!(Rc::ptr_eq(&ready(settle("refreshed", read(4, 1.0), 11.0, usize::MAX)), &newer));
         assert_eq!(compiled(), before + 2);
     }
 }

@@ -235,7 +235,7 @@ pub async fn serve(req: &web_sys::Request, raw_placement: &str, env: &Env) -> Re
             // The same plan again, byte for byte: a retry, changing nothing.
             _ if held_bytes == bytes.as_slice() => {
                 remember(seen);
-                plans::install(compiled, now_ms);
+                plans::install(&config, compiled, now_ms);
                 return Ok(respond::no_content()?);
             }
             _ => return Err(conflicting(plan.version, "stored")),
@@ -250,6 +250,6 @@ pub async fn serve(req: &web_sys::Request, raw_placement: &str, env: &Env) -> Re
         .map_err(|e| ApiError::unavailable("kv_unavailable", e.to_string()))?;
     remember(seen);
     // Keeps a newer plan if this isolate took one meanwhile: the cache never goes back.
-    plans::install(compiled, now_ms);
+    plans::install(&config, compiled, now_ms);
     Ok(respond::no_content()?)
 }

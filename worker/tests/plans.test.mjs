@@ -2,7 +2,7 @@
 // endpoint authenticates, validates and refuses to go back in versions.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { KEY, PUSH_KEY, chunkedBody, eventually, plan, sign, startWorker } from "./harness.mjs";
+import { HEALTH_KEY, KEY, PUSH_KEY, chunkedBody, eventually, plan, sign, startWorker } from "./harness.mjs";
 
 const TTL_MS = 1_000; // PLAN_TTL_SECS=1 in the harness
 let worker;
@@ -21,6 +21,33 @@ async function version(placement) {
 }
 
 describe("plan cache", () => {
+  test("a client asking for many placements in turn keeps the cache within its bytes, and is served", async () => {
+    // About 300 KB each (64 campaigns, 1 KB creatives): a 1 MiB cache holds three.
+    const bounded = await startWorker({ ORIGIN_URL: "", PLAN_CACHE_MAX_BYTES: String(1 << 20) });
+    try {
+      const campaigns = Array.from({ length: 64 }, (_, i) => ({
+        id: `c${i}`,
+        weight: 1,
+        creative: { t: "x".repeat(1_000) },
+        eligibility: { platforms: [], countries: [] },
+      }));
+      const names = Array.from({ length: 12 }, (_, i) => `wide_${i}`);
+      for (const placement of names) await bounded.putPlan(plan({ placement, campaigns }));
+      for (let round = 0; round < 2; round++) {
+        for (const placement of names) {
+          const res = await bounded.get(`/v1/ad?placement=${placement}`);
+          assert.equal(res.status, 200, placement);
+          assert.equal((await res.json()).placement, placement);
+        }
+        const h = await (await bounded.get("/healthz", { headers: { authorization: `Bearer ${HEALTH_KEY}` } })).json();
+        assert.ok(h.plans_cached_bytes <= 1 << 20, `${h.plans_cached_bytes} bytes of plans`);
+        assert.ok(h.plans_cached >= 2 && h.plans_cached <= 4, `${h.plans_cached} plans cached`);
+      }
+    } finally {
+      await bounded.close();
+    }
+  });
+
   test("a corrupt KV value keeps the last good plan; a good one replaces it", async () => {
     await worker.putPlan(plan({ placement: "cache_p", version: 1 }));
     assert.equal(await version("cache_p"), 1);
