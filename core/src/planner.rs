@@ -56,13 +56,17 @@ pub fn requests_upper_bound(w: &WindowStats) -> Option<f64> {
 #[derive(Debug, Clone, Copy)]
 pub struct SampleRatePlanner {
     pub min_rate: f64,
+    /// The most sampled requests a window is planned for, whatever the confidence asks:
+    /// a deployment's bound on what one placement's events may cost (a document asking
+    /// for more is refused when set; one stored before is planned for this many).
+    pub max_samples: f64,
     /// Relative width of the hysteresis band.
     pub band: f64,
 }
 
 impl Default for SampleRatePlanner {
     fn default() -> Self {
-        Self { min_rate: 1e-4, band: 0.08 }
+        Self { min_rate: 1e-4, max_samples: f64::INFINITY, band: 0.08 }
     }
 }
 
@@ -103,7 +107,7 @@ impl SampleRatePlanner {
             // No traffic seen: keep what we have (a new placement starts at 1).
             return if current.is_finite() && current > 0.0 { current.clamp(min_rate, 1.0) } else { 1.0 };
         }
-        let raw = Self::required_samples(targets) / requests_per_window;
+        let raw = Self::required_samples(targets).min(self.max_samples) / requests_per_window;
         let at = |factor: f64| (raw * factor).clamp(min_rate, 1.0);
         if current >= 1.0 && at(1.0 + self.band) >= CENSUS_FROM {
             return 1.0;
@@ -222,10 +226,20 @@ mod tests {
 
     #[test]
     fn clamps() {
-        let p = SampleRatePlanner { min_rate: 0.01, band: 0.08 };
+        let p = SampleRatePlanner { min_rate: 0.01, ..SampleRatePlanner::default() };
         assert_eq!(p.rate(&targets(), 1e12, 0.5), 0.01);
         assert_eq!(p.rate(&targets(), 10.0, 0.5), 1.0);
         assert_eq!(p.rate(&targets(), 0.0, 0.3), 0.3);
         assert_eq!(p.rate(&targets(), f64::NAN, f64::NAN), 1.0);
+    }
+
+    /// A confidence asking for more samples than the deployment allows is planned for
+    /// the bound: the events a placement costs stay bounded whatever its document says.
+    #[test]
+    fn the_samples_planned_are_bounded() {
+        let p = SampleRatePlanner { max_samples: 1_000.0, ..SampleRatePlanner::default() };
+        // 9,604 asked for; 600,000 requests a window.
+        let r = p.rate(&targets(), 600_000.0, 1.0);
+        assert!((r - 1_000.0 / 600_000.0 * 1.04).abs() < 1e-9, "{r}");
     }
 }

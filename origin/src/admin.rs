@@ -111,15 +111,35 @@ pub const MAX_SPEC_BYTES: usize = 1 << 20;
 #[derive(Debug, Clone)]
 pub struct Spec(pub Targets);
 
-impl<S: Send + Sync> FromRequest<S> for Spec {
+impl FromRequest<Arc<App>> for Spec {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, ApiError> {
         let body = axum::body::to_bytes(req.into_body(), MAX_SPEC_BYTES)
             .await
             .map_err(|e| ApiError::body_read(&e, MAX_SPEC_BYTES))?;
-        parse_spec(&body).map(Self)
+        let targets = parse_spec(&body)?;
+        within_samples(&targets, app.config.control.max_samples_per_window)?;
+        Ok(Self(targets))
     }
+}
+
+/// Refuses targets whose confidence needs more sampled requests a window than the
+/// deployment plans for (`control.max_samples_per_window`).
+fn within_samples(targets: &Targets, max: u64) -> Result<(), ApiError> {
+    let needed = allot_core::SampleRatePlanner::required_samples(targets);
+    if needed <= max as f64 {
+        return Ok(());
+    }
+    let c = &targets.confidence;
+    Err(ApiError::validation(
+        "confidence",
+        format!(
+            "a margin of {} at level {} needs {needed:.0} sampled requests a window, above this \
+             deployment's {max} (control.max_samples_per_window): widen the margin or lower the level",
+            c.margin, c.level
+        ),
+    ))
 }
 
 /// A spec from a request body: JSON syntax errors are 400, shape errors and rule

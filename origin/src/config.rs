@@ -381,6 +381,9 @@ impl Config {
             return Err(invalid("control.shards", "must be 1 to 1024"));
         }
         allot_core::plan::check_platforms(&self.control.platforms()).map_err(|e| invalid("control.platforms", e))?;
+        if self.control.max_samples_per_window == 0 {
+            return Err(invalid("control.max_samples_per_window", "must be positive"));
+        }
         if self.aggregate.batch == 0 {
             return Err(invalid("aggregate.batch", "must be positive"));
         }

@@ -34,7 +34,11 @@ use crate::store::{Fenced, PlanRecord, StoreError};
 pub fn policy(cfg: &ControlConfig) -> Policy {
     Policy {
         controller: Controller { lag_after_ms: cfg.lag_after_ms, ..Controller::default() },
-        planner: SampleRatePlanner { min_rate: cfg.min_sample_rate, ..SampleRatePlanner::default() },
+        planner: SampleRatePlanner {
+            min_rate: cfg.min_sample_rate,
+            max_samples: cfg.max_samples_per_window as f64,
+            ..SampleRatePlanner::default()
+        },
         period_ms: cfg.period_ms,
         lateness_ms: cfg.lateness(),
         impression_lateness_ms: cfg.impression_lateness(),

@@ -17,6 +17,11 @@ pub struct ControlConfig {
     /// (`allot_core::admit::MIN_RATE_FLOOR`: the windows' sums of squared weights must
     /// stay finite).
     pub min_sample_rate: f64,
+    /// The most sampled requests one placement's window may be planned for: a targets
+    /// document whose confidence needs more is refused (`422` on `confidence`), so a
+    /// manager cannot make one placement's events flood the ingest
+    /// (`allot_core::SampleRatePlanner::max_samples`).
+    pub max_samples_per_window: u64,
     /// An unchanged plan is republished after this long, so a KV entry never expires.
     pub republish_after_secs: u64,
     /// How long after a window ends its events are still arriving (the edge outbox's
@@ -55,6 +60,7 @@ impl Default for ControlConfig {
             period_ms: 60_000,
             recent_windows: 5,
             min_sample_rate: 1e-4,
+            max_samples_per_window: 100_000,
             republish_after_secs: 600,
             lateness_ms: 10_000,
             impression_lateness_ms: 60_000,

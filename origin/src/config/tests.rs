@@ -228,6 +228,7 @@ fn rejects_bad_values_naming_them() {
         (format!("{MIN}\nbogus = 1"), HashMap::new(), "bogus"),
         (format!("{MIN}\n[control]\nplatforms = [\"iOS\"]"), HashMap::new(), "control.platforms"),
         (MIN.into(), env(&[("ALLOT_CONTROL_PLATFORMS", "ios,a b")]), "control.platforms"),
+        (MIN.into(), env(&[("ALLOT_CONTROL_MAX_SAMPLES_PER_WINDOW", "0")]), "control.max_samples_per_window"),
         (format!("{MIN}\n[archive]\nbucket = \"b\"\nplans_stream = \"other\""), HashMap::new(), "archive.plans_stream"),
         (format!("{MIN}\n[archive]\nbucket = \"b\"\nstream = \"other\""), HashMap::new(), "archive.stream"),
     ];

@@ -29,6 +29,7 @@ mod plan_log;
 mod platforms;
 mod publish;
 mod retry;
+mod samples;
 mod server;
 mod shards;
 mod stream;
