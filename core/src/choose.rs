@@ -228,9 +228,8 @@ impl CompiledPlan {
     /// impression token alike, so the origin's profiles read back what the edge decided.
     /// Call once per request, before anything else looks at `attrs`.
     pub fn resolve<'a>(&self, attrs: RequestAttrs<'a>) -> RequestAttrs<'a> {
-        let (Some(vocabulary), Some(platform)) = (&self.vocabulary, attrs.event_platform()) else {
-            return attrs;
-        };
+        let Some(vocabulary) = &self.vocabulary else { return attrs };
+        let Some(platform) = attrs.event_platform() else { return attrs };
         if vocabulary.binary_search_by(|w| w.as_str().cmp(platform.as_str())).is_ok() {
             attrs
         } else {
