@@ -7,10 +7,12 @@
 //! would pass [`Settings::batch_max_bytes`], or the oldest is [`Settings::batch_age_ms`]
 //! old; they are then *sealed* into a batch: serialised and signed once. The byte bound
 //! keeps every body under the origin's (`ingest.max_body_bytes`), which refuses a larger
-//! one whole (`413`): a thousand events naming many long campaign ids would pass it. A sealed batch keeps its bytes and its signature until the origin
-//! acknowledges it, however often it is sent: the origin remembers the bodies it stored
-//! (by signature time and bytes), so a batch whose answer was lost, re-sent, is stored
-//! once. Re-signing a batch would make it a new body, stored twice.
+//! one whole (`413`): a thousand events naming many long campaign ids would pass it.
+//!
+//! A sealed batch keeps its bytes and its signature until the origin acknowledges it,
+//! however often it is sent: the origin remembers the bodies it stored (by signature
+//! time and bytes), so a batch whose answer was lost, re-sent, is stored once.
+//! Re-signing a batch would make it a new body, stored twice.
 //!
 //! A send that fails for a reason that may pass (timeout, connection refused, 429, 5xx)
 //! puts the batch back, and the whole outbox waits under [`RETRY`], the core's capped
