@@ -4,8 +4,8 @@
 //!
 //! Only sampled requests are simulated: the origin never sees the others, so a placement
 //! with `R` requests per window at sample rate `s` is `R·s` events per window, drawn
-//! here directly. Each event is made by core's own calls (`CompiledPlan::choose`,
-//! `allocation_event`), so its bytes are the edge's.
+//! here directly. Each event is made by core's own calls (`CompiledPlan::resolve`,
+//! `choose`, `allocation_event`), so its bytes are the edge's.
 
 use allot_core::{CompiledPlan, Event, EventBatch, EventKind, PlacementId, Plan, RequestAttrs, RequestId};
 use rand::rngs::SmallRng;
@@ -109,6 +109,8 @@ impl Edge {
     pub fn request(&mut self, plan: &CompiledPlan, now_ms: u64, out: &mut Vec<Event>) {
         let (platform, country) = self.profile();
         let Ok(attrs) = RequestAttrs::parse(Some(platform), Some(country)) else { return };
+        // Its platform as the plan's vocabulary has it (`tv` is `other` unless a rule names it).
+        let attrs = plan.resolve(attrs);
         let choice = plan.choose(attrs, self.rng.random());
         let id = self.request_id();
         let event = plan.allocation_event(id, choice, attrs, now_ms, Some(COLO.into()), false);
