@@ -118,16 +118,20 @@ impl RedisServer {
 /// has applied so far.
 pub fn total_counts(redis: &RedisServer, placement: &str) -> WindowStats {
     let mut c = redis.conn();
-    // Every window index: the contract's window key, with the index as a glob.
-    let window = PlacementKeys::of_raw(placement).window(0);
-    let pattern = format!("{}*", window.strip_suffix('0').unwrap_or(&window));
-    let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query(&mut c).expect("KEYS");
     let mut total = WindowStats::default();
-    for k in keys {
+    for k in window_keys(redis, placement) {
         let fields: HashMap<String, f64> = redis::cmd("HGETALL").arg(&k).query(&mut c).expect("HGETALL");
         total.merge(&WindowStats::from_fields(fields).expect("window fields"));
     }
     total
+}
+
+/// The keys of every window hash of `placement`: the contract's window key, with the
+/// index as a glob.
+pub fn window_keys(redis: &RedisServer, placement: &str) -> Vec<String> {
+    let window = PlacementKeys::of_raw(placement).window(0);
+    let pattern = format!("{}*", window.strip_suffix('0').unwrap_or(&window));
+    redis::cmd("KEYS").arg(&pattern).query(&mut redis.conn()).expect("KEYS")
 }
 
 /// The event batches of `placement` in the event stream, oldest first: what ingest

@@ -8,7 +8,7 @@ use allot_core::{Event, Plan};
 use allot_testkit::events::{allocation, batch, plan, record_published, under};
 use allot_testkit::origin::{MANAGER_TOKEN, TestApp, VIEWER_TOKEN, config};
 use allot_testkit::poll::eventually;
-use allot_testkit::redis::{RedisServer, total_counts};
+use allot_testkit::redis::{RedisServer, total_counts, window_keys};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -47,10 +47,7 @@ async fn made_up_platforms_are_dropped_and_add_no_field_to_the_windows() {
     .await;
     let profiles: Vec<&str> = counts.profiles.keys().map(String::as_str).collect();
     assert_eq!(profiles, [":DE", "ios:DE", "legacy-tv:DE", "other:DE", "web:DE"]);
-    let window = PlacementKeys::of_raw("home_feed").window(0);
-    let pattern = format!("{}*", window.strip_suffix('0').unwrap());
-    let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query(&mut redis.conn()).unwrap();
-    for key in keys {
+    for key in window_keys(&redis, "home_feed") {
         let fields: Vec<String> = redis::cmd("HKEYS").arg(&key).query(&mut redis.conn()).unwrap();
         assert!(!fields.iter().any(|f| f.contains("x1")), "{key}: {fields:?}");
     }
